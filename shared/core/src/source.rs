@@ -1,0 +1,107 @@
+//! Source text and positions.
+//!
+//! The YAML parser reports positions as (line, column) in characters; miette wants byte
+//! offsets. [`SourceFile`] keeps a line table so the conversion is exact for any UTF-8 input
+//! and costs nothing until a diagnostic is rendered.
+
+use std::sync::Arc;
+
+/// A position in a source file: 1-based line, 1-based column (in characters).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct Pos {
+    pub line: u32,
+    pub column: u32,
+}
+
+/// A half-open range of source text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Span {
+    pub start: Pos,
+    pub end: Pos,
+}
+
+impl Span {
+    pub fn new(start: Pos, end: Pos) -> Self {
+        Span { start, end }
+    }
+}
+
+/// A named source text (a workflow file, or `<stdin>`).
+#[derive(Debug, Clone)]
+pub struct SourceFile {
+    name: Arc<str>,
+    text: Arc<str>,
+    line_starts: Arc<[usize]>,
+}
+
+impl SourceFile {
+    pub fn new(name: impl Into<String>, text: impl Into<String>) -> Self {
+        let text: String = text.into();
+        let mut line_starts = vec![0];
+        line_starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
+        SourceFile {
+            name: Arc::from(name.into()),
+            text: Arc::from(text),
+            line_starts: line_starts.into(),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// Byte offset of a position, clamped to the text.
+    pub fn offset(&self, pos: Pos) -> usize {
+        let line = (pos.line.max(1) as usize - 1).min(self.line_starts.len() - 1);
+        let start = self.line_starts[line];
+        let rest = &self.text[start..];
+        let line_text = rest.split('\n').next().unwrap_or("");
+        let col = pos.column.max(1) as usize - 1;
+        match line_text.char_indices().nth(col) {
+            Some((i, _)) => start + i,
+            None => start + line_text.len(),
+        }
+    }
+
+    /// Byte range of a span, at least one byte wide where the text allows it, so that
+    /// a label always has something to point at.
+    pub fn byte_range(&self, span: Span) -> (usize, usize) {
+        let start = self.offset(span.start);
+        let mut end = self.offset(span.end).max(start);
+        if end == start && start < self.text.len() {
+            end = start + self.text[start..].chars().next().map_or(0, char::len_utf8);
+        }
+        (start, end - start)
+    }
+
+    /// The text of one line (1-based), without its newline.
+    pub fn line_text(&self, line: u32) -> &str {
+        let idx = (line.max(1) as usize - 1).min(self.line_starts.len() - 1);
+        let start = self.line_starts[idx];
+        self.text[start..].split('\n').next().unwrap_or("").trim_end_matches('\r')
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offsets_count_characters_not_bytes() {
+        let src = SourceFile::new("t.yaml", "a: é\nb: x\n");
+        assert_eq!(src.offset(Pos { line: 1, column: 4 }), 3);
+        assert_eq!(src.offset(Pos { line: 2, column: 4 }), 9);
+        assert_eq!(src.byte_range(Span::new(Pos { line: 1, column: 4 }, Pos { line: 1, column: 4 })), (3, 2));
+        assert_eq!(src.line_text(2), "b: x");
+    }
+
+    #[test]
+    fn positions_past_the_end_are_clamped() {
+        let src = SourceFile::new("t.yaml", "a");
+        assert_eq!(src.offset(Pos { line: 9, column: 9 }), 1);
+    }
+}
