@@ -1,0 +1,313 @@
+//! Built-in task types and the registry of task types.
+//!
+//! A task's `with` block is free-form in the document model; each task type supplies the
+//! JSON Schema of its `with` block, which the validator applies (and which the generated
+//! editor schema includes through `if type == X then with: ...`). Users who register their
+//! own executors register a [`TaskType`] with its schema the same way.
+
+use indexmap::IndexMap;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// A task type the validator knows.
+#[derive(Debug, Clone)]
+pub struct TaskType {
+    pub name: String,
+    pub description: String,
+    /// JSON Schema of the `with` block (draft 2020-12).
+    pub with_schema: Value,
+}
+
+impl TaskType {
+    pub fn of<T: JsonSchema>(name: &str, description: &str) -> Self {
+        let schema = schemars::generate::SchemaSettings::draft2020_12()
+            .into_generator()
+            .into_root_schema_for::<T>();
+        TaskType {
+            name: name.to_string(),
+            description: description.to_string(),
+            with_schema: schema.to_value(),
+        }
+    }
+}
+
+/// The task types a document may use.
+#[derive(Debug, Clone)]
+pub struct Registry {
+    types: IndexMap<String, TaskType>,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        let mut r = Registry {
+            types: IndexMap::new(),
+        };
+        r.register(TaskType::of::<LlmWith>("llm", "Call a language model (chat completion)."));
+        r.register(TaskType::of::<TransformWith>("transform", "Build JSON from templates or an expression."));
+        r.register(TaskType::of::<HttpWith>("http", "Call an HTTP tool or webhook."));
+        r.register(TaskType::of::<EvaluateWith>("evaluate", "Score a text with checks; yields score and passed."));
+        r.register(TaskType::of::<PolicyWith>("policy", "Allow or deny on models, inputs and budget."));
+        r
+    }
+}
+
+impl Registry {
+    /// Adds (or replaces) a task type.
+    pub fn register(&mut self, t: TaskType) {
+        self.types.insert(t.name.clone(), t);
+    }
+
+    pub fn get(&self, name: &str) -> Option<&TaskType> {
+        self.types.get(name)
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.types.keys().map(String::as_str)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &TaskType> {
+        self.types.values()
+    }
+}
+
+/// `type: llm`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LlmWith {
+    /// `openai`, `anthropic`, `mock`, or a provider named in config; default from config.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+    pub model: String,
+    /// Tried in order when the model fails: `model` or `provider/model`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fallback_models: Vec<String>,
+    /// System prompt (template).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system: Option<String>,
+    /// User prompt (template). Exactly one of `prompt` and `messages`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub messages: Option<Vec<Message>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 2.0))]
+    pub temperature: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub top_p: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_tokens: Option<u32>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stop: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<i64>,
+    /// `text` (default) or `json`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_format: Option<ResponseFormat>,
+    /// JSON Schema the model's JSON output must match (implies `response_format: json`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_schema: Option<Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Message {
+    pub role: Role,
+    /// Template.
+    pub content: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    System,
+    User,
+    Assistant,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ResponseFormat {
+    Text,
+    Json,
+}
+
+/// `type: transform`: exactly one of `output` and `expression`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TransformWith {
+    /// Any JSON value; its strings are templates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<Value>,
+    /// An expression whose value is the output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expression: Option<String>,
+}
+
+/// `type: http`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HttpWith {
+    #[serde(default = "HttpMethod::default")]
+    pub method: HttpMethod,
+    /// Template.
+    pub url: String,
+    /// Header values are templates and may read `secrets.<NAME>`.
+    #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
+    pub headers: IndexMap<String, String>,
+    #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
+    pub query: IndexMap<String, String>,
+    /// JSON body; its strings are templates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<Value>,
+    /// Status codes counted as success (default: any 2xx).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub expect_status: Vec<u16>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum HttpMethod {
+    #[default]
+    Get,
+    Post,
+    Put,
+    Patch,
+    Delete,
+    Head,
+}
+
+/// `type: evaluate`: output `{ score, passed, checks: [...] }`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EvaluateWith {
+    /// The text to evaluate (template).
+    pub input: String,
+    #[schemars(length(min = 1))]
+    pub checks: Vec<Check>,
+    /// Fraction of checks that must pass (default 1.0: all).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub pass_threshold: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Check {
+    Contains {
+        value: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        case_sensitive: Option<bool>,
+    },
+    NotContains {
+        value: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        case_sensitive: Option<bool>,
+    },
+    Regex {
+        pattern: String,
+    },
+    JsonSchema {
+        schema: Value,
+    },
+    MinLength {
+        #[schemars(range(min = 0))]
+        value: u64,
+    },
+    MaxLength {
+        #[schemars(range(min = 0))]
+        value: u64,
+    },
+    Equals {
+        value: Value,
+    },
+    /// The input read as a number lies within [min, max].
+    Range {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        min: Option<f64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max: Option<f64>,
+    },
+    /// A model grades the input against `criteria` with a score in [0, 1].
+    LlmJudge {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        provider: Option<String>,
+        model: String,
+        criteria: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[schemars(range(min = 0.0, max = 1.0))]
+        threshold: Option<f64>,
+    },
+}
+
+/// `type: policy`: output `{ allowed, reasons }`; a denial fails the task (not retried).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyWith {
+    /// Text to check (template), e.g. a user-supplied input.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<String>,
+    /// Regular expressions the input must not match.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deny_patterns: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_input_chars: Option<u64>,
+    /// Globs (`gpt-4o*`, `anthropic/*`): every model of the workflow's `llm` tasks must match one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_models: Vec<String>,
+    /// Globs no model of the workflow may match.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deny_models: Vec<String>,
+    /// The run must have at least this much budget left (USD) when the task runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0))]
+    pub min_remaining_usd: Option<f64>,
+}
+
+/// Glob match with `*` (any run of characters) and `?` (one character).
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let t: Vec<char> = text.chars().collect();
+    let (mut pi, mut ti, mut star, mut mark) = (0, 0, None, 0);
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some(pi);
+            mark = ti;
+            pi += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ti = mark;
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|c| *c == '*')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs() {
+        assert!(glob_match("gpt-4o*", "gpt-4o-mini"));
+        assert!(glob_match("anthropic/*", "anthropic/claude-haiku"));
+        assert!(!glob_match("gpt-4o", "gpt-4o-mini"));
+        assert!(glob_match("*", ""));
+        assert!(glob_match("a?c", "abc"));
+    }
+
+    #[test]
+    fn registry_has_builtins_with_object_schemas() {
+        let r = Registry::default();
+        for name in ["llm", "transform", "http", "evaluate", "policy"] {
+            assert_eq!(r.get(name).unwrap().with_schema["type"], "object", "{name}");
+        }
+    }
+}
