@@ -1,1 +1,253 @@
-fn main(){}
+//! `llmo`: the LLM-Orchestrator command line.
+//!
+//! Thin on purpose: it reads files, calls the core, and renders what the core returns.
+
+use std::io::{IsTerminal, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use llmo_core::source::SourceFile;
+use llmo_core::tasks::Registry;
+use llmo_core::validate::{Checked, Outcome, Validator};
+use llmo_core::yaml::Limits;
+
+mod explain;
+
+#[derive(Parser)]
+#[command(
+    name = "llmo",
+    version,
+    about = "LLM-Orchestrator: validate, draw and explain LLM workflows",
+    long_about = "LLM-Orchestrator runs DAGs of LLM calls, transforms, HTTP tools, evaluations and policy checks.\n\
+                  This command checks workflow files (YAML, format llm-orchestrator/v1) and shows their structure.",
+    after_help = "Examples:\n  llmo validate workflows/*.yaml\n  llmo graph workflows/article-pipeline.yaml --format mermaid\n  llmo explain workflows/article-pipeline.yaml\n  llmo schema > workflow.schema.json"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check workflow files and report every error, with file:line:column.
+    ///
+    /// Exit status: 0 when every file is valid, 1 when any has an error (or, with
+    /// --deny-warnings, a warning), 2 when a file cannot be read.
+    Validate {
+        /// Workflow files (`-` reads standard input).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = ReportFormat::Human)]
+        format: ReportFormat,
+        /// Treat warnings as errors.
+        #[arg(long)]
+        deny_warnings: bool,
+    },
+    /// Draw a workflow's task graph.
+    Graph {
+        file: PathBuf,
+        #[arg(long, value_enum, default_value_t = GraphFormat::Mermaid)]
+        format: GraphFormat,
+    },
+    /// Print the JSON Schema of the workflow format (for editors and other tools).
+    Schema {
+        /// Write to this file instead of standard output.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+    /// Show a workflow's plan: levels, parallelism, critical path, and what each task can read.
+    Explain {
+        file: PathBuf,
+        #[arg(long, value_enum, default_value_t = ExplainFormat::Text)]
+        format: ExplainFormat,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ReportFormat {
+    /// Diagnostics with source snippets.
+    Human,
+    /// One JSON array of diagnostics (file, line, column, severity, code, path, message, help).
+    Json,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum GraphFormat {
+    Mermaid,
+    Dot,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ExplainFormat {
+    Text,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    let validator = Validator::new(Registry::default());
+    match cli.command {
+        Command::Validate {
+            files,
+            format,
+            deny_warnings,
+        } => validate(&validator, &files, format, deny_warnings),
+        Command::Graph { file, format } => {
+            let Some(checked) = checked_or_report(&validator, &file)? else {
+                return Ok(ExitCode::from(1));
+            };
+            let label = |i: usize| {
+                let t = &checked.workflow.spec.tasks[i];
+                match &t.for_each {
+                    Some(fe) => format!("{} ({}, for each {fe})", t.id, t.ty),
+                    None => format!("{} ({})", t.id, t.ty),
+                }
+            };
+            let text = match format {
+                GraphFormat::Mermaid => checked.dag.mermaid(label),
+                GraphFormat::Dot => checked.dag.dot(&checked.workflow.metadata.name, label),
+            };
+            print!("{text}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Schema { output } => {
+            let text = llmo_core::schema::workflow_schema_text(validator.registry());
+            match output {
+                Some(p) => std::fs::write(&p, text).with_context(|| format!("writing {}", p.display()))?,
+                None => print!("{text}"),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Explain { file, format } => {
+            let Some(checked) = checked_or_report(&validator, &file)? else {
+                return Ok(ExitCode::from(1));
+            };
+            let plan = explain::Plan::of(&checked);
+            match format {
+                ExplainFormat::Text => print!("{}", plan.text()),
+                ExplainFormat::Json => println!("{}", serde_json::to_string_pretty(&plan)?),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Reads a workflow file, refusing oversized files before reading them.
+fn read_source(path: &Path) -> Result<SourceFile> {
+    let limit = Limits::default().max_bytes;
+    if path == Path::new("-") {
+        let mut buf = Vec::new();
+        std::io::stdin()
+            .lock()
+            .take(limit as u64 + 1)
+            .read_to_end(&mut buf)
+            .context("reading standard input")?;
+        if buf.len() > limit {
+            bail!("<stdin>: input is larger than the {limit}-byte limit for workflow files");
+        }
+        let text = String::from_utf8(buf).map_err(|e| anyhow::anyhow!("<stdin>: not UTF-8 text: {e}"))?;
+        return Ok(SourceFile::new("<stdin>", text));
+    }
+    let meta = std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+    if meta.len() > limit as u64 {
+        bail!(
+            "{}: file is {} bytes; the limit for workflow files is {limit} bytes",
+            path.display(),
+            meta.len()
+        );
+    }
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text = String::from_utf8(bytes).map_err(|e| anyhow::anyhow!("{}: not UTF-8 text: {e}", path.display()))?;
+    Ok(SourceFile::new(path.display().to_string(), text))
+}
+
+fn render(outcome: &Outcome) -> String {
+    let theme = if std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none() {
+        miette::GraphicalTheme::unicode()
+    } else {
+        miette::GraphicalTheme::unicode_nocolor()
+    };
+    let handler = miette::GraphicalReportHandler::new_themed(theme).with_context_lines(1);
+    let mut out = String::new();
+    for d in outcome.report.miette() {
+        let _ = handler.render_report(&mut out, &d);
+        out.push('\n');
+    }
+    out
+}
+
+fn validate(validator: &Validator, files: &[PathBuf], format: ReportFormat, deny_warnings: bool) -> Result<ExitCode> {
+    let mut failed = false;
+    let mut unreadable = false;
+    let mut records = Vec::new();
+    let mut stderr = std::io::stderr().lock();
+    for f in files {
+        let source = match read_source(f) {
+            Ok(s) => s,
+            Err(e) => {
+                writeln!(stderr, "error: {e:#}")?;
+                unreadable = true;
+                continue;
+            }
+        };
+        let outcome = validator.validate(&source);
+        let (errors, warnings) = (outcome.report.errors(), outcome.report.warnings());
+        failed |= errors > 0 || (deny_warnings && warnings > 0);
+        match format {
+            ReportFormat::Json => records.extend(outcome.report.records()),
+            ReportFormat::Human => {
+                write!(stderr, "{}", render(&outcome))?;
+                let status = match (errors, warnings) {
+                    (0, 0) => "ok".to_string(),
+                    (0, w) => format!("ok, {w} warning{}", plural(w)),
+                    (e, 0) => format!("{e} error{}", plural(e)),
+                    (e, w) => format!("{e} error{}, {w} warning{}", plural(e), plural(w)),
+                };
+                let tasks = outcome
+                    .checked
+                    .as_ref()
+                    .map(|c| format!(" ({} tasks)", c.workflow.spec.tasks.len()))
+                    .unwrap_or_default();
+                writeln!(stderr, "{}: {status}{tasks}", source.name())?;
+            }
+        }
+    }
+    if let ReportFormat::Json = format {
+        println!("{}", serde_json::to_string_pretty(&records)?);
+    }
+    Ok(if unreadable {
+        ExitCode::from(2)
+    } else if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
+/// Validates one file; prints its diagnostics to stderr; returns the checked workflow if valid.
+fn checked_or_report(validator: &Validator, file: &Path) -> Result<Option<Checked>> {
+    let source = read_source(file)?;
+    let outcome = validator.validate(&source);
+    eprint!("{}", render(&outcome));
+    if outcome.checked.is_none() {
+        eprintln!("{}: {} error{}", source.name(), outcome.report.errors(), plural(outcome.report.errors()));
+    }
+    Ok(outcome.checked)
+}

@@ -2,8 +2,11 @@
 pub mod dag;
 pub mod diagnostic;
 pub mod expr;
+pub mod inputs;
 pub mod model;
 pub mod schedule;
+pub mod schema;
 pub mod source;
 pub mod tasks;
+pub mod validate;
 pub mod yaml;

@@ -17,6 +17,13 @@ pub struct TaskType {
     pub description: String,
     /// JSON Schema of the `with` block (draft 2020-12).
     pub with_schema: Value,
+    /// Paths in `with` whose strings are data, not templates (`/output_schema`,
+    /// `/checks/*/pattern`). `*` stands for one path segment; a path covers what is below it.
+    pub literal_paths: Vec<String>,
+    /// Paths whose strings are expressions rather than templates.
+    pub expression_paths: Vec<String>,
+    /// Paths whose templates may read `secrets.<NAME>` (`/headers/*`).
+    pub secret_paths: Vec<String>,
 }
 
 impl TaskType {
@@ -28,6 +35,38 @@ impl TaskType {
             name: name.to_string(),
             description: description.to_string(),
             with_schema: schema.to_value(),
+            literal_paths: Vec::new(),
+            expression_paths: Vec::new(),
+            secret_paths: Vec::new(),
+        }
+    }
+
+    pub fn literal(mut self, paths: &[&str]) -> Self {
+        self.literal_paths.extend(paths.iter().map(|p| p.to_string()));
+        self
+    }
+
+    pub fn expressions(mut self, paths: &[&str]) -> Self {
+        self.expression_paths.extend(paths.iter().map(|p| p.to_string()));
+        self
+    }
+
+    pub fn secrets(mut self, paths: &[&str]) -> Self {
+        self.secret_paths.extend(paths.iter().map(|p| p.to_string()));
+        self
+    }
+}
+
+/// Does `pointer` lie at or below `pattern` (`*` matching one segment)?
+pub fn path_covers(pattern: &str, pointer: &str) -> bool {
+    let mut ps = pattern.split('/');
+    let mut xs = pointer.split('/');
+    loop {
+        match (ps.next(), xs.next()) {
+            (None, _) => return true,
+            (Some(_), None) => return false,
+            (Some(p), Some(x)) if p == "*" || p == x => continue,
+            _ => return false,
         }
     }
 }
@@ -43,11 +82,20 @@ impl Default for Registry {
         let mut r = Registry {
             types: IndexMap::new(),
         };
-        r.register(TaskType::of::<LlmWith>("llm", "Call a language model (chat completion)."));
-        r.register(TaskType::of::<TransformWith>("transform", "Build JSON from templates or an expression."));
-        r.register(TaskType::of::<HttpWith>("http", "Call an HTTP tool or webhook."));
-        r.register(TaskType::of::<EvaluateWith>("evaluate", "Score a text with checks; yields score and passed."));
-        r.register(TaskType::of::<PolicyWith>("policy", "Allow or deny on models, inputs and budget."));
+        r.register(TaskType::of::<LlmWith>("llm", "Call a language model (chat completion).").literal(&["/output_schema"]));
+        r.register(
+            TaskType::of::<TransformWith>("transform", "Build JSON from templates or an expression.")
+                .expressions(&["/expression"]),
+        );
+        r.register(TaskType::of::<HttpWith>("http", "Call an HTTP tool or webhook.").secrets(&["/headers/*"]));
+        r.register(
+            TaskType::of::<EvaluateWith>("evaluate", "Score a text with checks; yields score and passed.")
+                .literal(&["/checks/*/schema", "/checks/*/pattern"]),
+        );
+        r.register(
+            TaskType::of::<PolicyWith>("policy", "Allow or deny on models, inputs and budget.")
+                .literal(&["/deny_patterns", "/allow_models", "/deny_models"]),
+        );
         r
     }
 }
@@ -293,6 +341,14 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn paths() {
+        assert!(path_covers("/headers/*", "/headers/Authorization"));
+        assert!(path_covers("/checks/*/schema", "/checks/0/schema/properties/x"));
+        assert!(!path_covers("/checks/*/schema", "/checks/0/value"));
+        assert!(!path_covers("/headers/*", "/headers"));
+    }
 
     #[test]
     fn globs() {
