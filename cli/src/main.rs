@@ -219,7 +219,7 @@ fn validate(validator: &Validator, files: &[PathBuf], format: ReportFormat, deny
                 let tasks = outcome
                     .checked
                     .as_ref()
-                    .map(|c| format!(" ({} tasks)", c.workflow.spec.tasks.len()))
+                    .map(|c| format!(" ({} task{})", c.workflow.spec.tasks.len(), plural(c.workflow.spec.tasks.len())))
                     .unwrap_or_default();
                 writeln!(stderr, "{}: {status}{tasks}", source.name())?;
             }

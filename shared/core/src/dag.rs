@@ -4,6 +4,7 @@
 //! Edges point from a dependency to its dependent (`a -> b`: b runs after a). A fallback
 //! task gets an edge from the task it stands in for.
 
+use std::sync::OnceLock;
 use std::collections::HashMap;
 use std::fmt::Write;
 
@@ -34,7 +35,9 @@ pub struct Dag {
     graph: DiGraph<usize, EdgeKind>,
     topo: Vec<usize>,
     levels: Vec<u32>,
-    ancestors: Vec<FixedBitSet>,
+    /// Transitive dependencies, computed on first use: most references are to direct
+    /// dependencies, and a 10,000-task chain would need 12 MB of bitsets up front.
+    ancestors: Vec<OnceLock<FixedBitSet>>,
 }
 
 /// A dependency cycle, as task indexes in dependency order: each depends on the next, and
@@ -70,20 +73,15 @@ impl Dag {
         };
         let n = nodes.len();
         let mut levels = vec![0u32; n];
-        let mut ancestors = vec![FixedBitSet::with_capacity(n); n];
         for &v in &topo {
             let vi = NodeIndex::new(v);
-            let mut level = 0;
-            let mut anc = FixedBitSet::with_capacity(n);
-            for e in graph.edges_directed(vi, petgraph::Direction::Incoming) {
-                let p = e.source().index();
-                level = level.max(levels[p] + 1);
-                anc.union_with(&ancestors[p]);
-                anc.insert(p);
-            }
-            levels[v] = level;
-            ancestors[v] = anc;
+            levels[v] = graph
+                .edges_directed(vi, petgraph::Direction::Incoming)
+                .map(|e| levels[e.source().index()] + 1)
+                .max()
+                .unwrap_or(0);
         }
+        let ancestors = (0..n).map(|_| OnceLock::new()).collect();
         Ok(Dag {
             ids,
             index,
@@ -132,12 +130,48 @@ impl Dag {
 
     /// Is `a` a (transitive) dependency of `b`?
     pub fn is_ancestor(&self, a: usize, b: usize) -> bool {
-        self.ancestors[b].contains(a)
+        if self.levels[a] >= self.levels[b] {
+            return false;
+        }
+        if self.parents(b).any(|(p, _)| p == a) {
+            return true;
+        }
+        self.ancestor_set(b).contains(a)
     }
 
     /// All (transitive) dependencies of `i`.
     pub fn ancestors(&self, i: usize) -> impl Iterator<Item = usize> + '_ {
-        self.ancestors[i].ones()
+        self.ancestor_set(i).ones()
+    }
+
+    /// The ancestor set of `i`, computing (iteratively, in topological order) the sets of
+    /// every ancestor that lacks one.
+    fn ancestor_set(&self, i: usize) -> &FixedBitSet {
+        if let Some(s) = self.ancestors[i].get() {
+            return s;
+        }
+        let n = self.len();
+        let mut seen = FixedBitSet::with_capacity(n);
+        let mut need = Vec::new();
+        let mut stack = vec![i];
+        while let Some(v) = stack.pop() {
+            if seen.put(v) || self.ancestors[v].get().is_some() {
+                continue;
+            }
+            need.push(v);
+            stack.extend(self.parents(v).map(|(p, _)| p));
+        }
+        // Parents have lower levels, so level order is a topological order.
+        need.sort_unstable_by_key(|&v| self.levels[v]);
+        for v in need {
+            let mut set = FixedBitSet::with_capacity(n);
+            for (p, _) in self.parents(v) {
+                set.union_with(self.ancestors[p].get().expect("parents come first"));
+                set.insert(p);
+            }
+            let _ = self.ancestors[v].set(set);
+        }
+        self.ancestors[i].get().expect("just computed")
     }
 
     /// Direct dependencies of `i`, with the edge kind.

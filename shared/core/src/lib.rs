@@ -7,6 +7,7 @@ pub mod model;
 pub mod schedule;
 pub mod schema;
 pub mod source;
+pub mod synth;
 pub mod tasks;
 pub mod validate;
 pub mod yaml;

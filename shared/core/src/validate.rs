@@ -30,10 +30,12 @@ use crate::model::{
 use crate::schedule::{check_cron, check_rate};
 use crate::source::{SourceFile, Span};
 use crate::tasks::{Check, EvaluateWith, LlmWith, PolicyWith, Registry, TaskType, TransformWith, glob_match, path_covers};
-use crate::yaml::{Limits, LoadError, LoadIssue, Node, Value as YValue, load};
+use crate::yaml::{Limits, LoadError, LoadIssue, Loaded, load};
 
 /// Most tasks a workflow may have.
 pub const MAX_TASKS: usize = 10_000;
+/// From this many tasks on, templates are analysed on a second thread.
+const PARALLEL_FROM: usize = 500;
 
 /// What a task's result exposes to templates: `tasks.<id>.<field>`.
 pub const TASK_FIELDS: &[&str] = &["output", "status", "error", "usage", "attempts"];
@@ -167,26 +169,36 @@ impl Validator {
                 }
             });
         }
-        if let Some((tasks, _)) = loaded.root.pointer("/spec/tasks")
-            && let YValue::Seq(items) = &tasks.value
+        if let Some(items) = loaded.json.pointer("/spec/tasks").and_then(Value::as_array)
             && items.len() > MAX_TASKS
         {
+            let span = loaded.locate("/spec/tasks").map(|(s, k)| k.unwrap_or(s));
             report.push(
                 Diagnostic::error(LIMIT, format!("workflow has {} tasks; the limit is {MAX_TASKS}", items.len()))
-                    .at("spec.tasks", Some(tasks.span))
+                    .at("spec.tasks", span)
                     .help("split the work into several workflows, or use `for_each` to fan out over data"),
             );
             report.sort();
             return Outcome { report, checked: None };
         }
-        let json = loaded.root.to_json();
+        let tasks = loaded.json.pointer("/spec/tasks").and_then(Value::as_array).map_or(&[][..], Vec::as_slice);
         let mut run = Run {
             v: self,
-            root: &loaded.root,
-            json: &json,
+            loaded: &loaded,
+            json: &loaded.json,
             report,
+            pre: HashMap::new(),
         };
-        let checked = run.check();
+        let checked = if tasks.len() >= PARALLEL_FROM {
+            // Analyse templates on a second thread while this one checks the schema and
+            // builds the graph; the results meet in `run.pre`.
+            std::thread::scope(|scope| {
+                let worker = scope.spawn(|| analyse_tasks(&self.analyzer, &self.registry, tasks));
+                run.check_with(move || worker.join().expect("template analysis does not panic"))
+            })
+        } else {
+            run.check_with(Vec::new)
+        };
         let mut report = run.report;
         report.sort();
         let checked = if report.has_errors() {
@@ -240,9 +252,89 @@ struct TaskView {
 
 struct Run<'a> {
     v: &'a Validator,
-    root: &'a Node,
+    loaded: &'a Loaded,
     json: &'a Value,
     report: Report,
+    /// Templates and expressions analysed ahead of time, keyed by the address of their
+    /// text in `json` (which does not move while we run).
+    pre: HashMap<(usize, Kind), Analysis>,
+}
+
+type Analysis = Result<Vec<Vec<String>>, SyntaxError>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Kind {
+    Template,
+    Expression,
+}
+
+/// Calls `f` for every string of `v` that is a template or expression, with its pointer.
+fn visit_strings<'j>(
+    v: &'j Value,
+    ptr: &mut String,
+    rel: usize,
+    ty: Option<&TaskType>,
+    f: &mut impl FnMut(&'j str, &str, Kind, bool),
+) {
+    match v {
+        Value::String(s) => {
+            let r = ptr.get(rel..).unwrap_or("");
+            if ty.is_some_and(|t| t.literal_paths.iter().any(|p| path_covers(p, r))) {
+                return;
+            }
+            let secrets = ty.is_some_and(|t| t.secret_paths.iter().any(|p| path_covers(p, r)));
+            if ty.is_some_and(|t| t.expression_paths.iter().any(|p| path_covers(p, r))) {
+                f(s, ptr, Kind::Expression, secrets);
+            } else if is_template(s) {
+                f(s, ptr, Kind::Template, secrets);
+            }
+        }
+        Value::Array(items) => {
+            for (k, item) in items.iter().enumerate() {
+                let len = ptr.len();
+                ptr.push('/');
+                ptr.push_str(&k.to_string());
+                visit_strings(item, ptr, rel, ty, f);
+                ptr.truncate(len);
+            }
+        }
+        Value::Object(m) => {
+            for (k, item) in m {
+                let len = ptr.len();
+                ptr.push('/');
+                push_escaped(ptr, k);
+                visit_strings(item, ptr, rel, ty, f);
+                ptr.truncate(len);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Analyses every task's templates and expressions. Independent of everything else the
+/// validator does, so large documents run it on a second thread.
+fn analyse_tasks(analyzer: &Analyzer, registry: &Registry, tasks: &[Value]) -> Vec<((usize, Kind), Analysis)> {
+    let mut out = Vec::with_capacity(tasks.len() * 2);
+    let mut ptr = String::new();
+    for t in tasks {
+        for key in ["when", "for_each"] {
+            if let Some(Value::String(s)) = t.get(key) {
+                out.push(((s.as_ptr() as usize, Kind::Expression), analyzer.expression_refs(s)));
+            }
+        }
+        if let Some(with) = t.get("with") {
+            let ty = t.get("type").and_then(Value::as_str).and_then(|n| registry.get(n));
+            ptr.clear();
+            visit_strings(with, &mut ptr, 0, ty, &mut |s, _, kind, _| {
+                let a = match kind {
+                    Kind::Template => analyzer.template_refs(s),
+                    Kind::Expression => analyzer.expression_refs(s),
+                };
+                out.push(((s.as_ptr() as usize, kind), a));
+            });
+        }
+    }
+    out
 }
 
 fn typed<T: for<'de> Deserialize<'de>>(v: Option<&Value>) -> Option<T> {
@@ -275,14 +367,14 @@ fn json_type(v: &Value) -> &'static str {
 impl<'a> Run<'a> {
     /// The field path and span of a pointer (the nearest existing node if it is missing).
     fn loc(&self, pointer: &str) -> (String, Option<Span>) {
-        let (node, _) = self.root.nearest(pointer);
-        (field_path(pointer), Some(node.span))
+        let (span, _) = self.loaded.nearest(pointer);
+        (field_path(pointer), Some(span))
     }
 
     /// Like [`loc`], but pointing at the key when the node is a mapping entry.
     fn loc_key(&self, pointer: &str) -> (String, Option<Span>) {
-        let (node, key) = self.root.nearest(pointer);
-        (field_path(pointer), Some(key.unwrap_or(node.span)))
+        let (span, key) = self.loaded.nearest(pointer);
+        (field_path(pointer), Some(key.unwrap_or(span)))
     }
 
     fn push(&mut self, d: Diagnostic) {
@@ -301,7 +393,7 @@ impl<'a> Run<'a> {
         self.report.diagnostics.last_mut().expect("just pushed")
     }
 
-    fn check(&mut self) -> Option<(Workflow, Dag, Vec<Reads>)> {
+    fn check_with(&mut self, analysed: impl FnOnce() -> Vec<((usize, Kind), Analysis)>) -> Option<(Workflow, Dag, Vec<Reads>)> {
         if !self.json.is_object() {
             let (path, span) = self.loc("");
             self.push(
@@ -319,10 +411,29 @@ impl<'a> Run<'a> {
         let spec = self.json.get("spec");
         let inputs = self.inputs(spec);
         let defaults: Option<Defaults> = typed(spec.and_then(|s| s.get("defaults")));
+        // The common case, a document that matches the schema, is deserialized once; other
+        // documents are read part by part so that one bad part does not hide the rest.
+        let mut whole: Option<Workflow> = if schema_errors.is_empty() {
+            Workflow::deserialize(self.json).ok()
+        } else {
+            None
+        };
         let bad: BTreeSet<String> = schema_errors.iter().map(|e| e.instance_path().as_str().to_string()).collect();
-        let views = self.task_views(spec, &bad);
+        let views = match whole.as_mut() {
+            Some(w) => std::mem::take(&mut w.spec.tasks)
+                .into_iter()
+                .map(|t| TaskView {
+                    id: Some(t.id.clone()),
+                    depends_on: t.depends_on.clone(),
+                    fallback: t.on_failure.as_ref().and_then(|f| f.fallback()).map(str::to_string),
+                    task: Some(t),
+                })
+                .collect(),
+            None => self.task_views(spec, &bad),
+        };
         let dag = self.graph(&views);
 
+        self.pre = analysed().into_iter().collect();
         let mut reads = vec![Reads::default(); views.len()];
         let input_names: Option<Vec<String>> = inputs.as_ref().map(|m| m.keys().cloned().collect());
         let ctx = RefCtx {
@@ -346,14 +457,20 @@ impl<'a> Run<'a> {
         if self.report.has_errors() {
             return None;
         }
-        let workflow: Workflow = match Workflow::deserialize(self.json) {
-            Ok(w) => w,
-            Err(e) => {
+        let workflow: Workflow = match whole {
+            Some(mut w) => {
+                w.spec.tasks = views.into_iter().filter_map(|v| v.task).collect();
+                w
+            }
+            None => match Workflow::deserialize(self.json) {
+                Ok(w) => w,
+                Err(e) => {
                 // The schema and the types agree, so this is a bug; still report it plainly.
                 let (path, span) = self.loc("");
-                self.push(Diagnostic::error(SCHEMA, format!("document does not match the workflow format: {e}")).at(path, span));
-                return None;
-            }
+                    self.push(Diagnostic::error(SCHEMA, format!("document does not match the workflow format: {e}")).at(path, span));
+                    return None;
+                }
+            },
         };
         Some((workflow, dag?, reads))
     }
@@ -850,12 +967,14 @@ impl<'a> Run<'a> {
             self.error(FOR_EACH, &format!("{base}/max_concurrency"), "`max_concurrency` only applies to a task with `for_each`")
                 .help = Some("remove it, or add `for_each: <list expression>`".into());
         }
-        let ty = self.v.registry.get(&task.ty).cloned();
-        if let Some(with) = self.json.pointer(&format!("{base}/with")) {
-            self.walk_with(with, &mut format!("{base}/with"), base.len() + 5, ty.as_ref(), body, ctx, &mut reads);
+        let v = self.v;
+        let ty = v.registry.get(&task.ty);
+        let with = self.json["spec"]["tasks"][i].get("with");
+        if let Some(with) = with {
+            self.walk_with(with, &mut format!("{base}/with"), base.len() + 5, ty, body, ctx, &mut reads);
         }
-        if let Some(ty) = &ty {
-            self.type_rules(&base, ty, self.json.pointer(&format!("{base}/with")));
+        if let Some(ty) = ty {
+            self.type_rules(&base, ty, with);
         }
         // Timing.
         if let Some(t) = task.timeout
@@ -872,51 +991,26 @@ impl<'a> Run<'a> {
         reads
     }
 
-    /// Walks a `with` block: every string is a template (or, on expression paths, an
-    /// expression), except on the type's literal paths.
+    /// Checks the templates and expressions of a `with` block (or any templated value).
     #[allow(clippy::too_many_arguments)]
     fn walk_with(&mut self, v: &Value, ptr: &mut String, rel: usize, ty: Option<&TaskType>, site: Site, ctx: &RefCtx<'_>, reads: &mut Reads) {
-        let relp = |ptr: &str| ptr.get(rel..).unwrap_or("").to_string();
-        match v {
-            Value::String(s) => {
-                let r = relp(ptr);
-                if ty.is_some_and(|t| t.literal_paths.iter().any(|p| path_covers(p, &r))) {
-                    return;
-                }
-                let secrets = ty.is_some_and(|t| t.secret_paths.iter().any(|p| path_covers(p, &r)));
-                let site = with_secrets(site, secrets);
-                if ty.is_some_and(|t| t.expression_paths.iter().any(|p| path_covers(p, &r))) {
-                    let p = ptr.clone();
-                    self.expression(s, &p, site, ctx, reads);
-                } else if is_template(s) {
-                    let p = ptr.clone();
-                    self.template(s, &p, site, ctx, reads);
-                }
-            }
-            Value::Array(items) => {
-                for (k, item) in items.iter().enumerate() {
-                    let len = ptr.len();
-                    ptr.push('/');
-                    ptr.push_str(&k.to_string());
-                    self.walk_with(item, ptr, rel, ty, site, ctx, reads);
-                    ptr.truncate(len);
-                }
-            }
-            Value::Object(m) => {
-                for (k, item) in m {
-                    let len = ptr.len();
-                    ptr.push('/');
-                    ptr.push_str(&k.replace('~', "~0").replace('/', "~1"));
-                    self.walk_with(item, ptr, rel, ty, site, ctx, reads);
-                    ptr.truncate(len);
-                }
-            }
-            _ => {}
+        let mut found = Vec::new();
+        visit_strings(v, ptr, rel, ty, &mut |src, p, kind, secrets| found.push((src, p.to_string(), kind, secrets)));
+        for (src, p, kind, secrets) in found {
+            let site = with_secrets(site, secrets);
+            match kind {
+                Kind::Expression => self.expression(src, &p, site, ctx, reads),
+                Kind::Template => self.template(src, &p, site, ctx, reads),
+            };
         }
     }
 
     fn template(&mut self, src: &str, ptr: &str, site: Site, ctx: &RefCtx<'_>, reads: &mut Reads) -> Vec<Vec<String>> {
-        match self.v.analyzer.template_refs(src) {
+        let analysed = match self.pre.remove(&(src.as_ptr() as usize, Kind::Template)) {
+            Some(a) => a,
+            None => self.v.analyzer.template_refs(src),
+        };
+        match analysed {
             Ok(refs) => {
                 self.references(&refs, ptr, site, ctx, reads);
                 refs
@@ -936,7 +1030,11 @@ impl<'a> Run<'a> {
                 Some(format!("write it without braces: `{inner}`"));
             return Vec::new();
         }
-        match self.v.analyzer.expression_refs(src) {
+        let analysed = match self.pre.remove(&(src.as_ptr() as usize, Kind::Expression)) {
+            Some(a) => a,
+            None => self.v.analyzer.expression_refs(src),
+        };
+        match analysed {
             Ok(refs) => {
                 self.references(&refs, ptr, site, ctx, reads);
                 refs
@@ -1149,13 +1247,16 @@ impl<'a> Run<'a> {
     /// Model allow/deny lists of policy tasks, checked against every llm task now rather
     /// than at run time.
     fn policies(&mut self, views: &[TaskView]) {
+        if !views.iter().any(|v| v.task.as_ref().is_some_and(|t| t.ty == "policy")) {
+            return;
+        }
         let mut models: Vec<(usize, String, String)> = Vec::new();
         for (i, v) in views.iter().enumerate() {
             let Some(t) = &v.task else { continue };
             if t.ty != "llm" {
                 continue;
             }
-            let Some(llm) = typed::<LlmWith>(self.json.pointer(&format!("/spec/tasks/{i}/with"))) else { continue };
+            let Some(llm) = typed::<LlmWith>(self.json["spec"]["tasks"][i].get("with")) else { continue };
             let provider = llm.provider.clone().unwrap_or_default();
             let full = |m: &str| {
                 if m.contains('/') || provider.is_empty() {
@@ -1174,7 +1275,7 @@ impl<'a> Run<'a> {
             if t.ty != "policy" {
                 continue;
             }
-            let Some(pw) = typed::<PolicyWith>(self.json.pointer(&format!("/spec/tasks/{pi}/with"))) else { continue };
+            let Some(pw) = typed::<PolicyWith>(self.json["spec"]["tasks"][pi].get("with")) else { continue };
             let policy_id = t.id.clone();
             for (ti, ptr, model) in &models {
                 let bare = model.rsplit('/').next().unwrap_or(model);
@@ -1212,7 +1313,8 @@ impl<'a> Run<'a> {
         for (kind, list) in [("success", &hooks.success), ("failure", &hooks.failure)] {
             for (i, h) in list.iter().enumerate() {
                 let base = format!("/spec/on/{kind}/{i}");
-                let ty = self.v.registry.get(&h.ty).cloned();
+                let v = self.v;
+                let ty = v.registry.get(&h.ty);
                 if ty.is_none() {
                     let hint = did_you_mean(&h.ty, types.iter().copied());
                     self.error(UNKNOWN_TYPE, &format!("{base}/type"), format!("unknown task type `{}`", h.ty)).help = hint;
@@ -1221,9 +1323,9 @@ impl<'a> Run<'a> {
                 if let Some(with) = self.json.pointer(&format!("{base}/with")) {
                     let mut p = format!("{base}/with");
                     let rel = p.len();
-                    self.walk_with(with, &mut p, rel, ty.as_ref(), Site::Hook { secrets: false }, ctx, &mut reads);
+                    self.walk_with(with, &mut p, rel, ty, Site::Hook { secrets: false }, ctx, &mut reads);
                 }
-                if let Some(ty) = &ty {
+                if let Some(ty) = ty {
                     self.type_rules(&base, ty, self.json.pointer(&format!("{base}/with")));
                 }
             }
@@ -1385,6 +1487,15 @@ impl<'a> Run<'a> {
                 }
             }
         }
+    }
+}
+
+/// Appends a JSON-pointer-escaped key.
+fn push_escaped(ptr: &mut String, key: &str) {
+    if key.contains(['~', '/']) {
+        ptr.push_str(&key.replace('~', "~0").replace('/', "~1"));
+    } else {
+        ptr.push_str(key);
     }
 }
 

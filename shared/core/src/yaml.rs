@@ -39,30 +39,21 @@ impl Default for Limits {
     }
 }
 
-/// A loaded YAML value with its span.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Node {
-    pub value: Value,
+/// The spans of a loaded document, shaped like its JSON value: sequences and mappings keep
+/// their children in the same order as the JSON arrays and objects.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct SpanNode {
     pub span: Span,
+    pub kids: Kids,
 }
 
-/// One mapping entry; keys are always strings in this format.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Entry {
-    pub key: String,
-    pub key_span: Span,
-    pub value: Node,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum Value {
-    Null,
-    Bool(bool),
-    Int(i64),
-    Float(f64),
-    Str(String),
-    Seq(Vec<Node>),
-    Map(Vec<Entry>),
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum Kids {
+    #[default]
+    Leaf,
+    Seq(Vec<SpanNode>),
+    /// Key span and value spans, in the order of the JSON object's entries.
+    Map(Vec<(Span, SpanNode)>),
 }
 
 /// A fatal loading error: the document cannot be turned into a tree.
@@ -102,10 +93,12 @@ pub enum LoadIssue {
     NonScalarKey { span: Span },
 }
 
-/// The result of loading one document.
+/// The result of loading one document: its JSON value and, beside it, where each part of
+/// it stands in the source.
 #[derive(Debug, Clone)]
 pub struct Loaded {
-    pub root: Node,
+    pub json: serde_json::Value,
+    pub spans: SpanNode,
     pub issues: Vec<LoadIssue>,
 }
 
@@ -120,28 +113,32 @@ fn span(s: &saphyr_parser::Span) -> Span {
     Span::new(pos(&s.start), pos(&s.end))
 }
 
+type Json = serde_json::Value;
+
 enum Frame {
     Seq {
         start: Span,
         anchor: usize,
-        items: Vec<Node>,
+        items: Vec<Json>,
+        spans: Vec<SpanNode>,
     },
     Map {
         start: Span,
         anchor: usize,
-        entries: Vec<Entry>,
+        entries: serde_json::Map<String, Json>,
+        spans: Vec<(Span, SpanNode)>,
         key: Option<(String, Span)>,
-        merges: Vec<Node>,
+        merges: Vec<(Json, SpanNode)>,
     },
 }
 
 struct Builder {
     limits: Limits,
     nodes: usize,
-    anchors: HashMap<usize, (Node, usize)>,
+    anchors: HashMap<usize, (Json, SpanNode, usize)>,
     stack: Vec<(Frame, usize)>,
     issues: Vec<LoadIssue>,
-    root: Option<Node>,
+    root: Option<(Json, SpanNode)>,
 }
 
 impl Builder {
@@ -170,16 +167,20 @@ impl Builder {
     }
 
     /// Adds a finished node to the enclosing collection (or makes it the root).
-    fn push(&mut self, node: Node, anchor: usize, size: usize) {
+    fn push(&mut self, value: Json, span: SpanNode, anchor: usize, size: usize) {
         if anchor != 0 {
-            self.anchors.insert(anchor, (node.clone(), size));
+            self.anchors.insert(anchor, (value.clone(), span.clone(), size));
         }
         match self.stack.last_mut() {
-            None => self.root = Some(node),
-            Some((Frame::Seq { items, .. }, _)) => items.push(node),
+            None => self.root = Some((value, span)),
+            Some((Frame::Seq { items, spans, .. }, _)) => {
+                items.push(value);
+                spans.push(span);
+            }
             Some((
                 Frame::Map {
                     entries,
+                    spans,
                     key,
                     merges,
                     ..
@@ -187,37 +188,37 @@ impl Builder {
                 _,
             )) => match key.take() {
                 None => {
-                    let text = match &node.value {
-                        Value::Str(s) => s.clone(),
-                        Value::Null => "null".to_string(),
-                        Value::Bool(b) => b.to_string(),
-                        Value::Int(i) => i.to_string(),
-                        Value::Float(f) => f.to_string(),
-                        Value::Seq(_) | Value::Map(_) => {
-                            self.issues.push(LoadIssue::NonScalarKey { span: node.span });
+                    let text = match value {
+                        Json::String(s) => s,
+                        Json::Null => "null".to_string(),
+                        Json::Bool(b) => b.to_string(),
+                        Json::Number(n) => n.to_string(),
+                        Json::Array(_) | Json::Object(_) => {
+                            self.issues.push(LoadIssue::NonScalarKey { span: span.span });
                             String::from("<complex key>")
                         }
                     };
-                    *key = Some((text, node.span));
+                    *key = Some((text, span.span));
                 }
                 Some((k, key_span)) => {
                     if k == "<<" {
-                        merges.push(node);
+                        merges.push((value, span));
                         return;
                     }
-                    if let Some(first) = entries.iter().find(|e| e.key == k) {
+                    if entries.contains_key(&k) {
+                        let first = entries
+                            .keys()
+                            .position(|x| *x == k)
+                            .map_or(key_span, |i| spans[i].0);
                         self.issues.push(LoadIssue::DuplicateKey {
                             key: k,
                             span: key_span,
-                            first: first.key_span,
+                            first,
                         });
                         return;
                     }
-                    entries.push(Entry {
-                        key: k,
-                        key_span,
-                        value: node,
-                    });
+                    entries.insert(k, value);
+                    spans.push((key_span, span));
                 }
             },
         }
@@ -225,79 +226,81 @@ impl Builder {
 }
 
 /// YAML merge keys (`<<: *base`): entries of the merged mapping(s) that the mapping does not
-/// set itself are added (explicit keys win wherever they stand). Widely used in hand-written YAML, so honoured here.
-fn merge(entries: &mut Vec<Entry>, node: Node) {
-    let maps = match node.value {
-        Value::Map(m) => vec![m],
-        Value::Seq(items) => items
-            .into_iter()
-            .filter_map(|n| match n.value {
-                Value::Map(m) => Some(m),
-                _ => None,
-            })
-            .collect(),
-        _ => vec![],
+/// set itself are added (explicit keys win wherever they stand).
+fn merge(entries: &mut serde_json::Map<String, Json>, spans: &mut Vec<(Span, SpanNode)>, value: Json, span: SpanNode) {
+    let parts: Vec<(Json, SpanNode)> = match (value, span.kids) {
+        (Json::Array(items), Kids::Seq(kids)) => items.into_iter().zip(kids).collect(),
+        (v, kids) => vec![(v, SpanNode { span: span.span, kids })],
     };
-    for m in maps {
-        for e in m {
-            if !entries.iter().any(|x| x.key == e.key) {
-                entries.push(e);
+    for (v, sp) in parts {
+        if let (Json::Object(m), Kids::Map(kids)) = (v, sp.kids) {
+            for ((k, val), (ks, vs)) in m.into_iter().zip(kids) {
+                if !entries.contains_key(&k) {
+                    entries.insert(k, val);
+                    spans.push((ks, vs));
+                }
             }
         }
     }
 }
 
-fn subtree_size(node: &Node) -> usize {
-    1 + match &node.value {
-        Value::Seq(items) => items.iter().map(subtree_size).sum(),
-        Value::Map(entries) => entries.iter().map(|e| 1 + subtree_size(&e.value)).sum(),
+fn subtree_size(v: &Json) -> usize {
+    1 + match v {
+        Json::Array(items) => items.iter().map(subtree_size).sum(),
+        Json::Object(m) => m.values().map(|v| 1 + subtree_size(v)).sum(),
         _ => 0,
     }
 }
 
 /// Resolves a plain scalar with the YAML 1.2 core schema.
-fn resolve_plain(s: &str) -> Value {
-    match s {
-        "" | "~" | "null" | "Null" | "NULL" => return Value::Null,
-        "true" | "True" | "TRUE" => return Value::Bool(true),
-        "false" | "False" | "FALSE" => return Value::Bool(false),
-        ".inf" | ".Inf" | ".INF" | "+.inf" | "+.Inf" | "+.INF" => return Value::Float(f64::INFINITY),
-        "-.inf" | "-.Inf" | "-.INF" => return Value::Float(f64::NEG_INFINITY),
-        ".nan" | ".NaN" | ".NAN" => return Value::Float(f64::NAN),
+fn resolve_plain(s: std::borrow::Cow<'_, str>) -> Json {
+    match &*s {
+        "" | "~" | "null" | "Null" | "NULL" => return Json::Null,
+        "true" | "True" | "TRUE" => return Json::Bool(true),
+        "false" | "False" | "FALSE" => return Json::Bool(false),
+        // JSON cannot hold infinities or NaN: keep their text.
+        ".inf" | ".Inf" | ".INF" | "+.inf" | "+.Inf" | "+.INF" | "-.inf" | "-.Inf" | "-.INF" | ".nan" | ".NaN" | ".NAN" => {
+            return Json::String(s.into_owned());
+        }
         _ => {}
     }
     let bytes = s.as_bytes();
+    let first = bytes.first().copied().unwrap_or(b'a');
+    if !(first.is_ascii_digit() || matches!(first, b'-' | b'+' | b'.')) {
+        return Json::String(s.into_owned());
+    }
     let digits = |b: &[u8]| !b.is_empty() && b.iter().all(u8::is_ascii_digit);
     let unsigned = bytes.strip_prefix(b"-").or(bytes.strip_prefix(b"+")).unwrap_or(bytes);
     if digits(unsigned) {
         if let Ok(i) = s.parse::<i64>() {
-            return Value::Int(i);
+            return Json::from(i);
         }
         if let Ok(f) = s.parse::<f64>() {
-            return Value::Float(f);
+            return serde_json::Number::from_f64(f).map_or(Json::String(s.into_owned()), Json::Number);
         }
     }
-    if let Some(oct) = s.strip_prefix("0o") {
-        if let Ok(i) = i64::from_str_radix(oct, 8) {
-            return Value::Int(i);
-        }
+    if let Some(oct) = s.strip_prefix("0o")
+        && let Ok(i) = i64::from_str_radix(oct, 8)
+    {
+        return Json::from(i);
     }
-    if let Some(hex) = s.strip_prefix("0x") {
-        if let Ok(i) = i64::from_str_radix(hex, 16) {
-            return Value::Int(i);
-        }
+    if let Some(hex) = s.strip_prefix("0x")
+        && let Ok(i) = i64::from_str_radix(hex, 16)
+    {
+        return Json::from(i);
     }
     let float_like = unsigned.first().is_some_and(|c| c.is_ascii_digit() || *c == b'.')
         && unsigned
             .iter()
             .all(|c| c.is_ascii_digit() || matches!(c, b'.' | b'e' | b'E' | b'-' | b'+'))
         && unsigned.iter().any(u8::is_ascii_digit);
-    if float_like {
-        if let Ok(f) = s.parse::<f64>() {
-            return Value::Float(f);
-        }
+    if float_like
+        && let Ok(f) = s.parse::<f64>()
+        && let Some(n) = serde_json::Number::from_f64(f)
+    {
+        return Json::Number(n);
     }
-    Value::Str(s.to_string())
+    Json::String(s.into_owned())
 }
 
 /// Loads one YAML document into a spanned tree, enforcing `limits`.
@@ -334,28 +337,30 @@ pub fn load(text: &str, limits: Limits) -> Result<Loaded, LoadError> {
             }
             Event::Scalar(value, style, anchor, tag) => {
                 b.count(1, sp.start)?;
-                let is_str_tag = tag.as_ref().is_some_and(|t| t.handle == "tag:yaml.org,2002:" && t.suffix == "str" || t.handle == "!!" && t.suffix == "str");
+                let is_str_tag = tag.as_ref().is_some_and(|t| t.suffix == "str");
                 let v = if style == ScalarStyle::Plain && !is_str_tag {
-                    resolve_plain(&value)
+                    resolve_plain(value)
                 } else {
-                    Value::Str(value.into_owned())
+                    Json::String(value.into_owned())
                 };
-                b.push(Node { value: v, span: sp }, anchor, 1);
+                b.push(v, SpanNode { span: sp, kids: Kids::Leaf }, anchor, 1);
             }
             Event::Alias(id) => {
-                let (node, size) = b
-                    .anchors
-                    .get(&id)
-                    .cloned()
-                    .ok_or(LoadError::UnknownAlias { pos: sp.start })?;
-                b.count(size, sp.start)?;
-                b.push(Node { value: node.value, span: sp }, 0, size);
+                let (size, at) = match b.anchors.get(&id) {
+                    Some((_, _, size)) => (*size, sp.start),
+                    None => return Err(LoadError::UnknownAlias { pos: sp.start }),
+                };
+                // Count before cloning, so an alias bomb is refused before it allocates.
+                b.count(size, at)?;
+                let (v, spans, _) = b.anchors.get(&id).cloned().expect("checked above");
+                b.push(v, relocate(spans, sp), 0, size);
             }
             Event::SequenceStart(anchor, _) => b.open(
                 Frame::Seq {
                     start: sp,
                     anchor,
                     items: Vec::new(),
+                    spans: Vec::new(),
                 },
                 sp.start,
             )?,
@@ -363,7 +368,8 @@ pub fn load(text: &str, limits: Limits) -> Result<Loaded, LoadError> {
                 Frame::Map {
                     start: sp,
                     anchor,
-                    entries: Vec::new(),
+                    entries: serde_json::Map::new(),
+                    spans: Vec::new(),
                     key: None,
                     merges: Vec::new(),
                 },
@@ -374,105 +380,110 @@ pub fn load(text: &str, limits: Limits) -> Result<Loaded, LoadError> {
                     continue;
                 };
                 let size = b.nodes - before + 1;
-                let (value, start, anchor) = match frame {
-                    Frame::Seq { start, anchor, items } => (Value::Seq(items), start, anchor),
+                let (value, kids, start, anchor) = match frame {
+                    Frame::Seq {
+                        start,
+                        anchor,
+                        items,
+                        spans,
+                    } => (Json::Array(items), Kids::Seq(spans), start, anchor),
                     Frame::Map {
                         start,
                         anchor,
                         mut entries,
+                        mut spans,
                         merges,
                         ..
                     } => {
-                        for m in merges {
-                            merge(&mut entries, m);
+                        for (v, s) in merges {
+                            merge(&mut entries, &mut spans, v, s);
                         }
-                        (Value::Map(entries), start, anchor)
+                        (Json::Object(entries), Kids::Map(spans), start, anchor)
                     }
                 };
-                let node = Node {
-                    value,
+                let span = SpanNode {
                     span: Span::new(start.start, sp.end.max(start.end)),
+                    kids,
                 };
                 // An anchored collection is cloned on every alias: account for its real size.
-                let size = if anchor != 0 { subtree_size(&node).max(size) } else { size };
-                b.push(node, anchor, size);
+                let size = if anchor != 0 { subtree_size(&value).max(size) } else { size };
+                b.push(value, span, anchor, size);
             }
             Event::StreamStart | Event::StreamEnd | Event::DocumentEnd | Event::Nothing => {}
         }
     }
-    let root = b.root.take().unwrap_or(Node {
-        value: Value::Null,
-        span: Span::new(end, end),
-    });
+    let (json, spans) = b.root.take().unwrap_or((
+        Json::Null,
+        SpanNode {
+            span: Span::new(end, end),
+            kids: Kids::Leaf,
+        },
+    ));
     Ok(Loaded {
-        root,
+        json,
+        spans,
         issues: b.issues,
     })
 }
 
-impl Node {
-    /// Converts to JSON. Non-finite floats, which JSON cannot hold, become null.
-    pub fn to_json(&self) -> serde_json::Value {
-        use serde_json::Value as J;
-        match &self.value {
-            Value::Null => J::Null,
-            Value::Bool(b) => J::Bool(*b),
-            Value::Int(i) => J::from(*i),
-            Value::Float(f) => serde_json::Number::from_f64(*f).map_or(J::Null, J::Number),
-            Value::Str(s) => J::String(s.clone()),
-            Value::Seq(items) => J::Array(items.iter().map(Node::to_json).collect()),
-            Value::Map(entries) => J::Object(
-                entries
-                    .iter()
-                    .map(|e| (e.key.clone(), e.value.to_json()))
-                    .collect(),
-            ),
-        }
-    }
+/// An alias's copy points at the alias itself: that is where the user wrote it.
+fn relocate(node: SpanNode, at: Span) -> SpanNode {
+    let kids = match node.kids {
+        Kids::Leaf => Kids::Leaf,
+        Kids::Seq(items) => Kids::Seq(items.into_iter().map(|n| relocate(n, at)).collect()),
+        Kids::Map(entries) => Kids::Map(entries.into_iter().map(|(_, n)| (at, relocate(n, at))).collect()),
+    };
+    SpanNode { span: at, kids }
+}
 
-    /// Finds the node at a JSON pointer (`/spec/tasks/0/id`). Returns the node and, when the
-    /// last step was a mapping key, that key's span.
-    pub fn pointer(&self, pointer: &str) -> Option<(&Node, Option<Span>)> {
-        let mut node = self;
+impl Loaded {
+    /// The spans of the value at a JSON pointer (`/spec/tasks/0/id`): the value's span and,
+    /// when the last step was a mapping key, the key's span.
+    pub fn locate(&self, pointer: &str) -> Option<(Span, Option<Span>)> {
+        let mut json = &self.json;
+        let mut node = &self.spans;
         let mut key_span = None;
         if pointer.is_empty() {
-            return Some((node, None));
+            return Some((node.span, None));
         }
         for raw in pointer.strip_prefix('/')?.split('/') {
-            let seg = raw.replace("~1", "/").replace("~0", "~");
-            match &node.value {
-                Value::Map(entries) => {
-                    let e = entries.iter().find(|e| e.key == seg)?;
-                    key_span = Some(e.key_span);
-                    node = &e.value;
+            let seg = if raw.contains('~') {
+                std::borrow::Cow::Owned(raw.replace("~1", "/").replace("~0", "~"))
+            } else {
+                std::borrow::Cow::Borrowed(raw)
+            };
+            match (json, &node.kids) {
+                (Json::Object(m), Kids::Map(kids)) => {
+                    let i = m.keys().position(|k| *k == *seg)?;
+                    json = &m[&*seg];
+                    let (ks, n) = kids.get(i)?;
+                    key_span = Some(*ks);
+                    node = n;
                 }
-                Value::Seq(items) => {
-                    node = items.get(seg.parse::<usize>().ok()?)?;
+                (Json::Array(items), Kids::Seq(kids)) => {
+                    let i = seg.parse::<usize>().ok()?;
+                    json = items.get(i)?;
+                    node = kids.get(i)?;
                     key_span = None;
                 }
                 _ => return None,
             }
         }
-        Some((node, key_span))
+        Some((node.span, key_span))
     }
 
-    /// Finds the deepest node on the way to `pointer`: the best place to point at when the
-    /// pointer names something missing.
-    pub fn nearest(&self, pointer: &str) -> (&Node, Option<Span>) {
-        let segs: Vec<&str> = pointer.split('/').collect();
-        for n in (1..=segs.len()).rev() {
-            let p = segs[..n].join("/");
-            if let Some(found) = self.pointer(&p) {
+    /// Like [`locate`](Self::locate), for the deepest existing node on the way to
+    /// `pointer`: the best place to point at when the pointer names something missing.
+    pub fn nearest(&self, pointer: &str) -> (Span, Option<Span>) {
+        let mut p = pointer;
+        loop {
+            if let Some(found) = self.locate(p) {
                 return found;
             }
-        }
-        (self, None)
-    }
-
-    pub fn as_str(&self) -> Option<&str> {
-        match &self.value {
-            Value::Str(s) => Some(s),
-            _ => None,
+            match p.rfind('/') {
+                Some(i) => p = &p[..i],
+                None => return (self.spans.span, None),
+            }
         }
     }
 }
@@ -488,7 +499,7 @@ mod tests {
     #[test]
     fn core_schema_scalars() {
         let l = load_ok("a: 1\nb: 1.5\nc: true\nd: ~\ne: yes\nf: '1'\ng: on\nh: 0x1f\n");
-        let j = l.root.to_json();
+        let j = l.json;
         assert_eq!(j["a"], 1);
         assert_eq!(j["b"], 1.5);
         assert_eq!(j["c"], true);
@@ -502,23 +513,26 @@ mod tests {
     #[test]
     fn spans_point_at_keys_and_values() {
         let l = load_ok("spec:\n  tasks:\n    - id: a\n      type: llm\n");
-        let (node, key) = l.root.pointer("/spec/tasks/0/type").unwrap();
-        assert_eq!(node.as_str(), Some("llm"));
-        assert_eq!(node.span.start, Pos { line: 4, column: 13 });
+        let (span, key) = l.locate("/spec/tasks/0/type").unwrap();
+        assert_eq!(l.json["spec"]["tasks"][0]["type"], "llm");
+        assert_eq!(span.start, Pos { line: 4, column: 13 });
         assert_eq!(key.unwrap().start, Pos { line: 4, column: 7 });
+        assert_eq!(l.nearest("/spec/tasks/0/nope").0.start, Pos { line: 3, column: 7 });
     }
 
     #[test]
     fn duplicate_keys_are_reported() {
         let l = load_ok("a: 1\nb: 2\na: 3\n");
-        assert_eq!(l.root.to_json()["a"], 1);
+        assert_eq!(l.json["a"], 1);
         assert!(matches!(&l.issues[0], LoadIssue::DuplicateKey { key, .. } if key == "a"));
     }
 
     #[test]
     fn merge_keys() {
         let l = load_ok("base: &b {x: 1, y: 2}\nc:\n  <<: *b\n  y: 3\n");
-        assert_eq!(l.root.to_json()["c"], serde_json::json!({"y": 3, "x": 1}));
+        assert_eq!(l.json["c"], serde_json::json!({"y": 3, "x": 1}));
+        let (span, _) = l.locate("/c/x").unwrap();
+        assert_eq!(span.start.line, 3);
     }
 
     #[test]
