@@ -161,7 +161,24 @@ impl Report {
     }
 
     /// Orders diagnostics by position, errors first on the same spot, and drops exact repeats.
+    /// Positions past the end of the text (the parser reports end-of-input one line down)
+    /// are moved to the end of the last line.
     pub fn sort(&mut self) {
+        let last = self.source.lines() as u32;
+        let end = crate::source::Pos {
+            line: last,
+            column: self.source.line_text(last).chars().count() as u32 + 1,
+        };
+        for d in &mut self.diagnostics {
+            for s in d.span.iter_mut().chain(d.related.iter_mut().map(|(s, _)| s)) {
+                if s.start.line > last {
+                    s.start = end;
+                }
+                if s.end.line > last {
+                    s.end = end;
+                }
+            }
+        }
         self.diagnostics.sort_by(|a, b| {
             let pa = a.span.map(|s| s.start);
             let pb = b.span.map(|s| s.start);

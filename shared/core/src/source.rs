@@ -37,8 +37,14 @@ pub struct SourceFile {
 impl SourceFile {
     pub fn new(name: impl Into<String>, text: impl Into<String>) -> Self {
         let text: String = text.into();
+        // Line breaks as YAML counts them: `\n`, `\r\n`, and a lone `\r`.
+        let bytes = text.as_bytes();
         let mut line_starts = vec![0];
-        line_starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
+        for (i, &b) in bytes.iter().enumerate() {
+            if b == b'\n' || (b == b'\r' && bytes.get(i + 1) != Some(&b'\n')) {
+                line_starts.push(i + 1);
+            }
+        }
         SourceFile {
             name: Arc::from(name.into()),
             text: Arc::from(text),
@@ -58,8 +64,7 @@ impl SourceFile {
     pub fn offset(&self, pos: Pos) -> usize {
         let line = (pos.line.max(1) as usize - 1).min(self.line_starts.len() - 1);
         let start = self.line_starts[line];
-        let rest = &self.text[start..];
-        let line_text = rest.split('\n').next().unwrap_or("");
+        let line_text = self.line_at(start);
         let col = pos.column.max(1) as usize - 1;
         match line_text.char_indices().nth(col) {
             Some((i, _)) => start + i,
@@ -78,11 +83,20 @@ impl SourceFile {
         (start, end - start)
     }
 
-    /// The text of one line (1-based), without its newline.
+    /// The text of one line (1-based), without its line break.
     pub fn line_text(&self, line: u32) -> &str {
         let idx = (line.max(1) as usize - 1).min(self.line_starts.len() - 1);
-        let start = self.line_starts[idx];
-        self.text[start..].split('\n').next().unwrap_or("").trim_end_matches('\r')
+        self.line_at(self.line_starts[idx])
+    }
+
+    /// Number of lines, counted as YAML counts them.
+    pub fn lines(&self) -> usize {
+        self.line_starts.len()
+    }
+
+    fn line_at(&self, start: usize) -> &str {
+        let rest = &self.text[start..];
+        rest.split(['\n', '\r']).next().unwrap_or("")
     }
 }
 
@@ -97,6 +111,14 @@ mod tests {
         assert_eq!(src.offset(Pos { line: 2, column: 4 }), 9);
         assert_eq!(src.byte_range(Span::new(Pos { line: 1, column: 4 }, Pos { line: 1, column: 4 })), (3, 2));
         assert_eq!(src.line_text(2), "b: x");
+    }
+
+    #[test]
+    fn carriage_returns_break_lines_like_yaml() {
+        let src = SourceFile::new("t.yaml", "a\rb\r\nc\nd");
+        assert_eq!(src.lines(), 4);
+        assert_eq!(src.line_text(2), "b");
+        assert_eq!(src.offset(Pos { line: 3, column: 1 }), 5);
     }
 
     #[test]

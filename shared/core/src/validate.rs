@@ -153,6 +153,7 @@ impl Validator {
             Ok(l) => l,
             Err(e) => {
                 report.push(load_error(&e));
+                report.sort();
                 return Outcome { report, checked: None };
             }
         };
@@ -188,6 +189,7 @@ impl Validator {
             json: &loaded.json,
             report,
             pre: HashMap::new(),
+            suggest_budget: 2_000_000,
         };
         let checked = if tasks.len() >= PARALLEL_FROM {
             // Analyse templates on a second thread while this one checks the schema and
@@ -258,6 +260,8 @@ struct Run<'a> {
     /// Templates and expressions analysed ahead of time, keyed by the address of their
     /// text in `json` (which does not move while we run).
     pre: HashMap<(usize, Kind), Analysis>,
+    /// String comparisons left for "did you mean" hints.
+    suggest_budget: usize,
 }
 
 type Analysis = Result<Vec<Vec<String>>, SyntaxError>;
@@ -341,6 +345,35 @@ fn typed<T: for<'de> Deserialize<'de>>(v: Option<&Value>) -> Option<T> {
     v.and_then(|v| T::deserialize(v).ok())
 }
 
+/// Like [`typed`], but when the value does not deserialize, retries without the fields the
+/// schema rejected (they are reported already), so the rest is still checked.
+fn typed_lenient<T: for<'de> Deserialize<'de>>(v: Option<&Value>, pointer: &str, bad: &BTreeSet<String>) -> Option<T> {
+    let v = v?;
+    if let Ok(t) = T::deserialize(v) {
+        return Some(t);
+    }
+    let prefix = format!("{pointer}/");
+    let mut copy = v.clone();
+    let obj = copy.as_object_mut()?;
+    for p in bad.range(prefix.clone()..).take_while(|p| p.starts_with(&prefix)) {
+        obj.remove(p[prefix.len()..].split('/').next().unwrap_or(""));
+    }
+    T::deserialize(&copy).ok()
+}
+
+/// "a string", "an integer".
+fn a(word: impl std::fmt::Display) -> String {
+    let w = word.to_string();
+    let article = if w.starts_with(['a', 'e', 'i', 'o', 'u']) { "an" } else { "a" };
+    format!("{article} {w}")
+}
+
+/// First useful line of a multi-line library error (regex errors draw the pattern).
+fn one_line(e: impl std::fmt::Display) -> String {
+    let s = e.to_string();
+    s.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim().trim_start_matches("error: ").to_string()
+}
+
 fn short(v: &Value) -> String {
     let s = match v {
         Value::String(s) => s.clone(),
@@ -381,6 +414,17 @@ impl<'a> Run<'a> {
         self.report.push(d);
     }
 
+    /// A "did you mean" hint, within a budget of string comparisons per file: a file with
+    /// thousands of misspellings among thousands of ids must still be checked in time.
+    fn suggest<'c>(&mut self, word: &str, candidates: impl IntoIterator<Item = &'c str>) -> Option<String> {
+        if self.suggest_budget == 0 {
+            return None;
+        }
+        let pool: Vec<&str> = candidates.into_iter().take(self.suggest_budget).collect();
+        self.suggest_budget -= pool.len();
+        did_you_mean(word, pool)
+    }
+
     fn error(&mut self, code: &'static str, pointer: &str, message: impl Into<String>) -> &mut Diagnostic {
         let (path, span) = self.loc(pointer);
         self.report.push(Diagnostic::error(code, message).at(path, span));
@@ -408,9 +452,10 @@ impl<'a> Run<'a> {
             self.schema_error(e, None);
         }
 
+        let bad: BTreeSet<String> = schema_errors.iter().map(|e| e.instance_path().as_str().to_string()).collect();
         let spec = self.json.get("spec");
         let inputs = self.inputs(spec);
-        let defaults: Option<Defaults> = typed(spec.and_then(|s| s.get("defaults")));
+        let defaults: Option<Defaults> = typed_lenient(spec.and_then(|s| s.get("defaults")), "/spec/defaults", &bad);
         // The common case, a document that matches the schema, is deserialized once; other
         // documents are read part by part so that one bad part does not hide the rest.
         let mut whole: Option<Workflow> = if schema_errors.is_empty() {
@@ -418,7 +463,6 @@ impl<'a> Run<'a> {
         } else {
             None
         };
-        let bad: BTreeSet<String> = schema_errors.iter().map(|e| e.instance_path().as_str().to_string()).collect();
         let views = match whole.as_mut() {
             Some(w) => std::mem::take(&mut w.spec.tasks)
                 .into_iter()
@@ -488,7 +532,7 @@ impl<'a> Run<'a> {
                 for name in unexpected {
                     let p = format!("{pointer}/{}", name.replace('~', "~0").replace('/', "~1"));
                     let (path, span) = self.loc_key(&p);
-                    let hint = did_you_mean(name, allowed.iter().map(String::as_str)).or_else(|| {
+                    let hint = self.suggest(name, allowed.iter().map(String::as_str)).or_else(|| {
                         (!allowed.is_empty()).then(|| format!("allowed here: {}", allowed.join(", ")))
                     });
                     self.push(
@@ -561,7 +605,7 @@ impl<'a> Run<'a> {
             ValidationErrorKind::Enum { options } => {
                 let opts: Vec<String> = options.as_array().map(|a| a.iter().map(short).collect()).unwrap_or_default();
                 let value = short(instance);
-                let hint = did_you_mean(&value, opts.iter().map(String::as_str)).or(help.map(str::to_string));
+                let hint = self.suggest(&value, opts.iter().map(String::as_str)).or(help.map(str::to_string));
                 let (path, span) = self.loc(&pointer);
                 self.push(
                     Diagnostic::error(SCHEMA, format!("`{value}` is not one of: {}", opts.join(", ")))
@@ -616,7 +660,7 @@ impl<'a> Run<'a> {
             .collect();
         if !context.is_empty() && consts.len() == context.len() {
             let value = short(e.instance());
-            let hint = did_you_mean(&value, consts.iter().map(String::as_str)).or(help.map(str::to_string));
+            let hint = self.suggest(&value, consts.iter().map(String::as_str)).or(help.map(str::to_string));
             let (path, span) = self.loc(inst);
             self.push(
                 Diagnostic::error(SCHEMA, format!("`{value}` is not one of: {}", consts.join(", ")))
@@ -650,7 +694,7 @@ impl<'a> Run<'a> {
             let field = tag_ptr.rsplit('/').next().unwrap_or("kind").to_string();
             let value = self.json.pointer(&tag_ptr).map(short).unwrap_or_default();
             let names: Vec<String> = tags.into_iter().map(|(_, v)| v).collect();
-            let hint = did_you_mean(&value, names.iter().map(String::as_str));
+            let hint = self.suggest(&value, names.iter().map(String::as_str));
             let (path, span) = self.loc(&tag_ptr);
             self.push(
                 Diagnostic::error(SCHEMA, format!("unknown {field} `{value}`; expected one of: {}", names.join(", ")))
@@ -708,7 +752,7 @@ impl<'a> Run<'a> {
     fn input_decl(&mut self, p: &str, spec: &InputSpec) {
         if let Some(items) = &spec.items {
             if spec.ty != InputType::Array {
-                self.error(INPUT, &format!("{p}/items"), format!("`items` only applies to arrays; this input is a {}", spec.ty));
+                self.error(INPUT, &format!("{p}/items"), format!("`items` only applies to arrays; this input is {}", a(spec.ty)));
             }
             self.input_decl(&format!("{p}/items"), items);
         }
@@ -756,7 +800,8 @@ impl<'a> Run<'a> {
                     let prefix = format!("/spec/tasks/{i}/");
                     let mut t = t.clone();
                     let obj = t.as_object_mut()?;
-                    for p in bad.iter().filter_map(|p| p.strip_prefix(&prefix)) {
+                    for p in bad.range(prefix.clone()..).take_while(|p| p.starts_with(&prefix)) {
+                        let p = &p[prefix.len()..];
                         let key = p.split('/').next().unwrap_or("");
                         if !matches!(key, "id" | "type" | "with") {
                             obj.remove(key);
@@ -823,7 +868,7 @@ impl<'a> Run<'a> {
             if let Some(t) = &v.task
                 && self.v.registry.get(&t.ty).is_none()
             {
-                let hint = did_you_mean(&t.ty, types.iter().copied()).unwrap_or_else(|| format!("known types: {}", types.join(", ")));
+                let hint = self.suggest(&t.ty, types.iter().copied()).unwrap_or_else(|| format!("known types: {}", types.join(", ")));
                 self.error(UNKNOWN_TYPE, &format!("/spec/tasks/{i}/type"), format!("unknown task type `{}`", t.ty))
                     .help = Some(hint);
             }
@@ -831,7 +876,7 @@ impl<'a> Run<'a> {
             for (k, d) in v.depends_on.iter().enumerate() {
                 let p = format!("/spec/tasks/{i}/depends_on/{k}");
                 if !first.contains_key(d.as_str()) {
-                    let hint = did_you_mean(d, ids.iter().copied());
+                    let hint = self.suggest(d, ids.iter().copied());
                     self.error(UNKNOWN_DEPENDENCY, &p, format!("unknown task `{d}` in depends_on")).help = hint;
                 } else if !seen.insert(d.as_str()) {
                     self.warning(DUPLICATE_DEPENDENCY, &p, format!("`{d}` is listed twice in depends_on"));
@@ -845,7 +890,7 @@ impl<'a> Run<'a> {
             let p = format!("/spec/tasks/{i}/on_failure/fallback");
             let me = v.id.as_deref().unwrap_or("?");
             let Some(&fi) = first.get(f) else {
-                let hint = did_you_mean(f, ids.iter().copied());
+                let hint = self.suggest(f, ids.iter().copied());
                 self.error(UNKNOWN_DEPENDENCY, &p, format!("unknown fallback task `{f}`")).help = hint;
                 continue;
             };
@@ -886,7 +931,8 @@ impl<'a> Run<'a> {
                     _ => "",
                 },
                 depends_on: v.depends_on.iter().map(String::as_str).collect(),
-                fallback: v.fallback.as_deref(),
+                // A self-fallback is reported above; it is not a cycle too.
+                fallback: v.fallback.as_deref().filter(|f| Some(*f) != v.id.as_deref()),
             })
             .collect();
         match Dag::build(&nodes) {
@@ -948,7 +994,7 @@ impl<'a> Run<'a> {
                     && decl.ty != InputType::Array
                     && decl.ty != InputType::Object
                 {
-                    self.error(FOR_EACH, &format!("{base}/for_each"), format!("`for_each` needs a list, but input `{}` is a {}", r[1], decl.ty))
+                    self.error(FOR_EACH, &format!("{base}/for_each"), format!("`for_each` needs a list, but input `{}` is {}", r[1], a(decl.ty)))
                         .help = Some(format!("declare `{}` with `type: array`", r[1]));
                 }
             }
@@ -1065,7 +1111,7 @@ impl<'a> Run<'a> {
                         if let Some(decl) = ctx.inputs
                             && !decl.iter().any(|d| d == name)
                         {
-                            let hint = did_you_mean(name, decl.iter().map(String::as_str))
+                            let hint = self.suggest(name, decl.iter().map(String::as_str))
                                 .unwrap_or_else(|| "declare it under `spec.inputs`".to_string());
                             self.error(UNKNOWN_REFERENCE, ptr, format!("`{dotted}` reads an undeclared input `{name}`")).help = Some(hint);
                         } else if ctx.inputs.is_none() {
@@ -1084,14 +1130,14 @@ impl<'a> Run<'a> {
                         continue;
                     };
                     let Some(j) = ctx.index_of(id) else {
-                        let hint = did_you_mean(id, ctx.views.iter().filter_map(|v| v.id.as_deref()));
+                        let hint = self.suggest(id, ctx.views.iter().filter_map(|v| v.id.as_deref()));
                         self.error(UNKNOWN_REFERENCE, ptr, format!("`{dotted}` reads unknown task `{id}`")).help = hint;
                         continue;
                     };
                     if let Some(field) = r.get(2)
                         && !TASK_FIELDS.contains(&field.as_str())
                     {
-                        let hint = did_you_mean(field, TASK_FIELDS.iter().copied())
+                        let hint = self.suggest(field, TASK_FIELDS.iter().copied())
                             .unwrap_or_else(|| format!("a task result has: {}", TASK_FIELDS.join(", ")));
                         self.error(UNKNOWN_REFERENCE, ptr, format!("`{dotted}`: a task result has no field `{field}`")).help = Some(hint);
                     }
@@ -1123,7 +1169,7 @@ impl<'a> Run<'a> {
                             let hint = if RUN_END_FIELDS.contains(&field.as_str()) {
                                 Some(format!("`run.{field}` is only known once the run has ended: read it in `outputs` or `on` hooks"))
                             } else {
-                                did_you_mean(field, all.iter().copied()).or_else(|| Some(format!("`run` has: {}", all.join(", "))))
+                                self.suggest(field, all.iter().copied()).or_else(|| Some(format!("`run` has: {}", all.join(", "))))
                             };
                             self.error(UNKNOWN_REFERENCE, ptr, format!("`{dotted}`: `run` has no field `{field}`")).help = hint;
                         }
@@ -1160,7 +1206,7 @@ impl<'a> Run<'a> {
                         Site::Event => &["event"],
                         _ => &["inputs", "tasks", "run", "item", "item_index"],
                     };
-                    let hint = did_you_mean(root, roots.iter().copied())
+                    let hint = self.suggest(root, roots.iter().copied())
                         .unwrap_or_else(|| format!("templates here can read: {}", roots.join(", ")));
                     self.error(UNKNOWN_REFERENCE, ptr, format!("unknown variable `{root}`")).help = Some(hint);
                 }
@@ -1210,7 +1256,7 @@ impl<'a> Run<'a> {
                     match c {
                         Check::Regex { pattern } => {
                             if let Err(e) = regex::Regex::new(pattern) {
-                                self.error(TASK_CONFIG, &format!("{p}/pattern"), format!("invalid regular expression: {e}"));
+                                self.error(TASK_CONFIG, &format!("{p}/pattern"), format!("invalid regular expression: {}", one_line(e)));
                             }
                         }
                         Check::JsonSchema { schema } => {
@@ -1236,7 +1282,7 @@ impl<'a> Run<'a> {
                 let Some(pw) = typed::<PolicyWith>(with) else { return };
                 for (k, pat) in pw.deny_patterns.iter().enumerate() {
                     if let Err(e) = regex::Regex::new(pat) {
-                        self.error(POLICY, &format!("{w}/deny_patterns/{k}"), format!("invalid regular expression: {e}"));
+                        self.error(POLICY, &format!("{w}/deny_patterns/{k}"), format!("invalid regular expression: {}", one_line(e)));
                     }
                 }
             }
@@ -1316,7 +1362,7 @@ impl<'a> Run<'a> {
                 let v = self.v;
                 let ty = v.registry.get(&h.ty);
                 if ty.is_none() {
-                    let hint = did_you_mean(&h.ty, types.iter().copied());
+                    let hint = self.suggest(&h.ty, types.iter().copied());
                     self.error(UNKNOWN_TYPE, &format!("{base}/type"), format!("unknown task type `{}`", h.ty)).help = hint;
                 }
                 let mut reads = Reads::default();
@@ -1404,7 +1450,7 @@ impl<'a> Run<'a> {
             for (name, tmpl) in &ev.inputs {
                 let p = format!("{base}/inputs/{name}");
                 if !decl.contains_key(name) {
-                    let hint = did_you_mean(name, decl.keys().map(String::as_str));
+                    let hint = self.suggest(name, decl.keys().map(String::as_str));
                     let (path, span) = self.loc_key(&p);
                     self.push(
                         Diagnostic::error(INPUT, format!("event trigger sets undeclared input `{name}`"))
