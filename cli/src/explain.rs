@@ -40,18 +40,21 @@ pub struct TaskPlan {
     pub timeout: Option<String>,
     pub max_attempts: u32,
     pub on_failure: String,
+    /// Set on a fallback task: the task it stands in for.
+    pub fallback_for: Option<String>,
 }
 
 impl Plan {
     pub fn of(c: &Checked) -> Plan {
         let wf = &c.workflow;
         let dag = &c.dag;
-        let levels: Vec<Vec<String>> = dag
-            .level_groups()
-            .into_iter()
-            .map(|g| g.into_iter().map(|i| dag.id(i).to_string()).collect())
-            .collect();
-        let widest = levels.iter().map(Vec::len).max().unwrap_or(0);
+        let levels: Vec<Vec<String>> =
+            dag.level_groups().into_iter().map(|g| g.into_iter().map(|i| dag.id(i).to_string()).collect()).collect();
+        // Fallback tasks run only instead of a failed task: they add no parallelism.
+        let fallbacks: Vec<&str> =
+            wf.spec.tasks.iter().filter_map(|t| t.on_failure.as_ref().and_then(|f| f.fallback())).collect();
+        let widest =
+            levels.iter().map(|l| l.iter().filter(|id| !fallbacks.contains(&id.as_str())).count()).max().unwrap_or(0);
         let max_parallel = wf.spec.concurrency.map(|c| c.max_parallel);
         let defaults = wf.spec.defaults.clone().unwrap_or_default();
         let base_retry = EffectiveRetry::default().overlay(defaults.retry.as_ref());
@@ -83,6 +86,12 @@ impl Plan {
                     reads_inputs: c.reads[i].inputs.iter().cloned().collect(),
                     timeout: t.timeout.or(defaults.timeout).map(|d| d.to_string()),
                     max_attempts: base_retry.overlay(t.retry.as_ref()).max_attempts,
+                    fallback_for: wf
+                        .spec
+                        .tasks
+                        .iter()
+                        .find(|o| o.on_failure.as_ref().and_then(|f| f.fallback()) == Some(t.id.as_str()))
+                        .map(|o| o.id.clone()),
                     on_failure: match &t.on_failure {
                         None => "fail".into(),
                         Some(OnFailure::Action(a)) => format!("{a:?}").to_lowercase(),
@@ -107,7 +116,8 @@ impl Plan {
     pub fn text(&self) -> String {
         let mut o = String::new();
         let version = self.version.as_deref().map(|v| format!(" {v}")).unwrap_or_default();
-        let _ = writeln!(o, "workflow {}{version}: {} tasks in {} levels", self.workflow, self.tasks, self.levels.len());
+        let _ =
+            writeln!(o, "workflow {}{version}: {} tasks in {} levels", self.workflow, self.tasks, self.levels.len());
         let cap = self.max_parallel.map(|m| format!(" (max_parallel {m})")).unwrap_or_default();
         let _ = writeln!(o, "max parallelism: {}{cap}", self.max_parallelism);
         let _ = writeln!(o, "critical path ({} tasks): {}", self.critical_path.len(), self.critical_path.join(" -> "));
@@ -126,6 +136,9 @@ impl Plan {
             if !t.depends_on.is_empty() {
                 let _ = writeln!(o, "      depends on: {} [trigger: {}]", t.depends_on.join(", "), t.trigger);
             }
+            if let Some(f) = &t.fallback_for {
+                let _ = writeln!(o, "      runs only if {f} fails; its result then stands in for {f}'s");
+            }
             if let Some(w) = &t.when {
                 let _ = writeln!(o, "      when: {w}");
             }
@@ -133,11 +146,7 @@ impl Plan {
                 let mc = t.max_concurrency.map(|m| format!(" (at most {m} at once)")).unwrap_or_default();
                 let _ = writeln!(o, "      for each item of: {fe}{mc}");
             }
-            let can = if t.can_read.is_empty() {
-                "(no task results)".to_string()
-            } else {
-                t.can_read.join(", ")
-            };
+            let can = if t.can_read.is_empty() { "(no task results)".to_string() } else { t.can_read.join(", ") };
             let _ = writeln!(o, "      can read: {can}");
             if !t.reads_tasks.is_empty() || !t.reads_inputs.is_empty() {
                 let mut r: Vec<String> = t.reads_tasks.iter().map(|x| format!("tasks.{x}")).collect();
@@ -145,11 +154,7 @@ impl Plan {
                 let _ = writeln!(o, "      reads: {}", r.join(", "));
             }
             let timeout = t.timeout.as_deref().unwrap_or("none");
-            let _ = writeln!(
-                o,
-                "      attempts: {}, timeout: {timeout}, on failure: {}",
-                t.max_attempts, t.on_failure
-            );
+            let _ = writeln!(o, "      attempts: {}, timeout: {timeout}, on failure: {}", t.max_attempts, t.on_failure);
         }
         o
     }

@@ -15,6 +15,10 @@ use llmo_core::yaml::Limits;
 
 mod explain;
 
+// Validation of large files allocates many small objects; mimalloc makes that markedly faster.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "llmo",
@@ -100,11 +104,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<ExitCode> {
     let validator = Validator::new(Registry::default());
     match cli.command {
-        Command::Validate {
-            files,
-            format,
-            deny_warnings,
-        } => validate(&validator, &files, format, deny_warnings),
+        Command::Validate { files, format, deny_warnings } => validate(&validator, &files, format, deny_warnings),
         Command::Graph { file, format } => {
             let Some(checked) = checked_or_report(&validator, &file)? else {
                 return Ok(ExitCode::from(1));
@@ -150,11 +150,7 @@ fn read_source(path: &Path) -> Result<SourceFile> {
     let limit = Limits::default().max_bytes;
     if path == Path::new("-") {
         let mut buf = Vec::new();
-        std::io::stdin()
-            .lock()
-            .take(limit as u64 + 1)
-            .read_to_end(&mut buf)
-            .context("reading standard input")?;
+        std::io::stdin().lock().take(limit as u64 + 1).read_to_end(&mut buf).context("reading standard input")?;
         if buf.len() > limit {
             bail!("<stdin>: input is larger than the {limit}-byte limit for workflow files");
         }
@@ -163,11 +159,7 @@ fn read_source(path: &Path) -> Result<SourceFile> {
     }
     let meta = std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
     if meta.len() > limit as u64 {
-        bail!(
-            "{}: file is {} bytes; the limit for workflow files is {limit} bytes",
-            path.display(),
-            meta.len()
-        );
+        bail!("{}: file is {} bytes; the limit for workflow files is {limit} bytes", path.display(), meta.len());
     }
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let text = String::from_utf8(bytes).map_err(|e| anyhow::anyhow!("{}: not UTF-8 text: {e}", path.display()))?;

@@ -52,10 +52,7 @@ fn invalid_fixtures_report_every_error_with_its_position() {
         }
         let expected = std::fs::read_to_string(&expected_path).unwrap_or_default();
         if expected != actual {
-            failures.push(format!(
-                "{}:\n--- expected\n{expected}--- actual\n{actual}",
-                path.display()
-            ));
+            failures.push(format!("{}:\n--- expected\n{expected}--- actual\n{actual}", path.display()));
         }
     }
     assert!(count >= 5, "fixtures missing");

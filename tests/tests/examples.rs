@@ -30,12 +30,7 @@ fn every_example_validates_without_diagnostics_and_draws() {
     for f in files {
         let text = std::fs::read_to_string(&f).unwrap();
         let outcome = validator.validate(&SourceFile::new(f.display().to_string(), text));
-        assert!(
-            outcome.report.diagnostics.is_empty(),
-            "{}: {:#?}",
-            f.display(),
-            outcome.report.records()
-        );
+        assert!(outcome.report.diagnostics.is_empty(), "{}: {:#?}", f.display(), outcome.report.records());
         let checked = outcome.checked.expect("valid");
         let ids: Vec<&str> = checked.workflow.spec.tasks.iter().map(|t| t.id.as_str()).collect();
         let mermaid = checked.dag.mermaid(|i| ids[i].to_string());

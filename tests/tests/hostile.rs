@@ -41,7 +41,9 @@ fn billion_laughs_is_refused() {
 
 #[test]
 fn deep_nesting_is_refused() {
-    for doc in ["[".repeat(1_000_000), "{a: ".repeat(200_000), (0..5_000).map(|i| format!("{}k:\n", " ".repeat(i))).collect()] {
+    for doc in
+        ["[".repeat(1_000_000), "{a: ".repeat(200_000), (0..5_000).map(|i| format!("{}k:\n", " ".repeat(i))).collect()]
+    {
         let (o, t) = check(doc);
         let (code, msg) = only_error(&o);
         assert!(code == "WF002" || (code == "WF001" && msg.contains("recursion")), "{code} {msg}");

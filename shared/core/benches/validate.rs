@@ -2,6 +2,10 @@
 //!
 //! `cargo bench -p llmo-core --bench validate`. Figures go to BENCHMARKS.md.
 
+// The same allocator as the `llmo` binary, so the figures are what users see.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use llmo_core::source::SourceFile;
 use llmo_core::synth::{Shape, workflow_yaml};

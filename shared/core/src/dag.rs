@@ -4,9 +4,9 @@
 //! Edges point from a dependency to its dependent (`a -> b`: b runs after a). A fallback
 //! task gets an edge from the task it stands in for.
 
-use std::sync::OnceLock;
 use std::collections::HashMap;
 use std::fmt::Write;
+use std::sync::OnceLock;
 
 use fixedbitset::FixedBitSet;
 use petgraph::algo::tarjan_scc;
@@ -82,14 +82,7 @@ impl Dag {
                 .unwrap_or(0);
         }
         let ancestors = (0..n).map(|_| OnceLock::new()).collect();
-        Ok(Dag {
-            ids,
-            index,
-            graph,
-            topo,
-            levels,
-            ancestors,
-        })
+        Ok(Dag { ids, index, graph, topo, levels, ancestors })
     }
 
     pub fn len(&self) -> usize {
@@ -314,25 +307,15 @@ mod tests {
     use super::*;
 
     fn spec<'a>(edges: &[(&'a str, &[&'a str])]) -> Vec<NodeSpec<'a>> {
-        edges
-            .iter()
-            .map(|(id, deps)| NodeSpec {
-                id,
-                depends_on: deps.to_vec(),
-                fallback: None,
-            })
-            .collect()
+        edges.iter().map(|(id, deps)| NodeSpec { id, depends_on: deps.to_vec(), fallback: None }).collect()
     }
 
     #[test]
     fn levels_ancestors_and_critical_path() {
         let nodes = spec(&[("a", &[]), ("b", &["a"]), ("c", &["a"]), ("d", &["b", "c"]), ("e", &["d"]), ("x", &[])]);
         let dag = Dag::build(&nodes).unwrap();
-        let groups: Vec<Vec<&str>> = dag
-            .level_groups()
-            .into_iter()
-            .map(|g| g.into_iter().map(|i| dag.id(i)).collect())
-            .collect();
+        let groups: Vec<Vec<&str>> =
+            dag.level_groups().into_iter().map(|g| g.into_iter().map(|i| dag.id(i)).collect()).collect();
         assert_eq!(groups, vec![vec!["a", "x"], vec!["b", "c"], vec!["d"], vec!["e"]]);
         assert!(dag.is_ancestor(0, 4));
         assert!(!dag.is_ancestor(5, 4));

@@ -51,10 +51,7 @@ impl Diagnostic {
     }
 
     pub fn warning(code: &'static str, message: impl Into<String>) -> Self {
-        Diagnostic {
-            severity: Severity::Warning,
-            ..Diagnostic::error(code, message)
-        }
+        Diagnostic { severity: Severity::Warning, ..Diagnostic::error(code, message) }
     }
 
     pub fn at(mut self, path: impl Into<String>, span: Option<Span>) -> Self {
@@ -135,10 +132,7 @@ pub struct Record {
 
 impl Report {
     pub fn new(source: SourceFile) -> Self {
-        Report {
-            source,
-            diagnostics: Vec::new(),
-        }
+        Report { source, diagnostics: Vec::new() }
     }
 
     pub fn push(&mut self, d: Diagnostic) {
@@ -146,10 +140,7 @@ impl Report {
     }
 
     pub fn errors(&self) -> usize {
-        self.diagnostics
-            .iter()
-            .filter(|d| d.severity == Severity::Error)
-            .count()
+        self.diagnostics.iter().filter(|d| d.severity == Severity::Error).count()
     }
 
     pub fn warnings(&self) -> usize {
@@ -165,10 +156,7 @@ impl Report {
     /// are moved to the end of the last line.
     pub fn sort(&mut self) {
         let last = self.source.lines() as u32;
-        let end = crate::source::Pos {
-            line: last,
-            column: self.source.line_text(last).chars().count() as u32 + 1,
-        };
+        let end = crate::source::Pos { line: last, column: self.source.line_text(last).chars().count() as u32 + 1 };
         for d in &mut self.diagnostics {
             for s in d.span.iter_mut().chain(d.related.iter_mut().map(|(s, _)| s)) {
                 if s.start.line > last {
@@ -184,8 +172,7 @@ impl Report {
             let pb = b.span.map(|s| s.start);
             pa.cmp(&pb).then(a.severity.cmp(&b.severity))
         });
-        self.diagnostics
-            .dedup_by(|a, b| a.code == b.code && a.span == b.span && a.message == b.message);
+        self.diagnostics.dedup_by(|a, b| a.code == b.code && a.span == b.span && a.message == b.message);
     }
 
     pub fn records(&self) -> Vec<Record> {
@@ -275,19 +262,11 @@ impl miette::Diagnostic for Rendered {
     }
 
     fn source_code(&self) -> Option<&dyn miette::SourceCode> {
-        if self.labels.is_empty() {
-            None
-        } else {
-            Some(&self.source)
-        }
+        if self.labels.is_empty() { None } else { Some(&self.source) }
     }
 
     fn labels(&self) -> Option<Box<dyn Iterator<Item = LabeledSpan> + '_>> {
-        if self.labels.is_empty() {
-            None
-        } else {
-            Some(Box::new(self.labels.iter().cloned()))
-        }
+        if self.labels.is_empty() { None } else { Some(Box::new(self.labels.iter().cloned())) }
     }
 }
 

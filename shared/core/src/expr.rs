@@ -60,10 +60,7 @@ impl Analyzer {
 }
 
 fn syntax(e: minijinja::Error) -> SyntaxError {
-    SyntaxError {
-        message: e.detail().map_or_else(|| e.kind().to_string(), str::to_string),
-        line: e.line(),
-    }
+    SyntaxError { message: e.detail().map_or_else(|| e.kind().to_string(), str::to_string), line: e.line() }
 }
 
 fn split(vars: std::collections::HashSet<String>) -> Vec<Vec<String>> {
@@ -100,16 +97,16 @@ mod tests {
     #[test]
     fn dynamic_lookup_stops_the_path() {
         let a = Analyzer::new();
-        assert_eq!(a.template_refs("{{ tasks[name] }}").unwrap(), vec![vec!["name".to_string()], vec!["tasks".to_string()]]);
+        assert_eq!(
+            a.template_refs("{{ tasks[name] }}").unwrap(),
+            vec![vec!["name".to_string()], vec!["tasks".to_string()]]
+        );
     }
 
     #[test]
     fn expression_references_and_errors() {
         let a = Analyzer::new();
-        assert_eq!(
-            a.expression_refs("tasks.score.output.passed and inputs.publish").unwrap().len(),
-            2
-        );
+        assert_eq!(a.expression_refs("tasks.score.output.passed and inputs.publish").unwrap().len(), 2);
         assert!(a.expression_refs("tasks.score.output.passed and").is_err());
         let err = a.template_refs("line one\n{{ broken ").unwrap_err();
         assert_eq!(err.line, Some(2));

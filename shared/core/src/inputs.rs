@@ -41,7 +41,9 @@ fn check_into(spec: &InputSpec, v: &Value, path: String, out: &mut Vec<(String, 
     let ok = match (spec.ty, v) {
         (InputType::String, Value::String(_)) => true,
         (InputType::Number, Value::Number(_)) => true,
-        (InputType::Integer, Value::Number(n)) => n.is_i64() || n.is_u64() || n.as_f64().is_some_and(|f| f.fract() == 0.0),
+        (InputType::Integer, Value::Number(n)) => {
+            n.is_i64() || n.is_u64() || n.as_f64().is_some_and(|f| f.fract() == 0.0)
+        }
         (InputType::Boolean, Value::Bool(_)) => true,
         (InputType::Array, Value::Array(_)) => true,
         (InputType::Object, Value::Object(_)) => true,
@@ -98,17 +100,16 @@ fn short(v: &Value) -> String {
         Value::String(s) => s.clone(),
         other => other.to_string(),
     };
-    if s.chars().count() > 40 {
-        format!("{}…", s.chars().take(40).collect::<String>())
-    } else {
-        s
-    }
+    if s.chars().count() > 40 { format!("{}…", s.chars().take(40).collect::<String>()) } else { s }
 }
 
 /// Checks the inputs given to a run and fills in defaults. Unknown inputs, missing required
 /// inputs and ill-typed values are all reported at once. Defaults are not checked again
 /// here: the validator checks them against their declaration.
-pub fn resolve_inputs(decl: &IndexMap<String, InputSpec>, given: &Map<String, Value>) -> Result<Map<String, Value>, Vec<InputError>> {
+pub fn resolve_inputs(
+    decl: &IndexMap<String, InputSpec>,
+    given: &Map<String, Value>,
+) -> Result<Map<String, Value>, Vec<InputError>> {
     let mut errors = Vec::new();
     let mut out = Map::new();
     for name in given.keys() {
@@ -130,11 +131,7 @@ pub fn resolve_inputs(decl: &IndexMap<String, InputSpec>, given: &Map<String, Va
             }
             Some(v) => {
                 for (path, message) in check_value(spec, v) {
-                    errors.push(InputError {
-                        input: name.clone(),
-                        path,
-                        message,
-                    });
+                    errors.push(InputError { input: name.clone(), path, message });
                 }
                 out.insert(name.clone(), v.clone());
             }

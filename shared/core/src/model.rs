@@ -448,9 +448,7 @@ impl Duration {
             return None;
         }
         while !rest.is_empty() {
-            let num_len = rest
-                .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-                .unwrap_or(rest.len());
+            let num_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
             let num = &rest[..num_len];
             if num.is_empty() || num.starts_with('.') || num.ends_with('.') || num.matches('.').count() > 1 {
                 return None;

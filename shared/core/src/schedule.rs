@@ -46,11 +46,7 @@ const FIELDS: [Field; 6] = [
 /// Checks an EventBridge cron expression (the part inside `cron(...)`; the wrapper is
 /// accepted too). Returns the canonical `cron(...)` form.
 pub fn check_cron(expr: &str) -> Result<String, String> {
-    let inner = expr
-        .trim()
-        .strip_prefix("cron(")
-        .and_then(|s| s.strip_suffix(')'))
-        .unwrap_or(expr.trim());
+    let inner = expr.trim().strip_prefix("cron(").and_then(|s| s.strip_suffix(')')).unwrap_or(expr.trim());
     let parts: Vec<&str> = inner.split_whitespace().collect();
     if parts.len() != 6 {
         return Err(format!(
@@ -76,8 +72,7 @@ fn value(s: &str, f: &Field) -> Result<u32, String> {
     let v = if let Some(i) = f.names.iter().position(|n| n.eq_ignore_ascii_case(s)) {
         f.min + i as u32
     } else {
-        s.parse::<u32>()
-            .map_err(|_| format!("`{s}` is not a valid {} value", f.name))?
+        s.parse::<u32>().map_err(|_| format!("`{s}` is not a valid {} value", f.name))?
     };
     if v < f.min || v > f.max {
         return Err(format!("{} value {v} is out of range {}-{}", f.name, f.min, f.max));
@@ -106,7 +101,9 @@ fn check_field(part: &str, f: &Field) -> Result<(), String> {
         if f.w && (item == "LW" || item.strip_suffix('W').is_some_and(|d| value(d, f).is_ok())) {
             continue;
         }
-        if f.hash && let Some((d, n)) = item.split_once('#') {
+        if f.hash
+            && let Some((d, n)) = item.split_once('#')
+        {
             value(d, f)?;
             match n.parse::<u32>() {
                 Ok(1..=5) => continue,

@@ -45,11 +45,7 @@ impl SourceFile {
                 line_starts.push(i + 1);
             }
         }
-        SourceFile {
-            name: Arc::from(name.into()),
-            text: Arc::from(text),
-            line_starts: line_starts.into(),
-        }
+        SourceFile { name: Arc::from(name.into()), text: Arc::from(text), line_starts: line_starts.into() }
     }
 
     pub fn name(&self) -> &str {

@@ -28,9 +28,7 @@ pub struct TaskType {
 
 impl TaskType {
     pub fn of<T: JsonSchema>(name: &str, description: &str) -> Self {
-        let schema = schemars::generate::SchemaSettings::draft2020_12()
-            .into_generator()
-            .into_root_schema_for::<T>();
+        let schema = schemars::generate::SchemaSettings::draft2020_12().into_generator().into_root_schema_for::<T>();
         TaskType {
             name: name.to_string(),
             description: description.to_string(),
@@ -79,10 +77,10 @@ pub struct Registry {
 
 impl Default for Registry {
     fn default() -> Self {
-        let mut r = Registry {
-            types: IndexMap::new(),
-        };
-        r.register(TaskType::of::<LlmWith>("llm", "Call a language model (chat completion).").literal(&["/output_schema"]));
+        let mut r = Registry { types: IndexMap::new() };
+        r.register(
+            TaskType::of::<LlmWith>("llm", "Call a language model (chat completion).").literal(&["/output_schema"]),
+        );
         r.register(
             TaskType::of::<TransformWith>("transform", "Build JSON from templates or an expression.")
                 .expressions(&["/expression"]),
@@ -92,10 +90,11 @@ impl Default for Registry {
             TaskType::of::<EvaluateWith>("evaluate", "Score a text with checks; yields score and passed.")
                 .literal(&["/checks/*/schema", "/checks/*/pattern"]),
         );
-        r.register(
-            TaskType::of::<PolicyWith>("policy", "Allow or deny on models, inputs and budget.")
-                .literal(&["/deny_patterns", "/allow_models", "/deny_models"]),
-        );
+        r.register(TaskType::of::<PolicyWith>("policy", "Allow or deny on models, inputs and budget.").literal(&[
+            "/deny_patterns",
+            "/allow_models",
+            "/deny_models",
+        ]));
         r
     }
 }

@@ -25,11 +25,14 @@ use crate::diagnostic::{Diagnostic, Report, did_you_mean, field_path};
 use crate::expr::{Analyzer, SyntaxError, is_template};
 use crate::inputs::check_value;
 use crate::model::{
-    DURATION_PATTERN, Defaults, EventTrigger, Hooks, IDENT_PATTERN, InputSpec, InputType, NAME_PATTERN, Schedule, Task, Workflow,
+    DURATION_PATTERN, Defaults, EventTrigger, Hooks, IDENT_PATTERN, InputSpec, InputType, NAME_PATTERN, Schedule, Task,
+    Workflow,
 };
 use crate::schedule::{check_cron, check_rate};
 use crate::source::{SourceFile, Span};
-use crate::tasks::{Check, EvaluateWith, LlmWith, PolicyWith, Registry, TaskType, TransformWith, glob_match, path_covers};
+use crate::tasks::{
+    Check, EvaluateWith, LlmWith, PolicyWith, Registry, TaskType, TransformWith, glob_match, path_covers,
+};
 use crate::yaml::{Limits, LoadError, LoadIssue, Loaded, load};
 
 /// Most tasks a workflow may have.
@@ -121,16 +124,8 @@ impl Default for Validator {
 impl Validator {
     pub fn new(registry: Registry) -> Self {
         let schema = crate::schema::workflow_schema(&registry);
-        let compiled = jsonschema::options()
-            .build(&schema)
-            .expect("the generated schema compiles");
-        Validator {
-            registry,
-            schema,
-            compiled,
-            analyzer: Analyzer::new(),
-            limits: Limits::default(),
-        }
+        let compiled = jsonschema::options().build(&schema).expect("the generated schema compiles");
+        Validator { registry, schema, compiled, analyzer: Analyzer::new(), limits: Limits::default() }
     }
 
     pub fn with_limits(mut self, limits: Limits) -> Self {
@@ -206,12 +201,7 @@ impl Validator {
         let checked = if report.has_errors() {
             None
         } else {
-            checked.map(|(workflow, dag, reads)| Checked {
-                source: source.clone(),
-                workflow,
-                dag,
-                reads,
-            })
+            checked.map(|(workflow, dag, reads)| Checked { source: source.clone(), workflow, dag, reads })
         };
         Outcome { report, checked }
     }
@@ -220,10 +210,11 @@ impl Validator {
 fn load_error(e: &LoadError) -> Diagnostic {
     let span = e.pos().map(|p| Span::new(p, p));
     match e {
-        LoadError::Syntax { message, .. } => Diagnostic::error(YAML_SYNTAX, format!("YAML syntax error: {message}")).at("", span),
-        LoadError::TooLarge { .. } => {
-            Diagnostic::error(LIMIT, e.to_string()).help("workflow files are limited to 10 MiB; move large data to inputs or S3")
+        LoadError::Syntax { message, .. } => {
+            Diagnostic::error(YAML_SYNTAX, format!("YAML syntax error: {message}")).at("", span)
         }
+        LoadError::TooLarge { .. } => Diagnostic::error(LIMIT, e.to_string())
+            .help("workflow files are limited to 10 MiB; move large data to inputs or S3"),
         LoadError::TooDeep { .. } | LoadError::TooManyNodes { .. } => Diagnostic::error(LIMIT, e.to_string())
             .at("", span)
             .help("deeply nested or alias-expanded documents are refused to keep validation fast and safe"),
@@ -237,9 +228,15 @@ fn load_error(e: &LoadError) -> Diagnostic {
 #[derive(Debug, Clone, Copy)]
 enum Site {
     /// In task `idx`; `body` is false in `when` and `for_each` (evaluated before fan-out).
-    Task { idx: usize, body: bool, secrets: bool },
+    Task {
+        idx: usize,
+        body: bool,
+        secrets: bool,
+    },
     Output,
-    Hook { secrets: bool },
+    Hook {
+        secrets: bool,
+    },
     Event,
 }
 
@@ -379,11 +376,7 @@ fn short(v: &Value) -> String {
         Value::String(s) => s.clone(),
         other => other.to_string(),
     };
-    if s.chars().count() > 40 {
-        format!("{}…", s.chars().take(40).collect::<String>())
-    } else {
-        s
-    }
+    if s.chars().count() > 40 { format!("{}…", s.chars().take(40).collect::<String>()) } else { s }
 }
 
 fn json_type(v: &Value) -> &'static str {
@@ -437,7 +430,10 @@ impl<'a> Run<'a> {
         self.report.diagnostics.last_mut().expect("just pushed")
     }
 
-    fn check_with(&mut self, analysed: impl FnOnce() -> Vec<((usize, Kind), Analysis)>) -> Option<(Workflow, Dag, Vec<Reads>)> {
+    fn check_with(
+        &mut self,
+        analysed: impl FnOnce() -> Vec<((usize, Kind), Analysis)>,
+    ) -> Option<(Workflow, Dag, Vec<Reads>)> {
         if !self.json.is_object() {
             let (path, span) = self.loc("");
             self.push(
@@ -458,11 +454,8 @@ impl<'a> Run<'a> {
         let defaults: Option<Defaults> = typed_lenient(spec.and_then(|s| s.get("defaults")), "/spec/defaults", &bad);
         // The common case, a document that matches the schema, is deserialized once; other
         // documents are read part by part so that one bad part does not hide the rest.
-        let mut whole: Option<Workflow> = if schema_errors.is_empty() {
-            Workflow::deserialize(self.json).ok()
-        } else {
-            None
-        };
+        let mut whole: Option<Workflow> =
+            if schema_errors.is_empty() { Workflow::deserialize(self.json).ok() } else { None };
         let views = match whole.as_mut() {
             Some(w) => std::mem::take(&mut w.spec.tasks)
                 .into_iter()
@@ -480,11 +473,7 @@ impl<'a> Run<'a> {
         self.pre = analysed().into_iter().collect();
         let mut reads = vec![Reads::default(); views.len()];
         let input_names: Option<Vec<String>> = inputs.as_ref().map(|m| m.keys().cloned().collect());
-        let ctx = RefCtx {
-            views: &views,
-            dag: dag.as_ref(),
-            inputs: input_names.as_deref(),
-        };
+        let ctx = RefCtx { views: &views, dag: dag.as_ref(), inputs: input_names.as_deref() };
         for (i, view) in views.iter().enumerate() {
             if let Some(task) = &view.task {
                 let r = self.task_semantics(i, task, &ctx, inputs.as_ref(), spec, defaults.as_ref());
@@ -509,9 +498,12 @@ impl<'a> Run<'a> {
             None => match Workflow::deserialize(self.json) {
                 Ok(w) => w,
                 Err(e) => {
-                // The schema and the types agree, so this is a bug; still report it plainly.
-                let (path, span) = self.loc("");
-                    self.push(Diagnostic::error(SCHEMA, format!("document does not match the workflow format: {e}")).at(path, span));
+                    // The schema and the types agree, so this is a bug; still report it plainly.
+                    let (path, span) = self.loc("");
+                    self.push(
+                        Diagnostic::error(SCHEMA, format!("document does not match the workflow format: {e}"))
+                            .at(path, span),
+                    );
                     return None;
                 }
             },
@@ -532,9 +524,9 @@ impl<'a> Run<'a> {
                 for name in unexpected {
                     let p = format!("{pointer}/{}", name.replace('~', "~0").replace('/', "~1"));
                     let (path, span) = self.loc_key(&p);
-                    let hint = self.suggest(name, allowed.iter().map(String::as_str)).or_else(|| {
-                        (!allowed.is_empty()).then(|| format!("allowed here: {}", allowed.join(", ")))
-                    });
+                    let hint = self
+                        .suggest(name, allowed.iter().map(String::as_str))
+                        .or_else(|| (!allowed.is_empty()).then(|| format!("allowed here: {}", allowed.join(", "))));
                     self.push(
                         Diagnostic::error(UNKNOWN_FIELD, format!("unknown field `{name}`"))
                             .at(path, span)
@@ -561,10 +553,8 @@ impl<'a> Run<'a> {
                         "write a number and a unit: 500ms, 30s, 5m, 1h30m, 2d".to_string(),
                     )
                 } else if pattern == IDENT_PATTERN {
-                    let fixed: String = value
-                        .chars()
-                        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-                        .collect();
+                    let fixed: String =
+                        value.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
                     (
                         format!("`{value}` is not a valid identifier"),
                         format!(
@@ -574,7 +564,8 @@ impl<'a> Run<'a> {
                 } else if pattern == NAME_PATTERN {
                     (
                         format!("invalid workflow name `{value}`"),
-                        "use lower-case letters, digits and `-` (at most 63 characters), e.g. `article-pipeline`".to_string(),
+                        "use lower-case letters, digits and `-` (at most 63 characters), e.g. `article-pipeline`"
+                            .to_string(),
                     )
                 } else {
                     (format!("`{value}` does not match the pattern `{pattern}`"), String::new())
@@ -597,9 +588,12 @@ impl<'a> Run<'a> {
                 };
                 let (path, span) = self.loc(&pointer);
                 self.push(
-                    Diagnostic::error(SCHEMA, format!("expected {expected}, found {} `{}`", json_type(instance), short(instance)))
-                        .at(path, span)
-                        .help_opt(hint),
+                    Diagnostic::error(
+                        SCHEMA,
+                        format!("expected {expected}, found {} `{}`", json_type(instance), short(instance)),
+                    )
+                    .at(path, span)
+                    .help_opt(hint),
                 );
             }
             ValidationErrorKind::Enum { options } => {
@@ -616,9 +610,12 @@ impl<'a> Run<'a> {
             ValidationErrorKind::Constant { expected_value } => {
                 let (path, span) = self.loc(&pointer);
                 self.push(
-                    Diagnostic::error(SCHEMA, format!("expected `{}`, found `{}`", short(expected_value), short(instance)))
-                        .at(path, span)
-                        .help_opt(help.map(str::to_string)),
+                    Diagnostic::error(
+                        SCHEMA,
+                        format!("expected `{}`, found `{}`", short(expected_value), short(instance)),
+                    )
+                    .at(path, span)
+                    .help_opt(help.map(str::to_string)),
                 );
             }
             ValidationErrorKind::AnyOf { context } | ValidationErrorKind::OneOfNotValid { context } => {
@@ -646,14 +643,17 @@ impl<'a> Run<'a> {
                 && x.instance_path().as_str().starts_with(inst)
                 && x.instance_path().as_str()[inst.len() + 1..].find('/').is_none()
         };
-        let type_mismatch =
-            |x: &jsonschema::ValidationError<'_>| matches!(x.kind(), ValidationErrorKind::Type { .. }) && x.instance_path().as_str() == inst;
+        let type_mismatch = |x: &jsonschema::ValidationError<'_>| {
+            matches!(x.kind(), ValidationErrorKind::Type { .. }) && x.instance_path().as_str() == inst
+        };
         // An enum written as one constant per alternative (documented enum variants).
         let consts: Vec<String> = context
             .iter()
             .filter_map(|b| {
                 b.iter().find_map(|x| match x.kind() {
-                    ValidationErrorKind::Constant { expected_value } if x.instance_path().as_str() == inst => Some(short(expected_value)),
+                    ValidationErrorKind::Constant { expected_value } if x.instance_path().as_str() == inst => {
+                        Some(short(expected_value))
+                    }
                     _ => None,
                 })
             })
@@ -669,10 +669,8 @@ impl<'a> Run<'a> {
             );
             return;
         }
-        let viable: Vec<&Vec<_>> = context
-            .iter()
-            .filter(|b| !b.iter().any(|x| tag_mismatch(x) || type_mismatch(x)))
-            .collect();
+        let viable: Vec<&Vec<_>> =
+            context.iter().filter(|b| !b.iter().any(|x| tag_mismatch(x) || type_mismatch(x))).collect();
         if let Some(best) = viable.iter().min_by_key(|b| b.len()) {
             for x in best.iter() {
                 self.schema_error(x, help);
@@ -752,16 +750,17 @@ impl<'a> Run<'a> {
     fn input_decl(&mut self, p: &str, spec: &InputSpec) {
         if let Some(items) = &spec.items {
             if spec.ty != InputType::Array {
-                self.error(INPUT, &format!("{p}/items"), format!("`items` only applies to arrays; this input is {}", a(spec.ty)));
+                self.error(
+                    INPUT,
+                    &format!("{p}/items"),
+                    format!("`items` only applies to arrays; this input is {}", a(spec.ty)),
+                );
             }
             self.input_decl(&format!("{p}/items"), items);
         }
         if let Some(values) = &spec.enum_values {
             for (i, v) in values.iter().enumerate() {
-                let bare = InputSpec {
-                    enum_values: None,
-                    ..spec.clone()
-                };
+                let bare = InputSpec { enum_values: None, ..spec.clone() };
                 if let Some((_, msg)) = check_value(&bare, v).into_iter().next() {
                     self.error(INPUT, &format!("{p}/enum/{i}"), format!("enum value does not fit the input: {msg}"));
                 }
@@ -772,7 +771,11 @@ impl<'a> Run<'a> {
                 self.error(INPUT, &format!("{p}/default{sub}"), format!("default does not fit the input: {msg}"));
             }
             if spec.required {
-                self.warning(INPUT, &format!("{p}/required"), "an input with a default is never missing; `required` has no effect");
+                self.warning(
+                    INPUT,
+                    &format!("{p}/required"),
+                    "an input with a default is never missing; `required` has no effect",
+                );
             }
         }
         if let (Some(a), Some(b)) = (spec.minimum, spec.maximum)
@@ -811,7 +814,17 @@ impl<'a> Run<'a> {
                         obj.retain(|k, _| {
                             matches!(
                                 k.as_str(),
-                                "id" | "type" | "description" | "depends_on" | "trigger" | "when" | "for_each" | "max_concurrency" | "with" | "retry" | "timeout" | "on_failure"
+                                "id" | "type"
+                                    | "description"
+                                    | "depends_on"
+                                    | "trigger"
+                                    | "when"
+                                    | "for_each"
+                                    | "max_concurrency"
+                                    | "with"
+                                    | "retry"
+                                    | "timeout"
+                                    | "on_failure"
                             )
                         });
                     }
@@ -832,12 +845,7 @@ impl<'a> Run<'a> {
                         t.pointer("/on_failure/fallback").and_then(Value::as_str).map(str::to_string),
                     ),
                 };
-                TaskView {
-                    task,
-                    id,
-                    depends_on,
-                    fallback,
-                }
+                TaskView { task, id, depends_on, fallback }
             })
             .collect()
     }
@@ -868,7 +876,9 @@ impl<'a> Run<'a> {
             if let Some(t) = &v.task
                 && self.v.registry.get(&t.ty).is_none()
             {
-                let hint = self.suggest(&t.ty, types.iter().copied()).unwrap_or_else(|| format!("known types: {}", types.join(", ")));
+                let hint = self
+                    .suggest(&t.ty, types.iter().copied())
+                    .unwrap_or_else(|| format!("known types: {}", types.join(", ")));
                 self.error(UNKNOWN_TYPE, &format!("/spec/tasks/{i}/type"), format!("unknown task type `{}`", t.ty))
                     .help = Some(hint);
             }
@@ -900,13 +910,17 @@ impl<'a> Run<'a> {
             }
             if let Some(&other) = fallback_of.get(f) {
                 let other_id = views[other].id.as_deref().unwrap_or("?");
-                self.error(FALLBACK, &p, format!("`{f}` is already the fallback of `{other_id}`; a fallback serves one task"));
+                self.error(
+                    FALLBACK,
+                    &p,
+                    format!("`{f}` is already the fallback of `{other_id}`; a fallback serves one task"),
+                );
                 continue;
             }
             fallback_of.insert(f, i);
             if views[fi].fallback.is_some() {
-                self.error(FALLBACK, &p, format!("`{f}` has a fallback of its own; fallbacks do not chain"))
-                    .help = Some("give the fallback task `on_failure: continue` or `fail`".into());
+                self.error(FALLBACK, &p, format!("`{f}` has a fallback of its own; fallbacks do not chain")).help =
+                    Some("give the fallback task `on_failure: continue` or `fail`".into());
             }
             for (j, other) in views.iter().enumerate() {
                 if other.depends_on.iter().any(|d| d == f) {
@@ -917,7 +931,8 @@ impl<'a> Run<'a> {
                         &format!("/spec/tasks/{j}/depends_on/{k}"),
                         format!("`{other_id}` depends on `{f}`, which is the fallback of `{me}`"),
                     )
-                    .help = Some(format!("depend on `{me}` instead: its result is the fallback's when the fallback ran"));
+                    .help =
+                        Some(format!("depend on `{me}` instead: its result is the fallback's when the fallback ran"));
                 }
             }
         }
@@ -971,16 +986,8 @@ impl<'a> Run<'a> {
     ) -> Reads {
         let base = format!("/spec/tasks/{i}");
         let mut reads = Reads::default();
-        let body = Site::Task {
-            idx: i,
-            body: true,
-            secrets: false,
-        };
-        let head = Site::Task {
-            idx: i,
-            body: false,
-            secrets: false,
-        };
+        let body = Site::Task { idx: i, body: true, secrets: false };
+        let head = Site::Task { idx: i, body: false, secrets: false };
         if let Some(w) = &task.when {
             self.expression(w, &format!("{base}/when"), head, ctx, &mut reads);
         }
@@ -994,8 +1001,12 @@ impl<'a> Run<'a> {
                     && decl.ty != InputType::Array
                     && decl.ty != InputType::Object
                 {
-                    self.error(FOR_EACH, &format!("{base}/for_each"), format!("`for_each` needs a list, but input `{}` is {}", r[1], a(decl.ty)))
-                        .help = Some(format!("declare `{}` with `type: array`", r[1]));
+                    self.error(
+                        FOR_EACH,
+                        &format!("{base}/for_each"),
+                        format!("`for_each` needs a list, but input `{}` is {}", r[1], a(decl.ty)),
+                    )
+                    .help = Some(format!("declare `{}` with `type: array`", r[1]));
                 }
             }
             if let (Some(mc), Some(mp)) = (
@@ -1010,8 +1021,12 @@ impl<'a> Run<'a> {
                 );
             }
         } else if task.max_concurrency.is_some() {
-            self.error(FOR_EACH, &format!("{base}/max_concurrency"), "`max_concurrency` only applies to a task with `for_each`")
-                .help = Some("remove it, or add `for_each: <list expression>`".into());
+            self.error(
+                FOR_EACH,
+                &format!("{base}/max_concurrency"),
+                "`max_concurrency` only applies to a task with `for_each`",
+            )
+            .help = Some("remove it, or add `for_each: <list expression>`".into());
         }
         let v = self.v;
         let ty = v.registry.get(&task.ty);
@@ -1039,7 +1054,16 @@ impl<'a> Run<'a> {
 
     /// Checks the templates and expressions of a `with` block (or any templated value).
     #[allow(clippy::too_many_arguments)]
-    fn walk_with(&mut self, v: &Value, ptr: &mut String, rel: usize, ty: Option<&TaskType>, site: Site, ctx: &RefCtx<'_>, reads: &mut Reads) {
+    fn walk_with(
+        &mut self,
+        v: &Value,
+        ptr: &mut String,
+        rel: usize,
+        ty: Option<&TaskType>,
+        site: Site,
+        ctx: &RefCtx<'_>,
+        reads: &mut Reads,
+    ) {
         let mut found = Vec::new();
         visit_strings(v, ptr, rel, ty, &mut |src, p, kind, secrets| found.push((src, p.to_string(), kind, secrets)));
         for (src, p, kind, secrets) in found {
@@ -1068,7 +1092,14 @@ impl<'a> Run<'a> {
         }
     }
 
-    fn expression(&mut self, src: &str, ptr: &str, site: Site, ctx: &RefCtx<'_>, reads: &mut Reads) -> Vec<Vec<String>> {
+    fn expression(
+        &mut self,
+        src: &str,
+        ptr: &str,
+        site: Site,
+        ctx: &RefCtx<'_>,
+        reads: &mut Reads,
+    ) -> Vec<Vec<String>> {
         let trimmed = src.trim();
         if trimmed.starts_with("{{") && trimmed.ends_with("}}") {
             let inner = trimmed[2..trimmed.len() - 2].trim().to_string();
@@ -1111,12 +1142,22 @@ impl<'a> Run<'a> {
                         if let Some(decl) = ctx.inputs
                             && !decl.iter().any(|d| d == name)
                         {
-                            let hint = self.suggest(name, decl.iter().map(String::as_str))
+                            let hint = self
+                                .suggest(name, decl.iter().map(String::as_str))
                                 .unwrap_or_else(|| "declare it under `spec.inputs`".to_string());
-                            self.error(UNKNOWN_REFERENCE, ptr, format!("`{dotted}` reads an undeclared input `{name}`")).help = Some(hint);
+                            self.error(
+                                UNKNOWN_REFERENCE,
+                                ptr,
+                                format!("`{dotted}` reads an undeclared input `{name}`"),
+                            )
+                            .help = Some(hint);
                         } else if ctx.inputs.is_none() {
-                            self.error(UNKNOWN_REFERENCE, ptr, format!("`{dotted}` reads input `{name}`, but the workflow declares no inputs"))
-                                .help = Some("declare it under `spec.inputs`".into());
+                            self.error(
+                                UNKNOWN_REFERENCE,
+                                ptr,
+                                format!("`{dotted}` reads input `{name}`, but the workflow declares no inputs"),
+                            )
+                            .help = Some("declare it under `spec.inputs`".into());
                         }
                         reads.inputs.insert(name.clone());
                     }
@@ -1124,8 +1165,12 @@ impl<'a> Run<'a> {
                 "tasks" if !matches!(site, Site::Event) => {
                     let Some(id) = r.get(1) else {
                         if let Site::Task { .. } = site {
-                            self.error(UNKNOWN_REFERENCE, ptr, "`tasks` is read dynamically; references cannot be checked")
-                                .help = Some("name the task: `tasks.<id>.output`".into());
+                            self.error(
+                                UNKNOWN_REFERENCE,
+                                ptr,
+                                "`tasks` is read dynamically; references cannot be checked",
+                            )
+                            .help = Some("name the task: `tasks.<id>.output`".into());
                         }
                         continue;
                     };
@@ -1137,9 +1182,15 @@ impl<'a> Run<'a> {
                     if let Some(field) = r.get(2)
                         && !TASK_FIELDS.contains(&field.as_str())
                     {
-                        let hint = self.suggest(field, TASK_FIELDS.iter().copied())
+                        let hint = self
+                            .suggest(field, TASK_FIELDS.iter().copied())
                             .unwrap_or_else(|| format!("a task result has: {}", TASK_FIELDS.join(", ")));
-                        self.error(UNKNOWN_REFERENCE, ptr, format!("`{dotted}`: a task result has no field `{field}`")).help = Some(hint);
+                        self.error(
+                            UNKNOWN_REFERENCE,
+                            ptr,
+                            format!("`{dotted}`: a task result has no field `{field}`"),
+                        )
+                        .help = Some(hint);
                     }
                     if let Site::Task { idx, .. } = site {
                         let me = ctx.views[idx].id.as_deref().unwrap_or("?");
@@ -1148,8 +1199,12 @@ impl<'a> Run<'a> {
                         } else if let Some(dag) = ctx.dag
                             && !dag.is_ancestor(j, idx)
                         {
-                            self.error(NOT_ANCESTOR, ptr, format!("task `{me}` reads `{dotted}` but does not depend on `{id}`"))
-                                .help = Some(format!(
+                            self.error(
+                                NOT_ANCESTOR,
+                                ptr,
+                                format!("task `{me}` reads `{dotted}` but does not depend on `{id}`"),
+                            )
+                            .help = Some(format!(
                                 "add `{id}` to the depends_on of `{me}` (directly or through another task) so it has run first"
                             ));
                         }
@@ -1159,34 +1214,50 @@ impl<'a> Run<'a> {
                 "run" if !matches!(site, Site::Event) => {
                     if let Some(field) = r.get(1) {
                         let ended = matches!(site, Site::Hook { .. } | Site::Output);
-                        let known = RUN_FIELDS.contains(&field.as_str()) || (ended && RUN_END_FIELDS.contains(&field.as_str()));
+                        let known =
+                            RUN_FIELDS.contains(&field.as_str()) || (ended && RUN_END_FIELDS.contains(&field.as_str()));
                         if !known {
-                            let all: Vec<&str> = RUN_FIELDS
-                                .iter()
-                                .chain(if ended { RUN_END_FIELDS } else { &[] })
-                                .copied()
-                                .collect();
+                            let all: Vec<&str> =
+                                RUN_FIELDS.iter().chain(if ended { RUN_END_FIELDS } else { &[] }).copied().collect();
                             let hint = if RUN_END_FIELDS.contains(&field.as_str()) {
-                                Some(format!("`run.{field}` is only known once the run has ended: read it in `outputs` or `on` hooks"))
+                                Some(format!(
+                                    "`run.{field}` is only known once the run has ended: read it in `outputs` or `on` hooks"
+                                ))
                             } else {
-                                self.suggest(field, all.iter().copied()).or_else(|| Some(format!("`run` has: {}", all.join(", "))))
+                                self.suggest(field, all.iter().copied())
+                                    .or_else(|| Some(format!("`run` has: {}", all.join(", "))))
                             };
-                            self.error(UNKNOWN_REFERENCE, ptr, format!("`{dotted}`: `run` has no field `{field}`")).help = hint;
+                            self.error(UNKNOWN_REFERENCE, ptr, format!("`{dotted}`: `run` has no field `{field}`"))
+                                .help = hint;
                         }
                         reads.run.insert(field.clone());
                     }
                 }
                 "item" | "item_index" => match site {
-                    Site::Task { idx, body: true, .. } if ctx.views[idx].task.as_ref().is_some_and(|t| t.for_each.is_some()) => {
+                    Site::Task { idx, body: true, .. }
+                        if ctx.views[idx].task.as_ref().is_some_and(|t| t.for_each.is_some()) =>
+                    {
                         reads.item = true;
                     }
-                    Site::Task { body: false, idx, .. } if ctx.views[idx].task.as_ref().is_some_and(|t| t.for_each.is_some()) => {
-                        self.error(ITEM_OUTSIDE_FOR_EACH, ptr, format!("`{root}` is not defined in `when` or `for_each`"))
-                            .help = Some("`when` and `for_each` are evaluated once, before the fan-out".into());
+                    Site::Task { body: false, idx, .. }
+                        if ctx.views[idx].task.as_ref().is_some_and(|t| t.for_each.is_some()) =>
+                    {
+                        self.error(
+                            ITEM_OUTSIDE_FOR_EACH,
+                            ptr,
+                            format!("`{root}` is not defined in `when` or `for_each`"),
+                        )
+                        .help = Some("`when` and `for_each` are evaluated once, before the fan-out".into());
                     }
                     _ => {
-                        self.error(ITEM_OUTSIDE_FOR_EACH, ptr, format!("`{root}` is only defined inside a task with `for_each`"))
-                            .help = Some("add `for_each: <list expression>` to this task, or read the value another way".into());
+                        self.error(
+                            ITEM_OUTSIDE_FOR_EACH,
+                            ptr,
+                            format!("`{root}` is only defined inside a task with `for_each`"),
+                        )
+                        .help = Some(
+                            "add `for_each: <list expression>` to this task, or read the value another way".into(),
+                        );
                     }
                 },
                 "secrets" => match site {
@@ -1206,7 +1277,8 @@ impl<'a> Run<'a> {
                         Site::Event => &["event"],
                         _ => &["inputs", "tasks", "run", "item", "item_index"],
                     };
-                    let hint = self.suggest(root, roots.iter().copied())
+                    let hint = self
+                        .suggest(root, roots.iter().copied())
                         .unwrap_or_else(|| format!("templates here can read: {}", roots.join(", ")));
                     self.error(UNKNOWN_REFERENCE, ptr, format!("unknown variable `{root}`")).help = Some(hint);
                 }
@@ -1231,15 +1303,27 @@ impl<'a> Run<'a> {
                 }
                 if let Some(schema) = &llm.output_schema {
                     if let Err(e) = jsonschema::meta::validate(schema) {
-                        self.error(TASK_CONFIG, &format!("{w}/output_schema"), format!("`output_schema` is not a valid JSON Schema: {e}"));
+                        self.error(
+                            TASK_CONFIG,
+                            &format!("{w}/output_schema"),
+                            format!("`output_schema` is not a valid JSON Schema: {e}"),
+                        );
                     }
                     if llm.response_format == Some(crate::tasks::ResponseFormat::Text) {
-                        self.error(TASK_CONFIG, &format!("{w}/response_format"), "`output_schema` needs `response_format: json`");
+                        self.error(
+                            TASK_CONFIG,
+                            &format!("{w}/response_format"),
+                            "`output_schema` needs `response_format: json`",
+                        );
                     }
                 }
                 for (k, m) in llm.fallback_models.iter().enumerate() {
                     if m.trim().is_empty() || m.split('/').count() > 2 || m.starts_with('/') || m.ends_with('/') {
-                        self.error(TASK_CONFIG, &format!("{w}/fallback_models/{k}"), format!("`{m}` is not `model` or `provider/model`"));
+                        self.error(
+                            TASK_CONFIG,
+                            &format!("{w}/fallback_models/{k}"),
+                            format!("`{m}` is not `model` or `provider/model`"),
+                        );
                     }
                 }
             }
@@ -1256,12 +1340,20 @@ impl<'a> Run<'a> {
                     match c {
                         Check::Regex { pattern } => {
                             if let Err(e) = regex::Regex::new(pattern) {
-                                self.error(TASK_CONFIG, &format!("{p}/pattern"), format!("invalid regular expression: {}", one_line(e)));
+                                self.error(
+                                    TASK_CONFIG,
+                                    &format!("{p}/pattern"),
+                                    format!("invalid regular expression: {}", one_line(e)),
+                                );
                             }
                         }
                         Check::JsonSchema { schema } => {
                             if let Err(e) = jsonschema::meta::validate(schema) {
-                                self.error(TASK_CONFIG, &format!("{p}/schema"), format!("not a valid JSON Schema: {e}"));
+                                self.error(
+                                    TASK_CONFIG,
+                                    &format!("{p}/schema"),
+                                    format!("not a valid JSON Schema: {e}"),
+                                );
                             }
                         }
                         Check::Range { min, max } => {
@@ -1271,7 +1363,11 @@ impl<'a> Run<'a> {
                             if let (Some(a), Some(b)) = (min, max)
                                 && a > b
                             {
-                                self.error(TASK_CONFIG, &format!("{p}/min"), format!("min {a} is greater than max {b}"));
+                                self.error(
+                                    TASK_CONFIG,
+                                    &format!("{p}/min"),
+                                    format!("min {a} is greater than max {b}"),
+                                );
                             }
                         }
                         _ => {}
@@ -1282,7 +1378,11 @@ impl<'a> Run<'a> {
                 let Some(pw) = typed::<PolicyWith>(with) else { return };
                 for (k, pat) in pw.deny_patterns.iter().enumerate() {
                     if let Err(e) = regex::Regex::new(pat) {
-                        self.error(POLICY, &format!("{w}/deny_patterns/{k}"), format!("invalid regular expression: {}", one_line(e)));
+                        self.error(
+                            POLICY,
+                            &format!("{w}/deny_patterns/{k}"),
+                            format!("invalid regular expression: {}", one_line(e)),
+                        );
                     }
                 }
             }
@@ -1305,11 +1405,7 @@ impl<'a> Run<'a> {
             let Some(llm) = typed::<LlmWith>(self.json["spec"]["tasks"][i].get("with")) else { continue };
             let provider = llm.provider.clone().unwrap_or_default();
             let full = |m: &str| {
-                if m.contains('/') || provider.is_empty() {
-                    m.to_string()
-                } else {
-                    format!("{provider}/{m}")
-                }
+                if m.contains('/') || provider.is_empty() { m.to_string() } else { format!("{provider}/{m}") }
             };
             models.push((i, format!("/spec/tasks/{i}/with/model"), full(&llm.model)));
             for (k, m) in llm.fallback_models.iter().enumerate() {
@@ -1328,7 +1424,11 @@ impl<'a> Run<'a> {
                 let matches = |g: &String| glob_match(g, model) || glob_match(g, bare);
                 let task_id = views[*ti].id.clone().unwrap_or_default();
                 if let Some(g) = pw.deny_models.iter().find(|g| matches(g)) {
-                    self.error(POLICY, ptr, format!("model `{model}` of task `{task_id}` is denied by policy `{policy_id}` (`{g}`)"));
+                    self.error(
+                        POLICY,
+                        ptr,
+                        format!("model `{model}` of task `{task_id}` is denied by policy `{policy_id}` (`{g}`)"),
+                    );
                 } else if !pw.allow_models.is_empty() && !pw.allow_models.iter().any(matches) {
                     self.error(
                         POLICY,
@@ -1363,7 +1463,8 @@ impl<'a> Run<'a> {
                 let ty = v.registry.get(&h.ty);
                 if ty.is_none() {
                     let hint = self.suggest(&h.ty, types.iter().copied());
-                    self.error(UNKNOWN_TYPE, &format!("{base}/type"), format!("unknown task type `{}`", h.ty)).help = hint;
+                    self.error(UNKNOWN_TYPE, &format!("{base}/type"), format!("unknown task type `{}`", h.ty)).help =
+                        hint;
                 }
                 let mut reads = Reads::default();
                 if let Some(with) = self.json.pointer(&format!("{base}/with")) {
@@ -1404,9 +1505,9 @@ impl<'a> Run<'a> {
         if let Some(tz) = &s.timezone
             && !(tz == "UTC"
                 || tz.split('/').count() >= 2
-                    && tz
-                        .split('/')
-                        .all(|part| !part.is_empty() && part.chars().all(|c| c.is_ascii_alphanumeric() || "_+-".contains(c))))
+                    && tz.split('/').all(|part| {
+                        !part.is_empty() && part.chars().all(|c| c.is_ascii_alphanumeric() || "_+-".contains(c))
+                    }))
         {
             self.error(SCHEDULE, &format!("{p}/timezone"), format!("`{tz}` is not an IANA time zone name")).help =
                 Some("e.g. `UTC`, `Europe/Paris`, `America/New_York`".into());
@@ -1431,11 +1532,7 @@ impl<'a> Run<'a> {
     fn events(&mut self, spec: Option<&Value>, inputs: Option<&indexmap::IndexMap<String, InputSpec>>) {
         let Some(raw) = spec.and_then(|s| s.get("events")).and_then(Value::as_array) else { return };
         let mut names = BTreeSet::new();
-        let empty = RefCtx {
-            views: &[],
-            dag: None,
-            inputs: None,
-        };
+        let empty = RefCtx { views: &[], dag: None, inputs: None };
         for (i, ev) in raw.iter().enumerate() {
             let Some(ev) = typed::<EventTrigger>(Some(ev)) else { continue };
             let base = format!("/spec/events/{i}");
@@ -1465,9 +1562,12 @@ impl<'a> Run<'a> {
                 if d.required && d.default.is_none() && !ev.inputs.contains_key(name) {
                     let (path, span) = self.loc_key(&base);
                     self.push(
-                        Diagnostic::error(INPUT, format!("event trigger `{}` does not set required input `{name}`", ev.name))
-                            .at(path, span)
-                            .help(format!("add `{name}: \"{{{{ event.detail... }}}}\"` under `inputs`")),
+                        Diagnostic::error(
+                            INPUT,
+                            format!("event trigger `{}` does not set required input `{name}`", ev.name),
+                        )
+                        .at(path, span)
+                        .help(format!("add `{name}: \"{{{{ event.detail... }}}}\"` under `inputs`")),
                     );
                 }
             }
@@ -1487,8 +1587,12 @@ impl<'a> Run<'a> {
                         Value::Array(_) => {}
                         other => {
                             let p = ptr.clone();
-                            self.error(EVENT, &p, format!("pattern values must be lists, found {} `{}`", json_type(other), short(other)))
-                                .help = Some(format!("write `[{}]`", short(other)));
+                            self.error(
+                                EVENT,
+                                &p,
+                                format!("pattern values must be lists, found {} `{}`", json_type(other), short(other)),
+                            )
+                            .help = Some(format!("write `[{}]`", short(other)));
                         }
                     }
                     ptr.truncate(len);
@@ -1529,7 +1633,11 @@ impl<'a> Run<'a> {
                 if let Some(t) = v.task.as_ref().and_then(|t| t.timeout)
                     && t > rt
                 {
-                    self.warning(TIMING, &format!("/spec/tasks/{i}/timeout"), format!("task timeout {t} is longer than the run timeout {rt}"));
+                    self.warning(
+                        TIMING,
+                        &format!("/spec/tasks/{i}/timeout"),
+                        format!("task timeout {t} is longer than the run timeout {rt}"),
+                    );
                 }
             }
         }
@@ -1555,7 +1663,9 @@ fn with_secrets(site: Site, secrets: bool) -> Site {
 
 fn regex_is_ident(s: &str) -> bool {
     let mut chars = s.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_') && chars.all(|c| c.is_ascii_alphanumeric() || c == '_') && s.len() <= 64
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && s.len() <= 64
 }
 
 /// A hint for values that must take one of several forms.

@@ -31,11 +31,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits {
-            max_bytes: 10 * 1024 * 1024,
-            max_depth: 64,
-            max_nodes: 2_000_000,
-        }
+        Limits { max_bytes: 10 * 1024 * 1024, max_depth: 64, max_nodes: 2_000_000 }
     }
 }
 
@@ -103,10 +99,7 @@ pub struct Loaded {
 }
 
 fn pos(m: &saphyr_parser::Marker) -> Pos {
-    Pos {
-        line: m.line() as u32,
-        column: m.col() as u32 + 1,
-    }
+    Pos { line: m.line() as u32, column: m.col() as u32 + 1 }
 }
 
 fn span(s: &saphyr_parser::Span) -> Span {
@@ -145,20 +138,14 @@ impl Builder {
     fn count(&mut self, n: usize, at: Pos) -> Result<(), LoadError> {
         self.nodes += n;
         if self.nodes > self.limits.max_nodes {
-            return Err(LoadError::TooManyNodes {
-                limit: self.limits.max_nodes,
-                pos: at,
-            });
+            return Err(LoadError::TooManyNodes { limit: self.limits.max_nodes, pos: at });
         }
         Ok(())
     }
 
     fn open(&mut self, frame: Frame, at: Pos) -> Result<(), LoadError> {
         if self.stack.len() >= self.limits.max_depth {
-            return Err(LoadError::TooDeep {
-                limit: self.limits.max_depth,
-                pos: at,
-            });
+            return Err(LoadError::TooDeep { limit: self.limits.max_depth, pos: at });
         }
         self.count(1, at)?;
         let before = self.nodes;
@@ -177,16 +164,7 @@ impl Builder {
                 items.push(value);
                 spans.push(span);
             }
-            Some((
-                Frame::Map {
-                    entries,
-                    spans,
-                    key,
-                    merges,
-                    ..
-                },
-                _,
-            )) => match key.take() {
+            Some((Frame::Map { entries, spans, key, merges, .. }, _)) => match key.take() {
                 None => {
                     let text = match value {
                         Json::String(s) => s,
@@ -206,15 +184,8 @@ impl Builder {
                         return;
                     }
                     if entries.contains_key(&k) {
-                        let first = entries
-                            .keys()
-                            .position(|x| *x == k)
-                            .map_or(key_span, |i| spans[i].0);
-                        self.issues.push(LoadIssue::DuplicateKey {
-                            key: k,
-                            span: key_span,
-                            first,
-                        });
+                        let first = entries.keys().position(|x| *x == k).map_or(key_span, |i| spans[i].0);
+                        self.issues.push(LoadIssue::DuplicateKey { key: k, span: key_span, first });
                         return;
                     }
                     entries.insert(k, value);
@@ -259,7 +230,8 @@ fn resolve_plain(s: std::borrow::Cow<'_, str>) -> Json {
         "true" | "True" | "TRUE" => return Json::Bool(true),
         "false" | "False" | "FALSE" => return Json::Bool(false),
         // JSON cannot hold infinities or NaN: keep their text.
-        ".inf" | ".Inf" | ".INF" | "+.inf" | "+.Inf" | "+.INF" | "-.inf" | "-.Inf" | "-.INF" | ".nan" | ".NaN" | ".NAN" => {
+        ".inf" | ".Inf" | ".INF" | "+.inf" | "+.Inf" | "+.INF" | "-.inf" | "-.Inf" | "-.INF" | ".nan" | ".NaN"
+        | ".NAN" => {
             return Json::String(s.into_owned());
         }
         _ => {}
@@ -290,9 +262,7 @@ fn resolve_plain(s: std::borrow::Cow<'_, str>) -> Json {
         return Json::from(i);
     }
     let float_like = unsigned.first().is_some_and(|c| c.is_ascii_digit() || *c == b'.')
-        && unsigned
-            .iter()
-            .all(|c| c.is_ascii_digit() || matches!(c, b'.' | b'e' | b'E' | b'-' | b'+'))
+        && unsigned.iter().all(|c| c.is_ascii_digit() || matches!(c, b'.' | b'e' | b'E' | b'-' | b'+'))
         && unsigned.iter().any(u8::is_ascii_digit);
     if float_like
         && let Ok(f) = s.parse::<f64>()
@@ -306,26 +276,15 @@ fn resolve_plain(s: std::borrow::Cow<'_, str>) -> Json {
 /// Loads one YAML document into a spanned tree, enforcing `limits`.
 pub fn load(text: &str, limits: Limits) -> Result<Loaded, LoadError> {
     if text.len() > limits.max_bytes {
-        return Err(LoadError::TooLarge {
-            size: text.len(),
-            limit: limits.max_bytes,
-        });
+        return Err(LoadError::TooLarge { size: text.len(), limit: limits.max_bytes });
     }
-    let mut b = Builder {
-        limits,
-        nodes: 0,
-        anchors: HashMap::new(),
-        stack: Vec::new(),
-        issues: Vec::new(),
-        root: None,
-    };
+    let mut b =
+        Builder { limits, nodes: 0, anchors: HashMap::new(), stack: Vec::new(), issues: Vec::new(), root: None };
     let mut documents = 0;
     let mut end = Pos { line: 1, column: 1 };
     for item in Parser::new_from_str(text) {
-        let (event, sp) = item.map_err(|e| LoadError::Syntax {
-            message: e.info().to_string(),
-            pos: pos(e.marker()),
-        })?;
+        let (event, sp) =
+            item.map_err(|e| LoadError::Syntax { message: e.info().to_string(), pos: pos(e.marker()) })?;
         let sp = span(&sp);
         end = sp.end;
         match event {
@@ -355,15 +314,9 @@ pub fn load(text: &str, limits: Limits) -> Result<Loaded, LoadError> {
                 let (v, spans, _) = b.anchors.get(&id).cloned().expect("checked above");
                 b.push(v, relocate(spans, sp), 0, size);
             }
-            Event::SequenceStart(anchor, _) => b.open(
-                Frame::Seq {
-                    start: sp,
-                    anchor,
-                    items: Vec::new(),
-                    spans: Vec::new(),
-                },
-                sp.start,
-            )?,
+            Event::SequenceStart(anchor, _) => {
+                b.open(Frame::Seq { start: sp, anchor, items: Vec::new(), spans: Vec::new() }, sp.start)?
+            }
             Event::MappingStart(anchor, _) => b.open(
                 Frame::Map {
                     start: sp,
@@ -381,30 +334,15 @@ pub fn load(text: &str, limits: Limits) -> Result<Loaded, LoadError> {
                 };
                 let size = b.nodes - before + 1;
                 let (value, kids, start, anchor) = match frame {
-                    Frame::Seq {
-                        start,
-                        anchor,
-                        items,
-                        spans,
-                    } => (Json::Array(items), Kids::Seq(spans), start, anchor),
-                    Frame::Map {
-                        start,
-                        anchor,
-                        mut entries,
-                        mut spans,
-                        merges,
-                        ..
-                    } => {
+                    Frame::Seq { start, anchor, items, spans } => (Json::Array(items), Kids::Seq(spans), start, anchor),
+                    Frame::Map { start, anchor, mut entries, mut spans, merges, .. } => {
                         for (v, s) in merges {
                             merge(&mut entries, &mut spans, v, s);
                         }
                         (Json::Object(entries), Kids::Map(spans), start, anchor)
                     }
                 };
-                let span = SpanNode {
-                    span: Span::new(start.start, sp.end.max(start.end)),
-                    kids,
-                };
+                let span = SpanNode { span: Span::new(start.start, sp.end.max(start.end)), kids };
                 // An anchored collection is cloned on every alias: account for its real size.
                 let size = if anchor != 0 { subtree_size(&value).max(size) } else { size };
                 b.push(value, span, anchor, size);
@@ -412,18 +350,8 @@ pub fn load(text: &str, limits: Limits) -> Result<Loaded, LoadError> {
             Event::StreamStart | Event::StreamEnd | Event::DocumentEnd | Event::Nothing => {}
         }
     }
-    let (json, spans) = b.root.take().unwrap_or((
-        Json::Null,
-        SpanNode {
-            span: Span::new(end, end),
-            kids: Kids::Leaf,
-        },
-    ));
-    Ok(Loaded {
-        json,
-        spans,
-        issues: b.issues,
-    })
+    let (json, spans) = b.root.take().unwrap_or((Json::Null, SpanNode { span: Span::new(end, end), kids: Kids::Leaf }));
+    Ok(Loaded { json, spans, issues: b.issues })
 }
 
 /// An alias's copy points at the alias itself: that is where the user wrote it.
@@ -571,10 +499,7 @@ mod tests {
 
     #[test]
     fn oversized_input_is_refused() {
-        let limits = Limits {
-            max_bytes: 10,
-            ..Limits::default()
-        };
+        let limits = Limits { max_bytes: 10, ..Limits::default() };
         assert!(matches!(load("a: 123456789", limits), Err(LoadError::TooLarge { .. })));
     }
 
@@ -586,9 +511,6 @@ mod tests {
 
     #[test]
     fn two_documents_are_refused() {
-        assert!(matches!(
-            load("a: 1\n---\nb: 2\n", Limits::default()),
-            Err(LoadError::MultipleDocuments { .. })
-        ));
+        assert!(matches!(load("a: 1\n---\nb: 2\n", Limits::default()), Err(LoadError::MultipleDocuments { .. })));
     }
 }

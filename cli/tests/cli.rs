@@ -1,0 +1,152 @@
+//! The `llmo` binary end to end: exit codes, output formats, and every subcommand.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn llmo(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_llmo"))
+        .args(args)
+        .current_dir(root())
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("llmo runs")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn validate_passes_every_example() {
+    let mut files: Vec<String> = std::fs::read_dir(root().join("workflows"))
+        .unwrap()
+        .map(|e| format!("workflows/{}", e.unwrap().file_name().to_string_lossy()))
+        .collect();
+    files.sort();
+    let args: Vec<&str> = std::iter::once("validate").chain(files.iter().map(String::as_str)).collect();
+    let out = llmo(&args);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    for f in &files {
+        assert!(err.contains(&format!("{f}: ok")), "{err}");
+    }
+}
+
+#[test]
+fn validate_reports_errors_with_file_line_column_and_snippet() {
+    let out = llmo(&["validate", "tests/fixtures/invalid/structure.yaml"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("tests/fixtures/invalid/structure.yaml:10:33: spec.tasks[0].with.modle: unknown field `modle`"),
+        "{err}"
+    );
+    assert!(err.contains("help: did you mean `model`?"), "{err}");
+    assert!(err.contains("with: { provider: openai, modle: gpt-4o-mini, prompt: hi }"), "snippet missing: {err}");
+    assert!(err.contains("WF011"), "{err}");
+    assert!(err.contains("structure.yaml: 6 errors"), "{err}");
+}
+
+#[test]
+fn validate_json_output_is_machine_readable() {
+    let out =
+        llmo(&["validate", "--format", "json", "tests/fixtures/invalid/graph.yaml", "workflows/simple-inference.yaml"]);
+    assert_eq!(out.status.code(), Some(1));
+    let records: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    let list = records.as_array().unwrap();
+    assert!(!list.is_empty());
+    let cycle = list.iter().find(|r| r["code"] == "WF023").expect("cycle reported");
+    assert_eq!(cycle["line"], 13);
+    assert_eq!(cycle["column"], 20);
+    assert_eq!(cycle["severity"], "error");
+    assert!(cycle["message"].as_str().unwrap().contains("b -> c -> b"));
+}
+
+#[test]
+fn warnings_pass_unless_denied() {
+    let out = llmo(&["validate", "tests/fixtures/warnings-only.yaml"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("ok, 2 warnings"), "{}", text(&out.stderr));
+    let out = llmo(&["validate", "--deny-warnings", "tests/fixtures/warnings-only.yaml"]);
+    assert_eq!(out.status.code(), Some(1));
+}
+
+#[test]
+fn unreadable_files_exit_2_and_others_are_still_checked() {
+    let out = llmo(&["validate", "does/not/exist.yaml", "workflows/simple-inference.yaml"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(err.contains("cannot read does/not/exist.yaml"), "{err}");
+    assert!(err.contains("workflows/simple-inference.yaml: ok"), "{err}");
+}
+
+#[test]
+fn validate_reads_standard_input() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_llmo"))
+        .args(["validate", "-"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"apiVersion: llm-orchestrator/v1\nkind: Workflow\nmetadata: {name: x}\nspec: {tasks: [{id: a, type: transform, with: {output: 1}}]}\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("<stdin>: ok (1 task)"));
+}
+
+#[test]
+fn graph_draws_mermaid_and_dot() {
+    let out = llmo(&["graph", "workflows/article-pipeline.yaml"]);
+    assert!(out.status.success());
+    let m = text(&out.stdout);
+    assert!(m.starts_with("flowchart TD\n"));
+    assert!(m.contains("outline --> draft") && m.contains("draft -. on failure .-> draft_short"), "{m}");
+    let out = llmo(&["graph", "--format", "dot", "workflows/article-pipeline.yaml"]);
+    let d = text(&out.stdout);
+    assert!(d.starts_with("digraph \"article-pipeline\" {"));
+    assert!(d.contains("\"score\" -> \"publish\";"), "{d}");
+    let out = llmo(&["graph", "tests/fixtures/invalid/graph.yaml"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn schema_prints_the_committed_schema() {
+    let out = llmo(&["schema"]);
+    assert!(out.status.success());
+    let committed = std::fs::read_to_string(root().join("schema/workflow.schema.json")).unwrap();
+    assert_eq!(text(&out.stdout), committed);
+}
+
+#[test]
+fn explain_shows_levels_parallelism_critical_path_and_reads() {
+    let out = llmo(&["explain", "workflows/article-pipeline.yaml"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let t = text(&out.stdout);
+    assert!(t.contains("critical path (5 tasks): guard -> outline -> draft -> score -> publish"), "{t}");
+    assert!(t.contains("max parallelism: 2 (max_parallel 8)"), "{t}");
+    assert!(t.contains("can read: draft, guard, outline, score, translate"), "{t}");
+    let out = llmo(&["explain", "--format", "json", "workflows/nightly-digest.yaml"]);
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(plan["schedule"], "cron(0 6 ? * MON-FRI *)");
+    assert_eq!(plan["levels"].as_array().unwrap().len(), 5);
+}
+
+#[test]
+fn help_lists_the_commands() {
+    let out = llmo(&["--help"]);
+    let t = text(&out.stdout);
+    for c in ["validate", "graph", "schema", "explain"] {
+        assert!(t.contains(c), "{t}");
+    }
+}
