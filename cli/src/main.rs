@@ -62,6 +62,14 @@ enum Command {
         #[arg(long, short)]
         output: Option<PathBuf>,
     },
+    /// Print a generated workflow of N tasks (for benchmarks and scale tests).
+    #[command(hide = true)]
+    Synth {
+        #[arg(long, value_enum, default_value_t = SynthShape::Layered)]
+        shape: SynthShape,
+        #[arg(long, default_value_t = 10_000)]
+        tasks: usize,
+    },
     /// Show a workflow's plan: levels, parallelism, critical path, and what each task can read.
     Explain {
         file: PathBuf,
@@ -82,6 +90,13 @@ enum ReportFormat {
 enum GraphFormat {
     Mermaid,
     Dot,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum SynthShape {
+    Chain,
+    Fan,
+    Layered,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -129,6 +144,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 Some(p) => std::fs::write(&p, text).with_context(|| format!("writing {}", p.display()))?,
                 None => print!("{text}"),
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Synth { shape, tasks } => {
+            use llmo_core::synth::{Shape, workflow_yaml};
+            let shape = match shape {
+                SynthShape::Chain => Shape::Chain,
+                SynthShape::Fan => Shape::FanOutFanIn,
+                SynthShape::Layered => Shape::Layered { width: 100 },
+            };
+            print!("{}", workflow_yaml(shape, tasks));
             Ok(ExitCode::SUCCESS)
         }
         Command::Explain { file, format } => {
