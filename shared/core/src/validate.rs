@@ -183,7 +183,7 @@ impl Validator {
             loaded: &loaded,
             json: &loaded.json,
             report,
-            pre: HashMap::new(),
+            pre: Vec::new(),
             suggest_budget: 2_000_000,
         };
         let checked = if tasks.len() >= PARALLEL_FROM {
@@ -256,9 +256,8 @@ struct Run<'a> {
     loaded: &'a Loaded,
     json: &'a Value,
     report: Report,
-    /// Templates and expressions analysed ahead of time, keyed by the address of their
-    /// text in `json` (which does not move while we run).
-    pre: HashMap<(usize, Kind), Analysis>,
+    /// Tasks' templates and expressions analysed ahead of time, by task index.
+    pre: Vec<TaskAnalysis>,
     /// String comparisons left for "did you mean" hints.
     suggest_budget: usize,
 }
@@ -314,30 +313,47 @@ fn visit_strings<'j>(
     }
 }
 
+/// The templates and expressions of one task, analysed ahead of the other checks.
+#[derive(Default)]
+struct TaskAnalysis {
+    when: Option<Analysis>,
+    for_each: Option<Analysis>,
+    /// (pointer relative to `with`, kind, may read secrets, analysis), in document order.
+    with: Vec<(String, Kind, bool, Analysis)>,
+}
+
 /// Analyses every task's templates and expressions. Independent of everything else the
 /// validator does, so large documents run it on a second thread.
-fn analyse_tasks(analyzer: &Analyzer, registry: &Registry, tasks: &[Value]) -> Vec<((usize, Kind), Analysis)> {
-    let mut out = Vec::with_capacity(tasks.len() * 2);
+fn analyse_tasks(analyzer: &Analyzer, registry: &Registry, tasks: &[Value]) -> Vec<TaskAnalysis> {
     let mut ptr = String::new();
-    for t in tasks {
-        for key in ["when", "for_each"] {
-            if let Some(Value::String(s)) = t.get(key) {
-                out.push(((s.as_ptr() as usize, Kind::Expression), analyzer.expression_refs(s)));
+    tasks
+        .iter()
+        .map(|t| {
+            let expr = |key: &str| match t.get(key) {
+                Some(Value::String(s)) if !is_braced(s) => Some(analyzer.expression_refs(s)),
+                _ => None,
+            };
+            let mut a = TaskAnalysis { when: expr("when"), for_each: expr("for_each"), with: Vec::new() };
+            if let Some(with) = t.get("with") {
+                let ty = t.get("type").and_then(Value::as_str).and_then(|n| registry.get(n));
+                ptr.clear();
+                visit_strings(with, &mut ptr, 0, ty, &mut |s, p, kind, secrets| {
+                    let analysis = match kind {
+                        Kind::Template => analyzer.template_refs(s),
+                        Kind::Expression => analyzer.expression_refs(s),
+                    };
+                    a.with.push((p.to_string(), kind, secrets, analysis));
+                });
             }
-        }
-        if let Some(with) = t.get("with") {
-            let ty = t.get("type").and_then(Value::as_str).and_then(|n| registry.get(n));
-            ptr.clear();
-            visit_strings(with, &mut ptr, 0, ty, &mut |s, _, kind, _| {
-                let a = match kind {
-                    Kind::Template => analyzer.template_refs(s),
-                    Kind::Expression => analyzer.expression_refs(s),
-                };
-                out.push(((s.as_ptr() as usize, kind), a));
-            });
-        }
-    }
-    out
+            a
+        })
+        .collect()
+}
+
+/// An expression written as a template: `"{{ x }}"`.
+fn is_braced(s: &str) -> bool {
+    let t = s.trim();
+    t.starts_with("{{") && t.ends_with("}}")
 }
 
 fn typed<T: for<'de> Deserialize<'de>>(v: Option<&Value>) -> Option<T> {
@@ -434,7 +450,7 @@ impl<'a> Run<'a> {
 
     fn check_with(
         &mut self,
-        analysed: impl FnOnce() -> Vec<((usize, Kind), Analysis)>,
+        analysed: impl FnOnce() -> Vec<TaskAnalysis>,
     ) -> Option<(Workflow, Dag, Vec<Reads>)> {
         if !self.json.is_object() {
             let (path, span) = self.loc("");
@@ -472,7 +488,7 @@ impl<'a> Run<'a> {
         };
         let dag = self.graph(&views);
 
-        self.pre = analysed().into_iter().collect();
+        self.pre = analysed();
         let mut reads = vec![Reads::default(); views.len()];
         let input_names: Option<Vec<String>> = inputs.as_ref().map(|m| m.keys().cloned().collect());
         let ctx = RefCtx { views: &views, dag: dag.as_ref(), inputs: input_names.as_deref() };
@@ -990,11 +1006,16 @@ impl<'a> Run<'a> {
         let mut reads = Reads::default();
         let body = Site::Task { idx: i, body: true, secrets: false };
         let head = Site::Task { idx: i, body: false, secrets: false };
+        let pre = self.pre.get_mut(i).map(std::mem::take);
+        let (pre_when, pre_for_each, pre_with) = match pre {
+            Some(p) => (p.when, p.for_each, Some(p.with)),
+            None => (None, None, None),
+        };
         if let Some(w) = &task.when {
-            self.expression(w, &format!("{base}/when"), head, ctx, &mut reads);
+            self.expression_analysed(w, pre_when, &format!("{base}/when"), head, ctx, &mut reads);
         }
         if let Some(fe) = &task.for_each {
-            let refs = self.expression(fe, &format!("{base}/for_each"), head, ctx, &mut reads);
+            let refs = self.expression_analysed(fe, pre_for_each, &format!("{base}/for_each"), head, ctx, &mut reads);
             for r in refs {
                 if r.len() >= 2
                     && r[0] == "inputs"
@@ -1033,8 +1054,24 @@ impl<'a> Run<'a> {
         let v = self.v;
         let ty = v.registry.get(&task.ty);
         let with = self.json["spec"]["tasks"][i].get("with");
-        if let Some(with) = with {
-            self.walk_with(with, &mut format!("{base}/with"), base.len() + 5, ty, body, ctx, &mut reads);
+        match (with, pre_with) {
+            (Some(_), Some(found)) => {
+                for (rel, kind, secrets, analysis) in found {
+                    let p = format!("{base}/with{rel}");
+                    let site = with_secrets(body, secrets);
+                    match kind {
+                        Kind::Template => self.template_analysed(analysis, &p, site, ctx, &mut reads),
+                        Kind::Expression => {
+                            let src = self.json.pointer(&p).and_then(Value::as_str).unwrap_or_default();
+                            self.expression_analysed(src, Some(analysis), &p, site, ctx, &mut reads)
+                        }
+                    };
+                }
+            }
+            (Some(with), None) => {
+                self.walk_with(with, &mut format!("{base}/with"), base.len() + 5, ty, body, ctx, &mut reads);
+            }
+            (None, _) => {}
         }
         if let Some(ty) = ty {
             self.type_rules(&base, ty, with);
@@ -1078,10 +1115,18 @@ impl<'a> Run<'a> {
     }
 
     fn template(&mut self, src: &str, ptr: &str, site: Site, ctx: &RefCtx<'_>, reads: &mut Reads) -> Vec<Vec<String>> {
-        let analysed = match self.pre.remove(&(src.as_ptr() as usize, Kind::Template)) {
-            Some(a) => a,
-            None => self.v.analyzer.template_refs(src),
-        };
+        let analysed = self.v.analyzer.template_refs(src);
+        self.template_analysed(analysed, ptr, site, ctx, reads)
+    }
+
+    fn template_analysed(
+        &mut self,
+        analysed: Analysis,
+        ptr: &str,
+        site: Site,
+        ctx: &RefCtx<'_>,
+        reads: &mut Reads,
+    ) -> Vec<Vec<String>> {
         match analysed {
             Ok(refs) => {
                 self.references(&refs, ptr, site, ctx, reads);
@@ -1102,6 +1147,18 @@ impl<'a> Run<'a> {
         ctx: &RefCtx<'_>,
         reads: &mut Reads,
     ) -> Vec<Vec<String>> {
+        self.expression_analysed(src, None, ptr, site, ctx, reads)
+    }
+
+    fn expression_analysed(
+        &mut self,
+        src: &str,
+        pre: Option<Analysis>,
+        ptr: &str,
+        site: Site,
+        ctx: &RefCtx<'_>,
+        reads: &mut Reads,
+    ) -> Vec<Vec<String>> {
         let trimmed = src.trim();
         if trimmed.starts_with("{{") && trimmed.ends_with("}}") {
             let inner = trimmed[2..trimmed.len() - 2].trim().to_string();
@@ -1109,10 +1166,7 @@ impl<'a> Run<'a> {
                 Some(format!("write it without braces: `{inner}`"));
             return Vec::new();
         }
-        let analysed = match self.pre.remove(&(src.as_ptr() as usize, Kind::Expression)) {
-            Some(a) => a,
-            None => self.v.analyzer.expression_refs(src),
-        };
+        let analysed = pre.unwrap_or_else(|| self.v.analyzer.expression_refs(src));
         match analysed {
             Ok(refs) => {
                 self.references(&refs, ptr, site, ctx, reads);

@@ -285,6 +285,40 @@ pub fn load(text: &str, limits: Limits) -> Result<Loaded, LoadError> {
     if text.len() > limits.max_bytes {
         return Err(LoadError::TooLarge { size: text.len(), limit: limits.max_bytes });
     }
+    if text.len() < PIPELINE_FROM {
+        return build(Parser::new_from_str(text), limits);
+    }
+    // Large documents: parse on a second thread and build on this one, so the two overlap.
+    // If building stops early (a limit), the receiver is dropped and the parser stops at its
+    // next send.
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<ParseItem<'_>>>(16);
+        scope.spawn(move || {
+            let mut batch = Vec::with_capacity(BATCH);
+            for item in Parser::new_from_str(text) {
+                let failed = item.is_err();
+                batch.push(item);
+                if batch.len() == BATCH || failed {
+                    if tx.send(std::mem::replace(&mut batch, Vec::with_capacity(BATCH))).is_err() || failed {
+                        return;
+                    }
+                }
+            }
+            let _ = tx.send(batch);
+        });
+        build(rx.into_iter().flatten(), limits)
+    })
+}
+
+/// Documents from this size (bytes) on are parsed and built on two threads.
+const PIPELINE_FROM: usize = 256 * 1024;
+/// Parser events handed over at a time.
+const BATCH: usize = 2048;
+
+type ParseItem<'i> = Result<(Event<'i>, saphyr_parser::Span), saphyr_parser::ScanError>;
+
+/// Builds the JSON value and span tree from parser events.
+fn build<'i>(events: impl Iterator<Item = ParseItem<'i>>, limits: Limits) -> Result<Loaded, LoadError> {
     let mut b = Builder {
         limits,
         nodes: 0,
@@ -296,7 +330,7 @@ pub fn load(text: &str, limits: Limits) -> Result<Loaded, LoadError> {
     };
     let mut documents = 0;
     let mut end = Pos { line: 1, column: 1 };
-    for item in Parser::new_from_str(text) {
+    for item in events {
         let (event, sp) = item.map_err(|e| {
             // The parser's own guard against deep flow nesting: the same refusal as ours.
             if e.info().contains("recursion limit") {
