@@ -178,14 +178,8 @@ impl Validator {
             return Outcome { report, checked: None };
         }
         let tasks = loaded.json.pointer("/spec/tasks").and_then(Value::as_array).map_or(&[][..], Vec::as_slice);
-        let mut run = Run {
-            v: self,
-            loaded: &loaded,
-            json: &loaded.json,
-            report,
-            pre: Vec::new(),
-            suggest_budget: 2_000_000,
-        };
+        let mut run =
+            Run { v: self, loaded: &loaded, json: &loaded.json, report, pre: Vec::new(), suggest_budget: 2_000_000 };
         let checked = if tasks.len() >= PARALLEL_FROM {
             // Analyse templates on a second thread while this one checks the schema and
             // builds the graph; the results meet in `run.pre`.
@@ -448,10 +442,7 @@ impl<'a> Run<'a> {
         self.report.diagnostics.last_mut().expect("just pushed")
     }
 
-    fn check_with(
-        &mut self,
-        analysed: impl FnOnce() -> Vec<TaskAnalysis>,
-    ) -> Option<(Workflow, Dag, Vec<Reads>)> {
+    fn check_with(&mut self, analysed: impl FnOnce() -> Vec<TaskAnalysis>) -> Option<(Workflow, Dag, Vec<Reads>)> {
         if !self.json.is_object() {
             let (path, span) = self.loc("");
             self.push(
@@ -489,15 +480,34 @@ impl<'a> Run<'a> {
         let dag = self.graph(&views);
 
         self.pre = analysed();
-        let mut reads = vec![Reads::default(); views.len()];
         let input_names: Option<Vec<String>> = inputs.as_ref().map(|m| m.keys().cloned().collect());
         let ctx = RefCtx { views: &views, dag: dag.as_ref(), inputs: input_names.as_deref() };
-        for (i, view) in views.iter().enumerate() {
-            if let Some(task) = &view.task {
-                let r = self.task_semantics(i, task, &ctx, inputs.as_ref(), spec, defaults.as_ref());
-                reads[i] = r;
-            }
-        }
+        let reads = if views.len() >= PARALLEL_FROM {
+            // Tasks are checked independently: the second half on a second thread, with its
+            // own report, merged afterwards.
+            let half = views.len() / 2;
+            let mut other = Run {
+                v: self.v,
+                loaded: self.loaded,
+                json: self.json,
+                report: Report::new(self.report.source.clone()),
+                pre: self.pre.split_off(half.min(self.pre.len())),
+                suggest_budget: self.suggest_budget / 2,
+            };
+            self.suggest_budget -= other.suggest_budget;
+            let (ctx, inputs, defaults) = (&ctx, inputs.as_ref(), defaults.as_ref());
+            let (mut first, second) = std::thread::scope(|scope| {
+                let worker =
+                    scope.spawn(|| other.tasks_semantics(half..views.len(), half, ctx, inputs, spec, defaults));
+                let first = self.tasks_semantics(0..half, 0, ctx, inputs, spec, defaults);
+                (first, worker.join().expect("task checks do not panic"))
+            });
+            self.report.diagnostics.append(&mut other.report.diagnostics);
+            first.extend(second);
+            first
+        } else {
+            self.tasks_semantics(0..views.len(), 0, &ctx, inputs.as_ref(), spec, defaults.as_ref())
+        };
         self.outputs(spec, &ctx);
         self.hooks(spec, &ctx);
         self.schedule(spec, inputs.as_ref());
@@ -993,9 +1003,29 @@ impl<'a> Run<'a> {
 
     // ---- per-task semantics ------------------------------------------------------------
 
+    /// Checks tasks `range`; `self.pre` holds their analyses from index `pre_base` on.
+    fn tasks_semantics(
+        &mut self,
+        range: std::ops::Range<usize>,
+        pre_base: usize,
+        ctx: &RefCtx<'_>,
+        inputs: Option<&indexmap::IndexMap<String, InputSpec>>,
+        spec: Option<&Value>,
+        defaults: Option<&Defaults>,
+    ) -> Vec<Reads> {
+        range
+            .map(|i| match &ctx.views[i].task {
+                Some(task) => self.task_semantics(i, i - pre_base, task, ctx, inputs, spec, defaults),
+                None => Reads::default(),
+            })
+            .collect()
+    }
+
+    #[allow(clippy::too_many_arguments)]
     fn task_semantics(
         &mut self,
         i: usize,
+        pre_index: usize,
         task: &Task,
         ctx: &RefCtx<'_>,
         inputs: Option<&indexmap::IndexMap<String, InputSpec>>,
@@ -1006,7 +1036,7 @@ impl<'a> Run<'a> {
         let mut reads = Reads::default();
         let body = Site::Task { idx: i, body: true, secrets: false };
         let head = Site::Task { idx: i, body: false, secrets: false };
-        let pre = self.pre.get_mut(i).map(std::mem::take);
+        let pre = self.pre.get_mut(pre_index).map(std::mem::take);
         let (pre_when, pre_for_each, pre_with) = match pre {
             Some(p) => (p.when, p.for_each, Some(p.with)),
             None => (None, None, None),
@@ -1191,7 +1221,7 @@ impl<'a> Run<'a> {
     fn references(&mut self, refs: &[Vec<String>], ptr: &str, site: Site, ctx: &RefCtx<'_>, reads: &mut Reads) {
         for r in refs {
             let root = r[0].as_str();
-            let dotted = r.join(".");
+            let dotted = Dotted(r);
             match root {
                 "inputs" if !matches!(site, Site::Event) => {
                     if let Some(name) = r.get(1) {
@@ -1347,8 +1377,10 @@ impl<'a> Run<'a> {
         let w = format!("{base}/with");
         match ty.name.as_str() {
             "llm" => {
-                let Some(llm) = typed::<LlmWith>(with) else { return };
-                match (&llm.prompt, &llm.messages) {
+                // Read straight from JSON: this runs for every llm task, and the schema has
+                // already checked the types.
+                let Some(with) = with.and_then(Value::as_object) else { return };
+                match (with.get("prompt"), with.get("messages")) {
                     (None, None) => {
                         self.error(TASK_CONFIG, &w, "an llm task needs `prompt` or `messages`");
                     }
@@ -1357,15 +1389,15 @@ impl<'a> Run<'a> {
                     }
                     _ => {}
                 }
-                if let Some(schema) = &llm.output_schema {
+                if let Some(schema) = with.get("output_schema") {
                     if let Err(e) = jsonschema::meta::validate(schema) {
                         self.error(
                             TASK_CONFIG,
                             &format!("{w}/output_schema"),
-                            format!("`output_schema` is not a valid JSON Schema: {e}"),
+                            format!("`output_schema` is not a valid JSON Schema: {}", one_line(e)),
                         );
                     }
-                    if llm.response_format == Some(crate::tasks::ResponseFormat::Text) {
+                    if with.get("response_format").and_then(Value::as_str) == Some("text") {
                         self.error(
                             TASK_CONFIG,
                             &format!("{w}/response_format"),
@@ -1373,7 +1405,9 @@ impl<'a> Run<'a> {
                         );
                     }
                 }
-                for (k, m) in llm.fallback_models.iter().enumerate() {
+                let fallbacks = with.get("fallback_models").and_then(Value::as_array).map_or(&[][..], Vec::as_slice);
+                for (k, m) in fallbacks.iter().enumerate() {
+                    let Some(m) = m.as_str() else { continue };
                     if m.trim().is_empty() || m.split('/').count() > 2 || m.starts_with('/') || m.ends_with('/') {
                         self.error(
                             TASK_CONFIG,
@@ -1734,6 +1768,21 @@ fn form_help(schema_path: &str) -> Option<&'static str> {
         Some("a schedule is `{ cron: \"0 6 * * ? *\" }` or `{ rate: 1h }`")
     } else {
         None
+    }
+}
+
+/// A reference path, joined with dots only when a message needs it.
+struct Dotted<'r>(&'r [String]);
+
+impl std::fmt::Display for Dotted<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, part) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(".")?;
+            }
+            f.write_str(part)?;
+        }
+        Ok(())
     }
 }
 
