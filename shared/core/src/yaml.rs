@@ -298,10 +298,12 @@ pub fn load(text: &str, limits: Limits) -> Result<Loaded, LoadError> {
             for item in Parser::new_from_str(text) {
                 let failed = item.is_err();
                 batch.push(item);
-                if (batch.len() == BATCH || failed)
-                    && (tx.send(std::mem::replace(&mut batch, Vec::with_capacity(BATCH))).is_err() || failed)
-                {
-                    return;
+                if batch.len() == BATCH || failed {
+                    // A parse error travels with its batch, then parsing stops.
+                    let sent = tx.send(std::mem::replace(&mut batch, Vec::with_capacity(BATCH))).is_ok();
+                    if !sent || failed {
+                        return;
+                    }
                 }
             }
             let _ = tx.send(batch);
