@@ -566,6 +566,22 @@ mod tests {
     }
 
     #[test]
+    fn large_documents_take_the_two_thread_path_with_the_same_results() {
+        let mut doc = String::from("items:\n");
+        while doc.len() < 2 * PIPELINE_FROM {
+            doc.push_str("  - { id: x, n: 1, s: 'text' }\n");
+        }
+        let l = load(&doc, Limits::default()).unwrap();
+        let n = l.json["items"].as_array().unwrap().len();
+        assert!(n > 10_000);
+        let (span, _) = l.locate(&format!("/items/{}/s", n - 1)).unwrap();
+        assert_eq!(span.start.line as usize, n + 1);
+        // A syntax error at the very end is still reported, from the parser thread.
+        doc.push_str("  - [unclosed\n");
+        assert!(matches!(load(&doc, Limits::default()), Err(LoadError::Syntax { .. })));
+    }
+
+    #[test]
     fn two_documents_are_refused() {
         assert!(matches!(load("a: 1\n---\nb: 2\n", Limits::default()), Err(LoadError::MultipleDocuments { .. })));
     }
