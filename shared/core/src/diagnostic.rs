@@ -7,7 +7,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use miette::{LabeledSpan, NamedSource, SourceSpan};
+use miette::{LabeledSpan, MietteError, MietteSpanContents, SourceCode, SourceSpan, SpanContents};
 use serde::Serialize;
 
 use crate::source::{SourceFile, Span};
@@ -193,7 +193,7 @@ impl Report {
 
     /// The diagnostics as miette diagnostics, ready to render with a snippet.
     pub fn miette(&self) -> Vec<Rendered> {
-        let src = NamedSource::new(self.source.name(), Arc::<str>::from(self.source.text()));
+        let src = Snippets(Arc::new(self.source.clone()));
         self.diagnostics
             .iter()
             .map(|d| {
@@ -234,7 +234,48 @@ pub struct Rendered {
     severity: Severity,
     help: Option<String>,
     labels: Vec<LabeledSpan>,
-    source: NamedSource<Arc<str>>,
+    source: Snippets,
+}
+
+/// The source as miette reads it. miette's own `str` source finds a snippet by scanning the
+/// text from its start, which makes thousands of diagnostics on a large file quadratic; this
+/// one uses the line table.
+#[derive(Debug, Clone)]
+pub struct Snippets(Arc<SourceFile>);
+
+impl SourceCode for Snippets {
+    fn read_span<'a>(
+        &'a self,
+        span: &SourceSpan,
+        context_lines_before: usize,
+        context_lines_after: usize,
+    ) -> Result<Box<dyn SpanContents<'a> + 'a>, MietteError> {
+        let src = &self.0;
+        let (start, end) = (span.offset(), span.offset() + span.len());
+        if end > src.text().len() {
+            return Err(MietteError::OutOfBounds);
+        }
+        let first = src.line_of(start);
+        let last = src.line_of(end.saturating_sub(1).max(start));
+        let from_line = first.saturating_sub(context_lines_before);
+        let to_line = (last + context_lines_after).min(src.lines() - 1);
+        let (mut from, to) = src.lines_range(from_line, to_line);
+        let mut column = 0;
+        if context_lines_before == 0 {
+            // Without context, the contents start at the span (miette reads the header's
+            // `file:line:column` this way).
+            column = src.text()[from..start].chars().count();
+            from = start;
+        }
+        Ok(Box::new(MietteSpanContents::new_named(
+            src.name().to_string(),
+            &src.text().as_bytes()[from..to],
+            (from, to - from).into(),
+            from_line,
+            column,
+            to_line - from_line + 1,
+        )))
+    }
 }
 
 impl fmt::Display for Rendered {

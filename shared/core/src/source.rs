@@ -90,6 +90,18 @@ impl SourceFile {
         self.line_starts.len()
     }
 
+    /// The 0-based line holding byte `offset`.
+    pub fn line_of(&self, offset: usize) -> usize {
+        self.line_starts.partition_point(|&s| s <= offset).saturating_sub(1)
+    }
+
+    /// Byte range of 0-based lines `first..=last`, line breaks included.
+    pub fn lines_range(&self, first: usize, last: usize) -> (usize, usize) {
+        let start = self.line_starts[first.min(self.line_starts.len() - 1)];
+        let end = self.line_starts.get(last + 1).copied().unwrap_or(self.text.len());
+        (start, end.max(start))
+    }
+
     fn line_at(&self, start: usize) -> &str {
         let rest = &self.text[start..];
         rest.split(['\n', '\r']).next().unwrap_or("")
