@@ -156,9 +156,9 @@ fn thousands_of_errors_render_in_linear_time() {
     // Rendering snippets once scanned the file from its start for every diagnostic: 30,000
     // diagnostics on a 1.5 MB file took 90 s. Now it is well under a second in release.
     let synth = llmo(&["synth", "--shape", "chain", "--tasks", "10000"]);
-    let text = text(&synth.stdout).replace("      type: llm\n", "      type: llm\n      colour: red\n");
+    let doc = text(&synth.stdout).replace("      type: llm\n", "      type: llm\n      colour: red\n");
     let path = std::env::temp_dir().join(format!("llmo-many-errors-{}.yaml", std::process::id()));
-    std::fs::write(&path, text).unwrap();
+    std::fs::write(&path, doc).unwrap();
     let start = std::time::Instant::now();
     let out = llmo(&["validate", path.to_str().unwrap()]);
     let elapsed = start.elapsed();
