@@ -95,7 +95,8 @@ fn check_into(spec: &InputSpec, v: &Value, path: String, out: &mut Vec<(String, 
     }
 }
 
-fn short(v: &Value) -> String {
+/// A value as a message shows it: strings bare, others as JSON, cut at 40 characters.
+pub(crate) fn short(v: &Value) -> String {
     let s = match v {
         Value::String(s) => s.clone(),
         other => other.to_string(),

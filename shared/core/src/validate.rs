@@ -23,7 +23,7 @@ use serde_json::Value;
 use crate::dag::{Dag, NodeSpec};
 use crate::diagnostic::{Diagnostic, Report, did_you_mean, field_path};
 use crate::expr::{Analyzer, SyntaxError, is_template};
-use crate::inputs::check_value;
+use crate::inputs::{check_value, short};
 use crate::model::{
     DURATION_PATTERN, Defaults, EventTrigger, Hooks, IDENT_PATTERN, InputSpec, InputType, NAME_PATTERN, Schedule, Task,
     Workflow,
@@ -381,14 +381,6 @@ fn a(word: impl std::fmt::Display) -> String {
 fn one_line(e: impl std::fmt::Display) -> String {
     let s = e.to_string();
     s.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim().trim_start_matches("error: ").to_string()
-}
-
-fn short(v: &Value) -> String {
-    let s = match v {
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    };
-    if s.chars().count() > 40 { format!("{}…", s.chars().take(40).collect::<String>()) } else { s }
 }
 
 fn json_type(v: &Value) -> &'static str {
