@@ -1,6 +1,7 @@
 //! Pure core of LLM-Orchestrator. See ARCHITECTURE.md.
 pub mod dag;
 pub mod diagnostic;
+pub mod engine;
 pub mod expr;
 pub mod inputs;
 pub mod model;

@@ -1,0 +1,609 @@
+//! The transition function: (state, event, now) → new state + commands. No I/O.
+//!
+//! Every runtime (embedded, serverless) does the same loop: read the run's state, apply one
+//! event here, store the new state with compare-and-set on its version, then carry out the
+//! returned commands. Applying an event that no longer matches the state (a duplicate or late
+//! delivery) changes nothing and returns [`Ignored`].
+
+use minijinja::Environment;
+use serde_json::{Map, Value, json};
+
+use super::state::*;
+use crate::dag::EdgeKind;
+use crate::model::{EffectiveRetry, FailureAction, Jitter, OnFailure, TriggerRule};
+use crate::validate::Checked;
+
+/// Why an event changed nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ignored(pub &'static str);
+
+/// A checked workflow prepared for execution.
+pub struct Plan {
+    pub checked: Checked,
+    env: Environment<'static>,
+    retry: Vec<EffectiveRetry>,
+    /// Declared dependencies of each task.
+    deps: Vec<Vec<usize>>,
+    /// Dependents of each task, fallback edges included.
+    children: Vec<Vec<usize>>,
+    /// T → its fallback F.
+    fallback: Vec<Option<usize>>,
+    /// F → the task it stands in for.
+    fallback_of: Vec<Option<usize>>,
+    /// Tasks whose results each task reads (for its evaluation context).
+    reads: Vec<Vec<usize>>,
+}
+
+impl Plan {
+    pub fn new(checked: Checked) -> Plan {
+        let wf = &checked.workflow;
+        let dag = &checked.dag;
+        let n = wf.spec.tasks.len();
+        let base = EffectiveRetry::default().overlay(wf.spec.defaults.as_ref().and_then(|d| d.retry.as_ref()));
+        let retry = wf.spec.tasks.iter().map(|t| base.overlay(t.retry.as_ref())).collect();
+        let deps = (0..n)
+            .map(|i| dag.parents(i).filter(|(_, k)| *k == EdgeKind::DependsOn).map(|(p, _)| p).collect())
+            .collect();
+        let children = (0..n).map(|i| dag.children(i).map(|(c, _)| c).collect()).collect();
+        let mut fallback = vec![None; n];
+        let mut fallback_of = vec![None; n];
+        for (i, t) in wf.spec.tasks.iter().enumerate() {
+            if let Some(f) = t.on_failure.as_ref().and_then(OnFailure::fallback).and_then(|f| dag.index_of(f)) {
+                fallback[i] = Some(f);
+                fallback_of[f] = Some(i);
+            }
+        }
+        let reads = checked
+            .reads
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let mut v: Vec<usize> = r.tasks.iter().filter_map(|id| dag.index_of(id)).collect();
+                // A fallback may read the error of the task it stands in for.
+                if let Some(owner) = fallback_of[i] {
+                    v.push(owner);
+                }
+                v
+            })
+            .collect();
+        let mut env = Environment::new();
+        env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+        Plan { checked, env, retry, deps, children, fallback, fallback_of, reads }
+    }
+
+    pub fn task_count(&self) -> usize {
+        self.deps.len()
+    }
+
+    /// A new run in `pending`.
+    pub fn new_run(&self, run_id: impl Into<String>, inputs: Map<String, Value>) -> RunState {
+        RunState {
+            run_id: run_id.into(),
+            version: 0,
+            status: RunStatus::Pending,
+            inputs,
+            tasks: (0..self.task_count()).map(|_| TaskState::pending()).collect(),
+            started_at: None,
+            ended_at: None,
+            deadline: None,
+            cost_usd: 0.0,
+            tokens: 0,
+            outputs: None,
+            error: None,
+        }
+    }
+
+    /// Applies `event` to `state` in place. On success the state's version has grown by one
+    /// and the commands are returned; when ignored, the state is untouched.
+    pub fn apply(&self, state: &mut RunState, event: &Event, now: Millis) -> Result<Vec<Command>, Ignored> {
+        let mut t = Transition { plan: self, st: state, now, cmds: Vec::new(), work: Vec::new() };
+        t.event(event)?;
+        t.st.version += 1;
+        Ok(t.cmds)
+    }
+
+    /// The evaluation context for task `task` (and item), as templates see it.
+    pub fn context(&self, st: &RunState, task: Option<usize>, item: Option<u32>) -> Value {
+        let wf = &self.checked.workflow;
+        let mut tasks = Map::new();
+        let mut add = |i: usize| {
+            let (status, output) = self.view(st, i);
+            let ts = &st.tasks[i];
+            tasks.insert(
+                self.checked.dag.id(i).to_string(),
+                json!({
+                    "status": status.map_or("pending", TaskStatus::as_str),
+                    "output": output.cloned().unwrap_or(Value::Null),
+                    "error": ts.error,
+                    "attempts": ts.attempts,
+                    "usage": { "tokens": ts.tokens, "cost_usd": ts.cost_usd },
+                }),
+            );
+        };
+        match task {
+            Some(i) => self.reads[i].iter().for_each(|&r| add(r)),
+            None => (0..self.task_count()).for_each(add),
+        }
+        let mut run = json!({
+            "id": st.run_id,
+            "workflow": wf.metadata.name,
+            "version": wf.metadata.version,
+            "started_at": st.started_at,
+            "labels": wf.metadata.labels,
+            "attempt": 1,
+        });
+        if task.is_none() {
+            run["status"] = json!(st.status.as_str());
+            run["error"] = json!(st.error);
+            run["ended_at"] = json!(st.ended_at);
+            run["cost_usd"] = json!(st.cost_usd);
+            run["tokens"] = json!(st.tokens);
+        }
+        let mut ctx = json!({ "inputs": st.inputs, "tasks": tasks, "run": run });
+        if let (Some(i), Some(k)) = (task, item) {
+            ctx["item"] = st.tasks[i].units.get(k as usize).and_then(|u| u.item.clone()).unwrap_or(Value::Null);
+            ctx["item_index"] = json!(k);
+        }
+        ctx
+    }
+
+    /// Renders a templated value: strings are templates; a string that is exactly one
+    /// `{{ expression }}` yields the expression's value, not its text.
+    pub fn render(&self, v: &Value, ctx: &Value) -> Result<Value, String> {
+        Ok(match v {
+            Value::String(s) if crate::expr::is_template(s) => {
+                let t = s.trim();
+                let inner = t.strip_prefix("{{").and_then(|r| r.strip_suffix("}}"));
+                match inner {
+                    Some(expr) if !expr.contains("{{") && !expr.contains("}}") => self.eval(expr, ctx)?,
+                    _ => {
+                        let tmpl = self.env.template_from_str(s).map_err(|e| e.to_string())?;
+                        Value::String(
+                            tmpl.render(minijinja::Value::from(minijinja::value::Serde(ctx)))
+                                .map_err(|e| e.to_string())?,
+                        )
+                    }
+                }
+            }
+            Value::Array(items) => Value::Array(items.iter().map(|x| self.render(x, ctx)).collect::<Result<_, _>>()?),
+            Value::Object(m) => Value::Object(
+                m.iter().map(|(k, x)| Ok((k.clone(), self.render(x, ctx)?))).collect::<Result<_, String>>()?,
+            ),
+            other => other.clone(),
+        })
+    }
+
+    /// The rendered `with` block of an attempt.
+    pub fn render_with(&self, st: &RunState, task: usize, item: Option<u32>) -> Result<Value, String> {
+        let ctx = self.context(st, Some(task), item);
+        let with = Value::Object(self.checked.workflow.spec.tasks[task].with.clone());
+        self.render(&with, &ctx)
+    }
+
+    fn eval(&self, expr: &str, ctx: &Value) -> Result<Value, String> {
+        let e = self.env.compile_expression(expr).map_err(|e| e.to_string())?;
+        let v = e.eval(minijinja::Value::from(minijinja::value::Serde(ctx))).map_err(|e| e.to_string())?;
+        serde_json::to_value(&v).map_err(|e| e.to_string())
+    }
+
+    /// A task's outcome as its dependents see it: a failed task whose fallback succeeded
+    /// counts as succeeded with the fallback's output. `None` while not settled.
+    fn view<'s>(&self, st: &'s RunState, i: usize) -> (Option<TaskStatus>, Option<&'s Value>) {
+        let ts = &st.tasks[i];
+        if !ts.status.is_terminal() {
+            return (None, None);
+        }
+        if ts.status == TaskStatus::Failed
+            && let Some(f) = self.fallback[i]
+        {
+            let fs = &st.tasks[f];
+            return match fs.status {
+                TaskStatus::Succeeded => (Some(TaskStatus::Succeeded), fs.output.as_ref()),
+                s if s.is_terminal() => (Some(TaskStatus::Failed), None),
+                _ => (None, None),
+            };
+        }
+        (Some(ts.status), ts.output.as_ref())
+    }
+
+    /// What a failure of task `i` (or of its fallback) does to the run.
+    fn fails_run(&self, i: usize) -> bool {
+        let policy_of = |t: usize| match &self.checked.workflow.spec.tasks[t].on_failure {
+            Some(OnFailure::Action(FailureAction::Continue)) => false,
+            Some(OnFailure::Action(FailureAction::Fail)) | None => true,
+            Some(OnFailure::Fallback(_)) => true,
+        };
+        match self.fallback[i] {
+            Some(f) => policy_of(f),
+            None => policy_of(i),
+        }
+    }
+
+    fn backoff(&self, st: &RunState, task: usize, item: Option<u32>, attempt: u32) -> Millis {
+        let r = &self.retry[task];
+        let base = r.initial.as_millis() as f64 * r.multiplier.powi(attempt.saturating_sub(1) as i32);
+        let d = base.min(r.max.as_millis() as f64);
+        // Jitter from a hash of the attempt, so a replayed run waits the same.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in st
+            .run_id
+            .bytes()
+            .chain(task.to_le_bytes())
+            .chain(item.unwrap_or(u32::MAX).to_le_bytes())
+            .chain(attempt.to_le_bytes())
+        {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        let u = (h >> 11) as f64 / (1u64 << 53) as f64;
+        (match r.jitter {
+            Jitter::None => d,
+            Jitter::Full => d * u,
+            Jitter::Equal => d / 2.0 + d / 2.0 * u,
+        }) as Millis
+    }
+}
+
+struct Transition<'p, 's> {
+    plan: &'p Plan,
+    st: &'s mut RunState,
+    now: Millis,
+    cmds: Vec<Command>,
+    /// Tasks whose readiness may have changed.
+    work: Vec<usize>,
+}
+
+impl Transition<'_, '_> {
+    fn event(&mut self, event: &Event) -> Result<(), Ignored> {
+        match event {
+            Event::Start => {
+                if self.st.status != RunStatus::Pending {
+                    return Err(Ignored("run already started"));
+                }
+                self.st.status = RunStatus::Running;
+                self.st.started_at = Some(self.now);
+                self.st.deadline =
+                    self.plan.checked.workflow.spec.timeout.map(|d| self.now + d.0.as_millis() as Millis);
+                self.work = (0..self.plan.task_count()).filter(|&i| self.plan.deps[i].is_empty()).collect();
+                self.advance();
+            }
+            Event::AttemptFinished { task, item, attempt, result } => {
+                self.running()?;
+                let unit = self.unit(*task, *item)?;
+                if unit.status != TaskStatus::Running || unit.attempt != *attempt {
+                    return Err(Ignored("not the running attempt (duplicate or late)"));
+                }
+                let usage = match result {
+                    AttemptResult::Succeeded { usage, .. } | AttemptResult::Failed { usage, .. } => *usage,
+                };
+                let ts = &mut self.st.tasks[*task];
+                ts.tokens += usage.tokens;
+                ts.cost_usd += usage.cost_usd;
+                self.st.tokens += usage.tokens;
+                self.st.cost_usd += usage.cost_usd;
+                let max_attempts = self.plan.retry[*task].max_attempts;
+                match result {
+                    AttemptResult::Succeeded { output, .. } => {
+                        let u = self.unit_mut(*task, *item);
+                        u.status = TaskStatus::Succeeded;
+                        u.output = Some(output.clone());
+                        u.error = None;
+                    }
+                    AttemptResult::Failed { error, retryable, .. } if *retryable && *attempt < max_attempts => {
+                        let at = self.now + self.plan.backoff(self.st, *task, *item, *attempt);
+                        let u = self.unit_mut(*task, *item);
+                        u.status = TaskStatus::RetryWait;
+                        u.error = Some(error.clone());
+                        u.retry_at = Some(at);
+                        self.cmds.push(Command::ScheduleRetry { task: *task, item: *item, attempt: *attempt, at });
+                    }
+                    AttemptResult::Failed { error, .. } => {
+                        let u = self.unit_mut(*task, *item);
+                        u.status = TaskStatus::Failed;
+                        u.error = Some(error.clone());
+                    }
+                }
+                self.settle(*task);
+                self.advance();
+            }
+            Event::RetryDue { task, item, attempt } => {
+                self.running()?;
+                let unit = self.unit(*task, *item)?;
+                if unit.status != TaskStatus::RetryWait || unit.attempt != *attempt {
+                    return Err(Ignored("no retry due for this attempt"));
+                }
+                let u = self.unit_mut(*task, *item);
+                u.status = TaskStatus::Pending;
+                u.retry_at = None;
+                self.advance();
+            }
+            Event::Cancel => {
+                self.running_or_pending()?;
+                self.end(RunStatus::Cancelled, "cancelled".to_string());
+            }
+            Event::Tick => {
+                self.running()?;
+                match self.st.deadline {
+                    Some(d) if self.now >= d => self.end(RunStatus::TimedOut, "run timed out".to_string()),
+                    _ => return Err(Ignored("nothing due")),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn running(&self) -> Result<(), Ignored> {
+        if self.st.status == RunStatus::Running { Ok(()) } else { Err(Ignored("run is not running")) }
+    }
+
+    fn running_or_pending(&self) -> Result<(), Ignored> {
+        if self.st.status.is_terminal() { Err(Ignored("run already ended")) } else { Ok(()) }
+    }
+
+    fn unit(&self, task: usize, item: Option<u32>) -> Result<&Unit, Ignored> {
+        self.st
+            .tasks
+            .get(task)
+            .and_then(|t| t.units.get(item.unwrap_or(0) as usize))
+            .ok_or(Ignored("no such task or item"))
+    }
+
+    fn unit_mut(&mut self, task: usize, item: Option<u32>) -> &mut Unit {
+        &mut self.st.tasks[task].units[item.unwrap_or(0) as usize]
+    }
+
+    /// Derives a task's status from its units once one changed.
+    fn settle(&mut self, i: usize) {
+        let is_for_each = self.plan.checked.workflow.spec.tasks[i].for_each.is_some();
+        let ts = &mut self.st.tasks[i];
+        if let Some((k, u)) = ts.units.iter().enumerate().find(|(_, u)| u.status == TaskStatus::Failed) {
+            let error = u.error.clone().unwrap_or_default();
+            ts.error = Some(if is_for_each { format!("item {k}: {error}") } else { error });
+            for u in ts.units.iter_mut().filter(|u| !u.status.is_terminal()) {
+                u.status = TaskStatus::Cancelled;
+            }
+            ts.status = TaskStatus::Failed;
+            self.task_ended(i);
+            return;
+        }
+        if ts.units.iter().all(|u| u.status == TaskStatus::Succeeded) {
+            ts.output = Some(if is_for_each {
+                Value::Array(ts.units.iter().map(|u| u.output.clone().unwrap_or(Value::Null)).collect())
+            } else {
+                ts.units[0].output.clone().unwrap_or(Value::Null)
+            });
+            ts.status = TaskStatus::Succeeded;
+            self.task_ended(i);
+        }
+    }
+
+    /// A task reached a terminal state: wake its dependents, fail the run if it must.
+    fn task_ended(&mut self, i: usize) {
+        self.work.extend(self.plan.children[i].iter().copied());
+        let failed = self.st.tasks[i].status == TaskStatus::Failed;
+        // The task a fallback stands in for is settled by the fallback's outcome.
+        let owner = self.plan.fallback_of[i];
+        if let Some(o) = owner {
+            self.work.extend(self.plan.children[o].iter().copied());
+        }
+        let subject = owner.unwrap_or(i);
+        let effective_failure = match owner {
+            Some(o) => {
+                self.st.tasks[o].status == TaskStatus::Failed && self.st.tasks[i].status != TaskStatus::Succeeded
+            }
+            None => failed && self.plan.fallback[i].is_none(),
+        };
+        if effective_failure && self.plan.fails_run(subject) && self.st.status == RunStatus::Running {
+            let id = self.plan.checked.dag.id(i);
+            let error = self.st.tasks[i].error.clone().unwrap_or_else(|| "not run".to_string());
+            self.end(RunStatus::Failed, format!("task `{id}` failed: {error}"));
+        }
+    }
+
+    /// Makes pending tasks ready (or skips them), dispatches units, and ends the run when
+    /// every task has ended.
+    fn advance(&mut self) {
+        while let Some(i) = self.work.pop() {
+            if self.st.status != RunStatus::Running {
+                return;
+            }
+            if self.st.tasks[i].status == TaskStatus::Pending {
+                self.consider(i);
+            }
+        }
+        if self.st.status != RunStatus::Running {
+            return;
+        }
+        self.dispatch();
+        if self.st.status == RunStatus::Running && self.st.tasks.iter().all(|t| t.status.is_terminal()) {
+            self.finish();
+        }
+    }
+
+    fn skip(&mut self, i: usize, reason: String) {
+        let ts = &mut self.st.tasks[i];
+        ts.status = TaskStatus::Skipped;
+        ts.reason = Some(reason);
+        self.task_ended(i);
+    }
+
+    fn fail_task(&mut self, i: usize, error: String) {
+        let ts = &mut self.st.tasks[i];
+        ts.status = TaskStatus::Failed;
+        ts.error = Some(error);
+        self.task_ended(i);
+    }
+
+    /// Decides a pending task whose dependencies may have ended.
+    fn consider(&mut self, i: usize) {
+        let plan = self.plan;
+        if let Some(owner) = plan.fallback_of[i] {
+            match self.st.tasks[owner].status {
+                TaskStatus::Failed => {}
+                s if s.is_terminal() => {
+                    return self.skip(i, format!("not needed: `{}` {}", plan.checked.dag.id(owner), s.as_str()));
+                }
+                _ => return,
+            }
+        }
+        let mut outcomes = Vec::with_capacity(plan.deps[i].len());
+        for &d in &plan.deps[i] {
+            match plan.view(self.st, d).0 {
+                Some(s) => outcomes.push(s),
+                None => return,
+            }
+        }
+        let task = &plan.checked.workflow.spec.tasks[i];
+        let rule = task.trigger.unwrap_or_default();
+        let ok = |s: &TaskStatus| *s == TaskStatus::Succeeded;
+        let pass = outcomes.is_empty()
+            || match rule {
+                TriggerRule::AllSucceeded => outcomes.iter().all(ok),
+                TriggerRule::AllDone => true,
+                TriggerRule::AnySucceeded => outcomes.iter().any(ok),
+                TriggerRule::NoneFailed => !outcomes.contains(&TaskStatus::Failed),
+            };
+        if !pass {
+            return self.skip(i, format!("trigger rule {} not met", rule.as_str()));
+        }
+        let needs_ctx = task.when.is_some() || task.for_each.is_some();
+        let ctx = if needs_ctx { plan.context(self.st, Some(i), None) } else { Value::Null };
+        if let Some(w) = &task.when {
+            match plan.eval(w, &ctx) {
+                Ok(v) if truthy(&v) => {}
+                Ok(_) => return self.skip(i, format!("`when` is false: {w}")),
+                Err(e) => return self.fail_task(i, format!("`when` failed: {e}")),
+            }
+        }
+        let units = match &task.for_each {
+            None => vec![Unit::new(None)],
+            Some(fe) => match plan.eval(fe, &ctx) {
+                Ok(Value::Array(items)) => items.into_iter().map(|v| Unit::new(Some(v))).collect(),
+                Ok(Value::Object(m)) => m.into_iter().map(|(k, _)| Unit::new(Some(Value::String(k)))).collect(),
+                Ok(other) => return self.fail_task(i, format!("`for_each` gave {other}, not a list")),
+                Err(e) => return self.fail_task(i, format!("`for_each` failed: {e}")),
+            },
+        };
+        let ts = &mut self.st.tasks[i];
+        if units.is_empty() {
+            ts.output = Some(Value::Array(Vec::new()));
+            ts.status = TaskStatus::Succeeded;
+            return self.task_ended(i);
+        }
+        ts.units = units;
+        ts.status = TaskStatus::Ready;
+    }
+
+    /// Starts pending units, in task order, within `max_parallel` and `max_concurrency`,
+    /// while the budget lasts.
+    fn dispatch(&mut self) {
+        let spec = &self.plan.checked.workflow.spec;
+        let cap = spec.concurrency.map_or(u32::MAX, |c| c.max_parallel) as usize;
+        let mut running: usize =
+            self.st.tasks.iter().flat_map(|t| &t.units).filter(|u| u.status == TaskStatus::Running).count();
+        for &i in self.plan.checked.dag.topological_order() {
+            let status = self.st.tasks[i].status;
+            if !matches!(status, TaskStatus::Ready | TaskStatus::Running | TaskStatus::RetryWait) {
+                continue;
+            }
+            let task_cap = spec.tasks[i].max_concurrency.map_or(usize::MAX, |m| m as usize);
+            let mut task_running = self.st.tasks[i].units.iter().filter(|u| u.status == TaskStatus::Running).count();
+            let for_each = spec.tasks[i].for_each.is_some();
+            for k in 0..self.st.tasks[i].units.len() {
+                if running >= cap || task_running >= task_cap {
+                    break;
+                }
+                if self.st.tasks[i].units[k].status != TaskStatus::Pending {
+                    continue;
+                }
+                if let Some(reason) = self.over_budget() {
+                    self.end(RunStatus::Failed, reason);
+                    return;
+                }
+                let ts = &mut self.st.tasks[i];
+                let u = &mut ts.units[k];
+                u.status = TaskStatus::Running;
+                u.attempt += 1;
+                ts.attempts += 1;
+                let attempt = u.attempt;
+                running += 1;
+                task_running += 1;
+                self.cmds.push(Command::Execute { task: i, item: for_each.then_some(k as u32), attempt });
+            }
+            let ts = &mut self.st.tasks[i];
+            ts.status = if ts.units.iter().any(|u| u.status == TaskStatus::Running) {
+                TaskStatus::Running
+            } else if ts.units.iter().any(|u| u.status == TaskStatus::RetryWait) {
+                TaskStatus::RetryWait
+            } else {
+                TaskStatus::Ready
+            };
+        }
+    }
+
+    fn over_budget(&self) -> Option<String> {
+        let b = self.plan.checked.workflow.spec.budget?;
+        if let Some(max) = b.max_cost_usd
+            && self.st.cost_usd >= max
+        {
+            return Some(format!("budget exceeded: spent ${:.4} of ${max}", self.st.cost_usd));
+        }
+        if let Some(max) = b.max_tokens
+            && self.st.tokens >= max
+        {
+            return Some(format!("budget exceeded: used {} of {max} tokens", self.st.tokens));
+        }
+        None
+    }
+
+    /// Every task ended and none failed the run: render the outputs.
+    fn finish(&mut self) {
+        let ctx = self.plan.context(self.st, None, None);
+        let outputs = Value::Object(self.plan.checked.workflow.spec.outputs.clone().into_iter().collect());
+        match self.plan.render(&outputs, &ctx) {
+            Ok(v) => {
+                self.st.outputs = Some(v);
+                self.st.status = RunStatus::Succeeded;
+                self.st.ended_at = Some(self.now);
+                self.cmds.push(Command::Finished { status: RunStatus::Succeeded });
+            }
+            Err(e) => self.end(RunStatus::Failed, format!("outputs: {e}")),
+        }
+    }
+
+    /// Ends the run early: tasks not ended are cancelled.
+    fn end(&mut self, status: RunStatus, error: String) {
+        let mut running = Vec::new();
+        for (i, ts) in self.st.tasks.iter_mut().enumerate() {
+            if ts.status.is_terminal() {
+                continue;
+            }
+            if ts.units.iter().any(|u| u.status == TaskStatus::Running) {
+                running.push(i);
+            }
+            for u in ts.units.iter_mut().filter(|u| !u.status.is_terminal()) {
+                u.status = TaskStatus::Cancelled;
+            }
+            ts.status = TaskStatus::Cancelled;
+            ts.reason = Some(format!("run {}", status.as_str()));
+        }
+        self.st.status = status;
+        self.st.error = Some(error);
+        self.st.ended_at = Some(self.now);
+        if !running.is_empty() {
+            self.cmds.push(Command::CancelRunning { tasks: running });
+        }
+        self.cmds.push(Command::Finished { status });
+    }
+}
+
+/// Jinja truthiness for a JSON value.
+fn truthy(v: &Value) -> bool {
+    match v {
+        Value::Null => false,
+        Value::Bool(b) => *b,
+        Value::Number(n) => n.as_f64().is_some_and(|f| f != 0.0),
+        Value::String(s) => !s.is_empty(),
+        Value::Array(a) => !a.is_empty(),
+        Value::Object(m) => !m.is_empty(),
+    }
+}

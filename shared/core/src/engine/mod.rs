@@ -1,0 +1,10 @@
+//! The execution engine's pure core: run and task states, events, commands, and the
+//! transition function every runtime drives. See ARCHITECTURE.md ("Engine").
+pub mod machine;
+pub mod state;
+
+pub use machine::{Ignored, Plan};
+pub use state::*;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,214 @@
+//! The stored state of a run, its events and the commands a transition asks for.
+//!
+//! These are the engine's data; stores persist [`RunState`] as a whole (or map it to items)
+//! and apply each transition as a compare-and-set on [`RunState::version`].
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Milliseconds since the Unix epoch, as given by the runtime's clock.
+pub type Millis = u64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+    TimedOut,
+}
+
+impl RunStatus {
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, RunStatus::Pending | RunStatus::Running)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Pending => "pending",
+            RunStatus::Running => "running",
+            RunStatus::Succeeded => "succeeded",
+            RunStatus::Failed => "failed",
+            RunStatus::Cancelled => "cancelled",
+            RunStatus::TimedOut => "timed_out",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskStatus {
+    Pending,
+    Ready,
+    Running,
+    RetryWait,
+    Succeeded,
+    Failed,
+    Skipped,
+    Cancelled,
+}
+
+impl TaskStatus {
+    pub fn is_terminal(self) -> bool {
+        matches!(self, TaskStatus::Succeeded | TaskStatus::Failed | TaskStatus::Skipped | TaskStatus::Cancelled)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskStatus::Pending => "pending",
+            TaskStatus::Ready => "ready",
+            TaskStatus::Running => "running",
+            TaskStatus::RetryWait => "retry_wait",
+            TaskStatus::Succeeded => "succeeded",
+            TaskStatus::Failed => "failed",
+            TaskStatus::Skipped => "skipped",
+            TaskStatus::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// One execution unit: a task, or one item of a `for_each` task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Unit {
+    /// `Pending` (not started, or due for retry), `Running`, `RetryWait`, or terminal.
+    pub status: TaskStatus,
+    /// Attempts started so far; the running attempt's number.
+    pub attempt: u32,
+    /// The `for_each` element, for items.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub item: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// When a unit in `RetryWait` may run again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_at: Option<Millis>,
+}
+
+impl Unit {
+    pub fn new(item: Option<Value>) -> Self {
+        Unit { status: TaskStatus::Pending, attempt: 0, item, output: None, error: None, retry_at: None }
+    }
+}
+
+/// The state of one task of a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskState {
+    pub status: TaskStatus,
+    /// One unit, or one per `for_each` item (created when the task becomes ready).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub units: Vec<Unit>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Why it was skipped or cancelled, for people reading a run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Attempts in all, over its units.
+    #[serde(default)]
+    pub attempts: u32,
+    #[serde(default)]
+    pub cost_usd: f64,
+    #[serde(default)]
+    pub tokens: u64,
+}
+
+impl TaskState {
+    pub fn pending() -> Self {
+        TaskState {
+            status: TaskStatus::Pending,
+            units: Vec::new(),
+            output: None,
+            error: None,
+            reason: None,
+            attempts: 0,
+            cost_usd: 0.0,
+            tokens: 0,
+        }
+    }
+}
+
+/// The whole state of a run. `version` grows by one with every applied transition; stores
+/// write a new state only if the stored version is still the one it was computed from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunState {
+    pub run_id: String,
+    pub version: u64,
+    pub status: RunStatus,
+    pub inputs: serde_json::Map<String, Value>,
+    pub tasks: Vec<TaskState>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Millis>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_at: Option<Millis>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<Millis>,
+    #[serde(default)]
+    pub cost_usd: f64,
+    #[serde(default)]
+    pub tokens: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outputs: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Token usage and cost of one finished attempt.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Usage {
+    pub tokens: u64,
+    pub cost_usd: f64,
+}
+
+/// How an attempt ended, as its executor reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum AttemptResult {
+    Succeeded {
+        output: Value,
+        #[serde(default)]
+        usage: Usage,
+    },
+    Failed {
+        error: String,
+        /// Timeouts, rate limits, 5xx, network errors: worth another attempt.
+        retryable: bool,
+        #[serde(default)]
+        usage: Usage,
+    },
+}
+
+/// Something that happened to a run. Every event that concerns one attempt names it, so a
+/// duplicate or late delivery is recognised and ignored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// Start the run (its inputs are already checked).
+    Start,
+    /// An attempt ended.
+    AttemptFinished { task: usize, item: Option<u32>, attempt: u32, result: AttemptResult },
+    /// The retry delay of an attempt has passed.
+    RetryDue { task: usize, item: Option<u32>, attempt: u32 },
+    /// Cancel the run.
+    Cancel,
+    /// The clock moved; ends the run if its deadline has passed.
+    Tick,
+}
+
+/// What the runtime must do after storing a transition.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "snake_case")]
+pub enum Command {
+    /// Run this attempt (enqueue it).
+    Execute { task: usize, item: Option<u32>, attempt: u32 },
+    /// Deliver `RetryDue` for this attempt at `at`.
+    ScheduleRetry { task: usize, item: Option<u32>, attempt: u32, at: Millis },
+    /// Running attempts of these tasks are no longer wanted.
+    CancelRunning { tasks: Vec<usize> },
+    /// The run ended: run the hooks of this kind, then report it.
+    Finished { status: RunStatus },
+}

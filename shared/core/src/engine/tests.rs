@@ -1,0 +1,399 @@
+//! Scenario tests of the transition function, driven by a tiny deterministic loop: commands
+//! are executed in order by a closure standing in for the executors, retries jump a virtual
+//! clock. Each test asserts on states and on the commands the machine asked for.
+
+use std::collections::VecDeque;
+
+use serde_json::{Value, json};
+
+use super::*;
+use crate::source::SourceFile;
+use crate::validate::Validator;
+
+fn plan(yaml: &str) -> Plan {
+    let text = format!("apiVersion: llm-orchestrator/v1\nkind: Workflow\nmetadata: {{ name: t }}\n{yaml}");
+    let outcome = Validator::default().validate(&SourceFile::new("t.yaml", text));
+    let checked = outcome.checked.unwrap_or_else(|| panic!("{:#?}", outcome.report.records()));
+    Plan::new(checked)
+}
+
+struct Driver<'p> {
+    plan: &'p Plan,
+    st: RunState,
+    now: Millis,
+    queue: VecDeque<Command>,
+    retries: Vec<(Millis, Event)>,
+    executed: Vec<(String, Option<u32>, u32)>,
+}
+
+impl<'p> Driver<'p> {
+    fn new(plan: &'p Plan, inputs: Value) -> Self {
+        let st = plan.new_run("run-1", inputs.as_object().cloned().unwrap_or_default());
+        Driver { plan, st, now: 1_000, queue: VecDeque::new(), retries: Vec::new(), executed: Vec::new() }
+    }
+
+    fn apply(&mut self, e: Event) -> Result<(), Ignored> {
+        let before = self.st.version;
+        let cmds = self.plan.apply(&mut self.st, &e, self.now)?;
+        assert_eq!(self.st.version, before + 1);
+        self.queue.extend(cmds);
+        Ok(())
+    }
+
+    /// Runs to the end: `exec(task id, item, attempt, rendered with)` plays the executor.
+    fn run(&mut self, mut exec: impl FnMut(&str, Option<u32>, u32, &Value) -> AttemptResult) {
+        self.apply(Event::Start).unwrap();
+        loop {
+            while let Some(c) = self.queue.pop_front() {
+                match c {
+                    Command::Execute { task, item, attempt } => {
+                        let with = self.plan.render_with(&self.st, task, item).unwrap();
+                        let id = self.plan.checked.dag.id(task).to_string();
+                        self.executed.push((id.clone(), item, attempt));
+                        let result = exec(&id, item, attempt, &with);
+                        let _ = self.apply(Event::AttemptFinished { task, item, attempt, result });
+                    }
+                    Command::ScheduleRetry { task, item, attempt, at } => {
+                        self.retries.push((at, Event::RetryDue { task, item, attempt }));
+                    }
+                    Command::CancelRunning { .. } | Command::Finished { .. } => {}
+                }
+            }
+            if self.retries.is_empty() {
+                break;
+            }
+            self.retries.sort_by_key(|(at, _)| *at);
+            let (at, e) = self.retries.remove(0);
+            self.now = self.now.max(at);
+            let _ = self.apply(e);
+        }
+    }
+
+    fn status(&self, id: &str) -> TaskStatus {
+        self.st.tasks[self.plan.checked.dag.index_of(id).unwrap()].status
+    }
+
+    fn output(&self, id: &str) -> Option<&Value> {
+        self.st.tasks[self.plan.checked.dag.index_of(id).unwrap()].output.as_ref()
+    }
+}
+
+fn ok(v: Value) -> AttemptResult {
+    AttemptResult::Succeeded { output: v, usage: Usage::default() }
+}
+
+fn fail(retryable: bool) -> AttemptResult {
+    AttemptResult::Failed { error: "boom".into(), retryable, usage: Usage::default() }
+}
+
+/// Echoes the rendered `with` as output.
+fn echo(_: &str, _: Option<u32>, _: u32, with: &Value) -> AttemptResult {
+    ok(with.clone())
+}
+
+const PIPELINE: &str = r#"
+spec:
+  inputs: { topic: { type: string, default: rust } }
+  tasks:
+    - { id: a, type: transform, with: { output: "{{ inputs.topic }}" } }
+    - { id: b, type: transform, depends_on: [a], with: { output: "{{ tasks.a.output.output }}!" } }
+  outputs:
+    result: "{{ tasks.b.output.output }}"
+    status: "{{ run.status }}"
+"#;
+
+#[test]
+fn a_pipeline_runs_in_order_and_renders_outputs() {
+    let p = plan(PIPELINE);
+    let mut d = Driver::new(&p, json!({"topic": "rust"}));
+    d.run(echo);
+    assert_eq!(d.st.status, RunStatus::Succeeded);
+    assert_eq!(d.executed, vec![("a".to_string(), None, 1), ("b".to_string(), None, 1)]);
+    assert_eq!(d.st.outputs, Some(json!({"result": "rust!", "status": "running"})));
+    assert!(d.st.ended_at.is_some());
+}
+
+#[test]
+fn duplicate_and_late_events_change_nothing() {
+    let p = plan(PIPELINE);
+    let mut st = p.new_run("r", serde_json::Map::new());
+    let cmds = p.apply(&mut st, &Event::Start, 0).unwrap();
+    assert_eq!(cmds, vec![Command::Execute { task: 0, item: None, attempt: 1 }]);
+    assert_eq!(p.apply(&mut st, &Event::Start, 0), Err(Ignored("run already started")));
+    let done = Event::AttemptFinished { task: 0, item: None, attempt: 1, result: ok(json!(1)) };
+    p.apply(&mut st, &done, 1).unwrap();
+    let snapshot = st.clone();
+    assert!(p.apply(&mut st, &done, 2).is_err(), "second delivery must be ignored");
+    let wrong_attempt = Event::AttemptFinished { task: 1, item: None, attempt: 7, result: ok(json!(1)) };
+    assert!(p.apply(&mut st, &wrong_attempt, 2).is_err());
+    assert_eq!(st, snapshot);
+}
+
+#[test]
+fn retryable_failures_back_off_then_succeed() {
+    let p = plan(
+        r#"
+spec:
+  tasks:
+    - id: a
+      type: transform
+      retry: { max_attempts: 3, backoff: { initial: 1s, max: 10s, multiplier: 2, jitter: none } }
+      with: { output: 1 }
+"#,
+    );
+    let mut d = Driver::new(&p, json!({}));
+    let start = d.now;
+    d.run(|_, _, attempt, _| if attempt < 3 { fail(true) } else { ok(json!("done")) });
+    assert_eq!(d.st.status, RunStatus::Succeeded);
+    assert_eq!(d.st.tasks[0].attempts, 3);
+    // 1s then 2s of backoff, exactly (jitter: none).
+    assert_eq!(d.now - start, 3_000);
+}
+
+#[test]
+fn retries_stop_at_max_attempts_and_non_retryable_errors_are_not_retried() {
+    let p = plan(
+        r#"
+spec:
+  defaults: { retry: { max_attempts: 2, backoff: { initial: 10ms } } }
+  tasks:
+    - { id: a, type: transform, with: { output: 1 } }
+"#,
+    );
+    let mut d = Driver::new(&p, json!({}));
+    d.run(|_, _, _, _| fail(true));
+    assert_eq!(d.st.status, RunStatus::Failed);
+    assert_eq!(d.st.tasks[0].attempts, 2);
+    assert!(d.st.error.as_deref().unwrap().contains("task `a` failed: boom"));
+    let mut d = Driver::new(&p, json!({}));
+    d.run(|_, _, _, _| fail(false));
+    assert_eq!(d.st.tasks[0].attempts, 1);
+}
+
+#[test]
+fn skips_propagate_by_trigger_rule() {
+    let p = plan(
+        r#"
+spec:
+  tasks:
+    - { id: a, type: transform, with: { output: 1 } }
+    - { id: b, type: transform, depends_on: [a], when: "tasks.a.output.output > 5", with: { output: 2 } }
+    - { id: c, type: transform, depends_on: [b], with: { output: 3 } }
+    - { id: d, type: transform, depends_on: [a, b], trigger: none_failed, with: { output: 4 } }
+    - { id: e, type: transform, depends_on: [c], trigger: all_done, with: { output: 5 } }
+    - { id: f, type: transform, depends_on: [b, d], trigger: any_succeeded, with: { output: 6 } }
+"#,
+    );
+    let mut d = Driver::new(&p, json!({}));
+    d.run(echo);
+    assert_eq!(d.st.status, RunStatus::Succeeded);
+    assert_eq!(d.status("b"), TaskStatus::Skipped);
+    assert_eq!(d.status("c"), TaskStatus::Skipped);
+    assert_eq!(d.status("d"), TaskStatus::Succeeded);
+    assert_eq!(d.status("e"), TaskStatus::Succeeded);
+    assert_eq!(d.status("f"), TaskStatus::Succeeded);
+}
+
+#[test]
+fn on_failure_continue_keeps_the_run_going() {
+    let p = plan(
+        r#"
+spec:
+  tasks:
+    - { id: a, type: transform, on_failure: continue, retry: { max_attempts: 1 }, with: { output: 1 } }
+    - { id: b, type: transform, depends_on: [a], with: { output: 2 } }
+    - { id: c, type: transform, depends_on: [a], trigger: all_done, with: { output: "{{ tasks.a.status }}" } }
+"#,
+    );
+    let mut d = Driver::new(&p, json!({}));
+    d.run(|id, _, _, w| if id == "a" { fail(false) } else { ok(w.clone()) });
+    assert_eq!(d.st.status, RunStatus::Succeeded);
+    assert_eq!(d.status("a"), TaskStatus::Failed);
+    assert_eq!(d.status("b"), TaskStatus::Skipped);
+    assert_eq!(d.output("c"), Some(&json!({"output": "failed"})));
+}
+
+const FALLBACK: &str = r#"
+spec:
+  tasks:
+    - { id: a, type: transform, retry: { max_attempts: 1 }, on_failure: { fallback: a2 }, with: { output: primary } }
+    - { id: a2, type: transform, with: { output: backup } }
+    - { id: b, type: transform, depends_on: [a], with: { output: "{{ tasks.a.output.output }}" } }
+"#;
+
+#[test]
+fn a_fallback_stands_in_for_a_failed_task() {
+    let p = plan(FALLBACK);
+    let mut d = Driver::new(&p, json!({}));
+    d.run(|id, _, _, w| if id == "a" { fail(false) } else { ok(w.clone()) });
+    assert_eq!(d.st.status, RunStatus::Succeeded, "{:?}", d.st.error);
+    assert_eq!(d.status("a"), TaskStatus::Failed);
+    assert_eq!(d.status("a2"), TaskStatus::Succeeded);
+    assert_eq!(d.output("b"), Some(&json!({"output": "backup"})));
+
+    let mut d = Driver::new(&p, json!({}));
+    d.run(echo);
+    assert_eq!(d.status("a2"), TaskStatus::Skipped);
+    assert_eq!(d.output("b"), Some(&json!({"output": "primary"})));
+
+    let mut d = Driver::new(&p, json!({}));
+    d.run(|_, _, _, _| fail(false));
+    assert_eq!(d.st.status, RunStatus::Failed);
+    assert_eq!(d.status("b"), TaskStatus::Cancelled);
+}
+
+#[test]
+fn for_each_collects_outputs_in_item_order_within_max_concurrency() {
+    let p = plan(
+        r#"
+spec:
+  inputs: { xs: { type: array, default: [a, b, c, d, e] } }
+  tasks:
+    - { id: t, type: transform, for_each: inputs.xs, max_concurrency: 2, with: { output: "{{ item_index }}:{{ item }}" } }
+"#,
+    );
+    let mut st = p.new_run("r", json!({"xs": ["a", "b", "c", "d", "e"]}).as_object().cloned().unwrap());
+    let cmds = p.apply(&mut st, &Event::Start, 0).unwrap();
+    assert_eq!(cmds.len(), 2, "max_concurrency 2: {cmds:?}");
+    // Finish items in reverse order of start, feeding new starts.
+    let mut running: Vec<u32> = vec![0, 1];
+    let mut finished = 0;
+    while let Some(k) = running.pop() {
+        let with = p.render_with(&st, 0, Some(k)).unwrap();
+        let cmds = p
+            .apply(
+                &mut st,
+                &Event::AttemptFinished { task: 0, item: Some(k), attempt: 1, result: ok(with["output"].clone()) },
+                1,
+            )
+            .unwrap();
+        finished += 1;
+        for c in cmds {
+            if let Command::Execute { item: Some(i), .. } = c {
+                running.insert(0, i);
+            }
+        }
+        let now_running = st.tasks[0].units.iter().filter(|u| u.status == TaskStatus::Running).count();
+        assert!(now_running <= 2);
+    }
+    assert_eq!(finished, 5);
+    assert_eq!(st.status, RunStatus::Succeeded);
+    assert_eq!(st.tasks[0].output, Some(json!(["0:a", "1:b", "2:c", "3:d", "4:e"])));
+}
+
+#[test]
+fn a_failed_item_fails_the_task_and_an_empty_list_succeeds() {
+    let p = plan(
+        r#"
+spec:
+  inputs: { xs: { type: array, default: [1, 2, 3] } }
+  tasks:
+    - { id: t, type: transform, for_each: inputs.xs, retry: { max_attempts: 1 }, with: { output: "{{ item }}" } }
+"#,
+    );
+    let mut d = Driver::new(&p, json!({"xs": [1, 2, 3]}));
+    d.run(|_, item, _, w| if item == Some(1) { fail(false) } else { ok(w.clone()) });
+    assert_eq!(d.st.status, RunStatus::Failed);
+    assert_eq!(d.st.tasks[0].error.as_deref(), Some("item 1: boom"));
+    let mut d = Driver::new(&p, json!({"xs": []}));
+    d.run(echo);
+    assert_eq!(d.st.status, RunStatus::Succeeded);
+    assert_eq!(d.output("t"), Some(&json!([])));
+}
+
+#[test]
+fn max_parallel_caps_running_units() {
+    let p = plan(
+        r#"
+spec:
+  concurrency: { max_parallel: 2 }
+  tasks:
+    - { id: a, type: transform, with: { output: 1 } }
+    - { id: b, type: transform, with: { output: 1 } }
+    - { id: c, type: transform, with: { output: 1 } }
+"#,
+    );
+    let mut st = p.new_run("r", serde_json::Map::new());
+    let cmds = p.apply(&mut st, &Event::Start, 0).unwrap();
+    assert_eq!(cmds.len(), 2);
+    let Command::Execute { task, .. } = cmds[0] else { panic!() };
+    let cmds =
+        p.apply(&mut st, &Event::AttemptFinished { task, item: None, attempt: 1, result: ok(json!(1)) }, 1).unwrap();
+    assert_eq!(cmds.len(), 1, "one slot freed, one task started: {cmds:?}");
+}
+
+#[test]
+fn cancel_stops_the_run_and_later_results_are_ignored() {
+    let p = plan(PIPELINE);
+    let mut st = p.new_run("r", serde_json::Map::new());
+    p.apply(&mut st, &Event::Start, 0).unwrap();
+    let cmds = p.apply(&mut st, &Event::Cancel, 1).unwrap();
+    assert_eq!(
+        cmds,
+        vec![Command::CancelRunning { tasks: vec![0] }, Command::Finished { status: RunStatus::Cancelled }]
+    );
+    assert!(st.tasks.iter().all(|t| t.status == TaskStatus::Cancelled));
+    let late = Event::AttemptFinished { task: 0, item: None, attempt: 1, result: ok(json!(1)) };
+    assert_eq!(p.apply(&mut st, &late, 2), Err(Ignored("run is not running")));
+}
+
+#[test]
+fn no_task_starts_once_the_budget_is_spent() {
+    let p = plan(
+        r#"
+spec:
+  budget: { max_cost_usd: 0.01 }
+  tasks:
+    - { id: a, type: transform, with: { output: 1 } }
+    - { id: b, type: transform, depends_on: [a], with: { output: 2 } }
+"#,
+    );
+    let mut d = Driver::new(&p, json!({}));
+    d.run(|_, _, _, w| AttemptResult::Succeeded { output: w.clone(), usage: Usage { tokens: 100, cost_usd: 0.02 } });
+    assert_eq!(d.st.status, RunStatus::Failed);
+    assert_eq!(d.executed.len(), 1, "b must not start");
+    assert!(d.st.error.as_deref().unwrap().starts_with("budget exceeded"));
+}
+
+#[test]
+fn the_run_times_out_on_tick_after_its_deadline() {
+    let p = plan(
+        r#"
+spec:
+  timeout: 1m
+  tasks:
+    - { id: a, type: transform, with: { output: 1 } }
+"#,
+    );
+    let mut st = p.new_run("r", serde_json::Map::new());
+    p.apply(&mut st, &Event::Start, 0).unwrap();
+    assert_eq!(p.apply(&mut st, &Event::Tick, 59_999), Err(Ignored("nothing due")));
+    p.apply(&mut st, &Event::Tick, 60_000).unwrap();
+    assert_eq!(st.status, RunStatus::TimedOut);
+}
+
+#[test]
+fn a_when_that_cannot_be_evaluated_fails_the_task() {
+    let p = plan(
+        r#"
+spec:
+  tasks:
+    - { id: a, type: transform, with: { output: 1 } }
+    - { id: b, type: transform, depends_on: [a], when: "tasks.a.output.missing.deeper", with: { output: 2 } }
+"#,
+    );
+    let mut d = Driver::new(&p, json!({}));
+    d.run(echo);
+    assert_eq!(d.st.status, RunStatus::Failed);
+    assert!(d.st.tasks[1].error.as_deref().unwrap().starts_with("`when` failed"), "{:?}", d.st.tasks[1].error);
+}
+
+#[test]
+fn states_round_trip_through_json() {
+    let p = plan(FALLBACK);
+    let mut d = Driver::new(&p, json!({}));
+    d.run(|id, _, _, w| if id == "a" { fail(false) } else { ok(w.clone()) });
+    let text = serde_json::to_string(&d.st).unwrap();
+    let back: RunState = serde_json::from_str(&text).unwrap();
+    assert_eq!(back, d.st);
+}
