@@ -90,16 +90,50 @@ impl Plan {
             tokens: 0,
             outputs: None,
             error: None,
+            ended_by: None,
         }
     }
 
     /// Applies `event` to `state` in place. On success the state's version has grown by one
     /// and the commands are returned; when ignored, the state is untouched.
     pub fn apply(&self, state: &mut RunState, event: &Event, now: Millis) -> Result<Vec<Command>, Ignored> {
-        let mut t = Transition { plan: self, st: state, now, cmds: Vec::new(), work: Vec::new() };
+        let mut t = Transition { plan: self, st: state, now, cmds: Vec::new(), work: Vec::new(), cause: event.key() };
         t.event(event)?;
         t.st.version += 1;
         Ok(t.cmds)
+    }
+
+    /// The commands that applying `event` asked for and whose effect has not been seen yet.
+    ///
+    /// A worker that stored a transition and died before sending its commands leaves them
+    /// unsent; its message comes back, `apply` ignores the event as already applied, and the
+    /// runtime sends these instead. Sending one twice is harmless: an attempt reports once
+    /// per run of it, and reports for an attempt that is no longer running are ignored.
+    pub fn replay(&self, st: &RunState, key: &str) -> Vec<Command> {
+        let mut cmds = Vec::new();
+        for (i, ts) in st.tasks.iter().enumerate() {
+            let for_each = self.checked.workflow.spec.tasks[i].for_each.is_some();
+            for (k, u) in ts.units.iter().enumerate() {
+                if u.cause.as_deref() != Some(key) {
+                    continue;
+                }
+                let item = for_each.then_some(k as u32);
+                match u.status {
+                    TaskStatus::Running => cmds.push(Command::Execute { task: i, item, attempt: u.attempt }),
+                    TaskStatus::RetryWait => cmds.push(Command::ScheduleRetry {
+                        task: i,
+                        item,
+                        attempt: u.attempt,
+                        at: u.retry_at.unwrap_or_default(),
+                    }),
+                    _ => {}
+                }
+            }
+        }
+        if st.status.is_terminal() && st.ended_by.as_deref() == Some(key) {
+            cmds.push(Command::Finished { status: st.status });
+        }
+        cmds
     }
 
     /// The evaluation context for task `task` (and item), as templates see it.
@@ -250,6 +284,8 @@ struct Transition<'p, 's> {
     cmds: Vec<Command>,
     /// Tasks whose readiness may have changed.
     work: Vec<usize>,
+    /// Key of the event being applied.
+    cause: String,
 }
 
 impl Transition<'_, '_> {
@@ -290,10 +326,12 @@ impl Transition<'_, '_> {
                     }
                     AttemptResult::Failed { error, retryable, .. } if *retryable && *attempt < max_attempts => {
                         let at = self.now + self.plan.backoff(self.st, *task, *item, *attempt);
+                        let cause = self.cause.clone();
                         let u = self.unit_mut(*task, *item);
                         u.status = TaskStatus::RetryWait;
                         u.error = Some(error.clone());
                         u.retry_at = Some(at);
+                        u.cause = Some(cause);
                         self.cmds.push(Command::ScheduleRetry { task: *task, item: *item, attempt: *attempt, at });
                     }
                     AttemptResult::Failed { error, .. } => {
@@ -523,6 +561,7 @@ impl Transition<'_, '_> {
                 let u = &mut ts.units[k];
                 u.status = TaskStatus::Running;
                 u.attempt += 1;
+                u.cause = Some(self.cause.clone());
                 ts.attempts += 1;
                 let attempt = u.attempt;
                 running += 1;
@@ -564,6 +603,7 @@ impl Transition<'_, '_> {
                 self.st.outputs = Some(v);
                 self.st.status = RunStatus::Succeeded;
                 self.st.ended_at = Some(self.now);
+                self.st.ended_by = Some(self.cause.clone());
                 self.cmds.push(Command::Finished { status: RunStatus::Succeeded });
             }
             Err(e) => self.end(RunStatus::Failed, format!("outputs: {e}")),
@@ -589,6 +629,7 @@ impl Transition<'_, '_> {
         self.st.status = status;
         self.st.error = Some(error);
         self.st.ended_at = Some(self.now);
+        self.st.ended_by = Some(self.cause.clone());
         if !running.is_empty() {
             self.cmds.push(Command::CancelRunning { tasks: running });
         }

@@ -86,11 +86,16 @@ pub struct Unit {
     /// When a unit in `RetryWait` may run again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_at: Option<Millis>,
+    /// Key of the event whose transition started this attempt (or scheduled its retry): if
+    /// that event is delivered again because its worker died before sending the commands,
+    /// [`crate::engine::Plan::replay`] finds them here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cause: Option<String>,
 }
 
 impl Unit {
     pub fn new(item: Option<Value>) -> Self {
-        Unit { status: TaskStatus::Pending, attempt: 0, item, output: None, error: None, retry_at: None }
+        Unit { status: TaskStatus::Pending, attempt: 0, item, output: None, error: None, retry_at: None, cause: None }
     }
 }
 
@@ -155,6 +160,9 @@ pub struct RunState {
     pub outputs: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Key of the event whose transition ended the run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_by: Option<String>,
 }
 
 /// Token usage and cost of one finished attempt.
@@ -197,6 +205,27 @@ pub enum Event {
     Cancel,
     /// The clock moved; ends the run if its deadline has passed.
     Tick,
+}
+
+impl Event {
+    /// A key naming this event: a redelivered event has the same key.
+    pub fn key(&self) -> String {
+        let item = |i: &Option<u32>| i.map_or("-".to_string(), |k| k.to_string());
+        match self {
+            Event::Start => "start".into(),
+            Event::AttemptFinished { task, item: it, attempt, .. } => finished_key(*task, *it, *attempt),
+            Event::RetryDue { task, item: it, attempt } => format!("retry/{task}/{}/{attempt}", item(it)),
+            Event::Cancel => "cancel".into(),
+            Event::Tick => "tick".into(),
+        }
+    }
+}
+
+/// The key of the `AttemptFinished` event of an attempt. A worker handed an `Execute` for an
+/// attempt that already finished replays this key's commands (its first worker may have died
+/// after storing the result and before sending what followed).
+pub fn finished_key(task: usize, item: Option<u32>, attempt: u32) -> String {
+    format!("done/{task}/{}/{attempt}", item.map_or("-".to_string(), |k| k.to_string()))
 }
 
 /// What the runtime must do after storing a transition.
