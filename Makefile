@@ -35,10 +35,10 @@ unit:
 # Runs each benchmark once (criterion's --test mode) so a broken benchmark fails CI
 # without spending CI minutes on measurement.
 bench-smoke:
-	$(CARGO) bench --locked -p llmo-core --bench validate -- --test
+	$(CARGO) bench --locked -p llmo-core --bench validate --bench engine -- --test
 
 bench:
-	$(CARGO) bench --locked -p llmo-core --bench validate
+	$(CARGO) bench --locked -p llmo-core --bench validate --bench engine
 
 schema:
 	$(CARGO) run -q -p llmo-cli -- schema -o schema/workflow.schema.json

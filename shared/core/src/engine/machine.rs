@@ -32,6 +32,8 @@ pub struct Plan {
     fallback_of: Vec<Option<usize>>,
     /// Tasks whose results each task reads (for its evaluation context).
     reads: Vec<Vec<usize>>,
+    /// Position of each task in the topological order.
+    topo_pos: Vec<usize>,
 }
 
 impl Plan {
@@ -66,9 +68,13 @@ impl Plan {
                 v
             })
             .collect();
+        let mut topo_pos = vec![0; n];
+        for (pos, &i) in dag.topological_order().iter().enumerate() {
+            topo_pos[i] = pos;
+        }
         let mut env = Environment::new();
         env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
-        Plan { checked, env, retry, deps, children, fallback, fallback_of, reads }
+        Plan { checked, env, retry, deps, children, fallback, fallback_of, reads, topo_pos }
     }
 
     pub fn task_count(&self) -> usize {
@@ -91,6 +97,9 @@ impl Plan {
             outputs: None,
             error: None,
             ended_by: None,
+            dispatchable: Vec::new(),
+            running: 0,
+            ended_tasks: 0,
         }
     }
 
@@ -311,6 +320,7 @@ impl Transition<'_, '_> {
                 let usage = match result {
                     AttemptResult::Succeeded { usage, .. } | AttemptResult::Failed { usage, .. } => *usage,
                 };
+                self.st.running -= 1;
                 let ts = &mut self.st.tasks[*task];
                 ts.tokens += usage.tokens;
                 ts.cost_usd += usage.cost_usd;
@@ -352,6 +362,7 @@ impl Transition<'_, '_> {
                 let u = self.unit_mut(*task, *item);
                 u.status = TaskStatus::Pending;
                 u.retry_at = None;
+                self.make_dispatchable(*task);
                 self.advance();
             }
             Event::Cancel => {
@@ -396,10 +407,16 @@ impl Transition<'_, '_> {
         if let Some((k, u)) = ts.units.iter().enumerate().find(|(_, u)| u.status == TaskStatus::Failed) {
             let error = u.error.clone().unwrap_or_default();
             ts.error = Some(if is_for_each { format!("item {k}: {error}") } else { error });
+            let mut stopped = 0;
             for u in ts.units.iter_mut().filter(|u| !u.status.is_terminal()) {
+                stopped += u32::from(u.status == TaskStatus::Running);
                 u.status = TaskStatus::Cancelled;
             }
             ts.status = TaskStatus::Failed;
+            self.st.running -= stopped;
+            if stopped > 0 {
+                self.cmds.push(Command::CancelRunning { tasks: vec![i] });
+            }
             self.task_ended(i);
             return;
         }
@@ -416,6 +433,10 @@ impl Transition<'_, '_> {
 
     /// A task reached a terminal state: wake its dependents, fail the run if it must.
     fn task_ended(&mut self, i: usize) {
+        self.st.ended_tasks += 1;
+        if let Ok(k) = self.dispatchable_index(i) {
+            self.st.dispatchable.remove(k);
+        }
         self.work.extend(self.plan.children[i].iter().copied());
         let failed = self.st.tasks[i].status == TaskStatus::Failed;
         // The task a fallback stands in for is settled by the fallback's outcome.
@@ -452,7 +473,7 @@ impl Transition<'_, '_> {
             return;
         }
         self.dispatch();
-        if self.st.status == RunStatus::Running && self.st.tasks.iter().all(|t| t.status.is_terminal()) {
+        if self.st.status == RunStatus::Running && self.st.ended_tasks as usize == self.st.tasks.len() {
             self.finish();
         }
     }
@@ -483,13 +504,17 @@ impl Transition<'_, '_> {
                 _ => return,
             }
         }
-        let mut outcomes = Vec::with_capacity(plan.deps[i].len());
-        for &d in &plan.deps[i] {
-            match plan.view(self.st, d).0 {
-                Some(s) => outcomes.push(s),
-                None => return,
+        let deps = &plan.deps[i];
+        let mut k = self.st.tasks[i].deps_settled as usize;
+        while k < deps.len() {
+            if plan.view(self.st, deps[k]).0.is_none() {
+                self.st.tasks[i].deps_settled = k as u32;
+                return;
             }
+            k += 1;
         }
+        self.st.tasks[i].deps_settled = k as u32;
+        let outcomes: Vec<TaskStatus> = deps.iter().filter_map(|&d| plan.view(self.st, d).0).collect();
         let task = &plan.checked.workflow.spec.tasks[i];
         let rule = task.trigger.unwrap_or_default();
         let ok = |s: &TaskStatus| *s == TaskStatus::Succeeded;
@@ -529,29 +554,39 @@ impl Transition<'_, '_> {
         }
         ts.units = units;
         ts.status = TaskStatus::Ready;
+        self.make_dispatchable(i);
+    }
+
+    fn dispatchable_index(&self, i: usize) -> Result<usize, usize> {
+        let pos = self.plan.topo_pos[i];
+        self.st.dispatchable.binary_search_by_key(&pos, |&t| self.plan.topo_pos[t])
+    }
+
+    fn make_dispatchable(&mut self, i: usize) {
+        if let Err(k) = self.dispatchable_index(i) {
+            self.st.dispatchable.insert(k, i);
+        }
     }
 
     /// Starts pending units, in task order, within `max_parallel` and `max_concurrency`,
     /// while the budget lasts.
     fn dispatch(&mut self) {
         let spec = &self.plan.checked.workflow.spec;
-        let cap = spec.concurrency.map_or(u32::MAX, |c| c.max_parallel) as usize;
-        let mut running: usize =
-            self.st.tasks.iter().flat_map(|t| &t.units).filter(|u| u.status == TaskStatus::Running).count();
-        for &i in self.plan.checked.dag.topological_order() {
-            let status = self.st.tasks[i].status;
-            if !matches!(status, TaskStatus::Ready | TaskStatus::Running | TaskStatus::RetryWait) {
-                continue;
-            }
+        let cap = spec.concurrency.map_or(u32::MAX, |c| c.max_parallel);
+        let mut idx = 0;
+        while idx < self.st.dispatchable.len() && self.st.running < cap {
+            let i = self.st.dispatchable[idx];
             let task_cap = spec.tasks[i].max_concurrency.map_or(usize::MAX, |m| m as usize);
             let mut task_running = self.st.tasks[i].units.iter().filter(|u| u.status == TaskStatus::Running).count();
             let for_each = spec.tasks[i].for_each.is_some();
+            let mut pending_left = false;
             for k in 0..self.st.tasks[i].units.len() {
-                if running >= cap || task_running >= task_cap {
-                    break;
-                }
                 if self.st.tasks[i].units[k].status != TaskStatus::Pending {
                     continue;
+                }
+                if self.st.running >= cap || task_running >= task_cap {
+                    pending_left = true;
+                    break;
                 }
                 if let Some(reason) = self.over_budget() {
                     self.end(RunStatus::Failed, reason);
@@ -564,7 +599,7 @@ impl Transition<'_, '_> {
                 u.cause = Some(self.cause.clone());
                 ts.attempts += 1;
                 let attempt = u.attempt;
-                running += 1;
+                self.st.running += 1;
                 task_running += 1;
                 self.cmds.push(Command::Execute { task: i, item: for_each.then_some(k as u32), attempt });
             }
@@ -576,6 +611,11 @@ impl Transition<'_, '_> {
             } else {
                 TaskStatus::Ready
             };
+            if pending_left {
+                idx += 1;
+            } else {
+                self.st.dispatchable.remove(idx);
+            }
         }
     }
 
@@ -630,6 +670,9 @@ impl Transition<'_, '_> {
         self.st.error = Some(error);
         self.st.ended_at = Some(self.now);
         self.st.ended_by = Some(self.cause.clone());
+        self.st.dispatchable.clear();
+        self.st.running = 0;
+        self.st.ended_tasks = self.st.tasks.len() as u32;
         if !running.is_empty() {
             self.cmds.push(Command::CancelRunning { tasks: running });
         }

@@ -120,6 +120,10 @@ pub struct TaskState {
     pub cost_usd: f64,
     #[serde(default)]
     pub tokens: u64,
+    /// Derived: how many of its dependencies (in order) are known to have settled, so a
+    /// join over thousands of tasks is not rescanned each time one of them ends.
+    #[serde(default)]
+    pub deps_settled: u32,
 }
 
 impl TaskState {
@@ -133,6 +137,7 @@ impl TaskState {
             attempts: 0,
             cost_usd: 0.0,
             tokens: 0,
+            deps_settled: 0,
         }
     }
 }
@@ -163,6 +168,16 @@ pub struct RunState {
     /// Key of the event whose transition ended the run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ended_by: Option<String>,
+    /// Derived bookkeeping, kept so a transition costs O(what changed), not O(tasks):
+    /// tasks with units waiting to start, in topological order;
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dispatchable: Vec<usize>,
+    /// units running now;
+    #[serde(default)]
+    pub running: u32,
+    /// tasks in a terminal state.
+    #[serde(default)]
+    pub ended_tasks: u32,
 }
 
 /// Token usage and cost of one finished attempt.
