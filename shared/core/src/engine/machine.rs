@@ -223,6 +223,11 @@ impl Plan {
         self.render(&with, &ctx)
     }
 
+    /// Evaluates an expression (`when`, `for_each`, a transform's `expression`) in `ctx`.
+    pub fn eval_expression(&self, expr: &str, ctx: &Value) -> Result<Value, String> {
+        self.eval(expr, ctx)
+    }
+
     fn eval(&self, expr: &str, ctx: &Value) -> Result<Value, String> {
         let e = self.env.compile_expression(expr).map_err(|e| e.to_string())?;
         let v = e.eval(minijinja::Value::from(minijinja::value::Serde(ctx))).map_err(|e| e.to_string())?;

@@ -397,3 +397,29 @@ fn states_round_trip_through_json() {
     let back: RunState = serde_json::from_str(&text).unwrap();
     assert_eq!(back, d.st);
 }
+
+#[test]
+fn transform_tasks_compute_their_outputs_with_the_builtin() {
+    let p = plan(
+        r#"
+spec:
+  inputs: { xs: { type: array, default: [3, 1, 2] } }
+  tasks:
+    - { id: sorted, type: transform, with: { expression: "inputs.xs | sort" } }
+    - { id: shaped, type: transform, depends_on: [sorted], with: { output: { first: "{{ tasks.sorted.output[0] }}", all: "{{ tasks.sorted.output }}" } } }
+  outputs: { result: "{{ tasks.shaped.output }}" }
+"#,
+    );
+    let mut d = Driver::new(&p, json!({"xs": [3, 1, 2]}));
+    let plan_ref = &p;
+    let mut contexts = Vec::new();
+    d.run(|_, _, _, with| {
+        contexts.push(with.clone());
+        ok(with.clone())
+    });
+    // The driver echoes the rendered `with`; run the builtin on what it was given.
+    let ctx = plan_ref.context(&d.st, Some(0), None);
+    assert_eq!(builtin::transform(plan_ref, &contexts[0], &ctx).unwrap(), json!([1, 2, 3]));
+    let shaped = builtin::transform(plan_ref, &json!({"output": {"first": 1}}), &ctx).unwrap();
+    assert_eq!(shaped, json!({"first": 1}));
+}
