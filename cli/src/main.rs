@@ -14,6 +14,7 @@ use llmo_core::validate::{Checked, Outcome, Validator};
 use llmo_core::yaml::Limits;
 
 mod explain;
+mod run;
 
 // Validation of large files allocates many small objects; mimalloc makes that markedly faster.
 #[global_allocator]
@@ -61,6 +62,23 @@ enum Command {
         /// Write to this file instead of standard output.
         #[arg(long, short)]
         output: Option<PathBuf>,
+    },
+    /// Run a workflow in this process and print its outputs as JSON (early: see --help).
+    ///
+    /// A first, sequential in-memory runner: `transform`, `evaluate` and `policy` tasks run for
+    /// real; `llm` tasks run with the offline `mock` provider (`provider: mock`, or --mock for
+    /// all). Real model providers, `http`, durable state and `resume` are still to come.
+    Run {
+        file: PathBuf,
+        /// An input, NAME=VALUE (VALUE is read as JSON when it parses, else as text). Repeatable.
+        #[arg(long = "input", short = 'i', value_name = "NAME=VALUE")]
+        inputs: Vec<String>,
+        /// A JSON or YAML file of inputs.
+        #[arg(long)]
+        input_file: Option<PathBuf>,
+        /// Answer every model call with the deterministic mock provider.
+        #[arg(long)]
+        mock: bool,
     },
     /// Print a generated workflow of N tasks (for benchmarks and scale tests).
     #[command(hide = true)]
@@ -145,6 +163,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 None => print!("{text}"),
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Run { file, inputs, input_file, mock } => {
+            let Some(checked) = checked_or_report(&validator, &file)? else {
+                return Ok(ExitCode::from(1));
+            };
+            run::run(checked, &file, &run::Options { inputs, input_file, mock })
         }
         Command::Synth { shape, tasks } => {
             use llmo_core::synth::{Shape, workflow_yaml};

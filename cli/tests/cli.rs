@@ -167,3 +167,34 @@ fn thousands_of_errors_render_in_linear_time() {
     assert!(text(&out.stderr).contains(": 10000 errors"), "{}", &text(&out.stderr)[..2000.min(out.stderr.len())]);
     assert!(elapsed < std::time::Duration::from_secs(20), "{elapsed:?}");
 }
+
+#[test]
+fn run_executes_a_workflow_offline_with_the_mock_provider() {
+    let out = llmo(&["run", "--mock", "workflows/simple-inference.yaml", "--input", "question=What is Rust?"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let outputs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(outputs["answer"], "[mock gpt-4o-mini] What is Rust?");
+    assert!(text(&out.stderr).contains("[1/1] ✓ answer (llm)"), "{}", text(&out.stderr));
+
+    let out = llmo(&["run", "--mock", "workflows/article-pipeline.yaml", "-i", "topic=Rust ownership"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let outputs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(outputs["article"].as_str().unwrap().starts_with("[mock gpt-4o] Write an article"), "{outputs}");
+    assert_eq!(outputs["published"], false, "the mock draft is too short to pass the quality gate");
+    let err = text(&out.stderr);
+    assert!(err.contains("– draft_short (llm) (not needed: `draft` succeeded)"), "{err}");
+    assert!(err.contains("– publish (http) (`when` is false"), "{err}");
+}
+
+#[test]
+fn run_refuses_bad_inputs_and_reports_unavailable_executors() {
+    let out = llmo(&["run", "--mock", "workflows/simple-inference.yaml", "-i", "tone=rude"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(err.contains("missing required input `question`"), "{err}");
+    assert!(err.contains("`rude` is not one of: neutral, friendly, formal"), "{err}");
+
+    let out = llmo(&["run", "workflows/simple-inference.yaml", "-i", "question=hi"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("model provider `openai` is not available in this build yet"));
+}

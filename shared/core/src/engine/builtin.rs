@@ -210,3 +210,88 @@ mod tests {
         assert!(broke.message.contains("budget"));
     }
 }
+
+/// The `mock` model provider: a deterministic stand-in for offline runs and tests. Its text
+/// names itself (`[mock gpt-4o-mini] ...`) and echoes the start of the prompt; with an
+/// `output_schema` it returns the smallest JSON value the schema accepts. Usage counts words.
+pub fn mock_llm(with: &Value) -> Value {
+    let model = with.get("model").and_then(Value::as_str).unwrap_or("model");
+    let prompt = match (with.get("prompt"), with.get("messages")) {
+        (Some(Value::String(p)), _) => p.clone(),
+        (_, Some(Value::Array(msgs))) => {
+            msgs.iter().filter_map(|m| m.get("content").and_then(Value::as_str)).collect::<Vec<_>>().join("\n")
+        }
+        _ => String::new(),
+    };
+    let system = with.get("system").and_then(Value::as_str).unwrap_or("");
+    let words = |s: &str| s.split_whitespace().count() as u64;
+    let gist: String = prompt.split_whitespace().take(24).collect::<Vec<_>>().join(" ");
+    let text = format!("[mock {model}] {gist}");
+    let json_out = with.get("output_schema").map(example_for_schema);
+    let text = match &json_out {
+        Some(v) => v.to_string(),
+        None => text,
+    };
+    let prompt_tokens = words(&prompt) + words(system);
+    let completion_tokens = words(&text);
+    let mut out = json!({
+        "text": text,
+        "model": format!("mock/{model}"),
+        "usage": { "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "cost_usd": 0.0 },
+    });
+    if let Some(v) = json_out {
+        out["json"] = v;
+    }
+    out
+}
+
+/// The smallest value a (simple) JSON Schema accepts: first enum value or const, required
+/// properties filled in, empty arrays, zero numbers, `"mock"` strings.
+pub fn example_for_schema(schema: &Value) -> Value {
+    if let Some(c) = schema.get("const") {
+        return c.clone();
+    }
+    if let Some(first) = schema.get("enum").and_then(Value::as_array).and_then(|e| e.first()) {
+        return first.clone();
+    }
+    let ty = schema.get("type").and_then(|t| t.as_str().or_else(|| t.as_array()?.first()?.as_str()));
+    match ty {
+        Some("object") => {
+            let mut m = serde_json::Map::new();
+            let props = schema.get("properties").and_then(Value::as_object);
+            for name in schema.get("required").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str)
+            {
+                let sub = props.and_then(|p| p.get(name)).cloned().unwrap_or(Value::Bool(true));
+                m.insert(name.to_string(), example_for_schema(&sub));
+            }
+            Value::Object(m)
+        }
+        Some("array") => Value::Array(Vec::new()),
+        Some("integer") | Some("number") => {
+            json!(schema.get("minimum").and_then(Value::as_f64).map_or(0, |m| m.ceil() as i64))
+        }
+        Some("boolean") => Value::Bool(false),
+        Some("null") => Value::Null,
+        _ => Value::String("mock".into()),
+    }
+}
+
+#[cfg(test)]
+mod mock_tests {
+    use super::*;
+
+    #[test]
+    fn mock_llm_is_deterministic_and_honours_output_schemas() {
+        let with = json!({ "model": "gpt-4o-mini", "prompt": "Outline an article about Rust" });
+        let a = mock_llm(&with);
+        assert_eq!(a, mock_llm(&with));
+        assert_eq!(a["text"], "[mock gpt-4o-mini] Outline an article about Rust");
+        assert_eq!(a["usage"]["prompt_tokens"], 5);
+        let with = json!({ "model": "m", "messages": [{"role": "user", "content": "classify"}],
+            "output_schema": { "type": "object", "required": ["kind", "n"],
+              "properties": { "kind": { "type": "string", "enum": ["contract", "other"] }, "n": { "type": "integer", "minimum": 2 } } } });
+        let b = mock_llm(&with);
+        assert_eq!(b["json"], json!({"kind": "contract", "n": 2}));
+        assert_eq!(b["text"], "{\"kind\":\"contract\",\"n\":2}");
+    }
+}
