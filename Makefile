@@ -1,6 +1,6 @@
 # LLM-Orchestrator: the whole CI contract is `make test`.
 #
-#   make demo    validate, explain and draw the example workflows (the README's first command)
+#   make demo    validate every example, explain and draw one, and run it offline (mock models)
 #   make test    formatting, lints, every test, and a one-shot run of the benchmarks
 #   make bench   the benchmarks, measured (figures go to BENCHMARKS.md)
 #   make schema  regenerate schema/workflow.schema.json from the Rust types
@@ -22,6 +22,8 @@ demo: build
 	$(LLMO) explain workflows/article-pipeline.yaml
 	@echo
 	$(LLMO) graph --format mermaid workflows/article-pipeline.yaml
+	@echo
+	$(LLMO) run --mock workflows/article-pipeline.yaml --input topic="Rust ownership"
 
 test: lint unit bench-smoke
 
