@@ -133,21 +133,13 @@ fn label(plan: &Plan, task: usize, item: Option<u32>) -> String {
 
 /// `provider/model` of every llm task, for policy checks.
 fn llm_models(plan: &Plan) -> Vec<String> {
-    let mut out = Vec::new();
-    for t in &plan.checked.workflow.spec.tasks {
-        if t.ty != "llm" {
-            continue;
-        }
-        let provider = t.with.get("provider").and_then(Value::as_str).unwrap_or("default");
-        for m in std::iter::once(t.with.get("model"))
-            .chain(t.with.get("fallback_models").and_then(Value::as_array).into_iter().flatten().map(Some))
-        {
-            if let Some(m) = m.and_then(Value::as_str) {
-                out.push(if m.contains('/') { m.to_string() } else { format!("{provider}/{m}") });
-            }
-        }
-    }
-    out
+    let tasks = &plan.checked.workflow.spec.tasks;
+    tasks
+        .iter()
+        .filter(|t| t.ty == "llm")
+        .flat_map(|t| llmo_core::tasks::llm_models(&t.with))
+        .map(|(_, model)| model)
+        .collect()
 }
 
 fn execute(plan: &Plan, st: &RunState, task: usize, item: Option<u32>, mock: bool, models: &[String]) -> AttemptResult {

@@ -313,6 +313,24 @@ pub struct PolicyWith {
     pub min_remaining_usd: Option<f64>,
 }
 
+/// The models an `llm` task may call, as `provider/model` (bare `model` when neither the task
+/// nor the model names a provider), each with its pointer relative to `with`: the model first,
+/// then the fallbacks. Policy allow/deny lists are checked against these.
+pub fn llm_models(with: &serde_json::Map<String, Value>) -> Vec<(String, String)> {
+    let provider = with.get("provider").and_then(Value::as_str).unwrap_or("");
+    let full = |m: &str| if m.contains('/') || provider.is_empty() { m.to_string() } else { format!("{provider}/{m}") };
+    let mut out = Vec::new();
+    if let Some(m) = with.get("model").and_then(Value::as_str) {
+        out.push(("/model".to_string(), full(m)));
+    }
+    for (k, m) in with.get("fallback_models").and_then(Value::as_array).into_iter().flatten().enumerate() {
+        if let Some(m) = m.as_str() {
+            out.push((format!("/fallback_models/{k}"), full(m)));
+        }
+    }
+    out
+}
+
 /// Glob match with `*` (any run of characters) and `?` (one character).
 pub fn glob_match(pattern: &str, text: &str) -> bool {
     let p: Vec<char> = pattern.chars().collect();

@@ -31,7 +31,7 @@ use crate::model::{
 use crate::schedule::{check_cron, check_rate};
 use crate::source::{SourceFile, Span};
 use crate::tasks::{
-    Check, EvaluateWith, LlmWith, PolicyWith, Registry, TaskType, TransformWith, glob_match, path_covers,
+    Check, EvaluateWith, PolicyWith, Registry, TaskType, TransformWith, glob_match, llm_models, path_covers,
 };
 use crate::yaml::{Limits, LoadError, LoadIssue, Loaded, load};
 
@@ -1481,17 +1481,10 @@ impl<'a> Run<'a> {
         let mut models: Vec<(usize, String, String)> = Vec::new();
         for (i, v) in views.iter().enumerate() {
             let Some(t) = &v.task else { continue };
-            if t.ty != "llm" {
-                continue;
-            }
-            let Some(llm) = typed::<LlmWith>(self.json["spec"]["tasks"][i].get("with")) else { continue };
-            let provider = llm.provider.clone().unwrap_or_default();
-            let full = |m: &str| {
-                if m.contains('/') || provider.is_empty() { m.to_string() } else { format!("{provider}/{m}") }
-            };
-            models.push((i, format!("/spec/tasks/{i}/with/model"), full(&llm.model)));
-            for (k, m) in llm.fallback_models.iter().enumerate() {
-                models.push((i, format!("/spec/tasks/{i}/with/fallback_models/{k}"), full(m)));
+            if t.ty == "llm" {
+                for (rel, model) in llm_models(&t.with) {
+                    models.push((i, format!("/spec/tasks/{i}/with{rel}"), model));
+                }
             }
         }
         for (pi, v) in views.iter().enumerate() {
