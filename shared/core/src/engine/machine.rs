@@ -145,6 +145,34 @@ impl Plan {
         cmds
     }
 
+    /// Every command whose effect the state still waits for: an `Execute` per running unit
+    /// and a `ScheduleRetry` per unit waiting to retry. A runtime resuming a run after a
+    /// crash sends these (running attempts run again: delivery is at least once).
+    pub fn in_flight(&self, st: &RunState) -> Vec<Command> {
+        if st.status != RunStatus::Running {
+            return Vec::new();
+        }
+        // Units waiting to start (caps full) start when a running one ends: nothing is owed.
+        let mut cmds = Vec::new();
+        for (i, ts) in st.tasks.iter().enumerate() {
+            let for_each = self.checked.workflow.spec.tasks[i].for_each.is_some();
+            for (k, u) in ts.units.iter().enumerate() {
+                let item = for_each.then_some(k as u32);
+                match u.status {
+                    TaskStatus::Running => cmds.push(Command::Execute { task: i, item, attempt: u.attempt }),
+                    TaskStatus::RetryWait => cmds.push(Command::ScheduleRetry {
+                        task: i,
+                        item,
+                        attempt: u.attempt,
+                        at: u.retry_at.unwrap_or_default(),
+                    }),
+                    _ => {}
+                }
+            }
+        }
+        cmds
+    }
+
     /// The evaluation context for task `task` (and item), as templates see it.
     pub fn context(&self, st: &RunState, task: Option<usize>, item: Option<u32>) -> Value {
         let wf = &self.checked.workflow;
