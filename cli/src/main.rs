@@ -79,6 +79,28 @@ enum Command {
         /// Answer every model call with the deterministic mock provider.
         #[arg(long)]
         mock: bool,
+        /// Keep the run in this SQLite file, so it can be resumed (in memory otherwise).
+        #[arg(long, value_name = "PATH")]
+        state: Option<PathBuf>,
+    },
+    /// Continue a run interrupted (even by kill -9) from its state file.
+    Resume {
+        run_id: String,
+        #[arg(long, value_name = "PATH", default_value = ".llmo/runs.db")]
+        state: PathBuf,
+        #[arg(long)]
+        mock: bool,
+    },
+    /// Print a stored run's state as JSON.
+    Status {
+        run_id: String,
+        #[arg(long, value_name = "PATH", default_value = ".llmo/runs.db")]
+        state: PathBuf,
+    },
+    /// List the runs of a state file, newest first.
+    Runs {
+        #[arg(long, value_name = "PATH", default_value = ".llmo/runs.db")]
+        state: PathBuf,
     },
     /// Print a generated workflow of N tasks (for benchmarks and scale tests).
     #[command(hide = true)]
@@ -164,12 +186,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Run { file, inputs, input_file, mock } => {
-            let Some(checked) = checked_or_report(&validator, &file)? else {
+        Command::Run { file, inputs, input_file, mock, state } => {
+            let source = read_source(&file)?;
+            let outcome = validator.validate(&source);
+            eprint!("{}", render(&outcome));
+            let Some(checked) = outcome.checked else {
+                eprintln!("{}: {} error{}", source.name(), outcome.report.errors(), plural(outcome.report.errors()));
                 return Ok(ExitCode::from(1));
             };
-            run::run(checked, &file, &run::Options { inputs, input_file, mock })
+            run::run(checked, &source, &run::Options { inputs, input_file, mock, state })
         }
+        Command::Resume { run_id, state, mock } => run::resume(&validator, &run_id, &state, mock),
+        Command::Status { run_id, state } => run::status(&run_id, &state),
+        Command::Runs { state } => run::runs(&state),
         Command::Synth { shape, tasks } => {
             use llmo_core::synth::{Shape, workflow_yaml};
             let shape = match shape {

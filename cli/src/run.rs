@@ -1,20 +1,19 @@
-//! `llmo run`: runs a workflow in this process, in memory, one attempt at a time.
-//!
-//! A first, sequential embedded runner over the engine's transition function: it applies
-//! events exactly as the durable runtimes will (apply → commands → execute), with the
-//! built-in `transform`, `evaluate` and `policy` task types and the offline `mock` model
-//! provider. Not yet here (issue 3): real model providers, `http`, a durable store,
-//! concurrency and resume.
+//! `llmo run` / `resume` / `status` / `runs`: runs workflows in this process through
+//! `llmo_runtime::Runner`, in memory or in a SQLite file (`--state`), one attempt at a time,
+//! with the built-in `transform`, `evaluate` and `policy` task types and the offline `mock`
+//! model provider. Not yet here (issue 3): real model providers, `http`, concurrency.
 
-use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use llmo_core::engine::builtin::{self, TaskError};
-use llmo_core::engine::{AttemptResult, Command, Event, Millis, Plan, RunState, RunStatus, TaskStatus, Usage};
-use llmo_core::validate::Checked;
+use llmo_core::engine::{AttemptResult, Plan, RunState, RunStatus, TaskStatus, Usage};
+use llmo_core::source::SourceFile;
+use llmo_core::validate::{Checked, Validator};
+use llmo_runtime::runner::{Runner, now_ms};
+use llmo_runtime::store::{MemoryStore, SqliteStore, Store};
 use serde_json::{Map, Value};
 
 pub struct Options {
@@ -22,10 +21,15 @@ pub struct Options {
     pub input_file: Option<PathBuf>,
     /// Answer every `llm` task (and model-graded check) with the mock provider.
     pub mock: bool,
+    /// SQLite file keeping runs (in memory when absent).
+    pub state: Option<PathBuf>,
 }
 
-fn epoch_ms() -> Millis {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as Millis)
+fn open_store(state: Option<&Path>) -> Result<Box<dyn Store>> {
+    Ok(match state {
+        Some(p) => Box::new(SqliteStore::open(p).with_context(|| format!("opening {}", p.display()))?),
+        None => Box::new(MemoryStore::default()),
+    })
 }
 
 /// Parses `--input k=v` (v as JSON when it parses, else as a string) and `--input-file`.
@@ -50,85 +54,105 @@ fn given_inputs(opts: &Options) -> Result<Map<String, Value>> {
     Ok(given)
 }
 
-pub fn run(checked: Checked, file: &Path, opts: &Options) -> Result<ExitCode> {
+pub fn run(checked: Checked, source: &SourceFile, opts: &Options) -> Result<ExitCode> {
     let given = given_inputs(opts)?;
     let inputs = match llmo_core::inputs::resolve_inputs(&checked.workflow.spec.inputs, &given) {
         Ok(i) => i,
         Err(errors) => {
             for e in errors {
-                eprintln!("error: {}: input `{}`{}: {}", file.display(), e.input, e.path, e.message);
+                eprintln!("error: {}: input `{}`{}: {}", source.name(), e.input, e.path, e.message);
             }
             return Ok(ExitCode::from(2));
         }
     };
+    let store = open_store(opts.state.as_deref())?;
     let plan = Plan::new(checked);
+    let run_id = format!("run-{}", now_ms());
+    eprintln!("{run_id}: {} ({} tasks)", plan.checked.workflow.metadata.name, plan.task_count());
+    let runner = Runner { plan: &plan, store: store.as_ref() };
     let models = llm_models(&plan);
-    let run_id = format!("run-{}", epoch_ms());
-    let mut st = plan.new_run(run_id.clone(), inputs);
+    let mut exec =
+        |plan: &Plan, st: &RunState, task: usize, item: Option<u32>| execute(plan, st, task, item, opts.mock, &models);
     let started = Instant::now();
-    let base = epoch_ms();
-    let now = || base + started.elapsed().as_millis() as Millis;
-    let total = plan.task_count();
-    eprintln!("{run_id}: {} ({total} tasks)", plan.checked.workflow.metadata.name);
-
-    let mut queue: VecDeque<Command> = plan.apply(&mut st, &Event::Start, now()).expect("a new run starts").into();
-    let mut timers: Vec<(Millis, Event)> = Vec::new();
-    let mut reported = vec![false; total];
-    loop {
-        report_progress(&plan, &st, &mut reported, started);
-        if let Some(cmd) = queue.pop_front() {
-            match cmd {
-                Command::Execute { task, item, attempt } => {
-                    let result = execute(&plan, &st, task, item, opts.mock, &models);
-                    if let AttemptResult::Failed { error, retryable: true, .. } = &result {
-                        eprintln!("  ↻ {} attempt {attempt} failed: {error}", label(&plan, task, item));
-                    }
-                    let event = Event::AttemptFinished { task, item, attempt, result };
-                    if let Ok(cmds) = plan.apply(&mut st, &event, now()) {
-                        queue.extend(cmds);
-                    }
-                }
-                Command::ScheduleRetry { task, item, attempt, at } => {
-                    timers.push((at, Event::RetryDue { task, item, attempt }));
-                }
-                Command::CancelRunning { .. } | Command::Finished { .. } => {}
-            }
-            continue;
-        }
-        if st.status.is_terminal() {
-            break;
-        }
-        let due = timers.iter().map(|(at, _)| *at).chain(st.deadline).min();
-        let Some(at) = due else { bail!("run stalled with nothing left to do (an engine bug)") };
-        std::thread::sleep(Duration::from_millis(at.saturating_sub(now())));
-        let mut fired: Vec<Event> = Vec::new();
-        timers.retain(|(t, e)| {
-            if *t <= now() {
-                fired.push(e.clone());
-                false
-            } else {
-                true
-            }
-        });
-        fired.push(Event::Tick);
-        for e in fired {
-            if let Ok(cmds) = plan.apply(&mut st, &e, now()) {
-                queue.extend(cmds);
-            }
-        }
-    }
-    report_progress(&plan, &st, &mut reported, started);
-    summary(&plan, &st, started);
-    println!("{}", serde_json::to_string_pretty(&st.outputs.clone().unwrap_or(Value::Null))?);
-    Ok(if st.status == RunStatus::Succeeded { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    let mut reported = vec![false; plan.task_count()];
+    let st = runner.start(&run_id, inputs, source.name(), source.text(), &mut exec, &mut |st| {
+        report_progress(&plan, st, &mut reported, started)
+    })?;
+    finish(&plan, &st, started)
 }
 
-fn label(plan: &Plan, task: usize, item: Option<u32>) -> String {
-    let id = plan.checked.dag.id(task);
-    match item {
-        Some(k) => format!("{id}[{k}]"),
-        None => id.to_string(),
+/// `llmo resume RUN_ID`: continues a stored run where it stopped.
+pub fn resume(validator: &Validator, run_id: &str, state: &Path, mock: bool) -> Result<ExitCode> {
+    let store = open_store(Some(state))?;
+    let Some(record) = store.load(run_id)? else {
+        bail!("no run `{run_id}` in {}", state.display());
+    };
+    let outcome = validator.validate(&SourceFile::new(record.source_name.clone(), record.source.clone()));
+    let Some(checked) = outcome.checked else {
+        bail!("the stored workflow of `{run_id}` no longer validates");
+    };
+    let plan = Plan::new(checked);
+    if record.state.status.is_terminal() {
+        eprintln!("{run_id}: already {}", record.state.status.as_str());
+        return finish(&plan, &record.state, Instant::now());
     }
+    eprintln!("{run_id}: resuming {} ({} tasks)", record.workflow, plan.task_count());
+    let runner = Runner { plan: &plan, store: store.as_ref() };
+    let models = llm_models(&plan);
+    let mut exec =
+        |plan: &Plan, st: &RunState, task: usize, item: Option<u32>| execute(plan, st, task, item, mock, &models);
+    let started = Instant::now();
+    // Tasks that ended before the interruption are not reported again.
+    let mut reported: Vec<bool> = record.state.tasks.iter().map(|t| t.status.is_terminal()).collect();
+    let st = runner.resume(run_id, &mut exec, &mut |st| report_progress(&plan, st, &mut reported, started))?;
+    finish(&plan, &st, started)
+}
+
+/// `llmo status RUN_ID`: the stored state of a run, as JSON.
+pub fn status(run_id: &str, state: &Path) -> Result<ExitCode> {
+    let store = open_store(Some(state))?;
+    let Some(record) = store.load(run_id)? else {
+        bail!("no run `{run_id}` in {}", state.display());
+    };
+    let outcome = Validator::default().validate(&SourceFile::new(record.source_name.clone(), record.source.clone()));
+    let ids: Vec<String> = match &outcome.checked {
+        Some(c) => c.workflow.spec.tasks.iter().map(|t| t.id.clone()).collect(),
+        None => (0..record.state.tasks.len()).map(|i| i.to_string()).collect(),
+    };
+    let st = &record.state;
+    let tasks: serde_json::Map<String, Value> = st
+        .tasks
+        .iter()
+        .zip(&ids)
+        .map(|(t, id)| {
+            (
+                id.clone(),
+                serde_json::json!({ "status": t.status.as_str(), "attempts": t.attempts, "error": t.error, "reason": t.reason }),
+            )
+        })
+        .collect();
+    let out = serde_json::json!({
+        "run_id": st.run_id, "workflow": record.workflow, "status": st.status.as_str(), "version": st.version,
+        "started_at": st.started_at, "ended_at": st.ended_at, "error": st.error,
+        "cost_usd": st.cost_usd, "tokens": st.tokens, "tasks": tasks, "outputs": st.outputs,
+    });
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `llmo runs`: the runs in a state file, newest first.
+pub fn runs(state: &Path) -> Result<ExitCode> {
+    let store = open_store(Some(state))?;
+    for r in store.list()? {
+        println!("{}	{}	{}	${:.4}", r.run_id, r.workflow, r.status, r.cost_usd);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn finish(plan: &Plan, st: &RunState, started: Instant) -> Result<ExitCode> {
+    summary(plan, st, started);
+    println!("{}", serde_json::to_string_pretty(&st.outputs.clone().unwrap_or(Value::Null))?);
+    Ok(if st.status == RunStatus::Succeeded { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 /// `provider/model` of every llm task, for policy checks.
@@ -167,6 +191,10 @@ fn execute(plan: &Plan, st: &RunState, task: usize, item: Option<u32>, mock: boo
         "llm" => {
             let provider = with.get("provider").and_then(Value::as_str);
             if uses_mock(provider) {
+                // Lets tests interrupt a run while a model call is in flight.
+                if let Some(ms) = std::env::var("LLMO_MOCK_DELAY_MS").ok().and_then(|v| v.parse().ok()) {
+                    std::thread::sleep(Duration::from_millis(ms));
+                }
                 Ok(builtin::mock_llm(&with))
             } else {
                 Err(TaskError::fatal(format!(

@@ -198,3 +198,55 @@ fn run_refuses_bad_inputs_and_reports_unavailable_executors() {
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("model provider `openai` is not available in this build yet"));
 }
+
+#[test]
+fn a_run_killed_mid_flight_resumes_without_rerunning_finished_tasks() {
+    use std::io::BufRead;
+    let dir = std::env::temp_dir().join(format!("llmo-resume-{}", std::process::id()));
+    let db = dir.join("runs.db");
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_llmo"))
+        .args([
+            "run",
+            "--mock",
+            "--state",
+            db.to_str().unwrap(),
+            "workflows/article-pipeline.yaml",
+            "-i",
+            "topic=Rust ownership",
+        ])
+        .current_dir(root())
+        .env("LLMO_MOCK_DELAY_MS", "300")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let run_id = lines.next().unwrap().unwrap().split(':').next().unwrap().to_string();
+    for line in lines.by_ref() {
+        if line.unwrap().contains("✓ outline") {
+            break;
+        }
+    }
+    child.kill().unwrap(); // SIGKILL: no chance to clean up
+    child.wait().unwrap();
+
+    let status: serde_json::Value =
+        serde_json::from_slice(&llmo(&["status", &run_id, "--state", db.to_str().unwrap()]).stdout).unwrap();
+    assert_eq!(status["status"], "running", "{status}");
+    assert_eq!(status["tasks"]["outline"]["status"], "succeeded");
+
+    let out = llmo(&["resume", &run_id, "--state", db.to_str().unwrap(), "--mock"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(!err.contains("✓ guard") && !err.contains("✓ outline"), "finished tasks ran again: {err}");
+    let status: serde_json::Value =
+        serde_json::from_slice(&llmo(&["status", &run_id, "--state", db.to_str().unwrap()]).stdout).unwrap();
+    assert_eq!(status["status"], "succeeded");
+    for t in ["guard", "outline"] {
+        assert_eq!(status["tasks"][t]["attempts"], 1, "{t} must not run again");
+    }
+    let runs = text(&llmo(&["runs", "--state", db.to_str().unwrap()]).stdout);
+    assert!(runs.contains(&format!("{run_id}\tarticle-pipeline\tsucceeded")), "{runs}");
+    std::fs::remove_dir_all(&dir).ok();
+}
