@@ -1,4 +1,7 @@
-//! Embedded runtime: where runs are kept ([`store`]) and the loop that drives the engine
-//! ([`runner`]). Executors are passed in by the caller (the CLI today).
-pub mod runner;
+//! The runtime of LLM-Orchestrator: the ports the engine needs (run store, blobs, clock,
+//! executors), their embedded adapters (in-memory, SQLite, files), the executors of the
+//! built-in task types with the model providers, and the embedded driver.
+pub mod driver;
+pub mod executor;
+pub mod ports;
 pub mod store;

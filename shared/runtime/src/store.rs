@@ -1,118 +1,236 @@
-//! Run stores. Each transition is written with compare-and-set on the run's version, so two
-//! processes driving one run cannot both apply a transition.
+//! The run store port and its embedded adapters.
 //!
-//! The SQLite store keeps one row per run: the workflow source it was started from (to
-//! rebuild its plan on `resume`) and the run state as JSON. In WAL mode with
-//! `synchronous=NORMAL`, a committed transition survives the process being killed; a power
-//! loss may lose the last transitions, which are then re-applied from the queue.
+//! A run is stored as an **append-only log of transitions** (the event each one applied, and
+//! the clock reading it was applied at) plus occasional snapshots of the whole state. The
+//! engine's transition function is deterministic, so the state at any version is the last
+//! snapshot with the later transitions applied again ([`rebuild`]). A transition costs one
+//! small append however large the run is, and the log is the run's audit history.
+//!
+//! Appends are compare-and-set on the run's version: a batch of transitions computed from
+//! version `v` is stored only if the stored version is still `v`. Two processes driving one
+//! run (or `llmo cancel` racing a running driver) can never both extend the log from the
+//! same version; the loser reloads and re-applies.
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Mutex;
 
-use llmo_core::engine::RunState;
+use async_trait::async_trait;
+use llmo_core::engine::{Event, Millis, Plan, RunState};
 use rusqlite::{Connection, OptionalExtension, params};
+use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("run store: {0}")]
     Sqlite(#[from] rusqlite::Error),
-    #[error("run store: stored state is not readable: {0}")]
+    #[error("run store: stored data is not readable: {0}")]
     Decode(#[from] serde_json::Error),
     #[error("run store: run `{0}` already exists")]
     Exists(String),
+    #[error("run store: the log of run `{run}` does not replay: {why}")]
+    Corrupt { run: String, why: String },
+    #[error("run store: {0}")]
+    Other(String),
 }
 
-/// A run as stored: its state and the workflow it runs.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RunRecord {
-    pub state: RunState,
-    pub workflow: String,
-    /// Where the workflow was read from, and its text.
-    pub source_name: String,
-    pub source: String,
+/// One stored transition: `event`, applied at clock reading `at`, took the run from
+/// `version - 1` to `version`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Transition {
+    pub version: u64,
+    pub at: Millis,
+    pub event: Event,
 }
 
-/// One line of a run listing.
+/// What listings show of a run, kept current with every append.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunSummary {
     pub run_id: String,
     pub workflow: String,
     pub status: String,
+    pub version: u64,
     pub started_at: Option<u64>,
     pub cost_usd: f64,
 }
 
-pub trait Store {
-    fn create(&self, run: &RunRecord) -> Result<(), Error>;
-    fn load(&self, run_id: &str) -> Result<Option<RunRecord>, Error>;
-    /// Writes `state` if the stored version is still `expected`; `Ok(false)` if it is not.
-    fn save(&self, state: &RunState, expected: u64) -> Result<bool, Error>;
-    /// Runs, newest first.
-    fn list(&self) -> Result<Vec<RunSummary>, Error>;
-}
-
-fn summary(r: &RunRecord) -> RunSummary {
-    RunSummary {
-        run_id: r.state.run_id.clone(),
-        workflow: r.workflow.clone(),
-        status: r.state.status.as_str().to_string(),
-        started_at: r.state.started_at,
-        cost_usd: r.state.cost_usd,
+impl RunSummary {
+    pub fn of(workflow: &str, st: &RunState) -> Self {
+        RunSummary {
+            run_id: st.run_id.clone(),
+            workflow: workflow.to_string(),
+            status: st.status.as_str().to_string(),
+            version: st.version,
+            started_at: st.started_at,
+            cost_usd: st.cost_usd,
+        }
     }
 }
 
-/// Runs in memory, for tests and one-shot runs.
-#[derive(Default)]
-pub struct MemoryStore {
-    runs: Mutex<HashMap<String, RunRecord>>,
+/// A run as stored: where it was started from, its last snapshot, and the transitions after.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredRun {
+    pub workflow: String,
+    /// Where the workflow was read from, and its text (to rebuild the plan on `resume`).
+    pub source_name: String,
+    pub source: String,
+    pub snapshot: RunState,
+    pub tail: Vec<Transition>,
 }
 
-impl Store for MemoryStore {
-    fn create(&self, run: &RunRecord) -> Result<(), Error> {
-        let mut runs = self.runs.lock().expect("store lock");
-        if runs.contains_key(&run.state.run_id) {
-            return Err(Error::Exists(run.state.run_id.clone()));
+/// Applies `run.tail` to its snapshot: the run's current state.
+pub fn rebuild(plan: &Plan, run: StoredRun) -> Result<RunState, Error> {
+    let mut st = run.snapshot;
+    for t in &run.tail {
+        if t.version != st.version + 1 {
+            return Err(Error::Corrupt {
+                run: st.run_id.clone(),
+                why: format!("transition {} follows version {}", t.version, st.version),
+            });
         }
-        runs.insert(run.state.run_id.clone(), run.clone());
+        plan.apply(&mut st, &t.event, t.at).map_err(|e| Error::Corrupt {
+            run: st.run_id.clone(),
+            why: format!("transition {} ({}) was refused: {}", t.version, t.event.key(), e.0),
+        })?;
+    }
+    Ok(st)
+}
+
+/// The run store port. Implementations: [`MemoryStore`], [`SqliteStore`] here, DynamoDB in the
+/// serverless runtime.
+#[async_trait]
+pub trait RunStore: Send + Sync {
+    /// Stores a new run at version 0 (`Exists` if the id is taken).
+    async fn create(&self, workflow: &str, source_name: &str, source: &str, initial: &RunState) -> Result<(), Error>;
+    async fn load(&self, run_id: &str) -> Result<Option<StoredRun>, Error>;
+    /// Appends `transitions` (versions `expected + 1 ..`) if the stored version is still
+    /// `expected`; `Ok(false)` if another writer got there first. `head` is the state after
+    /// the last of them (for listings; implementations may snapshot it).
+    async fn append(&self, expected: u64, transitions: &[Transition], head: &RunState) -> Result<bool, Error>;
+    /// Records `state` as a snapshot, so loading replays only later transitions.
+    async fn snapshot(&self, state: &RunState) -> Result<(), Error>;
+    /// The stored version of a run (cheap; lets a driver notice another writer).
+    async fn version(&self, run_id: &str) -> Result<Option<u64>, Error>;
+    /// The whole transition log of a run, oldest first (audit; may be long).
+    async fn history(&self, run_id: &str) -> Result<Vec<Transition>, Error>;
+    /// Runs, newest first.
+    async fn list(&self) -> Result<Vec<RunSummary>, Error>;
+}
+
+struct MemRun {
+    workflow: String,
+    source_name: String,
+    source: String,
+    snapshot: RunState,
+    log: Vec<Transition>,
+    summary: RunSummary,
+}
+
+/// Runs in memory: for tests, simulations and one-shot runs.
+#[derive(Default)]
+pub struct MemoryStore {
+    runs: Mutex<HashMap<String, MemRun>>,
+}
+
+#[async_trait]
+impl RunStore for MemoryStore {
+    async fn create(&self, workflow: &str, source_name: &str, source: &str, initial: &RunState) -> Result<(), Error> {
+        let mut runs = self.runs.lock().expect("store lock");
+        if runs.contains_key(&initial.run_id) {
+            return Err(Error::Exists(initial.run_id.clone()));
+        }
+        runs.insert(
+            initial.run_id.clone(),
+            MemRun {
+                workflow: workflow.into(),
+                source_name: source_name.into(),
+                source: source.into(),
+                snapshot: initial.clone(),
+                log: Vec::new(),
+                summary: RunSummary::of(workflow, initial),
+            },
+        );
         Ok(())
     }
 
-    fn load(&self, run_id: &str) -> Result<Option<RunRecord>, Error> {
-        Ok(self.runs.lock().expect("store lock").get(run_id).cloned())
+    async fn load(&self, run_id: &str) -> Result<Option<StoredRun>, Error> {
+        let runs = self.runs.lock().expect("store lock");
+        Ok(runs.get(run_id).map(|r| StoredRun {
+            workflow: r.workflow.clone(),
+            source_name: r.source_name.clone(),
+            source: r.source.clone(),
+            snapshot: r.snapshot.clone(),
+            tail: r.log.iter().filter(|t| t.version > r.snapshot.version).cloned().collect(),
+        }))
     }
 
-    fn save(&self, state: &RunState, expected: u64) -> Result<bool, Error> {
+    async fn append(&self, expected: u64, transitions: &[Transition], head: &RunState) -> Result<bool, Error> {
         let mut runs = self.runs.lock().expect("store lock");
-        match runs.get_mut(&state.run_id) {
-            Some(r) if r.state.version == expected => {
-                r.state = state.clone();
-                Ok(true)
-            }
-            _ => Ok(false),
+        let Some(r) = runs.get_mut(&head.run_id) else { return Ok(false) };
+        if r.summary.version != expected {
+            return Ok(false);
         }
+        r.log.extend_from_slice(transitions);
+        r.summary = RunSummary::of(&r.workflow, head);
+        Ok(true)
     }
 
-    fn list(&self) -> Result<Vec<RunSummary>, Error> {
-        let mut v: Vec<RunSummary> = self.runs.lock().expect("store lock").values().map(summary).collect();
+    async fn snapshot(&self, state: &RunState) -> Result<(), Error> {
+        let mut runs = self.runs.lock().expect("store lock");
+        if let Some(r) = runs.get_mut(&state.run_id)
+            && state.version > r.snapshot.version
+            && state.version <= r.summary.version
+        {
+            r.snapshot = state.clone();
+        }
+        Ok(())
+    }
+
+    async fn version(&self, run_id: &str) -> Result<Option<u64>, Error> {
+        Ok(self.runs.lock().expect("store lock").get(run_id).map(|r| r.summary.version))
+    }
+
+    async fn history(&self, run_id: &str) -> Result<Vec<Transition>, Error> {
+        Ok(self.runs.lock().expect("store lock").get(run_id).map(|r| r.log.clone()).unwrap_or_default())
+    }
+
+    async fn list(&self) -> Result<Vec<RunSummary>, Error> {
+        let mut v: Vec<RunSummary> = self.runs.lock().expect("store lock").values().map(|r| r.summary.clone()).collect();
         v.sort_by(|a, b| b.started_at.cmp(&a.started_at).then(b.run_id.cmp(&a.run_id)));
         Ok(v)
     }
 }
 
-/// Runs in a SQLite file.
+/// How far a committed transition survives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// Survives the process being killed at any point (SQLite WAL, `synchronous=NORMAL`); an
+    /// operating-system crash or power loss may lose the last transitions.
+    #[default]
+    Process,
+    /// Survives power loss too: every commit waits for `fsync` (`synchronous=FULL`).
+    Power,
+}
+
+/// Runs in a SQLite file (WAL). Tables: `runs` (one row per run: listing columns and the
+/// current version, the compare-and-set target), `sources` (workflow text), `transitions`
+/// (the log, keyed by run and version), `snapshots` (latest state per run).
 pub struct SqliteStore {
     conn: Mutex<Connection>,
 }
 
 impl SqliteStore {
-    pub fn open(path: &Path) -> Result<Self, Error> {
+    pub fn open(path: &Path, durability: Durability) -> Result<Self, Error> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             let _ = std::fs::create_dir_all(dir);
         }
         let conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        let sync = match durability {
+            Durability::Process => "NORMAL",
+            Durability::Power => "FULL",
+        };
+        conn.pragma_update(None, "synchronous", sync)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS runs (
@@ -121,93 +239,173 @@ impl SqliteStore {
                 status TEXT NOT NULL,
                 version INTEGER NOT NULL,
                 started_at INTEGER,
-                cost_usd REAL NOT NULL DEFAULT 0,
-                source_name TEXT NOT NULL,
-                source TEXT NOT NULL,
-                state TEXT NOT NULL
+                cost_usd REAL NOT NULL DEFAULT 0
             );
-            CREATE INDEX IF NOT EXISTS runs_by_start ON runs (started_at DESC);",
+            CREATE INDEX IF NOT EXISTS runs_by_start ON runs (started_at DESC);
+            CREATE TABLE IF NOT EXISTS sources (
+                run_id TEXT PRIMARY KEY,
+                source_name TEXT NOT NULL,
+                source TEXT NOT NULL
+            );
+            CREATE TABLE IF NOT EXISTS transitions (
+                run_id TEXT NOT NULL,
+                version INTEGER NOT NULL,
+                at INTEGER NOT NULL,
+                event TEXT NOT NULL,
+                PRIMARY KEY (run_id, version)
+            ) WITHOUT ROWID;
+            CREATE TABLE IF NOT EXISTS snapshots (
+                run_id TEXT PRIMARY KEY,
+                version INTEGER NOT NULL,
+                state TEXT NOT NULL
+            );",
         )?;
         Ok(SqliteStore { conn: Mutex::new(conn) })
     }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().expect("store lock")
+    }
 }
 
-impl Store for SqliteStore {
-    fn create(&self, run: &RunRecord) -> Result<(), Error> {
-        let s = &run.state;
-        let conn = self.conn.lock().expect("store lock");
-        let n = conn.execute(
-            "INSERT OR IGNORE INTO runs (run_id, workflow, status, version, started_at, cost_usd, source_name, source, state)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+fn summary_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunSummary> {
+    Ok(RunSummary {
+        run_id: r.get(0)?,
+        workflow: r.get(1)?,
+        status: r.get(2)?,
+        version: r.get::<_, i64>(3)? as u64,
+        started_at: r.get::<_, Option<i64>>(4)?.map(|t| t as u64),
+        cost_usd: r.get(5)?,
+    })
+}
+
+// SQLite calls take microseconds (no network), so they run on the caller's thread.
+#[async_trait]
+impl RunStore for SqliteStore {
+    async fn create(&self, workflow: &str, source_name: &str, source: &str, initial: &RunState) -> Result<(), Error> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let n = tx.execute(
+            "INSERT OR IGNORE INTO runs (run_id, workflow, status, version, started_at, cost_usd) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             params![
-                s.run_id,
-                run.workflow,
-                s.status.as_str(),
-                s.version as i64,
-                s.started_at.map(|t| t as i64),
-                s.cost_usd,
-                run.source_name,
-                run.source,
-                serde_json::to_string(s)?
+                initial.run_id,
+                workflow,
+                initial.status.as_str(),
+                initial.version as i64,
+                initial.started_at.map(|t| t as i64),
+                initial.cost_usd
             ],
         )?;
         if n == 0 {
-            return Err(Error::Exists(s.run_id.clone()));
+            return Err(Error::Exists(initial.run_id.clone()));
         }
+        tx.execute(
+            "INSERT OR REPLACE INTO sources (run_id, source_name, source) VALUES (?1, ?2, ?3)",
+            params![initial.run_id, source_name, source],
+        )?;
+        tx.execute(
+            "INSERT OR REPLACE INTO snapshots (run_id, version, state) VALUES (?1, ?2, ?3)",
+            params![initial.run_id, initial.version as i64, serde_json::to_string(initial)?],
+        )?;
+        tx.commit()?;
         Ok(())
     }
 
-    fn load(&self, run_id: &str) -> Result<Option<RunRecord>, Error> {
-        let conn = self.conn.lock().expect("store lock");
-        let row = conn
+    async fn load(&self, run_id: &str) -> Result<Option<StoredRun>, Error> {
+        let mut conn = self.lock();
+        // One read transaction: the snapshot and the tail are seen at the same instant.
+        let tx = conn.transaction()?;
+        let head = tx
             .query_row(
-                "SELECT workflow, source_name, source, state FROM runs WHERE run_id = ?1",
+                "SELECT r.workflow, s.source_name, s.source, p.state FROM runs r
+                 JOIN sources s ON s.run_id = r.run_id JOIN snapshots p ON p.run_id = r.run_id
+                 WHERE r.run_id = ?1",
                 params![run_id],
-                |r| {
-                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?))
-                },
+                |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?)),
             )
             .optional()?;
-        match row {
-            None => Ok(None),
-            Some((workflow, source_name, source, state)) => {
-                Ok(Some(RunRecord { state: serde_json::from_str(&state)?, workflow, source_name, source }))
-            }
+        let Some((workflow, source_name, source, state)) = head else { return Ok(None) };
+        let snapshot: RunState = serde_json::from_str(&state)?;
+        let mut stmt =
+            tx.prepare_cached("SELECT version, at, event FROM transitions WHERE run_id = ?1 AND version > ?2 ORDER BY version")?;
+        let rows = stmt.query_map(params![run_id, snapshot.version as i64], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?))
+        })?;
+        let mut tail = Vec::new();
+        for row in rows {
+            let (version, at, event) = row?;
+            tail.push(Transition { version: version as u64, at: at as Millis, event: serde_json::from_str(&event)? });
         }
+        drop(stmt);
+        tx.commit()?;
+        Ok(Some(StoredRun { workflow, source_name, source, snapshot, tail }))
     }
 
-    fn save(&self, state: &RunState, expected: u64) -> Result<bool, Error> {
-        let conn = self.conn.lock().expect("store lock");
-        let n = conn.execute(
-            "UPDATE runs SET state = ?1, version = ?2, status = ?3, started_at = ?4, cost_usd = ?5
-             WHERE run_id = ?6 AND version = ?7",
+    async fn append(&self, expected: u64, transitions: &[Transition], head: &RunState) -> Result<bool, Error> {
+        let mut conn = self.lock();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let n = tx.execute(
+            "UPDATE runs SET version = ?1, status = ?2, started_at = ?3, cost_usd = ?4 WHERE run_id = ?5 AND version = ?6",
             params![
-                serde_json::to_string(state)?,
-                state.version as i64,
-                state.status.as_str(),
-                state.started_at.map(|t| t as i64),
-                state.cost_usd,
-                state.run_id,
+                head.version as i64,
+                head.status.as_str(),
+                head.started_at.map(|t| t as i64),
+                head.cost_usd,
+                head.run_id,
                 expected as i64
             ],
         )?;
-        Ok(n == 1)
+        if n == 0 {
+            return Ok(false); // dropping `tx` rolls back
+        }
+        {
+            let mut ins = tx.prepare_cached("INSERT INTO transitions (run_id, version, at, event) VALUES (?1, ?2, ?3, ?4)")?;
+            for t in transitions {
+                ins.execute(params![head.run_id, t.version as i64, t.at as i64, serde_json::to_string(&t.event)?])?;
+            }
+        }
+        tx.commit()?;
+        Ok(true)
     }
 
-    fn list(&self) -> Result<Vec<RunSummary>, Error> {
-        let conn = self.conn.lock().expect("store lock");
-        let mut stmt = conn.prepare(
-            "SELECT run_id, workflow, status, started_at, cost_usd FROM runs ORDER BY started_at DESC, run_id DESC",
+    async fn snapshot(&self, state: &RunState) -> Result<(), Error> {
+        let json = serde_json::to_string(state)?;
+        self.lock().execute(
+            "UPDATE snapshots SET version = ?1, state = ?2 WHERE run_id = ?3 AND version < ?1
+             AND ?1 <= (SELECT version FROM runs WHERE run_id = ?3)",
+            params![state.version as i64, json, state.run_id],
         )?;
-        let rows = stmt.query_map([], |r| {
-            Ok(RunSummary {
-                run_id: r.get(0)?,
-                workflow: r.get(1)?,
-                status: r.get(2)?,
-                started_at: r.get::<_, Option<i64>>(3)?.map(|t| t as u64),
-                cost_usd: r.get(4)?,
-            })
+        Ok(())
+    }
+
+    async fn version(&self, run_id: &str) -> Result<Option<u64>, Error> {
+        Ok(self
+            .lock()
+            .query_row("SELECT version FROM runs WHERE run_id = ?1", params![run_id], |r| r.get::<_, i64>(0))
+            .optional()?
+            .map(|v| v as u64))
+    }
+
+    async fn history(&self, run_id: &str) -> Result<Vec<Transition>, Error> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare("SELECT version, at, event FROM transitions WHERE run_id = ?1 ORDER BY version")?;
+        let rows = stmt.query_map(params![run_id], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?))
         })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (version, at, event) = row?;
+            out.push(Transition { version: version as u64, at: at as Millis, event: serde_json::from_str(&event)? });
+        }
+        Ok(out)
+    }
+
+    async fn list(&self) -> Result<Vec<RunSummary>, Error> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare(
+            "SELECT run_id, workflow, status, version, started_at, cost_usd FROM runs ORDER BY started_at DESC, run_id DESC",
+        )?;
+        let rows = stmt.query_map([], summary_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 }
@@ -215,53 +413,85 @@ impl Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use llmo_core::engine::RunStatus;
+    use llmo_core::engine::{AttemptResult, RunStatus, Usage};
+    use llmo_core::source::SourceFile;
+    use llmo_core::validate::Validator;
+    use serde_json::{Map, json};
 
-    fn state(id: &str, version: u64) -> RunState {
-        serde_json::from_value(serde_json::json!({
-            "run_id": id, "version": version, "status": "running", "inputs": {}, "tasks": [], "started_at": version
-        }))
-        .unwrap()
+    const WF: &str = "apiVersion: llm-orchestrator/v1\nkind: Workflow\nmetadata: { name: w }\nspec:\n  tasks:\n    - { id: a, type: transform, with: { output: 1 } }\n    - { id: b, type: transform, depends_on: [a], with: { output: 2 } }\n";
+
+    fn plan() -> Plan {
+        Plan::new(Validator::default().validate(&SourceFile::new("w.yaml", WF)).checked.unwrap())
     }
 
-    fn record(id: &str) -> RunRecord {
-        RunRecord { state: state(id, 0), workflow: "w".into(), source_name: "w.yaml".into(), source: "x".into() }
+    fn done(task: usize) -> Event {
+        Event::AttemptFinished {
+            task,
+            item: None,
+            attempt: 1,
+            result: AttemptResult::Succeeded { output: json!(task), usage: Usage::default() },
+        }
     }
 
-    fn exercise(store: &dyn Store) {
-        store.create(&record("a")).unwrap();
-        assert!(matches!(store.create(&record("a")), Err(Error::Exists(_))));
-        let mut s = state("a", 1);
-        assert!(store.save(&s, 0).unwrap(), "expected version matches");
-        assert!(!store.save(&s, 0).unwrap(), "a second write from version 0 loses");
-        s.version = 2;
-        s.status = RunStatus::Succeeded;
-        assert!(store.save(&s, 1).unwrap());
-        let back = store.load("a").unwrap().unwrap();
-        assert_eq!(back.state, s);
-        assert_eq!(back.source, "x");
-        assert!(store.load("nope").unwrap().is_none());
-        store.create(&record("b")).unwrap();
-        let list = store.list().unwrap();
+    /// Applies `events` to `st`, returning the transitions to store.
+    fn advance(plan: &Plan, st: &mut RunState, events: &[Event]) -> Vec<Transition> {
+        events
+            .iter()
+            .map(|e| {
+                plan.apply(st, e, 7).unwrap();
+                Transition { version: st.version, at: 7, event: e.clone() }
+            })
+            .collect()
+    }
+
+    async fn exercise(store: &dyn RunStore) {
+        let plan = plan();
+        let mut st = plan.new_run("a", Map::new());
+        store.create("w", "w.yaml", WF, &st).await.unwrap();
+        assert!(matches!(store.create("w", "w.yaml", WF, &st).await, Err(Error::Exists(_))));
+        let batch = advance(&plan, &mut st, &[Event::Start]);
+        assert!(store.append(0, &batch, &st).await.unwrap(), "expected version matches");
+        assert!(!store.append(0, &batch, &st).await.unwrap(), "a second append from version 0 loses");
+        let mid = st.clone();
+        let batch = advance(&plan, &mut st, &[done(0), done(1)]);
+        assert!(store.append(1, &batch, &st).await.unwrap());
+        assert_eq!(st.status, RunStatus::Succeeded);
+        assert_eq!(store.version("a").await.unwrap(), Some(3));
+
+        let loaded = store.load("a").await.unwrap().unwrap();
+        assert_eq!(loaded.source, WF);
+        assert_eq!(loaded.tail.len(), 3, "no snapshot yet: the whole log");
+        assert_eq!(rebuild(&plan, loaded).unwrap(), st, "replaying the log gives the same state");
+        store.snapshot(&mid).await.unwrap();
+        let loaded = store.load("a").await.unwrap().unwrap();
+        assert_eq!(loaded.tail.len(), 2, "from the snapshot on");
+        assert_eq!(rebuild(&plan, loaded).unwrap(), st);
+        assert_eq!(store.history("a").await.unwrap().len(), 3);
+        assert!(store.load("nope").await.unwrap().is_none());
+
+        store.create("w", "w.yaml", WF, &plan.new_run("b", Map::new())).await.unwrap();
+        let list = store.list().await.unwrap();
         assert_eq!(list.len(), 2);
-        assert_eq!(list[0].run_id, "a", "newest (latest start) first");
+        assert_eq!(list[0].run_id, "a", "started runs first");
         assert_eq!(list[0].status, "succeeded");
     }
 
-    #[test]
-    fn memory_store_compares_and_sets() {
-        exercise(&MemoryStore::default());
+    #[tokio::test]
+    async fn memory_store_appends_with_compare_and_set() {
+        exercise(&MemoryStore::default()).await;
     }
 
-    #[test]
-    fn sqlite_store_compares_and_sets_and_persists() {
+    #[tokio::test]
+    async fn sqlite_store_appends_with_compare_and_set_and_persists() {
         let dir = std::env::temp_dir().join(format!("llmo-store-{}", std::process::id()));
         let path = dir.join("runs.db");
         let _ = std::fs::remove_file(&path);
-        exercise(&SqliteStore::open(&path).unwrap());
-        // A new connection sees what the first wrote.
-        let again = SqliteStore::open(&path).unwrap();
-        assert_eq!(again.load("a").unwrap().unwrap().state.status, RunStatus::Succeeded);
+        exercise(&SqliteStore::open(&path, Durability::Process).unwrap()).await;
+        // Another connection (another process) sees what the first wrote.
+        let again = SqliteStore::open(&path, Durability::Power).unwrap();
+        let plan = plan();
+        let st = rebuild(&plan, again.load("a").await.unwrap().unwrap()).unwrap();
+        assert_eq!(st.status, RunStatus::Succeeded);
         std::fs::remove_dir_all(&dir).ok();
     }
 }

@@ -1,0 +1,626 @@
+//! The embedded driver: runs one workflow run in this process, many attempts at once.
+//!
+//! One loop owns the run's state. Each turn it takes every event that has arrived (attempt
+//! results, due retries, clock ticks), applies them with the engine, appends the resulting
+//! transitions to the store in one compare-and-set write, and only then carries out their
+//! commands: pure executors run in place, the others on tokio tasks (at most
+//! `concurrency` at once), retries go on a timer list. A transition is therefore durable
+//! before anything it caused happens, and batching turns many results that arrive together
+//! into one write.
+//!
+//! Another writer (`llmo cancel`, or a second process resuming the same run) makes the next
+//! append fail; the driver reloads the run and re-applies its pending events to it. While
+//! idle it checks the stored version every `poll`, so a cancel is noticed within that time.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use llmo_core::engine::builtin::TaskError;
+use llmo_core::engine::{AttemptResult, Command, Event, Millis, Plan, RunState, RunStatus, Usage};
+use serde_json::{Map, Value};
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinHandle;
+
+use crate::executor::{Attempt, Executor, Registry, failed};
+use crate::ports::{BlobStore, Clock};
+use crate::store::{self, RunStore, Transition, rebuild};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Store(#[from] store::Error),
+    #[error("no run `{0}` in this store")]
+    NoSuchRun(String),
+    #[error("run `{0}` stalled with nothing left to do (an engine bug)")]
+    Stalled(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Attempts running at once on separate tasks (the workflow's `max_parallel` applies too).
+    pub concurrency: usize,
+    /// Write a snapshot after this many transitions, so loading replays at most that many.
+    pub snapshot_every: u64,
+    /// While waiting, how often to look for another writer (a cancel).
+    pub poll: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { concurrency: 64, snapshot_every: 4096, poll: Duration::from_millis(250) }
+    }
+}
+
+/// How one `on.success` / `on.failure` hook ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HookOutcome {
+    pub name: String,
+    pub result: AttemptResult,
+}
+
+/// A run that ended: its final state and what its hooks did (hooks run in the process that
+/// stored the run's last transition).
+#[derive(Debug, Clone)]
+pub struct Finished {
+    pub state: RunState,
+    pub hooks: Vec<HookOutcome>,
+}
+
+/// What an observer is told after each stored batch.
+pub trait Observer {
+    fn batch(&mut self, _state: &RunState, _stored: &[Transition]) {}
+    fn hook(&mut self, _outcome: &HookOutcome) {}
+}
+
+impl Observer for () {}
+
+pub struct Driver {
+    pub plan: Arc<Plan>,
+    pub store: Arc<dyn RunStore>,
+    pub executors: Arc<Registry>,
+    pub clock: Arc<dyn Clock>,
+    /// Where final outputs are checkpointed (`runs/<id>/outputs.json`), if anywhere.
+    pub blobs: Option<Arc<dyn BlobStore>>,
+    pub options: Options,
+}
+
+type Unit = (usize, Option<u32>);
+
+struct Turn {
+    st: RunState,
+    tx: mpsc::UnboundedSender<Event>,
+    rx: mpsc::UnboundedReceiver<Event>,
+    inbox: Vec<Event>,
+    timers: BTreeMap<(Millis, u64), Event>,
+    timer_seq: u64,
+    running: HashMap<Unit, JoinHandle<()>>,
+    since_snapshot: u64,
+    ended: Option<RunStatus>,
+}
+
+impl Driver {
+    /// Creates a run, starts it and drives it to its end.
+    pub async fn start(
+        &self,
+        run_id: &str,
+        inputs: Map<String, Value>,
+        source_name: &str,
+        source: &str,
+        observer: &mut dyn Observer,
+    ) -> Result<Finished, Error> {
+        let st = self.plan.new_run(run_id, inputs);
+        self.store.create(&self.plan.checked.workflow.metadata.name, source_name, source, &st).await?;
+        self.drive(st, vec![Event::Start], Vec::new(), observer).await
+    }
+
+    /// Continues a stored run: attempts that were running run again, retries are re-armed,
+    /// nothing that recorded its result runs again.
+    pub async fn resume(&self, run_id: &str, observer: &mut dyn Observer) -> Result<Finished, Error> {
+        let st = self.load(run_id).await?;
+        if st.status.is_terminal() {
+            return Ok(Finished { state: st, hooks: Vec::new() });
+        }
+        let (first, cmds) =
+            if st.status == RunStatus::Pending { (vec![Event::Start], Vec::new()) } else { (Vec::new(), self.plan.in_flight(&st)) };
+        self.drive(st, first, cmds, observer).await
+    }
+
+    async fn load(&self, run_id: &str) -> Result<RunState, Error> {
+        let stored = self.store.load(run_id).await?.ok_or_else(|| Error::NoSuchRun(run_id.to_string()))?;
+        Ok(rebuild(&self.plan, stored)?)
+    }
+
+    async fn drive(
+        &self,
+        st: RunState,
+        first: Vec<Event>,
+        cmds: Vec<Command>,
+        observer: &mut dyn Observer,
+    ) -> Result<Finished, Error> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let sem = Arc::new(Semaphore::new(self.options.concurrency.max(1)));
+        let mut t = Turn {
+            st,
+            tx,
+            rx,
+            inbox: first,
+            timers: BTreeMap::new(),
+            timer_seq: 0,
+            running: HashMap::new(),
+            since_snapshot: 0,
+            ended: None,
+        };
+        let mut cmds = cmds;
+        loop {
+            for cmd in cmds.drain(..) {
+                self.carry_out(&mut t, cmd, &sem).await;
+            }
+            if let Some(status) = t.ended {
+                return self.finish(t, status, observer).await;
+            }
+            if t.inbox.is_empty() {
+                self.wait(&mut t).await?;
+                if let Some(status) = t.ended {
+                    // Another writer ended the run (a cancel): it runs the hooks.
+                    for (_, h) in t.running.drain() {
+                        h.abort();
+                    }
+                    let _ = status;
+                    return Ok(Finished { state: t.st, hooks: Vec::new() });
+                }
+            }
+            while let Ok(e) = t.rx.try_recv() {
+                t.inbox.push(e);
+            }
+            cmds = self.apply_batch(&mut t, observer).await?;
+        }
+    }
+
+    /// Applies the inbox, stores it, returns the commands to carry out.
+    async fn apply_batch(&self, t: &mut Turn, observer: &mut dyn Observer) -> Result<Vec<Command>, Error> {
+        loop {
+            let expected = t.st.version;
+            let now = self.clock.now();
+            let mut batch = Vec::with_capacity(t.inbox.len());
+            let mut cmds = Vec::new();
+            for e in &t.inbox {
+                if let Ok(c) = self.plan.apply(&mut t.st, e, now) {
+                    batch.push(Transition { version: t.st.version, at: now, event: e.clone() });
+                    cmds.extend(c);
+                }
+            }
+            if batch.is_empty() {
+                t.inbox.clear();
+                return Ok(cmds);
+            }
+            if self.store.append(expected, &batch, &t.st).await? {
+                t.inbox.clear();
+                t.since_snapshot += batch.len() as u64;
+                if t.since_snapshot >= self.options.snapshot_every {
+                    self.store.snapshot(&t.st).await?;
+                    t.since_snapshot = 0;
+                }
+                observer.batch(&t.st, &batch);
+                return Ok(cmds);
+            }
+            // Another writer moved the run: take its state and apply our events again.
+            t.st = self.load(&t.st.run_id).await?;
+            if t.st.status.is_terminal() {
+                t.inbox.clear();
+                t.ended = Some(t.st.status);
+                return Ok(Vec::new());
+            }
+        }
+    }
+
+    async fn wait(&self, t: &mut Turn) -> Result<(), Error> {
+        loop {
+            // Read "anything still running" before looking in the channel: a task sends its
+            // result before it finishes, so a finished task's result is then in the channel.
+            let alive = t.running.values().any(|h| !h.is_finished());
+            if let Ok(e) = t.rx.try_recv() {
+                t.inbox.push(e);
+                return Ok(());
+            }
+            let next = t.timers.keys().next().map(|(at, _)| *at).into_iter().chain(t.st.deadline).min();
+            if next.is_none() && !alive {
+                return Err(Error::Stalled(t.st.run_id.clone()));
+            }
+            let sleep = next.map_or(self.options.poll, |at| {
+                Duration::from_millis(at.saturating_sub(self.clock.now())).min(self.options.poll)
+            });
+            tokio::select! {
+                Some(e) = t.rx.recv() => {
+                    t.inbox.push(e);
+                    return Ok(());
+                }
+                _ = tokio::time::sleep(sleep) => {}
+            }
+            let now = self.clock.now();
+            while let Some(entry) = t.timers.first_entry() {
+                if entry.key().0 > now {
+                    break;
+                }
+                t.inbox.push(entry.remove());
+            }
+            if t.st.deadline.is_some_and(|d| d <= now) {
+                t.inbox.push(Event::Tick);
+            }
+            if !t.inbox.is_empty() {
+                return Ok(());
+            }
+            // Idle: has another writer (a cancel) moved the run?
+            if self.store.version(&t.st.run_id).await? != Some(t.st.version) {
+                t.st = self.load(&t.st.run_id).await?;
+                if t.st.status.is_terminal() {
+                    t.ended = Some(t.st.status);
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    async fn carry_out(&self, t: &mut Turn, cmd: Command, sem: &Arc<Semaphore>) {
+        match cmd {
+            Command::Execute { task, item, attempt } => {
+                let spec = &self.plan.checked.workflow.spec;
+                let ty = &spec.tasks[task].ty;
+                let Some(exec) = self.executors.get(ty).cloned() else {
+                    let r = failed(TaskError::fatal(format!("no executor is registered for task type `{ty}`")));
+                    t.inbox.push(Event::AttemptFinished { task, item, attempt, result: r });
+                    return;
+                };
+                let a = match self.attempt(&t.st, task, item, attempt, exec.as_ref()) {
+                    Ok(a) => a,
+                    Err(r) => {
+                        t.inbox.push(Event::AttemptFinished { task, item, attempt, result: r });
+                        return;
+                    }
+                };
+                if exec.inline() {
+                    let result = exec.execute(&a).await;
+                    t.inbox.push(Event::AttemptFinished { task, item, attempt, result });
+                    return;
+                }
+                let tx = t.tx.clone();
+                let sem = sem.clone();
+                let handle = tokio::spawn(async move {
+                    let Ok(_permit) = sem.acquire_owned().await else { return };
+                    let result = run_with_timeout(exec.as_ref(), &a).await;
+                    let _ = tx.send(Event::AttemptFinished { task, item, attempt, result });
+                });
+                if let Some(old) = t.running.insert((task, item), handle) {
+                    old.abort();
+                }
+                t.running.retain(|_, h| !h.is_finished());
+            }
+            Command::ScheduleRetry { task, item, attempt, at } => {
+                t.timer_seq += 1;
+                t.timers.insert((at, t.timer_seq), Event::RetryDue { task, item, attempt });
+            }
+            Command::CancelRunning { tasks } => t.running.retain(|(task, _), h| {
+                if tasks.contains(task) {
+                    h.abort();
+                    false
+                } else {
+                    true
+                }
+            }),
+            Command::Finished { status } => t.ended = Some(status),
+        }
+    }
+
+    /// The attempt as its executor sees it; a `with` block that does not render fails it.
+    fn attempt(
+        &self,
+        st: &RunState,
+        task: usize,
+        item: Option<u32>,
+        attempt: u32,
+        exec: &dyn Executor,
+    ) -> Result<Attempt, AttemptResult> {
+        let spec = &self.plan.checked.workflow.spec;
+        let t = &spec.tasks[task];
+        let context = self.plan.context(st, Some(task), item);
+        let mut raw = Map::new();
+        let mut with = t.with.clone();
+        for f in exec.raw_fields() {
+            if let Some(v) = with.remove(*f) {
+                raw.insert((*f).to_string(), v);
+            }
+        }
+        let mut with = self
+            .plan
+            .render(&Value::Object(with), &context)
+            .map_err(|e| failed(TaskError::fatal(format!("rendering `with`: {e}"))))?;
+        if let Value::Object(m) = &mut with {
+            m.extend(raw);
+        }
+        Ok(Attempt {
+            plan: self.plan.clone(),
+            run_id: st.run_id.clone(),
+            task: Some(task),
+            task_id: t.id.clone(),
+            ty: t.ty.clone(),
+            item,
+            attempt,
+            with,
+            context,
+            budget_left_usd: spec.budget.and_then(|b| b.max_cost_usd).map(|m| m - st.cost_usd),
+            timeout: t.timeout.or(spec.defaults.as_ref().and_then(|d| d.timeout)).map(|d| d.0),
+        })
+    }
+
+    async fn finish(&self, mut t: Turn, status: RunStatus, observer: &mut dyn Observer) -> Result<Finished, Error> {
+        for (_, h) in t.running.drain() {
+            h.abort();
+        }
+        self.store.snapshot(&t.st).await?;
+        if let Some(blobs) = &self.blobs {
+            let outputs = serde_json::json!({
+                "run_id": t.st.run_id, "status": t.st.status.as_str(), "outputs": t.st.outputs, "error": t.st.error,
+            });
+            let key = format!("runs/{}/outputs.json", t.st.run_id);
+            if let Err(e) = blobs.put(&key, serde_json::to_vec_pretty(&outputs).unwrap_or_default()).await {
+                tracing::warn!(run = %t.st.run_id, error = %e, "could not checkpoint the outputs");
+            }
+        }
+        let hooks = run_hooks(&self.plan, &self.executors, &t.st, status, observer).await;
+        Ok(Finished { state: t.st, hooks })
+    }
+}
+
+async fn run_with_timeout(exec: &dyn Executor, a: &Attempt) -> AttemptResult {
+    match a.timeout {
+        Some(d) => tokio::time::timeout(d, exec.execute(a)).await.unwrap_or_else(|_| AttemptResult::Failed {
+            error: format!("timed out after {}", llmo_core::model::Duration(d)),
+            retryable: true,
+            usage: Usage::default(),
+        }),
+        None => exec.execute(a).await,
+    }
+}
+
+/// Runs the `on.success` or `on.failure` hooks of an ended run, each under its retry policy
+/// (retryable failures only). A hook's failure is reported, never changes the run.
+pub async fn run_hooks(
+    plan: &Arc<Plan>,
+    executors: &Registry,
+    st: &RunState,
+    status: RunStatus,
+    observer: &mut dyn Observer,
+) -> Vec<HookOutcome> {
+    let Some(on) = &plan.checked.workflow.spec.on else { return Vec::new() };
+    let (kind, hooks) = if status == RunStatus::Succeeded { ("success", &on.success) } else { ("failure", &on.failure) };
+    let context = plan.context(st, None, None);
+    let mut out = Vec::new();
+    for (i, hook) in hooks.iter().enumerate() {
+        let name = format!("on.{kind}[{i}] ({})", hook.ty);
+        let retry = llmo_core::model::EffectiveRetry::default().overlay(hook.retry.as_ref());
+        let result = match executors.get(&hook.ty) {
+            None => failed(TaskError::fatal(format!("no executor is registered for task type `{}`", hook.ty))),
+            Some(exec) => {
+                let mut with = hook.with.clone();
+                let mut raw = Map::new();
+                for f in exec.raw_fields() {
+                    if let Some(v) = with.remove(*f) {
+                        raw.insert((*f).to_string(), v);
+                    }
+                }
+                match plan.render(&Value::Object(with), &context) {
+                    Err(e) => failed(TaskError::fatal(format!("rendering `with`: {e}"))),
+                    Ok(mut with) => {
+                        if let Value::Object(m) = &mut with {
+                            m.extend(raw);
+                        }
+                        let mut a = Attempt {
+                            plan: plan.clone(),
+                            run_id: st.run_id.clone(),
+                            task: None,
+                            task_id: format!("on.{kind}[{i}]"),
+                            ty: hook.ty.clone(),
+                            item: None,
+                            attempt: 1,
+                            with,
+                            context: context.clone(),
+                            budget_left_usd: None,
+                            timeout: hook.timeout.map(|d| d.0),
+                        };
+                        let mut delay = retry.initial;
+                        loop {
+                            let r = run_with_timeout(exec.as_ref(), &a).await;
+                            match &r {
+                                AttemptResult::Failed { retryable: true, .. } if a.attempt < retry.max_attempts => {
+                                    tokio::time::sleep(delay).await;
+                                    delay = retry.max.min(delay.mul_f64(retry.multiplier));
+                                    a.attempt += 1;
+                                }
+                                _ => break r,
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        let outcome = HookOutcome { name, result };
+        observer.hook(&outcome);
+        out.push(outcome);
+    }
+    out
+}
+
+/// Cancels a stored run (compare-and-set, retried on a lost race). A driver running the run
+/// notices at its next write or poll and stops. Returns the state after, or `None` if the
+/// run had already ended.
+pub async fn cancel(plan: &Plan, store: &dyn RunStore, clock: &dyn Clock, run_id: &str) -> Result<Option<RunState>, Error> {
+    loop {
+        let stored = store.load(run_id).await?.ok_or_else(|| Error::NoSuchRun(run_id.to_string()))?;
+        let mut st = rebuild(plan, stored)?;
+        if st.status.is_terminal() {
+            return Ok(None);
+        }
+        let expected = st.version;
+        let now = clock.now();
+        if plan.apply(&mut st, &Event::Cancel, now).is_err() {
+            return Ok(None);
+        }
+        let t = Transition { version: st.version, at: now, event: Event::Cancel };
+        if store.append(expected, &[t], &st).await? {
+            store.snapshot(&st).await?;
+            return Ok(Some(st));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::executor::Transform;
+    use crate::ports::SystemClock;
+    use crate::store::MemoryStore;
+    use async_trait::async_trait;
+    use llmo_core::engine::TaskStatus;
+    use llmo_core::source::SourceFile;
+    use llmo_core::validate::Validator;
+    use serde_json::json;
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    fn plan(wf: &str) -> Arc<Plan> {
+        let outcome = Validator::default().validate(&SourceFile::new("t.yaml", wf));
+        Arc::new(Plan::new(outcome.checked.unwrap_or_else(|| panic!("{:?}", outcome.report))))
+    }
+
+    /// Sleeps `ms`, fails the first `fail_first` attempts of each task with a retryable error,
+    /// and records which (task, attempt) ran.
+    struct Work {
+        ms: u64,
+        fail_first: u32,
+        calls: AtomicU32,
+        ran: Mutex<Vec<(String, u32)>>,
+    }
+
+    impl Work {
+        fn new(ms: u64, fail_first: u32) -> Arc<Self> {
+            Arc::new(Work { ms, fail_first, calls: AtomicU32::new(0), ran: Mutex::new(Vec::new()) })
+        }
+    }
+
+    #[async_trait]
+    impl Executor for Work {
+        async fn execute(&self, a: &Attempt) -> AttemptResult {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            self.ran.lock().unwrap().push((a.task_id.clone(), a.attempt));
+            tokio::time::sleep(Duration::from_millis(self.ms)).await;
+            if a.attempt <= self.fail_first {
+                return AttemptResult::Failed { error: "503".into(), retryable: true, usage: Usage::default() };
+            }
+            AttemptResult::Succeeded { output: json!(a.task_id), usage: Usage { tokens: 1, cost_usd: 0.001 } }
+        }
+    }
+
+    fn driver(plan: &Arc<Plan>, store: &Arc<MemoryStore>, work: &Arc<Work>) -> Driver {
+        let mut reg = Registry::new();
+        reg.register("transform", Arc::new(Transform));
+        reg.register("http", work.clone());
+        Driver {
+            plan: plan.clone(),
+            store: store.clone(),
+            executors: Arc::new(reg),
+            clock: Arc::new(SystemClock::default()),
+            blobs: None,
+            options: Options { poll: Duration::from_millis(20), ..Options::default() },
+        }
+    }
+
+    const HEAD: &str = "apiVersion: llm-orchestrator/v1\nkind: Workflow\nmetadata: { name: t }\nspec:\n";
+
+    #[tokio::test(start_paused = true)]
+    async fn independent_attempts_run_at_the_same_time_and_retries_wait() {
+        let mut wf = format!("{HEAD}  defaults: {{ retry: {{ max_attempts: 2, backoff: {{ initial: 1s, jitter: none }} }} }}\n  tasks:\n");
+        for i in 0..10 {
+            wf += &format!("    - {{ id: t{i}, type: http, with: {{ url: \"http://x/{i}\" }} }}\n");
+        }
+        wf += "    - { id: join, type: transform, depends_on: [t0, t9], with: { output: \"{{ tasks.t0.output }}+{{ tasks.t9.output }}\" } }\n";
+        let plan = plan(&wf);
+        let store = Arc::new(MemoryStore::default());
+        let work = Work::new(100, 1);
+        let started = tokio::time::Instant::now();
+        let end = driver(&plan, &store, &work).start("r", Map::new(), "t.yaml", &wf, &mut ()).await.unwrap();
+        assert_eq!(end.state.status, RunStatus::Succeeded, "{:?}", end.state.error);
+        assert_eq!(end.state.tasks[10].output, Some(json!("t0+t9")));
+        assert_eq!(work.calls.load(Ordering::SeqCst), 20, "each task failed once, then succeeded");
+        // 10 in parallel: 100 ms, 1 s retry delay, 100 ms again; one after another would be 2 s+.
+        let took = started.elapsed();
+        assert!(took >= Duration::from_millis(1200) && took < Duration::from_millis(1500), "{took:?}");
+        let history = store.history("r").await.unwrap();
+        assert_eq!(history.last().unwrap().version, end.state.version, "every transition is in the log");
+        assert!(history.len() < 42, "results arriving together are stored together: {}", history.len());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn resume_reruns_what_was_running_and_nothing_that_succeeded() {
+        let wf = format!(
+            "{HEAD}  tasks:\n    - {{ id: a, type: http, with: {{ url: u }} }}\n    - {{ id: b, type: http, depends_on: [a], with: {{ url: u }} }}\n    - {{ id: c, type: http, depends_on: [b], with: {{ url: u }} }}\n"
+        );
+        let plan = plan(&wf);
+        let store = Arc::new(MemoryStore::default());
+        // First process: dies (is dropped) while `b` runs.
+        let work = Work::new(1000, 0);
+        let d = driver(&plan, &store, &work);
+        let mut quiet = ();
+        let run = d.start("r", Map::new(), "t.yaml", &wf, &mut quiet);
+        assert!(tokio::time::timeout(Duration::from_millis(1500), run).await.is_err());
+        assert_eq!(*work.ran.lock().unwrap(), vec![("a".to_string(), 1), ("b".to_string(), 1)]);
+        // Second process.
+        let work = Work::new(10, 0);
+        let end = driver(&plan, &store, &work).resume("r", &mut ()).await.unwrap();
+        assert_eq!(end.state.status, RunStatus::Succeeded);
+        assert_eq!(*work.ran.lock().unwrap(), vec![("b".to_string(), 1), ("c".to_string(), 1)]);
+        assert!(matches!(driver(&plan, &store, &work).resume("nope", &mut ()).await, Err(Error::NoSuchRun(_))));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cancel_from_another_writer_stops_the_run_and_runs_failure_hooks_once() {
+        let wf = format!(
+            "{HEAD}  tasks:\n    - {{ id: a, type: http, with: {{ url: u }} }}\n    - {{ id: b, type: http, depends_on: [a], with: {{ url: u }} }}\n  on:\n    failure:\n      - {{ type: transform, with: {{ output: \"{{{{ run.status }}}}\" }} }}\n"
+        );
+        let plan = plan(&wf);
+        let store = Arc::new(MemoryStore::default());
+        let work = Work::new(10_000, 0);
+        let d = driver(&plan, &store, &work);
+        let clock = SystemClock::default();
+        let mut quiet = ();
+        let (end, cancelled) = tokio::join!(d.start("r", Map::new(), "t.yaml", &wf, &mut quiet), async {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            cancel(&plan, store.as_ref(), &clock, "r").await.unwrap()
+        });
+        let end = end.unwrap();
+        assert_eq!(end.state.status, RunStatus::Cancelled);
+        assert!(end.hooks.is_empty(), "the canceller runs the hooks, not the driver");
+        assert_eq!(end.state.tasks[1].status, TaskStatus::Cancelled);
+        assert_eq!(work.calls.load(Ordering::SeqCst), 1, "b never started");
+        let st = cancelled.unwrap();
+        let mut reg = Registry::new();
+        reg.register("transform", Arc::new(Transform));
+        let hooks = run_hooks(&plan, &reg, &st, st.status, &mut ()).await;
+        assert_eq!(hooks.len(), 1);
+        assert!(matches!(&hooks[0].result, AttemptResult::Succeeded { output, .. } if output == "cancelled"));
+        assert!(cancel(&plan, store.as_ref(), &clock, "r").await.unwrap().is_none(), "already ended");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_attempt_over_its_timeout_fails_and_is_retried() {
+        let wf = format!(
+            "{HEAD}  tasks:\n    - {{ id: a, type: http, timeout: 50ms, retry: {{ max_attempts: 2, backoff: {{ initial: 10ms }} }}, with: {{ url: u }} }}\n"
+        );
+        let plan = plan(&wf);
+        let store = Arc::new(MemoryStore::default());
+        let work = Work::new(100, 0);
+        let end = driver(&plan, &store, &work).start("r", Map::new(), "t.yaml", &wf, &mut ()).await.unwrap();
+        assert_eq!(end.state.status, RunStatus::Failed);
+        assert_eq!(end.state.tasks[0].attempts, 2);
+        assert_eq!(end.state.tasks[0].error.as_deref(), Some("timed out after 50ms"));
+    }
+}

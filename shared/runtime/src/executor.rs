@@ -1,0 +1,261 @@
+//! The executor port: what runs one attempt of a task. Every task type (`llm`, `http`,
+//! `transform`, `evaluate`, `policy`, and any a user adds in Rust) is an [`Executor`]
+//! registered by type name in a [`Registry`].
+//!
+//! The driver renders the task's `with` block before calling an executor (so executors see
+//! plain JSON), except the fields an executor asks to render itself ([`Executor::raw_fields`]:
+//! `http` renders `headers` with secrets, which never enter the run's state).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use llmo_core::engine::builtin::{self, TaskError};
+use llmo_core::engine::{AttemptResult, Plan, Usage};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+/// One attempt of one task (or `for_each` item), as an executor sees it.
+#[derive(Clone)]
+pub struct Attempt {
+    pub plan: Arc<Plan>,
+    pub run_id: String,
+    /// The task's index in the workflow; `None` for an `on.success`/`on.failure` hook.
+    pub task: Option<usize>,
+    /// The task's id (`on.failure[0]` for hooks).
+    pub task_id: String,
+    /// The task type.
+    pub ty: String,
+    pub item: Option<u32>,
+    pub attempt: u32,
+    /// The rendered `with` block (minus [`Executor::raw_fields`], which stay as written).
+    pub with: Value,
+    /// What the task's templates can read (`inputs`, the tasks it reads, `run`, `item`).
+    pub context: Value,
+    /// The run's budget left, if it has one.
+    pub budget_left_usd: Option<f64>,
+    /// The task's `timeout` (or `defaults.timeout`), if any.
+    pub timeout: Option<Duration>,
+}
+
+impl Attempt {
+    /// A key naming this task (this item) in this run: the same on every attempt and every
+    /// redelivery, different for every other task, item or run. `http` sends it as
+    /// `Idempotency-Key`.
+    pub fn idempotency_key(&self) -> String {
+        let mut h = Sha256::new();
+        h.update(self.run_id.as_bytes());
+        h.update([0]);
+        h.update(self.task_id.as_bytes());
+        h.update([0]);
+        h.update(self.item.map_or(String::from("-"), |i| i.to_string()).as_bytes());
+        let d = h.finalize();
+        d[..16].iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+#[async_trait]
+pub trait Executor: Send + Sync {
+    async fn execute(&self, attempt: &Attempt) -> AttemptResult;
+
+    /// True for pure, fast executors (microseconds, no I/O): the driver runs them in place
+    /// instead of on a separate task.
+    fn inline(&self) -> bool {
+        false
+    }
+
+    /// `with` fields the driver leaves unrendered for the executor to render itself.
+    fn raw_fields(&self) -> &'static [&'static str] {
+        &[]
+    }
+}
+
+/// Executors by task type.
+#[derive(Default, Clone)]
+pub struct Registry {
+    by_type: HashMap<String, Arc<dyn Executor>>,
+}
+
+impl Registry {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers (or replaces) the executor of a task type.
+    pub fn register(&mut self, ty: impl Into<String>, exec: Arc<dyn Executor>) -> &mut Self {
+        self.by_type.insert(ty.into(), exec);
+        self
+    }
+
+    pub fn get(&self, ty: &str) -> Option<&Arc<dyn Executor>> {
+        self.by_type.get(ty)
+    }
+
+    /// `transform`, `evaluate` (without a model judge unless `judge` is given) and `policy`.
+    pub fn with_builtins(judge: Option<Arc<dyn Judge>>) -> Self {
+        let mut r = Registry::new();
+        r.register("transform", Arc::new(Transform));
+        r.register("policy", Arc::new(Policy));
+        r.register("evaluate", Arc::new(Evaluate { judge }));
+        r
+    }
+}
+
+pub fn succeeded(output: Value) -> AttemptResult {
+    let tokens = ["prompt_tokens", "completion_tokens"]
+        .iter()
+        .filter_map(|k| output.pointer(&format!("/usage/{k}")).and_then(Value::as_u64))
+        .sum();
+    let cost_usd = output.pointer("/usage/cost_usd").and_then(Value::as_f64).unwrap_or(0.0);
+    AttemptResult::Succeeded { output, usage: Usage { tokens, cost_usd } }
+}
+
+pub fn failed(e: TaskError) -> AttemptResult {
+    AttemptResult::Failed { error: e.message, retryable: e.retryable, usage: Usage::default() }
+}
+
+fn result(r: Result<Value, TaskError>) -> AttemptResult {
+    r.map_or_else(failed, succeeded)
+}
+
+pub struct Transform;
+
+#[async_trait]
+impl Executor for Transform {
+    async fn execute(&self, a: &Attempt) -> AttemptResult {
+        result(builtin::transform(&a.plan, &a.with, &a.context))
+    }
+    fn inline(&self) -> bool {
+        true
+    }
+}
+
+pub struct Policy;
+
+#[async_trait]
+impl Executor for Policy {
+    async fn execute(&self, a: &Attempt) -> AttemptResult {
+        let models: Vec<String> = a
+            .plan
+            .checked
+            .workflow
+            .spec
+            .tasks
+            .iter()
+            .filter(|t| t.ty == "llm")
+            .flat_map(|t| llmo_core::tasks::llm_models(&t.with))
+            .map(|(_, m)| m)
+            .collect();
+        result(builtin::policy(&a.with, &models, a.budget_left_usd))
+    }
+    fn inline(&self) -> bool {
+        true
+    }
+}
+
+/// Grades a text against criteria with a model: a score in [0, 1] and what it cost.
+#[async_trait]
+pub trait Judge: Send + Sync {
+    async fn judge(
+        &self,
+        attempt: &Attempt,
+        text: &str,
+        criteria: &str,
+        model: &str,
+        provider: Option<&str>,
+    ) -> Result<(f64, Usage), TaskError>;
+}
+
+pub struct Evaluate {
+    pub judge: Option<Arc<dyn Judge>>,
+}
+
+#[async_trait]
+impl Executor for Evaluate {
+    async fn execute(&self, a: &Attempt) -> AttemptResult {
+        // Model-graded checks are asked first (they need the network); the pure checks then
+        // run with their scores.
+        let input = a.with.get("input").and_then(Value::as_str).unwrap_or_default();
+        let mut scores = Vec::new();
+        let mut usage = Usage::default();
+        for c in a.with.get("checks").and_then(Value::as_array).into_iter().flatten() {
+            if c.get("kind").and_then(Value::as_str) != Some("llm_judge") {
+                continue;
+            }
+            let model = c.get("model").and_then(Value::as_str).unwrap_or_default();
+            let criteria = c.get("criteria").and_then(Value::as_str).unwrap_or_default();
+            let provider = c.get("provider").and_then(Value::as_str);
+            let Some(judge) = &self.judge else {
+                return failed(TaskError::fatal(format!("llm_judge with model `{model}` needs a model provider")));
+            };
+            match judge.judge(a, input, criteria, model, provider).await {
+                Ok((s, u)) => {
+                    usage.tokens += u.tokens;
+                    usage.cost_usd += u.cost_usd;
+                    scores.push(s);
+                }
+                Err(e) => return AttemptResult::Failed { error: e.message, retryable: e.retryable, usage },
+            }
+        }
+        let mut next = scores.into_iter();
+        match builtin::evaluate(&a.with, |_, _, _| Ok(next.next().unwrap_or(0.0))) {
+            Ok(mut out) => {
+                out["usage"] = serde_json::json!({ "tokens": usage.tokens, "cost_usd": usage.cost_usd });
+                AttemptResult::Succeeded { output: out, usage }
+            }
+            Err(e) => AttemptResult::Failed { error: e.message, retryable: e.retryable, usage },
+        }
+    }
+    fn inline(&self) -> bool {
+        self.judge.is_none()
+    }
+}
+
+/// Does nothing and succeeds with `null`: for benchmarks of the runtime itself.
+pub struct Noop;
+
+#[async_trait]
+impl Executor for Noop {
+    async fn execute(&self, _: &Attempt) -> AttemptResult {
+        AttemptResult::Succeeded { output: Value::Null, usage: Usage::default() }
+    }
+    fn inline(&self) -> bool {
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use llmo_core::source::SourceFile;
+    use llmo_core::validate::Validator;
+
+    fn attempt(run: &str, task: &str, item: Option<u32>, n: u32) -> Attempt {
+        let wf = "apiVersion: llm-orchestrator/v1\nkind: Workflow\nmetadata: { name: w }\nspec:\n  tasks:\n    - { id: a, type: transform, with: { output: 1 } }\n";
+        let plan = Plan::new(Validator::default().validate(&SourceFile::new("w.yaml", wf)).checked.unwrap());
+        Attempt {
+            plan: Arc::new(plan),
+            run_id: run.into(),
+            task: Some(0),
+            task_id: task.into(),
+            ty: "transform".into(),
+            item,
+            attempt: n,
+            with: Value::Null,
+            context: Value::Null,
+            budget_left_usd: None,
+            timeout: None,
+        }
+    }
+
+    #[test]
+    fn idempotency_keys_name_a_task_item_in_a_run_across_attempts() {
+        let k = attempt("r1", "a", None, 1).idempotency_key();
+        assert_eq!(k.len(), 32);
+        assert_eq!(k, attempt("r1", "a", None, 3).idempotency_key(), "same on every attempt");
+        assert_ne!(k, attempt("r2", "a", None, 1).idempotency_key());
+        assert_ne!(k, attempt("r1", "b", None, 1).idempotency_key());
+        assert_ne!(attempt("r1", "a", Some(0), 1).idempotency_key(), attempt("r1", "a", Some(1), 1).idempotency_key());
+    }
+}
