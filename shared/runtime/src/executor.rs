@@ -225,6 +225,30 @@ impl Executor for Noop {
     }
 }
 
+/// An attempt of task `a` (type `ty`) of a one-task workflow, for executor tests.
+#[cfg(test)]
+pub(crate) fn test_attempt(ty: &str, with: Value, item: Option<u32>, attempt: u32) -> Attempt {
+    use llmo_core::source::SourceFile;
+    use llmo_core::validate::Validator;
+    let wf = format!(
+        "apiVersion: llm-orchestrator/v1\nkind: Workflow\nmetadata: {{ name: w }}\nspec:\n  inputs: {{ q: {{ type: string, default: x }} }}\n  tasks:\n    - {{ id: a, type: transform, with: {{ output: 1 }} }}\n"
+    );
+    let plan = Plan::new(Validator::default().validate(&SourceFile::new("w.yaml", wf)).checked.unwrap());
+    Attempt {
+        plan: Arc::new(plan),
+        run_id: "run-1".into(),
+        task: Some(0),
+        task_id: "a".into(),
+        ty: ty.into(),
+        item,
+        attempt,
+        with,
+        context: serde_json::json!({ "inputs": { "q": "x" }, "tasks": {}, "run": { "id": "run-1" } }),
+        budget_left_usd: None,
+        timeout: Some(Duration::from_millis(500)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

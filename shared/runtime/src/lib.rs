@@ -3,5 +3,7 @@
 //! built-in task types with the model providers, and the embedded driver.
 pub mod driver;
 pub mod executor;
+pub mod http;
+pub mod providers;
 pub mod ports;
 pub mod store;

@@ -1,0 +1,107 @@
+//! The Anthropic Messages API.
+
+use async_trait::async_trait;
+use llmo_core::tasks::Role;
+use serde_json::{Value, json};
+
+use super::{CallError, ChatRequest, ChatResponse, Provider, ProviderConfig, retry_after, send_error, status_error};
+
+pub const VERSION: &str = "2023-06-01";
+
+pub struct Anthropic {
+    client: reqwest::Client,
+    name: String,
+    config: ProviderConfig,
+}
+
+impl Anthropic {
+    pub fn new(client: reqwest::Client, name: &str, config: &ProviderConfig) -> Self {
+        Anthropic { client, name: name.to_string(), config: config.clone() }
+    }
+}
+
+/// The request body. Messages has no JSON mode: a JSON answer (and its schema) is asked for
+/// in the system prompt, and the answer is checked like any other.
+pub fn body(req: &ChatRequest) -> Value {
+    let messages: Vec<Value> = req
+        .messages
+        .iter()
+        .map(|(role, content)| {
+            let role = if *role == Role::Assistant { "assistant" } else { "user" };
+            json!({ "role": role, "content": content })
+        })
+        .collect();
+    let mut system = req.system.clone().unwrap_or_default();
+    if req.json {
+        if !system.is_empty() {
+            system.push_str("\n\n");
+        }
+        system.push_str("Answer with a single JSON value and nothing else.");
+        if let Some(s) = &req.schema {
+            system.push_str(&format!(" It must match this JSON Schema: {s}"));
+        }
+    }
+    let mut b = json!({ "model": req.model, "max_tokens": req.max_tokens.unwrap_or(1024), "messages": messages });
+    if !system.is_empty() {
+        b["system"] = json!(system);
+    }
+    if let Some(t) = req.temperature {
+        b["temperature"] = json!(t.min(1.0));
+    }
+    if let Some(t) = req.top_p {
+        b["top_p"] = json!(t);
+    }
+    if !req.stop.is_empty() {
+        b["stop_sequences"] = json!(req.stop);
+    }
+    b
+}
+
+pub fn parse(body: &str, requested_model: &str) -> Result<ChatResponse, CallError> {
+    let v: Value = serde_json::from_str(body).map_err(|e| CallError::Malformed(format!("not JSON: {e}")))?;
+    let content = v.get("content").and_then(Value::as_array).ok_or_else(|| CallError::Malformed("no content".into()))?;
+    let text: String = content
+        .iter()
+        .filter(|b| b.get("type").and_then(Value::as_str) == Some("text"))
+        .filter_map(|b| b.get("text").and_then(Value::as_str))
+        .collect();
+    let n = |p: &str| v.pointer(p).and_then(Value::as_u64).unwrap_or(0);
+    Ok(ChatResponse {
+        text,
+        model: v.get("model").and_then(Value::as_str).unwrap_or(requested_model).to_string(),
+        prompt_tokens: n("/usage/input_tokens") + n("/usage/cache_creation_input_tokens") + n("/usage/cache_read_input_tokens"),
+        completion_tokens: n("/usage/output_tokens"),
+    })
+}
+
+#[async_trait]
+impl Provider for Anthropic {
+    async fn chat(&self, req: &ChatRequest) -> Result<ChatResponse, CallError> {
+        let Some(key) = &self.config.api_key else {
+            return Err(CallError::Config(format!(
+                "provider `{}` needs an API key: set {}",
+                self.name,
+                self.config.api_key_env.as_deref().unwrap_or("its api_key_env")
+            )));
+        };
+        let url = format!("{}/v1/messages", self.config.base_url.trim_end_matches('/'));
+        let resp = self
+            .client
+            .post(&url)
+            .timeout(self.config.timeout)
+            .header("x-api-key", key)
+            .header("anthropic-version", VERSION)
+            .json(&body(req))
+            .send()
+            .await
+            .map_err(|e| send_error(e, self.config.timeout))?;
+        let status = resp.status().as_u16();
+        let after = retry_after(resp.headers());
+        let text = resp.text().await.map_err(|e| send_error(e, self.config.timeout))?;
+        // 529: Anthropic's "overloaded".
+        if !(200..300).contains(&status) {
+            return Err(status_error(status, after, &text));
+        }
+        parse(&text, &req.model)
+    }
+}

@@ -1,0 +1,300 @@
+//! Provider configuration: which providers exist, where they are, where their keys come
+//! from, what tokens cost. Built-in defaults, then the config file, then the environment.
+//!
+//! ```yaml
+//! # .llmo/config.yaml (or --config FILE, or $LLMO_CONFIG)
+//! default_provider: openai
+//! providers:
+//!   ollama: { kind: openai, base_url: "http://localhost:11434/v1", free: true }
+//!   openrouter: { kind: openai, base_url: "https://openrouter.ai/api/v1", api_key_env: OPENROUTER_API_KEY }
+//! prices:            # USD per million tokens; overrides the built-in table
+//!   my-finetune: { input: 0.30, output: 1.20 }
+//! ```
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::CallRetry;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// OpenAI-compatible Chat Completions (`POST {base_url}/chat/completions`).
+    Openai,
+    /// Anthropic Messages (`POST {base_url}/v1/messages`).
+    Anthropic,
+    /// Offline, deterministic answers.
+    Mock,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProviderConfig {
+    pub kind: Kind,
+    pub base_url: String,
+    /// The key, read from `api_key_env` when the config was loaded.
+    pub api_key: Option<String>,
+    pub api_key_env: Option<String>,
+    /// Limit of one HTTP call.
+    pub timeout: Duration,
+    /// Local models: usage is free whatever the price table says.
+    pub free: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Price {
+    /// USD per million input (prompt) tokens.
+    pub input: f64,
+    /// USD per million output (completion) tokens.
+    pub output: f64,
+}
+
+/// Prices by model name. A dated or suffixed name (`gpt-4o-mini-2024-07-18`) takes the price
+/// of the longest listed name it extends at a `-` boundary.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PriceTable(pub HashMap<String, Price>);
+
+impl PriceTable {
+    /// List prices (USD per million tokens) of common models, as published by their
+    /// providers in 2025. Override or extend them under `prices:` in the config.
+    pub fn builtin() -> Self {
+        let rows: &[(&str, f64, f64)] = &[
+            ("gpt-4o", 2.50, 10.00),
+            ("gpt-4o-mini", 0.15, 0.60),
+            ("gpt-4.1", 2.00, 8.00),
+            ("gpt-4.1-mini", 0.40, 1.60),
+            ("gpt-4.1-nano", 0.10, 0.40),
+            ("gpt-5", 1.25, 10.00),
+            ("gpt-5-mini", 0.25, 2.00),
+            ("gpt-5-nano", 0.05, 0.40),
+            ("o3", 2.00, 8.00),
+            ("o3-mini", 1.10, 4.40),
+            ("o4-mini", 1.10, 4.40),
+            ("claude-3-haiku", 0.25, 1.25),
+            ("claude-3-5-haiku", 0.80, 4.00),
+            ("claude-haiku-4-5", 1.00, 5.00),
+            ("claude-3-5-sonnet", 3.00, 15.00),
+            ("claude-3-7-sonnet", 3.00, 15.00),
+            ("claude-sonnet-4", 3.00, 15.00),
+            ("claude-sonnet-4-5", 3.00, 15.00),
+            ("claude-opus-4", 15.00, 75.00),
+            ("claude-opus-4-1", 15.00, 75.00),
+        ];
+        PriceTable(rows.iter().map(|(m, i, o)| (m.to_string(), Price { input: *i, output: *o })).collect())
+    }
+
+    pub fn get(&self, model: &str) -> Option<&Price> {
+        if let Some(p) = self.0.get(model) {
+            return Some(p);
+        }
+        self.0
+            .iter()
+            .filter(|(name, _)| model.len() > name.len() && model.starts_with(name.as_str()) && model.as_bytes()[name.len()] == b'-')
+            .max_by_key(|(name, _)| name.len())
+            .map(|(_, p)| p)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BreakerConfig {
+    /// Consecutive failed calls (429, 5xx, timeouts, network) that open a provider's circuit.
+    pub failures: u32,
+    /// How long it stays open before one probe call.
+    pub cooldown: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub default_provider: String,
+    pub providers: BTreeMap<String, ProviderConfig>,
+    pub prices: PriceTable,
+    pub breaker: BreakerConfig,
+    pub retry: CallRetry,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: {message}")]
+    Invalid { file: String, message: String },
+    #[error("{file}: {source}")]
+    Io { file: String, source: std::io::Error },
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    default_provider: Option<String>,
+    #[serde(default)]
+    providers: BTreeMap<String, FileProvider>,
+    #[serde(default)]
+    prices: HashMap<String, Price>,
+    breaker_failures: Option<u32>,
+    breaker_cooldown: Option<llmo_core::model::Duration>,
+    call_retries: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileProvider {
+    kind: Kind,
+    base_url: Option<String>,
+    api_key_env: Option<String>,
+    timeout: Option<llmo_core::model::Duration>,
+    #[serde(default)]
+    free: bool,
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+impl Config {
+    /// The built-in providers: `openai` (`OPENAI_API_KEY`, `OPENAI_BASE_URL`), `anthropic`
+    /// (`ANTHROPIC_API_KEY`, `ANTHROPIC_BASE_URL`), `ollama` (local, free; `OLLAMA_BASE_URL`)
+    /// and `mock`. Default provider: `$LLMO_DEFAULT_PROVIDER`, else `openai`.
+    pub fn builtin() -> Self {
+        let mut providers = BTreeMap::new();
+        let timeout = Duration::from_secs(120);
+        providers.insert(
+            "openai".into(),
+            ProviderConfig {
+                kind: Kind::Openai,
+                base_url: env("OPENAI_BASE_URL").unwrap_or_else(|| "https://api.openai.com/v1".into()),
+                api_key: env("OPENAI_API_KEY"),
+                api_key_env: Some("OPENAI_API_KEY".into()),
+                timeout,
+                free: false,
+            },
+        );
+        providers.insert(
+            "anthropic".into(),
+            ProviderConfig {
+                kind: Kind::Anthropic,
+                base_url: env("ANTHROPIC_BASE_URL").unwrap_or_else(|| "https://api.anthropic.com".into()),
+                api_key: env("ANTHROPIC_API_KEY"),
+                api_key_env: Some("ANTHROPIC_API_KEY".into()),
+                timeout,
+                free: false,
+            },
+        );
+        providers.insert(
+            "ollama".into(),
+            ProviderConfig {
+                kind: Kind::Openai,
+                base_url: env("OLLAMA_BASE_URL").unwrap_or_else(|| "http://localhost:11434/v1".into()),
+                api_key: None,
+                api_key_env: None,
+                timeout,
+                free: true,
+            },
+        );
+        providers.insert(
+            "mock".into(),
+            ProviderConfig { kind: Kind::Mock, base_url: String::new(), api_key: None, api_key_env: None, timeout, free: true },
+        );
+        Config {
+            default_provider: env("LLMO_DEFAULT_PROVIDER").unwrap_or_else(|| "openai".into()),
+            providers,
+            prices: PriceTable::builtin(),
+            breaker: BreakerConfig { failures: 5, cooldown: Duration::from_secs(30) },
+            retry: CallRetry::default(),
+        }
+    }
+
+    /// The built-ins overlaid with a config file (if `path` is given and exists, or
+    /// `required` says it must).
+    pub fn load(path: &Path, required: bool) -> Result<Self, ConfigError> {
+        let file = path.display().to_string();
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => return Ok(Self::builtin()),
+            Err(source) => return Err(ConfigError::Io { file, source }),
+        };
+        Self::from_yaml(&file, &text)
+    }
+
+    pub fn from_yaml(file: &str, text: &str) -> Result<Self, ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid { file: file.to_string(), message };
+        let loaded = llmo_core::yaml::load(text, Default::default()).map_err(|e| invalid(e.to_string()))?;
+        let json = if loaded.json.is_null() { serde_json::json!({}) } else { loaded.json };
+        let fc: FileConfig = serde_json::from_value(json).map_err(|e| invalid(e.to_string()))?;
+        let mut c = Self::builtin();
+        for (name, p) in fc.providers {
+            let base = c.providers.get(&name);
+            let base_url = match (p.base_url, base) {
+                (Some(u), _) => u,
+                (None, Some(b)) if b.kind == p.kind => b.base_url.clone(),
+                (None, _) => return Err(invalid(format!("providers.{name}.base_url: required"))),
+            };
+            let api_key_env = p.api_key_env.or_else(|| base.and_then(|b| b.api_key_env.clone()));
+            c.providers.insert(
+                name,
+                ProviderConfig {
+                    kind: p.kind,
+                    base_url,
+                    api_key: api_key_env.as_deref().and_then(env),
+                    api_key_env,
+                    timeout: p.timeout.map_or(Duration::from_secs(120), |d| d.0),
+                    free: p.free,
+                },
+            );
+        }
+        if let Some(d) = fc.default_provider {
+            if !c.providers.contains_key(&d) {
+                return Err(invalid(format!("default_provider: `{d}` is not a provider")));
+            }
+            if env("LLMO_DEFAULT_PROVIDER").is_none() {
+                c.default_provider = d;
+            }
+        }
+        c.prices.0.extend(fc.prices);
+        if let Some(n) = fc.breaker_failures {
+            c.breaker.failures = n.max(1);
+        }
+        if let Some(d) = fc.breaker_cooldown {
+            c.breaker.cooldown = d.0;
+        }
+        if let Some(n) = fc.call_retries {
+            c.retry.max_calls = n + 1;
+        }
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prices_match_dated_model_names_at_dash_boundaries() {
+        let t = PriceTable::builtin();
+        assert_eq!(t.get("gpt-4o-mini").unwrap().input, 0.15);
+        assert_eq!(t.get("gpt-4o-mini-2024-07-18").unwrap().input, 0.15, "longest listed prefix");
+        assert_eq!(t.get("gpt-4o-2024-08-06").unwrap().input, 2.50);
+        assert_eq!(t.get("claude-3-5-haiku-latest").unwrap().output, 4.00);
+        assert!(t.get("gpt-4oo").is_none());
+        assert!(t.get("llama3.1:8b").is_none());
+    }
+
+    #[test]
+    fn a_config_file_adds_providers_and_prices() {
+        let c = Config::from_yaml(
+            "c.yaml",
+            "default_provider: local\nproviders:\n  local: { kind: openai, base_url: 'http://127.0.0.1:8000/v1', free: true }\nprices:\n  gpt-4o: { input: 1, output: 2 }\n",
+        )
+        .unwrap();
+        assert_eq!(c.providers["local"].base_url, "http://127.0.0.1:8000/v1");
+        assert!(c.providers.contains_key("openai"), "built-ins stay");
+        assert_eq!(c.prices.get("gpt-4o").unwrap().output, 2.0);
+        if std::env::var("LLMO_DEFAULT_PROVIDER").is_err() {
+            assert_eq!(c.default_provider, "local");
+        }
+        let e = Config::from_yaml("c.yaml", "providers:\n  x: { kind: grpc }\n").unwrap_err().to_string();
+        assert!(e.starts_with("c.yaml: ") && e.contains("grpc"), "{e}");
+        let e = Config::from_yaml("c.yaml", "providers:\n  x: { kind: openai }\n").unwrap_err().to_string();
+        assert_eq!(e, "c.yaml: providers.x.base_url: required");
+    }
+}

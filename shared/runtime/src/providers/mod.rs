@@ -1,0 +1,464 @@
+//! Model providers and the `llm` executor.
+//!
+//! A [`Provider`] speaks one wire format: the OpenAI-compatible Chat Completions API
+//! (OpenAI, vLLM, Ollama, llama.cpp, LiteLLM, ...), the Anthropic Messages API, or the
+//! offline `mock`. The [`LlmExecutor`] picks the task's provider and model, retries rate
+//! limits and server errors within an attempt (honouring `Retry-After`), keeps a circuit
+//! breaker per provider, tries `fallback_models` in order, validates JSON output against
+//! `output_schema`, and prices token usage from the [`PriceTable`].
+//!
+//! Keys and base URLs come from the environment or the config file, never from workflows.
+
+mod anthropic;
+mod config;
+mod mock;
+mod openai;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use llmo_core::engine::builtin::TaskError;
+use llmo_core::engine::{AttemptResult, Usage};
+use llmo_core::tasks::{LlmWith, ResponseFormat, Role};
+use serde_json::{Value, json};
+
+pub use anthropic::Anthropic;
+pub use config::{Config, ConfigError, Kind, Price, PriceTable, ProviderConfig};
+pub use mock::Mock;
+pub use openai::OpenAi;
+
+use crate::executor::{Attempt, Executor, Judge};
+
+/// A chat request in provider-neutral form.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ChatRequest {
+    pub model: String,
+    pub system: Option<String>,
+    /// `(role, content)`; roles are `user` and `assistant` (system messages are folded into
+    /// `system` for providers that want it separate).
+    pub messages: Vec<(Role, String)>,
+    pub temperature: Option<f64>,
+    pub top_p: Option<f64>,
+    pub max_tokens: Option<u32>,
+    pub stop: Vec<String>,
+    pub seed: Option<i64>,
+    /// Ask for a JSON answer (and, with a schema, one matching it).
+    pub json: bool,
+    pub schema: Option<Value>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChatResponse {
+    pub text: String,
+    /// The model that answered, as the provider names it.
+    pub model: String,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+}
+
+/// Why a call failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CallError {
+    #[error("rate limited (429){}: {message}", retry_after.map(|d| format!(", retry after {}s", d.as_secs_f64())).unwrap_or_default())]
+    RateLimited { retry_after: Option<Duration>, message: String },
+    #[error("server error {status}: {message}")]
+    Server { status: u16, message: String },
+    #[error("request error {status}: {message}")]
+    Client { status: u16, message: String },
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("network error: {0}")]
+    Network(String),
+    #[error("malformed response: {0}")]
+    Malformed(String),
+    #[error("{0}")]
+    Config(String),
+}
+
+impl CallError {
+    /// Worth calling again (now or on a later attempt).
+    pub fn retryable(&self) -> bool {
+        !matches!(self, CallError::Client { .. } | CallError::Config(_))
+    }
+
+    /// Counts against the provider's health (its circuit breaker).
+    fn unhealthy(&self) -> bool {
+        matches!(
+            self,
+            CallError::RateLimited { .. } | CallError::Server { .. } | CallError::Timeout(_) | CallError::Network(_)
+        )
+    }
+}
+
+#[async_trait]
+pub trait Provider: Send + Sync {
+    async fn chat(&self, req: &ChatRequest) -> Result<ChatResponse, CallError>;
+}
+
+/// Maps an HTTP error status and body to a [`CallError`].
+pub(crate) fn status_error(status: u16, retry_after: Option<Duration>, body: &str) -> CallError {
+    let message = serde_json::from_str::<Value>(body)
+        .ok()
+        .and_then(|v| {
+            v.pointer("/error/message").and_then(Value::as_str).map(str::to_string).or_else(|| {
+                v.get("error").and_then(Value::as_str).map(str::to_string)
+            })
+        })
+        .unwrap_or_else(|| body.chars().take(300).collect());
+    match status {
+        429 => CallError::RateLimited { retry_after, message },
+        408 | 409 | 425 | 500..=599 => CallError::Server { status, message },
+        _ => CallError::Client { status, message },
+    }
+}
+
+/// `Retry-After` in seconds (or `retry-after-ms`, as OpenAI sends).
+pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let get = |k: &str| headers.get(k).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<f64>().ok());
+    get("retry-after-ms").map(|ms| Duration::from_secs_f64(ms / 1000.0)).or_else(|| get("retry-after").map(Duration::from_secs_f64))
+}
+
+pub(crate) fn send_error(e: reqwest::Error, timeout: Duration) -> CallError {
+    if e.is_timeout() { CallError::Timeout(timeout) } else { CallError::Network(e.to_string()) }
+}
+
+/// Opens after `threshold` consecutive unhealthy calls; while open, calls to the provider are
+/// refused without trying for `cooldown`, then one call is let through (half-open).
+pub struct Breaker {
+    threshold: u32,
+    cooldown: Duration,
+    state: Mutex<(u32, Option<Instant>)>,
+}
+
+impl Breaker {
+    pub fn new(threshold: u32, cooldown: Duration) -> Self {
+        Breaker { threshold, cooldown, state: Mutex::new((0, None)) }
+    }
+
+    /// `Err(time left)` while open.
+    pub fn allow(&self) -> Result<(), Duration> {
+        let mut s = self.state.lock().expect("breaker lock");
+        match s.1 {
+            Some(until) if Instant::now() < until => Err(until - Instant::now()),
+            Some(_) => {
+                // Half-open: this call probes; another failure re-opens at once.
+                s.1 = None;
+                s.0 = self.threshold.saturating_sub(1);
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
+    pub fn record(&self, healthy: bool) {
+        let mut s = self.state.lock().expect("breaker lock");
+        if healthy {
+            *s = (0, None);
+        } else {
+            s.0 += 1;
+            if s.0 >= self.threshold {
+                s.1 = Some(Instant::now() + self.cooldown);
+            }
+        }
+    }
+}
+
+/// How one attempt retries a call that was rate limited or failed on the server side.
+#[derive(Debug, Clone, Copy)]
+pub struct CallRetry {
+    /// Calls per model per attempt, the first included.
+    pub max_calls: u32,
+    pub initial: Duration,
+    /// Longest wait, also the cap on a `Retry-After` the attempt honours: a longer one ends
+    /// the attempt (retryable) so the engine's retry policy takes over.
+    pub max_wait: Duration,
+}
+
+impl Default for CallRetry {
+    fn default() -> Self {
+        CallRetry { max_calls: 3, initial: Duration::from_millis(500), max_wait: Duration::from_secs(30) }
+    }
+}
+
+/// The `llm` executor (and the model judge of `evaluate`).
+pub struct LlmExecutor {
+    config: Config,
+    providers: HashMap<String, Arc<dyn Provider>>,
+    breakers: HashMap<String, Breaker>,
+    retry: CallRetry,
+    /// Answer every call with the mock provider (`llmo run --mock`).
+    force_mock: bool,
+}
+
+impl LlmExecutor {
+    pub fn new(config: Config, force_mock: bool) -> Self {
+        let client = reqwest::Client::builder().user_agent(concat!("llmo/", env!("CARGO_PKG_VERSION"))).build().expect("http client");
+        let mut providers: HashMap<String, Arc<dyn Provider>> = HashMap::new();
+        let mut breakers = HashMap::new();
+        for (name, p) in &config.providers {
+            let provider: Arc<dyn Provider> = match p.kind {
+                Kind::Openai => Arc::new(OpenAi::new(client.clone(), name, p)),
+                Kind::Anthropic => Arc::new(Anthropic::new(client.clone(), name, p)),
+                Kind::Mock => Arc::new(Mock),
+            };
+            providers.insert(name.clone(), provider);
+            breakers.insert(name.clone(), Breaker::new(config.breaker.failures, config.breaker.cooldown));
+        }
+        let retry = config.retry;
+        LlmExecutor { config, providers, breakers, retry, force_mock }
+    }
+
+    /// Replaces a provider (tests, or users adding their own wire format).
+    pub fn with_provider(mut self, name: &str, p: Arc<dyn Provider>) -> Self {
+        self.providers.insert(name.to_string(), p);
+        self.breakers.entry(name.to_string()).or_insert_with(|| Breaker::new(5, Duration::from_secs(30)));
+        self
+    }
+
+    pub fn with_retry(mut self, retry: CallRetry) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// `(provider, model)` candidates: the task's model, then its fallbacks. A fallback
+    /// written `p/m` names provider `p` when `p` is a known provider (model names may hold
+    /// slashes themselves, `meta-llama/Llama-3-8B`), else the task's provider.
+    fn candidates(&self, w: &LlmWith) -> Vec<(String, String)> {
+        let provider = w.provider.clone().unwrap_or_else(|| self.config.default_provider.clone());
+        let mut out = vec![(provider.clone(), w.model.clone())];
+        for f in &w.fallback_models {
+            match f.split_once('/') {
+                Some((p, m)) if self.providers.contains_key(p) => out.push((p.to_string(), m.to_string())),
+                _ => out.push((provider.clone(), f.clone())),
+            }
+        }
+        out
+    }
+
+    /// One model, with in-attempt retries for rate limits and server errors.
+    async fn call(&self, provider: &str, req: &ChatRequest) -> Result<ChatResponse, CallError> {
+        let name = if self.force_mock { "mock" } else { provider };
+        let Some(p) = self.providers.get(name) else {
+            let mut known: Vec<&str> = self.providers.keys().map(String::as_str).collect();
+            known.sort();
+            return Err(CallError::Config(format!("unknown provider `{name}` (known: {})", known.join(", "))));
+        };
+        let breaker = &self.breakers[name];
+        let mut wait = self.retry.initial;
+        let mut calls = 0;
+        loop {
+            if let Err(left) = breaker.allow() {
+                return Err(CallError::Server {
+                    status: 503,
+                    message: format!("circuit open for provider `{name}` after repeated failures ({:.0}s left)", left.as_secs_f64()),
+                });
+            }
+            calls += 1;
+            let r = p.chat(req).await;
+            match &r {
+                Ok(_) => breaker.record(true),
+                Err(e) => breaker.record(!e.unhealthy()),
+            }
+            let e = match r {
+                Ok(resp) => return Ok(resp),
+                Err(e) => e,
+            };
+            if !e.retryable() || matches!(e, CallError::Malformed(_)) || calls >= self.retry.max_calls {
+                return Err(e);
+            }
+            let delay = match &e {
+                CallError::RateLimited { retry_after: Some(d), .. } => *d,
+                _ => wait,
+            };
+            if delay > self.retry.max_wait {
+                return Err(e);
+            }
+            tracing::debug!(provider = name, error = %e, delay_ms = delay.as_millis() as u64, "retrying model call");
+            tokio::time::sleep(delay).await;
+            wait = (wait * 2).min(self.retry.max_wait);
+        }
+    }
+
+    fn price(&self, provider: &str, model: &str, resp: &ChatResponse) -> Option<f64> {
+        if self.force_mock || self.config.providers.get(provider).is_some_and(|p| p.kind == Kind::Mock) {
+            return Some(0.0);
+        }
+        if self.config.providers.get(provider).is_some_and(|p| p.free) {
+            return Some(0.0);
+        }
+        let p = self.config.prices.get(model).or_else(|| self.config.prices.get(&resp.model))?;
+        Some((resp.prompt_tokens as f64 * p.input + resp.completion_tokens as f64 * p.output) / 1_000_000.0)
+    }
+
+    /// Runs a chat over the candidates in order. Returns the output, the usage of every call
+    /// that reported some, and on failure whether a later attempt could help.
+    async fn complete(&self, w: &LlmWith, req: &ChatRequest) -> (Result<Value, (String, bool)>, Usage) {
+        let mut usage = Usage::default();
+        let mut errors = Vec::new();
+        let mut retryable = false;
+        let schema = match &w.output_schema {
+            Some(s) => match jsonschema::validator_for(s) {
+                Ok(v) => Some(v),
+                Err(e) => return (Err((format!("output_schema is not a valid schema: {e}"), false)), usage),
+            },
+            None => None,
+        };
+        for (i, (provider, model)) in self.candidates(w).into_iter().enumerate() {
+            let req = ChatRequest { model: model.clone(), ..req.clone() };
+            let label = if self.force_mock { format!("mock/{model}") } else { format!("{provider}/{model}") };
+            match self.call(&provider, &req).await {
+                Err(e) => {
+                    retryable |= e.retryable();
+                    errors.push(format!("{label}: {e}"));
+                }
+                Ok(resp) => {
+                    let cost = self.price(&provider, &model, &resp);
+                    usage.tokens += resp.prompt_tokens + resp.completion_tokens;
+                    usage.cost_usd += cost.unwrap_or(0.0);
+                    let mut out = json!({
+                        "text": resp.text,
+                        "model": label,
+                        "usage": {
+                            "prompt_tokens": resp.prompt_tokens,
+                            "completion_tokens": resp.completion_tokens,
+                            "cost_usd": cost.unwrap_or(0.0),
+                        },
+                    });
+                    if cost.is_none() {
+                        out["usage"]["price_unknown"] = json!(true);
+                        tracing::warn!(model = %model, "no price for this model; its cost counts as 0 (add it to `prices` in the config)");
+                    }
+                    if i > 0 {
+                        out["fallback_from"] = json!(errors);
+                    }
+                    if req.json {
+                        match parse_json(&resp.text) {
+                            Err(e) => {
+                                retryable = true;
+                                errors.push(format!("{label}: the answer is not JSON: {e}"));
+                                continue;
+                            }
+                            Ok(v) => {
+                                if let Some(validator) = &schema
+                                    && let Some(err) = validator.iter_errors(&v).next()
+                                {
+                                    retryable = true;
+                                    errors.push(format!(
+                                        "{label}: the answer does not match output_schema at `{}`: {err}",
+                                        err.instance_path()
+                                    ));
+                                    continue;
+                                }
+                                out["json"] = v;
+                            }
+                        }
+                    }
+                    return (Ok(out), usage);
+                }
+            }
+        }
+        (Err((errors.join("; "), retryable)), usage)
+    }
+}
+
+/// A model's JSON answer: the text itself, or the inside of a ```json fence.
+fn parse_json(text: &str) -> Result<Value, serde_json::Error> {
+    let t = text.trim();
+    let inner = t
+        .strip_prefix("```json")
+        .or_else(|| t.strip_prefix("```"))
+        .and_then(|r| r.trim_end().strip_suffix("```"))
+        .unwrap_or(t);
+    serde_json::from_str(inner.trim())
+}
+
+/// The provider-neutral request of an `llm` task's rendered `with` block.
+pub fn request_of(w: &LlmWith) -> ChatRequest {
+    let mut system = w.system.clone();
+    let mut messages = Vec::new();
+    if let Some(p) = &w.prompt {
+        messages.push((Role::User, p.clone()));
+    }
+    for m in w.messages.iter().flatten() {
+        match m.role {
+            Role::System => {
+                system = Some(match system {
+                    Some(s) => format!("{s}\n\n{}", m.content),
+                    None => m.content.clone(),
+                })
+            }
+            r => messages.push((r, m.content.clone())),
+        }
+    }
+    ChatRequest {
+        model: w.model.clone(),
+        system,
+        messages,
+        temperature: w.temperature,
+        top_p: w.top_p,
+        max_tokens: w.max_tokens,
+        stop: w.stop.clone(),
+        seed: w.seed,
+        json: w.response_format == Some(ResponseFormat::Json) || w.output_schema.is_some(),
+        schema: w.output_schema.clone(),
+    }
+}
+
+#[async_trait]
+impl Executor for LlmExecutor {
+    async fn execute(&self, a: &Attempt) -> AttemptResult {
+        let w: LlmWith = match serde_json::from_value(a.with.clone()) {
+            Ok(w) => w,
+            Err(e) => {
+                return AttemptResult::Failed { error: format!("llm: {e}"), retryable: false, usage: Usage::default() };
+            }
+        };
+        let (r, usage) = self.complete(&w, &request_of(&w)).await;
+        match r {
+            Ok(output) => AttemptResult::Succeeded { output, usage },
+            Err((error, retryable)) => AttemptResult::Failed { error, retryable, usage },
+        }
+    }
+}
+
+#[async_trait]
+impl Judge for LlmExecutor {
+    async fn judge(
+        &self,
+        _a: &Attempt,
+        text: &str,
+        criteria: &str,
+        model: &str,
+        provider: Option<&str>,
+    ) -> Result<(f64, Usage), TaskError> {
+        let schema = json!({
+            "type": "object", "required": ["score"],
+            "properties": { "score": { "type": "number", "minimum": 0, "maximum": 1 }, "reason": { "type": "string" } }
+        });
+        let w = LlmWith {
+            provider: provider.map(str::to_string),
+            model: model.to_string(),
+            fallback_models: Vec::new(),
+            system: Some("You grade texts against criteria. Answer only with JSON: {\"score\": <0..1>, \"reason\": \"...\"}.".into()),
+            prompt: Some(format!("Criteria:\n{criteria}\n\nText:\n{text}")),
+            messages: None,
+            temperature: Some(0.0),
+            top_p: None,
+            max_tokens: Some(300),
+            stop: Vec::new(),
+            seed: None,
+            response_format: Some(ResponseFormat::Json),
+            output_schema: Some(schema),
+        };
+        let (r, usage) = self.complete(&w, &request_of(&w)).await;
+        match r {
+            Ok(out) => Ok((out.pointer("/json/score").and_then(Value::as_f64).unwrap_or(0.0), usage)),
+            Err((message, retryable)) => Err(TaskError { message: format!("llm_judge: {message}"), retryable }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,287 @@
+//! Providers against a local fake server speaking the real wire formats.
+
+use std::time::{Duration, Instant};
+
+use llmo_core::engine::AttemptResult;
+use serde_json::{Value, json};
+use wiremock::matchers::{body_partial_json, header, method, path};
+use wiremock::{Mock as Route, MockServer, ResponseTemplate};
+
+use super::*;
+use crate::executor::test_attempt;
+
+fn config(server: &MockServer, timeout: Duration) -> Config {
+    let mut c = Config::builtin();
+    for (name, kind, base) in
+        [("openai", Kind::Openai, format!("{}/v1", server.uri())), ("anthropic", Kind::Anthropic, server.uri())]
+    {
+        c.providers.insert(
+            name.into(),
+            ProviderConfig {
+                kind,
+                base_url: base,
+                api_key: Some(format!("key-{name}")),
+                api_key_env: None,
+                timeout,
+                free: false,
+            },
+        );
+    }
+    c.default_provider = "openai".into();
+    c.breaker = config::BreakerConfig { failures: 3, cooldown: Duration::from_secs(60) };
+    c
+}
+
+fn exec(server: &MockServer) -> LlmExecutor {
+    LlmExecutor::new(config(server, Duration::from_secs(5)), false).with_retry(CallRetry {
+        max_calls: 3,
+        initial: Duration::from_millis(10),
+        max_wait: Duration::from_secs(5),
+    })
+}
+
+fn completion(text: &str, prompt: u64, completion: u64) -> Value {
+    json!({
+        "id": "chatcmpl-1", "object": "chat.completion", "model": "gpt-4o-mini-2024-07-18",
+        "choices": [{ "index": 0, "message": { "role": "assistant", "content": text }, "finish_reason": "stop" }],
+        "usage": { "prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion }
+    })
+}
+
+fn chat_route() -> wiremock::MockBuilder {
+    Route::given(method("POST")).and(path("/v1/chat/completions"))
+}
+
+async fn run(e: &LlmExecutor, with: Value) -> AttemptResult {
+    e.execute(&test_attempt("llm", with, None, 1)).await
+}
+
+fn output(r: &AttemptResult) -> &Value {
+    match r {
+        AttemptResult::Succeeded { output, .. } => output,
+        other => panic!("expected success, got {other:?}"),
+    }
+}
+
+fn failure(r: &AttemptResult) -> (&str, bool) {
+    match r {
+        AttemptResult::Failed { error, retryable, .. } => (error, *retryable),
+        other => panic!("expected failure, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn openai_success_sends_the_prompt_and_prices_the_usage() {
+    let server = MockServer::start().await;
+    chat_route()
+        .and(header("authorization", "Bearer key-openai"))
+        .and(body_partial_json(json!({
+            "model": "gpt-4o-mini", "temperature": 0.2, "max_tokens": 50,
+            "messages": [{ "role": "system", "content": "Be brief." }, { "role": "user", "content": "Hi" }]
+        })))
+        .respond_with(ResponseTemplate::new(200).set_body_json(completion("Hello!", 1000, 500)))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let r = run(&exec(&server), json!({ "model": "gpt-4o-mini", "system": "Be brief.", "prompt": "Hi", "temperature": 0.2, "max_tokens": 50 })).await;
+    let out = output(&r);
+    assert_eq!(out["text"], "Hello!");
+    assert_eq!(out["model"], "openai/gpt-4o-mini");
+    // 1000 × $0.15/M + 500 × $0.60/M
+    let cost = out["usage"]["cost_usd"].as_f64().unwrap();
+    assert!((cost - 0.00045).abs() < 1e-12, "{cost}");
+    assert!(matches!(r, AttemptResult::Succeeded { usage, .. } if usage.tokens == 1500));
+}
+
+#[tokio::test]
+async fn a_429_waits_for_retry_after_then_succeeds() {
+    let server = MockServer::start().await;
+    chat_route()
+        .respond_with(ResponseTemplate::new(429).insert_header("retry-after", "1").set_body_json(json!({"error": {"message": "Rate limit reached"}})))
+        .up_to_n_times(1)
+        .expect(1)
+        .mount(&server)
+        .await;
+    chat_route().respond_with(ResponseTemplate::new(200).set_body_json(completion("ok", 1, 1))).expect(1).mount(&server).await;
+    let t = Instant::now();
+    let r = run(&exec(&server), json!({ "model": "gpt-4o-mini", "prompt": "Hi" })).await;
+    assert_eq!(output(&r)["text"], "ok");
+    assert!(t.elapsed() >= Duration::from_secs(1), "waited {:?}", t.elapsed());
+}
+
+#[tokio::test]
+async fn a_retry_after_longer_than_the_cap_ends_the_attempt_as_retryable() {
+    let server = MockServer::start().await;
+    chat_route()
+        .respond_with(ResponseTemplate::new(429).insert_header("retry-after", "3600"))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let r = run(&exec(&server), json!({ "model": "gpt-4o-mini", "prompt": "Hi" })).await;
+    let (e, retryable) = failure(&r);
+    assert!(retryable && e.contains("rate limited (429), retry after 3600s"), "{e}");
+}
+
+#[tokio::test]
+async fn server_errors_are_retried_with_backoff_then_reported_as_retryable() {
+    let server = MockServer::start().await;
+    chat_route().respond_with(ResponseTemplate::new(500).set_body_string("upstream exploded")).up_to_n_times(2).expect(2).mount(&server).await;
+    chat_route().respond_with(ResponseTemplate::new(200).set_body_json(completion("third time", 1, 1))).up_to_n_times(1).mount(&server).await;
+    let e = exec(&server);
+    assert_eq!(output(&run(&e, json!({ "model": "gpt-4o-mini", "prompt": "Hi" })).await)["text"], "third time");
+
+    let server = MockServer::start().await;
+    chat_route().respond_with(ResponseTemplate::new(503)).expect(3).mount(&server).await;
+    let r = run(&exec(&server), json!({ "model": "gpt-4o-mini", "prompt": "Hi" })).await;
+    let (e, retryable) = failure(&r);
+    assert!(retryable && e.contains("server error 503"), "{e}");
+}
+
+#[tokio::test]
+async fn a_slow_server_times_out() {
+    let server = MockServer::start().await;
+    chat_route()
+        .respond_with(ResponseTemplate::new(200).set_body_json(completion("late", 1, 1)).set_delay(Duration::from_secs(2)))
+        .mount(&server)
+        .await;
+    let e = LlmExecutor::new(config(&server, Duration::from_millis(200)), false)
+        .with_retry(CallRetry { max_calls: 1, ..CallRetry::default() });
+    let t = Instant::now();
+    let r = run(&e, json!({ "model": "gpt-4o-mini", "prompt": "Hi" })).await;
+    let (err, retryable) = failure(&r);
+    assert!(retryable && err.contains("timed out"), "{err}");
+    assert!(t.elapsed() < Duration::from_secs(1));
+}
+
+#[tokio::test]
+async fn malformed_bodies_and_client_errors_are_not_retried_within_the_attempt() {
+    let server = MockServer::start().await;
+    chat_route().respond_with(ResponseTemplate::new(200).set_body_string("{\"choices\": [")).expect(1).mount(&server).await;
+    let r = run(&exec(&server), json!({ "model": "gpt-4o-mini", "prompt": "Hi" })).await;
+    let (e, retryable) = failure(&r);
+    assert!(retryable && e.contains("malformed response"), "{e}");
+
+    let server = MockServer::start().await;
+    chat_route()
+        .respond_with(ResponseTemplate::new(401).set_body_json(json!({"error": {"message": "Incorrect API key provided"}})))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let r = run(&exec(&server), json!({ "model": "gpt-4o-mini", "prompt": "Hi" })).await;
+    let (e, retryable) = failure(&r);
+    assert!(!retryable, "a bad key will not get better");
+    assert_eq!(e, "openai/gpt-4o-mini: request error 401: Incorrect API key provided");
+}
+
+#[tokio::test]
+async fn fallback_models_are_tried_in_order_across_providers() {
+    let server = MockServer::start().await;
+    chat_route()
+        .respond_with(ResponseTemplate::new(404).set_body_json(json!({"error": {"message": "model not found"}})))
+        .expect(1)
+        .mount(&server)
+        .await;
+    Route::given(method("POST"))
+        .and(path("/v1/messages"))
+        .and(header("x-api-key", "key-anthropic"))
+        .and(header("anthropic-version", "2023-06-01"))
+        .and(body_partial_json(json!({ "model": "claude-3-5-haiku-latest", "system": "Be brief.", "messages": [{"role": "user", "content": "Hi"}] })))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-3-5-haiku-20241022",
+            "content": [{ "type": "text", "text": "Hello " }, { "type": "text", "text": "there" }],
+            "stop_reason": "end_turn", "usage": { "input_tokens": 2000, "output_tokens": 100 }
+        })))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let r = run(
+        &exec(&server),
+        json!({ "model": "gpt-4o-mini", "fallback_models": ["anthropic/claude-3-5-haiku-latest"], "system": "Be brief.", "prompt": "Hi" }),
+    )
+    .await;
+    let out = output(&r);
+    assert_eq!(out["text"], "Hello there");
+    assert_eq!(out["model"], "anthropic/claude-3-5-haiku-latest");
+    assert_eq!(out["fallback_from"], json!(["openai/gpt-4o-mini: request error 404: model not found"]));
+    // 2000 × $0.80/M + 100 × $4/M
+    assert!((out["usage"]["cost_usd"].as_f64().unwrap() - 0.002).abs() < 1e-12);
+}
+
+#[tokio::test]
+async fn json_output_is_checked_against_the_output_schema() {
+    let schema = json!({ "type": "object", "required": ["kind"], "properties": { "kind": { "enum": ["a", "b"] } } });
+    let with = json!({ "model": "gpt-4o-mini", "prompt": "Classify", "output_schema": schema });
+    let server = MockServer::start().await;
+    chat_route()
+        .and(body_partial_json(json!({ "response_format": { "type": "json_schema", "json_schema": { "name": "output", "schema": schema } } })))
+        .respond_with(ResponseTemplate::new(200).set_body_json(completion("{\"kind\": \"c\"}", 5, 5)))
+        .up_to_n_times(1)
+        .mount(&server)
+        .await;
+    chat_route().respond_with(ResponseTemplate::new(200).set_body_json(completion("```json\n{\"kind\": \"b\"}\n```", 5, 5))).mount(&server).await;
+    let e = exec(&server);
+    let r = run(&e, with.clone()).await;
+    let (err, retryable) = failure(&r);
+    assert!(retryable, "another attempt may answer well");
+    assert!(err.contains("does not match output_schema at `/kind`"), "{err}");
+    assert!(matches!(r, AttemptResult::Failed { usage, .. } if usage.tokens == 10), "the bad answer's tokens still count");
+    let r = run(&e, with).await;
+    assert_eq!(output(&r)["json"], json!({ "kind": "b" }), "fenced JSON is accepted");
+}
+
+#[tokio::test]
+async fn the_circuit_opens_after_repeated_failures_and_stops_calling() {
+    let server = MockServer::start().await;
+    chat_route().respond_with(ResponseTemplate::new(500)).expect(3).mount(&server).await;
+    let e = LlmExecutor::new(config(&server, Duration::from_secs(5)), false)
+        .with_retry(CallRetry { max_calls: 1, ..CallRetry::default() });
+    for _ in 0..3 {
+        failure(&run(&e, json!({ "model": "gpt-4o-mini", "prompt": "Hi" })).await);
+    }
+    let r = run(&e, json!({ "model": "gpt-4o-mini", "prompt": "Hi" })).await;
+    let (err, retryable) = failure(&r);
+    assert!(retryable && err.contains("circuit open for provider `openai`"), "{err}");
+    // `expect(3)`: the fourth attempt never reached the server (checked when `server` drops).
+}
+
+#[tokio::test]
+async fn anthropic_is_asked_for_json_in_the_system_prompt_and_rate_limits_are_retried() {
+    let server = MockServer::start().await;
+    Route::given(method("POST"))
+        .and(path("/v1/messages"))
+        .respond_with(ResponseTemplate::new(529).set_body_json(json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})))
+        .up_to_n_times(1)
+        .expect(1)
+        .mount(&server)
+        .await;
+    Route::given(method("POST"))
+        .and(path("/v1/messages"))
+        .and(body_partial_json(json!({ "max_tokens": 1024 })))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "content": [{ "type": "text", "text": "{\"n\": 3}" }], "usage": { "input_tokens": 10, "output_tokens": 4 }
+        })))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let r = run(&exec(&server), json!({ "provider": "anthropic", "model": "claude-sonnet-4-5", "prompt": "Count", "response_format": "json" })).await;
+    assert_eq!(output(&r)["json"], json!({ "n": 3 }));
+    let sent = &server.received_requests().await.unwrap()[1];
+    let body: Value = serde_json::from_slice(&sent.body).unwrap();
+    assert!(body["system"].as_str().unwrap().contains("single JSON value"), "{body}");
+}
+
+#[tokio::test]
+async fn mock_mode_answers_offline_and_the_judge_grades() {
+    let e = LlmExecutor::new(Config::builtin(), true);
+    let r = run(&e, json!({ "provider": "anthropic", "model": "claude-sonnet-4-5", "prompt": "Outline an article about Rust" })).await;
+    assert_eq!(output(&r)["text"], "[mock claude-sonnet-4-5] Outline an article about Rust");
+    assert_eq!(output(&r)["model"], "mock/claude-sonnet-4-5");
+    let a = test_attempt("evaluate", json!(null), None, 1);
+    let (score, _) = e.judge(&a, "text", "good", "gpt-4o-mini", None).await.unwrap();
+    assert_eq!(score, 0.8);
+    // Unknown providers are named.
+    let e = LlmExecutor::new(Config::builtin(), false);
+    let r = run(&e, json!({ "provider": "nope", "model": "m", "prompt": "p" })).await;
+    let (err, retryable) = failure(&r);
+    assert!(!retryable && err.contains("unknown provider `nope` (known: anthropic, mock, ollama, openai)"), "{err}");
+}
