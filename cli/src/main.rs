@@ -24,10 +24,11 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[command(
     name = "llmo",
     version,
-    about = "LLM-Orchestrator: validate, draw and explain LLM workflows",
+    about = "LLM-Orchestrator: validate, draw, explain and run LLM workflows",
     long_about = "LLM-Orchestrator runs DAGs of LLM calls, transforms, HTTP tools, evaluations and policy checks.\n\
-                  This command checks workflow files (YAML, format llm-orchestrator/v1) and shows their structure.",
-    after_help = "Examples:\n  llmo validate workflows/*.yaml\n  llmo graph workflows/article-pipeline.yaml --format mermaid\n  llmo explain workflows/article-pipeline.yaml\n  llmo schema > workflow.schema.json"
+                  This command checks workflow files (YAML, format llm-orchestrator/v1), shows their structure,\n\
+                  and runs them in this process, durably with --state.",
+    after_help = "Examples:\n  llmo validate workflows/*.yaml\n  llmo graph workflows/article-pipeline.yaml --format mermaid\n  llmo explain workflows/article-pipeline.yaml\n  llmo run workflows/article-pipeline.yaml --mock --state .llmo/runs.db\n  llmo runs\n  llmo schema > workflow.schema.json"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -63,11 +64,12 @@ enum Command {
         #[arg(long, short)]
         output: Option<PathBuf>,
     },
-    /// Run a workflow in this process and print its outputs as JSON (early: see --help).
+    /// Run a workflow in this process and print its outputs as JSON.
     ///
-    /// A first, sequential in-memory runner: `transform`, `evaluate` and `policy` tasks run for
-    /// real; `llm` tasks run with the offline `mock` provider (`provider: mock`, or --mock for
-    /// all). Real model providers, `http`, durable state and `resume` are still to come.
+    /// Independent tasks run at the same time. Model calls go to the providers configured in
+    /// .llmo/config.yaml (or --config / $LLMO_CONFIG) with keys from the environment
+    /// (OPENAI_API_KEY, ANTHROPIC_API_KEY, ...); --mock answers them offline instead, and
+    /// answers `http` tasks from --http-fixtures (or with an echo of the request).
     Run {
         file: PathBuf,
         /// An input, NAME=VALUE (VALUE is read as JSON when it parses, else as text). Repeatable.
@@ -76,31 +78,42 @@ enum Command {
         /// A JSON or YAML file of inputs.
         #[arg(long)]
         input_file: Option<PathBuf>,
-        /// Answer every model call with the deterministic mock provider.
-        #[arg(long)]
-        mock: bool,
-        /// Keep the run in this SQLite file, so it can be resumed (in memory otherwise).
+        /// Keep the run in this SQLite file, so it can be resumed, inspected and cancelled (in
+        /// memory otherwise).
         #[arg(long, value_name = "PATH")]
         state: Option<PathBuf>,
+        #[command(flatten)]
+        exec: ExecArgs,
     },
     /// Continue a run interrupted (even by kill -9) from its state file.
     Resume {
         run_id: String,
         #[arg(long, value_name = "PATH", default_value = ".llmo/runs.db")]
         state: PathBuf,
-        #[arg(long)]
-        mock: bool,
+        #[command(flatten)]
+        exec: ExecArgs,
     },
     /// Print a stored run's state as JSON.
     Status {
         run_id: String,
         #[arg(long, value_name = "PATH", default_value = ".llmo/runs.db")]
         state: PathBuf,
+        /// Include the run's transition log.
+        #[arg(long)]
+        history: bool,
     },
     /// List the runs of a state file, newest first.
     Runs {
         #[arg(long, value_name = "PATH", default_value = ".llmo/runs.db")]
         state: PathBuf,
+    },
+    /// Cancel a stored run: a process running it stops starting tasks; `on.failure` hooks run.
+    Cancel {
+        run_id: String,
+        #[arg(long, value_name = "PATH", default_value = ".llmo/runs.db")]
+        state: PathBuf,
+        #[command(flatten)]
+        exec: ExecArgs,
     },
     /// Print a generated workflow of N tasks (for benchmarks and scale tests).
     #[command(hide = true)]
@@ -116,6 +129,48 @@ enum Command {
         #[arg(long, value_enum, default_value_t = ExplainFormat::Text)]
         format: ExplainFormat,
     },
+}
+
+#[derive(clap::Args)]
+struct ExecArgs {
+    /// Answer model calls with the deterministic offline mock provider, and `http` tasks from
+    /// --http-fixtures (or with an echo of the request): nothing leaves this machine.
+    #[arg(long)]
+    mock: bool,
+    /// With --mock: canned HTTP responses (YAML: `responses: [{method, url, status, body}]`).
+    #[arg(long, value_name = "FILE")]
+    http_fixtures: Option<PathBuf>,
+    /// Provider configuration (default: $LLMO_CONFIG, else .llmo/config.yaml if present).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Attempts running at once (the workflow's max_parallel applies as well).
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// process: a stored transition survives the process being killed; power: also a power
+    /// loss (every write waits for fsync; slower).
+    #[arg(long, value_enum, default_value_t = DurabilityArg::Process)]
+    durability: DurabilityArg,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DurabilityArg {
+    Process,
+    Power,
+}
+
+impl ExecArgs {
+    fn exec(self) -> run::Exec {
+        run::Exec {
+            mock: self.mock,
+            http_fixtures: self.http_fixtures,
+            config: self.config,
+            concurrency: self.concurrency,
+            durability: match self.durability {
+                DurabilityArg::Process => llmo_runtime::store::Durability::Process,
+                DurabilityArg::Power => llmo_runtime::store::Durability::Power,
+            },
+        }
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -147,6 +202,12 @@ enum ExplainFormat {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Diagnostics of the runtime (retries, unknown prices): RUST_LOG=llmo_runtime=debug for more.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_target(false)
+        .init();
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -186,7 +247,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Run { file, inputs, input_file, mock, state } => {
+        Command::Run { file, inputs, input_file, state, exec } => {
             let source = read_source(&file)?;
             let outcome = validator.validate(&source);
             eprint!("{}", render(&outcome));
@@ -194,11 +255,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 eprintln!("{}: {} error{}", source.name(), outcome.report.errors(), plural(outcome.report.errors()));
                 return Ok(ExitCode::from(1));
             };
-            run::run(checked, &source, &run::Options { inputs, input_file, mock, state })
+            run::run(checked, &source, &run::Options { inputs, input_file, state, exec: exec.exec() })
         }
-        Command::Resume { run_id, state, mock } => run::resume(&validator, &run_id, &state, mock),
-        Command::Status { run_id, state } => run::status(&run_id, &state),
+        Command::Resume { run_id, state, exec } => run::resume(&run_id, &state, &exec.exec()),
+        Command::Status { run_id, state, history } => run::status(&run_id, &state, history),
         Command::Runs { state } => run::runs(&state),
+        Command::Cancel { run_id, state, exec } => run::cancel(&run_id, &state, &exec.exec()),
         Command::Synth { shape, tasks } => {
             use llmo_core::synth::{Shape, workflow_yaml};
             let shape = match shape {

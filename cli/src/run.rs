@@ -1,34 +1,80 @@
-//! `llmo run` / `resume` / `status` / `runs`: runs workflows in this process through
-//! `llmo_runtime::Runner`, in memory or in a SQLite file (`--state`), one attempt at a time,
-//! with the built-in `transform`, `evaluate` and `policy` task types and the offline `mock`
-//! model provider. Not yet here (issue 3): real model providers, `http`, concurrency.
+//! `llmo run` / `resume` / `status` / `runs` / `cancel`: runs workflows in this process with
+//! the embedded driver (`llmo_runtime::driver`), in memory or in a SQLite state file.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use llmo_core::engine::builtin::{self, TaskError};
-use llmo_core::engine::{AttemptResult, Plan, RunState, RunStatus, TaskStatus, Usage};
+use llmo_core::engine::{Event, Plan, RunState, RunStatus, TaskStatus};
 use llmo_core::source::SourceFile;
 use llmo_core::validate::{Checked, Validator};
-use llmo_runtime::runner::{Runner, now_ms};
-use llmo_runtime::store::{MemoryStore, SqliteStore, Store};
-use serde_json::{Map, Value};
+use llmo_runtime::driver::{self, Driver, HookOutcome, Observer};
+use llmo_runtime::executor::Registry;
+use llmo_runtime::http::Fixtures;
+use llmo_runtime::ports::{BlobStore, DirBlobs, SystemClock, now_ms};
+use llmo_runtime::providers::Config;
+use llmo_runtime::store::{Durability, MemoryStore, RunStore, SqliteStore, StoredRun, Transition, rebuild};
+use serde_json::{Map, Value, json};
+
+/// How runs execute: shared by `run` and `resume`.
+#[derive(Clone)]
+pub struct Exec {
+    /// Answer model calls with the mock provider and `http` tasks from fixtures.
+    pub mock: bool,
+    pub http_fixtures: Option<PathBuf>,
+    pub config: Option<PathBuf>,
+    pub concurrency: usize,
+    pub durability: Durability,
+}
 
 pub struct Options {
     pub inputs: Vec<String>,
     pub input_file: Option<PathBuf>,
-    /// Answer every `llm` task (and model-graded check) with the mock provider.
-    pub mock: bool,
     /// SQLite file keeping runs (in memory when absent).
     pub state: Option<PathBuf>,
+    pub exec: Exec,
 }
 
-fn open_store(state: Option<&Path>) -> Result<Box<dyn Store>> {
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")
+}
+
+fn open_store(state: Option<&Path>, durability: Durability) -> Result<Arc<dyn RunStore>> {
     Ok(match state {
-        Some(p) => Box::new(SqliteStore::open(p).with_context(|| format!("opening {}", p.display()))?),
-        None => Box::new(MemoryStore::default()),
+        Some(p) => Arc::new(SqliteStore::open(p, durability).with_context(|| format!("opening {}", p.display()))?),
+        None => Arc::new(MemoryStore::default()),
+    })
+}
+
+/// Blobs (output checkpoints) live beside the state file.
+fn blobs(state: Option<&Path>) -> Option<Arc<dyn BlobStore>> {
+    let dir = state?.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf).join("blobs");
+    Some(Arc::new(DirBlobs(dir)))
+}
+
+fn registry(exec: &Exec) -> Result<Registry> {
+    let config = match (&exec.config, std::env::var_os("LLMO_CONFIG")) {
+        (Some(p), _) => Config::load(p, true)?,
+        (None, Some(p)) => Config::load(Path::new(&p), true)?,
+        (None, None) => Config::load(Path::new(".llmo/config.yaml"), false)?,
+    };
+    let fixtures = match &exec.http_fixtures {
+        Some(p) => Fixtures::load(p).map_err(anyhow::Error::msg)?,
+        None => Fixtures::default(),
+    };
+    Ok(llmo_runtime::standard_registry(config, exec.mock, fixtures))
+}
+
+fn driver(plan: Arc<Plan>, store: Arc<dyn RunStore>, state: Option<&Path>, exec: &Exec) -> Result<Driver> {
+    Ok(Driver {
+        plan,
+        store,
+        executors: Arc::new(registry(exec)?),
+        clock: Arc::new(SystemClock::default()),
+        blobs: blobs(state),
+        options: driver::Options { concurrency: exec.concurrency.max(1), ..driver::Options::default() },
     })
 }
 
@@ -65,86 +111,160 @@ pub fn run(checked: Checked, source: &SourceFile, opts: &Options) -> Result<Exit
             return Ok(ExitCode::from(2));
         }
     };
-    let store = open_store(opts.state.as_deref())?;
-    let plan = Plan::new(checked);
-    let run_id = format!("run-{}", now_ms());
+    let rt = runtime()?;
+    let store = open_store(opts.state.as_deref(), opts.exec.durability)?;
+    let plan = Arc::new(Plan::new(checked));
+    let run_id = format!("run-{}-{:04x}", now_ms(), std::process::id() & 0xffff);
+    let d = driver(plan.clone(), store, opts.state.as_deref(), &opts.exec)?;
     eprintln!("{run_id}: {} ({} tasks)", plan.checked.workflow.metadata.name, plan.task_count());
-    let runner = Runner { plan: &plan, store: store.as_ref() };
-    let models = llm_models(&plan);
-    let mut exec =
-        |plan: &Plan, st: &RunState, task: usize, item: Option<u32>| execute(plan, st, task, item, opts.mock, &models);
-    let started = Instant::now();
-    let mut reported = vec![false; plan.task_count()];
-    let st = runner.start(&run_id, inputs, source.name(), source.text(), &mut exec, &mut |st| {
-        report_progress(&plan, st, &mut reported, started)
+    let mut progress = Progress::new(&plan, None);
+    let end = rt.block_on(async {
+        tokio::select! {
+            r = d.start(&run_id, inputs, source.name(), source.text(), &mut progress) => r.map(Some),
+            _ = tokio::signal::ctrl_c() => Ok(None),
+        }
     })?;
-    finish(&plan, &st, started)
+    let Some(end) = end else { return Ok(interrupted(&run_id, opts.state.as_deref())) };
+    finish(&plan, &end.state, progress.started)
+}
+
+fn interrupted(run_id: &str, state: Option<&Path>) -> ExitCode {
+    match state {
+        Some(p) => eprintln!("{run_id}: interrupted; continue with `llmo resume {run_id} --state {}`", p.display()),
+        None => eprintln!("{run_id}: interrupted (in memory: use --state FILE to make runs resumable)"),
+    }
+    ExitCode::from(130)
+}
+
+/// Loads a stored run and rebuilds its plan from the workflow text it was started with.
+async fn stored(store: &dyn RunStore, run_id: &str, state: &Path) -> Result<(Arc<Plan>, StoredRun)> {
+    let Some(run) = store.load(run_id).await? else {
+        bail!("no run `{run_id}` in {}", state.display());
+    };
+    let outcome = Validator::default().validate(&SourceFile::new(run.source_name.clone(), run.source.clone()));
+    let Some(checked) = outcome.checked else {
+        bail!("the stored workflow of `{run_id}` ({}) no longer validates", run.source_name);
+    };
+    Ok((Arc::new(Plan::new(checked)), run))
 }
 
 /// `llmo resume RUN_ID`: continues a stored run where it stopped.
-pub fn resume(validator: &Validator, run_id: &str, state: &Path, mock: bool) -> Result<ExitCode> {
-    let store = open_store(Some(state))?;
-    let Some(record) = store.load(run_id)? else {
-        bail!("no run `{run_id}` in {}", state.display());
-    };
-    let outcome = validator.validate(&SourceFile::new(record.source_name.clone(), record.source.clone()));
-    let Some(checked) = outcome.checked else {
-        bail!("the stored workflow of `{run_id}` no longer validates");
-    };
-    let plan = Plan::new(checked);
-    if record.state.status.is_terminal() {
-        eprintln!("{run_id}: already {}", record.state.status.as_str());
-        return finish(&plan, &record.state, Instant::now());
+pub fn resume(run_id: &str, state: &Path, exec: &Exec) -> Result<ExitCode> {
+    let rt = runtime()?;
+    let store = open_store(Some(state), exec.durability)?;
+    let (plan, run) = rt.block_on(stored(store.as_ref(), run_id, state))?;
+    let workflow = run.workflow.clone();
+    let st = rebuild(&plan, run)?;
+    if st.status.is_terminal() {
+        eprintln!("{run_id}: already {}", st.status.as_str());
+        return finish(&plan, &st, Instant::now());
     }
-    eprintln!("{run_id}: resuming {} ({} tasks)", record.workflow, plan.task_count());
-    let runner = Runner { plan: &plan, store: store.as_ref() };
-    let models = llm_models(&plan);
-    let mut exec =
-        |plan: &Plan, st: &RunState, task: usize, item: Option<u32>| execute(plan, st, task, item, mock, &models);
-    let started = Instant::now();
-    // Tasks that ended before the interruption are not reported again.
-    let mut reported: Vec<bool> = record.state.tasks.iter().map(|t| t.status.is_terminal()).collect();
-    let st = runner.resume(run_id, &mut exec, &mut |st| report_progress(&plan, st, &mut reported, started))?;
-    finish(&plan, &st, started)
+    eprintln!("{run_id}: resuming {workflow} ({} tasks)", plan.task_count());
+    let d = driver(plan.clone(), store, Some(state), exec)?;
+    let mut progress = Progress::new(&plan, Some(&st));
+    let end = rt.block_on(async {
+        tokio::select! {
+            r = d.resume(run_id, &mut progress) => r.map(Some),
+            _ = tokio::signal::ctrl_c() => Ok(None),
+        }
+    })?;
+    let Some(end) = end else { return Ok(interrupted(run_id, Some(state))) };
+    finish(&plan, &end.state, progress.started)
 }
 
-/// `llmo status RUN_ID`: the stored state of a run, as JSON.
-pub fn status(run_id: &str, state: &Path) -> Result<ExitCode> {
-    let store = open_store(Some(state))?;
-    let Some(record) = store.load(run_id)? else {
-        bail!("no run `{run_id}` in {}", state.display());
-    };
-    let outcome = Validator::default().validate(&SourceFile::new(record.source_name.clone(), record.source.clone()));
-    let ids: Vec<String> = match &outcome.checked {
-        Some(c) => c.workflow.spec.tasks.iter().map(|t| t.id.clone()).collect(),
-        None => (0..record.state.tasks.len()).map(|i| i.to_string()).collect(),
-    };
-    let st = &record.state;
-    let tasks: serde_json::Map<String, Value> = st
+/// `llmo cancel RUN_ID`: cancels a stored run; a process running it stops within its poll
+/// interval. This command runs the run's `on.failure` hooks.
+pub fn cancel(run_id: &str, state: &Path, exec: &Exec) -> Result<ExitCode> {
+    let rt = runtime()?;
+    let store = open_store(Some(state), exec.durability)?;
+    let (plan, _) = rt.block_on(stored(store.as_ref(), run_id, state))?;
+    let clock = SystemClock::default();
+    match rt.block_on(driver::cancel(&plan, store.as_ref(), &clock, run_id))? {
+        None => {
+            eprintln!("{run_id}: already ended; nothing to cancel");
+            Ok(ExitCode::from(1))
+        }
+        Some(st) => {
+            let cancelled = st.tasks.iter().filter(|t| t.status == TaskStatus::Cancelled).count();
+            eprintln!("{run_id}: cancelled ({cancelled} task{} not run)", if cancelled == 1 { "" } else { "s" });
+            let reg = registry(exec)?;
+            let mut progress = Progress::new(&plan, Some(&st));
+            rt.block_on(driver::run_hooks(&plan, &reg, &st, st.status, &mut progress));
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// `llmo status RUN_ID`: the stored state of a run, as JSON (with `--history`, its log).
+pub fn status(run_id: &str, state: &Path, history: bool) -> Result<ExitCode> {
+    let rt = runtime()?;
+    let store = open_store(Some(state), Durability::default())?;
+    let (plan, run) = rt.block_on(stored(store.as_ref(), run_id, state))?;
+    let workflow = run.workflow.clone();
+    let st = rebuild(&plan, run)?;
+    let tasks: Map<String, Value> = st
         .tasks
         .iter()
-        .zip(&ids)
-        .map(|(t, id)| {
-            (
-                id.clone(),
-                serde_json::json!({ "status": t.status.as_str(), "attempts": t.attempts, "error": t.error, "reason": t.reason }),
-            )
+        .enumerate()
+        .map(|(i, t)| {
+            let mut v = json!({ "status": t.status.as_str(), "attempts": t.attempts });
+            for (k, x) in [("error", t.error.as_ref()), ("reason", t.reason.as_ref())] {
+                if let Some(x) = x {
+                    v[k] = json!(x);
+                }
+            }
+            if let Some(o) = &t.output {
+                v["output"] = o.clone();
+            }
+            if t.tokens > 0 || t.cost_usd > 0.0 {
+                v["tokens"] = json!(t.tokens);
+                v["cost_usd"] = json!(t.cost_usd);
+            }
+            (plan.checked.dag.id(i).to_string(), v)
         })
         .collect();
-    let out = serde_json::json!({
-        "run_id": st.run_id, "workflow": record.workflow, "status": st.status.as_str(), "version": st.version,
+    let mut out = json!({
+        "run_id": st.run_id, "workflow": workflow, "status": st.status.as_str(), "version": st.version,
         "started_at": st.started_at, "ended_at": st.ended_at, "error": st.error,
         "cost_usd": st.cost_usd, "tokens": st.tokens, "tasks": tasks, "outputs": st.outputs,
     });
+    if history {
+        let log = rt.block_on(store.history(run_id))?;
+        out["history"] = log.iter().map(|t| describe(&plan, t)).collect();
+    }
     println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(ExitCode::SUCCESS)
 }
 
+/// One line of a run's history, for people.
+fn describe(plan: &Plan, t: &Transition) -> Value {
+    let id = |task: usize, item: Option<u32>| match item {
+        Some(k) => format!("{}[{k}]", plan.checked.dag.id(task)),
+        None => plan.checked.dag.id(task).to_string(),
+    };
+    let what = match &t.event {
+        Event::Start => "start".to_string(),
+        Event::Cancel => "cancel".to_string(),
+        Event::Tick => "tick".to_string(),
+        Event::RetryDue { task, item, attempt } => format!("{} retry due (attempt {})", id(*task, *item), attempt + 1),
+        Event::AttemptFinished { task, item, attempt, result } => match result {
+            llmo_core::engine::AttemptResult::Succeeded { .. } => {
+                format!("{} attempt {attempt} succeeded", id(*task, *item))
+            }
+            llmo_core::engine::AttemptResult::Failed { error, .. } => {
+                format!("{} attempt {attempt} failed: {error}", id(*task, *item))
+            }
+        },
+    };
+    json!({ "version": t.version, "at": t.at, "event": what })
+}
+
 /// `llmo runs`: the runs in a state file, newest first.
 pub fn runs(state: &Path) -> Result<ExitCode> {
-    let store = open_store(Some(state))?;
-    for r in store.list()? {
-        println!("{}	{}	{}	${:.4}", r.run_id, r.workflow, r.status, r.cost_usd);
+    let rt = runtime()?;
+    let store = open_store(Some(state), Durability::default())?;
+    for r in rt.block_on(store.list())? {
+        println!("{}\t{}\t{}\t${:.4}", r.run_id, r.workflow, r.status, r.cost_usd);
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -155,100 +275,89 @@ fn finish(plan: &Plan, st: &RunState, started: Instant) -> Result<ExitCode> {
     Ok(if st.status == RunStatus::Succeeded { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
-/// `provider/model` of every llm task, for policy checks.
-fn llm_models(plan: &Plan) -> Vec<String> {
-    let tasks = &plan.checked.workflow.spec.tasks;
-    tasks
-        .iter()
-        .filter(|t| t.ty == "llm")
-        .flat_map(|t| llmo_core::tasks::llm_models(&t.with))
-        .map(|(_, model)| model)
-        .collect()
+/// Live progress on stderr: a line per task that ends (up to 200 tasks), else a summary line
+/// twice a second.
+struct Progress {
+    ids: Vec<(String, String)>,
+    reported: Vec<bool>,
+    seen_ended: u32,
+    started: Instant,
+    last_line: Instant,
 }
 
-fn execute(plan: &Plan, st: &RunState, task: usize, item: Option<u32>, mock: bool, models: &[String]) -> AttemptResult {
-    let t = &plan.checked.workflow.spec.tasks[task];
-    let with = match plan.render_with(st, task, item) {
-        Ok(w) => w,
-        Err(e) => return failed(TaskError::fatal(format!("rendering `with`: {e}"))),
-    };
-    let uses_mock = |provider: Option<&str>| mock || provider == Some("mock");
-    let result = match t.ty.as_str() {
-        "transform" => builtin::transform(plan, &with, &plan.context(st, Some(task), item)),
-        "evaluate" => builtin::evaluate(&with, |_, model, provider| {
-            if uses_mock(provider) {
-                Ok(0.8)
-            } else {
-                Err(TaskError::fatal(format!(
-                    "llm_judge with model `{model}` needs a model provider, not available in this build yet; run with --mock"
-                )))
-            }
-        }),
-        "policy" => {
-            let left = plan.checked.workflow.spec.budget.and_then(|b| b.max_cost_usd).map(|m| m - st.cost_usd);
-            builtin::policy(&with, models, left)
+const PER_TASK_LINES: usize = 200;
+
+impl Progress {
+    fn new(plan: &Plan, resumed: Option<&RunState>) -> Self {
+        let tasks = &plan.checked.workflow.spec.tasks;
+        Progress {
+            ids: tasks.iter().map(|t| (t.id.clone(), t.ty.clone())).collect(),
+            // Tasks that ended before an interruption are not reported again.
+            reported: match resumed {
+                Some(st) => st.tasks.iter().map(|t| t.status.is_terminal()).collect(),
+                None => vec![false; tasks.len()],
+            },
+            seen_ended: resumed.map_or(0, |s| s.ended_tasks),
+            started: Instant::now(),
+            last_line: Instant::now(),
         }
-        "llm" => {
-            let provider = with.get("provider").and_then(Value::as_str);
-            if uses_mock(provider) {
-                // Lets tests interrupt a run while a model call is in flight.
-                if let Some(ms) = std::env::var("LLMO_MOCK_DELAY_MS").ok().and_then(|v| v.parse().ok()) {
-                    std::thread::sleep(Duration::from_millis(ms));
-                }
-                Ok(builtin::mock_llm(&with))
-            } else {
-                Err(TaskError::fatal(format!(
-                    "model provider `{}` is not available in this build yet; run with --mock for offline output",
-                    provider.unwrap_or("default")
-                )))
-            }
-        }
-        other => Err(TaskError::fatal(format!("the `{other}` executor is not available in this build yet"))),
-    };
-    match result {
-        Ok(output) => {
-            let tokens = ["prompt_tokens", "completion_tokens"]
-                .iter()
-                .filter_map(|k| output.pointer(&format!("/usage/{k}")).and_then(Value::as_u64))
-                .sum();
-            let cost_usd = output.pointer("/usage/cost_usd").and_then(Value::as_f64).unwrap_or(0.0);
-            AttemptResult::Succeeded { output, usage: Usage { tokens, cost_usd } }
-        }
-        Err(e) => failed(e),
     }
 }
 
-fn failed(e: TaskError) -> AttemptResult {
-    AttemptResult::Failed { error: e.message, retryable: e.retryable, usage: Usage::default() }
-}
-
-fn report_progress(plan: &Plan, st: &RunState, reported: &mut [bool], started: Instant) {
-    let total = reported.len();
-    for (i, ts) in st.tasks.iter().enumerate() {
-        if reported[i] || !ts.status.is_terminal() {
-            continue;
+impl Observer for Progress {
+    fn batch(&mut self, st: &RunState, _stored: &[Transition]) {
+        let total = self.ids.len();
+        if total > PER_TASK_LINES {
+            if self.last_line.elapsed() >= Duration::from_millis(500) || st.status.is_terminal() {
+                self.last_line = Instant::now();
+                let failed = st.tasks.iter().filter(|t| t.status == TaskStatus::Failed).count();
+                eprintln!(
+                    "[{}/{total}] {} running, {failed} failed  {:.1}s, ${:.4} so far",
+                    st.ended_tasks,
+                    st.running,
+                    self.started.elapsed().as_secs_f64(),
+                    st.cost_usd
+                );
+            }
+            return;
         }
-        reported[i] = true;
-        let done = reported.iter().filter(|r| **r).count();
-        let mark = match ts.status {
-            TaskStatus::Succeeded => "✓",
-            TaskStatus::Failed => "✗",
-            TaskStatus::Skipped => "–",
-            _ => "∅",
-        };
-        let detail = match ts.status {
-            TaskStatus::Failed => format!(": {}", ts.error.as_deref().unwrap_or("failed")),
-            TaskStatus::Skipped | TaskStatus::Cancelled => format!(" ({})", ts.reason.as_deref().unwrap_or("")),
-            _ => String::new(),
-        };
-        let ty = &plan.checked.workflow.spec.tasks[i].ty;
-        eprintln!(
-            "[{done:>width$}/{total}] {mark} {} ({ty}){detail}  {:.1}s, ${:.4} so far",
-            plan.checked.dag.id(i),
-            started.elapsed().as_secs_f64(),
-            st.cost_usd,
-            width = total.to_string().len()
-        );
+        if st.ended_tasks == self.seen_ended {
+            return;
+        }
+        self.seen_ended = st.ended_tasks;
+        for (i, ts) in st.tasks.iter().enumerate() {
+            if self.reported[i] || !ts.status.is_terminal() {
+                continue;
+            }
+            self.reported[i] = true;
+            let done = self.reported.iter().filter(|r| **r).count();
+            let mark = match ts.status {
+                TaskStatus::Succeeded => "✓",
+                TaskStatus::Failed => "✗",
+                TaskStatus::Skipped => "–",
+                _ => "∅",
+            };
+            let detail = match ts.status {
+                TaskStatus::Failed => format!(": {}", ts.error.as_deref().unwrap_or("failed")),
+                TaskStatus::Skipped | TaskStatus::Cancelled => format!(" ({})", ts.reason.as_deref().unwrap_or("")),
+                _ => String::new(),
+            };
+            let (id, ty) = &self.ids[i];
+            eprintln!(
+                "[{done:>width$}/{total}] {mark} {id} ({ty}){detail}  {:.1}s, {} running, ${:.4} so far",
+                self.started.elapsed().as_secs_f64(),
+                st.running,
+                st.cost_usd,
+                width = total.to_string().len()
+            );
+        }
+    }
+
+    fn hook(&mut self, o: &HookOutcome) {
+        match &o.result {
+            llmo_core::engine::AttemptResult::Succeeded { .. } => eprintln!("hook {}: done", o.name),
+            llmo_core::engine::AttemptResult::Failed { error, .. } => eprintln!("hook {}: failed: {error}", o.name),
+        }
     }
 }
 

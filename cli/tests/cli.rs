@@ -7,13 +7,25 @@ fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 
+/// `llmo` with no provider keys or config from the environment of whoever runs the tests.
+fn command() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_llmo"));
+    c.current_dir(root()).env("NO_COLOR", "1");
+    for k in [
+        "OPENAI_API_KEY",
+        "OPENAI_BASE_URL",
+        "ANTHROPIC_API_KEY",
+        "ANTHROPIC_BASE_URL",
+        "LLMO_CONFIG",
+        "LLMO_DEFAULT_PROVIDER",
+    ] {
+        c.env_remove(k);
+    }
+    c
+}
+
 fn llmo(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_llmo"))
-        .args(args)
-        .current_dir(root())
-        .env("NO_COLOR", "1")
-        .output()
-        .expect("llmo runs")
+    command().args(args).output().expect("llmo runs")
 }
 
 fn text(b: &[u8]) -> String {
@@ -25,6 +37,7 @@ fn validate_passes_every_example() {
     let mut files: Vec<String> = std::fs::read_dir(root().join("workflows"))
         .unwrap()
         .map(|e| format!("workflows/{}", e.unwrap().file_name().to_string_lossy()))
+        .filter(|f| f.ends_with(".yaml"))
         .collect();
     files.sort();
     let args: Vec<&str> = std::iter::once("validate").chain(files.iter().map(String::as_str)).collect();
@@ -86,12 +99,7 @@ fn unreadable_files_exit_2_and_others_are_still_checked() {
 
 #[test]
 fn validate_reads_standard_input() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_llmo"))
-        .args(["validate", "-"])
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = command().args(["validate", "-"]).stdin(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     use std::io::Write;
     child
         .stdin
@@ -196,7 +204,109 @@ fn run_refuses_bad_inputs_and_reports_unavailable_executors() {
 
     let out = llmo(&["run", "workflows/simple-inference.yaml", "-i", "question=hi"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("model provider `openai` is not available in this build yet"));
+    let err = text(&out.stderr);
+    assert!(err.contains("openai/gpt-4o-mini: provider `openai` needs an API key: set OPENAI_API_KEY"), "{err}");
+}
+
+#[test]
+fn every_example_runs_offline() {
+    for (wf, inputs) in [
+        ("simple-inference", vec!["question=What is Rust?"]),
+        ("article-pipeline", vec!["topic=Rust ownership"]),
+        ("nightly-digest", vec![]),
+        ("document-intake", vec!["bucket=acme-intake", "key=contracts/msa.pdf"]),
+    ] {
+        let file = format!("workflows/{wf}.yaml");
+        let fixtures = format!("workflows/fixtures/{wf}.http.yaml");
+        let mut args = vec!["run", "--mock", file.as_str()];
+        if root().join(&fixtures).exists() {
+            args.extend(["--http-fixtures", fixtures.as_str()]);
+        }
+        for i in &inputs {
+            args.extend(["-i", i]);
+        }
+        let out = command().args(&args).env("LLMO_SECRET_TICKETS_TOKEN", "offline").output().unwrap();
+        assert!(out.status.success(), "{wf}: {}", text(&out.stderr));
+        let outputs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        match wf {
+            "nightly-digest" => assert_eq!(outputs["tickets"], 3, "the three fixture tickets were summarised"),
+            "document-intake" => assert_eq!(outputs["kind"], "contract"),
+            _ => assert!(outputs.is_object(), "{wf}: {outputs}"),
+        }
+    }
+}
+
+#[test]
+fn run_calls_an_openai_compatible_server_named_in_the_environment() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let server = rt.block_on(async {
+        use wiremock::matchers::{header, method, path};
+        let server = wiremock::MockServer::start().await;
+        wiremock::Mock::given(method("POST"))
+            .and(path("/v1/chat/completions"))
+            .and(header("authorization", "Bearer sk-test"))
+            .respond_with(wiremock::ResponseTemplate::new(200).set_body_json(serde_json::json!({
+                "model": "gpt-4o-mini",
+                "choices": [{ "index": 0, "message": { "role": "assistant", "content": "Rust is a language." } }],
+                "usage": { "prompt_tokens": 2000, "completion_tokens": 1000 }
+            })))
+            .expect(1)
+            .mount(&server)
+            .await;
+        server
+    });
+    let out = command()
+        .args(["run", "workflows/simple-inference.yaml", "-i", "question=What is Rust?"])
+        .env("OPENAI_BASE_URL", format!("{}/v1", server.uri()))
+        .env("OPENAI_API_KEY", "sk-test")
+        .output()
+        .unwrap();
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let outputs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(outputs["answer"], "Rust is a language.");
+    // 2000 × $0.15/M + 1000 × $0.60/M
+    assert!(err.contains("3000 tokens, $0.0009"), "{err}");
+    drop(rt);
+}
+
+#[test]
+fn cancel_stops_a_running_run_and_runs_its_failure_hooks() {
+    use std::io::BufRead;
+    let dir = std::env::temp_dir().join(format!("llmo-cancel-{}", std::process::id()));
+    let db = dir.join("runs.db");
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut child = command()
+        .args(["run", "--mock", "--state", db.to_str().unwrap(), "workflows/article-pipeline.yaml", "-i", "topic=Rust"])
+        .env("LLMO_MOCK_DELAY_MS", "400")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let run_id = lines.next().unwrap().unwrap().split(':').next().unwrap().to_string();
+    for line in lines.by_ref() {
+        if line.unwrap().contains("✓ outline") {
+            break;
+        }
+    }
+    let out = llmo(&["cancel", &run_id, "--state", db.to_str().unwrap(), "--mock"]);
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains(": cancelled ("), "{err}");
+    assert!(err.contains("hook on.failure[0] (http): done"), "{err}");
+    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    assert_eq!(child.wait().unwrap().code(), Some(1), "{rest:?}");
+    assert!(rest.iter().any(|l| l.contains(": cancelled in")), "{rest:?}");
+    let status: serde_json::Value =
+        serde_json::from_slice(&llmo(&["status", &run_id, "--state", db.to_str().unwrap(), "--history"]).stdout)
+            .unwrap();
+    assert_eq!(status["status"], "cancelled");
+    assert_eq!(status["tasks"]["translate"]["attempts"], 0, "nothing started after the cancel");
+    let history = status["history"].as_array().unwrap();
+    assert!(history.iter().any(|h| h["event"] == "cancel"), "{history:?}");
+    assert_eq!(llmo(&["cancel", &run_id, "--state", db.to_str().unwrap()]).status.code(), Some(1), "already ended");
+    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]
@@ -205,7 +315,7 @@ fn a_run_killed_mid_flight_resumes_without_rerunning_finished_tasks() {
     let dir = std::env::temp_dir().join(format!("llmo-resume-{}", std::process::id()));
     let db = dir.join("runs.db");
     let _ = std::fs::remove_dir_all(&dir);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_llmo"))
+    let mut child = command()
         .args([
             "run",
             "--mock",
@@ -215,7 +325,6 @@ fn a_run_killed_mid_flight_resumes_without_rerunning_finished_tasks() {
             "-i",
             "topic=Rust ownership",
         ])
-        .current_dir(root())
         .env("LLMO_MOCK_DELAY_MS", "300")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

@@ -121,8 +121,11 @@ impl Driver {
         if st.status.is_terminal() {
             return Ok(Finished { state: st, hooks: Vec::new() });
         }
-        let (first, cmds) =
-            if st.status == RunStatus::Pending { (vec![Event::Start], Vec::new()) } else { (Vec::new(), self.plan.in_flight(&st)) };
+        let (first, cmds) = if st.status == RunStatus::Pending {
+            (vec![Event::Start], Vec::new())
+        } else {
+            (Vec::new(), self.plan.in_flight(&st))
+        };
         self.drive(st, first, cmds, observer).await
     }
 
@@ -392,7 +395,8 @@ pub async fn run_hooks(
     observer: &mut dyn Observer,
 ) -> Vec<HookOutcome> {
     let Some(on) = &plan.checked.workflow.spec.on else { return Vec::new() };
-    let (kind, hooks) = if status == RunStatus::Succeeded { ("success", &on.success) } else { ("failure", &on.failure) };
+    let (kind, hooks) =
+        if status == RunStatus::Succeeded { ("success", &on.success) } else { ("failure", &on.failure) };
     let context = plan.context(st, None, None);
     let mut out = Vec::new();
     for (i, hook) in hooks.iter().enumerate() {
@@ -453,7 +457,12 @@ pub async fn run_hooks(
 /// Cancels a stored run (compare-and-set, retried on a lost race). A driver running the run
 /// notices at its next write or poll and stops. Returns the state after, or `None` if the
 /// run had already ended.
-pub async fn cancel(plan: &Plan, store: &dyn RunStore, clock: &dyn Clock, run_id: &str) -> Result<Option<RunState>, Error> {
+pub async fn cancel(
+    plan: &Plan,
+    store: &dyn RunStore,
+    clock: &dyn Clock,
+    run_id: &str,
+) -> Result<Option<RunState>, Error> {
     loop {
         let stored = store.load(run_id).await?.ok_or_else(|| Error::NoSuchRun(run_id.to_string()))?;
         let mut st = rebuild(plan, stored)?;
@@ -538,7 +547,9 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn independent_attempts_run_at_the_same_time_and_retries_wait() {
-        let mut wf = format!("{HEAD}  defaults: {{ retry: {{ max_attempts: 2, backoff: {{ initial: 1s, jitter: none }} }} }}\n  tasks:\n");
+        let mut wf = format!(
+            "{HEAD}  defaults: {{ retry: {{ max_attempts: 2, backoff: {{ initial: 1s, jitter: none }} }} }}\n  tasks:\n"
+        );
         for i in 0..10 {
             wf += &format!("    - {{ id: t{i}, type: http, with: {{ url: \"http://x/{i}\" }} }}\n");
         }

@@ -23,8 +23,17 @@ use crate::executor::{Attempt, Executor, failed};
 
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The `with` block; query values rendered from expressions (numbers, booleans) are sent as text.
 fn parse_with(a: &Attempt) -> Result<HttpWith, TaskError> {
-    serde_json::from_value(a.with.clone()).map_err(|e| TaskError::fatal(format!("http: {e}")))
+    let mut with = a.with.clone();
+    if let Some(Value::Object(q)) = with.get_mut("query") {
+        for v in q.values_mut() {
+            if !v.is_string() {
+                *v = Value::String(v.to_string());
+            }
+        }
+    }
+    serde_json::from_value(with).map_err(|e| TaskError::fatal(format!("http: {e}")))
 }
 
 /// Renders the headers with `secrets` added to the context.
@@ -35,9 +44,10 @@ fn headers(a: &Attempt, w: &HttpWith) -> Result<Vec<(String, String)>, TaskError
     for v in w.headers.values() {
         for c in re.captures_iter(v) {
             let name = &c[1];
-            let value = std::env::var(format!("LLMO_SECRET_{name}")).or_else(|_| std::env::var(name)).map_err(|_| {
-                TaskError::fatal(format!("secret `{name}` is not set (set LLMO_SECRET_{name} or {name})"))
-            })?;
+            let value =
+                std::env::var(format!("LLMO_SECRET_{name}")).or_else(|_| std::env::var(name)).map_err(|_| {
+                    TaskError::fatal(format!("secret `{name}` is not set (set LLMO_SECRET_{name} or {name})"))
+                })?;
             secrets.insert(name.to_string(), Value::String(value));
         }
     }
@@ -46,7 +56,10 @@ fn headers(a: &Attempt, w: &HttpWith) -> Result<Vec<(String, String)>, TaskError
     w.headers
         .iter()
         .map(|(k, v)| {
-            let r = a.plan.render(&Value::String(v.clone()), &ctx).map_err(|e| TaskError::fatal(format!("headers.{k}: {e}")))?;
+            let r = a
+                .plan
+                .render(&Value::String(v.clone()), &ctx)
+                .map_err(|e| TaskError::fatal(format!("headers.{k}: {e}")))?;
             Ok((k.clone(), r.as_str().map_or_else(|| r.to_string(), str::to_string)))
         })
         .collect()
@@ -152,7 +165,11 @@ impl Executor for HttpExecutor {
             .collect();
         match resp.text().await {
             Ok(body) => outcome(&w, status, headers, &body),
-            Err(e) => AttemptResult::Failed { error: format!("reading the response: {e}"), retryable: true, usage: Usage::default() },
+            Err(e) => AttemptResult::Failed {
+                error: format!("reading the response: {e}"),
+                retryable: true,
+                usage: Usage::default(),
+            },
         }
     }
 
@@ -192,7 +209,8 @@ impl Fixtures {
     /// Reads a fixtures file (YAML): `responses: [{method, url, status, headers, body}]`.
     pub fn load(path: &Path) -> Result<Self, String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let loaded = llmo_core::yaml::load(&text, Default::default()).map_err(|e| format!("{}: {e}", path.display()))?;
+        let loaded =
+            llmo_core::yaml::load(&text, Default::default()).map_err(|e| format!("{}: {e}", path.display()))?;
         serde_json::from_value(loaded.json).map_err(|e| format!("{}: {e}", path.display()))
     }
 }
@@ -217,9 +235,11 @@ impl Executor for MockHttp {
         }
         let m = method_name(w.method);
         let url = w.url.split('?').next().unwrap_or(&w.url);
-        let hit = self.fixtures.responses.iter().find(|f| {
-            f.method.as_deref().is_none_or(|fm| fm.eq_ignore_ascii_case(m)) && glob_match(&f.url, url)
-        });
+        let hit = self
+            .fixtures
+            .responses
+            .iter()
+            .find(|f| f.method.as_deref().is_none_or(|fm| fm.eq_ignore_ascii_case(m)) && glob_match(&f.url, url));
         match hit {
             Some(f) => outcome(&w, f.status, f.headers.clone(), &f.body.to_string()),
             None => {
@@ -278,8 +298,14 @@ mod tests {
     async fn statuses_map_to_retryable_and_fatal_failures() {
         let server = MockServer::start().await;
         Mock::given(path("/busy")).respond_with(ResponseTemplate::new(503)).mount(&server).await;
-        Mock::given(path("/gone")).respond_with(ResponseTemplate::new(404).set_body_string("no such thing")).mount(&server).await;
-        Mock::given(path("/slow")).respond_with(ResponseTemplate::new(200).set_delay(Duration::from_secs(3))).mount(&server).await;
+        Mock::given(path("/gone"))
+            .respond_with(ResponseTemplate::new(404).set_body_string("no such thing"))
+            .mount(&server)
+            .await;
+        Mock::given(path("/slow"))
+            .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_secs(3)))
+            .mount(&server)
+            .await;
         let call = |p: &str, extra: Value| {
             let mut with = json!({ "url": format!("{}{p}", server.uri()) });
             with.as_object_mut().unwrap().extend(extra.as_object().cloned().unwrap_or_default());
@@ -287,14 +313,28 @@ mod tests {
         };
         assert!(matches!(call("/busy", json!({})).await, AttemptResult::Failed { retryable: true, .. }));
         let r = call("/gone", json!({})).await;
-        assert!(matches!(&r, AttemptResult::Failed { retryable: false, error, .. } if error == "HTTP 404: no such thing"), "{r:?}");
+        assert!(
+            matches!(&r, AttemptResult::Failed { retryable: false, error, .. } if error == "HTTP 404: no such thing"),
+            "{r:?}"
+        );
         assert!(matches!(call("/gone", json!({ "expect_status": [404] })).await, AttemptResult::Succeeded { .. }));
         let r = call("/slow", json!({})).await;
-        assert!(matches!(&r, AttemptResult::Failed { retryable: true, error, .. } if error == "timed out after 500ms"), "{r:?}");
+        assert!(
+            matches!(&r, AttemptResult::Failed { retryable: true, error, .. } if error == "timed out after 500ms"),
+            "{r:?}"
+        );
         let r = HttpExecutor::default()
-            .execute(&test_attempt("http", json!({ "url": "http://x", "headers": { "A": "{{ secrets.LLMO_UNSET_FOR_TESTS }}" } }), None, 1))
+            .execute(&test_attempt(
+                "http",
+                json!({ "url": "http://x", "headers": { "A": "{{ secrets.LLMO_UNSET_FOR_TESTS }}" } }),
+                None,
+                1,
+            ))
             .await;
-        assert!(matches!(&r, AttemptResult::Failed { retryable: false, error, .. } if error.contains("secret `LLMO_UNSET_FOR_TESTS` is not set")), "{r:?}");
+        assert!(
+            matches!(&r, AttemptResult::Failed { retryable: false, error, .. } if error.contains("secret `LLMO_UNSET_FOR_TESTS` is not set")),
+            "{r:?}"
+        );
     }
 
     #[tokio::test]

@@ -4,6 +4,23 @@
 pub mod driver;
 pub mod executor;
 pub mod http;
-pub mod providers;
 pub mod ports;
+pub mod providers;
 pub mod store;
+
+use std::sync::Arc;
+
+/// The executors of the built-in task types: `llm` over the configured providers (every call
+/// answered by `mock` when `mock` is set), `http` (answered from `fixtures` when `mock` is
+/// set), `transform`, `evaluate` (with the model judge) and `policy`.
+pub fn standard_registry(config: providers::Config, mock: bool, fixtures: http::Fixtures) -> executor::Registry {
+    let llm = Arc::new(providers::LlmExecutor::new(config, mock));
+    let mut r = executor::Registry::with_builtins(Some(llm.clone()));
+    r.register("llm", llm);
+    if mock {
+        r.register("http", Arc::new(http::MockHttp { fixtures }));
+    } else {
+        r.register("http", Arc::new(http::HttpExecutor::default()));
+    }
+    r
+}

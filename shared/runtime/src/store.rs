@@ -195,7 +195,8 @@ impl RunStore for MemoryStore {
     }
 
     async fn list(&self) -> Result<Vec<RunSummary>, Error> {
-        let mut v: Vec<RunSummary> = self.runs.lock().expect("store lock").values().map(|r| r.summary.clone()).collect();
+        let mut v: Vec<RunSummary> =
+            self.runs.lock().expect("store lock").values().map(|r| r.summary.clone()).collect();
         v.sort_by(|a, b| b.started_at.cmp(&a.started_at).then(b.run_id.cmp(&a.run_id)));
         Ok(v)
     }
@@ -321,13 +322,16 @@ impl RunStore for SqliteStore {
                  JOIN sources s ON s.run_id = r.run_id JOIN snapshots p ON p.run_id = r.run_id
                  WHERE r.run_id = ?1",
                 params![run_id],
-                |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?)),
+                |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?))
+                },
             )
             .optional()?;
         let Some((workflow, source_name, source, state)) = head else { return Ok(None) };
         let snapshot: RunState = serde_json::from_str(&state)?;
-        let mut stmt =
-            tx.prepare_cached("SELECT version, at, event FROM transitions WHERE run_id = ?1 AND version > ?2 ORDER BY version")?;
+        let mut stmt = tx.prepare_cached(
+            "SELECT version, at, event FROM transitions WHERE run_id = ?1 AND version > ?2 ORDER BY version",
+        )?;
         let rows = stmt.query_map(params![run_id, snapshot.version as i64], |r| {
             Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?))
         })?;
@@ -359,7 +363,8 @@ impl RunStore for SqliteStore {
             return Ok(false); // dropping `tx` rolls back
         }
         {
-            let mut ins = tx.prepare_cached("INSERT INTO transitions (run_id, version, at, event) VALUES (?1, ?2, ?3, ?4)")?;
+            let mut ins =
+                tx.prepare_cached("INSERT INTO transitions (run_id, version, at, event) VALUES (?1, ?2, ?3, ?4)")?;
             for t in transitions {
                 ins.execute(params![head.run_id, t.version as i64, t.at as i64, serde_json::to_string(&t.event)?])?;
             }
@@ -389,9 +394,8 @@ impl RunStore for SqliteStore {
     async fn history(&self, run_id: &str) -> Result<Vec<Transition>, Error> {
         let conn = self.lock();
         let mut stmt = conn.prepare("SELECT version, at, event FROM transitions WHERE run_id = ?1 ORDER BY version")?;
-        let rows = stmt.query_map(params![run_id], |r| {
-            Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?))
-        })?;
+        let rows = stmt
+            .query_map(params![run_id], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?)))?;
         let mut out = Vec::new();
         for row in rows {
             let (version, at, event) = row?;

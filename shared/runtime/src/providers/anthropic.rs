@@ -59,7 +59,8 @@ pub fn body(req: &ChatRequest) -> Value {
 
 pub fn parse(body: &str, requested_model: &str) -> Result<ChatResponse, CallError> {
     let v: Value = serde_json::from_str(body).map_err(|e| CallError::Malformed(format!("not JSON: {e}")))?;
-    let content = v.get("content").and_then(Value::as_array).ok_or_else(|| CallError::Malformed("no content".into()))?;
+    let content =
+        v.get("content").and_then(Value::as_array).ok_or_else(|| CallError::Malformed("no content".into()))?;
     let text: String = content
         .iter()
         .filter(|b| b.get("type").and_then(Value::as_str) == Some("text"))
@@ -69,7 +70,9 @@ pub fn parse(body: &str, requested_model: &str) -> Result<ChatResponse, CallErro
     Ok(ChatResponse {
         text,
         model: v.get("model").and_then(Value::as_str).unwrap_or(requested_model).to_string(),
-        prompt_tokens: n("/usage/input_tokens") + n("/usage/cache_creation_input_tokens") + n("/usage/cache_read_input_tokens"),
+        prompt_tokens: n("/usage/input_tokens")
+            + n("/usage/cache_creation_input_tokens")
+            + n("/usage/cache_read_input_tokens"),
         completion_tokens: n("/usage/output_tokens"),
     })
 }

@@ -92,7 +92,9 @@ impl PriceTable {
         }
         self.0
             .iter()
-            .filter(|(name, _)| model.len() > name.len() && model.starts_with(name.as_str()) && model.as_bytes()[name.len()] == b'-')
+            .filter(|(name, _)| {
+                model.len() > name.len() && model.starts_with(name.as_str()) && model.as_bytes()[name.len()] == b'-'
+            })
             .max_by_key(|(name, _)| name.len())
             .map(|(_, p)| p)
     }
@@ -193,7 +195,14 @@ impl Config {
         );
         providers.insert(
             "mock".into(),
-            ProviderConfig { kind: Kind::Mock, base_url: String::new(), api_key: None, api_key_env: None, timeout, free: true },
+            ProviderConfig {
+                kind: Kind::Mock,
+                base_url: String::new(),
+                api_key: None,
+                api_key_env: None,
+                timeout,
+                free: true,
+            },
         );
         Config {
             default_provider: env("LLMO_DEFAULT_PROVIDER").unwrap_or_else(|| "openai".into()),

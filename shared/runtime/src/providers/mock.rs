@@ -20,7 +20,9 @@ impl Provider for Mock {
         let prompt: Vec<&str> = req.messages.iter().map(|(_, c)| c.as_str()).collect();
         let with = json!({ "model": req.model, "prompt": prompt.join("\n"), "system": req.system });
         let text = match &req.schema {
-            Some(s) if s.pointer("/properties/score").is_some() => json!({"score": 0.8, "reason": "mock judge"}).to_string(),
+            Some(s) if s.pointer("/properties/score").is_some() => {
+                json!({"score": 0.8, "reason": "mock judge"}).to_string()
+            }
             Some(s) => example_for_schema(s).to_string(),
             None if req.json => "{}".to_string(),
             None => mock_llm(&with)["text"].as_str().unwrap_or_default().to_string(),

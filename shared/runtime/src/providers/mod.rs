@@ -102,9 +102,10 @@ pub(crate) fn status_error(status: u16, retry_after: Option<Duration>, body: &st
     let message = serde_json::from_str::<Value>(body)
         .ok()
         .and_then(|v| {
-            v.pointer("/error/message").and_then(Value::as_str).map(str::to_string).or_else(|| {
-                v.get("error").and_then(Value::as_str).map(str::to_string)
-            })
+            v.pointer("/error/message")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .or_else(|| v.get("error").and_then(Value::as_str).map(str::to_string))
         })
         .unwrap_or_else(|| body.chars().take(300).collect());
     match status {
@@ -117,7 +118,9 @@ pub(crate) fn status_error(status: u16, retry_after: Option<Duration>, body: &st
 /// `Retry-After` in seconds (or `retry-after-ms`, as OpenAI sends).
 pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     let get = |k: &str| headers.get(k).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<f64>().ok());
-    get("retry-after-ms").map(|ms| Duration::from_secs_f64(ms / 1000.0)).or_else(|| get("retry-after").map(Duration::from_secs_f64))
+    get("retry-after-ms")
+        .map(|ms| Duration::from_secs_f64(ms / 1000.0))
+        .or_else(|| get("retry-after").map(Duration::from_secs_f64))
 }
 
 pub(crate) fn send_error(e: reqwest::Error, timeout: Duration) -> CallError {
@@ -194,7 +197,10 @@ pub struct LlmExecutor {
 
 impl LlmExecutor {
     pub fn new(config: Config, force_mock: bool) -> Self {
-        let client = reqwest::Client::builder().user_agent(concat!("llmo/", env!("CARGO_PKG_VERSION"))).build().expect("http client");
+        let client = reqwest::Client::builder()
+            .user_agent(concat!("llmo/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .expect("http client");
         let mut providers: HashMap<String, Arc<dyn Provider>> = HashMap::new();
         let mut breakers = HashMap::new();
         for (name, p) in &config.providers {
@@ -252,7 +258,10 @@ impl LlmExecutor {
             if let Err(left) = breaker.allow() {
                 return Err(CallError::Server {
                     status: 503,
-                    message: format!("circuit open for provider `{name}` after repeated failures ({:.0}s left)", left.as_secs_f64()),
+                    message: format!(
+                        "circuit open for provider `{name}` after repeated failures ({:.0}s left)",
+                        left.as_secs_f64()
+                    ),
                 });
             }
             calls += 1;
@@ -441,7 +450,10 @@ impl Judge for LlmExecutor {
             provider: provider.map(str::to_string),
             model: model.to_string(),
             fallback_models: Vec::new(),
-            system: Some("You grade texts against criteria. Answer only with JSON: {\"score\": <0..1>, \"reason\": \"...\"}.".into()),
+            system: Some(
+                "You grade texts against criteria. Answer only with JSON: {\"score\": <0..1>, \"reason\": \"...\"}."
+                    .into(),
+            ),
             prompt: Some(format!("Criteria:\n{criteria}\n\nText:\n{text}")),
             messages: None,
             temperature: Some(0.0),

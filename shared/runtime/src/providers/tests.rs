@@ -83,7 +83,11 @@ async fn openai_success_sends_the_prompt_and_prices_the_usage() {
         .expect(1)
         .mount(&server)
         .await;
-    let r = run(&exec(&server), json!({ "model": "gpt-4o-mini", "system": "Be brief.", "prompt": "Hi", "temperature": 0.2, "max_tokens": 50 })).await;
+    let r = run(
+        &exec(&server),
+        json!({ "model": "gpt-4o-mini", "system": "Be brief.", "prompt": "Hi", "temperature": 0.2, "max_tokens": 50 }),
+    )
+    .await;
     let out = output(&r);
     assert_eq!(out["text"], "Hello!");
     assert_eq!(out["model"], "openai/gpt-4o-mini");
@@ -97,12 +101,20 @@ async fn openai_success_sends_the_prompt_and_prices_the_usage() {
 async fn a_429_waits_for_retry_after_then_succeeds() {
     let server = MockServer::start().await;
     chat_route()
-        .respond_with(ResponseTemplate::new(429).insert_header("retry-after", "1").set_body_json(json!({"error": {"message": "Rate limit reached"}})))
+        .respond_with(
+            ResponseTemplate::new(429)
+                .insert_header("retry-after", "1")
+                .set_body_json(json!({"error": {"message": "Rate limit reached"}})),
+        )
         .up_to_n_times(1)
         .expect(1)
         .mount(&server)
         .await;
-    chat_route().respond_with(ResponseTemplate::new(200).set_body_json(completion("ok", 1, 1))).expect(1).mount(&server).await;
+    chat_route()
+        .respond_with(ResponseTemplate::new(200).set_body_json(completion("ok", 1, 1)))
+        .expect(1)
+        .mount(&server)
+        .await;
     let t = Instant::now();
     let r = run(&exec(&server), json!({ "model": "gpt-4o-mini", "prompt": "Hi" })).await;
     assert_eq!(output(&r)["text"], "ok");
@@ -125,8 +137,17 @@ async fn a_retry_after_longer_than_the_cap_ends_the_attempt_as_retryable() {
 #[tokio::test]
 async fn server_errors_are_retried_with_backoff_then_reported_as_retryable() {
     let server = MockServer::start().await;
-    chat_route().respond_with(ResponseTemplate::new(500).set_body_string("upstream exploded")).up_to_n_times(2).expect(2).mount(&server).await;
-    chat_route().respond_with(ResponseTemplate::new(200).set_body_json(completion("third time", 1, 1))).up_to_n_times(1).mount(&server).await;
+    chat_route()
+        .respond_with(ResponseTemplate::new(500).set_body_string("upstream exploded"))
+        .up_to_n_times(2)
+        .expect(2)
+        .mount(&server)
+        .await;
+    chat_route()
+        .respond_with(ResponseTemplate::new(200).set_body_json(completion("third time", 1, 1)))
+        .up_to_n_times(1)
+        .mount(&server)
+        .await;
     let e = exec(&server);
     assert_eq!(output(&run(&e, json!({ "model": "gpt-4o-mini", "prompt": "Hi" })).await)["text"], "third time");
 
@@ -141,7 +162,9 @@ async fn server_errors_are_retried_with_backoff_then_reported_as_retryable() {
 async fn a_slow_server_times_out() {
     let server = MockServer::start().await;
     chat_route()
-        .respond_with(ResponseTemplate::new(200).set_body_json(completion("late", 1, 1)).set_delay(Duration::from_secs(2)))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(completion("late", 1, 1)).set_delay(Duration::from_secs(2)),
+        )
         .mount(&server)
         .await;
     let e = LlmExecutor::new(config(&server, Duration::from_millis(200)), false)
@@ -156,14 +179,20 @@ async fn a_slow_server_times_out() {
 #[tokio::test]
 async fn malformed_bodies_and_client_errors_are_not_retried_within_the_attempt() {
     let server = MockServer::start().await;
-    chat_route().respond_with(ResponseTemplate::new(200).set_body_string("{\"choices\": [")).expect(1).mount(&server).await;
+    chat_route()
+        .respond_with(ResponseTemplate::new(200).set_body_string("{\"choices\": ["))
+        .expect(1)
+        .mount(&server)
+        .await;
     let r = run(&exec(&server), json!({ "model": "gpt-4o-mini", "prompt": "Hi" })).await;
     let (e, retryable) = failure(&r);
     assert!(retryable && e.contains("malformed response"), "{e}");
 
     let server = MockServer::start().await;
     chat_route()
-        .respond_with(ResponseTemplate::new(401).set_body_json(json!({"error": {"message": "Incorrect API key provided"}})))
+        .respond_with(
+            ResponseTemplate::new(401).set_body_json(json!({"error": {"message": "Incorrect API key provided"}})),
+        )
         .expect(1)
         .mount(&server)
         .await;
@@ -218,13 +247,19 @@ async fn json_output_is_checked_against_the_output_schema() {
         .up_to_n_times(1)
         .mount(&server)
         .await;
-    chat_route().respond_with(ResponseTemplate::new(200).set_body_json(completion("```json\n{\"kind\": \"b\"}\n```", 5, 5))).mount(&server).await;
+    chat_route()
+        .respond_with(ResponseTemplate::new(200).set_body_json(completion("```json\n{\"kind\": \"b\"}\n```", 5, 5)))
+        .mount(&server)
+        .await;
     let e = exec(&server);
     let r = run(&e, with.clone()).await;
     let (err, retryable) = failure(&r);
     assert!(retryable, "another attempt may answer well");
     assert!(err.contains("does not match output_schema at `/kind`"), "{err}");
-    assert!(matches!(r, AttemptResult::Failed { usage, .. } if usage.tokens == 10), "the bad answer's tokens still count");
+    assert!(
+        matches!(r, AttemptResult::Failed { usage, .. } if usage.tokens == 10),
+        "the bad answer's tokens still count"
+    );
     let r = run(&e, with).await;
     assert_eq!(output(&r)["json"], json!({ "kind": "b" }), "fenced JSON is accepted");
 }
@@ -249,7 +284,11 @@ async fn anthropic_is_asked_for_json_in_the_system_prompt_and_rate_limits_are_re
     let server = MockServer::start().await;
     Route::given(method("POST"))
         .and(path("/v1/messages"))
-        .respond_with(ResponseTemplate::new(529).set_body_json(json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})))
+        .respond_with(
+            ResponseTemplate::new(529).set_body_json(
+                json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}),
+            ),
+        )
         .up_to_n_times(1)
         .expect(1)
         .mount(&server)
@@ -263,7 +302,11 @@ async fn anthropic_is_asked_for_json_in_the_system_prompt_and_rate_limits_are_re
         .expect(1)
         .mount(&server)
         .await;
-    let r = run(&exec(&server), json!({ "provider": "anthropic", "model": "claude-sonnet-4-5", "prompt": "Count", "response_format": "json" })).await;
+    let r = run(
+        &exec(&server),
+        json!({ "provider": "anthropic", "model": "claude-sonnet-4-5", "prompt": "Count", "response_format": "json" }),
+    )
+    .await;
     assert_eq!(output(&r)["json"], json!({ "n": 3 }));
     let sent = &server.received_requests().await.unwrap()[1];
     let body: Value = serde_json::from_slice(&sent.body).unwrap();
@@ -273,7 +316,11 @@ async fn anthropic_is_asked_for_json_in_the_system_prompt_and_rate_limits_are_re
 #[tokio::test]
 async fn mock_mode_answers_offline_and_the_judge_grades() {
     let e = LlmExecutor::new(Config::builtin(), true);
-    let r = run(&e, json!({ "provider": "anthropic", "model": "claude-sonnet-4-5", "prompt": "Outline an article about Rust" })).await;
+    let r = run(
+        &e,
+        json!({ "provider": "anthropic", "model": "claude-sonnet-4-5", "prompt": "Outline an article about Rust" }),
+    )
+    .await;
     assert_eq!(output(&r)["text"], "[mock claude-sonnet-4-5] Outline an article about Rust");
     assert_eq!(output(&r)["model"], "mock/claude-sonnet-4-5");
     let a = test_attempt("evaluate", json!(null), None, 1);
