@@ -325,21 +325,20 @@ impl Driver {
     ) -> Result<Attempt, AttemptResult> {
         let spec = &self.plan.checked.workflow.spec;
         let t = &spec.tasks[task];
-        let context = self.plan.context(st, Some(task), item);
-        let mut raw = Map::new();
-        let mut with = t.with.clone();
-        for f in exec.raw_fields() {
-            if let Some(v) = with.remove(*f) {
-                raw.insert((*f).to_string(), v);
-            }
+        let context = self.plan.context_value(st, Some(task), item);
+        let raw = exec.raw_fields();
+        let mut with = Map::with_capacity(t.with.len());
+        for (k, v) in &t.with {
+            let v = if raw.contains(&k.as_str()) {
+                v.clone()
+            } else {
+                self.plan
+                    .render_in(v, &context)
+                    .map_err(|e| failed(TaskError::fatal(format!("rendering `with.{k}`: {e}"))))?
+            };
+            with.insert(k.clone(), v);
         }
-        let mut with = self
-            .plan
-            .render(&Value::Object(with), &context)
-            .map_err(|e| failed(TaskError::fatal(format!("rendering `with`: {e}"))))?;
-        if let Value::Object(m) = &mut with {
-            m.extend(raw);
-        }
+        let with = Value::Object(with);
         Ok(Attempt {
             plan: self.plan.clone(),
             run_id: st.run_id.clone(),
@@ -397,7 +396,7 @@ pub async fn run_hooks(
     let Some(on) = &plan.checked.workflow.spec.on else { return Vec::new() };
     let (kind, hooks) =
         if status == RunStatus::Succeeded { ("success", &on.success) } else { ("failure", &on.failure) };
-    let context = plan.context(st, None, None);
+    let context = plan.context_value(st, None, None);
     let mut out = Vec::new();
     for (i, hook) in hooks.iter().enumerate() {
         let name = format!("on.{kind}[{i}] ({})", hook.ty);
@@ -412,7 +411,7 @@ pub async fn run_hooks(
                         raw.insert((*f).to_string(), v);
                     }
                 }
-                match plan.render(&Value::Object(with), &context) {
+                match plan.render_in(&Value::Object(with), &context) {
                     Err(e) => failed(TaskError::fatal(format!("rendering `with`: {e}"))),
                     Ok(mut with) => {
                         if let Value::Object(m) = &mut with {

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use llmo_core::engine::builtin::{self, TaskError};
-use llmo_core::engine::{AttemptResult, Plan, Usage};
+use llmo_core::engine::{AttemptResult, Ctx, Plan, Usage};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -31,8 +31,9 @@ pub struct Attempt {
     pub attempt: u32,
     /// The rendered `with` block (minus [`Executor::raw_fields`], which stay as written).
     pub with: Value,
-    /// What the task's templates can read (`inputs`, the tasks it reads, `run`, `item`).
-    pub context: Value,
+    /// What the task's templates can read (`inputs`, the tasks it reads, `run`, `item`), as a
+    /// template value (`serde_json::to_value(&context)` gives it as JSON).
+    pub context: Ctx,
     /// The run's budget left, if it has one.
     pub budget_left_usd: Option<f64>,
     /// The task's `timeout` (or `defaults.timeout`), if any.
@@ -212,13 +213,13 @@ impl Executor for Evaluate {
     }
 }
 
-/// Does nothing and succeeds with `null`: for benchmarks of the runtime itself.
-pub struct Noop;
+/// Does nothing and succeeds with a fixed output: for benchmarks of the runtime itself.
+pub struct Noop(pub Value);
 
 #[async_trait]
 impl Executor for Noop {
     async fn execute(&self, _: &Attempt) -> AttemptResult {
-        AttemptResult::Succeeded { output: Value::Null, usage: Usage::default() }
+        AttemptResult::Succeeded { output: self.0.clone(), usage: Usage::default() }
     }
     fn inline(&self) -> bool {
         true
@@ -241,7 +242,7 @@ pub(crate) fn test_attempt(ty: &str, with: Value, item: Option<u32>, attempt: u3
         item,
         attempt,
         with,
-        context: serde_json::json!({ "inputs": { "q": "x" }, "tasks": {}, "run": { "id": "run-1" } }),
+        context: Ctx::from(minijinja::value::Serde(serde_json::json!({ "inputs": { "q": "x" }, "tasks": {}, "run": { "id": "run-1" } }))),
         budget_left_usd: None,
         timeout: Some(Duration::from_millis(500)),
     }
@@ -265,7 +266,7 @@ mod tests {
             item,
             attempt: n,
             with: Value::Null,
-            context: Value::Null,
+            context: Ctx::from(()),
             budget_left_usd: None,
             timeout: None,
         }

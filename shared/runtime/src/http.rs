@@ -51,14 +51,16 @@ fn headers(a: &Attempt, w: &HttpWith) -> Result<Vec<(String, String)>, TaskError
             secrets.insert(name.to_string(), Value::String(value));
         }
     }
-    let mut ctx = a.context.clone();
-    ctx["secrets"] = Value::Object(secrets);
+    let ctx = minijinja::value::merge_maps([
+        minijinja::Value::from_pairs([("secrets", minijinja::Value::from(minijinja::value::Serde(&secrets)))]),
+        a.context.clone(),
+    ]);
     w.headers
         .iter()
         .map(|(k, v)| {
             let r = a
                 .plan
-                .render(&Value::String(v.clone()), &ctx)
+                .render_in(&Value::String(v.clone()), &ctx)
                 .map_err(|e| TaskError::fatal(format!("headers.{k}: {e}")))?;
             Ok((k.clone(), r.as_str().map_or_else(|| r.to_string(), str::to_string)))
         })

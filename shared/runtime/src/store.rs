@@ -175,14 +175,9 @@ impl RunStore for MemoryStore {
         Ok(true)
     }
 
-    async fn snapshot(&self, state: &RunState) -> Result<(), Error> {
-        let mut runs = self.runs.lock().expect("store lock");
-        if let Some(r) = runs.get_mut(&state.run_id)
-            && state.version > r.snapshot.version
-            && state.version <= r.summary.version
-        {
-            r.snapshot = state.clone();
-        }
+    /// Nothing to do: in memory, loading replays the log from the start, which costs less
+    /// than copying a large run's state at every snapshot.
+    async fn snapshot(&self, _state: &RunState) -> Result<(), Error> {
         Ok(())
     }
 
@@ -468,7 +463,7 @@ mod tests {
         assert_eq!(rebuild(&plan, loaded).unwrap(), st, "replaying the log gives the same state");
         store.snapshot(&mid).await.unwrap();
         let loaded = store.load("a").await.unwrap().unwrap();
-        assert_eq!(loaded.tail.len(), 2, "from the snapshot on");
+        assert!(loaded.tail.len() <= 3, "from the snapshot on, if the store keeps snapshots");
         assert_eq!(rebuild(&plan, loaded).unwrap(), st);
         assert_eq!(store.history("a").await.unwrap().len(), 3);
         assert!(store.load("nope").await.unwrap().is_none());
@@ -490,7 +485,9 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("llmo-store-{}", std::process::id()));
         let path = dir.join("runs.db");
         let _ = std::fs::remove_file(&path);
-        exercise(&SqliteStore::open(&path, Durability::Process).unwrap()).await;
+        let store = SqliteStore::open(&path, Durability::Process).unwrap();
+        exercise(&store).await;
+        assert_eq!(store.load("a").await.unwrap().unwrap().tail.len(), 2, "SQLite keeps the snapshot");
         // Another connection (another process) sees what the first wrote.
         let again = SqliteStore::open(&path, Durability::Power).unwrap();
         let plan = plan();

@@ -23,9 +23,10 @@ impl TaskError {
 }
 
 /// `transform`: the rendered `output`, or the value of `expression` in the task's context.
-pub fn transform(plan: &Plan, with: &Value, ctx: &Value) -> Result<Value, TaskError> {
+/// `ctx` is the attempt's context ([`Plan::context_value`]).
+pub fn transform(plan: &Plan, with: &Value, ctx: &super::machine::Ctx) -> Result<Value, TaskError> {
     if let Some(expr) = with.get("expression").and_then(Value::as_str) {
-        return plan.eval_expression(expr, ctx).map_err(TaskError::fatal);
+        return plan.eval_in(expr, ctx).map_err(TaskError::fatal);
     }
     Ok(with.get("output").cloned().unwrap_or(Value::Null))
 }

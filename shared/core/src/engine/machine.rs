@@ -6,7 +6,10 @@
 //! delivery) changes nothing and returns [`Ignored`].
 
 use minijinja::Environment;
-use serde_json::{Map, Value, json};
+
+/// A template context: what [`Plan::context_value`] builds.
+pub type Ctx = minijinja::Value;
+use serde_json::{Map, Value};
 
 use super::state::*;
 use crate::dag::EdgeKind;
@@ -34,6 +37,31 @@ pub struct Plan {
     reads: Vec<Vec<usize>>,
     /// Position of each task in the topological order.
     topo_pos: Vec<usize>,
+}
+
+/// A JSON value as a template value.
+fn to_ctx<T: serde::Serialize + ?Sized>(v: &T) -> Ctx {
+    Ctx::from(minijinja::value::Serde(v))
+}
+
+/// Compiles the templates (not the single `{{ expression }}`s) found in `v` into `env`.
+fn add_templates(env: &mut Environment<'static>, v: &Value) {
+    match v {
+        Value::String(s) if crate::expr::is_template(s) => {
+            let t = s.trim();
+            let single = t
+                .strip_prefix("{{")
+                .and_then(|r| r.strip_suffix("}}"))
+                .is_some_and(|e| !e.contains("{{") && !e.contains("}}"));
+            if !single && env.get_template(s).is_err() {
+                // A template that does not compile fails its attempt when rendered, with the error.
+                let _ = env.add_template_owned(s.clone(), s.clone());
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|x| add_templates(env, x)),
+        Value::Object(m) => m.values().for_each(|x| add_templates(env, x)),
+        _ => {}
+    }
 }
 
 impl Plan {
@@ -74,6 +102,15 @@ impl Plan {
         }
         let mut env = Environment::new();
         env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+        // Templates are compiled once, named by their text; `render` finds them by it.
+        let mut add = |v: &Value| add_templates(&mut env, v);
+        for t in &wf.spec.tasks {
+            t.with.values().for_each(&mut add);
+        }
+        wf.spec.outputs.values().for_each(&mut add);
+        if let Some(on) = &wf.spec.on {
+            on.success.iter().chain(&on.failure).flat_map(|h| h.with.values()).for_each(&mut add);
+        }
         Plan { checked, env, retry, deps, children, fallback, fallback_of, reads, topo_pos }
     }
 
@@ -173,72 +210,89 @@ impl Plan {
         cmds
     }
 
-    /// The evaluation context for task `task` (and item), as templates see it.
+    /// The evaluation context for task `task` (and item), as templates see it, as JSON.
     pub fn context(&self, st: &RunState, task: Option<usize>, item: Option<u32>) -> Value {
+        serde_json::to_value(self.context_value(st, task, item)).unwrap_or(Value::Null)
+    }
+
+    /// The evaluation context for task `task` (and item) as a template value: `inputs`, the
+    /// tasks it reads (all tasks when `task` is `None`, as `outputs` and hooks see them),
+    /// `run`, and `item`/`item_index` for `for_each` items.
+    ///
+    /// Built directly as template values: this runs once per attempt and is a large part of a
+    /// runtime's per-step cost.
+    pub fn context_value(&self, st: &RunState, task: Option<usize>, item: Option<u32>) -> Ctx {
         let wf = &self.checked.workflow;
-        let mut tasks = Map::new();
-        let mut add = |i: usize| {
+        let task_value = |i: usize| {
             let (status, output) = self.view(st, i);
             let ts = &st.tasks[i];
-            tasks.insert(
-                self.checked.dag.id(i).to_string(),
-                json!({
-                    "status": status.map_or("pending", TaskStatus::as_str),
-                    "output": output.cloned().unwrap_or(Value::Null),
-                    "error": ts.error,
-                    "attempts": ts.attempts,
-                    "usage": { "tokens": ts.tokens, "cost_usd": ts.cost_usd },
-                }),
-            );
+            let usage = Ctx::from_pairs([("tokens", Ctx::from(ts.tokens)), ("cost_usd", Ctx::from(ts.cost_usd))]);
+            Ctx::from_pairs([
+                ("status", Ctx::from(status.map_or("pending", TaskStatus::as_str))),
+                ("output", output.map_or(Ctx::from(()), to_ctx)),
+                ("error", ts.error.as_deref().map_or(Ctx::from(()), Ctx::from)),
+                ("attempts", Ctx::from(ts.attempts)),
+                ("usage", usage),
+            ])
         };
-        match task {
-            Some(i) => self.reads[i].iter().for_each(|&r| add(r)),
-            None => (0..self.task_count()).for_each(add),
-        }
-        let mut run = json!({
-            "id": st.run_id,
-            "workflow": wf.metadata.name,
-            "version": wf.metadata.version,
-            "started_at": st.started_at,
-            "labels": wf.metadata.labels,
-            "attempt": 1,
-        });
+        let tasks = match task {
+            Some(i) => Ctx::from_pairs(self.reads[i].iter().map(|&r| (self.checked.dag.id(r), task_value(r)))),
+            None => Ctx::from_pairs((0..self.task_count()).map(|i| (self.checked.dag.id(i), task_value(i)))),
+        };
+        let opt = |v: Option<Millis>| v.map_or(Ctx::from(()), Ctx::from);
+        let mut run = vec![
+            ("id", Ctx::from(st.run_id.as_str())),
+            ("workflow", Ctx::from(wf.metadata.name.as_str())),
+            ("version", wf.metadata.version.as_deref().map_or(Ctx::from(()), Ctx::from)),
+            ("started_at", opt(st.started_at)),
+            ("labels", Ctx::from_pairs(wf.metadata.labels.iter().map(|(k, v)| (k.as_str(), Ctx::from(v.as_str()))))),
+            ("attempt", Ctx::from(1)),
+        ];
         if task.is_none() {
-            run["status"] = json!(st.status.as_str());
-            run["error"] = json!(st.error);
-            run["ended_at"] = json!(st.ended_at);
-            run["cost_usd"] = json!(st.cost_usd);
-            run["tokens"] = json!(st.tokens);
+            run.extend([
+                ("status", Ctx::from(st.status.as_str())),
+                ("error", st.error.as_deref().map_or(Ctx::from(()), Ctx::from)),
+                ("ended_at", opt(st.ended_at)),
+                ("cost_usd", Ctx::from(st.cost_usd)),
+                ("tokens", Ctx::from(st.tokens)),
+            ]);
         }
-        let mut ctx = json!({ "inputs": st.inputs, "tasks": tasks, "run": run });
+        let mut ctx = vec![("inputs", to_ctx(&st.inputs)), ("tasks", tasks), ("run", Ctx::from_pairs(run))];
         if let (Some(i), Some(k)) = (task, item) {
-            ctx["item"] = st.tasks[i].units.get(k as usize).and_then(|u| u.item.clone()).unwrap_or(Value::Null);
-            ctx["item_index"] = json!(k);
+            ctx.push(("item", st.tasks[i].units.get(k as usize).and_then(|u| u.item.as_ref()).map_or(Ctx::from(()), to_ctx)));
+            ctx.push(("item_index", Ctx::from(k)));
         }
-        ctx
+        Ctx::from_pairs(ctx)
     }
 
     /// Renders a templated value: strings are templates; a string that is exactly one
     /// `{{ expression }}` yields the expression's value, not its text.
     pub fn render(&self, v: &Value, ctx: &Value) -> Result<Value, String> {
+        self.render_in(v, &to_ctx(ctx))
+    }
+
+    /// [`Plan::render`] in a context built by [`Plan::context_value`].
+    pub fn render_in(&self, v: &Value, ctx: &Ctx) -> Result<Value, String> {
         Ok(match v {
             Value::String(s) if crate::expr::is_template(s) => {
                 let t = s.trim();
                 let inner = t.strip_prefix("{{").and_then(|r| r.strip_suffix("}}"));
                 match inner {
-                    Some(expr) if !expr.contains("{{") && !expr.contains("}}") => self.eval(expr, ctx)?,
+                    Some(expr) if !expr.contains("{{") && !expr.contains("}}") => self.eval_in(expr, ctx)?,
                     _ => {
-                        let tmpl = self.env.template_from_str(s).map_err(|e| e.to_string())?;
-                        Value::String(
-                            tmpl.render(minijinja::Value::from(minijinja::value::Serde(ctx)))
-                                .map_err(|e| e.to_string())?,
-                        )
+                        let tmpl = match self.env.get_template(s) {
+                            Ok(t) => t,
+                            Err(_) => self.env.template_from_str(s).map_err(|e| e.to_string())?,
+                        };
+                        Value::String(tmpl.render(ctx).map_err(|e| e.to_string())?)
                     }
                 }
             }
-            Value::Array(items) => Value::Array(items.iter().map(|x| self.render(x, ctx)).collect::<Result<_, _>>()?),
+            Value::Array(items) => {
+                Value::Array(items.iter().map(|x| self.render_in(x, ctx)).collect::<Result<_, _>>()?)
+            }
             Value::Object(m) => Value::Object(
-                m.iter().map(|(k, x)| Ok((k.clone(), self.render(x, ctx)?))).collect::<Result<_, String>>()?,
+                m.iter().map(|(k, x)| Ok((k.clone(), self.render_in(x, ctx)?))).collect::<Result<_, String>>()?,
             ),
             other => other.clone(),
         })
@@ -246,19 +300,20 @@ impl Plan {
 
     /// The rendered `with` block of an attempt.
     pub fn render_with(&self, st: &RunState, task: usize, item: Option<u32>) -> Result<Value, String> {
-        let ctx = self.context(st, Some(task), item);
+        let ctx = self.context_value(st, Some(task), item);
         let with = Value::Object(self.checked.workflow.spec.tasks[task].with.clone());
-        self.render(&with, &ctx)
+        self.render_in(&with, &ctx)
     }
 
     /// Evaluates an expression (`when`, `for_each`, a transform's `expression`) in `ctx`.
     pub fn eval_expression(&self, expr: &str, ctx: &Value) -> Result<Value, String> {
-        self.eval(expr, ctx)
+        self.eval_in(expr, &to_ctx(ctx))
     }
 
-    fn eval(&self, expr: &str, ctx: &Value) -> Result<Value, String> {
+    /// [`Plan::eval_expression`] in a context built by [`Plan::context_value`].
+    pub fn eval_in(&self, expr: &str, ctx: &Ctx) -> Result<Value, String> {
         let e = self.env.compile_expression(expr).map_err(|e| e.to_string())?;
-        let v = e.eval(minijinja::Value::from(minijinja::value::Serde(ctx))).map_err(|e| e.to_string())?;
+        let v = e.eval(ctx).map_err(|e| e.to_string())?;
         serde_json::to_value(&v).map_err(|e| e.to_string())
     }
 
@@ -562,9 +617,9 @@ impl Transition<'_, '_> {
             return self.skip(i, format!("trigger rule {} not met", rule.as_str()));
         }
         let needs_ctx = task.when.is_some() || task.for_each.is_some();
-        let ctx = if needs_ctx { plan.context(self.st, Some(i), None) } else { Value::Null };
+        let ctx = if needs_ctx { plan.context_value(self.st, Some(i), None) } else { Ctx::from(()) };
         if let Some(w) = &task.when {
-            match plan.eval(w, &ctx) {
+            match plan.eval_in(w, &ctx) {
                 Ok(v) if truthy(&v) => {}
                 Ok(_) => return self.skip(i, format!("`when` is false: {w}")),
                 Err(e) => return self.fail_task(i, format!("`when` failed: {e}")),
@@ -572,7 +627,7 @@ impl Transition<'_, '_> {
         }
         let units = match &task.for_each {
             None => vec![Unit::new(None)],
-            Some(fe) => match plan.eval(fe, &ctx) {
+            Some(fe) => match plan.eval_in(fe, &ctx) {
                 Ok(Value::Array(items)) => items.into_iter().map(|v| Unit::new(Some(v))).collect(),
                 Ok(Value::Object(m)) => m.into_iter().map(|(k, _)| Unit::new(Some(Value::String(k)))).collect(),
                 Ok(other) => return self.fail_task(i, format!("`for_each` gave {other}, not a list")),
@@ -606,9 +661,13 @@ impl Transition<'_, '_> {
     fn dispatch(&mut self) {
         let spec = &self.plan.checked.workflow.spec;
         let cap = spec.concurrency.map_or(u32::MAX, |c| c.max_parallel);
-        let mut idx = 0;
-        while idx < self.st.dispatchable.len() && self.st.running < cap {
-            let i = self.st.dispatchable[idx];
+        // Compacts the list in place as it goes (read at `r`, keep at `w`): removing entries one
+        // by one would be quadratic when thousands become dispatchable at once.
+        let n = self.st.dispatchable.len();
+        let (mut r, mut w) = (0, 0);
+        while r < n && self.st.running < cap {
+            let i = self.st.dispatchable[r];
+            r += 1;
             let task_cap = spec.tasks[i].max_concurrency.map_or(usize::MAX, |m| m as usize);
             let mut task_running = self.st.tasks[i].units.iter().filter(|u| u.status == TaskStatus::Running).count();
             let for_each = spec.tasks[i].for_each.is_some();
@@ -645,11 +704,12 @@ impl Transition<'_, '_> {
                 TaskStatus::Ready
             };
             if pending_left {
-                idx += 1;
-            } else {
-                self.st.dispatchable.remove(idx);
+                self.st.dispatchable[w] = i;
+                w += 1;
             }
         }
+        self.st.dispatchable.copy_within(r..n, w);
+        self.st.dispatchable.truncate(w + n - r);
     }
 
     fn over_budget(&self) -> Option<String> {
@@ -669,9 +729,9 @@ impl Transition<'_, '_> {
 
     /// Every task ended and none failed the run: render the outputs.
     fn finish(&mut self) {
-        let ctx = self.plan.context(self.st, None, None);
+        let ctx = self.plan.context_value(self.st, None, None);
         let outputs = Value::Object(self.plan.checked.workflow.spec.outputs.clone().into_iter().collect());
-        match self.plan.render(&outputs, &ctx) {
+        match self.plan.render_in(&outputs, &ctx) {
             Ok(v) => {
                 self.st.outputs = Some(v);
                 self.st.status = RunStatus::Succeeded;

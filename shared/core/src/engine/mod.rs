@@ -4,7 +4,7 @@ pub mod builtin;
 pub mod machine;
 pub mod state;
 
-pub use machine::{Ignored, Plan};
+pub use machine::{Ctx, Ignored, Plan};
 pub use state::*;
 
 #[cfg(test)]

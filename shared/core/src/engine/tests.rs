@@ -418,7 +418,7 @@ spec:
         ok(with.clone())
     });
     // The driver echoes the rendered `with`; run the builtin on what it was given.
-    let ctx = plan_ref.context(&d.st, Some(0), None);
+    let ctx = plan_ref.context_value(&d.st, Some(0), None);
     assert_eq!(builtin::transform(plan_ref, &contexts[0], &ctx).unwrap(), json!([1, 2, 3]));
     let shaped = builtin::transform(plan_ref, &json!({"output": {"first": 1}}), &ctx).unwrap();
     assert_eq!(shaped, json!({"first": 1}));
