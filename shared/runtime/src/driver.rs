@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use llmo_core::engine::builtin::TaskError;
-use llmo_core::engine::{AttemptResult, Command, Event, Millis, Plan, RunState, RunStatus, Usage};
+use llmo_core::engine::{AttemptResult, Command, Event, Millis, Plan, RunParts, RunState, RunStatus, Usage};
 use serde_json::{Map, Value};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinHandle;
@@ -40,7 +40,8 @@ pub enum Error {
 pub struct Options {
     /// Attempts running at once on separate tasks (the workflow's `max_parallel` applies too).
     pub concurrency: usize,
-    /// Write a snapshot after this many transitions, so loading replays at most that many.
+    /// Write a snapshot after this many transitions (or twice the task count, if more), so
+    /// loading replays at most that many.
     pub snapshot_every: u64,
     /// While waiting, how often to look for another writer (a cancel).
     pub poll: Duration,
@@ -97,6 +98,11 @@ struct Turn {
     running: HashMap<Unit, JoinHandle<()>>,
     since_snapshot: u64,
     ended: Option<RunStatus>,
+    /// The run's `inputs` and `run` as templates see them (fixed once it has started).
+    parts: Option<RunParts>,
+    run_id: Arc<str>,
+    /// Per task: its id, type and executor.
+    tasks: Vec<(Arc<str>, Arc<str>, Option<Arc<dyn Executor>>)>,
 }
 
 impl Driver {
@@ -143,6 +149,7 @@ impl Driver {
     ) -> Result<Finished, Error> {
         let (tx, rx) = mpsc::unbounded_channel();
         let sem = Arc::new(Semaphore::new(self.options.concurrency.max(1)));
+        let st_run_id = st.run_id.clone();
         let mut t = Turn {
             st,
             tx,
@@ -153,6 +160,17 @@ impl Driver {
             running: HashMap::new(),
             since_snapshot: 0,
             ended: None,
+            parts: None,
+            run_id: Arc::from(st_run_id.as_str()),
+            tasks: self
+                .plan
+                .checked
+                .workflow
+                .spec
+                .tasks
+                .iter()
+                .map(|t| (Arc::from(t.id.as_str()), Arc::from(t.ty.as_str()), self.executors.get(&t.ty).cloned()))
+                .collect(),
         };
         let mut cmds = cmds;
         loop {
@@ -187,20 +205,20 @@ impl Driver {
             let now = self.clock.now();
             let mut batch = Vec::with_capacity(t.inbox.len());
             let mut cmds = Vec::new();
-            for e in &t.inbox {
-                if let Ok(c) = self.plan.apply(&mut t.st, e, now) {
-                    batch.push(Transition { version: t.st.version, at: now, event: e.clone() });
+            for e in t.inbox.drain(..) {
+                if let Ok(c) = self.plan.apply(&mut t.st, &e, now) {
+                    batch.push(Transition { version: t.st.version, at: now, event: e });
                     cmds.extend(c);
                 }
             }
             if batch.is_empty() {
-                t.inbox.clear();
                 return Ok(cmds);
             }
             if self.store.append(expected, &batch, &t.st).await? {
-                t.inbox.clear();
                 t.since_snapshot += batch.len() as u64;
-                if t.since_snapshot >= self.options.snapshot_every {
+                // A snapshot costs O(tasks): at most one per 2 × tasks transitions keeps that O(1)
+                // per transition, and loading replays at most that many.
+                if t.since_snapshot >= self.options.snapshot_every.max(2 * self.plan.task_count() as u64) {
                     self.store.snapshot(&t.st).await?;
                     t.since_snapshot = 0;
                 }
@@ -209,6 +227,8 @@ impl Driver {
             }
             // Another writer moved the run: take its state and apply our events again.
             t.st = self.load(&t.st.run_id).await?;
+            t.parts = None;
+            t.inbox.extend(batch.into_iter().map(|tr| tr.event));
             if t.st.status.is_terminal() {
                 t.inbox.clear();
                 t.ended = Some(t.st.status);
@@ -267,14 +287,15 @@ impl Driver {
     async fn carry_out(&self, t: &mut Turn, cmd: Command, sem: &Arc<Semaphore>) {
         match cmd {
             Command::Execute { task, item, attempt } => {
-                let spec = &self.plan.checked.workflow.spec;
-                let ty = &spec.tasks[task].ty;
-                let Some(exec) = self.executors.get(ty).cloned() else {
+                let (task_id, ty, exec) = &t.tasks[task];
+                let Some(exec) = exec.clone() else {
                     let r = failed(TaskError::fatal(format!("no executor is registered for task type `{ty}`")));
                     t.inbox.push(Event::AttemptFinished { task, item, attempt, result: r });
                     return;
                 };
-                let a = match self.attempt(&t.st, task, item, attempt, exec.as_ref()) {
+                let ids = (t.run_id.clone(), task_id.clone(), ty.clone());
+                let parts = t.parts.get_or_insert_with(|| self.plan.run_parts(&t.st, false));
+                let a = match self.attempt(&t.st, parts, ids, task, item, attempt, exec.as_ref()) {
                     Ok(a) => a,
                     Err(r) => {
                         t.inbox.push(Event::AttemptFinished { task, item, attempt, result: r });
@@ -315,9 +336,12 @@ impl Driver {
     }
 
     /// The attempt as its executor sees it; a `with` block that does not render fails it.
+    #[allow(clippy::too_many_arguments)]
     fn attempt(
         &self,
         st: &RunState,
+        parts: &RunParts,
+        (run_id, task_id, ty): (Arc<str>, Arc<str>, Arc<str>),
         task: usize,
         item: Option<u32>,
         attempt: u32,
@@ -325,7 +349,7 @@ impl Driver {
     ) -> Result<Attempt, AttemptResult> {
         let spec = &self.plan.checked.workflow.spec;
         let t = &spec.tasks[task];
-        let context = self.plan.context_value(st, Some(task), item);
+        let context = self.plan.context_in(st, Some(task), item, parts);
         let raw = exec.raw_fields();
         let mut with = Map::with_capacity(t.with.len());
         for (k, v) in &t.with {
@@ -341,10 +365,10 @@ impl Driver {
         let with = Value::Object(with);
         Ok(Attempt {
             plan: self.plan.clone(),
-            run_id: st.run_id.clone(),
+            run_id,
             task: Some(task),
-            task_id: t.id.clone(),
-            ty: t.ty.clone(),
+            task_id,
+            ty,
             item,
             attempt,
             with,
@@ -419,10 +443,10 @@ pub async fn run_hooks(
                         }
                         let mut a = Attempt {
                             plan: plan.clone(),
-                            run_id: st.run_id.clone(),
+                            run_id: Arc::from(st.run_id.as_str()),
                             task: None,
-                            task_id: format!("on.{kind}[{i}]"),
-                            ty: hook.ty.clone(),
+                            task_id: Arc::from(format!("on.{kind}[{i}]")),
+                            ty: Arc::from(hook.ty.as_str()),
                             item: None,
                             attempt: 1,
                             with,
@@ -519,12 +543,12 @@ mod tests {
     impl Executor for Work {
         async fn execute(&self, a: &Attempt) -> AttemptResult {
             self.calls.fetch_add(1, Ordering::SeqCst);
-            self.ran.lock().unwrap().push((a.task_id.clone(), a.attempt));
+            self.ran.lock().unwrap().push((a.task_id.to_string(), a.attempt));
             tokio::time::sleep(Duration::from_millis(self.ms)).await;
             if a.attempt <= self.fail_first {
                 return AttemptResult::Failed { error: "503".into(), retryable: true, usage: Usage::default() };
             }
-            AttemptResult::Succeeded { output: json!(a.task_id), usage: Usage { tokens: 1, cost_usd: 0.001 } }
+            AttemptResult::Succeeded { output: json!(&*a.task_id), usage: Usage { tokens: 1, cost_usd: 0.001 } }
         }
     }
 

@@ -20,13 +20,13 @@ use sha2::{Digest, Sha256};
 #[derive(Clone)]
 pub struct Attempt {
     pub plan: Arc<Plan>,
-    pub run_id: String,
+    pub run_id: Arc<str>,
     /// The task's index in the workflow; `None` for an `on.success`/`on.failure` hook.
     pub task: Option<usize>,
     /// The task's id (`on.failure[0]` for hooks).
-    pub task_id: String,
+    pub task_id: Arc<str>,
     /// The task type.
-    pub ty: String,
+    pub ty: Arc<str>,
     pub item: Option<u32>,
     pub attempt: u32,
     /// The rendered `with` block (minus [`Executor::raw_fields`], which stay as written).
@@ -235,14 +235,16 @@ pub(crate) fn test_attempt(ty: &str, with: Value, item: Option<u32>, attempt: u3
     let plan = Plan::new(Validator::default().validate(&SourceFile::new("w.yaml", wf)).checked.unwrap());
     Attempt {
         plan: Arc::new(plan),
-        run_id: "run-1".into(),
+        run_id: Arc::from("run-1"),
         task: Some(0),
-        task_id: "a".into(),
-        ty: ty.into(),
+        task_id: Arc::from("a"),
+        ty: Arc::from(ty),
         item,
         attempt,
         with,
-        context: Ctx::from(minijinja::value::Serde(serde_json::json!({ "inputs": { "q": "x" }, "tasks": {}, "run": { "id": "run-1" } }))),
+        context: Ctx::from(minijinja::value::Serde(
+            serde_json::json!({ "inputs": { "q": "x" }, "tasks": {}, "run": { "id": "run-1" } }),
+        )),
         budget_left_usd: None,
         timeout: Some(Duration::from_millis(500)),
     }
@@ -259,10 +261,10 @@ mod tests {
         let plan = Plan::new(Validator::default().validate(&SourceFile::new("w.yaml", wf)).checked.unwrap());
         Attempt {
             plan: Arc::new(plan),
-            run_id: run.into(),
+            run_id: Arc::from(run),
             task: Some(0),
-            task_id: task.into(),
-            ty: "transform".into(),
+            task_id: Arc::from(task),
+            ty: Arc::from("transform"),
             item,
             attempt: n,
             with: Value::Null,

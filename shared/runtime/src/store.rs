@@ -171,7 +171,13 @@ impl RunStore for MemoryStore {
             return Ok(false);
         }
         r.log.extend_from_slice(transitions);
-        r.summary = RunSummary::of(&r.workflow, head);
+        let s = &mut r.summary;
+        s.version = head.version;
+        if s.status != head.status.as_str() {
+            s.status = head.status.as_str().to_string();
+        }
+        s.started_at = head.started_at;
+        s.cost_usd = head.cost_usd;
         Ok(true)
     }
 
@@ -264,6 +270,22 @@ impl SqliteStore {
     }
 }
 
+/// The listing columns of a run (its `version` there is the last one summarised; the log's
+/// last version is the run's).
+fn update_summary(tx: &rusqlite::Transaction<'_>, head: &RunState) -> Result<(), Error> {
+    tx.prepare_cached(
+        "UPDATE runs SET version = ?1, status = ?2, started_at = ?3, cost_usd = ?4 WHERE run_id = ?5 AND version <= ?1",
+    )?
+    .execute(params![
+        head.version as i64,
+        head.status.as_str(),
+        head.started_at.map(|t| t as i64),
+        head.cost_usd,
+        head.run_id
+    ])?;
+    Ok(())
+}
+
 fn summary_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunSummary> {
     Ok(RunSummary {
         run_id: r.get(0)?,
@@ -340,29 +362,31 @@ impl RunStore for SqliteStore {
         Ok(Some(StoredRun { workflow, source_name, source, snapshot, tail }))
     }
 
+    /// The compare-and-set is the log's primary key: version `expected + 1` can be inserted
+    /// once, so of two writers extending the same version one fails (and a writer that read
+    /// an older version fails too, as that slot is taken). One page write per transition;
+    /// the `runs` row (listings) is updated when the status changes and at snapshots.
     async fn append(&self, expected: u64, transitions: &[Transition], head: &RunState) -> Result<bool, Error> {
         let mut conn = self.lock();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let n = tx.execute(
-            "UPDATE runs SET version = ?1, status = ?2, started_at = ?3, cost_usd = ?4 WHERE run_id = ?5 AND version = ?6",
-            params![
-                head.version as i64,
-                head.status.as_str(),
-                head.started_at.map(|t| t as i64),
-                head.cost_usd,
-                head.run_id,
-                expected as i64
-            ],
-        )?;
-        if n == 0 {
-            return Ok(false); // dropping `tx` rolls back
-        }
         {
-            let mut ins =
-                tx.prepare_cached("INSERT INTO transitions (run_id, version, at, event) VALUES (?1, ?2, ?3, ?4)")?;
-            for t in transitions {
-                ins.execute(params![head.run_id, t.version as i64, t.at as i64, serde_json::to_string(&t.event)?])?;
+            let mut ins = tx.prepare_cached(
+                "INSERT INTO transitions (run_id, version, at, event) VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
+            )?;
+            for (k, t) in transitions.iter().enumerate() {
+                if t.version != expected + 1 + k as u64 {
+                    return Err(Error::Other(format!("transition {} does not follow version {expected}", t.version)));
+                }
+                let n =
+                    ins.execute(params![head.run_id, t.version as i64, t.at as i64, serde_json::to_string(&t.event)?])?;
+                if n == 0 {
+                    return Ok(false); // dropping `tx` rolls back
+                }
             }
+        }
+        let status_changed = head.status.is_terminal() || transitions.iter().any(|t| matches!(t.event, Event::Start));
+        if status_changed {
+            update_summary(&tx, head)?;
         }
         tx.commit()?;
         Ok(true)
@@ -370,20 +394,30 @@ impl RunStore for SqliteStore {
 
     async fn snapshot(&self, state: &RunState) -> Result<(), Error> {
         let json = serde_json::to_string(state)?;
-        self.lock().execute(
-            "UPDATE snapshots SET version = ?1, state = ?2 WHERE run_id = ?3 AND version < ?1
-             AND ?1 <= (SELECT version FROM runs WHERE run_id = ?3)",
-            params![state.version as i64, json, state.run_id],
-        )?;
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        // Only a state the log has reached, and newer than the stored snapshot.
+        let logged: Option<i64> =
+            tx.query_row("SELECT max(version) FROM transitions WHERE run_id = ?1", params![state.run_id], |r| {
+                r.get(0)
+            })?;
+        if logged.unwrap_or(0) as u64 >= state.version {
+            tx.execute(
+                "UPDATE snapshots SET version = ?1, state = ?2 WHERE run_id = ?3 AND version < ?1",
+                params![state.version as i64, json, state.run_id],
+            )?;
+            update_summary(&tx, state)?;
+        }
+        tx.commit()?;
         Ok(())
     }
 
     async fn version(&self, run_id: &str) -> Result<Option<u64>, Error> {
-        Ok(self
-            .lock()
-            .query_row("SELECT version FROM runs WHERE run_id = ?1", params![run_id], |r| r.get::<_, i64>(0))
-            .optional()?
-            .map(|v| v as u64))
+        let conn = self.lock();
+        let mut stmt = conn.prepare_cached(
+            "SELECT coalesce((SELECT max(version) FROM transitions WHERE run_id = ?1), version) FROM runs WHERE run_id = ?1",
+        )?;
+        Ok(stmt.query_row(params![run_id], |r| r.get::<_, i64>(0)).optional()?.map(|v| v as u64))
     }
 
     async fn history(&self, run_id: &str) -> Result<Vec<Transition>, Error> {
@@ -493,6 +527,14 @@ mod tests {
         let plan = plan();
         let st = rebuild(&plan, again.load("a").await.unwrap().unwrap()).unwrap();
         assert_eq!(st.status, RunStatus::Succeeded);
+        // Two processes extending the same version: exactly one wins.
+        let first = SqliteStore::open(&path, Durability::Process).unwrap();
+        let mut c = plan.new_run("c", Map::new());
+        first.create("w", "w.yaml", WF, &c).await.unwrap();
+        let batch = advance(&plan, &mut c, &[Event::Start]);
+        let (a, b) = tokio::join!(first.append(0, &batch, &c), again.append(0, &batch, &c));
+        assert!(a.unwrap() ^ b.unwrap(), "one append from version 0 wins");
+        assert_eq!(again.version("c").await.unwrap(), Some(1));
         std::fs::remove_dir_all(&dir).ok();
     }
 }

@@ -24,6 +24,8 @@ pub struct Ignored(pub &'static str);
 pub struct Plan {
     pub checked: Checked,
     env: Environment<'static>,
+    /// Templates that are plain text with `{{ path }}` holes, by their text (see `interp`).
+    simple: std::collections::HashMap<String, Vec<super::interp::Piece>>,
     retry: Vec<EffectiveRetry>,
     /// Declared dependencies of each task.
     deps: Vec<Vec<usize>>,
@@ -39,13 +41,25 @@ pub struct Plan {
     topo_pos: Vec<usize>,
 }
 
+/// See [`Plan::run_parts`].
+#[derive(Debug, Clone)]
+pub struct RunParts {
+    inputs: Ctx,
+    run: Ctx,
+}
+
 /// A JSON value as a template value.
 fn to_ctx<T: serde::Serialize + ?Sized>(v: &T) -> Ctx {
     Ctx::from(minijinja::value::Serde(v))
 }
 
-/// Compiles the templates (not the single `{{ expression }}`s) found in `v` into `env`.
-fn add_templates(env: &mut Environment<'static>, v: &Value) {
+/// Prepares the templates (not the single `{{ expression }}`s) found in `v`: plain
+/// interpolations as pieces, others compiled into `env`.
+fn add_templates(
+    env: &mut Environment<'static>,
+    simple: &mut std::collections::HashMap<String, Vec<super::interp::Piece>>,
+    v: &Value,
+) {
     match v {
         Value::String(s) if crate::expr::is_template(s) => {
             let t = s.trim();
@@ -53,13 +67,21 @@ fn add_templates(env: &mut Environment<'static>, v: &Value) {
                 .strip_prefix("{{")
                 .and_then(|r| r.strip_suffix("}}"))
                 .is_some_and(|e| !e.contains("{{") && !e.contains("}}"));
-            if !single && env.get_template(s).is_err() {
-                // A template that does not compile fails its attempt when rendered, with the error.
-                let _ = env.add_template_owned(s.clone(), s.clone());
+            if single || simple.contains_key(s) || env.get_template(s).is_ok() {
+                return;
+            }
+            match super::interp::parse(s) {
+                Some(pieces) => {
+                    simple.insert(s.clone(), pieces);
+                }
+                None => {
+                    // A template that does not compile fails its attempt when rendered, with the error.
+                    let _ = env.add_template_owned(s.clone(), s.clone());
+                }
             }
         }
-        Value::Array(items) => items.iter().for_each(|x| add_templates(env, x)),
-        Value::Object(m) => m.values().for_each(|x| add_templates(env, x)),
+        Value::Array(items) => items.iter().for_each(|x| add_templates(env, simple, x)),
+        Value::Object(m) => m.values().for_each(|x| add_templates(env, simple, x)),
         _ => {}
     }
 }
@@ -102,8 +124,11 @@ impl Plan {
         }
         let mut env = Environment::new();
         env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+        // Templates are named by their text; a name ending in `.html` must not turn on escaping.
+        env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
         // Templates are compiled once, named by their text; `render` finds them by it.
-        let mut add = |v: &Value| add_templates(&mut env, v);
+        let mut simple = std::collections::HashMap::new();
+        let mut add = |v: &Value| add_templates(&mut env, &mut simple, v);
         for t in &wf.spec.tasks {
             t.with.values().for_each(&mut add);
         }
@@ -111,7 +136,7 @@ impl Plan {
         if let Some(on) = &wf.spec.on {
             on.success.iter().chain(&on.failure).flat_map(|h| h.with.values()).for_each(&mut add);
         }
-        Plan { checked, env, retry, deps, children, fallback, fallback_of, reads, topo_pos }
+        Plan { checked, env, simple, retry, deps, children, fallback, fallback_of, reads, topo_pos }
     }
 
     pub fn task_count(&self) -> usize {
@@ -222,7 +247,37 @@ impl Plan {
     /// Built directly as template values: this runs once per attempt and is a large part of a
     /// runtime's per-step cost.
     pub fn context_value(&self, st: &RunState, task: Option<usize>, item: Option<u32>) -> Ctx {
+        self.context_in(st, task, item, &self.run_parts(st, task.is_none()))
+    }
+
+    /// The parts of a context that do not change while a run is running: its `inputs` and,
+    /// for tasks (`ended: false`), its `run`. A runtime computes them once per run and builds
+    /// each attempt's context with [`Plan::context_in`].
+    pub fn run_parts(&self, st: &RunState, ended: bool) -> RunParts {
         let wf = &self.checked.workflow;
+        let opt = |v: Option<Millis>| v.map_or(Ctx::from(()), Ctx::from);
+        let mut run = vec![
+            ("id", Ctx::from(st.run_id.as_str())),
+            ("workflow", Ctx::from(wf.metadata.name.as_str())),
+            ("version", wf.metadata.version.as_deref().map_or(Ctx::from(()), Ctx::from)),
+            ("started_at", opt(st.started_at)),
+            ("labels", Ctx::from_pairs(wf.metadata.labels.iter().map(|(k, v)| (k.as_str(), Ctx::from(v.as_str()))))),
+            ("attempt", Ctx::from(1)),
+        ];
+        if ended {
+            run.extend([
+                ("status", Ctx::from(st.status.as_str())),
+                ("error", st.error.as_deref().map_or(Ctx::from(()), Ctx::from)),
+                ("ended_at", opt(st.ended_at)),
+                ("cost_usd", Ctx::from(st.cost_usd)),
+                ("tokens", Ctx::from(st.tokens)),
+            ]);
+        }
+        RunParts { inputs: to_ctx(&st.inputs), run: Ctx::from_pairs(run) }
+    }
+
+    /// [`Plan::context_value`] with the run's parts given.
+    pub fn context_in(&self, st: &RunState, task: Option<usize>, item: Option<u32>, parts: &RunParts) -> Ctx {
         let task_value = |i: usize| {
             let (status, output) = self.view(st, i);
             let ts = &st.tasks[i];
@@ -239,27 +294,12 @@ impl Plan {
             Some(i) => Ctx::from_pairs(self.reads[i].iter().map(|&r| (self.checked.dag.id(r), task_value(r)))),
             None => Ctx::from_pairs((0..self.task_count()).map(|i| (self.checked.dag.id(i), task_value(i)))),
         };
-        let opt = |v: Option<Millis>| v.map_or(Ctx::from(()), Ctx::from);
-        let mut run = vec![
-            ("id", Ctx::from(st.run_id.as_str())),
-            ("workflow", Ctx::from(wf.metadata.name.as_str())),
-            ("version", wf.metadata.version.as_deref().map_or(Ctx::from(()), Ctx::from)),
-            ("started_at", opt(st.started_at)),
-            ("labels", Ctx::from_pairs(wf.metadata.labels.iter().map(|(k, v)| (k.as_str(), Ctx::from(v.as_str()))))),
-            ("attempt", Ctx::from(1)),
-        ];
-        if task.is_none() {
-            run.extend([
-                ("status", Ctx::from(st.status.as_str())),
-                ("error", st.error.as_deref().map_or(Ctx::from(()), Ctx::from)),
-                ("ended_at", opt(st.ended_at)),
-                ("cost_usd", Ctx::from(st.cost_usd)),
-                ("tokens", Ctx::from(st.tokens)),
-            ]);
-        }
-        let mut ctx = vec![("inputs", to_ctx(&st.inputs)), ("tasks", tasks), ("run", Ctx::from_pairs(run))];
+        let mut ctx = vec![("inputs", parts.inputs.clone()), ("tasks", tasks), ("run", parts.run.clone())];
         if let (Some(i), Some(k)) = (task, item) {
-            ctx.push(("item", st.tasks[i].units.get(k as usize).and_then(|u| u.item.as_ref()).map_or(Ctx::from(()), to_ctx)));
+            ctx.push((
+                "item",
+                st.tasks[i].units.get(k as usize).and_then(|u| u.item.as_ref()).map_or(Ctx::from(()), to_ctx),
+            ));
             ctx.push(("item_index", Ctx::from(k)));
         }
         Ctx::from_pairs(ctx)
@@ -279,6 +319,9 @@ impl Plan {
                 let inner = t.strip_prefix("{{").and_then(|r| r.strip_suffix("}}"));
                 match inner {
                     Some(expr) if !expr.contains("{{") && !expr.contains("}}") => self.eval_in(expr, ctx)?,
+                    _ if self.simple.contains_key(s.as_str()) => {
+                        Value::String(super::interp::render(&self.simple[s.as_str()], ctx)?)
+                    }
                     _ => {
                         let tmpl = match self.env.get_template(s) {
                             Ok(t) => t,

@@ -1,10 +1,11 @@
 //! The execution engine's pure core: run and task states, events, commands, and the
 //! transition function every runtime drives. See ARCHITECTURE.md ("Engine").
 pub mod builtin;
+mod interp;
 pub mod machine;
 pub mod state;
 
-pub use machine::{Ctx, Ignored, Plan};
+pub use machine::{Ctx, Ignored, Plan, RunParts};
 pub use state::*;
 
 #[cfg(test)]
