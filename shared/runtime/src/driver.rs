@@ -88,6 +88,9 @@ pub struct Driver {
 
 type Unit = (usize, Option<u32>);
 
+/// A task's id, type and executor (if one is registered for its type).
+type TaskInfo = (Arc<str>, Arc<str>, Option<Arc<dyn Executor>>);
+
 struct Turn {
     st: RunState,
     tx: mpsc::UnboundedSender<Event>,
@@ -102,7 +105,7 @@ struct Turn {
     parts: Option<RunParts>,
     run_id: Arc<str>,
     /// Per task: its id, type and executor.
-    tasks: Vec<(Arc<str>, Arc<str>, Option<Arc<dyn Executor>>)>,
+    tasks: Vec<TaskInfo>,
 }
 
 impl Driver {
