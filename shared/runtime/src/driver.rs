@@ -69,7 +69,7 @@ pub struct Finished {
 }
 
 /// What an observer is told after each stored batch.
-pub trait Observer {
+pub trait Observer: Send {
     fn batch(&mut self, _state: &RunState, _stored: &[Transition]) {}
     fn hook(&mut self, _outcome: &HookOutcome) {}
 }
@@ -298,7 +298,7 @@ impl Driver {
                 };
                 let ids = (t.run_id.clone(), task_id.clone(), ty.clone());
                 let parts = t.parts.get_or_insert_with(|| self.plan.run_parts(&t.st, false));
-                let a = match self.attempt(&t.st, parts, ids, task, item, attempt, exec.as_ref()) {
+                let a = match build_attempt(&self.plan, &t.st, parts, ids, task, item, attempt, exec.as_ref()) {
                     Ok(a) => a,
                     Err(r) => {
                         t.inbox.push(Event::AttemptFinished { task, item, attempt, result: r });
@@ -338,49 +338,6 @@ impl Driver {
         }
     }
 
-    /// The attempt as its executor sees it; a `with` block that does not render fails it.
-    #[allow(clippy::too_many_arguments)]
-    fn attempt(
-        &self,
-        st: &RunState,
-        parts: &RunParts,
-        (run_id, task_id, ty): (Arc<str>, Arc<str>, Arc<str>),
-        task: usize,
-        item: Option<u32>,
-        attempt: u32,
-        exec: &dyn Executor,
-    ) -> Result<Attempt, AttemptResult> {
-        let spec = &self.plan.checked.workflow.spec;
-        let t = &spec.tasks[task];
-        let context = self.plan.context_in(st, Some(task), item, parts);
-        let raw = exec.raw_fields();
-        let mut with = Map::with_capacity(t.with.len());
-        for (k, v) in &t.with {
-            let v = if raw.contains(&k.as_str()) {
-                v.clone()
-            } else {
-                self.plan
-                    .render_in(v, &context)
-                    .map_err(|e| failed(TaskError::fatal(format!("rendering `with.{k}`: {e}"))))?
-            };
-            with.insert(k.clone(), v);
-        }
-        let with = Value::Object(with);
-        Ok(Attempt {
-            plan: self.plan.clone(),
-            run_id,
-            task: Some(task),
-            task_id,
-            ty,
-            item,
-            attempt,
-            with,
-            context,
-            budget_left_usd: spec.budget.and_then(|b| b.max_cost_usd).map(|m| m - st.cost_usd),
-            timeout: t.timeout.or(spec.defaults.as_ref().and_then(|d| d.timeout)).map(|d| d.0),
-        })
-    }
-
     async fn finish(&self, mut t: Turn, status: RunStatus, observer: &mut dyn Observer) -> Result<Finished, Error> {
         for (_, h) in t.running.drain() {
             h.abort();
@@ -400,7 +357,48 @@ impl Driver {
     }
 }
 
-async fn run_with_timeout(exec: &dyn Executor, a: &Attempt) -> AttemptResult {
+/// The attempt as its executor sees it; a `with` block that does not render fails it.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn build_attempt(
+    plan: &Arc<Plan>,
+    st: &RunState,
+    parts: &RunParts,
+    (run_id, task_id, ty): (Arc<str>, Arc<str>, Arc<str>),
+    task: usize,
+    item: Option<u32>,
+    attempt: u32,
+    exec: &dyn Executor,
+) -> Result<Attempt, AttemptResult> {
+    let spec = &plan.checked.workflow.spec;
+    let t = &spec.tasks[task];
+    let context = plan.context_in(st, Some(task), item, parts);
+    let raw = exec.raw_fields();
+    let mut with = Map::with_capacity(t.with.len());
+    for (k, v) in &t.with {
+        let v = if raw.contains(&k.as_str()) {
+            v.clone()
+        } else {
+            plan.render_in(v, &context).map_err(|e| failed(TaskError::fatal(format!("rendering `with.{k}`: {e}"))))?
+        };
+        with.insert(k.clone(), v);
+    }
+    let with = Value::Object(with);
+    Ok(Attempt {
+        plan: plan.clone(),
+        run_id,
+        task: Some(task),
+        task_id,
+        ty,
+        item,
+        attempt,
+        with,
+        context,
+        budget_left_usd: spec.budget.and_then(|b| b.max_cost_usd).map(|m| m - st.cost_usd),
+        timeout: t.timeout.or(spec.defaults.as_ref().and_then(|d| d.timeout)).map(|d| d.0),
+    })
+}
+
+pub(crate) async fn run_with_timeout(exec: &dyn Executor, a: &Attempt) -> AttemptResult {
     match a.timeout {
         Some(d) => tokio::time::timeout(d, exec.execute(a)).await.unwrap_or_else(|_| AttemptResult::Failed {
             error: format!("timed out after {}", llmo_core::model::Duration(d)),

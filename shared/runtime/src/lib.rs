@@ -6,7 +6,9 @@ pub mod executor;
 pub mod http;
 pub mod ports;
 pub mod providers;
+pub mod queue;
 pub mod store;
+pub mod worker;
 
 use std::sync::Arc;
 
