@@ -54,17 +54,27 @@ fn blobs(state: Option<&Path>) -> Option<Arc<dyn BlobStore>> {
     Some(Arc::new(DirBlobs(dir)))
 }
 
-fn registry(exec: &Exec) -> Result<Registry> {
-    let config = match (&exec.config, std::env::var_os("LLMO_CONFIG")) {
+fn config(exec: &Exec) -> Result<Config> {
+    Ok(match (&exec.config, std::env::var_os("LLMO_CONFIG")) {
         (Some(p), _) => Config::load(p, true)?,
         (None, Some(p)) => Config::load(Path::new(&p), true)?,
         (None, None) => Config::load(Path::new(".llmo/config.yaml"), false)?,
-    };
+    })
+}
+
+fn registry(exec: &Exec) -> Result<Registry> {
     let fixtures = match &exec.http_fixtures {
         Some(p) => Fixtures::load(p).map_err(anyhow::Error::msg)?,
         None => Fixtures::default(),
     };
-    Ok(llmo_runtime::standard_registry(config, exec.mock, fixtures))
+    Ok(llmo_runtime::standard_registry(config(exec)?, exec.mock, fixtures))
+}
+
+/// The plan, with each task's expected cost for budget checks.
+fn prepared(mut plan: Plan, exec: &Exec) -> Result<Arc<Plan>> {
+    let est = llmo_runtime::estimates(&config(exec)?, exec.mock, &plan);
+    plan.set_estimates(est);
+    Ok(Arc::new(plan))
 }
 
 fn driver(plan: Arc<Plan>, store: Arc<dyn RunStore>, state: Option<&Path>, exec: &Exec) -> Result<Driver> {
@@ -113,7 +123,7 @@ pub fn run(checked: Checked, source: &SourceFile, opts: &Options) -> Result<Exit
     };
     let rt = runtime()?;
     let store = open_store(opts.state.as_deref(), opts.exec.durability)?;
-    let plan = Arc::new(Plan::new(checked));
+    let plan = prepared(Plan::new(checked), &opts.exec)?;
     let run_id = format!("run-{}-{:04x}", now_ms(), std::process::id() & 0xffff);
     let d = driver(plan.clone(), store, opts.state.as_deref(), &opts.exec)?;
     eprintln!("{run_id}: {} ({} tasks)", plan.checked.workflow.metadata.name, plan.task_count());
@@ -137,7 +147,7 @@ fn interrupted(run_id: &str, state: Option<&Path>) -> ExitCode {
 }
 
 /// Loads a stored run and rebuilds its plan from the workflow text it was started with.
-async fn stored(store: &dyn RunStore, run_id: &str, state: &Path) -> Result<(Arc<Plan>, StoredRun)> {
+async fn stored(store: &dyn RunStore, run_id: &str, state: &Path) -> Result<(Plan, StoredRun)> {
     let Some(run) = store.load(run_id).await? else {
         bail!("no run `{run_id}` in {}", state.display());
     };
@@ -145,7 +155,7 @@ async fn stored(store: &dyn RunStore, run_id: &str, state: &Path) -> Result<(Arc
     let Some(checked) = outcome.checked else {
         bail!("the stored workflow of `{run_id}` ({}) no longer validates", run.source_name);
     };
-    Ok((Arc::new(Plan::new(checked)), run))
+    Ok((Plan::new(checked), run))
 }
 
 /// `llmo resume RUN_ID`: continues a stored run where it stopped.
@@ -153,6 +163,7 @@ pub fn resume(run_id: &str, state: &Path, exec: &Exec) -> Result<ExitCode> {
     let rt = runtime()?;
     let store = open_store(Some(state), exec.durability)?;
     let (plan, run) = rt.block_on(stored(store.as_ref(), run_id, state))?;
+    let plan = prepared(plan, exec)?;
     let workflow = run.workflow.clone();
     let st = rebuild(&plan, run)?;
     if st.status.is_terminal() {
@@ -178,6 +189,7 @@ pub fn cancel(run_id: &str, state: &Path, exec: &Exec) -> Result<ExitCode> {
     let rt = runtime()?;
     let store = open_store(Some(state), exec.durability)?;
     let (plan, _) = rt.block_on(stored(store.as_ref(), run_id, state))?;
+    let plan = Arc::new(plan);
     let clock = SystemClock::default();
     match rt.block_on(driver::cancel(&plan, store.as_ref(), &clock, run_id))? {
         None => {

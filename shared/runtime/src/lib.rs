@@ -26,3 +26,19 @@ pub fn standard_registry(config: providers::Config, mock: bool, fixtures: http::
     }
     r
 }
+
+/// [`providers::estimate`] of every `llm` task of a plan (zero for other tasks), for
+/// [`llmo_core::engine::Plan::set_estimates`].
+pub fn estimates(
+    config: &providers::Config,
+    mock: bool,
+    plan: &llmo_core::engine::Plan,
+) -> Vec<llmo_core::engine::Estimate> {
+    plan.checked
+        .workflow
+        .spec
+        .tasks
+        .iter()
+        .map(|t| if t.ty == "llm" { providers::estimate(config, mock, &t.with) } else { Default::default() })
+        .collect()
+}

@@ -39,6 +39,8 @@ pub struct Plan {
     reads: Vec<Vec<usize>>,
     /// Position of each task in the topological order.
     topo_pos: Vec<usize>,
+    /// What one attempt of each task is expected to cost (see [`Plan::set_estimates`]).
+    estimates: Vec<Estimate>,
 }
 
 /// See [`Plan::run_parts`].
@@ -136,11 +138,22 @@ impl Plan {
         if let Some(on) = &wf.spec.on {
             on.success.iter().chain(&on.failure).flat_map(|h| h.with.values()).for_each(&mut add);
         }
-        Plan { checked, env, simple, retry, deps, children, fallback, fallback_of, reads, topo_pos }
+        let estimates = vec![Estimate::default(); n];
+        Plan { checked, env, simple, retry, deps, children, fallback, fallback_of, reads, topo_pos, estimates }
     }
 
     pub fn task_count(&self) -> usize {
         self.deps.len()
+    }
+
+    /// Sets what one attempt of each task is expected to cost (the runtime knows prices; the
+    /// engine does not). A task whose estimate would take the run over its budget is not
+    /// started. All zero unless set. A run keeps the estimates it started with (in its
+    /// state), so replaying its log later gives the same decisions whatever prices say then.
+    pub fn set_estimates(&mut self, estimates: Vec<Estimate>) {
+        if estimates.len() == self.task_count() {
+            self.estimates = estimates;
+        }
     }
 
     /// A new run in `pending`.
@@ -162,6 +175,13 @@ impl Plan {
             dispatchable: Vec::new(),
             running: 0,
             ended_tasks: 0,
+            estimates: if self.checked.workflow.spec.budget.is_some()
+                && self.estimates.iter().any(|e| e.cost_usd > 0.0 || e.tokens > 0)
+            {
+                self.estimates.clone()
+            } else {
+                Vec::new()
+            },
         }
     }
 
@@ -723,7 +743,7 @@ impl Transition<'_, '_> {
                     pending_left = true;
                     break;
                 }
-                if let Some(reason) = self.over_budget() {
+                if let Some(reason) = self.over_budget(i) {
                     self.end(RunStatus::Failed, reason);
                     return;
                 }
@@ -755,17 +775,32 @@ impl Transition<'_, '_> {
         self.st.dispatchable.truncate(w + n - r);
     }
 
-    fn over_budget(&self) -> Option<String> {
+    /// Why task `i` may not start: the budget is spent, or its estimate would overspend it.
+    fn over_budget(&self, i: usize) -> Option<String> {
         let b = self.plan.checked.workflow.spec.budget?;
-        if let Some(max) = b.max_cost_usd
-            && self.st.cost_usd >= max
-        {
-            return Some(format!("budget exceeded: spent ${:.4} of ${max}", self.st.cost_usd));
+        let est = self.st.estimates.get(i).copied().unwrap_or_default();
+        let id = self.plan.checked.dag.id(i);
+        if let Some(max) = b.max_cost_usd {
+            if self.st.cost_usd >= max {
+                return Some(format!("budget exceeded: spent ${:.4} of ${max}", self.st.cost_usd));
+            }
+            if self.st.cost_usd + est.cost_usd > max {
+                return Some(format!(
+                    "budget exceeded: `{id}` (estimated ${:.4}) would take spending from ${:.4} over ${max}",
+                    est.cost_usd, self.st.cost_usd
+                ));
+            }
         }
-        if let Some(max) = b.max_tokens
-            && self.st.tokens >= max
-        {
-            return Some(format!("budget exceeded: used {} of {max} tokens", self.st.tokens));
+        if let Some(max) = b.max_tokens {
+            if self.st.tokens >= max {
+                return Some(format!("budget exceeded: used {} of {max} tokens", self.st.tokens));
+            }
+            if self.st.tokens + est.tokens > max {
+                return Some(format!(
+                    "budget exceeded: `{id}` (estimated {} tokens) would take usage from {} over {max} tokens",
+                    est.tokens, self.st.tokens
+                ));
+            }
         }
         None
     }

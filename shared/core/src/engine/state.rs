@@ -178,6 +178,17 @@ pub struct RunState {
     /// tasks in a terminal state.
     #[serde(default)]
     pub ended_tasks: u32,
+    /// Expected cost of one attempt of each task, fixed when the run was created (empty when
+    /// the run has no budget or nothing is priced).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub estimates: Vec<Estimate>,
+}
+
+/// What one attempt of a task is expected to spend, for budget checks before it starts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Estimate {
+    pub cost_usd: f64,
+    pub tokens: u64,
 }
 
 /// Token usage and cost of one finished attempt.

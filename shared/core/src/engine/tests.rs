@@ -356,6 +356,27 @@ spec:
 }
 
 #[test]
+fn a_task_whose_estimate_would_overspend_the_budget_does_not_start() {
+    let mut p = plan(
+        r#"
+spec:
+  budget: { max_cost_usd: 0.05 }
+  tasks:
+    - { id: a, type: transform, with: { output: 1 } }
+    - { id: b, type: transform, depends_on: [a], with: { output: 2 } }
+"#,
+    );
+    p.set_estimates(vec![Estimate { cost_usd: 0.01, tokens: 10 }, Estimate { cost_usd: 0.04, tokens: 10 }]);
+    let mut d = Driver::new(&p, json!({}));
+    d.run(|_, _, _, w| AttemptResult::Succeeded { output: w.clone(), usage: Usage { tokens: 10, cost_usd: 0.02 } });
+    assert_eq!(d.executed.len(), 1, "b (estimated $0.04 on top of $0.02 spent) must not start");
+    assert_eq!(
+        d.st.error.as_deref(),
+        Some("budget exceeded: `b` (estimated $0.0400) would take spending from $0.0200 over $0.05")
+    );
+}
+
+#[test]
 fn the_run_times_out_on_tick_after_its_deadline() {
     let p = plan(
         r#"

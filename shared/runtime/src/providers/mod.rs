@@ -372,6 +372,27 @@ impl LlmExecutor {
     }
 }
 
+/// What one attempt of an `llm` task is expected to cost, before its prompt is rendered:
+/// the prompt's written text at ~4 characters a token, plus `max_tokens` (1,024 if unset) of
+/// answer, at the task's model's price (fallbacks are not counted). Zero for free and mock
+/// providers and for models without a price.
+pub fn estimate(config: &Config, mock: bool, with: &serde_json::Map<String, Value>) -> llmo_core::engine::Estimate {
+    let Ok(w) = serde_json::from_value::<LlmWith>(Value::Object(with.clone())) else {
+        return Default::default();
+    };
+    let chars: usize = w.system.iter().chain(&w.prompt).map(|s| s.chars().count()).sum::<usize>()
+        + w.messages.iter().flatten().map(|m| m.content.chars().count()).sum::<usize>();
+    let prompt = (chars / 4 + 1) as u64;
+    let answer = u64::from(w.max_tokens.unwrap_or(1024));
+    let provider = w.provider.clone().unwrap_or_else(|| config.default_provider.clone());
+    let free = mock || config.providers.get(&provider).is_none_or(|p| p.free || p.kind == Kind::Mock);
+    let cost_usd = match config.prices.get(&w.model) {
+        Some(p) if !free => (prompt as f64 * p.input + answer as f64 * p.output) / 1_000_000.0,
+        _ => 0.0,
+    };
+    llmo_core::engine::Estimate { cost_usd, tokens: prompt + answer }
+}
+
 /// A model's JSON answer: the text itself, or the inside of a ```json fence.
 fn parse_json(text: &str) -> Result<Value, serde_json::Error> {
     let t = text.trim();
