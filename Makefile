@@ -1,6 +1,7 @@
 # LLM-Orchestrator: the whole CI contract is `make test`.
 #
-#   make demo    validate every example, explain and draw one, and run it offline (mock models)
+#   make demo    validate every example, explain and draw one, run every example offline
+#                (mock models, canned HTTP answers), one of them durably with resume/status
 #   make test    formatting, lints, every test, and a one-shot run of the benchmarks
 #   make bench   the benchmarks, measured (figures go to BENCHMARKS.md)
 #   make schema  regenerate schema/workflow.schema.json from the Rust types
@@ -8,6 +9,7 @@
 CARGO ?= cargo
 LLMO  := target/release/llmo
 EXAMPLES := $(wildcard workflows/*.yaml)
+DEMO_STATE := .llmo/demo.db
 
 .PHONY: all demo build test lint fmt unit bench-smoke bench schema clean
 
@@ -24,6 +26,16 @@ demo: build
 	$(LLMO) graph --format mermaid workflows/article-pipeline.yaml
 	@echo
 	$(LLMO) run --mock workflows/article-pipeline.yaml --input topic="Rust ownership"
+	@echo
+	$(LLMO) run --mock workflows/simple-inference.yaml -i question="What is a DAG?"
+	@echo
+	LLMO_SECRET_TICKETS_TOKEN=offline $(LLMO) run --mock workflows/nightly-digest.yaml \
+	  --http-fixtures workflows/fixtures/nightly-digest.http.yaml
+	@echo
+	$(LLMO) run --mock workflows/document-intake.yaml --http-fixtures workflows/fixtures/document-intake.http.yaml \
+	  --state $(DEMO_STATE) -i bucket=acme-intake -i key=contracts/msa.pdf
+	@echo
+	$(LLMO) runs --state $(DEMO_STATE)
 
 test: lint unit bench-smoke
 
@@ -38,9 +50,13 @@ unit:
 # without spending CI minutes on measurement.
 bench-smoke:
 	$(CARGO) bench --locked -p llmo-core --bench validate --bench engine -- --test
+	$(CARGO) bench --locked -p llmo-runtime --bench driver -- --test
 
 bench:
 	$(CARGO) bench --locked -p llmo-core --bench validate --bench engine
+	$(CARGO) bench --locked -p llmo-runtime --bench driver
+	$(CARGO) build --release --locked -p llmo-runtime --example e2e
+	for s in chain fan layered; do for st in memory sqlite; do target/release/examples/e2e $$s $$st; done; done
 
 schema:
 	$(CARGO) run -q -p llmo-cli -- schema -o schema/workflow.schema.json
