@@ -185,12 +185,11 @@ impl Driver {
             }
             if t.inbox.is_empty() {
                 self.wait(&mut t).await?;
-                if let Some(status) = t.ended {
+                if t.ended.is_some() {
                     // Another writer ended the run (a cancel): it runs the hooks.
                     for (_, h) in t.running.drain() {
                         h.abort();
                     }
-                    let _ = status;
                     return Ok(Finished { state: t.st, hooks: Vec::new() });
                 }
             }

@@ -201,26 +201,7 @@ impl Plan {
     /// runtime sends these instead. Sending one twice is harmless: an attempt reports once
     /// per run of it, and reports for an attempt that is no longer running are ignored.
     pub fn replay(&self, st: &RunState, key: &str) -> Vec<Command> {
-        let mut cmds = Vec::new();
-        for (i, ts) in st.tasks.iter().enumerate() {
-            let for_each = self.checked.workflow.spec.tasks[i].for_each.is_some();
-            for (k, u) in ts.units.iter().enumerate() {
-                if u.cause.as_deref() != Some(key) {
-                    continue;
-                }
-                let item = for_each.then_some(k as u32);
-                match u.status {
-                    TaskStatus::Running => cmds.push(Command::Execute { task: i, item, attempt: u.attempt }),
-                    TaskStatus::RetryWait => cmds.push(Command::ScheduleRetry {
-                        task: i,
-                        item,
-                        attempt: u.attempt,
-                        at: u.retry_at.unwrap_or_default(),
-                    }),
-                    _ => {}
-                }
-            }
-        }
+        let mut cmds = self.owed(st, |u| u.cause.as_deref() == Some(key));
         if st.status.is_terminal() && st.ended_by.as_deref() == Some(key) {
             cmds.push(Command::Finished { status: st.status });
         }
@@ -235,10 +216,16 @@ impl Plan {
             return Vec::new();
         }
         // Units waiting to start (caps full) start when a running one ends: nothing is owed.
+        self.owed(st, |_| true)
+    }
+
+    /// An `Execute` per running unit and a `ScheduleRetry` per unit waiting to retry, among
+    /// the units `pick` selects.
+    fn owed(&self, st: &RunState, pick: impl Fn(&Unit) -> bool) -> Vec<Command> {
         let mut cmds = Vec::new();
         for (i, ts) in st.tasks.iter().enumerate() {
             let for_each = self.checked.workflow.spec.tasks[i].for_each.is_some();
-            for (k, u) in ts.units.iter().enumerate() {
+            for (k, u) in ts.units.iter().enumerate().filter(|(_, u)| pick(u)) {
                 let item = for_each.then_some(k as u32);
                 match u.status {
                     TaskStatus::Running => cmds.push(Command::Execute { task: i, item, attempt: u.attempt }),

@@ -4,7 +4,7 @@ use async_trait::async_trait;
 use llmo_core::tasks::Role;
 use serde_json::{Value, json};
 
-use super::{CallError, ChatRequest, ChatResponse, Provider, ProviderConfig, retry_after, send_error, status_error};
+use super::{CallError, ChatRequest, ChatResponse, Provider, ProviderConfig, send};
 
 pub const VERSION: &str = "2023-06-01";
 
@@ -88,23 +88,15 @@ impl Provider for Anthropic {
             )));
         };
         let url = format!("{}/v1/messages", self.config.base_url.trim_end_matches('/'));
-        let resp = self
+        let rb = self
             .client
             .post(&url)
             .timeout(self.config.timeout)
             .header("x-api-key", key)
             .header("anthropic-version", VERSION)
-            .json(&body(req))
-            .send()
-            .await
-            .map_err(|e| send_error(e, self.config.timeout))?;
-        let status = resp.status().as_u16();
-        let after = retry_after(resp.headers());
-        let text = resp.text().await.map_err(|e| send_error(e, self.config.timeout))?;
-        // 529: Anthropic's "overloaded".
-        if !(200..300).contains(&status) {
-            return Err(status_error(status, after, &text));
-        }
+            .json(&body(req));
+        // 529 (Anthropic's "overloaded") counts as a server error.
+        let text = send(rb, self.config.timeout).await?;
         parse(&text, &req.model)
     }
 }

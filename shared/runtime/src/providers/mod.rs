@@ -123,6 +123,19 @@ pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Durati
         .or_else(|| get("retry-after").map(Duration::from_secs_f64))
 }
 
+/// Sends a request and returns the body of a 2xx answer; any other status becomes the
+/// matching [`CallError`] (with `Retry-After` for 429s).
+pub(crate) async fn send(rb: reqwest::RequestBuilder, timeout: Duration) -> Result<String, CallError> {
+    let resp = rb.send().await.map_err(|e| send_error(e, timeout))?;
+    let status = resp.status().as_u16();
+    let after = retry_after(resp.headers());
+    let text = resp.text().await.map_err(|e| send_error(e, timeout))?;
+    if !(200..300).contains(&status) {
+        return Err(status_error(status, after, &text));
+    }
+    Ok(text)
+}
+
 pub(crate) fn send_error(e: reqwest::Error, timeout: Duration) -> CallError {
     if e.is_timeout() { CallError::Timeout(timeout) } else { CallError::Network(e.to_string()) }
 }

@@ -4,7 +4,7 @@ use async_trait::async_trait;
 use llmo_core::tasks::Role;
 use serde_json::{Value, json};
 
-use super::{CallError, ChatRequest, ChatResponse, Provider, ProviderConfig, retry_after, send_error, status_error};
+use super::{CallError, ChatRequest, ChatResponse, Provider, ProviderConfig, send};
 
 pub struct OpenAi {
     client: reqwest::Client,
@@ -101,13 +101,7 @@ impl Provider for OpenAi {
             }
             None => {}
         }
-        let resp = rb.send().await.map_err(|e| send_error(e, self.config.timeout))?;
-        let status = resp.status().as_u16();
-        let after = retry_after(resp.headers());
-        let text = resp.text().await.map_err(|e| send_error(e, self.config.timeout))?;
-        if !(200..300).contains(&status) {
-            return Err(status_error(status, after, &text));
-        }
+        let text = send(rb, self.config.timeout).await?;
         parse(&text, &req.model)
     }
 }
