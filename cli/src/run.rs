@@ -257,6 +257,7 @@ fn describe(plan: &Plan, t: &Transition) -> Value {
     let what = match &t.event {
         Event::Start => "start".to_string(),
         Event::Cancel => "cancel".to_string(),
+        Event::Abort { reason } => format!("aborted: {reason}"),
         Event::Tick => "tick".to_string(),
         Event::RetryDue { task, item, attempt } => format!("{} retry due (attempt {})", id(*task, *item), attempt + 1),
         Event::AttemptFinished { task, item, attempt, result } => match result {

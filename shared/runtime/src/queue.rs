@@ -82,6 +82,13 @@ pub enum QueueError {
 pub trait Queue: Send + Sync {
     /// Sends a message, visible after `delay_ms`.
     async fn send(&self, message: &Message, delay_ms: Millis) -> Result<(), QueueError>;
+    /// Sends several messages (adapters batch them into as few requests as they can).
+    async fn send_batch(&self, messages: &[(Message, Millis)]) -> Result<(), QueueError> {
+        for (m, delay) in messages {
+            self.send(m, *delay).await?;
+        }
+        Ok(())
+    }
     /// Up to `max` visible messages; each stays invisible for the visibility timeout.
     async fn receive(&self, max: usize) -> Result<Vec<Delivery>, QueueError>;
     /// Deletes a delivered message (a stale receipt is ignored).

@@ -78,6 +78,14 @@ pub struct StoredRun {
     pub tail: Vec<Transition>,
 }
 
+impl StoredRun {
+    /// A state and the transitions after it (what [`RunStore::load_since`] gives a worker
+    /// that kept the state), in the shape [`rebuild`] takes.
+    pub fn tail_only(state: RunState, tail: Vec<Transition>) -> Self {
+        StoredRun { workflow: String::new(), source_name: String::new(), source: String::new(), snapshot: state, tail }
+    }
+}
+
 /// Applies `run.tail` to its snapshot: the run's current state.
 pub fn rebuild(plan: &Plan, run: StoredRun) -> Result<RunState, Error> {
     let mut st = run.snapshot;
@@ -107,6 +115,14 @@ pub trait RunStore: Send + Sync {
     /// `expected`; `Ok(false)` if another writer got there first. `head` is the state after
     /// the last of them (for listings; implementations may snapshot it).
     async fn append(&self, expected: u64, transitions: &[Transition], head: &RunState) -> Result<bool, Error>;
+    /// The transitions after `version` (`None` if there is no such run). A worker that kept
+    /// the state at `version` reads only these.
+    async fn load_since(&self, run_id: &str, version: u64) -> Result<Option<Vec<Transition>>, Error> {
+        if self.version(run_id).await?.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(self.history(run_id).await?.into_iter().filter(|t| t.version > version).collect()))
+    }
     /// Records `state` as a snapshot, so loading replays only later transitions.
     async fn snapshot(&self, state: &RunState) -> Result<(), Error>;
     /// The stored version of a run (cheap; lets a driver notice another writer).
@@ -193,6 +209,12 @@ impl RunStore for MemoryStore {
 
     async fn history(&self, run_id: &str) -> Result<Vec<Transition>, Error> {
         Ok(self.runs.lock().expect("store lock").get(run_id).map(|r| r.log.clone()).unwrap_or_default())
+    }
+
+    async fn load_since(&self, run_id: &str, version: u64) -> Result<Option<Vec<Transition>>, Error> {
+        let runs = self.runs.lock().expect("store lock");
+        // Versions start at 1 and the log is contiguous: version v is at index v - 1.
+        Ok(runs.get(run_id).map(|r| r.log.get(version as usize..).map(<[_]>::to_vec).unwrap_or_default()))
     }
 
     async fn list(&self) -> Result<Vec<RunSummary>, Error> {
@@ -418,6 +440,26 @@ impl RunStore for SqliteStore {
             "SELECT coalesce((SELECT max(version) FROM transitions WHERE run_id = ?1), version) FROM runs WHERE run_id = ?1",
         )?;
         Ok(stmt.query_row(params![run_id], |r| r.get::<_, i64>(0)).optional()?.map(|v| v as u64))
+    }
+
+    async fn load_since(&self, run_id: &str, version: u64) -> Result<Option<Vec<Transition>>, Error> {
+        let conn = self.lock();
+        let exists: Option<i64> =
+            conn.query_row("SELECT version FROM runs WHERE run_id = ?1", params![run_id], |r| r.get(0)).optional()?;
+        if exists.is_none() {
+            return Ok(None);
+        }
+        let mut stmt = conn
+            .prepare_cached("SELECT version, at, event FROM transitions WHERE run_id = ?1 AND version > ?2 ORDER BY version")?;
+        let rows = stmt.query_map(params![run_id, version as i64], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (version, at, event) = row?;
+            out.push(Transition { version: version as u64, at: at as Millis, event: serde_json::from_str(&event)? });
+        }
+        Ok(Some(out))
     }
 
     async fn history(&self, run_id: &str) -> Result<Vec<Transition>, Error> {

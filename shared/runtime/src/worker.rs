@@ -1,24 +1,31 @@
-//! The queue-driven step: one message in, one step of one run, its consequences out. This is
-//! the serverless runtime's unit of work (one SQS message, one Lambda invocation) and what
+//! The queue-driven step: messages in, steps of runs, their consequences out. This is the
+//! serverless runtime's unit of work (a batch of SQS messages, one Lambda invocation) and what
 //! the deterministic simulation drives over the in-memory ports.
 //!
-//! Protocol, for a message `m`:
-//! 1. Load the run (snapshot + log).
-//! 2. `Execute` of an attempt the stored run still has running: run it; its result is the
-//!    event. Any other `Execute` (the attempt already finished, or the run ended) re-sends what
-//!    its finishing transition asked for (`Plan::replay`): its first worker may have died
-//!    between storing that transition and sending its commands.
-//! 3. Apply the event and append it with compare-and-set; on a lost race, reload and apply
-//!    again. An event already applied is ignored, and its commands are re-sent instead.
+//! Protocol, for a batch of messages (grouped by run; each run's group is one step):
+//! 1. Load the run (snapshot + log; a warm worker keeps the state it last saw and reads only
+//!    the transitions stored since).
+//! 2. `Execute` of an attempt the stored run still has running: run it (the group's attempts
+//!    run concurrently); its result is an event. Any other `Execute` (the attempt already
+//!    finished, or the run ended) re-sends what its finishing transition asked for
+//!    (`Plan::replay`): its first worker may have died between storing that transition and
+//!    sending its commands.
+//! 3. Apply the events and append them in one compare-and-set write; on a lost race, reload
+//!    and apply again. An event already applied is ignored, and its commands are re-sent.
 //! 4. Send the commands (`Execute` → queue, `ScheduleRetry` → delayed queue message,
-//!    `Finished` → hooks). Only then is `m` acknowledged (by the caller, on `Ok`).
+//!    `Finished` → snapshot and hooks). Only then are the messages acknowledged (by the
+//!    caller, on `Ok`).
 //!
-//! A crash anywhere leaves `m` unacknowledged; it is delivered again and the steps above
-//! make the second delivery finish the work without doing any transition twice.
+//! A crash anywhere leaves messages unacknowledged; they are delivered again and the steps
+//! above make the second delivery finish the work without doing any transition twice.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use llmo_core::engine::{Command, Event, Plan, RunState, RunStatus, TaskStatus, finished_key};
+use llmo_core::source::SourceFile;
+use llmo_core::validate::Validator;
+use sha2::{Digest, Sha256};
 
 use crate::driver::{Observer, build_attempt, run_hooks, run_with_timeout};
 use crate::executor::Registry;
@@ -34,111 +41,271 @@ pub enum Error {
     Queue(#[from] QueueError),
     #[error("no run `{0}`")]
     NoSuchRun(String),
+    #[error("the stored workflow of run `{run}` does not validate: {why}")]
+    BadWorkflow { run: String, why: String },
+    /// The step of a run failed (every message of the run in the batch gets this).
+    #[error("step of run `{0}` failed: {1}")]
+    Step(String, String),
 }
 
 /// What a step did, for logs and tests.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
-    /// Stored a transition (its version) and sent its commands.
+    /// Stored transitions (up to this version) and sent their commands.
     Applied(u64),
     /// Nothing new to store; re-sent what an earlier transition asked for (if anything).
     Replayed,
 }
 
-/// Finds the plan of a run by its id.
+/// Finds the plan of a run by its id (`None`: build it from the workflow text stored with
+/// the run).
 pub type PlanOf = Arc<dyn Fn(&str) -> Option<Arc<Plan>> + Send + Sync>;
+
+/// Runs whose state a warm worker keeps (beyond it, the cache starts again).
+const CACHED_RUNS: usize = 512;
+
+struct Cached {
+    plan: Arc<Plan>,
+    state: RunState,
+}
 
 pub struct Worker {
     pub store: Arc<dyn RunStore>,
     pub queue: Arc<dyn Queue>,
     pub executors: Arc<Registry>,
     pub clock: Arc<dyn Clock>,
-    /// The plan of a run (workers serve many runs; the caller caches plans).
+    /// The plan of a run (`None`: from the stored workflow text).
     pub plan: PlanOf,
+    runs: Mutex<HashMap<String, Cached>>,
+    plans: Mutex<HashMap<[u8; 32], Arc<Plan>>>,
 }
 
 impl Worker {
+    pub fn new(
+        store: Arc<dyn RunStore>,
+        queue: Arc<dyn Queue>,
+        executors: Arc<Registry>,
+        clock: Arc<dyn Clock>,
+        plan: PlanOf,
+    ) -> Self {
+        Worker { store, queue, executors, clock, plan, runs: Mutex::default(), plans: Mutex::default() }
+    }
+
+    /// A worker that builds every plan from the workflow text stored with its run.
+    pub fn from_stored(
+        store: Arc<dyn RunStore>,
+        queue: Arc<dyn Queue>,
+        executors: Arc<Registry>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Self::new(store, queue, executors, clock, Arc::new(|_| None))
+    }
+
     /// Handles one delivery. `Ok` means the message may be acknowledged; on `Err` it must not
     /// be (it is delivered again).
     pub async fn handle(&self, d: &Delivery) -> Result<Outcome, Error> {
-        let run_id = d.message.run_id().to_string();
-        let plan = (self.plan)(&run_id).ok_or_else(|| Error::NoSuchRun(run_id.clone()))?;
-        let mut st = self.load(&plan, &run_id).await?;
-        let event = match &d.message {
-            Message::Event { event, .. } => event.clone(),
-            &Message::Execute { task, item, attempt, .. } => {
-                let unit = st.tasks[task].units.get(item.unwrap_or(0) as usize);
-                let live = st.status == RunStatus::Running
-                    && unit.is_some_and(|u| u.status == TaskStatus::Running && u.attempt == attempt);
-                if !live {
-                    let again = plan.replay(&st, &finished_key(task, item, attempt));
-                    self.send(&plan, &st, again).await?;
-                    return Ok(Outcome::Replayed);
-                }
-                let result = match self.executors.get(&plan.checked.workflow.spec.tasks[task].ty) {
-                    None => crate::executor::failed(llmo_core::engine::builtin::TaskError::fatal(format!(
-                        "no executor is registered for task type `{}`",
-                        plan.checked.workflow.spec.tasks[task].ty
-                    ))),
-                    Some(exec) => {
-                        let t = &plan.checked.workflow.spec.tasks[task];
-                        let parts = plan.run_parts(&st, false);
-                        let ids = (Arc::from(run_id.as_str()), Arc::from(t.id.as_str()), Arc::from(t.ty.as_str()));
-                        match build_attempt(&plan, &st, &parts, ids, task, item, attempt, exec.as_ref()) {
-                            Ok(a) => run_with_timeout(exec.as_ref(), &a).await,
-                            Err(r) => r,
-                        }
-                    }
-                };
-                Event::AttemptFinished { task, item, attempt, result }
+        self.handle_batch(std::slice::from_ref(d)).await.pop().expect("one result per delivery")
+    }
+
+    /// Handles a batch of deliveries: one result per delivery, in order. The messages of one
+    /// run make one step (one load, concurrent attempts, one write); runs go concurrently.
+    pub async fn handle_batch(&self, ds: &[Delivery]) -> Vec<Result<Outcome, Error>> {
+        let mut groups: Vec<(&str, Vec<usize>)> = Vec::new();
+        for (i, d) in ds.iter().enumerate() {
+            let run = d.message.run_id();
+            match groups.iter_mut().find(|(r, _)| *r == run) {
+                Some((_, idx)) => idx.push(i),
+                None => groups.push((run, vec![i])),
             }
-        };
+        }
+        let steps = groups.iter().map(|(run, idx)| {
+            let msgs: Vec<&Message> = idx.iter().map(|&i| &ds[i].message).collect();
+            async move { self.step(run, &msgs).await }
+        });
+        let done = futures::future::join_all(steps).await;
+        let mut out: Vec<Option<Result<Outcome, Error>>> = (0..ds.len()).map(|_| None).collect();
+        for ((run, idx), r) in groups.iter().zip(done) {
+            match r {
+                Ok(o) => idx.iter().for_each(|&i| out[i] = Some(Ok(o.clone()))),
+                Err(e) => {
+                    let why = e.to_string();
+                    for &i in idx {
+                        out[i] = Some(Err(Error::Step(run.to_string(), why.clone())));
+                    }
+                    tracing::warn!(run = %run, error = %e, "step failed; its messages will be delivered again");
+                }
+            }
+        }
+        out.into_iter().map(|r| r.expect("every delivery has a result")).collect()
+    }
+
+    /// One step of one run over its messages in this batch.
+    async fn step(&self, run_id: &str, msgs: &[&Message]) -> Result<Outcome, Error> {
+        let (plan, mut st) = self.load(run_id).await?;
+        let mut events: Vec<Event> = Vec::new();
+        let mut owed: Vec<String> = Vec::new();
+        let mut attempts: Vec<(usize, Option<u32>, u32)> = Vec::new();
+        for m in msgs {
+            match m {
+                Message::Event { event, .. } => {
+                    if !events.iter().any(|e| e.key() == event.key()) {
+                        events.push(event.clone());
+                    }
+                }
+                &&Message::Execute { task, item, attempt, .. } => {
+                    let unit = st.tasks.get(task).and_then(|t| t.units.get(item.unwrap_or(0) as usize));
+                    let live = st.status == RunStatus::Running
+                        && unit.is_some_and(|u| u.status == TaskStatus::Running && u.attempt == attempt);
+                    if !live {
+                        owed.push(finished_key(task, item, attempt));
+                    } else if !attempts.contains(&(task, item, attempt)) {
+                        attempts.push((task, item, attempt));
+                    }
+                }
+            }
+        }
+        if !attempts.is_empty() {
+            let parts = plan.run_parts(&st, false);
+            let runs = attempts.iter().map(|&(task, item, attempt)| {
+                let (plan, st, parts) = (&plan, &st, &parts);
+                async move {
+                    let t = &plan.checked.workflow.spec.tasks[task];
+                    let result = match self.executors.get(&t.ty) {
+                        None => crate::executor::failed(llmo_core::engine::builtin::TaskError::fatal(format!(
+                            "no executor is registered for task type `{}`",
+                            t.ty
+                        ))),
+                        Some(exec) => {
+                            let ids = (Arc::from(run_id), Arc::from(t.id.as_str()), Arc::from(t.ty.as_str()));
+                            match build_attempt(plan, st, parts, ids, task, item, attempt, exec.as_ref()) {
+                                Ok(a) => run_with_timeout(exec.as_ref(), &a).await,
+                                Err(r) => r,
+                            }
+                        }
+                    };
+                    Event::AttemptFinished { task, item, attempt, result }
+                }
+            });
+            events.extend(futures::future::join_all(runs).await);
+        }
         loop {
             let expected = st.version;
             let now = self.clock.now();
             let mut next = st.clone();
-            match plan.apply(&mut next, &event, now) {
-                Err(_) => {
-                    let again = plan.replay(&st, &event.key());
-                    self.send(&plan, &st, again).await?;
-                    return Ok(Outcome::Replayed);
-                }
-                Ok(cmds) => {
-                    let t = Transition { version: next.version, at: now, event: event.clone() };
-                    if self.store.append(expected, &[t], &next).await? {
-                        self.send(&plan, &next, cmds).await?;
-                        return Ok(Outcome::Applied(next.version));
+            let mut log = Vec::new();
+            let mut cmds = Vec::new();
+            let mut keys = owed.clone();
+            for e in &events {
+                match plan.apply(&mut next, e, now) {
+                    Ok(c) => {
+                        log.push(Transition { version: next.version, at: now, event: e.clone() });
+                        cmds.extend(c);
                     }
-                    st = self.load(&plan, &run_id).await?;
+                    Err(_) => keys.push(e.key()),
                 }
+            }
+            for k in &keys {
+                for c in plan.replay(&next, k) {
+                    if !cmds.contains(&c) {
+                        cmds.push(c);
+                    }
+                }
+            }
+            if log.is_empty() {
+                self.send(&plan, &next, cmds).await?;
+                return Ok(Outcome::Replayed);
+            }
+            match self.store.append(expected, &log, &next).await {
+                Ok(true) => {
+                    let version = next.version;
+                    self.remember(&plan, &next);
+                    self.send(&plan, &next, cmds).await?;
+                    return Ok(Outcome::Applied(version));
+                }
+                Ok(false) => st = self.load(run_id).await?.1,
+                Err(e) => return Err(e.into()),
             }
         }
     }
 
-    async fn load(&self, plan: &Plan, run_id: &str) -> Result<RunState, Error> {
+    /// The plan and current state of a run: the cached state brought up to date, or loaded.
+    async fn load(&self, run_id: &str) -> Result<(Arc<Plan>, RunState), Error> {
+        let cached = {
+            let runs = self.runs.lock().expect("worker cache");
+            runs.get(run_id).map(|c| (c.plan.clone(), c.state.clone()))
+        };
+        if let Some((plan, mut st)) = cached {
+            let tail = self.store.load_since(run_id, st.version).await?;
+            let tail = tail.ok_or_else(|| Error::NoSuchRun(run_id.to_string()))?;
+            if !tail.is_empty() {
+                st = rebuild(&plan, store::StoredRun::tail_only(st, tail))?;
+                self.remember(&plan, &st);
+            }
+            return Ok((plan, st));
+        }
         let stored = self.store.load(run_id).await?.ok_or_else(|| Error::NoSuchRun(run_id.to_string()))?;
-        Ok(rebuild(plan, stored)?)
+        let plan = match (self.plan)(run_id) {
+            Some(p) => p,
+            None => self.plan_of(run_id, &stored.source_name, &stored.source)?,
+        };
+        let st = rebuild(&plan, stored)?;
+        self.remember(&plan, &st);
+        Ok((plan, st))
+    }
+
+    /// The plan of a workflow text (compiled once per distinct text).
+    fn plan_of(&self, run_id: &str, name: &str, source: &str) -> Result<Arc<Plan>, Error> {
+        let key: [u8; 32] = Sha256::digest(source.as_bytes()).into();
+        if let Some(p) = self.plans.lock().expect("plan cache").get(&key) {
+            return Ok(p.clone());
+        }
+        let outcome = Validator::default().validate(&SourceFile::new(name.to_string(), source.to_string()));
+        let checked = outcome.checked.ok_or_else(|| Error::BadWorkflow {
+            run: run_id.to_string(),
+            why: outcome.report.records().iter().map(|r| format!("{}: {}", r.code, r.message)).collect::<Vec<_>>().join("; "),
+        })?;
+        let plan = Arc::new(Plan::new(checked));
+        self.plans.lock().expect("plan cache").insert(key, plan.clone());
+        Ok(plan)
+    }
+
+    fn remember(&self, plan: &Arc<Plan>, st: &RunState) {
+        let mut runs = self.runs.lock().expect("worker cache");
+        if st.status.is_terminal() {
+            runs.remove(&st.run_id);
+            return;
+        }
+        if runs.len() >= CACHED_RUNS && !runs.contains_key(&st.run_id) {
+            runs.clear();
+        }
+        runs.insert(st.run_id.clone(), Cached { plan: plan.clone(), state: st.clone() });
     }
 
     async fn send(&self, plan: &Arc<Plan>, st: &RunState, cmds: Vec<Command>) -> Result<(), Error> {
-        let run_id = st.run_id.clone();
+        let run_id = &st.run_id;
+        let mut out = Vec::new();
+        let mut finished = None;
         for c in cmds {
             match c {
                 Command::Execute { task, item, attempt } => {
-                    self.queue.send(&Message::Execute { run_id: run_id.clone(), task, item, attempt }, 0).await?;
+                    out.push((Message::Execute { run_id: run_id.clone(), task, item, attempt }, 0));
                 }
                 Command::ScheduleRetry { task, item, attempt, at } => {
                     let delay = at.saturating_sub(self.clock.now());
                     let event = Event::RetryDue { task, item, attempt };
-                    self.queue.send(&Message::Event { run_id: run_id.clone(), event }, delay).await?;
+                    out.push((Message::Event { run_id: run_id.clone(), event }, delay));
                 }
                 // Attempts already running finish and their results are ignored.
                 Command::CancelRunning { .. } => {}
-                Command::Finished { status } => {
-                    self.store.snapshot(st).await?;
-                    run_hooks(plan, &self.executors, st, status, &mut () as &mut dyn Observer).await;
-                }
+                Command::Finished { status } => finished = Some(status),
             }
+        }
+        if !out.is_empty() {
+            self.queue.send_batch(&out).await?;
+        }
+        if let Some(status) = finished {
+            self.store.snapshot(st).await?;
+            run_hooks(plan, &self.executors, st, status, &mut () as &mut dyn Observer).await;
         }
         Ok(())
     }

@@ -101,7 +101,7 @@ const NONE: Faults = Faults {
 const MANY: Faults = Faults {
     reorder: true,
     duplicate: 0.1,
-    race: 0.1,
+    race: 0.2,
     crash_before_write: 0.04,
     crash_after_write: 0.04,
     crash_before_send: 0.03,
@@ -114,8 +114,9 @@ fn crash(what: &str) -> store::Error {
     store::Error::Other(format!("simulated crash {what}"))
 }
 
-/// The run store, with crashes around writes and another worker racing: before a write,
-/// another message may be handled in full (so the write's compare-and-set can lose).
+/// The run store, with crashes around writes and another worker (with its own cache of run
+/// states) racing: before a write, another message may be handled in full by it (so the
+/// write's compare-and-set can lose, and each worker's cached state goes stale).
 struct FaultyStore {
     inner: Arc<MemoryStore>,
     queue: Arc<MemoryQueue>,
@@ -133,6 +134,9 @@ impl RunStore for FaultyStore {
     }
     async fn load(&self, run_id: &str) -> Result<Option<StoredRun>, store::Error> {
         self.inner.load(run_id).await
+    }
+    async fn load_since(&self, run_id: &str, version: u64) -> Result<Option<Vec<Transition>>, store::Error> {
+        self.inner.load_since(run_id, version).await
     }
     async fn append(&self, expected: u64, ts: &[Transition], head: &RunState) -> Result<bool, store::Error> {
         if chance(&self.rng, self.faults.race) && !self.racing.swap(true, Ordering::SeqCst) {
@@ -272,28 +276,39 @@ async fn simulate(plan: Arc<Plan>, seed: u64, faults: Faults) -> Report {
         rng: rng.clone(),
         faults,
     });
-    let worker = Arc::new(Worker {
-        store: store.clone(),
-        queue: Arc::new(FaultyQueue { inner: queue.clone(), rng: rng.clone(), faults }),
-        executors: Arc::new(reg),
-        clock: clock.clone(),
-        plan: Arc::new(move |_| Some(p.clone())),
+    let faulty_queue = Arc::new(FaultyQueue { inner: queue.clone(), rng: rng.clone(), faults });
+    let reg = Arc::new(reg);
+    let plan_of: llmo_runtime::worker::PlanOf = Arc::new(move |_| Some(p.clone()));
+    let worker = Worker::new(store.clone(), faulty_queue.clone(), reg.clone(), clock.clone(), plan_of.clone());
+    // In one seed in ten the racer builds its plan from the stored workflow text, as a
+    // serverless worker does (not in all: validating the workflow dominates a seed's time).
+    let racer = Arc::new(if seed % 10 == 0 {
+        Worker::from_stored(store.clone(), faulty_queue, reg, clock.clone())
+    } else {
+        Worker::new(store.clone(), faulty_queue, reg, clock.clone(), plan_of)
     });
-    *store.worker.lock().unwrap() = Some(Arc::downgrade(&worker));
+    *store.worker.lock().unwrap() = Some(Arc::downgrade(&racer));
     let mut steps = 0;
     while !queue.is_empty() {
         steps += 1;
         assert!(steps < 20_000, "the run did not finish");
-        let ds = queue.receive(1).await.unwrap();
-        let Some(d) = ds.into_iter().next() else {
+        // Batches of 1 to 4 messages, as an SQS event source mapping hands a function.
+        let batch = 1 + (rng.lock().unwrap().next() % 4) as usize;
+        let ds = queue.receive(batch).await.unwrap();
+        if ds.is_empty() {
             clock.set(queue.next_visible_at().expect("messages are waiting"));
             continue;
-        };
-        if chance(&rng, faults.duplicate) {
-            queue.duplicate(&d.receipt);
         }
-        if worker.handle(&d).await.is_ok() && !chance(&rng, faults.crash_before_ack) {
-            queue.ack(&d.receipt).await.unwrap();
+        for d in &ds {
+            if chance(&rng, faults.duplicate) {
+                queue.duplicate(&d.receipt);
+            }
+        }
+        let results = worker.handle_batch(&ds).await;
+        for (d, r) in ds.iter().zip(results) {
+            if r.is_ok() && !chance(&rng, faults.crash_before_ack) {
+                queue.ack(&d.receipt).await.unwrap();
+            }
         }
         clock.advance(1);
     }

@@ -507,6 +507,10 @@ impl Transition<'_, '_> {
                 self.running_or_pending()?;
                 self.end(RunStatus::Cancelled, "cancelled".to_string());
             }
+            Event::Abort { reason } => {
+                self.running_or_pending()?;
+                self.end(RunStatus::Failed, reason.clone());
+            }
             Event::Tick => {
                 self.running()?;
                 match self.st.deadline {

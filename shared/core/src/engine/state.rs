@@ -229,6 +229,9 @@ pub enum Event {
     RetryDue { task: usize, item: Option<u32>, attempt: u32 },
     /// Cancel the run.
     Cancel,
+    /// Fail the run for a reason outside the workflow (a message that could not be processed,
+    /// moved to the dead-letter queue). Tasks not ended are cancelled; `on.failure` hooks run.
+    Abort { reason: String },
     /// The clock moved; ends the run if its deadline has passed.
     Tick,
 }
@@ -242,6 +245,7 @@ impl Event {
             Event::AttemptFinished { task, item: it, attempt, .. } => finished_key(*task, *it, *attempt),
             Event::RetryDue { task, item: it, attempt } => format!("retry/{task}/{}/{attempt}", item(it)),
             Event::Cancel => "cancel".into(),
+            Event::Abort { .. } => "abort".into(),
             Event::Tick => "tick".into(),
         }
     }

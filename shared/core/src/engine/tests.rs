@@ -338,6 +338,22 @@ fn cancel_stops_the_run_and_later_results_are_ignored() {
 }
 
 #[test]
+fn abort_fails_the_run_with_its_reason_once() {
+    let p = plan(PIPELINE);
+    let mut st = p.new_run("r", serde_json::Map::new());
+    p.apply(&mut st, &Event::Start, 0).unwrap();
+    let abort = Event::Abort { reason: "message dead-lettered".into() };
+    let cmds = p.apply(&mut st, &abort, 1).unwrap();
+    assert_eq!(
+        cmds,
+        vec![Command::CancelRunning { tasks: vec![0] }, Command::Finished { status: RunStatus::Failed }]
+    );
+    assert_eq!(st.status, RunStatus::Failed);
+    assert_eq!(st.error.as_deref(), Some("message dead-lettered"));
+    assert_eq!(p.apply(&mut st, &abort, 2), Err(Ignored("run already ended")));
+}
+
+#[test]
 fn no_task_starts_once_the_budget_is_spent() {
     let p = plan(
         r#"
