@@ -11,7 +11,7 @@ LLMO  := target/release/llmo
 EXAMPLES := $(wildcard workflows/*.yaml)
 DEMO_STATE := .llmo/demo.db
 
-.PHONY: all demo build test lint fmt unit bench-smoke bench schema clean
+.PHONY: all demo build test lint fmt unit bench-smoke bench schema clean stack-up stack-down
 
 all: test
 
@@ -43,8 +43,16 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
+# Every test, with the local AWS (LocalStack for SQS/S3, moto for DynamoDB) started for the
+# serverless tests and stopped after. The nightly-digest example reads a secret from the env.
 unit:
-	$(CARGO) test --workspace --locked
+	LLMO_SECRET_TICKETS_TOKEN=offline localstack/with-stack.sh $(CARGO) test --workspace --locked
+
+stack-up:
+	localstack/stack.sh up
+
+stack-down:
+	localstack/stack.sh down
 
 # Runs each benchmark once (criterion's --test mode) so a broken benchmark fails CI
 # without spending CI minutes on measurement.

@@ -1,1 +1,15 @@
-pub fn _x() {}
+//! The serverless runtime of LLM-Orchestrator: the engine's ports on AWS (DynamoDB run store,
+//! SQS queue, S3 blobs), request accounting, the handlers the Lambda functions run, and the
+//! local modes that run those same handlers against LocalStack/moto.
+pub mod api;
+pub mod blobs;
+pub mod config;
+pub mod dynamo;
+pub mod env;
+pub mod local;
+pub mod metrics;
+pub mod provision;
+pub mod sqs;
+pub mod step;
+
+pub use config::Aws;

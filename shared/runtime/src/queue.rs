@@ -49,13 +49,19 @@ impl Envelope {
     }
 
     pub fn decode(body: &str) -> Result<Message, QueueError> {
-        let e: Envelope = serde_json::from_str(body).map_err(|e| QueueError::Malformed(e.to_string()))?;
-        if e.v > SCHEMA_VERSION {
+        // The version first: a newer producer's message may have any shape.
+        #[derive(Deserialize)]
+        struct Version {
+            v: u32,
+        }
+        let v: Version = serde_json::from_str(body).map_err(|e| QueueError::Malformed(e.to_string()))?;
+        if v.v > SCHEMA_VERSION {
             return Err(QueueError::Malformed(format!(
                 "message schema v{} is newer than this worker's v{SCHEMA_VERSION}",
-                e.v
+                v.v
             )));
         }
+        let e: Envelope = serde_json::from_str(body).map_err(|e| QueueError::Malformed(e.to_string()))?;
         Ok(e.message)
     }
 }

@@ -449,8 +449,9 @@ impl RunStore for SqliteStore {
         if exists.is_none() {
             return Ok(None);
         }
-        let mut stmt = conn
-            .prepare_cached("SELECT version, at, event FROM transitions WHERE run_id = ?1 AND version > ?2 ORDER BY version")?;
+        let mut stmt = conn.prepare_cached(
+            "SELECT version, at, event FROM transitions WHERE run_id = ?1 AND version > ?2 ORDER BY version",
+        )?;
         let rows = stmt.query_map(params![run_id, version as i64], |r| {
             Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?))
         })?;

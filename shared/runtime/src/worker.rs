@@ -262,7 +262,13 @@ impl Worker {
         let outcome = Validator::default().validate(&SourceFile::new(name.to_string(), source.to_string()));
         let checked = outcome.checked.ok_or_else(|| Error::BadWorkflow {
             run: run_id.to_string(),
-            why: outcome.report.records().iter().map(|r| format!("{}: {}", r.code, r.message)).collect::<Vec<_>>().join("; "),
+            why: outcome
+                .report
+                .records()
+                .iter()
+                .map(|r| format!("{}: {}", r.code, r.message))
+                .collect::<Vec<_>>()
+                .join("; "),
         })?;
         let plan = Arc::new(Plan::new(checked));
         self.plans.lock().expect("plan cache").insert(key, plan.clone());

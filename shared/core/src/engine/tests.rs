@@ -344,10 +344,7 @@ fn abort_fails_the_run_with_its_reason_once() {
     p.apply(&mut st, &Event::Start, 0).unwrap();
     let abort = Event::Abort { reason: "message dead-lettered".into() };
     let cmds = p.apply(&mut st, &abort, 1).unwrap();
-    assert_eq!(
-        cmds,
-        vec![Command::CancelRunning { tasks: vec![0] }, Command::Finished { status: RunStatus::Failed }]
-    );
+    assert_eq!(cmds, vec![Command::CancelRunning { tasks: vec![0] }, Command::Finished { status: RunStatus::Failed }]);
     assert_eq!(st.status, RunStatus::Failed);
     assert_eq!(st.error.as_deref(), Some("message dead-lettered"));
     assert_eq!(p.apply(&mut st, &abort, 2), Err(Ignored("run already ended")));

@@ -1,0 +1,34 @@
+//! `api`: the HTTP API behind API Gateway (HTTP API, payload v2).
+//! `api --local [--addr 127.0.0.1:8080]` serves the same handler over plain HTTP.
+use std::sync::Arc;
+
+use lambda_http::{Body, Request, Response, service_fn};
+use llmo_aws::api::Api;
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_http::Error> {
+    llmo_aws::env::init_tracing();
+    let aws = llmo_aws::Aws::from_env().await;
+    let (executors, config, mock) = llmo_aws::env::executors()?;
+    let api = Arc::new(Api::new(&aws, executors, config, mock));
+    let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--local") {
+        let addr = args
+            .iter()
+            .position(|a| a == "--addr")
+            .and_then(|i| args.get(i + 1).cloned())
+            .unwrap_or_else(|| "127.0.0.1:8080".into());
+        let addr = addr.parse().map_err(|e| format!("--addr {addr}: {e}"))?;
+        llmo_aws::local::serve(addr, move |req| {
+            let api = api.clone();
+            async move { api.handle(req).await }
+        })
+        .await?;
+        return Ok(());
+    }
+    lambda_http::run(service_fn(move |req: Request| {
+        let api = api.clone();
+        async move { Ok::<Response<Body>, lambda_http::Error>(api.handle(req).await) }
+    }))
+    .await
+}

@@ -1,0 +1,629 @@
+//! The run store on DynamoDB (one table) with S3 for snapshots and oversized items.
+//!
+//! Items (partition key `pk`, sort key `sk`, both strings):
+//!
+//! | item | `pk` | `sk` | holds |
+//! | --- | --- | --- | --- |
+//! | run | `RUN#<id>` | `META` | workflow, source text, initial state, status, cost, `created`, GSI keys, `expires_at` |
+//! | log | `RUN#<id>` | `LOG#<first version, 20 digits>` | `last` version, the transitions as JSON (`t`) or an S3 key (`t_ref`) |
+//! | snapshot | `RUN#<id>` | `SNAP` | `version`, S3 key of the state at that version |
+//! | start key | `IDEM#<key>` | `IDEM` | the run a start request with that idempotency key created |
+//!
+//! An append is one `PutItem` of a log item under `attribute_not_exists(sk)`: two workers that
+//! computed transitions from the same version write the same key and exactly one succeeds.
+//! Log items always start right after the end of another (a writer only extends a state it
+//! read whole), so "no item starts at `expected + 1`" is "the stored version is `expected`".
+//! When a run's status changes the log item and the run item move together in one
+//! `TransactWriteItems`.
+//!
+//! GSIs (keys projected with the summary fields): `by_time` (`all` = "RUNS", `created`),
+//! `by_workflow` (`workflow`, `created`), `by_status` (`status`, `created`). `created` is
+//! `<start ms, 13 digits>#<run id>`, so each lists newest first. `expires_at` is the TTL
+//! attribute: set on every item of a run once it ends (log items carry one from their write,
+//! a retention after it, so a run's log outlives any sane run).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb::types::{
+    AttributeValue, ConsumedCapacity, Put, ReturnConsumedCapacity, TransactWriteItem, Update,
+};
+use llmo_core::engine::{RunState, RunStatus};
+use llmo_runtime::store::{Error, RunStore, RunSummary, StoredRun, Transition};
+use sha2::{Digest, Sha256};
+
+use crate::config::Aws;
+
+/// Items larger than this keep their payload in S3 (DynamoDB's item limit is 400 KB).
+pub const ITEM_SPILL_BYTES: usize = 300 * 1024;
+/// A snapshot is written every this many versions (and when a run ends).
+pub const SNAPSHOT_EVERY: u64 = 500;
+/// How long a finished run's items live (TTL), by default.
+pub const RETENTION_DAYS: u64 = 30;
+
+type Item = HashMap<String, AttributeValue>;
+
+fn s(v: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(v.into())
+}
+fn n(v: impl ToString) -> AttributeValue {
+    AttributeValue::N(v.to_string())
+}
+fn get_s<'a>(item: &'a Item, k: &str) -> Option<&'a str> {
+    item.get(k).and_then(|v| v.as_s().ok()).map(String::as_str)
+}
+fn get_n(item: &Item, k: &str) -> Option<f64> {
+    item.get(k).and_then(|v| v.as_n().ok()).and_then(|v| v.parse().ok())
+}
+fn run_pk(run_id: &str) -> String {
+    format!("RUN#{run_id}")
+}
+fn log_sk(first: u64) -> String {
+    format!("LOG#{first:020}")
+}
+fn other(e: impl std::fmt::Display) -> Error {
+    Error::Other(e.to_string())
+}
+fn err<E>(e: aws_sdk_dynamodb::error::SdkError<E>) -> Error
+where
+    E: std::error::Error + std::fmt::Debug + 'static,
+{
+    Error::Other(format!("dynamodb: {}", aws_sdk_dynamodb::error::DisplayErrorContext(e)))
+}
+
+/// The size AWS bills an item by: attribute names plus values (close enough for strings and
+/// numbers, which is all this store writes).
+fn item_bytes(item: &Item) -> usize {
+    item.iter()
+        .map(|(k, v)| {
+            k.len()
+                + match v {
+                    AttributeValue::S(x) => x.len(),
+                    AttributeValue::N(x) => x.len().div_ceil(2) + 1,
+                    _ => 8,
+                }
+        })
+        .sum()
+}
+fn wru_of(item: &Item) -> f64 {
+    item_bytes(item).div_ceil(1024).max(1) as f64
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// Where a run is listed from: one of the GSIs.
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    pub workflow: Option<String>,
+    pub status: Option<String>,
+    pub limit: Option<i32>,
+    /// The `next` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// One page of a listing.
+#[derive(Debug, Clone)]
+pub struct Page {
+    pub runs: Vec<RunSummary>,
+    /// Pass as `cursor` for the next page.
+    pub next: Option<String>,
+}
+
+pub struct DynamoStore {
+    aws: Aws,
+    retention_secs: u64,
+}
+
+impl DynamoStore {
+    pub fn new(aws: Aws) -> Self {
+        let days = std::env::var("LLMO_RETENTION_DAYS").ok().and_then(|v| v.parse().ok()).unwrap_or(RETENTION_DAYS);
+        DynamoStore { aws, retention_secs: days * 86_400 }
+    }
+
+    fn meter_capacity(&self, c: Option<&ConsumedCapacity>, write: bool) {
+        if let Some(units) = c.and_then(|c| c.capacity_units()) {
+            if write { self.aws.meter.add_wru(units) } else { self.aws.meter.add_rru(units) }
+        }
+    }
+
+    async fn put_blob(&self, key: &str, body: Vec<u8>) -> Result<(), Error> {
+        self.aws
+            .s3
+            .put_object()
+            .bucket(&self.aws.bucket)
+            .key(key)
+            .body(body.into())
+            .send()
+            .await
+            .map_err(|e| Error::Other(format!("s3 put {key}: {}", aws_sdk_s3::error::DisplayErrorContext(e))))?;
+        Ok(())
+    }
+
+    async fn get_blob(&self, key: &str) -> Result<Vec<u8>, Error> {
+        let out = self
+            .aws
+            .s3
+            .get_object()
+            .bucket(&self.aws.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| Error::Other(format!("s3 get {key}: {}", aws_sdk_s3::error::DisplayErrorContext(e))))?;
+        Ok(out.body.collect().await.map_err(other)?.into_bytes().to_vec())
+    }
+
+    /// A JSON payload inline, or in S3 (content-addressed) when it would make the item too big.
+    async fn payload(
+        &self,
+        run_id: &str,
+        what: &str,
+        json: String,
+        inline: &str,
+        spilled: &str,
+        item: &mut Item,
+    ) -> Result<(), Error> {
+        if json.len() > ITEM_SPILL_BYTES {
+            let hash = hex(&Sha256::digest(json.as_bytes()));
+            let key = format!("runs/{run_id}/{what}-{hash}.json");
+            self.put_blob(&key, json.into_bytes()).await?;
+            item.insert(spilled.into(), s(key));
+        } else {
+            item.insert(inline.into(), s(json));
+        }
+        Ok(())
+    }
+
+    async fn read_payload(&self, item: &Item, inline: &str, spilled: &str) -> Result<String, Error> {
+        if let Some(v) = get_s(item, inline) {
+            return Ok(v.to_string());
+        }
+        let key =
+            get_s(item, spilled).ok_or_else(|| Error::Other(format!("item has neither `{inline}` nor `{spilled}`")))?;
+        String::from_utf8(self.get_blob(key).await?).map_err(other)
+    }
+
+    async fn get(&self, pk: String, sk: &str) -> Result<Option<Item>, Error> {
+        let out = self
+            .aws
+            .dynamodb
+            .get_item()
+            .table_name(&self.aws.table)
+            .key("pk", s(pk))
+            .key("sk", s(sk))
+            .consistent_read(true)
+            .return_consumed_capacity(ReturnConsumedCapacity::Total)
+            .send()
+            .await
+            .map_err(err)?;
+        self.meter_capacity(out.consumed_capacity(), false);
+        Ok(out.item)
+    }
+
+    /// Log items of a run with `sk` after `after`, oldest first.
+    async fn log_items(&self, run_id: &str, after_version: u64) -> Result<Vec<Transition>, Error> {
+        let mut out = Vec::new();
+        let mut start: Option<Item> = None;
+        loop {
+            let page = self
+                .aws
+                .dynamodb
+                .query()
+                .table_name(&self.aws.table)
+                .key_condition_expression("pk = :pk AND sk BETWEEN :from AND :to")
+                .expression_attribute_values(":pk", s(run_pk(run_id)))
+                .expression_attribute_values(":from", s(log_sk(after_version + 1)))
+                .expression_attribute_values(":to", s("LOG#~"))
+                .consistent_read(true)
+                .return_consumed_capacity(ReturnConsumedCapacity::Total)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(err)?;
+            self.meter_capacity(page.consumed_capacity(), false);
+            for item in page.items() {
+                let json = self.read_payload(item, "t", "t_ref").await?;
+                let ts: Vec<Transition> = serde_json::from_str(&json)?;
+                // A snapshot may fall inside an item: keep only what follows it.
+                out.extend(ts.into_iter().filter(|t| t.version > after_version));
+            }
+            match page.last_evaluated_key {
+                Some(k) if !k.is_empty() => start = Some(k),
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    fn summary(item: &Item) -> RunSummary {
+        RunSummary {
+            run_id: get_s(item, "run_id").unwrap_or_default().to_string(),
+            workflow: get_s(item, "workflow").unwrap_or_default().to_string(),
+            status: get_s(item, "status").unwrap_or_default().to_string(),
+            version: get_n(item, "version").unwrap_or(0.0) as u64,
+            started_at: get_n(item, "started_at").map(|v| v as u64),
+            cost_usd: get_n(item, "cost_usd").unwrap_or(0.0),
+        }
+    }
+
+    /// The state a run was created with (version 0), for audits that replay its whole log.
+    pub async fn initial_state(&self, run_id: &str) -> Result<Option<RunState>, Error> {
+        let Some(meta) = self.get(run_pk(run_id), "META").await? else { return Ok(None) };
+        Ok(Some(serde_json::from_str(&self.read_payload(&meta, "init", "init_ref").await?)?))
+    }
+
+    /// A page of runs, newest first, by workflow or status (or all).
+    pub async fn list_page(&self, f: &ListFilter) -> Result<Page, Error> {
+        let (index, key, value) = match (&f.workflow, &f.status) {
+            (Some(w), _) => ("by_workflow", "workflow", w.clone()),
+            (None, Some(st)) => ("by_status", "status", st.clone()),
+            (None, None) => ("by_time", "all", "RUNS".to_string()),
+        };
+        let mut q = self
+            .aws
+            .dynamodb
+            .query()
+            .table_name(&self.aws.table)
+            .index_name(index)
+            .key_condition_expression("#k = :v")
+            .expression_attribute_names("#k", key)
+            .expression_attribute_values(":v", s(value))
+            .scan_index_forward(false)
+            .limit(f.limit.unwrap_or(50).clamp(1, 1000))
+            .return_consumed_capacity(ReturnConsumedCapacity::Total);
+        if let (Some(w), Some(st)) = (&f.workflow, &f.status) {
+            let _ = w;
+            q = q
+                .filter_expression("#s = :s")
+                .expression_attribute_names("#s", "status")
+                .expression_attribute_values(":s", s(st.clone()));
+        }
+        if let Some(c) = &f.cursor {
+            let key: HashMap<String, String> =
+                serde_json::from_str(c).map_err(|e| Error::Other(format!("bad cursor: {e}")))?;
+            q = q.set_exclusive_start_key(Some(key.into_iter().map(|(k, v)| (k, s(v))).collect()));
+        }
+        let out = q.send().await.map_err(err)?;
+        self.meter_capacity(out.consumed_capacity(), false);
+        let runs = out.items().iter().map(Self::summary).collect();
+        let next = out.last_evaluated_key.filter(|k| !k.is_empty()).map(|k| {
+            let m: HashMap<String, String> =
+                k.into_iter().filter_map(|(k, v)| v.as_s().ok().map(|v| (k, v.clone()))).collect();
+            serde_json::to_string(&m).expect("cursor serializes")
+        });
+        Ok(Page { runs, next })
+    }
+
+    /// Stores a new run, unless a run was already started with `idempotency_key`: then that
+    /// run's id is returned and nothing is written. `Ok(None)`: created.
+    pub async fn create_once(
+        &self,
+        idempotency_key: Option<&str>,
+        workflow: &str,
+        source_name: &str,
+        source: &str,
+        initial: &RunState,
+    ) -> Result<Option<String>, Error> {
+        let meta = self.meta_item(workflow, source_name, source, initial).await?;
+        let mut tx = vec![
+            TransactWriteItem::builder()
+                .put(
+                    Put::builder()
+                        .table_name(&self.aws.table)
+                        .set_item(Some(meta.clone()))
+                        .condition_expression("attribute_not_exists(pk)")
+                        .build()
+                        .map_err(other)?,
+                )
+                .build(),
+        ];
+        let mut wru = wru_of(&meta);
+        if let Some(k) = idempotency_key {
+            let idem: Item = [
+                ("pk".to_string(), s(format!("IDEM#{k}"))),
+                ("sk".to_string(), s("IDEM")),
+                ("run_id".to_string(), s(initial.run_id.clone())),
+                ("expires_at".to_string(), n(now_secs() + self.retention_secs)),
+            ]
+            .into();
+            wru += wru_of(&idem);
+            tx.push(
+                TransactWriteItem::builder()
+                    .put(
+                        Put::builder()
+                            .table_name(&self.aws.table)
+                            .set_item(Some(idem))
+                            .condition_expression("attribute_not_exists(pk)")
+                            .build()
+                            .map_err(other)?,
+                    )
+                    .build(),
+            );
+        }
+        let r = self
+            .aws
+            .dynamodb
+            .transact_write_items()
+            .set_transact_items(Some(tx))
+            .return_consumed_capacity(ReturnConsumedCapacity::Total)
+            .send()
+            .await;
+        match r {
+            Ok(out) => {
+                for c in out.consumed_capacity() {
+                    self.meter_capacity(Some(c), true);
+                }
+                Ok(None)
+            }
+            Err(e) => {
+                let cancelled = e.as_service_error().is_some_and(|e| e.is_transaction_canceled_exception());
+                if !cancelled {
+                    return Err(err(e));
+                }
+                // Transactions bill twice the item size, also when cancelled.
+                self.aws.meter.add_wru(2.0 * wru);
+                self.aws.meter.lost_writes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if let Some(k) = idempotency_key
+                    && let Some(item) = self.get(format!("IDEM#{k}"), "IDEM").await?
+                {
+                    return Ok(Some(get_s(&item, "run_id").unwrap_or_default().to_string()));
+                }
+                Err(Error::Exists(initial.run_id.clone()))
+            }
+        }
+    }
+
+    async fn meta_item(
+        &self,
+        workflow: &str,
+        source_name: &str,
+        source: &str,
+        initial: &RunState,
+    ) -> Result<Item, Error> {
+        let id = &initial.run_id;
+        let created = format!("{:013}#{id}", llmo_runtime::ports::now_ms());
+        let mut item: Item = [
+            ("pk".to_string(), s(run_pk(id))),
+            ("sk".to_string(), s("META")),
+            ("run_id".to_string(), s(id.clone())),
+            ("workflow".to_string(), s(workflow)),
+            ("source_name".to_string(), s(source_name)),
+            ("status".to_string(), s(initial.status.as_str())),
+            ("version".to_string(), n(0)),
+            ("cost_usd".to_string(), n(0)),
+            ("created".to_string(), s(created)),
+            ("all".to_string(), s("RUNS")),
+        ]
+        .into();
+        self.payload(id, "source", source.to_string(), "source", "source_ref", &mut item).await?;
+        self.payload(id, "initial", serde_json::to_string(initial)?, "init", "init_ref", &mut item).await?;
+        Ok(item)
+    }
+
+    /// The `Update` that brings the run item's summary to `head`.
+    fn summary_update(&self, head: &RunState) -> Result<Update, Error> {
+        let mut expr = "SET #s = :s, version = :v, cost_usd = :c".to_string();
+        let mut u = Update::builder()
+            .table_name(&self.aws.table)
+            .key("pk", s(run_pk(&head.run_id)))
+            .key("sk", s("META"))
+            .expression_attribute_names("#s", "status")
+            .expression_attribute_values(":s", s(head.status.as_str()))
+            .expression_attribute_values(":v", n(head.version))
+            .expression_attribute_values(":c", n(head.cost_usd));
+        if let Some(t) = head.started_at {
+            expr.push_str(", started_at = :t");
+            u = u.expression_attribute_values(":t", n(t));
+        }
+        if head.status.is_terminal() {
+            expr.push_str(", expires_at = :x");
+            u = u.expression_attribute_values(":x", n(now_secs() + self.retention_secs));
+        }
+        u.update_expression(expr).build().map_err(other)
+    }
+
+    /// Writes the final outputs (and error) of an ended run to S3: `runs/<id>/result.json`.
+    async fn write_result(&self, st: &RunState) -> Result<(), Error> {
+        let body = serde_json::json!({
+            "run_id": st.run_id, "status": st.status.as_str(), "outputs": st.outputs,
+            "error": st.error, "cost_usd": st.cost_usd, "tokens": st.tokens,
+        });
+        self.put_blob(&format!("runs/{}/result.json", st.run_id), serde_json::to_vec(&body)?).await
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Whether an append must also update the run item (its status or start time changed).
+fn changes_summary(ts: &[Transition], head: &RunState) -> bool {
+    head.status != RunStatus::Running || ts.iter().any(|t| t.event == llmo_core::engine::Event::Start)
+}
+
+#[async_trait]
+impl RunStore for DynamoStore {
+    async fn create(&self, workflow: &str, source_name: &str, source: &str, initial: &RunState) -> Result<(), Error> {
+        self.create_once(None, workflow, source_name, source, initial).await.map(|_| ())
+    }
+
+    async fn load(&self, run_id: &str) -> Result<Option<StoredRun>, Error> {
+        let Some(meta) = self.get(run_pk(run_id), "META").await? else { return Ok(None) };
+        let source = self.read_payload(&meta, "source", "source_ref").await?;
+        let snapshot: RunState = match self.get(run_pk(run_id), "SNAP").await? {
+            Some(snap) => {
+                let key = get_s(&snap, "key").ok_or_else(|| other("snapshot item without key"))?;
+                serde_json::from_slice(&self.get_blob(key).await?)?
+            }
+            None => serde_json::from_str(&self.read_payload(&meta, "init", "init_ref").await?)?,
+        };
+        let tail = self.log_items(run_id, snapshot.version).await?;
+        Ok(Some(StoredRun {
+            workflow: get_s(&meta, "workflow").unwrap_or_default().to_string(),
+            source_name: get_s(&meta, "source_name").unwrap_or_default().to_string(),
+            source,
+            snapshot,
+            tail,
+        }))
+    }
+
+    /// Does not check that the run exists (a worker calling this kept its state): an unknown
+    /// run has no transitions.
+    async fn load_since(&self, run_id: &str, version: u64) -> Result<Option<Vec<Transition>>, Error> {
+        Ok(Some(self.log_items(run_id, version).await?))
+    }
+
+    async fn append(&self, expected: u64, transitions: &[Transition], head: &RunState) -> Result<bool, Error> {
+        let Some(first) = transitions.first() else { return Ok(true) };
+        if first.version != expected + 1 {
+            return Err(other(format!("transitions start at {} after version {expected}", first.version)));
+        }
+        let run_id = &head.run_id;
+        let mut item: Item = [
+            ("pk".to_string(), s(run_pk(run_id))),
+            ("sk".to_string(), s(log_sk(expected + 1))),
+            ("last".to_string(), n(head.version)),
+            ("expires_at".to_string(), n(now_secs() + self.retention_secs * 12)),
+        ]
+        .into();
+        self.payload(
+            run_id,
+            &format!("log-{:020}", expected + 1),
+            serde_json::to_string(transitions)?,
+            "t",
+            "t_ref",
+            &mut item,
+        )
+        .await?;
+        let wru = wru_of(&item);
+        let won = if changes_summary(transitions, head) {
+            let put = Put::builder()
+                .table_name(&self.aws.table)
+                .set_item(Some(item))
+                .condition_expression("attribute_not_exists(sk)")
+                .build()
+                .map_err(other)?;
+            let r = self
+                .aws
+                .dynamodb
+                .transact_write_items()
+                .transact_items(TransactWriteItem::builder().put(put).build())
+                .transact_items(TransactWriteItem::builder().update(self.summary_update(head)?).build())
+                .return_consumed_capacity(ReturnConsumedCapacity::Total)
+                .send()
+                .await;
+            match r {
+                Ok(out) => {
+                    out.consumed_capacity().iter().for_each(|c| self.meter_capacity(Some(c), true));
+                    true
+                }
+                Err(e) if e.as_service_error().is_some_and(|e| e.is_transaction_canceled_exception()) => {
+                    self.aws.meter.add_wru(2.0 * (wru + 1.0));
+                    false
+                }
+                Err(e) => return Err(err(e)),
+            }
+        } else {
+            let r = self
+                .aws
+                .dynamodb
+                .put_item()
+                .table_name(&self.aws.table)
+                .set_item(Some(item))
+                .condition_expression("attribute_not_exists(sk)")
+                .return_consumed_capacity(ReturnConsumedCapacity::Total)
+                .send()
+                .await;
+            match r {
+                Ok(out) => {
+                    self.meter_capacity(out.consumed_capacity(), true);
+                    true
+                }
+                Err(e) if e.as_service_error().is_some_and(|e| e.is_conditional_check_failed_exception()) => {
+                    self.aws.meter.add_wru(wru);
+                    false
+                }
+                Err(e) => return Err(err(e)),
+            }
+        };
+        if !won {
+            self.aws.meter.lost_writes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Ok(false);
+        }
+        if head.version / SNAPSHOT_EVERY > expected / SNAPSHOT_EVERY && !head.status.is_terminal() {
+            self.snapshot(head).await?;
+        }
+        Ok(true)
+    }
+
+    /// Writes the state to S3 (`runs/<id>/state/<version>.json`) and points the run's
+    /// snapshot item at it if it is newer; an ended run's result goes to `result.json` too.
+    async fn snapshot(&self, state: &RunState) -> Result<(), Error> {
+        let key = format!("runs/{}/state/{:020}.json", state.run_id, state.version);
+        self.put_blob(&key, serde_json::to_vec(state)?).await?;
+        if state.status.is_terminal() {
+            self.write_result(state).await?;
+        }
+        let r = self
+            .aws
+            .dynamodb
+            .put_item()
+            .table_name(&self.aws.table)
+            .item("pk", s(run_pk(&state.run_id)))
+            .item("sk", s("SNAP"))
+            .item("version", n(state.version))
+            .item("key", s(key))
+            .item("expires_at", n(now_secs() + self.retention_secs * 12))
+            .condition_expression("attribute_not_exists(version) OR version < :v")
+            .expression_attribute_values(":v", n(state.version))
+            .return_consumed_capacity(ReturnConsumedCapacity::Total)
+            .send()
+            .await;
+        match r {
+            Ok(out) => self.meter_capacity(out.consumed_capacity(), true),
+            // A newer snapshot is already there.
+            Err(e) if e.as_service_error().is_some_and(|e| e.is_conditional_check_failed_exception()) => {
+                self.aws.meter.add_wru(1.0)
+            }
+            Err(e) => return Err(err(e)),
+        }
+        Ok(())
+    }
+
+    async fn version(&self, run_id: &str) -> Result<Option<u64>, Error> {
+        let out = self
+            .aws
+            .dynamodb
+            .query()
+            .table_name(&self.aws.table)
+            .key_condition_expression("pk = :pk AND begins_with(sk, :log)")
+            .expression_attribute_values(":pk", s(run_pk(run_id)))
+            .expression_attribute_values(":log", s("LOG#"))
+            .projection_expression("#l")
+            .expression_attribute_names("#l", "last")
+            .scan_index_forward(false)
+            .limit(1)
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(err)?;
+        if let Some(item) = out.items().first() {
+            return Ok(get_n(item, "last").map(|v| v as u64));
+        }
+        Ok(self.get(run_pk(run_id), "META").await?.map(|_| 0))
+    }
+
+    async fn history(&self, run_id: &str) -> Result<Vec<Transition>, Error> {
+        self.log_items(run_id, 0).await
+    }
+
+    async fn list(&self) -> Result<Vec<RunSummary>, Error> {
+        Ok(self.list_page(&ListFilter { limit: Some(100), ..Default::default() }).await?.runs)
+    }
+}
+
+/// The store as a shared port.
+pub fn store(aws: &Aws) -> Arc<dyn RunStore> {
+    Arc::new(DynamoStore::new(aws.clone()))
+}

@@ -1,0 +1,37 @@
+//! What every function reads from its environment besides the AWS resources.
+
+use std::path::Path;
+
+use llmo_runtime::executor::Registry;
+use llmo_runtime::http::Fixtures;
+use llmo_runtime::providers::Config;
+
+/// Executors and provider config: `LLMO_CONFIG` (provider config file), `LLMO_MOCK=1` (every
+/// model call answered by the `mock` provider, `http` by `LLMO_HTTP_FIXTURES`, a
+/// `:`-separated list of fixture files). For local runs and tests; never set it in AWS.
+pub fn executors() -> Result<(Registry, Config, bool), String> {
+    let config = match std::env::var_os("LLMO_CONFIG") {
+        Some(p) => Config::load(Path::new(&p), true).map_err(|e| e.to_string())?,
+        None => Config::builtin(),
+    };
+    let mock = std::env::var("LLMO_MOCK").is_ok_and(|v| v == "1" || v == "true");
+    let mut fixtures = Fixtures::default();
+    if let Ok(list) = std::env::var("LLMO_HTTP_FIXTURES") {
+        for p in list.split(':').filter(|p| !p.is_empty()) {
+            fixtures.responses.extend(Fixtures::load(Path::new(p))?.responses);
+        }
+    }
+    Ok((llmo_runtime::standard_registry(config.clone(), mock, fixtures), config, mock))
+}
+
+/// Logs: JSON lines in Lambda (CloudWatch), plain text locally; `RUST_LOG` filters.
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let in_lambda = std::env::var_os("AWS_LAMBDA_FUNCTION_NAME").is_some();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if in_lambda {
+        builder.json().without_time().init();
+    } else {
+        builder.init();
+    }
+}

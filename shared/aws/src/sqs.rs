@@ -1,0 +1,299 @@
+//! The work queue on SQS.
+//!
+//! Bodies are the runtime's versioned envelope (`queue::Envelope`). Two cases SQS cannot
+//! carry as-is:
+//! - a body over [`CLAIM_CHECK_BYTES`] (SQS's limit is 256 KiB on LocalStack, 1 MiB on AWS)
+//!   goes to S3 and the message carries `{"v":1,"claim":"<key>"}`;
+//! - a delay over SQS's 15 minutes is sent as 15 minutes with a `llmo-not-before` attribute;
+//!   a receiver that gets it early sends it again with the rest of the delay.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use aws_lambda_events::event::sqs::SqsMessage;
+use aws_sdk_sqs::types::{MessageAttributeValue, MessageSystemAttributeName, SendMessageBatchRequestEntry};
+use llmo_core::engine::Millis;
+use llmo_runtime::ports::now_ms;
+use llmo_runtime::queue::{Delivery, Envelope, Message, Queue, QueueError};
+use sha2::{Digest, Sha256};
+
+use crate::config::Aws;
+
+/// Bodies larger than this travel through S3.
+pub const CLAIM_CHECK_BYTES: usize = 200 * 1024;
+/// SQS's longest `DelaySeconds`.
+pub const MAX_DELAY_MS: Millis = 900_000;
+pub const NOT_BEFORE: &str = "llmo-not-before";
+
+fn io(e: impl std::fmt::Display) -> QueueError {
+    QueueError::Io(e.to_string())
+}
+
+/// A received record, decoded.
+#[derive(Debug)]
+pub enum Decoded {
+    Ready(Message),
+    /// Not due yet: send again with this much delay left.
+    Early {
+        body: String,
+        left_ms: Millis,
+    },
+}
+
+pub struct SqsQueue {
+    pub aws: Aws,
+    pub url: String,
+    /// Long-poll wait of `receive`.
+    pub wait_secs: i32,
+}
+
+impl SqsQueue {
+    pub fn new(aws: Aws) -> Self {
+        let url = aws.queue_url.clone();
+        SqsQueue { aws, url, wait_secs: 1 }
+    }
+
+    pub fn dead_letters(aws: Aws) -> Self {
+        let url = aws.dlq_url.clone();
+        SqsQueue { aws, url, wait_secs: 1 }
+    }
+
+    /// The body to send for a message: inline, or a claim check.
+    pub async fn body(&self, m: &Message) -> Result<String, QueueError> {
+        let body = Envelope::encode(m);
+        if body.len() <= CLAIM_CHECK_BYTES {
+            return Ok(body);
+        }
+        let hash: String = Sha256::digest(body.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
+        let key = format!("runs/{}/messages/{hash}.json", m.run_id());
+        self.aws
+            .s3
+            .put_object()
+            .bucket(&self.aws.bucket)
+            .key(&key)
+            .body(body.into_bytes().into())
+            .send()
+            .await
+            .map_err(|e| QueueError::Io(format!("s3 put {key}: {}", aws_sdk_s3::error::DisplayErrorContext(e))))?;
+        Ok(serde_json::json!({"v": llmo_runtime::queue::SCHEMA_VERSION, "claim": key}).to_string())
+    }
+
+    /// Reads a body: follows a claim check.
+    pub async fn open(&self, body: &str) -> Result<Message, QueueError> {
+        #[derive(serde::Deserialize)]
+        struct Claim {
+            claim: String,
+        }
+        if let Ok(c) = serde_json::from_str::<Claim>(body) {
+            let out = self.aws.s3.get_object().bucket(&self.aws.bucket).key(&c.claim).send().await.map_err(|e| {
+                QueueError::Io(format!("s3 get {}: {}", c.claim, aws_sdk_s3::error::DisplayErrorContext(e)))
+            })?;
+            let bytes = out.body.collect().await.map_err(io)?.into_bytes();
+            return Envelope::decode(std::str::from_utf8(&bytes).map_err(|e| QueueError::Malformed(e.to_string()))?);
+        }
+        Envelope::decode(body)
+    }
+
+    /// Decodes a record as Lambda hands it (or as the local poller builds it).
+    pub async fn decode(&self, r: &SqsMessage) -> Result<Decoded, QueueError> {
+        let body = r.body.as_deref().ok_or_else(|| QueueError::Malformed("message without a body".into()))?;
+        if let Some(at) = r.message_attributes.get(NOT_BEFORE).and_then(|a| a.string_value.as_deref())
+            && let Ok(at) = at.parse::<Millis>()
+        {
+            let now = now_ms();
+            if at > now {
+                return Ok(Decoded::Early { body: body.to_string(), left_ms: at - now });
+            }
+        }
+        Ok(Decoded::Ready(self.open(body).await?))
+    }
+
+    /// Sends an encoded body with a delay of any length.
+    pub async fn send_body(&self, body: String, delay_ms: Millis) -> Result<(), QueueError> {
+        let mut req = self.aws.sqs.send_message().queue_url(&self.url).message_body(body);
+        let (secs, attr) = Self::delay(delay_ms);
+        req = req.delay_seconds(secs);
+        if let Some(a) = attr {
+            req = req.message_attributes(NOT_BEFORE, a);
+        }
+        req.send()
+            .await
+            .map_err(|e| QueueError::Io(format!("sqs send: {}", aws_sdk_sqs::error::DisplayErrorContext(e))))?;
+        Ok(())
+    }
+
+    fn delay(delay_ms: Millis) -> (i32, Option<MessageAttributeValue>) {
+        let secs = delay_ms.min(MAX_DELAY_MS).div_ceil(1000) as i32;
+        let attr = (delay_ms > MAX_DELAY_MS).then(|| {
+            MessageAttributeValue::builder()
+                .data_type("Number")
+                .string_value((now_ms() + delay_ms).to_string())
+                .build()
+                .expect("data type is set")
+        });
+        (secs, attr)
+    }
+
+    /// Receives raw records (as Lambda's event source mapping would hand them).
+    pub async fn receive_records(&self, max: usize) -> Result<Vec<SqsMessage>, QueueError> {
+        let out = self
+            .aws
+            .sqs
+            .receive_message()
+            .queue_url(&self.url)
+            .max_number_of_messages(max.clamp(1, 10) as i32)
+            .wait_time_seconds(self.wait_secs)
+            .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+            .message_attribute_names("All")
+            .send()
+            .await
+            .map_err(|e| QueueError::Io(format!("sqs receive: {}", aws_sdk_sqs::error::DisplayErrorContext(e))))?;
+        Ok(out
+            .messages
+            .unwrap_or_default()
+            .into_iter()
+            .map(|m| {
+                let mut r = SqsMessage::default();
+                r.message_id = m.message_id;
+                r.receipt_handle = m.receipt_handle;
+                r.body = m.body;
+                r.attributes = m
+                    .attributes
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, v)| (k.as_str().to_string(), v))
+                    .collect::<HashMap<_, _>>();
+                for (k, v) in m.message_attributes.unwrap_or_default() {
+                    let mut a = aws_lambda_events::event::sqs::SqsMessageAttribute::default();
+                    a.string_value = v.string_value;
+                    a.data_type = Some(v.data_type);
+                    r.message_attributes.insert(k, a);
+                }
+                r.event_source = Some("aws:sqs".into());
+                r.event_source_arn = Some(arn_of(&self.url));
+                r
+            })
+            .collect())
+    }
+
+    /// Deletes handled records (one request per ten).
+    pub async fn delete_batch(&self, receipts: &[String]) -> Result<(), QueueError> {
+        for chunk in receipts.chunks(10) {
+            let mut req = self.aws.sqs.delete_message_batch().queue_url(&self.url);
+            for (i, r) in chunk.iter().enumerate() {
+                req = req.entries(
+                    aws_sdk_sqs::types::DeleteMessageBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .receipt_handle(r)
+                        .build()
+                        .map_err(io)?,
+                );
+            }
+            req.send()
+                .await
+                .map_err(|e| QueueError::Io(format!("sqs delete: {}", aws_sdk_sqs::error::DisplayErrorContext(e))))?;
+        }
+        Ok(())
+    }
+
+    /// Keeps records invisible for `secs` more (the heartbeat of a long step).
+    pub async fn extend(&self, receipts: &[String], secs: i32) -> Result<(), QueueError> {
+        for chunk in receipts.chunks(10) {
+            let mut req = self.aws.sqs.change_message_visibility_batch().queue_url(&self.url);
+            for (i, r) in chunk.iter().enumerate() {
+                req = req.entries(
+                    aws_sdk_sqs::types::ChangeMessageVisibilityBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .receipt_handle(r)
+                        .visibility_timeout(secs)
+                        .build()
+                        .map_err(io)?,
+                );
+            }
+            req.send().await.map_err(|e| {
+                QueueError::Io(format!("sqs change visibility: {}", aws_sdk_sqs::error::DisplayErrorContext(e)))
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// The ARN Lambda would report for a queue URL (`.../<account>/<name>`).
+fn arn_of(url: &str) -> String {
+    let mut parts = url.rsplit('/');
+    let name = parts.next().unwrap_or_default();
+    let account = parts.next().unwrap_or("000000000000");
+    format!("arn:aws:sqs:us-east-1:{account}:{name}")
+}
+
+#[async_trait]
+impl Queue for SqsQueue {
+    async fn send(&self, message: &Message, delay_ms: Millis) -> Result<(), QueueError> {
+        let body = self.body(message).await?;
+        self.send_body(body, delay_ms).await
+    }
+
+    /// Ten messages per `SendMessageBatch`; entries the batch refused are sent one by one.
+    async fn send_batch(&self, messages: &[(Message, Millis)]) -> Result<(), QueueError> {
+        for chunk in messages.chunks(10) {
+            let mut entries = Vec::with_capacity(chunk.len());
+            let mut bodies = Vec::with_capacity(chunk.len());
+            for (i, (m, delay)) in chunk.iter().enumerate() {
+                let body = self.body(m).await?;
+                let (secs, attr) = Self::delay(*delay);
+                let mut e =
+                    SendMessageBatchRequestEntry::builder().id(i.to_string()).message_body(&body).delay_seconds(secs);
+                if let Some(a) = attr {
+                    e = e.message_attributes(NOT_BEFORE, a);
+                }
+                entries.push(e.build().map_err(io)?);
+                bodies.push((body, *delay));
+            }
+            if entries.len() == 1 {
+                let (body, delay) = bodies.pop().expect("one entry");
+                self.send_body(body, delay).await?;
+                continue;
+            }
+            let out = self
+                .aws
+                .sqs
+                .send_message_batch()
+                .queue_url(&self.url)
+                .set_entries(Some(entries))
+                .send()
+                .await
+                .map_err(|e| {
+                    QueueError::Io(format!("sqs send batch: {}", aws_sdk_sqs::error::DisplayErrorContext(e)))
+                })?;
+            for f in out.failed() {
+                let i: usize = f.id().parse().map_err(io)?;
+                let (body, delay) = bodies[i].clone();
+                self.send_body(body, delay).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn receive(&self, max: usize) -> Result<Vec<Delivery>, QueueError> {
+        let mut out = Vec::new();
+        for r in self.receive_records(max).await? {
+            let receipt = r.receipt_handle.clone().unwrap_or_default();
+            match self.decode(&r).await? {
+                Decoded::Ready(message) => {
+                    let receive_count =
+                        r.attributes.get("ApproximateReceiveCount").and_then(|c| c.parse().ok()).unwrap_or(1);
+                    out.push(Delivery { receipt, message, receive_count });
+                }
+                Decoded::Early { body, left_ms } => {
+                    self.send_body(body, left_ms).await?;
+                    self.delete_batch(&[receipt]).await?;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn ack(&self, receipt: &str) -> Result<(), QueueError> {
+        self.delete_batch(&[receipt.to_string()]).await
+    }
+}

@@ -1,0 +1,174 @@
+//! The handlers of the SQS-triggered functions: `step` (advance runs) and `dlq` (fail what
+//! could not be processed). Both take and return `aws_lambda_events` types, so Lambda and the
+//! local poller feed them the same way.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
+use llmo_core::engine::Event;
+use llmo_runtime::executor::Registry;
+use llmo_runtime::ports::SystemClock;
+use llmo_runtime::queue::{Delivery, Message};
+use llmo_runtime::worker::Worker;
+
+use crate::config::Aws;
+use crate::dynamo::DynamoStore;
+use crate::sqs::{Decoded, SqsQueue};
+
+/// What the step function keeps between invocations of a warm container.
+pub struct Step {
+    pub worker: Worker,
+    pub queue: Arc<SqsQueue>,
+    /// The queue's visibility timeout; a step running longer than a third of it extends it.
+    pub visibility_secs: i32,
+}
+
+impl Step {
+    pub fn new(aws: &Aws, executors: Registry) -> Self {
+        let queue = Arc::new(SqsQueue::new(aws.clone()));
+        let store = Arc::new(DynamoStore::new(aws.clone()));
+        let worker = Worker::from_stored(store, queue.clone(), Arc::new(executors), Arc::new(SystemClock::default()));
+        let visibility_secs = std::env::var("LLMO_VISIBILITY_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(60);
+        Step { worker, queue, visibility_secs }
+    }
+
+    /// Handles a batch: the records that failed are reported (`ReportBatchItemFailures`) and
+    /// come back after the visibility timeout; the rest are deleted.
+    pub async fn handle(&self, event: SqsEvent) -> SqsBatchResponse {
+        let mut failed: Vec<String> = Vec::new();
+        let mut ready: Vec<(String, Delivery)> = Vec::new();
+        for r in &event.records {
+            let id = r.message_id.clone().unwrap_or_default();
+            match self.queue.decode(r).await {
+                Ok(Decoded::Ready(message)) => {
+                    let receive_count = receive_count(r);
+                    ready.push((
+                        id,
+                        Delivery { receipt: r.receipt_handle.clone().unwrap_or_default(), message, receive_count },
+                    ));
+                }
+                Ok(Decoded::Early { body, left_ms }) => {
+                    if let Err(e) = self.queue.send_body(body, left_ms).await {
+                        tracing::warn!(message = %id, error = %e, "could not defer an early message");
+                        failed.push(id);
+                    }
+                }
+                Err(e) => {
+                    // Delivered again until the redrive policy moves it to the dead-letter queue.
+                    tracing::error!(message = %id, error = %e, "message cannot be read");
+                    failed.push(id);
+                }
+            }
+        }
+        let deliveries: Vec<Delivery> = ready.iter().map(|(_, d)| d.clone()).collect();
+        let receipts: Vec<String> = deliveries.iter().map(|d| d.receipt.clone()).collect();
+        let heartbeat = self.heartbeat(receipts);
+        let results = self.worker.handle_batch(&deliveries).await;
+        heartbeat.abort();
+        for ((id, d), r) in ready.iter().zip(results) {
+            match r {
+                Ok(outcome) => tracing::debug!(message = %id, run = d.message.run_id(), ?outcome, "step done"),
+                Err(e) => {
+                    tracing::warn!(message = %id, run = d.message.run_id(), error = %e, "step failed");
+                    failed.push(id.clone());
+                }
+            }
+        }
+        let mut resp = SqsBatchResponse::default();
+        for id in failed {
+            let mut f = BatchItemFailure::default();
+            f.item_identifier = id;
+            resp.batch_item_failures.push(f);
+        }
+        resp
+    }
+
+    /// Extends the records' visibility every third of the timeout while the step runs (a slow
+    /// model call must not let SQS hand its message to a second worker).
+    fn heartbeat(&self, receipts: Vec<String>) -> tokio::task::JoinHandle<()> {
+        let queue = self.queue.clone();
+        let secs = self.visibility_secs.max(3);
+        tokio::spawn(async move {
+            let every = Duration::from_secs((secs / 3) as u64);
+            loop {
+                tokio::time::sleep(every).await;
+                if let Err(e) = queue.extend(&receipts, secs).await {
+                    tracing::warn!(error = %e, "visibility heartbeat failed");
+                }
+            }
+        })
+    }
+}
+
+fn receive_count(r: &SqsMessage) -> u32 {
+    r.attributes.get("ApproximateReceiveCount").and_then(|c| c.parse().ok()).unwrap_or(1)
+}
+
+/// The dead-letter handler: a message that failed every delivery fails what it was about.
+/// An `Execute` fails its attempt for good (the task's `on_failure` then decides); any other
+/// message aborts the run. Both go through the ordinary step, so `on.failure` hooks run.
+pub struct DeadLetters {
+    pub worker: Worker,
+    pub queue: SqsQueue,
+}
+
+impl DeadLetters {
+    pub fn new(aws: &Aws, executors: Registry) -> Self {
+        let step_queue = Arc::new(SqsQueue::new(aws.clone()));
+        let store = Arc::new(DynamoStore::new(aws.clone()));
+        let worker = Worker::from_stored(store, step_queue, Arc::new(executors), Arc::new(SystemClock::default()));
+        DeadLetters { worker, queue: SqsQueue::dead_letters(aws.clone()) }
+    }
+
+    pub async fn handle(&self, event: SqsEvent) -> SqsBatchResponse {
+        let mut resp = SqsBatchResponse::default();
+        for r in &event.records {
+            let id = r.message_id.clone().unwrap_or_default();
+            let Some(message) = self.verdict(r).await else {
+                tracing::error!(message = %id, body = ?r.body, "dead letter names no run; dropped");
+                continue;
+            };
+            let d = Delivery { receipt: String::new(), message, receive_count: 1 };
+            match self.worker.handle(&d).await {
+                Ok(o) => {
+                    tracing::warn!(message = %id, run = d.message.run_id(), ?o, "dead letter failed its task or run")
+                }
+                Err(llmo_runtime::worker::Error::NoSuchRun(run)) => {
+                    tracing::error!(message = %id, %run, "dead letter for an unknown run; dropped")
+                }
+                Err(e) => {
+                    tracing::warn!(message = %id, error = %e, "dead letter not handled yet");
+                    let mut f = BatchItemFailure::default();
+                    f.item_identifier = id;
+                    resp.batch_item_failures.push(f);
+                }
+            }
+        }
+        resp
+    }
+
+    /// The event that fails what a dead letter was about, read leniently (the message may be
+    /// from a newer producer, or not decode at all).
+    async fn verdict(&self, r: &SqsMessage) -> Option<Message> {
+        let body = r.body.as_deref()?;
+        let why = match self.queue.open(body).await {
+            Ok(_) => format!("delivered {} times without being processed", receive_count(r)),
+            Err(e) => e.to_string(),
+        };
+        let v: serde_json::Value = serde_json::from_str(body).ok()?;
+        let run_id = v.get("run_id")?.as_str()?.to_string();
+        let reason = format!("message moved to the dead-letter queue: {why}");
+        let event = match v.get("kind").and_then(|k| k.as_str()) {
+            Some("execute") => {
+                let task = v.get("task")?.as_u64()? as usize;
+                let item = v.get("item").and_then(|i| i.as_u64()).map(|i| i as u32);
+                let attempt = v.get("attempt")?.as_u64()? as u32;
+                let result = llmo_runtime::executor::failed(llmo_core::engine::builtin::TaskError::fatal(reason));
+                Event::AttemptFinished { task, item, attempt, result }
+            }
+            _ => Event::Abort { reason },
+        };
+        Some(Message::Event { run_id, event })
+    }
+}

@@ -1,0 +1,293 @@
+//! The serverless runtime end to end against the local stack: the `api` handler starts runs,
+//! `step` workers (each with its own state cache, as separate containers) advance them
+//! through SQS, DynamoDB and S3. Every test audits the run's stored transition log.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use llmo_core::engine::{Event, Millis, RunStatus};
+use llmo_runtime::queue::{Delivery, Message, Queue, QueueError};
+use serde_json::{Value, json};
+use support::*;
+
+/// Every example workflow, submitted through the API, runs to the outcome of an embedded run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_example_runs_through_sqs_dynamodb_and_s3() {
+    let Some(aws) = aws().await else { return };
+    let aws = stack(&aws, 30, 5).await;
+    let api = api(&aws);
+    let workers = Workers::start(&aws, 3, 10, |s| s);
+    let mut dir: Vec<_> = std::fs::read_dir(root().join("workflows")).unwrap().map(|e| e.unwrap().path()).collect();
+    dir.sort();
+    let mut started = Vec::new();
+    for path in dir.iter().filter(|p| p.extension().is_some_and(|e| e == "yaml")) {
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        let source = std::fs::read_to_string(path).unwrap();
+        let (code, v) = call(&api, "POST", "/workflows", Some(json!({"source": source}))).await;
+        assert_eq!(code, 201, "{name}: {v}");
+        let wf = v["workflow"].as_str().unwrap().to_string();
+        let inputs = example_inputs(&name);
+        let (code, v) = call(&api, "POST", "/runs", Some(json!({"workflow": wf, "inputs": inputs}))).await;
+        assert_eq!(code, 201, "{name}: {v}");
+        started.push((name, source, inputs, v["run_id"].as_str().unwrap().to_string()));
+    }
+    assert_eq!(started.len(), 4, "the four examples");
+    for (name, source, inputs, run_id) in &started {
+        let got = wait_end(&api, run_id, 120).await;
+        let want = embedded(source, inputs.clone()).await;
+        assert_eq!(got["status"], want.status.as_str(), "{name}: {got}");
+        // `run.id` differs between the two runs; everything else must be equal.
+        let mut want_out = serde_json::to_value(&want.outputs).unwrap().to_string();
+        want_out = want_out.replace("embedded", run_id);
+        assert_eq!(got["outputs"].to_string(), want_out, "{name}");
+        let (initial, log) = initial_and_log(&aws, run_id).await;
+        let st = check_log(&plan(source), &log, initial);
+        assert_eq!(st.status.as_str(), got["status"], "{name}: the log replays to the stored outcome");
+    }
+    let (code, v) = call(&api, "GET", "/runs?limit=2", None).await;
+    assert_eq!(code, 200);
+    assert_eq!(v["runs"].as_array().unwrap().len(), 2, "{v}");
+    let cursor = v["next"].as_str().expect("a second page").to_string();
+    let (_, v2) = call(&api, "GET", &format!("/runs?limit=10&cursor={}", urlenc(&cursor)), None).await;
+    assert_eq!(v2["runs"].as_array().unwrap().len(), 2, "{v2}");
+    let (_, by_wf) = call(&api, "GET", "/runs?workflow=simple-inference", None).await;
+    assert_eq!(by_wf["runs"].as_array().unwrap().len(), 1, "{by_wf}");
+    workers.stop().await;
+}
+
+fn urlenc(s: &str) -> String {
+    s.bytes().map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") }).collect()
+}
+
+const FAN: &str = r#"
+apiVersion: llm-orchestrator/v1
+kind: Workflow
+metadata: { name: fan }
+spec:
+  inputs:
+    n: { type: integer, default: 200 }
+  tasks:
+    - id: split
+      type: transform
+      with: { output: "{{ range(inputs.n) | list }}" }
+    - id: branch
+      type: transform
+      depends_on: [split]
+      for_each: tasks.split.output
+      with: { output: "{{ item * 2 }}" }
+    - id: join
+      type: transform
+      depends_on: [branch]
+      with: { output: "{{ tasks.branch.output | sum }}" }
+  outputs:
+    total: "{{ tasks.join.output }}"
+"#;
+
+/// A 200-branch fan-out joined by one task, with 4 workers racing: the join is released and
+/// run exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_200_branch_join_is_released_once_with_4_workers() {
+    let Some(aws) = aws().await else { return };
+    let aws = stack(&aws, 30, 5).await;
+    let api = api(&aws);
+    let workers = Workers::start(&aws, 4, 10, |s| s);
+    let (code, v) = call(&api, "POST", "/runs", Some(json!({"source": FAN, "inputs": {"n": 200}}))).await;
+    assert_eq!(code, 201, "{v}");
+    let run_id = v["run_id"].as_str().unwrap().to_string();
+    let got = wait_end(&api, &run_id, 180).await;
+    workers.stop().await;
+    assert_eq!(got["status"], "succeeded", "{got}");
+    assert_eq!(got["outputs"]["total"], json!((0..200).map(|i| i * 2).sum::<i64>()));
+    let (initial, log) = initial_and_log(&aws, &run_id).await;
+    check_log(&plan(FAN), &log, initial);
+    let join_results = log.iter().filter(|t| matches!(t.event, Event::AttemptFinished { task: 2, .. })).count();
+    assert_eq!(join_results, 1, "the join ran once");
+}
+
+/// Sends every message twice.
+struct Twice(Arc<dyn Queue>);
+
+#[async_trait]
+impl Queue for Twice {
+    async fn send(&self, m: &Message, delay: Millis) -> Result<(), QueueError> {
+        self.0.send(m, delay).await?;
+        self.0.send(m, delay).await
+    }
+    async fn send_batch(&self, ms: &[(Message, Millis)]) -> Result<(), QueueError> {
+        self.0.send_batch(ms).await?;
+        self.0.send_batch(ms).await
+    }
+    async fn receive(&self, max: usize) -> Result<Vec<Delivery>, QueueError> {
+        self.0.receive(max).await
+    }
+    async fn ack(&self, r: &str) -> Result<(), QueueError> {
+        self.0.ack(r).await
+    }
+}
+
+/// Every message is delivered twice (to different workers): the outcome and log are those of
+/// a fault-free run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_message_delivered_twice_changes_nothing() {
+    let Some(aws) = aws().await else { return };
+    let aws = stack(&aws, 30, 5).await;
+    let api = api(&aws);
+    let workers = Workers::start(&aws, 3, 10, |mut s| {
+        let twice: Arc<dyn Queue> = Arc::new(Twice(s.queue.clone()));
+        s.worker.queue = twice;
+        s
+    });
+    let (code, v) = call(&api, "POST", "/runs", Some(json!({"source": FAN, "inputs": {"n": 30}}))).await;
+    assert_eq!(code, 201, "{v}");
+    // The first message (Start) goes twice as well.
+    let run_id = v["run_id"].as_str().unwrap().to_string();
+    api.queue.send(&Message::Event { run_id: run_id.clone(), event: Event::Start }, 0).await.unwrap();
+    let got = wait_end(&api, &run_id, 120).await;
+    workers.stop().await;
+    let want = embedded(FAN, json!({"n": 30})).await;
+    assert_eq!(got["status"], "succeeded", "{got}");
+    assert_eq!(got["outputs"], serde_json::to_value(&want.outputs).unwrap());
+    let (initial, log) = initial_and_log(&aws, &run_id).await;
+    check_log(&plan(FAN), &log, initial);
+    assert_eq!(log.len() as u64, want.version, "as many transitions as a run without duplicates");
+}
+
+/// A message no worker can process (from a newer producer) is retried, moved to the
+/// dead-letter queue, and the `dlq` handler fails its run with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_poison_message_is_dead_lettered_and_fails_its_run() {
+    let Some(aws) = aws().await else { return };
+    let aws = stack(&aws, 1, 2).await;
+    let api = api(&aws);
+    let store = llmo_aws::dynamo::DynamoStore::new(aws.clone());
+    // A run whose start message never comes: only the poison message is about it.
+    let p = plan(FAN);
+    let st = p.new_run("poisoned", serde_json::Map::from_iter([("n".to_string(), json!(3))]));
+    llmo_runtime::store::RunStore::create(&store, "fan", "fan.yaml", FAN, &st).await.unwrap();
+    let poison = json!({"v": 99, "kind": "event", "run_id": "poisoned", "event": {"type": "start"}}).to_string();
+    api.queue.send_body(poison, 0).await.unwrap();
+    let workers = Workers::start(&aws, 1, 10, |s| s);
+    let dead = Workers::dead_letters(&aws);
+    let got = wait_end(&api, "poisoned", 60).await;
+    workers.stop().await;
+    dead.stop().await;
+    assert_eq!(got["status"], "failed", "{got}");
+    let error = got["error"].as_str().unwrap();
+    assert!(error.contains("dead-letter") && error.contains("newer than this worker"), "{error}");
+}
+
+/// Payloads over the limits (a 300 KB input, a 300 KB task output, a 300 KB message) travel
+/// through S3 and come back intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn payloads_over_the_size_limits_travel_through_s3() {
+    let Some(aws) = aws().await else { return };
+    let aws = stack(&aws, 30, 5).await;
+    let api = api(&aws);
+    let workers = Workers::start(&aws, 2, 10, |s| s);
+    const BIG: &str = r#"
+apiVersion: llm-orchestrator/v1
+kind: Workflow
+metadata: { name: big }
+spec:
+  inputs:
+    text: { type: string }
+  tasks:
+    - id: twice
+      type: transform
+      with: { output: "{{ inputs.text ~ inputs.text }}" }
+    - id: size
+      type: transform
+      depends_on: [twice]
+      with: { output: "{{ tasks.twice.output | length }}" }
+  outputs:
+    size: "{{ tasks.size.output }}"
+    tail: "{{ tasks.twice.output[-5:] }}"
+"#;
+    let text: String = (0..300 * 1024).map(|i| (b'a' + (i % 26) as u8) as char).collect();
+    let (code, v) = call(&api, "POST", "/runs", Some(json!({"source": BIG, "inputs": {"text": text}}))).await;
+    assert_eq!(code, 201, "{v}");
+    let run_id = v["run_id"].as_str().unwrap().to_string();
+    let got = wait_end(&api, &run_id, 60).await;
+    workers.stop().await;
+    assert_eq!(got["status"], "succeeded", "{got}");
+    assert_eq!(got["outputs"]["size"], json!(600 * 1024));
+    let objects = aws.s3.list_objects_v2().bucket(&aws.bucket).prefix(format!("runs/{run_id}/")).send().await.unwrap();
+    let keys: Vec<&str> = objects.contents().iter().filter_map(|o| o.key()).collect();
+    assert!(keys.iter().any(|k| k.contains("/initial-")), "input spilled: {keys:?}");
+    assert!(keys.iter().any(|k| k.contains("/log-")), "output spilled: {keys:?}");
+    assert!(keys.iter().any(|k| k.ends_with("/result.json")), "result written: {keys:?}");
+    // A message over SQS's limit goes by claim check.
+    let q = llmo_aws::sqs::SqsQueue::new(aws.clone());
+    let big = Message::Event { run_id: "r".into(), event: Event::Abort { reason: text.clone() } };
+    q.send(&big, 0).await.unwrap();
+    let mut got = Vec::new();
+    for _ in 0..5 {
+        got = q.receive(1).await.unwrap();
+        if !got.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].message, big);
+}
+
+const CHAIN: &str = r#"
+apiVersion: llm-orchestrator/v1
+kind: Workflow
+metadata: { name: chain }
+spec:
+  tasks:
+    - { id: t0, type: transform, with: { output: 0 } }
+    - { id: t1, type: transform, depends_on: [t0], with: { output: 1 } }
+    - { id: t2, type: transform, depends_on: [t1], with: { output: 2 } }
+    - { id: t3, type: transform, depends_on: [t2], with: { output: 3 } }
+    - { id: t4, type: transform, depends_on: [t3], with: { output: 4 } }
+    - { id: t5, type: transform, depends_on: [t4], with: { output: 5 } }
+    - { id: t6, type: transform, depends_on: [t5], with: { output: 6 } }
+    - { id: t7, type: transform, depends_on: [t6], with: { output: 7 } }
+    - { id: t8, type: transform, depends_on: [t7], with: { output: 8 } }
+    - { id: t9, type: transform, depends_on: [t8], with: { output: 9 } }
+"#;
+
+/// A cancel through the API stops the run: no transition after it, the rest cancelled, and
+/// the same start key never starts a second run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cancel_stops_a_run_and_a_start_key_starts_one_run() {
+    let Some(aws) = aws().await else { return };
+    let aws = stack(&aws, 30, 5).await;
+    let api = api(&aws);
+    let body = json!({"source": CHAIN, "idempotency_key": "k-1"});
+    let (code, v) = call(&api, "POST", "/runs", Some(body.clone())).await;
+    assert_eq!(code, 201, "{v}");
+    let run_id = v["run_id"].as_str().unwrap().to_string();
+    let (code, again) = call(&api, "POST", "/runs", Some(body)).await;
+    assert_eq!((code, again["run_id"].as_str()), (200, Some(run_id.as_str())), "one key, one run");
+    let workers = Workers::start(&aws, 1, 1, |s| s);
+    // Let a few tasks finish, then cancel.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, v) = call(&api, "GET", &format!("/runs/{run_id}"), None).await;
+        let done = v["tasks"].as_array().unwrap().iter().filter(|t| t["status"] == "succeeded").count();
+        if done >= 2 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the run did not progress: {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (code, v) = call(&api, "POST", &format!("/runs/{run_id}/cancel"), None).await;
+    assert_eq!(code, 200, "{v}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    workers.stop().await;
+    let got = wait_end(&api, &run_id, 10).await;
+    assert_eq!(got["status"], "cancelled", "{got}");
+    let (initial, log) = initial_and_log(&aws, &run_id).await;
+    let st = check_log(&plan(CHAIN), &log, initial);
+    assert_eq!(st.status, RunStatus::Cancelled);
+    assert_eq!(log.last().unwrap().event, Event::Cancel, "nothing was stored after the cancel");
+    let tasks = got["tasks"].as_array().unwrap();
+    assert!(tasks.iter().any(|t| t["status"] == "cancelled"), "{got}");
+    let _: Vec<Value> = vec![];
+}

@@ -1,0 +1,216 @@
+//! Shared set-up of the tests against the local stack (`localstack/stack.sh up`): each test
+//! provisions its own table, queues and bucket, so tests run in parallel.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lambda_http::http::Request as HttpRequest;
+use lambda_http::{Body, Request};
+use llmo_aws::api::Api;
+use llmo_aws::provision::{Resources, provision};
+use llmo_aws::sqs::SqsQueue;
+use llmo_aws::step::{DeadLetters, Step};
+use llmo_aws::{Aws, local};
+use llmo_core::engine::{Event, Plan, RunState};
+use llmo_core::source::SourceFile;
+use llmo_core::validate::Validator;
+use llmo_runtime::executor::Registry;
+use llmo_runtime::http::Fixtures;
+use llmo_runtime::store::{RunStore, Transition};
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+/// The local stack's clients, or `None` (and a notice) when no stack is configured. Under
+/// `LLMO_REQUIRE_AWS=1` (as `make test` sets) a missing stack fails the test instead.
+pub async fn aws() -> Option<Aws> {
+    if std::env::var_os("AWS_ENDPOINT_URL").is_none() {
+        assert!(
+            std::env::var_os("LLMO_REQUIRE_AWS").is_none(),
+            "LLMO_REQUIRE_AWS is set but no local stack is configured: run `localstack/stack.sh up` and export `localstack/stack.sh env`"
+        );
+        eprintln!("skipped: no local AWS (run `localstack/stack.sh up` and export `localstack/stack.sh env`)");
+        return None;
+    }
+    Some(Aws::from_env().await)
+}
+
+pub fn unique(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}-{}-{}-{}",
+        std::process::id(),
+        llmo_runtime::ports::now_ms() % 1_000_000,
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+pub async fn stack(aws: &Aws, visibility_secs: u32, max_receives: u32) -> Aws {
+    let name = unique("t");
+    let r = Resources {
+        table: name.clone(),
+        queue: format!("{name}-steps"),
+        dlq: format!("{name}-dead"),
+        bucket: name.to_lowercase(),
+        visibility_secs,
+        max_receives,
+    };
+    provision(aws, &r).await.expect("provisioning the local stack")
+}
+
+/// Executors answering models with `mock` and HTTP from every example's fixtures.
+pub fn executors() -> Registry {
+    let mut fixtures = Fixtures::default();
+    for f in std::fs::read_dir(root().join("workflows/fixtures")).unwrap() {
+        fixtures.responses.extend(Fixtures::load(&f.unwrap().path()).unwrap().responses);
+    }
+    llmo_runtime::standard_registry(llmo_runtime::providers::Config::builtin(), true, fixtures)
+}
+
+pub fn root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+pub fn api(aws: &Aws) -> Api {
+    Api::new(aws, executors(), llmo_runtime::providers::Config::builtin(), true)
+}
+
+pub async fn call(api: &Api, method: &str, uri: &str, body: Option<Value>) -> (u16, Value) {
+    let req: Request = HttpRequest::builder()
+        .method(method)
+        .uri(uri)
+        .header("content-type", "application/json")
+        .body(body.map_or(Body::Empty, |b| Body::Text(b.to_string())))
+        .unwrap();
+    let resp = api.handle(req).await;
+    let status = resp.status().as_u16();
+    let v = serde_json::from_slice(resp.body().as_ref()).unwrap_or(Value::Null);
+    (status, v)
+}
+
+/// `n` step workers (each its own `Step`, as separate containers are) polling until dropped.
+pub struct Workers {
+    stop: watch::Sender<bool>,
+    handles: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Workers {
+    pub fn start(aws: &Aws, n: usize, batch: usize, wrap: impl Fn(Step) -> Step) -> Self {
+        let (stop, rx) = watch::channel(false);
+        let mut handles = Vec::new();
+        for _ in 0..n {
+            let step = Arc::new(wrap(Step::new(aws, executors())));
+            let queue = SqsQueue::new(aws.clone());
+            let mut rx = rx.clone();
+            handles.push(tokio::spawn(async move {
+                local::poll(&queue, batch, |e| step.handle(e), async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                })
+                .await
+            }));
+        }
+        Workers { stop, handles }
+    }
+
+    pub fn dead_letters(aws: &Aws) -> Self {
+        let (stop, mut rx) = watch::channel(false);
+        let dl = Arc::new(DeadLetters::new(aws, executors()));
+        let queue = SqsQueue::dead_letters(aws.clone());
+        let h = tokio::spawn(async move {
+            local::poll(&queue, 10, |e| dl.handle(e), async move {
+                let _ = rx.wait_for(|s| *s).await;
+            })
+            .await
+        });
+        Workers { stop, handles: vec![h] }
+    }
+
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        for h in self.handles {
+            let _ = h.await;
+        }
+    }
+}
+
+/// Polls the API until the run ends (or `secs` pass).
+pub async fn wait_end(api: &Api, run_id: &str, secs: u64) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        let (code, v) = call(api, "GET", &format!("/runs/{run_id}"), None).await;
+        assert_eq!(code, 200, "{v}");
+        if ["succeeded", "failed", "cancelled", "timed_out"].contains(&v["status"].as_str().unwrap_or("")) {
+            return v;
+        }
+        assert!(std::time::Instant::now() < deadline, "run {run_id} did not end in {secs} s: {v}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+pub fn plan(source: &str) -> Arc<Plan> {
+    let outcome = Validator::default().validate(&SourceFile::new("t.yaml", source));
+    Arc::new(Plan::new(outcome.checked.expect("test workflow is valid")))
+}
+
+/// The same workflow run in-process with the same executors: the fault-free outcome.
+pub async fn embedded(source: &str, inputs: Value) -> RunState {
+    let p = plan(source);
+    let store = Arc::new(llmo_runtime::store::MemoryStore::default());
+    let d = llmo_runtime::driver::Driver {
+        plan: p.clone(),
+        store,
+        executors: Arc::new(executors()),
+        clock: Arc::new(llmo_runtime::ports::SystemClock::default()),
+        blobs: None,
+        options: Default::default(),
+    };
+    let inputs =
+        llmo_core::inputs::resolve_inputs(&p.checked.workflow.spec.inputs, inputs.as_object().unwrap()).unwrap();
+    d.start("embedded", inputs, "t.yaml", source, &mut ()).await.unwrap().state
+}
+
+/// Checks a run's log: every task reached a terminal state exactly once and each attempt's
+/// result was applied once. Returns the rebuilt state.
+pub fn check_log(plan: &Plan, log: &[Transition], initial: RunState) -> RunState {
+    let mut seen = std::collections::HashSet::new();
+    for t in log {
+        if let Event::AttemptFinished { .. } = &t.event {
+            assert!(seen.insert(t.event.key()), "attempt result {} stored twice", t.event.key());
+        }
+    }
+    let mut st = initial;
+    let mut ended = vec![0u32; st.tasks.len()];
+    for t in log {
+        let before: Vec<bool> = st.tasks.iter().map(|x| x.status.is_terminal()).collect();
+        plan.apply(&mut st, &t.event, t.at).expect("every stored transition applies");
+        for (i, x) in st.tasks.iter().enumerate() {
+            if x.status.is_terminal() && !before[i] {
+                ended[i] += 1;
+            }
+        }
+    }
+    for (i, n) in ended.iter().enumerate() {
+        assert!(*n <= 1, "task {} reached a terminal state {n} times", plan.checked.dag.id(i));
+    }
+    st
+}
+
+pub async fn initial_and_log(aws: &Aws, run_id: &str) -> (RunState, Vec<Transition>) {
+    let store = llmo_aws::dynamo::DynamoStore::new(aws.clone());
+    let initial = store.initial_state(run_id).await.unwrap().expect("the run exists");
+    (initial, store.history(run_id).await.unwrap())
+}
+
+pub fn json_inputs(pairs: &[(&str, Value)]) -> Value {
+    Value::Object(pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect())
+}
+
+pub fn example_inputs(name: &str) -> Value {
+    match name {
+        "article-pipeline.yaml" => json!({"topic": "Rust ownership"}),
+        "simple-inference.yaml" => json!({"question": "What is a DAG?"}),
+        "document-intake.yaml" => json!({"bucket": "acme-intake", "key": "contracts/msa.pdf"}),
+        _ => json!({}),
+    }
+}
