@@ -42,6 +42,8 @@ test: lint unit bench-smoke
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+	localstack/stack.sh install
+	.venv/tools/bin/cfn-lint infra/template.yaml
 
 # Every test, with the local AWS (LocalStack for SQS/S3, moto for DynamoDB) started for the
 # serverless tests and stopped after. The nightly-digest example reads a secret from the env.

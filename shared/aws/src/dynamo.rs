@@ -123,6 +123,12 @@ impl DynamoStore {
         DynamoStore { aws, retention_secs: days * 86_400 }
     }
 
+    /// Charges a write what the service reported or what the item's size bills on AWS,
+    /// whichever is more (emulators report one unit per write whatever its size).
+    fn charge(&self, reported: f64, by_size: f64) {
+        self.aws.meter.add_wru(reported.max(by_size));
+    }
+
     fn meter_capacity(&self, c: Option<&ConsumedCapacity>, write: bool) {
         if let Some(units) = c.and_then(|c| c.capacity_units()) {
             if write { self.aws.meter.add_wru(units) } else { self.aws.meter.add_rru(units) }
@@ -351,9 +357,7 @@ impl DynamoStore {
             .await;
         match r {
             Ok(out) => {
-                for c in out.consumed_capacity() {
-                    self.meter_capacity(Some(c), true);
-                }
+                self.charge(out.consumed_capacity().iter().filter_map(|c| c.capacity_units()).sum(), 2.0 * wru);
                 Ok(None)
             }
             Err(e) => {
@@ -515,7 +519,7 @@ impl RunStore for DynamoStore {
                 .await;
             match r {
                 Ok(out) => {
-                    out.consumed_capacity().iter().for_each(|c| self.meter_capacity(Some(c), true));
+                    self.charge(out.consumed_capacity().iter().filter_map(|c| c.capacity_units()).sum(), 2.0 * (wru + 1.0));
                     true
                 }
                 Err(e) if e.as_service_error().is_some_and(|e| e.is_transaction_canceled_exception()) => {
@@ -537,7 +541,7 @@ impl RunStore for DynamoStore {
                 .await;
             match r {
                 Ok(out) => {
-                    self.meter_capacity(out.consumed_capacity(), true);
+                    self.charge(out.consumed_capacity().and_then(|c| c.capacity_units()).unwrap_or(0.0), wru);
                     true
                 }
                 Err(e) if e.as_service_error().is_some_and(|e| e.is_conditional_check_failed_exception()) => {

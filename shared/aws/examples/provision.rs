@@ -1,0 +1,24 @@
+//! Creates the table, step queue (with its dead-letter queue) and bucket on the local stack,
+//! under the names the functions use by default (`LLMO_TABLE`, ... override them), and prints
+//! the variables that point the functions at them.
+//!
+//!   cargo run --release -p llmo-aws --example provision
+use llmo_aws::provision::{Resources, provision};
+
+#[tokio::main]
+async fn main() {
+    let aws = llmo_aws::Aws::from_env().await;
+    let r = Resources { table: aws.table.clone(), bucket: aws.bucket.clone(), ..Resources::default() };
+    match provision(&aws, &r).await {
+        Ok(a) => {
+            println!("LLMO_TABLE={}", a.table);
+            println!("LLMO_QUEUE_URL={}", a.queue_url);
+            println!("LLMO_DLQ_URL={}", a.dlq_url);
+            println!("LLMO_BUCKET={}", a.bucket);
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(1);
+        }
+    }
+}

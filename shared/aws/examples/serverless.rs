@@ -1,0 +1,217 @@
+//! Throughput, per-step latency and AWS cost of the serverless runtime on the local stack.
+//!
+//!   localstack/with-stack.sh cargo run --release -p llmo-aws --example serverless -- [chain|layered] [TASKS] [WORKERS...]
+//!
+//! Runs a layered DAG of TASKS `transform` tasks (default 1,000: 10 layers, each task reading
+//! two of the layer before) through the `step` handler with 1, 2 and 4 workers (each its own
+//! warm container, polling batches of 10 as Lambda's event source mapping does), and counts
+//! every AWS request the run made (SDK interceptor) and the DynamoDB capacity it consumed
+//! (`ReturnConsumedCapacity`; conditional writes that lost a race are charged by item size).
+//! Beside it, the emulator's floor: the SDK calls one step needs, issued raw, one after another.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnConsumedCapacity};
+use lambda_http::http::Request as HttpRequest;
+use llmo_aws::Aws;
+use llmo_aws::metrics::{Reading, price};
+use llmo_aws::provision::{Resources, provision};
+use llmo_aws::sqs::SqsQueue;
+use llmo_aws::step::Step;
+use llmo_runtime::providers::Config;
+use serde_json::{Value, json};
+
+fn workflow(tasks: usize, chain: bool) -> String {
+    if chain {
+        let mut y = String::from("apiVersion: llm-orchestrator/v1\nkind: Workflow\nmetadata: { name: chain }\nspec:\n  tasks:\n");
+        for i in 0..tasks {
+            let deps = if i == 0 { String::new() } else { format!(", depends_on: [t{}]", i - 1) };
+            y.push_str(&format!("    - {{ id: t{i}, type: transform{deps}, with: {{ output: {i} }} }}\n"));
+        }
+        return y;
+    }
+    let layers = 10.min(tasks);
+    let width = tasks / layers;
+    let mut y = String::from(
+        "apiVersion: llm-orchestrator/v1\nkind: Workflow\nmetadata: { name: layered }\nspec:\n  tasks:\n",
+    );
+    for l in 0..layers {
+        for i in 0..width {
+            let deps = if l == 0 {
+                String::new()
+            } else {
+                format!(", depends_on: [t{}_{}, t{}_{}]", l - 1, i, l - 1, (i + 1) % width)
+            };
+            y.push_str(&format!("    - {{ id: t{l}_{i}, type: transform{deps}, with: {{ output: {i} }} }}\n"));
+        }
+    }
+    y
+}
+
+async fn fresh(aws: &Aws, tag: &str) -> Aws {
+    let name = format!("bench-{tag}-{}", llmo_runtime::ports::now_ms() % 10_000_000);
+    let r = Resources {
+        table: name.clone(),
+        queue: format!("{name}-steps"),
+        dlq: format!("{name}-dead"),
+        bucket: name.clone(),
+        visibility_secs: 60,
+        max_receives: 5,
+    };
+    provision(aws, &r).await.expect("provision")
+}
+
+struct Run {
+    tasks: usize,
+    workers: usize,
+    secs: f64,
+    invocations: u64,
+    usage: Reading,
+}
+
+async fn run(aws: &Aws, source: &str, tasks: usize, workers: usize) -> Run {
+    let aws = fresh(aws, &format!("w{workers}")).await;
+    let api = llmo_aws::api::Api::new(&aws, llmo_runtime::standard_registry(Config::builtin(), true, Default::default()), Config::builtin(), true);
+    let before = aws.meter.read();
+    let t0 = Instant::now();
+    let req = HttpRequest::builder()
+        .method("POST")
+        .uri("/runs")
+        .body(lambda_http::Body::Text(json!({"source": source}).to_string()))
+        .unwrap();
+    let resp = api.handle(req).await;
+    let v: Value = serde_json::from_slice(resp.body().as_ref()).unwrap();
+    let run_id = v["run_id"].as_str().unwrap_or_else(|| panic!("start failed: {v}")).to_string();
+    let invocations = Arc::new(AtomicU64::new(0));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut handles = Vec::new();
+    for _ in 0..workers {
+        let step = Arc::new(Step::new(&aws, llmo_runtime::standard_registry(Config::builtin(), true, Default::default())));
+        let queue = SqsQueue::new(aws.clone());
+        let (inv, mut rx) = (invocations.clone(), stop_rx.clone());
+        handles.push(tokio::spawn(async move {
+            llmo_aws::local::poll(
+                &queue,
+                10,
+                |e| {
+                    inv.fetch_add(1, Ordering::Relaxed);
+                    step.handle(e)
+                },
+                async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                },
+            )
+            .await
+        }));
+    }
+    // Watched through clients of its own, so the watching is not counted as the run's.
+    let watcher = Aws::from_env().await.named(&aws.table, &aws.queue_url, &aws.dlq_url, &aws.bucket);
+    let store = llmo_aws::dynamo::DynamoStore::new(watcher);
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let runs = store.list_page(&Default::default()).await.unwrap().runs;
+        if runs.iter().any(|r| r.run_id == run_id && r.status != "running" && r.status != "pending") {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(1200), "the run did not finish");
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let _ = stop_tx.send(true);
+    for h in handles {
+        let _ = h.await;
+    }
+    let usage = aws.meter.read().since(&before);
+    Run { tasks, workers, secs, invocations: invocations.load(Ordering::Relaxed), usage }
+}
+
+/// The raw SDK calls of one step, one after another: receive, conditional put, query, send,
+/// delete. Returns seconds per step.
+async fn floor(aws: &Aws, n: usize) -> f64 {
+    let aws = fresh(aws, "floor").await;
+    let q = SqsQueue::new(aws.clone());
+    aws.sqs.send_message().queue_url(&q.url).message_body("x").send().await.unwrap();
+    let t0 = Instant::now();
+    for i in 0..n {
+        let got = aws.sqs.receive_message().queue_url(&q.url).max_number_of_messages(1).wait_time_seconds(1).send().await.unwrap();
+        let m = got.messages().first().cloned().expect("a message");
+        aws.dynamodb
+            .put_item()
+            .table_name(&aws.table)
+            .item("pk", AttributeValue::S("RUN#floor".into()))
+            .item("sk", AttributeValue::S(format!("LOG#{i:020}")))
+            .item("t", AttributeValue::S("[]".into()))
+            .condition_expression("attribute_not_exists(sk)")
+            .return_consumed_capacity(ReturnConsumedCapacity::Total)
+            .send()
+            .await
+            .unwrap();
+        aws.dynamodb
+            .query()
+            .table_name(&aws.table)
+            .key_condition_expression("pk = :pk AND sk > :s")
+            .expression_attribute_values(":pk", AttributeValue::S("RUN#floor".into()))
+            .expression_attribute_values(":s", AttributeValue::S(format!("LOG#{i:020}")))
+            .consistent_read(true)
+            .send()
+            .await
+            .unwrap();
+        aws.sqs.send_message().queue_url(&q.url).message_body("x").send().await.unwrap();
+        aws.sqs.delete_message().queue_url(&q.url).receipt_handle(m.receipt_handle().unwrap()).send().await.unwrap();
+    }
+    t0.elapsed().as_secs_f64() / n as f64
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 4)]
+async fn main() {
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let chain = args.first().is_some_and(|a| a == "chain");
+    if chain || args.first().is_some_and(|a| a == "layered") {
+        args.remove(0);
+    }
+    let tasks: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(1000);
+    let workers: Vec<usize> = if args.len() > 1 { args[1..].iter().filter_map(|a| a.parse().ok()).collect() } else { vec![1, 2, 4] };
+    let aws = Aws::from_env().await;
+    let source = workflow(tasks, chain);
+    println!("{} DAG of {tasks} transform tasks", if chain { "chain" } else { "layered" });
+    let floor = floor(&aws, 100).await;
+    println!("emulator floor: {:.2} ms per step (receive, conditional put, query, send, delete; sequential)", floor * 1e3);
+    println!(
+        "| workers | tasks | wall s | steps/s | ms/step | vs floor | invocations/step | SQS req/step | DynamoDB req/step | WRU/step | RRU/step | S3 req/step | lost CAS | $/M steps |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    for w in workers {
+        let r = run(&aws, &source, tasks, w).await;
+        let n = r.tasks as f64;
+        let u = r.usage;
+        let inv = r.invocations as f64 / n;
+        let cost = (u.sqs_requests as f64 / n) * price::SQS_PER_REQUEST
+            + (u.wru / n) * price::DYNAMODB_PER_WRU
+            + (u.rru / n) * price::DYNAMODB_PER_RRU
+            + (u.s3_requests as f64 / n) * price::S3_PER_PUT
+            + inv * (price::LAMBDA_PER_REQUEST + price::LAMBDA_PER_INVOCATION_20MS_128MB);
+        let per = r.secs / n;
+        println!(
+            "| {} | {} | {:.1} | {:.0} | {:.2} | {:.2}x | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.4} | {} | ${:.3} |",
+            r.workers,
+            r.tasks,
+            r.secs,
+            n / r.secs,
+            per * 1e3,
+            per / floor,
+            inv,
+            u.sqs_requests as f64 / n,
+            u.dynamodb_requests as f64 / n,
+            u.wru / n,
+            u.rru / n,
+            u.s3_requests as f64 / n,
+            u.lost_writes,
+            cost * 1e6,
+        );
+    }
+    println!(
+        "AWS Step Functions Standard: ${:.2} per million state transitions",
+        price::STEP_FUNCTIONS_STANDARD_PER_TRANSITION * 1e6
+    );
+}
