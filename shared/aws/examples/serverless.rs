@@ -25,7 +25,9 @@ use serde_json::{Value, json};
 
 fn workflow(tasks: usize, chain: bool) -> String {
     if chain {
-        let mut y = String::from("apiVersion: llm-orchestrator/v1\nkind: Workflow\nmetadata: { name: chain }\nspec:\n  tasks:\n");
+        let mut y = String::from(
+            "apiVersion: llm-orchestrator/v1\nkind: Workflow\nmetadata: { name: chain }\nspec:\n  tasks:\n",
+        );
         for i in 0..tasks {
             let deps = if i == 0 { String::new() } else { format!(", depends_on: [t{}]", i - 1) };
             y.push_str(&format!("    - {{ id: t{i}, type: transform{deps}, with: {{ output: {i} }} }}\n"));
@@ -34,9 +36,8 @@ fn workflow(tasks: usize, chain: bool) -> String {
     }
     let layers = 10.min(tasks);
     let width = tasks / layers;
-    let mut y = String::from(
-        "apiVersion: llm-orchestrator/v1\nkind: Workflow\nmetadata: { name: layered }\nspec:\n  tasks:\n",
-    );
+    let mut y =
+        String::from("apiVersion: llm-orchestrator/v1\nkind: Workflow\nmetadata: { name: layered }\nspec:\n  tasks:\n");
     for l in 0..layers {
         for i in 0..width {
             let deps = if l == 0 {
@@ -73,7 +74,12 @@ struct Run {
 
 async fn run(aws: &Aws, source: &str, tasks: usize, workers: usize) -> Run {
     let aws = fresh(aws, &format!("w{workers}")).await;
-    let api = llmo_aws::api::Api::new(&aws, llmo_runtime::standard_registry(Config::builtin(), true, Default::default()), Config::builtin(), true);
+    let api = llmo_aws::api::Api::new(
+        &aws,
+        llmo_runtime::standard_registry(Config::builtin(), true, Default::default()),
+        Config::builtin(),
+        true,
+    );
     let before = aws.meter.read();
     let t0 = Instant::now();
     let req = HttpRequest::builder()
@@ -88,7 +94,8 @@ async fn run(aws: &Aws, source: &str, tasks: usize, workers: usize) -> Run {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut handles = Vec::new();
     for _ in 0..workers {
-        let step = Arc::new(Step::new(&aws, llmo_runtime::standard_registry(Config::builtin(), true, Default::default())));
+        let step =
+            Arc::new(Step::new(&aws, llmo_runtime::standard_registry(Config::builtin(), true, Default::default())));
         let queue = SqsQueue::new(aws.clone());
         let (inv, mut rx) = (invocations.clone(), stop_rx.clone());
         handles.push(tokio::spawn(async move {
@@ -134,7 +141,15 @@ async fn floor(aws: &Aws, n: usize) -> f64 {
     aws.sqs.send_message().queue_url(&q.url).message_body("x").send().await.unwrap();
     let t0 = Instant::now();
     for i in 0..n {
-        let got = aws.sqs.receive_message().queue_url(&q.url).max_number_of_messages(1).wait_time_seconds(1).send().await.unwrap();
+        let got = aws
+            .sqs
+            .receive_message()
+            .queue_url(&q.url)
+            .max_number_of_messages(1)
+            .wait_time_seconds(1)
+            .send()
+            .await
+            .unwrap();
         let m = got.messages().first().cloned().expect("a message");
         aws.dynamodb
             .put_item()
@@ -171,12 +186,16 @@ async fn main() {
         args.remove(0);
     }
     let tasks: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(1000);
-    let workers: Vec<usize> = if args.len() > 1 { args[1..].iter().filter_map(|a| a.parse().ok()).collect() } else { vec![1, 2, 4] };
+    let workers: Vec<usize> =
+        if args.len() > 1 { args[1..].iter().filter_map(|a| a.parse().ok()).collect() } else { vec![1, 2, 4] };
     let aws = Aws::from_env().await;
     let source = workflow(tasks, chain);
     println!("{} DAG of {tasks} transform tasks", if chain { "chain" } else { "layered" });
     let floor = floor(&aws, 100).await;
-    println!("emulator floor: {:.2} ms per step (receive, conditional put, query, send, delete; sequential)", floor * 1e3);
+    println!(
+        "emulator floor: {:.2} ms per step (receive, conditional put, query, send, delete; sequential)",
+        floor * 1e3
+    );
     println!(
         "| workers | tasks | wall s | steps/s | ms/step | vs floor | invocations/step | SQS req/step | DynamoDB req/step | WRU/step | RRU/step | S3 req/step | lost CAS | $/M steps |"
     );

@@ -519,7 +519,10 @@ impl RunStore for DynamoStore {
                 .await;
             match r {
                 Ok(out) => {
-                    self.charge(out.consumed_capacity().iter().filter_map(|c| c.capacity_units()).sum(), 2.0 * (wru + 1.0));
+                    self.charge(
+                        out.consumed_capacity().iter().filter_map(|c| c.capacity_units()).sum(),
+                        2.0 * (wru + 1.0),
+                    );
                     true
                 }
                 Err(e) if e.as_service_error().is_some_and(|e| e.is_transaction_canceled_exception()) => {

@@ -1,0 +1,89 @@
+//! A `step` worker process killed (SIGKILL) in the middle of a model call: its message comes
+//! back after the visibility timeout, a second process finishes the run, and every task still
+//! reaches its terminal state exactly once.
+
+#[path = "../../../shared/aws/tests/support/mod.rs"]
+mod support;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::json;
+use support::*;
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+const SLOW: &str = r#"
+apiVersion: llm-orchestrator/v1
+kind: Workflow
+metadata: { name: slow }
+spec:
+  tasks:
+    - id: think
+      type: llm
+      with: { provider: openai, model: gpt-4o-mini, prompt: "Think slowly." }
+    - id: after
+      type: transform
+      depends_on: [think]
+      with: { output: "{{ tasks.think.output.text }}!" }
+  outputs:
+    answer: "{{ tasks.after.output }}"
+"#;
+
+fn worker(aws: &llmo_aws::Aws, model_url: &str) -> tokio::process::Child {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_step"))
+        .arg("--local")
+        .env("LLMO_TABLE", &aws.table)
+        .env("LLMO_QUEUE_URL", &aws.queue_url)
+        .env("LLMO_DLQ_URL", &aws.dlq_url)
+        .env("LLMO_BUCKET", &aws.bucket)
+        .env("LLMO_VISIBILITY_SECS", "3")
+        .env("OPENAI_BASE_URL", model_url)
+        .env("OPENAI_API_KEY", "test-key")
+        .env_remove("LLMO_MOCK")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the step binary starts")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_killed_mid_task_loses_nothing_and_repeats_nothing() {
+    let Some(aws) = aws().await else { return };
+    let aws = stack(&aws, 3, 5).await;
+    let model = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/chat/completions"))
+        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_secs(2)).set_body_json(json!({
+            "id": "x", "object": "chat.completion", "model": "gpt-4o-mini",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "done"}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}
+        })))
+        .mount(&model)
+        .await;
+    let api = api(&aws);
+    let mut first = worker(&aws, &model.uri());
+    let (code, v) = call(&api, "POST", "/runs", Some(json!({"source": SLOW}))).await;
+    assert_eq!(code, 201, "{v}");
+    let run_id = v["run_id"].as_str().unwrap().to_string();
+    // Wait until the first worker is inside the model call, then kill it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while model.received_requests().await.unwrap_or_default().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the first worker never called the model");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    first.start_kill().unwrap();
+    first.wait().await.unwrap();
+    let mut second = worker(&aws, &model.uri());
+    let got = wait_end(&api, &run_id, 60).await;
+    second.start_kill().unwrap();
+    assert_eq!(got["status"], "succeeded", "{got}");
+    assert_eq!(got["outputs"]["answer"], "done!");
+    assert_eq!(model.received_requests().await.unwrap().len(), 2, "the killed call was made again, once");
+    let (initial, log) = initial_and_log(&aws, &run_id).await;
+    check_log(&plan(SLOW), &log, initial);
+    let results =
+        log.iter().filter(|t| matches!(t.event, llmo_core::engine::Event::AttemptFinished { task: 0, .. })).count();
+    assert_eq!(results, 1, "one result stored for the model task");
+}
