@@ -14,6 +14,7 @@ use llmo_core::validate::{Checked, Outcome, Validator};
 use llmo_core::yaml::Limits;
 
 mod explain;
+mod remote;
 mod run;
 
 // Validation of large files allocates many small objects; mimalloc makes that markedly faster.
@@ -93,11 +94,45 @@ enum Command {
         #[command(flatten)]
         exec: ExecArgs,
     },
-    /// Print a stored run's state as JSON.
+    /// Submit a workflow to the serverless API (deployed, or `api --local`) and print the run
+    /// id; with --wait, follow it and print its outputs.
+    Submit {
+        file: PathBuf,
+        /// An input, NAME=VALUE (VALUE is read as JSON when it parses, else as text). Repeatable.
+        #[arg(long = "input", short = 'i', value_name = "NAME=VALUE")]
+        inputs: Vec<String>,
+        /// A JSON or YAML file of inputs.
+        #[arg(long)]
+        input_file: Option<PathBuf>,
+        /// The API's base URL (default: $LLMO_API_URL, else http://127.0.0.1:8080).
+        #[arg(long, value_name = "URL")]
+        api: Option<String>,
+        /// Submitting again with the same key returns the first run instead of starting another.
+        #[arg(long, value_name = "KEY")]
+        idempotency_key: Option<String>,
+        /// Follow the run to its end and print its outputs.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Print a run's transition log from the serverless API.
+    Logs {
+        run_id: String,
+        /// The API's base URL (default: $LLMO_API_URL, else http://127.0.0.1:8080).
+        #[arg(long, value_name = "URL")]
+        api: Option<String>,
+        /// One JSON object per transition.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a stored run's state as JSON (from a state file, or with --api from the
+    /// serverless API).
     Status {
         run_id: String,
         #[arg(long, value_name = "PATH", default_value = ".llmo/runs.db")]
         state: PathBuf,
+        /// Ask the serverless API at this URL instead of a state file.
+        #[arg(long, value_name = "URL")]
+        api: Option<String>,
         /// Include the run's transition log.
         #[arg(long)]
         history: bool,
@@ -159,6 +194,17 @@ enum DurabilityArg {
 }
 
 impl ExecArgs {
+    /// What a remote command carries (nothing of it is used: the functions run the tasks).
+    fn default_exec() -> run::Exec {
+        run::Exec {
+            mock: false,
+            http_fixtures: None,
+            config: None,
+            concurrency: 1,
+            durability: llmo_runtime::store::Durability::Process,
+        }
+    }
+
     fn exec(self) -> run::Exec {
         run::Exec {
             mock: self.mock,
@@ -258,7 +304,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
             run::run(checked, &source, &run::Options { inputs, input_file, state, exec: exec.exec() })
         }
         Command::Resume { run_id, state, exec } => run::resume(&run_id, &state, &exec.exec()),
-        Command::Status { run_id, state, history } => run::status(&run_id, &state, history),
+        Command::Status { run_id, api: Some(api), .. } => remote::status(&run_id, Some(&api)),
+        Command::Status { run_id, state, history, api: None } => run::status(&run_id, &state, history),
+        Command::Submit { file, inputs, input_file, api, idempotency_key, wait } => {
+            let opts = run::Options { inputs, input_file, state: None, exec: ExecArgs::default_exec() };
+            remote::submit(&file, &opts, api.as_deref(), idempotency_key.as_deref(), wait)
+        }
+        Command::Logs { run_id, api, json } => remote::logs(&run_id, api.as_deref(), json),
         Command::Runs { state } => run::runs(&state),
         Command::Cancel { run_id, state, exec } => run::cancel(&run_id, &state, &exec.exec()),
         Command::Synth { shape, tasks } => {

@@ -89,7 +89,7 @@ fn driver(plan: Arc<Plan>, store: Arc<dyn RunStore>, state: Option<&Path>, exec:
 }
 
 /// Parses `--input k=v` (v as JSON when it parses, else as a string) and `--input-file`.
-fn given_inputs(opts: &Options) -> Result<Map<String, Value>> {
+pub fn given_inputs(opts: &Options) -> Result<Map<String, Value>> {
     let mut given = Map::new();
     if let Some(f) = &opts.input_file {
         let text = std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?;
