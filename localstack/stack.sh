@@ -21,7 +21,9 @@ python313() {
   for p in "${LLMO_PYTHON313:-}" "$(command -v python3.13 || true)" \
            "$(pyenv root 2>/dev/null)/versions/3.13.0/bin/python3" \
            $(ls -d "$(pyenv root 2>/dev/null)"/versions/3.13*/bin/python3 2>/dev/null); do
-    [ -n "$p" ] && [ -x "$p" ] && { echo "$p"; return; }
+    # pyenv's shims exist for versions that are not active: check the interpreter runs.
+    [ -n "$p" ] && [ -x "$p" ] && "$p" -c 'import sys; sys.exit(sys.version_info < (3, 13))' 2>/dev/null \
+      && { echo "$p"; return; }
   done
 }
 
