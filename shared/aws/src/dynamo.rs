@@ -278,8 +278,7 @@ impl DynamoStore {
             .scan_index_forward(false)
             .limit(f.limit.unwrap_or(50).clamp(1, 1000))
             .return_consumed_capacity(ReturnConsumedCapacity::Total);
-        if let (Some(w), Some(st)) = (&f.workflow, &f.status) {
-            let _ = w;
+        if let (Some(_), Some(st)) = (&f.workflow, &f.status) {
             q = q
                 .filter_expression("#s = :s")
                 .expression_attribute_names("#s", "status")

@@ -4,7 +4,6 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use lambda_http::{Body, Request};
@@ -84,9 +83,4 @@ where
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(%addr, "api listening");
     axum::serve(listener, app).await
-}
-
-/// Shared handle to a handler, for [`poll`] and [`serve`].
-pub fn shared<T>(t: T) -> Arc<T> {
-    Arc::new(t)
 }

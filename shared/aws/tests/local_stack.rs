@@ -10,7 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use llmo_core::engine::{Event, Millis, RunStatus};
 use llmo_runtime::queue::{Delivery, Message, Queue, QueueError};
-use serde_json::{Value, json};
+use serde_json::json;
 use support::*;
 
 /// Every example workflow, submitted through the API, runs to the outcome of an embedded run.
@@ -289,5 +289,4 @@ async fn cancel_stops_a_run_and_a_start_key_starts_one_run() {
     assert_eq!(log.last().unwrap().event, Event::Cancel, "nothing was stored after the cancel");
     let tasks = got["tasks"].as_array().unwrap();
     assert!(tasks.iter().any(|t| t["status"] == "cancelled"), "{got}");
-    let _: Vec<Value> = vec![];
 }

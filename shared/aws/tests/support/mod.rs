@@ -202,10 +202,6 @@ pub async fn initial_and_log(aws: &Aws, run_id: &str) -> (RunState, Vec<Transiti
     (initial, store.history(run_id).await.unwrap())
 }
 
-pub fn json_inputs(pairs: &[(&str, Value)]) -> Value {
-    Value::Object(pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect())
-}
-
 pub fn example_inputs(name: &str) -> Value {
     match name {
         "article-pipeline.yaml" => json!({"topic": "Rust ownership"}),
