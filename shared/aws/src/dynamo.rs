@@ -33,6 +33,9 @@ use llmo_core::engine::{RunState, RunStatus};
 use llmo_runtime::store::{Error, RunStore, RunSummary, StoredRun, Transition};
 use sha2::{Digest, Sha256};
 
+use llmo_runtime::ports::BlobStore;
+
+use crate::blobs::S3Blobs;
 use crate::config::Aws;
 
 /// Items larger than this keep their payload in S3 (DynamoDB's item limit is 400 KB).
@@ -114,13 +117,14 @@ pub struct Page {
 
 pub struct DynamoStore {
     aws: Aws,
+    blobs: S3Blobs,
     retention_secs: u64,
 }
 
 impl DynamoStore {
     pub fn new(aws: Aws) -> Self {
         let days = std::env::var("LLMO_RETENTION_DAYS").ok().and_then(|v| v.parse().ok()).unwrap_or(RETENTION_DAYS);
-        DynamoStore { aws, retention_secs: days * 86_400 }
+        DynamoStore { blobs: S3Blobs { aws: aws.clone() }, aws, retention_secs: days * 86_400 }
     }
 
     /// Charges a write what the service reported or what the item's size bills on AWS,
@@ -136,29 +140,15 @@ impl DynamoStore {
     }
 
     async fn put_blob(&self, key: &str, body: Vec<u8>) -> Result<(), Error> {
-        self.aws
-            .s3
-            .put_object()
-            .bucket(&self.aws.bucket)
-            .key(key)
-            .body(body.into())
-            .send()
-            .await
-            .map_err(|e| Error::Other(format!("s3 put {key}: {}", aws_sdk_s3::error::DisplayErrorContext(e))))?;
-        Ok(())
+        self.blobs.put(key, body).await.map_err(|e| Error::Other(e.0))
     }
 
     async fn get_blob(&self, key: &str) -> Result<Vec<u8>, Error> {
-        let out = self
-            .aws
-            .s3
-            .get_object()
-            .bucket(&self.aws.bucket)
-            .key(key)
-            .send()
+        self.blobs
+            .get(key)
             .await
-            .map_err(|e| Error::Other(format!("s3 get {key}: {}", aws_sdk_s3::error::DisplayErrorContext(e))))?;
-        Ok(out.body.collect().await.map_err(other)?.into_bytes().to_vec())
+            .map_err(|e| Error::Other(e.0))?
+            .ok_or_else(|| Error::Other(format!("s3: no object {key}")))
     }
 
     /// A JSON payload inline, or in S3 (content-addressed) when it would make the item too big.

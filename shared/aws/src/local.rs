@@ -84,3 +84,42 @@ where
     tracing::info!(%addr, "api listening");
     axum::serve(listener, app).await
 }
+
+/// A handler of SQS batches (`step`, `dlq`).
+pub trait SqsHandler: Send + Sync + 'static {
+    fn handle(&self, event: SqsEvent) -> impl Future<Output = SqsBatchResponse> + Send;
+}
+
+impl SqsHandler for crate::step::Step {
+    fn handle(&self, event: SqsEvent) -> impl Future<Output = SqsBatchResponse> + Send {
+        crate::step::Step::handle(self, event)
+    }
+}
+
+impl SqsHandler for crate::step::DeadLetters {
+    fn handle(&self, event: SqsEvent) -> impl Future<Output = SqsBatchResponse> + Send {
+        crate::step::DeadLetters::handle(self, event)
+    }
+}
+
+/// The `main` of an SQS-triggered function: under Lambda, `lambda_runtime` over `handler`;
+/// with `--local [--batch N]` in the arguments, polls `queue` itself with the same handler
+/// until Ctrl-C.
+pub async fn sqs_function<H: SqsHandler>(name: &str, handler: H, queue: SqsQueue) -> Result<(), lambda_runtime::Error> {
+    let handler = std::sync::Arc::new(handler);
+    let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--local") {
+        let batch = args.iter().position(|a| a == "--batch").and_then(|i| args.get(i + 1)?.parse().ok()).unwrap_or(10);
+        tracing::info!(queue = %queue.url, batch, "{name}: polling locally");
+        poll(&queue, batch, |e| handler.handle(e), async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await;
+        return Ok(());
+    }
+    lambda_runtime::run(lambda_runtime::service_fn(move |e: lambda_runtime::LambdaEvent<SqsEvent>| {
+        let handler = handler.clone();
+        async move { Ok::<_, lambda_runtime::Error>(handler.handle(e.payload).await) }
+    }))
+    .await
+}
