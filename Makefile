@@ -3,6 +3,7 @@
 #   make demo    validate every example, explain and draw one, run every example offline
 #                (mock models, canned HTTP answers), one of them durably with resume/status
 #   make test    formatting, lints, every test, and a one-shot run of the benchmarks
+#   make package cargo lambda build --release of every function, and the lambda test on them
 #   make bench   the benchmarks, measured (figures go to BENCHMARKS.md)
 #   make schema  regenerate schema/workflow.schema.json from the Rust types
 
@@ -11,7 +12,7 @@ LLMO  := target/release/llmo
 EXAMPLES := $(wildcard workflows/*.yaml)
 DEMO_STATE := .llmo/demo.db
 
-.PHONY: all demo build test lint fmt unit bench-smoke bench schema clean stack-up stack-down
+.PHONY: all demo build test lint fmt unit package bench-smoke bench schema clean stack-up stack-down
 
 all: test
 
@@ -47,8 +48,16 @@ lint:
 
 # Every test, with the local AWS (LocalStack for SQS/S3, moto for DynamoDB) started for the
 # serverless tests and stopped after. The nightly-digest example reads a secret from the env.
+# functions/lambda-test.sh then runs the four functions under `cargo lambda watch` and invokes
+# them with real event payloads.
 unit:
-	LLMO_SECRET_TICKETS_TOKEN=offline localstack/with-stack.sh $(CARGO) test --workspace --locked
+	LLMO_SECRET_TICKETS_TOKEN=offline localstack/with-stack.sh \
+	  sh -c '$(CARGO) test --workspace --locked && functions/lambda-test.sh'
+
+# `cargo lambda build --release` of every function (target/lambda/NAME/bootstrap), then the
+# same lambda test run against the packaged bootstraps (about 10 minutes on 2 cores).
+package:
+	localstack/with-stack.sh functions/lambda-test.sh --packaged
 
 stack-up:
 	localstack/stack.sh up

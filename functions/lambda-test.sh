@@ -1,63 +1,72 @@
 #!/usr/bin/env bash
-# Packages every function with cargo-lambda, then runs `api` and `step` under
-# `cargo lambda watch` (the Lambda runtime API emulator) and invokes them with real event
-# payloads (API Gateway HTTP API v2, SQS) from functions/events/. Needs the local stack:
-#   localstack/with-stack.sh functions/lambda-test.sh
+# Runs the api, step, schedule and dlq functions under `cargo lambda watch` (the Lambda runtime
+# API emulator) and calls them with `cargo lambda invoke` and real event payloads, against the
+# local stack (functions/lambda_test.py says what is checked). Part of `make test`.
+#
+#   localstack/with-stack.sh functions/lambda-test.sh             watch runs each function
+#                                                                 (`cargo run --bin NAME`)
+#   localstack/with-stack.sh functions/lambda-test.sh --packaged  `cargo lambda build --release`
+#                                                                 first, then runs the packaged
+#                                                                 bootstraps against watch's API
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/tools/bin:$PATH"
 command -v cargo-lambda > /dev/null || localstack/stack.sh install
+packaged=false
+[ "${1:-}" = --packaged ] && packaged=true
+mkdir -p .llmo/stack
+functions="api step schedule dlq"
 
-echo "== cargo lambda build --release (every function)"
-cargo lambda build --release --compiler cargo \
-  -p llmo-fn-api -p llmo-fn-step -p llmo-fn-dlq -p llmo-fn-schedule
-for f in api step dlq schedule; do
-  test -x "target/lambda/$f/bootstrap" || { echo "FAIL: no target/lambda/$f/bootstrap" >&2; exit 1; }
-done
+if $packaged; then
+  echo "== cargo lambda build --release (every function)"
+  cargo lambda build --release --compiler cargo --locked \
+    -p llmo-fn-api -p llmo-fn-step -p llmo-fn-dlq -p llmo-fn-schedule
+  for f in $functions; do
+    test -x "target/lambda/$f/bootstrap" || { echo "FAIL: no target/lambda/$f/bootstrap" >&2; exit 1; }
+  done
+fi
 
 # A table, queues and bucket of this test's own.
 name="lambda-test-$$"
-eval "$(LLMO_TABLE=$name LLMO_BUCKET=$name cargo run -q --release -p llmo-aws --example provision | sed 's/^/export /')"
-export LLMO_TABLE LLMO_QUEUE_URL LLMO_DLQ_URL LLMO_BUCKET LLMO_MOCK=1
+eval "$(LLMO_TABLE=$name LLMO_BUCKET=$name LLMO_QUEUE=$name cargo run -q --locked -p llmo-aws --example provision | sed 's/^/export /')"
+export LLMO_TABLE LLMO_QUEUE_URL LLMO_DLQ_URL LLMO_BUCKET LLMO_MOCK=1 RUST_LOG=${RUST_LOG:-info}
 
-port=$((19000 + RANDOM % 1000))
-echo "== cargo lambda watch --invoke-port $port"
-cargo lambda watch --invoke-port "$port" --only-lambda-apis > .llmo/stack/lambda-watch.log 2>&1 &
-watch_pid=$!
-trap 'kill $watch_pid 2>/dev/null; pkill -P $watch_pid 2>/dev/null || true' EXIT
+export LAMBDA_TEST_PORT=$((19000 + RANDOM % 1000))
+log=.llmo/stack/lambda-watch.log
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do pkill -P "$p" 2> /dev/null || true; kill "$p" 2> /dev/null || true; done
+}
+trap cleanup EXIT
+if $packaged; then
+  # Watch serves only the runtime API; each packaged bootstrap polls it as it would Lambda's.
+  cargo lambda watch --invoke-port "$LAMBDA_TEST_PORT" --only-lambda-apis > "$log" 2>&1 &
+else
+  # Watch starts each function on its first invocation with `cargo run --bin NAME`.
+  cargo lambda watch --invoke-port "$LAMBDA_TEST_PORT" --ignore-changes > "$log" 2>&1 &
+fi
+pids+=($!)
+echo "== cargo lambda watch on port $LAMBDA_TEST_PORT (log: $log)"
 for _ in $(seq 1 150); do
-  curl -s -o /dev/null "http://127.0.0.1:$port/" && break
+  (: < "/dev/tcp/127.0.0.1/$LAMBDA_TEST_PORT") 2> /dev/null && break # listening
   sleep 0.2
 done
+if $packaged; then
+  for f in $functions; do
+    AWS_LAMBDA_RUNTIME_API="http://127.0.0.1:$LAMBDA_TEST_PORT/.rt/$f" AWS_LAMBDA_FUNCTION_NAME=$f \
+      AWS_LAMBDA_FUNCTION_VERSION=1 AWS_LAMBDA_FUNCTION_MEMORY_SIZE=128 \
+      "target/lambda/$f/bootstrap" > ".llmo/stack/lambda-$f.log" 2>&1 &
+    pids+=($!)
+  done
+  sleep 0.5
+  for p in "${pids[@]}"; do
+    kill -0 "$p" 2> /dev/null || { echo "FAIL: a function exited at start (.llmo/stack/lambda-*.log)" >&2; exit 1; }
+  done
+fi
 
-invoke() { # function, event file
-  cargo lambda invoke "$1" --invoke-port "$port" --data-file "$2" --output-format json
-}
-
-echo "== invoke api: POST /runs (API Gateway v2 event)"
-out=$(invoke api functions/events/apigw-v2-start-run.json)
-echo "$out"
-run_id=$(python3 -c 'import json,sys; r=json.loads(sys.argv[1]); assert r["statusCode"]==201, r; print(json.loads(r["body"])["run_id"])' "$out")
-
-echo "== invoke step: an SQS batch (the run's start, and a start of a run that does not exist)"
-sed "s/RUN_ID/$run_id/" functions/events/sqs-step.json > .llmo/stack/sqs-event.json
-out=$(invoke step .llmo/stack/sqs-event.json)
-echo "$out"
-python3 - "$out" <<'PY'
-import json, sys
-r = json.loads(sys.argv[1])
-failed = [f["itemIdentifier"] for f in r["batchItemFailures"]]
-assert failed == ["2e1424d4-f796-459a-8184-9c92662be6da"], f"only the unknown run's message fails: {r}"
-PY
-
-echo "== invoke api: GET /runs (the run is listed, started)"
-out=$(invoke api functions/events/apigw-v2-list-runs.json)
-echo "$out"
-python3 - "$out" "$run_id" <<'PY'
-import json, sys
-r = json.loads(sys.argv[1]); body = json.loads(r["body"])
-runs = {x["run_id"]: x for x in body["runs"]}
-assert r["statusCode"] == 200 and sys.argv[2] in runs, r
-assert runs[sys.argv[2]]["status"] == "running", runs[sys.argv[2]]
-PY
-echo "lambda test: ok"
+python=.venv/localstack/bin/python # has boto3 (LocalStack depends on it)
+if ! "$python" functions/lambda_test.py; then
+  echo "--- last lines of $log" >&2
+  tail -n 40 "$log" >&2
+  exit 1
+fi

@@ -1,6 +1,7 @@
-//! A `step` worker process killed (SIGKILL) in the middle of a model call: its message comes
-//! back after the visibility timeout, a second process finishes the run, and every task still
-//! reaches its terminal state exactly once.
+//! `step` worker processes against the local stack: one killed (SIGKILL) in the middle of a
+//! model call, whose message comes back after the visibility timeout and is finished by a second
+//! process with every task still reaching its terminal state exactly once; and a call longer
+//! than the visibility timeout, kept from a second process by the heartbeat.
 
 #[path = "../../../shared/aws/tests/support/mod.rs"]
 mod support;
@@ -86,4 +87,37 @@ async fn a_worker_killed_mid_task_loses_nothing_and_repeats_nothing() {
     let results =
         log.iter().filter(|t| matches!(t.event, llmo_core::engine::Event::AttemptFinished { task: 0, .. })).count();
     assert_eq!(results, 1, "one result stored for the model task");
+}
+
+/// A model call longer than the visibility timeout (7 s against 3 s) keeps its message: the
+/// step's heartbeat extends the visibility, so the second worker process never receives it
+/// and the model is called once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slow_task_keeps_its_message_while_it_runs() {
+    let Some(aws) = aws().await else { return };
+    let aws = stack(&aws, 3, 5).await;
+    let model = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/chat/completions"))
+        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_secs(7)).set_body_json(json!({
+            "id": "x", "object": "chat.completion", "model": "gpt-4o-mini",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "done"}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}
+        })))
+        .mount(&model)
+        .await;
+    let api = api(&aws);
+    let mut a = worker(&aws, &model.uri());
+    let mut b = worker(&aws, &model.uri());
+    let (code, v) = call(&api, "POST", "/runs", Some(json!({"source": SLOW}))).await;
+    assert_eq!(code, 201, "{v}");
+    let run_id = v["run_id"].as_str().unwrap().to_string();
+    let got = wait_end(&api, &run_id, 60).await;
+    a.start_kill().unwrap();
+    b.start_kill().unwrap();
+    assert_eq!(got["status"], "succeeded", "{got}");
+    assert_eq!(got["outputs"]["answer"], "done!");
+    assert_eq!(model.received_requests().await.unwrap().len(), 1, "the slow call was made once");
+    let (initial, log) = initial_and_log(&aws, &run_id).await;
+    check_log(&plan(SLOW), &log, initial);
 }

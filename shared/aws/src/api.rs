@@ -242,11 +242,14 @@ impl Api {
             Some(d) if d.get("workflow").is_some() => d.clone(),
             _ => event.clone(),
         };
+        // Scoped by workflow, so two schedules' ticks at the same time never share a key.
+        let workflow = body.get("workflow").and_then(Value::as_str).unwrap_or_default();
         let key = event
             .get("idempotency_key")
+            .or_else(|| body.get("idempotency_key"))
             .or_else(|| event.get("id"))
             .and_then(Value::as_str)
-            .map(|k| format!("schedule:{k}"));
+            .map(|k| format!("schedule:{workflow}:{k}"));
         let r = self.start(&body, key).await;
         let ok = r.status().is_success();
         let text = String::from_utf8_lossy(r.body().as_ref()).into_owned();

@@ -45,17 +45,20 @@ pub struct SqsQueue {
     pub url: String,
     /// Long-poll wait of `receive`.
     pub wait_secs: i32,
+    /// The longest delay SQS holds a message for (`DelaySeconds`, 15 minutes); a longer one is
+    /// sent with this delay and an `llmo-not-before` time, and sent again when it arrives early.
+    pub max_delay_ms: Millis,
 }
 
 impl SqsQueue {
     pub fn new(aws: Aws) -> Self {
         let url = aws.queue_url.clone();
-        SqsQueue { aws, url, wait_secs: 1 }
+        SqsQueue { aws, url, wait_secs: 1, max_delay_ms: MAX_DELAY_MS }
     }
 
     pub fn dead_letters(aws: Aws) -> Self {
         let url = aws.dlq_url.clone();
-        SqsQueue { aws, url, wait_secs: 1 }
+        SqsQueue { aws, url, wait_secs: 1, max_delay_ms: MAX_DELAY_MS }
     }
 
     /// The body to send for a message: inline, or a claim check.
@@ -111,7 +114,7 @@ impl SqsQueue {
     /// Sends an encoded body with a delay of any length.
     pub async fn send_body(&self, body: String, delay_ms: Millis) -> Result<(), QueueError> {
         let mut req = self.aws.sqs.send_message().queue_url(&self.url).message_body(body);
-        let (secs, attr) = Self::delay(delay_ms);
+        let (secs, attr) = self.delay(delay_ms);
         req = req.delay_seconds(secs);
         if let Some(a) = attr {
             req = req.message_attributes(NOT_BEFORE, a);
@@ -122,9 +125,9 @@ impl SqsQueue {
         Ok(())
     }
 
-    fn delay(delay_ms: Millis) -> (i32, Option<MessageAttributeValue>) {
-        let secs = delay_ms.min(MAX_DELAY_MS).div_ceil(1000) as i32;
-        let attr = (delay_ms > MAX_DELAY_MS).then(|| {
+    fn delay(&self, delay_ms: Millis) -> (i32, Option<MessageAttributeValue>) {
+        let secs = delay_ms.min(self.max_delay_ms).div_ceil(1000) as i32;
+        let attr = (delay_ms > self.max_delay_ms).then(|| {
             MessageAttributeValue::builder()
                 .data_type("Number")
                 .string_value((now_ms() + delay_ms).to_string())
@@ -240,7 +243,7 @@ impl Queue for SqsQueue {
             let mut bodies = Vec::with_capacity(chunk.len());
             for (i, (m, delay)) in chunk.iter().enumerate() {
                 let body = self.body(m).await?;
-                let (secs, attr) = Self::delay(*delay);
+                let (secs, attr) = self.delay(*delay);
                 let mut e =
                     SendMessageBatchRequestEntry::builder().id(i.to_string()).message_body(&body).delay_seconds(secs);
                 if let Some(a) = attr {

@@ -290,3 +290,34 @@ async fn cancel_stops_a_run_and_a_start_key_starts_one_run() {
     let tasks = got["tasks"].as_array().unwrap();
     assert!(tasks.iter().any(|t| t["status"] == "cancelled"), "{got}");
 }
+
+/// A delay longer than SQS holds a message (15 minutes; 1 s here) is carried by the
+/// `llmo-not-before` attribute: the step handler sends an early message back with the rest of
+/// its delay, and the run starts no earlier than asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_delay_longer_than_sqs_allows_is_honoured() {
+    let Some(aws) = aws().await else { return };
+    let aws = stack(&aws, 30, 5).await;
+    let api = api(&aws);
+    let (code, v) = call(&api, "POST", "/runs", Some(json!({"source": CHAIN}))).await;
+    assert_eq!(code, 201, "{v}");
+    let run_id = v["run_id"].as_str().unwrap().to_string();
+    // Take the API's immediate start off the queue and send it again, 3.5 s late, through a
+    // queue whose longest delay is 1 s.
+    let mut short = llmo_aws::sqs::SqsQueue::new(aws.clone());
+    let records = short.receive_records(10).await.unwrap();
+    assert_eq!(records.len(), 1, "the start message");
+    let receipts: Vec<String> = records.iter().filter_map(|r| r.receipt_handle.clone()).collect();
+    short.delete_batch(&receipts).await.unwrap();
+    short.max_delay_ms = 1000;
+    let sent = llmo_runtime::ports::now_ms();
+    short.send(&Message::Event { run_id: run_id.clone(), event: Event::Start }, 3500).await.unwrap();
+    let workers = Workers::start(&aws, 1, 10, |s| s);
+    let got = wait_end(&api, &run_id, 60).await;
+    workers.stop().await;
+    assert_eq!(got["status"], "succeeded", "{got}");
+    let started = got["started_at"].as_u64().unwrap();
+    assert!(started >= sent + 3500, "the run started {} ms after the delayed start was sent", started - sent);
+    let (initial, log) = initial_and_log(&aws, &run_id).await;
+    check_log(&plan(CHAIN), &log, initial);
+}
