@@ -64,7 +64,8 @@ if $packaged; then
   done
 fi
 
-python=.venv/localstack/bin/python # has boto3 (LocalStack depends on it)
+python=.venv/localstack/bin/python # has boto3 (LocalStack and moto both depend on it)
+[ -x "$python" ] || python=.venv/tools/bin/python
 if ! "$python" functions/lambda_test.py; then
   echo "--- last lines of $log" >&2
   tail -n 40 "$log" >&2
