@@ -41,6 +41,8 @@ pub struct Plan {
     topo_pos: Vec<usize>,
     /// What one attempt of each task is expected to cost (see [`Plan::set_estimates`]).
     estimates: Vec<Estimate>,
+    /// Each task's id as a template value.
+    ids: Vec<Ctx>,
 }
 
 /// See [`Plan::run_parts`].
@@ -48,6 +50,52 @@ pub struct Plan {
 pub struct RunParts {
     inputs: Ctx,
     run: Ctx,
+    /// Each task's `tasks.<id>` value, kept once its result is final (it never changes after).
+    views: std::sync::Arc<[std::sync::OnceLock<Ctx>]>,
+}
+
+/// A context map with fixed keys, read without building a map (contexts are built per attempt).
+#[derive(Debug)]
+struct Fields {
+    keys: &'static [&'static str],
+    values: Vec<Ctx>,
+}
+
+impl Fields {
+    fn ctx(keys: &'static [&'static str], values: Vec<Ctx>) -> Ctx {
+        debug_assert_eq!(keys.len(), values.len());
+        Ctx::from_object(Fields { keys, values })
+    }
+}
+
+impl minijinja::value::Object for Fields {
+    fn repr(self: &std::sync::Arc<Self>) -> minijinja::value::ObjectRepr {
+        minijinja::value::ObjectRepr::Map
+    }
+    fn get_value(self: &std::sync::Arc<Self>, key: &Ctx) -> Option<Ctx> {
+        let k = key.as_str()?;
+        self.keys.iter().position(|x| *x == k).map(|i| self.values[i].clone())
+    }
+    fn enumerate(self: &std::sync::Arc<Self>) -> minijinja::value::Enumerator {
+        minijinja::value::Enumerator::Str(self.keys)
+    }
+}
+
+/// The `tasks` map of one attempt's context: the few tasks it reads, found by a linear search.
+#[derive(Debug)]
+struct Reads(Vec<(Ctx, Ctx)>);
+
+impl minijinja::value::Object for Reads {
+    fn repr(self: &std::sync::Arc<Self>) -> minijinja::value::ObjectRepr {
+        minijinja::value::ObjectRepr::Map
+    }
+    fn get_value(self: &std::sync::Arc<Self>, key: &Ctx) -> Option<Ctx> {
+        let k = key.as_str()?;
+        self.0.iter().find(|(id, _)| id.as_str() == Some(k)).map(|(_, v)| v.clone())
+    }
+    fn enumerate(self: &std::sync::Arc<Self>) -> minijinja::value::Enumerator {
+        minijinja::value::Enumerator::Values(self.0.iter().map(|(id, _)| id.clone()).collect())
+    }
 }
 
 /// A JSON value as a template value.
@@ -139,7 +187,8 @@ impl Plan {
             on.success.iter().chain(&on.failure).flat_map(|h| h.with.values()).for_each(&mut add);
         }
         let estimates = vec![Estimate::default(); n];
-        Plan { checked, env, simple, retry, deps, children, fallback, fallback_of, reads, topo_pos, estimates }
+        let ids = wf.spec.tasks.iter().map(|t| Ctx::from(t.id.as_str())).collect();
+        Plan { checked, env, simple, retry, deps, children, fallback, fallback_of, reads, topo_pos, estimates, ids }
     }
 
     pub fn task_count(&self) -> usize {
@@ -280,36 +329,58 @@ impl Plan {
                 ("tokens", Ctx::from(st.tokens)),
             ]);
         }
-        RunParts { inputs: to_ctx(&st.inputs), run: Ctx::from_pairs(run) }
+        RunParts {
+            inputs: to_ctx(&st.inputs),
+            run: Ctx::from_pairs(run),
+            views: (0..self.task_count()).map(|_| std::sync::OnceLock::new()).collect(),
+        }
     }
 
     /// [`Plan::context_value`] with the run's parts given.
     pub fn context_in(&self, st: &RunState, task: Option<usize>, item: Option<u32>, parts: &RunParts) -> Ctx {
+        const TASK: &[&str] = &["status", "output", "error", "attempts", "usage"];
+        const USAGE: &[&str] = &["tokens", "cost_usd"];
         let task_value = |i: usize| {
             let (status, output) = self.view(st, i);
-            let ts = &st.tasks[i];
-            let usage = Ctx::from_pairs([("tokens", Ctx::from(ts.tokens)), ("cost_usd", Ctx::from(ts.cost_usd))]);
-            Ctx::from_pairs([
-                ("status", Ctx::from(status.map_or("pending", TaskStatus::as_str))),
-                ("output", output.map_or(Ctx::from(()), to_ctx)),
-                ("error", ts.error.as_deref().map_or(Ctx::from(()), Ctx::from)),
-                ("attempts", Ctx::from(ts.attempts)),
-                ("usage", usage),
-            ])
+            let make = || {
+                let ts = &st.tasks[i];
+                let usage = Fields::ctx(USAGE, vec![Ctx::from(ts.tokens), Ctx::from(ts.cost_usd)]);
+                Fields::ctx(
+                    TASK,
+                    vec![
+                        Ctx::from(status.map_or("pending", TaskStatus::as_str)),
+                        output.map_or(Ctx::from(()), to_ctx),
+                        ts.error.as_deref().map_or(Ctx::from(()), Ctx::from),
+                        Ctx::from(ts.attempts),
+                        usage,
+                    ],
+                )
+            };
+            // A task whose result is final looks the same to every later reader.
+            match status {
+                Some(_) => parts.views[i].get_or_init(make).clone(),
+                None => make(),
+            }
         };
         let tasks = match task {
-            Some(i) => Ctx::from_pairs(self.reads[i].iter().map(|&r| (self.checked.dag.id(r), task_value(r)))),
+            Some(i) => {
+                Ctx::from_object(Reads(self.reads[i].iter().map(|&r| (self.ids[r].clone(), task_value(r))).collect()))
+            }
             None => Ctx::from_pairs((0..self.task_count()).map(|i| (self.checked.dag.id(i), task_value(i)))),
         };
-        let mut ctx = vec![("inputs", parts.inputs.clone()), ("tasks", tasks), ("run", parts.run.clone())];
-        if let (Some(i), Some(k)) = (task, item) {
-            ctx.push((
-                "item",
-                st.tasks[i].units.get(k as usize).and_then(|u| u.item.as_ref()).map_or(Ctx::from(()), to_ctx),
-            ));
-            ctx.push(("item_index", Ctx::from(k)));
+        match (task, item) {
+            (Some(i), Some(k)) => Fields::ctx(
+                &["inputs", "tasks", "run", "item", "item_index"],
+                vec![
+                    parts.inputs.clone(),
+                    tasks,
+                    parts.run.clone(),
+                    st.tasks[i].units.get(k as usize).and_then(|u| u.item.as_ref()).map_or(Ctx::from(()), to_ctx),
+                    Ctx::from(k),
+                ],
+            ),
+            _ => Fields::ctx(&["inputs", "tasks", "run"], vec![parts.inputs.clone(), tasks, parts.run.clone()]),
         }
-        Ctx::from_pairs(ctx)
     }
 
     /// Renders a templated value: strings are templates; a string that is exactly one
@@ -326,10 +397,10 @@ impl Plan {
                 let inner = t.strip_prefix("{{").and_then(|r| r.strip_suffix("}}"));
                 match inner {
                     Some(expr) if !expr.contains("{{") && !expr.contains("}}") => self.eval_in(expr, ctx)?,
-                    _ if self.simple.contains_key(s.as_str()) => {
-                        Value::String(super::interp::render(&self.simple[s.as_str()], ctx)?)
-                    }
                     _ => {
+                        if let Some(pieces) = self.simple.get(s.as_str()) {
+                            return Ok(Value::String(super::interp::render(pieces, ctx)?));
+                        }
                         let tmpl = match self.env.get_template(s) {
                             Ok(t) => t,
                             Err(_) => self.env.template_from_str(s).map_err(|e| e.to_string())?,

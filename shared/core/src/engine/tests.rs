@@ -457,3 +457,41 @@ spec:
     let shaped = builtin::transform(plan_ref, &json!({"output": {"first": 1}}), &ctx).unwrap();
     assert_eq!(shaped, json!({"first": 1}));
 }
+
+#[test]
+fn contexts_show_each_read_task_as_it_is_and_serialize_as_maps() {
+    let p = plan(
+        r#"
+spec:
+  tasks:
+    - { id: a, type: transform, with: { output: 1 } }
+    - { id: b, type: transform, with: { output: 2 } }
+    - { id: c, type: transform, depends_on: [a, b], trigger: any_succeeded, with: { output: "{{ tasks.a.status }}/{{ tasks.b.status }}" } }
+"#,
+    );
+    let (a, b, c) = (0, 1, 2);
+    let mut st = p.new_run("run-1", Default::default());
+    p.apply(&mut st, &Event::Start, 1).unwrap();
+    // One set of run parts for the whole run, as the runtimes keep it.
+    let parts = p.run_parts(&st, false);
+    let seen = |st: &RunState| {
+        let ctx = p.context_in(st, Some(c), None, &parts);
+        p.render_in(&json!("{{ tasks.a.status }}/{{ tasks.b.status }}"), &ctx).unwrap()
+    };
+    assert_eq!(seen(&st), json!("pending/pending"));
+    p.apply(&mut st, &Event::AttemptFinished { task: a, item: None, attempt: 1, result: ok(json!({"n": 1})) }, 2)
+        .unwrap();
+    assert_eq!(seen(&st), json!("succeeded/pending"), "b is read while it runs: not frozen as pending");
+    p.apply(&mut st, &Event::AttemptFinished { task: b, item: None, attempt: 1, result: fail(false) }, 3).unwrap();
+    assert_eq!(seen(&st), json!("succeeded/failed"));
+    let ctx = p.context_in(&st, Some(c), None, &parts);
+    // The objects behave as maps: iteration, filters, serialization.
+    let keys = p.render_in(&json!("{% for k in tasks %}{{ k }},{% endfor %}"), &ctx).unwrap();
+    assert_eq!(keys, json!("a,b,"));
+    assert_eq!(p.render_in(&json!("{{ tasks.a.output.n + tasks.a.usage.tokens }}"), &ctx).unwrap(), json!(1));
+    let as_json = serde_json::to_value(&ctx).unwrap();
+    assert_eq!(as_json["tasks"]["a"]["output"], json!({"n": 1}));
+    assert_eq!(as_json["tasks"]["b"]["error"], json!("boom"));
+    assert_eq!(as_json["tasks"]["b"]["attempts"], json!(1));
+    assert!(as_json["run"]["id"] == json!("run-1") && as_json["inputs"].is_object(), "{as_json}");
+}
