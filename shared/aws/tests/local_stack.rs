@@ -1,6 +1,7 @@
 //! The serverless runtime end to end against the local stack: the `api` handler starts runs,
 //! `step` workers (each with its own state cache, as separate containers) advance them
-//! through SQS, DynamoDB and S3. Every test audits the run's stored transition log.
+//! through SQS, DynamoDB and S3. Every test audits the run's stored transition log. The tests
+//! with worker *processes* (every example, SIGKILL, heartbeat) are in functions/step/tests/.
 
 mod support;
 
@@ -12,55 +13,6 @@ use llmo_core::engine::{Event, Millis, RunStatus};
 use llmo_runtime::queue::{Delivery, Message, Queue, QueueError};
 use serde_json::json;
 use support::*;
-
-/// Every example workflow, submitted through the API, runs to the outcome of an embedded run.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn every_example_runs_through_sqs_dynamodb_and_s3() {
-    let Some(aws) = aws().await else { return };
-    let aws = stack(&aws, 30, 5).await;
-    let api = api(&aws);
-    let workers = Workers::start(&aws, 3, 10, |s| s);
-    let mut dir: Vec<_> = std::fs::read_dir(root().join("workflows")).unwrap().map(|e| e.unwrap().path()).collect();
-    dir.sort();
-    let mut started = Vec::new();
-    for path in dir.iter().filter(|p| p.extension().is_some_and(|e| e == "yaml")) {
-        let name = path.file_name().unwrap().to_string_lossy().to_string();
-        let source = std::fs::read_to_string(path).unwrap();
-        let (code, v) = call(&api, "POST", "/workflows", Some(json!({"source": source}))).await;
-        assert_eq!(code, 201, "{name}: {v}");
-        let wf = v["workflow"].as_str().unwrap().to_string();
-        let inputs = example_inputs(&name);
-        let (code, v) = call(&api, "POST", "/runs", Some(json!({"workflow": wf, "inputs": inputs}))).await;
-        assert_eq!(code, 201, "{name}: {v}");
-        started.push((name, source, inputs, v["run_id"].as_str().unwrap().to_string()));
-    }
-    assert_eq!(started.len(), 4, "the four examples");
-    for (name, source, inputs, run_id) in &started {
-        let got = wait_end(&api, run_id, 120).await;
-        let want = embedded(source, inputs.clone()).await;
-        assert_eq!(got["status"], want.status.as_str(), "{name}: {got}");
-        // `run.id` differs between the two runs; everything else must be equal.
-        let mut want_out = serde_json::to_value(&want.outputs).unwrap().to_string();
-        want_out = want_out.replace("embedded", run_id);
-        assert_eq!(got["outputs"].to_string(), want_out, "{name}");
-        let (initial, log) = initial_and_log(&aws, run_id).await;
-        let st = check_log(&plan(source), &log, initial);
-        assert_eq!(st.status.as_str(), got["status"], "{name}: the log replays to the stored outcome");
-    }
-    let (code, v) = call(&api, "GET", "/runs?limit=2", None).await;
-    assert_eq!(code, 200);
-    assert_eq!(v["runs"].as_array().unwrap().len(), 2, "{v}");
-    let cursor = v["next"].as_str().expect("a second page").to_string();
-    let (_, v2) = call(&api, "GET", &format!("/runs?limit=10&cursor={}", urlenc(&cursor)), None).await;
-    assert_eq!(v2["runs"].as_array().unwrap().len(), 2, "{v2}");
-    let (_, by_wf) = call(&api, "GET", "/runs?workflow=simple-inference", None).await;
-    assert_eq!(by_wf["runs"].as_array().unwrap().len(), 1, "{by_wf}");
-    workers.stop().await;
-}
-
-fn urlenc(s: &str) -> String {
-    s.bytes().map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") }).collect()
-}
 
 const FAN: &str = r#"
 apiVersion: llm-orchestrator/v1

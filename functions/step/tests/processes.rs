@@ -1,7 +1,8 @@
-//! `step` worker processes against the local stack: one killed (SIGKILL) in the middle of a
-//! model call, whose message comes back after the visibility timeout and is finished by a second
-//! process with every task still reaching its terminal state exactly once; and a call longer
-//! than the visibility timeout, kept from a second process by the heartbeat.
+//! `step` worker processes against the local stack: every example workflow run on three of
+//! them; one killed (SIGKILL) in the middle of a model call, whose message comes back after the
+//! visibility timeout and is finished by a second process with every task still reaching its
+//! terminal state exactly once; and a call longer than the visibility timeout, kept from a
+//! second process by the heartbeat.
 
 #[path = "../../../shared/aws/tests/support/mod.rs"]
 mod support;
@@ -31,20 +32,27 @@ spec:
     answer: "{{ tasks.after.output }}"
 "#;
 
-fn worker(aws: &llmo_aws::Aws, model_url: &str) -> tokio::process::Child {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_step"))
-        .arg("--local")
+/// A `step --local` process on this test's table, queues and bucket.
+fn command(aws: &llmo_aws::Aws) -> tokio::process::Command {
+    let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_step"));
+    c.arg("--local")
         .env("LLMO_TABLE", &aws.table)
         .env("LLMO_QUEUE_URL", &aws.queue_url)
         .env("LLMO_DLQ_URL", &aws.dlq_url)
         .env("LLMO_BUCKET", &aws.bucket)
-        .env("LLMO_VISIBILITY_SECS", "3")
-        .env("OPENAI_BASE_URL", model_url)
-        .env("OPENAI_API_KEY", "test-key")
         .env_remove("LLMO_MOCK")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .kill_on_drop(true)
+        .kill_on_drop(true);
+    c
+}
+
+/// A worker whose `openai` provider is the fake model server; visibility timeout 3 s.
+fn worker(aws: &llmo_aws::Aws, model_url: &str) -> tokio::process::Child {
+    command(aws)
+        .env("LLMO_VISIBILITY_SECS", "3")
+        .env("OPENAI_BASE_URL", model_url)
+        .env("OPENAI_API_KEY", "test-key")
         .spawn()
         .expect("the step binary starts")
 }
@@ -120,4 +128,68 @@ async fn a_slow_task_keeps_its_message_while_it_runs() {
     assert_eq!(model.received_requests().await.unwrap().len(), 1, "the slow call was made once");
     let (initial, log) = initial_and_log(&aws, &run_id).await;
     check_log(&plan(SLOW), &log, initial);
+}
+
+/// Every example workflow, submitted through the API, runs to the outcome of an embedded run on
+/// three `step --local` worker processes (mock models, the examples' HTTP fixtures).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_example_runs_on_three_worker_processes() {
+    let Some(aws) = aws().await else { return };
+    let aws = stack(&aws, 30, 5).await;
+    let api = api(&aws);
+    let fixtures: Vec<String> = std::fs::read_dir(root().join("workflows/fixtures"))
+        .unwrap()
+        .map(|e| e.unwrap().path().to_string_lossy().into_owned())
+        .collect();
+    let mut workers: Vec<_> = (0..3)
+        .map(|_| {
+            let mut w = command(&aws);
+            w.env("LLMO_MOCK", "1")
+                .env("LLMO_HTTP_FIXTURES", fixtures.join(":"))
+                .env("LLMO_SECRET_TICKETS_TOKEN", "offline");
+            w.spawn().expect("the step binary starts")
+        })
+        .collect();
+    let mut dir: Vec<_> = std::fs::read_dir(root().join("workflows")).unwrap().map(|e| e.unwrap().path()).collect();
+    dir.sort();
+    let mut started = Vec::new();
+    for path in dir.iter().filter(|p| p.extension().is_some_and(|e| e == "yaml")) {
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        let source = std::fs::read_to_string(path).unwrap();
+        let (code, v) = call(&api, "POST", "/workflows", Some(json!({"source": source}))).await;
+        assert_eq!(code, 201, "{name}: {v}");
+        let wf = v["workflow"].as_str().unwrap().to_string();
+        let inputs = example_inputs(&name);
+        let (code, v) = call(&api, "POST", "/runs", Some(json!({"workflow": wf, "inputs": inputs}))).await;
+        assert_eq!(code, 201, "{name}: {v}");
+        started.push((name, source, inputs, v["run_id"].as_str().unwrap().to_string()));
+    }
+    assert_eq!(started.len(), 4, "the four examples");
+    for (name, source, inputs, run_id) in &started {
+        let got = wait_end(&api, run_id, 120).await;
+        let want = embedded(source, inputs.clone()).await;
+        assert_eq!(got["status"], want.status.as_str(), "{name}: {got}");
+        // `run.id` differs between the two runs; everything else must be equal.
+        let mut want_out = serde_json::to_value(&want.outputs).unwrap().to_string();
+        want_out = want_out.replace("embedded", run_id);
+        assert_eq!(got["outputs"].to_string(), want_out, "{name}");
+        let (initial, log) = initial_and_log(&aws, run_id).await;
+        let st = check_log(&plan(source), &log, initial);
+        assert_eq!(st.status.as_str(), got["status"], "{name}: the log replays to the stored outcome");
+    }
+    let (code, v) = call(&api, "GET", "/runs?limit=2", None).await;
+    assert_eq!(code, 200);
+    assert_eq!(v["runs"].as_array().unwrap().len(), 2, "{v}");
+    let cursor = v["next"].as_str().expect("a second page").to_string();
+    let (_, v2) = call(&api, "GET", &format!("/runs?limit=10&cursor={}", urlenc(&cursor)), None).await;
+    assert_eq!(v2["runs"].as_array().unwrap().len(), 2, "{v2}");
+    let (_, by_wf) = call(&api, "GET", "/runs?workflow=simple-inference", None).await;
+    assert_eq!(by_wf["runs"].as_array().unwrap().len(), 1, "{by_wf}");
+    for w in &mut workers {
+        w.start_kill().unwrap();
+    }
+}
+
+fn urlenc(s: &str) -> String {
+    s.bytes().map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") }).collect()
 }
