@@ -57,20 +57,26 @@ fn worker(aws: &llmo_aws::Aws, model_url: &str) -> tokio::process::Child {
         .expect("the step binary starts")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_worker_killed_mid_task_loses_nothing_and_repeats_nothing() {
-    let Some(aws) = aws().await else { return };
-    let aws = stack(&aws, 3, 5).await;
+/// A fake OpenAI-compatible server whose every answer ("done") takes `delay`.
+async fn slow_model(delay: Duration) -> MockServer {
     let model = MockServer::start().await;
     Mock::given(method("POST"))
         .and(path("/chat/completions"))
-        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_secs(2)).set_body_json(json!({
+        .respond_with(ResponseTemplate::new(200).set_delay(delay).set_body_json(json!({
             "id": "x", "object": "chat.completion", "model": "gpt-4o-mini",
             "choices": [{"index": 0, "message": {"role": "assistant", "content": "done"}, "finish_reason": "stop"}],
             "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}
         })))
         .mount(&model)
         .await;
+    model
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_killed_mid_task_loses_nothing_and_repeats_nothing() {
+    let Some(aws) = aws().await else { return };
+    let aws = stack(&aws, 3, 5).await;
+    let model = slow_model(Duration::from_secs(2)).await;
     let api = api(&aws);
     let mut first = worker(&aws, &model.uri());
     let (code, v) = call(&api, "POST", "/runs", Some(json!({"source": SLOW}))).await;
@@ -104,16 +110,7 @@ async fn a_worker_killed_mid_task_loses_nothing_and_repeats_nothing() {
 async fn a_slow_task_keeps_its_message_while_it_runs() {
     let Some(aws) = aws().await else { return };
     let aws = stack(&aws, 3, 5).await;
-    let model = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path("/chat/completions"))
-        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_secs(7)).set_body_json(json!({
-            "id": "x", "object": "chat.completion", "model": "gpt-4o-mini",
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": "done"}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}
-        })))
-        .mount(&model)
-        .await;
+    let model = slow_model(Duration::from_secs(7)).await;
     let api = api(&aws);
     let mut a = worker(&aws, &model.uri());
     let mut b = worker(&aws, &model.uri());

@@ -366,7 +366,7 @@ impl Plan {
             Some(i) => {
                 Ctx::from_object(Reads(self.reads[i].iter().map(|&r| (self.ids[r].clone(), task_value(r))).collect()))
             }
-            None => Ctx::from_pairs((0..self.task_count()).map(|i| (self.checked.dag.id(i), task_value(i)))),
+            None => Ctx::from_pairs((0..self.task_count()).map(|i| (self.ids[i].clone(), task_value(i)))),
         };
         match (task, item) {
             (Some(i), Some(k)) => Fields::ctx(
