@@ -3,6 +3,7 @@
 #   make demo    validate every example, explain and draw one, run every example offline
 #                (mock models, canned HTTP answers), one of them durably with resume/status
 #   make test    formatting, lints, every test, and a one-shot run of the benchmarks
+#   make local   the serverless system on this machine (local AWS, api, step workers, dlq)
 #   make package cargo lambda build --release of every function, and the lambda test on them
 #   make bench   the benchmarks, measured (figures go to BENCHMARKS.md)
 #   make schema  regenerate schema/workflow.schema.json from the Rust types
@@ -12,7 +13,7 @@ LLMO  := target/release/llmo
 EXAMPLES := $(wildcard workflows/*.yaml)
 DEMO_STATE := .llmo/demo.db
 
-.PHONY: all demo build test lint fmt unit package bench-smoke bench schema clean stack-up stack-down
+.PHONY: all demo build test lint fmt unit local package bench-smoke bench schema clean stack-up stack-down
 
 all: test
 
@@ -50,9 +51,15 @@ lint:
 # serverless tests and stopped after. The nightly-digest example reads a secret from the env.
 # functions/lambda-test.sh then runs the four functions under `cargo lambda watch` and invokes
 # them with real event payloads.
+# Last, the one-command local system (localstack/run-local.sh) answers `llmo submit --wait`.
 unit:
 	LLMO_SECRET_TICKETS_TOKEN=offline localstack/with-stack.sh \
 	  sh -c '$(CARGO) test --workspace --locked && functions/lambda-test.sh'
+	LLMO_API_ADDR=127.0.0.1:18080 localstack/run-local.sh --smoke
+
+# The serverless system on this machine: local AWS, api on :8080, step workers, dlq (Ctrl-C stops).
+local:
+	localstack/run-local.sh
 
 # `cargo lambda build --release` of every function (target/lambda/NAME/bootstrap), then the
 # same lambda test run against the packaged bootstraps (about 10 minutes on 2 cores).

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# The whole serverless system on this machine, in one command: the local AWS (stack.sh up), the
+# table, queues (with the dead-letter queue) and bucket, then the functions in their local modes:
+# `api --local` on 127.0.0.1:8080, two `step --local` workers and `dlq --local`. Ctrl-C stops
+# the functions and the local AWS.
+#
+#   localstack/run-local.sh            models answered by the `mock` provider (offline)
+#   LLMO_MOCK=0 localstack/run-local.sh   real providers (keys from the environment)
+#   localstack/run-local.sh --smoke    start everything, submit workflows/simple-inference.yaml
+#                                      with `llmo submit --wait`, check it succeeded, stop
+#
+# Then, from another shell: llmo submit workflows/simple-inference.yaml -i question=hi --wait
+# Builds with the dev profile (PROFILE=release for optimized binaries). Logs: .llmo/stack/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+smoke=false
+[ "${1:-}" = --smoke ] && smoke=true
+profile=${PROFILE:-dev}
+dir=debug
+[ "$profile" = release ] && dir=release
+addr=${LLMO_API_ADDR:-127.0.0.1:8080}
+
+echo "== building the functions and the CLI ($profile profile)"
+cargo build --profile "$profile" --locked -p llmo-fn-api -p llmo-fn-step -p llmo-fn-dlq -p llmo-aws \
+  -p llmo-cli --example provision
+
+echo "== local AWS"
+localstack/stack.sh up > /dev/null
+pids=()
+stop() {
+  for p in "${pids[@]}"; do kill "$p" 2> /dev/null || true; done
+  wait 2> /dev/null || true
+  localstack/stack.sh down > /dev/null 2>&1 || true
+}
+trap stop EXIT
+trap 'exit 130' INT TERM
+set -a
+eval "$(localstack/stack.sh env)"
+eval "$("target/$dir/examples/provision")"
+LLMO_MOCK=${LLMO_MOCK:-1}
+set +a
+echo "   table $LLMO_TABLE, queue $LLMO_QUEUE_URL, bucket $LLMO_BUCKET"
+
+log=.llmo/stack
+"target/$dir/api" --local --addr "$addr" > "$log/api.log" 2>&1 &
+pids+=($!)
+for i in 1 2; do
+  "target/$dir/step" --local > "$log/step-$i.log" 2>&1 &
+  pids+=($!)
+done
+"target/$dir/dlq" --local > "$log/dlq.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 1 100); do
+  curl -sf -o /dev/null "http://$addr/workflows" && break
+  sleep 0.1
+done
+curl -sf -o /dev/null "http://$addr/workflows" || { echo "the api did not start: $log/api.log" >&2; exit 1; }
+echo "== api on http://$addr, 2 step workers, dlq (logs in $log/)"
+
+if $smoke; then
+  out=$("target/$dir/llmo" submit workflows/simple-inference.yaml -i question="What is a DAG?" \
+    --api "http://$addr" --wait)
+  echo "$out"
+  echo "$out" | grep -q '"answer"' || { echo "FAIL: the run did not end with its outputs" >&2; exit 1; }
+  echo "local system: ok"
+  exit 0
+fi
+echo "   llmo submit workflows/simple-inference.yaml -i question=hi --wait --api http://$addr"
+echo "   Ctrl-C stops everything."
+wait
