@@ -22,7 +22,7 @@ if $packaged; then
   cargo lambda build --release --compiler cargo --locked \
     -p llmo-fn-api -p llmo-fn-step -p llmo-fn-dlq -p llmo-fn-schedule
   for f in $functions; do
-    test -x "target/lambda/$f/bootstrap" || { echo "FAIL: no target/lambda/$f/bootstrap" >&2; exit 1; }
+    test -x "${CARGO_TARGET_DIR:-target}/lambda/$f/bootstrap" || { echo "FAIL: no ${CARGO_TARGET_DIR:-target}/lambda/$f/bootstrap" >&2; exit 1; }
   done
 fi
 
@@ -55,7 +55,7 @@ if $packaged; then
   for f in $functions; do
     AWS_LAMBDA_RUNTIME_API="http://127.0.0.1:$LAMBDA_TEST_PORT/.rt/$f" AWS_LAMBDA_FUNCTION_NAME=$f \
       AWS_LAMBDA_FUNCTION_VERSION=1 AWS_LAMBDA_FUNCTION_MEMORY_SIZE=128 \
-      "target/lambda/$f/bootstrap" > ".llmo/stack/lambda-$f.log" 2>&1 &
+      "${CARGO_TARGET_DIR:-target}/lambda/$f/bootstrap" > ".llmo/stack/lambda-$f.log" 2>&1 &
     pids+=($!)
   done
   sleep 0.5

@@ -16,8 +16,8 @@ cd "$(dirname "$0")/.."
 smoke=false
 [ "${1:-}" = --smoke ] && smoke=true
 profile=${PROFILE:-dev}
-dir=debug
-[ "$profile" = release ] && dir=release
+dir=${CARGO_TARGET_DIR:-target}/debug
+[ "$profile" = release ] && dir=${CARGO_TARGET_DIR:-target}/release
 addr=${LLMO_API_ADDR:-127.0.0.1:8080}
 
 echo "== building the functions and the CLI ($profile profile)"
@@ -36,19 +36,19 @@ trap stop EXIT
 trap 'exit 130' INT TERM
 set -a
 eval "$(localstack/stack.sh env)"
-eval "$("target/$dir/examples/provision")"
+eval "$("$dir/examples/provision")"
 LLMO_MOCK=${LLMO_MOCK:-1}
 set +a
 echo "   table $LLMO_TABLE, queue $LLMO_QUEUE_URL, bucket $LLMO_BUCKET"
 
 log=.llmo/stack
-"target/$dir/api" --local --addr "$addr" > "$log/api.log" 2>&1 &
+"$dir/api" --local --addr "$addr" > "$log/api.log" 2>&1 &
 pids+=($!)
 for i in 1 2; do
-  "target/$dir/step" --local > "$log/step-$i.log" 2>&1 &
+  "$dir/step" --local > "$log/step-$i.log" 2>&1 &
   pids+=($!)
 done
-"target/$dir/dlq" --local > "$log/dlq.log" 2>&1 &
+"$dir/dlq" --local > "$log/dlq.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 1 100); do
   curl -sf -o /dev/null "http://$addr/workflows" && break
@@ -58,7 +58,7 @@ curl -sf -o /dev/null "http://$addr/workflows" || { echo "the api did not start:
 echo "== api on http://$addr, 2 step workers, dlq (logs in $log/)"
 
 if $smoke; then
-  out=$("target/$dir/llmo" submit workflows/simple-inference.yaml -i question="What is a DAG?" \
+  out=$("$dir/llmo" submit workflows/simple-inference.yaml -i question="What is a DAG?" \
     --api "http://$addr" --wait)
   echo "$out"
   echo "$out" | grep -q '"answer"' || { echo "FAIL: the run did not end with its outputs" >&2; exit 1; }
