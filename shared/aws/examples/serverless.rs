@@ -209,7 +209,10 @@ async fn main() {
             + (u.wru / n) * price::DYNAMODB_PER_WRU
             + (u.rru / n) * price::DYNAMODB_PER_RRU
             + (u.s3_requests as f64 / n) * price::S3_PER_PUT
-            + inv * (price::LAMBDA_PER_REQUEST + price::LAMBDA_PER_INVOCATION_20MS_128MB);
+            // Compute is charged per invocation and per step (20 ms each at 128 MB): an
+            // invocation that steps a chain in place runs longer.
+            + inv * (price::LAMBDA_PER_REQUEST + price::LAMBDA_PER_INVOCATION_20MS_128MB)
+            + price::LAMBDA_PER_INVOCATION_20MS_128MB;
         let per = r.secs / n;
         println!(
             "| {} | {} | {:.1} | {:.0} | {:.2} | {:.2}x | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.4} | {} | ${:.3} |",

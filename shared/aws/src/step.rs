@@ -10,7 +10,7 @@ use llmo_core::engine::Event;
 use llmo_runtime::executor::Registry;
 use llmo_runtime::ports::SystemClock;
 use llmo_runtime::queue::{Delivery, Message};
-use llmo_runtime::worker::Worker;
+use llmo_runtime::worker::{Continue, Worker};
 
 use crate::config::Aws;
 use crate::dynamo::DynamoStore;
@@ -22,6 +22,12 @@ pub struct Step {
     pub queue: Arc<SqsQueue>,
     /// The queue's visibility timeout; a step running longer than a third of it extends it.
     pub visibility_secs: i32,
+    /// How long an invocation goes on stepping, in place, the one attempt a step asks for
+    /// next (a chain), instead of sending it through the queue; 0 turns it off
+    /// (`LLMO_CONTINUE_MS`, default 5000). See `Worker::handle_batch_continuing`.
+    pub continue_ms: u64,
+    /// At most this many steps in place per invocation (`LLMO_CONTINUE_STEPS`, default 100).
+    pub continue_steps: usize,
 }
 
 impl Step {
@@ -29,8 +35,14 @@ impl Step {
         let queue = Arc::new(SqsQueue::new(aws.clone()));
         let store = Arc::new(DynamoStore::new(aws.clone()));
         let worker = Worker::from_stored(store, queue.clone(), Arc::new(executors), Arc::new(SystemClock::default()));
-        let visibility_secs = std::env::var("LLMO_VISIBILITY_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(60);
-        Step { worker, queue, visibility_secs }
+        let var = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u64>().ok());
+        Step {
+            worker,
+            queue,
+            visibility_secs: var("LLMO_VISIBILITY_SECS").unwrap_or(60) as i32,
+            continue_ms: var("LLMO_CONTINUE_MS").unwrap_or(5000),
+            continue_steps: var("LLMO_CONTINUE_STEPS").unwrap_or(100) as usize,
+        }
     }
 
     /// Handles a batch: the records that failed are reported (`ReportBatchItemFailures`) and
@@ -64,7 +76,18 @@ impl Step {
         let deliveries: Vec<Delivery> = ready.iter().map(|(_, d)| d.clone()).collect();
         let receipts: Vec<String> = deliveries.iter().map(|d| d.receipt.clone()).collect();
         let heartbeat = self.heartbeat(receipts);
-        let results = self.worker.handle_batch(&deliveries).await;
+        // The batch's messages stay unacknowledged (and, by the heartbeat, invisible) while
+        // the work they lead to is stepped in place: they are its lease.
+        let results = if self.continue_ms == 0 {
+            self.worker.handle_batch(&deliveries).await
+        } else {
+            let c = Continue {
+                max_rounds: self.continue_steps,
+                max_messages: 1,
+                until: llmo_runtime::ports::now_ms() + self.continue_ms,
+            };
+            self.worker.handle_batch_continuing(&deliveries, c).await
+        };
         heartbeat.abort();
         for ((id, d), r) in ready.iter().zip(results) {
             match r {

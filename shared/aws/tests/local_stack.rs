@@ -204,14 +204,28 @@ spec:
     - { id: t9, type: transform, depends_on: [t8], with: { output: 9 } }
 "#;
 
+fn long_chain(n: usize) -> String {
+    let mut s = String::from(
+        "apiVersion: llm-orchestrator/v1\nkind: Workflow\nmetadata: { name: long-chain }\nspec:\n  tasks:\n",
+    );
+    for i in 0..n {
+        let dep = if i == 0 { String::new() } else { format!(", depends_on: [t{}]", i - 1) };
+        s.push_str(&format!("    - {{ id: t{i}, type: transform{dep}, with: {{ output: {i} }} }}\n"));
+    }
+    s
+}
+
 /// A cancel through the API stops the run: no transition after it, the rest cancelled, and
 /// the same start key never starts a second run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cancel_stops_a_run_and_a_start_key_starts_one_run() {
     let Some(aws) = aws().await else { return };
+    // Long enough that the cancel lands mid-run although a worker steps a chain in place.
+    let chain = long_chain(400);
+    let chain = chain.as_str();
     let aws = stack(&aws, 30, 5).await;
     let api = api(&aws);
-    let body = json!({"source": CHAIN, "idempotency_key": "k-1"});
+    let body = json!({"source": chain, "idempotency_key": "k-1"});
     let (code, v) = call(&api, "POST", "/runs", Some(body.clone())).await;
     assert_eq!(code, 201, "{v}");
     let run_id = v["run_id"].as_str().unwrap().to_string();
@@ -236,7 +250,7 @@ async fn cancel_stops_a_run_and_a_start_key_starts_one_run() {
     let got = wait_end(&api, &run_id, 10).await;
     assert_eq!(got["status"], "cancelled", "{got}");
     let (initial, log) = initial_and_log(&aws, &run_id).await;
-    let st = check_log(&plan(CHAIN), &log, initial);
+    let st = check_log(&plan(chain), &log, initial);
     assert_eq!(st.status, RunStatus::Cancelled);
     assert_eq!(log.last().unwrap().event, Event::Cancel, "nothing was stored after the cancel");
     let tasks = got["tasks"].as_array().unwrap();

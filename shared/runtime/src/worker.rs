@@ -22,7 +22,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use llmo_core::engine::{Command, Event, Plan, RunState, RunStatus, TaskStatus, finished_key};
+use llmo_core::engine::{Command, Event, Millis, Plan, RunState, RunStatus, TaskStatus, finished_key};
 use llmo_core::source::SourceFile;
 use llmo_core::validate::Validator;
 use sha2::{Digest, Sha256};
@@ -55,6 +55,18 @@ pub enum Outcome {
     Applied(u64),
     /// Nothing new to store; re-sent what an earlier transition asked for (if anything).
     Replayed,
+}
+
+/// How far [`Worker::handle_batch_continuing`] goes on in place.
+#[derive(Debug, Clone, Copy)]
+pub struct Continue {
+    /// Rounds of steps after the batch's own.
+    pub max_rounds: usize,
+    /// A round whose steps ask for more attempts than this sends them all instead (wide work
+    /// is spread over workers by the queue).
+    pub max_messages: usize,
+    /// Clock time after which no further round starts.
+    pub until: Millis,
 }
 
 /// Finds the plan of a run by its id (`None`: build it from the workflow text stored with
@@ -110,6 +122,59 @@ impl Worker {
     /// Handles a batch of deliveries: one result per delivery, in order. The messages of one
     /// run make one step (one load, concurrent attempts, one write); runs go concurrently.
     pub async fn handle_batch(&self, ds: &[Delivery]) -> Vec<Result<Outcome, Error>> {
+        self.handle_batch_with(ds, None).await
+    }
+
+    /// [`Worker::handle_batch`], then the work it caused, in place: while a round's steps
+    /// ask for at most `c.max_messages` attempts to run now (a chain asks for one), they are
+    /// stepped here instead of being sent, for at most `c.max_rounds` rounds or until
+    /// `c.until` (clock time). What is left is sent. This saves a queue round trip (a send, a
+    /// receive, a delete and an invocation) per step of a chain.
+    ///
+    /// The caller must keep the batch's messages unacknowledged (and invisible) until this
+    /// returns: they are the lease on the work done in place. If this process dies, they are
+    /// delivered again, and a delivered `Execute` whose attempt already finished re-sends what
+    /// its finishing transition asked for (`Plan::replay`), which recovers the next step
+    /// and, one step at a time, the rest.
+    pub async fn handle_batch_continuing(&self, ds: &[Delivery], c: Continue) -> Vec<Result<Outcome, Error>> {
+        let kept = Mutex::new(Vec::new());
+        let mut results = self.handle_batch_with(ds, Some(&kept)).await;
+        let mut pending = kept.into_inner().expect("kept messages");
+        let mut rounds = 0;
+        while !pending.is_empty()
+            && pending.len() <= c.max_messages
+            && rounds < c.max_rounds
+            && self.clock.now() < c.until
+        {
+            rounds += 1;
+            let round: Vec<Delivery> = pending
+                .drain(..)
+                .map(|message| Delivery { receipt: String::new(), message, receive_count: 1 })
+                .collect();
+            let kept = Mutex::new(Vec::new());
+            let done = self.handle_batch_with(&round, Some(&kept)).await;
+            pending = kept.into_inner().expect("kept messages");
+            // A step that failed here goes through the queue, as it would have.
+            pending.extend(round.into_iter().zip(done).filter(|(_, r)| r.is_err()).map(|(d, _)| d.message));
+        }
+        if !pending.is_empty() {
+            let out: Vec<(Message, Millis)> = pending.into_iter().map(|m| (m, 0)).collect();
+            if let Err(e) = self.queue.send_batch(&out).await {
+                // Not acknowledged: the batch is delivered again and replays what was lost.
+                let why = e.to_string();
+                for (d, r) in ds.iter().zip(results.iter_mut()) {
+                    *r = Err(Error::Step(d.message.run_id().to_string(), why.clone()));
+                }
+            }
+        }
+        results
+    }
+
+    async fn handle_batch_with(
+        &self,
+        ds: &[Delivery],
+        keep: Option<&Mutex<Vec<Message>>>,
+    ) -> Vec<Result<Outcome, Error>> {
         let mut groups: Vec<(&str, Vec<usize>)> = Vec::new();
         for (i, d) in ds.iter().enumerate() {
             let run = d.message.run_id();
@@ -119,8 +184,8 @@ impl Worker {
             }
         }
         let steps = groups.iter().map(|(run, idx)| {
-            let msgs: Vec<&Message> = idx.iter().map(|&i| &ds[i].message).collect();
-            async move { self.step(run, &msgs).await }
+            let msgs: Vec<(&Message, bool)> = idx.iter().map(|&i| (&ds[i].message, ds[i].receive_count > 1)).collect();
+            async move { self.step(run, &msgs, keep).await }
         });
         let done = futures::future::join_all(steps).await;
         let mut out: Vec<Option<Result<Outcome, Error>>> = (0..ds.len()).map(|_| None).collect();
@@ -140,24 +205,40 @@ impl Worker {
     }
 
     /// One step of one run over its messages in this batch.
-    async fn step(&self, run_id: &str, msgs: &[&Message]) -> Result<Outcome, Error> {
+    /// Each message comes with whether it was delivered before (it may then be the lease of
+    /// a chain stepped in place by a worker that died: see `Plan::replay_chain`).
+    async fn step(
+        &self,
+        run_id: &str,
+        msgs: &[(&Message, bool)],
+        keep: Option<&Mutex<Vec<Message>>>,
+    ) -> Result<Outcome, Error> {
         let (plan, mut st) = self.load(run_id).await?;
         let mut events: Vec<Event> = Vec::new();
         let mut owed: Vec<String> = Vec::new();
+        // Keys of redelivered messages: what they owe is followed through finished work.
+        let mut again: Vec<String> = Vec::new();
         let mut attempts: Vec<(usize, Option<u32>, u32)> = Vec::new();
-        for m in msgs {
+        for &(m, redelivered) in msgs {
             match m {
                 Message::Event { event, .. } => {
+                    if redelivered {
+                        again.push(event.key());
+                    }
                     if !events.iter().any(|e| e.key() == event.key()) {
                         events.push(event.clone());
                     }
                 }
-                &&Message::Execute { task, item, attempt, .. } => {
+                &Message::Execute { task, item, attempt, .. } => {
                     let unit = st.tasks.get(task).and_then(|t| t.units.get(item.unwrap_or(0) as usize));
                     let live = st.status == RunStatus::Running
                         && unit.is_some_and(|u| u.status == TaskStatus::Running && u.attempt == attempt);
                     if !live {
-                        owed.push(finished_key(task, item, attempt));
+                        let key = finished_key(task, item, attempt);
+                        if redelivered {
+                            again.push(key.clone());
+                        }
+                        owed.push(key);
                     } else if !attempts.contains(&(task, item, attempt)) {
                         attempts.push((task, item, attempt));
                     }
@@ -205,21 +286,22 @@ impl Worker {
                 }
             }
             for k in &keys {
-                for c in plan.replay(&next, k) {
+                let owed_now = if again.contains(k) { plan.replay_chain(&next, k) } else { plan.replay(&next, k) };
+                for c in owed_now {
                     if !cmds.contains(&c) {
                         cmds.push(c);
                     }
                 }
             }
             if log.is_empty() {
-                self.send(&plan, &next, cmds).await?;
+                self.send(&plan, &next, cmds, keep).await?;
                 return Ok(Outcome::Replayed);
             }
             match self.store.append(expected, &log, &next).await {
                 Ok(true) => {
                     let version = next.version;
                     self.remember(&plan, &next);
-                    self.send(&plan, &next, cmds).await?;
+                    self.send(&plan, &next, cmds, keep).await?;
                     return Ok(Outcome::Applied(version));
                 }
                 Ok(false) => st = self.load(run_id).await?.1,
@@ -287,14 +369,26 @@ impl Worker {
         runs.insert(st.run_id.clone(), Cached { plan: plan.clone(), state: st.clone() });
     }
 
-    async fn send(&self, plan: &Arc<Plan>, st: &RunState, cmds: Vec<Command>) -> Result<(), Error> {
+    /// Carries out a step's commands; with `keep`, the attempts to run now are put there
+    /// instead of on the queue (see [`Worker::handle_batch_continuing`]).
+    async fn send(
+        &self,
+        plan: &Arc<Plan>,
+        st: &RunState,
+        cmds: Vec<Command>,
+        keep: Option<&Mutex<Vec<Message>>>,
+    ) -> Result<(), Error> {
         let run_id = &st.run_id;
         let mut out = Vec::new();
         let mut finished = None;
         for c in cmds {
             match c {
                 Command::Execute { task, item, attempt } => {
-                    out.push((Message::Execute { run_id: run_id.clone(), task, item, attempt }, 0));
+                    let m = Message::Execute { run_id: run_id.clone(), task, item, attempt };
+                    match keep {
+                        Some(k) => k.lock().expect("kept messages").push(m),
+                        None => out.push((m, 0)),
+                    }
                 }
                 Command::ScheduleRetry { task, item, attempt, at } => {
                     let delay = at.saturating_sub(self.clock.now());

@@ -24,7 +24,7 @@ use llmo_core::validate::Validator;
 use llmo_runtime::executor::{Attempt, Executor, Registry};
 use llmo_runtime::queue::{Delivery, ManualClock, MemoryQueue, Message, Queue, QueueError};
 use llmo_runtime::store::{self, MemoryStore, RunStore, RunSummary, StoredRun, Transition, rebuild};
-use llmo_runtime::worker::Worker;
+use llmo_runtime::worker::{Continue, Worker};
 use serde_json::{Value, json};
 
 const WORKFLOW: &str = r#"
@@ -304,7 +304,22 @@ async fn simulate(plan: Arc<Plan>, seed: u64, faults: Faults) -> Report {
                 queue.duplicate(&d.receipt);
             }
         }
-        let results = worker.handle_batch(&ds).await;
+        // In one seed in three the worker also steps in place the work its batch causes
+        // (as the step function does), holding the batch unacknowledged meanwhile.
+        let results = if seed % 3 == 0 {
+            let (rounds, width) = {
+                let mut r = rng.lock().unwrap();
+                ((r.next() % 6) as usize, 1 + (r.next() % 3) as usize)
+            };
+            let c = Continue {
+                max_rounds: rounds,
+                max_messages: width,
+                until: llmo_runtime::ports::Clock::now(clock.as_ref()) + 1,
+            };
+            worker.handle_batch_continuing(&ds, c).await
+        } else {
+            worker.handle_batch(&ds).await
+        };
         for (d, r) in ds.iter().zip(results) {
             if r.is_ok() && !chance(&rng, faults.crash_before_ack) {
                 queue.ack(&d.receipt).await.unwrap();

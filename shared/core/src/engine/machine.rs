@@ -257,6 +257,38 @@ impl Plan {
         cmds
     }
 
+    /// [`Plan::replay`] followed through the work `key`'s transition caused that has finished
+    /// since: what `key` still owes, and what each of those finished attempts' transitions
+    /// still owes, transitively. A worker that stepped a chain in place under one message
+    /// (its lease) and died leaves the chain's last commands unsent; the lease's next delivery
+    /// finds them here.
+    pub fn replay_chain(&self, st: &RunState, key: &str) -> Vec<Command> {
+        let mut cmds = Vec::new();
+        let mut keys = vec![key.to_string()];
+        let mut seen = std::collections::HashSet::new();
+        while let Some(k) = keys.pop() {
+            if !seen.insert(k.clone()) {
+                continue;
+            }
+            cmds.extend(self.replay(st, &k));
+            // Attempts `k`'s transition started that have finished since: their results'
+            // transitions may owe commands too.
+            for (i, ts) in st.tasks.iter().enumerate() {
+                let for_each = self.checked.workflow.spec.tasks[i].for_each.is_some();
+                for (n, u) in ts.units.iter().enumerate() {
+                    for (j, c) in u.started_by.iter().enumerate() {
+                        let attempt = j as u32 + 1;
+                        let running = attempt == u.attempt && u.status == TaskStatus::Running;
+                        if c == &k && !running {
+                            keys.push(finished_key(i, for_each.then_some(n as u32), attempt));
+                        }
+                    }
+                }
+            }
+        }
+        cmds
+    }
+
     /// Every command whose effect the state still waits for: an `Execute` per running unit
     /// and a `ScheduleRetry` per unit waiting to retry. A runtime resuming a run after a
     /// crash sends these (running attempts run again: delivery is at least once).
@@ -814,6 +846,7 @@ impl Transition<'_, '_> {
                 u.status = TaskStatus::Running;
                 u.attempt += 1;
                 u.cause = Some(self.cause.clone());
+                u.started_by.push(self.cause.clone());
                 ts.attempts += 1;
                 let attempt = u.attempt;
                 self.st.running += 1;

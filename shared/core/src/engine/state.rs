@@ -91,11 +91,24 @@ pub struct Unit {
     /// [`crate::engine::Plan::replay`] finds them here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cause: Option<String>,
+    /// Key of the event whose transition started each attempt (attempt 1 first), so that
+    /// [`crate::engine::Plan::replay_chain`] can follow work through finished attempts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub started_by: Vec<String>,
 }
 
 impl Unit {
     pub fn new(item: Option<Value>) -> Self {
-        Unit { status: TaskStatus::Pending, attempt: 0, item, output: None, error: None, retry_at: None, cause: None }
+        Unit {
+            status: TaskStatus::Pending,
+            attempt: 0,
+            item,
+            output: None,
+            error: None,
+            retry_at: None,
+            cause: None,
+            started_by: Vec::new(),
+        }
     }
 }
 
