@@ -18,6 +18,11 @@
 //!
 //! A crash anywhere leaves messages unacknowledged; they are delivered again and the steps
 //! above make the second delivery finish the work without doing any transition twice.
+//!
+//! `handle_batch_continuing` also steps, in place, the one attempt a step asks for next (a
+//! chain) while the batch's messages stay unacknowledged as the lease on that work; a message
+//! delivered again replays what its transition owes through the attempts it started that have
+//! finished since (`Plan::replay_chain`), which recovers work lost with a dead worker.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
