@@ -81,11 +81,8 @@ impl Step {
         let results = if self.continue_ms == 0 {
             self.worker.handle_batch(&deliveries).await
         } else {
-            let c = Continue {
-                max_rounds: self.continue_steps,
-                max_messages: 1,
-                until: llmo_runtime::ports::now_ms() + self.continue_ms,
-            };
+            let c =
+                Continue { max_rounds: self.continue_steps, until: llmo_runtime::ports::now_ms() + self.continue_ms };
             self.worker.handle_batch_continuing(&deliveries, c).await
         };
         heartbeat.abort();

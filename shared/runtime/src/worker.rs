@@ -67,9 +67,6 @@ pub enum Outcome {
 pub struct Continue {
     /// Rounds of steps after the batch's own.
     pub max_rounds: usize,
-    /// A round whose steps ask for more attempts than this sends them all instead (wide work
-    /// is spread over workers by the queue).
-    pub max_messages: usize,
     /// Clock time after which no further round starts.
     pub until: Millis,
 }
@@ -131,26 +128,22 @@ impl Worker {
     }
 
     /// [`Worker::handle_batch`], then the work it caused, in place: while a round's steps
-    /// ask for at most `c.max_messages` attempts to run now (a chain asks for one), they are
-    /// stepped here instead of being sent, for at most `c.max_rounds` rounds or until
-    /// `c.until` (clock time). What is left is sent. This saves a queue round trip (a send, a
-    /// receive, a delete and an invocation) per step of a chain.
+    /// ask for exactly one attempt to run now (a chain), it is stepped here instead of being
+    /// sent, for at most `c.max_rounds` rounds or until `c.until` (clock time). What is left
+    /// is sent; wider work goes through the queue, spread over workers. This saves a queue
+    /// round trip (a send, a receive, a delete and an invocation) per step of a chain.
     ///
     /// The caller must keep the batch's messages unacknowledged (and invisible) until this
     /// returns: they are the lease on the work done in place. If this process dies, they are
-    /// delivered again, and a delivered `Execute` whose attempt already finished re-sends what
-    /// its finishing transition asked for (`Plan::replay`), which recovers the next step
-    /// and, one step at a time, the rest.
+    /// delivered again, and a message delivered again whose transition is already applied
+    /// sends what that transition owes followed along the chain (`Plan::replay_chain`), which
+    /// recovers the step in place that was lost.
     pub async fn handle_batch_continuing(&self, ds: &[Delivery], c: Continue) -> Vec<Result<Outcome, Error>> {
         let kept = Mutex::new(Vec::new());
         let mut results = self.handle_batch_with(ds, Some(&kept)).await;
         let mut pending = kept.into_inner().expect("kept messages");
         let mut rounds = 0;
-        while !pending.is_empty()
-            && pending.len() <= c.max_messages
-            && rounds < c.max_rounds
-            && self.clock.now() < c.until
-        {
+        while pending.len() == 1 && rounds < c.max_rounds && self.clock.now() < c.until {
             rounds += 1;
             let round: Vec<Delivery> = pending
                 .drain(..)

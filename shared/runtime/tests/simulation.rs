@@ -307,15 +307,8 @@ async fn simulate(plan: Arc<Plan>, seed: u64, faults: Faults) -> Report {
         // In one seed in three the worker also steps in place the work its batch causes
         // (as the step function does), holding the batch unacknowledged meanwhile.
         let results = if seed % 3 == 0 {
-            let (rounds, width) = {
-                let mut r = rng.lock().unwrap();
-                ((r.next() % 6) as usize, 1 + (r.next() % 3) as usize)
-            };
-            let c = Continue {
-                max_rounds: rounds,
-                max_messages: width,
-                until: llmo_runtime::ports::Clock::now(clock.as_ref()) + 1,
-            };
+            let rounds = (rng.lock().unwrap().next() % 6) as usize;
+            let c = Continue { max_rounds: rounds, until: llmo_runtime::ports::Clock::now(clock.as_ref()) + 1 };
             worker.handle_batch_continuing(&ds, c).await
         } else {
             worker.handle_batch(&ds).await

@@ -260,8 +260,10 @@ impl Plan {
     /// [`Plan::replay`] followed through the work `key`'s transition caused that has finished
     /// since: what `key` still owes, and what each of those finished attempts' transitions
     /// still owes, transitively. A worker that stepped a chain in place under one message
-    /// (its lease) and died leaves the chain's last commands unsent; the lease's next delivery
-    /// finds them here.
+    /// (its lease: see the runtime's `Worker::handle_batch_continuing`) and died leaves the
+    /// chain's last commands unsent; the lease's next delivery finds them here. It may also
+    /// re-send attempts whose messages are still on the queue (sending twice is harmless,
+    /// but such an attempt may run twice).
     pub fn replay_chain(&self, st: &RunState, key: &str) -> Vec<Command> {
         let mut cmds = Vec::new();
         let mut keys = vec![key.to_string()];
