@@ -142,6 +142,7 @@ impl Worker {
         let kept = Mutex::new(Vec::new());
         let mut results = self.handle_batch_with(ds, Some(&kept)).await;
         let mut pending = kept.into_inner().expect("kept messages");
+        let mut failed = Vec::new();
         let mut rounds = 0;
         while pending.len() == 1 && rounds < c.max_rounds && self.clock.now() < c.until {
             rounds += 1;
@@ -152,9 +153,10 @@ impl Worker {
             let kept = Mutex::new(Vec::new());
             let done = self.handle_batch_with(&round, Some(&kept)).await;
             pending = kept.into_inner().expect("kept messages");
-            // A step that failed here goes through the queue, as it would have.
-            pending.extend(round.into_iter().zip(done).filter(|(_, r)| r.is_err()).map(|(d, _)| d.message));
+            // A step that failed here goes through the queue (and its retries), as it would have.
+            failed.extend(round.into_iter().zip(done).filter(|(_, r)| r.is_err()).map(|(d, _)| d.message));
         }
+        pending.extend(failed);
         if !pending.is_empty() {
             let out: Vec<(Message, Millis)> = pending.into_iter().map(|m| (m, 0)).collect();
             if let Err(e) = self.queue.send_batch(&out).await {
