@@ -52,7 +52,9 @@ lint:
 # functions/lambda-test.sh then runs the four functions under `cargo lambda watch` and invokes
 # them with real event payloads.
 # Last, the one-command local system (localstack/run-local.sh) answers `llmo submit --wait`.
+# The test binaries are built first, before the local AWS is started.
 unit:
+	$(CARGO) test --workspace --locked --no-run
 	LLMO_SECRET_TICKETS_TOKEN=offline localstack/with-stack.sh \
 	  sh -c '$(CARGO) test --workspace --locked && functions/lambda-test.sh'
 	LLMO_API_ADDR=127.0.0.1:18080 localstack/run-local.sh --smoke
