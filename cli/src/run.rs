@@ -260,7 +260,7 @@ fn describe(plan: &Plan, t: &Transition) -> Value {
         Event::Abort { reason } => format!("aborted: {reason}"),
         Event::Tick => "tick".to_string(),
         Event::RetryDue { task, item, attempt } => format!("{} retry due (attempt {})", id(*task, *item), attempt + 1),
-        Event::AttemptFinished { task, item, attempt, result } => match result {
+        Event::AttemptFinished { task, item, attempt, result, .. } => match result {
             llmo_core::engine::AttemptResult::Succeeded { .. } => {
                 format!("{} attempt {attempt} succeeded", id(*task, *item))
             }

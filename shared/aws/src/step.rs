@@ -185,7 +185,7 @@ impl DeadLetters {
                 let item = v.get("item").and_then(|i| i.as_u64()).map(|i| i as u32);
                 let attempt = v.get("attempt")?.as_u64()? as u32;
                 let result = llmo_runtime::executor::failed(llmo_core::engine::builtin::TaskError::fatal(reason));
-                Event::AttemptFinished { task, item, attempt, result }
+                Event::finished(task, item, attempt, result)
             }
             _ => Event::Abort { reason },
         };

@@ -24,7 +24,7 @@ fn run(plan: &Plan) -> usize {
         if let Command::Execute { task, item, attempt } = c {
             executed += 1;
             let result = AttemptResult::Succeeded { output: Value::Null, usage: Usage::default() };
-            let event = Event::AttemptFinished { task, item, attempt, result };
+            let event = Event::finished(task, item, attempt, result);
             queue.extend(plan.apply(&mut st, &event, 0).unwrap());
         }
     }

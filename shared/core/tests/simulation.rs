@@ -212,7 +212,7 @@ impl<'p> Sim<'p> {
                     return;
                 }
                 let result = self.execute(task, item, attempt);
-                Event::AttemptFinished { task, item, attempt, result }
+                Event::finished(task, item, attempt, result)
             }
         };
         loop {

@@ -292,7 +292,7 @@ impl Driver {
                 let (task_id, ty, exec) = &t.tasks[task];
                 let Some(exec) = exec.clone() else {
                     let r = failed(TaskError::fatal(format!("no executor is registered for task type `{ty}`")));
-                    t.inbox.push(Event::AttemptFinished { task, item, attempt, result: r });
+                    t.inbox.push(Event::finished(task, item, attempt, r));
                     return;
                 };
                 let ids = (t.run_id.clone(), task_id.clone(), ty.clone());
@@ -300,13 +300,13 @@ impl Driver {
                 let a = match build_attempt(&self.plan, &t.st, parts, ids, task, item, attempt, exec.as_ref()) {
                     Ok(a) => a,
                     Err(r) => {
-                        t.inbox.push(Event::AttemptFinished { task, item, attempt, result: r });
+                        t.inbox.push(Event::finished(task, item, attempt, r));
                         return;
                     }
                 };
                 if exec.inline() {
                     let result = exec.execute(&a).await;
-                    t.inbox.push(Event::AttemptFinished { task, item, attempt, result });
+                    t.inbox.push(Event::finished(task, item, attempt, result));
                     return;
                 }
                 let tx = t.tx.clone();
@@ -314,7 +314,7 @@ impl Driver {
                 let handle = tokio::spawn(async move {
                     let Ok(_permit) = sem.acquire_owned().await else { return };
                     let result = run_with_timeout(exec.as_ref(), &a).await;
-                    let _ = tx.send(Event::AttemptFinished { task, item, attempt, result });
+                    let _ = tx.send(Event::finished(task, item, attempt, result));
                 });
                 if let Some(old) = t.running.insert((task, item), handle) {
                     old.abort();

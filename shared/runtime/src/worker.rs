@@ -22,7 +22,7 @@
 //! `handle_batch_continuing` also steps, in place, the one attempt a step asks for next (a
 //! chain) while the batch's messages stay unacknowledged as the lease on that work; a message
 //! delivered again replays what its transition owes through the attempts it started that have
-//! finished since (`Plan::replay_chain`), which recovers work lost with a dead worker.
+//! finished in place since (`Plan::replay_chain`), which recovers work lost with a dead worker.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -124,7 +124,7 @@ impl Worker {
     /// Handles a batch of deliveries: one result per delivery, in order. The messages of one
     /// run make one step (one load, concurrent attempts, one write); runs go concurrently.
     pub async fn handle_batch(&self, ds: &[Delivery]) -> Vec<Result<Outcome, Error>> {
-        self.handle_batch_with(ds, None).await
+        self.handle_batch_with(ds, None, false).await
     }
 
     /// [`Worker::handle_batch`], then the work it caused, in place: while a round's steps
@@ -140,7 +140,7 @@ impl Worker {
     /// recovers the step in place that was lost.
     pub async fn handle_batch_continuing(&self, ds: &[Delivery], c: Continue) -> Vec<Result<Outcome, Error>> {
         let kept = Mutex::new(Vec::new());
-        let mut results = self.handle_batch_with(ds, Some(&kept)).await;
+        let mut results = self.handle_batch_with(ds, Some(&kept), false).await;
         let mut pending = kept.into_inner().expect("kept messages");
         let mut failed = Vec::new();
         let mut rounds = 0;
@@ -151,7 +151,7 @@ impl Worker {
                 .map(|message| Delivery { receipt: String::new(), message, receive_count: 1 })
                 .collect();
             let kept = Mutex::new(Vec::new());
-            let done = self.handle_batch_with(&round, Some(&kept)).await;
+            let done = self.handle_batch_with(&round, Some(&kept), true).await;
             pending = kept.into_inner().expect("kept messages");
             // A step that failed here goes through the queue (and its retries), as it would have.
             failed.extend(round.into_iter().zip(done).filter(|(_, r)| r.is_err()).map(|(d, _)| d.message));
@@ -170,10 +170,12 @@ impl Worker {
         results
     }
 
+    /// `in_place`: `ds` are attempts kept by the previous round, never sent to the queue.
     async fn handle_batch_with(
         &self,
         ds: &[Delivery],
         keep: Option<&Mutex<Vec<Message>>>,
+        in_place: bool,
     ) -> Vec<Result<Outcome, Error>> {
         let mut groups: Vec<(&str, Vec<usize>)> = Vec::new();
         for (i, d) in ds.iter().enumerate() {
@@ -185,7 +187,7 @@ impl Worker {
         }
         let steps = groups.iter().map(|(run, idx)| {
             let msgs: Vec<(&Message, bool)> = idx.iter().map(|&i| (&ds[i].message, ds[i].receive_count > 1)).collect();
-            async move { self.step(run, &msgs, keep).await }
+            async move { self.step(run, &msgs, keep, in_place).await }
         });
         let done = futures::future::join_all(steps).await;
         let mut out: Vec<Option<Result<Outcome, Error>>> = (0..ds.len()).map(|_| None).collect();
@@ -212,6 +214,7 @@ impl Worker {
         run_id: &str,
         msgs: &[(&Message, bool)],
         keep: Option<&Mutex<Vec<Message>>>,
+        in_place: bool,
     ) -> Result<Outcome, Error> {
         let (plan, mut st) = self.load(run_id).await?;
         let mut events: Vec<Event> = Vec::new();
@@ -264,7 +267,7 @@ impl Worker {
                             }
                         }
                     };
-                    Event::AttemptFinished { task, item, attempt, result }
+                    Event::AttemptFinished { task, item, attempt, result, in_place }
                 }
             });
             events.extend(futures::future::join_all(runs).await);

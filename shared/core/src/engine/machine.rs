@@ -257,13 +257,13 @@ impl Plan {
         cmds
     }
 
-    /// [`Plan::replay`] followed through the work `key`'s transition caused that has finished
-    /// since: what `key` still owes, and what each of those finished attempts' transitions
-    /// still owes, transitively. A worker that stepped a chain in place under one message
-    /// (its lease: see the runtime's `Worker::handle_batch_continuing`) and died leaves the
-    /// chain's last commands unsent; the lease's next delivery finds them here. It may also
-    /// re-send attempts whose messages are still on the queue (sending twice is harmless,
-    /// but such an attempt may run twice).
+    /// [`Plan::replay`] followed through the attempts `key`'s transition started that have
+    /// finished in place since: what `key` still owes, and what each of those attempts'
+    /// transitions still owes, transitively. A worker that stepped a chain in place under one
+    /// message (its lease: see the runtime's `Worker::handle_batch_continuing`) and died
+    /// leaves the chain's last commands unsent; the lease's next delivery finds them here.
+    /// An attempt that went through the queue is not followed: its own message is the lease
+    /// on what its transition owes.
     pub fn replay_chain(&self, st: &RunState, key: &str) -> Vec<Command> {
         let mut cmds = Vec::new();
         let mut keys = vec![key.to_string()];
@@ -273,15 +273,13 @@ impl Plan {
                 continue;
             }
             cmds.extend(self.replay(st, &k));
-            // Attempts `k`'s transition started that have finished since: their results'
-            // transitions may owe commands too.
+            // Attempts `k`'s transition started that have finished in place since: their
+            // results' transitions may owe commands too.
             for (i, ts) in st.tasks.iter().enumerate() {
                 let for_each = self.checked.workflow.spec.tasks[i].for_each.is_some();
                 for (n, u) in ts.units.iter().enumerate() {
-                    for (j, c) in u.started_by.iter().enumerate() {
-                        let attempt = j as u32 + 1;
-                        let running = attempt == u.attempt && u.status == TaskStatus::Running;
-                        if c == &k && !running {
+                    for &attempt in &u.in_place {
+                        if u.started_by.get(attempt as usize - 1) == Some(&k) {
                             keys.push(finished_key(i, for_each.then_some(n as u32), attempt));
                         }
                     }
@@ -554,11 +552,14 @@ impl Transition<'_, '_> {
                 self.work = (0..self.plan.task_count()).filter(|&i| self.plan.deps[i].is_empty()).collect();
                 self.advance();
             }
-            Event::AttemptFinished { task, item, attempt, result } => {
+            Event::AttemptFinished { task, item, attempt, result, in_place } => {
                 self.running()?;
                 let unit = self.unit(*task, *item)?;
                 if unit.status != TaskStatus::Running || unit.attempt != *attempt {
                     return Err(Ignored("not the running attempt (duplicate or late)"));
+                }
+                if *in_place {
+                    self.unit_mut(*task, *item).in_place.push(*attempt);
                 }
                 let usage = match result {
                     AttemptResult::Succeeded { usage, .. } | AttemptResult::Failed { usage, .. } => *usage,

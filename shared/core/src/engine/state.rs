@@ -95,6 +95,10 @@ pub struct Unit {
     /// [`crate::engine::Plan::replay_chain`] can follow work through finished attempts.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub started_by: Vec<String>,
+    /// The attempts that finished in place (`Event::AttemptFinished::in_place`): no queue
+    /// message stands for them, so `replay_chain` follows work through them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub in_place: Vec<u32>,
 }
 
 impl Unit {
@@ -108,6 +112,7 @@ impl Unit {
             retry_at: None,
             cause: None,
             started_by: Vec::new(),
+            in_place: Vec::new(),
         }
     }
 }
@@ -236,8 +241,16 @@ pub enum AttemptResult {
 pub enum Event {
     /// Start the run (its inputs are already checked).
     Start,
-    /// An attempt ended.
-    AttemptFinished { task: usize, item: Option<u32>, attempt: u32, result: AttemptResult },
+    /// An attempt ended. `in_place`: it ran in the same invocation as the step that started
+    /// it, its `Execute` never on the queue (see [`crate::engine::Plan::replay_chain`]).
+    AttemptFinished {
+        task: usize,
+        item: Option<u32>,
+        attempt: u32,
+        result: AttemptResult,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        in_place: bool,
+    },
     /// The retry delay of an attempt has passed.
     RetryDue { task: usize, item: Option<u32>, attempt: u32 },
     /// Cancel the run.
@@ -250,6 +263,11 @@ pub enum Event {
 }
 
 impl Event {
+    /// An attempt ended, reported through the queue (or by the embedded driver).
+    pub fn finished(task: usize, item: Option<u32>, attempt: u32, result: AttemptResult) -> Event {
+        Event::AttemptFinished { task, item, attempt, result, in_place: false }
+    }
+
     /// A key naming this event: a redelivered event has the same key.
     pub fn key(&self) -> String {
         let item = |i: &Option<u32>| i.map_or("-".to_string(), |k| k.to_string());

@@ -51,7 +51,7 @@ impl<'p> Driver<'p> {
                         let id = self.plan.checked.dag.id(task).to_string();
                         self.executed.push((id.clone(), item, attempt));
                         let result = exec(&id, item, attempt, &with);
-                        let _ = self.apply(Event::AttemptFinished { task, item, attempt, result });
+                        let _ = self.apply(Event::finished(task, item, attempt, result));
                     }
                     Command::ScheduleRetry { task, item, attempt, at } => {
                         self.retries.push((at, Event::RetryDue { task, item, attempt }));
@@ -120,11 +120,11 @@ fn duplicate_and_late_events_change_nothing() {
     let cmds = p.apply(&mut st, &Event::Start, 0).unwrap();
     assert_eq!(cmds, vec![Command::Execute { task: 0, item: None, attempt: 1 }]);
     assert_eq!(p.apply(&mut st, &Event::Start, 0), Err(Ignored("run already started")));
-    let done = Event::AttemptFinished { task: 0, item: None, attempt: 1, result: ok(json!(1)) };
+    let done = Event::finished(0, None, 1, ok(json!(1)));
     p.apply(&mut st, &done, 1).unwrap();
     let snapshot = st.clone();
     assert!(p.apply(&mut st, &done, 2).is_err(), "second delivery must be ignored");
-    let wrong_attempt = Event::AttemptFinished { task: 1, item: None, attempt: 7, result: ok(json!(1)) };
+    let wrong_attempt = Event::finished(1, None, 7, ok(json!(1)));
     assert!(p.apply(&mut st, &wrong_attempt, 2).is_err());
     assert_eq!(st, snapshot);
 }
@@ -260,13 +260,7 @@ spec:
     let mut finished = 0;
     while let Some(k) = running.pop() {
         let with = p.render_with(&st, 0, Some(k)).unwrap();
-        let cmds = p
-            .apply(
-                &mut st,
-                &Event::AttemptFinished { task: 0, item: Some(k), attempt: 1, result: ok(with["output"].clone()) },
-                1,
-            )
-            .unwrap();
+        let cmds = p.apply(&mut st, &Event::finished(0, Some(k), 1, ok(with["output"].clone())), 1).unwrap();
         finished += 1;
         for c in cmds {
             if let Command::Execute { item: Some(i), .. } = c {
@@ -317,9 +311,48 @@ spec:
     let cmds = p.apply(&mut st, &Event::Start, 0).unwrap();
     assert_eq!(cmds.len(), 2);
     let Command::Execute { task, .. } = cmds[0] else { panic!() };
-    let cmds =
-        p.apply(&mut st, &Event::AttemptFinished { task, item: None, attempt: 1, result: ok(json!(1)) }, 1).unwrap();
+    let cmds = p.apply(&mut st, &Event::finished(task, None, 1, ok(json!(1))), 1).unwrap();
     assert_eq!(cmds.len(), 1, "one slot freed, one task started: {cmds:?}");
+}
+
+#[test]
+fn replay_chain_follows_work_run_in_place_and_stops_at_work_sent_through_the_queue() {
+    // a → (b, c); b → d. `start` and `a` are stepped in place under the start message (its
+    // lease); b and c go through the queue; b's result arrives through the queue and starts d.
+    let p = plan(
+        r#"spec:
+  tasks:
+    - { id: a, type: transform, with: { output: 1 } }
+    - { id: b, type: transform, depends_on: [a], with: { output: 1 } }
+    - { id: c, type: transform, depends_on: [a], with: { output: 1 } }
+    - { id: d, type: transform, depends_on: [b], with: { output: 1 } }
+"#,
+    );
+    let exec = |t: usize| Command::Execute { task: t, item: None, attempt: 1 };
+    let sorted = |mut cs: Vec<Command>| {
+        cs.sort_by_key(|c| format!("{c:?}"));
+        cs
+    };
+    let mut st = p.new_run("r", serde_json::Map::new());
+    assert_eq!(p.apply(&mut st, &Event::Start, 0).unwrap(), vec![exec(0)]);
+    let in_place = Event::AttemptFinished { task: 0, item: None, attempt: 1, result: ok(json!(1)), in_place: true };
+    assert_eq!(sorted(p.apply(&mut st, &in_place, 1).unwrap()), vec![exec(1), exec(2)]);
+    assert_eq!(st.tasks[0].units[0].in_place, vec![1]);
+    // The worker died before sending b and c: the start message's next delivery finds them.
+    assert_eq!(p.replay(&st, "start"), vec![]);
+    assert_eq!(sorted(p.replay_chain(&st, "start")), vec![exec(1), exec(2)]);
+    // They were sent; b ran from its message and started d. A late redelivery of the start
+    // message re-sends c (its transition's commands may have been lost, as far as it can
+    // tell) but not d: b's message is the lease on what b's transition owes.
+    assert_eq!(p.apply(&mut st, &Event::finished(1, None, 1, ok(json!(1))), 2).unwrap(), vec![exec(3)]);
+    assert_eq!(p.replay_chain(&st, "start"), vec![exec(2)]);
+    assert_eq!(p.replay(&st, &finished_key(1, None, 1)), vec![exec(3)]);
+    // The flag is stored with the event and survives a round trip through JSON.
+    let text = serde_json::to_string(&in_place).unwrap();
+    assert!(text.contains("\"in_place\":true"), "{text}");
+    assert_eq!(serde_json::from_str::<Event>(&text).unwrap(), in_place);
+    let queued = serde_json::to_string(&Event::finished(0, None, 1, ok(json!(1)))).unwrap();
+    assert!(!queued.contains("in_place"), "{queued}");
 }
 
 #[test]
@@ -333,7 +366,7 @@ fn cancel_stops_the_run_and_later_results_are_ignored() {
         vec![Command::CancelRunning { tasks: vec![0] }, Command::Finished { status: RunStatus::Cancelled }]
     );
     assert!(st.tasks.iter().all(|t| t.status == TaskStatus::Cancelled));
-    let late = Event::AttemptFinished { task: 0, item: None, attempt: 1, result: ok(json!(1)) };
+    let late = Event::finished(0, None, 1, ok(json!(1)));
     assert_eq!(p.apply(&mut st, &late, 2), Err(Ignored("run is not running")));
 }
 
@@ -479,10 +512,9 @@ spec:
         p.render_in(&json!("{{ tasks.a.status }}/{{ tasks.b.status }}"), &ctx).unwrap()
     };
     assert_eq!(seen(&st), json!("pending/pending"));
-    p.apply(&mut st, &Event::AttemptFinished { task: a, item: None, attempt: 1, result: ok(json!({"n": 1})) }, 2)
-        .unwrap();
+    p.apply(&mut st, &Event::finished(a, None, 1, ok(json!({"n": 1}))), 2).unwrap();
     assert_eq!(seen(&st), json!("succeeded/pending"), "b is read while it runs: not frozen as pending");
-    p.apply(&mut st, &Event::AttemptFinished { task: b, item: None, attempt: 1, result: fail(false) }, 3).unwrap();
+    p.apply(&mut st, &Event::finished(b, None, 1, fail(false)), 3).unwrap();
     assert_eq!(seen(&st), json!("succeeded/failed"));
     let ctx = p.context_in(&st, Some(c), None, &parts);
     // The objects behave as maps: iteration, filters, serialization.
