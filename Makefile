@@ -46,6 +46,7 @@ lint:
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 	localstack/stack.sh install
 	.venv/tools/bin/cfn-lint infra/template.yaml
+	.venv/tools/bin/checkov --config-file infra/checkov.yaml
 
 # Every test, with the local AWS (LocalStack for SQS/S3, moto for DynamoDB) started for the
 # serverless tests and stopped after. The nightly-digest example reads a secret from the env.

@@ -28,7 +28,7 @@ python313() {
 }
 
 install() {
-  if [ ! -x .venv/tools/bin/moto_server ]; then
+  if [ ! -x .venv/tools/bin/moto_server ] || [ ! -x .venv/tools/bin/checkov ]; then
     python3 -m venv .venv/tools
     .venv/tools/bin/pip install -q -r localstack/requirements-tools.txt
   fi
