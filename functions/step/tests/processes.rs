@@ -174,17 +174,49 @@ async fn every_example_runs_on_three_worker_processes() {
         let st = check_log(&plan(source), &log, initial);
         assert_eq!(st.status.as_str(), got["status"], "{name}: the log replays to the stored outcome");
     }
+    // Listings (spread over the GSIs' shards) page through every run once, newest first.
     let (code, v) = call(&api, "GET", "/runs?limit=2", None).await;
     assert_eq!(code, 200);
     assert_eq!(v["runs"].as_array().unwrap().len(), 2, "{v}");
     let cursor = v["next"].as_str().expect("a second page").to_string();
     let (_, v2) = call(&api, "GET", &format!("/runs?limit=10&cursor={}", urlenc(&cursor)), None).await;
     assert_eq!(v2["runs"].as_array().unwrap().len(), 2, "{v2}");
+    let newest_first: Vec<String> = started.iter().rev().map(|s| s.3.clone()).collect();
+    assert_eq!(list_all(&api, "limit=1").await, newest_first);
+    assert_eq!(list_all(&api, "limit=3").await, newest_first);
     let (_, by_wf) = call(&api, "GET", "/runs?workflow=simple-inference", None).await;
     assert_eq!(by_wf["runs"].as_array().unwrap().len(), 1, "{by_wf}");
+    let mut by_status = Vec::new();
+    for st in ["pending", "running", "succeeded", "failed", "cancelled", "timed_out"] {
+        by_status.extend(list_all(&api, &format!("status={st}&limit=1")).await);
+    }
+    by_status.sort();
+    let mut all: Vec<String> = newest_first.clone();
+    all.sort();
+    assert_eq!(by_status, all, "every run is listed under its final status, once");
     for w in &mut workers {
         w.start_kill().unwrap();
     }
+}
+
+/// The run ids of a listing (`GET /runs?<query>`), following its cursor to the end.
+async fn list_all(api: &llmo_aws::api::Api, query: &str) -> Vec<String> {
+    let mut ids = Vec::new();
+    let mut cursor: Option<String> = None;
+    for _ in 0..100 {
+        let uri = match &cursor {
+            None => format!("/runs?{query}"),
+            Some(c) => format!("/runs?{query}&cursor={}", urlenc(c)),
+        };
+        let (code, v) = call(api, "GET", &uri, None).await;
+        assert_eq!(code, 200, "{uri}: {v}");
+        ids.extend(v["runs"].as_array().unwrap().iter().map(|r| r["run_id"].as_str().unwrap().to_string()));
+        match v["next"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => return ids,
+        }
+    }
+    panic!("the listing {query} did not end");
 }
 
 fn urlenc(s: &str) -> String {

@@ -16,9 +16,12 @@
 //! When a run's status changes the log item and the run item move together in one
 //! `TransactWriteItems`.
 //!
-//! GSIs (keys projected with the summary fields): `by_time` (`all` = "RUNS", `created`),
-//! `by_workflow` (`workflow`, `created`), `by_status` (`status`, `created`). `created` is
-//! `<start ms, 13 digits>#<run id>`, so each lists newest first. `expires_at` is the TTL
+//! GSIs (keys projected with the summary fields): `by_time` (`all` = `RUNS#<shard>`),
+//! `by_workflow` (`wf_key` = `<workflow>#<shard>`), `by_status` (`status_key` =
+//! `<status>#<shard>`), each sorted by `created` = `<start ms, 13 digits>#<run id>`, newest
+//! first. The shard (0–7, from a hash of the run id) spreads each listing over eight partition
+//! keys, so no GSI partition takes every run's writes; a listing queries the eight and merges
+//! them (see [`DynamoStore::list_page`]). `expires_at` is the TTL
 //! attribute: set on every item of a run once it ends (log items carry one from their write,
 //! a retention after it, so a run's log outlives any sane run).
 
@@ -113,6 +116,15 @@ pub struct Page {
     pub runs: Vec<RunSummary>,
     /// Pass as `cursor` for the next page.
     pub next: Option<String>,
+}
+
+/// Partition keys each listing GSI spreads runs over (see the module's documentation).
+const LIST_SHARDS: u32 = 8;
+
+/// A run's listing shard, from its id.
+fn list_shard(run_id: &str) -> u32 {
+    let h = Sha256::digest(run_id.as_bytes());
+    u32::from_be_bytes([h[0], h[1], h[2], h[3]]) % LIST_SHARDS
 }
 
 pub struct DynamoStore {
@@ -250,43 +262,80 @@ impl DynamoStore {
     }
 
     /// A page of runs, newest first, by workflow or status (or all).
+    ///
+    /// Each listing GSI spreads runs over `LIST_SHARDS` partition keys: the shards are queried
+    /// at once, `limit` runs each (older than the cursor's bound for that shard), and merged by
+    /// `created`. The cursor records, per shard not yet exhausted, the `created` of the last run
+    /// it gave ("" for none yet), so the next page starts right after it in every shard.
     pub async fn list_page(&self, f: &ListFilter) -> Result<Page, Error> {
-        let (index, key, value) = match (&f.workflow, &f.status) {
-            (Some(w), _) => ("by_workflow", "workflow", w.clone()),
-            (None, Some(st)) => ("by_status", "status", st.clone()),
-            (None, None) => ("by_time", "all", "RUNS".to_string()),
+        let (index, key, prefix) = match (&f.workflow, &f.status) {
+            (Some(w), _) => ("by_workflow", "wf_key", w.as_str()),
+            (None, Some(st)) => ("by_status", "status_key", st.as_str()),
+            (None, None) => ("by_time", "all", "RUNS"),
         };
-        let mut q = self
-            .aws
-            .dynamodb
-            .query()
-            .table_name(&self.aws.table)
-            .index_name(index)
-            .key_condition_expression("#k = :v")
-            .expression_attribute_names("#k", key)
-            .expression_attribute_values(":v", s(value))
-            .scan_index_forward(false)
-            .limit(f.limit.unwrap_or(50).clamp(1, 1000))
-            .return_consumed_capacity(ReturnConsumedCapacity::Total);
-        if let (Some(_), Some(st)) = (&f.workflow, &f.status) {
-            q = q
-                .filter_expression("#s = :s")
-                .expression_attribute_names("#s", "status")
-                .expression_attribute_values(":s", s(st.clone()));
-        }
-        if let Some(c) = &f.cursor {
-            let key: HashMap<String, String> =
-                serde_json::from_str(c).map_err(|e| Error::Other(format!("bad cursor: {e}")))?;
-            q = q.set_exclusive_start_key(Some(key.into_iter().map(|(k, v)| (k, s(v))).collect()));
-        }
-        let out = q.send().await.map_err(err)?;
-        self.meter_capacity(out.consumed_capacity(), false);
-        let runs = out.items().iter().map(Self::summary).collect();
-        let next = out.last_evaluated_key.filter(|k| !k.is_empty()).map(|k| {
-            let m: HashMap<String, String> =
-                k.into_iter().filter_map(|(k, v)| v.as_s().ok().map(|v| (k, v.clone()))).collect();
-            serde_json::to_string(&m).expect("cursor serializes")
+        let limit = f.limit.unwrap_or(50).clamp(1, 1000);
+        let open: Vec<(u32, String)> = match &f.cursor {
+            None => (0..LIST_SHARDS).map(|k| (k, String::new())).collect(),
+            Some(c) => {
+                let m: HashMap<u32, String> =
+                    serde_json::from_str(c).map_err(|e| Error::Other(format!("bad cursor: {e}")))?;
+                let mut v: Vec<(u32, String)> = m.into_iter().filter(|(k, _)| *k < LIST_SHARDS).collect();
+                v.sort();
+                v
+            }
+        };
+        let queries = open.iter().map(|(k, bound)| {
+            let mut cond = "#k = :v".to_string();
+            let mut q = self
+                .aws
+                .dynamodb
+                .query()
+                .table_name(&self.aws.table)
+                .index_name(index)
+                .expression_attribute_names("#k", key)
+                .expression_attribute_values(":v", s(format!("{prefix}#{k}")))
+                .scan_index_forward(false)
+                .limit(limit)
+                .return_consumed_capacity(ReturnConsumedCapacity::Total);
+            if !bound.is_empty() {
+                cond.push_str(" AND created < :c");
+                q = q.expression_attribute_values(":c", s(bound.clone()));
+            }
+            if let (Some(_), Some(st)) = (&f.workflow, &f.status) {
+                q = q
+                    .filter_expression("#s = :s")
+                    .expression_attribute_names("#s", "status")
+                    .expression_attribute_values(":s", s(st.clone()));
+            }
+            q.key_condition_expression(cond).send()
         });
+        let outs = futures::future::join_all(queries).await;
+        // (shard, its runs newest first, the `created` its query stopped at if it has more)
+        let mut shards = Vec::with_capacity(outs.len());
+        for ((k, bound), out) in open.into_iter().zip(outs) {
+            let out = out.map_err(err)?;
+            self.meter_capacity(out.consumed_capacity(), false);
+            let more = out.last_evaluated_key().and_then(|lek| get_s(lek, "created")).map(str::to_string);
+            shards.push((k, bound, out.items.unwrap_or_default(), more));
+        }
+        let mut all: Vec<(&str, u32, &Item)> = shards
+            .iter()
+            .flat_map(|(k, _, items, _)| items.iter().map(move |i| (get_s(i, "created").unwrap_or(""), *k, i)))
+            .collect();
+        all.sort_by(|a, b| b.0.cmp(a.0));
+        all.truncate(limit as usize);
+        let runs = all.iter().map(|(_, _, i)| Self::summary(i)).collect();
+        let mut next: HashMap<u32, String> = HashMap::new();
+        for (k, bound, items, more) in &shards {
+            let taken = all.iter().filter(|(_, s, _)| s == k).count();
+            let last_taken = all.iter().rev().find(|(_, s, _)| s == k).map(|(c, _, _)| c.to_string());
+            if taken < items.len() {
+                next.insert(*k, last_taken.unwrap_or_else(|| bound.clone()));
+            } else if let Some(m) = more {
+                next.insert(*k, m.clone());
+            }
+        }
+        let next = (!next.is_empty()).then(|| serde_json::to_string(&next).expect("cursor serializes"));
         Ok(Page { runs, next })
     }
 
@@ -376,6 +425,7 @@ impl DynamoStore {
     ) -> Result<Item, Error> {
         let id = &initial.run_id;
         let created = format!("{:013}#{id}", llmo_runtime::ports::now_ms());
+        let shard = list_shard(id);
         let mut item: Item = [
             ("pk".to_string(), s(run_pk(id))),
             ("sk".to_string(), s("META")),
@@ -386,7 +436,9 @@ impl DynamoStore {
             ("version".to_string(), n(0)),
             ("cost_usd".to_string(), n(0)),
             ("created".to_string(), s(created)),
-            ("all".to_string(), s("RUNS")),
+            ("all".to_string(), s(format!("RUNS#{shard}"))),
+            ("wf_key".to_string(), s(format!("{workflow}#{shard}"))),
+            ("status_key".to_string(), s(format!("{}#{shard}", initial.status.as_str()))),
         ]
         .into();
         self.payload(id, "source", source.to_string(), "source", "source_ref", &mut item).await?;
@@ -396,13 +448,14 @@ impl DynamoStore {
 
     /// The `Update` that brings the run item's summary to `head`.
     fn summary_update(&self, head: &RunState) -> Result<Update, Error> {
-        let mut expr = "SET #s = :s, version = :v, cost_usd = :c".to_string();
+        let mut expr = "SET #s = :s, status_key = :sk, version = :v, cost_usd = :c".to_string();
         let mut u = Update::builder()
             .table_name(&self.aws.table)
             .key("pk", s(run_pk(&head.run_id)))
             .key("sk", s("META"))
             .expression_attribute_names("#s", "status")
             .expression_attribute_values(":s", s(head.status.as_str()))
+            .expression_attribute_values(":sk", s(format!("{}#{}", head.status.as_str(), list_shard(&head.run_id))))
             .expression_attribute_values(":v", n(head.version))
             .expression_attribute_values(":c", n(head.cost_usd));
         if let Some(t) = head.started_at {

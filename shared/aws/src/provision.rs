@@ -112,14 +112,14 @@ async fn create_table(aws: &Aws, table: &str) -> Result<(), String> {
         .attribute_definitions(attr("pk"))
         .attribute_definitions(attr("sk"))
         .attribute_definitions(attr("all"))
-        .attribute_definitions(attr("workflow"))
-        .attribute_definitions(attr("status"))
+        .attribute_definitions(attr("wf_key"))
+        .attribute_definitions(attr("status_key"))
         .attribute_definitions(attr("created"))
         .key_schema(key("pk", KeyType::Hash))
         .key_schema(key("sk", KeyType::Range))
         .global_secondary_indexes(gsi("by_time", "all"))
-        .global_secondary_indexes(gsi("by_workflow", "workflow"))
-        .global_secondary_indexes(gsi("by_status", "status"))
+        .global_secondary_indexes(gsi("by_workflow", "wf_key"))
+        .global_secondary_indexes(gsi("by_status", "status_key"))
         .send()
         .await;
     match r {
