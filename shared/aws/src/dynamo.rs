@@ -310,7 +310,7 @@ impl DynamoStore {
             q.key_condition_expression(cond).send()
         });
         let outs = futures::future::join_all(queries).await;
-        // (shard, its runs newest first, the `created` its query stopped at if it has more)
+        // (shard, its bound, its runs newest first, the `created` its query stopped at if it has more)
         let mut shards = Vec::with_capacity(outs.len());
         for ((k, bound), out) in open.into_iter().zip(outs) {
             let out = out.map_err(err)?;
