@@ -75,11 +75,11 @@ stack-up:
 stack-down:
 	localstack/stack.sh down
 
-# Runs each benchmark once (criterion's --test mode) so a broken benchmark fails CI
-# without spending CI minutes on measurement.
+# Runs each benchmark once (criterion's test mode, as under `cargo test`) so a broken
+# benchmark fails CI without spending CI minutes on measurement, or on a release build of
+# every dependency: the benches are built with the test profile the tests already built.
 bench-smoke:
-	$(CARGO) bench --locked -p llmo-core --bench validate --bench engine -- --test
-	$(CARGO) bench --locked -p llmo-runtime --bench driver -- --test
+	$(CARGO) test --workspace --locked --bench validate --bench engine --bench driver
 
 bench:
 	$(CARGO) bench --locked -p llmo-core --bench validate --bench engine
