@@ -98,9 +98,22 @@ impl minijinja::value::Object for Reads {
     }
 }
 
-/// A JSON value as a template value.
-fn to_ctx<T: serde::Serialize + ?Sized>(v: &T) -> Ctx {
-    Ctx::from(minijinja::value::Serde(v))
+/// A JSON value as a template value, built directly: the value `Value::from_serialize`
+/// gives (maps, sequences, numbers as serde hands them over) without a pass through serde,
+/// which was a large part of making each finished task's view.
+fn json_ctx(v: &Value) -> Ctx {
+    match v {
+        Value::Null => Ctx::from(()),
+        Value::Bool(b) => Ctx::from(*b),
+        Value::Number(n) => match (n.as_u64(), n.as_i64()) {
+            (Some(u), _) => Ctx::from(u),
+            (None, Some(i)) => Ctx::from(i),
+            _ => Ctx::from(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        Value::String(s) => Ctx::from(s.as_str()),
+        Value::Array(items) => Ctx::from_object(items.iter().map(json_ctx).collect::<Vec<_>>()),
+        Value::Object(m) => Ctx::from_pairs(m.iter().map(|(k, v)| (k.as_str(), json_ctx(v)))),
+    }
 }
 
 /// Prepares the templates (not the single `{{ expression }}`s) found in `v`: plain
@@ -362,7 +375,7 @@ impl Plan {
             ]);
         }
         RunParts {
-            inputs: to_ctx(&st.inputs),
+            inputs: Ctx::from_pairs(st.inputs.iter().map(|(k, v)| (k.as_str(), json_ctx(v)))),
             run: Ctx::from_pairs(run),
             views: (0..self.task_count()).map(|_| std::sync::OnceLock::new()).collect(),
         }
@@ -381,7 +394,7 @@ impl Plan {
                     TASK,
                     vec![
                         Ctx::from(status.map_or("pending", TaskStatus::as_str)),
-                        output.map_or(Ctx::from(()), to_ctx),
+                        output.map_or(Ctx::from(()), json_ctx),
                         ts.error.as_deref().map_or(Ctx::from(()), Ctx::from),
                         Ctx::from(ts.attempts),
                         usage,
@@ -407,7 +420,7 @@ impl Plan {
                     parts.inputs.clone(),
                     tasks,
                     parts.run.clone(),
-                    st.tasks[i].units.get(k as usize).and_then(|u| u.item.as_ref()).map_or(Ctx::from(()), to_ctx),
+                    st.tasks[i].units.get(k as usize).and_then(|u| u.item.as_ref()).map_or(Ctx::from(()), json_ctx),
                     Ctx::from(k),
                 ],
             ),
@@ -418,7 +431,7 @@ impl Plan {
     /// Renders a templated value: strings are templates; a string that is exactly one
     /// `{{ expression }}` yields the expression's value, not its text.
     pub fn render(&self, v: &Value, ctx: &Value) -> Result<Value, String> {
-        self.render_in(v, &to_ctx(ctx))
+        self.render_in(v, &json_ctx(ctx))
     }
 
     /// [`Plan::render`] in a context built by [`Plan::context_value`].
@@ -460,7 +473,7 @@ impl Plan {
 
     /// Evaluates an expression (`when`, `for_each`, a transform's `expression`) in `ctx`.
     pub fn eval_expression(&self, expr: &str, ctx: &Value) -> Result<Value, String> {
-        self.eval_in(expr, &to_ctx(ctx))
+        self.eval_in(expr, &json_ctx(ctx))
     }
 
     /// [`Plan::eval_expression`] in a context built by [`Plan::context_value`].
@@ -958,5 +971,54 @@ fn truthy(v: &Value) -> bool {
         Value::String(s) => !s.is_empty(),
         Value::Array(a) => !a.is_empty(),
         Value::Object(m) => !m.is_empty(),
+    }
+}
+
+#[cfg(test)]
+mod json_ctx_tests {
+    use proptest::prelude::*;
+    use serde_json::{Value, json};
+
+    use super::{Ctx, json_ctx};
+
+    fn json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(Value::from),
+            ".{0,8}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(4, 64, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                prop::collection::vec(("[a-z]{0,4}", inner), 0..6)
+                    .prop_map(|kv| Value::Object(kv.into_iter().collect())),
+            ]
+        })
+    }
+
+    fn same(direct: &Ctx, v: &Value) {
+        let via_serde = Ctx::from(minijinja::value::Serde(v));
+        assert_eq!(direct, &via_serde, "{v}");
+        assert_eq!(direct.kind(), via_serde.kind(), "{v}");
+        assert_eq!(direct.to_string(), via_serde.to_string(), "{v}");
+        assert_eq!(serde_json::to_string(direct).unwrap(), serde_json::to_string(&via_serde).unwrap(), "{v}");
+        assert_eq!(direct.as_i64(), via_serde.as_i64(), "{v}");
+    }
+
+    #[test]
+    fn json_values_become_the_template_values_serde_would_make() {
+        for v in [json!(null), json!(u64::MAX), json!(-1), json!(1.5), json!({"b": 1, "a": [true, "x"]})] {
+            same(&json_ctx(&v), &v);
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn any_json_value_becomes_the_template_value_serde_would_make(v in json()) {
+            same(&json_ctx(&v), &v);
+        }
     }
 }

@@ -270,11 +270,10 @@ impl Event {
 
     /// A key naming this event: a redelivered event has the same key.
     pub fn key(&self) -> String {
-        let item = |i: &Option<u32>| i.map_or("-".to_string(), |k| k.to_string());
         match self {
             Event::Start => "start".into(),
-            Event::AttemptFinished { task, item: it, attempt, .. } => finished_key(*task, *it, *attempt),
-            Event::RetryDue { task, item: it, attempt } => format!("retry/{task}/{}/{attempt}", item(it)),
+            Event::AttemptFinished { task, item, attempt, .. } => finished_key(*task, *item, *attempt),
+            Event::RetryDue { task, item, attempt } => attempt_key("retry/", *task, *item, *attempt),
             Event::Cancel => "cancel".into(),
             Event::Abort { .. } => "abort".into(),
             Event::Tick => "tick".into(),
@@ -286,7 +285,24 @@ impl Event {
 /// attempt that already finished replays this key's commands (its first worker may have died
 /// after storing the result and before sending what followed).
 pub fn finished_key(task: usize, item: Option<u32>, attempt: u32) -> String {
-    format!("done/{task}/{}/{attempt}", item.map_or("-".to_string(), |k| k.to_string()))
+    attempt_key("done/", task, item, attempt)
+}
+
+/// `<prefix><task>/<item or ->/<attempt>`, written without the formatting machinery: every
+/// transition makes one.
+fn attempt_key(prefix: &str, task: usize, item: Option<u32>, attempt: u32) -> String {
+    let mut b = itoa::Buffer::new();
+    let mut s = String::with_capacity(prefix.len() + 24);
+    s.push_str(prefix);
+    s.push_str(b.format(task));
+    s.push('/');
+    match item {
+        Some(k) => s.push_str(b.format(k)),
+        None => s.push('-'),
+    }
+    s.push('/');
+    s.push_str(b.format(attempt));
+    s
 }
 
 /// What the runtime must do after storing a transition.
@@ -301,4 +317,29 @@ pub enum Command {
     CancelRunning { tasks: Vec<usize> },
     /// The run ended: run the hooks of this kind, then report it.
     Finished { status: RunStatus },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Keys are stored (units' causes, the log's `ended_by`): their text must not change.
+    #[test]
+    fn event_keys_keep_their_stored_form() {
+        assert_eq!(finished_key(3, None, 1), "done/3/-/1");
+        assert_eq!(finished_key(12, Some(0), 10), "done/12/0/10");
+        let retry = Event::RetryDue { task: 7, item: Some(4_294_967_295), attempt: 2 };
+        assert_eq!(retry.key(), "retry/7/4294967295/2");
+        assert_eq!(
+            Event::finished(
+                0,
+                None,
+                1,
+                AttemptResult::Failed { error: String::new(), retryable: false, usage: Usage::default() }
+            )
+            .key(),
+            "done/0/-/1"
+        );
+        assert_eq!(Event::Start.key(), "start");
+    }
 }
