@@ -48,7 +48,8 @@ wait_for() { # url, seconds
 up() {
   install
   down >/dev/null 2>&1 || true
-  .venv/tools/bin/moto_server -H 127.0.0.1 -p "$MOTO_PORT" > "$RUN/moto.log" 2>&1 &
+  # moto_serial.py: moto's server one request at a time, so a conditional write is atomic.
+  "$ROOT/.venv/tools/bin/python" "$ROOT/localstack/moto_serial.py" -H 127.0.0.1 -p "$MOTO_PORT" > "$RUN/moto.log" 2>&1 &
   echo $! > "$RUN/moto.pid"
   if [ -x .venv/localstack/bin/python ] && [ -z "${LLMO_NO_LOCALSTACK:-}" ]; then
     ( cd "$RUN" && SKIP_SSL_CERT_DOWNLOAD=1 GATEWAY_LISTEN=127.0.0.1:$LS_PORT SERVICES=sqs,s3,events,scheduler \
@@ -85,7 +86,7 @@ down() {
   done
   # LocalStack's runtime starts helper processes of its own.
   pkill -f "$ROOT/.venv/localstack/bin/python" 2>/dev/null || true
-  pkill -f "$ROOT/.venv/tools/bin/moto_server" 2>/dev/null || true
+  pkill -f "$ROOT/localstack/moto_serial.py" 2>/dev/null || true
 }
 
 case "${1:-}" in
