@@ -273,7 +273,7 @@ impl Event {
         match self {
             Event::Start => "start".into(),
             Event::AttemptFinished { task, item, attempt, .. } => finished_key(*task, *item, *attempt),
-            Event::RetryDue { task, item, attempt } => attempt_key("retry/", *task, *item, *attempt),
+            Event::RetryDue { task, item, attempt } => attempt_key("retry", *task, *item, *attempt),
             Event::Cancel => "cancel".into(),
             Event::Abort { .. } => "abort".into(),
             Event::Tick => "tick".into(),
@@ -285,24 +285,15 @@ impl Event {
 /// attempt that already finished replays this key's commands (its first worker may have died
 /// after storing the result and before sending what followed).
 pub fn finished_key(task: usize, item: Option<u32>, attempt: u32) -> String {
-    attempt_key("done/", task, item, attempt)
+    attempt_key("done", task, item, attempt)
 }
 
-/// `<prefix><task>/<item or ->/<attempt>`, written without the formatting machinery: every
-/// transition makes one.
-fn attempt_key(prefix: &str, task: usize, item: Option<u32>, attempt: u32) -> String {
-    let mut b = itoa::Buffer::new();
-    let mut s = String::with_capacity(prefix.len() + 24);
-    s.push_str(prefix);
-    s.push_str(b.format(task));
-    s.push('/');
+/// `<kind>/<task>/<item or ->/<attempt>`.
+fn attempt_key(kind: &str, task: usize, item: Option<u32>, attempt: u32) -> String {
     match item {
-        Some(k) => s.push_str(b.format(k)),
-        None => s.push('-'),
+        Some(k) => format!("{kind}/{task}/{k}/{attempt}"),
+        None => format!("{kind}/{task}/-/{attempt}"),
     }
-    s.push('/');
-    s.push_str(b.format(attempt));
-    s
 }
 
 /// What the runtime must do after storing a transition.
