@@ -43,6 +43,9 @@ pub struct Plan {
     estimates: Vec<Estimate>,
     /// Each task's id as a template value.
     ids: Vec<Ctx>,
+    /// The tasks `outputs` read, when every reference names its task (`None`: some read
+    /// `tasks` as a whole), so rendering them does not build every task's view.
+    pub(super) output_reads: Option<Vec<usize>>,
 }
 
 /// See [`Plan::run_parts`].
@@ -149,6 +152,46 @@ fn add_templates(
     }
 }
 
+/// The tasks that the templates and expressions in `values` read, by index, if every
+/// reference to `tasks` names its task; `None` if one reads `tasks` as a whole (iterates it,
+/// passes it on) or does not parse. Strings are read both as templates and as expressions:
+/// more tasks than needed is harmless, one too few is not.
+fn named_task_reads<'v>(
+    values: impl IntoIterator<Item = &'v Value>,
+    index_of: impl Fn(&str) -> Option<usize>,
+) -> Option<Vec<usize>> {
+    fn walk(a: &crate::expr::Analyzer, v: &Value, refs: &mut Vec<Vec<String>>) -> Result<(), ()> {
+        match v {
+            Value::String(s) => {
+                if crate::expr::is_template(s) {
+                    refs.extend(a.template_refs(s).map_err(|_| ())?);
+                } else if let Ok(r) = a.expression_refs(s) {
+                    refs.extend(r);
+                }
+            }
+            Value::Array(items) => items.iter().try_for_each(|x| walk(a, x, refs))?,
+            Value::Object(m) => m.values().try_for_each(|x| walk(a, x, refs))?,
+            _ => {}
+        }
+        Ok(())
+    }
+    let analyzer = crate::expr::Analyzer::new();
+    let mut refs = Vec::new();
+    for v in values {
+        walk(&analyzer, v, &mut refs).ok()?;
+    }
+    let mut tasks = Vec::new();
+    for r in refs.iter().filter(|r| r[0] == "tasks") {
+        // An unknown id is left out: it is undefined either way.
+        if let Some(i) = index_of(r.get(1)?) {
+            tasks.push(i);
+        }
+    }
+    tasks.sort_unstable();
+    tasks.dedup();
+    Some(tasks)
+}
+
 impl Plan {
     pub fn new(checked: Checked) -> Plan {
         let wf = &checked.workflow;
@@ -201,7 +244,22 @@ impl Plan {
         }
         let estimates = vec![Estimate::default(); n];
         let ids = wf.spec.tasks.iter().map(|t| Ctx::from(t.id.as_str())).collect();
-        Plan { checked, env, simple, retry, deps, children, fallback, fallback_of, reads, topo_pos, estimates, ids }
+        let output_reads = named_task_reads(wf.spec.outputs.values(), |id| dag.index_of(id));
+        Plan {
+            checked,
+            env,
+            simple,
+            retry,
+            deps,
+            children,
+            fallback,
+            fallback_of,
+            reads,
+            topo_pos,
+            estimates,
+            ids,
+            output_reads,
+        }
     }
 
     pub fn task_count(&self) -> usize {
@@ -383,6 +441,24 @@ impl Plan {
 
     /// [`Plan::context_value`] with the run's parts given.
     pub fn context_in(&self, st: &RunState, task: Option<usize>, item: Option<u32>, parts: &RunParts) -> Ctx {
+        self.context_of(st, task.map(|i| self.reads[i].as_slice()), task, item, parts)
+    }
+
+    /// The context `outputs` are rendered in: [`Plan::context_value`] for the ended run, with
+    /// only the tasks they read when that is known.
+    fn outputs_context(&self, st: &RunState) -> Ctx {
+        self.context_of(st, self.output_reads.as_deref(), None, None, &self.run_parts(st, true))
+    }
+
+    /// A context whose `tasks` holds the tasks `visible` lists (all tasks when `None`).
+    fn context_of(
+        &self,
+        st: &RunState,
+        visible: Option<&[usize]>,
+        task: Option<usize>,
+        item: Option<u32>,
+        parts: &RunParts,
+    ) -> Ctx {
         const TASK: &[&str] = &["status", "output", "error", "attempts", "usage"];
         const USAGE: &[&str] = &["tokens", "cost_usd"];
         let task_value = |i: usize| {
@@ -407,10 +483,8 @@ impl Plan {
                 None => make(),
             }
         };
-        let tasks = match task {
-            Some(i) => {
-                Ctx::from_object(Reads(self.reads[i].iter().map(|&r| (self.ids[r].clone(), task_value(r))).collect()))
-            }
+        let tasks = match visible {
+            Some(v) => Ctx::from_object(Reads(v.iter().map(|&r| (self.ids[r].clone(), task_value(r))).collect())),
             None => Ctx::from_pairs((0..self.task_count()).map(|i| (self.ids[i].clone(), task_value(i)))),
         };
         match (task, item) {
@@ -918,7 +992,7 @@ impl Transition<'_, '_> {
 
     /// Every task ended and none failed the run: render the outputs.
     fn finish(&mut self) {
-        let ctx = self.plan.context_value(self.st, None, None);
+        let ctx = self.plan.outputs_context(self.st);
         let outputs = Value::Object(self.plan.checked.workflow.spec.outputs.clone().into_iter().collect());
         match self.plan.render_in(&outputs, &ctx) {
             Ok(v) => {

@@ -527,3 +527,39 @@ spec:
     assert_eq!(as_json["tasks"]["b"]["attempts"], json!(1));
     assert!(as_json["run"]["id"] == json!("run-1") && as_json["inputs"].is_object(), "{as_json}");
 }
+
+/// `outputs` are rendered with only the tasks they name; one that reads `tasks` as a whole
+/// sees every task, as before.
+#[test]
+fn outputs_see_the_tasks_they_read() {
+    const TASKS: &str = r#"
+  tasks:
+    - { id: a, type: transform, with: { output: 1 } }
+    - { id: b, type: transform, depends_on: [a], with: { output: 2 } }
+    - { id: c, type: transform, depends_on: [b], with: { output: 3 } }
+"#;
+    let named = plan(&format!(
+        "spec:{TASKS}  outputs:\n    sum: \"{{{{ tasks.a.output.output + tasks.c.output.output }}}}\"\n    b: \"{{{{ tasks.b.status }}}}\"\n"
+    ));
+    assert_eq!(named.output_reads, Some(vec![0, 1, 2]));
+    let mut d = Driver::new(&named, json!({}));
+    d.run(echo);
+    assert_eq!(d.st.outputs, Some(json!({"sum": 4, "b": "succeeded"})));
+
+    let whole = plan(&format!(
+        "spec:{TASKS}  outputs:\n    ids: \"{{% for k in tasks|sort %}}{{{{ k }}}},{{% endfor %}}\"\n    n: \"{{{{ tasks|length }}}}\"\n"
+    ));
+    assert_eq!(whole.output_reads, None);
+    let mut d = Driver::new(&whole, json!({}));
+    d.run(echo);
+    assert_eq!(d.st.outputs, Some(json!({"ids": "a,b,c,", "n": 3})));
+
+    let one = plan(&format!("spec:{TASKS}  outputs:\n    last: \"{{{{ tasks.c.output }}}}\"\n"));
+    assert_eq!(one.output_reads, Some(vec![2]));
+    // A subscript is a dynamic read: every task is visible.
+    let subscript = plan(&format!("spec:{TASKS}  outputs:\n    c: \"{{{{ tasks['c'].output.output }}}}\"\n"));
+    assert_eq!(subscript.output_reads, None);
+    let mut d = Driver::new(&subscript, json!({}));
+    d.run(echo);
+    assert_eq!(d.st.outputs, Some(json!({"c": 3})));
+}
