@@ -226,7 +226,7 @@ pub fn status(run_id: &str, state: &Path, history: bool) -> Result<ExitCode> {
                 }
             }
             if let Some(o) = &t.output {
-                v["output"] = o.clone();
+                v["output"] = Value::clone(o);
             }
             if t.tokens > 0 || t.cost_usd > 0.0 {
                 v["tokens"] = json!(t.tokens);

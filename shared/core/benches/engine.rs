@@ -23,7 +23,7 @@ fn run(plan: &Plan) -> usize {
     while let Some(c) = queue.pop_front() {
         if let Command::Execute { task, item, attempt } = c {
             executed += 1;
-            let result = AttemptResult::Succeeded { output: Value::Null, usage: Usage::default() };
+            let result = AttemptResult::Succeeded { output: Value::Null.into(), usage: Usage::default() };
             let event = Event::finished(task, item, attempt, result);
             queue.extend(plan.apply(&mut st, &event, 0).unwrap());
         }

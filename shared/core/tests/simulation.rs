@@ -153,7 +153,7 @@ impl<'p> Sim<'p> {
             return AttemptResult::Failed { error: "503".into(), retryable: true, usage: Usage::default() };
         }
         let with = self.plan.render_with(&self.store, task, item).expect("renders");
-        AttemptResult::Succeeded { output: with["output"].clone(), usage: Usage { tokens: 10, cost_usd: 0.0 } }
+        AttemptResult::Succeeded { output: with["output"].clone().into(), usage: Usage { tokens: 10, cost_usd: 0.0 } }
     }
 
     /// Compare-and-set write; records terminal transitions.

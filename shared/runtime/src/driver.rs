@@ -548,7 +548,7 @@ mod tests {
             if a.attempt <= self.fail_first {
                 return AttemptResult::Failed { error: "503".into(), retryable: true, usage: Usage::default() };
             }
-            AttemptResult::Succeeded { output: json!(&*a.task_id), usage: Usage { tokens: 1, cost_usd: 0.001 } }
+            AttemptResult::Succeeded { output: json!(&*a.task_id).into(), usage: Usage { tokens: 1, cost_usd: 0.001 } }
         }
     }
 
@@ -583,7 +583,7 @@ mod tests {
         let started = tokio::time::Instant::now();
         let end = driver(&plan, &store, &work).start("r", Map::new(), "t.yaml", &wf, &mut ()).await.unwrap();
         assert_eq!(end.state.status, RunStatus::Succeeded, "{:?}", end.state.error);
-        assert_eq!(end.state.tasks[10].output, Some(json!("t0+t9")));
+        assert_eq!(end.state.tasks[10].output.as_deref(), Some(&json!("t0+t9")));
         assert_eq!(work.calls.load(Ordering::SeqCst), 20, "each task failed once, then succeeded");
         // 10 in parallel: 100 ms, 1 s retry delay, 100 ms again; one after another would be 2 s+.
         let took = started.elapsed();
@@ -640,7 +640,7 @@ mod tests {
         reg.register("transform", Arc::new(Transform));
         let hooks = run_hooks(&plan, &reg, &st, st.status, &mut ()).await;
         assert_eq!(hooks.len(), 1);
-        assert!(matches!(&hooks[0].result, AttemptResult::Succeeded { output, .. } if output == "cancelled"));
+        assert!(matches!(&hooks[0].result, AttemptResult::Succeeded { output, .. } if **output == "cancelled"));
         assert!(cancel(&plan, store.as_ref(), &clock, "r").await.unwrap().is_none(), "already ended");
     }
 

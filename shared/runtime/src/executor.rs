@@ -109,7 +109,7 @@ pub fn succeeded(output: Value) -> AttemptResult {
         .filter_map(|k| output.pointer(&format!("/usage/{k}")).and_then(Value::as_u64))
         .sum();
     let cost_usd = output.pointer("/usage/cost_usd").and_then(Value::as_f64).unwrap_or(0.0);
-    AttemptResult::Succeeded { output, usage: Usage { tokens, cost_usd } }
+    AttemptResult::Succeeded { output: output.into(), usage: Usage { tokens, cost_usd } }
 }
 
 pub fn failed(e: TaskError) -> AttemptResult {
@@ -203,7 +203,7 @@ impl Executor for Evaluate {
         match builtin::evaluate(&a.with, |_, _, _| Ok(next.next().unwrap_or(0.0))) {
             Ok(mut out) => {
                 out["usage"] = serde_json::json!({ "tokens": usage.tokens, "cost_usd": usage.cost_usd });
-                AttemptResult::Succeeded { output: out, usage }
+                AttemptResult::Succeeded { output: out.into(), usage }
             }
             Err(e) => AttemptResult::Failed { error: e.message, retryable: e.retryable, usage },
         }
@@ -219,7 +219,7 @@ pub struct Noop(pub Value);
 #[async_trait]
 impl Executor for Noop {
     async fn execute(&self, _: &Attempt) -> AttemptResult {
-        AttemptResult::Succeeded { output: self.0.clone(), usage: Usage::default() }
+        AttemptResult::Succeeded { output: self.0.clone().into(), usage: Usage::default() }
     }
     fn inline(&self) -> bool {
         true

@@ -95,7 +95,7 @@ fn outcome(w: &HttpWith, status: u16, headers: Map<String, Value>, body: &str) -
     let ok = if w.expect_status.is_empty() { (200..300).contains(&status) } else { w.expect_status.contains(&status) };
     if ok {
         return AttemptResult::Succeeded {
-            output: json!({ "status": status, "headers": headers, "body": body }),
+            output: json!({ "status": status, "headers": headers, "body": body }).into(),
             usage: Usage::default(),
         };
     }

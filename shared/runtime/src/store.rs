@@ -501,7 +501,7 @@ mod tests {
     }
 
     fn done(task: usize) -> Event {
-        Event::finished(task, None, 1, AttemptResult::Succeeded { output: json!(task), usage: Usage::default() })
+        Event::finished(task, None, 1, AttemptResult::Succeeded { output: json!(task).into(), usage: Usage::default() })
     }
 
     /// Applies `events` to `st`, returning the transitions to store.

@@ -228,7 +228,7 @@ impl Executor for SimExec {
         if a.attempt <= 2 && chance(&self.rng, self.faults.transient_failure) {
             return AttemptResult::Failed { error: "503".into(), retryable: true, usage: Usage::default() };
         }
-        AttemptResult::Succeeded { output: a.with["output"].clone(), usage: Usage { tokens: 10, cost_usd: 0.0 } }
+        AttemptResult::Succeeded { output: a.with["output"].clone().into(), usage: Usage { tokens: 10, cost_usd: 0.0 } }
     }
 }
 

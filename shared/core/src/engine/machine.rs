@@ -84,6 +84,46 @@ impl minijinja::value::Object for Fields {
     }
 }
 
+/// `tasks.<id>` as templates see it: `status`, `output`, `error`, `attempts`, `usage`
+/// (`tokens`, `cost_usd`). Holds the task's output itself (shared, not copied) and turns it
+/// into a template value the first time a template reads it.
+#[derive(Debug)]
+struct TaskView {
+    status: &'static str,
+    output: Option<Output>,
+    output_ctx: std::sync::OnceLock<Ctx>,
+    error: Option<Ctx>,
+    attempts: u32,
+    tokens: u64,
+    cost_usd: f64,
+}
+
+impl TaskView {
+    const KEYS: &[&str] = &["status", "output", "error", "attempts", "usage"];
+}
+
+impl minijinja::value::Object for TaskView {
+    fn repr(self: &std::sync::Arc<Self>) -> minijinja::value::ObjectRepr {
+        minijinja::value::ObjectRepr::Map
+    }
+    fn get_value(self: &std::sync::Arc<Self>, key: &Ctx) -> Option<Ctx> {
+        Some(match key.as_str()? {
+            "status" => Ctx::from(self.status),
+            "output" => match &self.output {
+                Some(o) => self.output_ctx.get_or_init(|| json_ctx(o)).clone(),
+                None => Ctx::from(()),
+            },
+            "error" => self.error.clone().unwrap_or(Ctx::from(())),
+            "attempts" => Ctx::from(self.attempts),
+            "usage" => Fields::ctx(&["tokens", "cost_usd"], vec![Ctx::from(self.tokens), Ctx::from(self.cost_usd)]),
+            _ => return None,
+        })
+    }
+    fn enumerate(self: &std::sync::Arc<Self>) -> minijinja::value::Enumerator {
+        minijinja::value::Enumerator::Str(Self::KEYS)
+    }
+}
+
 /// The `tasks` map of one attempt's context: the few tasks it reads, found by a linear search.
 #[derive(Debug)]
 struct Reads(Vec<(Ctx, Ctx)>);
@@ -459,23 +499,19 @@ impl Plan {
         item: Option<u32>,
         parts: &RunParts,
     ) -> Ctx {
-        const TASK: &[&str] = &["status", "output", "error", "attempts", "usage"];
-        const USAGE: &[&str] = &["tokens", "cost_usd"];
         let task_value = |i: usize| {
             let (status, output) = self.view(st, i);
             let make = || {
                 let ts = &st.tasks[i];
-                let usage = Fields::ctx(USAGE, vec![Ctx::from(ts.tokens), Ctx::from(ts.cost_usd)]);
-                Fields::ctx(
-                    TASK,
-                    vec![
-                        Ctx::from(status.map_or("pending", TaskStatus::as_str)),
-                        output.map_or(Ctx::from(()), json_ctx),
-                        ts.error.as_deref().map_or(Ctx::from(()), Ctx::from),
-                        Ctx::from(ts.attempts),
-                        usage,
-                    ],
-                )
+                Ctx::from_object(TaskView {
+                    status: status.map_or("pending", TaskStatus::as_str),
+                    output: output.cloned(),
+                    output_ctx: std::sync::OnceLock::new(),
+                    error: ts.error.as_deref().map(Ctx::from),
+                    attempts: ts.attempts,
+                    tokens: ts.tokens,
+                    cost_usd: ts.cost_usd,
+                })
             };
             // A task whose result is final looks the same to every later reader.
             match status {
@@ -559,7 +595,7 @@ impl Plan {
 
     /// A task's outcome as its dependents see it: a failed task whose fallback succeeded
     /// counts as succeeded with the fallback's output. `None` while not settled.
-    fn view<'s>(&self, st: &'s RunState, i: usize) -> (Option<TaskStatus>, Option<&'s Value>) {
+    fn view<'s>(&self, st: &'s RunState, i: usize) -> (Option<TaskStatus>, Option<&'s Output>) {
         let ts = &st.tasks[i];
         if !ts.status.is_terminal() {
             return (None, None);
@@ -662,7 +698,7 @@ impl Transition<'_, '_> {
                     AttemptResult::Succeeded { output, .. } => {
                         let u = self.unit_mut(*task, *item);
                         u.status = TaskStatus::Succeeded;
-                        u.output = Some(output.clone());
+                        u.output = Some(Output::clone(output));
                         u.error = None;
                     }
                     AttemptResult::Failed { error, retryable, .. } if *retryable && *attempt < max_attempts => {
@@ -757,9 +793,11 @@ impl Transition<'_, '_> {
         }
         if ts.units.iter().all(|u| u.status == TaskStatus::Succeeded) {
             ts.output = Some(if is_for_each {
-                Value::Array(ts.units.iter().map(|u| u.output.clone().unwrap_or(Value::Null)).collect())
+                Output::new(Value::Array(
+                    ts.units.iter().map(|u| u.output.as_deref().cloned().unwrap_or(Value::Null)).collect(),
+                ))
             } else {
-                ts.units[0].output.clone().unwrap_or(Value::Null)
+                ts.units[0].output.clone().unwrap_or_else(|| Output::new(Value::Null))
             });
             ts.status = TaskStatus::Succeeded;
             self.task_ended(i);
@@ -883,7 +921,7 @@ impl Transition<'_, '_> {
         };
         let ts = &mut self.st.tasks[i];
         if units.is_empty() {
-            ts.output = Some(Value::Array(Vec::new()));
+            ts.output = Some(Output::new(Value::Array(Vec::new())));
             ts.status = TaskStatus::Succeeded;
             return self.task_ended(i);
         }
@@ -1055,7 +1093,7 @@ mod json_ctx_tests {
 
     use super::{Ctx, json_ctx};
 
-    fn json() -> impl Strategy<Value = Value> {
+    pub(super) fn json() -> impl Strategy<Value = Value> {
         let leaf = prop_oneof![
             Just(Value::Null),
             any::<bool>().prop_map(Value::from),
@@ -1093,6 +1131,83 @@ mod json_ctx_tests {
         #[test]
         fn any_json_value_becomes_the_template_value_serde_would_make(v in json()) {
             same(&json_ctx(&v), &v);
+        }
+    }
+}
+
+#[cfg(test)]
+mod task_view_tests {
+    use proptest::prelude::*;
+    use serde_json::Value;
+
+    use super::json_ctx_tests::json;
+    use super::{Ctx, Fields, Output, TaskView, json_ctx};
+
+    /// `tasks.<id>` as it was built before `TaskView`: a fixed-key map of template values.
+    fn eager(status: &'static str, output: Option<&Value>, error: Option<&str>, attempts: u32, tokens: u64) -> Ctx {
+        let usage = Fields::ctx(&["tokens", "cost_usd"], vec![Ctx::from(tokens), Ctx::from(0.25)]);
+        Fields::ctx(
+            TaskView::KEYS,
+            vec![
+                Ctx::from(status),
+                output.map_or(Ctx::from(()), json_ctx),
+                error.map_or(Ctx::from(()), Ctx::from),
+                Ctx::from(attempts),
+                usage,
+            ],
+        )
+    }
+
+    fn view(status: &'static str, output: Option<&Value>, error: Option<&str>, attempts: u32, tokens: u64) -> Ctx {
+        Ctx::from_object(TaskView {
+            status,
+            output: output.cloned().map(Output::new),
+            output_ctx: Default::default(),
+            error: error.map(Ctx::from),
+            attempts,
+            tokens,
+            cost_usd: 0.25,
+        })
+    }
+
+    /// Templates see the same thing through either.
+    fn same(status: &'static str, output: Option<&Value>, error: Option<&str>) {
+        let mut env = minijinja::Environment::new();
+        env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+        let (a, b) = (eager(status, output, error, 3, 7), view(status, output, error, 3, 7));
+        for t in [
+            "{{ v }}",
+            "{{ v|tojson }}",
+            "{{ v|length }}",
+            "{% for k in v %}{{ k }}={{ v[k] }};{% endfor %}",
+            "{{ v|items|list }}",
+            "{{ v.status }} {{ v.error }} {{ v.attempts }} {{ v.usage.tokens + v.usage.cost_usd }}",
+            "{{ v.output }}",
+            "{{ v.output|tojson }}",
+            "{{ v.output is mapping }} {{ v.output is sequence }} {{ v.output is string }}",
+            "{{ v.output|length if v.output is iterable else 0 }}",
+            "{{ v == other }} {{ v.output == other.output }}",
+            "{{ v.missing }}",
+        ] {
+            let render = |v: &Ctx, other: &Ctx| {
+                env.render_str(t, minijinja::context! { v => v.clone(), other => other.clone() }).map_err(|e| e.kind())
+            };
+            assert_eq!(render(&b, &a), render(&a, &b), "{t} with output {output:?}");
+        }
+        assert_eq!(serde_json::to_value(&b).unwrap(), serde_json::to_value(&a).unwrap());
+    }
+
+    #[test]
+    fn a_task_view_reads_like_the_map_it_replaces() {
+        same("pending", None, None);
+        same("failed", None, Some("boom"));
+        same("succeeded", Some(&serde_json::json!({"text": "ok", "n": [1, 2.5, null]})), None);
+    }
+
+    proptest! {
+        #[test]
+        fn any_output_reads_the_same_through_a_task_view(v in json()) {
+            same("succeeded", Some(&v), None);
         }
     }
 }

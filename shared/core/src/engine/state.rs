@@ -3,8 +3,15 @@
 //! These are the engine's data; stores persist [`RunState`] as a whole (or map it to items)
 //! and apply each transition as a compare-and-set on [`RunState::version`].
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+
+/// A task's or attempt's output. Shared, not copied, between the result that reported it,
+/// the unit and task that hold it, the stored log and the views templates read (it is
+/// stored and serialized as the plain JSON value).
+pub type Output = Arc<Value>;
 
 /// Milliseconds since the Unix epoch, as given by the runtime's clock.
 pub type Millis = u64;
@@ -80,7 +87,7 @@ pub struct Unit {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub item: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub output: Option<Value>,
+    pub output: Option<Output>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     /// When a unit in `RetryWait` may run again.
@@ -125,7 +132,7 @@ pub struct TaskState {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub units: Vec<Unit>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub output: Option<Value>,
+    pub output: Option<Output>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     /// Why it was skipped or cancelled, for people reading a run.
@@ -221,7 +228,7 @@ pub struct Usage {
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum AttemptResult {
     Succeeded {
-        output: Value,
+        output: Output,
         #[serde(default)]
         usage: Usage,
     },

@@ -74,12 +74,12 @@ impl<'p> Driver<'p> {
     }
 
     fn output(&self, id: &str) -> Option<&Value> {
-        self.st.tasks[self.plan.checked.dag.index_of(id).unwrap()].output.as_ref()
+        self.st.tasks[self.plan.checked.dag.index_of(id).unwrap()].output.as_deref()
     }
 }
 
 fn ok(v: Value) -> AttemptResult {
-    AttemptResult::Succeeded { output: v, usage: Usage::default() }
+    AttemptResult::Succeeded { output: v.into(), usage: Usage::default() }
 }
 
 fn fail(retryable: bool) -> AttemptResult {
@@ -272,7 +272,7 @@ spec:
     }
     assert_eq!(finished, 5);
     assert_eq!(st.status, RunStatus::Succeeded);
-    assert_eq!(st.tasks[0].output, Some(json!(["0:a", "1:b", "2:c", "3:d", "4:e"])));
+    assert_eq!(st.tasks[0].output.as_deref(), Some(&json!(["0:a", "1:b", "2:c", "3:d", "4:e"])));
 }
 
 #[test]
@@ -395,7 +395,10 @@ spec:
 "#,
     );
     let mut d = Driver::new(&p, json!({}));
-    d.run(|_, _, _, w| AttemptResult::Succeeded { output: w.clone(), usage: Usage { tokens: 100, cost_usd: 0.02 } });
+    d.run(|_, _, _, w| AttemptResult::Succeeded {
+        output: w.clone().into(),
+        usage: Usage { tokens: 100, cost_usd: 0.02 },
+    });
     assert_eq!(d.st.status, RunStatus::Failed);
     assert_eq!(d.executed.len(), 1, "b must not start");
     assert!(d.st.error.as_deref().unwrap().starts_with("budget exceeded"));
@@ -414,7 +417,10 @@ spec:
     );
     p.set_estimates(vec![Estimate { cost_usd: 0.01, tokens: 10 }, Estimate { cost_usd: 0.04, tokens: 10 }]);
     let mut d = Driver::new(&p, json!({}));
-    d.run(|_, _, _, w| AttemptResult::Succeeded { output: w.clone(), usage: Usage { tokens: 10, cost_usd: 0.02 } });
+    d.run(|_, _, _, w| AttemptResult::Succeeded {
+        output: w.clone().into(),
+        usage: Usage { tokens: 10, cost_usd: 0.02 },
+    });
     assert_eq!(d.executed.len(), 1, "b (estimated $0.04 on top of $0.02 spent) must not start");
     assert_eq!(
         d.st.error.as_deref(),

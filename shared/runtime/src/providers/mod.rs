@@ -460,7 +460,7 @@ impl Executor for LlmExecutor {
         };
         let (r, usage) = self.complete(&w, &request_of(&w)).await;
         match r {
-            Ok(output) => AttemptResult::Succeeded { output, usage },
+            Ok(output) => AttemptResult::Succeeded { output: output.into(), usage },
             Err((error, retryable)) => AttemptResult::Failed { error, retryable, usage },
         }
     }
