@@ -371,16 +371,9 @@ pub(crate) fn build_attempt(
     let spec = &plan.checked.workflow.spec;
     let t = &spec.tasks[task];
     let context = plan.context_in(st, Some(task), item, parts);
-    let raw = exec.raw_fields();
-    let mut with = Map::with_capacity(t.with.len());
-    for (k, v) in &t.with {
-        let v = if raw.contains(&k.as_str()) {
-            v.clone()
-        } else {
-            plan.render_in(v, &context).map_err(|e| failed(TaskError::fatal(format!("rendering `with.{k}`: {e}"))))?
-        };
-        with.insert(k.clone(), v);
-    }
+    let with = plan
+        .render_task_with(task, &context, exec.raw_fields())
+        .map_err(|(k, e)| failed(TaskError::fatal(format!("rendering `with.{k}`: {e}"))))?;
     let with = Value::Object(with);
     Ok(Attempt {
         plan: plan.clone(),

@@ -26,6 +26,8 @@ pub struct Plan {
     env: Environment<'static>,
     /// Templates that are plain text with `{{ path }}` holes, by their text (see `interp`).
     simple: std::collections::HashMap<String, Vec<super::interp::Piece>>,
+    /// Each task's `with`, prepared for rendering once per attempt.
+    withs: Vec<PreparedWith>,
     retry: Vec<EffectiveRetry>,
     /// Declared dependencies of each task.
     deps: Vec<Vec<usize>>,
@@ -46,6 +48,72 @@ pub struct Plan {
     /// The tasks `outputs` read, when every reference names its task (`None`: some read
     /// `tasks` as a whole), so rendering them does not build every task's view.
     pub(super) output_reads: Option<Vec<usize>>,
+}
+
+/// A task's `with` block, prepared so that an attempt renders it without looking at what
+/// needs no rendering: the block with each value to render replaced by `null`, and how to
+/// render each of those.
+struct PreparedWith {
+    base: Map<String, Value>,
+    /// Position in `base`, the value as written, and how it renders.
+    holes: Vec<(usize, Value, Hole)>,
+}
+
+enum Hole {
+    /// `"{{ expression }}"`: the expression's value.
+    Expression(String),
+    /// Text with `{{ path }}` holes (see `interp`).
+    Pieces(Vec<super::interp::Piece>),
+    /// Anything else: a template compiled into the environment, or a list or map holding
+    /// templates ([`Plan::render_in`]).
+    Other,
+}
+
+impl PreparedWith {
+    fn new(
+        env: &mut Environment<'static>,
+        simple: &mut std::collections::HashMap<String, Vec<super::interp::Piece>>,
+        with: &Map<String, Value>,
+    ) -> Self {
+        let mut base = with.clone();
+        let mut holes = Vec::new();
+        for (pos, (_, v)) in base.iter_mut().enumerate() {
+            let hole = match v {
+                Value::String(s) if crate::expr::is_template(s) => match single_expression(s) {
+                    Some(e) => Hole::Expression(e.to_string()),
+                    None => match super::interp::parse(s) {
+                        Some(pieces) => Hole::Pieces(pieces),
+                        None => {
+                            add_templates(env, simple, v);
+                            Hole::Other
+                        }
+                    },
+                },
+                Value::Array(_) | Value::Object(_) if has_template(v) => {
+                    add_templates(env, simple, v);
+                    Hole::Other
+                }
+                _ => continue,
+            };
+            holes.push((pos, std::mem::take(v), hole));
+        }
+        PreparedWith { base, holes }
+    }
+}
+
+/// The expression of a template that is exactly one `{{ expression }}`.
+fn single_expression(s: &str) -> Option<&str> {
+    let t = s.trim();
+    t.strip_prefix("{{").and_then(|r| r.strip_suffix("}}")).filter(|e| !e.contains("{{") && !e.contains("}}"))
+}
+
+fn has_template(v: &Value) -> bool {
+    match v {
+        Value::String(s) => crate::expr::is_template(s),
+        Value::Array(items) => items.iter().any(has_template),
+        Value::Object(m) => m.values().any(has_template),
+        _ => false,
+    }
 }
 
 /// See [`Plan::run_parts`].
@@ -168,12 +236,7 @@ fn add_templates(
 ) {
     match v {
         Value::String(s) if crate::expr::is_template(s) => {
-            let t = s.trim();
-            let single = t
-                .strip_prefix("{{")
-                .and_then(|r| r.strip_suffix("}}"))
-                .is_some_and(|e| !e.contains("{{") && !e.contains("}}"));
-            if single || simple.contains_key(s) || env.get_template(s).is_ok() {
+            if single_expression(s).is_some() || simple.contains_key(s) || env.get_template(s).is_ok() {
                 return;
             }
             match super::interp::parse(s) {
@@ -274,10 +337,8 @@ impl Plan {
         env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
         // Templates are compiled once, named by their text; `render` finds them by it.
         let mut simple = std::collections::HashMap::new();
+        let withs = wf.spec.tasks.iter().map(|t| PreparedWith::new(&mut env, &mut simple, &t.with)).collect();
         let mut add = |v: &Value| add_templates(&mut env, &mut simple, v);
-        for t in &wf.spec.tasks {
-            t.with.values().for_each(&mut add);
-        }
         wf.spec.outputs.values().for_each(&mut add);
         if let Some(on) = &wf.spec.on {
             on.success.iter().chain(&on.failure).flat_map(|h| h.with.values()).for_each(&mut add);
@@ -289,6 +350,7 @@ impl Plan {
             checked,
             env,
             simple,
+            withs,
             retry,
             deps,
             children,
@@ -547,23 +609,19 @@ impl Plan {
     /// [`Plan::render`] in a context built by [`Plan::context_value`].
     pub fn render_in(&self, v: &Value, ctx: &Ctx) -> Result<Value, String> {
         Ok(match v {
-            Value::String(s) if crate::expr::is_template(s) => {
-                let t = s.trim();
-                let inner = t.strip_prefix("{{").and_then(|r| r.strip_suffix("}}"));
-                match inner {
-                    Some(expr) if !expr.contains("{{") && !expr.contains("}}") => self.eval_in(expr, ctx)?,
-                    _ => {
-                        if let Some(pieces) = self.simple.get(s.as_str()) {
-                            return Ok(Value::String(super::interp::render(pieces, ctx)?));
-                        }
-                        let tmpl = match self.env.get_template(s) {
-                            Ok(t) => t,
-                            Err(_) => self.env.template_from_str(s).map_err(|e| e.to_string())?,
-                        };
-                        Value::String(tmpl.render(ctx).map_err(|e| e.to_string())?)
+            Value::String(s) if crate::expr::is_template(s) => match single_expression(s) {
+                Some(expr) => self.eval_in(expr, ctx)?,
+                None => {
+                    if let Some(pieces) = self.simple.get(s.as_str()) {
+                        return Ok(Value::String(super::interp::render(pieces, ctx)?));
                     }
+                    let tmpl = match self.env.get_template(s) {
+                        Ok(t) => t,
+                        Err(_) => self.env.template_from_str(s).map_err(|e| e.to_string())?,
+                    };
+                    Value::String(tmpl.render(ctx).map_err(|e| e.to_string())?)
                 }
-            }
+            },
             Value::Array(items) => {
                 Value::Array(items.iter().map(|x| self.render_in(x, ctx)).collect::<Result<_, _>>()?)
             }
@@ -577,8 +635,35 @@ impl Plan {
     /// The rendered `with` block of an attempt.
     pub fn render_with(&self, st: &RunState, task: usize, item: Option<u32>) -> Result<Value, String> {
         let ctx = self.context_value(st, Some(task), item);
-        let with = Value::Object(self.checked.workflow.spec.tasks[task].with.clone());
-        self.render_in(&with, &ctx)
+        self.render_task_with(task, &ctx, &[]).map(Value::Object).map_err(|(_, e)| e)
+    }
+
+    /// Task `task`'s `with` block rendered in `ctx` (a context built by
+    /// [`Plan::context_in`]), the fields named in `raw` left as written. On error, the
+    /// field that did not render and why.
+    pub fn render_task_with(
+        &self,
+        task: usize,
+        ctx: &Ctx,
+        raw: &[&str],
+    ) -> Result<Map<String, Value>, (String, String)> {
+        let prepared = &self.withs[task];
+        let mut with = prepared.base.clone();
+        let mut holes = prepared.holes.iter().peekable();
+        for (pos, (k, v)) in with.iter_mut().enumerate() {
+            let Some((_, written, hole)) = holes.next_if(|(p, _, _)| *p == pos) else { continue };
+            *v = if raw.contains(&k.as_str()) {
+                written.clone()
+            } else {
+                match hole {
+                    Hole::Expression(e) => self.eval_in(e, ctx),
+                    Hole::Pieces(pieces) => super::interp::render(pieces, ctx).map(Value::String),
+                    Hole::Other => self.render_in(written, ctx),
+                }
+                .map_err(|e| (k.clone(), e))?
+            };
+        }
+        Ok(with)
     }
 
     /// Evaluates an expression (`when`, `for_each`, a transform's `expression`) in `ctx`.

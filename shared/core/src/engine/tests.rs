@@ -569,3 +569,60 @@ fn outputs_see_the_tasks_they_read() {
     d.run(echo);
     assert_eq!(d.st.outputs, Some(json!({"c": 3})));
 }
+
+/// A prepared `with` renders exactly as rendering the block as written: literals, a single
+/// expression, plain `{{ path }}` text, a compiled template, nested templates; raw fields
+/// stay as written; an error names its field.
+#[test]
+fn a_prepared_with_renders_as_the_block_as_written() {
+    let p = plan(
+        r#"
+spec:
+  inputs: { topic: { type: string, default: rust } }
+  tasks:
+    - { id: a, type: transform, with: { output: { text: "hi", n: 2 } } }
+    - id: b
+      type: http
+      depends_on: [a]
+      with:
+        method: POST
+        url: "https://{{ inputs.topic }}.example/{{ tasks.a.output.output.text }}"
+        headers: { x-topic: "{{ inputs.topic | upper }}" }
+        query: { q: "{{ inputs.topic | upper }}!", plain: "no template" }
+        body: "{{ tasks.a.output.output }}"
+        expect_status: [200, 201]
+    - id: c
+      type: http
+      depends_on: [a]
+      with:
+        url: "https://example/"
+        query: { q: "{{ tasks.a.output.output.missing.deeper }}" }
+        body: { list: ["{{ inputs.topic }}", 1, { deep: "{{ tasks.a.status }}" }], keep: x }
+"#,
+    );
+    let mut d = Driver::new(&p, json!({"topic": "rust"}));
+    d.apply(Event::Start).unwrap();
+    d.apply(Event::finished(0, None, 1, ok(json!({"output": {"text": "hi", "n": 2}})))).unwrap();
+    let written = |t: usize| Value::Object(p.checked.workflow.spec.tasks[t].with.clone());
+
+    let ctx = p.context_value(&d.st, Some(1), None);
+    let with = Value::Object(p.render_task_with(1, &ctx, &["headers"]).unwrap());
+    let mut want = p.render_in(&written(1), &ctx).unwrap();
+    want["headers"] = written(1)["headers"].clone();
+    assert_eq!(with, want);
+    assert_eq!(
+        with,
+        json!({
+            "method": "POST", "url": "https://rust.example/hi", "headers": {"x-topic": "{{ inputs.topic | upper }}"},
+            "query": {"q": "RUST!", "plain": "no template"}, "body": {"text": "hi", "n": 2}, "expect_status": [200, 201],
+        })
+    );
+    assert_eq!(p.render_with(&d.st, 1, None).unwrap()["headers"], json!({"x-topic": "RUST"}));
+
+    let ctx = p.context_value(&d.st, Some(2), None);
+    assert!(p.render_in(&written(2), &ctx).is_err());
+    assert_eq!(p.render_task_with(2, &ctx, &[]).unwrap_err().0, "query");
+    let with = Value::Object(p.render_task_with(2, &ctx, &["query"]).unwrap());
+    assert_eq!(with["body"], json!({"list": ["rust", 1, {"deep": "succeeded"}], "keep": "x"}));
+    assert_eq!(with["query"], written(2)["query"]);
+}
