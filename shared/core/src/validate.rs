@@ -85,6 +85,8 @@ pub struct Checked {
     pub workflow: Workflow,
     pub dag: Dag,
     pub reads: Vec<Reads>,
+    /// What `spec.outputs` read.
+    pub output_reads: Reads,
 }
 
 /// What one task reads, from its templates and expressions.
@@ -95,6 +97,9 @@ pub struct Reads {
     pub run: BTreeSet<String>,
     pub secrets: BTreeSet<String>,
     pub item: bool,
+    /// Reads `tasks` as a whole (iterates it, subscripts it, passes it on), not only named
+    /// tasks: allowed in outputs and hooks.
+    pub all_tasks: bool,
 }
 
 /// The result of validating one file.
@@ -195,7 +200,13 @@ impl Validator {
         let checked = if report.has_errors() {
             None
         } else {
-            checked.map(|(workflow, dag, reads)| Checked { source: source.clone(), workflow, dag, reads })
+            checked.map(|(workflow, dag, reads, output_reads)| Checked {
+                source: source.clone(),
+                workflow,
+                dag,
+                reads,
+                output_reads,
+            })
         };
         Outcome { report, checked }
     }
@@ -434,7 +445,10 @@ impl<'a> Run<'a> {
         self.report.diagnostics.last_mut().expect("just pushed")
     }
 
-    fn check_with(&mut self, analysed: impl FnOnce() -> Vec<TaskAnalysis>) -> Option<(Workflow, Dag, Vec<Reads>)> {
+    fn check_with(
+        &mut self,
+        analysed: impl FnOnce() -> Vec<TaskAnalysis>,
+    ) -> Option<(Workflow, Dag, Vec<Reads>, Reads)> {
         if !self.json.is_object() {
             let (path, span) = self.loc("");
             self.push(
@@ -500,7 +514,7 @@ impl<'a> Run<'a> {
         } else {
             self.tasks_semantics(0..views.len(), 0, &ctx, inputs.as_ref(), spec, defaults.as_ref())
         };
-        self.outputs(spec, &ctx);
+        let output_reads = self.outputs(spec, &ctx);
         self.hooks(spec, &ctx);
         self.schedule(spec, inputs.as_ref());
         self.events(spec, inputs.as_ref());
@@ -528,7 +542,7 @@ impl<'a> Run<'a> {
                 }
             },
         };
-        Some((workflow, dag?, reads))
+        Some((workflow, dag?, reads, output_reads))
     }
 
     // ---- schema errors -------------------------------------------------------------
@@ -1242,6 +1256,7 @@ impl<'a> Run<'a> {
                 }
                 "tasks" if !matches!(site, Site::Event) => {
                     let Some(id) = r.get(1) else {
+                        reads.all_tasks = true;
                         if let Site::Task { .. } = site {
                             self.error(
                                 UNKNOWN_REFERENCE,
@@ -1518,14 +1533,15 @@ impl<'a> Run<'a> {
 
     // ---- spec-level parts ------------------------------------------------------------------
 
-    fn outputs(&mut self, spec: Option<&Value>, ctx: &RefCtx<'_>) {
-        let Some(outputs) = spec.and_then(|s| s.get("outputs")).and_then(Value::as_object) else { return };
+    fn outputs(&mut self, spec: Option<&Value>, ctx: &RefCtx<'_>) -> Reads {
         let mut reads = Reads::default();
+        let Some(outputs) = spec.and_then(|s| s.get("outputs")).and_then(Value::as_object) else { return reads };
         for (name, v) in outputs {
             let mut p = format!("/spec/outputs/{}", name.replace('~', "~0").replace('/', "~1"));
             let rel = p.len();
             self.walk_with(v, &mut p, rel, None, Site::Output, ctx, &mut reads);
         }
+        reads
     }
 
     fn hooks(&mut self, spec: Option<&Value>, ctx: &RefCtx<'_>) {

@@ -255,46 +255,6 @@ fn add_templates(
     }
 }
 
-/// The tasks that the templates and expressions in `values` read, by index, if every
-/// reference to `tasks` names its task; `None` if one reads `tasks` as a whole (iterates it,
-/// passes it on) or does not parse. Strings are read both as templates and as expressions:
-/// more tasks than needed is harmless, one too few is not.
-fn named_task_reads<'v>(
-    values: impl IntoIterator<Item = &'v Value>,
-    index_of: impl Fn(&str) -> Option<usize>,
-) -> Option<Vec<usize>> {
-    fn walk(a: &crate::expr::Analyzer, v: &Value, refs: &mut Vec<Vec<String>>) -> Result<(), ()> {
-        match v {
-            Value::String(s) => {
-                if crate::expr::is_template(s) {
-                    refs.extend(a.template_refs(s).map_err(|_| ())?);
-                } else if let Ok(r) = a.expression_refs(s) {
-                    refs.extend(r);
-                }
-            }
-            Value::Array(items) => items.iter().try_for_each(|x| walk(a, x, refs))?,
-            Value::Object(m) => m.values().try_for_each(|x| walk(a, x, refs))?,
-            _ => {}
-        }
-        Ok(())
-    }
-    let analyzer = crate::expr::Analyzer::new();
-    let mut refs = Vec::new();
-    for v in values {
-        walk(&analyzer, v, &mut refs).ok()?;
-    }
-    let mut tasks = Vec::new();
-    for r in refs.iter().filter(|r| r[0] == "tasks") {
-        // An unknown id is left out: it is undefined either way.
-        if let Some(i) = index_of(r.get(1)?) {
-            tasks.push(i);
-        }
-    }
-    tasks.sort_unstable();
-    tasks.dedup();
-    Some(tasks)
-}
-
 impl Plan {
     pub fn new(checked: Checked) -> Plan {
         let wf = &checked.workflow;
@@ -345,7 +305,12 @@ impl Plan {
         }
         let estimates = vec![Estimate::default(); n];
         let ids = wf.spec.tasks.iter().map(|t| Ctx::from(t.id.as_str())).collect();
-        let output_reads = named_task_reads(wf.spec.outputs.values(), |id| dag.index_of(id));
+        let output_reads = (!checked.output_reads.all_tasks).then(|| {
+            // An unknown id is left out: it is undefined either way.
+            let mut v: Vec<usize> = checked.output_reads.tasks.iter().filter_map(|id| dag.index_of(id)).collect();
+            v.sort_unstable();
+            v
+        });
         Plan {
             checked,
             env,
