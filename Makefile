@@ -13,7 +13,7 @@ LLMO  := target/release/llmo
 EXAMPLES := $(wildcard workflows/*.yaml)
 DEMO_STATE := .llmo/demo.db
 
-.PHONY: all demo build test lint fmt unit local package bench-smoke bench schema clean stack-up stack-down
+.PHONY: all demo build test lint fmt unit local package bench-smoke bench schema clean stack-up stack-down deploy teardown
 
 all: test
 
@@ -45,8 +45,11 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 	localstack/stack.sh install
+	.venv/tools/bin/python infra/check.py infra/template.yaml
+	.venv/tools/bin/python infra/check.py --self-test
 	.venv/tools/bin/cfn-lint infra/template.yaml
 	.venv/tools/bin/checkov --config-file infra/checkov.yaml
+	SAM_CLI_TELEMETRY=0 .venv/sam/bin/sam validate --lint --template infra/template.yaml
 
 # Every test, with the local AWS (LocalStack for SQS/S3, moto for DynamoDB) started for the
 # serverless tests and stopped after. The nightly-digest example reads a secret from the env.
@@ -68,6 +71,20 @@ local:
 # same lambda test run against the packaged bootstraps (about 10 minutes on 2 cores).
 package:
 	localstack/with-stack.sh functions/lambda-test.sh --packaged
+
+# Deploys infra/template.yaml to the AWS account of your credentials (see README, "Deploying to
+# AWS"): sam build (cargo lambda, arm64) then sam deploy, which shows the change set first.
+#   make deploy JWT_ISSUER=https://... JWT_AUDIENCE=... [ALARM_TOPIC=arn:aws:sns:...]
+SAM := SAM_CLI_TELEMETRY=0 PATH="$(CURDIR)/.venv/tools/bin:$$PATH" .venv/sam/bin/sam
+deploy:
+	@test -n "$(JWT_ISSUER)" -a -n "$(JWT_AUDIENCE)" || { echo "make deploy JWT_ISSUER=<your identity provider's issuer> JWT_AUDIENCE=<its audience/client id>" >&2; exit 2; }
+	localstack/stack.sh install
+	$(SAM) build --config-file infra/samconfig.toml
+	$(SAM) deploy --config-file infra/samconfig.toml \
+	  --parameter-overrides JwtIssuer=$(JWT_ISSUER) JwtAudience=$(JWT_AUDIENCE) AlarmTopicArn=$(ALARM_TOPIC)
+
+teardown:
+	$(SAM) delete --config-file infra/samconfig.toml
 
 stack-up:
 	localstack/stack.sh up

@@ -38,6 +38,12 @@ set -a
 eval "$(localstack/stack.sh env)"
 eval "$("$dir/examples/provision")"
 LLMO_MOCK=${LLMO_MOCK:-1}
+# The local API verifies HS256 tokens with a development secret kept in .llmo/ (made once).
+if [ -z "${LLMO_JWT_SECRET:-}" ]; then
+  [ -s .llmo/dev-jwt-secret ] || (umask 077; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > .llmo/dev-jwt-secret)
+  LLMO_JWT_SECRET=$(cat .llmo/dev-jwt-secret)
+fi
+LLMO_AUTH=hs256
 set +a
 echo "   table $LLMO_TABLE, queue $LLMO_QUEUE_URL, bucket $LLMO_BUCKET"
 
@@ -50,11 +56,14 @@ for i in 1 2; do
 done
 "$dir/dlq" --local > "$log/dlq.log" 2>&1 &
 pids+=($!)
+up() { [ "$(curl -s -o /dev/null -w '%{http_code}' "http://$addr/workflows")" = 401 ]; }
 for _ in $(seq 1 100); do
-  curl -sf -o /dev/null "http://$addr/workflows" && break
+  up && break
   sleep 0.1
 done
-curl -sf -o /dev/null "http://$addr/workflows" || { echo "the api did not start: $log/api.log" >&2; exit 1; }
+up || { echo "the api did not start (or answers without a token): $log/api.log" >&2; exit 1; }
+LLMO_TOKEN=$("$dir/llmo" token --tenant local --role admin --sub "$(whoami)" --ttl 86400)
+export LLMO_TOKEN
 echo "== api on http://$addr, 2 step workers, dlq (logs in $log/)"
 
 if $smoke; then
@@ -65,6 +74,8 @@ if $smoke; then
   echo "local system: ok"
   exit 0
 fi
+echo "   export LLMO_TOKEN=$LLMO_TOKEN   # admin of tenant local, for a day"
+echo "   (or: LLMO_JWT_SECRET=\$(cat .llmo/dev-jwt-secret) llmo token --tenant local --role developer)"
 echo "   llmo submit workflows/simple-inference.yaml -i question=hi --wait --api http://$addr"
 echo "   Ctrl-C stops everything."
 wait

@@ -32,6 +32,11 @@ install() {
     python3 -m venv .venv/tools
     .venv/tools/bin/pip install -q -r localstack/requirements-tools.txt
   fi
+  if [ ! -x .venv/sam/bin/sam ]; then
+    # Its own venv: aws-sam-cli pins versions that moto and checkov do not share.
+    python3 -m venv .venv/sam
+    .venv/sam/bin/pip install -q -r localstack/requirements-sam.txt
+  fi
   local py; py=$(python313)
   if [ -n "$py" ] && [ ! -x .venv/localstack/bin/python ]; then
     "$py" -m venv .venv/localstack

@@ -114,6 +114,45 @@ enum Command {
         #[arg(long)]
         wait: bool,
     },
+    /// Read the serverless API's audit trail (admins): who did what, to what, when.
+    Audit {
+        /// Only this run's records (its requests and status changes).
+        #[arg(long, value_name = "RUN_ID")]
+        run: Option<String>,
+        /// How far back, e.g. 30m, 24h, 7d (default 24h; 30d with --run; at most 31d).
+        #[arg(long, value_name = "DURATION")]
+        since: Option<String>,
+        /// Another tenant's records (operators only).
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        /// The API's base URL (default: $LLMO_API_URL, else http://127.0.0.1:8080).
+        #[arg(long, value_name = "URL")]
+        api: Option<String>,
+        /// The answer as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print an HS256 bearer token for a local API (`api --local` verifying with
+    /// $LLMO_JWT_SECRET). Use it as `export LLMO_TOKEN=$(llmo token --tenant acme)`.
+    Token {
+        #[arg(long)]
+        tenant: String,
+        /// viewer, developer or admin (repeatable; add `operator` to an admin to act on other tenants).
+        #[arg(long = "role", default_value = "developer")]
+        roles: Vec<String>,
+        /// The token's subject (who you are).
+        #[arg(long, default_value = "local-user")]
+        sub: String,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl: u64,
+        #[arg(long, env = "LLMO_JWT_AUDIENCE", default_value = "llmo-api")]
+        audience: String,
+        #[arg(long, env = "LLMO_JWT_ISSUER")]
+        issuer: Option<String>,
+    },
     /// Print a run's transition log from the serverless API.
     Logs {
         run_id: String,
@@ -311,6 +350,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
             remote::submit(&file, &opts, api.as_deref(), idempotency_key.as_deref(), wait)
         }
         Command::Logs { run_id, api, json } => remote::logs(&run_id, api.as_deref(), json),
+        Command::Audit { run, since, tenant, limit, api, json } => {
+            remote::audit(run.as_deref(), since.as_deref(), tenant.as_deref(), limit, api.as_deref(), json)
+        }
+        Command::Token { tenant, roles, sub, ttl, audience, issuer } => {
+            let secret = std::env::var("LLMO_JWT_SECRET").map_err(|_| {
+                anyhow::anyhow!("LLMO_JWT_SECRET is not set (the secret the local API verifies tokens with)")
+            })?;
+            println!("{}", remote::token(&secret, &sub, &tenant, &roles, ttl, &audience, issuer.as_deref())?);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Runs { state } => run::runs(&state),
         Command::Cancel { run_id, state, exec } => run::cancel(&run_id, &state, &exec.exec()),
         Command::Synth { shape, tasks } => {

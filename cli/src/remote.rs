@@ -18,6 +18,23 @@ pub fn base(api: Option<&str>) -> String {
         .to_string()
 }
 
+/// An HTTP client that sends `$LLMO_TOKEN` as the bearer token on every request (the API
+/// refuses requests without one; `llmo token` makes one for a local API).
+fn client() -> Result<reqwest::Client> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(t) = std::env::var("LLMO_TOKEN").ok().filter(|t| !t.is_empty()) {
+        let mut v = reqwest::header::HeaderValue::from_str(&format!("Bearer {t}"))
+            .context("LLMO_TOKEN is not a valid header value")?;
+        v.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, v);
+    }
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .timeout(Duration::from_secs(60))
+        .build()
+        .context("building the HTTP client")
+}
+
 fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the async runtime")
 }
@@ -64,7 +81,7 @@ pub fn submit(file: &Path, opts: &Options, api: Option<&str>, key: Option<&str>,
     let inputs = given_inputs(opts)?;
     let url = base(api);
     runtime()?.block_on(async {
-        let client = reqwest::Client::new();
+        let client = client()?;
         let mut body = json!({"source": source, "source_name": file.display().to_string(), "inputs": inputs});
         if let Some(k) = key {
             body["idempotency_key"] = json!(k);
@@ -122,7 +139,7 @@ pub fn submit(file: &Path, opts: &Options, api: Option<&str>, key: Option<&str>,
 pub fn status(run_id: &str, api: Option<&str>) -> Result<ExitCode> {
     let url = base(api);
     runtime()?.block_on(async {
-        let client = reqwest::Client::new();
+        let client = client()?;
         let (status, v) = call(client.get(format!("{url}/runs/{run_id}")), &url).await?;
         if status != 200 {
             return Ok(refused(&format!("status of {run_id}"), status, &v));
@@ -136,7 +153,7 @@ pub fn status(run_id: &str, api: Option<&str>) -> Result<ExitCode> {
 pub fn logs(run_id: &str, api: Option<&str>, json_out: bool) -> Result<ExitCode> {
     let url = base(api);
     runtime()?.block_on(async {
-        let client = reqwest::Client::new();
+        let client = client()?;
         let (status, v) = call(client.get(format!("{url}/runs/{run_id}/history")), &url).await?;
         if status != 200 {
             return Ok(refused(&format!("history of {run_id}"), status, &v));
@@ -174,4 +191,92 @@ pub fn logs(run_id: &str, api: Option<&str>, json_out: bool) -> Result<ExitCode>
         }
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// `llmo audit`: the audit trail (admins): a run's records, or the tenant's in a time range.
+pub fn audit(
+    run: Option<&str>,
+    since: Option<&str>,
+    tenant: Option<&str>,
+    limit: u32,
+    api: Option<&str>,
+    json_out: bool,
+) -> Result<ExitCode> {
+    let url = base(api);
+    let mut query: Vec<(String, String)> = vec![("limit".into(), limit.to_string())];
+    if let Some(r) = run {
+        query.push(("run".into(), r.to_string()));
+    }
+    if let Some(t) = tenant {
+        query.push(("tenant".into(), t.to_string()));
+    }
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    let since_ms = match since {
+        Some(s) => {
+            let d = llmo_core::model::Duration::parse(s)
+                .with_context(|| format!("--since {s}: a duration such as 30m, 24h or 7d"))?;
+            now.saturating_sub(d.0.as_millis() as u64)
+        }
+        None if run.is_some() => now.saturating_sub(30 * 86_400_000),
+        None => now.saturating_sub(86_400_000),
+    };
+    query.push(("since".into(), since_ms.to_string()));
+    query.push(("until".into(), now.to_string()));
+    runtime()?.block_on(async {
+        let client = client()?;
+        let (status, v) = call(client.get(format!("{url}/audit")).query(&query), &url).await?;
+        if status != 200 {
+            return Ok(refused("reading the audit trail", status, &v));
+        }
+        if json_out {
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            return Ok(ExitCode::SUCCESS);
+        }
+        for r in v["records"].as_array().into_iter().flatten() {
+            println!(
+                "{}  {:<10} {:<20} {:<10} {:<24} {:<40} {}",
+                r["at"],
+                r["tenant"].as_str().unwrap_or(""),
+                r["actor"].as_str().unwrap_or(""),
+                r["role"].as_str().unwrap_or(""),
+                r["action"].as_str().unwrap_or(""),
+                r["target"].as_str().unwrap_or("-"),
+                r["result"].as_str().unwrap_or("")
+            );
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// `llmo token`: an HS256 token for an API that verifies with `$LLMO_JWT_SECRET` (a local
+/// `api --local`; deployed APIs take tokens from your identity provider).
+pub fn token(
+    secret: &str,
+    sub: &str,
+    tenant: &str,
+    roles: &[String],
+    ttl_secs: u64,
+    audience: &str,
+    issuer: Option<&str>,
+) -> Result<String> {
+    if secret.len() < 32 {
+        bail!("LLMO_JWT_SECRET must be at least 32 bytes");
+    }
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let mut claims = serde_json::Map::new();
+    claims.insert("sub".into(), json!(sub));
+    claims.insert("tenant".into(), json!(tenant));
+    claims.insert("roles".into(), json!(roles));
+    claims.insert("aud".into(), json!(audience));
+    claims.insert("iat".into(), json!(now));
+    claims.insert("exp".into(), json!(now + ttl_secs));
+    if let Some(i) = issuer {
+        claims.insert("iss".into(), json!(i));
+    }
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .context("signing the token")
 }

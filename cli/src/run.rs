@@ -13,8 +13,9 @@ use llmo_core::validate::{Checked, Validator};
 use llmo_runtime::driver::{self, Driver, HookOutcome, Observer};
 use llmo_runtime::executor::Registry;
 use llmo_runtime::http::Fixtures;
-use llmo_runtime::ports::{BlobStore, DirBlobs, SystemClock, now_ms};
+use llmo_runtime::ports::{BlobStore, DirBlobs, SystemClock};
 use llmo_runtime::providers::Config;
+use llmo_runtime::start::{self, StartError, StartRequest, Starter};
 use llmo_runtime::store::{Durability, MemoryStore, RunStore, SqliteStore, StoredRun, Transition, rebuild};
 use serde_json::{Map, Value, json};
 
@@ -112,25 +113,32 @@ pub fn given_inputs(opts: &Options) -> Result<Map<String, Value>> {
 
 pub fn run(checked: Checked, source: &SourceFile, opts: &Options) -> Result<ExitCode> {
     let given = given_inputs(opts)?;
-    let inputs = match llmo_core::inputs::resolve_inputs(&checked.workflow.spec.inputs, &given) {
-        Ok(i) => i,
-        Err(errors) => {
+    // The start-a-run use case every entry point shares: inputs checked, the plan priced, a
+    // run id with 96 random bits, the run stored.
+    let starter = Starter::new(config(&opts.exec)?, opts.exec.mock);
+    let req = StartRequest { inputs: given, ..Default::default() };
+    let prepared = match starter.prepare(checked, source.name(), source.text(), &req) {
+        Ok(p) => p,
+        Err(StartError::Inputs(errors)) => {
             for e in errors {
                 eprintln!("error: {}: input `{}`{}: {}", source.name(), e.input, e.path, e.message);
             }
             return Ok(ExitCode::from(2));
         }
+        Err(e) => return Err(e.into()),
     };
     let rt = runtime()?;
     let store = open_store(opts.state.as_deref(), opts.exec.durability)?;
-    let plan = prepared(Plan::new(checked), &opts.exec)?;
-    let run_id = format!("run-{}-{:04x}", now_ms(), std::process::id() & 0xffff);
+    let run_id = prepared.state.run_id.clone();
+    rt.block_on(starter.create(store.as_ref(), &prepared))?;
+    let start::Prepared { plan, state, .. } = prepared;
+    let plan = Arc::new(plan);
     let d = driver(plan.clone(), store, opts.state.as_deref(), &opts.exec)?;
     eprintln!("{run_id}: {} ({} tasks)", plan.checked.workflow.metadata.name, plan.task_count());
     let mut progress = Progress::new(&plan, None);
     let end = rt.block_on(async {
         tokio::select! {
-            r = d.start(&run_id, inputs, source.name(), source.text(), &mut progress) => r.map(Some),
+            r = d.start_created(state, &mut progress) => r.map(Some),
             _ = tokio::signal::ctrl_c() => Ok(None),
         }
     })?;

@@ -10,9 +10,14 @@ async fn main() -> Result<(), lambda_http::Error> {
     llmo_aws::env::init_tracing();
     let aws = llmo_aws::Aws::from_env().await;
     let (executors, config, mock) = llmo_aws::env::executors()?;
-    let api = Arc::new(Api::new(&aws, executors, config, mock));
     let args: Vec<String> = std::env::args().collect();
-    if args.iter().any(|a| a == "--local") {
+    let local = args.iter().any(|a| a == "--local");
+    let auth = llmo_aws::auth::Auth::from_env(!local).await?;
+    if local && auth.is_api_gateway() {
+        return Err("LLMO_AUTH=apigateway trusts API Gateway's authorizer, which --local does not have".into());
+    }
+    let api = Arc::new(Api::new(&aws, executors, config, mock).with_auth(auth));
+    if local {
         let addr = args
             .iter()
             .position(|a| a == "--addr")

@@ -14,14 +14,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnConsumedCapacity};
-use lambda_http::http::Request as HttpRequest;
 use llmo_aws::Aws;
 use llmo_aws::metrics::{Reading, price};
 use llmo_aws::provision::{Resources, provision};
 use llmo_aws::sqs::SqsQueue;
 use llmo_aws::step::Step;
 use llmo_runtime::providers::Config;
-use serde_json::{Value, json};
 
 fn workflow(tasks: usize, chain: bool) -> String {
     if chain {
@@ -82,14 +80,14 @@ async fn run(aws: &Aws, source: &str, tasks: usize, workers: usize) -> Run {
     );
     let before = aws.meter.read();
     let t0 = Instant::now();
-    let req = HttpRequest::builder()
-        .method("POST")
-        .uri("/runs")
-        .body(lambda_http::Body::Text(json!({"source": source}).to_string()))
-        .unwrap();
-    let resp = api.handle(req).await;
-    let v: Value = serde_json::from_slice(resp.body().as_ref()).unwrap();
-    let run_id = v["run_id"].as_str().unwrap_or_else(|| panic!("start failed: {v}")).to_string();
+    // Started through the start-a-run use case, as the API does (the API's own
+    // authentication and audit write are not part of a step's cost).
+    let started = api
+        .starter
+        .start(&*api.store, &*api.queue, "bench.yaml", source, &Default::default())
+        .await
+        .unwrap_or_else(|e| panic!("start failed: {e}"));
+    let run_id = started.run_id;
     let invocations = Arc::new(AtomicU64::new(0));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut handles = Vec::new();
@@ -118,7 +116,11 @@ async fn run(aws: &Aws, source: &str, tasks: usize, workers: usize) -> Run {
     let store = llmo_aws::dynamo::DynamoStore::new(watcher);
     loop {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let runs = store.list_page(&Default::default()).await.unwrap().runs;
+        let runs = store
+            .list_page(&llmo_aws::dynamo::ListFilter { tenant: "-".into(), ..Default::default() })
+            .await
+            .unwrap()
+            .runs;
         if runs.iter().any(|r| r.run_id == run_id && r.status != "running" && r.status != "pending") {
             break;
         }

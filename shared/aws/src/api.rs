@@ -1,14 +1,20 @@
 //! The `api` function: the HTTP API (API Gateway HTTP API, payload v2) over the run store.
 //!
-//! | route | does |
-//! | --- | --- |
-//! | `POST /workflows` `{"source": "<yaml>"}` | validates and registers a definition (by its `metadata.name`) |
-//! | `GET /workflows` | the registered definitions |
-//! | `POST /runs` `{"workflow": name \| "source": yaml, "inputs": {..}, "idempotency_key"?}` | starts a run (`Idempotency-Key` header works too: one key, one run) |
-//! | `GET /runs?workflow=&status=&limit=&cursor=` | runs, newest first, a page at a time |
-//! | `GET /runs/{id}` | status, task states, outputs, cost |
-//! | `GET /runs/{id}/history` | the transition log |
-//! | `POST /runs/{id}/cancel` | cancels (stored before the answer; `on.failure` hooks run) |
+//! Every route authenticates ([`crate::auth`]) and acts within the caller's tenant:
+//!
+//! | route | role | does |
+//! | --- | --- | --- |
+//! | `POST /workflows` `{"source": "<yaml>"}` | developer | validates and registers a definition (by its `metadata.name`) |
+//! | `GET /workflows` | viewer | the tenant's registered definitions |
+//! | `POST /runs` `{"workflow": name \| "source": yaml, "inputs": {..}, "idempotency_key"?}` | developer | starts a run (`Idempotency-Key` header works too: one key and request, one run) |
+//! | `GET /runs?workflow=&status=&limit=&cursor=` | viewer | the tenant's runs, newest first, a page at a time |
+//! | `GET /runs/{id}` | viewer | status, task states, outputs, cost |
+//! | `GET /runs/{id}/history` | viewer | the transition log |
+//! | `POST /runs/{id}/cancel` | developer | cancels (stored before the answer; `on.failure` hooks run) |
+//! | `GET /audit?run=&since=&until=&limit=` | admin | the audit trail, oldest first |
+//!
+//! Another tenant's run is a 404, as if it did not exist. An admin who is also an `operator`
+//! may add `?tenant=T` to act on tenant T. Every authenticated request is audited.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,16 +23,17 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use lambda_http::http::{Method, StatusCode};
 use lambda_http::{Body, Request, Response};
 use llmo_core::engine::{Event, Plan};
-use llmo_core::source::SourceFile;
-use llmo_core::validate::{Checked, Validator};
 use llmo_runtime::executor::Registry;
 use llmo_runtime::ports::SystemClock;
 use llmo_runtime::providers::Config;
-use llmo_runtime::queue::{Delivery, Message, Queue};
+use llmo_runtime::queue::{Delivery, Message};
+use llmo_runtime::start::{IdempotencyKey, KeySpace, StartError, StartRequest, Starter};
 use llmo_runtime::store::{RunStore, rebuild};
 use llmo_runtime::worker::Worker;
 use serde_json::{Value, json};
 
+use crate::audit::{self, Audit, Record};
+use crate::auth::{Auth, AuthError, Principal, Role};
 use crate::config::Aws;
 use crate::dynamo::{DynamoStore, ListFilter};
 use crate::sqs::SqsQueue;
@@ -36,9 +43,10 @@ pub struct Api {
     pub store: Arc<DynamoStore>,
     pub queue: Arc<SqsQueue>,
     pub worker: Worker,
-    pub config: Config,
-    pub mock: bool,
-    validator: Validator,
+    pub starter: Starter,
+    pub audit: Audit,
+    /// How requests authenticate; `None` refuses every request.
+    pub auth: Option<Auth>,
 }
 
 type Reply = Response<Body>;
@@ -58,9 +66,76 @@ fn problem(status: StatusCode, message: impl Into<String>) -> Reply {
     reply(status, json!({"error": message.into()}))
 }
 
+/// A 500 that says nothing of the cause (AWS error text names tables, buckets and keys): the
+/// cause is logged with an id the answer gives.
 fn internal(e: impl std::fmt::Display) -> Reply {
-    tracing::error!(error = %e, "api request failed");
-    problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+    let mut b = [0u8; 6];
+    getrandom::fill(&mut b).expect("the operating system's random source");
+    let id: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    tracing::error!(error = %e, error_id = %id, "api request failed");
+    reply(StatusCode::INTERNAL_SERVER_ERROR, json!({"error": "internal error", "error_id": id}))
+}
+
+fn no_run(id: &str) -> Reply {
+    problem(StatusCode::NOT_FOUND, format!("no run `{id}`"))
+}
+
+/// A route, with the role it needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route<'a> {
+    RegisterWorkflow,
+    ListWorkflows,
+    StartRun,
+    ListRuns,
+    GetRun(&'a str),
+    History(&'a str),
+    Cancel(&'a str),
+    Audit,
+}
+
+impl<'a> Route<'a> {
+    pub fn parse(method: &Method, parts: &[&'a str]) -> Option<Self> {
+        Some(match (method, parts) {
+            (&Method::POST, ["workflows"]) => Route::RegisterWorkflow,
+            (&Method::GET, ["workflows"]) => Route::ListWorkflows,
+            (&Method::POST, ["runs"]) => Route::StartRun,
+            (&Method::GET, ["runs"]) => Route::ListRuns,
+            (&Method::GET, ["runs", id]) => Route::GetRun(id),
+            (&Method::GET, ["runs", id, "history"]) => Route::History(id),
+            (&Method::POST, ["runs", id, "cancel"]) => Route::Cancel(id),
+            (&Method::GET, ["audit"]) => Route::Audit,
+            _ => return None,
+        })
+    }
+
+    pub fn needs(&self) -> Role {
+        match self {
+            Route::ListWorkflows | Route::ListRuns | Route::GetRun(_) | Route::History(_) => Role::Viewer,
+            Route::RegisterWorkflow | Route::StartRun | Route::Cancel(_) => Role::Developer,
+            Route::Audit => Role::Admin,
+        }
+    }
+
+    /// The route as the audit trail names it.
+    pub fn action(&self) -> &'static str {
+        match self {
+            Route::RegisterWorkflow => "POST /workflows",
+            Route::ListWorkflows => "GET /workflows",
+            Route::StartRun => "POST /runs",
+            Route::ListRuns => "GET /runs",
+            Route::GetRun(_) => "GET /runs/{id}",
+            Route::History(_) => "GET /runs/{id}/history",
+            Route::Cancel(_) => "POST /runs/{id}/cancel",
+            Route::Audit => "GET /audit",
+        }
+    }
+
+    fn run(&self) -> Option<&'a str> {
+        match self {
+            Route::GetRun(id) | Route::History(id) | Route::Cancel(id) => Some(id),
+            _ => None,
+        }
+    }
 }
 
 impl Api {
@@ -69,11 +144,46 @@ impl Api {
         let queue = Arc::new(SqsQueue::new(aws.clone()));
         let worker =
             Worker::from_stored(store.clone(), queue.clone(), Arc::new(executors), Arc::new(SystemClock::default()));
-        Api { aws: aws.clone(), store, queue, worker, config, mock, validator: Validator::default() }
+        Api {
+            aws: aws.clone(),
+            store,
+            queue,
+            worker,
+            starter: Starter::new(config, mock),
+            audit: Audit::new(aws),
+            auth: None,
+        }
+    }
+
+    /// The same API, authenticating with `auth`.
+    pub fn with_auth(mut self, auth: Auth) -> Self {
+        self.auth = Some(auth);
+        self
     }
 
     pub async fn handle(&self, req: Request) -> Reply {
         let path = req.uri().path().trim_end_matches('/').to_string();
+        let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+        let Some(route) = Route::parse(req.method(), &parts) else {
+            return problem(StatusCode::NOT_FOUND, format!("no route {} {path}", req.method()));
+        };
+        let principal = match &self.auth {
+            None => Err(AuthError::Unauthenticated("this API has no authentication configured".into())),
+            Some(a) => a.authenticate(&req).await,
+        };
+        let principal = match principal {
+            Ok(p) => p,
+            Err(AuthError::Unauthenticated(why)) => {
+                tracing::info!(route = route.action(), %why, "unauthenticated request");
+                let mut r = problem(StatusCode::UNAUTHORIZED, why);
+                r.headers_mut().insert("www-authenticate", "Bearer".parse().expect("header value"));
+                return r;
+            }
+            Err(AuthError::Forbidden(why)) => {
+                tracing::info!(route = route.action(), %why, "request refused");
+                return problem(StatusCode::FORBIDDEN, why);
+            }
+        };
         let query: HashMap<String, String> = req
             .uri()
             .query()
@@ -84,47 +194,92 @@ impl Api {
                     .collect()
             })
             .unwrap_or_default();
+        let (reply, tenant, target) = self.authorized(&req, route, &principal, &query).await;
+        let record = Record {
+            at: llmo_runtime::ports::now_ms(),
+            tenant: tenant.unwrap_or_else(|| principal.tenant.clone()),
+            actor: principal.subject.clone(),
+            role: principal.role.as_str().into(),
+            action: route.action().into(),
+            run_id: route.run().map(str::to_string).or_else(|| target.clone().filter(|t| t.starts_with("run-"))),
+            target: route.run().map(str::to_string).or(target),
+            result: reply.status().as_u16().to_string(),
+        };
+        if let Err(e) = self.audit.write(&record).await {
+            tracing::error!(error = %e, action = record.action, actor = record.actor, "audit record not written");
+        }
+        reply
+    }
+
+    /// Handles a request from an authenticated caller: the reply, the tenant it acted on and
+    /// its target (for the audit record).
+    async fn authorized(
+        &self,
+        req: &Request,
+        route: Route<'_>,
+        p: &Principal,
+        query: &HashMap<String, String>,
+    ) -> (Reply, Option<String>, Option<String>) {
+        let tenant = match p.acting_tenant(query.get("tenant").map(String::as_str)) {
+            Ok(t) => t.to_string(),
+            Err(e) => return (problem(StatusCode::FORBIDDEN, e.to_string()), None, None),
+        };
+        if !p.may(route.needs()) {
+            let why = format!(
+                "{} needs the {} role (the token grants {})",
+                route.action(),
+                route.needs().as_str(),
+                p.role.as_str()
+            );
+            return (problem(StatusCode::FORBIDDEN, why), Some(tenant), None);
+        }
         let body: Value = match req.body() {
             Body::Empty => Value::Null,
-            b => match serde_json::from_slice(b.as_ref()) {
-                Ok(v) => v,
-                Err(e) => return problem(StatusCode::BAD_REQUEST, format!("request body is not JSON: {e}")),
-            },
+            b => {
+                let json = req.headers().get("content-type").and_then(|v| v.to_str().ok()).is_some_and(|v| {
+                    v.split(';').next().is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+                });
+                if !json {
+                    let r = problem(StatusCode::UNSUPPORTED_MEDIA_TYPE, "a request body must be `application/json`");
+                    return (r, Some(tenant), None);
+                }
+                match serde_json::from_slice(b.as_ref()) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        let r = problem(StatusCode::BAD_REQUEST, format!("request body is not JSON: {e}"));
+                        return (r, Some(tenant), None);
+                    }
+                }
+            }
         };
         let header_key = req.headers().get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_string);
-        let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
-        match (req.method(), parts.as_slice()) {
-            (&Method::POST, ["workflows"]) => self.register(&body).await,
-            (&Method::GET, ["workflows"]) => self.workflows().await,
-            (&Method::POST, ["runs"]) => self.start(&body, header_key).await,
-            (&Method::GET, ["runs"]) => self.list(&query).await,
-            (&Method::GET, ["runs", id]) => self.get(id).await,
-            (&Method::GET, ["runs", id, "history"]) => self.history(id).await,
-            (&Method::POST, ["runs", id, "cancel"]) => self.cancel(id).await,
-            _ => problem(StatusCode::NOT_FOUND, format!("no route {} {path}", req.method())),
+        if let Some(id) = route.run() {
+            match self.store.tenant_of(id).await {
+                Ok(Some(t)) if t == tenant => {}
+                Ok(_) => return (no_run(id), Some(tenant), None),
+                Err(e) => return (internal(e), Some(tenant), None),
+            }
         }
-    }
-
-    fn check(&self, name: &str, source: &str) -> Result<Checked, Refusal> {
-        let outcome = self.validator.validate(&SourceFile::new(name.to_string(), source.to_string()));
-        outcome.checked.ok_or_else(|| {
-            let errors: Vec<Value> = outcome
-                .report
-                .records()
-                .into_iter()
-                .map(|r| json!({"file": r.file, "line": r.line, "column": r.column, "field": r.path, "code": r.code, "message": r.message}))
-                .collect();
-            Box::new(reply(StatusCode::UNPROCESSABLE_ENTITY, json!({"error": "the workflow does not validate", "diagnostics": errors})))
-        })
-    }
-
-    async fn register(&self, body: &Value) -> Reply {
-        let Some(source) = body.get("source").and_then(Value::as_str) else {
-            return problem(StatusCode::BAD_REQUEST, "`source` (the workflow YAML) is required");
+        let (reply, target) = match route {
+            Route::RegisterWorkflow => self.register(&tenant, &body).await,
+            Route::ListWorkflows => (self.workflows(&tenant).await, None),
+            Route::StartRun => self.start(&tenant, &body, header_key).await,
+            Route::ListRuns => (self.list(&tenant, query).await, None),
+            Route::GetRun(id) => (self.get(id).await, None),
+            Route::History(id) => (self.history(id).await, None),
+            Route::Cancel(id) => (self.cancel(id).await, None),
+            Route::Audit => (self.read_audit(&tenant, query).await, None),
         };
-        let checked = match self.check("workflow.yaml", source) {
+        (reply, Some(tenant), target)
+    }
+
+    async fn register(&self, tenant: &str, body: &Value) -> (Reply, Option<String>) {
+        let Some(source) = body.get("source").and_then(Value::as_str) else {
+            return (problem(StatusCode::BAD_REQUEST, "`source` (the workflow YAML) is required"), None);
+        };
+        let checked = match self.starter.check("workflow.yaml", source) {
             Ok(c) => c,
-            Err(r) => return *r,
+            Err(e) => return (start_error(e), None),
         };
         let name = checked.workflow.metadata.name.clone();
         let r = self
@@ -132,25 +287,26 @@ impl Api {
             .dynamodb
             .put_item()
             .table_name(&self.aws.table)
-            .item("pk", AttributeValue::S("WORKFLOWS".into()))
+            .item("pk", AttributeValue::S(format!("WORKFLOWS#{tenant}")))
             .item("sk", AttributeValue::S(name.clone()))
             .item("source", AttributeValue::S(source.to_string()))
             .item("registered_at", AttributeValue::N(llmo_runtime::ports::now_ms().to_string()))
             .send()
             .await;
-        match r {
+        let reply = match r {
             Ok(_) => reply(StatusCode::CREATED, json!({"workflow": name, "tasks": checked.workflow.spec.tasks.len()})),
             Err(e) => internal(aws_sdk_dynamodb::error::DisplayErrorContext(e)),
-        }
+        };
+        (reply, Some(name))
     }
 
-    async fn definition(&self, name: &str) -> Result<Option<String>, Refusal> {
+    async fn definition(&self, tenant: &str, name: &str) -> Result<Option<String>, Refusal> {
         let out = self
             .aws
             .dynamodb
             .get_item()
             .table_name(&self.aws.table)
-            .key("pk", AttributeValue::S("WORKFLOWS".into()))
+            .key("pk", AttributeValue::S(format!("WORKFLOWS#{tenant}")))
             .key("sk", AttributeValue::S(name.to_string()))
             .send()
             .await
@@ -158,14 +314,14 @@ impl Api {
         Ok(out.item.and_then(|i| i.get("source").and_then(|s| s.as_s().ok()).cloned()))
     }
 
-    async fn workflows(&self) -> Reply {
+    async fn workflows(&self, tenant: &str) -> Reply {
         let r = self
             .aws
             .dynamodb
             .query()
             .table_name(&self.aws.table)
             .key_condition_expression("pk = :pk")
-            .expression_attribute_values(":pk", AttributeValue::S("WORKFLOWS".into()))
+            .expression_attribute_values(":pk", AttributeValue::S(format!("WORKFLOWS#{tenant}")))
             .projection_expression("sk, registered_at")
             .send()
             .await;
@@ -182,75 +338,74 @@ impl Api {
         }
     }
 
-    async fn start(&self, body: &Value, header_key: Option<String>) -> Reply {
+    /// Starts a run through the start-a-run use case: from a registered workflow of the tenant
+    /// or from `source`.
+    async fn start_in(&self, tenant: &str, body: &Value, key: Option<IdempotencyKey>) -> (Reply, Option<String>) {
         let (name, source) =
             match (body.get("source").and_then(Value::as_str), body.get("workflow").and_then(Value::as_str)) {
                 (Some(s), _) => (
                     body.get("source_name").and_then(Value::as_str).unwrap_or("workflow.yaml").to_string(),
                     s.to_string(),
                 ),
-                (None, Some(w)) => match self.definition(w).await {
+                (None, Some(w)) => match self.definition(tenant, w).await {
                     Ok(Some(s)) => (format!("{w}.yaml"), s),
-                    Ok(None) => return problem(StatusCode::NOT_FOUND, format!("no workflow `{w}` is registered")),
-                    Err(r) => return *r,
+                    Ok(None) => {
+                        return (problem(StatusCode::NOT_FOUND, format!("no workflow `{w}` is registered")), None);
+                    }
+                    Err(r) => return (*r, None),
                 },
                 (None, None) => {
-                    return problem(StatusCode::BAD_REQUEST, "give `workflow` (a registered name) or `source`");
+                    return (problem(StatusCode::BAD_REQUEST, "give `workflow` (a registered name) or `source`"), None);
                 }
             };
-        let checked = match self.check(&name, &source) {
-            Ok(c) => c,
-            Err(r) => return *r,
+        let inputs = match body.get("inputs") {
+            None | Some(Value::Null) => Default::default(),
+            Some(Value::Object(m)) => m.clone(),
+            Some(_) => return (problem(StatusCode::BAD_REQUEST, "`inputs` must be an object"), None),
         };
-        let given = body.get("inputs").and_then(Value::as_object).cloned().unwrap_or_default();
-        let inputs = match llmo_core::inputs::resolve_inputs(&checked.workflow.spec.inputs, &given) {
-            Ok(i) => i,
-            Err(errors) => {
-                let list: Vec<Value> =
-                    errors.iter().map(|e| json!({"input": e.input, "path": e.path, "message": e.message})).collect();
-                return reply(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    json!({"error": "inputs do not match the workflow", "inputs": list}),
-                );
+        let req = StartRequest { tenant: Some(tenant.to_string()), inputs, key };
+        match self.starter.start(&*self.store, &*self.queue, &name, &source, &req).await {
+            Ok(s) => {
+                let status = if s.created { StatusCode::CREATED } else { StatusCode::OK };
+                let target = Some(s.run_id.clone());
+                (reply(status, json!({"run_id": s.run_id, "workflow": s.workflow, "created": s.created})), target)
             }
-        };
-        let key = header_key.or_else(|| body.get("idempotency_key").and_then(Value::as_str).map(str::to_string));
-        let mut plan = Plan::new(checked);
-        plan.set_estimates(llmo_runtime::estimates(&self.config, self.mock, &plan));
-        let run_id = new_run_id();
-        let st = plan.new_run(run_id.clone(), inputs);
-        let workflow = plan.checked.workflow.metadata.name.clone();
-        let existing = match self.store.create_once(key.as_deref(), &workflow, &name, &source, &st).await {
-            Ok(e) => e,
-            Err(e) => return internal(e),
-        };
-        let run_id = existing.clone().unwrap_or(run_id);
-        // Sent again for a repeated key too: the first request may have died before sending
-        // it, and a second `Start` is ignored.
-        if let Err(e) = self.queue.send(&Message::Event { run_id: run_id.clone(), event: Event::Start }, 0).await {
-            return internal(e);
+            Err(e) => (start_error(e), None),
         }
-        let status = if existing.is_some() { StatusCode::OK } else { StatusCode::CREATED };
-        reply(status, json!({"run_id": run_id, "workflow": workflow, "created": existing.is_none()}))
     }
 
-    /// Starts the run an EventBridge schedule asks for: `{"workflow", "inputs"}` as the event
-    /// itself (Scheduler) or as its `detail` (scheduled rule). The event id (or the
-    /// Scheduler's `idempotency_key`/scheduled time) is the start's idempotency key.
+    async fn start(&self, tenant: &str, body: &Value, header_key: Option<String>) -> (Reply, Option<String>) {
+        let key = header_key.or_else(|| body.get("idempotency_key").and_then(Value::as_str).map(str::to_string));
+        let key = match key.as_deref().map(IdempotencyKey::client).transpose() {
+            Ok(k) => k,
+            Err(e) => return (start_error(e), None),
+        };
+        self.start_in(tenant, body, key).await
+    }
+
+    /// Starts the run an EventBridge Scheduler tick or an EventBridge event asks for:
+    /// `{"tenant", "workflow", "inputs"}` as the event itself (Scheduler) or as its `detail`
+    /// (a rule). The tick's `idempotency_key` (schedule and scheduled time) or the event's id
+    /// is the start's idempotency key, in its own key space: no client can take it.
     pub async fn start_scheduled(&self, event: &Value) -> Result<Value, String> {
         let body = match event.get("detail") {
             Some(d) if d.get("workflow").is_some() => d.clone(),
             _ => event.clone(),
         };
+        let tenant = body.get("tenant").and_then(Value::as_str).unwrap_or_default();
+        if !crate::auth::valid_tenant(tenant) {
+            return Err(format!("the trigger names no valid `tenant` (got `{tenant}`)"));
+        }
         // Scoped by workflow, so two schedules' ticks at the same time never share a key.
         let workflow = body.get("workflow").and_then(Value::as_str).unwrap_or_default();
-        let key = event
-            .get("idempotency_key")
-            .or_else(|| body.get("idempotency_key"))
-            .or_else(|| event.get("id"))
-            .and_then(Value::as_str)
-            .map(|k| format!("schedule:{workflow}:{k}"));
-        let r = self.start(&body, key).await;
+        let key = match (event.get("idempotency_key").or_else(|| body.get("idempotency_key")), event.get("id")) {
+            (Some(k), _) => k.as_str().map(|k| IdempotencyKey::system(KeySpace::Schedule, &format!("{workflow}:{k}"))),
+            (None, Some(id)) => {
+                id.as_str().map(|k| IdempotencyKey::system(KeySpace::Event, &format!("{workflow}:{k}")))
+            }
+            _ => None,
+        };
+        let (r, _) = self.start_in(tenant, &body, key).await;
         let ok = r.status().is_success();
         let text = String::from_utf8_lossy(r.body().as_ref()).into_owned();
         let v: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
@@ -262,11 +417,17 @@ impl Api {
         }
     }
 
-    async fn list(&self, q: &HashMap<String, String>) -> Reply {
+    async fn list(&self, tenant: &str, q: &HashMap<String, String>) -> Reply {
+        let limit = match q.get("limit").map(|l| l.parse::<i32>()) {
+            None => None,
+            Some(Ok(l)) if (1..=1000).contains(&l) => Some(l),
+            Some(_) => return problem(StatusCode::BAD_REQUEST, "`limit` is a number from 1 to 1000"),
+        };
         let f = ListFilter {
+            tenant: tenant.to_string(),
             workflow: q.get("workflow").cloned(),
             status: q.get("status").cloned(),
-            limit: q.get("limit").and_then(|l| l.parse().ok()),
+            limit,
             cursor: q.get("cursor").cloned(),
         };
         match self.store.list_page(&f).await {
@@ -278,6 +439,7 @@ impl Api {
                     .collect();
                 reply(StatusCode::OK, json!({"runs": runs, "next": page.next}))
             }
+            Err(llmo_runtime::store::Error::Invalid(why)) => problem(StatusCode::BAD_REQUEST, why),
             Err(e) => internal(e),
         }
     }
@@ -285,12 +447,12 @@ impl Api {
     async fn get(&self, id: &str) -> Reply {
         let stored = match self.store.load(id).await {
             Ok(Some(s)) => s,
-            Ok(None) => return problem(StatusCode::NOT_FOUND, format!("no run `{id}`")),
+            Ok(None) => return no_run(id),
             Err(e) => return internal(e),
         };
-        let checked = match self.check(&stored.source_name, &stored.source) {
+        let checked = match self.starter.check(&stored.source_name, &stored.source) {
             Ok(c) => c,
-            Err(r) => return *r,
+            Err(e) => return internal(format!("the stored workflow of {id} no longer validates: {e}")),
         };
         let plan = Plan::new(checked);
         let workflow = stored.workflow.clone();
@@ -327,10 +489,6 @@ impl Api {
 
     async fn history(&self, id: &str) -> Reply {
         match self.store.history(id).await {
-            Ok(h) if h.is_empty() => match self.store.version(id).await {
-                Ok(None) => problem(StatusCode::NOT_FOUND, format!("no run `{id}`")),
-                _ => reply(StatusCode::OK, json!({"run_id": id, "transitions": []})),
-            },
             Ok(h) => reply(StatusCode::OK, json!({"run_id": id, "transitions": h})),
             Err(e) => internal(e),
         }
@@ -344,20 +502,67 @@ impl Api {
         };
         match self.worker.handle(&d).await {
             Ok(_) => self.get(id).await,
-            Err(llmo_runtime::worker::Error::NoSuchRun(_)) => problem(StatusCode::NOT_FOUND, format!("no run `{id}`")),
+            Err(llmo_runtime::worker::Error::NoSuchRun(_)) => no_run(id),
+            Err(e) => internal(e),
+        }
+    }
+
+    async fn read_audit(&self, tenant: &str, q: &HashMap<String, String>) -> Reply {
+        let num =
+            |k: &str| q.get(k).map(|v| v.parse::<u64>().map_err(|_| format!("`{k}` is milliseconds since the epoch")));
+        let now = llmo_runtime::ports::now_ms();
+        let (until, since) = match (num("until").transpose(), num("since").transpose()) {
+            (Ok(u), Ok(s)) => {
+                let until = u.unwrap_or(now);
+                (until, s.unwrap_or(until.saturating_sub(86_400_000)))
+            }
+            (Err(e), _) | (_, Err(e)) => return problem(StatusCode::BAD_REQUEST, e),
+        };
+        if let Err(e) = audit::check_range(since, until) {
+            return problem(StatusCode::BAD_REQUEST, e);
+        }
+        let limit = match q.get("limit").map(|l| l.parse::<usize>()) {
+            None => 100,
+            Some(Ok(l)) if (1..=1000).contains(&l) => l,
+            Some(_) => return problem(StatusCode::BAD_REQUEST, "`limit` is a number from 1 to 1000"),
+        };
+        let query = audit::Query { tenant: tenant.to_string(), run_id: q.get("run").cloned(), since, until, limit };
+        match self.audit.read(&query).await {
+            Ok(records) => {
+                reply(StatusCode::OK, json!({"tenant": tenant, "since": since, "until": until, "records": records}))
+            }
             Err(e) => internal(e),
         }
     }
 }
 
-fn new_run_id() -> String {
-    use sha2::{Digest, Sha256};
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let now = llmo_runtime::ports::now_ms();
-    let seed = format!("{now}-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
-    let h = Sha256::digest(seed.as_bytes());
-    format!("run-{now}-{}", h.iter().take(4).map(|b| format!("{b:02x}")).collect::<String>())
+/// The answer to a start (or a validation) the use case refused.
+fn start_error(e: StartError) -> Reply {
+    match e {
+        StartError::Invalid(outcome) => {
+            let errors: Vec<Value> = outcome
+                .report
+                .records()
+                .into_iter()
+                .map(|r| json!({"file": r.file, "line": r.line, "column": r.column, "field": r.path, "code": r.code, "message": r.message}))
+                .collect();
+            reply(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                json!({"error": "the workflow does not validate", "diagnostics": errors}),
+            )
+        }
+        StartError::Inputs(errors) => {
+            let list: Vec<Value> =
+                errors.iter().map(|e| json!({"input": e.input, "path": e.path, "message": e.message})).collect();
+            reply(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                json!({"error": "inputs do not match the workflow", "inputs": list}),
+            )
+        }
+        StartError::BadKey(why) => problem(StatusCode::BAD_REQUEST, why),
+        e @ StartError::KeyReused => problem(StatusCode::CONFLICT, e.to_string()),
+        e @ (StartError::Store(_) | StartError::Queue(_)) => internal(e),
+    }
 }
 
 /// Decodes `%xx` and `+` in a query value.

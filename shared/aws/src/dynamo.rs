@@ -33,11 +33,12 @@ use aws_sdk_dynamodb::types::{
     AttributeValue, ConsumedCapacity, Put, ReturnConsumedCapacity, TransactWriteItem, Update,
 };
 use llmo_core::engine::{RunState, RunStatus};
-use llmo_runtime::store::{Error, RunStore, RunSummary, StoredRun, Transition};
+use llmo_runtime::store::{Created, Error, RunStore, RunSummary, StartKey, StoredRun, Transition};
 use sha2::{Digest, Sha256};
 
 use llmo_runtime::ports::BlobStore;
 
+use crate::audit::{Audit, Record};
 use crate::blobs::S3Blobs;
 use crate::config::Aws;
 
@@ -103,6 +104,8 @@ fn now_secs() -> u64 {
 /// Where a run is listed from: one of the GSIs.
 #[derive(Debug, Clone, Default)]
 pub struct ListFilter {
+    /// The tenant whose runs are listed (a listing never leaves it).
+    pub tenant: String,
     pub workflow: Option<String>,
     pub status: Option<String>,
     pub limit: Option<i32>,
@@ -114,8 +117,79 @@ pub struct ListFilter {
 #[derive(Debug, Clone)]
 pub struct Page {
     pub runs: Vec<RunSummary>,
-    /// Pass as `cursor` for the next page.
+    /// Pass as `cursor` for the next page (opaque; valid only for the same listing).
     pub next: Option<String>,
+}
+
+/// The tenant part of keys: `-` for runs without a tenant (embedded, tests).
+fn tenant_key(t: Option<&str>) -> &str {
+    t.unwrap_or("-")
+}
+
+/// A listing cursor: base64url of `{"l": <listing hash>, "s": {shard: created bound}}`. It is
+/// checked on the way back in: it must decode, name this very listing (tenant and filters),
+/// and hold only shard numbers and `<13 digits>#<run id>` bounds. Queries are keyed by the
+/// caller's tenant whatever the cursor says, so even a forged cursor reads nothing else.
+mod cursor {
+    use std::collections::HashMap;
+
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use sha2::{Digest, Sha256};
+
+    fn listing(tenant: &str, workflow: Option<&str>, status: Option<&str>) -> String {
+        let h = Sha256::digest(format!("{tenant}\0{}\0{}", workflow.unwrap_or(""), status.unwrap_or("")).as_bytes());
+        h.iter().take(8).map(|b| format!("{b:02x}")).collect()
+    }
+
+    pub fn encode(tenant: &str, workflow: Option<&str>, status: Option<&str>, bounds: &HashMap<u32, String>) -> String {
+        let v = serde_json::json!({"l": listing(tenant, workflow, status), "s": bounds});
+        URL_SAFE_NO_PAD.encode(v.to_string())
+    }
+
+    fn bound_ok(b: &str) -> bool {
+        if b.is_empty() {
+            return true;
+        }
+        let Some((ms, id)) = b.split_once('#') else { return false };
+        ms.len() == 13
+            && ms.bytes().all(|c| c.is_ascii_digit())
+            && (1..=128).contains(&id.len())
+            && id.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_' || c == b'.')
+    }
+
+    pub fn decode(
+        c: &str,
+        tenant: &str,
+        workflow: Option<&str>,
+        status: Option<&str>,
+        shards: u32,
+    ) -> Result<Vec<(u32, String)>, String> {
+        let bad = || "the cursor is not one this listing gave".to_string();
+        if c.len() > 4096 {
+            return Err(bad());
+        }
+        let bytes = URL_SAFE_NO_PAD.decode(c).map_err(|_| bad())?;
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Raw {
+            l: String,
+            s: HashMap<u32, String>,
+        }
+        let raw: Raw = serde_json::from_slice(&bytes).map_err(|_| bad())?;
+        if raw.l != listing(tenant, workflow, status) || raw.s.is_empty() {
+            return Err(bad());
+        }
+        let mut v = Vec::new();
+        for (k, b) in raw.s {
+            if k >= shards || !bound_ok(&b) {
+                return Err(bad());
+            }
+            v.push((k, b));
+        }
+        v.sort();
+        Ok(v)
+    }
 }
 
 /// Partition keys each listing GSI spreads runs over (see the module's documentation).
@@ -130,13 +204,14 @@ fn list_shard(run_id: &str) -> u32 {
 pub struct DynamoStore {
     aws: Aws,
     blobs: S3Blobs,
+    audit: Audit,
     retention_secs: u64,
 }
 
 impl DynamoStore {
     pub fn new(aws: Aws) -> Self {
         let days = std::env::var("LLMO_RETENTION_DAYS").ok().and_then(|v| v.parse().ok()).unwrap_or(RETENTION_DAYS);
-        DynamoStore { blobs: S3Blobs { aws: aws.clone() }, aws, retention_secs: days * 86_400 }
+        DynamoStore { blobs: S3Blobs { aws: aws.clone() }, audit: Audit::new(&aws), aws, retention_secs: days * 86_400 }
     }
 
     /// Charges a write what the service reported or what the item's size bills on AWS,
@@ -269,20 +344,15 @@ impl DynamoStore {
     /// it gave ("" for none yet), so the next page starts right after it in every shard.
     pub async fn list_page(&self, f: &ListFilter) -> Result<Page, Error> {
         let (index, key, prefix) = match (&f.workflow, &f.status) {
-            (Some(w), _) => ("by_workflow", "wf_key", w.as_str()),
-            (None, Some(st)) => ("by_status", "status_key", st.as_str()),
-            (None, None) => ("by_time", "all", "RUNS"),
+            (Some(w), _) => ("by_workflow", "wf_key", format!("{}#{w}", f.tenant)),
+            (None, Some(st)) => ("by_status", "status_key", format!("{}#{st}", f.tenant)),
+            (None, None) => ("by_time", "all", format!("{}#RUNS", f.tenant)),
         };
         let limit = f.limit.unwrap_or(50).clamp(1, 1000);
         let open: Vec<(u32, String)> = match &f.cursor {
             None => (0..LIST_SHARDS).map(|k| (k, String::new())).collect(),
-            Some(c) => {
-                let m: HashMap<u32, String> =
-                    serde_json::from_str(c).map_err(|e| Error::Other(format!("bad cursor: {e}")))?;
-                let mut v: Vec<(u32, String)> = m.into_iter().filter(|(k, _)| *k < LIST_SHARDS).collect();
-                v.sort();
-                v
-            }
+            Some(c) => cursor::decode(c, &f.tenant, f.workflow.as_deref(), f.status.as_deref(), LIST_SHARDS)
+                .map_err(Error::Invalid)?,
         };
         let queries = open.iter().map(|(k, bound)| {
             let mut cond = "#k = :v".to_string();
@@ -335,20 +405,21 @@ impl DynamoStore {
                 next.insert(*k, m.clone());
             }
         }
-        let next = (!next.is_empty()).then(|| serde_json::to_string(&next).expect("cursor serializes"));
+        let next =
+            (!next.is_empty()).then(|| cursor::encode(&f.tenant, f.workflow.as_deref(), f.status.as_deref(), &next));
         Ok(Page { runs, next })
     }
 
-    /// Stores a new run, unless a run was already started with `idempotency_key`: then that
-    /// run's id is returned and nothing is written. `Ok(None)`: created.
+    /// Stores a new run and, with a key, the key's item in the same transaction (both
+    /// conditional). A taken key writes nothing and returns the run it started.
     pub async fn create_once(
         &self,
-        idempotency_key: Option<&str>,
+        key: Option<&StartKey>,
         workflow: &str,
         source_name: &str,
         source: &str,
         initial: &RunState,
-    ) -> Result<Option<String>, Error> {
+    ) -> Result<Created, Error> {
         let meta = self.meta_item(workflow, source_name, source, initial).await?;
         let mut tx = vec![
             TransactWriteItem::builder()
@@ -363,11 +434,12 @@ impl DynamoStore {
                 .build(),
         ];
         let mut wru = wru_of(&meta);
-        if let Some(k) = idempotency_key {
+        if let Some(k) = key {
             let idem: Item = [
-                ("pk".to_string(), s(format!("IDEM#{k}"))),
+                ("pk".to_string(), s(format!("IDEM#{}", k.id))),
                 ("sk".to_string(), s("IDEM")),
                 ("run_id".to_string(), s(initial.run_id.clone())),
+                ("fingerprint".to_string(), s(k.fingerprint.clone())),
                 ("expires_at".to_string(), n(now_secs() + self.retention_secs)),
             ]
             .into();
@@ -396,7 +468,7 @@ impl DynamoStore {
         match r {
             Ok(out) => {
                 self.charge(out.consumed_capacity().iter().filter_map(|c| c.capacity_units()).sum(), 2.0 * wru);
-                Ok(None)
+                Ok(Created::New)
             }
             Err(e) => {
                 let cancelled = e.as_service_error().is_some_and(|e| e.is_transaction_canceled_exception());
@@ -406,14 +478,37 @@ impl DynamoStore {
                 // Transactions bill twice the item size, also when cancelled.
                 self.aws.meter.add_wru(2.0 * wru);
                 self.aws.meter.lost_writes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if let Some(k) = idempotency_key
-                    && let Some(item) = self.get(format!("IDEM#{k}"), "IDEM").await?
+                if let Some(k) = key
+                    && let Some(item) = self.get(format!("IDEM#{}", k.id), "IDEM").await?
                 {
-                    return Ok(Some(get_s(&item, "run_id").unwrap_or_default().to_string()));
+                    return Ok(Created::Existing {
+                        run_id: get_s(&item, "run_id").unwrap_or_default().to_string(),
+                        fingerprint: get_s(&item, "fingerprint").unwrap_or_default().to_string(),
+                    });
                 }
                 Err(Error::Exists(initial.run_id.clone()))
             }
         }
+    }
+
+    /// The tenant a run belongs to (`Some("-")` for a run without one), `None` if there is
+    /// no such run.
+    pub async fn tenant_of(&self, run_id: &str) -> Result<Option<String>, Error> {
+        let out = self
+            .aws
+            .dynamodb
+            .get_item()
+            .table_name(&self.aws.table)
+            .key("pk", s(run_pk(run_id)))
+            .key("sk", s("META"))
+            .projection_expression("tenant")
+            .consistent_read(true)
+            .return_consumed_capacity(ReturnConsumedCapacity::Total)
+            .send()
+            .await
+            .map_err(err)?;
+        self.meter_capacity(out.consumed_capacity(), false);
+        Ok(out.item.map(|i| get_s(&i, "tenant").unwrap_or("-").to_string()))
     }
 
     async fn meta_item(
@@ -426,6 +521,7 @@ impl DynamoStore {
         let id = &initial.run_id;
         let created = format!("{:013}#{id}", llmo_runtime::ports::now_ms());
         let shard = list_shard(id);
+        let t = tenant_key(initial.tenant.as_deref());
         let mut item: Item = [
             ("pk".to_string(), s(run_pk(id))),
             ("sk".to_string(), s("META")),
@@ -436,9 +532,10 @@ impl DynamoStore {
             ("version".to_string(), n(0)),
             ("cost_usd".to_string(), n(0)),
             ("created".to_string(), s(created)),
-            ("all".to_string(), s(format!("RUNS#{shard}"))),
-            ("wf_key".to_string(), s(format!("{workflow}#{shard}"))),
-            ("status_key".to_string(), s(format!("{}#{shard}", initial.status.as_str()))),
+            ("tenant".to_string(), s(t)),
+            ("all".to_string(), s(format!("{t}#RUNS#{shard}"))),
+            ("wf_key".to_string(), s(format!("{t}#{workflow}#{shard}"))),
+            ("status_key".to_string(), s(format!("{t}#{}#{shard}", initial.status.as_str()))),
         ]
         .into();
         self.payload(id, "source", source.to_string(), "source", "source_ref", &mut item).await?;
@@ -455,7 +552,15 @@ impl DynamoStore {
             .key("sk", s("META"))
             .expression_attribute_names("#s", "status")
             .expression_attribute_values(":s", s(head.status.as_str()))
-            .expression_attribute_values(":sk", s(format!("{}#{}", head.status.as_str(), list_shard(&head.run_id))))
+            .expression_attribute_values(
+                ":sk",
+                s(format!(
+                    "{}#{}#{}",
+                    tenant_key(head.tenant.as_deref()),
+                    head.status.as_str(),
+                    list_shard(&head.run_id)
+                )),
+            )
             .expression_attribute_values(":v", n(head.version))
             .expression_attribute_values(":c", n(head.cost_usd));
         if let Some(t) = head.started_at {
@@ -492,6 +597,17 @@ fn changes_summary(ts: &[Transition], head: &RunState) -> bool {
 impl RunStore for DynamoStore {
     async fn create(&self, workflow: &str, source_name: &str, source: &str, initial: &RunState) -> Result<(), Error> {
         self.create_once(None, workflow, source_name, source, initial).await.map(|_| ())
+    }
+
+    async fn create_keyed(
+        &self,
+        key: Option<&StartKey>,
+        workflow: &str,
+        source_name: &str,
+        source: &str,
+        initial: &RunState,
+    ) -> Result<Created, Error> {
+        self.create_once(key, workflow, source_name, source, initial).await
     }
 
     async fn load(&self, run_id: &str) -> Result<Option<StoredRun>, Error> {
@@ -550,12 +666,24 @@ impl RunStore for DynamoStore {
                 .condition_expression("attribute_not_exists(sk)")
                 .build()
                 .map_err(other)?;
+            // The status change's audit record goes in the same transaction: one per change.
+            let record = Record {
+                at: llmo_runtime::ports::now_ms(),
+                tenant: tenant_key(head.tenant.as_deref()).to_string(),
+                actor: "system".into(),
+                role: "system".into(),
+                action: "run.status".into(),
+                target: Some(run_id.clone()),
+                result: head.status.as_str().into(),
+                run_id: Some(run_id.clone()),
+            };
             let r = self
                 .aws
                 .dynamodb
                 .transact_write_items()
                 .transact_items(TransactWriteItem::builder().put(put).build())
                 .transact_items(TransactWriteItem::builder().update(self.summary_update(head)?).build())
+                .transact_items(TransactWriteItem::builder().put(self.audit.put(&record)).build())
                 .return_consumed_capacity(ReturnConsumedCapacity::Total)
                 .send()
                 .await;
@@ -563,12 +691,12 @@ impl RunStore for DynamoStore {
                 Ok(out) => {
                     self.charge(
                         out.consumed_capacity().iter().filter_map(|c| c.capacity_units()).sum(),
-                        2.0 * (wru + 1.0),
+                        2.0 * (wru + 2.0),
                     );
                     true
                 }
                 Err(e) if e.as_service_error().is_some_and(|e| e.is_transaction_canceled_exception()) => {
-                    self.aws.meter.add_wru(2.0 * (wru + 1.0));
+                    self.aws.meter.add_wru(2.0 * (wru + 2.0));
                     false
                 }
                 Err(e) => return Err(err(e)),
@@ -668,7 +796,7 @@ impl RunStore for DynamoStore {
     }
 
     async fn list(&self) -> Result<Vec<RunSummary>, Error> {
-        Ok(self.list_page(&ListFilter { limit: Some(100), ..Default::default() }).await?.runs)
+        Ok(self.list_page(&ListFilter { tenant: "-".into(), limit: Some(100), ..Default::default() }).await?.runs)
     }
 }
 

@@ -2,6 +2,8 @@
 //! SQS queue, S3 blobs), request accounting, the handlers the Lambda functions run, and the
 //! local modes that run those same handlers against LocalStack/moto.
 pub mod api;
+pub mod audit;
+pub mod auth;
 pub mod blobs;
 pub mod config;
 pub mod dynamo;

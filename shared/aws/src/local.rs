@@ -55,24 +55,73 @@ where
     }
 }
 
-/// Serves `handler` over HTTP on `addr` (API Gateway's part, locally).
+/// Whether a request may reach the local API: a web page a developer visits must not be able
+/// to drive the API on their machine. Refused: a `Host` other than the address served (or
+/// `localhost` on its port, or one in `LLMO_ALLOWED_HOSTS`), which stops DNS rebinding; an
+/// `Origin` other than the API's own; a browser's `Sec-Fetch-Site` of `cross-site` or
+/// `same-site`. (The API itself requires `application/json` bodies, which a page cannot send
+/// to another origin without a CORS preflight this server never grants.)
+pub fn same_site(
+    addr: SocketAddr,
+    headers: &lambda_http::http::HeaderMap,
+    extra_hosts: &[String],
+) -> Result<(), String> {
+    let get = |k: &str| headers.get(k).and_then(|v| v.to_str().ok());
+    let port = addr.port();
+    let mut hosts =
+        vec![addr.to_string(), format!("localhost:{port}"), format!("127.0.0.1:{port}"), format!("[::1]:{port}")];
+    hosts.extend(extra_hosts.iter().cloned());
+    let host = get("host").ok_or("the request has no Host header")?;
+    if !hosts.iter().any(|h| h.eq_ignore_ascii_case(host)) {
+        return Err(format!("Host `{host}` is not this API's address"));
+    }
+    if let Some(origin) = get("origin")
+        && !hosts.iter().any(|h| origin.eq_ignore_ascii_case(&format!("http://{h}")))
+    {
+        return Err(format!("cross-site request from `{origin}` refused"));
+    }
+    if let Some(site) = get("sec-fetch-site")
+        && (site == "cross-site" || site == "same-site")
+    {
+        return Err("cross-site request refused".into());
+    }
+    Ok(())
+}
+
+/// Serves `handler` over HTTP on `addr` (API Gateway's part, locally), refusing cross-site
+/// requests ([`same_site`]) and bodies over 16 MiB.
 pub async fn serve<F, Fut>(addr: SocketAddr, handler: F) -> std::io::Result<()>
 where
     F: Fn(Request) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = lambda_http::Response<Body>> + Send,
 {
+    let extra: Vec<String> = std::env::var("LLMO_ALLOWED_HOSTS")
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|h| !h.is_empty())
+        .map(str::to_string)
+        .collect();
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let addr = listener.local_addr()?;
     let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
         let handler = handler.clone();
+        let extra = extra.clone();
         async move {
+            let refuse = |status: u16, msg: String| {
+                axum::response::Response::builder()
+                    .status(status)
+                    .header("content-type", "application/json")
+                    .body(axum::body::Body::from(serde_json::json!({"error": msg}).to_string()))
+                    .expect("valid response")
+            };
+            if let Err(why) = same_site(addr, req.headers(), &extra) {
+                return refuse(403, why);
+            }
             let (parts, body) = req.into_parts();
             let bytes = match axum::body::to_bytes(body, 16 * 1024 * 1024).await {
                 Ok(b) => b,
-                Err(e) => {
-                    return axum::response::Response::builder()
-                        .status(400)
-                        .body(axum::body::Body::from(serde_json::json!({"error": e.to_string()}).to_string()))
-                        .expect("valid response");
-                }
+                Err(e) => return refuse(413, format!("request body: {e}")),
             };
             let body = if bytes.is_empty() { Body::Empty } else { Body::Binary(bytes.to_vec()) };
             let resp = handler(Request::from_parts(parts, body)).await;
@@ -80,7 +129,6 @@ where
             axum::response::Response::from_parts(parts, axum::body::Body::from(body.to_vec()))
         }
     });
-    let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(%addr, "api listening");
     axum::serve(listener, app).await
 }
@@ -122,4 +170,36 @@ pub async fn sqs_function<H: SqsHandler>(name: &str, handler: H, queue: SqsQueue
         async move { Ok::<_, lambda_runtime::Error>(handler.handle(e.payload).await) }
     }))
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lambda_http::http::HeaderMap;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn cross_site_requests_are_refused() {
+        let addr: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        let ok = |h: &[(&'static str, &str)]| same_site(addr, &headers(h), &[]).is_ok();
+        assert!(ok(&[("host", "127.0.0.1:8080")]));
+        assert!(ok(&[
+            ("host", "localhost:8080"),
+            ("origin", "http://localhost:8080"),
+            ("sec-fetch-site", "same-origin")
+        ]));
+        assert!(!ok(&[]), "no Host");
+        assert!(!ok(&[("host", "evil.example:8080")]), "DNS rebinding");
+        assert!(!ok(&[("host", "127.0.0.1:8080"), ("origin", "https://evil.example")]));
+        assert!(!ok(&[("host", "127.0.0.1:8080"), ("origin", "null")]));
+        assert!(!ok(&[("host", "127.0.0.1:8080"), ("sec-fetch-site", "cross-site")]));
+        assert!(same_site(addr, &headers(&[("host", "api.internal:8080")]), &["api.internal:8080".into()]).is_ok());
+    }
 }

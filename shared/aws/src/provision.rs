@@ -89,18 +89,21 @@ async fn create_table(aws: &Aws, table: &str) -> Result<(), String> {
     };
     let key =
         |n: &str, t: KeyType| KeySchemaElement::builder().attribute_name(n).key_type(t).build().expect("complete");
-    let summary = ["run_id", "workflow", "status", "version", "started_at", "cost_usd"];
+    let summary = ["run_id", "workflow", "status", "version", "started_at", "cost_usd", "tenant"];
     let gsi = |name: &str, pk: &str| {
         GlobalSecondaryIndex::builder()
             .index_name(name)
             .key_schema(key(pk, KeyType::Hash))
-            .key_schema(key("created", KeyType::Range))
-            .projection(
+            .key_schema(key(if pk == "audit_run" { "sk" } else { "created" }, KeyType::Range))
+            .projection(if pk == "audit_run" {
+                // Audit records are read whole from it.
+                Projection::builder().projection_type(ProjectionType::All).build()
+            } else {
                 Projection::builder()
                     .projection_type(ProjectionType::Include)
                     .set_non_key_attributes(Some(summary.iter().map(|s| s.to_string()).filter(|s| s != pk).collect()))
-                    .build(),
-            )
+                    .build()
+            })
             .build()
             .expect("complete")
     };
@@ -115,11 +118,13 @@ async fn create_table(aws: &Aws, table: &str) -> Result<(), String> {
         .attribute_definitions(attr("wf_key"))
         .attribute_definitions(attr("status_key"))
         .attribute_definitions(attr("created"))
+        .attribute_definitions(attr("audit_run"))
         .key_schema(key("pk", KeyType::Hash))
         .key_schema(key("sk", KeyType::Range))
         .global_secondary_indexes(gsi("by_time", "all"))
         .global_secondary_indexes(gsi("by_workflow", "wf_key"))
         .global_secondary_indexes(gsi("by_status", "status_key"))
+        .global_secondary_indexes(gsi("audit_by_run", "audit_run"))
         .send()
         .await;
     match r {

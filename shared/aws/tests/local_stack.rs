@@ -117,7 +117,9 @@ async fn a_poison_message_is_dead_lettered_and_fails_its_run() {
     let store = llmo_aws::dynamo::DynamoStore::new(aws.clone());
     // A run whose start message never comes: only the poison message is about it.
     let p = plan(FAN);
-    let st = p.new_run("poisoned", serde_json::Map::from_iter([("n".to_string(), json!(3))]));
+    let mut st = p.new_run("poisoned", serde_json::Map::from_iter([("n".to_string(), json!(3))]));
+    st.tenant = Some("t1".into()); // the tenant `call` reads as
+
     llmo_runtime::store::RunStore::create(&store, "fan", "fan.yaml", FAN, &st).await.unwrap();
     let poison = json!({"v": 99, "kind": "event", "run_id": "poisoned", "event": {"type": "start"}}).to_string();
     api.queue.send_body(poison, 0).await.unwrap();

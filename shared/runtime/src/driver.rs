@@ -123,6 +123,12 @@ impl Driver {
         self.drive(st, vec![Event::Start], Vec::new(), observer).await
     }
 
+    /// Starts a run already stored (by [`crate::start::Starter::create`]) and drives it to
+    /// its end.
+    pub async fn start_created(&self, st: RunState, observer: &mut dyn Observer) -> Result<Finished, Error> {
+        self.drive(st, vec![Event::Start], Vec::new(), observer).await
+    }
+
     /// Continues a stored run: attempts that were running run again, retries are re-armed,
     /// nothing that recorded its result runs again.
     pub async fn resume(&self, run_id: &str, observer: &mut dyn Observer) -> Result<Finished, Error> {

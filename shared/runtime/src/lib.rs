@@ -7,6 +7,7 @@ pub mod http;
 pub mod ports;
 pub mod providers;
 pub mod queue;
+pub mod start;
 pub mod store;
 pub mod worker;
 

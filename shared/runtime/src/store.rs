@@ -30,6 +30,9 @@ pub enum Error {
     Exists(String),
     #[error("run store: the log of run `{run}` does not replay: {why}")]
     Corrupt { run: String, why: String },
+    /// A request the store refuses as malformed (a listing cursor it did not give).
+    #[error("{0}")]
+    Invalid(String),
     #[error("run store: {0}")]
     Other(String),
 }
@@ -65,6 +68,24 @@ impl RunSummary {
             cost_usd: st.cost_usd,
         }
     }
+}
+
+/// An idempotency key as a store keeps it: `id` is unique per tenant and key space (see
+/// [`crate::start::IdempotencyKey`]), `fingerprint` identifies the request that used it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartKey {
+    pub id: String,
+    pub fingerprint: String,
+}
+
+/// What [`RunStore::create_keyed`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Created {
+    /// The run was stored.
+    New,
+    /// The key had already started `run_id`, by a request with `fingerprint`; nothing was
+    /// written.
+    Existing { run_id: String, fingerprint: String },
 }
 
 /// A run as stored: where it was started from, its last snapshot, and the transitions after.
@@ -110,6 +131,22 @@ pub fn rebuild(plan: &Plan, run: StoredRun) -> Result<RunState, Error> {
 pub trait RunStore: Send + Sync {
     /// Stores a new run at version 0 (`Exists` if the id is taken).
     async fn create(&self, workflow: &str, source_name: &str, source: &str, initial: &RunState) -> Result<(), Error>;
+    /// [`RunStore::create`], once per idempotency key: the run and the key are stored
+    /// together, or, when the key is taken, nothing is and the run it started is returned.
+    /// Stores that keep no keys refuse a key.
+    async fn create_keyed(
+        &self,
+        key: Option<&StartKey>,
+        workflow: &str,
+        source_name: &str,
+        source: &str,
+        initial: &RunState,
+    ) -> Result<Created, Error> {
+        if key.is_some() {
+            return Err(Error::Other("this run store does not keep idempotency keys".into()));
+        }
+        self.create(workflow, source_name, source, initial).await.map(|()| Created::New)
+    }
     async fn load(&self, run_id: &str) -> Result<Option<StoredRun>, Error>;
     /// Appends `transitions` (versions `expected + 1 ..`) if the stored version is still
     /// `expected`; `Ok(false)` if another writer got there first. `head` is the state after
@@ -146,11 +183,12 @@ struct MemRun {
 #[derive(Default)]
 pub struct MemoryStore {
     runs: Mutex<HashMap<String, MemRun>>,
+    /// Idempotency key id -> (run id, request fingerprint).
+    keys: Mutex<HashMap<String, (String, String)>>,
 }
 
-#[async_trait]
-impl RunStore for MemoryStore {
-    async fn create(&self, workflow: &str, source_name: &str, source: &str, initial: &RunState) -> Result<(), Error> {
+impl MemoryStore {
+    fn insert(&self, workflow: &str, source_name: &str, source: &str, initial: &RunState) -> Result<(), Error> {
         let mut runs = self.runs.lock().expect("store lock");
         if runs.contains_key(&initial.run_id) {
             return Err(Error::Exists(initial.run_id.clone()));
@@ -167,6 +205,31 @@ impl RunStore for MemoryStore {
             },
         );
         Ok(())
+    }
+}
+
+#[async_trait]
+impl RunStore for MemoryStore {
+    async fn create_keyed(
+        &self,
+        key: Option<&StartKey>,
+        workflow: &str,
+        source_name: &str,
+        source: &str,
+        initial: &RunState,
+    ) -> Result<Created, Error> {
+        let Some(key) = key else { return self.insert(workflow, source_name, source, initial).map(|()| Created::New) };
+        let mut keys = self.keys.lock().expect("store lock");
+        if let Some((run_id, fingerprint)) = keys.get(&key.id) {
+            return Ok(Created::Existing { run_id: run_id.clone(), fingerprint: fingerprint.clone() });
+        }
+        self.insert(workflow, source_name, source, initial)?;
+        keys.insert(key.id.clone(), (initial.run_id.clone(), key.fingerprint.clone()));
+        Ok(Created::New)
+    }
+
+    async fn create(&self, workflow: &str, source_name: &str, source: &str, initial: &RunState) -> Result<(), Error> {
+        self.insert(workflow, source_name, source, initial)
     }
 
     async fn load(&self, run_id: &str) -> Result<Option<StoredRun>, Error> {

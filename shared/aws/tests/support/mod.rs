@@ -72,17 +72,39 @@ pub fn root() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-pub fn api(aws: &Aws) -> Api {
-    Api::new(aws, executors(), llmo_runtime::providers::Config::builtin(), true)
+/// The HS256 secret the tests' API verifies tokens with.
+pub const SECRET: &[u8] = b"the-local-tests-hs256-secret-0123456789";
+
+/// A token for `sub` in `tenant` with `roles`, valid for an hour.
+pub fn token(sub: &str, tenant: &str, roles: &[&str]) -> String {
+    let claims: std::collections::HashMap<&str, Value> = [
+        ("sub", json!(sub)),
+        ("tenant", json!(tenant)),
+        ("roles", json!(roles)),
+        ("aud", json!(llmo_aws::auth::DEFAULT_AUDIENCE)),
+        ("exp", json!(llmo_runtime::ports::now_ms() / 1000 + 3600)),
+    ]
+    .into();
+    llmo_aws::auth::mint_hs256(SECRET, &claims)
 }
 
+pub fn api(aws: &Aws) -> Api {
+    Api::new(aws, executors(), llmo_runtime::providers::Config::builtin(), true)
+        .with_auth(llmo_aws::auth::Auth::hs256(SECRET, llmo_aws::auth::DEFAULT_AUDIENCE))
+}
+
+/// A request as a developer of tenant `t1`.
 pub async fn call(api: &Api, method: &str, uri: &str, body: Option<Value>) -> (u16, Value) {
-    let req: Request = HttpRequest::builder()
-        .method(method)
-        .uri(uri)
-        .header("content-type", "application/json")
-        .body(body.map_or(Body::Empty, |b| Body::Text(b.to_string())))
-        .unwrap();
+    call_as(api, Some(&token("dev", "t1", &["developer"])), method, uri, body).await
+}
+
+/// A request with `token` (none: no Authorization header).
+pub async fn call_as(api: &Api, token: Option<&str>, method: &str, uri: &str, body: Option<Value>) -> (u16, Value) {
+    let mut req = HttpRequest::builder().method(method).uri(uri).header("content-type", "application/json");
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let req: Request = req.body(body.map_or(Body::Empty, |b| Body::Text(b.to_string()))).unwrap();
     let resp = api.handle(req).await;
     let status = resp.status().as_u16();
     let v = serde_json::from_slice(resp.body().as_ref()).unwrap_or(Value::Null);

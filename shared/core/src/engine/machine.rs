@@ -347,6 +347,7 @@ impl Plan {
     pub fn new_run(&self, run_id: impl Into<String>, inputs: Map<String, Value>) -> RunState {
         RunState {
             run_id: run_id.into(),
+            tenant: None,
             version: 0,
             status: RunStatus::Pending,
             inputs,

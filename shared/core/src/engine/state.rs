@@ -172,6 +172,10 @@ impl TaskState {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunState {
     pub run_id: String,
+    /// The tenant the run belongs to (set by the start-a-run use case from the caller's
+    /// token in the serverless runtime; none for embedded runs). Never changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
     pub version: u64,
     pub status: RunStatus,
     pub inputs: serde_json::Map<String, Value>,

@@ -1,0 +1,184 @@
+#!/usr/bin/env python3
+"""Checks infra/template.yaml for what cfn-lint and checkov cannot see (run by `make lint`).
+
+  python infra/check.py [TEMPLATE]     check; exit 1 with one line per finding
+  python infra/check.py --self-test    break a copy of the template once per rule and check
+                                       that each rule notices (so the checks cannot pass vacuously)
+
+Rules:
+  visibility   every SQS queue that triggers a function has a visibility timeout of at least
+               6x that function's timeout (Lambda refuses to create the event source below 1x,
+               and recommends 6x). A parameter counts at its MinValue if it has one, else its
+               Default: the smallest value a deployment can give it.
+  redrive      every queue's redrive policy has maxReceiveCount >= 5 (same reading).
+  logs         every function logs to a log group of this template that has RetentionInDays.
+  privilege    no function uses a *CrudPolicy/FullAccess policy template, a wildcard action or a
+               wildcard resource, and dynamodb:Scan, dynamodb:DeleteItem and s3:DeleteObject are
+               granted only to the functions allowed them below.
+It reads the template with cfn-lint's own decoder (the SAM/CloudFormation short tags).
+"""
+import copy
+import sys
+
+from cfnlint.decode import decode
+
+ALLOWED_DESTRUCTIVE = {
+    # function logical id -> actions it may have beyond the usual read/write set
+}
+DESTRUCTIVE = {"dynamodb:Scan", "dynamodb:DeleteItem", "s3:DeleteObject", "dynamodb:BatchWriteItem"}
+
+
+def least_value(tpl, v):
+    """The smallest value a deployment can give `v` (a number, or a Ref to a parameter)."""
+    if isinstance(v, dict) and "Ref" in v:
+        p = tpl.get("Parameters", {}).get(v["Ref"])
+        if p is None:
+            return None
+        if "MinValue" in p:
+            return float(p["MinValue"])
+        if "Default" in p:
+            return float(p["Default"])
+        return None
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def fn_timeout(tpl, props):
+    t = props.get("Timeout", tpl.get("Globals", {}).get("Function", {}).get("Timeout", 3))
+    return least_value(tpl, t) if not isinstance(t, dict) else None
+
+
+def ref_target(v):
+    if isinstance(v, dict):
+        if "Ref" in v:
+            return v["Ref"]
+        if "Fn::GetAtt" in v:
+            g = v["Fn::GetAtt"]
+            return g[0] if isinstance(g, list) else str(g).split(".")[0]
+    return None
+
+
+def functions(tpl):
+    for name, r in tpl.get("Resources", {}).items():
+        if r.get("Type") in ("AWS::Serverless::Function", "AWS::Lambda::Function"):
+            yield name, r.get("Properties", {}) or {}
+
+
+def check(tpl):
+    out = []
+    res = tpl.get("Resources", {})
+    for name, props in functions(tpl):
+        timeout = fn_timeout(tpl, props)
+        for ev_name, ev in (props.get("Events") or {}).items():
+            if ev.get("Type") != "SQS":
+                continue
+            q = ref_target(ev.get("Properties", {}).get("Queue"))
+            queue = res.get(q, {})
+            vis = least_value(tpl, queue.get("Properties", {}).get("VisibilityTimeout", 30))
+            if timeout is None or vis is None:
+                out.append(f"visibility: {name}.{ev_name}: cannot read the timeout of {name} or the visibility of {q}")
+            elif vis < 6 * timeout:
+                out.append(
+                    f"visibility: {q}'s visibility timeout can be {vis:g} s, less than 6x {name}'s timeout ({timeout:g} s = {6 * timeout:g} s)"
+                )
+        lg = ref_target((props.get("LoggingConfig") or {}).get("LogGroup"))
+        group = res.get(lg) if lg else None
+        if not group or group.get("Type") != "AWS::Logs::LogGroup":
+            out.append(f"logs: {name} has no LoggingConfig.LogGroup naming a log group of this template")
+        elif "RetentionInDays" not in (group.get("Properties") or {}):
+            out.append(f"logs: {name}'s log group {lg} has no RetentionInDays")
+        for pol in props.get("Policies") or []:
+            if isinstance(pol, str):
+                out.append(f"privilege: {name} uses the managed policy {pol}")
+                continue
+            for key in pol:
+                if key.endswith("CrudPolicy") or "FullAccess" in key:
+                    out.append(f"privilege: {name} uses the policy template {key}; grant the actions it uses")
+            for st in pol.get("Statement", []) if "Statement" in pol else []:
+                actions = st.get("Action", [])
+                actions = [actions] if isinstance(actions, str) else actions
+                resources = st.get("Resource", [])
+                resources = [resources] if not isinstance(resources, list) else resources
+                for a in actions:
+                    if "*" in a:
+                        out.append(f"privilege: {name} is granted the wildcard action {a}")
+                    if a in DESTRUCTIVE and a not in ALLOWED_DESTRUCTIVE.get(name, set()):
+                        out.append(f"privilege: {name} is granted {a}, which it does not use")
+                for r in resources:
+                    if r == "*":
+                        out.append(f"privilege: {name} is granted {actions} on every resource")
+    for name, r in res.items():
+        if r.get("Type") != "AWS::SQS::Queue":
+            continue
+        rp = (r.get("Properties") or {}).get("RedrivePolicy")
+        if rp is None:
+            continue
+        mrc = least_value(tpl, rp.get("maxReceiveCount"))
+        if mrc is None or mrc < 5:
+            out.append(f"redrive: {name}'s maxReceiveCount can be {mrc}, less than 5")
+    return out
+
+
+def self_test(tpl):
+    """Each mutation must raise a finding of its rule; the template itself must raise none."""
+    assert check(tpl) == [], check(tpl)
+
+    def mutated(f):
+        t = copy.deepcopy(tpl)
+        f(t)
+        return check(t)
+
+    R = lambda t: t["Resources"]  # noqa: E731
+    P = lambda t: t["Parameters"]  # noqa: E731
+    cases = {
+        "visibility": [
+            lambda t: P(t)["VisibilitySeconds"].update(MinValue=60),
+            lambda t: R(t)["Step"]["Properties"].update(Timeout=3600),
+            lambda t: R(t)["DeadLetters"]["Properties"].update(VisibilityTimeout=30),
+        ],
+        "redrive": [lambda t: P(t)["MaxReceives"].update(MinValue=1)],
+        "logs": [
+            lambda t: R(t)["Api"]["Properties"].pop("LoggingConfig"),
+            lambda t: R(t)["StepLogs"]["Properties"].pop("RetentionInDays"),
+        ],
+        "privilege": [
+            lambda t: R(t)["Api"]["Properties"]["Policies"].append({"DynamoDBCrudPolicy": {"TableName": "x"}}),
+            lambda t: R(t)["Step"]["Properties"]["Policies"][0]["Statement"][0]["Action"].append("dynamodb:Scan"),
+            lambda t: R(t)["Dlq"]["Properties"]["Policies"][0]["Statement"][0].update(Resource="*"),
+            lambda t: R(t)["Schedule"]["Properties"]["Policies"][0]["Statement"][0]["Action"].append("s3:*"),
+        ],
+    }
+    failed = 0
+    for rule, muts in cases.items():
+        for i, m in enumerate(muts):
+            found = mutated(m)
+            if not any(f.startswith(rule + ":") for f in found):
+                print(f"self-test: mutation {rule}[{i}] was not caught (found {found})")
+                failed += 1
+    n = sum(len(m) for m in cases.values())
+    print(f"infra/check.py self-test: {n - failed} of {n} mutations caught")
+    return failed == 0
+
+
+def main(argv):
+    args = [a for a in argv if not a.startswith("--")]
+    path = args[0] if args else "infra/template.yaml"
+    tpl, matches = decode(path)
+    if tpl is None:
+        for m in matches:
+            print(f"{path}: {m}")
+        return 1
+    if "--self-test" in argv:
+        return 0 if self_test(tpl) else 1
+    findings = check(tpl)
+    for f in findings:
+        print(f"{path}: {f}")
+    if not findings:
+        print(f"{path}: visibility, redrive, logs and privilege rules hold")
+    return 1 if findings else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,293 @@
+//! The API's authentication, roles, tenancy, idempotency and audit trail against the local
+//! stack: every route refuses a missing or bad token with a 401 and stores nothing; each role x
+//! route pair is allowed or refused as the table says; tenant B never sees tenant A's runs
+//! (404, not 403); idempotency keys are scoped by tenant and request; listing cursors are
+//! checked; every request and every run status change is audited.
+
+mod support;
+
+use std::collections::HashMap;
+
+use serde_json::{Value, json};
+use support::*;
+
+const WF: &str = r#"
+apiVersion: llm-orchestrator/v1
+kind: Workflow
+metadata: { name: echo }
+spec:
+  inputs:
+    n: { type: integer, default: 1 }
+  tasks:
+    - id: a
+      type: transform
+      with: { output: "{{ inputs.n }}" }
+  outputs:
+    n: "{{ tasks.a.output }}"
+"#;
+
+fn claims(sub: &str, tenant: &str, roles: &[&str], aud: &str, exp_from_now: i64) -> HashMap<&'static str, Value> {
+    let now = (llmo_runtime::ports::now_ms() / 1000) as i64;
+    [
+        ("sub", json!(sub)),
+        ("tenant", json!(tenant)),
+        ("roles", json!(roles)),
+        ("aud", json!(aud)),
+        ("exp", json!(now + exp_from_now)),
+    ]
+    .into()
+}
+
+/// Every route, with a body where it takes one. `{run}` is replaced by a run id.
+const ROUTES: &[(&str, &str)] = &[
+    ("POST", "/workflows"),
+    ("GET", "/workflows"),
+    ("POST", "/runs"),
+    ("GET", "/runs"),
+    ("GET", "/runs/{run}"),
+    ("GET", "/runs/{run}/history"),
+    ("POST", "/runs/{run}/cancel"),
+    ("GET", "/audit"),
+];
+
+fn body_for(method: &str, path: &str) -> Option<Value> {
+    match (method, path) {
+        ("POST", "/workflows") => Some(json!({"source": WF})),
+        ("POST", "/runs") => Some(json!({"source": WF, "inputs": {"n": 2}})),
+        _ => None,
+    }
+}
+
+async fn audit_of(api: &llmo_aws::api::Api, tenant: &str, query: &str) -> Vec<Value> {
+    let admin = token("root", tenant, &["admin"]);
+    let (code, v) = call_as(api, Some(&admin), "GET", &format!("/audit?{query}"), None).await;
+    assert_eq!(code, 200, "{v}");
+    v["records"].as_array().unwrap().clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_refuses_missing_and_bad_tokens_and_stores_nothing() {
+    let Some(aws) = aws().await else { return };
+    let aws = stack(&aws, 30, 5).await;
+    let api = api(&aws);
+    let aud = llmo_aws::auth::DEFAULT_AUDIENCE;
+    let dev = ["developer", "admin"];
+    let forged =
+        llmo_aws::auth::mint_hs256(b"some-other-secret-that-is-long-enough!", &claims("x", "t1", &dev, aud, 600));
+    let bad: Vec<(&str, Option<String>)> = vec![
+        ("no token", None),
+        ("not a JWT", Some("not-a-jwt".into())),
+        ("bad signature", Some(forged)),
+        ("wrong audience", Some(llmo_aws::auth::mint_hs256(SECRET, &claims("x", "t1", &dev, "someone-else", 600)))),
+        ("expired", Some(llmo_aws::auth::mint_hs256(SECRET, &claims("x", "t1", &dev, aud, -3600)))),
+    ];
+    for (method, path) in ROUTES {
+        let path = path.replace("{run}", "run-0000000000000-000000000000000000000000");
+        for (why, tok) in &bad {
+            let (code, v) = call_as(&api, tok.as_deref(), method, &path, body_for(method, &path)).await;
+            assert_eq!(code, 401, "{why}: {method} {path}: {v}");
+            assert!(v["error"].is_string(), "{why}: a JSON error: {v}");
+        }
+    }
+    // Nothing was stored: no workflow, no run, no audit record.
+    let viewer = token("v", "t1", &["viewer"]);
+    let (_, w) = call_as(&api, Some(&viewer), "GET", "/workflows", None).await;
+    assert_eq!(w["workflows"], json!([]), "{w}");
+    let (_, r) = call_as(&api, Some(&viewer), "GET", "/runs", None).await;
+    assert_eq!(r["runs"], json!([]), "{r}");
+    let records = audit_of(&api, "t1", "").await;
+    // Only the two reads just made (and this audit read itself, recorded after it answers).
+    let actions: Vec<&str> = records.iter().map(|r| r["action"].as_str().unwrap()).collect();
+    assert_eq!(actions, ["GET /workflows", "GET /runs"], "{records:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_role_may_use_exactly_its_routes() {
+    let Some(aws) = aws().await else { return };
+    let aws = stack(&aws, 30, 5).await;
+    let api = api(&aws);
+    // A run to act on, in tenant t1.
+    let (code, v) = call(&api, "POST", "/runs", Some(json!({"source": WF}))).await;
+    assert_eq!(code, 201, "{v}");
+    let run = v["run_id"].as_str().unwrap().to_string();
+    // (role, allowed routes by index into ROUTES)
+    let table: &[(&str, &[usize])] = &[
+        ("viewer", &[1, 3, 4, 5]),
+        ("developer", &[0, 1, 2, 3, 4, 5, 6]),
+        ("admin", &[0, 1, 2, 3, 4, 5, 6, 7]),
+        ("nothing", &[]),
+    ];
+    for (role, allowed) in table {
+        let tok = token(&format!("u-{role}"), "t1", &[role]);
+        for (i, (method, path)) in ROUTES.iter().enumerate() {
+            let path = path.replace("{run}", &run);
+            let (code, v) = call_as(&api, Some(&tok), method, &path, body_for(method, &path)).await;
+            if allowed.contains(&i) {
+                assert!((200..300).contains(&code), "{role} may {method} {path}: {code} {v}");
+            } else {
+                assert_eq!(code, 403, "{role} may not {method} {path}: {v}");
+                assert!(v["error"].is_string(), "{v}");
+            }
+        }
+    }
+    // Refusals are audited as such, with who asked.
+    let records = audit_of(&api, "t1", "limit=1000").await;
+    assert!(
+        records.iter().any(|r| r["actor"] == "u-viewer" && r["action"] == "POST /runs" && r["result"] == "403"),
+        "{records:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tenants_never_see_each_other() {
+    let Some(aws) = aws().await else { return };
+    let aws = stack(&aws, 30, 5).await;
+    let api = api(&aws);
+    let workers = Workers::start(&aws, 1, 10, |s| s);
+    let a = token("alice", "acme", &["developer"]);
+    let b = token("bob", "globex", &["admin"]);
+    // A registers a workflow and starts a run of it, with a key.
+    let (code, _) = call_as(&api, Some(&a), "POST", "/workflows", Some(json!({"source": WF}))).await;
+    assert_eq!(code, 201);
+    let start = json!({"workflow": "echo", "inputs": {"n": 7}, "idempotency_key": "order-42"});
+    let (code, v) = call_as(&api, Some(&a), "POST", "/runs", Some(start.clone())).await;
+    assert_eq!(code, 201, "{v}");
+    let run = v["run_id"].as_str().unwrap().to_string();
+    let random = run.rsplit('-').next().unwrap();
+    assert_eq!(random.len(), 24, "96 random bits: {run}");
+    // B: the workflow is not registered for it, the run does not exist.
+    let (code, _) = call_as(&api, Some(&b), "POST", "/runs", Some(json!({"workflow": "echo"}))).await;
+    assert_eq!(code, 404);
+    for (method, path) in [
+        ("GET", format!("/runs/{run}")),
+        ("GET", format!("/runs/{run}/history")),
+        ("POST", format!("/runs/{run}/cancel")),
+    ] {
+        let (code, v) = call_as(&api, Some(&b), method, &path, None).await;
+        assert_eq!(code, 404, "{method} {path}: {v}");
+        assert_eq!(v["error"], format!("no run `{run}`"));
+    }
+    let (_, list) = call_as(&api, Some(&b), "GET", "/runs", None).await;
+    assert_eq!(list["runs"], json!([]), "{list}");
+    let (_, wfs) = call_as(&api, Some(&b), "GET", "/workflows", None).await;
+    assert_eq!(wfs["workflows"], json!([]), "{wfs}");
+    // ...even naming A's tenant, unless an operator.
+    let (code, _) = call_as(&api, Some(&b), "GET", &format!("/runs/{run}?tenant=acme"), None).await;
+    assert_eq!(code, 403);
+    let op = token("ops", "globex", &["admin", "operator"]);
+    let (code, v) = call_as(&api, Some(&op), "GET", &format!("/runs/{run}?tenant=acme"), None).await;
+    assert_eq!(code, 200, "{v}");
+    // Keys: the same key and request is the same run; another request with it is a 409; B's
+    // identical key is B's own.
+    let (code, v) = call_as(&api, Some(&a), "POST", "/runs", Some(start.clone())).await;
+    assert_eq!((code, v["run_id"].as_str(), v["created"].as_bool()), (200, Some(run.as_str()), Some(false)), "{v}");
+    let other = json!({"workflow": "echo", "inputs": {"n": 8}, "idempotency_key": "order-42"});
+    let (code, v) = call_as(&api, Some(&a), "POST", "/runs", Some(other)).await;
+    assert_eq!(code, 409, "{v}");
+    let (code, v) = call_as(
+        &api,
+        Some(&b),
+        "POST",
+        "/runs",
+        Some(json!({"source": WF, "inputs": {"n": 7}, "idempotency_key": "order-42"})),
+    )
+    .await;
+    assert_eq!(code, 201, "{v}");
+    assert_ne!(v["run_id"].as_str(), Some(run.as_str()));
+    let long = "k".repeat(llmo_runtime::start::MAX_IDEMPOTENCY_KEY + 1);
+    let (code, v) =
+        call_as(&api, Some(&a), "POST", "/runs", Some(json!({"source": WF, "idempotency_key": long}))).await;
+    assert_eq!(code, 400, "{v}");
+    // Cursors: tampered, or from another listing, are a 400.
+    for _ in 0..2 {
+        let (code, _) = call_as(&api, Some(&a), "POST", "/runs", Some(json!({"source": WF}))).await;
+        assert_eq!(code, 201);
+    }
+    let (code, page) = call_as(&api, Some(&a), "GET", "/runs?limit=1", None).await;
+    assert_eq!(code, 200);
+    let cursor = page["next"].as_str().expect("a next page").to_string();
+    let (code, _) = call_as(&api, Some(&a), "GET", &format!("/runs?limit=1&cursor={cursor}"), None).await;
+    assert_eq!(code, 200);
+    let mut tampered = cursor.clone().into_bytes();
+    let mid = tampered.len() / 2;
+    tampered[mid] = if tampered[mid] == b'A' { b'B' } else { b'A' };
+    let tampered = String::from_utf8(tampered).unwrap();
+    for (who, c) in [(&a, tampered.as_str()), (&a, "e30"), (&a, "%%%"), (&b, cursor.as_str())] {
+        let (code, v) = call_as(&api, Some(who), "GET", &format!("/runs?limit=1&cursor={c}"), None).await;
+        assert_eq!(code, 400, "cursor {c}: {v}");
+    }
+    let (code, _) = call_as(&api, Some(&a), "GET", &format!("/runs?status=running&cursor={cursor}"), None).await;
+    assert_eq!(code, 400, "a cursor of another listing");
+    // The run ends; its audit trail has the start, its status changes, and A's reads, and
+    // none of B's attempts (they were B's, in B's tenant).
+    let got = wait_end_as(&api, &a, &run, 60).await;
+    assert_eq!(got["status"], "succeeded", "{got}");
+    let records = audit_of(&api, "acme", &format!("run={run}")).await;
+    let seen: Vec<(String, String, String)> = records
+        .iter()
+        .map(|r| {
+            (
+                r["actor"].as_str().unwrap().into(),
+                r["action"].as_str().unwrap().into(),
+                r["result"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(seen.first(), Some(&("alice".into(), "POST /runs".into(), "201".into())), "{seen:?}");
+    for status in ["running", "succeeded"] {
+        let n = seen.iter().filter(|s| s.0 == "system" && s.1 == "run.status" && s.2 == status).count();
+        assert_eq!(n, 1, "one `{status}` record: {seen:?}");
+    }
+    assert!(seen.iter().all(|s| s.0 != "bob"), "{seen:?}");
+    let b_records = audit_of(&api, "globex", "").await;
+    assert!(
+        b_records.iter().any(|r| r["actor"] == "bob" && r["target"] == run.as_str() && r["result"] == "404"),
+        "{b_records:?}"
+    );
+    // The audit trail is the admin's: a developer is refused.
+    let (code, _) = call_as(&api, Some(&a), "GET", "/audit", None).await;
+    assert_eq!(code, 403);
+    workers.stop().await;
+}
+
+async fn wait_end_as(api: &llmo_aws::api::Api, tok: &str, run: &str, secs: u64) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        let (code, v) = call_as(api, Some(tok), "GET", &format!("/runs/{run}"), None).await;
+        assert_eq!(code, 200, "{v}");
+        if ["succeeded", "failed", "cancelled", "timed_out"].contains(&v["status"].as_str().unwrap_or("")) {
+            return v;
+        }
+        assert!(std::time::Instant::now() < deadline, "run {run} did not end: {v}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_must_be_json_and_errors_name_no_aws_resource() {
+    let Some(aws) = aws().await else { return };
+    let aws = stack(&aws, 30, 5).await;
+    let api = api(&aws);
+    let tok = token("dev", "t1", &["developer"]);
+    let req = lambda_http::http::Request::builder()
+        .method("POST")
+        .uri("/runs")
+        .header("content-type", "text/plain")
+        .header("authorization", format!("Bearer {tok}"))
+        .body(lambda_http::Body::Text(json!({"source": WF}).to_string()))
+        .unwrap();
+    assert_eq!(api.handle(req).await.status().as_u16(), 415);
+    // A store that fails (its table is gone) answers a 500 that names nothing of it.
+    let broken = llmo_aws::api::Api::new(
+        &aws.named("no-such-table", &aws.queue_url, &aws.dlq_url, "no-such-bucket"),
+        executors(),
+        llmo_runtime::providers::Config::builtin(),
+        true,
+    )
+    .with_auth(llmo_aws::auth::Auth::hs256(SECRET, llmo_aws::auth::DEFAULT_AUDIENCE));
+    let (code, v) = call_as(&broken, Some(&tok), "POST", "/runs", Some(json!({"source": WF}))).await;
+    assert_eq!(code, 500, "{v}");
+    let text = v.to_string();
+    assert!(!text.contains("no-such-table") && !text.to_lowercase().contains("dynamodb"), "{text}");
+    assert!(v["error_id"].is_string(), "{v}");
+}
