@@ -7,13 +7,14 @@
 #   make package cargo lambda build --release of every function, and the lambda test on them
 #   make bench   the benchmarks, measured (figures go to BENCHMARKS.md)
 #   make schema  regenerate schema/workflow.schema.json from the Rust types
+#   make infra   regenerate infra/generated.yaml (the examples' schedules and event rules)
 
 CARGO ?= cargo
 LLMO  := target/release/llmo
 EXAMPLES := $(wildcard workflows/*.yaml)
 DEMO_STATE := .llmo/demo.db
 
-.PHONY: all demo build test lint fmt unit local package bench-smoke bench schema clean stack-up stack-down deploy teardown
+.PHONY: all demo build test lint fmt unit local package bench-smoke bench schema clean stack-up stack-down deploy teardown infra
 
 all: test
 
@@ -47,7 +48,7 @@ lint:
 	localstack/stack.sh install
 	.venv/tools/bin/python infra/check.py infra/template.yaml
 	.venv/tools/bin/python infra/check.py --self-test
-	.venv/tools/bin/cfn-lint infra/template.yaml
+	.venv/tools/bin/cfn-lint infra/template.yaml infra/generated.yaml
 	.venv/tools/bin/checkov --config-file infra/checkov.yaml
 	SAM_CLI_TELEMETRY=0 .venv/sam/bin/sam validate --lint --template infra/template.yaml
 
@@ -106,6 +107,10 @@ bench:
 
 schema:
 	$(CARGO) run -q -p llmo-cli -- schema -o schema/workflow.schema.json
+
+# The examples' schedules and event rules (a test keeps the committed file current).
+infra:
+	$(CARGO) run -q -p llmo-cli -- infra $(EXAMPLES) --tenant examples -o infra/generated.yaml
 
 fmt:
 	$(CARGO) fmt --all

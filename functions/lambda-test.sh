@@ -28,8 +28,9 @@ fi
 
 # A table, queues and bucket of this test's own.
 name="lambda-test-$$"
+cargo build -q --locked -p llmo-cli # `llmo infra` makes the event rule the events check puts on the bus
 eval "$(LLMO_TABLE=$name LLMO_BUCKET=$name LLMO_QUEUE=$name cargo run -q --locked -p llmo-aws --example provision | sed 's/^/export /')"
-export LLMO_TABLE LLMO_QUEUE_URL LLMO_DLQ_URL LLMO_BUCKET LLMO_MOCK=1 LLMO_AUTH=apigateway RUST_LOG=${RUST_LOG:-info}
+export LLMO_TABLE LLMO_QUEUE_URL LLMO_DLQ_URL LLMO_BUCKET LLMO_MOCK=1 LLMO_AUTH=apigateway LLMO_HTTP_FIXTURES=$PWD/workflows/fixtures/document-intake.http.yaml RUST_LOG=${RUST_LOG:-info}
 
 export LAMBDA_TEST_PORT=$((19000 + RANDOM % 1000))
 log=.llmo/stack/lambda-watch.log

@@ -16,6 +16,11 @@ What it checks, each through the emulator:
   schedule  an EventBridge Scheduled Event starts a run; the same event again starts no second run.
   dlq       that run's start message, as it would arrive on the dead-letter queue, fails the run
             with the dead-letter reason.
+  events    document-intake's rule, as `llmo infra` generates it, on LocalStack's EventBridge: an
+            S3 "Object Created" event for a PDF (and one for a text file, which the pattern does
+            not match) goes through the rule's pattern and input transformer; the delivery,
+            handed to the schedule function twice, starts one run, whose inputs come from the
+            event and which the step function then runs to success.
 """
 
 import copy
@@ -121,6 +126,71 @@ def sqs_event(records_template, messages, queue_arn):
     return {"Records": records}
 
 
+def drive(sqs, queue, template, arn, run_id):
+    """Feeds the queue's messages to the step function until the run has ended; returns how
+    many messages it handled."""
+    steps = 0
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        msgs = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10, WaitTimeSeconds=1,
+                                   AttributeNames=["All"], MessageAttributeNames=["All"]).get("Messages", [])
+        if not msgs:
+            status, run = http("GET", f"/runs/{run_id}")
+            if run["status"] not in ("pending", "running"):
+                break
+            continue
+        r = invoke("step", sqs_event(template, msgs, arn))
+        failed = {f["itemIdentifier"] for f in r["batchItemFailures"]}
+        check(not failed, f"step batch of {len(msgs)} handled: {r}")
+        for m in msgs:
+            sqs.delete_message(QueueUrl=queue, ReceiptHandle=m["ReceiptHandle"])
+        steps += len(msgs)
+    return steps
+
+
+def event_delivery(rule, detail):
+    """What the generated EventBridge rule delivers to the schedule function for an S3 event
+    with `detail`: put on LocalStack's bus, matched by the rule's pattern and shaped by its input
+    transformer, with the rule targeting an SQS queue (the bus cannot invoke a function locally
+    without Docker). Under moto alone (no LocalStack), the same payload is built here."""
+    endpoint = os.environ.get("AWS_ENDPOINT_URL", "")
+    target = rule["Targets"][0]
+    if not endpoint.endswith(":4566"):
+        print("  (no LocalStack EventBridge: the delivery is built as EventBridge builds it)")
+        event = {"id": str(uuid.uuid4()), "source": "aws.s3", "detail_type": "Object Created",
+                 "time": "2026-11-30T12:00:00Z", "account": "000000000000", "region": "us-east-1"}
+        body = target["InputTransformer"]["InputTemplate"].replace("<detail>", json.dumps(detail))
+        for k, v in event.items():
+            body = body.replace(f"<{k}>", v)
+        return json.loads(body)
+    kw = dict(region_name=os.environ.get("AWS_REGION", "us-east-1"), endpoint_url=endpoint,
+              aws_access_key_id="test", aws_secret_access_key="test")
+    events, sqs = boto3.client("events", **kw), boto3.client("sqs", **kw)
+    name = f"lambda-test-events-{uuid.uuid4().hex[:8]}"
+    q = sqs.create_queue(QueueName=name)["QueueUrl"]
+    qarn = sqs.get_queue_attributes(QueueUrl=q, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    events.put_rule(Name=name, EventPattern=json.dumps(rule["EventPattern"]))
+    events.put_targets(Rule=name, Targets=[{"Id": "to-queue", "Arn": qarn,
+                                            "InputTransformer": target["InputTransformer"]}])
+    # One event the pattern matches, one it does not (not a PDF).
+    other = dict(detail, object=dict(detail["object"], key="notes.txt"))
+    r = events.put_events(Entries=[
+        {"Source": "aws.s3", "DetailType": "Object Created", "Detail": json.dumps(other)},
+        {"Source": "aws.s3", "DetailType": "Object Created", "Detail": json.dumps(detail)},
+    ])
+    check(r["FailedEntryCount"] == 0, f"events put on the bus: {r}")
+    got = []
+    deadline = time.time() + 20
+    while time.time() < deadline and not got:
+        got = sqs.receive_message(QueueUrl=q, WaitTimeSeconds=1, MaxNumberOfMessages=10).get("Messages", [])
+    time.sleep(1)
+    got += sqs.receive_message(QueueUrl=q, WaitTimeSeconds=1, MaxNumberOfMessages=10).get("Messages", [])
+    check(len(got) == 1, f"the rule matched the PDF's event only: {[m['Body'] for m in got]}")
+    events.remove_targets(Rule=name, Ids=["to-queue"])
+    events.delete_rule(Name=name)
+    return json.loads(got[0]["Body"])
+
+
 def main():
     sqs = boto3.client(
         "sqs",
@@ -153,22 +223,7 @@ def main():
     sqs.delete_message(QueueUrl=queue, ReceiptHandle=got[0]["ReceiptHandle"])
 
     print("== step: feed the queue's messages to the function until the run ends")
-    steps = 0
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        msgs = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10, WaitTimeSeconds=1,
-                                   AttributeNames=["All"], MessageAttributeNames=["All"]).get("Messages", [])
-        if not msgs:
-            status, run = http("GET", f"/runs/{run_id}")
-            if run["status"] not in ("pending", "running"):
-                break
-            continue
-        r = invoke("step", sqs_event(template, msgs, arn))
-        failed = {f["itemIdentifier"] for f in r["batchItemFailures"]}
-        check(not failed, f"step batch of {len(msgs)} handled: {r}")
-        for m in msgs:
-            sqs.delete_message(QueueUrl=queue, ReceiptHandle=m["ReceiptHandle"])
-        steps += len(msgs)
+    steps = drive(sqs, queue, template, arn, run_id)
     status, run = http("GET", f"/runs/{run_id}")
     check(run["status"] == "succeeded", f"run succeeded after {steps} step messages: {run['status']} {run.get('error')}")
     check(run["outputs"] == {"parts": 2, "topic": "lambdas"}, f"outputs are the workflow's: {run['outputs']}")
@@ -201,6 +256,28 @@ def main():
     status, run = http("GET", f"/runs/{sched_run}")
     check(run["status"] == "failed" and "dead-letter queue" in (run.get("error") or ""),
           f"the dead-lettered run failed with the reason: {run['status']}: {run.get('error')}")
+    print("== events: document-intake started by its generated EventBridge rule")
+    with open(os.path.join(ROOT, "workflows", "document-intake.yaml")) as f:
+        status, body = http("POST", "/workflows", {"source": f.read()})
+    check(status == 201, f"POST /workflows document-intake -> 201 {body}")
+    generated = os.path.join(ROOT, ".llmo", "stack", "lambda-test-triggers.json")
+    subprocess.run([os.path.join(ROOT, "target", "debug", "llmo"), "infra", "workflows/document-intake.yaml",
+                    "--tenant", "lambda-test", "-o", generated], check=True, cwd=ROOT)
+    with open(generated) as f:
+        rule = json.load(f)["Resources"]["DocumentIntakePdfUploadedRule"]["Properties"]
+    detail = {"version": "0", "bucket": {"name": "acme-intake"},
+              "object": {"key": "contracts/msa.pdf", "size": 52311}}
+    delivery = event_delivery(rule, detail)
+    first = invoke("schedule", delivery)
+    again = invoke("schedule", delivery)
+    check(first.get("run_id") and first["run_id"] == again["run_id"] and first.get("created") is True
+          and again.get("created") is False, f"one run for one event, delivered twice: {first} / {again}")
+    ev_run = first["run_id"]
+    drive(sqs, queue, template, arn, ev_run)
+    status, run = http("GET", f"/runs/{ev_run}")
+    check(run["status"] == "succeeded", f"the event's run succeeded: {run['status']} {run.get('error')}")
+    check(run.get("inputs") == {"bucket": "acme-intake", "key": "contracts/msa.pdf", "size": 52311},
+          f"the run's inputs came from the event (size a number): {run.get('inputs')}")
     print("lambda test: ok")
 
 

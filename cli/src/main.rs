@@ -14,6 +14,7 @@ use llmo_core::validate::{Checked, Outcome, Validator};
 use llmo_core::yaml::Limits;
 
 mod explain;
+mod infra;
 mod remote;
 mod run;
 
@@ -197,6 +198,22 @@ enum Command {
         #[arg(long, default_value_t = 10_000)]
         tasks: usize,
     },
+    /// Generate the EventBridge Scheduler schedules (`spec.schedule`) and EventBridge rules
+    /// (`spec.events`) that start the workflows' runs, as a CloudFormation template to deploy
+    /// beside the main stack (parameter ScheduleFunctionArn: its output of that name).
+    Infra {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// The tenant the runs belong to (the one that registers these workflows).
+        #[arg(long)]
+        tenant: String,
+        /// Write the template here (JSON, which CloudFormation reads as YAML too) instead of stdout.
+        #[arg(long, short = 'o', value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// EventBridge Scheduler's flexible time window in minutes (0: each tick at its time).
+        #[arg(long, default_value_t = 0)]
+        flexible_window: u32,
+    },
     /// Show a workflow's plan: levels, parallelism, critical path, and what each task can read.
     Explain {
         file: PathBuf,
@@ -371,6 +388,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             };
             print!("{}", workflow_yaml(shape, tasks));
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Infra { files, tenant, output, flexible_window } => {
+            let opts = llmo_core::triggers::Options { tenant, flexible_window_minutes: flexible_window };
+            infra::infra(&validator, &files, &opts, output.as_deref())
         }
         Command::Explain { file, format } => {
             let Some(checked) = checked_or_report(&validator, &file)? else {

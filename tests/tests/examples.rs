@@ -98,3 +98,70 @@ fn examples_match_the_committed_schema_as_an_editor_sees_it() {
         "spec": {"tasks": [{"id": "a", "type": "llm", "with": {"prompt": "hi"}}]}});
     assert!(!validator.is_valid(&bad), "llm task without model must be flagged");
 }
+
+/// The examples' triggers as `llmo infra workflows/*.yaml --tenant examples` generates them.
+fn generated_triggers() -> serde_json::Value {
+    let validator = Validator::default();
+    let checked: Vec<_> = examples()
+        .iter()
+        .map(|f| {
+            let text = std::fs::read_to_string(f).unwrap();
+            validator.validate(&SourceFile::new(f.display().to_string(), text)).checked.expect("examples validate")
+        })
+        .collect();
+    let workflows: Vec<_> = checked.iter().map(|c| &c.workflow).collect();
+    let opts = llmo_core::triggers::Options { tenant: "examples".into(), flexible_window_minutes: 0 };
+    llmo_core::triggers::cloudformation(&workflows, &opts).unwrap()
+}
+
+#[test]
+fn committed_triggers_are_the_generated_ones() {
+    let committed: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root().join("infra/generated.yaml")).unwrap()).unwrap();
+    assert!(
+        committed == generated_triggers(),
+        "infra/generated.yaml is stale: run `make infra` (llmo infra workflows/*.yaml --tenant examples -o infra/generated.yaml)"
+    );
+}
+
+#[test]
+fn the_examples_schedule_and_event_trigger_deploy_as_written() {
+    let t = generated_triggers();
+    let r = &t["Resources"];
+    // nightly-digest: its cron, time zone and inputs, and the tick's idempotency key.
+    let s = &r["NightlyDigestSchedule"];
+    assert_eq!(s["Type"], "AWS::Scheduler::Schedule");
+    let p = &s["Properties"];
+    assert_eq!(p["ScheduleExpression"], "cron(0 6 ? * MON-FRI *)");
+    assert_eq!(p["ScheduleExpressionTimezone"], "Europe/Paris");
+    assert_eq!(p["State"], "ENABLED");
+    assert_eq!(p["FlexibleTimeWindow"], serde_json::json!({"Mode": "OFF"}));
+    assert_eq!(p["Target"]["Arn"], serde_json::json!({"Ref": "ScheduleFunctionArn"}));
+    let input: serde_json::Value = serde_json::from_str(p["Target"]["Input"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        input,
+        serde_json::json!({
+            "tenant": "examples", "workflow": "nightly-digest",
+            "inputs": {"queue": "support", "max_tickets": 100},
+            "idempotency_key": "<aws.scheduler.schedule-arn>@<aws.scheduler.scheduled-time>",
+        })
+    );
+    // document-intake: its event pattern as written, and an input template that hands the
+    // function the trigger's name and the event.
+    let rule = &r["DocumentIntakePdfUploadedRule"]["Properties"];
+    let text = std::fs::read_to_string(root().join("workflows/document-intake.yaml")).unwrap();
+    let wf = Validator::default().validate(&SourceFile::new("d.yaml", text)).checked.unwrap().workflow;
+    assert_eq!(rule["EventPattern"], serde_json::Value::Object(wf.spec.events[0].pattern.clone()));
+    let target = &rule["Targets"][0];
+    assert_eq!(target["InputTransformer"]["InputPathsMap"]["detail"], "$.detail");
+    let filled = target["InputTransformer"]["InputTemplate"]
+        .as_str()
+        .unwrap()
+        .replace("<detail>", r#"{"object": {"key": "a.pdf"}}"#)
+        .replace(['<', '>'], "");
+    let filled: serde_json::Value = serde_json::from_str(&filled).expect("the template is JSON once filled");
+    assert_eq!(filled["trigger"], "pdf_uploaded");
+    assert_eq!(filled["workflow"], "document-intake");
+    assert_eq!(filled["event"]["detail"]["object"]["key"], "a.pdf");
+    assert_eq!(r["DocumentIntakePdfUploadedRulePermission"]["Properties"]["Principal"], "events.amazonaws.com");
+}

@@ -383,34 +383,66 @@ impl Api {
         self.start_in(tenant, body, key).await
     }
 
-    /// Starts the run an EventBridge Scheduler tick or an EventBridge event asks for:
-    /// `{"tenant", "workflow", "inputs"}` as the event itself (Scheduler) or as its `detail`
-    /// (a rule). The tick's `idempotency_key` (schedule and scheduled time) or the event's id
-    /// is the start's idempotency key, in its own key space: no client can take it.
+    /// Starts the run a trigger asks for (what `llmo infra` generates; see
+    /// `llmo_core::triggers`):
+    /// - an EventBridge Scheduler tick: `{"tenant", "workflow", "inputs", "idempotency_key"}`
+    ///   (or a scheduled rule's event with that as its `detail`); the key (schedule and
+    ///   scheduled time) is the start's idempotency key;
+    /// - an EventBridge rule's delivery: `{"tenant", "workflow", "trigger", "event"}`: the
+    ///   inputs are the registered workflow's trigger's templates over the event, and the event's
+    ///   id is the idempotency key.
+    ///
+    /// Keys are in their own key spaces (schedule, event): no client can take them.
     pub async fn start_scheduled(&self, event: &Value) -> Result<Value, String> {
         let body = match event.get("detail") {
             Some(d) if d.get("workflow").is_some() => d.clone(),
             _ => event.clone(),
         };
-        let tenant = body.get("tenant").and_then(Value::as_str).unwrap_or_default();
+        let tenant = body.get("tenant").and_then(Value::as_str).unwrap_or_default().to_string();
+        let tenant = tenant.as_str();
         if !crate::auth::valid_tenant(tenant) {
             return Err(format!("the trigger names no valid `tenant` (got `{tenant}`)"));
         }
-        // Scoped by workflow, so two schedules' ticks at the same time never share a key.
-        let workflow = body.get("workflow").and_then(Value::as_str).unwrap_or_default();
-        let key = match (event.get("idempotency_key").or_else(|| body.get("idempotency_key")), event.get("id")) {
-            (Some(k), _) => k.as_str().map(|k| IdempotencyKey::system(KeySpace::Schedule, &format!("{workflow}:{k}"))),
-            (None, Some(id)) => {
-                id.as_str().map(|k| IdempotencyKey::system(KeySpace::Event, &format!("{workflow}:{k}")))
-            }
-            _ => None,
+        let workflow = body.get("workflow").and_then(Value::as_str).unwrap_or_default().to_string();
+        let (body, key) = if let (Some(trigger), Some(ev)) =
+            (body.get("trigger").and_then(Value::as_str), body.get("event"))
+        {
+            let source = match self.definition(tenant, &workflow).await {
+                Ok(Some(s)) => s,
+                Ok(None) => return Err(format!("no workflow `{workflow}` is registered for tenant `{tenant}`")),
+                Err(r) => return Err(String::from_utf8_lossy(r.body().as_ref()).into_owned()),
+            };
+            let checked = self.starter.check(&format!("{workflow}.yaml"), &source).map_err(|e| e.to_string())?;
+            let t = checked
+                .workflow
+                .spec
+                .events
+                .iter()
+                .find(|t| t.name == trigger)
+                .ok_or_else(|| format!("workflow `{workflow}` has no event trigger `{trigger}`"))?;
+            let inputs = llmo_core::triggers::event_inputs(t, ev)?;
+            let id = ev.get("id").and_then(Value::as_str).ok_or("the event has no `id`")?;
+            let key = IdempotencyKey::system(KeySpace::Event, &format!("{workflow}:{trigger}:{id}"));
+            (json!({"source": source, "source_name": format!("{workflow}.yaml"), "inputs": inputs}), Some(key))
+        } else {
+            // Scoped by workflow, so two schedules' ticks at the same time never share a key.
+            let key = match (event.get("idempotency_key").or_else(|| body.get("idempotency_key")), event.get("id")) {
+                (Some(k), _) => {
+                    k.as_str().map(|k| IdempotencyKey::system(KeySpace::Schedule, &format!("{workflow}:{k}")))
+                }
+                (None, Some(id)) => {
+                    id.as_str().map(|k| IdempotencyKey::system(KeySpace::Schedule, &format!("{workflow}:{k}")))
+                }
+                _ => None,
+            };
+            (body, key)
         };
         let (r, _) = self.start_in(tenant, &body, key).await;
         let ok = r.status().is_success();
         let text = String::from_utf8_lossy(r.body().as_ref()).into_owned();
         let v: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
         if ok {
-            tracing::info!(result = %v, "scheduled run started");
+            tracing::info!(result = %v, tenant, workflow, "triggered run started");
             Ok(v)
         } else {
             Err(v.to_string())
@@ -481,6 +513,7 @@ impl Api {
             StatusCode::OK,
             json!({
                 "run_id": st.run_id, "workflow": workflow, "status": st.status.as_str(), "version": st.version,
+                "inputs": st.inputs,
                 "started_at": st.started_at, "ended_at": st.ended_at, "cost_usd": st.cost_usd, "tokens": st.tokens,
                 "outputs": st.outputs, "error": st.error, "tasks": tasks,
             }),

@@ -10,5 +10,7 @@ pub mod schema;
 pub mod source;
 pub mod synth;
 pub mod tasks;
+pub mod tenant;
+pub mod triggers;
 pub mod validate;
 pub mod yaml;

@@ -102,7 +102,7 @@ impl PreparedWith {
 }
 
 /// The expression of a template that is exactly one `{{ expression }}`.
-fn single_expression(s: &str) -> Option<&str> {
+pub(crate) fn single_expression(s: &str) -> Option<&str> {
     let t = s.trim();
     t.strip_prefix("{{").and_then(|r| r.strip_suffix("}}")).filter(|e| !e.contains("{{") && !e.contains("}}"))
 }
@@ -212,7 +212,7 @@ impl minijinja::value::Object for Reads {
 /// A JSON value as a template value, built directly: the value `Value::from_serialize`
 /// gives (maps, sequences, numbers as serde hands them over) without a pass through serde,
 /// which was a large part of making each finished task's view.
-fn json_ctx(v: &Value) -> Ctx {
+pub(crate) fn json_ctx(v: &Value) -> Ctx {
     match v {
         Value::Null => Ctx::from(()),
         Value::Bool(b) => Ctx::from(*b),
