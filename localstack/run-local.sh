@@ -7,7 +7,8 @@
 #   localstack/run-local.sh            models answered by the `mock` provider (offline)
 #   LLMO_MOCK=0 localstack/run-local.sh   real providers (keys from the environment)
 #   localstack/run-local.sh --smoke    start everything, submit workflows/simple-inference.yaml
-#                                      with `llmo submit --wait`, check it succeeded, stop
+#                                      with `llmo submit --wait`, check it succeeded, fuzz the
+#                                      API against docs/openapi.json (schemathesis), stop
 #
 # Then, from another shell: llmo submit workflows/simple-inference.yaml -i question=hi --wait
 # Builds with the dev profile (PROFILE=release for optimized binaries). Logs: .llmo/stack/.
@@ -71,6 +72,16 @@ if $smoke; then
     --api "http://$addr" --wait)
   echo "$out"
   echo "$out" | grep -q '"answer"' || { echo "FAIL: the run did not end with its outputs" >&2; exit 1; }
+  # The API's contract: schemathesis fuzzes every route of docs/openapi.json with an operator
+  # admin's token; no answer may be a 5xx, have an undocumented status, or break its schema.
+  fuzz_token=$("$dir/llmo" token --tenant local --role admin --role operator --sub fuzz --ttl 3600)
+  echo "== schemathesis: every route of docs/openapi.json against the local api"
+  .venv/fuzz/bin/schemathesis run docs/openapi.json --url "http://$addr" \
+    -H "Authorization: Bearer $fuzz_token" --phases examples,fuzzing --max-examples 30 -w 2 \
+    --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
+    --seed 1 > "$log/schemathesis.log" 2>&1 \
+    || { tail -80 "$log/schemathesis.log" >&2; echo "FAIL: schemathesis (log: $log/schemathesis.log)" >&2; exit 1; }
+  grep -E "passed|generated" "$log/schemathesis.log" | tail -3
   echo "local system: ok"
   exit 0
 fi

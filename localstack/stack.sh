@@ -37,6 +37,10 @@ install() {
     python3 -m venv .venv/sam
     .venv/sam/bin/pip install -q -r localstack/requirements-sam.txt
   fi
+  if [ ! -x .venv/fuzz/bin/schemathesis ]; then
+    python3 -m venv .venv/fuzz
+    .venv/fuzz/bin/pip install -q -r localstack/requirements-fuzz.txt
+  fi
   local py; py=$(python313)
   if [ -n "$py" ] && [ ! -x .venv/localstack/bin/python ]; then
     "$py" -m venv .venv/localstack

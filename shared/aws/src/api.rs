@@ -12,6 +12,7 @@
 //! | `GET /runs/{id}/history` | viewer | the transition log |
 //! | `POST /runs/{id}/cancel` | developer | cancels (stored before the answer; `on.failure` hooks run) |
 //! | `GET /audit?run=&since=&until=&limit=` | admin | the audit trail, oldest first |
+//! | `GET /openapi.json` | viewer | the API's OpenAPI 3.1 description (`docs/openapi.json`) |
 //!
 //! Another tenant's run is a 404, as if it did not exist. An admin who is also an `operator`
 //! may add `?tenant=T` to act on tenant T. Every authenticated request is audited.
@@ -91,7 +92,13 @@ pub enum Route<'a> {
     History(&'a str),
     Cancel(&'a str),
     Audit,
+    OpenApi,
 }
+
+/// The API's OpenAPI 3.1 description (`docs/openapi.json`; a test checks it names exactly the
+/// routes [`Route::parse`] knows, and the schemathesis run in `make test` checks every answer
+/// against it).
+pub const OPENAPI: &str = include_str!("../../../docs/openapi.json");
 
 impl<'a> Route<'a> {
     pub fn parse(method: &Method, parts: &[&'a str]) -> Option<Self> {
@@ -104,13 +111,16 @@ impl<'a> Route<'a> {
             (&Method::GET, ["runs", id, "history"]) => Route::History(id),
             (&Method::POST, ["runs", id, "cancel"]) => Route::Cancel(id),
             (&Method::GET, ["audit"]) => Route::Audit,
+            (&Method::GET, ["openapi.json"]) => Route::OpenApi,
             _ => return None,
         })
     }
 
     pub fn needs(&self) -> Role {
         match self {
-            Route::ListWorkflows | Route::ListRuns | Route::GetRun(_) | Route::History(_) => Role::Viewer,
+            Route::ListWorkflows | Route::ListRuns | Route::GetRun(_) | Route::History(_) | Route::OpenApi => {
+                Role::Viewer
+            }
             Route::RegisterWorkflow | Route::StartRun | Route::Cancel(_) => Role::Developer,
             Route::Audit => Role::Admin,
         }
@@ -127,6 +137,7 @@ impl<'a> Route<'a> {
             Route::History(_) => "GET /runs/{id}/history",
             Route::Cancel(_) => "POST /runs/{id}/cancel",
             Route::Audit => "GET /audit",
+            Route::OpenApi => "GET /openapi.json",
         }
     }
 
@@ -254,6 +265,9 @@ impl Api {
         };
         let header_key = req.headers().get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_string);
         if let Some(id) = route.run() {
+            if !valid_run_id(id) {
+                return (no_run(id), Some(tenant), None);
+            }
             match self.store.tenant_of(id).await {
                 Ok(Some(t)) if t == tenant => {}
                 Ok(_) => return (no_run(id), Some(tenant), None),
@@ -269,6 +283,7 @@ impl Api {
             Route::History(id) => (self.history(id).await, None),
             Route::Cancel(id) => (self.cancel(id).await, None),
             Route::Audit => (self.read_audit(&tenant, query).await, None),
+            Route::OpenApi => (reply(StatusCode::OK, serde_json::from_str(OPENAPI).expect("docs/openapi.json is JSON")), None),
         };
         (reply, Some(tenant), target)
     }
@@ -559,7 +574,11 @@ impl Api {
             Some(Ok(l)) if (1..=1000).contains(&l) => l,
             Some(_) => return problem(StatusCode::BAD_REQUEST, "`limit` is a number from 1 to 1000"),
         };
-        let query = audit::Query { tenant: tenant.to_string(), run_id: q.get("run").cloned(), since, until, limit };
+        let run_id = q.get("run").cloned();
+        if run_id.as_deref().is_some_and(|r| !valid_run_id(r)) {
+            return problem(StatusCode::BAD_REQUEST, "`run` is not a run id");
+        }
+        let query = audit::Query { tenant: tenant.to_string(), run_id, since, until, limit };
         match self.audit.read(&query).await {
             Ok(records) => {
                 reply(StatusCode::OK, json!({"tenant": tenant, "since": since, "until": until, "records": records}))
@@ -567,6 +586,12 @@ impl Api {
             Err(e) => internal(e),
         }
     }
+}
+
+/// Whether `id` can be a run id (1-128 of `A-Za-z0-9_.-`): anything else is no run, without
+/// asking the store (whose keys have their own limits).
+fn valid_run_id(id: &str) -> bool {
+    (1..=128).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
 }
 
 /// The answer to a start (or a validation) the use case refused.
@@ -617,4 +642,51 @@ fn urlencoding_decode(s: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every route, once.
+    const ALL: [Route<'static>; 9] = [
+        Route::RegisterWorkflow,
+        Route::ListWorkflows,
+        Route::StartRun,
+        Route::ListRuns,
+        Route::GetRun("x"),
+        Route::History("x"),
+        Route::Cancel("x"),
+        Route::Audit,
+        Route::OpenApi,
+    ];
+
+    #[test]
+    fn the_openapi_description_names_exactly_the_routes() {
+        let doc: Value = serde_json::from_str(OPENAPI).unwrap();
+        assert_eq!(doc["openapi"], "3.1.0");
+        let mut documented: Vec<String> = Vec::new();
+        for (path, ops) in doc["paths"].as_object().unwrap() {
+            for (method, op) in ops.as_object().unwrap() {
+                let m: Method = method.to_uppercase().parse().unwrap();
+                let concrete = path.replace("{id}", "x");
+                let parts: Vec<&str> = concrete.split('/').filter(|p| !p.is_empty()).collect();
+                let route = Route::parse(&m, &parts).unwrap_or_else(|| panic!("{method} {path} is no route"));
+                assert_eq!(route.action(), format!("{} {path}", m.as_str()), "{method} {path}");
+                let role = route.needs().as_str();
+                assert!(
+                    op["description"].as_str().unwrap().contains(&format!("`{role}`")),
+                    "{method} {path} documents its role ({role})"
+                );
+                for code in ["401", "403"] {
+                    assert!(op["responses"].get(code).is_some(), "{method} {path} documents {code}");
+                }
+                documented.push(route.action().to_string());
+            }
+        }
+        documented.sort();
+        let mut routes: Vec<String> = ALL.iter().map(|r| r.action().to_string()).collect();
+        routes.sort();
+        assert_eq!(documented, routes);
+    }
 }
