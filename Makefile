@@ -56,13 +56,15 @@ lint:
 # serverless tests and stopped after. The nightly-digest example reads a secret from the env.
 # functions/lambda-test.sh then runs the four functions under `cargo lambda watch` and invokes
 # them with real event payloads.
-# Last, the one-command local system (localstack/run-local.sh) answers `llmo submit --wait`.
+# Last, infra/template.yaml is deployed on moto's CloudFormation and the one-command local system
+# (localstack/run-local.sh --cfn) runs on the resources it created: it answers `llmo submit --wait`,
+# and schemathesis fuzzes the API against docs/openapi.json.
 # The test binaries are built first, before the local AWS is started.
 unit:
 	$(CARGO) test --workspace --locked --no-run
 	LLMO_SECRET_TICKETS_TOKEN=offline localstack/with-stack.sh \
 	  sh -c '$(CARGO) test --workspace --locked && functions/lambda-test.sh'
-	LLMO_API_ADDR=127.0.0.1:18080 localstack/run-local.sh --smoke
+	LLMO_API_ADDR=127.0.0.1:18080 localstack/run-local.sh --smoke --cfn
 
 # The serverless system on this machine: local AWS, api on :8080, step workers, dlq (Ctrl-C stops).
 local:

@@ -7,6 +7,7 @@ silently overwrites the first. Real DynamoDB never lets both succeed, and the ru
 exactly-once transitions rest on that (a lost race must be reported as lost). Serving one
 request at a time makes every moto operation atomic, as DynamoDB's single-item writes and
 transactions are. moto holds Python's GIL for its work anyway, so little throughput is lost.
+SQS's ReceiveMessage (a long poll) is the exception: it runs beside the others.
 
 Usage: python moto_serial.py -H HOST -p PORT   (the same options as `moto_server`)
 """
@@ -23,6 +24,18 @@ def serial(app):
     lock = threading.Lock()
 
     def wrapped(environ, start_response):
+        # SQS long polls wait up to 20 s for a message: one must not hold up every other
+        # request. Receives racing each other only make a delivery at-least-once, as SQS's are.
+        if environ.get("HTTP_X_AMZ_TARGET") == "AmazonSQS.ReceiveMessage" or "Action=ReceiveMessage" in environ.get(
+            "QUERY_STRING", ""
+        ):
+            body = app(environ, start_response)
+            try:
+                return [b"".join(body)]
+            finally:
+                close = getattr(body, "close", None)
+                if close is not None:
+                    close()
         with lock:
             body = app(environ, start_response)
             try:

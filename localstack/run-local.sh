@@ -6,6 +6,8 @@
 #
 #   localstack/run-local.sh            models answered by the `mock` provider (offline)
 #   LLMO_MOCK=0 localstack/run-local.sh   real providers (keys from the environment)
+#   localstack/run-local.sh --cfn      the table, queues and bucket created by deploying
+#                                      infra/template.yaml on moto's CloudFormation
 #   localstack/run-local.sh --smoke    start everything, submit workflows/simple-inference.yaml
 #                                      with `llmo submit --wait`, check it succeeded, fuzz the
 #                                      API against docs/openapi.json (schemathesis), stop
@@ -15,7 +17,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 smoke=false
-[ "${1:-}" = --smoke ] && smoke=true
+cfn=false
+for a in "$@"; do
+  case $a in
+    --smoke) smoke=true ;;
+    --cfn) cfn=true ;;
+  esac
+done
 profile=${PROFILE:-dev}
 dir=${CARGO_TARGET_DIR:-target}/debug
 [ "$profile" = release ] && dir=${CARGO_TARGET_DIR:-target}/release
@@ -37,7 +45,14 @@ trap stop EXIT
 trap 'exit 130' INT TERM
 set -a
 eval "$(localstack/stack.sh env)"
-eval "$("$dir/examples/provision")"
+if $cfn; then
+  # The stack itself, from infra/template.yaml, on moto's CloudFormation: the functions then
+  # run against exactly the table, queues and bucket it created (all served by moto).
+  echo "== infra/template.yaml deployed on the local CloudFormation"
+  eval "$(.venv/tools/bin/python infra/local_deploy.py --endpoint="$AWS_ENDPOINT_URL_DYNAMODB")"
+else
+  eval "$("$dir/examples/provision")"
+fi
 LLMO_MOCK=${LLMO_MOCK:-1}
 # The local API verifies HS256 tokens with a development secret kept in .llmo/ (made once).
 if [ -z "${LLMO_JWT_SECRET:-}" ]; then
