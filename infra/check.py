@@ -12,6 +12,8 @@ Rules:
                Default: the smallest value a deployment can give it.
   redrive      every queue's redrive policy has maxReceiveCount >= 5 (same reading).
   logs         every function logs to a log group of this template that has RetentionInDays.
+  secrets      no environment variable of the template holds a key or a secret (names ending in
+               _API_KEY, _TOKEN, _SECRET or starting LLMO_SECRET_): they come from Secrets Manager.
   privilege    no function uses a *CrudPolicy/FullAccess policy template, a wildcard action or a
                wildcard resource, and dynamodb:Scan, dynamodb:DeleteItem and s3:DeleteObject are
                granted only to the functions allowed them below.
@@ -66,9 +68,23 @@ def functions(tpl):
             yield name, r.get("Properties", {}) or {}
 
 
+SECRET_NAMES = ("_API_KEY", "_TOKEN", "_SECRET", "_PASSWORD")
+
+
+def env_vars(tpl):
+    g = tpl.get("Globals", {}).get("Function", {}).get("Environment", {}).get("Variables", {}) or {}
+    yield from (("Globals", k) for k in g)
+    for name, props in functions(tpl):
+        for k in ((props.get("Environment") or {}).get("Variables") or {}):
+            yield (name, k)
+
+
 def check(tpl):
     out = []
     res = tpl.get("Resources", {})
+    for where, k in env_vars(tpl):
+        if k.endswith(SECRET_NAMES) or k.startswith("LLMO_SECRET_"):
+            out.append(f"secrets: {where} sets the environment variable {k}; keys and secrets come from Secrets Manager")
     for name, props in functions(tpl):
         timeout = fn_timeout(tpl, props)
         for ev_name, ev in (props.get("Events") or {}).items():
@@ -139,6 +155,10 @@ def self_test(tpl):
             lambda t: R(t)["DeadLetters"]["Properties"].update(VisibilityTimeout=30),
         ],
         "redrive": [lambda t: P(t)["MaxReceives"].update(MinValue=1)],
+        "secrets": [
+            lambda t: t["Globals"]["Function"]["Environment"]["Variables"].update(OPENAI_API_KEY="sk-..."),
+            lambda t: R(t)["Step"]["Properties"].update(Environment={"Variables": {"LLMO_SECRET_TICKETS_TOKEN": "x"}}),
+        ],
         "logs": [
             lambda t: R(t)["Api"]["Properties"].pop("LoggingConfig"),
             lambda t: R(t)["StepLogs"]["Properties"].pop("RetentionInDays"),
@@ -176,7 +196,7 @@ def main(argv):
     for f in findings:
         print(f"{path}: {f}")
     if not findings:
-        print(f"{path}: visibility, redrive, logs and privilege rules hold")
+        print(f"{path}: visibility, redrive, logs, secrets and privilege rules hold")
     return 1 if findings else 0
 
 

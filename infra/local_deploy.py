@@ -4,12 +4,15 @@ functions need to run against exactly the resources the stack created.
 
   python infra/local_deploy.py --endpoint http://127.0.0.1:4567 [--stack NAME] [TEMPLATE]
 
-Prints `LLMO_TABLE=...`, `LLMO_QUEUE_URL=...`, `LLMO_DLQ_URL=...`, `LLMO_BUCKET=...` (read back
+Prints `LLMO_TABLE=...`, `LLMO_QUEUE_URL=...`, `LLMO_DLQ_URL=...`, `LLMO_BUCKET=...`,
+`LLMO_SECRETS_ARN=...` (read back
 from the stack with ListStackResources, as moto's DescribeStacks cannot answer for this
 template) and `AWS_ENDPOINT_URL=...`, one per line, for `eval`.
 
 moto's CloudFormation creates the data plane (the table with its indexes and TTL, both queues with
-the redrive policy and visibility timeouts, the bucket and its policy, the log groups). What it
+the redrive policy and visibility timeouts, the bucket and its policy, the log groups). The
+provider secret, which moto's CloudFormation does not create, is created with Secrets Manager's
+API as the template describes it. What it
 cannot create locally (the functions, which run here in their local modes instead, the HTTP API,
 whose part the local API server plays, and the alarms on them) is left out, and said on stderr.
 """
@@ -19,7 +22,13 @@ import time
 import boto3
 from cfnlint.decode import decode
 
-LOCAL = {"AWS::DynamoDB::Table", "AWS::SQS::Queue", "AWS::S3::Bucket", "AWS::S3::BucketPolicy", "AWS::Logs::LogGroup"}
+LOCAL = {
+    "AWS::DynamoDB::Table",
+    "AWS::SQS::Queue",
+    "AWS::S3::Bucket",
+    "AWS::S3::BucketPolicy",
+    "AWS::Logs::LogGroup",
+}
 
 
 def refs(v):
@@ -85,6 +94,13 @@ def main(argv):
     else:
         sys.exit(f"local_deploy: stack {stack} did not complete: {res}")
     by_id = {r["LogicalResourceId"]: r["PhysicalResourceId"] for r in res}
+    # moto's CloudFormation does not create Secrets Manager secrets: the provider secret is made
+    # here as the template describes it (name, empty JSON object), through Secrets Manager's API.
+    secret = tpl["Resources"]["ProviderSecrets"]["Properties"]
+    sm = boto3.client("secretsmanager", **kw)
+    by_id["ProviderSecrets"] = sm.create_secret(
+        Name=f"{stack}/providers", Description=secret["Description"], SecretString=secret["SecretString"]
+    )["ARN"]
     for r in res:
         by_type.setdefault(r["ResourceType"], []).append(r["LogicalResourceId"])
     # Checks that the resources are what the template says, as deployed.
@@ -105,7 +121,9 @@ def main(argv):
     print(f"LLMO_QUEUE_URL={by_id['Steps']}")
     print(f"LLMO_DLQ_URL={by_id['DeadLetters']}")
     print(f"LLMO_BUCKET={by_id['Checkpoints']}")
+    print(f"LLMO_SECRETS_ARN={by_id['ProviderSecrets']}")
     print(f"AWS_ENDPOINT_URL={endpoint}")
+    print(f"AWS_ENDPOINT_URL_SECRETS_MANAGER={endpoint}")
     print(f"LLMO_STACK={stack}")
 
 

@@ -49,7 +49,8 @@ if $cfn; then
   # The stack itself, from infra/template.yaml, on moto's CloudFormation: the functions then
   # run against exactly the table, queues and bucket it created (all served by moto).
   echo "== infra/template.yaml deployed on the local CloudFormation"
-  eval "$(.venv/tools/bin/python infra/local_deploy.py --endpoint="$AWS_ENDPOINT_URL_DYNAMODB")"
+  deployed=$(.venv/tools/bin/python infra/local_deploy.py --endpoint="$AWS_ENDPOINT_URL_DYNAMODB")
+  eval "$deployed"
 else
   eval "$("$dir/examples/provision")"
 fi

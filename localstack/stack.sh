@@ -83,6 +83,7 @@ AWS_SECRET_ACCESS_KEY=test
 AWS_REGION=us-east-1
 AWS_ENDPOINT_URL=$(cat "$RUN/queues-endpoint" 2>/dev/null || echo "http://127.0.0.1:$MOTO_PORT")
 AWS_ENDPOINT_URL_DYNAMODB=http://127.0.0.1:$MOTO_PORT
+AWS_ENDPOINT_URL_SECRETS_MANAGER=http://127.0.0.1:$MOTO_PORT
 E
 }
 

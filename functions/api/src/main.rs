@@ -9,7 +9,7 @@ use llmo_aws::api::Api;
 async fn main() -> Result<(), lambda_http::Error> {
     llmo_aws::env::init_tracing();
     let aws = llmo_aws::Aws::from_env().await;
-    let (executors, config, mock) = llmo_aws::env::executors()?;
+    let (executors, config, mock) = llmo_aws::env::executors(&aws)?;
     let args: Vec<String> = std::env::args().collect();
     let local = args.iter().any(|a| a == "--local");
     let auth = llmo_aws::auth::Auth::from_env(!local).await?;

@@ -7,6 +7,6 @@ use llmo_aws::step::DeadLetters;
 async fn main() -> Result<(), lambda_runtime::Error> {
     llmo_aws::env::init_tracing();
     let aws = llmo_aws::Aws::from_env().await;
-    let (executors, _, _) = llmo_aws::env::executors()?;
+    let (executors, _, _) = llmo_aws::env::executors(&aws)?;
     llmo_aws::local::sqs_function("dlq", DeadLetters::new(&aws, executors), SqsQueue::dead_letters(aws)).await
 }

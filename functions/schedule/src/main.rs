@@ -12,7 +12,7 @@ use serde_json::Value;
 async fn main() -> Result<(), lambda_runtime::Error> {
     llmo_aws::env::init_tracing();
     let aws = llmo_aws::Aws::from_env().await;
-    let (executors, config, mock) = llmo_aws::env::executors()?;
+    let (executors, config, mock) = llmo_aws::env::executors(&aws)?;
     let api = Arc::new(Api::new(&aws, executors, config, mock));
     let args: Vec<String> = std::env::args().collect();
     if let Some(i) = args.iter().position(|a| a == "--event") {

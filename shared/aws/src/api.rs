@@ -283,7 +283,9 @@ impl Api {
             Route::History(id) => (self.history(id).await, None),
             Route::Cancel(id) => (self.cancel(id).await, None),
             Route::Audit => (self.read_audit(&tenant, query).await, None),
-            Route::OpenApi => (reply(StatusCode::OK, serde_json::from_str(OPENAPI).expect("docs/openapi.json is JSON")), None),
+            Route::OpenApi => {
+                (reply(StatusCode::OK, serde_json::from_str(OPENAPI).expect("docs/openapi.json is JSON")), None)
+            }
         };
         (reply, Some(tenant), target)
     }
@@ -591,7 +593,8 @@ impl Api {
 /// Whether `id` can be a run id (1-128 of `A-Za-z0-9_.-`): anything else is no run, without
 /// asking the store (whose keys have their own limits).
 fn valid_run_id(id: &str) -> bool {
-    (1..=128).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+    (1..=128).contains(&id.len())
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
 }
 
 /// The answer to a start (or a validation) the use case refused.

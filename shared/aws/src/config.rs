@@ -22,6 +22,7 @@ pub struct Aws {
     pub dynamodb: aws_sdk_dynamodb::Client,
     pub sqs: aws_sdk_sqs::Client,
     pub s3: aws_sdk_s3::Client,
+    pub secretsmanager: aws_sdk_secretsmanager::Client,
     pub table: String,
     pub queue_url: String,
     pub dlq_url: String,
@@ -44,6 +45,8 @@ impl Aws {
         let s3 = aws_sdk_s3::Client::from_conf(
             aws_sdk_s3::config::Builder::from(&sdk).force_path_style(true).interceptor(count(Service::S3)).build(),
         );
+        let secretsmanager =
+            aws_sdk_secretsmanager::Client::from_conf(aws_sdk_secretsmanager::config::Builder::from(&sdk).build());
         let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         let endpoint = var("AWS_ENDPOINT_URL_SQS").or_else(|| var("AWS_ENDPOINT_URL")).unwrap_or_else(|| {
             format!("https://sqs.{}.amazonaws.com", sdk.region().map_or("us-east-1", |r| r.as_ref()))
@@ -53,6 +56,7 @@ impl Aws {
             dynamodb,
             sqs,
             s3,
+            secretsmanager,
             table: var("LLMO_TABLE").unwrap_or_else(|| "llmo".into()),
             queue_url: var("LLMO_QUEUE_URL").unwrap_or_else(|| format!("{endpoint}/000000000000/llmo-steps")),
             dlq_url: var("LLMO_DLQ_URL").unwrap_or_else(|| format!("{endpoint}/000000000000/llmo-dead")),

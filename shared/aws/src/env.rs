@@ -8,8 +8,11 @@ use llmo_runtime::providers::Config;
 
 /// Executors and provider config: `LLMO_CONFIG` (provider config file), `LLMO_MOCK=1` (every
 /// model call answered by the `mock` provider, `http` by `LLMO_HTTP_FIXTURES`, a
-/// `:`-separated list of fixture files). For local runs and tests; never set it in AWS.
-pub fn executors() -> Result<(Registry, Config, bool), String> {
+/// `:`-separated list of fixture files; for local runs and tests, never set it in AWS).
+/// Provider keys and `http` secrets come from the Secrets Manager secret `LLMO_SECRETS_ARN`
+/// (cached for `LLMO_SECRETS_TTL_SECS`, 300 by default) when it is set, else from the
+/// environment.
+pub fn executors(aws: &crate::Aws) -> Result<(Registry, Config, bool), String> {
     let config = match std::env::var_os("LLMO_CONFIG") {
         Some(p) => Config::load(Path::new(&p), true).map_err(|e| e.to_string())?,
         None => Config::builtin(),
@@ -21,7 +24,19 @@ pub fn executors() -> Result<(Registry, Config, bool), String> {
             fixtures.responses.extend(Fixtures::load(Path::new(p))?.responses);
         }
     }
-    Ok((llmo_runtime::standard_registry(config.clone(), mock, fixtures), config, mock))
+    let secrets: std::sync::Arc<dyn llmo_runtime::secrets::Secrets> =
+        match std::env::var("LLMO_SECRETS_ARN").ok().filter(|v| !v.is_empty()) {
+            Some(arn) => {
+                let ttl = std::env::var("LLMO_SECRETS_TTL_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(300);
+                std::sync::Arc::new(crate::secrets::SecretsManager::new(
+                    aws.secretsmanager.clone(),
+                    arn,
+                    std::time::Duration::from_secs(ttl),
+                ))
+            }
+            None => std::sync::Arc::new(llmo_runtime::secrets::EnvSecrets),
+        };
+    Ok((llmo_runtime::standard_registry_with(config.clone(), mock, fixtures, secrets), config, mock))
 }
 
 /// Logs: JSON lines in Lambda (CloudWatch), plain text locally; `RUST_LOG` filters.

@@ -11,6 +11,7 @@ pub mod env;
 pub mod local;
 pub mod metrics;
 pub mod provision;
+pub mod secrets;
 pub mod sqs;
 pub mod step;
 

@@ -36,19 +36,27 @@ fn parse_with(a: &Attempt) -> Result<HttpWith, TaskError> {
     serde_json::from_value(with).map_err(|e| TaskError::fatal(format!("http: {e}")))
 }
 
-/// Renders the headers with `secrets` added to the context.
-fn headers(a: &Attempt, w: &HttpWith) -> Result<Vec<(String, String)>, TaskError> {
+/// Renders the headers with `secrets` added to the context: each `secrets.NAME` read from the
+/// source as `LLMO_SECRET_NAME`, else `NAME`.
+async fn headers(
+    a: &Attempt,
+    w: &HttpWith,
+    source: &dyn crate::secrets::Secrets,
+) -> Result<Vec<(String, String)>, TaskError> {
     static SECRET: OnceLock<regex::Regex> = OnceLock::new();
     let re = SECRET.get_or_init(|| regex::Regex::new(r"secrets\.([A-Za-z_][A-Za-z0-9_]*)").expect("regex"));
+    let names: Vec<String> = w.headers.values().flat_map(|v| re.captures_iter(v).map(|c| c[1].to_string())).collect();
     let mut secrets = Map::new();
-    for v in w.headers.values() {
-        for c in re.captures_iter(v) {
-            let name = &c[1];
-            let value =
-                std::env::var(format!("LLMO_SECRET_{name}")).or_else(|_| std::env::var(name)).map_err(|_| {
+    {
+        for name in &names {
+            let read = |e: String| TaskError::fatal(format!("secret `{name}`: {e}"));
+            let value = match source.get(&format!("LLMO_SECRET_{name}")).await.map_err(read)? {
+                Some(v) => v,
+                None => source.get(name).await.map_err(read)?.ok_or_else(|| {
                     TaskError::fatal(format!("secret `{name}` is not set (set LLMO_SECRET_{name} or {name})"))
-                })?;
-            secrets.insert(name.to_string(), Value::String(value));
+                })?,
+            };
+            secrets.insert(name.clone(), Value::String(value));
         }
     }
     let ctx = minijinja::value::merge_maps([
@@ -112,11 +120,20 @@ fn outcome(w: &HttpWith, status: u16, headers: Map<String, Value>, body: &str) -
 
 pub struct HttpExecutor {
     client: reqwest::Client,
+    secrets: std::sync::Arc<dyn crate::secrets::Secrets>,
+}
+
+impl HttpExecutor {
+    /// Header secrets read from `secrets`.
+    pub fn with_secrets(secrets: std::sync::Arc<dyn crate::secrets::Secrets>) -> Self {
+        HttpExecutor { secrets, ..Self::default() }
+    }
 }
 
 impl Default for HttpExecutor {
     fn default() -> Self {
         HttpExecutor {
+            secrets: std::sync::Arc::new(crate::secrets::EnvSecrets),
             client: reqwest::Client::builder()
                 .user_agent(concat!("llmo/", env!("CARGO_PKG_VERSION")))
                 .build()
@@ -132,7 +149,7 @@ impl Executor for HttpExecutor {
             Ok(w) => w,
             Err(e) => return failed(e),
         };
-        let hs = match headers(a, &w) {
+        let hs = match headers(a, &w, self.secrets.as_ref()).await {
             Ok(h) => h,
             Err(e) => return failed(e),
         };
@@ -220,9 +237,17 @@ impl Fixtures {
 /// Answers `http` tasks offline: the first fixture whose method and URL match, else `200`
 /// with a body echoing the request (`{ mock: true, method, url, body }`). Secrets are still
 /// resolved, so a missing one shows up in an offline run too.
-#[derive(Default)]
 pub struct MockHttp {
     pub fixtures: Fixtures,
+    /// Where `secrets.NAME` in headers is read from (headers are rendered, so a missing secret
+    /// fails offline as it would online).
+    pub secrets: std::sync::Arc<dyn crate::secrets::Secrets>,
+}
+
+impl Default for MockHttp {
+    fn default() -> Self {
+        MockHttp { fixtures: Fixtures::default(), secrets: std::sync::Arc::new(crate::secrets::EnvSecrets) }
+    }
 }
 
 #[async_trait]
@@ -232,7 +257,7 @@ impl Executor for MockHttp {
             Ok(w) => w,
             Err(e) => return failed(e),
         };
-        if let Err(e) = headers(a, &w) {
+        if let Err(e) = headers(a, &w, self.secrets.as_ref()).await {
             return failed(e);
         }
         let m = method_name(w.method);

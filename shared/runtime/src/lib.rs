@@ -7,6 +7,7 @@ pub mod http;
 pub mod ports;
 pub mod providers;
 pub mod queue;
+pub mod secrets;
 pub mod start;
 pub mod store;
 pub mod worker;
@@ -17,13 +18,24 @@ use std::sync::Arc;
 /// answered by `mock` when `mock` is set), `http` (answered from `fixtures` when `mock` is
 /// set), `transform`, `evaluate` (with the model judge) and `policy`.
 pub fn standard_registry(config: providers::Config, mock: bool, fixtures: http::Fixtures) -> executor::Registry {
-    let llm = Arc::new(providers::LlmExecutor::new(config, mock));
+    standard_registry_with(config, mock, fixtures, Arc::new(secrets::EnvSecrets))
+}
+
+/// [`standard_registry`] with provider keys (for providers whose key the config does not
+/// hold) and `http` secrets read from `secrets`.
+pub fn standard_registry_with(
+    config: providers::Config,
+    mock: bool,
+    fixtures: http::Fixtures,
+    secrets: Arc<dyn secrets::Secrets>,
+) -> executor::Registry {
+    let llm = Arc::new(providers::LlmExecutor::with_secrets(config, mock, secrets.clone()));
     let mut r = executor::Registry::with_builtins(Some(llm.clone()));
     r.register("llm", llm);
     if mock {
-        r.register("http", Arc::new(http::MockHttp { fixtures }));
+        r.register("http", Arc::new(http::MockHttp { fixtures, secrets }));
     } else {
-        r.register("http", Arc::new(http::HttpExecutor::default()));
+        r.register("http", Arc::new(http::HttpExecutor::with_secrets(secrets)));
     }
     r
 }

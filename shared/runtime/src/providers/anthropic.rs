@@ -12,11 +12,23 @@ pub struct Anthropic {
     client: reqwest::Client,
     name: String,
     config: ProviderConfig,
+    secrets: std::sync::Arc<dyn crate::secrets::Secrets>,
 }
 
 impl Anthropic {
     pub fn new(client: reqwest::Client, name: &str, config: &ProviderConfig) -> Self {
-        Anthropic { client, name: name.to_string(), config: config.clone() }
+        Anthropic {
+            client,
+            name: name.to_string(),
+            config: config.clone(),
+            secrets: std::sync::Arc::new(crate::secrets::EnvSecrets),
+        }
+    }
+
+    /// Reads the key from `secrets` when the config holds none.
+    pub fn with_secrets(mut self, secrets: std::sync::Arc<dyn crate::secrets::Secrets>) -> Self {
+        self.secrets = secrets;
+        self
     }
 }
 
@@ -80,7 +92,8 @@ pub fn parse(body: &str, requested_model: &str) -> Result<ChatResponse, CallErro
 #[async_trait]
 impl Provider for Anthropic {
     async fn chat(&self, req: &ChatRequest) -> Result<ChatResponse, CallError> {
-        let Some(key) = &self.config.api_key else {
+        let key = super::api_key(&self.config, self.secrets.as_ref()).await?;
+        let Some(key) = &key else {
             return Err(CallError::Config(format!(
                 "provider `{}` needs an API key: set {}",
                 self.name,

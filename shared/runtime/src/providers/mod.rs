@@ -210,6 +210,12 @@ pub struct LlmExecutor {
 
 impl LlmExecutor {
     pub fn new(config: Config, force_mock: bool) -> Self {
+        Self::with_secrets(config, force_mock, Arc::new(crate::secrets::EnvSecrets))
+    }
+
+    /// Providers whose key the config does not hold ask `secrets` for it (by its
+    /// `api_key_env` name) at each call.
+    pub fn with_secrets(config: Config, force_mock: bool, secrets: Arc<dyn crate::secrets::Secrets>) -> Self {
         let client = reqwest::Client::builder()
             .user_agent(concat!("llmo/", env!("CARGO_PKG_VERSION")))
             .build()
@@ -218,8 +224,8 @@ impl LlmExecutor {
         let mut breakers = HashMap::new();
         for (name, p) in &config.providers {
             let provider: Arc<dyn Provider> = match p.kind {
-                Kind::Openai => Arc::new(OpenAi::new(client.clone(), name, p)),
-                Kind::Anthropic => Arc::new(Anthropic::new(client.clone(), name, p)),
+                Kind::Openai => Arc::new(OpenAi::new(client.clone(), name, p).with_secrets(secrets.clone())),
+                Kind::Anthropic => Arc::new(Anthropic::new(client.clone(), name, p).with_secrets(secrets.clone())),
                 Kind::Mock => Arc::new(Mock),
             };
             providers.insert(name.clone(), provider);
@@ -508,3 +514,17 @@ impl Judge for LlmExecutor {
 
 #[cfg(test)]
 mod tests;
+
+/// A provider's key: the config's, else the one `secrets` holds under its `api_key_env`.
+pub(crate) async fn api_key(
+    config: &ProviderConfig,
+    secrets: &dyn crate::secrets::Secrets,
+) -> Result<Option<String>, CallError> {
+    if let Some(k) = &config.api_key {
+        return Ok(Some(k.clone()));
+    }
+    match &config.api_key_env {
+        Some(name) => secrets.get(name).await.map_err(|e| CallError::Config(format!("reading the key {name}: {e}"))),
+        None => Ok(None),
+    }
+}

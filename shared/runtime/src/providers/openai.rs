@@ -10,11 +10,23 @@ pub struct OpenAi {
     client: reqwest::Client,
     name: String,
     config: ProviderConfig,
+    secrets: std::sync::Arc<dyn crate::secrets::Secrets>,
 }
 
 impl OpenAi {
     pub fn new(client: reqwest::Client, name: &str, config: &ProviderConfig) -> Self {
-        OpenAi { client, name: name.to_string(), config: config.clone() }
+        OpenAi {
+            client,
+            name: name.to_string(),
+            config: config.clone(),
+            secrets: std::sync::Arc::new(crate::secrets::EnvSecrets),
+        }
+    }
+
+    /// Reads the key from `secrets` when the config holds none.
+    pub fn with_secrets(mut self, secrets: std::sync::Arc<dyn crate::secrets::Secrets>) -> Self {
+        self.secrets = secrets;
+        self
     }
 }
 
@@ -90,7 +102,7 @@ impl Provider for OpenAi {
     async fn chat(&self, req: &ChatRequest) -> Result<ChatResponse, CallError> {
         let url = format!("{}/chat/completions", self.config.base_url.trim_end_matches('/'));
         let mut rb = self.client.post(&url).timeout(self.config.timeout).json(&body(req));
-        match &self.config.api_key {
+        match &super::api_key(&self.config, self.secrets.as_ref()).await? {
             Some(k) => rb = rb.bearer_auth(k),
             None if !self.config.free => {
                 return Err(CallError::Config(format!(
