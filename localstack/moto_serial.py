@@ -13,6 +13,7 @@ Usage: python moto_serial.py -H HOST -p PORT   (the same options as `moto_server
 """
 
 import argparse
+import contextlib
 import os
 import threading
 
@@ -26,17 +27,10 @@ def serial(app):
     def wrapped(environ, start_response):
         # SQS long polls wait up to 20 s for a message: one must not hold up every other
         # request. Receives racing each other only make a delivery at-least-once, as SQS's are.
-        if environ.get("HTTP_X_AMZ_TARGET") == "AmazonSQS.ReceiveMessage" or "Action=ReceiveMessage" in environ.get(
-            "QUERY_STRING", ""
-        ):
-            body = app(environ, start_response)
-            try:
-                return [b"".join(body)]
-            finally:
-                close = getattr(body, "close", None)
-                if close is not None:
-                    close()
-        with lock:
+        receive = environ.get("HTTP_X_AMZ_TARGET") == "AmazonSQS.ReceiveMessage" or "Action=ReceiveMessage" in (
+            environ.get("QUERY_STRING", "")
+        )
+        with contextlib.nullcontext() if receive else lock:
             body = app(environ, start_response)
             try:
                 return [b"".join(body)]

@@ -144,54 +144,24 @@ impl Audit {
     /// (at most [`MAX_RANGE_DAYS`] days).
     pub async fn read(&self, q: &Query) -> Result<Vec<Record>, String> {
         let limit = q.limit.clamp(1, 1000);
-        let fail = |e| format!("audit: {}", aws_sdk_dynamodb::error::DisplayErrorContext(e));
         let mut out = Vec::new();
         if let Some(run) = &q.run_id {
-            let mut start = None;
-            loop {
-                let page = self
-                    .aws
-                    .dynamodb
-                    .query()
-                    .table_name(&self.aws.table)
+            let query = || {
+                self.range(q)
                     .index_name("audit_by_run")
-                    .key_condition_expression("audit_run = :r AND sk BETWEEN :a AND :b")
-                    .expression_attribute_values(":r", s(run))
-                    .expression_attribute_values(":a", s(format!("{:013}", q.since)))
-                    .expression_attribute_values(":b", s(format!("{:013}~", q.until)))
-                    .set_exclusive_start_key(start.take())
-                    .send()
-                    .await
-                    .map_err(fail)?;
-                out.extend(page.items().iter().map(record).filter(|r| r.tenant == q.tenant));
-                match page.last_evaluated_key {
-                    Some(k) if !k.is_empty() && out.len() < limit => start = Some(k),
-                    _ => break,
-                }
-            }
+                    .key_condition_expression("audit_run = :k AND sk BETWEEN :a AND :b")
+                    .expression_attribute_values(":k", s(run))
+            };
+            self.pages(query, limit, &mut out).await?;
+            out.retain(|r| r.tenant == q.tenant);
         } else {
             for day in q.since / DAY_MS..=q.until / DAY_MS {
-                let mut start = None;
-                loop {
-                    let page = self
-                        .aws
-                        .dynamodb
-                        .query()
-                        .table_name(&self.aws.table)
-                        .key_condition_expression("pk = :p AND sk BETWEEN :a AND :b")
-                        .expression_attribute_values(":p", s(format!("AUDIT#{}#{day}", q.tenant)))
-                        .expression_attribute_values(":a", s(format!("{:013}", q.since)))
-                        .expression_attribute_values(":b", s(format!("{:013}~", q.until)))
-                        .set_exclusive_start_key(start.take())
-                        .send()
-                        .await
-                        .map_err(fail)?;
-                    out.extend(page.items().iter().map(record));
-                    match page.last_evaluated_key {
-                        Some(k) if !k.is_empty() && out.len() < limit => start = Some(k),
-                        _ => break,
-                    }
-                }
+                let query = || {
+                    self.range(q)
+                        .key_condition_expression("pk = :k AND sk BETWEEN :a AND :b")
+                        .expression_attribute_values(":k", s(format!("AUDIT#{}#{day}", q.tenant)))
+                };
+                self.pages(query, limit, &mut out).await?;
                 if out.len() >= limit {
                     break;
                 }
@@ -199,6 +169,38 @@ impl Audit {
         }
         out.truncate(limit);
         Ok(out)
+    }
+
+    /// A query of the table with `:a`/`:b` bounding `sk` to the query's time range.
+    fn range(&self, q: &Query) -> aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder {
+        self.aws
+            .dynamodb
+            .query()
+            .table_name(&self.aws.table)
+            .expression_attribute_values(":a", s(format!("{:013}", q.since)))
+            .expression_attribute_values(":b", s(format!("{:013}~", q.until)))
+    }
+
+    /// Follows a query's pages into `out` until it ends or `out` holds `limit` records.
+    async fn pages(
+        &self,
+        query: impl Fn() -> aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder,
+        limit: usize,
+        out: &mut Vec<Record>,
+    ) -> Result<(), String> {
+        let mut start = None;
+        loop {
+            let page = query()
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| format!("audit: {}", aws_sdk_dynamodb::error::DisplayErrorContext(e)))?;
+            out.extend(page.items().iter().map(record));
+            match page.last_evaluated_key {
+                Some(k) if !k.is_empty() && out.len() < limit => start = Some(k),
+                _ => return Ok(()),
+            }
+        }
     }
 }
 

@@ -163,24 +163,28 @@ impl Auth {
             }
             "jwks" => {
                 let src = var("LLMO_JWKS").ok_or("LLMO_JWKS (a JWKS file or URL) is not set")?;
-                if issuer.is_none() {
-                    return Err("LLMO_JWT_ISSUER is required with LLMO_JWKS".into());
-                }
-                let (set, url) = if src.starts_with("https://") || src.starts_with("http://") {
-                    (fetch_jwks(&src).await?, Some(src))
-                } else {
-                    let text = std::fs::read_to_string(&src).map_err(|e| format!("LLMO_JWKS {src}: {e}"))?;
-                    (serde_json::from_str(&text).map_err(|e| format!("LLMO_JWKS {src}: not a JWKS: {e}"))?, None)
-                };
-                Ok(Auth::Verify {
-                    keys: Keys::Jwks { set: RwLock::new(set), url, fetched: RwLock::new(Instant::now()) },
-                    audience,
-                    issuer,
-                    claims,
-                })
+                let issuer = issuer.ok_or("LLMO_JWT_ISSUER is required with LLMO_JWKS")?;
+                Self::jwks(&src, &issuer, &audience, claims).await
             }
             other => Err(format!("LLMO_AUTH={other}: expected apigateway, hs256 or jwks")),
         }
+    }
+
+    /// A verifier of RS256/ES256 tokens against a JWKS: a file, or an `http(s)://` URL (fetched
+    /// now, and again, at most once a minute, when a token names a key it does not hold).
+    pub async fn jwks(source: &str, issuer: &str, audience: &str, claims: Claims) -> Result<Self, String> {
+        let (set, url) = if source.starts_with("https://") || source.starts_with("http://") {
+            (fetch_jwks(source).await?, Some(source.to_string()))
+        } else {
+            let text = std::fs::read_to_string(source).map_err(|e| format!("LLMO_JWKS {source}: {e}"))?;
+            (serde_json::from_str(&text).map_err(|e| format!("LLMO_JWKS {source}: not a JWKS: {e}"))?, None)
+        };
+        Ok(Auth::Verify {
+            keys: Keys::Jwks { set: RwLock::new(set), url, fetched: RwLock::new(Instant::now()) },
+            audience: audience.into(),
+            issuer: Some(issuer.into()),
+            claims,
+        })
     }
 
     /// Whether requests are verified by API Gateway (only valid under Lambda).
@@ -416,5 +420,61 @@ mod tests {
             principal(&claims(&[("sub", "u".into()), ("tenant", "a".into()), ("roles", "root".into())]), &n),
             Err(AuthError::Forbidden(_))
         ));
+    }
+
+    fn fixture(name: &str) -> String {
+        format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
+    }
+
+    fn es256(kid: &str, iss: &str, aud: &str) -> String {
+        let key =
+            jsonwebtoken::EncodingKey::from_ec_pem(&std::fs::read(fixture("es256-test-only.pem")).unwrap()).unwrap();
+        let mut header = jsonwebtoken::Header::new(Algorithm::ES256);
+        header.kid = Some(kid.into());
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        let claims = serde_json::json!({"sub": "u", "tenant": "acme", "roles": ["viewer"], "iss": iss, "aud": aud, "exp": now + 600});
+        jsonwebtoken::encode(&header, &claims, &key).unwrap()
+    }
+
+    fn request(token: &str) -> Request {
+        lambda_http::http::Request::builder()
+            .header("authorization", format!("Bearer {token}"))
+            .body(lambda_http::Body::Empty)
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn es256_tokens_verify_against_a_jwks_file_or_url() {
+        const ISS: &str = "https://issuer.test";
+        let file = Auth::jwks(&fixture("jwks.json"), ISS, "llmo-api", Claims::default()).await.unwrap();
+        let ok = file.authenticate(&request(&es256("test-es256", ISS, "llmo-api"))).await.unwrap();
+        assert_eq!((ok.tenant.as_str(), ok.role), ("acme", Role::Viewer));
+        let refused = |r: Result<Principal, AuthError>| matches!(r, Err(AuthError::Unauthenticated(_)));
+        assert!(refused(file.authenticate(&request(&es256("other-key", ISS, "llmo-api"))).await), "unknown kid");
+        assert!(
+            refused(file.authenticate(&request(&es256("test-es256", "https://evil.test", "llmo-api"))).await),
+            "issuer"
+        );
+        assert!(refused(file.authenticate(&request(&es256("test-es256", ISS, "someone-else"))).await), "audience");
+        // An HS256 token (e.g. one signed with the public key as its secret) is refused outright.
+        let jwks_text = std::fs::read(fixture("jwks.json")).unwrap();
+        let mut hs = std::collections::HashMap::new();
+        hs.insert("sub", serde_json::json!("u"));
+        hs.insert("tenant", serde_json::json!("acme"));
+        hs.insert("roles", serde_json::json!(["admin"]));
+        hs.insert("iss", serde_json::json!(ISS));
+        hs.insert("aud", serde_json::json!("llmo-api"));
+        hs.insert("exp", serde_json::json!(u64::MAX / 2));
+        assert!(refused(file.authenticate(&request(&mint_hs256(&jwks_text, &hs))).await), "alg confusion");
+        // The same keys served over HTTP.
+        let server = wiremock::MockServer::start().await;
+        wiremock::Mock::given(wiremock::matchers::path("/.well-known/jwks.json"))
+            .respond_with(wiremock::ResponseTemplate::new(200).set_body_raw(jwks_text, "application/json"))
+            .mount(&server)
+            .await;
+        let url = Auth::jwks(&format!("{}/.well-known/jwks.json", server.uri()), ISS, "llmo-api", Claims::default())
+            .await
+            .unwrap();
+        assert!(url.authenticate(&request(&es256("test-es256", ISS, "llmo-api"))).await.is_ok());
     }
 }
