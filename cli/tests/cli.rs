@@ -359,3 +359,55 @@ fn a_run_killed_mid_flight_resumes_without_rerunning_finished_tasks() {
     assert!(runs.contains(&format!("{run_id}\tarticle-pipeline\tsucceeded")), "{runs}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn token_mints_what_the_api_verifies_and_remote_commands_send_it() {
+    let secret = "a-local-development-secret-of-32+bytes";
+    let out = command()
+        .args(["token", "--tenant", "acme", "--role", "admin", "--sub", "ops"])
+        .env("LLMO_JWT_SECRET", secret)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let token = text(&out.stdout).trim().to_string();
+    let payload = token.split('.').nth(1).unwrap();
+    use base64::Engine;
+    let claims: serde_json::Value =
+        serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap();
+    assert_eq!(
+        (claims["tenant"].as_str(), claims["sub"].as_str(), claims["aud"].as_str()),
+        (Some("acme"), Some("ops"), Some("llmo-api"))
+    );
+    assert_eq!(claims["roles"], serde_json::json!(["admin"]));
+    // Too short a secret is refused, not used.
+    let out = command().args(["token", "--tenant", "acme"]).env("LLMO_JWT_SECRET", "short").output().unwrap();
+    assert!(!out.status.success());
+    // `llmo audit` sends the token and the range, and prints the records.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let server = rt.block_on(async {
+        use wiremock::matchers::{header, method, path, query_param};
+        let server = wiremock::MockServer::start().await;
+        wiremock::Mock::given(method("GET"))
+            .and(path("/audit"))
+            .and(header("authorization", format!("Bearer {token}").as_str()))
+            .and(query_param("run", "run-1"))
+            .respond_with(wiremock::ResponseTemplate::new(200).set_body_json(serde_json::json!({
+                "tenant": "acme", "since": 0, "until": 1,
+                "records": [{"at": 1796000000000u64, "tenant": "acme", "actor": "alice", "role": "developer",
+                             "action": "POST /runs", "target": "run-1", "result": "201", "run_id": "run-1"}]
+            })))
+            .expect(1)
+            .mount(&server)
+            .await;
+        server
+    });
+    let out =
+        command().args(["audit", "--run", "run-1", "--api", &server.uri()]).env("LLMO_TOKEN", &token).output().unwrap();
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(stdout.contains("alice") && stdout.contains("POST /runs") && stdout.contains("201"), "{stdout}");
+    // Without the token the server refuses the request (wiremock matches on it) and the command fails.
+    let out = command().args(["audit", "--api", &server.uri()]).env_remove("LLMO_TOKEN").output().unwrap();
+    assert!(!out.status.success());
+    drop(rt);
+}
