@@ -320,9 +320,19 @@ impl LlmExecutor {
         Some((resp.prompt_tokens as f64 * p.input + resp.completion_tokens as f64 * p.output) / 1_000_000.0)
     }
 
+    /// Whether a call of `model` on `provider` can be priced before it is made (free and mock
+    /// providers cost nothing).
+    fn priced(&self, provider: &str, model: &str) -> bool {
+        self.force_mock
+            || self.config.providers.get(provider).is_some_and(|p| p.free || p.kind == Kind::Mock)
+            || self.config.prices.get(model).is_some()
+    }
+
     /// Runs a chat over the candidates in order. Returns the output, the usage of every call
-    /// that reported some, and on failure whether a later attempt could help.
-    async fn complete(&self, w: &LlmWith, req: &ChatRequest) -> (Result<Value, (String, bool)>, Usage) {
+    /// that reported some, and on failure whether a later attempt could help. Under a cost
+    /// budget (`budgeted`), a candidate whose model has no known price is not called: its cost
+    /// could not be counted, so budgets fail closed.
+    async fn complete(&self, w: &LlmWith, req: &ChatRequest, budgeted: bool) -> (Result<Value, (String, bool)>, Usage) {
         let mut usage = Usage::default();
         let mut errors = Vec::new();
         let mut retryable = false;
@@ -336,6 +346,12 @@ impl LlmExecutor {
         for (i, (provider, model)) in self.candidates(w).into_iter().enumerate() {
             let req = ChatRequest { model: model.clone(), ..req.clone() };
             let label = if self.force_mock { format!("mock/{model}") } else { format!("{provider}/{model}") };
+            if budgeted && !self.priced(&provider, &model) {
+                errors.push(format!(
+                    "{label}: not called: the run has a cost budget and this model has no known price (add it to `prices` in the config)"
+                ));
+                continue;
+            }
             match self.call(&provider, &req).await {
                 Err(e) => {
                     retryable |= e.retryable();
@@ -464,7 +480,7 @@ impl Executor for LlmExecutor {
                 return AttemptResult::Failed { error: format!("llm: {e}"), retryable: false, usage: Usage::default() };
             }
         };
-        let (r, usage) = self.complete(&w, &request_of(&w)).await;
+        let (r, usage) = self.complete(&w, &request_of(&w), a.budget_left_usd.is_some()).await;
         match r {
             Ok(output) => AttemptResult::Succeeded { output: output.into(), usage },
             Err((error, retryable)) => AttemptResult::Failed { error, retryable, usage },
@@ -476,7 +492,7 @@ impl Executor for LlmExecutor {
 impl Judge for LlmExecutor {
     async fn judge(
         &self,
-        _a: &Attempt,
+        a: &Attempt,
         text: &str,
         criteria: &str,
         model: &str,
@@ -504,7 +520,7 @@ impl Judge for LlmExecutor {
             response_format: Some(ResponseFormat::Json),
             output_schema: Some(schema),
         };
-        let (r, usage) = self.complete(&w, &request_of(&w)).await;
+        let (r, usage) = self.complete(&w, &request_of(&w), a.budget_left_usd.is_some()).await;
         match r {
             Ok(out) => Ok((out.pointer("/json/score").and_then(Value::as_f64).unwrap_or(0.0), usage)),
             Err((message, retryable)) => Err(TaskError { message: format!("llm_judge: {message}"), retryable }),

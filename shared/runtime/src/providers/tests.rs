@@ -332,3 +332,41 @@ async fn mock_mode_answers_offline_and_the_judge_grades() {
     let (err, retryable) = failure(&r);
     assert!(!retryable && err.contains("unknown provider `nope` (known: anthropic, mock, ollama, openai)"), "{err}");
 }
+
+#[tokio::test]
+async fn under_a_cost_budget_an_unpriced_model_is_not_called() {
+    let server = MockServer::start().await;
+    chat_route()
+        .and(body_partial_json(json!({ "model": "gpt-4o-mini" })))
+        .respond_with(ResponseTemplate::new(200).set_body_json(completion("priced", 10, 5)))
+        .expect(1)
+        .mount(&server)
+        .await;
+    // Any call of the unpriced model would be answered: the test counts that none is made.
+    chat_route()
+        .and(body_partial_json(json!({ "model": "my-finetune" })))
+        .respond_with(ResponseTemplate::new(200).set_body_json(completion("unpriced", 10, 5)))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let e = exec(&server);
+    let with = json!({ "model": "my-finetune", "prompt": "Hi", "fallback_models": ["gpt-4o-mini"] });
+    // With a budget: the unpriced model is skipped (said in the output), the priced fallback answers.
+    let mut a = test_attempt("llm", with.clone(), None, 1);
+    a.budget_left_usd = Some(1.0);
+    let r = e.execute(&a).await;
+    let out = output(&r);
+    assert_eq!(out["text"], "priced");
+    let skipped = out["fallback_from"][0].as_str().unwrap();
+    assert!(skipped.contains("openai/my-finetune: not called") && skipped.contains("no known price"), "{skipped}");
+    // Alone under a budget, it fails for good, naming the model.
+    let mut alone = test_attempt("llm", json!({ "model": "my-finetune", "prompt": "Hi" }), None, 1);
+    alone.budget_left_usd = Some(1.0);
+    let r = e.execute(&alone).await;
+    let (error, retryable) = failure(&r);
+    assert!(error.contains("my-finetune") && error.contains("no known price"), "{error}");
+    assert!(!retryable);
+    // Without a budget it is called: the one call its route expects.
+    let r = run(&e, json!({ "model": "my-finetune", "prompt": "Hi" })).await;
+    assert_eq!(output(&r)["text"], "unpriced");
+}
