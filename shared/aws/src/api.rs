@@ -268,10 +268,14 @@ impl Api {
             if !valid_run_id(id) {
                 return (no_run(id), Some(tenant), None);
             }
-            match self.store.tenant_of(id).await {
-                Ok(Some(t)) if t == tenant => {}
-                Ok(_) => return (no_run(id), Some(tenant), None),
-                Err(e) => return (internal(e), Some(tenant), None),
+            // `GET /runs/{id}` checks the tenant of the state it loads anyway; the others ask
+            // first (one small read).
+            if !matches!(route, Route::GetRun(_)) {
+                match self.store.tenant_of(id).await {
+                    Ok(Some(t)) if t == tenant => {}
+                    Ok(_) => return (no_run(id), Some(tenant), None),
+                    Err(e) => return (internal(e), Some(tenant), None),
+                }
             }
         }
         let (reply, target) = match route {
@@ -279,9 +283,9 @@ impl Api {
             Route::ListWorkflows => (self.workflows(&tenant).await, None),
             Route::StartRun => self.start(&tenant, &body, header_key).await,
             Route::ListRuns => (self.list(&tenant, query).await, None),
-            Route::GetRun(id) => (self.get(id).await, None),
+            Route::GetRun(id) => (self.get(&tenant, id).await, None),
             Route::History(id) => (self.history(id).await, None),
-            Route::Cancel(id) => (self.cancel(id).await, None),
+            Route::Cancel(id) => (self.cancel(&tenant, id).await, None),
             Route::Audit => (self.read_audit(&tenant, query).await, None),
             Route::OpenApi => {
                 (reply(StatusCode::OK, serde_json::from_str(OPENAPI).expect("docs/openapi.json is JSON")), None)
@@ -493,10 +497,11 @@ impl Api {
         }
     }
 
-    async fn get(&self, id: &str) -> Reply {
+    /// The run `id` of `tenant` (another tenant's run is no run).
+    async fn get(&self, tenant: &str, id: &str) -> Reply {
         let stored = match self.store.load(id).await {
-            Ok(Some(s)) => s,
-            Ok(None) => return no_run(id),
+            Ok(Some(s)) if s.snapshot.tenant.as_deref().unwrap_or("-") == tenant => s,
+            Ok(_) => return no_run(id),
             Err(e) => return internal(e),
         };
         let checked = match self.starter.check(&stored.source_name, &stored.source) {
@@ -544,14 +549,14 @@ impl Api {
         }
     }
 
-    async fn cancel(&self, id: &str) -> Reply {
+    async fn cancel(&self, tenant: &str, id: &str) -> Reply {
         let d = Delivery {
             receipt: String::new(),
             message: Message::Event { run_id: id.to_string(), event: Event::Cancel },
             receive_count: 1,
         };
         match self.worker.handle(&d).await {
-            Ok(_) => self.get(id).await,
+            Ok(_) => self.get(tenant, id).await,
             Err(llmo_runtime::worker::Error::NoSuchRun(_)) => no_run(id),
             Err(e) => internal(e),
         }

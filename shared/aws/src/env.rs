@@ -10,8 +10,8 @@ use llmo_runtime::providers::Config;
 /// model call answered by the `mock` provider, `http` by `LLMO_HTTP_FIXTURES`, a
 /// `:`-separated list of fixture files; for local runs and tests, never set it in AWS).
 /// Provider keys and `http` secrets come from the Secrets Manager secret `LLMO_SECRETS_ARN`
-/// (cached for `LLMO_SECRETS_TTL_SECS`, 300 by default) when it is set, else from the
-/// environment.
+/// (cached for `LLMO_SECRETS_TTL_SECS`, 300 by default) when it is set, workflows reading only
+/// its `LLMO_SECRET_*` names; else from the environment.
 pub fn executors(aws: &crate::Aws) -> Result<(Registry, Config, bool), String> {
     let config = match std::env::var_os("LLMO_CONFIG") {
         Some(p) => Config::load(Path::new(&p), true).map_err(|e| e.to_string())?,
@@ -24,19 +24,24 @@ pub fn executors(aws: &crate::Aws) -> Result<(Registry, Config, bool), String> {
             fixtures.responses.extend(Fixtures::load(Path::new(p))?.responses);
         }
     }
-    let secrets: std::sync::Arc<dyn llmo_runtime::secrets::Secrets> =
+    use llmo_runtime::secrets::{EnvSecrets, Secrets, WorkflowSecrets};
+    use std::sync::Arc;
+    // Provider keys and workflow secrets share the secret; workflows see only its
+    // `LLMO_SECRET_*` names, so no workflow can send a provider key anywhere.
+    let (keys, secrets): (Arc<dyn Secrets>, Arc<dyn Secrets>) =
         match std::env::var("LLMO_SECRETS_ARN").ok().filter(|v| !v.is_empty()) {
             Some(arn) => {
                 let ttl = std::env::var("LLMO_SECRETS_TTL_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(300);
-                std::sync::Arc::new(crate::secrets::SecretsManager::new(
+                let sm: Arc<dyn Secrets> = Arc::new(crate::secrets::SecretsManager::new(
                     aws.secretsmanager.clone(),
                     arn,
                     std::time::Duration::from_secs(ttl),
-                ))
+                ));
+                (sm.clone(), Arc::new(WorkflowSecrets(sm)))
             }
-            None => std::sync::Arc::new(llmo_runtime::secrets::EnvSecrets),
+            None => (Arc::new(EnvSecrets), Arc::new(EnvSecrets)),
         };
-    Ok((llmo_runtime::standard_registry_with(config.clone(), mock, fixtures, secrets), config, mock))
+    Ok((llmo_runtime::standard_registry_with(config.clone(), mock, fixtures, keys, secrets), config, mock))
 }
 
 /// Logs: JSON lines in Lambda (CloudWatch), plain text locally; `RUST_LOG` filters.

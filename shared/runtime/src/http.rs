@@ -322,6 +322,25 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_workflow_cannot_send_a_provider_key_held_beside_its_secrets() {
+        let server = MockServer::start().await;
+        Mock::given(method("GET")).respond_with(ResponseTemplate::new(200)).expect(0).mount(&server).await;
+        let held = crate::secrets::MapSecrets(
+            [("OPENAI_API_KEY", "sk-live"), ("LLMO_SECRET_TOKEN", "tok")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        );
+        let exec =
+            HttpExecutor::with_secrets(std::sync::Arc::new(crate::secrets::WorkflowSecrets(std::sync::Arc::new(held))));
+        let with = json!({ "url": format!("{}/x", server.uri()), "headers": { "A": "{{ secrets.OPENAI_API_KEY }}" } });
+        let r = exec.execute(&test_attempt("http", with, None, 1)).await;
+        let AttemptResult::Failed { error, retryable, .. } = r else { panic!("{r:?}") };
+        assert!(error.contains("secret `OPENAI_API_KEY` is not set") && !error.contains("sk-live"), "{error}");
+        assert!(!retryable);
+    }
+
+    #[tokio::test]
     async fn statuses_map_to_retryable_and_fatal_failures() {
         let server = MockServer::start().await;
         Mock::given(path("/busy")).respond_with(ResponseTemplate::new(503)).mount(&server).await;

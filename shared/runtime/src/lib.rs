@@ -18,18 +18,19 @@ use std::sync::Arc;
 /// answered by `mock` when `mock` is set), `http` (answered from `fixtures` when `mock` is
 /// set), `transform`, `evaluate` (with the model judge) and `policy`.
 pub fn standard_registry(config: providers::Config, mock: bool, fixtures: http::Fixtures) -> executor::Registry {
-    standard_registry_with(config, mock, fixtures, Arc::new(secrets::EnvSecrets))
+    standard_registry_with(config, mock, fixtures, Arc::new(secrets::EnvSecrets), Arc::new(secrets::EnvSecrets))
 }
 
 /// [`standard_registry`] with provider keys (for providers whose key the config does not
-/// hold) and `http` secrets read from `secrets`.
+/// hold) read from `keys`, and the `secrets.NAME` of `http` headers from `secrets`.
 pub fn standard_registry_with(
     config: providers::Config,
     mock: bool,
     fixtures: http::Fixtures,
+    keys: Arc<dyn secrets::Secrets>,
     secrets: Arc<dyn secrets::Secrets>,
 ) -> executor::Registry {
-    let llm = Arc::new(providers::LlmExecutor::with_secrets(config, mock, secrets.clone()));
+    let llm = Arc::new(providers::LlmExecutor::with_secrets(config, mock, keys));
     let mut r = executor::Registry::with_builtins(Some(llm.clone()));
     r.register("llm", llm);
     if mock {

@@ -23,6 +23,25 @@ impl Secrets for EnvSecrets {
     }
 }
 
+/// What workflows may read of a source that also holds provider keys: only names under
+/// `LLMO_SECRET_` (`secrets.TICKETS_TOKEN` in a header is `LLMO_SECRET_TICKETS_TOKEN`). A
+/// workflow can then never put `OPENAI_API_KEY`, or anything else the source holds for the
+/// runtime, in a request it sends.
+pub struct WorkflowSecrets(pub std::sync::Arc<dyn Secrets>);
+
+/// The prefix of the names workflows may read.
+pub const WORKFLOW_PREFIX: &str = "LLMO_SECRET_";
+
+#[async_trait]
+impl Secrets for WorkflowSecrets {
+    async fn get(&self, name: &str) -> Result<Option<String>, String> {
+        if !name.starts_with(WORKFLOW_PREFIX) {
+            return Ok(None);
+        }
+        self.0.get(name).await
+    }
+}
+
 /// A fixed map (tests, and sources that read everything at once).
 #[derive(Default)]
 pub struct MapSecrets(pub std::collections::HashMap<String, String>);
@@ -31,5 +50,23 @@ pub struct MapSecrets(pub std::collections::HashMap<String, String>);
 impl Secrets for MapSecrets {
     async fn get(&self, name: &str) -> Result<Option<String>, String> {
         Ok(self.0.get(name).cloned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn workflows_read_only_their_prefixed_names() {
+        let all = MapSecrets(
+            [("OPENAI_API_KEY", "sk-x"), ("LLMO_SECRET_TICKETS_TOKEN", "tok")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        );
+        let w = WorkflowSecrets(std::sync::Arc::new(all));
+        assert_eq!(w.get("LLMO_SECRET_TICKETS_TOKEN").await.unwrap().as_deref(), Some("tok"));
+        assert_eq!(w.get("OPENAI_API_KEY").await.unwrap(), None);
     }
 }
