@@ -1,0 +1,308 @@
+//! Pass 4b: templates and expressions: syntax and what they read (a task reads only its ancestors; secrets only in http headers), in tasks, outputs and hooks.
+
+use super::*;
+
+impl Run<'_> {
+    /// Checks the templates and expressions of a `with` block (or any templated value).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn walk_with(
+        &mut self,
+        v: &Value,
+        ptr: &mut String,
+        rel: usize,
+        ty: Option<&TaskType>,
+        site: Site,
+        ctx: &RefCtx<'_>,
+        reads: &mut Reads,
+    ) {
+        let mut found = Vec::new();
+        visit_strings(v, ptr, rel, ty, &mut |src, p, kind, secrets| found.push((src, p.to_string(), kind, secrets)));
+        for (src, p, kind, secrets) in found {
+            let site = with_secrets(site, secrets);
+            match kind {
+                Kind::Expression => self.expression(src, &p, site, ctx, reads),
+                Kind::Template => self.template(src, &p, site, ctx, reads),
+            };
+        }
+    }
+
+    pub(super) fn template(
+        &mut self,
+        src: &str,
+        ptr: &str,
+        site: Site,
+        ctx: &RefCtx<'_>,
+        reads: &mut Reads,
+    ) -> Vec<Vec<String>> {
+        let analysed = self.v.analyzer.template_refs(src);
+        self.template_analysed(analysed, ptr, site, ctx, reads)
+    }
+
+    pub(super) fn template_analysed(
+        &mut self,
+        analysed: Analysis,
+        ptr: &str,
+        site: Site,
+        ctx: &RefCtx<'_>,
+        reads: &mut Reads,
+    ) -> Vec<Vec<String>> {
+        match analysed {
+            Ok(refs) => {
+                self.references(&refs, ptr, site, ctx, reads);
+                refs
+            }
+            Err(e) => {
+                self.syntax(ptr, &e, "template");
+                Vec::new()
+            }
+        }
+    }
+
+    pub(super) fn expression(
+        &mut self,
+        src: &str,
+        ptr: &str,
+        site: Site,
+        ctx: &RefCtx<'_>,
+        reads: &mut Reads,
+    ) -> Vec<Vec<String>> {
+        self.expression_analysed(src, None, ptr, site, ctx, reads)
+    }
+
+    pub(super) fn expression_analysed(
+        &mut self,
+        src: &str,
+        pre: Option<Analysis>,
+        ptr: &str,
+        site: Site,
+        ctx: &RefCtx<'_>,
+        reads: &mut Reads,
+    ) -> Vec<Vec<String>> {
+        let trimmed = src.trim();
+        if trimmed.starts_with("{{") && trimmed.ends_with("}}") {
+            let inner = trimmed[2..trimmed.len() - 2].trim().to_string();
+            self.error(EXPRESSION_BRACES, ptr, "this field is an expression, not a template").help =
+                Some(format!("write it without braces: `{inner}`"));
+            return Vec::new();
+        }
+        let analysed = pre.unwrap_or_else(|| self.v.analyzer.expression_refs(src));
+        match analysed {
+            Ok(refs) => {
+                self.references(&refs, ptr, site, ctx, reads);
+                refs
+            }
+            Err(e) => {
+                self.syntax(ptr, &e, "expression");
+                Vec::new()
+            }
+        }
+    }
+
+    pub(super) fn syntax(&mut self, ptr: &str, e: &SyntaxError, what: &str) {
+        let at = match e.line {
+            Some(l) if l > 1 => format!(" (line {l} of the {what})"),
+            _ => String::new(),
+        };
+        self.error(TEMPLATE_SYNTAX, ptr, format!("{what} syntax error{at}: {}", e.message));
+    }
+
+    /// Checks what a template or expression reads against what its site may read.
+    pub(super) fn references(
+        &mut self,
+        refs: &[Vec<String>],
+        ptr: &str,
+        site: Site,
+        ctx: &RefCtx<'_>,
+        reads: &mut Reads,
+    ) {
+        for r in refs {
+            let root = r[0].as_str();
+            let dotted = Dotted(r);
+            match root {
+                "inputs" if !matches!(site, Site::Event) => {
+                    if let Some(name) = r.get(1) {
+                        if let Some(decl) = ctx.inputs
+                            && !decl.iter().any(|d| d == name)
+                        {
+                            let hint = self
+                                .suggest(name, decl.iter().map(String::as_str))
+                                .unwrap_or_else(|| "declare it under `spec.inputs`".to_string());
+                            self.error(
+                                UNKNOWN_REFERENCE,
+                                ptr,
+                                format!("`{dotted}` reads an undeclared input `{name}`"),
+                            )
+                            .help = Some(hint);
+                        } else if ctx.inputs.is_none() {
+                            self.error(
+                                UNKNOWN_REFERENCE,
+                                ptr,
+                                format!("`{dotted}` reads input `{name}`, but the workflow declares no inputs"),
+                            )
+                            .help = Some("declare it under `spec.inputs`".into());
+                        }
+                        reads.inputs.insert(name.clone());
+                    }
+                }
+                "tasks" if !matches!(site, Site::Event) => {
+                    let Some(id) = r.get(1) else {
+                        reads.all_tasks = true;
+                        if let Site::Task { .. } = site {
+                            self.error(
+                                UNKNOWN_REFERENCE,
+                                ptr,
+                                "`tasks` is read dynamically; references cannot be checked",
+                            )
+                            .help = Some("name the task: `tasks.<id>.output`".into());
+                        }
+                        continue;
+                    };
+                    let Some(j) = ctx.index_of(id) else {
+                        let hint = self.suggest(id, ctx.views.iter().filter_map(|v| v.id.as_deref()));
+                        self.error(UNKNOWN_REFERENCE, ptr, format!("`{dotted}` reads unknown task `{id}`")).help = hint;
+                        continue;
+                    };
+                    if let Some(field) = r.get(2)
+                        && !TASK_FIELDS.contains(&field.as_str())
+                    {
+                        let hint = self
+                            .suggest(field, TASK_FIELDS.iter().copied())
+                            .unwrap_or_else(|| format!("a task result has: {}", TASK_FIELDS.join(", ")));
+                        self.error(
+                            UNKNOWN_REFERENCE,
+                            ptr,
+                            format!("`{dotted}`: a task result has no field `{field}`"),
+                        )
+                        .help = Some(hint);
+                    }
+                    if let Site::Task { idx, .. } = site {
+                        let me = ctx.views[idx].id.as_deref().unwrap_or("?");
+                        if j == idx {
+                            self.error(NOT_ANCESTOR, ptr, format!("task `{me}` reads its own result (`{dotted}`)"));
+                        } else if let Some(dag) = ctx.dag
+                            && !dag.is_ancestor(j, idx)
+                        {
+                            self.error(
+                                NOT_ANCESTOR,
+                                ptr,
+                                format!("task `{me}` reads `{dotted}` but does not depend on `{id}`"),
+                            )
+                            .help = Some(format!(
+                                "add `{id}` to the depends_on of `{me}` (directly or through another task) so it has run first"
+                            ));
+                        }
+                    }
+                    reads.tasks.insert(id.clone());
+                }
+                "run" if !matches!(site, Site::Event) => {
+                    if let Some(field) = r.get(1) {
+                        let ended = matches!(site, Site::Hook { .. } | Site::Output);
+                        let known =
+                            RUN_FIELDS.contains(&field.as_str()) || (ended && RUN_END_FIELDS.contains(&field.as_str()));
+                        if !known {
+                            let all: Vec<&str> =
+                                RUN_FIELDS.iter().chain(if ended { RUN_END_FIELDS } else { &[] }).copied().collect();
+                            let hint = if RUN_END_FIELDS.contains(&field.as_str()) {
+                                Some(format!(
+                                    "`run.{field}` is only known once the run has ended: read it in `outputs` or `on` hooks"
+                                ))
+                            } else {
+                                self.suggest(field, all.iter().copied())
+                                    .or_else(|| Some(format!("`run` has: {}", all.join(", "))))
+                            };
+                            self.error(UNKNOWN_REFERENCE, ptr, format!("`{dotted}`: `run` has no field `{field}`"))
+                                .help = hint;
+                        }
+                        reads.run.insert(field.clone());
+                    }
+                }
+                "item" | "item_index" => match site {
+                    Site::Task { idx, body: true, .. }
+                        if ctx.views[idx].task.as_ref().is_some_and(|t| t.for_each.is_some()) =>
+                    {
+                        reads.item = true;
+                    }
+                    Site::Task { body: false, idx, .. }
+                        if ctx.views[idx].task.as_ref().is_some_and(|t| t.for_each.is_some()) =>
+                    {
+                        self.error(
+                            ITEM_OUTSIDE_FOR_EACH,
+                            ptr,
+                            format!("`{root}` is not defined in `when` or `for_each`"),
+                        )
+                        .help = Some("`when` and `for_each` are evaluated once, before the fan-out".into());
+                    }
+                    _ => {
+                        self.error(
+                            ITEM_OUTSIDE_FOR_EACH,
+                            ptr,
+                            format!("`{root}` is only defined inside a task with `for_each`"),
+                        )
+                        .help = Some(
+                            "add `for_each: <list expression>` to this task, or read the value another way".into(),
+                        );
+                    }
+                },
+                "secrets" => match site {
+                    Site::Task { secrets: true, .. } | Site::Hook { secrets: true } => {
+                        if let Some(name) = r.get(1) {
+                            reads.secrets.insert(name.clone());
+                        }
+                    }
+                    _ => {
+                        self.error(SECRET_PLACE, ptr, "secrets may only be read in http `headers`").help =
+                            Some("secrets must not reach prompts, bodies or outputs, where they would be stored or sent to a model".into());
+                    }
+                },
+                "event" if matches!(site, Site::Event) => {}
+                _ => {
+                    let roots: &[&str] = match site {
+                        Site::Event => &["event"],
+                        _ => &["inputs", "tasks", "run", "item", "item_index"],
+                    };
+                    let hint = self
+                        .suggest(root, roots.iter().copied())
+                        .unwrap_or_else(|| format!("templates here can read: {}", roots.join(", ")));
+                    self.error(UNKNOWN_REFERENCE, ptr, format!("unknown variable `{root}`")).help = Some(hint);
+                }
+            }
+        }
+    }
+
+    pub(super) fn outputs(&mut self, spec: Option<&Value>, ctx: &RefCtx<'_>) -> Reads {
+        let mut reads = Reads::default();
+        let Some(outputs) = spec.and_then(|s| s.get("outputs")).and_then(Value::as_object) else { return reads };
+        for (name, v) in outputs {
+            let mut p = format!("/spec/outputs/{}", name.replace('~', "~0").replace('/', "~1"));
+            let rel = p.len();
+            self.walk_with(v, &mut p, rel, None, Site::Output, ctx, &mut reads);
+        }
+        reads
+    }
+
+    pub(super) fn hooks(&mut self, spec: Option<&Value>, ctx: &RefCtx<'_>) {
+        let Some(hooks) = typed::<Hooks>(spec.and_then(|s| s.get("on"))) else { return };
+        let types: Vec<&str> = self.v.registry.names().collect();
+        for (kind, list) in [("success", &hooks.success), ("failure", &hooks.failure)] {
+            for (i, h) in list.iter().enumerate() {
+                let base = format!("/spec/on/{kind}/{i}");
+                let v = self.v;
+                let ty = v.registry.get(&h.ty);
+                if ty.is_none() {
+                    let hint = self.suggest(&h.ty, types.iter().copied());
+                    self.error(UNKNOWN_TYPE, &format!("{base}/type"), format!("unknown task type `{}`", h.ty)).help =
+                        hint;
+                }
+                let mut reads = Reads::default();
+                if let Some(with) = self.json.pointer(&format!("{base}/with")) {
+                    let mut p = format!("{base}/with");
+                    let rel = p.len();
+                    self.walk_with(with, &mut p, rel, ty, Site::Hook { secrets: false }, ctx, &mut reads);
+                }
+                if let Some(ty) = ty {
+                    self.type_rules(&base, ty, self.json.pointer(&format!("{base}/with")));
+                }
+            }
+        }
+    }
+}

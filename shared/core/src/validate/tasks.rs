@@ -1,0 +1,277 @@
+//! Pass 4a: each task's semantics: `for_each`, timing, per-type rules and policies.
+
+use super::*;
+
+impl Run<'_> {
+    /// Checks tasks `range`; `self.pre` holds their analyses from index `pre_base` on.
+    pub(super) fn tasks_semantics(
+        &mut self,
+        range: std::ops::Range<usize>,
+        pre_base: usize,
+        ctx: &RefCtx<'_>,
+        inputs: Option<&indexmap::IndexMap<String, InputSpec>>,
+        spec: Option<&Value>,
+        defaults: Option<&Defaults>,
+    ) -> Vec<Reads> {
+        range
+            .map(|i| match &ctx.views[i].task {
+                Some(task) => self.task_semantics(i, i - pre_base, task, ctx, inputs, spec, defaults),
+                None => Reads::default(),
+            })
+            .collect()
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn task_semantics(
+        &mut self,
+        i: usize,
+        pre_index: usize,
+        task: &Task,
+        ctx: &RefCtx<'_>,
+        inputs: Option<&indexmap::IndexMap<String, InputSpec>>,
+        spec: Option<&Value>,
+        defaults: Option<&Defaults>,
+    ) -> Reads {
+        let base = format!("/spec/tasks/{i}");
+        let mut reads = Reads::default();
+        let body = Site::Task { idx: i, body: true, secrets: false };
+        let head = Site::Task { idx: i, body: false, secrets: false };
+        let pre = self.pre.get_mut(pre_index).map(std::mem::take);
+        let (pre_when, pre_for_each, pre_with) = match pre {
+            Some(p) => (p.when, p.for_each, Some(p.with)),
+            None => (None, None, None),
+        };
+        if let Some(w) = &task.when {
+            self.expression_analysed(w, pre_when, &format!("{base}/when"), head, ctx, &mut reads);
+        }
+        if let Some(fe) = &task.for_each {
+            let refs = self.expression_analysed(fe, pre_for_each, &format!("{base}/for_each"), head, ctx, &mut reads);
+            for r in refs {
+                if r.len() >= 2
+                    && r[0] == "inputs"
+                    && let Some(decl) = inputs.and_then(|m| m.get(&r[1]))
+                    && r.len() == 2
+                    && decl.ty != InputType::Array
+                    && decl.ty != InputType::Object
+                {
+                    self.error(
+                        FOR_EACH,
+                        &format!("{base}/for_each"),
+                        format!("`for_each` needs a list, but input `{}` is {}", r[1], a(decl.ty)),
+                    )
+                    .help = Some(format!("declare `{}` with `type: array`", r[1]));
+                }
+            }
+            if let (Some(mc), Some(mp)) = (
+                task.max_concurrency,
+                spec.and_then(|s| s.pointer("/concurrency/max_parallel")).and_then(Value::as_u64),
+            ) && u64::from(mc) > mp
+            {
+                self.warning(
+                    FOR_EACH,
+                    &format!("{base}/max_concurrency"),
+                    format!("max_concurrency {mc} exceeds the run's max_parallel {mp}; at most {mp} items run at once"),
+                );
+            }
+        } else if task.max_concurrency.is_some() {
+            self.error(
+                FOR_EACH,
+                &format!("{base}/max_concurrency"),
+                "`max_concurrency` only applies to a task with `for_each`",
+            )
+            .help = Some("remove it, or add `for_each: <list expression>`".into());
+        }
+        let v = self.v;
+        let ty = v.registry.get(&task.ty);
+        let with = self.json["spec"]["tasks"][i].get("with");
+        match (with, pre_with) {
+            (Some(_), Some(found)) => {
+                for (rel, kind, secrets, analysis) in found {
+                    let p = format!("{base}/with{rel}");
+                    let site = with_secrets(body, secrets);
+                    match kind {
+                        Kind::Template => self.template_analysed(analysis, &p, site, ctx, &mut reads),
+                        Kind::Expression => {
+                            let src = self.json.pointer(&p).and_then(Value::as_str).unwrap_or_default();
+                            self.expression_analysed(src, Some(analysis), &p, site, ctx, &mut reads)
+                        }
+                    };
+                }
+            }
+            (Some(with), None) => {
+                self.walk_with(with, &mut format!("{base}/with"), base.len() + 5, ty, body, ctx, &mut reads);
+            }
+            (None, _) => {}
+        }
+        if let Some(ty) = ty {
+            self.type_rules(&base, ty, with);
+        }
+        // Timing.
+        if let Some(t) = task.timeout
+            && t.0.is_zero()
+        {
+            self.error(TIMING, &format!("{base}/timeout"), "timeout must be greater than zero");
+        }
+        let retry = crate::model::EffectiveRetry::default()
+            .overlay(defaults.and_then(|d| d.retry.as_ref()))
+            .overlay(task.retry.as_ref());
+        if retry.initial > retry.max && task.retry.as_ref().and_then(|r| r.backoff.as_ref()).is_some() {
+            self.error(TIMING, &format!("{base}/retry/backoff"), "backoff `initial` is longer than `max`");
+        }
+        reads
+    }
+
+    /// Rules of the built-in task types that a schema cannot say.
+    pub(super) fn type_rules(&mut self, base: &str, ty: &TaskType, with: Option<&Value>) {
+        let w = format!("{base}/with");
+        match ty.name.as_str() {
+            "llm" => {
+                // Read straight from JSON: this runs for every llm task, and the schema has
+                // already checked the types.
+                let Some(with) = with.and_then(Value::as_object) else { return };
+                match (with.get("prompt"), with.get("messages")) {
+                    (None, None) => {
+                        self.error(TASK_CONFIG, &w, "an llm task needs `prompt` or `messages`");
+                    }
+                    (Some(_), Some(_)) => {
+                        self.error(TASK_CONFIG, &format!("{w}/messages"), "set `prompt` or `messages`, not both");
+                    }
+                    _ => {}
+                }
+                if let Some(schema) = with.get("output_schema") {
+                    if let Err(e) = jsonschema::meta::validate(schema) {
+                        self.error(
+                            TASK_CONFIG,
+                            &format!("{w}/output_schema"),
+                            format!("`output_schema` is not a valid JSON Schema: {}", one_line(e)),
+                        );
+                    }
+                    if with.get("response_format").and_then(Value::as_str) == Some("text") {
+                        self.error(
+                            TASK_CONFIG,
+                            &format!("{w}/response_format"),
+                            "`output_schema` needs `response_format: json`",
+                        );
+                    }
+                }
+                let fallbacks = with.get("fallback_models").and_then(Value::as_array).map_or(&[][..], Vec::as_slice);
+                for (k, m) in fallbacks.iter().enumerate() {
+                    let Some(m) = m.as_str() else { continue };
+                    if m.trim().is_empty() || m.split('/').count() > 2 || m.starts_with('/') || m.ends_with('/') {
+                        self.error(
+                            TASK_CONFIG,
+                            &format!("{w}/fallback_models/{k}"),
+                            format!("`{m}` is not `model` or `provider/model`"),
+                        );
+                    }
+                }
+            }
+            "transform" => {
+                let Some(t) = typed::<TransformWith>(with) else { return };
+                if t.output.is_some() == t.expression.is_some() {
+                    self.error(TASK_CONFIG, &w, "a transform task needs exactly one of `output` and `expression`");
+                }
+            }
+            "evaluate" => {
+                let Some(ev) = typed::<EvaluateWith>(with) else { return };
+                for (k, c) in ev.checks.iter().enumerate() {
+                    let p = format!("{w}/checks/{k}");
+                    match c {
+                        Check::Regex { pattern } => {
+                            if let Err(e) = regex::Regex::new(pattern) {
+                                self.error(
+                                    TASK_CONFIG,
+                                    &format!("{p}/pattern"),
+                                    format!("invalid regular expression: {}", one_line(e)),
+                                );
+                            }
+                        }
+                        Check::JsonSchema { schema } => {
+                            if let Err(e) = jsonschema::meta::validate(schema) {
+                                self.error(
+                                    TASK_CONFIG,
+                                    &format!("{p}/schema"),
+                                    format!("not a valid JSON Schema: {e}"),
+                                );
+                            }
+                        }
+                        Check::Range { min, max } => {
+                            if min.is_none() && max.is_none() {
+                                self.error(TASK_CONFIG, &p, "a range check needs `min`, `max` or both");
+                            }
+                            if let (Some(a), Some(b)) = (min, max)
+                                && a > b
+                            {
+                                self.error(
+                                    TASK_CONFIG,
+                                    &format!("{p}/min"),
+                                    format!("min {a} is greater than max {b}"),
+                                );
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            "policy" => {
+                let Some(pw) = typed::<PolicyWith>(with) else { return };
+                for (k, pat) in pw.deny_patterns.iter().enumerate() {
+                    if let Err(e) = regex::Regex::new(pat) {
+                        self.error(
+                            POLICY,
+                            &format!("{w}/deny_patterns/{k}"),
+                            format!("invalid regular expression: {}", one_line(e)),
+                        );
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Model allow/deny lists of policy tasks, checked against every llm task now rather
+    /// than at run time.
+    pub(super) fn policies(&mut self, views: &[TaskView]) {
+        if !views.iter().any(|v| v.task.as_ref().is_some_and(|t| t.ty == "policy")) {
+            return;
+        }
+        let mut models: Vec<(usize, String, String)> = Vec::new();
+        for (i, v) in views.iter().enumerate() {
+            let Some(t) = &v.task else { continue };
+            if t.ty == "llm" {
+                for (rel, model) in llm_models(&t.with) {
+                    models.push((i, format!("/spec/tasks/{i}/with{rel}"), model));
+                }
+            }
+        }
+        for (pi, v) in views.iter().enumerate() {
+            let Some(t) = &v.task else { continue };
+            if t.ty != "policy" {
+                continue;
+            }
+            let Some(pw) = typed::<PolicyWith>(self.json["spec"]["tasks"][pi].get("with")) else { continue };
+            let policy_id = t.id.clone();
+            for (ti, ptr, model) in &models {
+                let bare = model.rsplit('/').next().unwrap_or(model);
+                let matches = |g: &String| glob_match(g, model) || glob_match(g, bare);
+                let task_id = views[*ti].id.clone().unwrap_or_default();
+                if let Some(g) = pw.deny_models.iter().find(|g| matches(g)) {
+                    self.error(
+                        POLICY,
+                        ptr,
+                        format!("model `{model}` of task `{task_id}` is denied by policy `{policy_id}` (`{g}`)"),
+                    );
+                } else if !pw.allow_models.is_empty() && !pw.allow_models.iter().any(matches) {
+                    self.error(
+                        POLICY,
+                        ptr,
+                        format!("model `{model}` of task `{task_id}` is not in the allow list of policy `{policy_id}`"),
+                    )
+                    .help = Some(format!("allowed: {}", pw.allow_models.join(", ")));
+                }
+            }
+        }
+    }
+
+    // ---- spec-level parts ------------------------------------------------------------------
+}
