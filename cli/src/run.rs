@@ -68,7 +68,13 @@ fn registry(exec: &Exec) -> Result<Registry> {
         Some(p) => Fixtures::load(p).map_err(anyhow::Error::msg)?,
         None => Fixtures::default(),
     };
-    Ok(llmo_runtime::standard_registry(config(exec)?, exec.mock, fixtures))
+    let setup = llmo_runtime::Setup {
+        fixtures,
+        egress: llmo_runtime::egress::Egress::from_env().map_err(anyhow::Error::msg)?,
+        http: llmo_runtime::http::HttpLimits::from_env().map_err(anyhow::Error::msg)?,
+        ..llmo_runtime::Setup::new(config(exec)?, exec.mock)
+    };
+    Ok(setup.registry())
 }
 
 /// The plan, with each task's expected cost for budget checks.

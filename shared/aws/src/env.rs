@@ -11,7 +11,9 @@ use llmo_runtime::providers::Config;
 /// `:`-separated list of fixture files; for local runs and tests, never set it in AWS).
 /// Provider keys and `http` secrets come from the Secrets Manager secret `LLMO_SECRETS_ARN`
 /// (cached for `LLMO_SECRETS_TTL_SECS`, 300 by default) when it is set, workflows reading only
-/// its `LLMO_SECRET_*` names; else from the environment.
+/// its `LLMO_SECRET_*` names; else from the environment. `http` tasks connect under
+/// `LLMO_EGRESS_ALLOW` / `LLMO_EGRESS_ALLOW_HTTP` and `LLMO_HTTP_MAX_RESPONSE_BYTES` /
+/// `LLMO_HTTP_MAX_REDIRECTS` (see `llmo_runtime::egress`, `llmo_runtime::http`).
 pub fn executors(aws: &crate::Aws) -> Result<(Registry, Config, bool), String> {
     let config = match std::env::var_os("LLMO_CONFIG") {
         Some(p) => Config::load(Path::new(&p), true).map_err(|e| e.to_string())?,
@@ -39,9 +41,17 @@ pub fn executors(aws: &crate::Aws) -> Result<(Registry, Config, bool), String> {
                 ));
                 (sm.clone(), Arc::new(WorkflowSecrets(sm)))
             }
-            None => (Arc::new(EnvSecrets), Arc::new(EnvSecrets)),
+            None => (Arc::new(EnvSecrets), Arc::new(WorkflowSecrets(Arc::new(EnvSecrets)))),
         };
-    Ok((llmo_runtime::standard_registry_with(config.clone(), mock, fixtures, keys, secrets), config, mock))
+    let setup = llmo_runtime::Setup {
+        fixtures,
+        keys,
+        secrets,
+        egress: llmo_runtime::egress::Egress::from_env()?,
+        http: llmo_runtime::http::HttpLimits::from_env()?,
+        ..llmo_runtime::Setup::new(config.clone(), mock)
+    };
+    Ok((setup.registry(), config, mock))
 }
 
 /// Logs: JSON lines in Lambda (CloudWatch), plain text locally; `RUST_LOG` filters.

@@ -85,6 +85,11 @@ pub struct Spec {
     /// Start runs when a matching EventBridge event arrives.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub events: Vec<EventTrigger>,
+    /// The secrets the workflow's `http` headers may read (`secrets.<NAME>`), each with the
+    /// hosts it may be sent to. Nothing else resolves; a secret never goes to another host.
+    #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
+    #[schemars(extend("propertyNames" = { "pattern": IDENT_PATTERN }))]
+    pub secrets: IndexMap<String, SecretDecl>,
     /// The tasks of the DAG.
     #[schemars(length(min = 1))]
     pub tasks: Vec<Task>,
@@ -292,6 +297,39 @@ pub struct Schedule {
 
 fn yes() -> bool {
     true
+}
+
+/// A secret a workflow may read, and where it may be sent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SecretDecl {
+    /// Hosts the secret may be sent to: `api.example.com`, or `*.example.com` for any
+    /// subdomain (not `example.com` itself). Ports and schemes are not part of the match.
+    #[schemars(length(min = 1, max = 32), inner(pattern(HOST_PATTERN)))]
+    pub hosts: Vec<String>,
+}
+
+/// A host in [`SecretDecl::hosts`]: a DNS name, optionally `*.`-prefixed, or an IP literal
+/// (IPv6 in brackets).
+pub const HOST_PATTERN: &str =
+    r"^((\*\.)?[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}))*|\[[0-9A-Fa-f:.]+\])$";
+
+impl SecretDecl {
+    /// May the secret be sent to `host` (as a URL gives it: IPv6 in brackets)?
+    pub fn allows(&self, host: &str) -> bool {
+        self.hosts.iter().any(|p| host_matches(p, host))
+    }
+}
+
+/// `api.example.com` matches itself (case-insensitively, ignoring a trailing dot);
+/// `*.example.com` matches `a.example.com` and `a.b.example.com`, not `example.com`.
+pub fn host_matches(pattern: &str, host: &str) -> bool {
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    let pattern = pattern.trim_end_matches('.').to_ascii_lowercase();
+    match pattern.strip_prefix("*.") {
+        Some(suffix) => host.len() > suffix.len() + 1 && host.ends_with(&format!(".{suffix}")),
+        None => host == pattern,
+    }
 }
 
 /// Starts a run for each EventBridge event matching `pattern`.

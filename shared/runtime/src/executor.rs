@@ -231,7 +231,7 @@ impl Executor for Noop {
 pub(crate) fn test_attempt(ty: &str, with: Value, item: Option<u32>, attempt: u32) -> Attempt {
     use llmo_core::source::SourceFile;
     use llmo_core::validate::Validator;
-    let wf = "apiVersion: llm-orchestrator/v1\nkind: Workflow\nmetadata: { name: w }\nspec:\n  inputs: { q: { type: string, default: x } }\n  tasks:\n    - { id: a, type: transform, with: { output: 1 } }\n";
+    let wf = "apiVersion: llm-orchestrator/v1\nkind: Workflow\nmetadata: { name: w }\nspec:\n  inputs: { q: { type: string, default: x } }\n  secrets: { TOKEN: { hosts: [127.0.0.1, localhost] }, ONLY_IP: { hosts: [127.0.0.1] }, ELSEWHERE: { hosts: [\"*.example.com\"] } }\n  tasks:\n    - { id: a, type: transform, with: { output: 1 } }\n";
     let plan = Plan::new(Validator::default().validate(&SourceFile::new("w.yaml", wf)).checked.unwrap());
     Attempt {
         plan: Arc::new(plan),

@@ -1,27 +1,72 @@
 //! The `http` executor: calls a tool or webhook.
 //!
-//! Headers are rendered here, not by the driver, because they may read `secrets.<NAME>`
-//! (from `$LLMO_SECRET_<NAME>`, else `$<NAME>`): secrets never enter the run's state. Every
-//! request carries an `Idempotency-Key` that is the same on every attempt and redelivery of
-//! one task (one item) of one run. 408, 425, 429, 5xx, timeouts and network errors are
-//! retryable; other statuses outside `expect_status` (default: any 2xx) are not.
+//! Headers are rendered here, not by the driver, because they may read `secrets.<NAME>`:
+//! secrets never enter the run's state. A workflow reads only the secrets its `spec.secrets`
+//! declares, each from the secret source as `LLMO_SECRET_<NAME>` (never from arbitrary
+//! environment variables), and sends one only to the hosts declared for it: a request to
+//! another host fails before anything is sent, and a redirect to another host drops the
+//! headers that carry it. Secret values echoed back in a response are masked before the
+//! output or error is stored.
+//!
+//! Connections follow the [`Egress`] policy (no loopback, link-local or private addresses
+//! unless allowed, checked on the resolved address); redirects are followed here, at most
+//! [`HttpLimits::max_redirects`], each hop checked. The response body is read as a stream and
+//! refused past [`HttpLimits::max_response_bytes`].
+//!
+//! Every request carries an `Idempotency-Key` that is the same on every attempt and
+//! redelivery of one task (one item) of one run. 408, 425, 429, 5xx, timeouts and network
+//! errors are retryable; other statuses outside `expect_status` (default: any 2xx) are not;
+//! refusals (egress, secrets, size) are not.
 //!
 //! [`MockHttp`] answers offline from fixtures (`llmo run --mock`).
 
 use std::path::Path;
-use std::sync::OnceLock;
-use std::time::Duration;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use llmo_core::engine::builtin::TaskError;
 use llmo_core::engine::{AttemptResult, Usage};
 use llmo_core::tasks::{HttpMethod, HttpWith, glob_match};
+use reqwest::Url;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
+use crate::egress::{Egress, refusal};
 use crate::executor::{Attempt, Executor, failed};
+use crate::secrets::{Secrets, WORKFLOW_PREFIX};
 
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Bounds on what one `http` attempt may read and follow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// Largest response body read (`LLMO_HTTP_MAX_RESPONSE_BYTES`, default 5 MiB).
+    pub max_response_bytes: usize,
+    /// Most redirects followed (`LLMO_HTTP_MAX_REDIRECTS`, default 5).
+    pub max_redirects: u8,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits { max_response_bytes: 5 << 20, max_redirects: 5 }
+    }
+}
+
+impl HttpLimits {
+    /// Read once by a `main`.
+    pub fn from_env() -> Result<Self, String> {
+        let mut l = HttpLimits::default();
+        if let Ok(v) = std::env::var("LLMO_HTTP_MAX_RESPONSE_BYTES") {
+            l.max_response_bytes =
+                v.parse().map_err(|_| format!("LLMO_HTTP_MAX_RESPONSE_BYTES: `{v}` is not a number of bytes"))?;
+        }
+        if let Ok(v) = std::env::var("LLMO_HTTP_MAX_REDIRECTS") {
+            l.max_redirects = v.parse().map_err(|_| format!("LLMO_HTTP_MAX_REDIRECTS: `{v}` is not a number"))?;
+        }
+        Ok(l)
+    }
+}
 
 /// The `with` block; query values rendered from expressions (numbers, booleans) are sent as text.
 fn parse_with(a: &Attempt) -> Result<HttpWith, TaskError> {
@@ -36,43 +81,114 @@ fn parse_with(a: &Attempt) -> Result<HttpWith, TaskError> {
     serde_json::from_value(with).map_err(|e| TaskError::fatal(format!("http: {e}")))
 }
 
-/// Renders the headers with `secrets` added to the context: each `secrets.NAME` read from the
-/// source as `LLMO_SECRET_NAME`, else `NAME`.
+/// The request URL: `url` with `query` appended.
+fn request_url(w: &HttpWith) -> Result<Url, TaskError> {
+    let mut url = Url::parse(&w.url).map_err(|e| TaskError::fatal(format!("url `{}`: {e}", w.url)))?;
+    if !w.query.is_empty() {
+        url.query_pairs_mut().extend_pairs(w.query.iter());
+    }
+    Ok(url)
+}
+
+/// A rendered header, with the secrets its value carries.
+struct Header {
+    name: String,
+    value: String,
+    secrets: Vec<String>,
+}
+
+/// The secret values of one request, for masking what comes back.
+#[derive(Default)]
+struct Revealed(Vec<(String, String)>);
+
+impl Revealed {
+    /// Shortest value masked: shorter ones would mask ordinary text.
+    const MIN_LEN: usize = 4;
+
+    fn mask_str(&self, s: &str) -> Option<String> {
+        let mut out: Option<String> = None;
+        for (name, value) in &self.0 {
+            if value.len() >= Self::MIN_LEN && out.as_deref().unwrap_or(s).contains(value.as_str()) {
+                out = Some(out.as_deref().unwrap_or(s).replace(value.as_str(), &format!("[redacted secret {name}]")));
+            }
+        }
+        out
+    }
+
+    fn mask(&self, v: &mut Value) {
+        if self.0.is_empty() {
+            return;
+        }
+        match v {
+            Value::String(s) => {
+                if let Some(m) = self.mask_str(s) {
+                    *s = m;
+                }
+            }
+            Value::Array(a) => a.iter_mut().for_each(|x| self.mask(x)),
+            Value::Object(o) => o.values_mut().for_each(|x| self.mask(x)),
+            _ => {}
+        }
+    }
+}
+
+/// Renders the headers with `secrets` added to the context. Each secret must be declared in
+/// `spec.secrets` with a host that covers `host`; its value is read from `source` as
+/// `LLMO_SECRET_<NAME>`.
 async fn headers(
     a: &Attempt,
     w: &HttpWith,
-    source: &dyn crate::secrets::Secrets,
-) -> Result<Vec<(String, String)>, TaskError> {
+    host: &str,
+    source: &dyn Secrets,
+) -> Result<(Vec<Header>, Revealed), TaskError> {
     static SECRET: OnceLock<regex::Regex> = OnceLock::new();
     let re = SECRET.get_or_init(|| regex::Regex::new(r"secrets\.([A-Za-z_][A-Za-z0-9_]*)").expect("regex"));
-    let names: Vec<String> = w.headers.values().flat_map(|v| re.captures_iter(v).map(|c| c[1].to_string())).collect();
+    let declared = &a.plan.checked.workflow.spec.secrets;
     let mut secrets = Map::new();
-    {
-        for name in &names {
-            let read = |e: String| TaskError::fatal(format!("secret `{name}`: {e}"));
-            let value = match source.get(&format!("LLMO_SECRET_{name}")).await.map_err(read)? {
-                Some(v) => v,
-                None => source.get(name).await.map_err(read)?.ok_or_else(|| {
-                    TaskError::fatal(format!("secret `{name}` is not set (set LLMO_SECRET_{name} or {name})"))
-                })?,
-            };
-            secrets.insert(name.clone(), Value::String(value));
+    let mut revealed = Revealed::default();
+    let names: Vec<String> = w.headers.values().flat_map(|v| re.captures_iter(v).map(|c| c[1].to_string())).collect();
+    for name in names {
+        if secrets.contains_key(&name) {
+            continue;
         }
+        let Some(decl) = declared.get(&name) else {
+            return Err(TaskError::fatal(format!("secret `{name}` is not declared in `spec.secrets`")));
+        };
+        if !decl.allows(host) {
+            return Err(TaskError::fatal(format!(
+                "secret `{name}` may not be sent to `{host}` (spec.secrets.{name}.hosts: {})",
+                decl.hosts.join(", ")
+            )));
+        }
+        let key = format!("{WORKFLOW_PREFIX}{name}");
+        let read = |e: String| TaskError::fatal(format!("secret `{name}`: {e}"));
+        let value =
+            source.get(&key).await.map_err(read)?.ok_or_else(|| {
+                TaskError::fatal(format!("secret `{name}` is not set (the secret source has no {key})"))
+            })?;
+        revealed.0.push((name.clone(), value.clone()));
+        secrets.insert(name, Value::String(value));
     }
     let ctx = minijinja::value::merge_maps([
         minijinja::Value::from_pairs([("secrets", minijinja::Value::from(minijinja::value::Serde(&secrets)))]),
         a.context.clone(),
     ]);
-    w.headers
+    let hs = w
+        .headers
         .iter()
         .map(|(k, v)| {
             let r = a
                 .plan
                 .render_in(&Value::String(v.clone()), &ctx)
                 .map_err(|e| TaskError::fatal(format!("headers.{k}: {e}")))?;
-            Ok((k.clone(), r.as_str().map_or_else(|| r.to_string(), str::to_string)))
+            Ok(Header {
+                name: k.clone(),
+                value: r.as_str().map_or_else(|| r.to_string(), str::to_string),
+                secrets: re.captures_iter(v).map(|c| c[1].to_string()).collect(),
+            })
         })
-        .collect()
+        .collect::<Result<Vec<_>, TaskError>>()?;
+    Ok((hs, revealed))
 }
 
 fn method(m: HttpMethod) -> reqwest::Method {
@@ -97,9 +213,17 @@ fn method_name(m: HttpMethod) -> &'static str {
     }
 }
 
-/// The output of a response, or the failure it means.
-fn outcome(w: &HttpWith, status: u16, headers: Map<String, Value>, body: &str) -> AttemptResult {
-    let body = serde_json::from_str::<Value>(body).unwrap_or_else(|_| Value::String(body.to_string()));
+/// The output of a response, or the failure it means; secret values are masked first.
+fn outcome(
+    w: &HttpWith,
+    status: u16,
+    mut headers: Map<String, Value>,
+    body: &str,
+    revealed: &Revealed,
+) -> AttemptResult {
+    let mut body = serde_json::from_str::<Value>(body).unwrap_or_else(|_| Value::String(body.to_string()));
+    revealed.mask(&mut body);
+    headers.values_mut().for_each(|v| revealed.mask(v));
     let ok = if w.expect_status.is_empty() { (200..300).contains(&status) } else { w.expect_status.contains(&status) };
     if ok {
         return AttemptResult::Succeeded {
@@ -118,28 +242,59 @@ fn outcome(w: &HttpWith, status: u16, headers: Map<String, Value>, body: &str) -
     }
 }
 
+/// Headers a redirect to another host drops even without a secret in them (as browsers do).
+const CREDENTIAL_HEADERS: &[&str] = &["authorization", "cookie", "proxy-authorization"];
+
 pub struct HttpExecutor {
     client: reqwest::Client,
-    secrets: std::sync::Arc<dyn crate::secrets::Secrets>,
+    egress: Egress,
+    secrets: Arc<dyn Secrets>,
+    limits: HttpLimits,
 }
 
 impl HttpExecutor {
-    /// Header secrets read from `secrets`.
-    pub fn with_secrets(secrets: std::sync::Arc<dyn crate::secrets::Secrets>) -> Self {
-        HttpExecutor { secrets, ..Self::default() }
+    /// Connections under `egress`, header secrets read from `secrets`.
+    pub fn new(egress: Egress, secrets: Arc<dyn Secrets>, limits: HttpLimits) -> Self {
+        HttpExecutor { client: egress.client(), egress, secrets, limits }
+    }
+
+    /// Reads the body, stopping past the limit.
+    async fn body(&self, mut resp: reqwest::Response) -> Result<String, AttemptResult> {
+        let cap = self.limits.max_response_bytes;
+        if resp.content_length().is_some_and(|n| n > cap as u64) {
+            return Err(too_large(cap));
+        }
+        let mut buf = Vec::new();
+        loop {
+            match resp.chunk().await {
+                Ok(Some(c)) => {
+                    if buf.len() + c.len() > cap {
+                        return Err(too_large(cap));
+                    }
+                    buf.extend_from_slice(&c);
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    return Err(AttemptResult::Failed {
+                        error: format!("reading the response: {e}"),
+                        retryable: true,
+                        usage: Usage::default(),
+                    });
+                }
+            }
+        }
+        Ok(String::from_utf8_lossy(&buf).into_owned())
     }
 }
 
-impl Default for HttpExecutor {
-    fn default() -> Self {
-        HttpExecutor {
-            secrets: std::sync::Arc::new(crate::secrets::EnvSecrets),
-            client: reqwest::Client::builder()
-                .user_agent(concat!("llmo/", env!("CARGO_PKG_VERSION")))
-                .build()
-                .expect("http client"),
-        }
-    }
+fn too_large(cap: usize) -> AttemptResult {
+    failed(TaskError::fatal(format!(
+        "the response body is larger than the limit of {cap} bytes (LLMO_HTTP_MAX_RESPONSE_BYTES)"
+    )))
+}
+
+fn host_of(url: &Url) -> String {
+    url.host_str().unwrap_or_default().to_string()
 }
 
 #[async_trait]
@@ -149,32 +304,88 @@ impl Executor for HttpExecutor {
             Ok(w) => w,
             Err(e) => return failed(e),
         };
-        let hs = match headers(a, &w, self.secrets.as_ref()).await {
+        let mut url = match request_url(&w) {
+            Ok(u) => u,
+            Err(e) => return failed(e),
+        };
+        if let Err(e) = self.egress.check_url(&url) {
+            return failed(TaskError::fatal(e.to_string()));
+        }
+        let (mut hs, revealed) = match headers(a, &w, &host_of(&url), self.secrets.as_ref()).await {
             Ok(h) => h,
             Err(e) => return failed(e),
         };
         let timeout = a.timeout.unwrap_or(DEFAULT_TIMEOUT);
-        let mut rb = self.client.request(method(w.method), &w.url).timeout(timeout);
-        if !w.query.is_empty() {
-            rb = rb.query(&w.query.iter().collect::<Vec<_>>());
-        }
-        for (k, v) in hs {
-            rb = rb.header(k, v);
-        }
-        rb = rb.header("Idempotency-Key", a.idempotency_key());
-        if let Some(b) = &w.body {
-            rb = rb.json(b);
-        }
-        let resp = match rb.send().await {
-            Ok(r) => r,
-            Err(e) => {
-                let error = if e.is_timeout() {
-                    format!("timed out after {}", llmo_core::model::Duration(timeout))
-                } else {
-                    format!("request to {} failed: {e}", w.url)
-                };
-                return AttemptResult::Failed { error, retryable: true, usage: Usage::default() };
+        let deadline = Instant::now() + timeout;
+        let mut method = method(w.method);
+        let mut body = w.body.clone();
+        let mut hops = 0u8;
+        // The URL that redirected to this one.
+        let mut from: Option<Url> = None;
+        let resp = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let mut rb = self.client.request(method.clone(), url.clone()).timeout(left);
+            for h in &hs {
+                rb = rb.header(&h.name, &h.value);
             }
+            rb = rb.header("Idempotency-Key", a.idempotency_key());
+            if let Some(b) = &body {
+                rb = rb.json(b);
+            }
+            let resp = match rb.send().await {
+                Ok(r) => r,
+                Err(e) => {
+                    if let Some(r) = refusal(&e) {
+                        return failed(TaskError::fatal(match &from {
+                            Some(prev) => format!("redirect from {prev}: {r}"),
+                            None => r.to_string(),
+                        }));
+                    }
+                    let error = if e.is_timeout() {
+                        format!("timed out after {}", llmo_core::model::Duration(timeout))
+                    } else {
+                        format!("request to {url} failed: {e}")
+                    };
+                    return AttemptResult::Failed { error, retryable: true, usage: Usage::default() };
+                }
+            };
+            let status = resp.status();
+            let location = resp.headers().get(reqwest::header::LOCATION).and_then(|l| l.to_str().ok());
+            let (true, Some(location)) = (status.is_redirection(), location) else { break resp };
+            if hops >= self.limits.max_redirects {
+                return failed(TaskError::fatal(format!(
+                    "more than {} redirects (LLMO_HTTP_MAX_REDIRECTS)",
+                    self.limits.max_redirects
+                )));
+            }
+            hops += 1;
+            let next = match url.join(location) {
+                Ok(u) => u,
+                Err(e) => return failed(TaskError::fatal(format!("redirect to `{location}`: {e}"))),
+            };
+            if let Err(e) = self.egress.check_url(&next) {
+                return failed(TaskError::fatal(format!("redirect from {url}: {e}")));
+            }
+            let (was, to) = (host_of(&url), host_of(&next));
+            if was != to {
+                let declared = &a.plan.checked.workflow.spec.secrets;
+                hs.retain(|h| {
+                    let keep = !CREDENTIAL_HEADERS.contains(&h.name.to_ascii_lowercase().as_str())
+                        && h.secrets.iter().all(|s| declared.get(s).is_some_and(|d| d.allows(&to)));
+                    if !keep {
+                        tracing::debug!(header = %h.name, from = %was, %to, "redirect to another host: header dropped");
+                    }
+                    keep
+                });
+            }
+            let code = status.as_u16();
+            if code == 303 && method != reqwest::Method::HEAD
+                || matches!(code, 301 | 302) && method == reqwest::Method::POST
+            {
+                method = reqwest::Method::GET;
+                body = None;
+            }
+            from = Some(std::mem::replace(&mut url, next));
         };
         let status = resp.status().as_u16();
         let headers: Map<String, Value> = resp
@@ -182,13 +393,9 @@ impl Executor for HttpExecutor {
             .iter()
             .filter_map(|(k, v)| Some((k.to_string(), Value::String(v.to_str().ok()?.to_string()))))
             .collect();
-        match resp.text().await {
-            Ok(body) => outcome(&w, status, headers, &body),
-            Err(e) => AttemptResult::Failed {
-                error: format!("reading the response: {e}"),
-                retryable: true,
-                usage: Usage::default(),
-            },
+        match self.body(resp).await {
+            Ok(body) => outcome(&w, status, headers, &body, &revealed),
+            Err(r) => r,
         }
     }
 
@@ -236,17 +443,18 @@ impl Fixtures {
 
 /// Answers `http` tasks offline: the first fixture whose method and URL match, else `200`
 /// with a body echoing the request (`{ mock: true, method, url, body }`). Secrets are still
-/// resolved, so a missing one shows up in an offline run too.
+/// resolved and checked against their hosts, so a missing or misdirected one shows up in an
+/// offline run too. No connection is made, so the egress policy does not apply.
 pub struct MockHttp {
     pub fixtures: Fixtures,
     /// Where `secrets.NAME` in headers is read from (headers are rendered, so a missing secret
     /// fails offline as it would online).
-    pub secrets: std::sync::Arc<dyn crate::secrets::Secrets>,
+    pub secrets: Arc<dyn Secrets>,
 }
 
 impl Default for MockHttp {
     fn default() -> Self {
-        MockHttp { fixtures: Fixtures::default(), secrets: std::sync::Arc::new(crate::secrets::EnvSecrets) }
+        MockHttp { fixtures: Fixtures::default(), secrets: Arc::new(crate::secrets::EnvSecrets) }
     }
 }
 
@@ -257,9 +465,14 @@ impl Executor for MockHttp {
             Ok(w) => w,
             Err(e) => return failed(e),
         };
-        if let Err(e) = headers(a, &w, self.secrets.as_ref()).await {
-            return failed(e);
-        }
+        let url = match request_url(&w) {
+            Ok(u) => u,
+            Err(e) => return failed(e),
+        };
+        let revealed = match headers(a, &w, &host_of(&url), self.secrets.as_ref()).await {
+            Ok((_, r)) => r,
+            Err(e) => return failed(e),
+        };
         let m = method_name(w.method);
         let url = w.url.split('?').next().unwrap_or(&w.url);
         let hit = self
@@ -268,10 +481,10 @@ impl Executor for MockHttp {
             .iter()
             .find(|f| f.method.as_deref().is_none_or(|fm| fm.eq_ignore_ascii_case(m)) && glob_match(&f.url, url));
         match hit {
-            Some(f) => outcome(&w, f.status, f.headers.clone(), &f.body.to_string()),
+            Some(f) => outcome(&w, f.status, f.headers.clone(), &f.body.to_string(), &revealed),
             None => {
                 let echo = json!({ "mock": true, "method": m, "url": w.url, "body": w.body });
-                outcome(&w, 200, Map::new(), &echo.to_string())
+                outcome(&w, 200, Map::new(), &echo.to_string(), &revealed)
             }
         }
     }
@@ -295,49 +508,216 @@ mod tests {
     use wiremock::matchers::{body_json, header, method, path, query_param};
     use wiremock::{Mock, MockServer, ResponseTemplate};
 
+    fn secrets(pairs: &[(&str, &str)]) -> Arc<dyn Secrets> {
+        Arc::new(crate::secrets::WorkflowSecrets(Arc::new(crate::secrets::MapSecrets(
+            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        ))))
+    }
+
+    /// Loopback allowed (the fakes listen there), secrets from `pairs`.
+    fn local(pairs: &[(&str, &str)]) -> HttpExecutor {
+        HttpExecutor::new(Egress::loopback(), secrets(pairs), HttpLimits::default())
+    }
+
+    impl Default for HttpExecutor {
+        fn default() -> Self {
+            local(&[])
+        }
+    }
+
     #[tokio::test]
-    async fn sends_method_query_headers_with_secrets_and_body() {
+    async fn sends_method_query_headers_with_secrets_and_body_and_masks_echoed_secrets() {
         let server = MockServer::start().await;
-        let home = std::env::var("HOME").unwrap_or_default();
         Mock::given(method("POST"))
             .and(path("/hook"))
             .and(query_param("limit", "5"))
-            .and(header("authorization", format!("Bearer {home}").as_str()))
+            .and(header("authorization", "Bearer tok-123456"))
             .and(header("x-run", "run-1"))
             .and(body_json(json!({ "text": "hi" })))
-            .respond_with(ResponseTemplate::new(201).set_body_json(json!({ "id": 7 })).insert_header("x-id", "7"))
+            .respond_with(
+                ResponseTemplate::new(201)
+                    .set_body_json(json!({ "id": 7, "echo": "you sent Bearer tok-123456" }))
+                    .insert_header("x-id", "7")
+                    .insert_header("x-seen", "tok-123456"),
+            )
             .expect(1)
             .mount(&server)
             .await;
         let with = json!({
             "method": "POST", "url": format!("{}/hook", server.uri()), "query": { "limit": "5" },
-            "headers": { "Authorization": "Bearer {{ secrets.HOME }}", "X-Run": "{{ run.id }}" },
+            "headers": { "Authorization": "Bearer {{ secrets.TOKEN }}", "X-Run": "{{ run.id }}" },
             "body": { "text": "hi" }
         });
-        let r = HttpExecutor::default().execute(&test_attempt("http", with, None, 1)).await;
+        let exec = local(&[("LLMO_SECRET_TOKEN", "tok-123456")]);
+        let r = exec.execute(&test_attempt("http", with, None, 1)).await;
         let AttemptResult::Succeeded { output, .. } = r else { panic!("{r:?}") };
         assert_eq!(output["status"], 201);
-        assert_eq!(output["body"], json!({ "id": 7 }));
+        assert_eq!(output["body"], json!({ "id": 7, "echo": "you sent Bearer [redacted secret TOKEN]" }));
         assert_eq!(output["headers"]["x-id"], "7");
+        assert_eq!(output["headers"]["x-seen"], "[redacted secret TOKEN]");
+    }
+
+    /// Each case: a header template, what the secret source holds, and the exact error; the
+    /// fake target must receive nothing.
+    #[tokio::test]
+    async fn secrets_that_are_undeclared_unset_or_bound_to_other_hosts_are_refused_before_sending() {
+        let server = MockServer::start().await;
+        Mock::given(method("GET")).respond_with(ResponseTemplate::new(200)).expect(0).mount(&server).await;
+        let held = [
+            ("AWS_SECRET_ACCESS_KEY", "aws-secret"),
+            ("OPENAI_API_KEY", "sk-live"),
+            ("LLMO_SECRET_ELSEWHERE", "e-123456"),
+        ];
+        let cases = [
+            ("{{ secrets.AWS_SECRET_ACCESS_KEY }}", "secret `AWS_SECRET_ACCESS_KEY` is not declared in `spec.secrets`"),
+            ("{{ secrets.OPENAI_API_KEY }}", "secret `OPENAI_API_KEY` is not declared in `spec.secrets`"),
+            ("{{ secrets.HOME }}", "secret `HOME` is not declared in `spec.secrets`"),
+            (
+                "{{ secrets.ELSEWHERE }}",
+                "secret `ELSEWHERE` may not be sent to `127.0.0.1` (spec.secrets.ELSEWHERE.hosts: *.example.com)",
+            ),
+            ("{{ secrets.TOKEN }}", "secret `TOKEN` is not set (the secret source has no LLMO_SECRET_TOKEN)"),
+        ];
+        for (template, want) in cases {
+            let with = json!({ "url": format!("{}/x", server.uri()), "headers": { "A": template } });
+            let r = local(&held).execute(&test_attempt("http", with, None, 1)).await;
+            let AttemptResult::Failed { error, retryable, .. } = r else { panic!("{template}: {r:?}") };
+            assert_eq!(error, want, "{template}");
+            assert!(!retryable);
+            for (_, v) in held {
+                assert!(!error.contains(v));
+            }
+        }
+        assert!(server.received_requests().await.unwrap().is_empty());
     }
 
     #[tokio::test]
-    async fn a_workflow_cannot_send_a_provider_key_held_beside_its_secrets() {
-        let server = MockServer::start().await;
-        Mock::given(method("GET")).respond_with(ResponseTemplate::new(200)).expect(0).mount(&server).await;
-        let held = crate::secrets::MapSecrets(
-            [("OPENAI_API_KEY", "sk-live"), ("LLMO_SECRET_TOKEN", "tok")]
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        );
-        let exec =
-            HttpExecutor::with_secrets(std::sync::Arc::new(crate::secrets::WorkflowSecrets(std::sync::Arc::new(held))));
-        let with = json!({ "url": format!("{}/x", server.uri()), "headers": { "A": "{{ secrets.OPENAI_API_KEY }}" } });
+    async fn a_redirect_to_another_host_drops_the_secrets_not_declared_for_it() {
+        let target = MockServer::start().await;
+        Mock::given(path("/landed"))
+            .respond_with(ResponseTemplate::new(200).set_body_string("ok"))
+            .expect(1)
+            .mount(&target)
+            .await;
+        let origin = MockServer::start().await;
+        let port = target.address().port();
+        Mock::given(path("/start"))
+            .respond_with(
+                ResponseTemplate::new(302)
+                    .insert_header("location", format!("http://localhost:{port}/landed").as_str()),
+            )
+            .expect(1)
+            .mount(&origin)
+            .await;
+        let with = json!({
+            "url": format!("{}/start", origin.uri()),
+            "headers": { "X-Ip-Only": "{{ secrets.ONLY_IP }}", "X-Both": "{{ secrets.TOKEN }}", "X-Plain": "p", "Authorization": "Basic abc" }
+        });
+        let exec = local(&[("LLMO_SECRET_ONLY_IP", "ip-secret"), ("LLMO_SECRET_TOKEN", "both-secret")]);
         let r = exec.execute(&test_attempt("http", with, None, 1)).await;
+        assert!(matches!(r, AttemptResult::Succeeded { .. }), "{r:?}");
+        let first = &origin.received_requests().await.unwrap()[0];
+        assert_eq!(first.headers.get("x-ip-only").unwrap(), "ip-secret");
+        let landed = &target.received_requests().await.unwrap()[0];
+        assert!(landed.headers.get("x-ip-only").is_none(), "not declared for localhost: dropped");
+        assert!(landed.headers.get("authorization").is_none(), "credentials never cross hosts");
+        assert_eq!(landed.headers.get("x-both").unwrap(), "both-secret", "declared for both hosts");
+        assert_eq!(landed.headers.get("x-plain").unwrap(), "p");
+        assert!(landed.headers.get("idempotency-key").is_some());
+    }
+
+    /// Serves on 127.0.0.2, the one address the policy allows; everything else loopback,
+    /// link-local or private is refused, directly or through a redirect.
+    #[tokio::test]
+    async fn non_public_destinations_are_refused_directly_and_after_a_redirect() {
+        let listener = std::net::TcpListener::bind("127.0.0.2:0").unwrap();
+        let server = MockServer::builder().listener(listener).start().await;
+        let port = server.address().port();
+        let others = MockServer::start().await; // on 127.0.0.1: must never be reached
+        Mock::given(method("GET")).respond_with(ResponseTemplate::new(200)).expect(0).mount(&others).await;
+        let other = others.address().port();
+        let egress = Egress::parse("127.0.0.2/32", true).unwrap();
+        let exec = HttpExecutor::new(egress, secrets(&[]), HttpLimits::default());
+        let refused = |url: String| {
+            let exec = &exec;
+            async move {
+                let r = exec.execute(&test_attempt("http", json!({ "url": url }), None, 1)).await;
+                match r {
+                    AttemptResult::Failed { error, retryable: false, .. } => error,
+                    r => panic!("{r:?}"),
+                }
+            }
+        };
+        let targets = [
+            (format!("http://127.0.0.1:{other}/"), "127.0.0.1 is a loopback address"),
+            ("http://169.254.169.254/latest/meta-data/".to_string(), "169.254.169.254 is a link-local address"),
+            (format!("http://[::1]:{other}/"), "::1 is a loopback address"),
+            ("http://10.0.0.1/".to_string(), "10.0.0.1 is a private address"),
+            (format!("http://localhost:{other}/"), "localhost resolves to "),
+            ("file:///etc/passwd".to_string(), "the `file` scheme is not allowed"),
+        ];
+        for (i, (url, want)) in targets.iter().enumerate() {
+            let direct = refused(url.clone()).await;
+            assert!(direct.starts_with("egress refused: ") && direct.contains(want), "{url}: {direct}");
+            Mock::given(path(format!("/r{i}")))
+                .respond_with(ResponseTemplate::new(302).insert_header("location", url.as_str()))
+                .expect(1)
+                .mount(&server)
+                .await;
+            let via = refused(format!("http://127.0.0.2:{port}/r{i}")).await;
+            assert!(via.starts_with(&format!("redirect from http://127.0.0.2:{port}/r{i}: egress refused: ")), "{via}");
+            assert!(via.contains(want), "{url}: {via}");
+        }
+        let https_only = HttpExecutor::new(Egress::strict(), secrets(&[]), HttpLimits::default());
+        let r = https_only.execute(&test_attempt("http", json!({ "url": "http://example.com/" }), None, 1)).await;
+        assert!(
+            matches!(&r, AttemptResult::Failed { error, .. } if error.contains("plain http is not allowed")),
+            "{r:?}"
+        );
+    }
+
+    /// A server that streams a chunked body of `total` bytes, no length announced; returns
+    /// how many it managed to write before the client hung up.
+    async fn endless(total: usize) -> (String, tokio::task::JoinHandle<usize>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/big", l.local_addr().unwrap());
+        let h = tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut req = [0u8; 4096];
+            let _ = s.read(&mut req).await;
+            let head = "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\n\r\n";
+            if s.write_all(head.as_bytes()).await.is_err() {
+                return 0;
+            }
+            let chunk = vec![b'x'; 64 * 1024];
+            let mut sent = 0;
+            while sent < total {
+                let frame = [format!("{:x}\r\n", chunk.len()).as_bytes(), &chunk, b"\r\n"].concat();
+                if s.write_all(&frame).await.is_err() {
+                    break;
+                }
+                sent += chunk.len();
+            }
+            let _ = s.write_all(b"0\r\n\r\n").await;
+            sent
+        });
+        (url, h)
+    }
+
+    #[tokio::test]
+    async fn a_64_mb_response_stops_at_the_cap() {
+        let (url, server) = endless(64 << 20).await;
+        let limits = HttpLimits { max_response_bytes: 1 << 20, ..HttpLimits::default() };
+        let exec = HttpExecutor::new(Egress::loopback(), secrets(&[]), limits);
+        let mut a = test_attempt("http", json!({ "url": url }), None, 1);
+        a.timeout = Some(Duration::from_secs(20));
+        let r = exec.execute(&a).await;
         let AttemptResult::Failed { error, retryable, .. } = r else { panic!("{r:?}") };
-        assert!(error.contains("secret `OPENAI_API_KEY` is not set") && !error.contains("sk-live"), "{error}");
+        assert_eq!(error, "the response body is larger than the limit of 1048576 bytes (LLMO_HTTP_MAX_RESPONSE_BYTES)");
         assert!(!retryable);
+        let sent = server.await.unwrap();
+        assert!(sent < 16 << 20, "the client stopped reading early: the server wrote {sent} bytes");
     }
 
     #[tokio::test]
@@ -367,18 +747,6 @@ mod tests {
         let r = call("/slow", json!({})).await;
         assert!(
             matches!(&r, AttemptResult::Failed { retryable: true, error, .. } if error == "timed out after 500ms"),
-            "{r:?}"
-        );
-        let r = HttpExecutor::default()
-            .execute(&test_attempt(
-                "http",
-                json!({ "url": "http://x", "headers": { "A": "{{ secrets.LLMO_UNSET_FOR_TESTS }}" } }),
-                None,
-                1,
-            ))
-            .await;
-        assert!(
-            matches!(&r, AttemptResult::Failed { retryable: false, error, .. } if error.contains("secret `LLMO_UNSET_FOR_TESTS` is not set")),
             "{r:?}"
         );
     }

@@ -2,6 +2,7 @@
 //! executors), their embedded adapters (in-memory, SQLite, files), the executors of the
 //! built-in task types with the model providers, and the embedded driver.
 pub mod driver;
+pub mod egress;
 pub mod executor;
 pub mod http;
 pub mod ports;
@@ -14,31 +15,54 @@ pub mod worker;
 
 use std::sync::Arc;
 
-/// The executors of the built-in task types: `llm` over the configured providers (every call
-/// answered by `mock` when `mock` is set), `http` (answered from `fixtures` when `mock` is
-/// set), `transform`, `evaluate` (with the model judge) and `policy`.
-pub fn standard_registry(config: providers::Config, mock: bool, fixtures: http::Fixtures) -> executor::Registry {
-    standard_registry_with(config, mock, fixtures, Arc::new(secrets::EnvSecrets), Arc::new(secrets::EnvSecrets))
+/// What the executors of the built-in task types are built from: [`Setup::registry`].
+pub struct Setup {
+    pub config: providers::Config,
+    /// Every model call answered by the mock provider, every `http` task from `fixtures`.
+    pub mock: bool,
+    pub fixtures: http::Fixtures,
+    /// Provider keys the config does not hold.
+    pub keys: Arc<dyn secrets::Secrets>,
+    /// Where `secrets.NAME` of `http` headers is read (as `LLMO_SECRET_NAME`).
+    pub secrets: Arc<dyn secrets::Secrets>,
+    /// Where `http` tasks may connect.
+    pub egress: egress::Egress,
+    pub http: http::HttpLimits,
 }
 
-/// [`standard_registry`] with provider keys (for providers whose key the config does not
-/// hold) read from `keys`, and the `secrets.NAME` of `http` headers from `secrets`.
-pub fn standard_registry_with(
-    config: providers::Config,
-    mock: bool,
-    fixtures: http::Fixtures,
-    keys: Arc<dyn secrets::Secrets>,
-    secrets: Arc<dyn secrets::Secrets>,
-) -> executor::Registry {
-    let llm = Arc::new(providers::LlmExecutor::with_secrets(config, mock, keys));
-    let mut r = executor::Registry::with_builtins(Some(llm.clone()));
-    r.register("llm", llm);
-    if mock {
-        r.register("http", Arc::new(http::MockHttp { fixtures, secrets }));
-    } else {
-        r.register("http", Arc::new(http::HttpExecutor::with_secrets(secrets)));
+impl Setup {
+    /// Keys and secrets from the environment (secrets only under `LLMO_SECRET_`), the strict
+    /// egress policy and the default limits.
+    pub fn new(config: providers::Config, mock: bool) -> Self {
+        Setup {
+            config,
+            mock,
+            fixtures: http::Fixtures::default(),
+            keys: Arc::new(secrets::EnvSecrets),
+            secrets: Arc::new(secrets::WorkflowSecrets(Arc::new(secrets::EnvSecrets))),
+            egress: egress::Egress::strict(),
+            http: http::HttpLimits::default(),
+        }
     }
-    r
+
+    /// `llm` over the configured providers, `http`, `transform`, `evaluate` (with the model
+    /// judge) and `policy`.
+    pub fn registry(self) -> executor::Registry {
+        let llm = Arc::new(providers::LlmExecutor::with_secrets(self.config, self.mock, self.keys));
+        let mut r = executor::Registry::with_builtins(Some(llm.clone()));
+        r.register("llm", llm);
+        if self.mock {
+            r.register("http", Arc::new(http::MockHttp { fixtures: self.fixtures, secrets: self.secrets }));
+        } else {
+            r.register("http", Arc::new(http::HttpExecutor::new(self.egress, self.secrets, self.http)));
+        }
+        r
+    }
+}
+
+/// [`Setup::registry`] with the defaults of [`Setup::new`] and `fixtures`.
+pub fn standard_registry(config: providers::Config, mock: bool, fixtures: http::Fixtures) -> executor::Registry {
+    Setup { fixtures, ..Setup::new(config, mock) }.registry()
 }
 
 /// [`providers::estimate`] of every `llm` task of a plan (zero for other tasks), for

@@ -25,8 +25,8 @@ use crate::diagnostic::{Diagnostic, Report, did_you_mean, field_path};
 use crate::expr::{Analyzer, SyntaxError, is_template};
 use crate::inputs::{check_value, short};
 use crate::model::{
-    DURATION_PATTERN, Defaults, EventTrigger, Hooks, IDENT_PATTERN, InputSpec, InputType, NAME_PATTERN, Schedule, Task,
-    Workflow,
+    DURATION_PATTERN, Defaults, EventTrigger, HOST_PATTERN, Hooks, IDENT_PATTERN, InputSpec, InputType, NAME_PATTERN,
+    Schedule, Task, Workflow,
 };
 use crate::schedule::{check_cron, check_rate};
 use crate::source::{SourceFile, Span};
@@ -67,6 +67,7 @@ pub mod codes {
     pub const ITEM_OUTSIDE_FOR_EACH: &str = "WF033";
     pub const SECRET_PLACE: &str = "WF034";
     pub const EXPRESSION_BRACES: &str = "WF035";
+    pub const SECRET_UNDECLARED: &str = "WF036";
     pub const FOR_EACH: &str = "WF040";
     pub const TIMING: &str = "WF041";
     pub const INPUT: &str = "WF050";
@@ -493,7 +494,13 @@ impl<'a> Run<'a> {
 
         self.pre = analysed();
         let input_names: Option<Vec<String>> = inputs.as_ref().map(|m| m.keys().cloned().collect());
-        let ctx = RefCtx { views: &views, dag: dag.as_ref(), inputs: input_names.as_deref() };
+        let declared_secrets: Vec<String> = spec
+            .and_then(|s| s.get("secrets"))
+            .and_then(Value::as_object)
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default();
+        let ctx =
+            RefCtx { views: &views, dag: dag.as_ref(), inputs: input_names.as_deref(), secrets: &declared_secrets };
         let reads = if views.len() >= PARALLEL_FROM {
             // Tasks are checked independently: the second half on a second thread, with its
             // own report, merged afterwards.
@@ -608,6 +615,8 @@ struct RefCtx<'v> {
     views: &'v [TaskView],
     dag: Option<&'v Dag>,
     inputs: Option<&'v [String]>,
+    /// The names `spec.secrets` declares.
+    secrets: &'v [String],
 }
 
 impl RefCtx<'_> {

@@ -244,11 +244,26 @@ impl Run<'_> {
                     }
                 },
                 "secrets" => match site {
-                    Site::Task { secrets: true, .. } | Site::Hook { secrets: true } => {
-                        if let Some(name) = r.get(1) {
+                    Site::Task { secrets: true, .. } | Site::Hook { secrets: true } => match r.get(1) {
+                        Some(name) if ctx.secrets.contains(name) => {
                             reads.secrets.insert(name.clone());
                         }
-                    }
+                        Some(name) => {
+                            let suggestion = self.suggest(name, ctx.secrets.iter().map(String::as_str));
+                            let d = self.error(
+                                SECRET_UNDECLARED,
+                                ptr,
+                                format!("secret `{name}` is not declared in `spec.secrets`"),
+                            );
+                            d.help = Some(suggestion.unwrap_or_else(|| {
+                                format!("declare it with the hosts it may be sent to: `secrets: {{ {name}: {{ hosts: [api.example.com] }} }}` under `spec`")
+                            }));
+                        }
+                        None => {
+                            self.error(SECRET_UNDECLARED, ptr, "secrets must be read by name (`secrets.NAME`)").help =
+                                Some("a computed secret name could read any secret; write the name out".into());
+                        }
+                    },
                     _ => {
                         self.error(SECRET_PLACE, ptr, "secrets may only be read in http `headers`").help =
                             Some("secrets must not reach prompts, bodies or outputs, where they would be stored or sent to a model".into());

@@ -57,6 +57,12 @@ impl Run<'_> {
                         "use lower-case letters, digits and `-` (at most 63 characters), e.g. `article-pipeline`"
                             .to_string(),
                     )
+                } else if pattern == HOST_PATTERN {
+                    (
+                        format!("`{value}` is not a host"),
+                        "write a host name without scheme, port or path (`api.example.com`), or `*.example.com` for its subdomains"
+                            .to_string(),
+                    )
                 } else {
                     (format!("`{value}` does not match the pattern `{pattern}`"), String::new())
                 };

@@ -123,7 +123,7 @@ impl Run<'_> {
     pub(super) fn events(&mut self, spec: Option<&Value>, inputs: Option<&indexmap::IndexMap<String, InputSpec>>) {
         let Some(raw) = spec.and_then(|s| s.get("events")).and_then(Value::as_array) else { return };
         let mut names = BTreeSet::new();
-        let empty = RefCtx { views: &[], dag: None, inputs: None };
+        let empty = RefCtx { views: &[], dag: None, inputs: None, secrets: &[] };
         for (i, ev) in raw.iter().enumerate() {
             let Some(ev) = typed::<EventTrigger>(Some(ev)) else { continue };
             let base = format!("/spec/events/{i}");
