@@ -24,11 +24,14 @@ use crate::model::{EventTrigger, Workflow};
 /// type; any other renders to a string. The validator has checked that the templates parse,
 /// read only `event`, and set declared inputs (and every required one).
 pub fn event_inputs(trigger: &EventTrigger, event: &Value) -> Result<Map<String, Value>, String> {
-    let env = minijinja::Environment::new();
+    let mut env = minijinja::Environment::new();
+    env.set_fuel(Some(crate::engine::limits::TEMPLATE_FUEL));
     let ctx = minijinja::context! { event => crate::engine::machine::json_ctx(event) };
     let mut out = Map::new();
     for (name, template) in &trigger.inputs {
-        let fail = |e: minijinja::Error| format!("event trigger `{}`, input `{name}`: {e}", trigger.name);
+        let fail = |e: minijinja::Error| {
+            format!("event trigger `{}`, input `{name}`: {}", trigger.name, crate::engine::limits::explain(e))
+        };
         let v = match crate::engine::machine::single_expression(template).map(str::trim) {
             Some(expr) => {
                 let v = env.compile_expression(expr).map_err(fail)?.eval(&ctx).map_err(fail)?;

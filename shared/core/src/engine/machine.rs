@@ -293,6 +293,7 @@ impl Plan {
         }
         let mut env = Environment::new();
         env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+        env.set_fuel(Some(super::limits::TEMPLATE_FUEL));
         // Templates are named by their text; a name ending in `.html` must not turn on escaping.
         env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
         // Templates are compiled once, named by their text; `render` finds them by it.
@@ -585,7 +586,11 @@ impl Plan {
                         Ok(t) => t,
                         Err(_) => self.env.template_from_str(s).map_err(|e| e.to_string())?,
                     };
-                    Value::String(tmpl.render(ctx).map_err(|e| e.to_string())?)
+                    let text = tmpl.render(ctx).map_err(super::limits::explain)?;
+                    if text.len() > super::limits::MAX_RENDERED_BYTES {
+                        return Err(super::limits::too_large(text.len()));
+                    }
+                    Value::String(text)
                 }
             },
             Value::Array(items) => {
@@ -640,8 +645,13 @@ impl Plan {
     /// [`Plan::eval_expression`] in a context built by [`Plan::context_value`].
     pub fn eval_in(&self, expr: &str, ctx: &Ctx) -> Result<Value, String> {
         let e = self.env.compile_expression(expr).map_err(|e| e.to_string())?;
-        let v = e.eval(ctx).map_err(|e| e.to_string())?;
-        serde_json::to_value(&v).map_err(|e| e.to_string())
+        let v = e.eval(ctx).map_err(super::limits::explain)?;
+        let v = serde_json::to_value(&v).map_err(|e| e.to_string())?;
+        let size = super::limits::json_size(&v, super::limits::MAX_RENDERED_BYTES);
+        if size > super::limits::MAX_RENDERED_BYTES {
+            return Err(super::limits::too_large(size));
+        }
+        Ok(v)
     }
 
     /// A task's outcome as its dependents see it: a failed task whose fallback succeeded
@@ -964,6 +974,12 @@ impl Transition<'_, '_> {
         let units = match &task.for_each {
             None => vec![Unit::new(None)],
             Some(fe) => match plan.eval_in(fe, &ctx) {
+                Ok(Value::Array(items)) if items.len() > super::limits::MAX_FOR_EACH_ITEMS => {
+                    return self.fail_task(i, too_many(items.len()));
+                }
+                Ok(Value::Object(m)) if m.len() > super::limits::MAX_FOR_EACH_ITEMS => {
+                    return self.fail_task(i, too_many(m.len()));
+                }
                 Ok(Value::Array(items)) => items.into_iter().map(|v| Unit::new(Some(v))).collect(),
                 Ok(Value::Object(m)) => m.into_iter().map(|(k, _)| Unit::new(Some(Value::String(k)))).collect(),
                 Ok(other) => return self.fail_task(i, format!("`for_each` gave {other}, not a list")),
@@ -1126,6 +1142,11 @@ impl Transition<'_, '_> {
 }
 
 /// Jinja truthiness for a JSON value.
+/// The error of a `for_each` over [`super::limits::MAX_FOR_EACH_ITEMS`].
+fn too_many(n: usize) -> String {
+    format!("`for_each` gave {n} items, over the limit of {}", super::limits::MAX_FOR_EACH_ITEMS)
+}
+
 fn truthy(v: &Value) -> bool {
     match v {
         Value::Null => false,

@@ -2,6 +2,7 @@
 //! transition function every runtime drives. See ARCHITECTURE.md ("Engine").
 pub mod builtin;
 mod interp;
+pub mod limits;
 pub mod machine;
 pub mod state;
 

@@ -626,3 +626,53 @@ spec:
     assert_eq!(with["body"], json!({"list": ["rust", 1, {"deep": "succeeded"}], "keep": "x"}));
     assert_eq!(with["query"], written(2)["query"]);
 }
+
+/// Hostile templates: each stops with an error naming the limit, quickly, and the run fails
+/// (the task, or the outputs) instead of running for ever or filling memory.
+#[test]
+fn fuel_bombs_and_oversized_values_stop_at_the_limits() {
+    let bomb =
+        "range(100000) | map('string') | join | length > 0 and range(100000) | map('string') | join | length > 0";
+    let loops = "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}";
+    let cases = [
+        (format!("when: \"{bomb}\"\n      with: {{ output: 1 }}"), "`when` failed: stopped: out of fuel (500000)"),
+        (
+            format!("for_each: \"{bomb}\"\n      with: {{ output: 1 }}"),
+            "`for_each` failed: stopped: out of fuel (500000)",
+        ),
+        (
+            "for_each: \"range(10001)\"\n      with: { output: 1 }".to_string(),
+            "`for_each` gave 10001 items, over the limit of 10000",
+        ),
+        (format!("with: {{ output: \"{loops}\" }}"), "stopped: out of fuel (500000)"),
+        (
+            "with: { output: \"{{ inputs.s ~ inputs.s }}\" }".to_string(),
+            "the value is larger than the limit of 8388608 bytes",
+        ),
+    ];
+    for (task, want) in cases {
+        let p = plan(&format!(
+            "spec:\n  inputs: {{ s: {{ type: string, default: '' }} }}\n  tasks:\n    - id: a\n      type: transform\n      {task}\n"
+        ));
+        let mut d = Driver::new(&p, json!({ "s": "x".repeat(5 << 20) }));
+        let start = std::time::Instant::now();
+        d.apply(Event::Start).unwrap();
+        // `when` and `for_each` fail the task as the run starts; a `with` that does not render
+        // fails its attempt in the runtime, which renders it.
+        let error = match d.st.tasks[0].error.clone() {
+            Some(e) => e,
+            None => p.render_with(&d.st, 0, None).unwrap_err(),
+        };
+        assert!(error.contains(want), "{task}: {error}");
+        assert!(start.elapsed() < std::time::Duration::from_secs(1), "{task}: {:?}", start.elapsed());
+    }
+    let p = plan(&format!(
+        "spec:\n  tasks:\n    - {{ id: a, type: transform, with: {{ output: 1 }} }}\n  outputs:\n    big: \"{loops}\"\n"
+    ));
+    let mut d = Driver::new(&p, json!({}));
+    let start = std::time::Instant::now();
+    d.run(echo);
+    assert_eq!(d.st.status, RunStatus::Failed);
+    assert!(d.st.error.as_deref().unwrap().starts_with("outputs: stopped: out of fuel (500000)"), "{:?}", d.st.error);
+    assert!(start.elapsed() < std::time::Duration::from_secs(1));
+}
