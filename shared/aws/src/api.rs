@@ -77,6 +77,31 @@ fn internal(e: impl std::fmt::Display) -> Reply {
     reply(StatusCode::INTERNAL_SERVER_ERROR, json!({"error": "internal error", "error_id": id}))
 }
 
+/// A run whose state cannot be rebuilt (its stored workflow no longer validates, its log no
+/// longer replays): what is known without the engine, with `unreadable` saying why. Once the
+/// dead-letter handler has aborted it (see `Worker::abort`) that is `failed` and the reason;
+/// before, the last snapshot's status (its messages are on their way to the dead-letter queue).
+fn unreadable(stored: llmo_runtime::store::StoredRun, why: String) -> Reply {
+    let snap = &stored.snapshot;
+    let (status, version, error, ended_at) = match stored.tail.last() {
+        Some(t) => match &t.event {
+            llmo_core::engine::Event::Abort { reason } => ("failed", t.version, Some(reason.clone()), Some(t.at)),
+            _ => (snap.status.as_str(), t.version, snap.error.clone(), snap.ended_at),
+        },
+        None => (snap.status.as_str(), snap.version, snap.error.clone(), snap.ended_at),
+    };
+    tracing::warn!(run = %snap.run_id, %why, "run state cannot be rebuilt");
+    reply(
+        StatusCode::OK,
+        json!({
+            "run_id": snap.run_id, "workflow": stored.workflow, "status": status, "version": version,
+            "inputs": snap.inputs, "started_at": snap.started_at, "ended_at": ended_at,
+            "cost_usd": snap.cost_usd, "tokens": snap.tokens, "outputs": null, "error": error, "tasks": [],
+            "unreadable": why,
+        }),
+    )
+}
+
 fn no_run(id: &str) -> Reply {
     problem(StatusCode::NOT_FOUND, format!("no run `{id}`"))
 }
@@ -506,13 +531,13 @@ impl Api {
         };
         let checked = match self.starter.check(&stored.source_name, &stored.source) {
             Ok(c) => c,
-            Err(e) => return internal(format!("the stored workflow of {id} no longer validates: {e}")),
+            Err(e) => return unreadable(stored, format!("the stored workflow of {id} no longer validates: {e}")),
         };
         let plan = Plan::new(checked);
         let workflow = stored.workflow.clone();
-        let st = match rebuild(&plan, stored) {
+        let st = match rebuild(&plan, stored.clone()) {
             Ok(s) => s,
-            Err(e) => return internal(e),
+            Err(e) => return unreadable(stored, e.to_string()),
         };
         let tasks: Vec<Value> = st
             .tasks

@@ -145,14 +145,28 @@ impl DeadLetters {
         let mut resp = SqsBatchResponse::default();
         for r in &event.records {
             let id = r.message_id.clone().unwrap_or_default();
-            let Some(message) = self.verdict(r).await else {
+            let Some((message, reason)) = self.verdict(r).await else {
                 tracing::error!(message = %id, body = ?r.body, "dead letter names no run; dropped");
                 continue;
             };
-            let d = Delivery { receipt: String::new(), message, receive_count: 1 };
-            match self.worker.handle(&d).await {
+            let run = message.run_id().to_string();
+            // An `Execute` fails its attempt through the engine; a run that no longer loads
+            // (its workflow does not validate, its log does not replay) is aborted without it.
+            let handled = match message {
+                Message::Event { event: Event::Abort { .. }, .. } => self.worker.abort(&run, reason).await,
+                message => {
+                    match self.worker.handle(&Delivery { receipt: String::new(), message, receive_count: 1 }).await {
+                        Err(
+                            llmo_runtime::worker::Error::BadWorkflow { .. }
+                            | llmo_runtime::worker::Error::Store(llmo_runtime::store::Error::Corrupt { .. }),
+                        ) => self.worker.abort(&run, reason).await,
+                        other => other,
+                    }
+                }
+            };
+            match handled {
                 Ok(o) => {
-                    tracing::warn!(message = %id, run = d.message.run_id(), ?o, "dead letter failed its task or run")
+                    tracing::warn!(message = %id, %run, ?o, "dead letter failed its task or run")
                 }
                 Err(llmo_runtime::worker::Error::NoSuchRun(run)) => {
                     tracing::error!(message = %id, %run, "dead letter for an unknown run; dropped")
@@ -170,7 +184,7 @@ impl DeadLetters {
 
     /// The event that fails what a dead letter was about, read leniently (the message may be
     /// from a newer producer, or not decode at all).
-    async fn verdict(&self, r: &SqsMessage) -> Option<Message> {
+    async fn verdict(&self, r: &SqsMessage) -> Option<(Message, String)> {
         let body = r.body.as_deref()?;
         let why = match self.queue.open(body).await {
             Ok(_) => format!("delivered {} times without being processed", receive_count(r)),
@@ -184,11 +198,12 @@ impl DeadLetters {
                 let task = v.get("task")?.as_u64()? as usize;
                 let item = v.get("item").and_then(|i| i.as_u64()).map(|i| i as u32);
                 let attempt = v.get("attempt")?.as_u64()? as u32;
-                let result = llmo_runtime::executor::failed(llmo_core::engine::builtin::TaskError::fatal(reason));
+                let result =
+                    llmo_runtime::executor::failed(llmo_core::engine::builtin::TaskError::fatal(reason.clone()));
                 Event::finished(task, item, attempt, result)
             }
-            _ => Event::Abort { reason },
+            _ => Event::Abort { reason: reason.clone() },
         };
-        Some(Message::Event { run_id, event })
+        Some((Message::Event { run_id, event }, reason))
     }
 }

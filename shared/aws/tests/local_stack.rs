@@ -133,6 +133,36 @@ async fn a_poison_message_is_dead_lettered_and_fails_its_run() {
     assert!(error.contains("dead-letter") && error.contains("newer than this worker"), "{error}");
 }
 
+/// A run whose stored workflow no longer validates can never be stepped: its messages are
+/// dead-lettered and the `dlq` handler ends it `failed` without the engine, with the reason;
+/// the status route shows that instead of an internal error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_run_whose_stored_workflow_is_corrupt_dead_letters_and_ends_failed() {
+    let Some(aws) = aws().await else { return };
+    let aws = stack(&aws, 1, 2).await;
+    let api = api(&aws);
+    let store = llmo_aws::dynamo::DynamoStore::new(aws.clone());
+    let p = plan(FAN);
+    let mut st = p.new_run("corrupt", serde_json::Map::from_iter([("n".to_string(), json!(3))]));
+    st.tenant = Some("t1".into());
+    let broken = FAN.replace("tasks:", "taskz:");
+    llmo_runtime::store::RunStore::create(&store, "fan", "fan.yaml", &broken, &st).await.unwrap();
+    let start = Message::Event { run_id: "corrupt".into(), event: Event::Start };
+    api.queue.send(&start, 0).await.unwrap();
+    let workers = Workers::start(&aws, 1, 10, |s| s);
+    let dead = Workers::dead_letters(&aws);
+    let got = wait_end(&api, "corrupt", 60).await;
+    workers.stop().await;
+    dead.stop().await;
+    assert_eq!(got["status"], "failed", "{got}");
+    let error = got["error"].as_str().unwrap();
+    assert!(error.starts_with("message moved to the dead-letter queue: delivered"), "{error}");
+    assert!(got["unreadable"].as_str().unwrap().contains("no longer validates"), "{got}");
+    let (_, log) = initial_and_log(&aws, "corrupt").await;
+    assert!(matches!(log.last().map(|t| &t.event), Some(Event::Abort { .. })), "{log:?}");
+    assert_eq!(log.iter().filter(|t| matches!(t.event, Event::Abort { .. })).count(), 1, "aborted once");
+}
+
 /// Payloads over the limits (a 300 KB input, a 300 KB task output, a 300 KB message) travel
 /// through S3 and come back intact.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -196,10 +196,14 @@ impl Worker {
                 Ok(o) => idx.iter().for_each(|&i| out[i] = Some(Ok(o.clone()))),
                 Err(e) => {
                     let why = e.to_string();
-                    for &i in idx {
-                        out[i] = Some(Err(Error::Step(run.to_string(), why.clone())));
-                    }
                     tracing::warn!(run = %run, error = %e, "step failed; its messages will be delivered again");
+                    // The first message keeps the error as it is (the dead-letter handler tells
+                    // a run that cannot load from one that failed a step); the others get it
+                    // as text.
+                    let mut first = Some(e);
+                    for &i in idx {
+                        out[i] = Some(Err(first.take().unwrap_or_else(|| Error::Step(run.to_string(), why.clone()))));
+                    }
                 }
             }
         }
@@ -311,6 +315,49 @@ impl Worker {
                 Err(e) => return Err(e.into()),
             }
         }
+    }
+
+    /// Fails a run whose messages cannot be processed (the dead-letter handler's verdict).
+    /// Through the engine when the run still loads, so its `on.failure` hooks run; when it
+    /// does not (its stored workflow no longer validates, its log no longer replays), by
+    /// appending the `Abort` transition with a head state marked `failed` without the engine,
+    /// so that listings and status show the run ended and why. `Ok(Outcome::Replayed)` when
+    /// the run had already ended.
+    pub async fn abort(&self, run_id: &str, reason: String) -> Result<Outcome, Error> {
+        let event = Event::Abort { reason: reason.clone() };
+        let d = Delivery {
+            receipt: String::new(),
+            message: Message::Event { run_id: run_id.to_string(), event: event.clone() },
+            receive_count: 1,
+        };
+        match self.handle(&d).await {
+            Err(Error::BadWorkflow { why, .. }) => {
+                tracing::warn!(run = run_id, %why, "aborting a run that does not load")
+            }
+            Err(Error::Store(store::Error::Corrupt { why, .. })) => {
+                tracing::warn!(run = run_id, %why, "aborting a run whose log does not replay")
+            }
+            other => return other,
+        }
+        for _ in 0..5 {
+            let stored = self.store.load(run_id).await?.ok_or_else(|| Error::NoSuchRun(run_id.to_string()))?;
+            let version = stored.tail.last().map_or(stored.snapshot.version, |t| t.version);
+            if stored.snapshot.status.is_terminal() && stored.tail.is_empty() {
+                return Ok(Outcome::Replayed);
+            }
+            let now = self.clock.now();
+            let mut head = stored.snapshot;
+            head.status = RunStatus::Failed;
+            head.error = Some(reason.clone());
+            head.ended_at = Some(now);
+            head.version = version + 1;
+            let t = Transition { version: version + 1, at: now, event: event.clone() };
+            if self.store.append(version, &[t], &head).await? {
+                self.runs.lock().expect("worker cache").remove(run_id);
+                return Ok(Outcome::Applied(head.version));
+            }
+        }
+        Err(Error::Step(run_id.to_string(), "the run kept changing while it was being aborted".into()))
     }
 
     /// The plan and current state of a run: the cached state brought up to date, or loaded.
