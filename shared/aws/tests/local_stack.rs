@@ -163,6 +163,64 @@ async fn a_run_whose_stored_workflow_is_corrupt_dead_letters_and_ends_failed() {
     assert_eq!(log.iter().filter(|t| matches!(t.event, Event::Abort { .. })).count(), 1, "aborted once");
 }
 
+/// Always answers like a service that is down: a retryable failure.
+struct Down;
+
+#[async_trait]
+impl llmo_runtime::executor::Executor for Down {
+    async fn execute(&self, _: &llmo_runtime::executor::Attempt) -> llmo_core::engine::AttemptResult {
+        llmo_core::engine::AttemptResult::Failed {
+            error: "HTTP 503: down".into(),
+            retryable: true,
+            usage: Default::default(),
+        }
+    }
+}
+
+/// The run timeout holds in the serverless runtime: a run whose task keeps retrying ends
+/// `timed_out` at its deadline (the step that started it armed a `Tick`), and what the task
+/// does after that is not stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_run_whose_task_keeps_retrying_times_out() {
+    let Some(aws) = aws().await else { return };
+    let aws = stack(&aws, 30, 5).await;
+    let api = api(&aws);
+    const RETRYING: &str = r#"
+apiVersion: llm-orchestrator/v1
+kind: Workflow
+metadata: { name: retrying }
+spec:
+  timeout: 2s
+  tasks:
+    - id: call
+      type: http
+      retry: { max_attempts: 100, backoff: { initial: 200ms, max: 200ms, jitter: none } }
+      with: { url: "https://down.example.invalid/" }
+"#;
+    let (code, v) = call(&api, "POST", "/runs", Some(json!({"source": RETRYING}))).await;
+    assert_eq!(code, 201, "{v}");
+    let run_id = v["run_id"].as_str().unwrap().to_string();
+    let workers = Workers::start(&aws, 1, 10, |mut s| {
+        let mut reg = executors();
+        reg.register("http", Arc::new(Down));
+        s.worker.executors = Arc::new(reg);
+        s
+    });
+    let started = std::time::Instant::now();
+    let got = wait_end(&api, &run_id, 30).await;
+    let took = started.elapsed();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    workers.stop().await;
+    assert_eq!(got["status"], "timed_out", "{got}");
+    assert!(took >= Duration::from_millis(1500) && took < Duration::from_secs(15), "{took:?}");
+    let attempts = got["tasks"][0]["attempts"].as_u64().unwrap();
+    assert!(attempts >= 2, "it was retrying: {got}");
+    let (initial, log) = initial_and_log(&aws, &run_id).await;
+    let st = check_log(&plan(RETRYING), &log, initial);
+    assert_eq!(st.status, RunStatus::TimedOut);
+    assert_eq!(log.last().unwrap().event, Event::Tick, "nothing stored after the timeout");
+}
+
 /// Payloads over the limits (a 300 KB input, a 300 KB task output, a 300 KB message) travel
 /// through S3 and come back intact.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

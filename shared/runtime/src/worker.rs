@@ -300,8 +300,10 @@ impl Worker {
                     }
                 }
             }
+            let tick = self.tick_due(&events, &next, now);
             if log.is_empty() {
                 self.send(&plan, &next, cmds, keep).await?;
+                self.arm(run_id, tick, now).await?;
                 return Ok(Outcome::Replayed);
             }
             match self.store.append(expected, &log, &next).await {
@@ -309,12 +311,34 @@ impl Worker {
                     let version = next.version;
                     self.remember(&plan, &next);
                     self.send(&plan, &next, cmds, keep).await?;
+                    self.arm(run_id, tick, now).await?;
                     return Ok(Outcome::Applied(version));
                 }
                 Ok(false) => st = self.load(run_id).await?.1,
                 Err(e) => return Err(e.into()),
             }
         }
+    }
+
+    /// When the run's timeout must be checked, if this step owes that: a step that started
+    /// the run (or is a redelivery of its start, whose first worker may have died before
+    /// sending it) arms the deadline; a `Tick` that came early (another worker's clock) re-arms
+    /// it. The embedded driver keeps its own timer instead.
+    fn tick_due(&self, events: &[Event], next: &RunState, now: Millis) -> Option<Millis> {
+        let deadline = next.deadline.filter(|_| next.status == RunStatus::Running)?;
+        let owes = events.iter().any(|e| matches!(e, Event::Start))
+            || events.iter().any(|e| matches!(e, Event::Tick)) && deadline > now;
+        owes.then_some(deadline)
+    }
+
+    /// Sends the `Tick` that checks the deadline `at` (the queue carries delays past SQS's
+    /// 15-minute limit).
+    async fn arm(&self, run_id: &str, at: Option<Millis>, now: Millis) -> Result<(), Error> {
+        if let Some(at) = at {
+            let tick = Message::Event { run_id: run_id.to_string(), event: Event::Tick };
+            self.queue.send(&tick, at.saturating_sub(now)).await?;
+        }
+        Ok(())
     }
 
     /// Fails a run whose messages cannot be processed (the dead-letter handler's verdict).
