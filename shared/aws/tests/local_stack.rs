@@ -221,6 +221,78 @@ spec:
     assert_eq!(log.last().unwrap().event, Event::Tick, "nothing stored after the timeout");
 }
 
+/// Cancel reaches an attempt in flight: the worker running a slow HTTP call sees the cancel
+/// (it reads the run's log while attempts run) and drops the call: the server sees the
+/// connection close long before it would have answered, and no result is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cancel_stops_a_slow_http_call_and_stores_no_result() {
+    use tokio::io::AsyncReadExt;
+    let Some(aws) = aws().await else { return };
+    let aws = stack(&aws, 30, 5).await;
+    let api = api(&aws);
+    // A server that never answers and reports when the client hangs up.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (hung_up, mut hung_up_rx) = tokio::sync::mpsc::unbounded_channel();
+    let server = tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let hung_up = hung_up.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                }
+                let _ = hung_up.send(std::time::Instant::now());
+            });
+        }
+    });
+    let slow = format!(
+        "apiVersion: llm-orchestrator/v1\nkind: Workflow\nmetadata: {{ name: slow }}\nspec:\n  tasks:\n    - {{ id: call, type: http, timeout: 60s, with: {{ url: 'http://127.0.0.1:{port}/slow' }} }}\n"
+    );
+    let (code, v) = call(&api, "POST", "/runs", Some(json!({"source": slow}))).await;
+    assert_eq!(code, 201, "{v}");
+    let run_id = v["run_id"].as_str().unwrap().to_string();
+    let workers = Workers::start(&aws, 1, 10, |mut s| {
+        let mut reg = executors();
+        let http = llmo_runtime::http::HttpExecutor::new(
+            llmo_runtime::egress::Egress::loopback(),
+            Arc::new(llmo_runtime::secrets::MapSecrets::default()),
+            Default::default(),
+        );
+        reg.register("http", Arc::new(http));
+        s.worker.executors = Arc::new(reg);
+        s.worker.watch_every = Some(Duration::from_millis(200));
+        s
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, v) = call(&api, "GET", &format!("/runs/{run_id}"), None).await;
+        if v["tasks"][0]["status"] == "running" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the call did not start: {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await; // the request is on the wire
+    let cancelled_at = std::time::Instant::now();
+    let (code, v) = call(&api, "POST", &format!("/runs/{run_id}/cancel"), None).await;
+    assert_eq!(code, 200, "{v}");
+    let hung = tokio::time::timeout(Duration::from_secs(10), hung_up_rx.recv()).await;
+    let hung = hung.expect("the call was stopped within 10 s").unwrap();
+    assert!(hung.duration_since(cancelled_at) < Duration::from_secs(5), "{:?}", hung.duration_since(cancelled_at));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    workers.stop().await;
+    server.abort();
+    let got = wait_end(&api, &run_id, 10).await;
+    assert_eq!(got["status"], "cancelled", "{got}");
+    let (initial, log) = initial_and_log(&aws, &run_id).await;
+    check_log(&plan(&slow), &log, initial);
+    assert_eq!(log.last().unwrap().event, Event::Cancel, "no result stored after the cancel");
+    assert!(!log.iter().any(|t| matches!(t.event, Event::AttemptFinished { .. })), "{log:?}");
+}
+
 /// Payloads over the limits (a 300 KB input, a 300 KB task output, a 300 KB message) travel
 /// through S3 and come back intact.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -90,6 +90,9 @@ pub struct Worker {
     pub clock: Arc<dyn Clock>,
     /// The plan of a run (`None`: from the stored workflow text).
     pub plan: PlanOf,
+    /// While attempts run, how often the store is read to see whether the run has ended
+    /// meanwhile (a cancel from the API, a timeout), to stop them (`None`: never; default 2 s).
+    pub watch_every: Option<std::time::Duration>,
     runs: Mutex<HashMap<String, Cached>>,
     plans: Mutex<HashMap<[u8; 32], Arc<Plan>>>,
 }
@@ -102,7 +105,16 @@ impl Worker {
         clock: Arc<dyn Clock>,
         plan: PlanOf,
     ) -> Self {
-        Worker { store, queue, executors, clock, plan, runs: Mutex::default(), plans: Mutex::default() }
+        Worker {
+            store,
+            queue,
+            executors,
+            clock,
+            plan,
+            watch_every: Some(std::time::Duration::from_secs(2)),
+            runs: Mutex::default(),
+            plans: Mutex::default(),
+        }
     }
 
     /// A worker that builds every plan from the workflow text stored with its run.
@@ -274,7 +286,20 @@ impl Worker {
                     Event::AttemptFinished { task, item, attempt, result, in_place }
                 }
             });
-            events.extend(futures::future::join_all(runs).await);
+            let all = futures::future::join_all(runs);
+            let results = match self.watch_every {
+                None => all.await,
+                Some(every) => tokio::select! {
+                    r = all => r,
+                    why = self.ended_meanwhile(run_id, st.version, every) => {
+                        // Dropping the attempts aborts their model and HTTP calls; nothing of
+                        // them is stored, and the messages are done with.
+                        tracing::info!(run = run_id, %why, "the run ended while its attempts ran; they were stopped");
+                        return Ok(Outcome::Replayed);
+                    }
+                },
+            };
+            events.extend(results);
         }
         loop {
             let expected = st.version;
@@ -316,6 +341,23 @@ impl Worker {
                 }
                 Ok(false) => st = self.load(run_id).await?.1,
                 Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Resolves when the run has ended (cancelled, aborted, timed out) since `version`,
+    /// looking every `every`; never otherwise.
+    async fn ended_meanwhile(&self, run_id: &str, version: u64, every: std::time::Duration) -> String {
+        loop {
+            tokio::time::sleep(every).await;
+            let Ok(Some(tail)) = self.store.load_since(run_id, version).await else { continue };
+            for t in tail {
+                match t.event {
+                    Event::Cancel => return "cancelled".into(),
+                    Event::Abort { reason } => return format!("aborted: {reason}"),
+                    Event::Tick => return "timed out".into(),
+                    _ => {}
+                }
             }
         }
     }
