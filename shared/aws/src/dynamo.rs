@@ -238,23 +238,26 @@ impl DynamoStore {
             .ok_or_else(|| Error::Other(format!("s3: no object {key}")))
     }
 
-    /// A JSON payload inline, or in S3 (content-addressed) when it would make the item too big.
-    async fn payload(
+    /// JSON payloads inline, or in S3 (content-addressed) when the item would be too big: the
+    /// whole item is measured, and the largest payloads move to S3 until it fits in
+    /// [`ITEM_SPILL_BYTES`] (DynamoDB's limit is 400 KB for the item as a whole, not per
+    /// attribute). Each payload is `(what, json, inline attribute, spilled attribute)`.
+    async fn payloads(
         &self,
         run_id: &str,
-        what: &str,
-        json: String,
-        inline: &str,
-        spilled: &str,
         item: &mut Item,
+        parts: Vec<(&str, String, &str, &str)>,
     ) -> Result<(), Error> {
-        if json.len() > ITEM_SPILL_BYTES {
-            let hash = hex(&Sha256::digest(json.as_bytes()));
-            let key = format!("runs/{run_id}/{what}-{hash}.json");
-            self.put_blob(&key, json.into_bytes()).await?;
-            item.insert(spilled.into(), s(key));
-        } else {
-            item.insert(inline.into(), s(json));
+        let spilled = spill_plan(item_bytes(item), &parts);
+        for ((what, json, inline, spilled_attr), spill) in parts.into_iter().zip(spilled) {
+            if spill {
+                let hash = hex(&Sha256::digest(json.as_bytes()));
+                let key = format!("runs/{run_id}/{what}-{hash}.json");
+                item.insert(spilled_attr.into(), s(&key));
+                self.put_blob(&key, json.into_bytes()).await?;
+            } else {
+                item.insert(inline.into(), s(json));
+            }
         }
         Ok(())
     }
@@ -538,8 +541,11 @@ impl DynamoStore {
             ("status_key".to_string(), s(format!("{t}#{}#{shard}", initial.status.as_str()))),
         ]
         .into();
-        self.payload(id, "source", source.to_string(), "source", "source_ref", &mut item).await?;
-        self.payload(id, "initial", serde_json::to_string(initial)?, "init", "init_ref", &mut item).await?;
+        let parts = vec![
+            ("source", source.to_string(), "source", "source_ref"),
+            ("initial", serde_json::to_string(initial)?, "init", "init_ref"),
+        ];
+        self.payloads(id, &mut item, parts).await?;
         Ok(item)
     }
 
@@ -582,6 +588,20 @@ impl DynamoStore {
         });
         self.put_blob(&format!("runs/{}/result.json", st.run_id), serde_json::to_vec(&body)?).await
     }
+}
+
+/// Which payloads go to S3 so that an item of `fixed` bytes plus the payloads left inline fits
+/// in [`ITEM_SPILL_BYTES`]: the largest first, each spilled one leaving a key of about 100
+/// bytes.
+fn spill_plan(fixed: usize, parts: &[(&str, String, &str, &str)]) -> Vec<bool> {
+    let mut spill = vec![false; parts.len()];
+    let mut total = fixed + parts.iter().map(|p| p.2.len() + p.1.len()).sum::<usize>();
+    while total > ITEM_SPILL_BYTES {
+        let Some(k) = (0..parts.len()).filter(|&k| !spill[k]).max_by_key(|&k| parts[k].1.len()) else { break };
+        spill[k] = true;
+        total = total - parts[k].1.len() + 100;
+    }
+    spill
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -649,15 +669,8 @@ impl RunStore for DynamoStore {
             ("expires_at".to_string(), n(now_secs() + self.retention_secs * 12)),
         ]
         .into();
-        self.payload(
-            run_id,
-            &format!("log-{:020}", expected + 1),
-            serde_json::to_string(transitions)?,
-            "t",
-            "t_ref",
-            &mut item,
-        )
-        .await?;
+        let what = format!("log-{:020}", expected + 1);
+        self.payloads(run_id, &mut item, vec![(&what, serde_json::to_string(transitions)?, "t", "t_ref")]).await?;
         let wru = wru_of(&item);
         let won = if changes_summary(transitions, head) {
             let put = Put::builder()
@@ -803,4 +816,21 @@ impl RunStore for DynamoStore {
 /// The store as a shared port.
 pub fn store(aws: &Aws) -> Arc<dyn RunStore> {
     Arc::new(DynamoStore::new(aws.clone()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_largest_payloads_spill_until_the_whole_item_fits() {
+        let p = |n: usize| ("x", "a".repeat(n), "i", "r");
+        // Each fits alone, together they do not: the larger one goes.
+        assert_eq!(spill_plan(200, &[p(250 * 1024), p(260 * 1024)]), vec![false, true]);
+        assert_eq!(spill_plan(200, &[p(100), p(1000)]), vec![false, false]);
+        // One over the limit by itself, and what is left still too big: both go.
+        assert_eq!(spill_plan(200, &[p(400 * 1024), p(301 * 1024), p(10)]), vec![true, true, false]);
+        // Fixed attributes count too.
+        assert_eq!(spill_plan(100 * 1024, &[p(250 * 1024)]), vec![true]);
+    }
 }

@@ -293,6 +293,29 @@ async fn a_cancel_stops_a_slow_http_call_and_stores_no_result() {
     assert!(!log.iter().any(|t| matches!(t.event, Event::AttemptFinished { .. })), "{log:?}");
 }
 
+/// DynamoDB's 400 KB limit is on the whole item: a 250 KB workflow with a 250 KB input (each
+/// under the spill threshold alone) still creates the run, which runs to the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_250_kb_source_with_a_250_kb_input_creates_the_run() {
+    let Some(aws) = aws().await else { return };
+    let aws = stack(&aws, 30, 5).await;
+    let api = api(&aws);
+    let comment: String = (0..4200).map(|i| format!("# {i:060}\n")).collect();
+    let source = format!(
+        "{comment}apiVersion: llm-orchestrator/v1\nkind: Workflow\nmetadata: {{ name: wide }}\nspec:\n  inputs:\n    text: {{ type: string }}\n  tasks:\n    - {{ id: size, type: transform, with: {{ output: \"{{{{ inputs.text | length }}}}\" }} }}\n  outputs:\n    size: \"{{{{ tasks.size.output }}}}\"\n"
+    );
+    assert!(source.len() > 250 * 1024);
+    let text = "b".repeat(250 * 1024);
+    let (code, v) = call(&api, "POST", "/runs", Some(json!({"source": source, "inputs": {"text": text}}))).await;
+    assert_eq!(code, 201, "{v}");
+    let run_id = v["run_id"].as_str().unwrap().to_string();
+    let workers = Workers::start(&aws, 1, 10, |s| s);
+    let got = wait_end(&api, &run_id, 30).await;
+    workers.stop().await;
+    assert_eq!(got["status"], "succeeded", "{got}");
+    assert_eq!(got["outputs"]["size"], json!(250 * 1024));
+}
+
 /// Payloads over the limits (a 300 KB input, a 300 KB task output, a 300 KB message) travel
 /// through S3 and come back intact.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
