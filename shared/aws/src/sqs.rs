@@ -23,6 +23,9 @@ use crate::config::Aws;
 pub const CLAIM_CHECK_BYTES: usize = 200 * 1024;
 /// SQS's longest `DelaySeconds`.
 pub const MAX_DELAY_MS: Millis = 900_000;
+/// Most bytes of bodies in one `SendMessageBatch` (SQS allows 1 MiB for the whole request,
+/// attributes included; the rest is margin for them).
+pub const BATCH_BYTES: usize = 900 * 1024;
 pub const NOT_BEFORE: &str = "llmo-not-before";
 
 fn io(e: impl std::fmt::Display) -> QueueError {
@@ -238,24 +241,25 @@ impl Queue for SqsQueue {
 
     /// Ten messages per `SendMessageBatch`; entries the batch refused are sent one by one.
     async fn send_batch(&self, messages: &[(Message, Millis)]) -> Result<(), QueueError> {
-        for chunk in messages.chunks(10) {
+        let mut bodies = Vec::with_capacity(messages.len());
+        for (m, delay) in messages {
+            bodies.push((self.body(m).await?, *delay));
+        }
+        for chunk in batches(&bodies) {
+            if chunk.len() == 1 {
+                let (body, delay) = chunk[0].clone();
+                self.send_body(body, delay).await?;
+                continue;
+            }
             let mut entries = Vec::with_capacity(chunk.len());
-            let mut bodies = Vec::with_capacity(chunk.len());
-            for (i, (m, delay)) in chunk.iter().enumerate() {
-                let body = self.body(m).await?;
+            for (i, (body, delay)) in chunk.iter().enumerate() {
                 let (secs, attr) = self.delay(*delay);
                 let mut e =
-                    SendMessageBatchRequestEntry::builder().id(i.to_string()).message_body(&body).delay_seconds(secs);
+                    SendMessageBatchRequestEntry::builder().id(i.to_string()).message_body(body).delay_seconds(secs);
                 if let Some(a) = attr {
                     e = e.message_attributes(NOT_BEFORE, a);
                 }
                 entries.push(e.build().map_err(io)?);
-                bodies.push((body, *delay));
-            }
-            if entries.len() == 1 {
-                let (body, delay) = bodies.pop().expect("one entry");
-                self.send_body(body, delay).await?;
-                continue;
             }
             let out = self
                 .aws
@@ -270,7 +274,7 @@ impl Queue for SqsQueue {
                 })?;
             for f in out.failed() {
                 let i: usize = f.id().parse().map_err(io)?;
-                let (body, delay) = bodies[i].clone();
+                let (body, delay) = chunk[i].clone();
                 self.send_body(body, delay).await?;
             }
         }
@@ -298,5 +302,41 @@ impl Queue for SqsQueue {
 
     async fn ack(&self, receipt: &str) -> Result<(), QueueError> {
         self.delete_batch(&[receipt.to_string()]).await
+    }
+}
+
+/// Messages packed into `SendMessageBatch` requests: at most 10 each and at most
+/// [`BATCH_BYTES`] of bodies (ten 200 KB bodies are over SQS's 1 MiB for a request).
+fn batches(bodies: &[(String, Millis)]) -> Vec<&[(String, Millis)]> {
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, (body, _)) in bodies.iter().enumerate() {
+        if i > start && (i - start == 10 || bytes + body.len() > BATCH_BYTES) {
+            out.push(&bodies[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += body.len();
+    }
+    if start < bodies.len() {
+        out.push(&bodies[start..]);
+    }
+    out
+}
+
+#[cfg(test)]
+mod batch_tests {
+    use super::*;
+
+    #[test]
+    fn batches_hold_at_most_ten_messages_and_stay_under_the_request_limit() {
+        let b = |n: usize| ("x".repeat(n), 0);
+        let small: Vec<_> = (0..23).map(|_| b(100)).collect();
+        assert_eq!(batches(&small).iter().map(|c| c.len()).collect::<Vec<_>>(), vec![10, 10, 3]);
+        let big: Vec<_> = (0..10).map(|_| b(CLAIM_CHECK_BYTES)).collect();
+        let packed = batches(&big);
+        assert!(packed.iter().all(|c| c.iter().map(|(s, _)| s.len()).sum::<usize>() <= BATCH_BYTES));
+        assert_eq!(packed.iter().map(|c| c.len()).sum::<usize>(), 10);
+        assert_eq!(packed.len(), 3, "four 200 KB bodies per request");
+        assert!(batches(&[]).is_empty());
     }
 }

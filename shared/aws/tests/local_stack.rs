@@ -316,6 +316,31 @@ async fn a_250_kb_source_with_a_250_kb_input_creates_the_run() {
     assert_eq!(got["outputs"]["size"], json!(250 * 1024));
 }
 
+/// Ten messages just under the claim-check size (200 KB each, 2 MB in all) go out in batches
+/// under SQS's 1 MiB per request, and all ten arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ten_200_kb_messages_are_sent_in_batches_under_the_request_limit() {
+    let Some(aws) = aws().await else { return };
+    let aws = stack(&aws, 30, 5).await;
+    let queue = llmo_aws::sqs::SqsQueue::new(aws.clone());
+    let msgs: Vec<(Message, Millis)> = (0..10)
+        .map(|i| {
+            let reason = format!("{i}:{}", "r".repeat(190 * 1024));
+            (Message::Event { run_id: format!("big-{i}"), event: Event::Abort { reason } }, 0)
+        })
+        .collect();
+    queue.send_batch(&msgs).await.unwrap();
+    let mut got = std::collections::BTreeSet::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while got.len() < 10 && std::time::Instant::now() < deadline {
+        for d in queue.receive(10).await.unwrap() {
+            got.insert(d.message.run_id().to_string());
+            queue.ack(&d.receipt).await.unwrap();
+        }
+    }
+    assert_eq!(got.len(), 10, "{got:?}");
+}
+
 /// Payloads over the limits (a 300 KB input, a 300 KB task output, a 300 KB message) travel
 /// through S3 and come back intact.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
