@@ -53,6 +53,39 @@ pub enum Error {
     Step(String, String),
 }
 
+/// Retries of a lost compare-and-set write (another worker extended the run's log first):
+/// after the `k`-th loss in a row the step waits a random time up to `base * 2^k` (at most
+/// `cap`; "full jitter") before it reloads and re-applies, and after `max_lost` losses it gives
+/// the messages back to the queue (they come back after the visibility timeout) instead of
+/// competing further. Every lost write is billed, so contention must not grow unbounded.
+#[derive(Debug, Clone, Copy)]
+pub struct CasRetry {
+    pub max_lost: u32,
+    pub base: std::time::Duration,
+    pub cap: std::time::Duration,
+}
+
+impl Default for CasRetry {
+    fn default() -> Self {
+        CasRetry { max_lost: 8, base: std::time::Duration::from_millis(10), cap: std::time::Duration::from_millis(500) }
+    }
+}
+
+impl CasRetry {
+    /// The wait after the `lost`-th loss: uniform in [0, min(cap, base * 2^lost)], drawn from a
+    /// hash of the run, the clock and the count (deterministic under a simulated clock).
+    pub fn delay(&self, run_id: &str, now: Millis, lost: u32) -> std::time::Duration {
+        let ceiling = self.base.saturating_mul(1u32 << lost.min(16)).min(self.cap);
+        let mut h = Sha256::new();
+        h.update(run_id.as_bytes());
+        h.update(now.to_le_bytes());
+        h.update(lost.to_le_bytes());
+        let r = u64::from_le_bytes(h.finalize()[..8].try_into().expect("8 bytes"));
+        let nanos = ceiling.as_nanos() as u64;
+        std::time::Duration::from_nanos(if nanos == 0 { 0 } else { r % (nanos + 1) })
+    }
+}
+
 /// What a step did, for logs and tests.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
@@ -93,6 +126,8 @@ pub struct Worker {
     /// While attempts run, how often the store is read to see whether the run has ended
     /// meanwhile (a cancel from the API, a timeout), to stop them (`None`: never; default 2 s).
     pub watch_every: Option<std::time::Duration>,
+    /// How lost compare-and-set writes are retried.
+    pub cas: CasRetry,
     runs: Mutex<HashMap<String, Cached>>,
     plans: Mutex<HashMap<[u8; 32], Arc<Plan>>>,
 }
@@ -112,6 +147,7 @@ impl Worker {
             clock,
             plan,
             watch_every: Some(std::time::Duration::from_secs(2)),
+            cas: CasRetry::default(),
             runs: Mutex::default(),
             plans: Mutex::default(),
         }
@@ -301,6 +337,7 @@ impl Worker {
             };
             events.extend(results);
         }
+        let mut lost = 0u32;
         loop {
             let expected = st.version;
             let now = self.clock.now();
@@ -339,7 +376,17 @@ impl Worker {
                     self.arm(run_id, tick, now).await?;
                     return Ok(Outcome::Applied(version));
                 }
-                Ok(false) => st = self.load(run_id).await?.1,
+                Ok(false) => {
+                    lost += 1;
+                    if lost >= self.cas.max_lost {
+                        return Err(Error::Step(
+                            run_id.to_string(),
+                            format!("lost {lost} compare-and-set writes in a row; handed back to the queue"),
+                        ));
+                    }
+                    tokio::time::sleep(self.cas.delay(run_id, now, lost)).await;
+                    st = self.load(run_id).await?.1;
+                }
                 Err(e) => return Err(e.into()),
             }
         }
@@ -524,5 +571,25 @@ impl Worker {
             run_hooks(plan, &self.executors, st, status, &mut () as &mut dyn Observer).await;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod cas_tests {
+    use super::CasRetry;
+    use std::time::Duration;
+
+    #[test]
+    fn lost_writes_back_off_with_jitter_up_to_the_cap() {
+        let c = CasRetry::default();
+        for lost in 1..12 {
+            let ceiling = (c.base * (1 << lost)).min(c.cap);
+            let waits: Vec<Duration> = (0..50).map(|t| c.delay("run-1", 1_000 + t, lost)).collect();
+            assert!(waits.iter().all(|w| *w <= ceiling), "{lost}: {waits:?}");
+            assert!(waits.iter().any(|w| *w != waits[0]), "jittered");
+        }
+        assert_eq!(c.delay("r", 5, 3), c.delay("r", 5, 3), "deterministic for one run, clock and count");
+        let zero = CasRetry { base: Duration::ZERO, ..c };
+        assert_eq!(zero.delay("r", 5, 3), Duration::ZERO);
     }
 }

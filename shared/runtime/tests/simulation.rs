@@ -279,14 +279,20 @@ async fn simulate(plan: Arc<Plan>, seed: u64, faults: Faults) -> Report {
     let faulty_queue = Arc::new(FaultyQueue { inner: queue.clone(), rng: rng.clone(), faults });
     let reg = Arc::new(reg);
     let plan_of: llmo_runtime::worker::PlanOf = Arc::new(move |_| Some(p.clone()));
-    let worker = Worker::new(store.clone(), faulty_queue.clone(), reg.clone(), clock.clone(), plan_of.clone());
+    // Lost writes are retried at once here: the bound on them is exercised, the wall-clock
+    // waits between them (which the simulated clock does not drive) are not.
+    let no_wait = llmo_runtime::worker::CasRetry { base: std::time::Duration::ZERO, ..Default::default() };
+    let mut worker = Worker::new(store.clone(), faulty_queue.clone(), reg.clone(), clock.clone(), plan_of.clone());
+    worker.cas = no_wait;
     // In one seed in ten the racer builds its plan from the stored workflow text, as a
     // serverless worker does (not in all: validating the workflow dominates a seed's time).
-    let racer = Arc::new(if seed % 10 == 0 {
+    let mut racer = if seed % 10 == 0 {
         Worker::from_stored(store.clone(), faulty_queue, reg, clock.clone())
     } else {
         Worker::new(store.clone(), faulty_queue, reg, clock.clone(), plan_of)
-    });
+    };
+    racer.cas = no_wait;
+    let racer = Arc::new(racer);
     *store.worker.lock().unwrap() = Some(Arc::downgrade(&racer));
     let mut steps = 0;
     while !queue.is_empty() {
