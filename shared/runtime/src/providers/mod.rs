@@ -320,19 +320,34 @@ impl LlmExecutor {
         Some((resp.prompt_tokens as f64 * p.input + resp.completion_tokens as f64 * p.output) / 1_000_000.0)
     }
 
-    /// Whether a call of `model` on `provider` can be priced before it is made (free and mock
-    /// providers cost nothing).
-    fn priced(&self, provider: &str, model: &str) -> bool {
-        self.force_mock
-            || self.config.providers.get(provider).is_some_and(|p| p.free || p.kind == Kind::Mock)
-            || self.config.prices.get(model).is_some()
+    /// What a call of `req` on `model` may cost at most, before it is made: the rendered
+    /// prompt at ~4 characters a token plus `max_tokens` (1,024 if unset) of answer. `None`
+    /// when the model has no price; zero on free and mock providers.
+    fn worst_case(&self, provider: &str, model: &str, req: &ChatRequest) -> Option<(f64, u64)> {
+        let chars: usize = req.system.iter().map(|s| s.chars().count()).sum::<usize>()
+            + req.messages.iter().map(|(_, c)| c.chars().count()).sum::<usize>();
+        let tokens = (chars / 4 + 1) as u64 + u64::from(req.max_tokens.unwrap_or(1024));
+        let free =
+            self.force_mock || self.config.providers.get(provider).is_some_and(|p| p.free || p.kind == Kind::Mock);
+        if free {
+            return Some((0.0, tokens));
+        }
+        let p = self.config.prices.get(model)?;
+        let prompt = (chars / 4 + 1) as f64;
+        Some(((prompt * p.input + f64::from(req.max_tokens.unwrap_or(1024)) * p.output) / 1_000_000.0, tokens))
     }
 
     /// Runs a chat over the candidates in order. Returns the output, the usage of every call
     /// that reported some, and on failure whether a later attempt could help. Under a cost
-    /// budget (`budgeted`), a candidate whose model has no known price is not called: its cost
-    /// could not be counted, so budgets fail closed.
-    async fn complete(&self, w: &LlmWith, req: &ChatRequest, budgeted: bool) -> (Result<Value, (String, bool)>, Usage) {
+    /// budget (`budget_left`), a candidate is called only if its worst case (rendered prompt
+    /// and `max_tokens`, see [`LlmExecutor::worst_case`]) fits in what is left; one whose model
+    /// has no known price is not called: its cost could not be counted, so budgets fail closed.
+    async fn complete(
+        &self,
+        w: &LlmWith,
+        req: &ChatRequest,
+        budget_left: Option<f64>,
+    ) -> (Result<Value, (String, bool)>, Usage) {
         let mut usage = Usage::default();
         let mut errors = Vec::new();
         let mut retryable = false;
@@ -346,11 +361,23 @@ impl LlmExecutor {
         for (i, (provider, model)) in self.candidates(w).into_iter().enumerate() {
             let req = ChatRequest { model: model.clone(), ..req.clone() };
             let label = if self.force_mock { format!("mock/{model}") } else { format!("{provider}/{model}") };
-            if budgeted && !self.priced(&provider, &model) {
-                errors.push(format!(
-                    "{label}: not called: the run has a cost budget and this model has no known price (add it to `prices` in the config)"
-                ));
-                continue;
+            if let Some(left) = budget_left {
+                match self.worst_case(&provider, &model, &req) {
+                    None => {
+                        errors.push(format!(
+                            "{label}: not called: the run has a cost budget and this model has no known price (add it to `prices` in the config)"
+                        ));
+                        continue;
+                    }
+                    Some((cost, tokens)) if cost > left - usage.cost_usd => {
+                        errors.push(format!(
+                            "{label}: not called: it could cost ${cost:.6} ({tokens} tokens: the rendered prompt and max_tokens), more than the ${:.6} left of the run's budget",
+                            (left - usage.cost_usd).max(0.0)
+                        ));
+                        continue;
+                    }
+                    Some(_) => {}
+                }
             }
             match self.call(&provider, &req).await {
                 Err(e) => {
@@ -480,7 +507,7 @@ impl Executor for LlmExecutor {
                 return AttemptResult::Failed { error: format!("llm: {e}"), retryable: false, usage: Usage::default() };
             }
         };
-        let (r, usage) = self.complete(&w, &request_of(&w), a.budget_left_usd.is_some()).await;
+        let (r, usage) = self.complete(&w, &request_of(&w), a.budget_left_usd).await;
         match r {
             Ok(output) => AttemptResult::Succeeded { output: output.into(), usage },
             Err((error, retryable)) => AttemptResult::Failed { error, retryable, usage },
@@ -520,7 +547,7 @@ impl Judge for LlmExecutor {
             response_format: Some(ResponseFormat::Json),
             output_schema: Some(schema),
         };
-        let (r, usage) = self.complete(&w, &request_of(&w), a.budget_left_usd.is_some()).await;
+        let (r, usage) = self.complete(&w, &request_of(&w), a.budget_left_usd).await;
         match r {
             Ok(out) => Ok((out.pointer("/json/score").and_then(Value::as_f64).unwrap_or(0.0), usage)),
             Err((message, retryable)) => Err(TaskError { message: format!("llm_judge: {message}"), retryable }),

@@ -370,3 +370,36 @@ async fn under_a_cost_budget_an_unpriced_model_is_not_called() {
     let r = run(&e, json!({ "model": "my-finetune", "prompt": "Hi" })).await;
     assert_eq!(output(&r)["text"], "unpriced");
 }
+
+/// The pre-call check prices the prompt as rendered (not as written) plus `max_tokens`: a
+/// short template that renders to a long prompt is refused when its worst case does not fit
+/// in the budget left, and no request is made.
+#[tokio::test]
+async fn the_budget_check_prices_the_rendered_prompt_and_max_tokens() {
+    let server = MockServer::start().await;
+    chat_route()
+        .respond_with(ResponseTemplate::new(200).set_body_json(completion("ok", 10, 5)))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let e = exec(&server);
+    // gpt-4o-mini: $0.15 in / $0.60 out per million tokens. 400,000 characters ≈ 100,000 tokens
+    // ≈ $0.015 of prompt, plus 1,000 tokens of answer ($0.0006).
+    let long = "x".repeat(400_000);
+    let mut a = test_attempt("llm", json!({ "model": "gpt-4o-mini", "prompt": long, "max_tokens": 1000 }), None, 1);
+    a.budget_left_usd = Some(0.01);
+    let r = e.execute(&a).await;
+    let (error, retryable) = failure(&r);
+    assert!(error.contains("not called: it could cost $0.015") && error.contains("$0.010000 left"), "{error}");
+    assert!(!retryable);
+    // max_tokens counts too: a short prompt with a huge answer allowance.
+    let mut b = test_attempt("llm", json!({ "model": "gpt-4o-mini", "prompt": "Hi", "max_tokens": 100000 }), None, 1);
+    b.budget_left_usd = Some(0.01);
+    let r = e.execute(&b).await;
+    let (error, _) = failure(&r);
+    assert!(error.contains("not called: it could cost $0.060"), "{error}");
+    // Within the budget it is called: the one request the route expects.
+    let mut c = test_attempt("llm", json!({ "model": "gpt-4o-mini", "prompt": "Hi", "max_tokens": 1000 }), None, 1);
+    c.budget_left_usd = Some(0.01);
+    assert_eq!(output(&e.execute(&c).await)["text"], "ok");
+}
