@@ -125,6 +125,19 @@ def check(tpl):
                 for r in resources:
                     if r == "*":
                         out.append(f"privilege: {name} is granted {actions} on every resource")
+    # One retention: the functions' LLMO_RETENTION_DAYS (every item's TTL) and the bucket's
+    # lifecycle (every object) are the same parameter.
+    g = ((tpl.get("Globals") or {}).get("Function") or {}).get("Environment", {}).get("Variables", {}) or {}
+    item_days = ref_target(g.get("LLMO_RETENTION_DAYS"))
+    for name, r in res.items():
+        if r.get("Type") != "AWS::S3::Bucket":
+            continue
+        for rule in ((r.get("Properties") or {}).get("LifecycleConfiguration") or {}).get("Rules", []):
+            days = rule.get("ExpirationInDays")
+            if days is not None and (item_days is None or ref_target(days) != item_days):
+                out.append(
+                    f"retention: {name}'s lifecycle rule {rule.get('Id')} expires objects after {days}, not the functions' LLMO_RETENTION_DAYS ({item_days})"
+                )
     for name, r in res.items():
         if r.get("Type") != "AWS::SQS::Queue":
             continue
@@ -155,6 +168,10 @@ def self_test(tpl):
             lambda t: R(t)["DeadLetters"]["Properties"].update(VisibilityTimeout=30),
         ],
         "redrive": [lambda t: P(t)["MaxReceives"].update(MinValue=1)],
+        "retention": [
+            lambda t: R(t)["Checkpoints"]["Properties"]["LifecycleConfiguration"]["Rules"][0].update(ExpirationInDays=90),
+            lambda t: t["Globals"]["Function"]["Environment"]["Variables"].pop("LLMO_RETENTION_DAYS"),
+        ],
         "secrets": [
             lambda t: t["Globals"]["Function"]["Environment"]["Variables"].update(OPENAI_API_KEY="sk-..."),
             lambda t: R(t)["Step"]["Properties"].update(Environment={"Variables": {"LLMO_SECRET_TICKETS_TOKEN": "x"}}),
@@ -196,7 +213,7 @@ def main(argv):
     for f in findings:
         print(f"{path}: {f}")
     if not findings:
-        print(f"{path}: visibility, redrive, logs, secrets and privilege rules hold")
+        print(f"{path}: visibility, redrive, logs, secrets, privilege and retention rules hold")
     return 1 if findings else 0
 
 

@@ -185,7 +185,7 @@ impl Api {
             store,
             queue,
             worker,
-            starter: Starter::new(config, mock),
+            starter: Starter::new(config, mock).with_max_age(aws.lifetime.max_run_ms()),
             audit: Audit::new(aws),
             auth: None,
         }

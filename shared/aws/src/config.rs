@@ -28,6 +28,56 @@ pub struct Aws {
     pub dlq_url: String,
     pub bucket: String,
     pub meter: Arc<Meter>,
+    pub lifetime: Lifetime,
+}
+
+/// How long runs may last and how long they are kept: one setting drives every item of a run
+/// and its S3 objects (`infra/template.yaml`'s `RetentionDays` sets both the functions'
+/// environment and the bucket's lifecycle; `MaxRunDays` must be less).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lifetime {
+    /// Days a run's items and objects are kept from the run's creation
+    /// (`LLMO_RETENTION_DAYS`, default 45).
+    pub retention_days: u64,
+    /// The longest a run may last: it times out then (`LLMO_MAX_RUN_DAYS`, default 14; at
+    /// most `retention_days - 1`, so a live run never loses its items).
+    pub max_run_days: u64,
+}
+
+impl Default for Lifetime {
+    fn default() -> Self {
+        Lifetime { retention_days: 45, max_run_days: 14 }
+    }
+}
+
+impl Lifetime {
+    /// From the environment; a longest run not shorter than the retention is cut to one day
+    /// less than it.
+    pub fn from_env() -> Self {
+        let var = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u64>().ok()).filter(|d| *d > 0);
+        let d = Lifetime::default();
+        let retention_days = var("LLMO_RETENTION_DAYS").unwrap_or(d.retention_days).max(2);
+        let mut max_run_days = var("LLMO_MAX_RUN_DAYS").unwrap_or(d.max_run_days);
+        if max_run_days >= retention_days {
+            tracing::warn!(
+                max_run_days,
+                retention_days,
+                "LLMO_MAX_RUN_DAYS must be less than LLMO_RETENTION_DAYS; cut"
+            );
+            max_run_days = retention_days - 1;
+        }
+        Lifetime { retention_days, max_run_days }
+    }
+
+    /// Seconds from a run's creation until every item of it expires (DynamoDB TTL).
+    pub fn horizon_secs(&self) -> u64 {
+        self.retention_days * 86_400
+    }
+
+    /// The longest a run may last, in milliseconds.
+    pub fn max_run_ms(&self) -> u64 {
+        self.max_run_days * 86_400_000
+    }
 }
 
 impl Aws {
@@ -62,6 +112,7 @@ impl Aws {
             dlq_url: var("LLMO_DLQ_URL").unwrap_or_else(|| format!("{endpoint}/000000000000/llmo-dead")),
             bucket: var("LLMO_BUCKET").unwrap_or_else(|| "llmo".into()),
             meter,
+            lifetime: Lifetime::from_env(),
         }
     }
 

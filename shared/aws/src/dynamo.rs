@@ -21,9 +21,10 @@
 //! `<status>#<shard>`), each sorted by `created` = `<start ms, 13 digits>#<run id>`, newest
 //! first. The shard (0–7, from a hash of the run id) spreads each listing over eight partition
 //! keys, so no GSI partition takes every run's writes; a listing queries the eight and merges
-//! them (see [`DynamoStore::list_page`]). `expires_at` is the TTL
-//! attribute: set on every item of a run once it ends (log items carry one from their write,
-//! a retention after it, so a run's log outlives any sane run).
+//! them (see [`DynamoStore::list_page`]). `expires_at` is the TTL attribute: every item of a
+//! run (run, start key, log, snapshot) carries the same one, its creation plus the retention
+//! ([`crate::config::Lifetime`]); runs time out before that (`RunState::max_age_ms`), so no
+//! item of a live run expires, and the bucket's lifecycle keeps its objects as long.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -46,8 +47,6 @@ use crate::config::Aws;
 pub const ITEM_SPILL_BYTES: usize = 300 * 1024;
 /// A snapshot is written every this many versions (and when a run ends).
 pub const SNAPSHOT_EVERY: u64 = 500;
-/// How long a finished run's items live (TTL), by default.
-pub const RETENTION_DAYS: u64 = 30;
 
 type Item = HashMap<String, AttributeValue>;
 
@@ -95,10 +94,6 @@ fn item_bytes(item: &Item) -> usize {
 }
 fn wru_of(item: &Item) -> f64 {
     item_bytes(item).div_ceil(1024).max(1) as f64
-}
-
-fn now_secs() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// Where a run is listed from: one of the GSIs.
@@ -205,13 +200,12 @@ pub struct DynamoStore {
     aws: Aws,
     blobs: S3Blobs,
     audit: Audit,
-    retention_secs: u64,
+    lifetime: crate::config::Lifetime,
 }
 
 impl DynamoStore {
     pub fn new(aws: Aws) -> Self {
-        let days = std::env::var("LLMO_RETENTION_DAYS").ok().and_then(|v| v.parse().ok()).unwrap_or(RETENTION_DAYS);
-        DynamoStore { blobs: S3Blobs { aws: aws.clone() }, audit: Audit::new(&aws), aws, retention_secs: days * 86_400 }
+        DynamoStore { blobs: S3Blobs { aws: aws.clone() }, audit: Audit::new(&aws), lifetime: aws.lifetime, aws }
     }
 
     /// Charges a write what the service reported or what the item's size bills on AWS,
@@ -443,7 +437,7 @@ impl DynamoStore {
                 ("sk".to_string(), s("IDEM")),
                 ("run_id".to_string(), s(initial.run_id.clone())),
                 ("fingerprint".to_string(), s(k.fingerprint.clone())),
-                ("expires_at".to_string(), n(now_secs() + self.retention_secs)),
+                ("expires_at".to_string(), n(self.expires_at(initial))),
             ]
             .into();
             wru += wru_of(&idem);
@@ -536,6 +530,7 @@ impl DynamoStore {
             ("cost_usd".to_string(), n(0)),
             ("created".to_string(), s(created)),
             ("tenant".to_string(), s(t)),
+            ("expires_at".to_string(), n(self.expires_at(initial))),
             ("all".to_string(), s(format!("{t}#RUNS#{shard}"))),
             ("wf_key".to_string(), s(format!("{t}#{workflow}#{shard}"))),
             ("status_key".to_string(), s(format!("{t}#{}#{shard}", initial.status.as_str()))),
@@ -547,6 +542,13 @@ impl DynamoStore {
         ];
         self.payloads(id, &mut item, parts).await?;
         Ok(item)
+    }
+
+    /// When every item of the run expires (epoch seconds): its creation (the time in its id,
+    /// else its start, else now) plus the lifetime's horizon.
+    fn expires_at(&self, st: &RunState) -> u64 {
+        let created_ms = created_ms(&st.run_id).or(st.started_at).unwrap_or_else(llmo_runtime::ports::now_ms);
+        created_ms / 1000 + self.lifetime.horizon_secs()
     }
 
     /// The `Update` that brings the run item's summary to `head`.
@@ -573,10 +575,6 @@ impl DynamoStore {
             expr.push_str(", started_at = :t");
             u = u.expression_attribute_values(":t", n(t));
         }
-        if head.status.is_terminal() {
-            expr.push_str(", expires_at = :x");
-            u = u.expression_attribute_values(":x", n(now_secs() + self.retention_secs));
-        }
         u.update_expression(expr).build().map_err(other)
     }
 
@@ -588,6 +586,13 @@ impl DynamoStore {
         });
         self.put_blob(&format!("runs/{}/result.json", st.run_id), serde_json::to_vec(&body)?).await
     }
+}
+
+/// The creation time a run id carries (`run-<13-digit ms>-<random>`, see
+/// `llmo_runtime::start::new_run_id`).
+fn created_ms(run_id: &str) -> Option<u64> {
+    let ms = run_id.strip_prefix("run-")?.split('-').next()?;
+    (ms.len() == 13).then(|| ms.parse().ok()).flatten()
 }
 
 /// Which payloads go to S3 so that an item of `fixed` bytes plus the payloads left inline fits
@@ -666,7 +671,7 @@ impl RunStore for DynamoStore {
             ("pk".to_string(), s(run_pk(run_id))),
             ("sk".to_string(), s(log_sk(expected + 1))),
             ("last".to_string(), n(head.version)),
-            ("expires_at".to_string(), n(now_secs() + self.retention_secs * 12)),
+            ("expires_at".to_string(), n(self.expires_at(head))),
         ]
         .into();
         let what = format!("log-{:020}", expected + 1);
@@ -764,7 +769,7 @@ impl RunStore for DynamoStore {
             .item("sk", s("SNAP"))
             .item("version", n(state.version))
             .item("key", s(key))
-            .item("expires_at", n(now_secs() + self.retention_secs * 12))
+            .item("expires_at", n(self.expires_at(state)))
             .condition_expression("attribute_not_exists(version) OR version < :v")
             .expression_attribute_values(":v", n(state.version))
             .return_consumed_capacity(ReturnConsumedCapacity::Total)

@@ -341,6 +341,59 @@ async fn ten_200_kb_messages_are_sent_in_batches_under_the_request_limit() {
     assert_eq!(got.len(), 10, "{got:?}");
 }
 
+/// Every item of a run (run, start key, log items, snapshot) expires at the same time: its
+/// creation plus the retention, the one setting the bucket's lifecycle also uses; and the
+/// run carries the deployment's longest run time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_item_of_a_run_expires_at_the_same_time() {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    let Some(aws) = aws().await else { return };
+    let aws = stack(&aws, 30, 5).await;
+    let api = api(&aws);
+    let (code, v) =
+        call(&api, "POST", "/runs", Some(json!({"source": FAN, "inputs": {"n": 4}, "idempotency_key": "k-exp"}))).await;
+    assert_eq!(code, 201, "{v}");
+    let run_id = v["run_id"].as_str().unwrap().to_string();
+    let workers = Workers::start(&aws, 1, 1, |s| s);
+    let got = wait_end(&api, &run_id, 30).await;
+    workers.stop().await;
+    assert_eq!(got["status"], "succeeded", "{got}");
+    let items = aws
+        .dynamodb
+        .query()
+        .table_name(&aws.table)
+        .key_condition_expression("pk = :p")
+        .expression_attribute_values(":p", AttributeValue::S(format!("RUN#{run_id}")))
+        .send()
+        .await
+        .unwrap();
+    let mut expiries: Vec<(String, String)> = items
+        .items()
+        .iter()
+        .map(|i| {
+            let sk = i["sk"].as_s().unwrap().clone();
+            let x = i.get("expires_at").and_then(|x| x.as_n().ok()).cloned().unwrap_or_else(|| format!("none on {sk}"));
+            (sk, x)
+        })
+        .collect();
+    let scan = aws.dynamodb.scan().table_name(&aws.table).send().await.unwrap();
+    for i in scan.items() {
+        if i["pk"].as_s().unwrap().starts_with("IDEM#") && i.get("run_id").and_then(|r| r.as_s().ok()) == Some(&run_id)
+        {
+            expiries.push(("IDEM".into(), i["expires_at"].as_n().unwrap().clone()));
+        }
+    }
+    let kinds: std::collections::BTreeSet<&str> = expiries.iter().map(|(k, _)| &k[..4]).collect();
+    assert!(["IDEM", "LOG#", "META", "SNAP"].iter().all(|k| kinds.contains(k)), "{expiries:?}");
+    let first = &expiries[0].1;
+    assert!(expiries.iter().all(|(_, x)| x == first), "{expiries:?}");
+    let created_ms: u64 = run_id[4..17].parse().unwrap();
+    let want = created_ms / 1000 + aws.lifetime.horizon_secs();
+    assert_eq!(first.parse::<u64>().unwrap(), want);
+    let (initial, _) = initial_and_log(&aws, &run_id).await;
+    assert_eq!(initial.max_age_ms, Some(aws.lifetime.max_run_ms()));
+}
+
 /// Payloads over the limits (a 300 KB input, a 300 KB task output, a 300 KB message) travel
 /// through S3 and come back intact.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -130,11 +130,19 @@ pub struct Starter {
     validator: Validator,
     config: Config,
     mock: bool,
+    max_age_ms: Option<u64>,
 }
 
 impl Starter {
     pub fn new(config: Config, mock: bool) -> Self {
-        Starter { validator: Validator::default(), config, mock }
+        Starter { validator: Validator::default(), config, mock, max_age_ms: None }
+    }
+
+    /// Every run started times out at the latest `ms` after its start (the deployment's
+    /// longest run; see `RunState::max_age_ms`).
+    pub fn with_max_age(mut self, ms: u64) -> Self {
+        self.max_age_ms = Some(ms);
+        self
     }
 
     /// Validates a workflow's text (`Invalid` with every diagnostic when it does not).
@@ -165,6 +173,7 @@ impl Starter {
         });
         let mut state = plan.new_run(new_run_id(), inputs);
         state.tenant = req.tenant.clone();
+        state.max_age_ms = self.max_age_ms;
         Ok(Prepared { plan, state, workflow, source_name: source_name.to_string(), source: source.to_string(), key })
     }
 

@@ -356,6 +356,7 @@ impl Plan {
             started_at: None,
             ended_at: None,
             deadline: None,
+            max_age_ms: None,
             cost_usd: 0.0,
             tokens: 0,
             outputs: None,
@@ -731,8 +732,12 @@ impl Transition<'_, '_> {
                 }
                 self.st.status = RunStatus::Running;
                 self.st.started_at = Some(self.now);
-                self.st.deadline =
-                    self.plan.checked.workflow.spec.timeout.map(|d| self.now + d.0.as_millis() as Millis);
+                let timeout = self.plan.checked.workflow.spec.timeout.map(|d| self.now + d.0.as_millis() as Millis);
+                let max_age = self.st.max_age_ms.map(|m| self.now.saturating_add(m));
+                self.st.deadline = match (timeout, max_age) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
                 self.work = (0..self.plan.task_count()).filter(|&i| self.plan.deps[i].is_empty()).collect();
                 self.advance();
             }

@@ -186,6 +186,11 @@ pub struct RunState {
     pub ended_at: Option<Millis>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deadline: Option<Millis>,
+    /// The most the run may last from its start, whatever `spec.timeout` says (set when the
+    /// run is created from the deployment's limit, so that every run ends before its stored
+    /// items expire; fixed then, so rebuilds agree). The deadline is the earlier of the two.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age_ms: Option<Millis>,
     #[serde(default)]
     pub cost_usd: f64,
     #[serde(default)]

@@ -446,6 +446,23 @@ spec:
 }
 
 #[test]
+fn the_deployment_s_longest_run_caps_the_deadline() {
+    let p = plan("spec:\n  timeout: 1m\n  tasks:\n    - { id: a, type: transform, with: { output: 1 } }\n");
+    let no_timeout = plan("spec:\n  tasks:\n    - { id: a, type: transform, with: { output: 1 } }\n");
+    for (plan, max_age, deadline) in [(&p, 30_000, 30_000), (&p, 90_000, 60_000), (&no_timeout, 5_000, 5_000)] {
+        let mut st = plan.new_run("r", serde_json::Map::new());
+        st.max_age_ms = Some(max_age);
+        plan.apply(&mut st, &Event::Start, 0).unwrap();
+        assert_eq!(st.deadline, Some(deadline));
+        plan.apply(&mut st, &Event::Tick, deadline).unwrap();
+        assert_eq!(st.status, RunStatus::TimedOut);
+    }
+    let mut st = no_timeout.new_run("r", serde_json::Map::new());
+    no_timeout.apply(&mut st, &Event::Start, 0).unwrap();
+    assert_eq!(st.deadline, None, "no timeout, no cap: no deadline");
+}
+
+#[test]
 fn a_when_that_cannot_be_evaluated_fails_the_task() {
     let p = plan(
         r#"
