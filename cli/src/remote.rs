@@ -154,12 +154,22 @@ pub fn logs(run_id: &str, api: Option<&str>, json_out: bool) -> Result<ExitCode>
     let url = base(api);
     runtime()?.block_on(async {
         let client = client()?;
-        let (status, v) = call(client.get(format!("{url}/runs/{run_id}/history")), &url).await?;
-        if status != 200 {
-            return Ok(refused(&format!("history of {run_id}"), status, &v));
+        // The log comes in pages: follow `next` to the end.
+        let mut ts: Vec<Value> = Vec::new();
+        let mut after = 0;
+        loop {
+            let (status, v) = call(client.get(format!("{url}/runs/{run_id}/history?after={after}")), &url).await?;
+            if status != 200 {
+                return Ok(refused(&format!("history of {run_id}"), status, &v));
+            }
+            let Some(page) = v["transitions"].as_array() else { bail!("the API answered without transitions") };
+            ts.extend(page.iter().cloned());
+            match v["next"].as_u64() {
+                Some(n) if n > after => after = n,
+                _ => break,
+            }
         }
-        let Some(ts) = v["transitions"].as_array() else { bail!("the API answered without transitions") };
-        for t in ts {
+        for t in &ts {
             if json_out {
                 println!("{t}");
                 continue;

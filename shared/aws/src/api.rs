@@ -77,6 +77,53 @@ fn internal(e: impl std::fmt::Display) -> Reply {
     reply(StatusCode::INTERNAL_SERVER_ERROR, json!({"error": "internal error", "error_id": id}))
 }
 
+/// Most bytes of one value (a task's output, the run's outputs, one transition) in an API
+/// response; larger ones come back as `{"truncated": true, "bytes": N}`. Lambda answers at
+/// most 6 MB.
+pub const VALUE_BYTES: usize = 256 * 1024;
+/// Most bytes of transitions in one page of `GET /runs/{id}/history`.
+pub const PAGE_BYTES: usize = 4 << 20;
+
+/// `v`, or the marker that stands for it when it is over [`VALUE_BYTES`].
+fn bounded(v: Option<&Value>) -> Value {
+    let Some(v) = v else { return Value::Null };
+    let size = llmo_core::engine::limits::json_size(v, VALUE_BYTES);
+    if size > VALUE_BYTES {
+        json!({"truncated": true, "bytes": serde_json::to_string(v).map_or(size, |s| s.len()), "limit": VALUE_BYTES})
+    } else {
+        v.clone()
+    }
+}
+
+/// Up to `limit` transitions within [`PAGE_BYTES`] (at least one), and the version after
+/// which the next page starts if any are left.
+fn history_page(tail: Vec<llmo_runtime::store::Transition>, limit: usize) -> (Vec<Value>, Option<u64>) {
+    let mut out = Vec::new();
+    let mut bytes = 0;
+    let total = tail.len();
+    for t in tail {
+        let v = serde_json::to_value(&t).unwrap_or(Value::Null);
+        let size = llmo_core::engine::limits::json_size(&v, VALUE_BYTES);
+        let (v, size) = if size > VALUE_BYTES {
+            let marker = json!({"version": t.version, "at": t.at, "event": {"event": event_kind(&v), "truncated": true, "bytes": serde_json::to_string(&v).map_or(size, |s| s.len())}});
+            (marker, 256)
+        } else {
+            (v, size)
+        };
+        if out.len() == limit || (!out.is_empty() && bytes + size > PAGE_BYTES) {
+            break;
+        }
+        bytes += size;
+        out.push(v);
+    }
+    let next = (out.len() < total).then(|| out.last().and_then(|v| v["version"].as_u64())).flatten();
+    (out, next)
+}
+
+fn event_kind(transition: &Value) -> Value {
+    transition.pointer("/event/event").cloned().unwrap_or(Value::Null)
+}
+
 /// A run whose state cannot be rebuilt (its stored workflow no longer validates, its log no
 /// longer replays): what is known without the engine, with `unreadable` saying why. Once the
 /// dead-letter handler has aborted it (see `Worker::abort`) that is `failed` and the reason;
@@ -309,7 +356,7 @@ impl Api {
             Route::StartRun => self.start(&tenant, &body, header_key).await,
             Route::ListRuns => (self.list(&tenant, query).await, None),
             Route::GetRun(id) => (self.get(&tenant, id).await, None),
-            Route::History(id) => (self.history(id).await, None),
+            Route::History(id) => (self.history(id, query).await, None),
             Route::Cancel(id) => (self.cancel(&tenant, id).await, None),
             Route::Audit => (self.read_audit(&tenant, query).await, None),
             Route::OpenApi => {
@@ -548,7 +595,7 @@ impl Api {
                     "id": plan.checked.dag.id(i),
                     "status": t.status.as_str(),
                     "attempts": t.attempts,
-                    "output": t.output,
+                    "output": bounded(t.output.as_deref()),
                     "error": t.error,
                     "reason": t.reason,
                     "cost_usd": t.cost_usd,
@@ -562,16 +609,37 @@ impl Api {
                 "run_id": st.run_id, "workflow": workflow, "status": st.status.as_str(), "version": st.version,
                 "inputs": st.inputs,
                 "started_at": st.started_at, "ended_at": st.ended_at, "cost_usd": st.cost_usd, "tokens": st.tokens,
-                "outputs": st.outputs, "error": st.error, "tasks": tasks,
+                "outputs": bounded(st.outputs.as_ref()), "error": st.error, "tasks": tasks,
             }),
         )
     }
 
-    async fn history(&self, id: &str) -> Reply {
-        match self.store.history(id).await {
-            Ok(h) => reply(StatusCode::OK, json!({"run_id": id, "transitions": h})),
-            Err(e) => internal(e),
+    /// A page of the run's log: `after` (a version, default 0) and `limit` (1 to 1,000,
+    /// default 500) transitions, at most [`PAGE_BYTES`] of them; `next` is where the next page
+    /// starts (`after=next`), absent on the last. A transition larger than [`VALUE_BYTES`]
+    /// comes back with its event replaced by a `truncated` marker.
+    async fn history(&self, id: &str, q: &HashMap<String, String>) -> Reply {
+        let after = match q.get("after").map(|v| v.parse::<u64>()) {
+            None => 0,
+            Some(Ok(v)) => v,
+            Some(Err(_)) => return problem(StatusCode::BAD_REQUEST, "`after` is a version (a whole number)"),
+        };
+        let limit = match q.get("limit").map(|v| v.parse::<usize>()) {
+            None => 500,
+            Some(Ok(v)) if (1..=1000).contains(&v) => v,
+            Some(_) => return problem(StatusCode::BAD_REQUEST, "`limit` is a whole number from 1 to 1000"),
+        };
+        let tail = match self.store.load_since(id, after).await {
+            Ok(Some(t)) => t,
+            Ok(None) => return no_run(id),
+            Err(e) => return internal(e),
+        };
+        let (transitions, next) = history_page(tail, limit);
+        let mut body = json!({"run_id": id, "transitions": transitions});
+        if let Some(n) = next {
+            body["next"] = json!(n);
         }
+        reply(StatusCode::OK, body)
     }
 
     async fn cancel(&self, tenant: &str, id: &str) -> Reply {
@@ -721,5 +789,47 @@ mod tests {
         let mut routes: Vec<String> = ALL.iter().map(|r| r.action().to_string()).collect();
         routes.sort();
         assert_eq!(documented, routes);
+    }
+}
+
+#[cfg(test)]
+mod paging_tests {
+    use super::*;
+    use llmo_core::engine::Event;
+    use llmo_runtime::store::Transition;
+
+    fn t(version: u64, reason_bytes: usize) -> Transition {
+        Transition { version, at: version * 10, event: Event::Abort { reason: "r".repeat(reason_bytes) } }
+    }
+
+    #[test]
+    fn history_pages_by_count_and_bytes_and_truncates_huge_transitions() {
+        let tail: Vec<Transition> = (1..=7).map(|v| t(v, 10)).collect();
+        let (page, next) = history_page(tail.clone(), 3);
+        assert_eq!(page.len(), 3);
+        assert_eq!(next, Some(3));
+        let (page, next) = history_page(tail, 10);
+        assert_eq!((page.len(), next), (7, None));
+        // 200 KB each: a 4 MB page holds 20 of 30.
+        let big: Vec<Transition> = (1..=30).map(|v| t(v, 200 * 1024)).collect();
+        let (page, next) = history_page(big, 1000);
+        assert_eq!((page.len(), next), (20, Some(20)));
+        // One transition over the value limit: a marker in its place.
+        let (page, next) = history_page(vec![t(1, 300 * 1024), t(2, 5)], 10);
+        assert_eq!(next, None);
+        assert_eq!(page[0]["event"]["truncated"], true);
+        assert_eq!(page[0]["event"]["event"], "abort");
+        assert!(page[0]["event"]["bytes"].as_u64().unwrap() > 300 * 1024);
+        assert_eq!(page[1]["event"]["reason"], "rrrrr");
+    }
+
+    #[test]
+    fn values_over_the_limit_come_back_as_markers() {
+        assert_eq!(bounded(Some(&json!({"a": 1}))), json!({"a": 1}));
+        assert_eq!(bounded(None), Value::Null);
+        let big = json!({"text": "x".repeat(VALUE_BYTES)});
+        let m = bounded(Some(&big));
+        assert_eq!(m["truncated"], true);
+        assert_eq!(m["bytes"], json!(VALUE_BYTES + 11));
     }
 }
