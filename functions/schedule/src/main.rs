@@ -2,6 +2,11 @@
 //! input is `{"workflow": "<registered name>", "inputs": {..}}` (EventBridge Scheduler) or an
 //! EventBridge event whose `detail` holds it (scheduled rule). The event's id is the start's
 //! idempotency key: a tick delivered twice starts one run.
+//!
+//! `{"sweep": true}` (the template's every-5-minutes rule) runs the sweeper instead
+//! (`llmo_aws::sweep`): pending runs whose start was lost are started, runs past their deadline
+//! are timed out. `schedule --sweep` does the same once from a shell (with the deployment's
+//! environment) and prints what it did.
 use std::sync::Arc;
 
 use lambda_runtime::{LambdaEvent, service_fn};
@@ -14,7 +19,14 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     let aws = llmo_aws::Aws::from_env().await;
     let (executors, config, mock) = llmo_aws::env::executors(&aws)?;
     let api = Arc::new(Api::new(&aws, executors, config, mock));
+    let grace = std::env::var("LLMO_SWEEP_GRACE_SECS").ok().and_then(|v| v.parse::<u64>().ok()).unwrap_or(300);
+    let sweeper = Arc::new(llmo_aws::sweep::Sweeper::new(&aws, grace * 1000));
     let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--sweep") {
+        let out = sweeper.sweep_now().await?;
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
     if let Some(i) = args.iter().position(|a| a == "--event") {
         // Local: start the run one event file describes, as EventBridge would.
         let path = args.get(i + 1).ok_or("--event FILE")?;
@@ -24,8 +36,14 @@ async fn main() -> Result<(), lambda_runtime::Error> {
         return Ok(());
     }
     lambda_runtime::run(service_fn(move |e: LambdaEvent<Value>| {
-        let api = api.clone();
-        async move { api.start_scheduled(&e.payload).await.map_err(lambda_runtime::Error::from) }
+        let (api, sweeper) = (api.clone(), sweeper.clone());
+        async move {
+            if e.payload.get("sweep").and_then(Value::as_bool) == Some(true) {
+                let out = sweeper.sweep_now().await?;
+                return Ok(serde_json::to_value(out)?);
+            }
+            api.start_scheduled(&e.payload).await.map_err(lambda_runtime::Error::from)
+        }
     }))
     .await
 }

@@ -531,6 +531,7 @@ impl DynamoStore {
             ("created".to_string(), s(created)),
             ("tenant".to_string(), s(t)),
             ("expires_at".to_string(), n(self.expires_at(initial))),
+            ("live_key".to_string(), s(format!("LIVE#{shard}"))),
             ("all".to_string(), s(format!("{t}#RUNS#{shard}"))),
             ("wf_key".to_string(), s(format!("{t}#{workflow}#{shard}"))),
             ("status_key".to_string(), s(format!("{t}#{}#{shard}", initial.status.as_str()))),
@@ -575,7 +576,52 @@ impl DynamoStore {
             expr.push_str(", started_at = :t");
             u = u.expression_attribute_values(":t", n(t));
         }
+        if let Some(d) = head.deadline {
+            expr.push_str(", deadline = :d");
+            u = u.expression_attribute_values(":d", n(d));
+        }
+        if head.status.is_terminal() {
+            // Out of the sweeper's index.
+            expr.push_str(" REMOVE live_key");
+        }
         u.update_expression(expr).build().map_err(other)
+    }
+
+    /// Runs not ended that were created before `before_ms`, oldest first, at most `limit`
+    /// (from the sparse `by_live` index, eight shards).
+    pub async fn live_runs(&self, before_ms: u64, limit: usize) -> Result<Vec<LiveRun>, Error> {
+        let mut out = Vec::new();
+        for shard in 0..8 {
+            let mut start: Option<Item> = None;
+            loop {
+                let page = self
+                    .aws
+                    .dynamodb
+                    .query()
+                    .table_name(&self.aws.table)
+                    .index_name("by_live")
+                    .key_condition_expression("live_key = :k AND created < :c")
+                    .expression_attribute_values(":k", s(format!("LIVE#{shard}")))
+                    .expression_attribute_values(":c", s(format!("{before_ms:013}")))
+                    .set_exclusive_start_key(start.take())
+                    .send()
+                    .await
+                    .map_err(err)?;
+                for item in page.items() {
+                    out.push(LiveRun {
+                        run_id: get_s(item, "run_id").unwrap_or_default().to_string(),
+                        status: get_s(item, "status").unwrap_or_default().to_string(),
+                        deadline: get_n(item, "deadline").map(|d| d as u64),
+                    });
+                }
+                match page.last_evaluated_key {
+                    Some(k) if !k.is_empty() && out.len() < limit => start = Some(k),
+                    _ => break,
+                }
+            }
+        }
+        out.truncate(limit);
+        Ok(out)
     }
 
     /// Writes the final outputs (and error) of an ended run to S3: `runs/<id>/result.json`.
@@ -816,6 +862,14 @@ impl RunStore for DynamoStore {
     async fn list(&self) -> Result<Vec<RunSummary>, Error> {
         Ok(self.list_page(&ListFilter { tenant: "-".into(), limit: Some(100), ..Default::default() }).await?.runs)
     }
+}
+
+/// A run the sweeper looks at: not ended, with its deadline once it has started.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LiveRun {
+    pub run_id: String,
+    pub status: String,
+    pub deadline: Option<u64>,
 }
 
 /// The store as a shared port.

@@ -14,5 +14,6 @@ pub mod provision;
 pub mod secrets;
 pub mod sqs;
 pub mod step;
+pub mod sweep;
 
 pub use config::Aws;

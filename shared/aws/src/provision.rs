@@ -89,7 +89,7 @@ async fn create_table(aws: &Aws, table: &str) -> Result<(), String> {
     };
     let key =
         |n: &str, t: KeyType| KeySchemaElement::builder().attribute_name(n).key_type(t).build().expect("complete");
-    let summary = ["run_id", "workflow", "status", "version", "started_at", "cost_usd", "tenant"];
+    let summary = ["run_id", "workflow", "status", "version", "started_at", "cost_usd", "tenant", "deadline"];
     let gsi = |name: &str, pk: &str| {
         GlobalSecondaryIndex::builder()
             .index_name(name)
@@ -119,12 +119,14 @@ async fn create_table(aws: &Aws, table: &str) -> Result<(), String> {
         .attribute_definitions(attr("status_key"))
         .attribute_definitions(attr("created"))
         .attribute_definitions(attr("audit_run"))
+        .attribute_definitions(attr("live_key"))
         .key_schema(key("pk", KeyType::Hash))
         .key_schema(key("sk", KeyType::Range))
         .global_secondary_indexes(gsi("by_time", "all"))
         .global_secondary_indexes(gsi("by_workflow", "wf_key"))
         .global_secondary_indexes(gsi("by_status", "status_key"))
         .global_secondary_indexes(gsi("audit_by_run", "audit_run"))
+        .global_secondary_indexes(gsi("by_live", "live_key"))
         .send()
         .await;
     match r {

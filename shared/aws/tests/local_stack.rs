@@ -394,6 +394,51 @@ async fn every_item_of_a_run_expires_at_the_same_time() {
     assert_eq!(initial.max_age_ms, Some(aws.lifetime.max_run_ms()));
 }
 
+/// The sweeper ends what no message would: a run stored without its `Start` message is
+/// started, and a running run past its deadline whose `Tick` never came is timed out; a run
+/// that ended is out of the sweeper's index, and sweeping twice changes nothing more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_sweeper_starts_orphaned_runs_and_times_out_overdue_ones() {
+    let Some(aws) = aws().await else { return };
+    let aws = stack(&aws, 30, 5).await;
+    let api = api(&aws);
+    let store = llmo_aws::dynamo::DynamoStore::new(aws.clone());
+    use llmo_runtime::store::RunStore;
+    // An orphan: stored, its Start never sent.
+    let p = plan(FAN);
+    let mut orphan = p.new_run("orphan", serde_json::Map::from_iter([("n".to_string(), json!(2))]));
+    orphan.tenant = Some("t1".into());
+    store.create("fan", "fan.yaml", FAN, &orphan).await.unwrap();
+    // Overdue: started (its deadline stored), its Tick lost.
+    const SLOW: &str = "apiVersion: llm-orchestrator/v1\nkind: Workflow\nmetadata: { name: slow }\nspec:\n  timeout: 1s\n  tasks:\n    - { id: a, type: transform, with: { output: 1 } }\n";
+    let slow = plan(SLOW);
+    let mut overdue = slow.new_run("overdue", serde_json::Map::new());
+    overdue.tenant = Some("t1".into());
+    store.create("slow", "slow.yaml", SLOW, &overdue).await.unwrap();
+    let mut head = overdue.clone();
+    let now = llmo_runtime::ports::now_ms();
+    slow.apply(&mut head, &Event::Start, now).unwrap();
+    let t = llmo_runtime::store::Transition { version: 1, at: now, event: Event::Start };
+    assert!(store.append(0, &[t], &head).await.unwrap());
+
+    let sweeper = llmo_aws::sweep::Sweeper::new(&aws, 0);
+    let early = sweeper.sweep(now + 10).await.unwrap();
+    assert_eq!(early.restarted, vec!["orphan".to_string()], "{early:?}");
+    assert!(early.timed_out.is_empty(), "not overdue yet: {early:?}");
+    let out = sweeper.sweep(now + 5_000).await.unwrap();
+    assert_eq!(out.timed_out, vec!["overdue".to_string()], "{out:?}");
+    let workers = Workers::start(&aws, 1, 10, |s| s);
+    let a = wait_end(&api, "orphan", 30).await;
+    let b = wait_end(&api, "overdue", 30).await;
+    workers.stop().await;
+    assert_eq!(a["status"], "succeeded", "{a}");
+    assert_eq!(b["status"], "timed_out", "{b}");
+    let after = sweeper.sweep(now + 10_000).await.unwrap();
+    assert_eq!(after.looked_at, 0, "ended runs leave the index: {after:?}");
+    let (_, log) = initial_and_log(&aws, "orphan").await;
+    assert_eq!(log.iter().filter(|t| t.event == Event::Start).count(), 1, "started once");
+}
+
 /// Payloads over the limits (a 300 KB input, a 300 KB task output, a 300 KB message) travel
 /// through S3 and come back intact.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

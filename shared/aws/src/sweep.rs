@@ -1,0 +1,87 @@
+//! The sweeper: every run ends, even one whose messages were lost.
+//!
+//! Steps of a run are driven by its queue messages, and SQS does not lose them: a message that
+//! cannot be processed reaches the dead-letter handler, which fails its run. What is left is a
+//! run whose message was never sent: the API stored the run and then could not send its
+//! `Start` (the client saw an error and did not retry with its idempotency key), or a run whose
+//! deadline `Tick` was never armed. The sweeper, run every few minutes (the `schedule`
+//! function with `{"sweep": true}`, or `llmo sweep`), reads the runs not ended yet (the sparse
+//! `by_live` index) and
+//! - re-sends `Start` to a run still `pending` `grace` after its creation (a duplicate start is
+//!   ignored: the engine starts a run once);
+//! - sends `Tick` to a run `running` `grace` past its deadline (every serverless run has one:
+//!   `spec.timeout`, or the deployment's longest run), which times it out.
+//!
+//! Both go through the ordinary step, so each is applied exactly once however often the
+//! sweeper runs.
+
+use llmo_core::engine::Event;
+use llmo_runtime::queue::{Message, Queue};
+use serde::Serialize;
+
+use crate::config::Aws;
+use crate::dynamo::DynamoStore;
+use crate::sqs::SqsQueue;
+
+/// What one sweep did.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Swept {
+    /// Runs not ended, created before the grace period.
+    pub looked_at: usize,
+    /// Pending runs whose `Start` was sent again.
+    pub restarted: Vec<String>,
+    /// Running runs past their deadline that were sent a `Tick`.
+    pub timed_out: Vec<String>,
+}
+
+pub struct Sweeper {
+    store: DynamoStore,
+    queue: SqsQueue,
+    /// How long after its creation a pending run, or after its deadline a running one, is left
+    /// alone (`LLMO_SWEEP_GRACE_SECS`, default 300).
+    pub grace_ms: u64,
+    /// Most runs looked at per sweep (the rest wait for the next).
+    pub limit: usize,
+}
+
+impl Sweeper {
+    pub fn new(aws: &Aws, grace_ms: u64) -> Self {
+        Sweeper { store: DynamoStore::new(aws.clone()), queue: SqsQueue::new(aws.clone()), grace_ms, limit: 10_000 }
+    }
+
+    /// [`Sweeper::sweep`] at the current time.
+    pub async fn sweep_now(&self) -> Result<Swept, String> {
+        self.sweep(llmo_runtime::ports::now_ms()).await
+    }
+
+    pub async fn sweep(&self, now_ms: u64) -> Result<Swept, String> {
+        let runs =
+            self.store.live_runs(now_ms.saturating_sub(self.grace_ms), self.limit).await.map_err(|e| e.to_string())?;
+        let mut out = Swept { looked_at: runs.len(), ..Default::default() };
+        let mut msgs = Vec::new();
+        for r in runs {
+            let event = match (r.status.as_str(), r.deadline) {
+                ("pending", _) => {
+                    out.restarted.push(r.run_id.clone());
+                    Event::Start
+                }
+                ("running", Some(d)) if d + self.grace_ms <= now_ms => {
+                    out.timed_out.push(r.run_id.clone());
+                    Event::Tick
+                }
+                _ => continue,
+            };
+            msgs.push((Message::Event { run_id: r.run_id, event }, 0));
+        }
+        if !msgs.is_empty() {
+            self.queue.send_batch(&msgs).await.map_err(|e| e.to_string())?;
+        }
+        tracing::info!(
+            looked_at = out.looked_at,
+            restarted = out.restarted.len(),
+            timed_out = out.timed_out.len(),
+            "sweep"
+        );
+        Ok(out)
+    }
+}
