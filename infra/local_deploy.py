@@ -107,7 +107,7 @@ def main(argv):
     ddb = boto3.client("dynamodb", **kw)
     table = ddb.describe_table(TableName=by_id["Runs"])["Table"]
     indexes = sorted(i["IndexName"] for i in table.get("GlobalSecondaryIndexes", []))
-    if indexes != ["audit_by_run", "by_status", "by_time", "by_workflow"]:
+    if indexes != ["audit_by_run", "by_live", "by_status", "by_time", "by_workflow"]:
         sys.exit(f"local_deploy: the table's indexes are {indexes}")
     sqs = boto3.client("sqs", **kw)
     attrs = sqs.get_queue_attributes(QueueUrl=by_id["Steps"], AttributeNames=["All"])["Attributes"]

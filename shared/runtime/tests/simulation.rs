@@ -241,7 +241,7 @@ struct Report {
     races: usize,
 }
 
-async fn simulate(plan: Arc<Plan>, seed: u64, faults: Faults) -> Report {
+async fn simulate(plan: Arc<Plan>, source: &'static str, seed: u64, faults: Faults) -> Report {
     let plan = &plan;
     let rng: SharedRng = Arc::new(Mutex::new(Rng(seed)));
     let clock = Arc::new(ManualClock::default());
@@ -264,7 +264,7 @@ async fn simulate(plan: Arc<Plan>, seed: u64, faults: Faults) -> Report {
     reg.register("transform", exec.clone());
     let run_id = format!("run-{seed}");
     let st = plan.new_run(run_id.clone(), json!({"xs": [1, 2, 3, 4, 5]}).as_object().cloned().unwrap());
-    mem.create("sim", "sim.yaml", WORKFLOW, &st).await.unwrap();
+    mem.create("sim", "sim.yaml", source, &st).await.unwrap();
     queue.send(&Message::Event { run_id: run_id.clone(), event: Event::Start }, 0).await.unwrap();
     let p = plan.clone();
     let store = Arc::new(FaultyStore {
@@ -375,7 +375,7 @@ fn check(plan: &Plan, r: &Report, expected: &Summary) -> Result<(), String> {
 async fn faults_never_change_the_outcome_over_the_runtime_ports() {
     let outcome = Validator::default().validate(&SourceFile::new("sim.yaml", WORKFLOW));
     let plan = Arc::new(Plan::new(outcome.checked.expect("the simulation workflow is valid")));
-    let clean = simulate(plan.clone(), 1, NONE).await;
+    let clean = simulate(plan.clone(), WORKFLOW, 1, NONE).await;
     assert_eq!(clean.summary.0, RunStatus::Succeeded);
     assert_eq!(
         clean.summary.2,
@@ -391,7 +391,7 @@ async fn faults_never_change_the_outcome_over_the_runtime_ports() {
     let mut redelivered = 0; // races run in all seeds
     for &seed in &seeds {
         // On its own task, so a panic is reported with its seed.
-        let r = match tokio::spawn(simulate(plan.clone(), seed, MANY)).await {
+        let r = match tokio::spawn(simulate(plan.clone(), WORKFLOW, seed, MANY)).await {
             Ok(r) => r,
             Err(e) => {
                 failures.push(format!("seed {seed}: panicked: {e}"));
@@ -408,4 +408,39 @@ async fn faults_never_change_the_outcome_over_the_runtime_ports() {
     }
     assert!(failures.is_empty(), "failing seeds (replay with SIM_SEED=<seed>):\n{}", failures.join("\n"));
     assert!(seeds.len() < 100 || redelivered > seeds.len() / 2, "the faults were injected: {redelivered} races");
+}
+
+/// Hostile templates under faults: a `when` that runs out of fuel, a `for_each` over the item
+/// limit and outputs that run out of fuel end the run the same way with and without crashes,
+/// duplicates and races, each failure recorded once.
+const HOSTILE: &str = r#"
+apiVersion: llm-orchestrator/v1
+kind: Workflow
+metadata: { name: hostile }
+spec:
+  tasks:
+    - { id: a, type: transform, with: { output: a } }
+    - { id: bomb, type: transform, depends_on: [a], on_failure: continue, when: "range(100000) | map('string') | join | length > 0 and range(100000) | map('string') | join | length > 0", with: { output: 1 } }
+    - { id: wide, type: transform, depends_on: [a], on_failure: continue, for_each: "range(10001)", with: { output: "{{ item }}" } }
+    - { id: z, type: transform, depends_on: [bomb, wide], trigger: all_done, with: { output: z } }
+  outputs:
+    loop: "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}"
+"#;
+
+#[tokio::test]
+async fn hostile_templates_end_the_run_the_same_way_under_faults() {
+    let outcome = Validator::default().validate(&SourceFile::new("hostile.yaml", HOSTILE));
+    let plan = Arc::new(Plan::new(outcome.checked.expect("the hostile workflow is valid")));
+    let clean = simulate(plan.clone(), HOSTILE, 1, NONE).await;
+    assert_eq!(clean.summary.0, RunStatus::Failed, "the outputs run out of fuel");
+    check(&plan, &clean, &clean.summary).unwrap();
+    let seeds: u64 = std::env::var("SIM_SEEDS").ok().and_then(|s| s.parse().ok()).map_or(60, |n: u64| (n / 150).max(1));
+    let mut failures = Vec::new();
+    for seed in 0..seeds {
+        let r = simulate(plan.clone(), HOSTILE, seed, MANY).await;
+        if let Err(e) = check(&plan, &r, &clean.summary) {
+            failures.push(format!("seed {seed}: {e}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
