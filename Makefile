@@ -6,6 +6,8 @@
 #   make local   the serverless system on this machine (local AWS, api, step workers, dlq)
 #   make package cargo lambda build --release of every function, and the lambda test on them
 #   make bench   the benchmarks, measured (figures go to BENCHMARKS.md)
+#   make soak    the chaos soak, long: 300 example runs on 4 step workers, one SIGKILLed every
+#                second (a 16-run version is part of `make test`)
 #   make schema  regenerate schema/workflow.schema.json from the Rust types
 #   make infra   regenerate infra/generated.yaml (the examples' schedules and event rules)
 
@@ -14,7 +16,7 @@ LLMO  := target/release/llmo
 EXAMPLES := $(wildcard workflows/*.yaml)
 DEMO_STATE := .llmo/demo.db
 
-.PHONY: all demo build test lint fmt unit local package bench-smoke bench schema clean stack-up stack-down deploy teardown infra
+.PHONY: all demo build test lint fmt unit local package bench-smoke bench schema clean stack-up stack-down deploy teardown infra soak
 
 all: test
 
@@ -106,6 +108,12 @@ bench:
 	$(CARGO) bench --locked -p llmo-runtime --bench driver
 	$(CARGO) build --release --locked -p llmo-runtime --example e2e
 	for s in chain fan layered; do for st in memory sqlite; do target/release/examples/e2e $$s $$st; done; done
+
+# Prints its figures as one `soak: {...}` line (BENCHMARKS.md, "Chaos soak").
+soak:
+	$(CARGO) test --locked -p llmo-fn-step --test soak --no-run
+	SOAK_RUNS=300 SOAK_KILL_MS=1000 localstack/with-stack.sh \
+	  sh -c '$(CARGO) test --locked -p llmo-fn-step --test soak -- --nocapture'
 
 schema:
 	$(CARGO) run -q -p llmo-cli -- schema -o schema/workflow.schema.json
