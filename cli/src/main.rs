@@ -135,6 +135,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run the serverless system's sweeper once (operators): start runs whose start was lost,
+    /// time out runs past their deadline. It also runs every 5 minutes on its own.
+    Sweep {
+        /// The API's base URL (default: $LLMO_API_URL, else http://127.0.0.1:8080).
+        #[arg(long, value_name = "URL")]
+        api: Option<String>,
+    },
     /// Print an HS256 bearer token for a local API (`api --local` verifying with
     /// $LLMO_JWT_SECRET). Use it as `export LLMO_TOKEN=$(llmo token --tenant acme)`.
     Token {
@@ -370,6 +377,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Audit { run, since, tenant, limit, api, json } => {
             remote::audit(run.as_deref(), since.as_deref(), tenant.as_deref(), limit, api.as_deref(), json)
         }
+        Command::Sweep { api } => remote::sweep(api.as_deref()),
         Command::Token { tenant, roles, sub, ttl, audience, issuer } => {
             let secret = std::env::var("LLMO_JWT_SECRET").map_err(|_| {
                 anyhow::anyhow!("LLMO_JWT_SECRET is not set (the secret the local API verifies tokens with)")

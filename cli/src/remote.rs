@@ -204,6 +204,20 @@ pub fn logs(run_id: &str, api: Option<&str>, json_out: bool) -> Result<ExitCode>
 }
 
 /// `llmo audit`: the audit trail (admins): a run's records, or the tenant's in a time range.
+/// `POST /sweep`: prints what the sweep did (JSON).
+pub fn sweep(api: Option<&str>) -> Result<ExitCode> {
+    let url = base(api);
+    runtime()?.block_on(async {
+        let client = client()?;
+        let (status, v) = call(client.post(format!("{url}/sweep")), &url).await?;
+        if status != 200 {
+            return Ok(refused("sweep", status, &v));
+        }
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
 pub fn audit(
     run: Option<&str>,
     since: Option<&str>,

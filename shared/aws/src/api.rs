@@ -12,6 +12,7 @@
 //! | `GET /runs/{id}/history` | viewer | the transition log |
 //! | `POST /runs/{id}/cancel` | developer | cancels (stored before the answer; `on.failure` hooks run) |
 //! | `GET /audit?run=&since=&until=&limit=` | admin | the audit trail, oldest first |
+//! | `POST /sweep` | admin and operator | runs the sweeper once over every tenant's runs (`llmo sweep`) |
 //! | `GET /openapi.json` | viewer | the API's OpenAPI 3.1 description (`docs/openapi.json`) |
 //!
 //! Another tenant's run is a 404, as if it did not exist. An admin who is also an `operator`
@@ -46,6 +47,8 @@ pub struct Api {
     pub worker: Worker,
     pub starter: Starter,
     pub audit: Audit,
+    /// `POST /sweep` (operators): see [`crate::sweep`].
+    pub sweeper: crate::sweep::Sweeper,
     /// How requests authenticate; `None` refuses every request.
     pub auth: Option<Auth>,
 }
@@ -164,6 +167,7 @@ pub enum Route<'a> {
     History(&'a str),
     Cancel(&'a str),
     Audit,
+    Sweep,
     OpenApi,
 }
 
@@ -183,6 +187,7 @@ impl<'a> Route<'a> {
             (&Method::GET, ["runs", id, "history"]) => Route::History(id),
             (&Method::POST, ["runs", id, "cancel"]) => Route::Cancel(id),
             (&Method::GET, ["audit"]) => Route::Audit,
+            (&Method::POST, ["sweep"]) => Route::Sweep,
             (&Method::GET, ["openapi.json"]) => Route::OpenApi,
             _ => return None,
         })
@@ -194,7 +199,7 @@ impl<'a> Route<'a> {
                 Role::Viewer
             }
             Route::RegisterWorkflow | Route::StartRun | Route::Cancel(_) => Role::Developer,
-            Route::Audit => Role::Admin,
+            Route::Audit | Route::Sweep => Role::Admin,
         }
     }
 
@@ -209,6 +214,7 @@ impl<'a> Route<'a> {
             Route::History(_) => "GET /runs/{id}/history",
             Route::Cancel(_) => "POST /runs/{id}/cancel",
             Route::Audit => "GET /audit",
+            Route::Sweep => "POST /sweep",
             Route::OpenApi => "GET /openapi.json",
         }
     }
@@ -234,6 +240,7 @@ impl Api {
             worker,
             starter: Starter::new(config, mock).with_max_age(aws.lifetime.max_run_ms()),
             audit: Audit::new(aws),
+            sweeper: crate::sweep::Sweeper::new(aws, 300_000),
             auth: None,
         }
     }
@@ -359,6 +366,7 @@ impl Api {
             Route::History(id) => (self.history(id, query).await, None),
             Route::Cancel(id) => (self.cancel(&tenant, id).await, None),
             Route::Audit => (self.read_audit(&tenant, query).await, None),
+            Route::Sweep => (self.sweep(p).await, None),
             Route::OpenApi => {
                 (reply(StatusCode::OK, serde_json::from_str(OPENAPI).expect("docs/openapi.json is JSON")), None)
             }
@@ -642,6 +650,17 @@ impl Api {
         reply(StatusCode::OK, body)
     }
 
+    /// Runs the sweeper once; it acts on every tenant's runs, so only operators may.
+    async fn sweep(&self, p: &Principal) -> Reply {
+        if !p.operator {
+            return problem(StatusCode::FORBIDDEN, "POST /sweep acts on every tenant's runs: operators only");
+        }
+        match self.sweeper.sweep_now().await {
+            Ok(out) => reply(StatusCode::OK, serde_json::to_value(out).unwrap_or(Value::Null)),
+            Err(e) => internal(e),
+        }
+    }
+
     async fn cancel(&self, tenant: &str, id: &str) -> Reply {
         let d = Delivery {
             receipt: String::new(),
@@ -750,7 +769,7 @@ mod tests {
     use super::*;
 
     /// Every route, once.
-    const ALL: [Route<'static>; 9] = [
+    const ALL: [Route<'static>; 10] = [
         Route::RegisterWorkflow,
         Route::ListWorkflows,
         Route::StartRun,
@@ -759,6 +778,7 @@ mod tests {
         Route::History("x"),
         Route::Cancel("x"),
         Route::Audit,
+        Route::Sweep,
         Route::OpenApi,
     ];
 

@@ -49,6 +49,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("POST", "/runs/{run}/cancel"),
     ("GET", "/audit"),
     ("GET", "/openapi.json"),
+    ("POST", "/sweep"),
 ];
 
 fn body_for(method: &str, path: &str) -> Option<Value> {
@@ -131,6 +132,11 @@ async fn each_role_may_use_exactly_its_routes() {
             }
         }
     }
+    // The sweeper acts on every tenant: an admin who is also an operator, only.
+    let op = token("u-op", "t1", &["admin", "operator"]);
+    let (code, v) = call_as(&api, Some(&op), "POST", "/sweep", None).await;
+    assert_eq!(code, 200, "{v}");
+    assert!(v["looked_at"].is_u64() && v["restarted"].is_array() && v["timed_out"].is_array(), "{v}");
     // Refusals are audited as such, with who asked.
     let records = audit_of(&api, "t1", "limit=1000").await;
     assert!(
