@@ -75,12 +75,14 @@ pub enum CallError {
     Malformed(String),
     #[error("{0}")]
     Config(String),
+    #[error("the response is larger than the limit of {0} bytes a model's answer may have")]
+    TooLarge(usize),
 }
 
 impl CallError {
     /// Worth calling again (now or on a later attempt).
     pub fn retryable(&self) -> bool {
-        !matches!(self, CallError::Client { .. } | CallError::Config(_))
+        !matches!(self, CallError::Client { .. } | CallError::Config(_) | CallError::TooLarge(_))
     }
 
     /// Counts against the provider's health (its circuit breaker).
@@ -125,11 +127,25 @@ pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Durati
 
 /// Sends a request and returns the body of a 2xx answer; any other status becomes the
 /// matching [`CallError`] (with `Retry-After` for 429s).
+/// Most bytes of a provider's answer read (a chat completion is a few kilobytes): past it the
+/// body is not read further and the call fails for good.
+pub const MAX_RESPONSE_BYTES: usize = 10 << 20;
+
 pub(crate) async fn send(rb: reqwest::RequestBuilder, timeout: Duration) -> Result<String, CallError> {
-    let resp = rb.send().await.map_err(|e| send_error(e, timeout))?;
+    let mut resp = rb.send().await.map_err(|e| send_error(e, timeout))?;
     let status = resp.status().as_u16();
     let after = retry_after(resp.headers());
-    let text = resp.text().await.map_err(|e| send_error(e, timeout))?;
+    if resp.content_length().is_some_and(|n| n > MAX_RESPONSE_BYTES as u64) {
+        return Err(CallError::TooLarge(MAX_RESPONSE_BYTES));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| send_error(e, timeout))? {
+        if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
+            return Err(CallError::TooLarge(MAX_RESPONSE_BYTES));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    let text = String::from_utf8_lossy(&body).into_owned();
     if !(200..300).contains(&status) {
         return Err(status_error(status, after, &text));
     }

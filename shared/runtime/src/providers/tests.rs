@@ -403,3 +403,16 @@ async fn the_budget_check_prices_the_rendered_prompt_and_max_tokens() {
     c.budget_left_usd = Some(0.01);
     assert_eq!(output(&e.execute(&c).await)["text"], "ok");
 }
+
+/// A provider's answer is read up to a cap: an 11 MB body fails the call for good (it is not
+/// retried, and it is not read whole).
+#[tokio::test]
+async fn an_oversized_model_answer_is_refused() {
+    let server = MockServer::start().await;
+    let huge = completion(&"x".repeat(11 << 20), 1, 1);
+    chat_route().respond_with(ResponseTemplate::new(200).set_body_json(huge)).expect(1).mount(&server).await;
+    let r = run(&exec(&server), json!({ "model": "gpt-4o-mini", "prompt": "Hi" })).await;
+    let (error, retryable) = failure(&r);
+    assert!(error.contains("larger than the limit of 10485760 bytes"), "{error}");
+    assert!(!retryable);
+}
