@@ -86,6 +86,20 @@ impl CasRetry {
     }
 }
 
+/// When the run's timeout must be checked, if this step owes that: a step that started the
+/// run (or is a redelivery of its start, whose first worker may have died before sending it)
+/// arms the deadline; a `Tick` that came early (another worker's clock) re-arms it. Only for a
+/// workflow's own `spec.timeout`: the deployment's longest-run deadline (days away, which the
+/// queue would carry by re-sending the message every 15 minutes) is left to the sweeper, which
+/// reads deadlines every few minutes anyway. The embedded driver keeps its own timer instead.
+fn tick_due(plan: &Plan, events: &[Event], next: &RunState, now: Millis) -> Option<Millis> {
+    plan.checked.workflow.spec.timeout?;
+    let deadline = next.deadline.filter(|_| next.status == RunStatus::Running)?;
+    let owes = events.iter().any(|e| matches!(e, Event::Start))
+        || events.iter().any(|e| matches!(e, Event::Tick)) && deadline > now;
+    owes.then_some(deadline)
+}
+
 /// What a step did, for logs and tests.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
@@ -362,7 +376,7 @@ impl Worker {
                     }
                 }
             }
-            let tick = self.tick_due(&events, &next, now);
+            let tick = tick_due(&plan, &events, &next, now);
             if log.is_empty() {
                 self.send(&plan, &next, cmds, keep).await?;
                 self.arm(run_id, tick, now).await?;
@@ -407,17 +421,6 @@ impl Worker {
                 }
             }
         }
-    }
-
-    /// When the run's timeout must be checked, if this step owes that: a step that started
-    /// the run (or is a redelivery of its start, whose first worker may have died before
-    /// sending it) arms the deadline; a `Tick` that came early (another worker's clock) re-arms
-    /// it. The embedded driver keeps its own timer instead.
-    fn tick_due(&self, events: &[Event], next: &RunState, now: Millis) -> Option<Millis> {
-        let deadline = next.deadline.filter(|_| next.status == RunStatus::Running)?;
-        let owes = events.iter().any(|e| matches!(e, Event::Start))
-            || events.iter().any(|e| matches!(e, Event::Tick)) && deadline > now;
-        owes.then_some(deadline)
     }
 
     /// Sends the `Tick` that checks the deadline `at` (the queue carries delays past SQS's
