@@ -30,8 +30,9 @@ dir=${CARGO_TARGET_DIR:-target}/debug
 addr=${LLMO_API_ADDR:-127.0.0.1:8080}
 
 echo "== building the functions and the CLI ($profile profile)"
-cargo build --profile "$profile" --locked -p llmo-fn-api -p llmo-fn-step -p llmo-fn-dlq -p llmo-aws \
-  -p llmo-cli --example provision
+# Two commands: with `--example`, cargo builds only examples, not the packages' binaries.
+cargo build --profile "$profile" --locked -p llmo-fn-api -p llmo-fn-step -p llmo-fn-dlq -p llmo-cli --bins
+cargo build --profile "$profile" --locked -p llmo-aws --example provision
 
 echo "== local AWS"
 localstack/stack.sh up > /dev/null
@@ -67,8 +68,13 @@ echo "   table $LLMO_TABLE, queue $LLMO_QUEUE_URL, bucket $LLMO_BUCKET"
 log=.llmo/stack
 "$dir/api" --local --addr "$addr" > "$log/api.log" 2>&1 &
 pids+=($!)
+# In the smoke test model calls take 700 ms (the mock's delay), so that the browser test sees
+# a run while it runs. The first worker serves its Prometheus metrics.
+$smoke && export LLMO_MOCK_DELAY_MS=${LLMO_MOCK_DELAY_MS:-700}
 for i in 1 2; do
-  "$dir/step" --local > "$log/step-$i.log" 2>&1 &
+  metrics=""
+  [ "$i" = 1 ] && metrics=${LLMO_STEP_METRICS_ADDR:-127.0.0.1:19464}
+  LLMO_METRICS_ADDR=$metrics "$dir/step" --local > "$log/step-$i.log" 2>&1 &
   pids+=($!)
 done
 "$dir/dlq" --local > "$log/dlq.log" 2>&1 &
@@ -98,10 +104,21 @@ if $smoke; then
     --seed 1 > "$log/schemathesis.log" 2>&1 \
     || { tail -80 "$log/schemathesis.log" >&2; echo "FAIL: schemathesis (log: $log/schemathesis.log)" >&2; exit 1; }
   grep -E "passed|generated" "$log/schemathesis.log" | tail -3
+  # The run page in headless Chromium: a run drawn live, followed to its end.
+  echo "== run page in headless Chromium (tests/ui/run_page.py)"
+  tests/ui/chromium.sh > /dev/null
+  .venv/tools/bin/python tests/ui/run_page.py "http://$addr"
+  # Metrics: the step worker's /metrics and the local API's (operators), parsed.
+  echo "== metrics expositions"
+  .venv/tools/bin/python tests/ui/metrics_check.py "http://${LLMO_STEP_METRICS_ADDR:-127.0.0.1:19464}/metrics" \
+    llmo_steps_total llmo_step_seconds_bucket llmo_queue_wait_seconds_count
+  LLMO_TOKEN=$fuzz_token .venv/tools/bin/python tests/ui/metrics_check.py "http://$addr/metrics" \
+    llmo_api_requests_total
   echo "local system: ok"
   exit 0
 fi
 echo "   export LLMO_TOKEN=$LLMO_TOKEN   # admin of tenant local, for a day"
+echo "   run page: http://$addr/ui#token=$LLMO_TOKEN"
 echo "   (or: LLMO_JWT_SECRET=\$(cat .llmo/dev-jwt-secret) llmo token --tenant local --role developer)"
 echo "   llmo submit workflows/simple-inference.yaml -i question=hi --wait --api http://$addr"
 echo "   Ctrl-C stops everything."

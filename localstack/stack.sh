@@ -28,7 +28,7 @@ python313() {
 }
 
 install() {
-  if [ ! -x .venv/tools/bin/moto_server ] || [ ! -x .venv/tools/bin/checkov ]; then
+  if [ ! -x .venv/tools/bin/moto_server ] || [ ! -x .venv/tools/bin/checkov ] || [ ! -x .venv/tools/bin/playwright ] || ! .venv/tools/bin/python -c "import prometheus_client" 2> /dev/null; then
     python3 -m venv .venv/tools
     .venv/tools/bin/pip install -q -r localstack/requirements-tools.txt
   fi

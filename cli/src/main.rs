@@ -17,6 +17,7 @@ mod explain;
 mod infra;
 mod remote;
 mod run;
+mod serve;
 
 // Validation of large files allocates many small objects; mimalloc makes that markedly faster.
 #[global_allocator]
@@ -35,6 +36,10 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Diagnostics on stderr as text or as JSON lines (with the run and task ids of every
+    /// line). Filter with RUST_LOG; spans go to OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set.
+    #[arg(long, global = true, value_parser = ["text", "json"], default_value = "text")]
+    log_format: String,
 }
 
 #[derive(Subcommand)]
@@ -84,6 +89,15 @@ enum Command {
         /// memory otherwise).
         #[arg(long, value_name = "PATH")]
         state: Option<PathBuf>,
+        /// Serve the run page (the DAG with live task states) on this address (default
+        /// 127.0.0.1 on a free port) and print its link; it stays up after the run ends,
+        /// until Ctrl-C.
+        #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1:0")]
+        ui: Option<String>,
+        /// Serve Prometheus metrics on http://ADDR/metrics (no token: keep it on loopback);
+        /// stays up after the run ends, until Ctrl-C.
+        #[arg(long, value_name = "ADDR")]
+        metrics_addr: Option<String>,
         #[command(flatten)]
         exec: ExecArgs,
     },
@@ -183,6 +197,27 @@ enum Command {
         /// Include the run's transition log.
         #[arg(long)]
         history: bool,
+    },
+    /// Cost, tokens and runs per day and workflow (or tenant), from a state file or with
+    /// --api from the serverless API.
+    Costs {
+        /// Group by `workflow` or `tenant` besides the day.
+        #[arg(long, value_parser = ["workflow", "tenant"], default_value = "workflow")]
+        by: String,
+        /// How far back: `7d`, `24h`, `30m`.
+        #[arg(long, default_value = "7d")]
+        since: String,
+        #[arg(long, value_name = "PATH", default_value = ".llmo/runs.db")]
+        state: PathBuf,
+        /// Ask the serverless API at this URL instead of a state file.
+        #[arg(long, value_name = "URL")]
+        api: Option<String>,
+        /// Operators: another tenant (with --api).
+        #[arg(long)]
+        tenant: Option<String>,
+        /// The rows as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// List the runs of a state file, newest first.
     Runs {
@@ -312,11 +347,34 @@ enum ExplainFormat {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // Diagnostics of the runtime (retries, unknown prices): RUST_LOG=llmo_runtime=debug for more.
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
-        .with_target(false)
-        .init();
+    let settings = llmo_runtime::telemetry::Settings {
+        service: "llmo".into(),
+        format: cli.log_format.parse().unwrap_or_default(),
+        without_time: false,
+        filter: Some(std::env::var("RUST_LOG").ok().filter(|v| !v.is_empty()).unwrap_or_else(|| "warn".into())),
+        otlp_endpoint: std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok().filter(|v| !v.is_empty()),
+    };
+    // The OTLP exporter sends from a task on its own small runtime, alive as long as `main`.
+    let exporter_rt = match &settings.otlp_endpoint {
+        Some(_) => match tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build() {
+            Ok(rt) => Some(rt),
+            Err(e) => {
+                eprintln!("error: starting the trace exporter: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => None,
+    };
+    let _telemetry = {
+        let _entered = exporter_rt.as_ref().map(|rt| rt.enter());
+        match llmo_runtime::telemetry::init(&settings) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    };
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -356,7 +414,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Run { file, inputs, input_file, state, exec } => {
+        Command::Run { file, inputs, input_file, state, ui, metrics_addr, exec } => {
             let source = read_source(&file)?;
             let outcome = validator.validate(&source);
             eprint!("{}", render(&outcome));
@@ -364,7 +422,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 eprintln!("{}: {} error{}", source.name(), outcome.report.errors(), plural(outcome.report.errors()));
                 return Ok(ExitCode::from(1));
             };
-            run::run(checked, &source, &run::Options { inputs, input_file, state, exec: exec.exec() })
+            let serve = run::Serve { ui, metrics_addr };
+            run::run(checked, &source, &run::Options { inputs, input_file, state, exec: exec.exec() }, &serve)
         }
         Command::Resume { run_id, state, exec } => run::resume(&run_id, &state, &exec.exec()),
         Command::Status { run_id, api: Some(api), .. } => remote::status(&run_id, Some(&api)),
@@ -386,6 +445,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Runs { state } => run::runs(&state),
+        Command::Costs { by, since, state, api: None, tenant: _, json } => run::costs(&by, &since, &state, json),
+        Command::Costs { by, since, api: Some(api), tenant, json, .. } => {
+            remote::costs(&by, &since, tenant.as_deref(), Some(&api), json)
+        }
         Command::Cancel { run_id, state, exec } => run::cancel(&run_id, &state, &exec.exec()),
         Command::Synth { shape, tasks } => {
             use llmo_core::synth::{Shape, workflow_yaml};

@@ -304,3 +304,21 @@ pub fn token(
     )
     .context("signing the token")
 }
+
+/// `llmo costs --api`: `GET /costs` of the serverless API.
+pub fn costs(by: &str, since: &str, tenant: Option<&str>, api: Option<&str>, as_json: bool) -> Result<ExitCode> {
+    let base = base(api);
+    let mut url = format!("{base}/costs?by={by}&since={since}");
+    if let Some(t) = tenant {
+        url.push_str(&format!("&tenant={t}"));
+    }
+    let rt = runtime()?;
+    let (status, v) = rt.block_on(async { call(client()?.get(&url), &url).await })?;
+    if status != 200 {
+        return Ok(refused("costs", status, &v));
+    }
+    if v["truncated"].as_bool() == Some(true) {
+        eprintln!("note: more runs than one answer sums; the totals cover the newest {}", 50_000);
+    }
+    crate::run::print_costs(&v["rows"], as_json)
+}

@@ -117,7 +117,16 @@ pub fn given_inputs(opts: &Options) -> Result<Map<String, Value>> {
     Ok(given)
 }
 
-pub fn run(checked: Checked, source: &SourceFile, opts: &Options) -> Result<ExitCode> {
+/// What `llmo run` serves while (and after) it runs.
+#[derive(Default)]
+pub struct Serve {
+    /// The run page's address.
+    pub ui: Option<String>,
+    /// The Prometheus metrics' address.
+    pub metrics_addr: Option<String>,
+}
+
+pub fn run(checked: Checked, source: &SourceFile, opts: &Options, serve: &Serve) -> Result<ExitCode> {
     let given = given_inputs(opts)?;
     // The start-a-run use case every entry point shares: inputs checked, the plan priced, a
     // run id with 96 random bits, the run stored.
@@ -139,8 +148,18 @@ pub fn run(checked: Checked, source: &SourceFile, opts: &Options) -> Result<Exit
     rt.block_on(starter.create(store.as_ref(), &prepared))?;
     let start::Prepared { plan, state, .. } = prepared;
     let plan = Arc::new(plan);
-    let d = driver(plan.clone(), store, opts.state.as_deref(), &opts.exec)?;
+    let d = driver(plan.clone(), store.clone(), opts.state.as_deref(), &opts.exec)?;
     eprintln!("{run_id}: {} ({} tasks)", plan.checked.workflow.metadata.name, plan.task_count());
+    if let Some(addr) = &serve.metrics_addr {
+        let handle = llmo_runtime::meter::prometheus().context("--metrics-addr: a metrics recorder is already set")?;
+        let bound = rt.block_on(crate::serve::metrics(addr, handle))?;
+        eprintln!("metrics: http://{bound}/metrics");
+    }
+    if let Some(addr) = &serve.ui {
+        let token = crate::serve::token()?;
+        let bound = rt.block_on(crate::serve::ui(addr, store.clone(), &token))?;
+        eprintln!("run page: http://{bound}/ui/runs/{run_id}#token={token}");
+    }
     let mut progress = Progress::new(&plan, None);
     let end = rt.block_on(async {
         tokio::select! {
@@ -149,7 +168,12 @@ pub fn run(checked: Checked, source: &SourceFile, opts: &Options) -> Result<Exit
         }
     })?;
     let Some(end) = end else { return Ok(interrupted(&run_id, opts.state.as_deref())) };
-    finish(&plan, &end.state, progress.started)
+    let code = finish(&plan, &end.state, progress.started)?;
+    if serve.ui.is_some() || serve.metrics_addr.is_some() {
+        eprintln!("{run_id}: ended; still serving its page and metrics until Ctrl-C");
+        let _ = rt.block_on(tokio::signal::ctrl_c());
+    }
+    Ok(code)
 }
 
 fn interrupted(run_id: &str, state: Option<&Path>) -> ExitCode {
@@ -284,6 +308,44 @@ fn describe(plan: &Plan, t: &Transition) -> Value {
         },
     };
     json!({ "version": t.version, "at": t.at, "event": what })
+}
+
+/// `llmo costs`: cost, tokens and runs per day and workflow (or for the whole state file:
+/// `--by tenant`, the embedded runtime having one tenant, `local`).
+pub fn costs(by: &str, since: &str, state: &Path, as_json: bool) -> Result<ExitCode> {
+    use llmo_runtime::costs::{By, parse_since, roll_up};
+    let by: By = by.parse().map_err(anyhow::Error::msg)?;
+    let since = llmo_runtime::ports::now_ms().saturating_sub(parse_since(since).map_err(anyhow::Error::msg)?);
+    let rt = runtime()?;
+    let store = open_store(Some(state), Durability::default())?;
+    let runs = rt.block_on(store.list())?;
+    let rows = roll_up(&runs, by, "local", since);
+    print_costs(&serde_json::to_value(&rows)?, as_json)
+}
+
+/// Prints cost rows (`day`, `key`, `runs`, `cost_usd`, `tokens`) as a table or as JSON.
+pub fn print_costs(rows: &Value, as_json: bool) -> Result<ExitCode> {
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(rows)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows = rows.as_array().cloned().unwrap_or_default();
+    println!("{:<10}  {:<32}  {:>6}  {:>12}  {:>10}", "day", "key", "runs", "cost (USD)", "tokens");
+    let (mut runs, mut cost, mut tokens) = (0u64, 0.0f64, 0u64);
+    for r in &rows {
+        let (n, c, t) =
+            (r["runs"].as_u64().unwrap_or(0), r["cost_usd"].as_f64().unwrap_or(0.0), r["tokens"].as_u64().unwrap_or(0));
+        println!(
+            "{:<10}  {:<32}  {n:>6}  {c:>12.6}  {t:>10}",
+            r["day"].as_str().unwrap_or(""),
+            r["key"].as_str().unwrap_or("")
+        );
+        runs += n;
+        cost += c;
+        tokens += t;
+    }
+    println!("{:<10}  {:<32}  {runs:>6}  {cost:>12.6}  {tokens:>10}", "total", "");
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `llmo runs`: the runs in a state file, newest first.

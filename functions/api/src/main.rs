@@ -7,7 +7,7 @@ use llmo_aws::api::Api;
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
-    llmo_aws::env::init_tracing();
+    let obs = Arc::new(llmo_aws::env::Observability::init("api")?);
     let aws = llmo_aws::Aws::from_env().await;
     let (executors, config, mock) = llmo_aws::env::executors(&aws)?;
     let args: Vec<String> = std::env::args().collect();
@@ -16,7 +16,11 @@ async fn main() -> Result<(), lambda_http::Error> {
     if local && auth.is_api_gateway() {
         return Err("LLMO_AUTH=apigateway trusts API Gateway's authorizer, which --local does not have".into());
     }
-    let api = Arc::new(Api::new(&aws, executors, config, mock).with_auth(auth));
+    let metrics = match &obs.metrics {
+        llmo_aws::env::Metrics::Prometheus(h) => Some(h.clone()),
+        _ => None,
+    };
+    let api = Arc::new(Api::new(&aws, executors, config, mock).with_auth(auth).with_metrics(metrics));
     if local {
         let addr = args
             .iter()
@@ -32,8 +36,12 @@ async fn main() -> Result<(), lambda_http::Error> {
         return Ok(());
     }
     lambda_http::run(service_fn(move |req: Request| {
-        let api = api.clone();
-        async move { Ok::<Response<Body>, lambda_http::Error>(api.handle(req).await) }
+        let (api, obs) = (api.clone(), obs.clone());
+        async move {
+            let reply = api.handle(req).await;
+            obs.flush().await;
+            Ok::<Response<Body>, lambda_http::Error>(reply)
+        }
     }))
     .await
 }

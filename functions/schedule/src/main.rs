@@ -15,7 +15,7 @@ use serde_json::Value;
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
-    llmo_aws::env::init_tracing();
+    let obs = Arc::new(llmo_aws::env::Observability::init("schedule")?);
     let aws = llmo_aws::Aws::from_env().await;
     let (executors, config, mock) = llmo_aws::env::executors(&aws)?;
     let api = Arc::new(Api::new(&aws, executors, config, mock));
@@ -36,13 +36,18 @@ async fn main() -> Result<(), lambda_runtime::Error> {
         return Ok(());
     }
     lambda_runtime::run(service_fn(move |e: LambdaEvent<Value>| {
-        let (api, sweeper) = (api.clone(), sweeper.clone());
+        let (api, sweeper, obs) = (api.clone(), sweeper.clone(), obs.clone());
         async move {
-            if e.payload.get("sweep").and_then(Value::as_bool) == Some(true) {
-                let out = sweeper.sweep_now().await?;
-                return Ok(serde_json::to_value(out)?);
-            }
-            api.start_scheduled(&e.payload).await.map_err(lambda_runtime::Error::from)
+            let out = if e.payload.get("sweep").and_then(Value::as_bool) == Some(true) {
+                match sweeper.sweep_now().await {
+                    Ok(o) => serde_json::to_value(o).map_err(lambda_runtime::Error::from),
+                    Err(e) => Err(lambda_runtime::Error::from(e.to_string())),
+                }
+            } else {
+                api.start_scheduled(&e.payload).await.map_err(lambda_runtime::Error::from)
+            };
+            obs.flush().await;
+            out
         }
     }))
     .await

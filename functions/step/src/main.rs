@@ -5,8 +5,8 @@ use llmo_aws::step::Step;
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
-    llmo_aws::env::init_tracing();
+    let obs = llmo_aws::env::Observability::init("step")?;
     let aws = llmo_aws::Aws::from_env().await;
     let (executors, _, _) = llmo_aws::env::executors(&aws)?;
-    llmo_aws::local::sqs_function("step", Step::new(&aws, executors), SqsQueue::new(aws)).await
+    llmo_aws::local::sqs_function("step", Step::new(&aws, executors), SqsQueue::new(aws), obs).await
 }

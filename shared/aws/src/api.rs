@@ -51,6 +51,8 @@ pub struct Api {
     pub sweeper: crate::sweep::Sweeper,
     /// How requests authenticate; `None` refuses every request.
     pub auth: Option<Auth>,
+    /// `GET /metrics`: the local API's Prometheus registry.
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
 
 type Reply = Response<Body>;
@@ -83,20 +85,9 @@ fn internal(e: impl std::fmt::Display) -> Reply {
 /// Most bytes of one value (a task's output, the run's outputs, one transition) in an API
 /// response; larger ones come back as `{"truncated": true, "bytes": N}`. Lambda answers at
 /// most 6 MB.
-pub const VALUE_BYTES: usize = 256 * 1024;
+pub use llmo_runtime::view::VALUE_BYTES;
 /// Most bytes of transitions in one page of `GET /runs/{id}/history`.
 pub const PAGE_BYTES: usize = 4 << 20;
-
-/// `v`, or the marker that stands for it when it is over [`VALUE_BYTES`].
-fn bounded(v: Option<&Value>) -> Value {
-    let Some(v) = v else { return Value::Null };
-    let size = llmo_core::engine::limits::json_size(v, VALUE_BYTES);
-    if size > VALUE_BYTES {
-        json!({"truncated": true, "bytes": serde_json::to_string(v).map_or(size, |s| s.len()), "limit": VALUE_BYTES})
-    } else {
-        v.clone()
-    }
-}
 
 /// Up to `limit` transitions within [`PAGE_BYTES`] (at least one), and the version after
 /// which the next page starts if any are left.
@@ -169,7 +160,12 @@ pub enum Route<'a> {
     Audit,
     Sweep,
     OpenApi,
+    Metrics,
+    Costs,
 }
+
+/// At most this many runs are summed by one `GET /costs`.
+pub const COST_RUNS: usize = 50_000;
 
 /// The API's OpenAPI 3.1 description (`docs/openapi.json`; a test checks it names exactly the
 /// routes [`Route::parse`] knows, and the schemathesis run in `make test` checks every answer
@@ -189,17 +185,22 @@ impl<'a> Route<'a> {
             (&Method::GET, ["audit"]) => Route::Audit,
             (&Method::POST, ["sweep"]) => Route::Sweep,
             (&Method::GET, ["openapi.json"]) => Route::OpenApi,
+            (&Method::GET, ["metrics"]) => Route::Metrics,
+            (&Method::GET, ["costs"]) => Route::Costs,
             _ => return None,
         })
     }
 
     pub fn needs(&self) -> Role {
         match self {
-            Route::ListWorkflows | Route::ListRuns | Route::GetRun(_) | Route::History(_) | Route::OpenApi => {
-                Role::Viewer
-            }
+            Route::ListWorkflows
+            | Route::ListRuns
+            | Route::GetRun(_)
+            | Route::History(_)
+            | Route::OpenApi
+            | Route::Costs => Role::Viewer,
             Route::RegisterWorkflow | Route::StartRun | Route::Cancel(_) => Role::Developer,
-            Route::Audit | Route::Sweep => Role::Admin,
+            Route::Audit | Route::Sweep | Route::Metrics => Role::Admin,
         }
     }
 
@@ -216,6 +217,8 @@ impl<'a> Route<'a> {
             Route::Audit => "GET /audit",
             Route::Sweep => "POST /sweep",
             Route::OpenApi => "GET /openapi.json",
+            Route::Metrics => "GET /metrics",
+            Route::Costs => "GET /costs",
         }
     }
 
@@ -242,7 +245,56 @@ impl Api {
             audit: Audit::new(aws),
             sweeper: crate::sweep::Sweeper::new(aws, 300_000),
             auth: None,
+            metrics: None,
         }
+    }
+
+    /// The same API, serving `GET /metrics` (operators) from `handle`'s recorder: the local
+    /// API; deployed, metrics go to CloudWatch instead and the route answers 404.
+    pub fn with_metrics(mut self, handle: Option<metrics_exporter_prometheus::PrometheusHandle>) -> Self {
+        self.metrics = handle;
+        self
+    }
+
+    /// `GET /costs?by=workflow|tenant&since=7d`: cost, tokens and runs per UTC day and
+    /// workflow (or for the tenant), from what the runs recorded, over at most
+    /// [`COST_RUNS`] runs (`truncated` when there were more).
+    async fn costs(&self, tenant: &str, q: &HashMap<String, String>) -> Reply {
+        use llmo_runtime::costs::{By, parse_since, roll_up};
+        let by: By = match q.get("by").map_or(Ok(By::Workflow), |v| v.parse()) {
+            Ok(b) => b,
+            Err(e) => return problem(StatusCode::BAD_REQUEST, e),
+        };
+        let span = match parse_since(q.get("since").map_or("7d", String::as_str)) {
+            Ok(ms) => ms,
+            Err(e) => return problem(StatusCode::BAD_REQUEST, format!("`since`: {e}")),
+        };
+        let since = llmo_runtime::ports::now_ms().saturating_sub(span);
+        let (runs, truncated) = match self.store.runs_since(tenant, since, COST_RUNS).await {
+            Ok(r) => r,
+            Err(e) => return internal(e),
+        };
+        let rows = roll_up(&runs, by, tenant, since);
+        let total = json!({
+            "runs": rows.iter().map(|r| r.runs).sum::<u64>(),
+            "cost_usd": rows.iter().map(|r| r.cost_usd).sum::<f64>(),
+            "tokens": rows.iter().map(|r| r.tokens).sum::<u64>(),
+        });
+        let by = if by == By::Workflow { "workflow" } else { "tenant" };
+        reply(StatusCode::OK, json!({"by": by, "since": since, "rows": rows, "total": total, "truncated": truncated}))
+    }
+
+    fn metrics(&self, p: &Principal) -> Reply {
+        if !p.operator {
+            return problem(StatusCode::FORBIDDEN, "GET /metrics counts every tenant's runs: operators only");
+        }
+        let Some(h) = &self.metrics else {
+            return problem(StatusCode::NOT_FOUND, "this API keeps no metrics (deployed, they go to CloudWatch)");
+        };
+        let mut r = Response::new(Body::Text(h.render()));
+        *r.status_mut() = StatusCode::OK;
+        r.headers_mut().insert("content-type", "text/plain; version=0.0.4".parse().expect("header value"));
+        r
     }
 
     /// The same API, authenticating with `auth`.
@@ -251,12 +303,53 @@ impl Api {
         self
     }
 
+    /// Answers one request, in an `api` span that continues the caller's trace (a
+    /// `traceparent` header) when it sends one.
     pub async fn handle(&self, req: Request) -> Reply {
+        use tracing::Instrument;
+        let name = {
+            let parts: Vec<&str> = req.uri().path().split('/').filter(|p| !p.is_empty()).collect();
+            match Route::parse(req.method(), &parts) {
+                Some(r) => r.action(),
+                None if llmo_runtime::ui::asset(req.uri().path()).is_some() => "GET /ui",
+                None => "unknown route",
+            }
+        };
+        let span = tracing::info_span!(
+            "api",
+            otel.name = name,
+            otel.kind = "server",
+            http.request.method = %req.method(),
+            http.route = tracing::field::Empty,
+            http.response.status_code = tracing::field::Empty,
+            tenant = tracing::field::Empty,
+        );
+        let parent = req.headers().get("traceparent").and_then(|v| v.to_str().ok());
+        llmo_runtime::telemetry::adopt(&span, parent);
+        let reply = self.handle_in(req).instrument(span.clone()).await;
+        span.record("http.response.status_code", reply.status().as_u16());
+        reply
+    }
+
+    async fn handle_in(&self, req: Request) -> Reply {
+        // The run pages: static files without data (their data comes through the routes
+        // below, authenticated), so they are served to anyone.
+        if req.method() == Method::GET
+            && let Some((content_type, body)) = llmo_runtime::ui::asset(req.uri().path())
+        {
+            let mut r = Response::new(Body::Text(body.to_string()));
+            for (k, v) in llmo_runtime::ui::headers(content_type) {
+                r.headers_mut().insert(k, v.parse().expect("header value"));
+            }
+            return r;
+        }
         let path = req.uri().path().trim_end_matches('/').to_string();
         let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
         let Some(route) = Route::parse(req.method(), &parts) else {
             return problem(StatusCode::NOT_FOUND, format!("no route {} {path}", req.method()));
         };
+        let span = tracing::Span::current();
+        span.record("http.route", route.action());
         let principal = match &self.auth {
             None => Err(AuthError::Unauthenticated("this API has no authentication configured".into())),
             Some(a) => a.authenticate(&req).await,
@@ -285,6 +378,10 @@ impl Api {
             })
             .unwrap_or_default();
         let (reply, tenant, target) = self.authorized(&req, route, &principal, &query).await;
+        llmo_runtime::meter::api_request(route.action(), reply.status().as_u16());
+        if let Some(t) = &tenant {
+            span.record("tenant", t.as_str());
+        }
         let record = Record {
             at: llmo_runtime::ports::now_ms(),
             tenant: tenant.unwrap_or_else(|| principal.tenant.clone()),
@@ -370,6 +467,8 @@ impl Api {
             Route::OpenApi => {
                 (reply(StatusCode::OK, serde_json::from_str(OPENAPI).expect("docs/openapi.json is JSON")), None)
             }
+            Route::Metrics => (self.metrics(p), None),
+            Route::Costs => (self.costs(&tenant, query).await, None),
         };
         (reply, Some(tenant), target)
     }
@@ -568,7 +667,7 @@ impl Api {
                 let runs: Vec<Value> = page
                     .runs
                     .iter()
-                    .map(|r| json!({"run_id": r.run_id, "workflow": r.workflow, "status": r.status, "started_at": r.started_at, "cost_usd": r.cost_usd}))
+                    .map(|r| json!({"run_id": r.run_id, "workflow": r.workflow, "status": r.status, "started_at": r.started_at, "cost_usd": r.cost_usd, "tokens": r.tokens}))
                     .collect();
                 reply(StatusCode::OK, json!({"runs": runs, "next": page.next}))
             }
@@ -594,32 +693,7 @@ impl Api {
             Ok(s) => s,
             Err(e) => return unreadable(stored, e.to_string()),
         };
-        let tasks: Vec<Value> = st
-            .tasks
-            .iter()
-            .enumerate()
-            .map(|(i, t)| {
-                json!({
-                    "id": plan.checked.dag.id(i),
-                    "status": t.status.as_str(),
-                    "attempts": t.attempts,
-                    "output": bounded(t.output.as_deref()),
-                    "error": t.error,
-                    "reason": t.reason,
-                    "cost_usd": t.cost_usd,
-                    "tokens": t.tokens,
-                })
-            })
-            .collect();
-        reply(
-            StatusCode::OK,
-            json!({
-                "run_id": st.run_id, "workflow": workflow, "status": st.status.as_str(), "version": st.version,
-                "inputs": st.inputs,
-                "started_at": st.started_at, "ended_at": st.ended_at, "cost_usd": st.cost_usd, "tokens": st.tokens,
-                "outputs": bounded(st.outputs.as_ref()), "error": st.error, "tasks": tasks,
-            }),
-        )
+        reply(StatusCode::OK, llmo_runtime::view::run(&plan, &workflow, &st))
     }
 
     /// A page of the run's log: `after` (a version, default 0) and `limit` (1 to 1,000,
@@ -666,6 +740,7 @@ impl Api {
             receipt: String::new(),
             message: Message::Event { run_id: id.to_string(), event: Event::Cancel },
             receive_count: 1,
+            trace: llmo_runtime::telemetry::traceparent(),
         };
         match self.worker.handle(&d).await {
             Ok(_) => self.get(tenant, id).await,
@@ -769,7 +844,7 @@ mod tests {
     use super::*;
 
     /// Every route, once.
-    const ALL: [Route<'static>; 10] = [
+    const ALL: [Route<'static>; 12] = [
         Route::RegisterWorkflow,
         Route::ListWorkflows,
         Route::StartRun,
@@ -780,6 +855,8 @@ mod tests {
         Route::Audit,
         Route::Sweep,
         Route::OpenApi,
+        Route::Metrics,
+        Route::Costs,
     ];
 
     #[test]
@@ -817,6 +894,7 @@ mod paging_tests {
     use super::*;
     use llmo_core::engine::Event;
     use llmo_runtime::store::Transition;
+    use llmo_runtime::view::bounded;
 
     fn t(version: u64, reason_bytes: usize) -> Transition {
         Transition { version, at: version * 10, event: Event::Abort { reason: "r".repeat(reason_bytes) } }

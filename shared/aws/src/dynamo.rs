@@ -324,6 +324,7 @@ impl DynamoStore {
             version: get_n(item, "version").unwrap_or(0.0) as u64,
             started_at: get_n(item, "started_at").map(|v| v as u64),
             cost_usd: get_n(item, "cost_usd").unwrap_or(0.0),
+            tokens: get_n(item, "tokens").unwrap_or(0.0) as u64,
         }
     }
 
@@ -554,7 +555,7 @@ impl DynamoStore {
 
     /// The `Update` that brings the run item's summary to `head`.
     fn summary_update(&self, head: &RunState) -> Result<Update, Error> {
-        let mut expr = "SET #s = :s, status_key = :sk, version = :v, cost_usd = :c".to_string();
+        let mut expr = "SET #s = :s, status_key = :sk, version = :v, cost_usd = :c, tokens = :tk".to_string();
         let mut u = Update::builder()
             .table_name(&self.aws.table)
             .key("pk", s(run_pk(&head.run_id)))
@@ -571,7 +572,8 @@ impl DynamoStore {
                 )),
             )
             .expression_attribute_values(":v", n(head.version))
-            .expression_attribute_values(":c", n(head.cost_usd));
+            .expression_attribute_values(":c", n(head.cost_usd))
+            .expression_attribute_values(":tk", n(head.tokens));
         if let Some(t) = head.started_at {
             expr.push_str(", started_at = :t");
             u = u.expression_attribute_values(":t", n(t));
@@ -585,6 +587,48 @@ impl DynamoStore {
             expr.push_str(" REMOVE live_key");
         }
         u.update_expression(expr).build().map_err(other)
+    }
+
+    /// Summaries of `tenant`'s runs created at or after `since_ms` (the `by_time` index, eight
+    /// shards queried at once), at most `limit`; `true` when there were more.
+    pub async fn runs_since(
+        &self,
+        tenant: &str,
+        since_ms: u64,
+        limit: usize,
+    ) -> Result<(Vec<RunSummary>, bool), Error> {
+        let shards = (0..LIST_SHARDS).map(|k| async move {
+            let mut pages = self
+                .aws
+                .dynamodb
+                .query()
+                .table_name(&self.aws.table)
+                .index_name("by_time")
+                .key_condition_expression("#k = :v AND created >= :c")
+                .expression_attribute_names("#k", "all")
+                .expression_attribute_values(":v", s(format!("{tenant}#RUNS#{k}")))
+                .expression_attribute_values(":c", s(format!("{since_ms:013}")))
+                .return_consumed_capacity(ReturnConsumedCapacity::Total)
+                .into_paginator()
+                .send();
+            let mut out = Vec::new();
+            while let Some(page) = pages.next().await {
+                let page = page.map_err(err)?;
+                self.meter_capacity(page.consumed_capacity(), false);
+                out.extend(page.items().iter().map(Self::summary));
+                if out.len() > limit {
+                    break;
+                }
+            }
+            Ok::<_, Error>(out)
+        });
+        let mut all = Vec::new();
+        for r in futures::future::join_all(shards).await {
+            all.extend(r?);
+        }
+        let more = all.len() > limit;
+        all.truncate(limit);
+        Ok((all, more))
     }
 
     /// Runs not ended that were created before `before_ms`, oldest first, at most `limit`

@@ -54,14 +54,62 @@ pub fn executors(aws: &crate::Aws) -> Result<(Registry, Config, bool), String> {
     Ok((setup.registry(), config, mock))
 }
 
-/// Logs: JSON lines in Lambda (CloudWatch), plain text locally; `RUST_LOG` filters.
-pub fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let in_lambda = std::env::var_os("AWS_LAMBDA_FUNCTION_NAME").is_some();
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if in_lambda {
-        builder.json().without_time().init();
-    } else {
-        builder.init();
+/// What every function sets up first: logs and traces ([`llmo_runtime::telemetry`]: JSON in
+/// Lambda or with `LLMO_LOG_FORMAT=json`, OTLP export when `OTEL_EXPORTER_OTLP_ENDPOINT` is
+/// set) and metrics: CloudWatch embedded metric format lines on stdout in Lambda (namespace
+/// `LLMO_METRICS_NAMESPACE`, default `LLMOrchestrator`, flushed after each invocation: no API
+/// call), a Prometheus registry locally (served on the local API's `/metrics`, and on
+/// `LLMO_METRICS_ADDR` by the local SQS functions).
+pub struct Observability {
+    pub telemetry: llmo_runtime::telemetry::Telemetry,
+    pub metrics: Metrics,
+}
+
+pub enum Metrics {
+    Emf(&'static metrics_cloudwatch_embedded::Collector),
+    Prometheus(metrics_exporter_prometheus::PrometheusHandle),
+    Off,
+}
+
+impl Observability {
+    /// Reads the environment once and installs the subscriber and the metrics recorder.
+    pub fn init(function: &str) -> Result<Self, String> {
+        let settings = llmo_runtime::telemetry::Settings::from_env(&format!("llmo-{function}"))?;
+        let telemetry = llmo_runtime::telemetry::init(&settings)?;
+        let metrics = if std::env::var_os("AWS_LAMBDA_FUNCTION_NAME").is_some() {
+            let namespace = std::env::var("LLMO_METRICS_NAMESPACE").unwrap_or_else(|_| "LLMOrchestrator".into());
+            match metrics_cloudwatch_embedded::Builder::new()
+                .cloudwatch_namespace(namespace)
+                .with_dimension("function", function.to_string())
+                .init()
+            {
+                Ok(c) => {
+                    llmo_runtime::meter::describe();
+                    Metrics::Emf(c)
+                }
+                Err(e) => return Err(format!("metrics: {e}")),
+            }
+        } else {
+            llmo_runtime::meter::prometheus().map_or(Metrics::Off, Metrics::Prometheus)
+        };
+        Ok(Observability { telemetry, metrics })
+    }
+
+    /// After each Lambda invocation: the metrics as one EMF line, the spans sent.
+    pub async fn flush(&self) {
+        if let Metrics::Emf(c) = &self.metrics
+            && let Err(e) = c.flush(std::io::stdout())
+        {
+            tracing::warn!(error = %e, "could not write metrics");
+        }
+        self.telemetry.flush().await;
+    }
+
+    /// The Prometheus exposition of what this process recorded, when it keeps one.
+    pub fn prometheus(&self) -> Option<String> {
+        match &self.metrics {
+            Metrics::Prometheus(h) => Some(h.render()),
+            _ => None,
+        }
     }
 }

@@ -150,14 +150,27 @@ impl SqsHandler for crate::step::DeadLetters {
     }
 }
 
-/// The `main` of an SQS-triggered function: under Lambda, `lambda_runtime` over `handler`;
-/// with `--local [--batch N]` in the arguments, polls `queue` itself with the same handler
-/// until Ctrl-C.
-pub async fn sqs_function<H: SqsHandler>(name: &str, handler: H, queue: SqsQueue) -> Result<(), lambda_runtime::Error> {
+/// The `main` of an SQS-triggered function: under Lambda, `lambda_runtime` over `handler`,
+/// flushing metrics and spans after each invocation; with `--local [--batch N]` in the
+/// arguments, polls `queue` itself with the same handler until Ctrl-C (and serves its
+/// Prometheus metrics on `LLMO_METRICS_ADDR` when set).
+pub async fn sqs_function<H: SqsHandler>(
+    name: &str,
+    handler: H,
+    queue: SqsQueue,
+    obs: crate::env::Observability,
+) -> Result<(), lambda_runtime::Error> {
     let handler = std::sync::Arc::new(handler);
+    let obs = std::sync::Arc::new(obs);
     let args: Vec<String> = std::env::args().collect();
     if args.iter().any(|a| a == "--local") {
         let batch = args.iter().position(|a| a == "--batch").and_then(|i| args.get(i + 1)?.parse().ok()).unwrap_or(10);
+        if let Some(addr) = std::env::var("LLMO_METRICS_ADDR").ok().filter(|a| !a.is_empty()) {
+            let addr: SocketAddr = addr.parse().map_err(|e| format!("LLMO_METRICS_ADDR {addr}: {e}"))?;
+            let obs = obs.clone();
+            let listener = tokio::net::TcpListener::bind(addr).await?;
+            tokio::spawn(serve_metrics(listener, move || obs.prometheus().unwrap_or_default()));
+        }
         tracing::info!(queue = %queue.url, batch, "{name}: polling locally");
         poll(&queue, batch, |e| handler.handle(e), async {
             let _ = tokio::signal::ctrl_c().await;
@@ -166,10 +179,31 @@ pub async fn sqs_function<H: SqsHandler>(name: &str, handler: H, queue: SqsQueue
         return Ok(());
     }
     lambda_runtime::run(lambda_runtime::service_fn(move |e: lambda_runtime::LambdaEvent<SqsEvent>| {
-        let handler = handler.clone();
-        async move { Ok::<_, lambda_runtime::Error>(handler.handle(e.payload).await) }
+        let (handler, obs) = (handler.clone(), obs.clone());
+        async move {
+            let out = handler.handle(e.payload).await;
+            obs.flush().await;
+            Ok::<_, lambda_runtime::Error>(out)
+        }
     }))
     .await
+}
+
+/// Serves `GET /metrics` (Prometheus text exposition of `render()`) on `listener`, for a
+/// process that has no API of its own (a local step worker, `llmo run --metrics-addr`).
+/// Bind it to loopback: it has no authentication.
+pub async fn serve_metrics<F>(listener: tokio::net::TcpListener, render: F) -> std::io::Result<()>
+where
+    F: Fn() -> String + Clone + Send + Sync + 'static,
+{
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let render = render.clone();
+            async move { ([("content-type", "text/plain; version=0.0.4")], render()) }
+        }),
+    );
+    axum::serve(listener, app).await
 }
 
 #[cfg(test)]

@@ -89,7 +89,7 @@ async fn create_table(aws: &Aws, table: &str) -> Result<(), String> {
     };
     let key =
         |n: &str, t: KeyType| KeySchemaElement::builder().attribute_name(n).key_type(t).build().expect("complete");
-    let summary = ["run_id", "workflow", "status", "version", "started_at", "cost_usd", "tenant", "deadline"];
+    let summary = ["run_id", "workflow", "status", "version", "started_at", "cost_usd", "tokens", "tenant", "deadline"];
     let gsi = |name: &str, pk: &str| {
         GlobalSecondaryIndex::builder()
             .index_name(name)

@@ -114,13 +114,22 @@ impl SqsQueue {
         Ok(Decoded::Ready(self.open(body).await?))
     }
 
-    /// Sends an encoded body with a delay of any length.
+    /// Sends an encoded body with a delay of any length, in the current span's trace.
     pub async fn send_body(&self, body: String, delay_ms: Millis) -> Result<(), QueueError> {
+        self.send_traced(body, delay_ms, llmo_runtime::telemetry::traceparent()).await
+    }
+
+    /// Sends an encoded body with a delay of any length, carrying `trace` (a W3C
+    /// `traceparent`) as the message attribute [`TRACEPARENT`].
+    pub async fn send_traced(&self, body: String, delay_ms: Millis, trace: Option<String>) -> Result<(), QueueError> {
         let mut req = self.aws.sqs.send_message().queue_url(&self.url).message_body(body);
         let (secs, attr) = self.delay(delay_ms);
         req = req.delay_seconds(secs);
         if let Some(a) = attr {
             req = req.message_attributes(NOT_BEFORE, a);
+        }
+        if let Some(t) = trace {
+            req = req.message_attributes(TRACEPARENT, string_attribute(t));
         }
         req.send()
             .await
@@ -150,6 +159,7 @@ impl SqsQueue {
             .max_number_of_messages(max.clamp(1, 10) as i32)
             .wait_time_seconds(self.wait_secs)
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+            .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
             .message_attribute_names("All")
             .send()
             .await
@@ -241,6 +251,7 @@ impl Queue for SqsQueue {
 
     /// Ten messages per `SendMessageBatch`; entries the batch refused are sent one by one.
     async fn send_batch(&self, messages: &[(Message, Millis)]) -> Result<(), QueueError> {
+        let trace = llmo_runtime::telemetry::traceparent();
         let mut bodies = Vec::with_capacity(messages.len());
         for (m, delay) in messages {
             bodies.push((self.body(m).await?, *delay));
@@ -258,6 +269,9 @@ impl Queue for SqsQueue {
                     SendMessageBatchRequestEntry::builder().id(i.to_string()).message_body(body).delay_seconds(secs);
                 if let Some(a) = attr {
                     e = e.message_attributes(NOT_BEFORE, a);
+                }
+                if let Some(t) = &trace {
+                    e = e.message_attributes(TRACEPARENT, string_attribute(t.clone()));
                 }
                 entries.push(e.build().map_err(io)?);
             }
@@ -289,10 +303,10 @@ impl Queue for SqsQueue {
                 Decoded::Ready(message) => {
                     let receive_count =
                         r.attributes.get("ApproximateReceiveCount").and_then(|c| c.parse().ok()).unwrap_or(1);
-                    out.push(Delivery { receipt, message, receive_count });
+                    out.push(Delivery { receipt, message, receive_count, trace: trace_of(&r) });
                 }
                 Decoded::Early { body, left_ms } => {
-                    self.send_body(body, left_ms).await?;
+                    self.send_traced(body, left_ms, trace_of(&r)).await?;
                     self.delete_batch(&[receipt]).await?;
                 }
             }
@@ -303,6 +317,24 @@ impl Queue for SqsQueue {
     async fn ack(&self, receipt: &str) -> Result<(), QueueError> {
         self.delete_batch(&[receipt.to_string()]).await
     }
+}
+
+/// The message attribute carrying the W3C trace context of the span that sent a message.
+pub const TRACEPARENT: &str = "traceparent";
+
+fn string_attribute(v: String) -> MessageAttributeValue {
+    MessageAttributeValue::builder().data_type("String").string_value(v).build().expect("data type is set")
+}
+
+/// The trace context a received record carries.
+pub fn trace_of(r: &SqsMessage) -> Option<String> {
+    r.message_attributes.get(TRACEPARENT).and_then(|a| a.string_value.clone())
+}
+
+/// How long ago a record was sent (SQS's `SentTimestamp`), in seconds.
+pub fn age_secs(r: &SqsMessage) -> Option<f64> {
+    let sent: u64 = r.attributes.get("SentTimestamp")?.parse().ok()?;
+    Some(now_ms().saturating_sub(sent) as f64 / 1000.0)
 }
 
 /// Messages packed into `SendMessageBatch` requests: at most 10 each and at most

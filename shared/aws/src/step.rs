@@ -3,7 +3,9 @@
 //! local poller feed them the same way.
 
 use std::sync::Arc;
+
 use std::time::Duration;
+use tracing::Instrument;
 
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
 use llmo_core::engine::Event;
@@ -55,13 +57,14 @@ impl Step {
             match self.queue.decode(r).await {
                 Ok(Decoded::Ready(message)) => {
                     let receive_count = receive_count(r);
-                    ready.push((
-                        id,
-                        Delivery { receipt: r.receipt_handle.clone().unwrap_or_default(), message, receive_count },
-                    ));
+                    if let Some(age) = crate::sqs::age_secs(r) {
+                        llmo_runtime::meter::queue_wait(age);
+                    }
+                    let receipt = r.receipt_handle.clone().unwrap_or_default();
+                    ready.push((id, Delivery { receipt, message, receive_count, trace: crate::sqs::trace_of(r) }));
                 }
                 Ok(Decoded::Early { body, left_ms }) => {
-                    if let Err(e) = self.queue.send_body(body, left_ms).await {
+                    if let Err(e) = self.queue.send_traced(body, left_ms, crate::sqs::trace_of(r)).await {
                         tracing::warn!(message = %id, error = %e, "could not defer an early message");
                         failed.push(id);
                     }
@@ -150,20 +153,33 @@ impl DeadLetters {
                 continue;
             };
             let run = message.run_id().to_string();
+            let span = tracing::info_span!("dead letter", run_id = %run, %reason);
+            llmo_runtime::telemetry::adopt(&span, crate::sqs::trace_of(r).as_deref());
             // An `Execute` fails its attempt through the engine; a run that no longer loads
             // (its workflow does not validate, its log does not replay) is aborted without it.
-            let handled = match message {
-                Message::Event { event: Event::Abort { .. }, .. } => self.worker.abort(&run, reason).await,
-                message => {
-                    match self.worker.handle(&Delivery { receipt: String::new(), message, receive_count: 1 }).await {
-                        Err(
-                            llmo_runtime::worker::Error::BadWorkflow { .. }
-                            | llmo_runtime::worker::Error::Store(llmo_runtime::store::Error::Corrupt { .. }),
-                        ) => self.worker.abort(&run, reason).await,
-                        other => other,
+            let handled = async {
+                match message {
+                    Message::Event { event: Event::Abort { .. }, .. } => {
+                        llmo_runtime::meter::dead_letter("unreadable");
+                        self.worker.abort(&run, reason).await
+                    }
+                    message => {
+                        let kind = if matches!(message, Message::Execute { .. }) { "attempt" } else { "run" };
+                        llmo_runtime::meter::dead_letter(kind);
+                        let trace = llmo_runtime::telemetry::traceparent();
+                        let d = Delivery { receipt: String::new(), message, receive_count: 1, trace };
+                        match self.worker.handle(&d).await {
+                            Err(
+                                llmo_runtime::worker::Error::BadWorkflow { .. }
+                                | llmo_runtime::worker::Error::Store(llmo_runtime::store::Error::Corrupt { .. }),
+                            ) => self.worker.abort(&run, reason).await,
+                            other => other,
+                        }
                     }
                 }
-            };
+            }
+            .instrument(span)
+            .await;
             match handled {
                 Ok(o) => {
                     tracing::warn!(message = %id, %run, ?o, "dead letter failed its task or run")

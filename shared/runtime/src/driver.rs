@@ -21,6 +21,7 @@ use llmo_core::engine::{AttemptResult, Command, Event, Millis, Plan, RunParts, R
 use serde_json::{Map, Value};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 use crate::executor::{Attempt, Executor, Registry, failed};
 use crate::ports::{BlobStore, Clock};
@@ -156,6 +157,26 @@ impl Driver {
         cmds: Vec<Command>,
         observer: &mut dyn Observer,
     ) -> Result<Finished, Error> {
+        let span = tracing::info_span!(
+            "run",
+            run_id = %st.run_id,
+            workflow = %self.plan.checked.workflow.metadata.name,
+            status = tracing::field::Empty,
+        );
+        let r = self.drive_in(st, first, cmds, observer).instrument(span.clone()).await;
+        if let Ok(f) = &r {
+            span.record("status", f.state.status.as_str());
+        }
+        r
+    }
+
+    async fn drive_in(
+        &self,
+        st: RunState,
+        first: Vec<Event>,
+        cmds: Vec<Command>,
+        observer: &mut dyn Observer,
+    ) -> Result<Finished, Error> {
         let (tx, rx) = mpsc::unbounded_channel();
         let sem = Arc::new(Semaphore::new(self.options.concurrency.max(1)));
         let st_run_id = st.run_id.clone();
@@ -210,6 +231,7 @@ impl Driver {
     async fn apply_batch(&self, t: &mut Turn, observer: &mut dyn Observer) -> Result<Vec<Command>, Error> {
         loop {
             let expected = t.st.version;
+            let before = t.st.status;
             let now = self.clock.now();
             let mut batch = Vec::with_capacity(t.inbox.len());
             let mut cmds = Vec::new();
@@ -223,6 +245,7 @@ impl Driver {
                 return Ok(cmds);
             }
             if self.store.append(expected, &batch, &t.st).await? {
+                crate::meter::applied(&self.plan.checked.workflow.metadata.name, before, &t.st, &cmds);
                 t.since_snapshot += batch.len() as u64;
                 // A snapshot costs O(tasks): at most one per 2 × tasks transitions keeps that O(1)
                 // per transition, and loading replays at most that many.
@@ -312,16 +335,20 @@ impl Driver {
                 };
                 if exec.inline() {
                     let result = exec.execute(&a).await;
+                    crate::meter::attempt(ty, &result);
                     t.inbox.push(Event::finished(task, item, attempt, result));
                     return;
                 }
                 let tx = t.tx.clone();
                 let sem = sem.clone();
-                let handle = tokio::spawn(async move {
-                    let Ok(_permit) = sem.acquire_owned().await else { return };
-                    let result = run_with_timeout(exec.as_ref(), &a).await;
-                    let _ = tx.send(Event::finished(task, item, attempt, result));
-                });
+                let handle = tokio::spawn(
+                    async move {
+                        let Ok(_permit) = sem.acquire_owned().await else { return };
+                        let result = run_with_timeout(exec.as_ref(), &a).await;
+                        let _ = tx.send(Event::finished(task, item, attempt, result));
+                    }
+                    .in_current_span(),
+                );
                 if let Some(old) = t.running.insert((task, item), handle) {
                     old.abort();
                 }
@@ -396,15 +423,47 @@ pub(crate) fn build_attempt(
     })
 }
 
+/// Runs one attempt under its `timeout`, in an `attempt` span (a child of the current one).
 pub(crate) async fn run_with_timeout(exec: &dyn Executor, a: &Attempt) -> AttemptResult {
-    match a.timeout {
-        Some(d) => tokio::time::timeout(d, exec.execute(a)).await.unwrap_or_else(|_| AttemptResult::Failed {
-            error: format!("timed out after {}", llmo_core::model::Duration(d)),
-            retryable: true,
-            usage: Usage::default(),
-        }),
-        None => exec.execute(a).await,
+    use tracing::Instrument;
+    let span = tracing::info_span!(
+        "attempt",
+        otel.name = format!("attempt {}", a.task_id),
+        run_id = %a.run_id,
+        task = %a.task_id,
+        task_type = %a.ty,
+        item = a.item,
+        attempt = a.attempt,
+        outcome = tracing::field::Empty,
+        error = tracing::field::Empty,
+    );
+    let run = async {
+        match a.timeout {
+            Some(d) => tokio::time::timeout(d, exec.execute(a)).await.unwrap_or_else(|_| AttemptResult::Failed {
+                error: format!("timed out after {}", llmo_core::model::Duration(d)),
+                retryable: true,
+                usage: Usage::default(),
+            }),
+            None => exec.execute(a).await,
+        }
+    };
+    let result = run.instrument(span.clone()).await;
+    record_attempt(&span, &a.ty, &result);
+    result
+}
+
+/// Puts an attempt's outcome on its span and in the metrics.
+pub(crate) fn record_attempt(span: &tracing::Span, ty: &str, result: &AttemptResult) {
+    match result {
+        AttemptResult::Succeeded { .. } => {
+            span.record("outcome", "succeeded");
+        }
+        AttemptResult::Failed { error, retryable, .. } => {
+            span.record("outcome", if *retryable { "retryable" } else { "failed" });
+            span.record("error", error.as_str());
+        }
     }
+    crate::meter::attempt(ty, result);
 }
 
 /// Runs the `on.success` or `on.failure` hooks of an ended run, each under its retry policy

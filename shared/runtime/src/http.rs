@@ -299,7 +299,28 @@ fn host_of(url: &Url) -> String {
 
 #[async_trait]
 impl Executor for HttpExecutor {
+    /// In an `http {method}` span; the request carries its trace context (`traceparent`).
     async fn execute(&self, a: &Attempt) -> AttemptResult {
+        use tracing::Instrument;
+        let method = a.with.get("method").and_then(serde_json::Value::as_str).unwrap_or("GET").to_ascii_uppercase();
+        let span = tracing::info_span!(
+            "http",
+            otel.name = format!("http {method}"),
+            otel.kind = "client",
+            http.request.method = tracing::field::Empty,
+            server.address = tracing::field::Empty,
+            http.response.status_code = tracing::field::Empty,
+        );
+        self.execute_in(a).instrument(span).await
+    }
+
+    fn raw_fields(&self) -> &'static [&'static str] {
+        &["headers"]
+    }
+}
+
+impl HttpExecutor {
+    async fn execute_in(&self, a: &Attempt) -> AttemptResult {
         let w = match parse_with(a) {
             Ok(w) => w,
             Err(e) => return failed(e),
@@ -318,6 +339,10 @@ impl Executor for HttpExecutor {
         let timeout = a.timeout.unwrap_or(DEFAULT_TIMEOUT);
         let deadline = Instant::now() + timeout;
         let mut method = method(w.method);
+        let span = tracing::Span::current();
+        span.record("http.request.method", method.as_str());
+        span.record("server.address", host_of(&url).as_str());
+        let trace = crate::telemetry::traceparent();
         let mut body = w.body.clone();
         let mut hops = 0u8;
         // The URL that redirected to this one.
@@ -329,6 +354,9 @@ impl Executor for HttpExecutor {
                 rb = rb.header(&h.name, &h.value);
             }
             rb = rb.header("Idempotency-Key", a.idempotency_key());
+            if let Some(t) = &trace {
+                rb = rb.header("traceparent", t);
+            }
             if let Some(b) = &body {
                 rb = rb.json(b);
             }
@@ -341,6 +369,7 @@ impl Executor for HttpExecutor {
                             None => r.to_string(),
                         }));
                     }
+                    crate::meter::http_call(method.as_str(), 0);
                     let error = if e.is_timeout() {
                         format!("timed out after {}", llmo_core::model::Duration(timeout))
                     } else {
@@ -350,6 +379,7 @@ impl Executor for HttpExecutor {
                 }
             };
             let status = resp.status();
+            crate::meter::http_call(method.as_str(), status.as_u16());
             let location = resp.headers().get(reqwest::header::LOCATION).and_then(|l| l.to_str().ok());
             let (true, Some(location)) = (status.is_redirection(), location) else { break resp };
             if hops >= self.limits.max_redirects {
@@ -388,6 +418,7 @@ impl Executor for HttpExecutor {
             from = Some(std::mem::replace(&mut url, next));
         };
         let status = resp.status().as_u16();
+        span.record("http.response.status_code", status);
         let headers: Map<String, Value> = resp
             .headers()
             .iter()
@@ -397,10 +428,6 @@ impl Executor for HttpExecutor {
             Ok(body) => outcome(&w, status, headers, &body, &revealed),
             Err(r) => r,
         }
-    }
-
-    fn raw_fields(&self) -> &'static [&'static str] {
-        &["headers"]
     }
 }
 

@@ -1,16 +1,21 @@
 //! The runtime of LLM-Orchestrator: the ports the engine needs (run store, blobs, clock,
 //! executors), their embedded adapters (in-memory, SQLite, files), the executors of the
 //! built-in task types with the model providers, and the embedded driver.
+pub mod costs;
 pub mod driver;
 pub mod egress;
 pub mod executor;
 pub mod http;
+pub mod meter;
 pub mod ports;
 pub mod providers;
 pub mod queue;
 pub mod secrets;
 pub mod start;
 pub mod store;
+pub mod telemetry;
+pub mod ui;
+pub mod view;
 pub mod worker;
 
 use std::sync::Arc;

@@ -74,6 +74,8 @@ pub struct Delivery {
     pub message: Message,
     /// How many times the message has been delivered, this one included.
     pub receive_count: u32,
+    /// The W3C `traceparent` the message was sent under, if it carried one.
+    pub trace: Option<String>,
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -107,6 +109,7 @@ struct Entry {
     visible_at: Millis,
     receives: u32,
     receipt: Option<String>,
+    trace: Option<String>,
 }
 
 /// Picks which of `n` visible messages is delivered next (FIFO when absent).
@@ -163,6 +166,7 @@ impl MemoryQueue {
                 visible_at: self.clock.now(),
                 receives: 0,
                 receipt: None,
+                trace: e.trace.clone(),
             };
             entries.push(copy);
         }
@@ -175,7 +179,15 @@ impl Queue for MemoryQueue {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let body = Envelope::encode(message);
         let visible_at = self.clock.now() + delay_ms;
-        self.entries.lock().expect("queue lock").push(Entry { id, body, visible_at, receives: 0, receipt: None });
+        let trace = crate::telemetry::traceparent();
+        self.entries.lock().expect("queue lock").push(Entry {
+            id,
+            body,
+            visible_at,
+            receives: 0,
+            receipt: None,
+            trace,
+        });
         Ok(())
     }
 
@@ -196,7 +208,7 @@ impl Queue for MemoryQueue {
             let receipt = format!("{}-{}", e.id, e.receives);
             e.receipt = Some(receipt.clone());
             let message = Envelope::decode(&e.body)?;
-            out.push(Delivery { receipt, message, receive_count: e.receives });
+            out.push(Delivery { receipt, message, receive_count: e.receives, trace: e.trace.clone() });
         }
         Ok(out)
     }

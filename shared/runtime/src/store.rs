@@ -55,6 +55,7 @@ pub struct RunSummary {
     pub version: u64,
     pub started_at: Option<u64>,
     pub cost_usd: f64,
+    pub tokens: u64,
 }
 
 impl RunSummary {
@@ -66,6 +67,7 @@ impl RunSummary {
             version: st.version,
             started_at: st.started_at,
             cost_usd: st.cost_usd,
+            tokens: st.tokens,
         }
     }
 }
@@ -257,6 +259,7 @@ impl RunStore for MemoryStore {
         }
         s.started_at = head.started_at;
         s.cost_usd = head.cost_usd;
+        s.tokens = head.tokens;
         Ok(true)
     }
 
@@ -347,6 +350,12 @@ impl SqliteStore {
                 state TEXT NOT NULL
             );",
         )?;
+        // Files from before `tokens` was listed get the column (their runs count 0 tokens).
+        let has_tokens: bool =
+            conn.prepare("SELECT 1 FROM pragma_table_info('runs') WHERE name = 'tokens'")?.exists([])?;
+        if !has_tokens {
+            conn.execute_batch("ALTER TABLE runs ADD COLUMN tokens INTEGER NOT NULL DEFAULT 0")?;
+        }
         Ok(SqliteStore { conn: Mutex::new(conn) })
     }
 
@@ -359,14 +368,15 @@ impl SqliteStore {
 /// last version is the run's).
 fn update_summary(tx: &rusqlite::Transaction<'_>, head: &RunState) -> Result<(), Error> {
     tx.prepare_cached(
-        "UPDATE runs SET version = ?1, status = ?2, started_at = ?3, cost_usd = ?4 WHERE run_id = ?5 AND version <= ?1",
+        "UPDATE runs SET version = ?1, status = ?2, started_at = ?3, cost_usd = ?4, tokens = ?6 WHERE run_id = ?5 AND version <= ?1",
     )?
     .execute(params![
         head.version as i64,
         head.status.as_str(),
         head.started_at.map(|t| t as i64),
         head.cost_usd,
-        head.run_id
+        head.run_id,
+        head.tokens as i64
     ])?;
     Ok(())
 }
@@ -379,6 +389,7 @@ fn summary_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunSummary> {
         version: r.get::<_, i64>(3)? as u64,
         started_at: r.get::<_, Option<i64>>(4)?.map(|t| t as u64),
         cost_usd: r.get(5)?,
+        tokens: r.get::<_, i64>(6)? as u64,
     })
 }
 
@@ -542,7 +553,7 @@ impl RunStore for SqliteStore {
     async fn list(&self) -> Result<Vec<RunSummary>, Error> {
         let conn = self.lock();
         let mut stmt = conn.prepare(
-            "SELECT run_id, workflow, status, version, started_at, cost_usd FROM runs ORDER BY started_at DESC, run_id DESC",
+            "SELECT run_id, workflow, status, version, started_at, cost_usd, tokens FROM runs ORDER BY started_at DESC, run_id DESC",
         )?;
         let rows = stmt.query_map([], summary_row)?;
         Ok(rows.collect::<Result<_, _>>()?)

@@ -37,6 +37,10 @@ use crate::executor::Registry;
 use crate::ports::Clock;
 use crate::queue::{Delivery, Message, Queue, QueueError};
 use crate::store::{self, RunStore, Transition, rebuild};
+use tracing::Instrument;
+
+/// An attempt kept to run in place, with the trace context of the step that asked for it.
+type Kept = (Message, Option<String>);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -203,25 +207,28 @@ impl Worker {
     pub async fn handle_batch_continuing(&self, ds: &[Delivery], c: Continue) -> Vec<Result<Outcome, Error>> {
         let kept = Mutex::new(Vec::new());
         let mut results = self.handle_batch_with(ds, Some(&kept), false).await;
-        let mut pending = kept.into_inner().expect("kept messages");
+        let mut pending: Vec<Kept> = kept.into_inner().expect("kept messages");
         let mut failed = Vec::new();
         let mut rounds = 0;
         while pending.len() == 1 && rounds < c.max_rounds && self.clock.now() < c.until {
             rounds += 1;
             let round: Vec<Delivery> = pending
                 .drain(..)
-                .map(|message| Delivery { receipt: String::new(), message, receive_count: 1 })
+                .map(|(message, trace)| Delivery { receipt: String::new(), message, receive_count: 1, trace })
                 .collect();
             let kept = Mutex::new(Vec::new());
             let done = self.handle_batch_with(&round, Some(&kept), true).await;
             pending = kept.into_inner().expect("kept messages");
             // A step that failed here goes through the queue (and its retries), as it would have.
-            failed.extend(round.into_iter().zip(done).filter(|(_, r)| r.is_err()).map(|(d, _)| d.message));
+            failed.extend(round.into_iter().zip(done).filter(|(_, r)| r.is_err()).map(|(d, _)| (d.message, d.trace)));
         }
         pending.extend(failed);
         if !pending.is_empty() {
-            let out: Vec<(Message, Millis)> = pending.into_iter().map(|m| (m, 0)).collect();
-            if let Err(e) = self.queue.send_batch(&out).await {
+            // Sent in the trace of the step that asked for them (the first one's, when several).
+            let span = tracing::info_span!("send", messages = pending.len());
+            crate::telemetry::adopt(&span, pending[0].1.as_deref());
+            let out: Vec<(Message, Millis)> = pending.into_iter().map(|(m, _)| (m, 0)).collect();
+            if let Err(e) = self.queue.send_batch(&out).instrument(span).await {
                 // Not acknowledged: the batch is delivered again and replays what was lost.
                 let why = e.to_string();
                 for (d, r) in ds.iter().zip(results.iter_mut()) {
@@ -236,7 +243,7 @@ impl Worker {
     async fn handle_batch_with(
         &self,
         ds: &[Delivery],
-        keep: Option<&Mutex<Vec<Message>>>,
+        keep: Option<&Mutex<Vec<Kept>>>,
         in_place: bool,
     ) -> Vec<Result<Outcome, Error>> {
         let mut groups: Vec<(&str, Vec<usize>)> = Vec::new();
@@ -249,7 +256,8 @@ impl Worker {
         }
         let steps = groups.iter().map(|(run, idx)| {
             let msgs: Vec<(&Message, bool)> = idx.iter().map(|&i| (&ds[i].message, ds[i].receive_count > 1)).collect();
-            async move { self.step(run, &msgs, keep, in_place).await }
+            let trace = idx.iter().find_map(|&i| ds[i].trace.as_deref());
+            async move { self.step(run, &msgs, keep, in_place, trace).await }
         });
         let done = futures::future::join_all(steps).await;
         let mut out: Vec<Option<Result<Outcome, Error>>> = (0..ds.len()).map(|_| None).collect();
@@ -275,14 +283,50 @@ impl Worker {
     /// One step of one run over its messages in this batch.
     /// Each message comes with whether it was delivered before (it may then be the lease of
     /// a chain stepped in place by a worker that died: see `Plan::replay_chain`).
+    /// In a `step` span, a child of `trace` (the trace context its first message carried).
     async fn step(
         &self,
         run_id: &str,
         msgs: &[(&Message, bool)],
-        keep: Option<&Mutex<Vec<Message>>>,
+        keep: Option<&Mutex<Vec<Kept>>>,
+        in_place: bool,
+        trace: Option<&str>,
+    ) -> Result<Outcome, Error> {
+        let span = tracing::info_span!(
+            "step",
+            run_id,
+            workflow = tracing::field::Empty,
+            messages = msgs.len(),
+            in_place,
+            version = tracing::field::Empty,
+            outcome = tracing::field::Empty,
+        );
+        crate::telemetry::adopt(&span, trace);
+        let started = std::time::Instant::now();
+        let r = self.step_in(run_id, msgs, keep, in_place).instrument(span.clone()).await;
+        let outcome = match &r {
+            Ok(Outcome::Applied(v)) => {
+                span.record("version", v);
+                "applied"
+            }
+            Ok(Outcome::Replayed) => "replayed",
+            Err(_) => "failed",
+        };
+        span.record("outcome", outcome);
+        crate::meter::step(outcome, started.elapsed().as_secs_f64());
+        r
+    }
+
+    async fn step_in(
+        &self,
+        run_id: &str,
+        msgs: &[(&Message, bool)],
+        keep: Option<&Mutex<Vec<Kept>>>,
         in_place: bool,
     ) -> Result<Outcome, Error> {
         let (plan, mut st) = self.load(run_id).await?;
+        let workflow = plan.checked.workflow.metadata.name.as_str();
+        tracing::Span::current().record("workflow", workflow);
         let mut events: Vec<Event> = Vec::new();
         let mut owed: Vec<String> = Vec::new();
         // Keys of redelivered messages: what they owe is followed through finished work.
@@ -384,6 +428,7 @@ impl Worker {
             }
             match self.store.append(expected, &log, &next).await {
                 Ok(true) => {
+                    crate::meter::applied(workflow, st.status, &next, &cmds);
                     let version = next.version;
                     self.remember(&plan, &next);
                     self.send(&plan, &next, cmds, keep).await?;
@@ -392,6 +437,7 @@ impl Worker {
                 }
                 Ok(false) => {
                     lost += 1;
+                    crate::meter::cas_lost(1);
                     if lost >= self.cas.max_lost {
                         return Err(Error::Step(
                             run_id.to_string(),
@@ -445,6 +491,7 @@ impl Worker {
             receipt: String::new(),
             message: Message::Event { run_id: run_id.to_string(), event: event.clone() },
             receive_count: 1,
+            trace: crate::telemetry::traceparent(),
         };
         match self.handle(&d).await {
             Err(Error::BadWorkflow { why, .. }) => {
@@ -542,7 +589,7 @@ impl Worker {
         plan: &Arc<Plan>,
         st: &RunState,
         cmds: Vec<Command>,
-        keep: Option<&Mutex<Vec<Message>>>,
+        keep: Option<&Mutex<Vec<Kept>>>,
     ) -> Result<(), Error> {
         let run_id = &st.run_id;
         let mut out = Vec::new();
@@ -552,7 +599,7 @@ impl Worker {
                 Command::Execute { task, item, attempt } => {
                     let m = Message::Execute { run_id: run_id.clone(), task, item, attempt };
                     match keep {
-                        Some(k) => k.lock().expect("kept messages").push(m),
+                        Some(k) => k.lock().expect("kept messages").push((m, crate::telemetry::traceparent())),
                         None => out.push((m, 0)),
                     }
                 }

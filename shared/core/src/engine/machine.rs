@@ -872,6 +872,7 @@ impl Transition<'_, '_> {
 
     /// A task reached a terminal state: wake its dependents, fail the run if it must.
     fn task_ended(&mut self, i: usize) {
+        self.st.tasks[i].ended_at = Some(self.now);
         self.st.ended_tasks += 1;
         if let Ok(k) = self.dispatchable_index(i) {
             self.st.dispatchable.remove(k);
@@ -1048,6 +1049,7 @@ impl Transition<'_, '_> {
                 u.cause = Some(self.cause.clone());
                 u.started_by.push(self.cause.clone());
                 ts.attempts += 1;
+                ts.started_at.get_or_insert(self.now);
                 let attempt = u.attempt;
                 self.st.running += 1;
                 task_running += 1;
@@ -1131,6 +1133,7 @@ impl Transition<'_, '_> {
             }
             ts.status = TaskStatus::Cancelled;
             ts.reason = Some(format!("run {}", status.as_str()));
+            ts.ended_at = Some(self.now);
         }
         self.st.status = status;
         self.st.error = Some(error);

@@ -145,6 +145,12 @@ pub struct TaskState {
     pub cost_usd: f64,
     #[serde(default)]
     pub tokens: u64,
+    /// When its first attempt started (clock reading of that transition).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Millis>,
+    /// When it reached its terminal state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_at: Option<Millis>,
     /// Derived: how many of its dependencies (in order) are known to have settled, so a
     /// join over thousands of tasks is not rescanned each time one of them ends.
     #[serde(default)]
@@ -162,6 +168,8 @@ impl TaskState {
             attempts: 0,
             cost_usd: 0.0,
             tokens: 0,
+            started_at: None,
+            ended_at: None,
             deps_settled: 0,
         }
     }

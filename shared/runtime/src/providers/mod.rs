@@ -23,6 +23,7 @@ use llmo_core::engine::builtin::TaskError;
 use llmo_core::engine::{AttemptResult, Usage};
 use llmo_core::tasks::{LlmWith, ResponseFormat, Role};
 use serde_json::{Value, json};
+use tracing::Instrument;
 
 pub use anthropic::Anthropic;
 pub use config::{Config, ConfigError, Kind, Price, PriceTable, ProviderConfig};
@@ -358,12 +359,9 @@ impl LlmExecutor {
     /// budget (`budget_left`), a candidate is called only if its worst case (rendered prompt
     /// and `max_tokens`, see [`LlmExecutor::worst_case`]) fits in what is left; one whose model
     /// has no known price is not called: its cost could not be counted, so budgets fail closed.
-    async fn complete(
-        &self,
-        w: &LlmWith,
-        req: &ChatRequest,
-        budget_left: Option<f64>,
-    ) -> (Result<Value, (String, bool)>, Usage) {
+    async fn complete(&self, a: &Attempt, w: &LlmWith, req: &ChatRequest) -> (Result<Value, (String, bool)>, Usage) {
+        let budget_left = a.budget_left_usd;
+        let workflow = a.plan.checked.workflow.metadata.name.as_str();
         let mut usage = Usage::default();
         let mut errors = Vec::new();
         let mut retryable = false;
@@ -395,13 +393,50 @@ impl LlmExecutor {
                     Some(_) => {}
                 }
             }
-            match self.call(&provider, &req).await {
+            let system = if self.force_mock { "mock" } else { provider.as_str() };
+            let span = tracing::info_span!(
+                "chat",
+                otel.name = format!("chat {model}"),
+                otel.kind = "client",
+                gen_ai.operation.name = "chat",
+                gen_ai.provider.name = system,
+                gen_ai.request.model = %model,
+                gen_ai.request.max_tokens = tracing::field::Empty,
+                gen_ai.response.model = tracing::field::Empty,
+                gen_ai.usage.input_tokens = tracing::field::Empty,
+                gen_ai.usage.output_tokens = tracing::field::Empty,
+                llmo.cost_usd = tracing::field::Empty,
+                error.type = tracing::field::Empty,
+            );
+            if let Some(m) = req.max_tokens {
+                span.record("gen_ai.request.max_tokens", i64::from(m));
+            }
+            let started = std::time::Instant::now();
+            let r = self.call(&provider, &req).instrument(span.clone()).await;
+            let seconds = started.elapsed().as_secs_f64();
+            match r {
                 Err(e) => {
+                    span.record("error.type", e.to_string().as_str());
+                    crate::meter::model_call(workflow, system, &model, false, seconds, 0, 0, 0.0);
                     retryable |= e.retryable();
                     errors.push(format!("{label}: {e}"));
                 }
                 Ok(resp) => {
                     let cost = self.price(&provider, &model, &resp);
+                    span.record("gen_ai.response.model", resp.model.as_str());
+                    span.record("gen_ai.usage.input_tokens", resp.prompt_tokens as i64);
+                    span.record("gen_ai.usage.output_tokens", resp.completion_tokens as i64);
+                    span.record("llmo.cost_usd", cost.unwrap_or(0.0));
+                    crate::meter::model_call(
+                        workflow,
+                        system,
+                        &model,
+                        true,
+                        seconds,
+                        resp.prompt_tokens,
+                        resp.completion_tokens,
+                        cost.unwrap_or(0.0),
+                    );
                     usage.tokens += resp.prompt_tokens + resp.completion_tokens;
                     usage.cost_usd += cost.unwrap_or(0.0);
                     let mut out = json!({
@@ -523,7 +558,7 @@ impl Executor for LlmExecutor {
                 return AttemptResult::Failed { error: format!("llm: {e}"), retryable: false, usage: Usage::default() };
             }
         };
-        let (r, usage) = self.complete(&w, &request_of(&w), a.budget_left_usd).await;
+        let (r, usage) = self.complete(a, &w, &request_of(&w)).await;
         match r {
             Ok(output) => AttemptResult::Succeeded { output: output.into(), usage },
             Err((error, retryable)) => AttemptResult::Failed { error, retryable, usage },
@@ -563,7 +598,7 @@ impl Judge for LlmExecutor {
             response_format: Some(ResponseFormat::Json),
             output_schema: Some(schema),
         };
-        let (r, usage) = self.complete(&w, &request_of(&w), a.budget_left_usd).await;
+        let (r, usage) = self.complete(a, &w, &request_of(&w)).await;
         match r {
             Ok(out) => Ok((out.pointer("/json/score").and_then(Value::as_f64).unwrap_or(0.0), usage)),
             Err((message, retryable)) => Err(TaskError { message: format!("llm_judge: {message}"), retryable }),
