@@ -411,3 +411,122 @@ fn token_mints_what_the_api_verifies_and_remote_commands_send_it() {
     assert!(!out.status.success());
     drop(rt);
 }
+
+/// A GET over a fresh connection: (status, headers and body as text).
+fn http_get(addr: &str, path: &str, token: Option<&str>) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (status, out)
+}
+
+fn body_json(resp: &str) -> serde_json::Value {
+    serde_json::from_str(resp.split("\r\n\r\n").nth(1).unwrap_or_default()).unwrap_or_default()
+}
+
+#[test]
+fn run_serves_its_page_and_metrics_and_logs_json_with_run_and_task_ids() {
+    use std::io::BufRead;
+    let dir = std::env::temp_dir().join(format!("llmo-ui-{}", std::process::id()));
+    let db = dir.join("runs.db");
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut child = command()
+        .args(["--log-format", "json", "run", "--mock", "--state", db.to_str().unwrap()])
+        .args([
+            "--ui",
+            "127.0.0.1:0",
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "workflows/article-pipeline.yaml",
+            "-i",
+            "topic=Rust",
+        ])
+        .env("LLMO_MOCK_DELAY_MS", "300")
+        .env("RUST_LOG", "llmo_runtime=debug")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines().map(|l| l.unwrap());
+    let (mut page, mut metrics, mut json_lines) = (None, None, Vec::new());
+    for line in lines.by_ref() {
+        if let Some(m) = line.strip_prefix("metrics: http://") {
+            metrics = Some(m.trim_end_matches("/metrics").to_string());
+        } else if let Some(p) = line.strip_prefix("run page: http://") {
+            page = Some(p.to_string());
+            break;
+        }
+    }
+    let page = page.expect("the run page's link");
+    let (addr, rest) = page.split_once('/').unwrap();
+    let (path, token) = rest.split_once("#token=").unwrap();
+    let run_id = path.rsplit('/').next().unwrap().to_string();
+    assert_eq!(token.len(), 32);
+    // The page is there for anyone; the run's data only with the token.
+    let (code, resp) = http_get(addr, &format!("/{path}"), None);
+    assert_eq!(code, 200);
+    assert!(resp.to_ascii_lowercase().contains("content-security-policy: default-src 'none'"), "{resp}");
+    assert_eq!(http_get(addr, &format!("/runs/{run_id}"), None).0, 401);
+    assert_eq!(http_get(addr, &format!("/runs/{run_id}"), Some("0123456789abcdef0123456789abcdef")).0, 401);
+    let (code, resp) = http_get(addr, &format!("/runs/{run_id}"), Some(token));
+    assert_eq!(code, 200, "{resp}");
+    let run = body_json(&resp);
+    assert_eq!(run["tasks"].as_array().unwrap().len(), 7, "{run}");
+    assert!(["pending", "running"].contains(&run["status"].as_str().unwrap()), "seen while it runs: {run}");
+    let draft = run["tasks"].as_array().unwrap().iter().find(|t| t["id"] == "draft_short").unwrap();
+    assert_eq!(draft["fallback_for"], serde_json::json!(["draft"]));
+    for line in lines.by_ref() {
+        if line.starts_with('{') {
+            json_lines.push(line);
+        } else if line.contains("ended; still serving") {
+            break;
+        }
+    }
+    let (_, resp) = http_get(addr, &format!("/runs/{run_id}"), Some(token));
+    let run = body_json(&resp);
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert!(run["tasks"][1]["ended_at"].as_u64() >= run["tasks"][1]["started_at"].as_u64());
+    let (_, list) = http_get(addr, "/runs", Some(token));
+    assert!(body_json(&list)["runs"].as_array().unwrap().iter().any(|r| r["run_id"] == run_id.as_str()));
+
+    let (code, exposition) = http_get(&metrics.expect("the metrics address"), "/metrics", None);
+    assert_eq!(code, 200);
+    for want in [
+        r#"llmo_model_calls_total{provider="mock",model="gpt-4o-mini",outcome="ok"}"#,
+        r#"llmo_tokens_total{workflow="article-pipeline",model="gpt-4o",direction="output"}"#,
+        r#"llmo_runs_finished_total{workflow="article-pipeline",status="succeeded"} 1"#,
+        r#"llmo_attempts_total{task_type="llm",outcome="succeeded"}"#,
+        "llmo_step_seconds_bucket",
+    ] {
+        assert!(exposition.contains(want), "{want} in {exposition}");
+    }
+    child.kill().ok();
+    child.wait().ok();
+
+    // JSON log lines carry the run and the task of the spans they are in.
+    let attempts: Vec<serde_json::Value> = json_lines
+        .iter()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["fields"]["message"] == "attempt succeeded")
+        .collect();
+    assert!(attempts.len() >= 4, "outline, draft, two translations: {json_lines:?}");
+    for a in &attempts {
+        let spans = a["spans"].as_array().unwrap();
+        assert!(spans.iter().any(|s| s["run_id"] == run_id.as_str()), "{a}");
+        assert!(spans.iter().any(|s| s["task"].is_string()), "{a}");
+    }
+
+    let out = llmo(&["costs", "--state", db.to_str().unwrap(), "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rows[0]["key"], "article-pipeline", "{rows}");
+    assert_eq!(rows[0]["runs"], 1);
+    assert!(rows[0]["tokens"].as_u64().unwrap() > 0, "{rows}");
+    let table = text(&llmo(&["costs", "--state", db.to_str().unwrap(), "--by", "tenant"]).stdout);
+    assert!(table.contains("local") && table.contains("total"), "{table}");
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -595,3 +595,53 @@ async fn a_delay_longer_than_sqs_allows_is_honoured() {
     let (initial, log) = initial_and_log(&aws, &run_id).await;
     check_log(&plan(CHAIN), &log, initial);
 }
+
+/// `GET /costs` sums what a tenant's runs recorded (runs, tokens, cost) per UTC day and
+/// workflow, or for the tenant; another tenant sees none of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn costs_roll_up_a_tenants_runs_per_day_and_workflow() {
+    let Some(aws) = aws().await else { return };
+    let aws = stack(&aws, 30, 5).await;
+    let api = api(&aws);
+    let workers = Workers::start(&aws, 1, 10, |s| s);
+    let source = std::fs::read_to_string(root().join("workflows/simple-inference.yaml")).unwrap();
+    let mut tokens = 0;
+    for q in ["What is a DAG?", "What is a queue?"] {
+        let (code, v) = call(&api, "POST", "/runs", Some(json!({"source": source, "inputs": {"question": q}}))).await;
+        assert_eq!(code, 201, "{v}");
+        let got = wait_end(&api, v["run_id"].as_str().unwrap(), 60).await;
+        assert_eq!(got["status"], "succeeded", "{got}");
+        tokens += got["tokens"].as_u64().unwrap();
+    }
+    let (code, v) = call(&api, "POST", "/runs", Some(json!({"source": FAN, "inputs": {"n": 3}}))).await;
+    assert_eq!(code, 201, "{v}");
+    wait_end(&api, v["run_id"].as_str().unwrap(), 60).await;
+    workers.stop().await;
+    assert!(tokens > 0);
+
+    let (code, v) = call(&api, "GET", "/costs?by=workflow&since=1d", None).await;
+    assert_eq!(code, 200, "{v}");
+    let rows = v["rows"].as_array().unwrap();
+    let day = llmo_runtime::costs::day_of(llmo_runtime::ports::now_ms());
+    let simple = rows.iter().find(|r| r["key"] == "simple-inference").unwrap_or_else(|| panic!("{v}"));
+    assert_eq!(
+        (simple["day"].as_str(), simple["runs"].as_u64(), simple["tokens"].as_u64()),
+        (Some(day.as_str()), Some(2), Some(tokens))
+    );
+    let fan = rows.iter().find(|r| r["key"] == "fan").unwrap();
+    assert_eq!((fan["runs"].as_u64(), fan["tokens"].as_u64()), (Some(1), Some(0)));
+    assert_eq!(v["total"]["runs"], 3);
+    assert_eq!(v["truncated"], false);
+
+    let (_, v) = call(&api, "GET", "/costs?by=tenant&since=7d", None).await;
+    assert_eq!(v["rows"].as_array().unwrap().len(), 1, "{v}");
+    assert_eq!((v["rows"][0]["key"].as_str(), v["rows"][0]["runs"].as_u64()), (Some("t1"), Some(3)));
+
+    let other = token("someone", "t2", &["viewer"]);
+    let (code, v) = call_as(&api, Some(&other), "GET", "/costs", None).await;
+    assert_eq!(code, 200);
+    assert_eq!(v["rows"], json!([]), "another tenant's runs are not counted");
+    for bad in ["/costs?by=model", "/costs?since=7w", "/costs?since=1000d"] {
+        assert_eq!(call(&api, "GET", bad, None).await.0, 400, "{bad}");
+    }
+}

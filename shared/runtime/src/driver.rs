@@ -229,6 +229,7 @@ impl Driver {
 
     /// Applies the inbox, stores it, returns the commands to carry out.
     async fn apply_batch(&self, t: &mut Turn, observer: &mut dyn Observer) -> Result<Vec<Command>, Error> {
+        let started = std::time::Instant::now();
         loop {
             let expected = t.st.version;
             let before = t.st.status;
@@ -246,6 +247,7 @@ impl Driver {
             }
             if self.store.append(expected, &batch, &t.st).await? {
                 crate::meter::applied(&self.plan.checked.workflow.metadata.name, before, &t.st, &cmds);
+                crate::meter::step("applied", started.elapsed().as_secs_f64());
                 t.since_snapshot += batch.len() as u64;
                 // A snapshot costs O(tasks): at most one per 2 × tasks transitions keeps that O(1)
                 // per transition, and loading replays at most that many.
@@ -449,6 +451,12 @@ pub(crate) async fn run_with_timeout(exec: &dyn Executor, a: &Attempt) -> Attemp
     };
     let result = run.instrument(span.clone()).await;
     record_attempt(&span, &a.ty, &result);
+    span.in_scope(|| match &result {
+        AttemptResult::Succeeded { usage, .. } => {
+            tracing::debug!(tokens = usage.tokens, cost_usd = usage.cost_usd, "attempt succeeded")
+        }
+        AttemptResult::Failed { error, retryable, .. } => tracing::info!(%error, retryable, "attempt failed"),
+    });
     result
 }
 
