@@ -593,7 +593,20 @@ impl Api {
     ///   id is the idempotency key.
     ///
     /// Keys are in their own key spaces (schedule, event): no client can take them.
+    /// In a `schedule` span: the root of the run's trace (EventBridge carries no context).
     pub async fn start_scheduled(&self, event: &Value) -> Result<Value, String> {
+        use tracing::Instrument;
+        let span = tracing::info_span!("schedule", otel.kind = "consumer", run_id = tracing::field::Empty);
+        let r = self.start_scheduled_in(event).instrument(span.clone()).await;
+        if let Ok(v) = &r
+            && let Some(id) = v.get("run_id").and_then(Value::as_str)
+        {
+            span.record("run_id", id);
+        }
+        r
+    }
+
+    async fn start_scheduled_in(&self, event: &Value) -> Result<Value, String> {
         let body = match event.get("detail") {
             Some(d) if d.get("workflow").is_some() => d.clone(),
             _ => event.clone(),
