@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use llmo_core::engine::builtin::TaskError;
-use llmo_core::engine::{AttemptResult, Command, Event, Millis, Plan, RunParts, RunState, RunStatus, Usage};
+use llmo_core::engine::{AttemptId, AttemptResult, Command, Event, Millis, Plan, RunParts, RunState, RunStatus, Usage};
 use serde_json::{Map, Value};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinHandle;
@@ -320,25 +320,26 @@ impl Driver {
     async fn carry_out(&self, t: &mut Turn, cmd: Command, sem: &Arc<Semaphore>) {
         match cmd {
             Command::Execute { task, item, attempt } => {
+                let id = AttemptId { task, item, attempt };
                 let (task_id, ty, exec) = &t.tasks[task];
                 let Some(exec) = exec.clone() else {
                     let r = failed(TaskError::fatal(format!("no executor is registered for task type `{ty}`")));
-                    t.inbox.push(Event::finished(task, item, attempt, r));
+                    t.inbox.push(id.finished(r));
                     return;
                 };
                 let ids = (t.run_id.clone(), task_id.clone(), ty.clone());
                 let parts = t.parts.get_or_insert_with(|| self.plan.run_parts(&t.st, false));
-                let a = match build_attempt(&self.plan, &t.st, parts, ids, task, item, attempt, exec.as_ref()) {
+                let a = match build_attempt(&self.plan, &t.st, parts, ids, id, exec.as_ref()) {
                     Ok(a) => a,
                     Err(r) => {
-                        t.inbox.push(Event::finished(task, item, attempt, r));
+                        t.inbox.push(id.finished(r));
                         return;
                     }
                 };
                 if exec.inline() {
                     let result = exec.execute(&a).await;
                     crate::meter::attempt(ty, &result);
-                    t.inbox.push(Event::finished(task, item, attempt, result));
+                    t.inbox.push(id.finished(result));
                     return;
                 }
                 let tx = t.tx.clone();
@@ -347,7 +348,7 @@ impl Driver {
                     async move {
                         let Ok(_permit) = sem.acquire_owned().await else { return };
                         let result = run_with_timeout(exec.as_ref(), &a).await;
-                        let _ = tx.send(Event::finished(task, item, attempt, result));
+                        let _ = tx.send(id.finished(result));
                     }
                     .in_current_span(),
                 );
@@ -398,9 +399,7 @@ pub(crate) fn build_attempt(
     st: &RunState,
     parts: &RunParts,
     (run_id, task_id, ty): (Arc<str>, Arc<str>, Arc<str>),
-    task: usize,
-    item: Option<u32>,
-    attempt: u32,
+    AttemptId { task, item, attempt }: AttemptId,
     exec: &dyn Executor,
 ) -> Result<Attempt, AttemptResult> {
     let spec = &plan.checked.workflow.spec;

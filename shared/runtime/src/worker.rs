@@ -27,7 +27,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use llmo_core::engine::{Command, Event, Millis, Plan, RunState, RunStatus, TaskStatus, finished_key};
+use llmo_core::engine::{AttemptId, Command, Event, Millis, Plan, RunState, RunStatus, TaskStatus};
 use llmo_core::source::SourceFile;
 use llmo_core::validate::Validator;
 use sha2::{Digest, Sha256};
@@ -331,7 +331,7 @@ impl Worker {
         let mut owed: Vec<String> = Vec::new();
         // Keys of redelivered messages: what they owe is followed through finished work.
         let mut again: Vec<String> = Vec::new();
-        let mut attempts: Vec<(usize, Option<u32>, u32)> = Vec::new();
+        let mut attempts: Vec<AttemptId> = Vec::new();
         for &(m, redelivered) in msgs {
             match m {
                 Message::Event { event, .. } => {
@@ -343,27 +343,28 @@ impl Worker {
                     }
                 }
                 &Message::Execute { task, item, attempt, .. } => {
-                    let unit = st.tasks.get(task).and_then(|t| t.units.get(item.unwrap_or(0) as usize));
+                    let id = AttemptId { task, item, attempt };
+                    let unit = st.tasks.get(task).and_then(|t| t.units.get(id.unit()));
                     let live = st.status == RunStatus::Running
                         && unit.is_some_and(|u| u.status == TaskStatus::Running && u.attempt == attempt);
                     if !live {
-                        let key = finished_key(task, item, attempt);
+                        let key = id.finished_key();
                         if redelivered {
                             again.push(key.clone());
                         }
                         owed.push(key);
-                    } else if !attempts.contains(&(task, item, attempt)) {
-                        attempts.push((task, item, attempt));
+                    } else if !attempts.contains(&id) {
+                        attempts.push(id);
                     }
                 }
             }
         }
         if !attempts.is_empty() {
             let parts = plan.run_parts(&st, false);
-            let runs = attempts.iter().map(|&(task, item, attempt)| {
+            let runs = attempts.iter().map(|&id| {
                 let (plan, st, parts) = (&plan, &st, &parts);
                 async move {
-                    let t = &plan.checked.workflow.spec.tasks[task];
+                    let t = &plan.checked.workflow.spec.tasks[id.task];
                     let result = match self.executors.get(&t.ty) {
                         None => crate::executor::failed(llmo_core::engine::builtin::TaskError::fatal(format!(
                             "no executor is registered for task type `{}`",
@@ -371,13 +372,13 @@ impl Worker {
                         ))),
                         Some(exec) => {
                             let ids = (Arc::from(run_id), Arc::from(t.id.as_str()), Arc::from(t.ty.as_str()));
-                            match build_attempt(plan, st, parts, ids, task, item, attempt, exec.as_ref()) {
+                            match build_attempt(plan, st, parts, ids, id, exec.as_ref()) {
                                 Ok(a) => run_with_timeout(exec.as_ref(), &a).await,
                                 Err(r) => r,
                             }
                         }
                     };
-                    Event::AttemptFinished { task, item, attempt, result, in_place }
+                    Event::AttemptFinished { task: id.task, item: id.item, attempt: id.attempt, result, in_place }
                 }
             });
             let all = futures::future::join_all(runs);

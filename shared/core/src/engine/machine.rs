@@ -730,8 +730,7 @@ impl Transition<'_, '_> {
                 if self.st.status != RunStatus::Pending {
                     return Err(Ignored("run already started"));
                 }
-                self.st.status = RunStatus::Running;
-                self.st.started_at = Some(self.now);
+                self.move_run(RunStatus::Running);
                 let timeout = self.plan.checked.workflow.spec.timeout.map(|d| self.now + d.0.as_millis() as Millis);
                 let max_age = self.st.max_age_ms.map(|m| self.now.saturating_add(m));
                 self.st.deadline = match (timeout, max_age) {
@@ -743,17 +742,17 @@ impl Transition<'_, '_> {
             }
             Event::AttemptFinished { task, item, attempt, result, in_place } => {
                 self.running()?;
-                let unit = self.unit(*task, *item)?;
-                if unit.status != TaskStatus::Running || unit.attempt != *attempt {
+                let id = AttemptId { task: *task, item: *item, attempt: *attempt };
+                let unit = self.unit(id)?;
+                if unit.status != TaskStatus::Running || unit.attempt != id.attempt {
                     return Err(Ignored("not the running attempt (duplicate or late)"));
                 }
                 if *in_place {
-                    self.unit_mut(*task, *item).in_place.push(*attempt);
+                    self.unit_mut(id).in_place.push(id.attempt);
                 }
                 let usage = match result {
                     AttemptResult::Succeeded { usage, .. } | AttemptResult::Failed { usage, .. } => *usage,
                 };
-                self.st.running -= 1;
                 let ts = &mut self.st.tasks[*task];
                 ts.tokens += usage.tokens;
                 ts.cost_usd += usage.cost_usd;
@@ -762,25 +761,24 @@ impl Transition<'_, '_> {
                 let max_attempts = self.plan.retry[*task].max_attempts;
                 match result {
                     AttemptResult::Succeeded { output, .. } => {
-                        let u = self.unit_mut(*task, *item);
-                        u.status = TaskStatus::Succeeded;
+                        self.move_unit(id.task, id.unit(), TaskStatus::Succeeded);
+                        let u = self.unit_mut(id);
                         u.output = Some(Output::clone(output));
                         u.error = None;
                     }
                     AttemptResult::Failed { error, retryable, .. } if *retryable && *attempt < max_attempts => {
                         let at = self.now + self.plan.backoff(self.st, *task, *item, *attempt);
                         let cause = self.cause.clone();
-                        let u = self.unit_mut(*task, *item);
-                        u.status = TaskStatus::RetryWait;
+                        self.move_unit(id.task, id.unit(), TaskStatus::RetryWait);
+                        let u = self.unit_mut(id);
                         u.error = Some(error.clone());
                         u.retry_at = Some(at);
                         u.cause = Some(cause);
                         self.cmds.push(Command::ScheduleRetry { task: *task, item: *item, attempt: *attempt, at });
                     }
                     AttemptResult::Failed { error, .. } => {
-                        let u = self.unit_mut(*task, *item);
-                        u.status = TaskStatus::Failed;
-                        u.error = Some(error.clone());
+                        self.move_unit(id.task, id.unit(), TaskStatus::Failed);
+                        self.unit_mut(id).error = Some(error.clone());
                     }
                 }
                 self.settle(*task);
@@ -788,13 +786,13 @@ impl Transition<'_, '_> {
             }
             Event::RetryDue { task, item, attempt } => {
                 self.running()?;
-                let unit = self.unit(*task, *item)?;
-                if unit.status != TaskStatus::RetryWait || unit.attempt != *attempt {
+                let id = AttemptId { task: *task, item: *item, attempt: *attempt };
+                let unit = self.unit(id)?;
+                if unit.status != TaskStatus::RetryWait || unit.attempt != id.attempt {
                     return Err(Ignored("no retry due for this attempt"));
                 }
-                let u = self.unit_mut(*task, *item);
-                u.status = TaskStatus::Pending;
-                u.retry_at = None;
+                self.move_unit(id.task, id.unit(), TaskStatus::Pending);
+                self.unit_mut(id).retry_at = None;
                 self.make_dispatchable(*task);
                 self.advance();
             }
@@ -825,16 +823,79 @@ impl Transition<'_, '_> {
         if self.st.status.is_terminal() { Err(Ignored("run already ended")) } else { Ok(()) }
     }
 
-    fn unit(&self, task: usize, item: Option<u32>) -> Result<&Unit, Ignored> {
-        self.st
-            .tasks
-            .get(task)
-            .and_then(|t| t.units.get(item.unwrap_or(0) as usize))
-            .ok_or(Ignored("no such task or item"))
+    fn unit(&self, id: AttemptId) -> Result<&Unit, Ignored> {
+        self.st.tasks.get(id.task).and_then(|t| t.units.get(id.unit())).ok_or(Ignored("no such task or item"))
     }
 
-    fn unit_mut(&mut self, task: usize, item: Option<u32>) -> &mut Unit {
-        &mut self.st.tasks[task].units[item.unwrap_or(0) as usize]
+    fn unit_mut(&mut self, id: AttemptId) -> &mut Unit {
+        &mut self.st.tasks[id.task].units[id.unit()]
+    }
+
+    /// Moves the run to `to` (checked against [`super::moves::RUN_MOVES`]), with its times.
+    fn move_run(&mut self, to: RunStatus) {
+        let from = self.st.status;
+        debug_assert!(super::moves::run_move(from, to), "run {from:?} -> {to:?}");
+        self.st.status = to;
+        if to == RunStatus::Running {
+            self.st.started_at = Some(self.now);
+        }
+        if to.is_terminal() {
+            self.st.ended_at = Some(self.now);
+            self.st.ended_by = Some(self.cause.clone());
+        }
+    }
+
+    /// Moves task `i` to `to` (checked against [`super::moves::TASK_MOVES`]; staying put is
+    /// no move), counting it in `ended_tasks` and stamping `ended_at` when it ends.
+    fn move_task(&mut self, i: usize, to: TaskStatus) {
+        let ts = &mut self.st.tasks[i];
+        let from = ts.status;
+        if from == to {
+            return;
+        }
+        debug_assert!(super::moves::task_move(from, to), "task {i} {from:?} -> {to:?}");
+        ts.status = to;
+        if to.is_terminal() {
+            ts.ended_at = Some(self.now);
+            self.st.ended_tasks += 1;
+        }
+    }
+
+    /// Moves unit `k` of task `i` to `to` (checked against [`super::moves::UNIT_MOVES`]),
+    /// keeping `running` right; a unit that starts begins its next attempt, recorded as
+    /// started by the event being applied.
+    fn move_unit(&mut self, i: usize, k: usize, to: TaskStatus) {
+        let cause = &self.cause;
+        let ts = &mut self.st.tasks[i];
+        let u = &mut ts.units[k];
+        let from = u.status;
+        debug_assert!(super::moves::unit_move(from, to), "task {i} unit {k} {from:?} -> {to:?}");
+        u.status = to;
+        if from == TaskStatus::Running {
+            self.st.running -= 1;
+        }
+        if to == TaskStatus::Running {
+            u.attempt += 1;
+            u.cause = Some(cause.clone());
+            u.started_by.push(cause.clone());
+            ts.attempts += 1;
+            ts.started_at.get_or_insert(self.now);
+            self.st.running += 1;
+        }
+    }
+
+    /// A task's derived status while it runs: some unit running, else one waiting for its
+    /// retry, else ready (units left to start).
+    fn derive_task(&mut self, i: usize) {
+        let units = &self.st.tasks[i].units;
+        let to = if units.iter().any(|u| u.status == TaskStatus::Running) {
+            TaskStatus::Running
+        } else if units.iter().any(|u| u.status == TaskStatus::RetryWait) {
+            TaskStatus::RetryWait
+        } else {
+            TaskStatus::Ready
+        };
+        self.move_task(i, to);
     }
 
     /// Derives a task's status from its units once one changed.
@@ -844,14 +905,16 @@ impl Transition<'_, '_> {
         if let Some((k, u)) = ts.units.iter().enumerate().find(|(_, u)| u.status == TaskStatus::Failed) {
             let error = u.error.clone().unwrap_or_default();
             ts.error = Some(if is_for_each { format!("item {k}: {error}") } else { error });
-            let mut stopped = 0;
-            for u in ts.units.iter_mut().filter(|u| !u.status.is_terminal()) {
-                stopped += u32::from(u.status == TaskStatus::Running);
-                u.status = TaskStatus::Cancelled;
+            let mut stopped = false;
+            for k in 0..self.st.tasks[i].units.len() {
+                let status = self.st.tasks[i].units[k].status;
+                if !status.is_terminal() {
+                    stopped |= status == TaskStatus::Running;
+                    self.move_unit(i, k, TaskStatus::Cancelled);
+                }
             }
-            ts.status = TaskStatus::Failed;
-            self.st.running -= stopped;
-            if stopped > 0 {
+            self.move_task(i, TaskStatus::Failed);
+            if stopped {
                 self.cmds.push(Command::CancelRunning { tasks: vec![i] });
             }
             self.task_ended(i);
@@ -865,15 +928,15 @@ impl Transition<'_, '_> {
             } else {
                 ts.units[0].output.clone().unwrap_or_else(|| Output::new(Value::Null))
             });
-            ts.status = TaskStatus::Succeeded;
+            self.move_task(i, TaskStatus::Succeeded);
             self.task_ended(i);
+        } else {
+            self.derive_task(i);
         }
     }
 
     /// A task reached a terminal state: wake its dependents, fail the run if it must.
     fn task_ended(&mut self, i: usize) {
-        self.st.tasks[i].ended_at = Some(self.now);
-        self.st.ended_tasks += 1;
         if let Ok(k) = self.dispatchable_index(i) {
             self.st.dispatchable.remove(k);
         }
@@ -919,16 +982,14 @@ impl Transition<'_, '_> {
     }
 
     fn skip(&mut self, i: usize, reason: String) {
-        let ts = &mut self.st.tasks[i];
-        ts.status = TaskStatus::Skipped;
-        ts.reason = Some(reason);
+        self.st.tasks[i].reason = Some(reason);
+        self.move_task(i, TaskStatus::Skipped);
         self.task_ended(i);
     }
 
     fn fail_task(&mut self, i: usize, error: String) {
-        let ts = &mut self.st.tasks[i];
-        ts.status = TaskStatus::Failed;
-        ts.error = Some(error);
+        self.st.tasks[i].error = Some(error);
+        self.move_task(i, TaskStatus::Failed);
         self.task_ended(i);
     }
 
@@ -995,11 +1056,11 @@ impl Transition<'_, '_> {
         let ts = &mut self.st.tasks[i];
         if units.is_empty() {
             ts.output = Some(Output::new(Value::Array(Vec::new())));
-            ts.status = TaskStatus::Succeeded;
+            self.move_task(i, TaskStatus::Succeeded);
             return self.task_ended(i);
         }
         ts.units = units;
-        ts.status = TaskStatus::Ready;
+        self.move_task(i, TaskStatus::Ready);
         self.make_dispatchable(i);
     }
 
@@ -1042,27 +1103,12 @@ impl Transition<'_, '_> {
                     self.end(RunStatus::Failed, reason);
                     return;
                 }
-                let ts = &mut self.st.tasks[i];
-                let u = &mut ts.units[k];
-                u.status = TaskStatus::Running;
-                u.attempt += 1;
-                u.cause = Some(self.cause.clone());
-                u.started_by.push(self.cause.clone());
-                ts.attempts += 1;
-                ts.started_at.get_or_insert(self.now);
-                let attempt = u.attempt;
-                self.st.running += 1;
+                self.move_unit(i, k, TaskStatus::Running);
+                let attempt = self.st.tasks[i].units[k].attempt;
                 task_running += 1;
                 self.cmds.push(Command::Execute { task: i, item: for_each.then_some(k as u32), attempt });
             }
-            let ts = &mut self.st.tasks[i];
-            ts.status = if ts.units.iter().any(|u| u.status == TaskStatus::Running) {
-                TaskStatus::Running
-            } else if ts.units.iter().any(|u| u.status == TaskStatus::RetryWait) {
-                TaskStatus::RetryWait
-            } else {
-                TaskStatus::Ready
-            };
+            self.derive_task(i);
             if pending_left {
                 self.st.dispatchable[w] = i;
                 w += 1;
@@ -1109,9 +1155,7 @@ impl Transition<'_, '_> {
         match self.plan.render_in(&outputs, &ctx) {
             Ok(v) => {
                 self.st.outputs = Some(v);
-                self.st.status = RunStatus::Succeeded;
-                self.st.ended_at = Some(self.now);
-                self.st.ended_by = Some(self.cause.clone());
+                self.move_run(RunStatus::Succeeded);
                 self.cmds.push(Command::Finished { status: RunStatus::Succeeded });
             }
             Err(e) => self.end(RunStatus::Failed, format!("outputs: {e}")),
@@ -1121,27 +1165,26 @@ impl Transition<'_, '_> {
     /// Ends the run early: tasks not ended are cancelled.
     fn end(&mut self, status: RunStatus, error: String) {
         let mut running = Vec::new();
-        for (i, ts) in self.st.tasks.iter_mut().enumerate() {
-            if ts.status.is_terminal() {
+        for i in 0..self.st.tasks.len() {
+            if self.st.tasks[i].status.is_terminal() {
                 continue;
             }
-            if ts.units.iter().any(|u| u.status == TaskStatus::Running) {
+            if self.st.tasks[i].units.iter().any(|u| u.status == TaskStatus::Running) {
                 running.push(i);
             }
-            for u in ts.units.iter_mut().filter(|u| !u.status.is_terminal()) {
-                u.status = TaskStatus::Cancelled;
+            for k in 0..self.st.tasks[i].units.len() {
+                if !self.st.tasks[i].units[k].status.is_terminal() {
+                    self.move_unit(i, k, TaskStatus::Cancelled);
+                }
             }
-            ts.status = TaskStatus::Cancelled;
-            ts.reason = Some(format!("run {}", status.as_str()));
-            ts.ended_at = Some(self.now);
+            self.st.tasks[i].reason = Some(format!("run {}", status.as_str()));
+            self.move_task(i, TaskStatus::Cancelled);
         }
-        self.st.status = status;
         self.st.error = Some(error);
-        self.st.ended_at = Some(self.now);
-        self.st.ended_by = Some(self.cause.clone());
+        self.move_run(status);
         self.st.dispatchable.clear();
-        self.st.running = 0;
-        self.st.ended_tasks = self.st.tasks.len() as u32;
+        debug_assert_eq!(self.st.running, 0, "every unit has stopped");
+        debug_assert_eq!(self.st.ended_tasks as usize, self.st.tasks.len(), "every task has ended");
         if !running.is_empty() {
             self.cmds.push(Command::CancelRunning { tasks: running });
         }

@@ -4,6 +4,7 @@ pub mod builtin;
 mod interp;
 pub mod limits;
 pub mod machine;
+pub mod moves;
 pub mod state;
 
 pub use machine::{Ctx, Ignored, Plan, RunParts};

@@ -308,6 +308,56 @@ impl Event {
 /// The key of the `AttemptFinished` event of an attempt. A worker handed an `Execute` for an
 /// attempt that already finished replays this key's commands (its first worker may have died
 /// after storing the result and before sending what followed).
+/// One attempt of one task (or of one `for_each` item of it): what `Execute`, `RetryDue`,
+/// `AttemptFinished` and `ScheduleRetry` name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AttemptId {
+    pub task: usize,
+    pub item: Option<u32>,
+    pub attempt: u32,
+}
+
+impl AttemptId {
+    /// The index of its unit in its task (0 for a task without `for_each`).
+    pub fn unit(&self) -> usize {
+        self.item.unwrap_or(0) as usize
+    }
+
+    /// The key of the event that finishes it ([`finished_key`]).
+    pub fn finished_key(&self) -> String {
+        finished_key(self.task, self.item, self.attempt)
+    }
+
+    /// The event of its result (not run in place).
+    pub fn finished(self, result: AttemptResult) -> Event {
+        Event::finished(self.task, self.item, self.attempt, result)
+    }
+}
+
+impl Event {
+    /// The attempt an `AttemptFinished` or `RetryDue` names.
+    pub fn attempt_id(&self) -> Option<AttemptId> {
+        match *self {
+            Event::AttemptFinished { task, item, attempt, .. } | Event::RetryDue { task, item, attempt } => {
+                Some(AttemptId { task, item, attempt })
+            }
+            _ => None,
+        }
+    }
+}
+
+impl Command {
+    /// The attempt an `Execute` or `ScheduleRetry` names.
+    pub fn attempt_id(&self) -> Option<AttemptId> {
+        match *self {
+            Command::Execute { task, item, attempt } | Command::ScheduleRetry { task, item, attempt, .. } => {
+                Some(AttemptId { task, item, attempt })
+            }
+            _ => None,
+        }
+    }
+}
+
 pub fn finished_key(task: usize, item: Option<u32>, attempt: u32) -> String {
     attempt_key("done", task, item, attempt)
 }
