@@ -101,6 +101,18 @@ enum Command {
         #[command(flatten)]
         exec: ExecArgs,
     },
+    /// Continue a failed or timed-out run from its failed tasks: tasks that succeeded keep
+    /// their outputs and do not run again; the others run again with fresh retries.
+    Redrive {
+        run_id: String,
+        #[arg(long, value_name = "PATH", default_value = ".llmo/runs.db")]
+        state: PathBuf,
+        /// Ask the serverless API at this URL instead of a state file.
+        #[arg(long, value_name = "URL")]
+        api: Option<String>,
+        #[command(flatten)]
+        exec: ExecArgs,
+    },
     /// Continue a run interrupted (even by kill -9) from its state file.
     Resume {
         run_id: String,
@@ -426,6 +438,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             run::run(checked, &source, &run::Options { inputs, input_file, state, exec: exec.exec() }, &serve)
         }
         Command::Resume { run_id, state, exec } => run::resume(&run_id, &state, &exec.exec()),
+        Command::Redrive { run_id, api: Some(api), .. } => remote::redrive(&run_id, Some(&api)),
+        Command::Redrive { run_id, state, exec, api: None } => run::redrive(&run_id, &state, &exec.exec()),
         Command::Status { run_id, api: Some(api), .. } => remote::status(&run_id, Some(&api)),
         Command::Status { run_id, state, history, api: None } => run::status(&run_id, &state, history),
         Command::Submit { file, inputs, input_file, api, idempotency_key, wait } => {

@@ -322,3 +322,16 @@ pub fn costs(by: &str, since: &str, tenant: Option<&str>, api: Option<&str>, as_
     }
     crate::run::print_costs(&v["rows"], as_json)
 }
+
+/// `llmo redrive RUN --api`: `POST /runs/{id}/redrive`, then the run's state.
+pub fn redrive(run_id: &str, api: Option<&str>) -> Result<ExitCode> {
+    let base = base(api);
+    let url = format!("{base}/runs/{run_id}/redrive");
+    let rt = runtime()?;
+    let (status, v) = rt.block_on(async { call(client()?.post(&url), &url).await })?;
+    if status != 200 {
+        return Ok(refused("redrive", status, &v));
+    }
+    println!("{}", serde_json::to_string_pretty(&v)?);
+    Ok(ExitCode::SUCCESS)
+}

@@ -221,6 +221,32 @@ pub fn resume(run_id: &str, state: &Path, exec: &Exec) -> Result<ExitCode> {
     finish(&plan, &end.state, progress.started)
 }
 
+/// `llmo redrive RUN_ID`: a failed or timed-out run continues from its failed tasks; tasks
+/// that succeeded keep their outputs and do not run again.
+pub fn redrive(run_id: &str, state: &Path, exec: &Exec) -> Result<ExitCode> {
+    let rt = runtime()?;
+    let store = open_store(Some(state), exec.durability)?;
+    let (plan, run) = rt.block_on(stored(store.as_ref(), run_id, state))?;
+    let plan = prepared(plan, exec)?;
+    let st = rebuild(&plan, run)?;
+    if !matches!(st.status, RunStatus::Failed | RunStatus::TimedOut) {
+        eprintln!("{run_id}: {}; only a failed or timed-out run is redriven", st.status.as_str());
+        return Ok(ExitCode::from(1));
+    }
+    let again = st.tasks.iter().filter(|t| t.status != TaskStatus::Succeeded).count();
+    eprintln!("{run_id}: redriving {again} of {} tasks (the others keep their outputs)", plan.task_count());
+    let d = driver(plan.clone(), store, Some(state), exec)?;
+    let mut progress = Progress::new(&plan, None);
+    let end = rt.block_on(async {
+        tokio::select! {
+            r = d.redrive(run_id, &mut progress) => r.map(Some),
+            _ = tokio::signal::ctrl_c() => Ok(None),
+        }
+    })?;
+    let Some(end) = end else { return Ok(interrupted(run_id, Some(state))) };
+    finish(&plan, &end.state, progress.started)
+}
+
 /// `llmo cancel RUN_ID`: cancels a stored run; a process running it stops within its poll
 /// interval. This command runs the run's `on.failure` hooks.
 pub fn cancel(run_id: &str, state: &Path, exec: &Exec) -> Result<ExitCode> {
@@ -297,6 +323,7 @@ fn describe(plan: &Plan, t: &Transition) -> Value {
         Event::Cancel => "cancel".to_string(),
         Event::Abort { reason } => format!("aborted: {reason}"),
         Event::Tick => "tick".to_string(),
+        Event::Redrive { after } => format!("redrive (of the run ended at version {after})"),
         Event::RetryDue { task, item, attempt } => format!("{} retry due (attempt {})", id(*task, *item), attempt + 1),
         Event::AttemptFinished { task, item, attempt, result, .. } => match result {
             llmo_core::engine::AttemptResult::Succeeded { .. } => {

@@ -530,3 +530,84 @@ fn run_serves_its_page_and_metrics_and_logs_json_with_run_and_task_ids() {
     assert!(table.contains("local") && table.contains("total"), "{table}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// A run that failed at a broken HTTP dependency, redriven once it is fixed: only the failed
+/// task and what depends on it run again (the fake dependency counts its calls), the tasks that
+/// succeeded keep their outputs, and the log records the redrive.
+#[test]
+fn redrive_reruns_only_the_failed_tasks_once_the_dependency_is_fixed() {
+    use wiremock::matchers::{method, path};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let server = rt.block_on(async {
+        let server = wiremock::MockServer::start().await;
+        wiremock::Mock::given(method("GET"))
+            .and(path("/first"))
+            .respond_with(wiremock::ResponseTemplate::new(200).set_body_json(serde_json::json!({"n": 4})))
+            .mount(&server)
+            .await;
+        wiremock::Mock::given(method("GET"))
+            .and(path("/data"))
+            .respond_with(wiremock::ResponseTemplate::new(503).set_body_string("down for maintenance"))
+            .mount(&server)
+            .await;
+        server
+    });
+    let dir = std::env::temp_dir().join(format!("llmo-redrive-{}", std::process::id()));
+    let db = dir.join("runs.db");
+    let _ = std::fs::remove_dir_all(&dir);
+    let egress = |c: &mut Command| {
+        c.env("LLMO_EGRESS_ALLOW", "127.0.0.1/32").env("LLMO_EGRESS_ALLOW_HTTP", "1");
+    };
+    let mut c = command();
+    c.args(["run", "--state", db.to_str().unwrap(), "tests/fixtures/redrive/flaky.yaml"])
+        .args(["-i", &format!("base={}", server.uri())]);
+    egress(&mut c);
+    let out = c.output().unwrap();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let run_id = err.lines().next().unwrap().split(':').next().unwrap().to_string();
+    assert!(err.contains("503"), "{err}");
+
+    // Fixed: the dependency answers.
+    rt.block_on(async {
+        server.reset().await;
+        wiremock::Mock::given(method("GET"))
+            .and(path("/first"))
+            .respond_with(wiremock::ResponseTemplate::new(200).set_body_json(serde_json::json!({"n": 4})))
+            .mount(&server)
+            .await;
+        wiremock::Mock::given(method("GET"))
+            .and(path("/data"))
+            .respond_with(wiremock::ResponseTemplate::new(200).set_body_json(serde_json::json!({"n": 2})))
+            .mount(&server)
+            .await;
+    });
+    let mut c = command();
+    c.args(["redrive", &run_id, "--state", db.to_str().unwrap()]);
+    egress(&mut c);
+    let out = c.output().unwrap();
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("redriving 2 of 4 tasks"), "{err}");
+    let outputs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(outputs["total"], 42);
+    let calls = rt.block_on(server.received_requests()).unwrap();
+    let paths: Vec<&str> = calls.iter().map(|r| r.url.path()).collect();
+    assert_eq!(paths, vec!["/data"], "after the fix only the failed task called out");
+
+    let status: serde_json::Value =
+        serde_json::from_slice(&llmo(&["status", &run_id, "--state", db.to_str().unwrap(), "--history"]).stdout)
+            .unwrap();
+    assert_eq!(status["status"], "succeeded");
+    assert_eq!(status["tasks"]["first"]["attempts"], 1, "not run again");
+    assert_eq!(status["tasks"]["prepare"]["attempts"], 1, "not run again");
+    assert_eq!(status["tasks"]["fetch"]["attempts"], 2, "once before, once after the redrive");
+    let history = status["history"].as_array().unwrap();
+    assert!(history.iter().any(|h| h["event"].as_str().unwrap().starts_with("redrive")), "{history:?}");
+    // A succeeded run is not redriven.
+    let out = llmo(&["redrive", &run_id, "--state", db.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("only a failed or timed-out run is redriven"));
+    std::fs::remove_dir_all(&dir).ok();
+    drop(rt);
+}

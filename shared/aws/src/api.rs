@@ -24,7 +24,7 @@ use std::sync::Arc;
 use aws_sdk_dynamodb::types::AttributeValue;
 use lambda_http::http::{Method, StatusCode};
 use lambda_http::{Body, Request, Response};
-use llmo_core::engine::{Event, Plan};
+use llmo_core::engine::{Event, Plan, RunStatus};
 use llmo_runtime::executor::Registry;
 use llmo_runtime::ports::SystemClock;
 use llmo_runtime::providers::Config;
@@ -157,6 +157,7 @@ pub enum Route<'a> {
     GetRun(&'a str),
     History(&'a str),
     Cancel(&'a str),
+    Redrive(&'a str),
     Audit,
     Sweep,
     OpenApi,
@@ -182,6 +183,7 @@ impl<'a> Route<'a> {
             (&Method::GET, ["runs", id]) => Route::GetRun(id),
             (&Method::GET, ["runs", id, "history"]) => Route::History(id),
             (&Method::POST, ["runs", id, "cancel"]) => Route::Cancel(id),
+            (&Method::POST, ["runs", id, "redrive"]) => Route::Redrive(id),
             (&Method::GET, ["audit"]) => Route::Audit,
             (&Method::POST, ["sweep"]) => Route::Sweep,
             (&Method::GET, ["openapi.json"]) => Route::OpenApi,
@@ -199,7 +201,7 @@ impl<'a> Route<'a> {
             | Route::History(_)
             | Route::OpenApi
             | Route::Costs => Role::Viewer,
-            Route::RegisterWorkflow | Route::StartRun | Route::Cancel(_) => Role::Developer,
+            Route::RegisterWorkflow | Route::StartRun | Route::Cancel(_) | Route::Redrive(_) => Role::Developer,
             Route::Audit | Route::Sweep | Route::Metrics => Role::Admin,
         }
     }
@@ -214,6 +216,7 @@ impl<'a> Route<'a> {
             Route::GetRun(_) => "GET /runs/{id}",
             Route::History(_) => "GET /runs/{id}/history",
             Route::Cancel(_) => "POST /runs/{id}/cancel",
+            Route::Redrive(_) => "POST /runs/{id}/redrive",
             Route::Audit => "GET /audit",
             Route::Sweep => "POST /sweep",
             Route::OpenApi => "GET /openapi.json",
@@ -224,7 +227,7 @@ impl<'a> Route<'a> {
 
     fn run(&self) -> Option<&'a str> {
         match self {
-            Route::GetRun(id) | Route::History(id) | Route::Cancel(id) => Some(id),
+            Route::GetRun(id) | Route::History(id) | Route::Cancel(id) | Route::Redrive(id) => Some(id),
             _ => None,
         }
     }
@@ -462,6 +465,7 @@ impl Api {
             Route::GetRun(id) => (self.get(&tenant, id).await, None),
             Route::History(id) => (self.history(id, query).await, None),
             Route::Cancel(id) => (self.cancel(&tenant, id).await, None),
+            Route::Redrive(id) => (self.redrive(&tenant, id).await, None),
             Route::Audit => (self.read_audit(&tenant, query).await, None),
             Route::Sweep => (self.sweep(p).await, None),
             Route::OpenApi => {
@@ -762,6 +766,42 @@ impl Api {
         }
     }
 
+    /// `POST /runs/{id}/redrive`: a failed or timed-out run continues from its failed tasks
+    /// (those that succeeded keep their outputs); 409 for a run in any other state.
+    async fn redrive(&self, tenant: &str, id: &str) -> Reply {
+        let stored = match self.store.load(id).await {
+            Ok(Some(s)) => s,
+            Ok(None) => return no_run(id),
+            Err(e) => return internal(e),
+        };
+        let plan = match self.starter.check(&stored.source_name, &stored.source) {
+            Ok(c) => Plan::new(c),
+            Err(e) => {
+                return problem(StatusCode::CONFLICT, format!("the stored workflow of {id} no longer validates: {e}"));
+            }
+        };
+        let st = match rebuild(&plan, stored) {
+            Ok(s) => s,
+            Err(e) => return problem(StatusCode::CONFLICT, format!("the log of {id} does not replay: {e}")),
+        };
+        if !matches!(st.status, RunStatus::Failed | RunStatus::TimedOut) {
+            return problem(
+                StatusCode::CONFLICT,
+                format!("{id} is {}: only a failed or timed-out run is redriven", st.status.as_str()),
+            );
+        }
+        let d = Delivery {
+            receipt: String::new(),
+            message: Message::Event { run_id: id.to_string(), event: Event::Redrive { after: st.version } },
+            receive_count: 1,
+            trace: llmo_runtime::telemetry::traceparent(),
+        };
+        match self.worker.handle(&d).await {
+            Ok(_) => self.get(tenant, id).await,
+            Err(e) => internal(e),
+        }
+    }
+
     async fn read_audit(&self, tenant: &str, q: &HashMap<String, String>) -> Reply {
         let num =
             |k: &str| q.get(k).map(|v| v.parse::<u64>().map_err(|_| format!("`{k}` is milliseconds since the epoch")));
@@ -857,7 +897,7 @@ mod tests {
     use super::*;
 
     /// Every route, once.
-    const ALL: [Route<'static>; 12] = [
+    const ALL: [Route<'static>; 13] = [
         Route::RegisterWorkflow,
         Route::ListWorkflows,
         Route::StartRun,
@@ -865,6 +905,7 @@ mod tests {
         Route::GetRun("x"),
         Route::History("x"),
         Route::Cancel("x"),
+        Route::Redrive("x"),
         Route::Audit,
         Route::Sweep,
         Route::OpenApi,

@@ -585,6 +585,10 @@ impl DynamoStore {
         if head.status.is_terminal() {
             // Out of the sweeper's index.
             expr.push_str(" REMOVE live_key");
+        } else {
+            // In it (again, after a redrive).
+            expr.push_str(", live_key = :lk");
+            u = u.expression_attribute_values(":lk", s(format!("LIVE#{}", list_shard(&head.run_id))));
         }
         u.update_expression(expr).build().map_err(other)
     }
@@ -705,7 +709,8 @@ fn hex(bytes: &[u8]) -> String {
 
 /// Whether an append must also update the run item (its status or start time changed).
 fn changes_summary(ts: &[Transition], head: &RunState) -> bool {
-    head.status != RunStatus::Running || ts.iter().any(|t| t.event == llmo_core::engine::Event::Start)
+    use llmo_core::engine::Event;
+    head.status != RunStatus::Running || ts.iter().any(|t| matches!(t.event, Event::Start | Event::Redrive { .. }))
 }
 
 #[async_trait]

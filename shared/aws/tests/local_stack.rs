@@ -645,3 +645,87 @@ async fn costs_roll_up_a_tenants_runs_per_day_and_workflow() {
         assert_eq!(call(&api, "GET", bad, None).await.0, 400, "{bad}");
     }
 }
+
+/// A dependency that fails `fetch` while `broken`, counting the calls it receives.
+struct Flaky {
+    calls: std::sync::atomic::AtomicUsize,
+    broken: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait]
+impl llmo_runtime::executor::Executor for Flaky {
+    async fn execute(&self, a: &llmo_runtime::executor::Attempt) -> llmo_core::engine::AttemptResult {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.calls.fetch_add(1, SeqCst);
+        if self.broken.load(SeqCst) && &*a.task_id == "fetch" {
+            llmo_core::engine::AttemptResult::Failed {
+                error: "HTTP 503: down for maintenance".into(),
+                retryable: false,
+                usage: Default::default(),
+            }
+        } else {
+            llmo_core::engine::AttemptResult::Succeeded {
+                output: json!({"status": 200, "body": {"n": if &*a.task_id == "first" { 4 } else { 2 }}}).into(),
+                usage: Default::default(),
+            }
+        }
+    }
+}
+
+/// `POST /runs/{id}/redrive` on the serverless runtime: a run failed at a broken dependency
+/// continues from that task once it is fixed; the tasks that succeeded are not run again (the
+/// dependency counts its calls), the run item's status and the sweeper's index follow, and a
+/// run that is not failed answers 409.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redrive_continues_a_failed_run_from_its_failed_task() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let Some(aws) = aws().await else { return };
+    let aws = stack(&aws, 30, 5).await;
+    let api = api(&aws);
+    let flaky = Arc::new(Flaky { calls: Default::default(), broken: true.into() });
+    let dep = flaky.clone();
+    let workers = Workers::start(&aws, 2, 10, move |mut s| {
+        let mut reg = executors();
+        reg.register("http", dep.clone());
+        s.worker.executors = Arc::new(reg);
+        s
+    });
+    let source = std::fs::read_to_string(root().join("tests/fixtures/redrive/flaky.yaml")).unwrap();
+    let (code, v) =
+        call(&api, "POST", "/runs", Some(json!({"source": source, "inputs": {"base": "https://example.invalid"}})))
+            .await;
+    assert_eq!(code, 201, "{v}");
+    let run_id = v["run_id"].as_str().unwrap().to_string();
+    let got = wait_end(&api, &run_id, 60).await;
+    assert_eq!(got["status"], "failed", "{got}");
+    assert_eq!(flaky.calls.load(SeqCst), 2, "first, then fetch");
+    let (code, v) = call(&api, "POST", "/runs/run-0000000000000-000000000000000000000000/redrive", None).await;
+    assert_eq!(code, 404, "{v}");
+
+    flaky.broken.store(false, SeqCst);
+    let (code, v) = call(&api, "POST", &format!("/runs/{run_id}/redrive"), None).await;
+    assert_eq!(code, 200, "{v}");
+    assert!(["running", "succeeded"].contains(&v["status"].as_str().unwrap()), "{v}");
+    let got = wait_end(&api, &run_id, 60).await;
+    // The listings follow the run's status (the run item's summary moved with the redrive).
+    let listed = |status: &'static str| {
+        let api = &api;
+        async move { call(api, "GET", &format!("/runs?status={status}"), None).await.1 }
+    };
+    let has = |v: &serde_json::Value| v["runs"].as_array().unwrap().iter().any(|r| r["run_id"] == run_id.as_str());
+    assert!(has(&listed("succeeded").await));
+    assert!(!has(&listed("failed").await));
+    workers.stop().await;
+    assert_eq!(got["status"], "succeeded", "{got}");
+    assert_eq!(got["outputs"]["total"], json!(42));
+    assert_eq!(flaky.calls.load(SeqCst), 3, "only the failed task called out again");
+    let tasks = got["tasks"].as_array().unwrap();
+    let attempts: Vec<u64> = tasks.iter().map(|t| t["attempts"].as_u64().unwrap()).collect();
+    assert_eq!(attempts, vec![1, 1, 2, 1]);
+    let (code, v) = call(&api, "POST", &format!("/runs/{run_id}/redrive"), None).await;
+    assert_eq!(code, 409, "{v}");
+    let (initial, log) = initial_and_log(&aws, &run_id).await;
+    let st = check_log(&plan(&source), &log, initial);
+    assert_eq!(st.status, RunStatus::Succeeded);
+    assert!(log.iter().any(|t| matches!(t.event, Event::Redrive { .. })));
+}

@@ -145,6 +145,18 @@ impl Driver {
         self.drive(st, first, cmds, observer).await
     }
 
+    /// Continues a failed or timed-out run from its failed tasks (`Event::Redrive`): tasks
+    /// that succeeded keep their outputs; the others are decided and run again, with fresh
+    /// retries. A run in any other state is returned as it is.
+    pub async fn redrive(&self, run_id: &str, observer: &mut dyn Observer) -> Result<Finished, Error> {
+        let st = self.load(run_id).await?;
+        if !matches!(st.status, RunStatus::Failed | RunStatus::TimedOut) {
+            return Ok(Finished { state: st, hooks: Vec::new() });
+        }
+        let after = st.version;
+        self.drive(st, vec![Event::Redrive { after }], Vec::new(), observer).await
+    }
+
     async fn load(&self, run_id: &str) -> Result<RunState, Error> {
         let stored = self.store.load(run_id).await?.ok_or_else(|| Error::NoSuchRun(run_id.to_string()))?;
         Ok(rebuild(&self.plan, stored)?)

@@ -99,7 +99,7 @@ impl CasRetry {
 fn tick_due(plan: &Plan, events: &[Event], next: &RunState, now: Millis) -> Option<Millis> {
     plan.checked.workflow.spec.timeout?;
     let deadline = next.deadline.filter(|_| next.status == RunStatus::Running)?;
-    let owes = events.iter().any(|e| matches!(e, Event::Start))
+    let owes = events.iter().any(|e| matches!(e, Event::Start | Event::Redrive { .. }))
         || events.iter().any(|e| matches!(e, Event::Tick)) && deadline > now;
     owes.then_some(deadline)
 }

@@ -12,7 +12,7 @@ use llmo_aws::provision::{Resources, provision};
 use llmo_aws::sqs::SqsQueue;
 use llmo_aws::step::{DeadLetters, Step};
 use llmo_aws::{Aws, local};
-use llmo_core::engine::{Event, Plan, RunState};
+use llmo_core::engine::{Event, Plan, RunState, TaskStatus};
 use llmo_core::source::SourceFile;
 use llmo_core::validate::Validator;
 use llmo_runtime::executor::Registry;
@@ -192,8 +192,8 @@ pub async fn embedded(source: &str, inputs: Value) -> RunState {
     d.start("embedded", inputs, "t.yaml", source, &mut ()).await.unwrap().state
 }
 
-/// Checks a run's log: every task reached a terminal state exactly once and each attempt's
-/// result was applied once. Returns the rebuilt state.
+/// Checks a run's log: every task reached a terminal state exactly once (once per redrive of
+/// the run) and each attempt's result was applied once. Returns the rebuilt state.
 pub fn check_log(plan: &Plan, log: &[Transition], initial: RunState) -> RunState {
     let mut seen = std::collections::HashSet::new();
     for t in log {
@@ -204,6 +204,14 @@ pub fn check_log(plan: &Plan, log: &[Transition], initial: RunState) -> RunState
     let mut st = initial;
     let mut ended = vec![0u32; st.tasks.len()];
     for t in log {
+        if let Event::Redrive { .. } = t.event {
+            // The tasks a redrive runs again may end once more.
+            ended
+                .iter_mut()
+                .zip(&st.tasks)
+                .filter(|(_, x)| x.status != TaskStatus::Succeeded)
+                .for_each(|(n, _)| *n = 0);
+        }
         let before: Vec<bool> = st.tasks.iter().map(|x| x.status.is_terminal()).collect();
         plan.apply(&mut st, &t.event, t.at).expect("every stored transition applies");
         for (i, x) in st.tasks.iter().enumerate() {

@@ -420,7 +420,7 @@ impl Plan {
                 let for_each = self.checked.workflow.spec.tasks[i].for_each.is_some();
                 for (n, u) in ts.units.iter().enumerate() {
                     for &attempt in &u.in_place {
-                        if u.started_by.get(attempt as usize - 1) == Some(&k) {
+                        if u.started_by.get(u.nth(attempt) as usize - 1) == Some(&k) {
                             keys.push(finished_key(i, for_each.then_some(n as u32), attempt));
                         }
                     }
@@ -688,9 +688,10 @@ impl Plan {
         }
     }
 
-    fn backoff(&self, st: &RunState, task: usize, item: Option<u32>, attempt: u32) -> Millis {
+    /// The delay before the retry of `attempt`, the `nth` of its unit.
+    fn backoff(&self, st: &RunState, task: usize, item: Option<u32>, attempt: u32, nth: u32) -> Millis {
         let r = &self.retry[task];
-        let base = r.initial.as_millis() as f64 * r.multiplier.powi(attempt.saturating_sub(1) as i32);
+        let base = r.initial.as_millis() as f64 * r.multiplier.powi(nth.saturating_sub(1) as i32);
         let d = base.min(r.max.as_millis() as f64);
         // Jitter from a hash of the attempt, so a replayed run waits the same.
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -731,13 +732,35 @@ impl Transition<'_, '_> {
                     return Err(Ignored("run already started"));
                 }
                 self.move_run(RunStatus::Running);
-                let timeout = self.plan.checked.workflow.spec.timeout.map(|d| self.now + d.0.as_millis() as Millis);
-                let max_age = self.st.max_age_ms.map(|m| self.now.saturating_add(m));
-                self.st.deadline = match (timeout, max_age) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                };
+                self.arm_deadline();
                 self.work = (0..self.plan.task_count()).filter(|&i| self.plan.deps[i].is_empty()).collect();
+                self.advance();
+            }
+            Event::Redrive { after } => {
+                if !matches!(self.st.status, RunStatus::Failed | RunStatus::TimedOut) {
+                    return Err(Ignored("only a failed or timed-out run is redriven"));
+                }
+                if self.st.version != *after {
+                    return Err(Ignored("the run changed since this redrive was asked for"));
+                }
+                self.move_run(RunStatus::Running);
+                self.st.error = None;
+                self.st.outputs = None;
+                self.arm_deadline();
+                for i in 0..self.st.tasks.len() {
+                    if self.st.tasks[i].status == TaskStatus::Succeeded {
+                        continue;
+                    }
+                    let ts = &mut self.st.tasks[i];
+                    ts.attempt_base = ts.units.iter().map(|u| u.attempt).max().unwrap_or(0).max(ts.attempt_base);
+                    ts.units.clear();
+                    ts.output = None;
+                    ts.error = None;
+                    ts.reason = None;
+                    ts.deps_settled = 0;
+                    self.move_task(i, TaskStatus::Pending);
+                    self.work.push(i);
+                }
                 self.advance();
             }
             Event::AttemptFinished { task, item, attempt, result, in_place } => {
@@ -747,6 +770,7 @@ impl Transition<'_, '_> {
                 if unit.status != TaskStatus::Running || unit.attempt != id.attempt {
                     return Err(Ignored("not the running attempt (duplicate or late)"));
                 }
+                let nth = unit.nth(id.attempt);
                 if *in_place {
                     self.unit_mut(id).in_place.push(id.attempt);
                 }
@@ -766,8 +790,8 @@ impl Transition<'_, '_> {
                         u.output = Some(Output::clone(output));
                         u.error = None;
                     }
-                    AttemptResult::Failed { error, retryable, .. } if *retryable && *attempt < max_attempts => {
-                        let at = self.now + self.plan.backoff(self.st, *task, *item, *attempt);
+                    AttemptResult::Failed { error, retryable, .. } if *retryable && nth < max_attempts => {
+                        let at = self.now + self.plan.backoff(self.st, *task, *item, *attempt, nth);
                         let cause = self.cause.clone();
                         self.move_unit(id.task, id.unit(), TaskStatus::RetryWait);
                         let u = self.unit_mut(id);
@@ -831,13 +855,27 @@ impl Transition<'_, '_> {
         &mut self.st.tasks[id.task].units[id.unit()]
     }
 
+    /// The run's deadline from now: its `timeout`, and at most its `max_age_ms`.
+    fn arm_deadline(&mut self) {
+        let timeout = self.plan.checked.workflow.spec.timeout.map(|d| self.now + d.0.as_millis() as Millis);
+        let max_age = self.st.max_age_ms.map(|m| self.now.saturating_add(m));
+        self.st.deadline = match (timeout, max_age) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+    }
+
     /// Moves the run to `to` (checked against [`super::moves::RUN_MOVES`]), with its times.
     fn move_run(&mut self, to: RunStatus) {
         let from = self.st.status;
         debug_assert!(super::moves::run_move(from, to), "run {from:?} -> {to:?}");
         self.st.status = to;
-        if to == RunStatus::Running {
+        if from == RunStatus::Pending && to == RunStatus::Running {
             self.st.started_at = Some(self.now);
+        }
+        if from.is_terminal() {
+            self.st.ended_at = None;
+            self.st.ended_by = None;
         }
         if to.is_terminal() {
             self.st.ended_at = Some(self.now);
@@ -855,6 +893,10 @@ impl Transition<'_, '_> {
         }
         debug_assert!(super::moves::task_move(from, to), "task {i} {from:?} -> {to:?}");
         ts.status = to;
+        if from.is_terminal() {
+            ts.ended_at = None;
+            self.st.ended_tasks -= 1;
+        }
         if to.is_terminal() {
             ts.ended_at = Some(self.now);
             self.st.ended_tasks += 1;
@@ -1038,8 +1080,10 @@ impl Transition<'_, '_> {
                 Err(e) => return self.fail_task(i, format!("`when` failed: {e}")),
             }
         }
-        let units = match &task.for_each {
-            None => vec![Unit::new(None)],
+        let base = self.st.tasks[i].attempt_base;
+        let fresh = |item: Option<Value>| Unit { attempt: base, base, ..Unit::new(item) };
+        let units: Vec<Unit> = match &task.for_each {
+            None => vec![fresh(None)],
             Some(fe) => match plan.eval_in(fe, &ctx) {
                 Ok(Value::Array(items)) if items.len() > super::limits::MAX_FOR_EACH_ITEMS => {
                     return self.fail_task(i, too_many(items.len()));
@@ -1047,8 +1091,8 @@ impl Transition<'_, '_> {
                 Ok(Value::Object(m)) if m.len() > super::limits::MAX_FOR_EACH_ITEMS => {
                     return self.fail_task(i, too_many(m.len()));
                 }
-                Ok(Value::Array(items)) => items.into_iter().map(|v| Unit::new(Some(v))).collect(),
-                Ok(Value::Object(m)) => m.into_iter().map(|(k, _)| Unit::new(Some(Value::String(k)))).collect(),
+                Ok(Value::Array(items)) => items.into_iter().map(|v| fresh(Some(v))).collect(),
+                Ok(Value::Object(m)) => m.into_iter().map(|(k, _)| fresh(Some(Value::String(k)))).collect(),
                 Ok(other) => return self.fail_task(i, format!("`for_each` gave {other}, not a list")),
                 Err(e) => return self.fail_task(i, format!("`for_each` failed: {e}")),
             },

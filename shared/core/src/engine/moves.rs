@@ -18,6 +18,8 @@ pub const RUN_MOVES: &[(RunStatus, RunStatus, &str)] = {
         (Pending, Cancelled, "Cancel"),
         (Running, Cancelled, "Cancel"),
         (Running, TimedOut, "Tick past the run's deadline"),
+        (Failed, Running, "Redrive"),
+        (TimedOut, Running, "Redrive"),
     ]
 };
 
@@ -46,6 +48,9 @@ pub const TASK_MOVES: &[(TaskStatus, TaskStatus, &str)] = {
         (Ready, Cancelled, "the run ended first"),
         (Running, Cancelled, "the run ended first (its attempts are stopped)"),
         (RetryWait, Cancelled, "the run ended first"),
+        (Failed, Pending, "Redrive: it is decided and run again"),
+        (Skipped, Pending, "Redrive: it is decided again"),
+        (Cancelled, Pending, "Redrive: it is decided again"),
     ]
 };
 
@@ -81,13 +86,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn nothing_leaves_a_terminal_status() {
-        for &(f, t, _) in TASK_MOVES.iter().chain(UNIT_MOVES) {
+    fn only_a_redrive_leaves_a_terminal_status() {
+        for &(f, t, why) in UNIT_MOVES {
             assert!(!f.is_terminal(), "{f:?} -> {t:?}");
+            assert!(!why.contains("Redrive"));
         }
-        for &(f, t, _) in RUN_MOVES {
-            assert!(!f.is_terminal(), "{f:?} -> {t:?}");
+        for &(f, t, why) in TASK_MOVES {
+            assert_eq!(f.is_terminal(), why.starts_with("Redrive"), "{f:?} -> {t:?}");
+            assert!(!f.is_terminal() || (t == TaskStatus::Pending && f != TaskStatus::Succeeded));
+        }
+        for &(f, t, why) in RUN_MOVES {
+            assert_eq!(f.is_terminal(), why == "Redrive", "{f:?} -> {t:?}");
             assert!(t != RunStatus::Pending);
+            assert!(!f.is_terminal() || matches!(f, RunStatus::Failed | RunStatus::TimedOut));
         }
     }
 

@@ -106,6 +106,14 @@ pub struct Unit {
     /// message stands for them, so `replay_chain` follows work through them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub in_place: Vec<u32>,
+    /// Attempts its task made before a redrive: this unit's attempts are numbered from
+    /// `base + 1` (keys stay unique in the run's log) and its retries count from there.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub base: u32,
+}
+
+fn is_zero(v: &u32) -> bool {
+    *v == 0
 }
 
 impl Unit {
@@ -120,7 +128,13 @@ impl Unit {
             cause: None,
             started_by: Vec::new(),
             in_place: Vec::new(),
+            base: 0,
         }
+    }
+
+    /// The `n`th attempt of this unit counted from its base (1 for the first).
+    pub fn nth(&self, attempt: u32) -> u32 {
+        attempt.saturating_sub(self.base)
     }
 }
 
@@ -151,6 +165,9 @@ pub struct TaskState {
     /// When it reached its terminal state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ended_at: Option<Millis>,
+    /// Attempts made before the last redrive (its new units number theirs from here).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub attempt_base: u32,
     /// Derived: how many of its dependencies (in order) are known to have settled, so a
     /// join over thousands of tasks is not rescanned each time one of them ends.
     #[serde(default)]
@@ -170,6 +187,7 @@ impl TaskState {
             tokens: 0,
             started_at: None,
             ended_at: None,
+            attempt_base: 0,
             deps_settled: 0,
         }
     }
@@ -284,6 +302,10 @@ pub enum Event {
     Abort { reason: String },
     /// The clock moved; ends the run if its deadline has passed.
     Tick,
+    /// Continue a failed or timed-out run from where it stopped: tasks that succeeded keep
+    /// their outputs; every other task is decided and run again, its retries counted afresh.
+    /// `after`: the version of the ended run it was asked for (a late duplicate is ignored).
+    Redrive { after: u64 },
 }
 
 impl Event {
@@ -301,6 +323,7 @@ impl Event {
             Event::Cancel => "cancel".into(),
             Event::Abort { .. } => "abort".into(),
             Event::Tick => "tick".into(),
+            Event::Redrive { after } => format!("redrive/{after}"),
         }
     }
 }

@@ -41,8 +41,13 @@ impl<'p> Driver<'p> {
     }
 
     /// Runs to the end: `exec(task id, item, attempt, rendered with)` plays the executor.
-    fn run(&mut self, mut exec: impl FnMut(&str, Option<u32>, u32, &Value) -> AttemptResult) {
+    fn run(&mut self, exec: impl FnMut(&str, Option<u32>, u32, &Value) -> AttemptResult) {
         self.apply(Event::Start).unwrap();
+        self.settle_all(exec);
+    }
+
+    /// Carries out every command (and retry) until none is left.
+    fn settle_all(&mut self, mut exec: impl FnMut(&str, Option<u32>, u32, &Value) -> AttemptResult) {
         loop {
             while let Some(c) = self.queue.pop_front() {
                 match c {
@@ -692,4 +697,59 @@ fn fuel_bombs_and_oversized_values_stop_at_the_limits() {
     assert_eq!(d.st.status, RunStatus::Failed);
     assert!(d.st.error.as_deref().unwrap().starts_with("outputs: stopped: out of fuel (500000)"), "{:?}", d.st.error);
     assert!(start.elapsed() < std::time::Duration::from_secs(1));
+}
+
+#[test]
+fn a_redrive_runs_the_failed_tasks_again_and_keeps_what_succeeded() {
+    let p = plan(
+        r#"
+spec:
+  tasks:
+    - { id: a, type: transform, with: { output: "A" } }
+    - { id: b, type: transform, depends_on: [a], retry: { max_attempts: 2, backoff: { initial: 1s } }, with: { output: "B" } }
+    - { id: c, type: transform, depends_on: [b], with: { output: "C" } }
+    - { id: side, type: transform, with: { output: "S" } }
+  outputs:
+    c: "{{ tasks.c.output.output }}"
+"#,
+    );
+    let mut d = Driver::new(&p, json!({}));
+    // `b` fails twice (its retries are used up): the run fails, `c` is cancelled.
+    d.run(|id, _, _, with| if id == "b" { fail(true) } else { ok(with.clone()) });
+    assert_eq!(d.st.status, RunStatus::Failed);
+    assert_eq!(
+        (d.status("a"), d.status("b"), d.status("c")),
+        (TaskStatus::Succeeded, TaskStatus::Failed, TaskStatus::Cancelled)
+    );
+    let ended = d.st.version;
+    assert_eq!(
+        p.apply(&mut d.st.clone(), &Event::Redrive { after: ended - 1 }, d.now),
+        Err(Ignored("the run changed since this redrive was asked for"))
+    );
+    d.executed.clear();
+    d.apply(Event::Redrive { after: ended }).unwrap();
+    assert_eq!(d.st.status, RunStatus::Running);
+    assert_eq!((d.st.error.as_ref(), d.st.ended_at, d.st.ended_tasks), (None, None, 2), "a and side stay ended");
+    // Fresh retries: `b` fails once more and then succeeds; its attempts go on from 3.
+    let mut calls = 0;
+    d.settle_all(|id, _, _, with| {
+        if id == "b" {
+            calls += 1;
+            if calls == 1 {
+                return fail(true);
+            }
+        }
+        ok(with.clone())
+    });
+    assert_eq!(d.st.status, RunStatus::Succeeded, "{:?}", d.st.error);
+    assert_eq!(d.executed, vec![("b".to_string(), None, 3), ("b".to_string(), None, 4), ("c".to_string(), None, 1)]);
+    assert_eq!(d.output("a"), Some(&json!({"output": "A"})), "kept, not run again");
+    assert_eq!(d.st.outputs, Some(json!({"c": "C"})));
+    assert_eq!(d.st.tasks[1].attempts, 4);
+    // A late duplicate of the redrive, and a redrive of a succeeded run, change nothing.
+    let before = d.st.clone();
+    assert!(p.apply(&mut d.st, &Event::Redrive { after: ended }, d.now).is_err());
+    let now_version = d.st.version;
+    assert!(p.apply(&mut d.st, &Event::Redrive { after: now_version }, d.now).is_err());
+    assert_eq!(d.st, before);
 }
