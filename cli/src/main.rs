@@ -113,6 +113,21 @@ enum Command {
         #[command(flatten)]
         exec: ExecArgs,
     },
+    /// A new run that reuses a stored run's recorded outputs and runs TASK and everything
+    /// downstream of it again (its provenance names the source run).
+    Rerun {
+        run_id: String,
+        /// The task to run again from.
+        #[arg(long, value_name = "TASK")]
+        from: String,
+        #[arg(long, value_name = "PATH", default_value = ".llmo/runs.db")]
+        state: PathBuf,
+        /// Ask the serverless API at this URL instead of a state file.
+        #[arg(long, value_name = "URL")]
+        api: Option<String>,
+        #[command(flatten)]
+        exec: ExecArgs,
+    },
     /// Continue a run interrupted (even by kill -9) from its state file.
     Resume {
         run_id: String,
@@ -440,6 +455,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Resume { run_id, state, exec } => run::resume(&run_id, &state, &exec.exec()),
         Command::Redrive { run_id, api: Some(api), .. } => remote::redrive(&run_id, Some(&api)),
         Command::Redrive { run_id, state, exec, api: None } => run::redrive(&run_id, &state, &exec.exec()),
+        Command::Rerun { run_id, from, api: Some(api), .. } => remote::rerun(&run_id, &from, Some(&api)),
+        Command::Rerun { run_id, from, state, exec, api: None } => run::rerun(&run_id, &from, &state, &exec.exec()),
         Command::Status { run_id, api: Some(api), .. } => remote::status(&run_id, Some(&api)),
         Command::Status { run_id, state, history, api: None } => run::status(&run_id, &state, history),
         Command::Submit { file, inputs, input_file, api, idempotency_key, wait } => {

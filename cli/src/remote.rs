@@ -335,3 +335,16 @@ pub fn redrive(run_id: &str, api: Option<&str>) -> Result<ExitCode> {
     println!("{}", serde_json::to_string_pretty(&v)?);
     Ok(ExitCode::SUCCESS)
 }
+
+/// `llmo rerun RUN --from TASK --api`: `POST /runs/{id}/rerun`, then the new run.
+pub fn rerun(run_id: &str, from: &str, api: Option<&str>) -> Result<ExitCode> {
+    let base = base(api);
+    let url = format!("{base}/runs/{run_id}/rerun");
+    let rt = runtime()?;
+    let (status, v) = rt.block_on(async { call(client()?.post(&url).json(&json!({"from": from})), &url).await })?;
+    if status != 201 {
+        return Ok(refused("rerun", status, &v));
+    }
+    println!("{}", serde_json::to_string_pretty(&v)?);
+    Ok(ExitCode::SUCCESS)
+}

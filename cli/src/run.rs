@@ -247,6 +247,41 @@ pub fn redrive(run_id: &str, state: &Path, exec: &Exec) -> Result<ExitCode> {
     finish(&plan, &end.state, progress.started)
 }
 
+/// `llmo rerun RUN_ID --from TASK`: a new run reusing RUN_ID's recorded outputs, running TASK
+/// and everything downstream of it again.
+pub fn rerun(run_id: &str, from: &str, state: &Path, exec: &Exec) -> Result<ExitCode> {
+    let rt = runtime()?;
+    let store = open_store(Some(state), exec.durability)?;
+    let (plan, run) = rt.block_on(stored(store.as_ref(), run_id, state))?;
+    let (source_name, source) = (run.source_name.clone(), run.source.clone());
+    let source_state = rebuild(&plan, run)?;
+    let starter = Starter::new(config(exec)?, exec.mock);
+    let prepared = match starter.prepare_rerun(&source_name, &source, &source_state, from) {
+        Ok(p) => p,
+        Err(StartError::Rerun(why)) => {
+            eprintln!("error: {why}");
+            return Ok(ExitCode::from(2));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    rt.block_on(starter.create(store.as_ref(), &prepared))?;
+    let start::Prepared { plan, state: st, .. } = prepared;
+    let new_id = st.run_id.clone();
+    let reused = st.ended_tasks;
+    let plan = Arc::new(plan);
+    eprintln!("{new_id}: rerun of {run_id} from `{from}` ({reused} of {} tasks reused)", plan.task_count());
+    let d = driver(plan.clone(), store, Some(state), exec)?;
+    let mut progress = Progress::new(&plan, Some(&st));
+    let end = rt.block_on(async {
+        tokio::select! {
+            r = d.start_created(st, &mut progress) => r.map(Some),
+            _ = tokio::signal::ctrl_c() => Ok(None),
+        }
+    })?;
+    let Some(end) = end else { return Ok(interrupted(&new_id, Some(state))) };
+    finish(&plan, &end.state, progress.started)
+}
+
 /// `llmo cancel RUN_ID`: cancels a stored run; a process running it stops within its poll
 /// interval. This command runs the run's `on.failure` hooks.
 pub fn cancel(run_id: &str, state: &Path, exec: &Exec) -> Result<ExitCode> {
@@ -304,6 +339,9 @@ pub fn status(run_id: &str, state: &Path, history: bool) -> Result<ExitCode> {
         "started_at": st.started_at, "ended_at": st.ended_at, "error": st.error,
         "cost_usd": st.cost_usd, "tokens": st.tokens, "tasks": tasks, "outputs": st.outputs,
     });
+    if let Some(r) = &st.rerun_of {
+        out["rerun_of"] = json!(r);
+    }
     if history {
         let log = rt.block_on(store.history(run_id))?;
         out["history"] = log.iter().map(|t| describe(&plan, t)).collect();

@@ -611,3 +611,32 @@ fn redrive_reruns_only_the_failed_tasks_once_the_dependency_is_fixed() {
     std::fs::remove_dir_all(&dir).ok();
     drop(rt);
 }
+
+/// `llmo rerun RUN --from TASK`: a new run that reuses the recorded outputs upstream of TASK
+/// and runs TASK and everything downstream again; its status names the source run.
+#[test]
+fn rerun_from_the_middle_of_a_dag_reuses_what_is_upstream() {
+    let dir = std::env::temp_dir().join(format!("llmo-rerun-{}", std::process::id()));
+    let db = dir.join("runs.db");
+    let _ = std::fs::remove_dir_all(&dir);
+    let db = db.to_str().unwrap();
+    let out = llmo(&["run", "--mock", "--state", db, "workflows/article-pipeline.yaml", "-i", "topic=Rust"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let first = text(&out.stderr).lines().next().unwrap().split(':').next().unwrap().to_string();
+    let out = llmo(&["rerun", &first, "--from", "draft", "--state", db, "--mock"]);
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains(&format!("rerun of {first} from `draft` (2 of 7 tasks reused)")), "{err}");
+    let second = err.lines().next().unwrap().split(':').next().unwrap().to_string();
+    assert_ne!(first, second);
+    let status: serde_json::Value = serde_json::from_slice(&llmo(&["status", &second, "--state", db]).stdout).unwrap();
+    assert_eq!(status["status"], "succeeded");
+    assert_eq!(status["rerun_of"], serde_json::json!({"run_id": first, "from": "draft"}));
+    assert_eq!(status["tasks"]["guard"]["attempts"], 0, "reused");
+    assert_eq!(status["tasks"]["outline"]["attempts"], 0, "reused");
+    assert_eq!(status["tasks"]["draft"]["attempts"], 1, "run again");
+    let bad = llmo(&["rerun", &first, "--from", "nope", "--state", db, "--mock"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(text(&bad.stderr).contains("no task `nope`"));
+    std::fs::remove_dir_all(&dir).ok();
+}

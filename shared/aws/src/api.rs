@@ -158,6 +158,7 @@ pub enum Route<'a> {
     History(&'a str),
     Cancel(&'a str),
     Redrive(&'a str),
+    Rerun(&'a str),
     Audit,
     Sweep,
     OpenApi,
@@ -184,6 +185,7 @@ impl<'a> Route<'a> {
             (&Method::GET, ["runs", id, "history"]) => Route::History(id),
             (&Method::POST, ["runs", id, "cancel"]) => Route::Cancel(id),
             (&Method::POST, ["runs", id, "redrive"]) => Route::Redrive(id),
+            (&Method::POST, ["runs", id, "rerun"]) => Route::Rerun(id),
             (&Method::GET, ["audit"]) => Route::Audit,
             (&Method::POST, ["sweep"]) => Route::Sweep,
             (&Method::GET, ["openapi.json"]) => Route::OpenApi,
@@ -201,7 +203,9 @@ impl<'a> Route<'a> {
             | Route::History(_)
             | Route::OpenApi
             | Route::Costs => Role::Viewer,
-            Route::RegisterWorkflow | Route::StartRun | Route::Cancel(_) | Route::Redrive(_) => Role::Developer,
+            Route::RegisterWorkflow | Route::StartRun | Route::Cancel(_) | Route::Redrive(_) | Route::Rerun(_) => {
+                Role::Developer
+            }
             Route::Audit | Route::Sweep | Route::Metrics => Role::Admin,
         }
     }
@@ -217,6 +221,7 @@ impl<'a> Route<'a> {
             Route::History(_) => "GET /runs/{id}/history",
             Route::Cancel(_) => "POST /runs/{id}/cancel",
             Route::Redrive(_) => "POST /runs/{id}/redrive",
+            Route::Rerun(_) => "POST /runs/{id}/rerun",
             Route::Audit => "GET /audit",
             Route::Sweep => "POST /sweep",
             Route::OpenApi => "GET /openapi.json",
@@ -227,7 +232,9 @@ impl<'a> Route<'a> {
 
     fn run(&self) -> Option<&'a str> {
         match self {
-            Route::GetRun(id) | Route::History(id) | Route::Cancel(id) | Route::Redrive(id) => Some(id),
+            Route::GetRun(id) | Route::History(id) | Route::Cancel(id) | Route::Redrive(id) | Route::Rerun(id) => {
+                Some(id)
+            }
             _ => None,
         }
     }
@@ -466,6 +473,7 @@ impl Api {
             Route::History(id) => (self.history(id, query).await, None),
             Route::Cancel(id) => (self.cancel(&tenant, id).await, None),
             Route::Redrive(id) => (self.redrive(&tenant, id).await, None),
+            Route::Rerun(id) => self.rerun(id, &body).await,
             Route::Audit => (self.read_audit(&tenant, query).await, None),
             Route::Sweep => (self.sweep(p).await, None),
             Route::OpenApi => {
@@ -802,6 +810,47 @@ impl Api {
         }
     }
 
+    /// `POST /runs/{id}/rerun` with `{"from": TASK}`: a new run of the same workflow and inputs
+    /// that reuses this run's recorded outputs and runs TASK and everything downstream of it
+    /// again (201, the new run's id; its `rerun_of` names this run).
+    async fn rerun(&self, id: &str, body: &Value) -> (Reply, Option<String>) {
+        let Some(from) = body.get("from").and_then(Value::as_str) else {
+            return (problem(StatusCode::BAD_REQUEST, "`from` (the task to run again from) is required"), None);
+        };
+        let stored = match self.store.load(id).await {
+            Ok(Some(s)) => s,
+            Ok(None) => return (no_run(id), None),
+            Err(e) => return (internal(e), None),
+        };
+        let plan = match self.starter.check(&stored.source_name, &stored.source) {
+            Ok(c) => Plan::new(c),
+            Err(e) => return (start_error(e), None),
+        };
+        let (source_name, source) = (stored.source_name.clone(), stored.source.clone());
+        let st = match rebuild(&plan, stored) {
+            Ok(s) => s,
+            Err(e) => return (problem(StatusCode::CONFLICT, format!("the log of {id} does not replay: {e}")), None),
+        };
+        let prepared = match self.starter.prepare_rerun(&source_name, &source, &st, from) {
+            Ok(p) => p,
+            Err(e) => return (start_error(e), None),
+        };
+        let started = match self.starter.create(self.store.as_ref(), &prepared).await {
+            Ok(s) => s,
+            Err(e) => return (start_error(e), None),
+        };
+        let start = Message::Event { run_id: started.run_id.clone(), event: Event::Start };
+        if let Err(e) = llmo_runtime::queue::Queue::send(self.queue.as_ref(), &start, 0).await {
+            return (internal(e), Some(started.run_id));
+        }
+        let reused = prepared.state.ended_tasks;
+        let r = reply(
+            StatusCode::CREATED,
+            json!({"run_id": started.run_id, "workflow": started.workflow, "rerun_of": {"run_id": id, "from": from}, "reused_tasks": reused}),
+        );
+        (r, Some(started.run_id))
+    }
+
     async fn read_audit(&self, tenant: &str, q: &HashMap<String, String>) -> Reply {
         let num =
             |k: &str| q.get(k).map(|v| v.parse::<u64>().map_err(|_| format!("`{k}` is milliseconds since the epoch")));
@@ -866,6 +915,7 @@ fn start_error(e: StartError) -> Reply {
             )
         }
         StartError::BadKey(why) => problem(StatusCode::BAD_REQUEST, why),
+        StartError::Rerun(why) => problem(StatusCode::CONFLICT, why),
         e @ StartError::KeyReused => problem(StatusCode::CONFLICT, e.to_string()),
         e @ (StartError::Store(_) | StartError::Queue(_)) => internal(e),
     }
@@ -897,7 +947,7 @@ mod tests {
     use super::*;
 
     /// Every route, once.
-    const ALL: [Route<'static>; 13] = [
+    const ALL: [Route<'static>; 14] = [
         Route::RegisterWorkflow,
         Route::ListWorkflows,
         Route::StartRun,
@@ -906,6 +956,7 @@ mod tests {
         Route::History("x"),
         Route::Cancel("x"),
         Route::Redrive("x"),
+        Route::Rerun("x"),
         Route::Audit,
         Route::Sweep,
         Route::OpenApi,

@@ -729,3 +729,38 @@ async fn a_redrive_continues_a_failed_run_from_its_failed_task() {
     assert_eq!(st.status, RunStatus::Succeeded);
     assert!(log.iter().any(|t| matches!(t.event, Event::Redrive { .. })));
 }
+
+/// `POST /runs/{id}/rerun` on the serverless runtime: a new run that reuses the fan-out's
+/// recorded outputs and runs the join again; its provenance names the source run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rerun_from_the_join_reuses_the_fan_out() {
+    let Some(aws) = aws().await else { return };
+    let aws = stack(&aws, 30, 5).await;
+    let api = api(&aws);
+    let workers = Workers::start(&aws, 2, 10, |s| s);
+    let (code, v) = call(&api, "POST", "/runs", Some(json!({"source": FAN, "inputs": {"n": 5}}))).await;
+    assert_eq!(code, 201, "{v}");
+    let first = v["run_id"].as_str().unwrap().to_string();
+    let got = wait_end(&api, &first, 60).await;
+    assert_eq!(got["status"], "succeeded", "{got}");
+    let (code, v) = call(&api, "POST", &format!("/runs/{first}/rerun"), Some(json!({"from": "nope"}))).await;
+    assert_eq!(code, 409, "{v}");
+    let (code, v) = call(&api, "POST", &format!("/runs/{first}/rerun"), Some(json!({"from": "join"}))).await;
+    assert_eq!(code, 201, "{v}");
+    assert_eq!(v["reused_tasks"], 2);
+    let second = v["run_id"].as_str().unwrap().to_string();
+    let again = wait_end(&api, &second, 60).await;
+    workers.stop().await;
+    assert_eq!(again["status"], "succeeded", "{again}");
+    assert_eq!(again["outputs"], got["outputs"]);
+    assert_eq!(again["rerun_of"], json!({"run_id": first, "from": "join"}));
+    let attempts: Vec<u64> =
+        again["tasks"].as_array().unwrap().iter().map(|t| t["attempts"].as_u64().unwrap()).collect();
+    assert_eq!(attempts, vec![0, 0, 1], "split and branch reused, join run again");
+    let other = token("someone", "t2", &["developer"]);
+    let (code, _) =
+        call_as(&api, Some(&other), "POST", &format!("/runs/{first}/rerun"), Some(json!({"from": "join"}))).await;
+    assert_eq!(code, 404, "another tenant's run");
+    let (initial, log) = initial_and_log(&aws, &second).await;
+    check_log(&plan(FAN), &log, initial);
+}

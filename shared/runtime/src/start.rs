@@ -123,6 +123,8 @@ pub enum StartError {
     Store(#[from] store::Error),
     #[error("could not send the run's start: {0}")]
     Queue(String),
+    #[error("{0}")]
+    Rerun(String),
 }
 
 /// The start-a-run use case, with what it needs to check and price a workflow.
@@ -175,6 +177,43 @@ impl Starter {
         state.tenant = req.tenant.clone();
         state.max_age_ms = self.max_age_ms;
         Ok(Prepared { plan, state, workflow, source_name: source_name.to_string(), source: source.to_string(), key })
+    }
+
+    /// A new run of the workflow `source` (the text `run` was started from) that reuses `run`'s
+    /// recorded outputs and runs `from` and everything downstream of it again
+    /// ([`Plan::rerun`]), in `run`'s tenant. Store it with [`Starter::create`].
+    pub fn prepare_rerun(
+        &self,
+        source_name: &str,
+        source: &str,
+        run: &RunState,
+        from: &str,
+    ) -> Result<Prepared, StartError> {
+        let checked = self.check(source_name, source)?;
+        let mut plan = Plan::new(checked);
+        plan.set_estimates(crate::estimates(&self.config, self.mock, &plan));
+        let Some(i) = plan.checked.dag.index_of(from) else {
+            return Err(StartError::Rerun(format!("the workflow has no task `{from}`")));
+        };
+        if !run.status.is_terminal() {
+            return Err(StartError::Rerun(format!(
+                "{} is {}: only an ended run is rerun",
+                run.run_id,
+                run.status.as_str()
+            )));
+        }
+        let workflow = plan.checked.workflow.metadata.name.clone();
+        let mut state = plan.rerun(new_run_id(), run, i);
+        state.tenant = run.tenant.clone();
+        state.max_age_ms = self.max_age_ms;
+        Ok(Prepared {
+            plan,
+            state,
+            workflow,
+            source_name: source_name.to_string(),
+            source: source.to_string(),
+            key: None,
+        })
     }
 
     /// Stores a prepared run once per idempotency key.

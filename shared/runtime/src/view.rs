@@ -64,5 +64,6 @@ pub fn run(plan: &Plan, workflow: &str, st: &RunState) -> Value {
         "inputs": st.inputs,
         "started_at": st.started_at, "ended_at": st.ended_at, "cost_usd": st.cost_usd, "tokens": st.tokens,
         "outputs": bounded(st.outputs.as_ref()), "error": st.error, "tasks": tasks,
+        "rerun_of": st.rerun_of,
     })
 }

@@ -345,6 +345,29 @@ impl Plan {
     }
 
     /// A new run in `pending`.
+    /// A new run (not started) of this workflow that reuses what `source` (a run of the same
+    /// workflow) recorded: every task that succeeded there keeps its output here, except
+    /// `from` and every task downstream of it, which run again (with the source's inputs).
+    /// Nothing is spent on the reused tasks; `rerun_of` records the provenance.
+    pub fn rerun(&self, run_id: impl Into<String>, source: &RunState, from: usize) -> RunState {
+        let mut st = self.new_run(run_id, source.inputs.clone());
+        let dag = &self.checked.dag;
+        for (i, old) in source.tasks.iter().enumerate().take(st.tasks.len()) {
+            if i == from || dag.is_ancestor(from, i) || old.status != TaskStatus::Succeeded {
+                continue;
+            }
+            let ts = &mut st.tasks[i];
+            ts.status = TaskStatus::Succeeded;
+            ts.output = old.output.clone();
+            ts.reason = Some(format!("reused from {}", source.run_id));
+            ts.started_at = old.started_at;
+            ts.ended_at = old.ended_at;
+            st.ended_tasks += 1;
+        }
+        st.rerun_of = Some(RerunOf { run_id: source.run_id.clone(), from: dag.id(from).to_string() });
+        st
+    }
+
     pub fn new_run(&self, run_id: impl Into<String>, inputs: Map<String, Value>) -> RunState {
         RunState {
             run_id: run_id.into(),
@@ -372,6 +395,7 @@ impl Plan {
             } else {
                 Vec::new()
             },
+            rerun_of: None,
         }
     }
 
@@ -733,7 +757,12 @@ impl Transition<'_, '_> {
                 }
                 self.move_run(RunStatus::Running);
                 self.arm_deadline();
-                self.work = (0..self.plan.task_count()).filter(|&i| self.plan.deps[i].is_empty()).collect();
+                self.work = if self.st.ended_tasks > 0 {
+                    // A rerun: tasks it reuses have ended already; every other task is decided.
+                    (0..self.plan.task_count()).filter(|&i| self.st.tasks[i].status == TaskStatus::Pending).collect()
+                } else {
+                    (0..self.plan.task_count()).filter(|&i| self.plan.deps[i].is_empty()).collect()
+                };
                 self.advance();
             }
             Event::Redrive { after } => {

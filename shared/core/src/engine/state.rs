@@ -242,6 +242,10 @@ pub struct RunState {
     /// the run has no budget or nothing is priced).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub estimates: Vec<Estimate>,
+    /// A rerun's provenance: the run whose recorded outputs it reuses, and the task it runs
+    /// again from (see [`crate::engine::Plan::rerun`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rerun_of: Option<RerunOf>,
 }
 
 /// What one attempt of a task is expected to spend, for budget checks before it starts.
@@ -331,6 +335,14 @@ impl Event {
 /// The key of the `AttemptFinished` event of an attempt. A worker handed an `Execute` for an
 /// attempt that already finished replays this key's commands (its first worker may have died
 /// after storing the result and before sending what followed).
+/// Where a rerun comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RerunOf {
+    pub run_id: String,
+    /// The task it runs again from (with everything downstream of it).
+    pub from: String,
+}
+
 /// One attempt of one task (or of one `for_each` item of it): what `Execute`, `RetryDue`,
 /// `AttemptFinished` and `ScheduleRetry` name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

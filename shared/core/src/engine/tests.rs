@@ -753,3 +753,36 @@ spec:
     assert!(p.apply(&mut d.st, &Event::Redrive { after: now_version }, d.now).is_err());
     assert_eq!(d.st, before);
 }
+
+#[test]
+fn a_rerun_reuses_what_is_upstream_and_runs_the_task_and_its_downstream_again() {
+    let p = plan(
+        r#"
+spec:
+  inputs: { x: { type: integer, default: 2 } }
+  tasks:
+    - { id: a, type: transform, with: { output: "{{ inputs.x }}" } }
+    - { id: b, type: transform, depends_on: [a], with: { output: "{{ tasks.a.output.output * 10 }}" } }
+    - { id: c, type: transform, depends_on: [b], with: { output: "{{ tasks.b.output.output + 1 }}" } }
+    - { id: side, type: transform, depends_on: [a], with: { output: "S" } }
+  outputs:
+    c: "{{ tasks.c.output.output }}"
+"#,
+    );
+    let mut d = Driver::new(&p, json!({"x": 3}));
+    d.run(echo);
+    assert_eq!(d.st.status, RunStatus::Succeeded);
+    let b = p.checked.dag.index_of("b").unwrap();
+    let st = p.rerun("run-2", &d.st, b);
+    assert_eq!(st.rerun_of, Some(RerunOf { run_id: "run-1".into(), from: "b".into() }));
+    assert_eq!(st.inputs, d.st.inputs);
+    assert_eq!(st.ended_tasks, 2, "a and side are reused");
+    let mut again = Driver { st, ..Driver::new(&p, json!({})) };
+    again.run(echo);
+    assert_eq!(again.st.status, RunStatus::Succeeded);
+    let ran: Vec<&str> = again.executed.iter().map(|(id, _, _)| id.as_str()).collect();
+    assert_eq!(ran, vec!["b", "c"], "only b and what is downstream of it");
+    assert_eq!(again.st.outputs, d.st.outputs);
+    assert_eq!(again.output("a"), d.output("a"));
+    assert_eq!(again.st.tasks[0].attempts, 0, "nothing spent on reused tasks");
+}
