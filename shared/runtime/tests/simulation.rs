@@ -209,6 +209,8 @@ struct SimExec {
     rng: SharedRng,
     faults: Faults,
     after_end: AtomicUsize,
+    /// While set, task `x` fails for good (a broken dependency, fixed before a redrive).
+    broken: std::sync::atomic::AtomicBool,
 }
 
 #[async_trait]
@@ -217,6 +219,9 @@ impl Executor for SimExec {
         let st = rebuild(&self.plan, self.store.load(&a.run_id).await.unwrap().unwrap()).unwrap();
         if st.status.is_terminal() {
             self.after_end.fetch_add(1, Ordering::SeqCst);
+        }
+        if &*a.task_id == "x" && self.broken.load(Ordering::SeqCst) {
+            return AttemptResult::Failed { error: "x is down".into(), retryable: false, usage: Usage::default() };
         }
         if &*a.task_id == "d" || &*a.task_id == "g" {
             return AttemptResult::Failed {
@@ -242,6 +247,13 @@ struct Report {
 }
 
 async fn simulate(plan: Arc<Plan>, source: &'static str, seed: u64, faults: Faults) -> Report {
+    simulate_with(plan, source, seed, faults, false).await
+}
+
+/// With `redrive`: task `x` is broken until the run has failed; then it is fixed and the run's
+/// `Redrive` is sent twice (a retried request) while the failed run's stale messages may still
+/// be on their way.
+async fn simulate_with(plan: Arc<Plan>, source: &'static str, seed: u64, faults: Faults, redrive: bool) -> Report {
     let plan = &plan;
     let rng: SharedRng = Arc::new(Mutex::new(Rng(seed)));
     let clock = Arc::new(ManualClock::default());
@@ -259,6 +271,7 @@ async fn simulate(plan: Arc<Plan>, source: &'static str, seed: u64, faults: Faul
         rng: rng.clone(),
         faults,
         after_end: AtomicUsize::new(0),
+        broken: redrive.into(),
     });
     let mut reg = Registry::new();
     reg.register("transform", exec.clone());
@@ -295,7 +308,22 @@ async fn simulate(plan: Arc<Plan>, source: &'static str, seed: u64, faults: Faul
     let racer = Arc::new(racer);
     *store.worker.lock().unwrap() = Some(Arc::downgrade(&racer));
     let mut steps = 0;
-    while !queue.is_empty() {
+    let mut redriven = !redrive;
+    loop {
+        if !redriven {
+            let now = rebuild(plan, mem.load(&run_id).await.unwrap().unwrap()).unwrap();
+            if now.status == RunStatus::Failed {
+                exec.broken.store(false, Ordering::SeqCst);
+                let m = Message::Event { run_id: run_id.clone(), event: Event::Redrive { after: now.version } };
+                let late = (rng.lock().unwrap().next() % 5_000) as Millis;
+                queue.send(&m, 0).await.unwrap();
+                queue.send(&m, late).await.unwrap();
+                redriven = true;
+            }
+        }
+        if queue.is_empty() {
+            break;
+        }
         steps += 1;
         assert!(steps < 20_000, "the run did not finish");
         // Batches of 1 to 4 messages, as an SQS event source mapping hands a function.
@@ -345,10 +373,19 @@ fn check(plan: &Plan, r: &Report, expected: &Summary) -> Result<(), String> {
     let mut terminal = vec![0; plan.task_count()];
     let mut keys: HashMap<String, usize> = HashMap::new();
     for t in &r.log {
+        let redrive = matches!(t.event, Event::Redrive { .. });
+        if redrive {
+            // A redrive decides again every task that did not succeed: each may end once more.
+            for (n, x) in terminal.iter_mut().zip(&st.tasks) {
+                if x.status != TaskStatus::Succeeded {
+                    *n = 0;
+                }
+            }
+        }
         let before: Vec<TaskStatus> = st.tasks.iter().map(|t| t.status).collect();
         plan.apply(&mut st, &t.event, t.at).map_err(|e| format!("log does not replay at {}: {}", t.version, e.0))?;
         for (i, (b, a)) in before.iter().zip(&st.tasks).enumerate() {
-            if b.is_terminal() && a.status != *b {
+            if b.is_terminal() && a.status != *b && !(redrive && *b != TaskStatus::Succeeded) {
                 return Err(format!("task {i}'s terminal state was rewritten at version {}", t.version));
             }
             if !b.is_terminal() && a.status.is_terminal() {
@@ -440,6 +477,68 @@ async fn hostile_templates_end_the_run_the_same_way_under_faults() {
         let r = simulate(plan.clone(), HOSTILE, seed, MANY).await;
         if let Err(e) = check(&plan, &r, &clean.summary) {
             failures.push(format!("seed {seed}: {e}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// A run that failed at a broken task, redriven (the request sent twice, the second late)
+/// while the failed run's stale messages may still be delivered, crashed and duplicated: it
+/// ends as a fault-free redrive does, the tasks that had succeeded are never run again, the
+/// redrive is applied once, and every attempt's result once.
+const REDRIVE: &str = r#"
+apiVersion: llm-orchestrator/v1
+kind: Workflow
+metadata: { name: sim-redrive }
+spec:
+  inputs: { xs: { type: array, default: [1, 2, 3, 4, 5] } }
+  concurrency: { max_parallel: 3 }
+  defaults: { retry: { max_attempts: 3, backoff: { initial: 100ms, max: 1s } } }
+  tasks:
+    - { id: a, type: transform, with: { output: a } }
+    - { id: b, type: transform, depends_on: [a], for_each: inputs.xs, with: { output: "{{ item }}" } }
+    - { id: x, type: transform, depends_on: [b], with: { output: "{{ tasks.b.output | sum }}" } }
+    - { id: y, type: transform, depends_on: [x], with: { output: "{{ tasks.x.output }}!" } }
+    - { id: side, type: transform, depends_on: [a], with: { output: side } }
+  outputs:
+    y: "{{ tasks.y.output }}"
+"#;
+
+#[tokio::test]
+async fn a_redrive_under_faults_ends_as_a_fault_free_redrive() {
+    let outcome = Validator::default().validate(&SourceFile::new("redrive.yaml", REDRIVE));
+    let plan = Arc::new(Plan::new(outcome.checked.expect("the redrive workflow is valid")));
+    let clean = simulate_with(plan.clone(), REDRIVE, 1, NONE, true).await;
+    assert_eq!(clean.summary.0, RunStatus::Succeeded);
+    assert_eq!(clean.summary.2, Some(json!({"y": "15!"})));
+    check(&plan, &clean, &clean.summary).unwrap();
+    let redrives = clean.log.iter().filter(|t| matches!(t.event, Event::Redrive { .. })).count();
+    assert_eq!(redrives, 1, "the second request is ignored");
+    let seeds: u64 = std::env::var("SIM_SEEDS").ok().and_then(|s| s.parse().ok()).map_or(300, |n: u64| (n / 30).max(1));
+    let mut failures = Vec::new();
+    for seed in 0..seeds {
+        let r = simulate_with(plan.clone(), REDRIVE, seed, MANY, true).await;
+        if let Err(e) = check(&plan, &r, &clean.summary) {
+            failures.push(format!("seed {seed}: {e}"));
+            continue;
+        }
+        // The tasks that had succeeded when the run was redriven never run again (`a` and
+        // `b` always had; `side` had unless the run failed first).
+        let at = r.log.iter().position(|t| matches!(t.event, Event::Redrive { .. })).expect("redriven");
+        let mut st = plan.new_run("check", json!({"xs": [1, 2, 3, 4, 5]}).as_object().cloned().unwrap());
+        for t in &r.log[..at] {
+            plan.apply(&mut st, &t.event, t.at).unwrap();
+        }
+        let kept: Vec<usize> = (0..st.tasks.len()).filter(|&i| st.tasks[i].status == TaskStatus::Succeeded).collect();
+        if !kept.contains(&0) || !kept.contains(&1) {
+            failures.push(format!("seed {seed}: a or b had not succeeded before x failed"));
+        }
+        let again = r.log[at..]
+            .iter()
+            .filter(|t| matches!(t.event, Event::AttemptFinished { task, .. } if kept.contains(&task)))
+            .count();
+        if again > 0 {
+            failures.push(format!("seed {seed}: {again} results of succeeded tasks after the redrive"));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
