@@ -363,6 +363,7 @@ fn describe(plan: &Plan, t: &Transition) -> Value {
         Event::Tick => "tick".to_string(),
         Event::Redrive { after } => format!("redrive (of the run ended at version {after})"),
         Event::RetryDue { task, item, attempt } => format!("{} retry due (attempt {})", id(*task, *item), attempt + 1),
+        Event::WakeDue { task, item, .. } => format!("{} woke", id(*task, *item)),
         Event::AttemptFinished { task, item, attempt, result, .. } => match result {
             llmo_core::engine::AttemptResult::Succeeded { .. } => {
                 format!("{} attempt {attempt} succeeded", id(*task, *item))

@@ -764,3 +764,39 @@ async fn a_rerun_from_the_join_reuses_the_fan_out() {
     let (initial, log) = initial_and_log(&aws, &second).await;
     check_log(&plan(FAN), &log, initial);
 }
+
+/// A `wait` task on the serverless runtime: the wait is one delayed SQS message (no worker
+/// runs or polls for it); the run goes on when it is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_is_a_delayed_message_and_the_run_goes_on_after_it() {
+    let Some(aws) = aws().await else { return };
+    let aws = stack(&aws, 30, 5).await;
+    let api = api(&aws);
+    let workers = Workers::start(&aws, 2, 10, |s| s);
+    const NAP: &str = r#"
+apiVersion: llm-orchestrator/v1
+kind: Workflow
+metadata: { name: nap }
+spec:
+  tasks:
+    - { id: nap, type: wait, with: { sleep: { for: 3s } } }
+    - { id: after, type: transform, depends_on: [nap], with: { output: "{{ tasks.nap.output.waited_until }}" } }
+  outputs:
+    woke: "{{ tasks.after.output }}"
+"#;
+    let started = std::time::Instant::now();
+    let (code, v) = call(&api, "POST", "/runs", Some(json!({"source": NAP}))).await;
+    assert_eq!(code, 201, "{v}");
+    let run_id = v["run_id"].as_str().unwrap().to_string();
+    let got = wait_end(&api, &run_id, 60).await;
+    workers.stop().await;
+    assert_eq!(got["status"], "succeeded", "{got}");
+    assert!(started.elapsed() >= Duration::from_secs(3), "{:?}", started.elapsed());
+    let woke = got["outputs"]["woke"].as_u64().unwrap();
+    assert_eq!(got["tasks"][0]["status"], "succeeded");
+    let (initial, log) = initial_and_log(&aws, &run_id).await;
+    check_log(&plan(NAP), &log, initial);
+    let keys: Vec<String> = log.iter().map(|t| t.event.key()).collect();
+    assert_eq!(keys, vec!["start", "wake/0/-/1", "done/1/-/1"], "nothing happened while it waited");
+    assert!(log[1].at >= woke && log[1].at - log[0].at >= 3000, "{log:?}");
+}

@@ -90,6 +90,10 @@ impl Default for Registry {
             TaskType::of::<EvaluateWith>("evaluate", "Score a text with checks; yields score and passed.")
                 .literal(&["/checks/*/schema", "/checks/*/pattern"]),
         );
+        r.register(TaskType::of::<WaitWith>(
+            "wait",
+            "Wait without running anything: `sleep: {for: 6h}` or `sleep: {until: <time>}`.",
+        ));
         r.register(TaskType::of::<PolicyWith>("policy", "Allow or deny on models, inputs and budget.").literal(&[
             "/deny_patterns",
             "/allow_models",
@@ -179,6 +183,27 @@ pub enum Role {
 pub enum ResponseFormat {
     Text,
     Json,
+}
+
+/// `type: wait`: the task waits, running nothing and polling nothing, and succeeds with
+/// `{waited_until: <ms since the epoch>}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WaitWith {
+    pub sleep: SleepWith,
+}
+
+/// `sleep`: exactly one of `for` and `until`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SleepWith {
+    /// How long, from when the task starts: `30s`, `6h`, `2d`.
+    #[serde(rename = "for", default, skip_serializing_if = "Option::is_none")]
+    pub for_: Option<crate::model::Duration>,
+    /// Until when: a template giving an RFC 3339 time (`2026-12-24T09:00:00Z`) or
+    /// milliseconds since the epoch. A time already past wakes at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<String>,
 }
 
 /// `type: transform`: exactly one of `output` and `expression`.
@@ -379,7 +404,7 @@ mod tests {
     #[test]
     fn registry_has_builtins_with_object_schemas() {
         let r = Registry::default();
-        for name in ["llm", "transform", "http", "evaluate", "policy"] {
+        for name in ["llm", "transform", "http", "evaluate", "policy", "wait"] {
             assert_eq!(r.get(name).unwrap().with_schema["type"], "object", "{name}");
         }
     }

@@ -187,6 +187,9 @@ impl<'p> Sim<'p> {
                 Command::ScheduleRetry { task, item, attempt, at } => {
                     self.push(Msg::Due { at, event: Event::RetryDue { task, item, attempt } })
                 }
+                Command::ScheduleWake { task, item, attempt, at } => {
+                    self.push(Msg::Due { at, event: Event::WakeDue { task, item, attempt } })
+                }
                 Command::CancelRunning { .. } | Command::Finished { .. } => {}
             }
         }

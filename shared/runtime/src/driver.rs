@@ -373,6 +373,10 @@ impl Driver {
                 t.timer_seq += 1;
                 t.timers.insert((at, t.timer_seq), Event::RetryDue { task, item, attempt });
             }
+            Command::ScheduleWake { task, item, attempt, at } => {
+                t.timer_seq += 1;
+                t.timers.insert((at, t.timer_seq), Event::WakeDue { task, item, attempt });
+            }
             Command::CancelRunning { tasks } => t.running.retain(|(task, _), h| {
                 if tasks.contains(task) {
                     h.abort();

@@ -609,6 +609,13 @@ impl Worker {
                     let event = Event::RetryDue { task, item, attempt };
                     out.push((Message::Event { run_id: run_id.clone(), event }, delay));
                 }
+                // A delayed message (re-sent every 15 minutes past SQS's delay limit): nothing
+                // runs or polls while the unit waits.
+                Command::ScheduleWake { task, item, attempt, at } => {
+                    let delay = at.saturating_sub(self.clock.now());
+                    let event = Event::WakeDue { task, item, attempt };
+                    out.push((Message::Event { run_id: run_id.clone(), event }, delay));
+                }
                 // Attempts already running finish and their results are ignored.
                 Command::CancelRunning { .. } => {}
                 Command::Finished { status } => finished = Some(status),

@@ -16,6 +16,9 @@ use crate::dag::EdgeKind;
 use crate::model::{EffectiveRetry, FailureAction, Jitter, OnFailure, TriggerRule};
 use crate::validate::Checked;
 
+/// The task type whose units wait instead of running (`sleep`).
+pub const WAIT: &str = "wait";
+
 /// Why an event changed nothing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ignored(pub &'static str);
@@ -481,6 +484,12 @@ impl Plan {
                         attempt: u.attempt,
                         at: u.retry_at.unwrap_or_default(),
                     }),
+                    TaskStatus::Waiting => cmds.push(Command::ScheduleWake {
+                        task: i,
+                        item,
+                        attempt: u.attempt,
+                        at: u.wake_at.unwrap_or_default(),
+                    }),
                     _ => {}
                 }
             }
@@ -629,6 +638,27 @@ impl Plan {
     }
 
     /// The rendered `with` block of an attempt.
+    /// When a unit of the `wait` task `task` wakes: `sleep.for` after `now`, or `sleep.until`
+    /// (an RFC 3339 time, or milliseconds since the epoch), rendered in the task's context.
+    pub fn wake_time(&self, st: &RunState, task: usize, item: Option<u32>, now: Millis) -> Result<Millis, String> {
+        let with = self.render_with(st, task, item)?;
+        let sleep = &with["sleep"];
+        if let Some(d) = sleep.get("for") {
+            let text = d.as_str().unwrap_or_default();
+            let d =
+                crate::model::Duration::parse(text).ok_or_else(|| format!("`sleep.for` `{text}` is not a duration"))?;
+            return Ok(now.saturating_add(d.0.as_millis() as Millis));
+        }
+        match sleep.get("until") {
+            Some(Value::Number(n)) => n.as_u64().ok_or_else(|| format!("`sleep.until` {n} is not a time")),
+            Some(Value::String(s)) => match s.trim().parse::<u64>() {
+                Ok(ms) => Ok(ms),
+                Err(_) => super::time::parse_rfc3339(s.trim()),
+            },
+            other => Err(format!("`sleep` needs `for` or `until` (got {})", other.unwrap_or(&Value::Null))),
+        }
+    }
+
     pub fn render_with(&self, st: &RunState, task: usize, item: Option<u32>) -> Result<Value, String> {
         let ctx = self.context_value(st, Some(task), item);
         self.render_task_with(task, &ctx, &[]).map(Value::Object).map_err(|(_, e)| e)
@@ -849,6 +879,23 @@ impl Transition<'_, '_> {
                 self.make_dispatchable(*task);
                 self.advance();
             }
+            Event::WakeDue { task, item, attempt } => {
+                self.running()?;
+                let id = AttemptId { task: *task, item: *item, attempt: *attempt };
+                let unit = self.unit(id)?;
+                if unit.status != TaskStatus::Waiting || unit.attempt != id.attempt {
+                    return Err(Ignored("no wait due for this attempt"));
+                }
+                let at = unit.wake_at.unwrap_or(self.now);
+                if unit.error.is_some() {
+                    self.move_unit(id.task, id.unit(), TaskStatus::Failed);
+                } else {
+                    self.move_unit(id.task, id.unit(), TaskStatus::Succeeded);
+                    self.unit_mut(id).output = Some(Output::new(serde_json::json!({"waited_until": at})));
+                }
+                self.settle(id.task);
+                self.advance();
+            }
             Event::Cancel => {
                 self.running_or_pending()?;
                 self.end(RunStatus::Cancelled, "cancelled".to_string());
@@ -933,8 +980,8 @@ impl Transition<'_, '_> {
     }
 
     /// Moves unit `k` of task `i` to `to` (checked against [`super::moves::UNIT_MOVES`]),
-    /// keeping `running` right; a unit that starts begins its next attempt, recorded as
-    /// started by the event being applied.
+    /// keeping `running` right; a unit that starts (runs, or waits) begins its next attempt,
+    /// recorded as started by the event being applied.
     fn move_unit(&mut self, i: usize, k: usize, to: TaskStatus) {
         let cause = &self.cause;
         let ts = &mut self.st.tasks[i];
@@ -945,12 +992,14 @@ impl Transition<'_, '_> {
         if from == TaskStatus::Running {
             self.st.running -= 1;
         }
-        if to == TaskStatus::Running {
+        if from == TaskStatus::Pending && matches!(to, TaskStatus::Running | TaskStatus::Waiting) {
             u.attempt += 1;
             u.cause = Some(cause.clone());
             u.started_by.push(cause.clone());
             ts.attempts += 1;
             ts.started_at.get_or_insert(self.now);
+        }
+        if to == TaskStatus::Running {
             self.st.running += 1;
         }
     }
@@ -961,6 +1010,8 @@ impl Transition<'_, '_> {
         let units = &self.st.tasks[i].units;
         let to = if units.iter().any(|u| u.status == TaskStatus::Running) {
             TaskStatus::Running
+        } else if units.iter().any(|u| u.status == TaskStatus::Waiting) {
+            TaskStatus::Waiting
         } else if units.iter().any(|u| u.status == TaskStatus::RetryWait) {
             TaskStatus::RetryWait
         } else {
@@ -1176,10 +1227,26 @@ impl Transition<'_, '_> {
                     self.end(RunStatus::Failed, reason);
                     return;
                 }
+                let item = for_each.then_some(k as u32);
+                if spec.tasks[i].ty == WAIT {
+                    // Nothing runs: the unit waits for a delayed `WakeDue` (a render error is
+                    // reported when it wakes, at once).
+                    let (at, error) = match self.plan.wake_time(self.st, i, item, self.now) {
+                        Ok(at) => (at.max(self.now), None),
+                        Err(e) => (self.now, Some(e)),
+                    };
+                    self.move_unit(i, k, TaskStatus::Waiting);
+                    let u = &mut self.st.tasks[i].units[k];
+                    u.wake_at = Some(at);
+                    u.error = error.map(|e| format!("`wait`: {e}"));
+                    let attempt = u.attempt;
+                    self.cmds.push(Command::ScheduleWake { task: i, item, attempt, at });
+                    continue;
+                }
                 self.move_unit(i, k, TaskStatus::Running);
                 let attempt = self.st.tasks[i].units[k].attempt;
                 task_running += 1;
-                self.cmds.push(Command::Execute { task: i, item: for_each.then_some(k as u32), attempt });
+                self.cmds.push(Command::Execute { task: i, item, attempt });
             }
             self.derive_task(i);
             if pending_left {

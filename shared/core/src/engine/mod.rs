@@ -6,6 +6,7 @@ pub mod limits;
 pub mod machine;
 pub mod moves;
 pub mod state;
+pub mod time;
 
 pub use machine::{Ctx, Ignored, Plan, RunParts};
 pub use state::*;

@@ -49,6 +49,8 @@ impl RunStatus {
 pub enum TaskStatus {
     Pending,
     Ready,
+    /// A `wait` task's unit waiting for its time (nothing runs, nothing polls).
+    Waiting,
     Running,
     RetryWait,
     Succeeded,
@@ -66,6 +68,7 @@ impl TaskStatus {
         match self {
             TaskStatus::Pending => "pending",
             TaskStatus::Ready => "ready",
+            TaskStatus::Waiting => "waiting",
             TaskStatus::Running => "running",
             TaskStatus::RetryWait => "retry_wait",
             TaskStatus::Succeeded => "succeeded",
@@ -93,6 +96,9 @@ pub struct Unit {
     /// When a unit in `RetryWait` may run again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_at: Option<Millis>,
+    /// When a `Waiting` unit wakes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wake_at: Option<Millis>,
     /// Key of the event whose transition started this attempt (or scheduled its retry): if
     /// that event is delivered again because its worker died before sending the commands,
     /// [`crate::engine::Plan::replay`] finds them here.
@@ -125,6 +131,7 @@ impl Unit {
             output: None,
             error: None,
             retry_at: None,
+            wake_at: None,
             cause: None,
             started_by: Vec::new(),
             in_place: Vec::new(),
@@ -299,6 +306,8 @@ pub enum Event {
     },
     /// The retry delay of an attempt has passed.
     RetryDue { task: usize, item: Option<u32>, attempt: u32 },
+    /// A `wait` task's unit is due to wake.
+    WakeDue { task: usize, item: Option<u32>, attempt: u32 },
     /// Cancel the run.
     Cancel,
     /// Fail the run for a reason outside the workflow (a message that could not be processed,
@@ -324,6 +333,7 @@ impl Event {
             Event::Start => "start".into(),
             Event::AttemptFinished { task, item, attempt, .. } => finished_key(*task, *item, *attempt),
             Event::RetryDue { task, item, attempt } => attempt_key("retry", *task, *item, *attempt),
+            Event::WakeDue { task, item, attempt } => attempt_key("wake", *task, *item, *attempt),
             Event::Cancel => "cancel".into(),
             Event::Abort { .. } => "abort".into(),
             Event::Tick => "tick".into(),
@@ -373,9 +383,9 @@ impl Event {
     /// The attempt an `AttemptFinished` or `RetryDue` names.
     pub fn attempt_id(&self) -> Option<AttemptId> {
         match *self {
-            Event::AttemptFinished { task, item, attempt, .. } | Event::RetryDue { task, item, attempt } => {
-                Some(AttemptId { task, item, attempt })
-            }
+            Event::AttemptFinished { task, item, attempt, .. }
+            | Event::RetryDue { task, item, attempt }
+            | Event::WakeDue { task, item, attempt } => Some(AttemptId { task, item, attempt }),
             _ => None,
         }
     }
@@ -385,9 +395,9 @@ impl Command {
     /// The attempt an `Execute` or `ScheduleRetry` names.
     pub fn attempt_id(&self) -> Option<AttemptId> {
         match *self {
-            Command::Execute { task, item, attempt } | Command::ScheduleRetry { task, item, attempt, .. } => {
-                Some(AttemptId { task, item, attempt })
-            }
+            Command::Execute { task, item, attempt }
+            | Command::ScheduleRetry { task, item, attempt, .. }
+            | Command::ScheduleWake { task, item, attempt, .. } => Some(AttemptId { task, item, attempt }),
             _ => None,
         }
     }
@@ -413,6 +423,8 @@ pub enum Command {
     Execute { task: usize, item: Option<u32>, attempt: u32 },
     /// Deliver `RetryDue` for this attempt at `at`.
     ScheduleRetry { task: usize, item: Option<u32>, attempt: u32, at: Millis },
+    /// Deliver `WakeDue` for this waiting unit at `at` (a delayed message, a timer).
+    ScheduleWake { task: usize, item: Option<u32>, attempt: u32, at: Millis },
     /// Running attempts of these tasks are no longer wanted.
     CancelRunning { tasks: Vec<usize> },
     /// The run ended: run the hooks of this kind, then report it.

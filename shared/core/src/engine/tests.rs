@@ -61,6 +61,9 @@ impl<'p> Driver<'p> {
                     Command::ScheduleRetry { task, item, attempt, at } => {
                         self.retries.push((at, Event::RetryDue { task, item, attempt }));
                     }
+                    Command::ScheduleWake { task, item, attempt, at } => {
+                        self.retries.push((at, Event::WakeDue { task, item, attempt }));
+                    }
                     Command::CancelRunning { .. } | Command::Finished { .. } => {}
                 }
             }
@@ -785,4 +788,48 @@ spec:
     assert_eq!(again.st.outputs, d.st.outputs);
     assert_eq!(again.output("a"), d.output("a"));
     assert_eq!(again.st.tasks[0].attempts, 0, "nothing spent on reused tasks");
+}
+
+#[test]
+fn a_wait_task_waits_without_running_and_wakes_once() {
+    let p = plan(
+        r#"
+spec:
+  inputs: { at: { type: string, default: "1970-01-01T00:00:05Z" } }
+  tasks:
+    - { id: nap, type: wait, with: { sleep: { for: 2h } } }
+    - { id: until, type: wait, with: { sleep: { until: "{{ inputs.at }}" } } }
+    - { id: after, type: transform, depends_on: [nap, until], with: { output: "{{ tasks.nap.output.waited_until }}" } }
+"#,
+    );
+    let mut st = p.new_run("r", json!({"at": "1970-01-01T00:00:05Z"}).as_object().cloned().unwrap());
+    let mut cmds = p.apply(&mut st, &Event::Start, 1_000).unwrap();
+    cmds.sort_by_key(|c| format!("{c:?}"));
+    let two_hours = 1_000 + 2 * 3_600_000;
+    assert_eq!(
+        cmds,
+        vec![
+            Command::ScheduleWake { task: 0, item: None, attempt: 1, at: two_hours },
+            Command::ScheduleWake { task: 1, item: None, attempt: 1, at: 5_000 },
+        ]
+    );
+    assert_eq!((st.tasks[0].status, st.running), (TaskStatus::Waiting, 0), "nothing runs while it waits");
+    let mut again = p.in_flight(&st);
+    again.sort_by_key(|c| format!("{c:?}"));
+    assert_eq!(again, cmds, "a resumed run re-arms its waits");
+    assert!(p.apply(&mut st, &Event::WakeDue { task: 0, item: None, attempt: 2 }, 5).is_err());
+    p.apply(&mut st, &Event::WakeDue { task: 1, item: None, attempt: 1 }, 5_000).unwrap();
+    let wake = Event::WakeDue { task: 0, item: None, attempt: 1 };
+    let cmds = p.apply(&mut st, &wake, two_hours).unwrap();
+    assert_eq!(cmds, vec![Command::Execute { task: 2, item: None, attempt: 1 }]);
+    assert_eq!(st.tasks[0].output.as_deref(), Some(&json!({"waited_until": two_hours})));
+    assert!(p.apply(&mut st, &wake, two_hours + 1).is_err(), "a duplicate wake changes nothing");
+
+    // A bad `until` fails the task when it wakes (at once); a cancel stops a waiting run.
+    let mut st = p.new_run("r2", json!({"at": "tomorrow"}).as_object().cloned().unwrap());
+    p.apply(&mut st, &Event::Start, 1_000).unwrap();
+    p.apply(&mut st, &Event::WakeDue { task: 1, item: None, attempt: 1 }, 1_000).unwrap();
+    assert_eq!(st.status, RunStatus::Failed);
+    assert!(st.error.as_deref().unwrap().contains("`wait`: `tomorrow` is not an RFC 3339 time"), "{:?}", st.error);
+    assert_eq!(st.tasks[0].status, TaskStatus::Cancelled);
 }

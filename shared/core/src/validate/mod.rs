@@ -31,7 +31,7 @@ use crate::model::{
 use crate::schedule::{check_cron, check_rate};
 use crate::source::{SourceFile, Span};
 use crate::tasks::{
-    Check, EvaluateWith, PolicyWith, Registry, TaskType, TransformWith, glob_match, llm_models, path_covers,
+    Check, EvaluateWith, PolicyWith, Registry, TaskType, TransformWith, WaitWith, glob_match, llm_models, path_covers,
 };
 use crate::yaml::{Limits, LoadError, LoadIssue, Loaded, load};
 

@@ -166,6 +166,12 @@ impl Run<'_> {
                     }
                 }
             }
+            "wait" => {
+                let Some(t) = typed::<WaitWith>(with) else { return };
+                if t.sleep.for_.is_some() == t.sleep.until.is_some() {
+                    self.error(TASK_CONFIG, &format!("{w}/sleep"), "`sleep` needs exactly one of `for` and `until`");
+                }
+            }
             "transform" => {
                 let Some(t) = typed::<TransformWith>(with) else { return };
                 if t.output.is_some() == t.expression.is_some() {

@@ -184,7 +184,7 @@ async function runPage(id) {
         el("span", { id: "run-status", "data-status": run.status }, badge(run.status)),
         el("div", { class: "facts" }, ...facts.map(([k, v]) => el("div", {}, el("span", {}, k), v)))),
       run.error ? el("pre", { class: "error", id: "run-error" }, run.error) : null,
-      el("div", { class: "legend" }, ...["pending", "running", "retry_wait", "succeeded", "failed", "skipped", "cancelled"].map(badge)),
+      el("div", { class: "legend" }, ...["pending", "running", "waiting", "retry_wait", "succeeded", "failed", "skipped", "cancelled"].map(badge)),
       el("div", { class: "layout" },
         el("div", { class: "graph" }, drawGraph(run, selected, (t) => { selected = t; render(); })),
         taskPanel(run, selected)),

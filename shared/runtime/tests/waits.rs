@@ -1,0 +1,93 @@
+//! `wait` tasks in the embedded runtime, on a simulated clock (tokio's paused time, which the
+//! driver's `SystemClock` follows): a six-hour sleep and a sleep until a time an input names
+//! end without anything running meanwhile, and a run interrupted while it waits resumes its
+//! wait from the stored state instead of starting it over.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use llmo_core::engine::{Plan, RunStatus, TaskStatus};
+use llmo_core::source::SourceFile;
+use llmo_core::validate::Validator;
+use llmo_runtime::driver::{Driver, Observer, Options};
+use llmo_runtime::ports::SystemClock;
+use llmo_runtime::store::{MemoryStore, RunStore};
+use serde_json::json;
+
+const NAP: &str = r#"
+apiVersion: llm-orchestrator/v1
+kind: Workflow
+metadata: { name: nap }
+spec:
+  inputs: { until: { type: string } }
+  tasks:
+    - { id: nap, type: wait, with: { sleep: { for: 6h } } }
+    - { id: until, type: wait, with: { sleep: { until: "{{ inputs.until }}" } } }
+    - { id: done, type: transform, depends_on: [nap, until], with: { output: "{{ tasks.nap.output.waited_until }}" } }
+"#;
+
+struct Quiet;
+impl Observer for Quiet {}
+
+fn driver(store: Arc<MemoryStore>) -> Driver {
+    let checked = Validator::default().validate(&SourceFile::new("nap.yaml", NAP)).checked.expect("valid");
+    Driver {
+        plan: Arc::new(Plan::new(checked)),
+        store,
+        executors: Arc::new(llmo_runtime::standard_registry(
+            llmo_runtime::providers::Config::builtin(),
+            true,
+            Default::default(),
+        )),
+        clock: Arc::new(SystemClock::default()),
+        blobs: None,
+        options: Options { poll: Duration::from_secs(60), ..Options::default() },
+    }
+}
+
+fn rfc3339(ms: u64) -> String {
+    let secs = ms / 1000;
+    let day = llmo_runtime::costs::day_of(ms);
+    format!("{day}T{:02}:{:02}:{:02}Z", secs / 3600 % 24, secs / 60 % 60, secs % 60)
+}
+
+#[tokio::test(start_paused = true)]
+async fn six_hours_of_sleep_pass_on_a_simulated_clock() {
+    let store = Arc::new(MemoryStore::default());
+    let d = driver(store.clone());
+    let start = d.clock.now();
+    let until = rfc3339(start + 2 * 3_600_000);
+    let inputs = json!({"until": until}).as_object().cloned().unwrap();
+    let end = d.start("run-nap", inputs, "nap.yaml", NAP, &mut Quiet).await.unwrap();
+    assert_eq!(end.state.status, RunStatus::Succeeded, "{:?}", end.state.error);
+    let elapsed = d.clock.now() - start;
+    assert!((6 * 3_600_000..6 * 3_600_000 + 60_000).contains(&elapsed), "{elapsed} ms");
+    let nap = &end.state.tasks[0];
+    assert_eq!(nap.attempts, 1);
+    assert_eq!(nap.output.as_deref().unwrap()["waited_until"].as_u64().unwrap(), start + 6 * 3_600_000);
+    // Between the start and the wakes the log holds nothing: nothing ran, nothing polled.
+    let log = store.history("run-nap").await.unwrap();
+    let kinds: Vec<String> = log.iter().map(|t| t.event.key()).collect();
+    assert_eq!(kinds[0], "start");
+    assert_eq!(&kinds[1..3], &["wake/1/-/1".to_string(), "wake/0/-/1".to_string()], "{kinds:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_run_stopped_while_waiting_resumes_its_wait() {
+    let store = Arc::new(MemoryStore::default());
+    let d = driver(store.clone());
+    let start = d.clock.now();
+    let inputs = json!({"until": rfc3339(start)}).as_object().cloned().unwrap();
+    // Stopped (its process gone) an hour into the six-hour wait.
+    let mut quiet = Quiet;
+    let run = d.start("run-2", inputs, "nap.yaml", NAP, &mut quiet);
+    assert!(tokio::time::timeout(Duration::from_secs(3600), run).await.is_err());
+    let d = driver(store.clone());
+    let st = llmo_runtime::store::rebuild(&d.plan, store.load("run-2").await.unwrap().unwrap()).unwrap();
+    assert_eq!(st.tasks[0].status, TaskStatus::Waiting);
+    let end = d.resume("run-2", &mut Quiet).await.unwrap();
+    assert_eq!(end.state.status, RunStatus::Succeeded);
+    assert_eq!(end.state.tasks[0].attempts, 1, "the wait was resumed, not started again");
+    let woke = end.state.tasks[0].output.as_deref().unwrap()["waited_until"].as_u64().unwrap();
+    assert_eq!(woke, start + 6 * 3_600_000, "it wakes when it was due, not six hours after the resume");
+}
