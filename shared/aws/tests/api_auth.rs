@@ -215,10 +215,17 @@ async fn tenants_never_see_each_other() {
     let cursor = page["next"].as_str().expect("a next page").to_string();
     let (code, _) = call_as(&api, Some(&a), "GET", &format!("/runs?limit=1&cursor={cursor}"), None).await;
     assert_eq!(code, 200);
-    let mut tampered = cursor.clone().into_bytes();
-    let mid = tampered.len() / 2;
-    tampered[mid] = if tampered[mid] == b'A' { b'B' } else { b'A' };
-    let tampered = String::from_utf8(tampered).unwrap();
+    // Tampered: the listing it names changed (a byte flipped at random could land in the
+    // page bound instead, which only moves where the same listing starts).
+    let tampered = {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let mut v: Value = serde_json::from_slice(&b64.decode(&cursor).unwrap()).unwrap();
+        let l = v["l"].as_str().unwrap().to_string();
+        let flipped: String = l.chars().rev().collect();
+        v["l"] = json!(if flipped == l { format!("{l}0") } else { flipped });
+        b64.encode(v.to_string())
+    };
     for (who, c) in [(&a, tampered.as_str()), (&a, "e30"), (&a, "%%%"), (&b, cursor.as_str())] {
         let (code, v) = call_as(&api, Some(who), "GET", &format!("/runs?limit=1&cursor={c}"), None).await;
         assert_eq!(code, 400, "cursor {c}: {v}");
