@@ -161,12 +161,7 @@ pub fn run(checked: Checked, source: &SourceFile, opts: &Options, serve: &Serve)
         eprintln!("run page: http://{bound}/ui/runs/{run_id}#token={token}");
     }
     let mut progress = Progress::new(&plan, None);
-    let end = rt.block_on(async {
-        tokio::select! {
-            r = d.start_created(state, &mut progress) => r.map(Some),
-            _ = tokio::signal::ctrl_c() => Ok(None),
-        }
-    })?;
+    let end = until_interrupted(&rt, d.start_created(state, &mut progress))?;
     let Some(end) = end else { return Ok(interrupted(&run_id, opts.state.as_deref())) };
     let code = finish(&plan, &end.state, progress.started)?;
     if serve.ui.is_some() || serve.metrics_addr.is_some() {
@@ -174,6 +169,19 @@ pub fn run(checked: Checked, source: &SourceFile, opts: &Options, serve: &Serve)
         let _ = rt.block_on(tokio::signal::ctrl_c());
     }
     Ok(code)
+}
+
+/// Drives `run` to its end on `rt`, or stops at Ctrl-C (`None`).
+fn until_interrupted<T>(
+    rt: &tokio::runtime::Runtime,
+    run: impl std::future::Future<Output = Result<T, driver::Error>>,
+) -> Result<Option<T>> {
+    Ok(rt.block_on(async {
+        tokio::select! {
+            r = run => r.map(Some),
+            _ = tokio::signal::ctrl_c() => Ok(None),
+        }
+    })?)
 }
 
 fn interrupted(run_id: &str, state: Option<&Path>) -> ExitCode {
@@ -211,12 +219,7 @@ pub fn resume(run_id: &str, state: &Path, exec: &Exec) -> Result<ExitCode> {
     eprintln!("{run_id}: resuming {workflow} ({} tasks)", plan.task_count());
     let d = driver(plan.clone(), store, Some(state), exec)?;
     let mut progress = Progress::new(&plan, Some(&st));
-    let end = rt.block_on(async {
-        tokio::select! {
-            r = d.resume(run_id, &mut progress) => r.map(Some),
-            _ = tokio::signal::ctrl_c() => Ok(None),
-        }
-    })?;
+    let end = until_interrupted(&rt, d.resume(run_id, &mut progress))?;
     let Some(end) = end else { return Ok(interrupted(run_id, Some(state))) };
     finish(&plan, &end.state, progress.started)
 }
@@ -237,12 +240,7 @@ pub fn redrive(run_id: &str, state: &Path, exec: &Exec) -> Result<ExitCode> {
     eprintln!("{run_id}: redriving {again} of {} tasks (the others keep their outputs)", plan.task_count());
     let d = driver(plan.clone(), store, Some(state), exec)?;
     let mut progress = Progress::new(&plan, None);
-    let end = rt.block_on(async {
-        tokio::select! {
-            r = d.redrive(run_id, &mut progress) => r.map(Some),
-            _ = tokio::signal::ctrl_c() => Ok(None),
-        }
-    })?;
+    let end = until_interrupted(&rt, d.redrive(run_id, &mut progress))?;
     let Some(end) = end else { return Ok(interrupted(run_id, Some(state))) };
     finish(&plan, &end.state, progress.started)
 }
@@ -272,12 +270,7 @@ pub fn rerun(run_id: &str, from: &str, state: &Path, exec: &Exec) -> Result<Exit
     eprintln!("{new_id}: rerun of {run_id} from `{from}` ({reused} of {} tasks reused)", plan.task_count());
     let d = driver(plan.clone(), store, Some(state), exec)?;
     let mut progress = Progress::new(&plan, Some(&st));
-    let end = rt.block_on(async {
-        tokio::select! {
-            r = d.start_created(st, &mut progress) => r.map(Some),
-            _ = tokio::signal::ctrl_c() => Ok(None),
-        }
-    })?;
+    let end = until_interrupted(&rt, d.start_created(st, &mut progress))?;
     let Some(end) = end else { return Ok(interrupted(&new_id, Some(state))) };
     finish(&plan, &end.state, progress.started)
 }
