@@ -543,3 +543,43 @@ async fn a_redrive_under_faults_ends_as_a_fault_free_redrive() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// `wait` tasks under faults: sleeps (one per `for_each` item, one until a fixed time) whose
+/// `WakeDue` messages are reordered, duplicated, delivered late and raced end the run as a
+/// fault-free run does, each unit waking once.
+const WAITS: &str = r#"
+apiVersion: llm-orchestrator/v1
+kind: Workflow
+metadata: { name: sim-waits }
+spec:
+  inputs: { xs: { type: array, default: [1, 2, 3, 4, 5] } }
+  tasks:
+    - { id: a, type: transform, with: { output: a } }
+    - { id: naps, type: wait, depends_on: [a], for_each: inputs.xs, with: { sleep: { until: "{{ 1000000 + item * 60000 }}" } } }
+    - { id: until, type: wait, depends_on: [a], with: { sleep: { until: "1970-01-01T00:20:00Z" } } }
+    - { id: pause, type: wait, depends_on: [a], with: { sleep: { for: 90s } } }
+    - { id: z, type: transform, depends_on: [naps, until, pause], with: { output: "{{ tasks.naps.output | length }}" } }
+  outputs:
+    z: "{{ tasks.z.output }}"
+"#;
+
+#[tokio::test]
+async fn waits_under_faults_wake_once_and_end_the_run_the_same_way() {
+    let outcome = Validator::default().validate(&SourceFile::new("waits.yaml", WAITS));
+    let plan = Arc::new(Plan::new(outcome.checked.expect("the waits workflow is valid")));
+    let clean = simulate(plan.clone(), WAITS, 1, NONE).await;
+    assert_eq!(clean.summary.0, RunStatus::Succeeded);
+    assert_eq!(clean.summary.2, Some(json!({"z": 5})));
+    check(&plan, &clean, &clean.summary).unwrap();
+    let wakes = clean.log.iter().filter(|t| matches!(t.event, Event::WakeDue { .. })).count();
+    assert_eq!(wakes, 7, "five naps, one until, one pause");
+    let seeds: u64 = std::env::var("SIM_SEEDS").ok().and_then(|s| s.parse().ok()).map_or(300, |n: u64| (n / 30).max(1));
+    let mut failures = Vec::new();
+    for seed in 0..seeds {
+        let r = simulate(plan.clone(), WAITS, seed, MANY).await;
+        if let Err(e) = check(&plan, &r, &clean.summary) {
+            failures.push(format!("seed {seed}: {e}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
