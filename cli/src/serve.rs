@@ -57,6 +57,9 @@ pub async fn ui(addr: &str, store: Arc<dyn RunStore>, token: &str) -> Result<Soc
 pub async fn metrics(addr: &str, handle: metrics_exporter_prometheus::PrometheusHandle) -> Result<SocketAddr> {
     let addr: SocketAddr =
         addr.parse().with_context(|| format!("--metrics-addr {addr}: an address like 127.0.0.1:9464"))?;
+    if !addr.ip().is_loopback() {
+        anyhow::bail!("--metrics-addr {addr}: the metrics have no authentication; serve them on loopback (127.0.0.1)");
+    }
     let listener =
         tokio::net::TcpListener::bind(addr).await.with_context(|| format!("--metrics-addr: binding {addr}"))?;
     let bound = listener.local_addr()?;

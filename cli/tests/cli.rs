@@ -528,6 +528,11 @@ fn run_serves_its_page_and_metrics_and_logs_json_with_run_and_task_ids() {
     assert!(rows[0]["tokens"].as_u64().unwrap() > 0, "{rows}");
     let table = text(&llmo(&["costs", "--state", db.to_str().unwrap(), "--by", "tenant"]).stdout);
     assert!(table.contains("local") && table.contains("total"), "{table}");
+    // Metrics have no token: they are served on loopback only.
+    let out =
+        llmo(&["run", "--mock", "--metrics-addr", "0.0.0.0:0", "workflows/simple-inference.yaml", "-i", "question=q"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("serve them on loopback"), "{}", text(&out.stderr));
     std::fs::remove_dir_all(&dir).ok();
 }
 

@@ -167,6 +167,11 @@ pub async fn sqs_function<H: SqsHandler>(
         let batch = args.iter().position(|a| a == "--batch").and_then(|i| args.get(i + 1)?.parse().ok()).unwrap_or(10);
         if let Some(addr) = std::env::var("LLMO_METRICS_ADDR").ok().filter(|a| !a.is_empty()) {
             let addr: SocketAddr = addr.parse().map_err(|e| format!("LLMO_METRICS_ADDR {addr}: {e}"))?;
+            if !addr.ip().is_loopback() {
+                return Err(
+                    format!("LLMO_METRICS_ADDR {addr}: the metrics have no authentication; use loopback").into()
+                );
+            }
             let obs = obs.clone();
             let listener = tokio::net::TcpListener::bind(addr).await?;
             tokio::spawn(serve_metrics(listener, move || obs.prometheus().unwrap_or_default()));
@@ -190,8 +195,8 @@ pub async fn sqs_function<H: SqsHandler>(
 }
 
 /// Serves `GET /metrics` (Prometheus text exposition of `render()`) on `listener`, for a
-/// process that has no API of its own (a local step worker, `llmo run --metrics-addr`).
-/// Bind it to loopback: it has no authentication.
+/// process that has no API of its own (a local step worker). Callers bind it to loopback
+/// only: it has no authentication.
 pub async fn serve_metrics<F>(listener: tokio::net::TcpListener, render: F) -> std::io::Result<()>
 where
     F: Fn() -> String + Clone + Send + Sync + 'static,
