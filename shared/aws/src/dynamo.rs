@@ -30,6 +30,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder;
 use aws_sdk_dynamodb::types::{
     AttributeValue, ConsumedCapacity, Put, ReturnConsumedCapacity, TransactWriteItem, Update,
 };
@@ -282,38 +283,42 @@ impl DynamoStore {
         Ok(out.item)
     }
 
-    /// Log items of a run with `sk` after `after`, oldest first.
-    async fn log_items(&self, run_id: &str, after_version: u64) -> Result<Vec<Transition>, Error> {
+    /// Every item `q` gives, page after page (each page's capacity metered), stopping once
+    /// more than `limit` have been read.
+    async fn query_items(&self, q: QueryFluentBuilder, limit: usize) -> Result<Vec<Item>, Error> {
+        let mut pages = q.return_consumed_capacity(ReturnConsumedCapacity::Total).into_paginator().send();
         let mut out = Vec::new();
-        let mut start: Option<Item> = None;
-        loop {
-            let page = self
-                .aws
-                .dynamodb
-                .query()
-                .table_name(&self.aws.table)
-                .key_condition_expression("pk = :pk AND sk BETWEEN :from AND :to")
-                .expression_attribute_values(":pk", s(run_pk(run_id)))
-                .expression_attribute_values(":from", s(log_sk(after_version + 1)))
-                .expression_attribute_values(":to", s("LOG#~"))
-                .consistent_read(true)
-                .return_consumed_capacity(ReturnConsumedCapacity::Total)
-                .set_exclusive_start_key(start.take())
-                .send()
-                .await
-                .map_err(err)?;
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(err)?;
             self.meter_capacity(page.consumed_capacity(), false);
-            for item in page.items() {
-                let json = self.read_payload(item, "t", "t_ref").await?;
-                let ts: Vec<Transition> = serde_json::from_str(&json)?;
-                // A snapshot may fall inside an item: keep only what follows it.
-                out.extend(ts.into_iter().filter(|t| t.version > after_version));
-            }
-            match page.last_evaluated_key {
-                Some(k) if !k.is_empty() => start = Some(k),
-                _ => return Ok(out),
+            out.extend(page.items.unwrap_or_default());
+            if out.len() > limit {
+                break;
             }
         }
+        Ok(out)
+    }
+
+    /// Log items of a run with `sk` after `after`, oldest first.
+    async fn log_items(&self, run_id: &str, after_version: u64) -> Result<Vec<Transition>, Error> {
+        let q = self
+            .aws
+            .dynamodb
+            .query()
+            .table_name(&self.aws.table)
+            .key_condition_expression("pk = :pk AND sk BETWEEN :from AND :to")
+            .expression_attribute_values(":pk", s(run_pk(run_id)))
+            .expression_attribute_values(":from", s(log_sk(after_version + 1)))
+            .expression_attribute_values(":to", s("LOG#~"))
+            .consistent_read(true);
+        let mut out = Vec::new();
+        for item in self.query_items(q, usize::MAX).await? {
+            let json = self.read_payload(&item, "t", "t_ref").await?;
+            let ts: Vec<Transition> = serde_json::from_str(&json)?;
+            // A snapshot may fall inside an item: keep only what follows it.
+            out.extend(ts.into_iter().filter(|t| t.version > after_version));
+        }
+        Ok(out)
     }
 
     fn summary(item: &Item) -> RunSummary {
@@ -601,8 +606,8 @@ impl DynamoStore {
         since_ms: u64,
         limit: usize,
     ) -> Result<(Vec<RunSummary>, bool), Error> {
-        let shards = (0..LIST_SHARDS).map(|k| async move {
-            let mut pages = self
+        let shards = (0..LIST_SHARDS).map(|k| {
+            let q = self
                 .aws
                 .dynamodb
                 .query()
@@ -612,64 +617,47 @@ impl DynamoStore {
                 .expression_attribute_names("#k", "all")
                 .expression_attribute_values(":v", s(format!("{tenant}#RUNS#{k}")))
                 .expression_attribute_values(":c", s(format!("{since_ms:013}")))
-                .return_consumed_capacity(ReturnConsumedCapacity::Total)
-                .into_paginator()
-                .send();
-            let mut out = Vec::new();
-            while let Some(page) = pages.next().await {
-                let page = page.map_err(err)?;
-                self.meter_capacity(page.consumed_capacity(), false);
-                out.extend(page.items().iter().map(Self::summary));
-                if out.len() > limit {
-                    break;
-                }
-            }
-            Ok::<_, Error>(out)
+                .scan_index_forward(false);
+            self.query_items(q, limit)
         });
-        let mut all = Vec::new();
+        let mut all: Vec<Item> = Vec::new();
         for r in futures::future::join_all(shards).await {
             all.extend(r?);
         }
+        // The newest `limit` runs, when there are more.
         let more = all.len() > limit;
+        all.sort_by(|a, b| get_s(b, "created").cmp(&get_s(a, "created")));
         all.truncate(limit);
+        let all: Vec<RunSummary> = all.iter().map(Self::summary).collect();
         Ok((all, more))
     }
 
     /// Runs not ended that were created before `before_ms`, oldest first, at most `limit`
     /// (from the sparse `by_live` index, eight shards).
     pub async fn live_runs(&self, before_ms: u64, limit: usize) -> Result<Vec<LiveRun>, Error> {
-        let mut out = Vec::new();
-        for shard in 0..8 {
-            let mut start: Option<Item> = None;
-            loop {
-                let page = self
-                    .aws
-                    .dynamodb
-                    .query()
-                    .table_name(&self.aws.table)
-                    .index_name("by_live")
-                    .key_condition_expression("live_key = :k AND created < :c")
-                    .expression_attribute_values(":k", s(format!("LIVE#{shard}")))
-                    .expression_attribute_values(":c", s(format!("{before_ms:013}")))
-                    .set_exclusive_start_key(start.take())
-                    .send()
-                    .await
-                    .map_err(err)?;
-                for item in page.items() {
-                    out.push(LiveRun {
-                        run_id: get_s(item, "run_id").unwrap_or_default().to_string(),
-                        status: get_s(item, "status").unwrap_or_default().to_string(),
-                        deadline: get_n(item, "deadline").map(|d| d as u64),
-                    });
-                }
-                match page.last_evaluated_key {
-                    Some(k) if !k.is_empty() && out.len() < limit => start = Some(k),
-                    _ => break,
-                }
-            }
+        let mut all: Vec<Item> = Vec::new();
+        for shard in 0..LIST_SHARDS {
+            let q = self
+                .aws
+                .dynamodb
+                .query()
+                .table_name(&self.aws.table)
+                .index_name("by_live")
+                .key_condition_expression("live_key = :k AND created < :c")
+                .expression_attribute_values(":k", s(format!("LIVE#{shard}")))
+                .expression_attribute_values(":c", s(format!("{before_ms:013}")));
+            all.extend(self.query_items(q, limit).await?);
         }
-        out.truncate(limit);
-        Ok(out)
+        all.sort_by(|a, b| get_s(a, "created").cmp(&get_s(b, "created")));
+        all.truncate(limit);
+        Ok(all
+            .iter()
+            .map(|item| LiveRun {
+                run_id: get_s(item, "run_id").unwrap_or_default().to_string(),
+                status: get_s(item, "status").unwrap_or_default().to_string(),
+                deadline: get_n(item, "deadline").map(|d| d as u64),
+            })
+            .collect())
     }
 
     /// Writes the final outputs (and error) of an ended run to S3: `runs/<id>/result.json`.

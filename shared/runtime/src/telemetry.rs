@@ -95,11 +95,6 @@ pub struct Telemetry {
 }
 
 impl Telemetry {
-    /// Whether spans are exported.
-    pub fn exporting(&self) -> bool {
-        self.provider.is_some()
-    }
-
     /// Sends the finished spans now (on a blocking thread: the exporter runs on tokio).
     pub async fn flush(&self) {
         if let Some(p) = self.provider.clone() {
