@@ -14,6 +14,8 @@
 CARGO ?= cargo
 LLMO  := target/release/llmo
 EXAMPLES := $(wildcard workflows/*.yaml)
+# Examples that wait for people or events (answered with `llmo approve` / `llmo send-event`).
+WAIT_EXAMPLES := $(wildcard workflows/waits/*.yaml)
 DEMO_STATE := .llmo/demo.db
 
 .PHONY: all demo build test lint fmt unit local package bench-smoke bench schema clean stack-up stack-down deploy teardown infra soak
@@ -24,7 +26,7 @@ build:
 	$(CARGO) build --release -p llmo-cli
 
 demo: build
-	$(LLMO) validate $(EXAMPLES)
+	$(LLMO) validate $(EXAMPLES) $(WAIT_EXAMPLES)
 	@echo
 	$(LLMO) explain workflows/article-pipeline.yaml
 	@echo

@@ -18,6 +18,7 @@ mod infra;
 mod remote;
 mod run;
 mod serve;
+mod waits;
 
 // Validation of large files allocates many small objects; mimalloc makes that markedly faster.
 #[global_allocator]
@@ -127,6 +128,46 @@ enum Command {
         api: Option<String>,
         #[command(flatten)]
         exec: ExecArgs,
+    },
+    /// List the tasks waiting for an approval or an event (in a state file, or with --api
+    /// in the serverless API's tenant).
+    Waiting {
+        #[arg(long, value_name = "PATH", default_value = ".llmo/runs.db")]
+        state: PathBuf,
+        /// Ask the serverless API at this URL instead of a state file.
+        #[arg(long, value_name = "URL")]
+        api: Option<String>,
+        /// One JSON array instead of lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Approve a task waiting for an approval (`type: wait` with `approval`). Exit status 3
+    /// when it no longer waits (answered already, timed out, the run ended).
+    Approve {
+        #[command(flatten)]
+        answer: AnswerArgs,
+    },
+    /// Reject a task waiting for an approval. Exit status 3 when it no longer waits.
+    Reject {
+        #[command(flatten)]
+        answer: AnswerArgs,
+    },
+    /// Post an event: every task waiting for an event of this name and key (in a state file,
+    /// or with --api in the API's tenant) receives it, once.
+    SendEvent {
+        /// The event's name (as the waiting tasks' `event.name` says).
+        name: String,
+        /// The correlation key (as the waiting tasks' `event.key` renders it).
+        #[arg(long, default_value = "")]
+        key: String,
+        /// The event's payload, JSON (later tasks read `tasks.<id>.output.payload`).
+        #[arg(long, default_value = "null")]
+        payload: String,
+        #[arg(long, value_name = "PATH", default_value = ".llmo/runs.db")]
+        state: PathBuf,
+        /// Ask the serverless API at this URL instead of a state file.
+        #[arg(long, value_name = "URL")]
+        api: Option<String>,
     },
     /// Continue a run interrupted (even by kill -9) from its state file.
     Resume {
@@ -291,6 +332,40 @@ enum Command {
     },
 }
 
+/// The arguments of `approve` and `reject`.
+#[derive(clap::Args)]
+struct AnswerArgs {
+    run_id: String,
+    /// The waiting task's id.
+    task: String,
+    /// Which item, for a `for_each` task.
+    #[arg(long)]
+    item: Option<u32>,
+    /// A form field, NAME=VALUE (VALUE is read as JSON when it parses, else as text). Repeatable.
+    #[arg(long = "field", short = 'f', value_name = "NAME=VALUE")]
+    fields: Vec<String>,
+    /// A comment recorded with the answer.
+    #[arg(long)]
+    comment: Option<String>,
+    #[arg(long, value_name = "PATH", default_value = ".llmo/runs.db")]
+    state: PathBuf,
+    /// Ask the serverless API at this URL instead of a state file.
+    #[arg(long, value_name = "URL")]
+    api: Option<String>,
+}
+
+impl AnswerArgs {
+    fn run(self, approved: bool) -> Result<ExitCode> {
+        let a = waits::Answer { approved, fields: self.fields, comment: self.comment, item: self.item };
+        match &self.api {
+            Some(api) => {
+                remote::answer(&self.run_id, &self.task, &a, serde_json::Value::Object(a.fields_map()?), Some(api))
+            }
+            None => waits::answer(&self.run_id, &self.task, &a, &self.state),
+        }
+    }
+}
+
 #[derive(clap::Args)]
 struct ExecArgs {
     /// Answer model calls with the deterministic offline mock provider, and `http` tasks from
@@ -453,6 +528,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
             run::run(checked, &source, &run::Options { inputs, input_file, state, exec: exec.exec() }, &serve)
         }
         Command::Resume { run_id, state, exec } => run::resume(&run_id, &state, &exec.exec()),
+        Command::Waiting { api: Some(api), json, .. } => remote::waiting(Some(&api), json),
+        Command::Waiting { state, json, api: None } => waits::list(&state, json),
+        Command::Approve { answer } => answer.run(true),
+        Command::Reject { answer } => answer.run(false),
+        Command::SendEvent { name, key, payload, state, api } => {
+            let payload: serde_json::Value =
+                serde_json::from_str(&payload).map_err(|e| anyhow::anyhow!("--payload is not JSON: {e}"))?;
+            match api {
+                Some(api) => remote::send_event(&name, &key, &payload, Some(&api)),
+                None => waits::send_event(&name, &key, &payload, &state),
+            }
+        }
         Command::Redrive { run_id, api: Some(api), .. } => remote::redrive(&run_id, Some(&api)),
         Command::Redrive { run_id, state, exec, api: None } => run::redrive(&run_id, &state, &exec.exec()),
         Command::Rerun { run_id, from, api: Some(api), .. } => remote::rerun(&run_id, &from, Some(&api)),

@@ -348,3 +348,67 @@ pub fn rerun(run_id: &str, from: &str, api: Option<&str>) -> Result<ExitCode> {
     println!("{}", serde_json::to_string_pretty(&v)?);
     Ok(ExitCode::SUCCESS)
 }
+
+/// `llmo waiting --api`: `GET /waiting`.
+pub fn waiting(api: Option<&str>, as_json: bool) -> Result<ExitCode> {
+    let base = base(api);
+    let url = format!("{base}/waiting");
+    let rt = runtime()?;
+    let (status, v) = rt.block_on(async { call(client()?.get(&url), &url).await })?;
+    if status != 200 {
+        return Ok(refused("waiting", status, &v));
+    }
+    let rows = v["waiting"].as_array().cloned().unwrap_or_default();
+    crate::waits::print_waiting(&rows, as_json)
+}
+
+/// `llmo approve|reject RUN TASK --api`: `POST /runs/{id}/tasks/{task}/complete`. Exit 3 when
+/// the task no longer waits (answered already, timed out: HTTP 409).
+pub fn answer(
+    run_id: &str,
+    task: &str,
+    a: &crate::waits::Answer,
+    fields: Value,
+    api: Option<&str>,
+) -> Result<ExitCode> {
+    let base = base(api);
+    let url = format!("{base}/runs/{run_id}/tasks/{task}/complete");
+    let mut body = json!({"approved": a.approved, "fields": fields});
+    if let Some(c) = &a.comment {
+        body["comment"] = json!(c);
+    }
+    if let Some(i) = a.item {
+        body["item"] = json!(i);
+    }
+    let rt = runtime()?;
+    let (status, v) = rt.block_on(async { call(client()?.post(&url).json(&body), &url).await })?;
+    match status {
+        200 => {
+            let verb = if a.approved { "approved" } else { "rejected" };
+            eprintln!("{run_id}: `{task}` {verb}");
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        409 => {
+            refused("answer", status, &v);
+            Ok(ExitCode::from(3))
+        }
+        _ => Ok(refused("answer", status, &v)),
+    }
+}
+
+/// `llmo send-event NAME --api`: `POST /events`.
+pub fn send_event(name: &str, key: &str, payload: &Value, api: Option<&str>) -> Result<ExitCode> {
+    let base = base(api);
+    let url = format!("{base}/events");
+    let body = json!({"name": name, "key": key, "payload": payload});
+    let rt = runtime()?;
+    let (status, v) = rt.block_on(async { call(client()?.post(&url).json(&body), &url).await })?;
+    if status != 200 {
+        return Ok(refused("send-event", status, &v));
+    }
+    let n = v["delivered"].as_array().map_or(0, Vec::len);
+    eprintln!("event `{name}` key `{key}`: delivered to {n} waiting task{}", if n == 1 { "" } else { "s" });
+    println!("{}", serde_json::to_string_pretty(&v)?);
+    Ok(ExitCode::SUCCESS)
+}

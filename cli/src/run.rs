@@ -143,6 +143,22 @@ pub fn run(checked: Checked, source: &SourceFile, opts: &Options, serve: &Serve)
         Err(e) => return Err(e.into()),
     };
     let rt = runtime()?;
+    // A run that waits for a person or an event is answered from another process (`llmo
+    // approve`, `llmo send-event`): it is kept in a state file, the default one if none is given.
+    let answerable =
+        (0..prepared.plan.task_count()).any(|i| prepared.plan.wait_of(i).is_some_and(|w| w.sleep.is_none()));
+    let state_file = match (&opts.state, answerable) {
+        (None, true) => {
+            let p = PathBuf::from(".llmo/runs.db");
+            eprintln!(
+                "note: this workflow waits for answers, so the run is kept in {} (--state to choose)",
+                p.display()
+            );
+            Some(p)
+        }
+        (s, _) => s.clone(),
+    };
+    let opts = &Options { state: state_file, inputs: Vec::new(), input_file: None, exec: opts.exec.clone() };
     let store = open_store(opts.state.as_deref(), opts.exec.durability)?;
     let run_id = prepared.state.run_id.clone();
     rt.block_on(starter.create(store.as_ref(), &prepared))?;
@@ -357,6 +373,14 @@ fn describe(plan: &Plan, t: &Transition) -> Value {
         Event::Redrive { after } => format!("redrive (of the run ended at version {after})"),
         Event::RetryDue { task, item, attempt } => format!("{} retry due (attempt {})", id(*task, *item), attempt + 1),
         Event::WakeDue { task, item, .. } => format!("{} woke", id(*task, *item)),
+        Event::Complete { task, item, output, .. } => {
+            let by = output.get("by").and_then(Value::as_str).unwrap_or("someone");
+            match output.get("approved").and_then(Value::as_bool) {
+                Some(true) => format!("{} approved by {by}", id(*task, *item)),
+                Some(false) => format!("{} rejected by {by}", id(*task, *item)),
+                None => format!("{} received its event (from {by})", id(*task, *item)),
+            }
+        }
         Event::AttemptFinished { task, item, attempt, result, .. } => match result {
             llmo_core::engine::AttemptResult::Succeeded { .. } => {
                 format!("{} attempt {attempt} succeeded", id(*task, *item))
@@ -427,6 +451,8 @@ fn finish(plan: &Plan, st: &RunState, started: Instant) -> Result<ExitCode> {
 /// twice a second.
 struct Progress {
     ids: Vec<(String, String)>,
+    /// Units already announced as waiting for an answer.
+    asked: std::collections::HashSet<(usize, Option<u32>, u32)>,
     reported: Vec<bool>,
     seen_ended: u32,
     started: Instant,
@@ -436,10 +462,48 @@ struct Progress {
 const PER_TASK_LINES: usize = 200;
 
 impl Progress {
+    /// Says once which units wait for an approval or an event, and how to answer them.
+    fn announce_waits(&mut self, st: &RunState) {
+        for (i, ts) in st.tasks.iter().enumerate() {
+            if ts.status != TaskStatus::Waiting {
+                continue;
+            }
+            for (k, u) in ts.units.iter().enumerate() {
+                let Some(w) = u.waits.as_ref().filter(|_| u.status == TaskStatus::Waiting) else { continue };
+                let item = (ts.units.len() > 1 || u.item.is_some()).then_some(k as u32);
+                if !self.asked.insert((i, item, u.attempt)) {
+                    continue;
+                }
+                let id = &self.ids[i].0;
+                let at = item.map(|k| format!(" --item {k}")).unwrap_or_default();
+                match w.kind {
+                    llmo_core::engine::WaitKind::Approval => eprintln!(
+                        "⏸ {id}{} waits for approval{}: llmo approve {} {id}{at} (or llmo reject)",
+                        item.map(|k| format!("[{k}]")).unwrap_or_default(),
+                        w.prompt.as_deref().map(|p| format!(" (\"{p}\")")).unwrap_or_default(),
+                        st.run_id
+                    ),
+                    llmo_core::engine::WaitKind::Event => eprintln!(
+                        "⏸ {id}{} waits for event `{}` key `{}`: llmo send-event {} --key '{}'",
+                        item.map(|k| format!("[{k}]")).unwrap_or_default(),
+                        w.event.as_deref().unwrap_or_default(),
+                        w.key.as_deref().unwrap_or_default(),
+                        w.event.as_deref().unwrap_or_default(),
+                        w.key.as_deref().unwrap_or_default()
+                    ),
+                    llmo_core::engine::WaitKind::Sleep => {}
+                }
+            }
+        }
+    }
+}
+
+impl Progress {
     fn new(plan: &Plan, resumed: Option<&RunState>) -> Self {
         let tasks = &plan.checked.workflow.spec.tasks;
         Progress {
             ids: tasks.iter().map(|t| (t.id.clone(), t.ty.clone())).collect(),
+            asked: Default::default(),
             // Tasks that ended before an interruption are not reported again.
             reported: match resumed {
                 Some(st) => st.tasks.iter().map(|t| t.status.is_terminal()).collect(),
@@ -454,6 +518,7 @@ impl Progress {
 
 impl Observer for Progress {
     fn batch(&mut self, st: &RunState, _stored: &[Transition]) {
+        self.announce_waits(st);
         let total = self.ids.len();
         if total > PER_TASK_LINES {
             if self.last_line.elapsed() >= Duration::from_millis(500) || st.status.is_terminal() {

@@ -8,6 +8,7 @@
 //! | log | `RUN#<id>` | `LOG#<first version, 20 digits>` | `last` version, the transitions as JSON (`t`) or an S3 key (`t_ref`) |
 //! | snapshot | `RUN#<id>` | `SNAP` | `version`, S3 key of the state at that version |
 //! | start key | `IDEM#<key>` | `IDEM` | the run a start request with that idempotency key created |
+//! | waiter | `WAIT#<tenant>` | `<kind>#<event>#<key>#<since>#<run>#<task>#<item>#<attempt>` | a unit waiting for an approval or an event (`w`) |
 //!
 //! An append is one `PutItem` of a log item under `attribute_not_exists(sk)`: two workers that
 //! computed transitions from the same version write the same key and exactly one succeeds.
@@ -35,7 +36,7 @@ use aws_sdk_dynamodb::types::{
     AttributeValue, ConsumedCapacity, Put, ReturnConsumedCapacity, TransactWriteItem, Update,
 };
 use llmo_core::engine::{RunState, RunStatus};
-use llmo_runtime::store::{Created, Error, RunStore, RunSummary, StartKey, StoredRun, Transition};
+use llmo_runtime::store::{Created, Error, RunStore, RunSummary, StartKey, StoredRun, Transition, Waiter};
 use sha2::{Digest, Sha256};
 
 use llmo_runtime::ports::BlobStore;
@@ -899,6 +900,91 @@ impl RunStore for DynamoStore {
     async fn list(&self) -> Result<Vec<RunSummary>, Error> {
         Ok(self.list_page(&ListFilter { tenant: "-".into(), limit: Some(100), ..Default::default() }).await?.runs)
     }
+
+    async fn put_waiter(&self, w: &Waiter) -> Result<(), Error> {
+        let created = created_ms(&w.run_id).unwrap_or(w.since);
+        let item: Item = HashMap::from([
+            ("pk".to_string(), s(waiter_pk(&w.tenant))),
+            ("sk".to_string(), s(waiter_sk(w))),
+            ("w".to_string(), s(serde_json::to_string(w)?)),
+            ("expires_at".to_string(), n(created / 1000 + self.lifetime.horizon_secs())),
+        ]);
+        let out = self
+            .aws
+            .dynamodb
+            .put_item()
+            .table_name(&self.aws.table)
+            .set_item(Some(item))
+            .return_consumed_capacity(ReturnConsumedCapacity::Total)
+            .send()
+            .await
+            .map_err(err)?;
+        self.meter_capacity(out.consumed_capacity(), true);
+        Ok(())
+    }
+
+    async fn waiters(&self, tenant: &str, event: Option<(&str, &str)>, limit: usize) -> Result<Vec<Waiter>, Error> {
+        let mut q = self
+            .aws
+            .dynamodb
+            .query()
+            .table_name(&self.aws.table)
+            .consistent_read(true)
+            .expression_attribute_values(":pk", s(waiter_pk(tenant)));
+        q = match event {
+            None => q.key_condition_expression("pk = :pk"),
+            Some((name, key)) => q
+                .key_condition_expression("pk = :pk AND begins_with(sk, :p)")
+                .expression_attribute_values(":p", s(format!("event#{}#{}#", esc(name), esc(key)))),
+        };
+        let items = self.query_items(q, limit).await?;
+        let mut out: Vec<Waiter> =
+            items.iter().filter_map(|i| get_s(i, "w")).filter_map(|w| serde_json::from_str(w).ok()).collect();
+        out.sort_by(|a, b| a.since.cmp(&b.since).then_with(|| a.run_id.cmp(&b.run_id)));
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    async fn drop_waiter(&self, w: &Waiter) -> Result<(), Error> {
+        let out = self
+            .aws
+            .dynamodb
+            .delete_item()
+            .table_name(&self.aws.table)
+            .key("pk", s(waiter_pk(&w.tenant)))
+            .key("sk", s(waiter_sk(w)))
+            .return_consumed_capacity(ReturnConsumedCapacity::Total)
+            .send()
+            .await
+            .map_err(err)?;
+        self.meter_capacity(out.consumed_capacity(), true);
+        Ok(())
+    }
+}
+
+fn waiter_pk(tenant: &str) -> String {
+    format!("WAIT#{}", if tenant.is_empty() { "-" } else { tenant })
+}
+
+/// `<kind>#<event>#<key>#<since>#<run>#<task>#<item>#<attempt>`: an event's waiters are one
+/// `begins_with` away, oldest first.
+fn waiter_sk(w: &Waiter) -> String {
+    let item = w.item.map_or("-".to_string(), |i| i.to_string());
+    format!(
+        "{}#{}#{}#{:013}#{}#{}#{item}#{}",
+        w.kind.as_str(),
+        esc(&w.event),
+        esc(&w.key),
+        w.since,
+        w.run_id,
+        w.task,
+        w.attempt
+    )
+}
+
+/// A key part with `#` (the separator) and `%` escaped.
+fn esc(v: &str) -> String {
+    v.replace('%', "%25").replace('#', "%23")
 }
 
 /// A run the sweeper looks at: not ended, with its deadline once it has started.

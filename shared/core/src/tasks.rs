@@ -90,10 +90,13 @@ impl Default for Registry {
             TaskType::of::<EvaluateWith>("evaluate", "Score a text with checks; yields score and passed.")
                 .literal(&["/checks/*/schema", "/checks/*/pattern"]),
         );
-        r.register(TaskType::of::<WaitWith>(
-            "wait",
-            "Wait without running anything: `sleep: {for: 6h}` or `sleep: {until: <time>}`.",
-        ));
+        r.register(
+            TaskType::of::<WaitWith>(
+                "wait",
+                "Wait without running anything: for a time (`sleep`), a person (`approval`) or an event (`event`).",
+            )
+            .literal(&["/approval/fields", "/approval/approvers", "/event/name"]),
+        );
         r.register(TaskType::of::<PolicyWith>("policy", "Allow or deny on models, inputs and budget.").literal(&[
             "/deny_patterns",
             "/allow_models",
@@ -185,12 +188,35 @@ pub enum ResponseFormat {
     Json,
 }
 
-/// `type: wait`: the task waits, running nothing and polling nothing, and succeeds with
-/// `{waited_until: <ms since the epoch>}`.
+/// `type: wait`: the task waits, running nothing and polling nothing, for one of three
+/// things: a time (`sleep`), a person (`approval`) or a posted event (`event`). Outputs:
+/// `{waited_until}` for a sleep, `{approved, fields, by, comment}` for an approval,
+/// `{event, key, payload, by}` for an event; `{timed_out: true, ...}` after a timeout whose
+/// `on_timeout` is `succeed`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WaitWith {
-    pub sleep: SleepWith,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sleep: Option<SleepWith>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<ApprovalWith>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<EventWith>,
+    /// The longest the task waits, from when it starts waiting (`30m`, `2d`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<crate::model::Duration>,
+    /// What a timeout does: `fail` the task (the default) or `succeed` with
+    /// `{timed_out: true}` (an approval's `approved` is then `false`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_timeout: Option<OnTimeout>,
+}
+
+/// `on_timeout` of a `wait` task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum OnTimeout {
+    Fail,
+    Succeed,
 }
 
 /// `sleep`: exactly one of `for` and `until`.
@@ -204,6 +230,106 @@ pub struct SleepWith {
     /// milliseconds since the epoch. A time already past wakes at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub until: Option<String>,
+}
+
+/// `approval`: a person approves or rejects, through the API (`POST
+/// /runs/{id}/tasks/{task}/complete`), the CLI (`llmo approve` / `llmo reject`) or a
+/// single-use link.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalWith {
+    /// What the approver is asked (a template), shown with the waiting task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<String>,
+    /// A typed form: the answer's `fields` must match it (types, enums, required fields,
+    /// no others). Later tasks read them as `tasks.<id>.output.fields.<name>`.
+    #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
+    pub fields: IndexMap<String, FormField>,
+    /// Who may answer (a caller with any of these roles, or one of these subjects); anyone
+    /// who may start runs in the run's tenant when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approvers: Option<Approvers>,
+    /// Offer a single-use link that answers without an account (for people outside the
+    /// system; the link itself is the credential, valid while the task waits).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub link: bool,
+    /// What a rejection does: `succeed` with `approved: false` (the default; later tasks
+    /// decide with `when`) or `fail` the task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_reject: Option<OnTimeout>,
+}
+
+/// One field of an approval form.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FormField {
+    #[serde(rename = "type")]
+    pub ty: FieldType,
+    /// The values allowed (of the field's type).
+    #[serde(rename = "enum", default, skip_serializing_if = "Option::is_none")]
+    pub enum_: Option<Vec<Value>>,
+    /// Whether an approval must give it (default `true`; a rejection needs no fields).
+    #[serde(default = "yes", skip_serializing_if = "Clone::clone")]
+    pub required: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// The type of an approval form's field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum FieldType {
+    String,
+    Number,
+    Integer,
+    Boolean,
+}
+
+impl FieldType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FieldType::String => "string",
+            FieldType::Number => "number",
+            FieldType::Integer => "integer",
+            FieldType::Boolean => "boolean",
+        }
+    }
+
+    pub fn admits(self, v: &Value) -> bool {
+        match self {
+            FieldType::String => v.is_string(),
+            FieldType::Number => v.is_number(),
+            FieldType::Integer => v.is_i64() || v.is_u64(),
+            FieldType::Boolean => v.is_boolean(),
+        }
+    }
+}
+
+/// `approvers`: roles (`viewer`, `developer`, `admin`) and subjects (the `sub` of API tokens).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Approvers {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub roles: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subjects: Vec<String>,
+}
+
+/// `event`: resumes when an event of this name with this correlation key is posted
+/// (`POST /events`, `llmo send-event`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EventWith {
+    /// The event's name, e.g. `payment.settled`.
+    pub name: String,
+    /// The correlation key (a template, e.g. `"{{ inputs.order_id }}"`): only an event
+    /// with this key resumes the task. Empty when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
 }
 
 /// `type: transform`: exactly one of `output` and `expression`.

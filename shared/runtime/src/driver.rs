@@ -17,7 +17,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use llmo_core::engine::builtin::TaskError;
-use llmo_core::engine::{AttemptId, AttemptResult, Command, Event, Millis, Plan, RunParts, RunState, RunStatus, Usage};
+use llmo_core::engine::{
+    AttemptId, AttemptResult, Command, Event, Millis, Plan, RunParts, RunState, RunStatus, TaskStatus, Usage,
+};
 use serde_json::{Map, Value};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinHandle;
@@ -107,6 +109,10 @@ struct Turn {
     run_id: Arc<str>,
     /// Per task: its id, type and executor.
     tasks: Vec<TaskInfo>,
+    /// What another writer's transitions asked for (an answer to a waiting task given with
+    /// `llmo approve` from another process): carried out here, as if this driver had
+    /// applied them.
+    adopted: Vec<Command>,
 }
 
 impl Driver {
@@ -204,6 +210,7 @@ impl Driver {
             ended: None,
             parts: None,
             run_id: Arc::from(st_run_id.as_str()),
+            adopted: Vec::new(),
             tasks: self
                 .plan
                 .checked
@@ -224,6 +231,10 @@ impl Driver {
             }
             if t.inbox.is_empty() {
                 self.wait(&mut t).await?;
+                if !t.adopted.is_empty() {
+                    // Another writer's transition (an answer): observers see its state.
+                    observer.batch(&t.st, &[]);
+                }
                 if t.ended.is_some() {
                     // Another writer ended the run (a cancel): it runs the hooks.
                     for (_, h) in t.running.drain() {
@@ -236,7 +247,34 @@ impl Driver {
                 t.inbox.push(e);
             }
             cmds = self.apply_batch(&mut t, observer).await?;
+            cmds.append(&mut t.adopted);
         }
+    }
+
+    /// Takes the stored state after another writer moved the run, and adopts what it owes
+    /// that this driver is not already doing: attempts it does not run, timers it has not
+    /// set, waiters.
+    async fn reload(&self, t: &mut Turn) -> Result<(), Error> {
+        t.st = self.load(&t.st.run_id).await?;
+        t.parts = None;
+        for c in self.plan.in_flight(&t.st) {
+            let known = match &c {
+                Command::Execute { task, item, .. } => t.running.get(&(*task, *item)).is_some_and(|h| !h.is_finished()),
+                Command::ScheduleRetry { task, item, attempt, .. } => {
+                    let e = Event::RetryDue { task: *task, item: *item, attempt: *attempt };
+                    t.timers.values().any(|x| *x == e)
+                }
+                Command::ScheduleWake { task, item, attempt, .. } => {
+                    let e = Event::WakeDue { task: *task, item: *item, attempt: *attempt };
+                    t.timers.values().any(|x| *x == e)
+                }
+                _ => false,
+            };
+            if !known && !t.adopted.contains(&c) {
+                t.adopted.push(c);
+            }
+        }
+        Ok(())
     }
 
     /// Applies the inbox, stores it, returns the commands to carry out.
@@ -271,8 +309,7 @@ impl Driver {
                 return Ok(cmds);
             }
             // Another writer moved the run: take its state and apply our events again.
-            t.st = self.load(&t.st.run_id).await?;
-            t.parts = None;
+            self.reload(t).await?;
             t.inbox.extend(batch.into_iter().map(|tr| tr.event));
             if t.st.status.is_terminal() {
                 t.inbox.clear();
@@ -292,7 +329,10 @@ impl Driver {
                 return Ok(());
             }
             let next = t.timers.keys().next().map(|(at, _)| *at).into_iter().chain(t.st.deadline).min();
-            if next.is_none() && !alive {
+            // A unit waiting for an answer (with no timeout) keeps the run alive: its answer
+            // comes through the store (see the version check below).
+            let answerable = t.st.tasks.iter().any(|ts| ts.units.iter().any(|u| u.status == TaskStatus::Waiting));
+            if next.is_none() && !alive && !answerable {
                 return Err(Error::Stalled(t.st.run_id.clone()));
             }
             let sleep = next.map_or(self.options.poll, |at| {
@@ -320,9 +360,12 @@ impl Driver {
             }
             // Idle: has another writer (a cancel) moved the run?
             if self.store.version(&t.st.run_id).await? != Some(t.st.version) {
-                t.st = self.load(&t.st.run_id).await?;
+                self.reload(t).await?;
                 if t.st.status.is_terminal() {
                     t.ended = Some(t.st.status);
+                    return Ok(());
+                }
+                if !t.adopted.is_empty() {
                     return Ok(());
                 }
             }
@@ -376,6 +419,13 @@ impl Driver {
             Command::ScheduleWake { task, item, attempt, at } => {
                 t.timer_seq += 1;
                 t.timers.insert((at, t.timer_seq), Event::WakeDue { task, item, attempt });
+            }
+            Command::Await { task, item, attempt } => {
+                if let Some(w) = crate::store::Waiter::of(&t.st, AttemptId { task, item, attempt })
+                    && let Err(e) = self.store.put_waiter(&w).await
+                {
+                    tracing::error!(error = %e, "the waiting task could not be listed");
+                }
             }
             Command::CancelRunning { tasks } => t.running.retain(|(task, _), h| {
                 if tasks.contains(task) {

@@ -16,6 +16,7 @@ pub mod store;
 pub mod telemetry;
 pub mod ui;
 pub mod view;
+pub mod waits;
 pub mod worker;
 
 use std::sync::Arc;

@@ -170,6 +170,65 @@ pub trait RunStore: Send + Sync {
     async fn history(&self, run_id: &str) -> Result<Vec<Transition>, Error>;
     /// Runs, newest first.
     async fn list(&self) -> Result<Vec<RunSummary>, Error>;
+    /// Records that a unit waits for an approval or an event (`Command::Await`), so that
+    /// [`RunStore::waiters`] finds it. Idempotent (one entry per attempt).
+    async fn put_waiter(&self, w: &Waiter) -> Result<(), Error>;
+    /// Waiters of `tenant` (`""`: runs without a tenant), only those for event `event` with
+    /// key `key` when given, oldest first, at most `limit`. Entries may be stale (the unit
+    /// was answered or timed out since): callers check the run and drop them.
+    async fn waiters(&self, tenant: &str, event: Option<(&str, &str)>, limit: usize) -> Result<Vec<Waiter>, Error>;
+    /// Forgets a waiter (answered, timed out, or found stale).
+    async fn drop_waiter(&self, w: &Waiter) -> Result<(), Error>;
+}
+
+/// A unit waiting for an approval or an event: what [`RunStore::waiters`] lists.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Waiter {
+    /// `""` for runs without a tenant.
+    pub tenant: String,
+    pub kind: llmo_core::engine::WaitKind,
+    /// An event wait's name and key (`""` for approvals).
+    pub event: String,
+    pub key: String,
+    pub run_id: String,
+    pub task: usize,
+    pub item: Option<u32>,
+    pub attempt: u32,
+    pub since: Millis,
+}
+
+impl Waiter {
+    /// The waiter of a unit that waits for an approval or event, from the run's state.
+    pub fn of(st: &RunState, id: llmo_core::engine::AttemptId) -> Option<Waiter> {
+        let u = st.tasks.get(id.task)?.units.get(id.unit())?;
+        let w = u.waits.as_ref().filter(|w| w.kind != llmo_core::engine::WaitKind::Sleep)?;
+        Some(Waiter {
+            tenant: st.tenant.clone().unwrap_or_default(),
+            kind: w.kind,
+            event: w.event.clone().unwrap_or_default(),
+            key: w.key.clone().unwrap_or_default(),
+            run_id: st.run_id.clone(),
+            task: id.task,
+            item: id.item,
+            attempt: id.attempt,
+            since: w.since,
+        })
+    }
+
+    pub fn attempt_id(&self) -> llmo_core::engine::AttemptId {
+        llmo_core::engine::AttemptId { task: self.task, item: self.item, attempt: self.attempt }
+    }
+
+    fn matches(&self, tenant: &str, event: Option<(&str, &str)>) -> bool {
+        self.tenant == tenant
+            && event.is_none_or(|(name, key)| {
+                self.kind == llmo_core::engine::WaitKind::Event && self.event == name && self.key == key
+            })
+    }
+
+    fn same_unit(&self, o: &Waiter) -> bool {
+        (self.run_id.as_str(), self.task, self.item, self.attempt) == (o.run_id.as_str(), o.task, o.item, o.attempt)
+    }
 }
 
 struct MemRun {
@@ -185,6 +244,7 @@ struct MemRun {
 #[derive(Default)]
 pub struct MemoryStore {
     runs: Mutex<HashMap<String, MemRun>>,
+    waiters: Mutex<Vec<Waiter>>,
     /// Idempotency key id -> (run id, request fingerprint).
     keys: Mutex<HashMap<String, (String, String)>>,
 }
@@ -289,6 +349,27 @@ impl RunStore for MemoryStore {
         v.sort_by(|a, b| b.started_at.cmp(&a.started_at).then(b.run_id.cmp(&a.run_id)));
         Ok(v)
     }
+
+    async fn put_waiter(&self, w: &Waiter) -> Result<(), Error> {
+        let mut ws = self.waiters.lock().expect("store lock");
+        if !ws.iter().any(|x| x.same_unit(w)) {
+            ws.push(w.clone());
+        }
+        Ok(())
+    }
+
+    async fn waiters(&self, tenant: &str, event: Option<(&str, &str)>, limit: usize) -> Result<Vec<Waiter>, Error> {
+        let ws = self.waiters.lock().expect("store lock");
+        let mut v: Vec<Waiter> = ws.iter().filter(|w| w.matches(tenant, event)).cloned().collect();
+        v.sort_by_key(|w| w.since);
+        v.truncate(limit);
+        Ok(v)
+    }
+
+    async fn drop_waiter(&self, w: &Waiter) -> Result<(), Error> {
+        self.waiters.lock().expect("store lock").retain(|x| !x.same_unit(w));
+        Ok(())
+    }
 }
 
 /// How far a committed transition survives.
@@ -348,7 +429,20 @@ impl SqliteStore {
                 run_id TEXT PRIMARY KEY,
                 version INTEGER NOT NULL,
                 state TEXT NOT NULL
-            );",
+            );
+            CREATE TABLE IF NOT EXISTS waiters (
+                run_id TEXT NOT NULL,
+                task INTEGER NOT NULL,
+                item INTEGER NOT NULL,
+                attempt INTEGER NOT NULL,
+                tenant TEXT NOT NULL,
+                waiter TEXT NOT NULL,
+                event TEXT NOT NULL,
+                key TEXT NOT NULL,
+                since INTEGER NOT NULL,
+                PRIMARY KEY (run_id, task, item, attempt)
+            );
+            CREATE INDEX IF NOT EXISTS waiters_by_event ON waiters (tenant, event, key, since);",
         )?;
         // Files from before `tokens` was listed get the column (their runs count 0 tokens).
         let has_tokens: bool =
@@ -557,6 +651,64 @@ impl RunStore for SqliteStore {
         )?;
         let rows = stmt.query_map([], summary_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    async fn put_waiter(&self, w: &Waiter) -> Result<(), Error> {
+        self.lock().execute(
+            "INSERT OR IGNORE INTO waiters (run_id, task, item, attempt, tenant, waiter, event, key, since) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![
+                w.run_id,
+                w.task as i64,
+                w.item.map_or(-1, i64::from),
+                w.attempt as i64,
+                w.tenant,
+                w.kind.as_str(),
+                w.event,
+                w.key,
+                w.since as i64
+            ],
+        )?;
+        Ok(())
+    }
+
+    async fn waiters(&self, tenant: &str, event: Option<(&str, &str)>, limit: usize) -> Result<Vec<Waiter>, Error> {
+        let conn = self.lock();
+        let (name, key) = event.unwrap_or(("", ""));
+        let mut stmt = conn.prepare_cached(
+            "SELECT run_id, task, item, attempt, tenant, waiter, event, key, since FROM waiters
+             WHERE tenant = ?1 AND (?2 = 0 OR (waiter = 'event' AND event = ?3 AND key = ?4))
+             ORDER BY since, run_id LIMIT ?5",
+        )?;
+        let rows = stmt.query_map(
+            params![tenant, event.is_some() as i64, name, key, limit.min(i64::MAX as usize) as i64],
+            |r| {
+                let kind: String = r.get(5)?;
+                Ok(Waiter {
+                    run_id: r.get(0)?,
+                    task: r.get::<_, i64>(1)? as usize,
+                    item: u32::try_from(r.get::<_, i64>(2)?).ok(),
+                    attempt: r.get::<_, i64>(3)? as u32,
+                    tenant: r.get(4)?,
+                    kind: if kind == "event" {
+                        llmo_core::engine::WaitKind::Event
+                    } else {
+                        llmo_core::engine::WaitKind::Approval
+                    },
+                    event: r.get(6)?,
+                    key: r.get(7)?,
+                    since: r.get::<_, i64>(8)? as Millis,
+                })
+            },
+        )?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    async fn drop_waiter(&self, w: &Waiter) -> Result<(), Error> {
+        self.lock().execute(
+            "DELETE FROM waiters WHERE run_id = ?1 AND task = ?2 AND item = ?3 AND attempt = ?4",
+            params![w.run_id, w.task as i64, w.item.map_or(-1, i64::from), w.attempt as i64],
+        )?;
+        Ok(())
     }
 }
 

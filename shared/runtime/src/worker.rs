@@ -616,6 +616,12 @@ impl Worker {
                     let event = Event::WakeDue { task, item, attempt };
                     out.push((Message::Event { run_id: run_id.clone(), event }, delay));
                 }
+                // Findable by `POST /events` and the lists of waiting tasks.
+                Command::Await { task, item, attempt } => {
+                    if let Some(w) = crate::store::Waiter::of(st, AttemptId { task, item, attempt }) {
+                        self.store.put_waiter(&w).await?;
+                    }
+                }
                 // Attempts already running finish and their results are ignored.
                 Command::CancelRunning { .. } => {}
                 Command::Finished { status } => finished = Some(status),

@@ -172,6 +172,15 @@ impl RunStore for FaultyStore {
     async fn list(&self) -> Result<Vec<RunSummary>, store::Error> {
         self.inner.list().await
     }
+    async fn put_waiter(&self, w: &store::Waiter) -> Result<(), store::Error> {
+        self.inner.put_waiter(w).await
+    }
+    async fn waiters(&self, t: &str, e: Option<(&str, &str)>, n: usize) -> Result<Vec<store::Waiter>, store::Error> {
+        self.inner.waiters(t, e, n).await
+    }
+    async fn drop_waiter(&self, w: &store::Waiter) -> Result<(), store::Error> {
+        self.inner.drop_waiter(w).await
+    }
 }
 
 /// The queue, with crashes around sends.

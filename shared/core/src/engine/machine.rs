@@ -16,7 +16,7 @@ use crate::dag::EdgeKind;
 use crate::model::{EffectiveRetry, FailureAction, Jitter, OnFailure, TriggerRule};
 use crate::validate::Checked;
 
-/// The task type whose units wait instead of running (`sleep`).
+/// The task type whose units wait instead of running (`sleep`, `approval`, `event`).
 pub const WAIT: &str = "wait";
 
 /// Why an event changed nothing.
@@ -51,6 +51,8 @@ pub struct Plan {
     /// The tasks `outputs` read, when every reference names its task (`None`: some read
     /// `tasks` as a whole), so rendering them does not build every task's view.
     pub(super) output_reads: Option<Vec<usize>>,
+    /// Each `wait` task's `with` block, typed (see [`super::waits`]).
+    pub(super) waits: Vec<Option<crate::tasks::WaitWith>>,
 }
 
 /// A task's `with` block, prepared so that an attempt renders it without looking at what
@@ -315,7 +317,14 @@ impl Plan {
             v.sort_unstable();
             v
         });
+        let waits = wf
+            .spec
+            .tasks
+            .iter()
+            .map(|t| (t.ty == WAIT).then(|| serde_json::from_value(Value::Object(t.with.clone())).ok()).flatten())
+            .collect();
         Plan {
+            waits,
             checked,
             env,
             simple,
@@ -409,92 +418,6 @@ impl Plan {
         t.event(event)?;
         t.st.version += 1;
         Ok(t.cmds)
-    }
-
-    /// The commands that applying `event` asked for and whose effect has not been seen yet.
-    ///
-    /// A worker that stored a transition and died before sending its commands leaves them
-    /// unsent; its message comes back, `apply` ignores the event as already applied, and the
-    /// runtime sends these instead. Sending one twice is harmless: an attempt reports once
-    /// per run of it, and reports for an attempt that is no longer running are ignored.
-    pub fn replay(&self, st: &RunState, key: &str) -> Vec<Command> {
-        let mut cmds = self.owed(st, |u| u.cause.as_deref() == Some(key));
-        if st.status.is_terminal() && st.ended_by.as_deref() == Some(key) {
-            cmds.push(Command::Finished { status: st.status });
-        }
-        cmds
-    }
-
-    /// [`Plan::replay`] followed through the attempts `key`'s transition started that have
-    /// finished in place since: what `key` still owes, and what each of those attempts'
-    /// transitions still owes, transitively. A worker that stepped a chain in place under one
-    /// message (its lease: see the runtime's `Worker::handle_batch_continuing`) and died
-    /// leaves the chain's last commands unsent; the lease's next delivery finds them here.
-    /// An attempt that went through the queue is not followed: its own message is the lease
-    /// on what its transition owes.
-    pub fn replay_chain(&self, st: &RunState, key: &str) -> Vec<Command> {
-        let mut cmds = Vec::new();
-        let mut keys = vec![key.to_string()];
-        let mut seen = std::collections::HashSet::new();
-        while let Some(k) = keys.pop() {
-            if !seen.insert(k.clone()) {
-                continue;
-            }
-            cmds.extend(self.replay(st, &k));
-            // Attempts `k`'s transition started that have finished in place since: their
-            // results' transitions may owe commands too.
-            for (i, ts) in st.tasks.iter().enumerate() {
-                let for_each = self.checked.workflow.spec.tasks[i].for_each.is_some();
-                for (n, u) in ts.units.iter().enumerate() {
-                    for &attempt in &u.in_place {
-                        if u.started_by.get(u.nth(attempt) as usize - 1) == Some(&k) {
-                            keys.push(finished_key(i, for_each.then_some(n as u32), attempt));
-                        }
-                    }
-                }
-            }
-        }
-        cmds
-    }
-
-    /// Every command whose effect the state still waits for: an `Execute` per running unit
-    /// and a `ScheduleRetry` per unit waiting to retry. A runtime resuming a run after a
-    /// crash sends these (running attempts run again: delivery is at least once).
-    pub fn in_flight(&self, st: &RunState) -> Vec<Command> {
-        if st.status != RunStatus::Running {
-            return Vec::new();
-        }
-        // Units waiting to start (caps full) start when a running one ends: nothing is owed.
-        self.owed(st, |_| true)
-    }
-
-    /// An `Execute` per running unit and a `ScheduleRetry` per unit waiting to retry, among
-    /// the units `pick` selects.
-    fn owed(&self, st: &RunState, pick: impl Fn(&Unit) -> bool) -> Vec<Command> {
-        let mut cmds = Vec::new();
-        for (i, ts) in st.tasks.iter().enumerate() {
-            let for_each = self.checked.workflow.spec.tasks[i].for_each.is_some();
-            for (k, u) in ts.units.iter().enumerate().filter(|(_, u)| pick(u)) {
-                let item = for_each.then_some(k as u32);
-                match u.status {
-                    TaskStatus::Running => cmds.push(Command::Execute { task: i, item, attempt: u.attempt }),
-                    TaskStatus::RetryWait => cmds.push(Command::ScheduleRetry {
-                        task: i,
-                        item,
-                        attempt: u.attempt,
-                        at: u.retry_at.unwrap_or_default(),
-                    }),
-                    TaskStatus::Waiting => cmds.push(Command::ScheduleWake {
-                        task: i,
-                        item,
-                        attempt: u.attempt,
-                        at: u.wake_at.unwrap_or_default(),
-                    }),
-                    _ => {}
-                }
-            }
-        }
-        cmds
     }
 
     /// The evaluation context for task `task` (and item), as templates see it, as JSON.
@@ -638,27 +561,6 @@ impl Plan {
     }
 
     /// The rendered `with` block of an attempt.
-    /// When a unit of the `wait` task `task` wakes: `sleep.for` after `now`, or `sleep.until`
-    /// (an RFC 3339 time, or milliseconds since the epoch), rendered in the task's context.
-    pub fn wake_time(&self, st: &RunState, task: usize, item: Option<u32>, now: Millis) -> Result<Millis, String> {
-        let with = self.render_with(st, task, item)?;
-        let sleep = &with["sleep"];
-        if let Some(d) = sleep.get("for") {
-            let text = d.as_str().unwrap_or_default();
-            let d =
-                crate::model::Duration::parse(text).ok_or_else(|| format!("`sleep.for` `{text}` is not a duration"))?;
-            return Ok(now.saturating_add(d.0.as_millis() as Millis));
-        }
-        match sleep.get("until") {
-            Some(Value::Number(n)) => n.as_u64().ok_or_else(|| format!("`sleep.until` {n} is not a time")),
-            Some(Value::String(s)) => match s.trim().parse::<u64>() {
-                Ok(ms) => Ok(ms),
-                Err(_) => super::time::parse_rfc3339(s.trim()),
-            },
-            other => Err(format!("`sleep` needs `for` or `until` (got {})", other.unwrap_or(&Value::Null))),
-        }
-    }
-
     pub fn render_with(&self, st: &RunState, task: usize, item: Option<u32>) -> Result<Value, String> {
         let ctx = self.context_value(st, Some(task), item);
         self.render_task_with(task, &ctx, &[]).map(Value::Object).map_err(|(_, e)| e)
@@ -886,12 +788,46 @@ impl Transition<'_, '_> {
                 if unit.status != TaskStatus::Waiting || unit.attempt != id.attempt {
                     return Err(Ignored("no wait due for this attempt"));
                 }
-                let at = unit.wake_at.unwrap_or(self.now);
-                if unit.error.is_some() {
-                    self.move_unit(id.task, id.unit(), TaskStatus::Failed);
-                } else {
-                    self.move_unit(id.task, id.unit(), TaskStatus::Succeeded);
-                    self.unit_mut(id).output = Some(Output::new(serde_json::json!({"waited_until": at})));
+                if unit.wake_at.is_none() {
+                    return Err(Ignored("this wait has no time to wake"));
+                }
+                let woke = if unit.error.is_some() { Err(None) } else { self.plan.woke(id.task, unit).map_err(Some) };
+                match woke {
+                    Ok(output) => {
+                        self.move_unit(id.task, id.unit(), TaskStatus::Succeeded);
+                        self.unit_mut(id).output = Some(Output::new(output));
+                    }
+                    Err(error) => {
+                        self.move_unit(id.task, id.unit(), TaskStatus::Failed);
+                        if let Some(e) = error {
+                            self.unit_mut(id).error = Some(e);
+                        }
+                    }
+                }
+                self.settle(id.task);
+                self.advance();
+            }
+            Event::Complete { task, item, attempt, output } => {
+                self.running()?;
+                let id = AttemptId { task: *task, item: *item, attempt: *attempt };
+                let unit = self.unit(id)?;
+                if unit.status != TaskStatus::Waiting
+                    || unit.attempt != id.attempt
+                    || unit.waits.as_ref().is_none_or(|w| w.kind == WaitKind::Sleep)
+                {
+                    return Err(Ignored("not waiting for an answer (answered, timed out, or late)"));
+                }
+                match self.plan.rejection(id.task, output) {
+                    None => {
+                        self.move_unit(id.task, id.unit(), TaskStatus::Succeeded);
+                        self.unit_mut(id).output = Some(output.clone());
+                    }
+                    Some(error) => {
+                        self.move_unit(id.task, id.unit(), TaskStatus::Failed);
+                        let u = self.unit_mut(id);
+                        u.output = Some(output.clone());
+                        u.error = Some(error);
+                    }
                 }
                 self.settle(id.task);
                 self.advance();
@@ -1231,16 +1167,22 @@ impl Transition<'_, '_> {
                 if spec.tasks[i].ty == WAIT {
                     // Nothing runs: the unit waits for a delayed `WakeDue` (a render error is
                     // reported when it wakes, at once).
-                    let (at, error) = match self.plan.wake_time(self.st, i, item, self.now) {
-                        Ok(at) => (at.max(self.now), None),
-                        Err(e) => (self.now, Some(e)),
+                    let (waits, at, error) = match self.plan.start_wait(self.st, i, item, self.now) {
+                        Ok((w, at)) => (Some(w), at, None),
+                        Err(e) => (None, Some(self.now), Some(e)),
                     };
                     self.move_unit(i, k, TaskStatus::Waiting);
                     let u = &mut self.st.tasks[i].units[k];
-                    u.wake_at = Some(at);
+                    u.wake_at = at;
                     u.error = error.map(|e| format!("`wait`: {e}"));
                     let attempt = u.attempt;
-                    self.cmds.push(Command::ScheduleWake { task: i, item, attempt, at });
+                    if waits.as_ref().is_some_and(|w| w.kind != WaitKind::Sleep) {
+                        self.cmds.push(Command::Await { task: i, item, attempt });
+                    }
+                    u.waits = waits;
+                    if let Some(at) = at {
+                        self.cmds.push(Command::ScheduleWake { task: i, item, attempt, at });
+                    }
                     continue;
                 }
                 self.move_unit(i, k, TaskStatus::Running);

@@ -5,8 +5,10 @@ mod interp;
 pub mod limits;
 pub mod machine;
 pub mod moves;
+mod replay;
 pub mod state;
 pub mod time;
+pub mod waits;
 
 pub use machine::{Ctx, Ignored, Plan, RunParts};
 pub use state::*;

@@ -68,9 +68,13 @@ pub const UNIT_MOVES: &[(TaskStatus, TaskStatus, &str)] = {
     use TaskStatus::*;
     &[
         (Pending, Running, "dispatched: its next attempt starts (within concurrency and budget)"),
-        (Pending, Waiting, "dispatched, a `wait` task: it waits until its time (WakeDue)"),
-        (Waiting, Succeeded, "WakeDue: its time came"),
-        (Waiting, Failed, "WakeDue: its `until` could not be evaluated"),
+        (Pending, Waiting, "dispatched, a `wait` task: it waits for its time, an answer or an event"),
+        (Waiting, Succeeded, "WakeDue (its sleep ended, or its timeout with `on_timeout: succeed`) or Complete"),
+        (
+            Waiting,
+            Failed,
+            "WakeDue (a timeout, or a `wait` that did not render) or Complete (a rejection under `on_reject: fail`)",
+        ),
         (Waiting, Cancelled, "the run ended first"),
         (Running, Succeeded, "the attempt succeeded"),
         (Running, RetryWait, "the attempt failed, retryable, with attempts left"),

@@ -79,6 +79,47 @@ impl TaskStatus {
     }
 }
 
+/// What a `wait` unit waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WaitKind {
+    Sleep,
+    Approval,
+    Event,
+}
+
+impl WaitKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WaitKind::Sleep => "sleep",
+            WaitKind::Approval => "approval",
+            WaitKind::Event => "event",
+        }
+    }
+}
+
+/// A waiting unit's wait, as rendered when it started waiting.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Waits {
+    pub kind: WaitKind,
+    /// When it started waiting.
+    pub since: Millis,
+    /// An event wait's name and correlation key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// An approval's question.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<String>,
+    /// When its timeout passes, if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_at: Option<Millis>,
+    /// The unit's `wake_at` is its timeout (not the end of its sleep).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub times_out: bool,
+}
+
 /// One execution unit: a task, or one item of a `for_each` task.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Unit {
@@ -96,9 +137,13 @@ pub struct Unit {
     /// When a unit in `RetryWait` may run again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_at: Option<Millis>,
-    /// When a `Waiting` unit wakes.
+    /// When a `Waiting` unit wakes (its sleep ends or its timeout passes); none for an
+    /// approval or event without a timeout.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wake_at: Option<Millis>,
+    /// What a `Waiting` unit waits for (kept after it ends, for people reading the run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waits: Option<Waits>,
     /// Key of the event whose transition started this attempt (or scheduled its retry): if
     /// that event is delivered again because its worker died before sending the commands,
     /// [`crate::engine::Plan::replay`] finds them here.
@@ -132,6 +177,7 @@ impl Unit {
             error: None,
             retry_at: None,
             wake_at: None,
+            waits: None,
             cause: None,
             started_by: Vec::new(),
             in_place: Vec::new(),
@@ -306,8 +352,12 @@ pub enum Event {
     },
     /// The retry delay of an attempt has passed.
     RetryDue { task: usize, item: Option<u32>, attempt: u32 },
-    /// A `wait` task's unit is due to wake.
+    /// A `wait` task's unit is due to wake (its sleep ended or its timeout passed).
     WakeDue { task: usize, item: Option<u32>, attempt: u32 },
+    /// A person or the outside world answered a waiting `approval` or `event` unit; `output`
+    /// (checked by whoever accepted the answer: [`crate::engine::waits`]) becomes its output.
+    /// Applied once: any later completion of the same attempt is ignored.
+    Complete { task: usize, item: Option<u32>, attempt: u32, output: Output },
     /// Cancel the run.
     Cancel,
     /// Fail the run for a reason outside the workflow (a message that could not be processed,
@@ -334,6 +384,7 @@ impl Event {
             Event::AttemptFinished { task, item, attempt, .. } => finished_key(*task, *item, *attempt),
             Event::RetryDue { task, item, attempt } => attempt_key("retry", *task, *item, *attempt),
             Event::WakeDue { task, item, attempt } => attempt_key("wake", *task, *item, *attempt),
+            Event::Complete { task, item, attempt, .. } => attempt_key("complete", *task, *item, *attempt),
             Event::Cancel => "cancel".into(),
             Event::Abort { .. } => "abort".into(),
             Event::Tick => "tick".into(),
@@ -385,7 +436,8 @@ impl Event {
         match *self {
             Event::AttemptFinished { task, item, attempt, .. }
             | Event::RetryDue { task, item, attempt }
-            | Event::WakeDue { task, item, attempt } => Some(AttemptId { task, item, attempt }),
+            | Event::WakeDue { task, item, attempt }
+            | Event::Complete { task, item, attempt, .. } => Some(AttemptId { task, item, attempt }),
             _ => None,
         }
     }
@@ -397,7 +449,8 @@ impl Command {
         match *self {
             Command::Execute { task, item, attempt }
             | Command::ScheduleRetry { task, item, attempt, .. }
-            | Command::ScheduleWake { task, item, attempt, .. } => Some(AttemptId { task, item, attempt }),
+            | Command::ScheduleWake { task, item, attempt, .. }
+            | Command::Await { task, item, attempt } => Some(AttemptId { task, item, attempt }),
             _ => None,
         }
     }
@@ -425,6 +478,9 @@ pub enum Command {
     ScheduleRetry { task: usize, item: Option<u32>, attempt: u32, at: Millis },
     /// Deliver `WakeDue` for this waiting unit at `at` (a delayed message, a timer).
     ScheduleWake { task: usize, item: Option<u32>, attempt: u32, at: Millis },
+    /// This unit waits for an approval or an event: make it findable (by `POST /events`, by
+    /// lists of waiting tasks). Idempotent; stale entries are dropped when found.
+    Await { task: usize, item: Option<u32>, attempt: u32 },
     /// Running attempts of these tasks are no longer wanted.
     CancelRunning { tasks: Vec<usize> },
     /// The run ended: run the hooks of this kind, then report it.

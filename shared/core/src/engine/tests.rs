@@ -64,7 +64,7 @@ impl<'p> Driver<'p> {
                     Command::ScheduleWake { task, item, attempt, at } => {
                         self.retries.push((at, Event::WakeDue { task, item, attempt }));
                     }
-                    Command::CancelRunning { .. } | Command::Finished { .. } => {}
+                    Command::CancelRunning { .. } | Command::Finished { .. } | Command::Await { .. } => {}
                 }
             }
             if self.retries.is_empty() {

@@ -168,8 +168,53 @@ impl Run<'_> {
             }
             "wait" => {
                 let Some(t) = typed::<WaitWith>(with) else { return };
-                if t.sleep.for_.is_some() == t.sleep.until.is_some() {
+                let forms = [t.sleep.is_some(), t.approval.is_some(), t.event.is_some()];
+                if forms.iter().filter(|&&f| f).count() != 1 {
+                    self.error(TASK_CONFIG, &w, "a wait task needs exactly one of `sleep`, `approval` and `event`");
+                }
+                if let Some(sleep) = &t.sleep
+                    && sleep.for_.is_some() == sleep.until.is_some()
+                {
                     self.error(TASK_CONFIG, &format!("{w}/sleep"), "`sleep` needs exactly one of `for` and `until`");
+                }
+                if t.on_timeout.is_some() && t.timeout.is_none() {
+                    self.error(TASK_CONFIG, &format!("{w}/on_timeout"), "`on_timeout` needs a `timeout`");
+                }
+                if let Some(a) = &t.approval {
+                    for (name, f) in &a.fields {
+                        let p = format!("{w}/approval/fields/{name}");
+                        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                            self.error(TASK_CONFIG, &p, format!("field name `{name}` is not letters, digits and `_`"));
+                        }
+                        for (k, v) in f.enum_.iter().flatten().enumerate() {
+                            if !f.ty.admits(v) {
+                                self.error(
+                                    TASK_CONFIG,
+                                    &format!("{p}/enum/{k}"),
+                                    format!("{v} is not a {}", f.ty.as_str()),
+                                );
+                            }
+                        }
+                    }
+                    let roles = a.approvers.iter().flat_map(|x| &x.roles);
+                    for (k, r) in roles.enumerate() {
+                        if !matches!(r.as_str(), "viewer" | "developer" | "admin") {
+                            self.error(
+                                TASK_CONFIG,
+                                &format!("{w}/approval/approvers/roles/{k}"),
+                                format!("`{r}` is not a role (viewer, developer, admin)"),
+                            );
+                        }
+                    }
+                }
+                if let Some(e) = &t.event
+                    && (e.name.is_empty() || e.name.len() > 128 || e.name.contains(['#', '/', ' ']))
+                {
+                    self.error(
+                        TASK_CONFIG,
+                        &format!("{w}/event/name"),
+                        "an event name is 1 to 128 characters, without `#`, `/` or spaces",
+                    );
                 }
             }
             "transform" => {
