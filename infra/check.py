@@ -26,6 +26,8 @@ from cfnlint.decode import decode
 
 ALLOWED_DESTRUCTIVE = {
     # function logical id -> actions it may have beyond the usual read/write set
+    # The API deletes waiter items (`WAIT#...` partition keys only, by an IAM condition).
+    "Api": {"dynamodb:DeleteItem"},
 }
 DESTRUCTIVE = {"dynamodb:Scan", "dynamodb:DeleteItem", "s3:DeleteObject", "dynamodb:BatchWriteItem"}
 

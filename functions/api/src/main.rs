@@ -20,7 +20,9 @@ async fn main() -> Result<(), lambda_http::Error> {
         llmo_aws::env::Metrics::Prometheus(h) => Some(h.clone()),
         _ => None,
     };
-    let api = Arc::new(Api::new(&aws, executors, config, mock).with_auth(auth).with_metrics(metrics));
+    // Approvals' single-use answer links are signed with this secret (none: no links).
+    let links = llmo_aws::answers::link_secret(&aws).await?;
+    let api = Arc::new(Api::new(&aws, executors, config, mock).with_auth(auth).with_metrics(metrics).with_links(links));
     if local {
         let addr = args
             .iter()

@@ -53,14 +53,16 @@ pub struct Api {
     pub auth: Option<Auth>,
     /// `GET /metrics`: the local API's Prometheus registry.
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// The secret answer links are signed with (`LLMO_LINK_SECRET`); none: no links.
+    pub links: Option<Vec<u8>>,
 }
 
-type Reply = Response<Body>;
+pub(crate) type Reply = Response<Body>;
 
 /// A refusal, boxed (a response is large).
-type Refusal = Box<Reply>;
+pub(crate) type Refusal = Box<Reply>;
 
-fn reply(status: StatusCode, body: Value) -> Reply {
+pub(crate) fn reply(status: StatusCode, body: Value) -> Reply {
     Response::builder()
         .status(status)
         .header("content-type", "application/json")
@@ -68,13 +70,13 @@ fn reply(status: StatusCode, body: Value) -> Reply {
         .expect("valid response")
 }
 
-fn problem(status: StatusCode, message: impl Into<String>) -> Reply {
+pub(crate) fn problem(status: StatusCode, message: impl Into<String>) -> Reply {
     reply(status, json!({"error": message.into()}))
 }
 
 /// A 500 that says nothing of the cause (AWS error text names tables, buckets and keys): the
 /// cause is logged with an id the answer gives.
-fn internal(e: impl std::fmt::Display) -> Reply {
+pub(crate) fn internal(e: impl std::fmt::Display) -> Reply {
     let mut b = [0u8; 6];
     getrandom::fill(&mut b).expect("the operating system's random source");
     let id: String = b.iter().map(|x| format!("{x:02x}")).collect();
@@ -143,7 +145,7 @@ fn unreadable(stored: llmo_runtime::store::StoredRun, why: String) -> Reply {
     )
 }
 
-fn no_run(id: &str) -> Reply {
+pub(crate) fn no_run(id: &str) -> Reply {
     problem(StatusCode::NOT_FOUND, format!("no run `{id}`"))
 }
 
@@ -159,6 +161,12 @@ pub enum Route<'a> {
     Cancel(&'a str),
     Redrive(&'a str),
     Rerun(&'a str),
+    /// `POST /runs/{id}/tasks/{task}/complete`.
+    Complete(&'a str, &'a str),
+    Events,
+    Waiting,
+    /// `POST /answer`: an approval answered through its single-use link (no bearer).
+    Answer,
     Audit,
     Sweep,
     OpenApi,
@@ -186,6 +194,10 @@ impl<'a> Route<'a> {
             (&Method::POST, ["runs", id, "cancel"]) => Route::Cancel(id),
             (&Method::POST, ["runs", id, "redrive"]) => Route::Redrive(id),
             (&Method::POST, ["runs", id, "rerun"]) => Route::Rerun(id),
+            (&Method::POST, ["runs", id, "tasks", task, "complete"]) => Route::Complete(id, task),
+            (&Method::POST, ["events"]) => Route::Events,
+            (&Method::GET, ["waiting"]) => Route::Waiting,
+            (&Method::POST, ["answer"]) => Route::Answer,
             (&Method::GET, ["audit"]) => Route::Audit,
             (&Method::POST, ["sweep"]) => Route::Sweep,
             (&Method::GET, ["openapi.json"]) => Route::OpenApi,
@@ -202,10 +214,18 @@ impl<'a> Route<'a> {
             | Route::GetRun(_)
             | Route::History(_)
             | Route::OpenApi
-            | Route::Costs => Role::Viewer,
-            Route::RegisterWorkflow | Route::StartRun | Route::Cancel(_) | Route::Redrive(_) | Route::Rerun(_) => {
-                Role::Developer
-            }
+            | Route::Costs
+            | Route::Waiting => Role::Viewer,
+            // Who may answer is the wait's to say (`approvers`; developers when it names none);
+            // `POST /answer` is not authenticated by role at all (the link's token is the
+            // credential).
+            Route::Complete(..) | Route::Answer => Role::Viewer,
+            Route::RegisterWorkflow
+            | Route::StartRun
+            | Route::Cancel(_)
+            | Route::Redrive(_)
+            | Route::Rerun(_)
+            | Route::Events => Role::Developer,
             Route::Audit | Route::Sweep | Route::Metrics => Role::Admin,
         }
     }
@@ -222,6 +242,10 @@ impl<'a> Route<'a> {
             Route::Cancel(_) => "POST /runs/{id}/cancel",
             Route::Redrive(_) => "POST /runs/{id}/redrive",
             Route::Rerun(_) => "POST /runs/{id}/rerun",
+            Route::Complete(..) => "POST /runs/{id}/tasks/{task}/complete",
+            Route::Events => "POST /events",
+            Route::Waiting => "GET /waiting",
+            Route::Answer => "POST /answer",
             Route::Audit => "GET /audit",
             Route::Sweep => "POST /sweep",
             Route::OpenApi => "GET /openapi.json",
@@ -232,9 +256,12 @@ impl<'a> Route<'a> {
 
     fn run(&self) -> Option<&'a str> {
         match self {
-            Route::GetRun(id) | Route::History(id) | Route::Cancel(id) | Route::Redrive(id) | Route::Rerun(id) => {
-                Some(id)
-            }
+            Route::GetRun(id)
+            | Route::History(id)
+            | Route::Cancel(id)
+            | Route::Redrive(id)
+            | Route::Rerun(id)
+            | Route::Complete(id, _) => Some(id),
             _ => None,
         }
     }
@@ -256,7 +283,15 @@ impl Api {
             sweeper: crate::sweep::Sweeper::new(aws, 300_000),
             auth: None,
             metrics: None,
+            links: None,
         }
+    }
+
+    /// The same API, offering single-use answer links for approvals (`link: true`) signed
+    /// with `secret` (at least 32 bytes; `LLMO_LINK_SECRET`, read by the function's main).
+    pub fn with_links(mut self, secret: Option<Vec<u8>>) -> Self {
+        self.links = secret.filter(|s| s.len() >= 32);
+        self
     }
 
     /// The same API, serving `GET /metrics` (operators) from `handle`'s recorder: the local
@@ -360,6 +395,9 @@ impl Api {
         };
         let span = tracing::Span::current();
         span.record("http.route", route.action());
+        if route == Route::Answer {
+            return self.answer_by_link(&req).await;
+        }
         let principal = match &self.auth {
             None => Err(AuthError::Unauthenticated("this API has no authentication configured".into())),
             Some(a) => a.authenticate(&req).await,
@@ -404,6 +442,33 @@ impl Api {
         };
         if let Err(e) = self.audit.write(&record).await {
             tracing::error!(error = %e, action = record.action, actor = record.actor, "audit record not written");
+        }
+        reply
+    }
+
+    /// `POST /answer` (no bearer: the route has no authorizer): the holder of an approval's
+    /// single-use link answers it with the link's `token`; audited with the actor `link`.
+    async fn answer_by_link(&self, req: &Request) -> Reply {
+        let body: Value = match req.body() {
+            Body::Empty => Value::Null,
+            b => serde_json::from_slice(b.as_ref()).unwrap_or(Value::Null),
+        };
+        let (reply, done) = self.complete_by_link(&body).await;
+        llmo_runtime::meter::api_request(Route::Answer.action(), reply.status().as_u16());
+        if let Some((tenant, run, task)) = done {
+            let record = Record {
+                at: llmo_runtime::ports::now_ms(),
+                tenant,
+                actor: "link".into(),
+                role: "link".into(),
+                action: Route::Answer.action().into(),
+                target: Some(format!("{run}/{task}")),
+                run_id: Some(run),
+                result: reply.status().as_u16().to_string(),
+            };
+            if let Err(e) = self.audit.write(&record).await {
+                tracing::error!(error = %e, action = record.action, "audit record not written");
+            }
         }
         reply
     }
@@ -474,6 +539,10 @@ impl Api {
             Route::Cancel(id) => (self.cancel(&tenant, id).await, None),
             Route::Redrive(id) => (self.redrive(&tenant, id).await, None),
             Route::Rerun(id) => self.rerun(id, &body).await,
+            Route::Complete(id, task) => (self.complete(p, &tenant, id, task, &body).await, None),
+            Route::Events => (self.events(p, &tenant, &body).await, None),
+            Route::Waiting => (self.waiting(p, &tenant).await, None),
+            Route::Answer => (self.complete_by_link(&body).await.0, None),
             Route::Audit => (self.read_audit(&tenant, query).await, None),
             Route::Sweep => (self.sweep(p).await, None),
             Route::OpenApi => {
@@ -947,7 +1016,7 @@ mod tests {
     use super::*;
 
     /// Every route, once.
-    const ALL: [Route<'static>; 14] = [
+    const ALL: [Route<'static>; 18] = [
         Route::RegisterWorkflow,
         Route::ListWorkflows,
         Route::StartRun,
@@ -962,6 +1031,10 @@ mod tests {
         Route::OpenApi,
         Route::Metrics,
         Route::Costs,
+        Route::Complete("x", "t"),
+        Route::Events,
+        Route::Waiting,
+        Route::Answer,
     ];
 
     #[test]
@@ -972,10 +1045,17 @@ mod tests {
         for (path, ops) in doc["paths"].as_object().unwrap() {
             for (method, op) in ops.as_object().unwrap() {
                 let m: Method = method.to_uppercase().parse().unwrap();
-                let concrete = path.replace("{id}", "x");
+                let concrete = path.replace("{id}", "x").replace("{task}", "t");
                 let parts: Vec<&str> = concrete.split('/').filter(|p| !p.is_empty()).collect();
                 let route = Route::parse(&m, &parts).unwrap_or_else(|| panic!("{method} {path} is no route"));
                 assert_eq!(route.action(), format!("{} {path}", m.as_str()), "{method} {path}");
+                if route == Route::Answer {
+                    // The link's token is the credential: no role, no 403.
+                    assert_eq!(op["security"], json!([]), "{method} {path}");
+                    assert!(op["responses"].get("401").is_some());
+                    documented.push(route.action().to_string());
+                    continue;
+                }
                 let role = route.needs().as_str();
                 assert!(
                     op["description"].as_str().unwrap().contains(&format!("`{role}`")),

@@ -1,6 +1,7 @@
 //! The serverless runtime of LLM-Orchestrator: the engine's ports on AWS (DynamoDB run store,
 //! SQS queue, S3 blobs), request accounting, the handlers the Lambda functions run, and the
 //! local modes that run those same handlers against LocalStack/moto.
+pub mod answers;
 pub mod api;
 pub mod audit;
 pub mod auth;

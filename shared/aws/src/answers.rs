@@ -1,0 +1,384 @@
+//! The API's routes for waiting tasks: `GET /waiting`, `POST /runs/{id}/tasks/{task}/complete`
+//! (an approval or rejection, by an authenticated caller the wait allows, or by whoever holds
+//! the wait's single-use link) and `POST /events`.
+//!
+//! An answer is applied as one `Event::Complete` through the API's worker (compare-and-set on
+//! the run's log, then the next tasks are sent): exactly once per waiting attempt, so the
+//! loser of two racing answers, a replayed request and an answer after the timeout all get a
+//! 409 that says why.
+
+use lambda_http::http::StatusCode;
+use llmo_core::engine::waits::{AnswerError, Approval, may_answer};
+use llmo_core::engine::{AttemptId, Event, Plan, RunState, WaitKind};
+use llmo_runtime::queue::{Delivery, Message};
+use llmo_runtime::store::{RunStore, StoredRun, Waiter, rebuild};
+use llmo_runtime::worker::Outcome;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+use crate::api::{Api, Refusal, Reply, internal, no_run, problem, reply};
+use crate::auth::{Principal, Role};
+
+/// Most tasks one `GET /waiting` lists, and most waiting tasks one `POST /events` answers.
+pub const WAITING_PAGE: usize = 100;
+/// Longest comment an answer may carry.
+pub const COMMENT_BYTES: usize = 4096;
+/// How long a link stays valid when its wait has no timeout (it stops working anyway once
+/// the task is answered or the run ends).
+pub const LINK_DAYS: u64 = 30;
+
+/// The claims of a single-use answer link (HS256 with the deployment's link secret).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LinkClaims {
+    pub aud: String,
+    pub exp: u64,
+    pub tenant: String,
+    pub run: String,
+    pub task: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub item: Option<u32>,
+    pub attempt: u32,
+}
+
+const LINK_AUDIENCE: &str = "llmo-answer";
+
+/// The secret answer links are signed with: `LLMO_LINK_SECRET` (local), else the Secrets
+/// Manager secret `LLMO_LINK_SECRET_ARN` names (deployed); none: no links. For the API's main.
+pub async fn link_secret(aws: &crate::Aws) -> Result<Option<Vec<u8>>, String> {
+    let secret =
+        match (std::env::var("LLMO_LINK_SECRET").ok().filter(|s| !s.is_empty()), std::env::var("LLMO_LINK_SECRET_ARN"))
+        {
+            (Some(s), _) => s.into_bytes(),
+            (None, Ok(arn)) if !arn.is_empty() => {
+                let out = aws.secretsmanager.get_secret_value().secret_id(&arn).send().await.map_err(|e| {
+                    format!("reading the answer-link secret: {}", aws_sdk_secretsmanager::error::DisplayErrorContext(e))
+                })?;
+                out.secret_string().unwrap_or_default().as_bytes().to_vec()
+            }
+            _ => return Ok(None),
+        };
+    if secret.len() < 32 {
+        return Err("the answer-link secret (LLMO_LINK_SECRET) must be at least 32 bytes".into());
+    }
+    Ok(Some(secret))
+}
+
+/// Signs an answer link's token.
+pub fn mint_link(secret: &[u8], c: &LinkClaims) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        c,
+        &jsonwebtoken::EncodingKey::from_secret(secret),
+    )
+    .expect("HS256 signs any claims")
+}
+
+/// Checks an answer link's token: signature, audience, expiry.
+pub fn verify_link(secret: &[u8], token: &str) -> Result<LinkClaims, String> {
+    let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+    v.set_audience(&[LINK_AUDIENCE]);
+    v.leeway = 0;
+    jsonwebtoken::decode::<LinkClaims>(token, &jsonwebtoken::DecodingKey::from_secret(secret), &v)
+        .map(|d| d.claims)
+        .map_err(|e| format!("the link is not valid: {e}"))
+}
+
+fn answer_error(e: AnswerError) -> Reply {
+    match e {
+        AnswerError::NoSuchTask(m) => problem(StatusCode::NOT_FOUND, m),
+        AnswerError::NotWaiting(m) => problem(StatusCode::CONFLICT, m),
+        AnswerError::Invalid(m) => problem(StatusCode::BAD_REQUEST, m),
+    }
+}
+
+/// The approval an answer's body gives: `{"approved": bool, "fields": {..}, "comment": ".."}`.
+fn approval_of(body: &Value) -> Result<(Approval, Option<u32>), String> {
+    let bad = |m: &str| Err(m.to_string());
+    let Some(approved) = body.get("approved").and_then(Value::as_bool) else {
+        return bad("`approved` (true to approve, false to reject) is required");
+    };
+    let fields = match body.get("fields") {
+        None | Some(Value::Null) => Map::new(),
+        Some(Value::Object(m)) => m.clone(),
+        Some(_) => return bad("`fields` is an object of the form's fields"),
+    };
+    let comment = match body.get("comment") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if s.len() <= COMMENT_BYTES => Some(s.clone()),
+        Some(_) => return bad("`comment` is a string of at most 4096 bytes"),
+    };
+    let item = match body.get("item") {
+        None | Some(Value::Null) => None,
+        Some(v) => match v.as_u64().and_then(|n| u32::try_from(n).ok()) {
+            Some(n) => Some(n),
+            None => return bad("`item` is the index of a `for_each` item"),
+        },
+    };
+    Ok((Approval { approved, fields, comment }, item))
+}
+
+impl Api {
+    fn plan_of(&self, s: &StoredRun) -> Result<Plan, String> {
+        self.starter.check(&s.source_name, &s.source).map(Plan::new).map_err(|e| e.to_string())
+    }
+
+    async fn loaded(&self, tenant: &str, id: &str) -> Result<(Plan, RunState), Refusal> {
+        let stored = match self.store.load(id).await {
+            Ok(Some(s)) if s.snapshot.tenant.as_deref().unwrap_or("-") == tenant => s,
+            Ok(_) => return Err(Box::new(no_run(id))),
+            Err(e) => return Err(Box::new(internal(e))),
+        };
+        let plan = self.plan_of(&stored).map_err(|e| Box::new(problem(StatusCode::CONFLICT, e)))?;
+        let st = rebuild(&plan, stored).map_err(|e| Box::new(problem(StatusCode::CONFLICT, e.to_string())))?;
+        Ok((plan, st))
+    }
+
+    /// Applies an answer's event through the worker: `Ok(true)` when it was recorded,
+    /// `Ok(false)` when another answer (or the timeout) got there first.
+    async fn apply(&self, run_id: &str, event: Event) -> Result<bool, Refusal> {
+        let id = event.attempt_id();
+        let d = Delivery {
+            receipt: String::new(),
+            message: Message::Event { run_id: run_id.to_string(), event },
+            receive_count: 1,
+            trace: llmo_runtime::telemetry::traceparent(),
+        };
+        match self.worker.handle(&d).await {
+            Ok(Outcome::Applied(_)) => {
+                if let (Some(id), Ok(Some(stored))) = (id, self.store.load(run_id).await)
+                    && let Some(w) = self.waiter_from(&stored, id)
+                    && let Err(e) = self.store.drop_waiter(&w).await
+                {
+                    tracing::warn!(error = %e, "an answered task's waiter was not dropped (it is dropped when next listed)");
+                }
+                Ok(true)
+            }
+            Ok(Outcome::Replayed) => Ok(false),
+            Err(e) => Err(Box::new(internal(e))),
+        }
+    }
+
+    fn waiter_from(&self, stored: &StoredRun, id: AttemptId) -> Option<Waiter> {
+        let plan = self.plan_of(stored).ok()?;
+        let st = rebuild(&plan, stored.clone()).ok()?;
+        Waiter::of(&st, id)
+    }
+
+    /// The answer link of a waiting approval, when it offers one and links are configured.
+    fn link(&self, st: &RunState, plan: &Plan, id: AttemptId) -> Option<String> {
+        let secret = self.links.as_deref()?;
+        let spec = plan.wait_of(id.task)?.approval.as_ref()?;
+        if !spec.link {
+            return None;
+        }
+        let w = st.tasks[id.task].units.get(id.unit())?.waits.as_ref()?;
+        let exp = w.timeout_at.unwrap_or(w.since + LINK_DAYS * 86_400_000) / 1000;
+        let claims = LinkClaims {
+            aud: LINK_AUDIENCE.into(),
+            exp,
+            tenant: st.tenant.clone().unwrap_or_else(|| "-".into()),
+            run: st.run_id.clone(),
+            task: plan.checked.dag.id(id.task).to_string(),
+            item: id.item,
+            attempt: id.attempt,
+        };
+        Some(mint_link(secret, &claims))
+    }
+
+    /// `GET /waiting`: the tenant's tasks waiting for an approval or an event, oldest first;
+    /// an approval's single-use link is included for callers who may answer it.
+    pub(crate) async fn waiting(&self, p: &Principal, tenant: &str) -> Reply {
+        let plan_of = |s: &StoredRun| self.plan_of(s);
+        let found = match llmo_runtime::waits::list(self.store.as_ref(), &plan_of, tenant, None, WAITING_PAGE).await {
+            Ok(f) => f,
+            Err(e) => return internal(e),
+        };
+        let mut rows = Vec::with_capacity(found.len());
+        for (w, mut v) in found {
+            if w.kind == WaitKind::Approval
+                && let Ok(Some(stored)) = self.store.load(&w.run_id).await
+                && let Ok(plan) = self.plan_of(&stored)
+                && let Ok(st) = rebuild(&plan, stored)
+                && self.may_answer(p, &plan, w.task)
+                && let Some(token) = self.link(&st, &plan, w.attempt_id())
+            {
+                v["link"] = json!(format!("/ui/answer.html#{token}"));
+                v["token"] = json!(token);
+            }
+            rows.push(v);
+        }
+        reply(StatusCode::OK, json!({"waiting": rows}))
+    }
+
+    fn may_answer(&self, p: &Principal, plan: &Plan, task: usize) -> bool {
+        let approvers = plan.wait_of(task).and_then(|w| w.approval.as_ref()).and_then(|a| a.approvers.as_ref());
+        match approvers {
+            None => p.may(Role::Developer),
+            Some(a) => may_answer(Some(a), &p.subject, |r| match r {
+                "viewer" => p.may(Role::Viewer),
+                "developer" => p.may(Role::Developer),
+                "admin" => p.may(Role::Admin),
+                _ => false,
+            }),
+        }
+    }
+
+    /// `POST /runs/{id}/tasks/{task}/complete` by an authenticated caller.
+    pub(crate) async fn complete(&self, p: &Principal, tenant: &str, id: &str, task: &str, body: &Value) -> Reply {
+        let (answer, item) = match approval_of(body) {
+            Ok(a) => a,
+            Err(m) => return problem(StatusCode::BAD_REQUEST, m),
+        };
+        let (plan, st) = match self.loaded(tenant, id).await {
+            Ok(x) => x,
+            Err(r) => return *r,
+        };
+        if let Some(i) = plan.checked.workflow.spec.tasks.iter().position(|t| t.id == task)
+            && !self.may_answer(p, &plan, i)
+        {
+            return problem(
+                StatusCode::FORBIDDEN,
+                format!("{} may not answer `{task}` (see its `approvers`)", p.subject),
+            );
+        }
+        self.answer(tenant, id, task, item, &answer, &p.subject, plan, st).await
+    }
+
+    /// `POST /answer` `{"token", "approved", "fields", "comment"}`: the holder of an
+    /// approval's link answers. The token names the run, task, item and attempt; it works
+    /// once (the attempt stops waiting) and never for another attempt. Also returns the
+    /// tenant, run and task it acted on (for the audit record).
+    pub(crate) async fn complete_by_link(&self, body: &Value) -> (Reply, Option<(String, String, String)>) {
+        let Some(secret) = self.links.as_deref() else {
+            return (problem(StatusCode::NOT_FOUND, "answer links are not configured on this API"), None);
+        };
+        let Some(token) = body.get("token").and_then(Value::as_str) else {
+            return (problem(StatusCode::UNAUTHORIZED, "the answer link's `token` is required"), None);
+        };
+        let c = match verify_link(secret, token) {
+            Ok(c) => c,
+            Err(e) => return (problem(StatusCode::UNAUTHORIZED, e), None),
+        };
+        let done = Some((c.tenant.clone(), c.run.clone(), c.task.clone()));
+        let (plan, st) = match self.loaded(&c.tenant, &c.run).await {
+            Ok(x) => x,
+            Err(r) => return (*r, done),
+        };
+        // Without `approved`, the holder only asks what the wait asks (the answer page).
+        if body.get("approved").is_none() {
+            let id =
+                plan.checked.dag.index_of(&c.task).map(|task| AttemptId { task, item: c.item, attempt: c.attempt });
+            let question = id.and_then(|id| llmo_runtime::waits::describe(&plan, &st, id));
+            return match question {
+                Some(mut q) => {
+                    if let Some(o) = q.as_object_mut() {
+                        o.remove("approvers");
+                    }
+                    (reply(StatusCode::OK, q), None)
+                }
+                None => (problem(StatusCode::CONFLICT, format!("`{}` is not waiting for an answer", c.task)), None),
+            };
+        }
+        let (answer, _) = match approval_of(body) {
+            Ok(a) => a,
+            Err(m) => return (problem(StatusCode::BAD_REQUEST, m), done),
+        };
+        // The link is for one attempt: after a redrive its new attempt needs a new link.
+        let current = plan
+            .checked
+            .dag
+            .index_of(&c.task)
+            .and_then(|i| st.tasks[i].units.get(c.item.unwrap_or(0) as usize))
+            .map(|u| u.attempt);
+        if current != Some(c.attempt) {
+            return (problem(StatusCode::CONFLICT, "the link is for an earlier attempt of this task"), done);
+        }
+        let r = self.answer(&c.tenant, &c.run, &c.task, c.item, &answer, "link", plan, st).await;
+        (r, done)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn answer(
+        &self,
+        tenant: &str,
+        id: &str,
+        task: &str,
+        item: Option<u32>,
+        answer: &Approval,
+        by: &str,
+        plan: Plan,
+        st: RunState,
+    ) -> Reply {
+        let event = match plan.approve(&st, task, item, answer, by) {
+            Ok(e) => e,
+            Err(e) => return answer_error(e),
+        };
+        let output = match &event {
+            Event::Complete { output, .. } => Value::clone(output),
+            _ => Value::Null,
+        };
+        match self.apply(id, event).await {
+            Ok(true) => reply(
+                StatusCode::OK,
+                json!({"run_id": id, "task": task, "item": item, "output": output, "recorded": true}),
+            ),
+            Ok(false) => {
+                // Say why: reload (the winner's answer, or the timeout, is stored now).
+                let why = match self.loaded(tenant, id).await {
+                    Ok((plan, st)) => match plan.approve(&st, task, item, answer, by) {
+                        Err(AnswerError::NotWaiting(m)) => m,
+                        _ => format!("`{task}` was answered by another request first"),
+                    },
+                    Err(_) => format!("`{task}` was answered by another request first"),
+                };
+                problem(StatusCode::CONFLICT, why)
+            }
+            Err(r) => *r,
+        }
+    }
+
+    /// `POST /events` `{"name", "key", "payload"}`: every task of the tenant waiting for this
+    /// event and key receives it, once. Events are not kept: one posted before a task waits
+    /// for it resumes nothing (`delivered` is empty).
+    pub(crate) async fn events(&self, p: &Principal, tenant: &str, body: &Value) -> Reply {
+        let Some(name) = body.get("name").and_then(Value::as_str).filter(|n| !n.is_empty() && n.len() <= 128) else {
+            return problem(StatusCode::BAD_REQUEST, "`name` (the event's name, 1 to 128 characters) is required");
+        };
+        let key = match body.get("key") {
+            None | Some(Value::Null) => String::new(),
+            Some(Value::String(s)) if s.len() <= 512 => s.clone(),
+            Some(_) => return problem(StatusCode::BAD_REQUEST, "`key` is a string of at most 512 bytes"),
+        };
+        let payload = body.get("payload").cloned().unwrap_or(Value::Null);
+        let waiters = match self.store.waiters(tenant, Some((name, &key)), WAITING_PAGE).await {
+            Ok(w) => w,
+            Err(e) => return internal(e),
+        };
+        let mut delivered = Vec::new();
+        for w in waiters {
+            let (plan, st) = match self.loaded(tenant, &w.run_id).await {
+                Ok(x) => x,
+                Err(_) => {
+                    let _ = self.store.drop_waiter(&w).await;
+                    continue;
+                }
+            };
+            let event = match plan.deliver(&st, w.attempt_id(), &payload, &p.subject) {
+                Ok(e) => e,
+                Err(AnswerError::Invalid(m)) => return problem(StatusCode::BAD_REQUEST, m),
+                Err(_) => {
+                    let _ = self.store.drop_waiter(&w).await;
+                    continue;
+                }
+            };
+            match self.apply(&w.run_id, event).await {
+                Ok(true) => delivered.push(json!({
+                    "run_id": w.run_id, "task": plan.checked.dag.id(w.task), "item": w.item,
+                })),
+                Ok(false) => {}
+                Err(r) => return *r,
+            }
+        }
+        reply(StatusCode::OK, json!({"name": name, "key": key, "delivered": delivered}))
+    }
+}

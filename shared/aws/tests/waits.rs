@@ -1,0 +1,234 @@
+//! Approvals and events in the serverless runtime, against the local stack: waiting tasks are
+//! listed, answered exactly once (racing and replayed answers and answers after the timeout get
+//! 409), answered through a single-use link without an account, and events reach only the
+//! runs whose correlation key matches. Every run's stored log is audited.
+
+mod support;
+
+use std::time::Duration;
+
+use llmo_core::engine::Event;
+use serde_json::{Value, json};
+use support::*;
+
+const REVIEW: &str = r#"
+apiVersion: llm-orchestrator/v1
+kind: Workflow
+metadata: { name: review }
+spec:
+  inputs:
+    doc: { type: string }
+    wait: { type: string, default: 10m }
+  tasks:
+    - id: draft
+      type: transform
+      with: { output: "draft of {{ inputs.doc }}" }
+    - id: review
+      type: wait
+      depends_on: [draft]
+      with:
+        approval:
+          prompt: "Publish {{ inputs.doc }}?"
+          fields:
+            channel: { type: string, enum: [blog, newsletter] }
+          approvers: { roles: [developer] }
+          link: true
+        timeout: 3s
+    - id: publish
+      type: transform
+      depends_on: [review]
+      with: { output: "{{ tasks.draft.output }} to {{ tasks.review.output.fields.channel }} by {{ tasks.review.output.by }}" }
+  outputs:
+    published: "{{ tasks.publish.output }}"
+"#;
+
+const PAID: &str = r#"
+apiVersion: llm-orchestrator/v1
+kind: Workflow
+metadata: { name: paid }
+spec:
+  inputs: { order: { type: string } }
+  tasks:
+    - id: paid
+      type: wait
+      with: { event: { name: payment.settled, key: "{{ inputs.order }}" } }
+    - { id: ship, type: transform, depends_on: [paid], with: { output: "ship {{ inputs.order }}: {{ tasks.paid.output.payload.amount }}" } }
+  outputs:
+    shipped: "{{ tasks.ship.output }}"
+"#;
+
+const LINKS: &[u8] = b"the-local-tests-answer-link-secret-0123456789";
+
+async fn start(api: &llmo_aws::api::Api, source: &str, inputs: Value) -> String {
+    let (code, v) = call(api, "POST", "/runs", Some(json!({"source": source, "inputs": inputs}))).await;
+    assert_eq!(code, 201, "{v}");
+    v["run_id"].as_str().unwrap().to_string()
+}
+
+/// Polls `GET /waiting` until `n` tasks of `run_ids` wait.
+async fn waiting(api: &llmo_aws::api::Api, run_ids: &[&str], n: usize) -> Vec<Value> {
+    for _ in 0..200 {
+        let (code, v) = call(api, "GET", "/waiting", None).await;
+        assert_eq!(code, 200, "{v}");
+        let rows: Vec<Value> = v["waiting"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| run_ids.contains(&r["run_id"].as_str().unwrap_or("")))
+            .cloned()
+            .collect();
+        if rows.len() >= n {
+            return rows;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{n} waiting tasks of {run_ids:?} never showed");
+}
+
+fn completions(log: &[llmo_runtime::store::Transition]) -> usize {
+    log.iter().filter(|t| matches!(t.event, Event::Complete { .. })).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_approvals_record_one_answer_and_late_ones_get_409() {
+    let Some(aws) = aws().await else { return };
+    let aws = stack(&aws, 30, 5).await;
+    let api = api(&aws).with_links(Some(LINKS.to_vec()));
+    let workers = Workers::start(&aws, 2, 10, |s| s);
+    let run = start(&api, REVIEW, json!({"doc": "post-1"})).await;
+    let rows = waiting(&api, &[&run], 1).await;
+    assert_eq!(rows[0]["task"], "review");
+    assert_eq!(rows[0]["prompt"], "Publish post-1?");
+    assert_eq!(rows[0]["fields"]["channel"]["enum"], json!(["blog", "newsletter"]));
+
+    let uri = format!("/runs/{run}/tasks/review/complete");
+    // A viewer is not among the approvers; a bad field is refused before anything is stored.
+    let viewer = token("vera", "t1", &["viewer"]);
+    let (code, v) = call_as(&api, Some(&viewer), "POST", &uri, Some(json!({"approved": true}))).await;
+    assert_eq!(code, 403, "{v}");
+    let (code, v) = call(&api, "POST", &uri, Some(json!({"approved": true, "fields": {"channel": "tv"}}))).await;
+    assert_eq!(code, 400, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("one of"), "{v}");
+
+    // Five developers answer at once: one answer is recorded, four get 409.
+    let tokens: Vec<String> = (0..5).map(|i| token(&format!("dev{i}"), "t1", &["developer"])).collect();
+    let answers = tokens.iter().enumerate().map(|(i, t)| {
+        let body = json!({"approved": true, "fields": {"channel": if i % 2 == 0 { "blog" } else { "newsletter" }}});
+        call_as(&api, Some(t), "POST", &uri, Some(body))
+    });
+    let got = futures::future::join_all(answers).await;
+    let codes: Vec<u16> = got.iter().map(|(c, _)| *c).collect();
+    assert_eq!(codes.iter().filter(|&&c| c == 200).count(), 1, "{got:?}");
+    assert_eq!(codes.iter().filter(|&&c| c == 409).count(), 4, "{got:?}");
+    let winner = got.iter().find(|(c, _)| *c == 200).unwrap().1["output"]["by"].as_str().unwrap().to_string();
+    let lost = &got.iter().find(|(c, _)| *c == 409).unwrap().1;
+    assert!(lost["error"].as_str().unwrap().contains(&format!("answered already (by {winner})")), "{lost}");
+
+    let end = wait_end(&api, &run, 30).await;
+    assert_eq!(end["status"], "succeeded", "{end}");
+    assert!(end["outputs"]["published"].as_str().unwrap().ends_with(&format!("by {winner}")), "{end}");
+    // A replay of the winning request, after the run ended: 409, nothing stored.
+    let (code, v) =
+        call_as(&api, Some(&tokens[0]), "POST", &uri, Some(json!({"approved": true, "fields": {"channel": "blog"}})))
+            .await;
+    assert_eq!(code, 409, "{v}");
+    let (initial, log) = initial_and_log(&aws, &run).await;
+    check_log(&plan(REVIEW), &log, initial);
+    assert_eq!(completions(&log), 1, "one answer in the log");
+
+    // No answer within its 3 s timeout: the run fails, and a late answer is refused.
+    let late = start(&api, REVIEW, json!({"doc": "post-2"})).await;
+    let end = wait_end(&api, &late, 30).await;
+    assert_eq!(end["status"], "failed", "{end}");
+    assert!(end["error"].as_str().unwrap_or_default().contains("timed out after 3s"), "{end}");
+    let uri = format!("/runs/{late}/tasks/review/complete");
+    let (code, v) = call(&api, "POST", &uri, Some(json!({"approved": true, "fields": {"channel": "blog"}}))).await;
+    assert_eq!(code, 409, "{v}");
+    let (initial, log) = initial_and_log(&aws, &late).await;
+    check_log(&plan(REVIEW), &log, initial);
+    assert_eq!(completions(&log), 0);
+    workers.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_answer_link_works_once_without_an_account() {
+    let Some(aws) = aws().await else { return };
+    let aws = stack(&aws, 30, 5).await;
+    let api = api(&aws).with_links(Some(LINKS.to_vec()));
+    let workers = Workers::start(&aws, 1, 10, |s| s);
+    let run = start(&api, &REVIEW.replace("timeout: 3s", "timeout: 1h"), json!({"doc": "post-3"})).await;
+    let rows = waiting(&api, &[&run], 1).await;
+    let token = rows[0]["token"].as_str().expect("a developer sees the link").to_string();
+    assert_eq!(rows[0]["link"], format!("/ui/answer.html#{token}"));
+    // A viewer may not answer, so is not shown the link.
+    let viewer = token_for_viewer();
+    let (_, v) = call_as(&api, Some(&viewer), "GET", "/waiting", None).await;
+    assert!(v["waiting"][0].get("token").is_none(), "{v}");
+
+    // No bearer: the token alone. First what it asks, then the answer, then a replay.
+    let (code, q) = call_as(&api, None, "POST", "/answer", Some(json!({"token": token}))).await;
+    assert_eq!(code, 200, "{q}");
+    assert_eq!(q["prompt"], "Publish post-3?");
+    assert!(q.get("approvers").is_none());
+    let forged = format!("{}x", &token[..token.len() - 1]);
+    let (code, _) = call_as(&api, None, "POST", "/answer", Some(json!({"token": forged, "approved": true}))).await;
+    assert_eq!(code, 401);
+    let body = json!({"token": token, "approved": true, "fields": {"channel": "newsletter"}, "comment": "fine"});
+    let (code, v) = call_as(&api, None, "POST", "/answer", Some(body.clone())).await;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["output"]["by"], "link");
+    let (code, v) = call_as(&api, None, "POST", "/answer", Some(body)).await;
+    assert_eq!(code, 409, "the link works once: {v}");
+    let end = wait_end(&api, &run, 30).await;
+    assert_eq!(end["outputs"]["published"], "draft of post-3 to newsletter by link", "{end}");
+    workers.stop().await;
+}
+
+fn token_for_viewer() -> String {
+    token("vera", "t1", &["viewer"])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_event_resumes_only_the_runs_waiting_for_its_key() {
+    let Some(aws) = aws().await else { return };
+    let aws = stack(&aws, 30, 5).await;
+    let api = api(&aws);
+    let workers = Workers::start(&aws, 2, 10, |s| s);
+    let runs = [
+        start(&api, PAID, json!({"order": "A-1"})).await,
+        start(&api, PAID, json!({"order": "B-2"})).await,
+        start(&api, PAID, json!({"order": "C-3"})).await,
+    ];
+    let ids: Vec<&str> = runs.iter().map(String::as_str).collect();
+    waiting(&api, &ids, 3).await;
+    let event = |key: &str, amount: u32| json!({"name": "payment.settled", "key": key, "payload": {"amount": amount}});
+    let (code, v) = call(&api, "POST", "/events", Some(event("B-2", 20))).await;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["delivered"], json!([{"run_id": runs[1], "task": "paid", "item": null}]));
+    let end = wait_end(&api, &runs[1], 30).await;
+    assert_eq!(end["outputs"]["shipped"], "ship B-2: 20", "{end}");
+    // Delivered once: the same event again reaches nobody; another tenant's event neither.
+    let (_, v) = call(&api, "POST", "/events", Some(event("B-2", 99))).await;
+    assert_eq!(v["delivered"], json!([]), "{v}");
+    let other = token("ops", "t2", &["developer"]);
+    let (_, v) = call_as(&api, Some(&other), "POST", "/events", Some(event("A-1", 1))).await;
+    assert_eq!(v["delivered"], json!([]), "another tenant's runs: {v}");
+    let left = waiting(&api, &ids, 2).await;
+    let mut keys: Vec<&str> = left.iter().map(|r| r["key"].as_str().unwrap()).collect();
+    keys.sort();
+    assert_eq!(keys, ["A-1", "C-3"]);
+    for (key, run) in [("A-1", &runs[0]), ("C-3", &runs[2])] {
+        let (_, v) = call(&api, "POST", "/events", Some(event(key, 5))).await;
+        assert_eq!(v["delivered"][0]["run_id"], run.as_str(), "{v}");
+    }
+    for run in &runs {
+        let end = wait_end(&api, run, 30).await;
+        assert_eq!(end["status"], "succeeded", "{end}");
+        let (initial, log) = initial_and_log(&aws, run).await;
+        check_log(&plan(PAID), &log, initial);
+        assert_eq!(completions(&log), 1);
+    }
+    let (code, v) = call(&api, "POST", "/events", Some(json!({"key": "x"}))).await;
+    assert_eq!(code, 400, "{v}");
+    workers.stop().await;
+}
