@@ -154,7 +154,15 @@ impl Api {
                 Ok(true)
             }
             Ok(Outcome::Replayed) => Ok(false),
-            Err(e) => Err(Box::new(internal(e))),
+            Err(e) => {
+                // The answer may be stored with what it asks for unsent (the queue failed):
+                // its event on the queue makes a worker apply it, or, if it is stored, send
+                // what it owes (a stored event's redelivery replays its commands).
+                if let Err(q) = llmo_runtime::queue::Queue::send(self.queue.as_ref(), &d.message, 0).await {
+                    tracing::error!(error = %q, "an answer's event could not be queued either");
+                }
+                Err(Box::new(internal(e)))
+            }
         }
     }
 

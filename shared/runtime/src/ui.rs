@@ -7,6 +7,9 @@
 const INDEX: &str = include_str!("ui/index.html");
 const APP: &str = include_str!("ui/app.js");
 const STYLE: &str = include_str!("ui/style.css");
+/// The answer page of an approval's single-use link (`/ui/answer.html#<token>`).
+const ANSWER: &str = include_str!("ui/answer.html");
+const ANSWER_JS: &str = include_str!("ui/answer.js");
 
 /// The page's Content-Security-Policy: its own scripts, styles and API only.
 pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
@@ -19,6 +22,8 @@ pub fn asset(path: &str) -> Option<(&'static str, &'static str)> {
         "/ui" => Some(("text/html; charset=utf-8", INDEX)),
         "/ui/app.js" => Some(("text/javascript; charset=utf-8", APP)),
         "/ui/style.css" => Some(("text/css; charset=utf-8", STYLE)),
+        "/ui/answer.html" => Some(("text/html; charset=utf-8", ANSWER)),
+        "/ui/answer.js" => Some(("text/javascript; charset=utf-8", ANSWER_JS)),
         p if p.strip_prefix("/ui/runs/").is_some_and(|id| !id.is_empty() && !id.contains('/')) => {
             Some(("text/html; charset=utf-8", INDEX))
         }

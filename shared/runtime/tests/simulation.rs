@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use llmo_core::engine::{AttemptResult, Event, Millis, Plan, RunState, RunStatus, TaskStatus, Usage};
+use llmo_core::engine::{AttemptResult, Event, Millis, Plan, RunState, RunStatus, TaskStatus, Usage, WaitKind};
 use llmo_core::source::SourceFile;
 use llmo_core::validate::Validator;
 use llmo_runtime::executor::{Attempt, Executor, Registry};
@@ -256,13 +256,23 @@ struct Report {
 }
 
 async fn simulate(plan: Arc<Plan>, source: &'static str, seed: u64, faults: Faults) -> Report {
-    simulate_with(plan, source, seed, faults, false).await
+    simulate_with(plan, source, seed, faults, false, false).await
 }
 
 /// With `redrive`: task `x` is broken until the run has failed; then it is fixed and the run's
 /// `Redrive` is sent twice (a retried request) while the failed run's stale messages may still
 /// be on their way.
-async fn simulate_with(plan: Arc<Plan>, source: &'static str, seed: u64, faults: Faults, redrive: bool) -> Report {
+/// With `answers`: every unit that waits for an approval or an event is answered by three
+/// racing answers (differing only in who gave them), each sent at a random delay of up to
+/// 5 s, as three API requests would apply them.
+async fn simulate_with(
+    plan: Arc<Plan>,
+    source: &'static str,
+    seed: u64,
+    faults: Faults,
+    redrive: bool,
+    answers: bool,
+) -> Report {
     let plan = &plan;
     let rng: SharedRng = Arc::new(Mutex::new(Rng(seed)));
     let clock = Arc::new(ManualClock::default());
@@ -318,6 +328,7 @@ async fn simulate_with(plan: Arc<Plan>, source: &'static str, seed: u64, faults:
     *store.worker.lock().unwrap() = Some(Arc::downgrade(&racer));
     let mut steps = 0;
     let mut redriven = !redrive;
+    let mut answered = std::collections::HashSet::new();
     loop {
         if !redriven {
             let now = rebuild(plan, mem.load(&run_id).await.unwrap().unwrap()).unwrap();
@@ -328,6 +339,27 @@ async fn simulate_with(plan: Arc<Plan>, source: &'static str, seed: u64, faults:
                 queue.send(&m, 0).await.unwrap();
                 queue.send(&m, late).await.unwrap();
                 redriven = true;
+            }
+        }
+        if answers {
+            let now = rebuild(plan, mem.load(&run_id).await.unwrap().unwrap()).unwrap();
+            for (i, ts) in now.tasks.iter().enumerate() {
+                for (k, u) in ts.units.iter().enumerate() {
+                    let Some(w) = u.waits.as_ref().filter(|w| w.kind != WaitKind::Sleep) else { continue };
+                    if u.status != TaskStatus::Waiting || !answered.insert((i, k, u.attempt)) {
+                        continue;
+                    }
+                    let item = plan.checked.workflow.spec.tasks[i].for_each.is_some().then_some(k as u32);
+                    for who in ["ann", "bob", "cy"] {
+                        let output = match w.kind {
+                            WaitKind::Approval => json!({"approved": true, "fields": {}, "by": who}),
+                            _ => json!({"event": w.event, "key": w.key, "payload": 1, "by": who}),
+                        };
+                        let event = Event::Complete { task: i, item, attempt: u.attempt, output: Arc::new(output) };
+                        let late = (rng.lock().unwrap().next() % 5_000) as Millis;
+                        queue.send(&Message::Event { run_id: run_id.clone(), event }, late).await.unwrap();
+                    }
+                }
             }
         }
         if queue.is_empty() {
@@ -517,7 +549,7 @@ spec:
 async fn a_redrive_under_faults_ends_as_a_fault_free_redrive() {
     let outcome = Validator::default().validate(&SourceFile::new("redrive.yaml", REDRIVE));
     let plan = Arc::new(Plan::new(outcome.checked.expect("the redrive workflow is valid")));
-    let clean = simulate_with(plan.clone(), REDRIVE, 1, NONE, true).await;
+    let clean = simulate_with(plan.clone(), REDRIVE, 1, NONE, true, false).await;
     assert_eq!(clean.summary.0, RunStatus::Succeeded);
     assert_eq!(clean.summary.2, Some(json!({"y": "15!"})));
     check(&plan, &clean, &clean.summary).unwrap();
@@ -526,7 +558,7 @@ async fn a_redrive_under_faults_ends_as_a_fault_free_redrive() {
     let seeds: u64 = std::env::var("SIM_SEEDS").ok().and_then(|s| s.parse().ok()).map_or(300, |n: u64| (n / 30).max(1));
     let mut failures = Vec::new();
     for seed in 0..seeds {
-        let r = simulate_with(plan.clone(), REDRIVE, seed, MANY, true).await;
+        let r = simulate_with(plan.clone(), REDRIVE, seed, MANY, true, false).await;
         if let Err(e) = check(&plan, &r, &clean.summary) {
             failures.push(format!("seed {seed}: {e}"));
             continue;
@@ -588,6 +620,56 @@ async fn waits_under_faults_wake_once_and_end_the_run_the_same_way() {
         let r = simulate(plan.clone(), WAITS, seed, MANY).await;
         if let Err(e) = check(&plan, &r, &clean.summary) {
             failures.push(format!("seed {seed}: {e}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Approvals and events under faults: three racing answers per waiting unit (duplicated,
+/// reordered, late, raced by another worker, with crashes between storing an answer and
+/// sending what it asks for, and before acknowledging it) leave exactly one answer per unit;
+/// a wait whose timeout (1 s) races its answers (up to 5 s late) ends once, either way; the
+/// run ends as a fault-free run does.
+const ANSWERS: &str = r#"
+apiVersion: llm-orchestrator/v1
+kind: Workflow
+metadata: { name: sim-answers }
+spec:
+  inputs: { xs: { type: array, default: [1, 2, 3, 4, 5] } }
+  tasks:
+    - { id: a, type: transform, with: { output: a } }
+    - { id: review, type: wait, depends_on: [a], with: { approval: { prompt: ok? }, timeout: 1h } }
+    - { id: paid, type: wait, depends_on: [a], for_each: inputs.xs, with: { event: { name: paid, key: "{{ item }}" } } }
+    - { id: quick, type: wait, depends_on: [a], with: { approval: {}, timeout: 1s, on_timeout: succeed } }
+    - { id: z, type: transform, depends_on: [review, paid, quick], with: { output: "{{ tasks.review.output.approved }} {{ tasks.paid.output | length }}" } }
+  outputs:
+    z: "{{ tasks.z.output }}"
+"#;
+
+#[tokio::test]
+async fn racing_answers_under_faults_are_applied_once_per_waiting_unit() {
+    let outcome = Validator::default().validate(&SourceFile::new("answers.yaml", ANSWERS));
+    let plan = Arc::new(Plan::new(outcome.checked.expect("the answers workflow is valid")));
+    let clean = simulate_with(plan.clone(), ANSWERS, 1, NONE, false, true).await;
+    assert_eq!(clean.summary.0, RunStatus::Succeeded);
+    assert_eq!(clean.summary.2, Some(json!({"z": "True 5"})));
+    check(&plan, &clean, &clean.summary).unwrap();
+    let seeds: u64 = std::env::var("SIM_SEEDS").ok().and_then(|s| s.parse().ok()).map_or(300, |n: u64| (n / 30).max(1));
+    let mut failures = Vec::new();
+    for seed in 0..seeds {
+        let r = simulate_with(plan.clone(), ANSWERS, seed, MANY, false, true).await;
+        if let Err(e) = check(&plan, &r, &clean.summary) {
+            failures.push(format!("seed {seed}: {e}"));
+        }
+        // One outcome per waiting unit: an answer or (for `quick`) its timeout, never both.
+        let mut ended: HashMap<(usize, Option<u32>), usize> = HashMap::new();
+        for t in &r.log {
+            if let Event::Complete { task, item, .. } | Event::WakeDue { task, item, .. } = &t.event {
+                *ended.entry((*task, *item)).or_default() += 1;
+            }
+        }
+        if ended.len() != 7 || ended.values().any(|&n| n != 1) {
+            failures.push(format!("seed {seed}: waiting units ended {ended:?}"));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));

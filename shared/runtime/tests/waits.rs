@@ -1,7 +1,8 @@
 //! `wait` tasks in the embedded runtime, on a simulated clock (tokio's paused time, which the
 //! driver's `SystemClock` follows): a six-hour sleep and a sleep until a time an input names
 //! end without anything running meanwhile, and a run interrupted while it waits resumes its
-//! wait from the stored state instead of starting it over.
+//! wait from the stored state instead of starting it over; an approval an hour into its wait,
+//! written to the store by another process, resumes the run once.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -90,4 +91,70 @@ async fn a_run_stopped_while_waiting_resumes_its_wait() {
     assert_eq!(end.state.tasks[0].attempts, 1, "the wait was resumed, not started again");
     let woke = end.state.tasks[0].output.as_deref().unwrap()["waited_until"].as_u64().unwrap();
     assert_eq!(woke, start + 6 * 3_600_000, "it wakes when it was due, not six hours after the resume");
+}
+
+const REVIEW: &str = r#"
+apiVersion: llm-orchestrator/v1
+kind: Workflow
+metadata: { name: review }
+spec:
+  tasks:
+    - id: review
+      type: wait
+      with:
+        approval:
+          prompt: Ship it?
+          fields: { channel: { type: string, enum: [blog, mail] } }
+        timeout: 2h
+    - { id: ship, type: transform, depends_on: [review], with: { output: "{{ tasks.review.output.fields.channel }} by {{ tasks.review.output.by }}" } }
+  outputs:
+    shipped: "{{ tasks.ship.output }}"
+"#;
+
+fn review_driver(store: Arc<MemoryStore>) -> Driver {
+    let checked = Validator::default().validate(&SourceFile::new("review.yaml", REVIEW)).checked.expect("valid");
+    Driver { plan: Arc::new(Plan::new(checked)), ..driver(store) }
+}
+
+/// An approval that comes an hour into the wait (from another process: written to the store,
+/// as `llmo approve` does) is picked up by the driver running the run, which goes on; the
+/// same answer again, and a second answer, are refused; the timeout (2 h) never fires.
+#[tokio::test(start_paused = true)]
+async fn an_approval_an_hour_later_resumes_the_run_once() {
+    use llmo_core::engine::waits::{AnswerError, Approval};
+    let store = Arc::new(MemoryStore::default());
+    let d = review_driver(store.clone());
+    let (plan, clock) = (d.plan.clone(), d.clock.clone());
+    let start = d.clock.now();
+    let running =
+        tokio::spawn(async move { d.start("run-r", Default::default(), "review.yaml", REVIEW, &mut Quiet).await });
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    let listed = store.waiters("", None, 10).await.unwrap();
+    assert_eq!(listed.len(), 1, "the waiting approval is listed: {listed:?}");
+    let approval =
+        Approval { approved: true, fields: json!({"channel": "mail"}).as_object().cloned().unwrap(), comment: None };
+    let answer = |by: &'static str| {
+        let (plan, store, approval, clock) = (plan.clone(), store.clone(), approval.clone(), clock.clone());
+        async move {
+            llmo_runtime::waits::answer(&plan, store.as_ref(), clock.as_ref(), "run-r", |st| {
+                plan.approve(st, "review", None, &approval, by)
+            })
+            .await
+        }
+    };
+    let st = answer("ann").await.unwrap();
+    assert_eq!(st.tasks[0].status, TaskStatus::Succeeded);
+    assert!(store.waiters("", None, 10).await.unwrap().is_empty(), "answered: no longer listed");
+    match answer("bob").await {
+        Err(llmo_runtime::waits::Error::Answer(AnswerError::NotWaiting(m))) => assert!(m.contains("by ann"), "{m}"),
+        other => panic!("a second answer: {other:?}"),
+    }
+    let end = running.await.unwrap().unwrap();
+    assert_eq!(end.state.status, RunStatus::Succeeded, "{:?}", end.state.error);
+    assert_eq!(end.state.outputs, Some(json!({"shipped": "mail by ann"})));
+    let log = store.history("run-r").await.unwrap();
+    let took = log[1].at - start;
+    assert!((3_600_000..3_700_000).contains(&took), "answered an hour in, not at the timeout: {took} ms");
+    let keys: Vec<String> = log.iter().map(|t| t.event.key()).collect();
+    assert_eq!(keys, ["start", "complete/0/-/1", "done/1/-/1"], "nothing ran or polled while it waited");
 }
