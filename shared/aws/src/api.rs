@@ -11,6 +11,10 @@
 //! | `GET /runs/{id}` | viewer | status, task states, outputs, cost |
 //! | `GET /runs/{id}/history` | viewer | the transition log |
 //! | `POST /runs/{id}/cancel` | developer | cancels (stored before the answer; `on.failure` hooks run) |
+//! | `GET /waiting` | viewer | tasks waiting for an approval or an event ([`crate::answers`]) |
+//! | `POST /runs/{id}/tasks/{task}/complete` | the wait's approvers | approves or rejects, once |
+//! | `POST /events` `{"name", "key", "payload"}` | developer | resumes the tasks waiting for it |
+//! | `POST /answer` `{"token", ..}` | none: the link's token | an approval answered by its link |
 //! | `GET /audit?run=&since=&until=&limit=` | admin | the audit trail, oldest first |
 //! | `POST /sweep` | admin and operator | runs the sweeper once over every tenant's runs (`llmo sweep`) |
 //! | `GET /openapi.json` | viewer | the API's OpenAPI 3.1 description (`docs/openapi.json`) |
