@@ -106,6 +106,10 @@ enum Command {
     /// their outputs and do not run again; the others run again with fresh retries.
     Redrive {
         run_id: String,
+        /// Edit an input for the tasks that run again, NAME=VALUE (VALUE is read as JSON when it
+        /// parses, else as text). Repeatable; recorded with the redrive in the run's history.
+        #[arg(long = "input", short = 'i', value_name = "NAME=VALUE")]
+        inputs: Vec<String>,
         #[arg(long, value_name = "PATH", default_value = ".llmo/runs.db")]
         state: PathBuf,
         /// Ask the serverless API at this URL instead of a state file.
@@ -540,8 +544,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 None => waits::send_event(&name, &key, &payload, &state),
             }
         }
-        Command::Redrive { run_id, api: Some(api), .. } => remote::redrive(&run_id, Some(&api)),
-        Command::Redrive { run_id, state, exec, api: None } => run::redrive(&run_id, &state, &exec.exec()),
+        Command::Redrive { run_id, inputs, api: Some(api), .. } => {
+            let edits = run::edited_inputs(&inputs)?;
+            remote::redrive(&run_id, edits, Some(&api))
+        }
+        Command::Redrive { run_id, inputs, state, exec, api: None } => {
+            let edits = run::edited_inputs(&inputs)?;
+            run::redrive(&run_id, edits, &state, &exec.exec())
+        }
         Command::Rerun { run_id, from, api: Some(api), .. } => remote::rerun(&run_id, &from, Some(&api)),
         Command::Rerun { run_id, from, state, exec, api: None } => run::rerun(&run_id, &from, &state, &exec.exec()),
         Command::Status { run_id, api: Some(api), .. } => remote::status(&run_id, Some(&api)),

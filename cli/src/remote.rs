@@ -323,12 +323,17 @@ pub fn costs(by: &str, since: &str, tenant: Option<&str>, api: Option<&str>, as_
     crate::run::print_costs(&v["rows"], as_json)
 }
 
-/// `llmo redrive RUN --api`: `POST /runs/{id}/redrive`, then the run's state.
-pub fn redrive(run_id: &str, api: Option<&str>) -> Result<ExitCode> {
+/// `llmo redrive RUN --api`: `POST /runs/{id}/redrive` (with `{"inputs"}` when edited), then
+/// the run's state.
+pub fn redrive(run_id: &str, edits: Option<serde_json::Map<String, Value>>, api: Option<&str>) -> Result<ExitCode> {
     let base = base(api);
     let url = format!("{base}/runs/{run_id}/redrive");
     let rt = runtime()?;
-    let (status, v) = rt.block_on(async { call(client()?.post(&url), &url).await })?;
+    let req = |c: reqwest::Client| match &edits {
+        Some(e) => c.post(&url).json(&json!({"inputs": e})),
+        None => c.post(&url),
+    };
+    let (status, v) = rt.block_on(async { call(req(client()?), &url).await })?;
     if status != 200 {
         return Ok(refused("redrive", status, &v));
     }

@@ -107,7 +107,14 @@ pub fn given_inputs(opts: &Options) -> Result<Map<String, Value>> {
             _ => bail!("{}: inputs must be a mapping of input names to values", f.display()),
         }
     }
-    for kv in &opts.inputs {
+    given.extend(name_values(&opts.inputs)?);
+    Ok(given)
+}
+
+/// `--input NAME=VALUE` arguments (VALUE read as JSON when it parses, else as text).
+fn name_values(inputs: &[String]) -> Result<Map<String, Value>> {
+    let mut given = Map::new();
+    for kv in inputs {
         let Some((k, v)) = kv.split_once('=') else {
             bail!("--input takes NAME=VALUE, got `{kv}`");
         };
@@ -115,6 +122,14 @@ pub fn given_inputs(opts: &Options) -> Result<Map<String, Value>> {
         given.insert(k.to_string(), value);
     }
     Ok(given)
+}
+
+/// `llmo redrive -i NAME=VALUE ...`: the edited inputs (none when no `-i` is given).
+pub fn edited_inputs(inputs: &[String]) -> Result<Option<Map<String, Value>>> {
+    if inputs.is_empty() {
+        return Ok(None);
+    }
+    name_values(inputs).map(Some)
 }
 
 /// What `llmo run` serves while (and after) it runs.
@@ -242,7 +257,7 @@ pub fn resume(run_id: &str, state: &Path, exec: &Exec) -> Result<ExitCode> {
 
 /// `llmo redrive RUN_ID`: a failed or timed-out run continues from its failed tasks; tasks
 /// that succeeded keep their outputs and do not run again.
-pub fn redrive(run_id: &str, state: &Path, exec: &Exec) -> Result<ExitCode> {
+pub fn redrive(run_id: &str, edits: Option<Map<String, Value>>, state: &Path, exec: &Exec) -> Result<ExitCode> {
     let rt = runtime()?;
     let store = open_store(Some(state), exec.durability)?;
     let (plan, run) = rt.block_on(stored(store.as_ref(), run_id, state))?;
@@ -252,11 +267,19 @@ pub fn redrive(run_id: &str, state: &Path, exec: &Exec) -> Result<ExitCode> {
         eprintln!("{run_id}: {}; only a failed or timed-out run is redriven", st.status.as_str());
         return Ok(ExitCode::from(1));
     }
+    if let Some(e) = &edits
+        && let Err(errors) = llmo_core::inputs::check_edits(&plan.checked.workflow.spec.inputs, &st.inputs, e)
+    {
+        for e in errors {
+            eprintln!("error: {run_id}: input `{}`{}: {}", e.input, e.path, e.message);
+        }
+        return Ok(ExitCode::from(2));
+    }
     let again = st.tasks.iter().filter(|t| t.status != TaskStatus::Succeeded).count();
     eprintln!("{run_id}: redriving {again} of {} tasks (the others keep their outputs)", plan.task_count());
     let d = driver(plan.clone(), store, Some(state), exec)?;
     let mut progress = Progress::new(&plan, None);
-    let end = until_interrupted(&rt, d.redrive(run_id, &mut progress))?;
+    let end = until_interrupted(&rt, d.redrive(run_id, edits, &mut progress))?;
     let Some(end) = end else { return Ok(interrupted(run_id, Some(state))) };
     finish(&plan, &end.state, progress.started)
 }
@@ -370,7 +393,11 @@ fn describe(plan: &Plan, t: &Transition) -> Value {
         Event::Cancel => "cancel".to_string(),
         Event::Abort { reason } => format!("aborted: {reason}"),
         Event::Tick => "tick".to_string(),
-        Event::Redrive { after } => format!("redrive (of the run ended at version {after})"),
+        Event::Redrive { after, inputs: None } => format!("redrive (of the run ended at version {after})"),
+        Event::Redrive { after, inputs: Some(edits) } => {
+            let names: Vec<&str> = edits.keys().map(String::as_str).collect();
+            format!("redrive (of the run ended at version {after}) with edited inputs: {}", names.join(", "))
+        }
         Event::RetryDue { task, item, attempt } => format!("{} retry due (attempt {})", id(*task, *item), attempt + 1),
         Event::WakeDue { task, item, .. } => format!("{} woke", id(*task, *item)),
         Event::Complete { task, item, output, .. } => {

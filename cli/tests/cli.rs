@@ -617,6 +617,62 @@ fn redrive_reruns_only_the_failed_tasks_once_the_dependency_is_fixed() {
     drop(rt);
 }
 
+/// A redrive with an edited input: the dependency moved to another address, so the failed task
+/// runs again against the new `base` (the tasks that succeeded are not run again, so the old
+/// server is not called again), and the history records which inputs were edited. An edit
+/// that does not check is refused before anything is stored.
+#[test]
+fn redrive_with_an_edited_input_runs_the_failed_task_with_it() {
+    use wiremock::matchers::{method, path};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mount = |server: &wiremock::MockServer, p: &'static str, code: u16, body: serde_json::Value| {
+        rt.block_on(
+            wiremock::Mock::given(method("GET"))
+                .and(path(p))
+                .respond_with(wiremock::ResponseTemplate::new(code).set_body_json(body))
+                .mount(server),
+        )
+    };
+    let old = rt.block_on(wiremock::MockServer::start());
+    mount(&old, "/first", 200, serde_json::json!({"n": 4}));
+    mount(&old, "/data", 503, serde_json::json!({"error": "gone"}));
+    let moved = rt.block_on(wiremock::MockServer::start());
+    mount(&moved, "/data", 200, serde_json::json!({"n": 2}));
+    let dir = std::env::temp_dir().join(format!("llmo-redrive-edit-{}", std::process::id()));
+    let db = dir.join("runs.db");
+    let _ = std::fs::remove_dir_all(&dir);
+    let run = |args: &[&str]| {
+        let mut c = command();
+        c.args(args).env("LLMO_EGRESS_ALLOW", "127.0.0.1/32").env("LLMO_EGRESS_ALLOW_HTTP", "1");
+        c.output().unwrap()
+    };
+    let base = format!("base={}", old.uri());
+    let out = run(&["run", "--state", db.to_str().unwrap(), "tests/fixtures/redrive/flaky.yaml", "-i", &base]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let run_id = text(&out.stderr).lines().next().unwrap().split(':').next().unwrap().to_string();
+
+    let out = run(&["redrive", &run_id, "--state", db.to_str().unwrap(), "-i", "bsae=x"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("unknown input `bsae`"), "{}", text(&out.stderr));
+
+    let moved_base = format!("base={}", moved.uri());
+    let out = run(&["redrive", &run_id, "--state", db.to_str().unwrap(), "-i", &moved_base]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let outputs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(outputs["total"], 42, "prepare's recorded 40 plus the moved dependency's 2");
+    let old_calls: Vec<String> =
+        rt.block_on(old.received_requests()).unwrap().iter().map(|r| r.url.path().to_string()).collect();
+    assert_eq!(old_calls, ["/first", "/data"], "the old server is not called after the redrive");
+    assert_eq!(rt.block_on(moved.received_requests()).unwrap().len(), 1);
+    let status: serde_json::Value =
+        serde_json::from_slice(&llmo(&["status", &run_id, "--state", db.to_str().unwrap(), "--history"]).stdout)
+            .unwrap();
+    let history = status["history"].as_array().unwrap();
+    assert!(history.iter().any(|h| h["event"].as_str().unwrap().ends_with("with edited inputs: base")), "{history:?}");
+    std::fs::remove_dir_all(&dir).ok();
+    drop(rt);
+}
+
 /// `llmo rerun RUN --from TASK`: a new run that reuses the recorded outputs upstream of TASK
 /// and runs TASK and everything downstream again; its status names the source run.
 #[test]

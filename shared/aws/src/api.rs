@@ -541,7 +541,7 @@ impl Api {
             Route::GetRun(id) => (self.get(&tenant, id).await, None),
             Route::History(id) => (self.history(id, query).await, None),
             Route::Cancel(id) => (self.cancel(&tenant, id).await, None),
-            Route::Redrive(id) => (self.redrive(&tenant, id).await, None),
+            Route::Redrive(id) => (self.redrive(&tenant, id, &body).await, None),
             Route::Rerun(id) => self.rerun(id, &body).await,
             Route::Complete(id, task) => (self.complete(p, &tenant, id, task, &body).await, None),
             Route::Events => (self.events(p, &tenant, &body).await, None),
@@ -849,7 +849,14 @@ impl Api {
 
     /// `POST /runs/{id}/redrive`: a failed or timed-out run continues from its failed tasks
     /// (those that succeeded keep their outputs); 409 for a run in any other state.
-    async fn redrive(&self, tenant: &str, id: &str) -> Reply {
+    /// With `{"inputs": {..}}`, the run's inputs are edited for the tasks that run again
+    /// (checked against the workflow's declarations; recorded with the redrive).
+    async fn redrive(&self, tenant: &str, id: &str, body: &Value) -> Reply {
+        let edits = match body.get("inputs") {
+            None | Some(Value::Null) => None,
+            Some(Value::Object(m)) => Some(m.clone()),
+            Some(_) => return problem(StatusCode::BAD_REQUEST, "`inputs` is an object of input names to values"),
+        };
         let stored = match self.store.load(id).await {
             Ok(Some(s)) => s,
             Ok(None) => return no_run(id),
@@ -871,9 +878,17 @@ impl Api {
                 format!("{id} is {}: only a failed or timed-out run is redriven", st.status.as_str()),
             );
         }
+        if let Some(e) = &edits
+            && let Err(errors) = llmo_core::inputs::check_edits(&plan.checked.workflow.spec.inputs, &st.inputs, e)
+        {
+            return start_error(StartError::Inputs(errors));
+        }
         let d = Delivery {
             receipt: String::new(),
-            message: Message::Event { run_id: id.to_string(), event: Event::Redrive { after: st.version } },
+            message: Message::Event {
+                run_id: id.to_string(),
+                event: Event::Redrive { after: st.version, inputs: edits },
+            },
             receive_count: 1,
             trace: llmo_runtime::telemetry::traceparent(),
         };

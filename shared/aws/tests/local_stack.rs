@@ -705,7 +705,11 @@ async fn a_redrive_continues_a_failed_run_from_its_failed_task() {
     assert_eq!(code, 404, "{v}");
 
     flaky.broken.store(false, SeqCst);
-    let (code, v) = call(&api, "POST", &format!("/runs/{run_id}/redrive"), None).await;
+    let uri = format!("/runs/{run_id}/redrive");
+    let (code, v) = call(&api, "POST", &uri, Some(json!({"inputs": {"bsae": "https://x.invalid"}}))).await;
+    assert_eq!(code, 422, "an edit that does not check is refused: {v}");
+    // Redriven with an edited input (recorded in the log with the redrive).
+    let (code, v) = call(&api, "POST", &uri, Some(json!({"inputs": {"base": "https://moved.invalid"}}))).await;
     assert_eq!(code, 200, "{v}");
     assert!(["running", "succeeded"].contains(&v["status"].as_str().unwrap()), "{v}");
     let got = wait_end(&api, &run_id, 60).await;
@@ -729,7 +733,12 @@ async fn a_redrive_continues_a_failed_run_from_its_failed_task() {
     let (initial, log) = initial_and_log(&aws, &run_id).await;
     let st = check_log(&plan(&source), &log, initial);
     assert_eq!(st.status, RunStatus::Succeeded);
-    assert!(log.iter().any(|t| matches!(t.event, Event::Redrive { .. })));
+    assert!(
+        log.iter().any(
+            |t| matches!(&t.event, Event::Redrive { inputs: Some(i), .. } if i["base"] == "https://moved.invalid")
+        )
+    );
+    assert_eq!(st.inputs["base"], "https://moved.invalid");
 }
 
 /// `POST /runs/{id}/rerun` on the serverless runtime: a new run that reuses the fan-out's

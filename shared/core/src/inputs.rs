@@ -104,6 +104,20 @@ pub(crate) fn short(v: &Value) -> String {
     if s.chars().count() > 40 { format!("{}…", s.chars().take(40).collect::<String>()) } else { s }
 }
 
+/// Checks edits to a run's inputs (a redrive with edited inputs): every edited name must be
+/// declared, and the inputs with the edits applied must check as a run's inputs would.
+pub fn check_edits(
+    decl: &IndexMap<String, InputSpec>,
+    current: &Map<String, Value>,
+    edits: &Map<String, Value>,
+) -> Result<(), Vec<InputError>> {
+    let mut merged = current.clone();
+    for (k, v) in edits {
+        merged.insert(k.clone(), v.clone());
+    }
+    resolve_inputs(decl, &merged).map(|_| ())
+}
+
 /// Checks the inputs given to a run and fills in defaults. Unknown inputs, missing required
 /// inputs and ill-typed values are all reported at once. Defaults are not checked again
 /// here: the validator checks them against their declaration.

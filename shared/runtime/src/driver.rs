@@ -154,13 +154,20 @@ impl Driver {
     /// Continues a failed or timed-out run from its failed tasks (`Event::Redrive`): tasks
     /// that succeeded keep their outputs; the others are decided and run again, with fresh
     /// retries. A run in any other state is returned as it is.
-    pub async fn redrive(&self, run_id: &str, observer: &mut dyn Observer) -> Result<Finished, Error> {
+    /// `inputs`: edits to the run's inputs, checked by the caller
+    /// ([`llmo_core::inputs::check_edits`]) and recorded with the redrive.
+    pub async fn redrive(
+        &self,
+        run_id: &str,
+        inputs: Option<Map<String, Value>>,
+        observer: &mut dyn Observer,
+    ) -> Result<Finished, Error> {
         let st = self.load(run_id).await?;
         if !matches!(st.status, RunStatus::Failed | RunStatus::TimedOut) {
             return Ok(Finished { state: st, hooks: Vec::new() });
         }
         let after = st.version;
-        self.drive(st, vec![Event::Redrive { after }], Vec::new(), observer).await
+        self.drive(st, vec![Event::Redrive { after, inputs }], Vec::new(), observer).await
     }
 
     async fn load(&self, run_id: &str) -> Result<RunState, Error> {

@@ -334,7 +334,10 @@ async fn simulate_with(
             let now = rebuild(plan, mem.load(&run_id).await.unwrap().unwrap()).unwrap();
             if now.status == RunStatus::Failed {
                 exec.broken.store(false, Ordering::SeqCst);
-                let m = Message::Event { run_id: run_id.clone(), event: Event::Redrive { after: now.version } };
+                let m = Message::Event {
+                    run_id: run_id.clone(),
+                    event: Event::Redrive { after: now.version, inputs: None },
+                };
                 let late = (rng.lock().unwrap().next() % 5_000) as Millis;
                 queue.send(&m, 0).await.unwrap();
                 queue.send(&m, late).await.unwrap();

@@ -697,7 +697,7 @@ impl Transition<'_, '_> {
                 };
                 self.advance();
             }
-            Event::Redrive { after } => {
+            Event::Redrive { after, inputs } => {
                 if !matches!(self.st.status, RunStatus::Failed | RunStatus::TimedOut) {
                     return Err(Ignored("only a failed or timed-out run is redriven"));
                 }
@@ -707,6 +707,9 @@ impl Transition<'_, '_> {
                 self.move_run(RunStatus::Running);
                 self.st.error = None;
                 self.st.outputs = None;
+                for (k, v) in inputs.iter().flatten() {
+                    self.st.inputs.insert(k.clone(), v.clone());
+                }
                 self.arm_deadline();
                 for i in 0..self.st.tasks.len() {
                     if self.st.tasks[i].status == TaskStatus::Succeeded {

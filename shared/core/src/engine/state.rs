@@ -368,7 +368,13 @@ pub enum Event {
     /// Continue a failed or timed-out run from where it stopped: tasks that succeeded keep
     /// their outputs; every other task is decided and run again, its retries counted afresh.
     /// `after`: the version of the ended run it was asked for (a late duplicate is ignored).
-    Redrive { after: u64 },
+    /// `inputs`: run inputs edited for the tasks that run again (checked by whoever asked:
+    /// [`crate::engine::Plan::edited_inputs`]), recorded here so the log says what changed.
+    Redrive {
+        after: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        inputs: Option<serde_json::Map<String, Value>>,
+    },
 }
 
 impl Event {
@@ -388,7 +394,7 @@ impl Event {
             Event::Cancel => "cancel".into(),
             Event::Abort { .. } => "abort".into(),
             Event::Tick => "tick".into(),
-            Event::Redrive { after } => format!("redrive/{after}"),
+            Event::Redrive { after, .. } => format!("redrive/{after}"),
         }
     }
 }

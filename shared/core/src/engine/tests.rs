@@ -726,11 +726,11 @@ spec:
     );
     let ended = d.st.version;
     assert_eq!(
-        p.apply(&mut d.st.clone(), &Event::Redrive { after: ended - 1 }, d.now),
+        p.apply(&mut d.st.clone(), &Event::Redrive { after: ended - 1, inputs: None }, d.now),
         Err(Ignored("the run changed since this redrive was asked for"))
     );
     d.executed.clear();
-    d.apply(Event::Redrive { after: ended }).unwrap();
+    d.apply(Event::Redrive { after: ended, inputs: None }).unwrap();
     assert_eq!(d.st.status, RunStatus::Running);
     assert_eq!((d.st.error.as_ref(), d.st.ended_at, d.st.ended_tasks), (None, None, 2), "a and side stay ended");
     // Fresh retries: `b` fails once more and then succeeds; its attempts go on from 3.
@@ -751,9 +751,9 @@ spec:
     assert_eq!(d.st.tasks[1].attempts, 4);
     // A late duplicate of the redrive, and a redrive of a succeeded run, change nothing.
     let before = d.st.clone();
-    assert!(p.apply(&mut d.st, &Event::Redrive { after: ended }, d.now).is_err());
+    assert!(p.apply(&mut d.st, &Event::Redrive { after: ended, inputs: None }, d.now).is_err());
     let now_version = d.st.version;
-    assert!(p.apply(&mut d.st, &Event::Redrive { after: now_version }, d.now).is_err());
+    assert!(p.apply(&mut d.st, &Event::Redrive { after: now_version, inputs: None }, d.now).is_err());
     assert_eq!(d.st, before);
 }
 
