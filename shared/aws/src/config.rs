@@ -6,6 +6,9 @@
 //! | `LLMO_QUEUE_URL` | step queue | `<endpoint>/000000000000/llmo-steps` |
 //! | `LLMO_DLQ_URL` | dead-letter queue | `<endpoint>/000000000000/llmo-dead` |
 //! | `LLMO_BUCKET` | checkpoints and large payloads | `llmo` |
+//! | `LLMO_SCHEDULER_ROLE_ARN` | the role EventBridge Scheduler sends to the step queue with; set: delays past SQS's 15 minutes are one-shot schedules ([`OneShots`]) | none: such delays are re-sent every 15 minutes |
+//! | `LLMO_QUEUE_ARN` | the step queue's ARN (the schedules' target) | from `LLMO_QUEUE_URL` |
+//! | `LLMO_SCHEDULE_GROUP` | the schedule group one-shots are made in | `default` |
 //!
 //! Endpoints, region and credentials come from the SDK's own variables (`AWS_ENDPOINT_URL`,
 //! `AWS_ENDPOINT_URL_DYNAMODB`, `AWS_REGION`, ...), so the same binaries run against AWS,
@@ -29,6 +32,21 @@ pub struct Aws {
     pub bucket: String,
     pub meter: Arc<Meter>,
     pub lifetime: Lifetime,
+    /// One-shot EventBridge schedules for delays longer than SQS holds a message.
+    pub one_shots: Option<OneShots>,
+}
+
+/// Where long delays go: an EventBridge Scheduler one-shot (`at(...)`, deleted after it
+/// fires) that sends the message to the step queue when it is due. Nothing is re-sent or
+/// received while the delay lasts.
+#[derive(Clone)]
+pub struct OneShots {
+    pub scheduler: aws_sdk_scheduler::Client,
+    /// The role the scheduler assumes to send to the queue.
+    pub role_arn: String,
+    /// The step queue's ARN.
+    pub queue_arn: String,
+    pub group: String,
 }
 
 /// How long runs may last and how long they are kept: one setting drives every item of a run
@@ -98,6 +116,14 @@ impl Aws {
         let secretsmanager =
             aws_sdk_secretsmanager::Client::from_conf(aws_sdk_secretsmanager::config::Builder::from(&sdk).build());
         let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let one_shots = var("LLMO_SCHEDULER_ROLE_ARN").map(|role_arn| OneShots {
+            scheduler: aws_sdk_scheduler::Client::from_conf(
+                aws_sdk_scheduler::config::Builder::from(&sdk).interceptor(count(Service::Scheduler)).build(),
+            ),
+            role_arn,
+            queue_arn: var("LLMO_QUEUE_ARN").unwrap_or_default(),
+            group: var("LLMO_SCHEDULE_GROUP").unwrap_or_else(|| "default".into()),
+        });
         let endpoint = var("AWS_ENDPOINT_URL_SQS").or_else(|| var("AWS_ENDPOINT_URL")).unwrap_or_else(|| {
             format!("https://sqs.{}.amazonaws.com", sdk.region().map_or("us-east-1", |r| r.as_ref()))
         });
@@ -113,6 +139,7 @@ impl Aws {
             bucket: var("LLMO_BUCKET").unwrap_or_else(|| "llmo".into()),
             meter,
             lifetime: Lifetime::from_env(),
+            one_shots,
         }
     }
 

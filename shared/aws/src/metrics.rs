@@ -21,6 +21,8 @@ pub struct Meter {
     pub sqs: AtomicU64,
     pub dynamodb: AtomicU64,
     pub s3: AtomicU64,
+    /// EventBridge Scheduler requests (one-shots for delays past 15 minutes).
+    pub scheduler: AtomicU64,
     wru_milli: AtomicU64,
     rru_milli: AtomicU64,
     /// Conditional writes that lost (billed, changed nothing).
@@ -89,6 +91,7 @@ pub enum Service {
     Sqs,
     DynamoDb,
     S3,
+    Scheduler,
 }
 
 /// Counts the requests a client transmits.
@@ -113,6 +116,7 @@ impl Intercept for CountRequests {
             Service::Sqs => &self.meter.sqs,
             Service::DynamoDb => &self.meter.dynamodb,
             Service::S3 => &self.meter.s3,
+            Service::Scheduler => &self.meter.scheduler,
         };
         c.fetch_add(1, Ordering::Relaxed);
         Ok(())

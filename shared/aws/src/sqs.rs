@@ -4,8 +4,10 @@
 //! carry as-is:
 //! - a body over [`CLAIM_CHECK_BYTES`] (SQS's limit is 256 KiB on LocalStack, 1 MiB on AWS)
 //!   goes to S3 and the message carries `{"v":1,"claim":"<key>"}`;
-//! - a delay over SQS's 15 minutes is sent as 15 minutes with a `llmo-not-before` attribute;
-//!   a receiver that gets it early sends it again with the rest of the delay.
+//! - a delay over SQS's 15 minutes is an EventBridge Scheduler one-shot that sends the message
+//!   when it is due ([`crate::config::OneShots`], deployed); without one, it is sent as 15
+//!   minutes with a `llmo-not-before` attribute and a receiver that gets it early sends it
+//!   again with the rest of the delay.
 
 use std::collections::HashMap;
 
@@ -122,6 +124,12 @@ impl SqsQueue {
     /// Sends an encoded body with a delay of any length, carrying `trace` (a W3C
     /// `traceparent`) as the message attribute [`TRACEPARENT`].
     pub async fn send_traced(&self, body: String, delay_ms: Millis, trace: Option<String>) -> Result<(), QueueError> {
+        if delay_ms > self.max_delay_ms
+            && self.url == self.aws.queue_url
+            && let Some(o) = &self.aws.one_shots
+        {
+            return one_shot(o, &body, now_ms() + delay_ms).await;
+        }
         let mut req = self.aws.sqs.send_message().queue_url(&self.url).message_body(body);
         let (secs, attr) = self.delay(delay_ms);
         req = req.delay_seconds(secs);
@@ -234,6 +242,46 @@ impl SqsQueue {
     }
 }
 
+/// The one-shot schedule that sends `body` to the step queue at `at` (ms since the epoch,
+/// rounded up to the second). Its name is a hash of the body and the time, so sending the
+/// same message for the same time twice (a redelivered step) makes one schedule.
+pub async fn one_shot(o: &crate::config::OneShots, body: &str, at: Millis) -> Result<(), QueueError> {
+    use aws_sdk_scheduler::types::{ActionAfterCompletion, FlexibleTimeWindow, FlexibleTimeWindowMode, Target};
+    let secs = at.div_ceil(1000);
+    let when = at_expression(secs);
+    let hash: String =
+        Sha256::digest(format!("{secs}\0{body}").as_bytes()).iter().take(16).map(|b| format!("{b:02x}")).collect();
+    let name = format!("llmo-{hash}");
+    let target = Target::builder().arn(&o.queue_arn).role_arn(&o.role_arn).input(body).build().map_err(io)?;
+    let window = FlexibleTimeWindow::builder().mode(FlexibleTimeWindowMode::Off).build().map_err(io)?;
+    let r = o
+        .scheduler
+        .create_schedule()
+        .name(&name)
+        .group_name(&o.group)
+        .schedule_expression(&when)
+        .schedule_expression_timezone("UTC")
+        .flexible_time_window(window)
+        .action_after_completion(ActionAfterCompletion::Delete)
+        .target(target)
+        .send()
+        .await;
+    match r {
+        Ok(_) => Ok(()),
+        Err(e) if e.as_service_error().is_some_and(|s| s.is_conflict_exception()) => Ok(()),
+        Err(e) => Err(QueueError::Io(format!(
+            "scheduler create {name}: {}",
+            aws_sdk_scheduler::error::DisplayErrorContext(e)
+        ))),
+    }
+}
+
+/// `at(yyyy-mm-ddThh:mm:ss)` for `secs` since the epoch (UTC).
+pub fn at_expression(secs: u64) -> String {
+    let day = llmo_runtime::costs::day_of(secs * 1000);
+    format!("at({day}T{:02}:{:02}:{:02})", secs / 3600 % 24, secs / 60 % 60, secs % 60)
+}
+
 /// The ARN Lambda would report for a queue URL (`.../<account>/<name>`).
 fn arn_of(url: &str) -> String {
     let mut parts = url.rsplit('/');
@@ -253,8 +301,15 @@ impl Queue for SqsQueue {
     async fn send_batch(&self, messages: &[(Message, Millis)]) -> Result<(), QueueError> {
         let trace = llmo_runtime::telemetry::traceparent();
         let mut bodies = Vec::with_capacity(messages.len());
+        let scheduled = self.aws.one_shots.is_some() && self.url == self.aws.queue_url;
         for (m, delay) in messages {
-            bodies.push((self.body(m).await?, *delay));
+            let body = self.body(m).await?;
+            if scheduled && *delay > self.max_delay_ms {
+                // A one-shot schedule each (see `send_traced`).
+                self.send_traced(body, *delay, trace.clone()).await?;
+            } else {
+                bodies.push((body, *delay));
+            }
         }
         for chunk in batches(&bodies) {
             if chunk.len() == 1 {

@@ -232,3 +232,85 @@ async fn an_event_resumes_only_the_runs_waiting_for_its_key() {
     assert_eq!(code, 400, "{v}");
     workers.stop().await;
 }
+
+/// A sleep longer than SQS's 15-minute delay becomes one EventBridge Scheduler one-shot
+/// (`at(...)` the wake time, to the second, deleted after it fires, its input the wake
+/// message) and nothing is on the queue meanwhile. LocalStack's Scheduler stores schedules but
+/// does not fire them, so the test then plays the scheduler: it sends the schedule's input to
+/// the queue, as EventBridge would at that time, and the run goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_two_hour_sleep_is_one_scheduler_one_shot() {
+    let Some(aws) = aws().await else { return };
+    let mut aws = stack(&aws, 30, 5).await;
+    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await;
+    let scheduler = aws_sdk_scheduler::Client::new(&sdk);
+    let group = format!("g{}", &aws.table[aws.table.len().saturating_sub(12)..]).replace(['_', '.'], "-");
+    scheduler.create_schedule_group().name(&group).send().await.expect("a schedule group");
+    let queue_arn = aws
+        .sqs
+        .get_queue_attributes()
+        .queue_url(&aws.queue_url)
+        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .unwrap()
+        .attributes()
+        .and_then(|a| a.get(&aws_sdk_sqs::types::QueueAttributeName::QueueArn).cloned())
+        .unwrap();
+    aws.one_shots = Some(llmo_aws::config::OneShots {
+        scheduler: scheduler.clone(),
+        role_arn: "arn:aws:iam::000000000000:role/llmo-scheduler".into(),
+        queue_arn: queue_arn.clone(),
+        group: group.clone(),
+    });
+    const NAP: &str = r#"
+apiVersion: llm-orchestrator/v1
+kind: Workflow
+metadata: { name: long-nap }
+spec:
+  tasks:
+    - { id: nap, type: wait, with: { sleep: { for: 2h } } }
+    - { id: after, type: transform, depends_on: [nap], with: { output: "{{ tasks.nap.output.waited_until }}" } }
+  outputs:
+    woke: "{{ tasks.after.output }}"
+"#;
+    let api = api(&aws);
+    let workers = Workers::start(&aws, 1, 10, |s| s);
+    let run = start(&api, NAP, json!({})).await;
+    let mut schedules = Vec::new();
+    for _ in 0..100 {
+        schedules = scheduler.list_schedules().group_name(&group).send().await.unwrap().schedules().to_vec();
+        if !schedules.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(schedules.len(), 1, "one one-shot for the wake");
+    let name = schedules[0].name().unwrap().to_string();
+    let s = scheduler.get_schedule().group_name(&group).name(&name).send().await.unwrap();
+    let (_, log) = initial_and_log(&aws, &run).await;
+    let started = log[0].at;
+    let due = (started + 2 * 3_600_000).div_ceil(1000);
+    assert_eq!(s.schedule_expression(), Some(llmo_aws::sqs::at_expression(due).as_str()));
+    assert_eq!(s.schedule_expression_timezone(), Some("UTC"));
+    assert_eq!(s.action_after_completion().map(|a| a.as_str()), Some("DELETE"));
+    let target = s.target().unwrap();
+    assert_eq!(target.arn(), queue_arn);
+    let input = target.input().unwrap().to_string();
+    let message = llmo_runtime::queue::Envelope::decode(&input).unwrap();
+    assert!(matches!(message, llmo_runtime::queue::Message::Event { event: Event::WakeDue { .. }, .. }), "{message:?}");
+    // Nothing is on the queue while it waits: the run is still waiting a few seconds later.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (_, v) = call(&api, "GET", &format!("/runs/{run}"), None).await;
+    assert_eq!(v["tasks"][0]["status"], "waiting", "{v}");
+    assert_eq!(initial_and_log(&aws, &run).await.1.len(), log.len(), "nothing happened meanwhile");
+
+    // The scheduler fires: it sends the input to the queue.
+    aws.sqs.send_message().queue_url(&aws.queue_url).message_body(input).send().await.unwrap();
+    let end = wait_end(&api, &run, 30).await;
+    workers.stop().await;
+    assert_eq!(end["status"], "succeeded", "{end}");
+    assert_eq!(end["outputs"]["woke"].as_u64(), Some(started + 2 * 3_600_000));
+    let (initial, log) = initial_and_log(&aws, &run).await;
+    check_log(&plan(NAP), &log, initial);
+}
