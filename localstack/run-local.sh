@@ -62,6 +62,11 @@ if [ -z "${LLMO_JWT_SECRET:-}" ]; then
   LLMO_JWT_SECRET=$(cat .llmo/dev-jwt-secret)
 fi
 LLMO_AUTH=hs256
+# Approvals' single-use answer links are signed with another development secret.
+if [ -z "${LLMO_LINK_SECRET:-}" ]; then
+  [ -s .llmo/dev-link-secret ] || (umask 077; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > .llmo/dev-link-secret)
+  LLMO_LINK_SECRET=$(cat .llmo/dev-link-secret)
+fi
 set +a
 echo "   table $LLMO_TABLE, queue $LLMO_QUEUE_URL, bucket $LLMO_BUCKET"
 
@@ -108,6 +113,9 @@ if $smoke; then
   echo "== run page in headless Chromium (tests/ui/run_page.py)"
   tests/ui/chromium.sh > /dev/null
   .venv/tools/bin/python tests/ui/run_page.py "http://$addr"
+  # An approval answered in the browser through its single-use link, then its event.
+  echo "== answer page in headless Chromium (tests/ui/answer_page.py)"
+  .venv/tools/bin/python tests/ui/answer_page.py "http://$addr"
   # Metrics: the step worker's /metrics and the local API's (operators), parsed.
   echo "== metrics expositions"
   .venv/tools/bin/python tests/ui/metrics_check.py "http://${LLMO_STEP_METRICS_ADDR:-127.0.0.1:19464}/metrics" \

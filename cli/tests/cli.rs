@@ -701,3 +701,98 @@ fn rerun_from_the_middle_of_a_dag_reuses_what_is_upstream() {
     assert!(text(&bad.stderr).contains("no task `nope`"));
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// Embedded waits across processes: two `llmo run`s of an event wait (orders A and B) share a
+/// state file; `llmo waiting` lists both, `llmo send-event --key B` resumes only B's run (its
+/// process finishes with B's payload), a second identical event reaches nobody, and `--key A`
+/// then finishes A. An approval is answered once: a second `llmo approve` exits with status 3.
+#[test]
+fn events_reach_only_the_runs_waiting_for_their_key_across_processes() {
+    let dir = std::env::temp_dir().join(format!("llmo-events-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let wf = dir.join("paid.yaml");
+    std::fs::write(
+        &wf,
+        r#"apiVersion: llm-orchestrator/v1
+kind: Workflow
+metadata: { name: paid }
+spec:
+  inputs: { order: { type: string } }
+  tasks:
+    - id: ok
+      type: wait
+      with: { approval: { fields: { note: { type: string, required: false } } } }
+    - id: paid
+      type: wait
+      depends_on: [ok]
+      with: { event: { name: payment.settled, key: "{{ inputs.order }}" } }
+    - { id: ship, type: transform, depends_on: [paid], with: { output: "{{ inputs.order }}: {{ tasks.paid.output.payload.amount }}" } }
+  outputs:
+    shipped: "{{ tasks.ship.output }}"
+"#,
+    )
+    .unwrap();
+    let db = dir.join("runs.db");
+    let state = db.to_str().unwrap();
+    let start = |order: &str| {
+        let mut c = command();
+        c.args(["run", "--state", state, wf.to_str().unwrap(), "-i", &format!("order={order}")])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        c.spawn().unwrap()
+    };
+    let a = start("A");
+    let b = start("B");
+    let listed = |n: usize| {
+        for _ in 0..200 {
+            let out = llmo(&["waiting", "--state", state, "--json"]);
+            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&out.stdout)
+                && v.as_array().is_some_and(|a| a.len() == n && a.iter().all(|w| w["kind"] != serde_json::Value::Null))
+            {
+                return v;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!("{n} waiting tasks never listed");
+    };
+    let approvals = listed(2);
+    for w in approvals.as_array().unwrap() {
+        assert_eq!(w["kind"], "approval", "{w}");
+        let run_id = w["run_id"].as_str().unwrap();
+        let out = llmo(&["approve", run_id, "ok", "--state", state, "-f", "note=fine"]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let again = llmo(&["approve", run_id, "ok", "--state", state]);
+        assert_eq!(again.status.code(), Some(3), "answered once: {}", text(&again.stderr));
+        assert!(text(&again.stderr).contains("answered already"), "{}", text(&again.stderr));
+    }
+    let events = listed(2);
+    assert!(events.as_array().unwrap().iter().all(|w| w["kind"] == "event"), "{events}");
+    let send = |key: &str, amount: u32| {
+        let out = llmo(&[
+            "send-event",
+            "payment.settled",
+            "--key",
+            key,
+            "--payload",
+            &format!("{{\"amount\": {amount}}}"),
+            "--state",
+            state,
+        ]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["delivered"].as_array().unwrap().len()
+    };
+    assert_eq!(send("B", 20), 1);
+    let b = b.wait_with_output().unwrap();
+    assert!(b.status.success(), "{}", text(&b.stderr));
+    let out: serde_json::Value = serde_json::from_slice(&b.stdout).unwrap();
+    assert_eq!(out["shipped"], "B: 20");
+    assert_eq!(send("B", 99), 0, "delivered once");
+    assert_eq!(listed(1)[0]["key"], "A", "A still waits");
+    assert_eq!(send("A", 5), 1);
+    let a = a.wait_with_output().unwrap();
+    assert!(a.status.success(), "{}", text(&a.stderr));
+    let out: serde_json::Value = serde_json::from_slice(&a.stdout).unwrap();
+    assert_eq!(out["shipped"], "A: 5");
+    std::fs::remove_dir_all(&dir).ok();
+}
