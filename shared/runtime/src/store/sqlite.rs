@@ -1,0 +1,351 @@
+//! Runs in a SQLite file (the `sqlite` feature: the CLI and embedded runs; the Lambda
+//! functions are built without it).
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use llmo_core::engine::{Event, Millis, RunState};
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::{Error, RunStore, RunSummary, StoredRun, Transition, Waiter};
+
+/// How far a committed transition survives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// Survives the process being killed at any point (SQLite WAL, `synchronous=NORMAL`); an
+    /// operating-system crash or power loss may lose the last transitions.
+    #[default]
+    Process,
+    /// Survives power loss too: every commit waits for `fsync` (`synchronous=FULL`).
+    Power,
+}
+
+/// Runs in a SQLite file (WAL). Tables: `runs` (one row per run: listing columns and the
+/// current version, the compare-and-set target), `sources` (workflow text), `transitions`
+/// (the log, keyed by run and version), `snapshots` (latest state per run).
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+}
+
+impl SqliteStore {
+    pub fn open(path: &Path, durability: Durability) -> Result<Self, Error> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        let sync = match durability {
+            Durability::Process => "NORMAL",
+            Durability::Power => "FULL",
+        };
+        conn.pragma_update(None, "synchronous", sync)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS runs (
+                run_id TEXT PRIMARY KEY,
+                workflow TEXT NOT NULL,
+                status TEXT NOT NULL,
+                version INTEGER NOT NULL,
+                started_at INTEGER,
+                cost_usd REAL NOT NULL DEFAULT 0
+            );
+            CREATE INDEX IF NOT EXISTS runs_by_start ON runs (started_at DESC);
+            CREATE TABLE IF NOT EXISTS sources (
+                run_id TEXT PRIMARY KEY,
+                source_name TEXT NOT NULL,
+                source TEXT NOT NULL
+            );
+            CREATE TABLE IF NOT EXISTS transitions (
+                run_id TEXT NOT NULL,
+                version INTEGER NOT NULL,
+                at INTEGER NOT NULL,
+                event TEXT NOT NULL,
+                PRIMARY KEY (run_id, version)
+            ) WITHOUT ROWID;
+            CREATE TABLE IF NOT EXISTS snapshots (
+                run_id TEXT PRIMARY KEY,
+                version INTEGER NOT NULL,
+                state TEXT NOT NULL
+            );
+            CREATE TABLE IF NOT EXISTS waiters (
+                run_id TEXT NOT NULL,
+                task INTEGER NOT NULL,
+                item INTEGER NOT NULL,
+                attempt INTEGER NOT NULL,
+                tenant TEXT NOT NULL,
+                waiter TEXT NOT NULL,
+                event TEXT NOT NULL,
+                key TEXT NOT NULL,
+                since INTEGER NOT NULL,
+                PRIMARY KEY (run_id, task, item, attempt)
+            );
+            CREATE INDEX IF NOT EXISTS waiters_by_event ON waiters (tenant, event, key, since);",
+        )?;
+        // Files from before `tokens` was listed get the column (their runs count 0 tokens).
+        let has_tokens: bool =
+            conn.prepare("SELECT 1 FROM pragma_table_info('runs') WHERE name = 'tokens'")?.exists([])?;
+        if !has_tokens {
+            conn.execute_batch("ALTER TABLE runs ADD COLUMN tokens INTEGER NOT NULL DEFAULT 0")?;
+        }
+        Ok(SqliteStore { conn: Mutex::new(conn) })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().expect("store lock")
+    }
+}
+
+/// The listing columns of a run (its `version` there is the last one summarised; the log's
+/// last version is the run's).
+fn update_summary(tx: &rusqlite::Transaction<'_>, head: &RunState) -> Result<(), Error> {
+    tx.prepare_cached(
+        "UPDATE runs SET version = ?1, status = ?2, started_at = ?3, cost_usd = ?4, tokens = ?6 WHERE run_id = ?5 AND version <= ?1",
+    )?
+    .execute(params![
+        head.version as i64,
+        head.status.as_str(),
+        head.started_at.map(|t| t as i64),
+        head.cost_usd,
+        head.run_id,
+        head.tokens as i64
+    ])?;
+    Ok(())
+}
+
+fn summary_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunSummary> {
+    Ok(RunSummary {
+        run_id: r.get(0)?,
+        workflow: r.get(1)?,
+        status: r.get(2)?,
+        version: r.get::<_, i64>(3)? as u64,
+        started_at: r.get::<_, Option<i64>>(4)?.map(|t| t as u64),
+        cost_usd: r.get(5)?,
+        tokens: r.get::<_, i64>(6)? as u64,
+    })
+}
+
+// SQLite calls take microseconds (no network), so they run on the caller's thread.
+#[async_trait]
+impl RunStore for SqliteStore {
+    async fn create(&self, workflow: &str, source_name: &str, source: &str, initial: &RunState) -> Result<(), Error> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let n = tx.execute(
+            "INSERT OR IGNORE INTO runs (run_id, workflow, status, version, started_at, cost_usd) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                initial.run_id,
+                workflow,
+                initial.status.as_str(),
+                initial.version as i64,
+                initial.started_at.map(|t| t as i64),
+                initial.cost_usd
+            ],
+        )?;
+        if n == 0 {
+            return Err(Error::Exists(initial.run_id.clone()));
+        }
+        tx.execute(
+            "INSERT OR REPLACE INTO sources (run_id, source_name, source) VALUES (?1, ?2, ?3)",
+            params![initial.run_id, source_name, source],
+        )?;
+        tx.execute(
+            "INSERT OR REPLACE INTO snapshots (run_id, version, state) VALUES (?1, ?2, ?3)",
+            params![initial.run_id, initial.version as i64, serde_json::to_string(initial)?],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    async fn load(&self, run_id: &str) -> Result<Option<StoredRun>, Error> {
+        let mut conn = self.lock();
+        // One read transaction: the snapshot and the tail are seen at the same instant.
+        let tx = conn.transaction()?;
+        let head = tx
+            .query_row(
+                "SELECT r.workflow, s.source_name, s.source, p.state FROM runs r
+                 JOIN sources s ON s.run_id = r.run_id JOIN snapshots p ON p.run_id = r.run_id
+                 WHERE r.run_id = ?1",
+                params![run_id],
+                |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?))
+                },
+            )
+            .optional()?;
+        let Some((workflow, source_name, source, state)) = head else { return Ok(None) };
+        let snapshot: RunState = serde_json::from_str(&state)?;
+        let mut stmt = tx.prepare_cached(
+            "SELECT version, at, event FROM transitions WHERE run_id = ?1 AND version > ?2 ORDER BY version",
+        )?;
+        let rows = stmt.query_map(params![run_id, snapshot.version as i64], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?))
+        })?;
+        let mut tail = Vec::new();
+        for row in rows {
+            let (version, at, event) = row?;
+            tail.push(Transition { version: version as u64, at: at as Millis, event: serde_json::from_str(&event)? });
+        }
+        drop(stmt);
+        tx.commit()?;
+        Ok(Some(StoredRun { workflow, source_name, source, snapshot, tail }))
+    }
+
+    /// The compare-and-set is the log's primary key: version `expected + 1` can be inserted
+    /// once, so of two writers extending the same version one fails (and a writer that read
+    /// an older version fails too, as that slot is taken). One page write per transition;
+    /// the `runs` row (listings) is updated when the status changes and at snapshots.
+    async fn append(&self, expected: u64, transitions: &[Transition], head: &RunState) -> Result<bool, Error> {
+        let mut conn = self.lock();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        {
+            let mut ins = tx.prepare_cached(
+                "INSERT INTO transitions (run_id, version, at, event) VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
+            )?;
+            for (k, t) in transitions.iter().enumerate() {
+                if t.version != expected + 1 + k as u64 {
+                    return Err(Error::Other(format!("transition {} does not follow version {expected}", t.version)));
+                }
+                let n =
+                    ins.execute(params![head.run_id, t.version as i64, t.at as i64, serde_json::to_string(&t.event)?])?;
+                if n == 0 {
+                    return Ok(false); // dropping `tx` rolls back
+                }
+            }
+        }
+        let status_changed = head.status.is_terminal() || transitions.iter().any(|t| matches!(t.event, Event::Start));
+        if status_changed {
+            update_summary(&tx, head)?;
+        }
+        tx.commit()?;
+        Ok(true)
+    }
+
+    async fn snapshot(&self, state: &RunState) -> Result<(), Error> {
+        let json = serde_json::to_string(state)?;
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        // Only a state the log has reached, and newer than the stored snapshot.
+        let logged: Option<i64> =
+            tx.query_row("SELECT max(version) FROM transitions WHERE run_id = ?1", params![state.run_id], |r| {
+                r.get(0)
+            })?;
+        if logged.unwrap_or(0) as u64 >= state.version {
+            tx.execute(
+                "UPDATE snapshots SET version = ?1, state = ?2 WHERE run_id = ?3 AND version < ?1",
+                params![state.version as i64, json, state.run_id],
+            )?;
+            update_summary(&tx, state)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    async fn version(&self, run_id: &str) -> Result<Option<u64>, Error> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare_cached(
+            "SELECT coalesce((SELECT max(version) FROM transitions WHERE run_id = ?1), version) FROM runs WHERE run_id = ?1",
+        )?;
+        Ok(stmt.query_row(params![run_id], |r| r.get::<_, i64>(0)).optional()?.map(|v| v as u64))
+    }
+
+    async fn load_since(&self, run_id: &str, version: u64) -> Result<Option<Vec<Transition>>, Error> {
+        let conn = self.lock();
+        let exists: Option<i64> =
+            conn.query_row("SELECT version FROM runs WHERE run_id = ?1", params![run_id], |r| r.get(0)).optional()?;
+        if exists.is_none() {
+            return Ok(None);
+        }
+        let mut stmt = conn.prepare_cached(
+            "SELECT version, at, event FROM transitions WHERE run_id = ?1 AND version > ?2 ORDER BY version",
+        )?;
+        let rows = stmt.query_map(params![run_id, version as i64], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (version, at, event) = row?;
+            out.push(Transition { version: version as u64, at: at as Millis, event: serde_json::from_str(&event)? });
+        }
+        Ok(Some(out))
+    }
+
+    async fn history(&self, run_id: &str) -> Result<Vec<Transition>, Error> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare("SELECT version, at, event FROM transitions WHERE run_id = ?1 ORDER BY version")?;
+        let rows = stmt
+            .query_map(params![run_id], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?)))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (version, at, event) = row?;
+            out.push(Transition { version: version as u64, at: at as Millis, event: serde_json::from_str(&event)? });
+        }
+        Ok(out)
+    }
+
+    async fn list(&self) -> Result<Vec<RunSummary>, Error> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare(
+            "SELECT run_id, workflow, status, version, started_at, cost_usd, tokens FROM runs ORDER BY started_at DESC, run_id DESC",
+        )?;
+        let rows = stmt.query_map([], summary_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    async fn put_waiter(&self, w: &Waiter) -> Result<(), Error> {
+        self.lock().execute(
+            "INSERT OR IGNORE INTO waiters (run_id, task, item, attempt, tenant, waiter, event, key, since) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![
+                w.run_id,
+                w.task as i64,
+                w.item.map_or(-1, i64::from),
+                w.attempt as i64,
+                w.tenant,
+                w.kind.as_str(),
+                w.event,
+                w.key,
+                w.since as i64
+            ],
+        )?;
+        Ok(())
+    }
+
+    async fn waiters(&self, tenant: &str, event: Option<(&str, &str)>, limit: usize) -> Result<Vec<Waiter>, Error> {
+        let conn = self.lock();
+        let (name, key) = event.unwrap_or(("", ""));
+        let mut stmt = conn.prepare_cached(
+            "SELECT run_id, task, item, attempt, tenant, waiter, event, key, since FROM waiters
+             WHERE tenant = ?1 AND (?2 = 0 OR (waiter = 'event' AND event = ?3 AND key = ?4))
+             ORDER BY since, run_id LIMIT ?5",
+        )?;
+        let rows = stmt.query_map(
+            params![tenant, event.is_some() as i64, name, key, limit.min(i64::MAX as usize) as i64],
+            |r| {
+                let kind: String = r.get(5)?;
+                Ok(Waiter {
+                    run_id: r.get(0)?,
+                    task: r.get::<_, i64>(1)? as usize,
+                    item: u32::try_from(r.get::<_, i64>(2)?).ok(),
+                    attempt: r.get::<_, i64>(3)? as u32,
+                    tenant: r.get(4)?,
+                    kind: if kind == "event" {
+                        llmo_core::engine::WaitKind::Event
+                    } else {
+                        llmo_core::engine::WaitKind::Approval
+                    },
+                    event: r.get(6)?,
+                    key: r.get(7)?,
+                    since: r.get::<_, i64>(8)? as Millis,
+                })
+            },
+        )?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    async fn drop_waiter(&self, w: &Waiter) -> Result<(), Error> {
+        self.lock().execute(
+            "DELETE FROM waiters WHERE run_id = ?1 AND task = ?2 AND item = ?3 AND attempt = ?4",
+            params![w.run_id, w.task as i64, w.item.map_or(-1, i64::from), w.attempt as i64],
+        )?;
+        Ok(())
+    }
+}
