@@ -133,10 +133,10 @@ impl Api {
         Ok((plan, st))
     }
 
-    /// Applies an answer's event through the worker: `Ok(true)` when it was recorded,
-    /// `Ok(false)` when another answer (or the timeout) got there first.
-    async fn apply(&self, run_id: &str, event: Event) -> Result<bool, Refusal> {
-        let id = event.attempt_id();
+    /// Applies an answer's event through the worker: `Ok(true)` when it was recorded (and
+    /// `waiter`, the answered task's entry in the index, is dropped), `Ok(false)` when another
+    /// answer (or the timeout) got there first.
+    async fn apply(&self, run_id: &str, event: Event, waiter: Option<Waiter>) -> Result<bool, Refusal> {
         let d = Delivery {
             receipt: String::new(),
             message: Message::Event { run_id: run_id.to_string(), event },
@@ -145,8 +145,7 @@ impl Api {
         };
         match self.worker.handle(&d).await {
             Ok(Outcome::Applied(_)) => {
-                if let (Some(id), Ok(Some(stored))) = (id, self.store.load(run_id).await)
-                    && let Some(w) = self.waiter_from(&stored, id)
+                if let Some(w) = waiter
                     && let Err(e) = self.store.drop_waiter(&w).await
                 {
                     tracing::warn!(error = %e, "an answered task's waiter was not dropped (it is dropped when next listed)");
@@ -164,12 +163,6 @@ impl Api {
                 Err(Box::new(internal(e)))
             }
         }
-    }
-
-    fn waiter_from(&self, stored: &StoredRun, id: AttemptId) -> Option<Waiter> {
-        let plan = self.plan_of(stored).ok()?;
-        let st = rebuild(&plan, stored.clone()).ok()?;
-        Waiter::of(&st, id)
     }
 
     /// The answer link of a waiting approval, when it offers one and links are configured.
@@ -197,25 +190,22 @@ impl Api {
     /// an approval's single-use link is included for callers who may answer it.
     pub(crate) async fn waiting(&self, p: &Principal, tenant: &str) -> Reply {
         let plan_of = |s: &StoredRun| self.plan_of(s);
-        let found = match llmo_runtime::waits::list(self.store.as_ref(), &plan_of, tenant, None, WAITING_PAGE).await {
-            Ok(f) => f,
-            Err(e) => return internal(e),
-        };
-        let mut rows = Vec::with_capacity(found.len());
-        for (w, mut v) in found {
+        let link = |plan: &Plan, st: &RunState, w: &Waiter, v: &mut Value| {
             if w.kind == WaitKind::Approval
-                && let Ok(Some(stored)) = self.store.load(&w.run_id).await
-                && let Ok(plan) = self.plan_of(&stored)
-                && let Ok(st) = rebuild(&plan, stored)
-                && self.may_answer(p, &plan, w.task)
-                && let Some(token) = self.link(&st, &plan, w.attempt_id())
+                && self.may_answer(p, plan, w.task)
+                && let Some(token) = self.link(st, plan, w.attempt_id())
             {
                 v["link"] = json!(format!("/ui/answer.html#{token}"));
                 v["token"] = json!(token);
             }
-            rows.push(v);
+        };
+        let store = self.store.as_ref();
+        match llmo_runtime::waits::list(store, &plan_of, &link, tenant, None, WAITING_PAGE).await {
+            Ok(found) => {
+                reply(StatusCode::OK, json!({"waiting": found.into_iter().map(|(_, v)| v).collect::<Vec<_>>()}))
+            }
+            Err(e) => internal(e),
         }
-        reply(StatusCode::OK, json!({"waiting": rows}))
     }
 
     fn may_answer(&self, p: &Principal, plan: &Plan, task: usize) -> bool {
@@ -325,7 +315,8 @@ impl Api {
             Event::Complete { output, .. } => Value::clone(output),
             _ => Value::Null,
         };
-        match self.apply(id, event).await {
+        let waiter = event.attempt_id().and_then(|a| Waiter::of(&st, a));
+        match self.apply(id, event, waiter).await {
             Ok(true) => reply(
                 StatusCode::OK,
                 json!({"run_id": id, "task": task, "item": item, "output": output, "recorded": true}),
@@ -379,7 +370,7 @@ impl Api {
                     continue;
                 }
             };
-            match self.apply(&w.run_id, event).await {
+            match self.apply(&w.run_id, event, Some(w.clone())).await {
                 Ok(true) => delivered.push(json!({
                     "run_id": w.run_id, "task": plan.checked.dag.id(w.task), "item": w.item,
                 })),

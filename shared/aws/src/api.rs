@@ -586,6 +586,10 @@ impl Api {
     }
 
     async fn definition(&self, tenant: &str, name: &str) -> Result<Option<String>, Refusal> {
+        // DynamoDB refuses an empty key; no definition has an empty name.
+        if name.is_empty() {
+            return Ok(None);
+        }
         let out = self
             .aws
             .dynamodb

@@ -61,10 +61,12 @@ pub fn describe(plan: &Plan, st: &RunState, id: AttemptId) -> Option<Value> {
 
 /// The tasks of `tenant` (`""`: runs without one) waiting for an approval or an event, oldest
 /// first, at most `limit`. Entries whose unit is no longer waiting are dropped from the index
-/// on the way. `plan_of` builds a stored run's plan (its workflow validated again).
+/// on the way. `plan_of` builds a stored run's plan (its workflow validated again); `decorate`
+/// may add to each listed task's description from its run (the API adds answer links).
 pub async fn list(
     store: &dyn RunStore,
     plan_of: &(dyn Fn(&StoredRun) -> Result<Plan, String> + Sync),
+    decorate: &(dyn Fn(&Plan, &RunState, &Waiter, &mut Value) + Sync),
     tenant: &str,
     event: Option<(&str, &str)>,
     limit: usize,
@@ -77,7 +79,10 @@ pub async fn list(
         }
         match load(store, plan_of, &w.run_id).await {
             Ok((plan, st)) => match describe(&plan, &st, w.attempt_id()) {
-                Some(v) => out.push((w, v)),
+                Some(mut v) => {
+                    decorate(&plan, &st, &w, &mut v);
+                    out.push((w, v));
+                }
                 None => store.drop_waiter(&w).await?,
             },
             Err(Error::NoSuchRun(_)) => store.drop_waiter(&w).await?,
