@@ -735,11 +735,13 @@ spec:
     .unwrap();
     let db = dir.join("runs.db");
     let state = db.to_str().unwrap();
+    // Their stderr goes to files, shown if the test fails.
+    let err_file = |order: &str| dir.join(format!("{order}.err"));
     let start = |order: &str| {
         let mut c = command();
         c.args(["run", "--state", state, wf.to_str().unwrap(), "-i", &format!("order={order}")])
             .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
+            .stderr(std::fs::File::create(err_file(order)).unwrap());
         c.spawn().unwrap()
     };
     let a = start("A");
@@ -754,7 +756,9 @@ spec:
             }
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
-        panic!("{n} waiting tasks never listed");
+        let err = |o: &str| std::fs::read_to_string(err_file(o)).unwrap_or_default();
+        let now = text(&llmo(&["waiting", "--state", state, "--json"]).stdout);
+        panic!("{n} waiting tasks never listed: {now}\nA: {}\nB: {}", err("A"), err("B"));
     };
     let approvals = listed(2);
     for w in approvals.as_array().unwrap() {
@@ -784,14 +788,14 @@ spec:
     };
     assert_eq!(send("B", 20), 1);
     let b = b.wait_with_output().unwrap();
-    assert!(b.status.success(), "{}", text(&b.stderr));
+    assert!(b.status.success(), "{}", std::fs::read_to_string(err_file("B")).unwrap_or_default());
     let out: serde_json::Value = serde_json::from_slice(&b.stdout).unwrap();
     assert_eq!(out["shipped"], "B: 20");
     assert_eq!(send("B", 99), 0, "delivered once");
     assert_eq!(listed(1)[0]["key"], "A", "A still waits");
     assert_eq!(send("A", 5), 1);
     let a = a.wait_with_output().unwrap();
-    assert!(a.status.success(), "{}", text(&a.stderr));
+    assert!(a.status.success(), "{}", std::fs::read_to_string(err_file("A")).unwrap_or_default());
     let out: serde_json::Value = serde_json::from_slice(&a.stdout).unwrap();
     assert_eq!(out["shipped"], "A: 5");
     std::fs::remove_dir_all(&dir).ok();

@@ -442,6 +442,33 @@ mod tests {
         exercise(&MemoryStore::default()).await;
     }
 
+    /// Processes that open one new state file at the same moment (two `llmo run --state F`)
+    /// wait for each other instead of failing with "database is locked".
+    #[cfg(feature = "sqlite")]
+    #[test]
+    fn a_new_sqlite_file_opened_at_once_by_many_opens_for_all() {
+        for round in 0..10 {
+            let dir = std::env::temp_dir().join(format!("llmo-open-{}-{round}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            let path = dir.join("runs.db");
+            let barrier = std::sync::Arc::new(std::sync::Barrier::new(8));
+            let opened: Vec<_> = (0..8)
+                .map(|_| {
+                    let (path, barrier) = (path.clone(), barrier.clone());
+                    std::thread::spawn(move || {
+                        barrier.wait();
+                        SqliteStore::open(&path, Durability::Process).map(|_| ()).map_err(|e| e.to_string())
+                    })
+                })
+                .collect();
+            for o in opened {
+                assert_eq!(o.join().unwrap(), Ok(()), "round {round}");
+            }
+            std::fs::remove_dir_all(&dir).ok();
+        }
+    }
+
     #[cfg(feature = "sqlite")]
     #[tokio::test]
     async fn sqlite_store_appends_with_compare_and_set_and_persists() {

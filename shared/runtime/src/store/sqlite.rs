@@ -33,15 +33,33 @@ impl SqliteStore {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             let _ = std::fs::create_dir_all(dir);
         }
-        let conn = Connection::open(path)?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
+        let mut conn = Connection::open(path)?;
+        // First: two processes opening a new file at once (two `llmo run --state F`) wait for
+        // each other's switch to WAL and schema set-up instead of failing with "locked".
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        // Switching to WAL needs the file to itself, and SQLite answers "busy" at once (no busy
+        // wait) when two connections would deadlock on it: try again for up to 5 s.
+        let started = std::time::Instant::now();
+        loop {
+            match conn.pragma_update(None, "journal_mode", "WAL") {
+                Err(rusqlite::Error::SqliteFailure(e, _))
+                    if e.code == rusqlite::ErrorCode::DatabaseBusy
+                        && started.elapsed() < std::time::Duration::from_secs(5) =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                r => break r?,
+            }
+        }
         let sync = match durability {
             Durability::Process => "NORMAL",
             Durability::Power => "FULL",
         };
         conn.pragma_update(None, "synchronous", sync)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        conn.execute_batch(
+        // The schema and its migration in one write transaction: a second process opening the
+        // file meanwhile sees all of it or none (two migrations adding one column would clash).
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        tx.execute_batch(
             "CREATE TABLE IF NOT EXISTS runs (
                 run_id TEXT PRIMARY KEY,
                 workflow TEXT NOT NULL,
@@ -84,10 +102,11 @@ impl SqliteStore {
         )?;
         // Files from before `tokens` was listed get the column (their runs count 0 tokens).
         let has_tokens: bool =
-            conn.prepare("SELECT 1 FROM pragma_table_info('runs') WHERE name = 'tokens'")?.exists([])?;
+            tx.prepare("SELECT 1 FROM pragma_table_info('runs') WHERE name = 'tokens'")?.exists([])?;
         if !has_tokens {
-            conn.execute_batch("ALTER TABLE runs ADD COLUMN tokens INTEGER NOT NULL DEFAULT 0")?;
+            tx.execute_batch("ALTER TABLE runs ADD COLUMN tokens INTEGER NOT NULL DEFAULT 0")?;
         }
+        tx.commit()?;
         Ok(SqliteStore { conn: Mutex::new(conn) })
     }
 
