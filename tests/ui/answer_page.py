@@ -13,34 +13,12 @@ A screenshot of the answer page is saved as target/ui/answer-page.png.
 Usage: answer_page.py API_URL   (LLMO_TOKEN: a token of the run's tenant)
 """
 
-import json
 import os
-import sys
 import time
-import urllib.error
-import urllib.request
 
 from playwright.sync_api import sync_playwright
 
-API = sys.argv[1].rstrip("/")
-TOKEN = os.environ["LLMO_TOKEN"]
-OUT = os.path.join(os.environ.get("CARGO_TARGET_DIR", "target"), "ui")
-CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-
-
-def call(method, path, body=None):
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(API + path, data=data, method=method)
-    req.add_header("Authorization", "Bearer " + TOKEN)
-    if data is not None:
-        req.add_header("Content-Type", "application/json")
-    with urllib.request.urlopen(req, timeout=30) as r:
-        return json.loads(r.read())
-
-
-def check(cond, what):
-    if not cond:
-        raise SystemExit("FAIL: " + what)
+from browser import API, OUT, call, check, chromium
 
 
 def waiting(run_id, task, secs=60):
@@ -61,9 +39,7 @@ def main():
     review = waiting(run_id, "review")
     check(review.get("link", "").startswith("/ui/answer.html#"), f"an admin is offered the link: {review}")
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        browser = chromium(p)
         try:
             page = browser.new_page(viewport={"width": 900, "height": 700})
             page.goto(API + review["link"])

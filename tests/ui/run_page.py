@@ -16,34 +16,14 @@ A screenshot of the finished run page is saved as target/ui/run-page.png (and on
 Usage: run_page.py API_URL   (LLMO_TOKEN: a token of the run's tenant)
 """
 
-import json
 import os
-import sys
 import time
-import urllib.request
 
 from playwright.sync_api import sync_playwright
 
-API = sys.argv[1].rstrip("/")
-TOKEN = os.environ["LLMO_TOKEN"]
-OUT = os.path.join(os.environ.get("CARGO_TARGET_DIR", "target"), "ui")
-CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+from browser import API, TOKEN, OUT, call, check, chromium
+
 ENDED = {"succeeded", "failed", "cancelled", "timed_out"}
-
-
-def call(method, path, body=None):
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(API + path, data=data, method=method)
-    req.add_header("Authorization", "Bearer " + TOKEN)
-    if data is not None:
-        req.add_header("Content-Type", "application/json")
-    with urllib.request.urlopen(req, timeout=30) as r:
-        return json.loads(r.read())
-
-
-def check(cond, what):
-    if not cond:
-        raise SystemExit("FAIL: " + what)
 
 
 def main():
@@ -51,9 +31,7 @@ def main():
     with open("workflows/article-pipeline.yaml") as f:
         source = f.read()
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        browser = chromium(p)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 900})
             page.goto(f"{API}/ui")  # the browser warm, then the run starts
