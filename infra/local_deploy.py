@@ -4,7 +4,8 @@ functions need to run against exactly the resources the stack created.
 
   python infra/local_deploy.py --endpoint http://127.0.0.1:4567 [--stack NAME] [TEMPLATE]
 
-Prints `LLMO_TABLE=...`, `LLMO_QUEUE_URL=...`, `LLMO_DLQ_URL=...`, `LLMO_BUCKET=...`,
+Prints `LLMO_TABLE=...`, `LLMO_QUEUE_URL=...`, `LLMO_DLQ_URL=...`, `LLMO_FOLD_QUEUE_URL=...`,
+`LLMO_FOLD_DLQ_URL=...`, `LLMO_BUCKET=...`,
 `LLMO_SECRETS_ARN=...` (read back
 from the stack with ListStackResources, as moto's DescribeStacks cannot answer for this
 template) and `AWS_ENDPOINT_URL=...`, one per line, for `eval`.
@@ -114,12 +115,17 @@ def main(argv):
     redrive = json.loads(attrs.get("RedrivePolicy", "{}"))
     if int(attrs["VisibilityTimeout"]) < 5400 or int(redrive.get("maxReceiveCount", 0)) < 5:
         sys.exit(f"local_deploy: the step queue is not as the template says: {attrs}")
+    folds = sqs.get_queue_attributes(QueueUrl=by_id["Folds"], AttributeNames=["All"])["Attributes"]
+    if folds.get("FifoQueue") != "true" or not by_id["Folds"].endswith(".fifo"):
+        sys.exit(f"local_deploy: the fold queue is not FIFO: {by_id['Folds']} {folds}")
     print(f"local_deploy: table {by_id['Runs']} ({len(indexes)} indexes), step queue visibility "
           f"{attrs['VisibilityTimeout']} s, maxReceiveCount {redrive['maxReceiveCount']}, bucket {by_id['Checkpoints']}",
           file=sys.stderr)
     print(f"LLMO_TABLE={by_id['Runs']}")
     print(f"LLMO_QUEUE_URL={by_id['Steps']}")
     print(f"LLMO_DLQ_URL={by_id['DeadLetters']}")
+    print(f"LLMO_FOLD_QUEUE_URL={by_id['Folds']}")
+    print(f"LLMO_FOLD_DLQ_URL={by_id['FoldDeadLetters']}")
     print(f"LLMO_BUCKET={by_id['Checkpoints']}")
     print(f"LLMO_SECRETS_ARN={by_id['ProviderSecrets']}")
     print(f"AWS_ENDPOINT_URL={endpoint}")

@@ -94,6 +94,8 @@ fn worker(aws: &llmo_aws::Aws, fake: &str) -> tokio::process::Child {
         .env("LLMO_TABLE", &aws.table)
         .env("LLMO_QUEUE_URL", &aws.queue_url)
         .env("LLMO_DLQ_URL", &aws.dlq_url)
+        .env("LLMO_FOLD_QUEUE_URL", aws.fold_url.clone().unwrap_or_default())
+        .env("LLMO_FOLD_DLQ_URL", aws.fold_dlq_url.clone().unwrap_or_default())
         .env("LLMO_BUCKET", &aws.bucket)
         .env_remove("LLMO_MOCK")
         .env("LLMO_VISIBILITY_SECS", "3")

@@ -19,6 +19,8 @@ async fn main() {
             println!("LLMO_TABLE={}", a.table);
             println!("LLMO_QUEUE_URL={}", a.queue_url);
             println!("LLMO_DLQ_URL={}", a.dlq_url);
+            println!("LLMO_FOLD_QUEUE_URL={}", a.fold_url.unwrap_or_default());
+            println!("LLMO_FOLD_DLQ_URL={}", a.fold_dlq_url.unwrap_or_default());
             println!("LLMO_BUCKET={}", a.bucket);
         }
         Err(e) => {

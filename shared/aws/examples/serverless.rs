@@ -1,10 +1,12 @@
 //! Throughput, per-step latency and AWS cost of the serverless runtime on the local stack.
 //!
-//!   localstack/with-stack.sh cargo run --release -p llmo-aws --example serverless -- [chain|layered] [TASKS] [WORKERS...]
+//!   localstack/with-stack.sh cargo run --release -p llmo-aws --example serverless -- [--no-fold] [chain|layered|wide] [TASKS] [WORKERS...]
 //!
 //! Runs a layered DAG of TASKS `transform` tasks (default 1,000: 10 layers, each task reading
-//! two of the layer before) through the `step` handler with 1, 2 and 4 workers (each its own
-//! warm container, polling batches of 10 as Lambda's event source mapping does), and counts
+//! two of the layer before), a chain of TASKS, or `wide`: one `for_each` of TASKS items between
+//! two tasks, through the `step` handler with 1, 2 and 4 workers (each its own warm container,
+//! polling batches of 10 from the step queue and the fold queue as Lambda's event source
+//! mappings do; `--no-fold` deploys no fold queue, so every step appends itself), and counts
 //! every AWS request the run made (SDK interceptor) and the DynamoDB capacity it consumed
 //! (`ReturnConsumedCapacity`; conditional writes that lost a race are charged by item size).
 //! Beside it, the emulator's floor: the SDK calls one step needs, issued raw, one after another.
@@ -21,8 +23,13 @@ use llmo_aws::sqs::SqsQueue;
 use llmo_aws::step::Step;
 use llmo_runtime::providers::Config;
 
-fn workflow(tasks: usize, chain: bool) -> String {
-    if chain {
+fn workflow(tasks: usize, shape: &str) -> String {
+    if shape == "wide" {
+        return format!(
+            "apiVersion: llm-orchestrator/v1\nkind: Workflow\nmetadata: {{ name: wide }}\nspec:\n  tasks:\n    - {{ id: a, type: transform, with: {{ output: 1 }} }}\n    - {{ id: docs, type: transform, depends_on: [a], for_each: \"range({tasks})\", with: {{ output: \"{{{{ item }}}}\" }} }}\n    - {{ id: z, type: transform, depends_on: [docs], with: {{ output: done }} }}\n"
+        );
+    }
+    if shape == "chain" {
         let mut y = String::from(
             "apiVersion: llm-orchestrator/v1\nkind: Workflow\nmetadata: { name: chain }\nspec:\n  tasks:\n",
         );
@@ -49,7 +56,7 @@ fn workflow(tasks: usize, chain: bool) -> String {
     y
 }
 
-async fn fresh(aws: &Aws, tag: &str) -> Aws {
+async fn fresh(aws: &Aws, tag: &str, folds: bool) -> Aws {
     let name = format!("bench-{tag}-{}", llmo_runtime::ports::now_ms() % 10_000_000);
     let r = Resources {
         table: name.clone(),
@@ -58,6 +65,7 @@ async fn fresh(aws: &Aws, tag: &str) -> Aws {
         bucket: name.clone(),
         visibility_secs: 60,
         max_receives: 5,
+        folds,
     };
     provision(aws, &r).await.expect("provision")
 }
@@ -70,8 +78,8 @@ struct Run {
     usage: Reading,
 }
 
-async fn run(aws: &Aws, source: &str, tasks: usize, workers: usize) -> Run {
-    let aws = fresh(aws, &format!("w{workers}")).await;
+async fn run(aws: &Aws, source: &str, tasks: usize, workers: usize, folds: bool) -> Run {
+    let aws = fresh(aws, &format!("w{workers}"), folds).await;
     let api = llmo_aws::api::Api::new(
         &aws,
         llmo_runtime::standard_registry(Config::builtin(), true, Default::default()),
@@ -94,11 +102,14 @@ async fn run(aws: &Aws, source: &str, tasks: usize, workers: usize) -> Run {
     for _ in 0..workers {
         let step =
             Arc::new(Step::new(&aws, llmo_runtime::standard_registry(Config::builtin(), true, Default::default())));
-        let queue = SqsQueue::new(aws.clone());
+        // Long polls of 20 s, as Lambda's event source mapping makes (an empty receive is a
+        // billed request too).
+        let mut queues = SqsQueue::step_queues(&aws);
+        queues.iter_mut().for_each(|q| q.wait_secs = 20);
         let (inv, mut rx) = (invocations.clone(), stop_rx.clone());
         handles.push(tokio::spawn(async move {
-            llmo_aws::local::poll(
-                &queue,
+            llmo_aws::local::poll_queues(
+                &queues,
                 10,
                 |e| {
                     inv.fetch_add(1, Ordering::Relaxed);
@@ -128,17 +139,20 @@ async fn run(aws: &Aws, source: &str, tasks: usize, workers: usize) -> Run {
     }
     let secs = t0.elapsed().as_secs_f64();
     let _ = stop_tx.send(true);
+    // Not waiting out the pollers' long polls: the run has ended, and the requests they make
+    // from here on are not the run's.
+    let usage = aws.meter.read().since(&before);
     for h in handles {
+        h.abort();
         let _ = h.await;
     }
-    let usage = aws.meter.read().since(&before);
     Run { tasks, workers, secs, invocations: invocations.load(Ordering::Relaxed), usage }
 }
 
 /// The raw SDK calls of one step, one after another: receive, conditional put, query, send,
 /// delete. Returns seconds per step.
 async fn floor(aws: &Aws, n: usize) -> f64 {
-    let aws = fresh(aws, "floor").await;
+    let aws = fresh(aws, "floor", false).await;
     let q = SqsQueue::new(aws.clone());
     aws.sqs.send_message().queue_url(&q.url).message_body("x").send().await.unwrap();
     let t0 = Instant::now();
@@ -183,28 +197,35 @@ async fn floor(aws: &Aws, n: usize) -> f64 {
 #[tokio::main(flavor = "multi_thread", worker_threads = 4)]
 async fn main() {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
-    let chain = args.first().is_some_and(|a| a == "chain");
-    if chain || args.first().is_some_and(|a| a == "layered") {
+    let folds = !args.iter().any(|a| a == "--no-fold");
+    args.retain(|a| a != "--no-fold");
+    let shape = match args.first().map(String::as_str) {
+        Some(s @ ("chain" | "layered" | "wide")) => s.to_string(),
+        _ => "layered".to_string(),
+    };
+    if args.first() == Some(&shape) {
         args.remove(0);
     }
     let tasks: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(1000);
     let workers: Vec<usize> =
         if args.len() > 1 { args[1..].iter().filter_map(|a| a.parse().ok()).collect() } else { vec![1, 2, 4] };
     let aws = Aws::from_env().await;
-    let source = workflow(tasks, chain);
-    println!("{} DAG of {tasks} transform tasks", if chain { "chain" } else { "layered" });
+    let source = workflow(tasks, &shape);
+    let what =
+        if shape == "wide" { format!("for_each of {tasks} items") } else { format!("{shape} DAG of {tasks} tasks") };
+    println!("{what}, transform tasks, {}", if folds { "fold queue" } else { "no fold queue" });
     let floor = floor(&aws, 100).await;
     println!(
         "emulator floor: {:.2} ms per step (receive, conditional put, query, send, delete; sequential)",
         floor * 1e3
     );
     println!(
-        "| workers | tasks | wall s | steps/s | ms/step | vs floor | invocations/step | SQS req/step | DynamoDB req/step | WRU/step | RRU/step | S3 req/step | lost CAS | $/M steps |"
+        "| workers | tasks | wall s | steps/s | ms/step | vs floor | invocations/step | SQS req/step | DynamoDB req/step | WRU/step | RRU/step | S3 req/step | log writes | lost CAS | lost % | $/M steps |"
     );
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     for w in workers {
-        let r = run(&aws, &source, tasks, w).await;
-        let n = r.tasks as f64;
+        let r = run(&aws, &source, tasks, w, folds).await;
+        let n = (if shape == "wide" { r.tasks + 2 } else { r.tasks }) as f64;
         let u = r.usage;
         let inv = r.invocations as f64 / n;
         let cost = (u.sqs_requests as f64 / n) * price::SQS_PER_REQUEST
@@ -217,7 +238,7 @@ async fn main() {
             + price::LAMBDA_PER_INVOCATION_20MS_128MB;
         let per = r.secs / n;
         println!(
-            "| {} | {} | {:.1} | {:.0} | {:.2} | {:.2}x | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.4} | {} | ${:.3} |",
+            "| {} | {} | {:.1} | {:.0} | {:.2} | {:.2}x | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.4} | {} | {} | {:.1}% | ${:.3} |",
             r.workers,
             r.tasks,
             r.secs,
@@ -230,7 +251,9 @@ async fn main() {
             u.wru / n,
             u.rru / n,
             u.s3_requests as f64 / n,
+            u.log_writes,
             u.lost_writes,
+            100.0 * u.lost_writes as f64 / u.log_writes.max(1) as f64,
             cost * 1e6,
         );
     }

@@ -5,6 +5,8 @@
 //! | `LLMO_TABLE` | DynamoDB table | `llmo` |
 //! | `LLMO_QUEUE_URL` | step queue | `<endpoint>/000000000000/llmo-steps` |
 //! | `LLMO_DLQ_URL` | dead-letter queue | `<endpoint>/000000000000/llmo-dead` |
+//! | `LLMO_FOLD_QUEUE_URL` | the fold queue (SQS FIFO, one message group per run): steps of a run whose other attempts run elsewhere send their events there instead of racing for the run's log (`Worker::fold`) | none: every step appends itself |
+//! | `LLMO_FOLD_DLQ_URL` | the fold queue's dead-letter queue (FIFO) | none |
 //! | `LLMO_BUCKET` | checkpoints and large payloads | `llmo` |
 //! | `LLMO_SCHEDULER_ROLE_ARN` | the role EventBridge Scheduler sends to the step queue with; set: delays past SQS's 15 minutes are one-shot schedules ([`OneShots`]) | none: such delays are re-sent every 15 minutes |
 //! | `LLMO_QUEUE_ARN` | the step queue's ARN (the schedules' target) | from `LLMO_QUEUE_URL` |
@@ -29,6 +31,9 @@ pub struct Aws {
     pub table: String,
     pub queue_url: String,
     pub dlq_url: String,
+    /// The fold queue (FIFO) and its dead-letter queue, when the deployment has them.
+    pub fold_url: Option<String>,
+    pub fold_dlq_url: Option<String>,
     pub bucket: String,
     pub meter: Arc<Meter>,
     pub lifetime: Lifetime,
@@ -136,6 +141,8 @@ impl Aws {
             table: var("LLMO_TABLE").unwrap_or_else(|| "llmo".into()),
             queue_url: var("LLMO_QUEUE_URL").unwrap_or_else(|| format!("{endpoint}/000000000000/llmo-steps")),
             dlq_url: var("LLMO_DLQ_URL").unwrap_or_else(|| format!("{endpoint}/000000000000/llmo-dead")),
+            fold_url: var("LLMO_FOLD_QUEUE_URL"),
+            fold_dlq_url: var("LLMO_FOLD_DLQ_URL"),
             bucket: var("LLMO_BUCKET").unwrap_or_else(|| "llmo".into()),
             meter,
             lifetime: Lifetime::from_env(),
@@ -143,14 +150,22 @@ impl Aws {
         }
     }
 
-    /// The same clients over other resource names (tests give each their own table/queues).
+    /// The same clients over other resource names (tests give each their own table/queues),
+    /// without a fold queue ([`Aws::with_folds`] adds one).
     pub fn named(&self, table: &str, queue_url: &str, dlq_url: &str, bucket: &str) -> Self {
         Aws {
             table: table.into(),
             queue_url: queue_url.into(),
             dlq_url: dlq_url.into(),
+            fold_url: None,
+            fold_dlq_url: None,
             bucket: bucket.into(),
             ..self.clone()
         }
+    }
+
+    /// The same, with a fold queue and its dead-letter queue.
+    pub fn with_folds(self, fold_url: Option<String>, fold_dlq_url: Option<String>) -> Self {
+        Aws { fold_url, fold_dlq_url, ..self }
     }
 }

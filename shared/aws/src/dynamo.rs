@@ -4,8 +4,12 @@
 //!
 //! | item | `pk` | `sk` | holds |
 //! | --- | --- | --- | --- |
-//! | run | `RUN#<id>` | `META` | workflow, source text, initial state, status, cost, `created`, GSI keys, `expires_at` |
-//! | log | `RUN#<id>` | `LOG#<first version, 20 digits>` | `last` version, the transitions as JSON (`t`) or an S3 key (`t_ref`) |
+//! | run | `RUN#<id>` | `META` | workflow, status, cost, `created`, GSI keys, `expires_at` (small: its summary is updated when the status changes, and an update is billed by the item's whole size) |
+//! | source | `RUN#<id>` | `SOURCE` | the workflow text (`source`) and the initial state (`init`) (written once; runs stored before it existed keep them in `META`) |
+//!
+//! Payloads (`t`, `source`, `init`) over [`DEFLATE_BYTES`] are stored deflated as binary
+//! `<name>z`; over the item limit, in S3 with the key in `<name>_ref`.
+//! | log | `RUN#<id>` | `LOG#<first version, 20 digits>` | `last` version, the transitions (`t`) |
 //! | snapshot | `RUN#<id>` | `SNAP` | `version`, S3 key of the state at that version |
 //! | start key | `IDEM#<key>` | `IDEM` | the run a start request with that idempotency key created |
 //! | waiter | `WAIT#<tenant>` | `<kind>#<event>#<key>#<since>#<run>#<task>#<item>#<attempt>` | a unit waiting for an approval or an event (`w`) |
@@ -52,6 +56,32 @@ pub const SNAPSHOT_EVERY: u64 = 500;
 
 type Item = HashMap<String, AttributeValue>;
 
+/// Payloads (transitions, workflow text, initial state) longer than this are stored deflated:
+/// a write is billed per KB, and such JSON (the same keys over and over) shrinks several times.
+pub const DEFLATE_BYTES: usize = 700;
+/// The most a stored log item inflates to (a corrupt or hostile item cannot exhaust memory).
+const INFLATED_MAX: u64 = 64 * 1024 * 1024;
+
+fn deflate(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut z = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
+    z.write_all(bytes).expect("writing to memory");
+    z.finish().expect("writing to memory")
+}
+
+fn inflate(bytes: &[u8]) -> Result<String, Error> {
+    use std::io::Read;
+    let mut out = String::new();
+    flate2::read::DeflateDecoder::new(bytes)
+        .take(INFLATED_MAX + 1)
+        .read_to_string(&mut out)
+        .map_err(|e| other(format!("a deflated log item does not inflate: {e}")))?;
+    if out.len() as u64 > INFLATED_MAX {
+        return Err(other("a deflated log item inflates past 64 MiB"));
+    }
+    Ok(out)
+}
+
 fn s(v: impl Into<String>) -> AttributeValue {
     AttributeValue::S(v.into())
 }
@@ -89,6 +119,7 @@ fn item_bytes(item: &Item) -> usize {
                 + match v {
                     AttributeValue::S(x) => x.len(),
                     AttributeValue::N(x) => x.len().div_ceil(2) + 1,
+                    AttributeValue::B(x) => x.as_ref().len(),
                     _ => 8,
                 }
         })
@@ -234,23 +265,30 @@ impl DynamoStore {
             .ok_or_else(|| Error::Other(format!("s3: no object {key}")))
     }
 
-    /// JSON payloads inline, or in S3 (content-addressed) when the item would be too big: the
-    /// whole item is measured, and the largest payloads move to S3 until it fits in
-    /// [`ITEM_SPILL_BYTES`] (DynamoDB's limit is 400 KB for the item as a whole, not per
-    /// attribute). Each payload is `(what, json, inline attribute, spilled attribute)`.
+    /// JSON payloads inline (deflated, as binary `<inline>z`, when longer than
+    /// [`DEFLATE_BYTES`]: writes are billed per KB), or in S3 (content-addressed) when the item
+    /// would be too big: the whole item is measured, and the largest payloads move to S3 until
+    /// it fits in [`ITEM_SPILL_BYTES`] (DynamoDB's limit is 400 KB for the item as a whole, not
+    /// per attribute). Each payload is `(what, json, inline attribute, spilled attribute)`.
     async fn payloads(
         &self,
         run_id: &str,
         item: &mut Item,
         parts: Vec<(&str, String, &str, &str)>,
     ) -> Result<(), Error> {
-        let spilled = spill_plan(item_bytes(item), &parts);
-        for ((what, json, inline, spilled_attr), spill) in parts.into_iter().zip(spilled) {
+        let packed: Vec<Option<Vec<u8>>> =
+            parts.iter().map(|p| (p.1.len() > DEFLATE_BYTES).then(|| deflate(p.1.as_bytes()))).collect();
+        let sizes: Vec<(usize, usize)> =
+            parts.iter().zip(&packed).map(|(p, z)| (p.2.len() + 1, z.as_ref().map_or(p.1.len(), Vec::len))).collect();
+        let spilled = spill_plan(item_bytes(item), &sizes);
+        for (((what, json, inline, spilled_attr), spill), z) in parts.into_iter().zip(spilled).zip(packed) {
             if spill {
                 let hash = hex(&Sha256::digest(json.as_bytes()));
                 let key = format!("runs/{run_id}/{what}-{hash}.json");
                 item.insert(spilled_attr.into(), s(&key));
                 self.put_blob(&key, json.into_bytes()).await?;
+            } else if let Some(z) = z {
+                item.insert(format!("{inline}z"), AttributeValue::B(aws_sdk_dynamodb::primitives::Blob::new(z)));
             } else {
                 item.insert(inline.into(), s(json));
             }
@@ -259,6 +297,9 @@ impl DynamoStore {
     }
 
     async fn read_payload(&self, item: &Item, inline: &str, spilled: &str) -> Result<String, Error> {
+        if let Some(AttributeValue::B(z)) = item.get(&format!("{inline}z")) {
+            return inflate(z.as_ref());
+        }
         if let Some(v) = get_s(item, inline) {
             return Ok(v.to_string());
         }
@@ -336,8 +377,9 @@ impl DynamoStore {
 
     /// The state a run was created with (version 0), for audits that replay its whole log.
     pub async fn initial_state(&self, run_id: &str) -> Result<Option<RunState>, Error> {
-        let Some(meta) = self.get(run_pk(run_id), "META").await? else { return Ok(None) };
-        Ok(Some(serde_json::from_str(&self.read_payload(&meta, "init", "init_ref").await?)?))
+        let items = self.head_items(run_id).await?;
+        let Some(src) = Self::source_item(&items) else { return Ok(None) };
+        Ok(Some(serde_json::from_str(&self.read_payload(src, "init", "init_ref").await?)?))
     }
 
     /// A page of runs, newest first, by workflow or status (or all).
@@ -424,20 +466,23 @@ impl DynamoStore {
         source: &str,
         initial: &RunState,
     ) -> Result<Created, Error> {
-        let meta = self.meta_item(workflow, source_name, source, initial).await?;
+        let (meta, src) = self.meta_item(workflow, source_name, source, initial).await?;
+        let mut wru = wru_of(&meta) + wru_of(&src);
         let mut tx = vec![
             TransactWriteItem::builder()
                 .put(
                     Put::builder()
                         .table_name(&self.aws.table)
-                        .set_item(Some(meta.clone()))
+                        .set_item(Some(meta))
                         .condition_expression("attribute_not_exists(pk)")
                         .build()
                         .map_err(other)?,
                 )
                 .build(),
+            TransactWriteItem::builder()
+                .put(Put::builder().table_name(&self.aws.table).set_item(Some(src)).build().map_err(other)?)
+                .build(),
         ];
-        let mut wru = wru_of(&meta);
         if let Some(k) = key {
             let idem: Item = [
                 ("pk".to_string(), s(format!("IDEM#{}", k.id))),
@@ -515,18 +560,19 @@ impl DynamoStore {
         Ok(out.item.map(|i| get_s(&i, "tenant").unwrap_or("-").to_string()))
     }
 
+    /// The run item and the source item of a new run.
     async fn meta_item(
         &self,
         workflow: &str,
         source_name: &str,
         source: &str,
         initial: &RunState,
-    ) -> Result<Item, Error> {
+    ) -> Result<(Item, Item), Error> {
         let id = &initial.run_id;
         let created = format!("{:013}#{id}", llmo_runtime::ports::now_ms());
         let shard = list_shard(id);
         let t = tenant_key(initial.tenant.as_deref());
-        let mut item: Item = [
+        let item: Item = [
             ("pk".to_string(), s(run_pk(id))),
             ("sk".to_string(), s("META")),
             ("run_id".to_string(), s(id.clone())),
@@ -544,12 +590,46 @@ impl DynamoStore {
             ("status_key".to_string(), s(format!("{t}#{}#{shard}", initial.status.as_str()))),
         ]
         .into();
+        let mut src: Item = [
+            ("pk".to_string(), s(run_pk(id))),
+            ("sk".to_string(), s("SOURCE")),
+            ("expires_at".to_string(), n(self.expires_at(initial))),
+        ]
+        .into();
         let parts = vec![
             ("source", source.to_string(), "source", "source_ref"),
             ("initial", serde_json::to_string(initial)?, "init", "init_ref"),
         ];
-        self.payloads(id, &mut item, parts).await?;
-        Ok(item)
+        self.payloads(id, &mut src, parts).await?;
+        Ok((item, src))
+    }
+
+    /// A run's `META`, `SNAP` and `SOURCE` items (whichever exist), in one query: they are
+    /// the sort keys from `META` on.
+    async fn head_items(&self, run_id: &str) -> Result<HashMap<String, Item>, Error> {
+        let q = self
+            .aws
+            .dynamodb
+            .query()
+            .table_name(&self.aws.table)
+            .key_condition_expression("pk = :pk AND sk >= :meta")
+            .expression_attribute_values(":pk", s(run_pk(run_id)))
+            .expression_attribute_values(":meta", s("META"))
+            .consistent_read(true);
+        Ok(self
+            .query_items(q, 8)
+            .await?
+            .into_iter()
+            .filter_map(|i| Some((get_s(&i, "sk")?.to_string(), i.clone())))
+            .collect())
+    }
+
+    /// The item holding a run's source and initial state: `SOURCE`, or `META` for runs
+    /// stored before `SOURCE` items existed.
+    fn source_item(items: &HashMap<String, Item>) -> Option<&Item> {
+        items
+            .get("SOURCE")
+            .or_else(|| items.get("META").filter(|m| m.contains_key("source") || m.contains_key("source_ref")))
     }
 
     /// When every item of the run expires (epoch seconds): its creation (the time in its id,
@@ -681,13 +761,14 @@ fn created_ms(run_id: &str) -> Option<u64> {
 /// Which payloads go to S3 so that an item of `fixed` bytes plus the payloads left inline fits
 /// in [`ITEM_SPILL_BYTES`]: the largest first, each spilled one leaving a key of about 100
 /// bytes.
-fn spill_plan(fixed: usize, parts: &[(&str, String, &str, &str)]) -> Vec<bool> {
+/// Which payloads (each `(attribute name length, stored size)`) go to S3 so that the item fits.
+fn spill_plan(fixed: usize, parts: &[(usize, usize)]) -> Vec<bool> {
     let mut spill = vec![false; parts.len()];
-    let mut total = fixed + parts.iter().map(|p| p.2.len() + p.1.len()).sum::<usize>();
+    let mut total = fixed + parts.iter().map(|p| p.0 + p.1).sum::<usize>();
     while total > ITEM_SPILL_BYTES {
-        let Some(k) = (0..parts.len()).filter(|&k| !spill[k]).max_by_key(|&k| parts[k].1.len()) else { break };
+        let Some(k) = (0..parts.len()).filter(|&k| !spill[k]).max_by_key(|&k| parts[k].1) else { break };
         spill[k] = true;
-        total = total - parts[k].1.len() + 100;
+        total = total - parts[k].1 + 100;
     }
     spill
 }
@@ -720,19 +801,21 @@ impl RunStore for DynamoStore {
     }
 
     async fn load(&self, run_id: &str) -> Result<Option<StoredRun>, Error> {
-        let Some(meta) = self.get(run_pk(run_id), "META").await? else { return Ok(None) };
-        let source = self.read_payload(&meta, "source", "source_ref").await?;
-        let snapshot: RunState = match self.get(run_pk(run_id), "SNAP").await? {
+        let items = self.head_items(run_id).await?;
+        let Some(meta) = items.get("META") else { return Ok(None) };
+        let src = Self::source_item(&items).ok_or_else(|| other(format!("run {run_id} has no source item")))?;
+        let source = self.read_payload(src, "source", "source_ref").await?;
+        let snapshot: RunState = match items.get("SNAP") {
             Some(snap) => {
-                let key = get_s(&snap, "key").ok_or_else(|| other("snapshot item without key"))?;
+                let key = get_s(snap, "key").ok_or_else(|| other("snapshot item without key"))?;
                 serde_json::from_slice(&self.get_blob(key).await?)?
             }
-            None => serde_json::from_str(&self.read_payload(&meta, "init", "init_ref").await?)?,
+            None => serde_json::from_str(&self.read_payload(src, "init", "init_ref").await?)?,
         };
         let tail = self.log_items(run_id, snapshot.version).await?;
         Ok(Some(StoredRun {
-            workflow: get_s(&meta, "workflow").unwrap_or_default().to_string(),
-            source_name: get_s(&meta, "source_name").unwrap_or_default().to_string(),
+            workflow: get_s(meta, "workflow").unwrap_or_default().to_string(),
+            source_name: get_s(meta, "source_name").unwrap_or_default().to_string(),
             source,
             snapshot,
             tail,
@@ -761,6 +844,7 @@ impl RunStore for DynamoStore {
         let what = format!("log-{:020}", expected + 1);
         self.payloads(run_id, &mut item, vec![(&what, serde_json::to_string(transitions)?, "t", "t_ref")]).await?;
         let wru = wru_of(&item);
+        self.aws.meter.log_writes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let won = if changes_summary(transitions, head) {
             let put = Put::builder()
                 .table_name(&self.aws.table)
@@ -1005,8 +1089,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn log_items_deflate_and_inflate_within_bounds() {
+        let json =
+            serde_json::to_string(&vec![serde_json::json!({"kind": "attempt_finished", "task": 1}); 50]).unwrap();
+        let z = deflate(json.as_bytes());
+        assert!(z.len() * 5 < json.len(), "{} -> {}", json.len(), z.len());
+        assert_eq!(inflate(&z).unwrap(), json);
+        assert!(inflate(b"not deflate").is_err());
+        let bomb = deflate(&vec![b' '; INFLATED_MAX as usize + 10]);
+        assert!(inflate(&bomb).unwrap_err().to_string().contains("64 MiB"));
+    }
+
+    #[test]
     fn the_largest_payloads_spill_until_the_whole_item_fits() {
-        let p = |n: usize| ("x", "a".repeat(n), "i", "r");
+        let p = |n: usize| (1, n);
         // Each fits alone, together they do not: the larger one goes.
         assert_eq!(spill_plan(200, &[p(250 * 1024), p(260 * 1024)]), vec![false, true]);
         assert_eq!(spill_plan(200, &[p(100), p(1000)]), vec![false, false]);

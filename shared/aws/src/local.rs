@@ -55,6 +55,19 @@ where
     }
 }
 
+/// [`poll`] over several queues at once (the step function's step and fold queues, the
+/// dead-letter function's two dead-letter queues), with one handler, until `stop` resolves.
+pub async fn poll_queues<F, Fut>(queues: &[SqsQueue], batch: usize, handler: F, stop: impl Future<Output = ()>)
+where
+    F: Fn(SqsEvent) -> Fut,
+    Fut: Future<Output = SqsBatchResponse>,
+{
+    use futures::FutureExt;
+    let stop = stop.shared();
+    let polls = queues.iter().map(|q| poll(q, batch, &handler, stop.clone()));
+    futures::future::join_all(polls).await;
+}
+
 /// Whether a request may reach the local API: a web page a developer visits must not be able
 /// to drive the API on their machine. Refused: a `Host` other than the address served (or
 /// `localhost` on its port, or one in `LLMO_ALLOWED_HOSTS`), which stops DNS rebinding; an
@@ -157,7 +170,7 @@ impl SqsHandler for crate::step::DeadLetters {
 pub async fn sqs_function<H: SqsHandler>(
     name: &str,
     handler: H,
-    queue: SqsQueue,
+    queues: Vec<SqsQueue>,
     obs: crate::env::Observability,
 ) -> Result<(), lambda_runtime::Error> {
     let handler = std::sync::Arc::new(handler);
@@ -176,8 +189,9 @@ pub async fn sqs_function<H: SqsHandler>(
             let listener = tokio::net::TcpListener::bind(addr).await?;
             tokio::spawn(serve_metrics(listener, move || obs.prometheus().unwrap_or_default()));
         }
-        tracing::info!(queue = %queue.url, batch, "{name}: polling locally");
-        poll(&queue, batch, |e| handler.handle(e), async {
+        let urls: Vec<&str> = queues.iter().map(|q| q.url.as_str()).collect();
+        tracing::info!(queues = ?urls, batch, "{name}: polling locally");
+        poll_queues(&queues, batch, |e| handler.handle(e), async {
             let _ = tokio::signal::ctrl_c().await;
         })
         .await;

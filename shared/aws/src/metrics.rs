@@ -27,6 +27,8 @@ pub struct Meter {
     rru_milli: AtomicU64,
     /// Conditional writes that lost (billed, changed nothing).
     pub lost_writes: AtomicU64,
+    /// Conditional writes of a run's log (appends), won or lost.
+    pub log_writes: AtomicU64,
 }
 
 /// A reading of a [`Meter`].
@@ -38,6 +40,7 @@ pub struct Reading {
     pub wru: f64,
     pub rru: f64,
     pub lost_writes: u64,
+    pub log_writes: u64,
 }
 
 impl Meter {
@@ -55,6 +58,7 @@ impl Meter {
             wru: self.wru_milli.load(Ordering::Relaxed) as f64 / 1000.0,
             rru: self.rru_milli.load(Ordering::Relaxed) as f64 / 1000.0,
             lost_writes: self.lost_writes.load(Ordering::Relaxed),
+            log_writes: self.log_writes.load(Ordering::Relaxed),
         }
     }
 }
@@ -69,6 +73,7 @@ impl Reading {
             wru: self.wru - earlier.wru,
             rru: self.rru - earlier.rru,
             lost_writes: self.lost_writes - earlier.lost_writes,
+            log_writes: self.log_writes - earlier.log_writes,
         }
     }
 }

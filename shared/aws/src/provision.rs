@@ -19,6 +19,8 @@ pub struct Resources {
     pub visibility_secs: u32,
     /// Deliveries before a message goes to the dead-letter queue.
     pub max_receives: u32,
+    /// Whether to create the fold queue `<queue>-fold.fifo` (and `<dlq>-fold.fifo`).
+    pub folds: bool,
 }
 
 impl Default for Resources {
@@ -30,6 +32,7 @@ impl Default for Resources {
             bucket: "llmo".into(),
             visibility_secs: 60,
             max_receives: 5,
+            folds: true,
         }
     }
 }
@@ -41,7 +44,27 @@ fn fail(what: &str, e: impl std::fmt::Display) -> String {
 /// Creates everything; returns the clients over the created names (queue URLs included).
 pub async fn provision(aws: &Aws, r: &Resources) -> Result<Aws, String> {
     create_table(aws, &r.table).await?;
-    let dlq_url = create_queue(aws, &r.dlq, None, r.visibility_secs).await?;
+    let (queue_url, dlq_url) = queue_pair(aws, &r.queue, &r.dlq, r, false).await?;
+    let folds = if r.folds {
+        let (q, d) =
+            queue_pair(aws, &format!("{}-fold.fifo", r.queue), &format!("{}-fold.fifo", r.dlq), r, true).await?;
+        (Some(q), Some(d))
+    } else {
+        (None, None)
+    };
+    match aws.s3.create_bucket().bucket(&r.bucket).send().await {
+        Ok(_) => {}
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|e| e.is_bucket_already_owned_by_you() || e.is_bucket_already_exists()) => {}
+        Err(e) => return Err(fail("bucket", aws_sdk_s3::error::DisplayErrorContext(e))),
+    }
+    Ok(aws.named(&r.table, &queue_url, &dlq_url, &r.bucket).with_folds(folds.0, folds.1))
+}
+
+/// A queue and its dead-letter queue (both FIFO with `fifo`): their URLs.
+async fn queue_pair(aws: &Aws, queue: &str, dlq: &str, r: &Resources, fifo: bool) -> Result<(String, String), String> {
+    let dlq_url = create_queue(aws, dlq, None, r.visibility_secs, fifo).await?;
     let dlq_arn = aws
         .sqs
         .get_queue_attributes()
@@ -54,24 +77,30 @@ pub async fn provision(aws: &Aws, r: &Resources) -> Result<Aws, String> {
         .and_then(|a| a.get(&QueueAttributeName::QueueArn).cloned())
         .ok_or("provision: the dead-letter queue has no ARN")?;
     let redrive = serde_json::json!({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": r.max_receives}).to_string();
-    let queue_url = create_queue(aws, &r.queue, Some(redrive), r.visibility_secs).await?;
-    match aws.s3.create_bucket().bucket(&r.bucket).send().await {
-        Ok(_) => {}
-        Err(e)
-            if e.as_service_error()
-                .is_some_and(|e| e.is_bucket_already_owned_by_you() || e.is_bucket_already_exists()) => {}
-        Err(e) => return Err(fail("bucket", aws_sdk_s3::error::DisplayErrorContext(e))),
-    }
-    Ok(aws.named(&r.table, &queue_url, &dlq_url, &r.bucket))
+    let queue_url = create_queue(aws, queue, Some(redrive), r.visibility_secs, fifo).await?;
+    Ok((queue_url, dlq_url))
 }
 
-async fn create_queue(aws: &Aws, name: &str, redrive: Option<String>, visibility: u32) -> Result<String, String> {
+async fn create_queue(
+    aws: &Aws,
+    name: &str,
+    redrive: Option<String>,
+    visibility: u32,
+    fifo: bool,
+) -> Result<String, String> {
     let mut req = aws
         .sqs
         .create_queue()
         .queue_name(name)
         .attributes(QueueAttributeName::VisibilityTimeout, visibility.to_string())
         .attributes(QueueAttributeName::ReceiveMessageWaitTimeSeconds, "1");
+    if fifo {
+        // High-throughput FIFO: deduplication and throughput limits per message group (run).
+        req = req
+            .attributes(QueueAttributeName::FifoQueue, "true")
+            .attributes(QueueAttributeName::DeduplicationScope, "messageGroup")
+            .attributes(QueueAttributeName::FifoThroughputLimit, "perMessageGroupId");
+    }
     if let Some(r) = redrive {
         req = req.attributes(QueueAttributeName::RedrivePolicy, r);
     }

@@ -8,6 +8,10 @@
 //!   when it is due ([`crate::config::OneShots`], deployed); without one, it is sent as 15
 //!   minutes with a `llmo-not-before` attribute and a receiver that gets it early sends it
 //!   again with the rest of the delay.
+//!
+//! A FIFO queue (its URL ends in `.fifo`: the fold queue) gets each message in the message
+//! group of its run and a deduplication id from its body, and no delays (FIFO queues take
+//! none per message; nothing is sent there delayed).
 
 use std::collections::HashMap;
 
@@ -53,17 +57,50 @@ pub struct SqsQueue {
     /// The longest delay SQS holds a message for (`DelaySeconds`, 15 minutes); a longer one is
     /// sent with this delay and an `llmo-not-before` time, and sent again when it arrives early.
     pub max_delay_ms: Millis,
+    /// A FIFO queue: messages are grouped by run (see the module).
+    pub fifo: bool,
 }
 
 impl SqsQueue {
+    fn at(aws: Aws, url: String) -> Self {
+        let fifo = url.ends_with(".fifo");
+        SqsQueue { aws, url, wait_secs: 1, max_delay_ms: MAX_DELAY_MS, fifo }
+    }
+
     pub fn new(aws: Aws) -> Self {
         let url = aws.queue_url.clone();
-        SqsQueue { aws, url, wait_secs: 1, max_delay_ms: MAX_DELAY_MS }
+        Self::at(aws, url)
     }
 
     pub fn dead_letters(aws: Aws) -> Self {
         let url = aws.dlq_url.clone();
-        SqsQueue { aws, url, wait_secs: 1, max_delay_ms: MAX_DELAY_MS }
+        Self::at(aws, url)
+    }
+
+    /// The fold queue, when the deployment has one.
+    pub fn folds(aws: Aws) -> Option<Self> {
+        let url = aws.fold_url.clone()?;
+        Some(Self::at(aws, url))
+    }
+
+    /// What the step function consumes: the step queue and the fold queue.
+    pub fn step_queues(aws: &Aws) -> Vec<Self> {
+        std::iter::once(Self::new(aws.clone())).chain(Self::folds(aws.clone())).collect()
+    }
+
+    /// What the dead-letter function consumes: both queues' dead letters.
+    pub fn dead_letter_queues(aws: &Aws) -> Vec<Self> {
+        let fold = aws.fold_dlq_url.clone().map(|url| Self::at(aws.clone(), url));
+        std::iter::once(Self::dead_letters(aws.clone())).chain(fold).collect()
+    }
+
+    /// A FIFO send's message group (the run) and deduplication id (a hash of the body).
+    fn fifo_ids(&self, body: &str, group: Option<&str>) -> Option<(String, String)> {
+        if !self.fifo {
+            return None;
+        }
+        let dedup: String = Sha256::digest(body.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
+        Some((group.unwrap_or("-").to_string(), dedup))
     }
 
     /// The body to send for a message: inline, or a claim check.
@@ -124,17 +161,33 @@ impl SqsQueue {
     /// Sends an encoded body with a delay of any length, carrying `trace` (a W3C
     /// `traceparent`) as the message attribute [`TRACEPARENT`].
     pub async fn send_traced(&self, body: String, delay_ms: Millis, trace: Option<String>) -> Result<(), QueueError> {
+        self.send_one(body, delay_ms, trace, None).await
+    }
+
+    /// [`SqsQueue::send_traced`] in the message group `group` when the queue is FIFO.
+    async fn send_one(
+        &self,
+        body: String,
+        delay_ms: Millis,
+        trace: Option<String>,
+        group: Option<&str>,
+    ) -> Result<(), QueueError> {
         if delay_ms > self.max_delay_ms
             && self.url == self.aws.queue_url
             && let Some(o) = &self.aws.one_shots
         {
             return one_shot(o, &body, now_ms() + delay_ms).await;
         }
+        let ids = self.fifo_ids(&body, group);
         let mut req = self.aws.sqs.send_message().queue_url(&self.url).message_body(body);
-        let (secs, attr) = self.delay(delay_ms);
-        req = req.delay_seconds(secs);
-        if let Some(a) = attr {
-            req = req.message_attributes(NOT_BEFORE, a);
+        if let Some((group, dedup)) = ids {
+            req = req.message_group_id(group).message_deduplication_id(dedup);
+        } else {
+            let (secs, attr) = self.delay(delay_ms);
+            req = req.delay_seconds(secs);
+            if let Some(a) = attr {
+                req = req.message_attributes(NOT_BEFORE, a);
+            }
         }
         if let Some(t) = trace {
             req = req.message_attributes(TRACEPARENT, string_attribute(t));
@@ -294,13 +347,14 @@ fn arn_of(url: &str) -> String {
 impl Queue for SqsQueue {
     async fn send(&self, message: &Message, delay_ms: Millis) -> Result<(), QueueError> {
         let body = self.body(message).await?;
-        self.send_body(body, delay_ms).await
+        self.send_one(body, delay_ms, llmo_runtime::telemetry::traceparent(), Some(message.run_id())).await
     }
 
     /// Ten messages per `SendMessageBatch`; entries the batch refused are sent one by one.
     async fn send_batch(&self, messages: &[(Message, Millis)]) -> Result<(), QueueError> {
         let trace = llmo_runtime::telemetry::traceparent();
         let mut bodies = Vec::with_capacity(messages.len());
+        let mut groups = Vec::with_capacity(messages.len());
         let scheduled = self.aws.one_shots.is_some() && self.url == self.aws.queue_url;
         for (m, delay) in messages {
             let body = self.body(m).await?;
@@ -309,21 +363,29 @@ impl Queue for SqsQueue {
                 self.send_traced(body, *delay, trace.clone()).await?;
             } else {
                 bodies.push((body, *delay));
+                groups.push(m.run_id());
             }
         }
+        let mut first = 0;
         for chunk in batches(&bodies) {
+            let chunk_groups = &groups[first..first + chunk.len()];
+            first += chunk.len();
             if chunk.len() == 1 {
                 let (body, delay) = chunk[0].clone();
-                self.send_body(body, delay).await?;
+                self.send_one(body, delay, trace.clone(), Some(chunk_groups[0])).await?;
                 continue;
             }
             let mut entries = Vec::with_capacity(chunk.len());
             for (i, (body, delay)) in chunk.iter().enumerate() {
-                let (secs, attr) = self.delay(*delay);
-                let mut e =
-                    SendMessageBatchRequestEntry::builder().id(i.to_string()).message_body(body).delay_seconds(secs);
-                if let Some(a) = attr {
-                    e = e.message_attributes(NOT_BEFORE, a);
+                let mut e = SendMessageBatchRequestEntry::builder().id(i.to_string()).message_body(body);
+                if let Some((group, dedup)) = self.fifo_ids(body, Some(chunk_groups[i])) {
+                    e = e.message_group_id(group).message_deduplication_id(dedup);
+                } else {
+                    let (secs, attr) = self.delay(*delay);
+                    e = e.delay_seconds(secs);
+                    if let Some(a) = attr {
+                        e = e.message_attributes(NOT_BEFORE, a);
+                    }
                 }
                 if let Some(t) = &trace {
                     e = e.message_attributes(TRACEPARENT, string_attribute(t.clone()));
@@ -344,7 +406,7 @@ impl Queue for SqsQueue {
             for f in out.failed() {
                 let i: usize = f.id().parse().map_err(io)?;
                 let (body, delay) = chunk[i].clone();
-                self.send_body(body, delay).await?;
+                self.send_one(body, delay, trace.clone(), Some(chunk_groups[i])).await?;
             }
         }
         Ok(())

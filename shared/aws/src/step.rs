@@ -22,6 +22,9 @@ use crate::sqs::{Decoded, SqsQueue};
 pub struct Step {
     pub worker: Worker,
     pub queue: Arc<SqsQueue>,
+    /// The fold queue (FIFO), when the deployment has one: the worker deposits there the
+    /// events of steps that would race other workers, and batches from it are folds.
+    pub folds: Option<Arc<SqsQueue>>,
     /// The queue's visibility timeout; a step running longer than a third of it extends it.
     pub visibility_secs: i32,
     /// How long an invocation goes on stepping, in place, the one attempt a step asks for
@@ -36,11 +39,15 @@ impl Step {
     pub fn new(aws: &Aws, executors: Registry) -> Self {
         let queue = Arc::new(SqsQueue::new(aws.clone()));
         let store = Arc::new(DynamoStore::new(aws.clone()));
-        let worker = Worker::from_stored(store, queue.clone(), Arc::new(executors), Arc::new(SystemClock::default()));
+        let mut worker =
+            Worker::from_stored(store, queue.clone(), Arc::new(executors), Arc::new(SystemClock::default()));
+        let folds = SqsQueue::folds(aws.clone()).map(Arc::new);
+        worker.fold = folds.clone().map(|f| f as Arc<dyn llmo_runtime::queue::Queue>);
         let var = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u64>().ok());
         Step {
             worker,
             queue,
+            folds,
             visibility_secs: var("LLMO_VISIBILITY_SECS").unwrap_or(60) as i32,
             continue_ms: var("LLMO_CONTINUE_MS").unwrap_or(5000),
             continue_steps: var("LLMO_CONTINUE_STEPS").unwrap_or(100) as usize,
@@ -48,8 +55,11 @@ impl Step {
     }
 
     /// Handles a batch: the records that failed are reported (`ReportBatchItemFailures`) and
-    /// come back after the visibility timeout; the rest are deleted.
+    /// come back after the visibility timeout; the rest are deleted. A batch from the fold
+    /// queue (an event source ARN ending in `.fifo`) is a fold (`Worker::handle_folds`).
     pub async fn handle(&self, event: SqsEvent) -> SqsBatchResponse {
+        let folding = self.folds.is_some()
+            && event.records.first().and_then(|r| r.event_source_arn.as_deref()).is_some_and(|a| a.ends_with(".fifo"));
         let mut failed: Vec<String> = Vec::new();
         let mut ready: Vec<(String, Delivery)> = Vec::new();
         for r in &event.records {
@@ -78,10 +88,13 @@ impl Step {
         }
         let deliveries: Vec<Delivery> = ready.iter().map(|(_, d)| d.clone()).collect();
         let receipts: Vec<String> = deliveries.iter().map(|d| d.receipt.clone()).collect();
-        let heartbeat = self.heartbeat(receipts);
+        let heartbeat = self.heartbeat(receipts, folding);
         // The batch's messages stay unacknowledged (and, by the heartbeat, invisible) while
-        // the work they lead to is stepped in place: they are its lease.
-        let results = if self.continue_ms == 0 {
+        // the work they lead to is stepped in place: they are its lease. A fold steps nothing
+        // in place: it would hold the run's message group meanwhile.
+        let results = if folding {
+            self.worker.handle_folds(&deliveries).await
+        } else if self.continue_ms == 0 {
             self.worker.handle_batch(&deliveries).await
         } else {
             let c =
@@ -109,8 +122,11 @@ impl Step {
 
     /// Extends the records' visibility every third of the timeout while the step runs (a slow
     /// model call must not let SQS hand its message to a second worker).
-    fn heartbeat(&self, receipts: Vec<String>) -> tokio::task::JoinHandle<()> {
-        let queue = self.queue.clone();
+    fn heartbeat(&self, receipts: Vec<String>, folding: bool) -> tokio::task::JoinHandle<()> {
+        let queue = match &self.folds {
+            Some(f) if folding => f.clone(),
+            _ => self.queue.clone(),
+        };
         let secs = self.visibility_secs.max(3);
         tokio::spawn(async move {
             let every = Duration::from_secs((secs / 3) as u64);

@@ -441,8 +441,8 @@ async fn the_sweeper_starts_orphaned_runs_and_times_out_overdue_ones() {
     assert_eq!(log.iter().filter(|t| t.event == Event::Start).count(), 1, "started once");
 }
 
-/// Payloads over the limits (a 300 KB input, a 300 KB task output, a 300 KB message) travel
-/// through S3 and come back intact.
+/// Payloads over the limits (a 450 KB input, a 900 KB task output, a 450 KB message, none of
+/// which deflates under the item limit) travel through S3 and come back intact.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn payloads_over_the_size_limits_travel_through_s3() {
     let Some(aws) = aws().await else { return };
@@ -468,14 +468,24 @@ spec:
     size: "{{ tasks.size.output }}"
     tail: "{{ tasks.twice.output[-5:] }}"
 "#;
-    let text: String = (0..300 * 1024).map(|i| (b'a' + (i % 26) as u8) as char).collect();
+    // Incompressible (payloads are stored deflated): 64 symbols drawn at random.
+    const SYMBOLS: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_";
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let text: String = (0..450 * 1024)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            SYMBOLS[(x >> 58) as usize] as char
+        })
+        .collect();
     let (code, v) = call(&api, "POST", "/runs", Some(json!({"source": BIG, "inputs": {"text": text}}))).await;
     assert_eq!(code, 201, "{v}");
     let run_id = v["run_id"].as_str().unwrap().to_string();
     let got = wait_end(&api, &run_id, 60).await;
     workers.stop().await;
     assert_eq!(got["status"], "succeeded", "{got}");
-    assert_eq!(got["outputs"]["size"], json!(600 * 1024));
+    assert_eq!(got["outputs"]["size"], json!(900 * 1024));
     let objects = aws.s3.list_objects_v2().bucket(&aws.bucket).prefix(format!("runs/{run_id}/")).send().await.unwrap();
     let keys: Vec<&str> = objects.contents().iter().filter_map(|o| o.key()).collect();
     assert!(keys.iter().any(|k| k.contains("/initial-")), "input spilled: {keys:?}");

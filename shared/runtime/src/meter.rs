@@ -42,6 +42,7 @@ pub fn describe() {
     describe_counter!("llmo_cost_microusd_total", "Model cost in millionths of a US dollar");
     describe_counter!("llmo_budget_stops_total", "Runs stopped by their budget");
     describe_counter!("llmo_cas_lost_total", "Compare-and-set writes lost to another writer");
+    describe_counter!("llmo_events_deposited_total", "Events handed to a run's fold group");
     describe_counter!("llmo_dead_letters_total", "Messages handled by the dead-letter handler");
     describe_counter!("llmo_http_calls_total", "HTTP calls of `http` tasks");
     describe_counter!("llmo_api_requests_total", "API requests answered, by route and status");
@@ -115,6 +116,11 @@ pub fn model_call(
 /// Compare-and-set writes lost.
 pub fn cas_lost(n: u64) {
     metrics::counter!("llmo_cas_lost_total").increment(n);
+}
+
+/// Events a step handed to its run's fold group instead of appending them itself.
+pub fn deposited(n: usize) {
+    metrics::counter!("llmo_events_deposited_total").increment(n as u64);
 }
 
 /// How old a message was when it was received.

@@ -14,8 +14,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::ports::Clock;
 
-/// The message schema version this build writes and reads.
-pub const SCHEMA_VERSION: u32 = 1;
+/// The newest message schema version this build reads. Each message is written with the
+/// oldest version that has its kind ([`Message::version`]), so a worker of the previous
+/// release still reads every kind it knows during a deployment and refuses (dead-letters)
+/// only the new ones.
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// What a queue carries.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -25,12 +28,23 @@ pub enum Message {
     Event { run_id: String, event: Event },
     /// Run this attempt, then apply its result.
     Execute { run_id: String, task: usize, item: Option<u32>, attempt: u32 },
+    /// Apply these events to the run, in one step (what a step deposits on the fold queue;
+    /// schema v2).
+    Events { run_id: String, events: Vec<Event> },
 }
 
 impl Message {
     pub fn run_id(&self) -> &str {
         match self {
-            Message::Event { run_id, .. } | Message::Execute { run_id, .. } => run_id,
+            Message::Event { run_id, .. } | Message::Execute { run_id, .. } | Message::Events { run_id, .. } => run_id,
+        }
+    }
+
+    /// The schema version that introduced this message's kind.
+    pub fn version(&self) -> u32 {
+        match self {
+            Message::Event { .. } | Message::Execute { .. } => 1,
+            Message::Events { .. } => 2,
         }
     }
 }
@@ -45,7 +59,7 @@ pub struct Envelope {
 
 impl Envelope {
     pub fn encode(message: &Message) -> String {
-        serde_json::to_string(&Envelope { v: SCHEMA_VERSION, message: message.clone() }).expect("messages serialize")
+        serde_json::to_string(&Envelope { v: message.version(), message: message.clone() }).expect("messages serialize")
     }
 
     pub fn decode(body: &str) -> Result<Message, QueueError> {
@@ -105,6 +119,8 @@ pub trait Queue: Send + Sync {
 
 struct Entry {
     id: u64,
+    /// The run the message is about (a grouped queue's message group).
+    group: String,
     body: String,
     visible_at: Millis,
     receives: u32,
@@ -116,10 +132,14 @@ struct Entry {
 pub type Picker = Box<dyn FnMut(usize) -> usize + Send>;
 
 /// An in-memory queue. Messages are stored encoded, so what a worker reads went through the
-/// wire format.
+/// wire format. A grouped queue ([`MemoryQueue::grouped`]) is what an SQS FIFO queue with one
+/// message group per run gives: while any message of a run is in flight (delivered, neither
+/// acknowledged nor back after its visibility timeout), no other message of that run is
+/// delivered, so one consumer at a time handles a run's messages.
 pub struct MemoryQueue {
     clock: Arc<dyn Clock>,
     visibility_ms: Millis,
+    grouped: bool,
     entries: Mutex<Vec<Entry>>,
     picker: Mutex<Option<Picker>>,
     next: AtomicU64,
@@ -130,10 +150,16 @@ impl MemoryQueue {
         MemoryQueue {
             clock,
             visibility_ms,
+            grouped: false,
             entries: Mutex::new(Vec::new()),
             picker: Mutex::new(None),
             next: AtomicU64::new(1),
         }
+    }
+
+    /// A queue that hands one run's messages to one consumer at a time (see the type).
+    pub fn grouped(clock: Arc<dyn Clock>, visibility_ms: Millis) -> Self {
+        MemoryQueue { grouped: true, ..Self::new(clock, visibility_ms) }
     }
 
     /// Delivers visible messages in the order `picker` chooses (simulations reorder with it).
@@ -156,12 +182,19 @@ impl MemoryQueue {
         self.entries.lock().expect("queue lock").iter().map(|e| e.visible_at).min()
     }
 
+    /// When the first message that is invisible at `t` becomes visible (a grouped queue may
+    /// hold visible messages back: they wait for this too).
+    pub fn next_visible_after(&self, t: Millis) -> Option<Millis> {
+        self.entries.lock().expect("queue lock").iter().map(|e| e.visible_at).filter(|v| *v > t).min()
+    }
+
     /// Puts a copy of a delivered message back, as SQS sometimes delivers one twice.
     pub fn duplicate(&self, receipt: &str) {
         let mut entries = self.entries.lock().expect("queue lock");
         if let Some(e) = entries.iter().find(|e| e.receipt.as_deref() == Some(receipt)) {
             let copy = Entry {
                 id: self.next.fetch_add(1, Ordering::Relaxed),
+                group: e.group.clone(),
                 body: e.body.clone(),
                 visible_at: self.clock.now(),
                 receives: 0,
@@ -182,6 +215,7 @@ impl Queue for MemoryQueue {
         let trace = crate::telemetry::traceparent();
         self.entries.lock().expect("queue lock").push(Entry {
             id,
+            group: message.run_id().to_string(),
             body,
             visible_at,
             receives: 0,
@@ -196,8 +230,17 @@ impl Queue for MemoryQueue {
         let mut entries = self.entries.lock().expect("queue lock");
         let mut picker = self.picker.lock().expect("queue lock");
         let mut out = Vec::new();
+        // Groups another receiver holds (a grouped queue delivers none of their messages); a
+        // batch may hold several messages of one group.
+        let busy: std::collections::HashSet<String> = if self.grouped {
+            entries.iter().filter(|e| e.receipt.is_some() && e.visible_at > now).map(|e| e.group.clone()).collect()
+        } else {
+            Default::default()
+        };
         while out.len() < max {
-            let visible: Vec<usize> = (0..entries.len()).filter(|&i| entries[i].visible_at <= now).collect();
+            let visible: Vec<usize> = (0..entries.len())
+                .filter(|&i| entries[i].visible_at <= now && !busy.contains(&entries[i].group))
+                .collect();
             if visible.is_empty() {
                 break;
             }
@@ -267,13 +310,40 @@ mod tests {
         assert!(q.is_empty());
     }
 
+    #[tokio::test]
+    async fn a_grouped_queue_hands_a_runs_messages_to_one_receiver_at_a_time() {
+        let clock = Arc::new(ManualClock::default());
+        let q = MemoryQueue::grouped(clock.clone(), 30_000);
+        let ev = |run: &str| Message::Event { run_id: run.into(), event: Event::Tick };
+        for run in ["a", "a", "b", "a"] {
+            q.send(&ev(run), 0).await.unwrap();
+        }
+        let first = q.receive(2).await.unwrap();
+        assert_eq!(first.len(), 2, "a batch may hold two messages of one run");
+        assert!(first.iter().all(|d| d.message.run_id() == "a"));
+        let second = q.receive(10).await.unwrap();
+        assert_eq!(second.iter().map(|d| d.message.run_id()).collect::<Vec<_>>(), vec!["b"], "run a is held");
+        q.ack(&first[0].receipt).await.unwrap();
+        assert!(q.receive(10).await.unwrap().is_empty(), "run a is still held by its second message");
+        q.ack(&first[1].receipt).await.unwrap();
+        let third = q.receive(10).await.unwrap();
+        assert_eq!(third.len(), 1);
+        clock.advance(30_000);
+        let again = q.receive(10).await.unwrap();
+        assert_eq!(again.len(), 2, "an unacknowledged group is released after the visibility timeout");
+    }
+
     #[test]
     fn the_wire_format_is_versioned() {
         let m = Message::Execute { run_id: "r".into(), task: 2, item: Some(1), attempt: 3 };
         let body = Envelope::encode(&m);
         assert_eq!(body, r#"{"v":1,"kind":"execute","run_id":"r","task":2,"item":1,"attempt":3}"#);
         assert_eq!(Envelope::decode(&body).unwrap(), m);
-        let newer = body.replace("\"v\":1", "\"v\":2");
-        assert!(Envelope::decode(&newer).unwrap_err().to_string().contains("newer than this worker's v1"));
+        let newer = body.replace("\"v\":1", "\"v\":3");
+        assert!(Envelope::decode(&newer).unwrap_err().to_string().contains("newer than this worker's v2"));
+        let deposit = Message::Events { run_id: "r".into(), events: vec![Event::Tick, Event::Cancel] };
+        let body = Envelope::encode(&deposit);
+        assert!(body.starts_with(r#"{"v":2,"kind":"events""#), "{body}");
+        assert_eq!(Envelope::decode(&body).unwrap(), deposit);
     }
 }

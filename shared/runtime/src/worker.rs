@@ -111,6 +111,9 @@ pub enum Outcome {
     Applied(u64),
     /// Nothing new to store; re-sent what an earlier transition asked for (if anything).
     Replayed,
+    /// Handed this many events to the run's fold group (other workers were running attempts
+    /// of the run): the step that folds them stores them and sends their commands.
+    Deposited(usize),
 }
 
 /// How far [`Worker::handle_batch_continuing`] goes on in place.
@@ -146,6 +149,13 @@ pub struct Worker {
     pub watch_every: Option<std::time::Duration>,
     /// How lost compare-and-set writes are retried.
     pub cas: CasRetry,
+    /// The fold queue: one that hands a run's messages to one consumer at a time (an SQS FIFO
+    /// queue grouped by run, [`crate::queue::MemoryQueue::grouped`]). With it, a step of a run
+    /// whose other attempts are running elsewhere does not race them for the log's next
+    /// version: it sends its events there, and [`Worker::handle_folds`] applies every event
+    /// waiting for the run in one append (see "Contention" in ARCHITECTURE.md). `None`: every
+    /// step appends itself, retrying lost writes.
+    pub fold: Option<Arc<dyn Queue>>,
     runs: Mutex<HashMap<String, Cached>>,
     plans: Mutex<HashMap<[u8; 32], Arc<Plan>>>,
 }
@@ -166,6 +176,7 @@ impl Worker {
             plan,
             watch_every: Some(std::time::Duration::from_secs(2)),
             cas: CasRetry::default(),
+            fold: None,
             runs: Mutex::default(),
             plans: Mutex::default(),
         }
@@ -190,7 +201,14 @@ impl Worker {
     /// Handles a batch of deliveries: one result per delivery, in order. The messages of one
     /// run make one step (one load, concurrent attempts, one write); runs go concurrently.
     pub async fn handle_batch(&self, ds: &[Delivery]) -> Vec<Result<Outcome, Error>> {
-        self.handle_batch_with(ds, None, false).await
+        self.handle_batch_with(ds, None, false, false).await
+    }
+
+    /// Handles a batch from the fold queue: the events other steps deposited, each run's
+    /// applied in one append (a lost write, to the API or a worker that stepped a run alone,
+    /// is retried as ever), then their commands are sent. Never deposits again.
+    pub async fn handle_folds(&self, ds: &[Delivery]) -> Vec<Result<Outcome, Error>> {
+        self.handle_batch_with(ds, None, false, true).await
     }
 
     /// [`Worker::handle_batch`], then the work it caused, in place: while a round's steps
@@ -206,7 +224,7 @@ impl Worker {
     /// recovers the step in place that was lost.
     pub async fn handle_batch_continuing(&self, ds: &[Delivery], c: Continue) -> Vec<Result<Outcome, Error>> {
         let kept = Mutex::new(Vec::new());
-        let mut results = self.handle_batch_with(ds, Some(&kept), false).await;
+        let mut results = self.handle_batch_with(ds, Some(&kept), false, false).await;
         let mut pending: Vec<Kept> = kept.into_inner().expect("kept messages");
         let mut failed = Vec::new();
         let mut rounds = 0;
@@ -217,7 +235,7 @@ impl Worker {
                 .map(|(message, trace)| Delivery { receipt: String::new(), message, receive_count: 1, trace })
                 .collect();
             let kept = Mutex::new(Vec::new());
-            let done = self.handle_batch_with(&round, Some(&kept), true).await;
+            let done = self.handle_batch_with(&round, Some(&kept), true, false).await;
             pending = kept.into_inner().expect("kept messages");
             // A step that failed here goes through the queue (and its retries), as it would have.
             failed.extend(round.into_iter().zip(done).filter(|(_, r)| r.is_err()).map(|(d, _)| (d.message, d.trace)));
@@ -240,11 +258,13 @@ impl Worker {
     }
 
     /// `in_place`: `ds` are attempts kept by the previous round, never sent to the queue.
+    /// `folding`: `ds` come from the fold queue.
     async fn handle_batch_with(
         &self,
         ds: &[Delivery],
         keep: Option<&Mutex<Vec<Kept>>>,
         in_place: bool,
+        folding: bool,
     ) -> Vec<Result<Outcome, Error>> {
         let mut groups: Vec<(&str, Vec<usize>)> = Vec::new();
         for (i, d) in ds.iter().enumerate() {
@@ -257,7 +277,7 @@ impl Worker {
         let steps = groups.iter().map(|(run, idx)| {
             let msgs: Vec<(&Message, bool)> = idx.iter().map(|&i| (&ds[i].message, ds[i].receive_count > 1)).collect();
             let trace = idx.iter().find_map(|&i| ds[i].trace.as_deref());
-            async move { self.step(run, &msgs, keep, in_place, trace).await }
+            async move { self.step(run, &msgs, keep, in_place, folding, trace).await }
         });
         let done = futures::future::join_all(steps).await;
         let mut out: Vec<Option<Result<Outcome, Error>>> = (0..ds.len()).map(|_| None).collect();
@@ -290,6 +310,7 @@ impl Worker {
         msgs: &[(&Message, bool)],
         keep: Option<&Mutex<Vec<Kept>>>,
         in_place: bool,
+        folding: bool,
         trace: Option<&str>,
     ) -> Result<Outcome, Error> {
         let span = tracing::info_span!(
@@ -298,18 +319,20 @@ impl Worker {
             workflow = tracing::field::Empty,
             messages = msgs.len(),
             in_place,
+            folding,
             version = tracing::field::Empty,
             outcome = tracing::field::Empty,
         );
         crate::telemetry::adopt(&span, trace);
         let started = std::time::Instant::now();
-        let r = self.step_in(run_id, msgs, keep, in_place).instrument(span.clone()).await;
+        let r = self.step_in(run_id, msgs, keep, in_place, folding).instrument(span.clone()).await;
         let outcome = match &r {
             Ok(Outcome::Applied(v)) => {
                 span.record("version", v);
                 "applied"
             }
             Ok(Outcome::Replayed) => "replayed",
+            Ok(Outcome::Deposited(_)) => "deposited",
             Err(_) => "failed",
         };
         span.record("outcome", outcome);
@@ -323,6 +346,7 @@ impl Worker {
         msgs: &[(&Message, bool)],
         keep: Option<&Mutex<Vec<Kept>>>,
         in_place: bool,
+        folding: bool,
     ) -> Result<Outcome, Error> {
         let (plan, mut st) = self.load(run_id).await?;
         let workflow = plan.checked.workflow.metadata.name.as_str();
@@ -340,6 +364,16 @@ impl Worker {
                     }
                     if !events.iter().any(|e| e.key() == event.key()) {
                         events.push(event.clone());
+                    }
+                }
+                Message::Events { events: deposited, .. } => {
+                    for event in deposited {
+                        if redelivered {
+                            again.push(event.key());
+                        }
+                        if !events.iter().any(|e| e.key() == event.key()) {
+                            events.push(event.clone());
+                        }
                     }
                 }
                 &Message::Execute { task, item, attempt, .. } => {
@@ -396,6 +430,11 @@ impl Worker {
             };
             events.extend(results);
         }
+        // Other attempts of the run are running (elsewhere, or later in this worker): their
+        // results would race this step's for the log's next version, so this step's events go
+        // to the fold queue. A step that is all the run has running (a chain, a start, a
+        // retry falling due in a quiet run) appends itself, saving the fold's round trip.
+        let mut deposit = !folding && self.fold.is_some() && st.running as usize > attempts.len();
         let mut lost = 0u32;
         loop {
             let expected = st.version;
@@ -427,6 +466,26 @@ impl Worker {
                 self.arm(run_id, tick, now).await?;
                 return Ok(Outcome::Replayed);
             }
+            if deposit && let Some(fold) = &self.fold {
+                // What earlier transitions owe is sent from here; what these events cause, by
+                // the step that folds them (which applies them to the state it reads then).
+                let mut owed_now: Vec<Command> = Vec::new();
+                for k in &keys {
+                    let o = if again.contains(k) { plan.replay_chain(&st, k) } else { plan.replay(&st, k) };
+                    for c in o {
+                        if !owed_now.contains(&c) {
+                            owed_now.push(c);
+                        }
+                    }
+                }
+                // One message: a fold reads many deposits per receive.
+                let events: Vec<Event> = log.iter().map(|t| t.event.clone()).collect();
+                let n = events.len();
+                fold.send(&Message::Events { run_id: run_id.to_string(), events }, 0).await?;
+                crate::meter::deposited(n);
+                self.send(&plan, &st, owed_now, keep).await?;
+                return Ok(Outcome::Deposited(n));
+            }
             match self.store.append(expected, &log, &next).await {
                 Ok(true) => {
                     crate::meter::applied(workflow, st.status, &next, &cmds);
@@ -439,13 +498,18 @@ impl Worker {
                 Ok(false) => {
                     lost += 1;
                     crate::meter::cas_lost(1);
-                    if lost >= self.cas.max_lost {
+                    if !folding && self.fold.is_some() {
+                        // Someone else moved the run: hand the events to the fold queue
+                        // rather than race again.
+                        deposit = true;
+                    } else if lost >= self.cas.max_lost {
                         return Err(Error::Step(
                             run_id.to_string(),
                             format!("lost {lost} compare-and-set writes in a row; handed back to the queue"),
                         ));
+                    } else {
+                        tokio::time::sleep(self.cas.delay(run_id, now, lost)).await;
                     }
-                    tokio::time::sleep(self.cas.delay(run_id, now, lost)).await;
                     st = self.load(run_id).await?.1;
                 }
                 Err(e) => return Err(e.into()),

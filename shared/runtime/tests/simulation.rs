@@ -123,6 +123,10 @@ struct FaultyStore {
     worker: Mutex<Option<std::sync::Weak<Worker>>>,
     racing: std::sync::atomic::AtomicBool,
     races: AtomicUsize,
+    /// Compare-and-set writes that lost (another writer had moved the run).
+    lost: AtomicUsize,
+    /// Compare-and-set writes that won.
+    appends: AtomicUsize,
     rng: SharedRng,
     faults: Faults,
 }
@@ -155,6 +159,7 @@ impl RunStore for FaultyStore {
             return Err(crash("before the write"));
         }
         let ok = self.inner.append(expected, ts, head).await?;
+        (if ok { &self.appends } else { &self.lost }).fetch_add(1, Ordering::SeqCst);
         if ok && chance(&self.rng, self.faults.crash_after_write) {
             return Err(crash("after the write"));
         }
@@ -239,6 +244,11 @@ impl Executor for SimExec {
                 usage: Usage::default(),
             };
         }
+        // Other workers' steps go on meanwhile (the fleet simulation runs several at once).
+        let yields = self.rng.lock().unwrap().next() % 3;
+        for _ in 0..yields {
+            tokio::task::yield_now().await;
+        }
         if a.attempt <= 2 && chance(&self.rng, self.faults.transient_failure) {
             return AttemptResult::Failed { error: "503".into(), retryable: true, usage: Usage::default() };
         }
@@ -253,6 +263,9 @@ struct Report {
     log: Vec<Transition>,
     after_end: usize,
     races: usize,
+    lost: usize,
+    appends: usize,
+    deposits: usize,
 }
 
 async fn simulate(plan: Arc<Plan>, source: &'static str, seed: u64, faults: Faults) -> Report {
@@ -305,6 +318,8 @@ async fn simulate_with(
         worker: Mutex::new(None),
         racing: Default::default(),
         races: AtomicUsize::new(0),
+        lost: AtomicUsize::new(0),
+        appends: AtomicUsize::new(0),
         rng: rng.clone(),
         faults,
     });
@@ -404,6 +419,141 @@ async fn simulate_with(
         log: mem.history(&run_id).await.unwrap(),
         after_end: exec.after_end.load(Ordering::SeqCst),
         races: store.races.load(Ordering::SeqCst),
+        lost: store.lost.load(Ordering::SeqCst),
+        appends: store.appends.load(Ordering::SeqCst),
+        deposits: 0,
+    }
+}
+
+/// The run on a fleet of `workers` workers stepping at once (their steps interleave at every
+/// await: attempts yield), with a fold queue ([`MemoryQueue::grouped`], as SQS FIFO with one
+/// group per run): each round, some workers each take a batch from the step queue or the fold
+/// queue and all of them step together, so attempt results race each other and the fold that
+/// applies them; crashes before and after every write and send, and before acknowledging
+/// (a fold that dies after its append and before sending, or before its acknowledgement, is
+/// delivered again), as in [`simulate_with`].
+async fn simulate_fleet(plan: Arc<Plan>, source: &'static str, seed: u64, faults: Faults, workers: usize) -> Report {
+    let plan = &plan;
+    let rng: SharedRng = Arc::new(Mutex::new(Rng(seed)));
+    let clock = Arc::new(ManualClock::default());
+    clock.set(1_000_000);
+    let picker = |rng: &SharedRng| {
+        let r = rng.clone();
+        Box::new(move |n: usize| (r.lock().unwrap().next() % n as u64) as usize) as llmo_runtime::queue::Picker
+    };
+    let mut queue = MemoryQueue::new(clock.clone(), 30_000);
+    let mut folds = MemoryQueue::grouped(clock.clone(), 30_000);
+    if faults.reorder {
+        queue = queue.with_picker(picker(&rng));
+        folds = folds.with_picker(picker(&rng));
+    }
+    let (queue, folds) = (Arc::new(queue), Arc::new(folds));
+    let mem = Arc::new(MemoryStore::default());
+    let exec = Arc::new(SimExec {
+        store: mem.clone(),
+        plan: plan.clone(),
+        rng: rng.clone(),
+        faults,
+        after_end: AtomicUsize::new(0),
+        broken: false.into(),
+    });
+    let mut reg = Registry::new();
+    reg.register("transform", exec.clone());
+    let reg = Arc::new(reg);
+    let run_id = format!("run-{seed}");
+    let st = plan.new_run(run_id.clone(), json!({"xs": [1, 2, 3, 4, 5]}).as_object().cloned().unwrap());
+    mem.create("sim", "sim.yaml", source, &st).await.unwrap();
+    queue.send(&Message::Event { run_id: run_id.clone(), event: Event::Start }, 0).await.unwrap();
+    let store = Arc::new(FaultyStore {
+        inner: mem.clone(),
+        queue: queue.clone(),
+        worker: Mutex::new(None),
+        racing: Default::default(),
+        races: AtomicUsize::new(0),
+        lost: AtomicUsize::new(0),
+        appends: AtomicUsize::new(0),
+        rng: rng.clone(),
+        faults,
+    });
+    let to_steps: Arc<dyn Queue> = Arc::new(FaultyQueue { inner: queue.clone(), rng: rng.clone(), faults });
+    let to_folds: Arc<dyn Queue> = Arc::new(FaultyQueue { inner: folds.clone(), rng: rng.clone(), faults });
+    let p = plan.clone();
+    let plan_of: llmo_runtime::worker::PlanOf = Arc::new(move |_| Some(p.clone()));
+    let no_wait = llmo_runtime::worker::CasRetry { base: std::time::Duration::ZERO, ..Default::default() };
+    let fleet: Vec<Arc<Worker>> = (0..=workers)
+        .map(|_| {
+            let mut w = Worker::new(store.clone(), to_steps.clone(), reg.clone(), clock.clone(), plan_of.clone());
+            w.cas = no_wait;
+            w.fold = Some(to_folds.clone());
+            Arc::new(w)
+        })
+        .collect();
+    // The last one races writes from inside the store, as in `simulate_with`.
+    *store.worker.lock().unwrap() = Some(Arc::downgrade(&fleet[workers]));
+    let mut deposits = 0;
+    let mut rounds = 0;
+    while !(queue.is_empty() && folds.is_empty()) {
+        rounds += 1;
+        assert!(rounds < 20_000, "the run did not finish");
+        let busy = 1 + (rng.lock().unwrap().next() % workers as u64) as usize;
+        let mut jobs = Vec::new();
+        for w in 0..busy {
+            let fold = !folds.is_empty() && (queue.is_empty() || chance(&rng, 0.5));
+            let (q, max) = if fold { (&folds, 10) } else { (&queue, 4) };
+            let n = 1 + (rng.lock().unwrap().next() % max) as usize;
+            let ds = q.receive(n).await.unwrap();
+            for d in &ds {
+                if chance(&rng, faults.duplicate) {
+                    q.duplicate(&d.receipt);
+                }
+            }
+            if !ds.is_empty() {
+                jobs.push((w, fold, ds));
+            }
+        }
+        if jobs.is_empty() {
+            let now = llmo_runtime::ports::Clock::now(clock.as_ref());
+            let next = [queue.next_visible_after(now), folds.next_visible_after(now)].into_iter().flatten().min();
+            clock.set(next.expect("messages are waiting"));
+            continue;
+        }
+        let now = llmo_runtime::ports::Clock::now(clock.as_ref());
+        let steps = jobs.iter().map(|(w, fold, ds)| {
+            let w = &fleet[*w];
+            async move {
+                if *fold {
+                    w.handle_folds(ds).await
+                } else if seed % 3 == 0 {
+                    let rounds = (1 + seed % 4) as usize;
+                    w.handle_batch_continuing(ds, Continue { max_rounds: rounds, until: now + 1 }).await
+                } else {
+                    w.handle_batch(ds).await
+                }
+            }
+        });
+        let results = futures::future::join_all(steps).await;
+        for ((_, fold, ds), rs) in jobs.iter().zip(results) {
+            let q = if *fold { &folds } else { &queue };
+            for (d, r) in ds.iter().zip(rs) {
+                if let Ok(llmo_runtime::worker::Outcome::Deposited(n)) = &r {
+                    deposits += n;
+                }
+                if r.is_ok() && !chance(&rng, faults.crash_before_ack) {
+                    q.ack(&d.receipt).await.unwrap();
+                }
+            }
+        }
+        clock.advance(1);
+    }
+    let st = rebuild(plan, mem.load(&run_id).await.unwrap().unwrap()).unwrap();
+    Report {
+        summary: (st.status, st.tasks.iter().map(|t| t.status).collect(), st.outputs.clone()),
+        log: mem.history(&run_id).await.unwrap(),
+        after_end: exec.after_end.load(Ordering::SeqCst),
+        races: store.races.load(Ordering::SeqCst),
+        lost: store.lost.load(Ordering::SeqCst),
+        appends: store.appends.load(Ordering::SeqCst),
+        deposits,
     }
 }
 
@@ -676,4 +826,75 @@ async fn racing_answers_under_faults_are_applied_once_per_waiting_unit() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// A wide run for the fleet: 24 items at once, then a join.
+const WIDE: &str = r#"
+apiVersion: llm-orchestrator/v1
+kind: Workflow
+metadata: { name: sim-wide }
+spec:
+  defaults: { retry: { max_attempts: 5, backoff: { initial: 100ms, max: 1s } } }
+  tasks:
+    - { id: a, type: transform, with: { output: a } }
+    - { id: docs, type: transform, depends_on: [a], for_each: "range(24)", with: { output: "{{ item }}" } }
+    - { id: more, type: transform, depends_on: [a], for_each: "range(8)", with: { output: "{{ item * 2 }}" } }
+    - { id: z, type: transform, depends_on: [docs, more], with: { output: "{{ tasks.docs.output | sum }} {{ tasks.more.output | sum }}" } }
+  outputs:
+    z: "{{ tasks.z.output }}"
+"#;
+
+/// The fold protocol on a fleet: with no faults, eight workers stepping a wide run at once never
+/// lose a compare-and-set write (results that would race go to the fold queue, and a fold
+/// applies several in one append); under every fault (crashes around each write, send and
+/// acknowledgement, folds that die mid-way, duplicates, reordering, racing writers) the runs
+/// end as the fault-free sequential run does, every attempt's result applied once.
+#[tokio::test]
+async fn a_fleet_folding_results_never_races_and_survives_faults() {
+    for (name, source) in [("wide", WIDE), ("sim", WORKFLOW)] {
+        let outcome = Validator::default().validate(&SourceFile::new("fleet.yaml", source));
+        let plan = Arc::new(Plan::new(outcome.checked.expect("the fleet workflow is valid")));
+        let clean = simulate(plan.clone(), source, 1, NONE).await;
+        check(&plan, &clean, &clean.summary).unwrap();
+        let calm = simulate_fleet(plan.clone(), source, 7, NONE, 8).await;
+        check(&plan, &calm, &clean.summary).unwrap();
+        eprintln!(
+            "{name}: calm lost {} appends {} deposits {} log {}",
+            calm.lost,
+            calm.appends,
+            calm.deposits,
+            calm.log.len()
+        );
+        assert_eq!(calm.lost, 0, "{name}: no write lost without faults ({} appends)", calm.appends);
+        if name == "wide" {
+            assert!(calm.deposits > 0, "{name}: results were folded");
+            assert_eq!(clean.summary.2, Some(json!({"z": "276 56"})));
+            assert!(
+                calm.appends * 2 < calm.log.len(),
+                "folds apply several results per append: {} appends for {} transitions",
+                calm.appends,
+                calm.log.len()
+            );
+        }
+        let seeds: u64 =
+            std::env::var("SIM_SEEDS").ok().and_then(|s| s.parse().ok()).map_or(300, |n: u64| (n / 30).max(1));
+        let mut failures = Vec::new();
+        let (mut deposits, mut lost) = (0, 0);
+        for seed in 0..seeds {
+            let r = match tokio::spawn(simulate_fleet(plan.clone(), source, seed, MANY, 8)).await {
+                Ok(r) => r,
+                Err(e) => {
+                    failures.push(format!("{name} seed {seed}: panicked: {e}"));
+                    continue;
+                }
+            };
+            deposits += r.deposits;
+            lost += r.lost;
+            if let Err(e) = check(&plan, &r, &clean.summary) {
+                failures.push(format!("{name} seed {seed}: {e}"));
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+        assert!(deposits > 0, "{name}: results were deposited under faults too ({lost} lost writes)");
+    }
 }

@@ -55,6 +55,7 @@ pub async fn stack(aws: &Aws, visibility_secs: u32, max_receives: u32) -> Aws {
         bucket: name.to_lowercase(),
         visibility_secs,
         max_receives,
+        folds: true,
     };
     provision(aws, &r).await.expect("provisioning the local stack")
 }
@@ -123,10 +124,10 @@ impl Workers {
         let mut handles = Vec::new();
         for _ in 0..n {
             let step = Arc::new(wrap(Step::new(aws, executors())));
-            let queue = SqsQueue::new(aws.clone());
+            let queues = SqsQueue::step_queues(aws);
             let mut rx = rx.clone();
             handles.push(tokio::spawn(async move {
-                local::poll(&queue, batch, |e| step.handle(e), async move {
+                local::poll_queues(&queues, batch, |e| step.handle(e), async move {
                     let _ = rx.wait_for(|s| *s).await;
                 })
                 .await
@@ -138,9 +139,9 @@ impl Workers {
     pub fn dead_letters(aws: &Aws) -> Self {
         let (stop, mut rx) = watch::channel(false);
         let dl = Arc::new(DeadLetters::new(aws, executors()));
-        let queue = SqsQueue::dead_letters(aws.clone());
+        let queues = SqsQueue::dead_letter_queues(aws);
         let h = tokio::spawn(async move {
-            local::poll(&queue, 10, |e| dl.handle(e), async move {
+            local::poll_queues(&queues, 10, |e| dl.handle(e), async move {
                 let _ = rx.wait_for(|s| *s).await;
             })
             .await
