@@ -64,10 +64,13 @@ lint:
 # (localstack/run-local.sh --cfn) runs on the resources it created: it answers `llmo submit --wait`,
 # and schemathesis fuzzes the API against docs/openapi.json.
 # The test binaries are built first, before the local AWS is started.
+# The serverless benchmark once, small, with its contention targets checked (the debug
+# build `cargo test` made of it).
+SERVERLESS_SMOKE := target/debug/examples/serverless --check wide 300 1 4 16 && target/debug/examples/serverless --check layered 200 1 4 16
 unit:
 	$(CARGO) test --workspace --locked --no-run
 	LLMO_SECRET_TICKETS_TOKEN=offline localstack/with-stack.sh \
-	  sh -c '$(CARGO) test --workspace --locked && functions/lambda-test.sh'
+	  sh -c '$(CARGO) test --workspace --locked && functions/lambda-test.sh && $(SERVERLESS_SMOKE)'
 	LLMO_API_ADDR=127.0.0.1:18080 localstack/run-local.sh --smoke --cfn
 
 # The serverless system on this machine: local AWS, api on :8080, step workers, dlq (Ctrl-C stops).
@@ -110,6 +113,11 @@ bench:
 	$(CARGO) bench --locked -p llmo-runtime --bench driver
 	$(CARGO) build --release --locked -p llmo-runtime --example e2e
 	for s in chain fan layered; do for st in memory sqlite; do target/release/examples/e2e $$s $$st; done; done
+	$(CARGO) build --release --locked -p llmo-aws --example serverless
+	localstack/with-stack.sh sh -c 'target/release/examples/serverless --check wide 10000 1 4 16 64 && \
+	  target/release/examples/serverless --check layered 1000 1 4 16 64 && \
+	  target/release/examples/serverless --no-fold layered 1000 1 4 16 64 && \
+	  target/release/examples/serverless chain 200 1 4'
 
 # Prints its figures as one `soak: {...}` line (BENCHMARKS.md, "Chaos soak").
 soak:

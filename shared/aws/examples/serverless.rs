@@ -1,6 +1,6 @@
 //! Throughput, per-step latency and AWS cost of the serverless runtime on the local stack.
 //!
-//!   localstack/with-stack.sh cargo run --release -p llmo-aws --example serverless -- [--no-fold] [chain|layered|wide] [TASKS] [WORKERS...]
+//!   localstack/with-stack.sh cargo run --release -p llmo-aws --example serverless -- [--no-fold] [--check] [chain|layered|wide] [TASKS] [WORKERS...]
 //!
 //! Runs a layered DAG of TASKS `transform` tasks (default 1,000: 10 layers, each task reading
 //! two of the layer before), a chain of TASKS, or `wide`: one `for_each` of TASKS items between
@@ -9,6 +9,9 @@
 //! mappings do; `--no-fold` deploys no fold queue, so every step appends itself), and counts
 //! every AWS request the run made (SDK interceptor) and the DynamoDB capacity it consumed
 //! (`ReturnConsumedCapacity`; conditional writes that lost a race are charged by item size).
+//! `--check` fails (exits non-zero) unless the contention targets hold: lost conditional writes
+//! at most 2% of the log's writes, and WRU per step at the largest fleet within 1.2x of one
+//! worker's (`make test` runs a small one; `make bench` the full sizes).
 //! Beside it, the emulator's floor: the SDK calls one step needs, issued raw, one after another.
 
 use std::sync::Arc;
@@ -198,7 +201,8 @@ async fn floor(aws: &Aws, n: usize) -> f64 {
 async fn main() {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     let folds = !args.iter().any(|a| a == "--no-fold");
-    args.retain(|a| a != "--no-fold");
+    let check = args.iter().any(|a| a == "--check");
+    args.retain(|a| a != "--no-fold" && a != "--check");
     let shape = match args.first().map(String::as_str) {
         Some(s @ ("chain" | "layered" | "wide")) => s.to_string(),
         _ => "layered".to_string(),
@@ -223,6 +227,8 @@ async fn main() {
         "| workers | tasks | wall s | steps/s | ms/step | vs floor | invocations/step | SQS req/step | DynamoDB req/step | WRU/step | RRU/step | S3 req/step | log writes | lost CAS | lost % | $/M steps |"
     );
     println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    // (workers, WRU per step, lost writes, log writes) of each run, for `--check`.
+    let mut seen: Vec<(usize, f64, u64, u64)> = Vec::new();
     for w in workers {
         let r = run(&aws, &source, tasks, w, folds).await;
         let n = (if shape == "wide" { r.tasks + 2 } else { r.tasks }) as f64;
@@ -256,6 +262,25 @@ async fn main() {
             100.0 * u.lost_writes as f64 / u.log_writes.max(1) as f64,
             cost * 1e6,
         );
+        seen.push((r.workers, u.wru / n, u.lost_writes, u.log_writes));
+    }
+    if check {
+        // The contention targets (issue 15): lost conditional writes at most 2% of the log's
+        // writes at every fleet size, and WRU per step at the largest fleet within 1.2x of one
+        // worker's.
+        for (w, _, lost, writes) in &seen {
+            assert!(*lost * 50 <= *writes, "{w} workers: {lost} of {writes} log writes lost (over 2%)");
+        }
+        if let (Some(one), Some(most)) = (seen.iter().find(|s| s.0 == 1), seen.iter().max_by_key(|s| s.0)) {
+            assert!(
+                most.1 <= 1.2 * one.1,
+                "WRU per step with {} workers is {:.3}, over 1.2x one worker's {:.3}",
+                most.0,
+                most.1,
+                one.1
+            );
+        }
+        println!("check: contention targets hold");
     }
     println!(
         "AWS Step Functions Standard: ${:.2} per million state transitions",
