@@ -49,6 +49,8 @@ pub fn executors(aws: &crate::Aws) -> Result<(Registry, Config, bool), String> {
         secrets,
         egress: llmo_runtime::egress::Egress::from_env()?,
         http: llmo_runtime::http::HttpLimits::from_env()?,
+        // Rate limits and open circuits shared by every function of the deployment.
+        flow: Arc::new(crate::flow::DynamoFlow::new(aws.clone())),
         ..llmo_runtime::Setup::new(config.clone(), mock)
     };
     Ok((setup.registry(), config, mock))

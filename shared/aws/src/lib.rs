@@ -9,6 +9,7 @@ pub mod blobs;
 pub mod config;
 pub mod dynamo;
 pub mod env;
+pub mod flow;
 pub mod local;
 pub mod metrics;
 pub mod provision;

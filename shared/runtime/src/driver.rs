@@ -493,12 +493,28 @@ pub(crate) fn build_attempt(
         with,
         context,
         budget_left_usd: spec.budget.and_then(|b| b.max_cost_usd).map(|m| m - st.cost_usd),
+        admitted: false,
         timeout: t.timeout.or(spec.defaults.as_ref().and_then(|d| d.timeout)).map(|d| d.0),
     })
 }
 
 /// Runs one attempt under its `timeout`, in an `attempt` span (a child of the current one).
 pub(crate) async fn run_with_timeout(exec: &dyn Executor, a: &Attempt) -> AttemptResult {
+    loop {
+        match run_deferrable(exec, a).await {
+            Ok(r) => return r,
+            // In one process a deferred attempt waits where it is.
+            Err(d) => tokio::time::sleep(d.after).await,
+        }
+    }
+}
+
+/// Runs an attempt within its timeout, in an `attempt` span; `Err` when the executor deferred
+/// it ([`Executor::execute_or_defer`]).
+pub(crate) async fn run_deferrable(
+    exec: &dyn Executor,
+    a: &Attempt,
+) -> Result<AttemptResult, crate::executor::Deferred> {
     use tracing::Instrument;
     let span = tracing::info_span!(
         "attempt",
@@ -513,15 +529,23 @@ pub(crate) async fn run_with_timeout(exec: &dyn Executor, a: &Attempt) -> Attemp
     );
     let run = async {
         match a.timeout {
-            Some(d) => tokio::time::timeout(d, exec.execute(a)).await.unwrap_or_else(|_| AttemptResult::Failed {
-                error: format!("timed out after {}", llmo_core::model::Duration(d)),
-                retryable: true,
-                usage: Usage::default(),
+            Some(d) => tokio::time::timeout(d, exec.execute_or_defer(a)).await.unwrap_or_else(|_| {
+                Ok(AttemptResult::Failed {
+                    error: format!("timed out after {}", llmo_core::model::Duration(d)),
+                    retryable: true,
+                    usage: Usage::default(),
+                })
             }),
-            None => exec.execute(a).await,
+            None => exec.execute_or_defer(a).await,
         }
     };
-    let result = run.instrument(span.clone()).await;
+    let result = match run.instrument(span.clone()).await {
+        Ok(r) => r,
+        Err(d) => {
+            span.record("outcome", "deferred");
+            return Err(d);
+        }
+    };
     record_attempt(&span, &a.ty, &result);
     span.in_scope(|| match &result {
         AttemptResult::Succeeded { usage, .. } => {
@@ -529,7 +553,7 @@ pub(crate) async fn run_with_timeout(exec: &dyn Executor, a: &Attempt) -> Attemp
         }
         AttemptResult::Failed { error, retryable, .. } => tracing::info!(%error, retryable, "attempt failed"),
     });
-    result
+    Ok(result)
 }
 
 /// Puts an attempt's outcome on its span and in the metrics.
@@ -590,6 +614,7 @@ pub async fn run_hooks(
                             with,
                             context: context.clone(),
                             budget_left_usd: None,
+                            admitted: false,
                             timeout: hook.timeout.map(|d| d.0),
                         };
                         let mut delay = retry.initial;

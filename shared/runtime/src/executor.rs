@@ -38,6 +38,9 @@ pub struct Attempt {
     pub budget_left_usd: Option<f64>,
     /// The task's `timeout` (or `defaults.timeout`), if any.
     pub timeout: Option<Duration>,
+    /// The attempt already holds its capacity under the fleet's rate limits (it was deferred
+    /// until its reserved time came): its first call does not take again.
+    pub admitted: bool,
 }
 
 impl Attempt {
@@ -60,6 +63,14 @@ impl Attempt {
 pub trait Executor: Send + Sync {
     async fn execute(&self, attempt: &Attempt) -> AttemptResult;
 
+    /// [`Executor::execute`], or `Err` when the attempt could not start for want of shared
+    /// capacity (a fleet-wide rate limit, [`crate::flow`]) and should run again later: the
+    /// serverless worker then sends it back to the queue with that delay instead of holding a
+    /// Lambda while it waits. Executors that never defer need not implement it.
+    async fn execute_or_defer(&self, attempt: &Attempt) -> Result<AttemptResult, Deferred> {
+        Ok(self.execute(attempt).await)
+    }
+
     /// True for pure, fast executors (microseconds, no I/O): the driver runs them in place
     /// instead of on a separate task.
     fn inline(&self) -> bool {
@@ -70,6 +81,14 @@ pub trait Executor: Send + Sync {
     fn raw_fields(&self) -> &'static [&'static str] {
         &[]
     }
+}
+
+/// An attempt that did not start: run it again after `after`; `admitted` when the capacity
+/// it needs ([`crate::flow`]) is reserved for then (the attempt run then must not take again).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deferred {
+    pub after: std::time::Duration,
+    pub admitted: bool,
 }
 
 /// Executors by task type.
@@ -246,6 +265,7 @@ pub(crate) fn test_attempt(ty: &str, with: Value, item: Option<u32>, attempt: u3
             serde_json::json!({ "inputs": { "q": "x" }, "tasks": {}, "run": { "id": "run-1" } }),
         )),
         budget_left_usd: None,
+        admitted: false,
         timeout: Some(Duration::from_millis(500)),
     }
 }
@@ -270,6 +290,7 @@ mod tests {
             with: Value::Null,
             context: Ctx::from(()),
             budget_left_usd: None,
+            admitted: false,
             timeout: None,
         }
     }

@@ -5,6 +5,7 @@ pub mod costs;
 pub mod driver;
 pub mod egress;
 pub mod executor;
+pub mod flow;
 pub mod http;
 pub mod meter;
 pub mod ports;
@@ -34,6 +35,8 @@ pub struct Setup {
     /// Where `http` tasks may connect.
     pub egress: egress::Egress,
     pub http: http::HttpLimits,
+    /// Rate limits and circuits shared with other workers (in-process by default).
+    pub flow: Arc<dyn flow::Flow>,
 }
 
 impl Setup {
@@ -48,13 +51,15 @@ impl Setup {
             secrets: Arc::new(secrets::WorkflowSecrets(Arc::new(secrets::EnvSecrets))),
             egress: egress::Egress::strict(),
             http: http::HttpLimits::default(),
+            flow: Arc::new(flow::Local::default()),
         }
     }
 
     /// `llm` over the configured providers, `http`, `transform`, `evaluate` (with the model
     /// judge) and `policy`.
     pub fn registry(self) -> executor::Registry {
-        let llm = Arc::new(providers::LlmExecutor::with_secrets(self.config, self.mock, self.keys));
+        let llm =
+            Arc::new(providers::LlmExecutor::with_secrets(self.config, self.mock, self.keys).with_flow(self.flow));
         let mut r = executor::Registry::with_builtins(Some(llm.clone()));
         r.register("llm", llm);
         if self.mock {

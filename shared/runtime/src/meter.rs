@@ -43,6 +43,7 @@ pub fn describe() {
     describe_counter!("llmo_budget_stops_total", "Runs stopped by their budget");
     describe_counter!("llmo_cas_lost_total", "Compare-and-set writes lost to another writer");
     describe_counter!("llmo_events_deposited_total", "Events handed to a run's fold group");
+    describe_counter!("llmo_attempts_deferred_total", "Attempts delayed for want of fleet-wide capacity");
     describe_counter!("llmo_dead_letters_total", "Messages handled by the dead-letter handler");
     describe_counter!("llmo_http_calls_total", "HTTP calls of `http` tasks");
     describe_counter!("llmo_api_requests_total", "API requests answered, by route and status");
@@ -116,6 +117,11 @@ pub fn model_call(
 /// Compare-and-set writes lost.
 pub fn cas_lost(n: u64) {
     metrics::counter!("llmo_cas_lost_total").increment(n);
+}
+
+/// Attempts sent back to the queue for want of shared capacity (fleet-wide rate limits).
+pub fn deferred(n: usize) {
+    metrics::counter!("llmo_attempts_deferred_total").increment(n as u64);
 }
 
 /// Events a step handed to its run's fold group instead of appending them itself.

@@ -26,8 +26,16 @@ pub const SCHEMA_VERSION: u32 = 2;
 pub enum Message {
     /// Apply this event to the run.
     Event { run_id: String, event: Event },
-    /// Run this attempt, then apply its result.
-    Execute { run_id: String, task: usize, item: Option<u32>, attempt: u32 },
+    /// Run this attempt, then apply its result. `admitted`: it was deferred until the
+    /// capacity it reserved under the fleet's rate limits was due (`crate::flow`).
+    Execute {
+        run_id: String,
+        task: usize,
+        item: Option<u32>,
+        attempt: u32,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        admitted: bool,
+    },
     /// Apply these events to the run, in one step (what a step deposits on the fold queue;
     /// schema v2).
     Events { run_id: String, events: Vec<Event> },
@@ -335,7 +343,7 @@ mod tests {
 
     #[test]
     fn the_wire_format_is_versioned() {
-        let m = Message::Execute { run_id: "r".into(), task: 2, item: Some(1), attempt: 3 };
+        let m = Message::Execute { run_id: "r".into(), task: 2, item: Some(1), attempt: 3, admitted: false };
         let body = Envelope::encode(&m);
         assert_eq!(body, r#"{"v":1,"kind":"execute","run_id":"r","task":2,"item":1,"attempt":3}"#);
         assert_eq!(Envelope::decode(&body).unwrap(), m);

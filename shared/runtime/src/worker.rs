@@ -32,7 +32,7 @@ use llmo_core::source::SourceFile;
 use llmo_core::validate::Validator;
 use sha2::{Digest, Sha256};
 
-use crate::driver::{Observer, build_attempt, run_hooks, run_with_timeout};
+use crate::driver::{Observer, build_attempt, run_deferrable, run_hooks};
 use crate::executor::Registry;
 use crate::ports::Clock;
 use crate::queue::{Delivery, Message, Queue, QueueError};
@@ -356,6 +356,9 @@ impl Worker {
         // Keys of redelivered messages: what they owe is followed through finished work.
         let mut again: Vec<String> = Vec::new();
         let mut attempts: Vec<AttemptId> = Vec::new();
+        let mut deferred: Vec<(Message, Millis)> = Vec::new();
+        // Attempts whose capacity was reserved before they were deferred.
+        let mut admitted_ids: Vec<AttemptId> = Vec::new();
         for &(m, redelivered) in msgs {
             match m {
                 Message::Event { event, .. } => {
@@ -376,8 +379,11 @@ impl Worker {
                         }
                     }
                 }
-                &Message::Execute { task, item, attempt, .. } => {
+                &Message::Execute { task, item, attempt, admitted, .. } => {
                     let id = AttemptId { task, item, attempt };
+                    if admitted {
+                        admitted_ids.push(id);
+                    }
                     let unit = st.tasks.get(task).and_then(|t| t.units.get(id.unit()));
                     let live = st.status == RunStatus::Running
                         && unit.is_some_and(|u| u.status == TaskStatus::Running && u.attempt == attempt);
@@ -397,6 +403,7 @@ impl Worker {
             let parts = plan.run_parts(&st, false);
             let runs = attempts.iter().map(|&id| {
                 let (plan, st, parts) = (&plan, &st, &parts);
+                let admitted = admitted_ids.contains(&id);
                 async move {
                     let t = &plan.checked.workflow.spec.tasks[id.task];
                     let result = match self.executors.get(&t.ty) {
@@ -407,12 +414,20 @@ impl Worker {
                         Some(exec) => {
                             let ids = (Arc::from(run_id), Arc::from(t.id.as_str()), Arc::from(t.ty.as_str()));
                             match build_attempt(plan, st, parts, ids, id, exec.as_ref()) {
-                                Ok(a) => run_with_timeout(exec.as_ref(), &a).await,
+                                Ok(mut a) => match run_deferrable(exec.as_ref(), {
+                                    a.admitted = admitted;
+                                    &a
+                                })
+                                .await
+                                {
+                                    Ok(r) => r,
+                                    Err(d) => return Err((id, d)),
+                                },
                                 Err(r) => r,
                             }
                         }
                     };
-                    Event::AttemptFinished { task: id.task, item: id.item, attempt: id.attempt, result, in_place }
+                    Ok(Event::AttemptFinished { task: id.task, item: id.item, attempt: id.attempt, result, in_place })
                 }
             });
             let all = futures::future::join_all(runs);
@@ -428,7 +443,23 @@ impl Worker {
                     }
                 },
             };
-            events.extend(results);
+            for r in results {
+                match r {
+                    Ok(e) => events.push(e),
+                    // Not started for want of shared capacity: back to the queue, delayed
+                    // (sent once the step's own work is done; nothing is stored for it).
+                    Err((id, d)) => {
+                        let m = Message::Execute {
+                            run_id: run_id.to_string(),
+                            task: id.task,
+                            item: id.item,
+                            attempt: id.attempt,
+                            admitted: d.admitted,
+                        };
+                        deferred.push((m, d.after.as_millis() as Millis));
+                    }
+                }
+            }
         }
         // Other attempts of the run are running (elsewhere, or later in this worker): their
         // results would race this step's for the log's next version, so this step's events go
@@ -464,6 +495,7 @@ impl Worker {
             if log.is_empty() {
                 self.send(&plan, &next, cmds, keep).await?;
                 self.arm(run_id, tick, now).await?;
+                self.defer(&deferred).await?;
                 return Ok(Outcome::Replayed);
             }
             if deposit && let Some(fold) = &self.fold {
@@ -484,6 +516,7 @@ impl Worker {
                 fold.send(&Message::Events { run_id: run_id.to_string(), events }, 0).await?;
                 crate::meter::deposited(n);
                 self.send(&plan, &st, owed_now, keep).await?;
+                self.defer(&deferred).await?;
                 return Ok(Outcome::Deposited(n));
             }
             match self.store.append(expected, &log, &next).await {
@@ -493,6 +526,7 @@ impl Worker {
                     self.remember(&plan, &next);
                     self.send(&plan, &next, cmds, keep).await?;
                     self.arm(run_id, tick, now).await?;
+                    self.defer(&deferred).await?;
                     return Ok(Outcome::Applied(version));
                 }
                 Ok(false) => {
@@ -532,6 +566,15 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// Sends the attempts that were deferred back to the queue, each with its delay.
+    async fn defer(&self, deferred: &[(Message, Millis)]) -> Result<(), Error> {
+        if !deferred.is_empty() {
+            crate::meter::deferred(deferred.len());
+            self.queue.send_batch(deferred).await?;
+        }
+        Ok(())
     }
 
     /// Sends the `Tick` that checks the deadline `at` (the queue carries delays past SQS's
@@ -662,7 +705,7 @@ impl Worker {
         for c in cmds {
             match c {
                 Command::Execute { task, item, attempt } => {
-                    let m = Message::Execute { run_id: run_id.clone(), task, item, attempt };
+                    let m = Message::Execute { run_id: run_id.clone(), task, item, attempt, admitted: false };
                     match keep {
                         Some(k) => k.lock().expect("kept messages").push((m, crate::telemetry::traceparent())),
                         None => out.push((m, 0)),

@@ -9,7 +9,16 @@
 //!   openrouter: { kind: openai, base_url: "https://openrouter.ai/api/v1", api_key_env: OPENROUTER_API_KEY }
 //! prices:            # USD per million tokens; overrides the built-in table
 //!   my-finetune: { input: 0.30, output: 1.20 }
+//! limits:            # shared by every worker (see `crate::flow`); none unless set
+//!   openai: { rpm: 500, tpm: 200000 }           # the provider's key, all models
+//!   openai/gpt-4o: { rpm: 500, tpm: 30000 }     # one model (checked as well)
 //! ```
+//!
+//! Providers publish their limits per account tier and model; at the time of writing,
+//! OpenAI's first paid tier allows 500 requests and 200,000 tokens a minute on gpt-4o-mini
+//! (30,000 tokens on gpt-4o), Anthropic's first tier 50 requests a minute with 50,000 input
+//! and 10,000 output tokens on Sonnet models. Set what your account's limits page says: the
+//! runtime does not guess, and a limit it does not know is not enforced.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -115,6 +124,8 @@ pub struct Config {
     pub prices: PriceTable,
     pub breaker: BreakerConfig,
     pub retry: CallRetry,
+    /// Fleet-wide limits by `provider` or `provider/model`.
+    pub limits: BTreeMap<String, crate::flow::Limit>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -136,6 +147,8 @@ struct FileConfig {
     breaker_failures: Option<u32>,
     breaker_cooldown: Option<llmo_core::model::Duration>,
     call_retries: Option<u32>,
+    #[serde(default)]
+    limits: BTreeMap<String, crate::flow::Limit>,
 }
 
 #[derive(Deserialize)]
@@ -210,6 +223,7 @@ impl Config {
             prices: PriceTable::builtin(),
             breaker: BreakerConfig { failures: 5, cooldown: Duration::from_secs(30) },
             retry: CallRetry::default(),
+            limits: BTreeMap::new(),
         }
     }
 
@@ -269,6 +283,16 @@ impl Config {
         if let Some(n) = fc.call_retries {
             c.retry.max_calls = n + 1;
         }
+        for (name, limit) in fc.limits {
+            let provider = name.split('/').next().unwrap_or_default();
+            if !c.providers.contains_key(provider) {
+                return Err(invalid(format!("limits.{name}: `{provider}` is not a provider")));
+            }
+            if limit.rpm == Some(0) || limit.tpm == Some(0) {
+                return Err(invalid(format!("limits.{name}: a limit of 0 would stop every call")));
+            }
+            c.limits.insert(name, limit);
+        }
         Ok(c)
     }
 }
@@ -305,5 +329,18 @@ mod tests {
         assert!(e.starts_with("c.yaml: ") && e.contains("grpc"), "{e}");
         let e = Config::from_yaml("c.yaml", "providers:\n  x: { kind: openai }\n").unwrap_err().to_string();
         assert_eq!(e, "c.yaml: providers.x.base_url: required");
+    }
+
+    #[test]
+    fn limits_name_known_providers() {
+        let c = Config::from_yaml("c.yaml", "limits:\n  openai/gpt-4o: { rpm: 60, tpm: 1000 }\n  mock: { rpm: 5 }\n")
+            .unwrap();
+        assert_eq!(c.limits["openai/gpt-4o"].rpm, Some(60));
+        assert_eq!(c.limits["mock"].requests().unwrap().burst, 1);
+        let e = Config::from_yaml("c.yaml", "limits:\n  nope/x: { rpm: 5 }\n").unwrap_err().to_string();
+        assert_eq!(e, "c.yaml: limits.nope/x: `nope` is not a provider");
+        let e = Config::from_yaml("c.yaml", "limits:\n  openai: { rpm: 0 }\n").unwrap_err().to_string();
+        assert!(e.contains("a limit of 0"), "{e}");
+        assert!(Config::from_yaml("c.yaml", "limits:\n  openai: { rps: 5 }\n").is_err(), "unknown field");
     }
 }

@@ -78,6 +78,10 @@ pub enum CallError {
     Config(String),
     #[error("the response is larger than the limit of {0} bytes a model's answer may have")]
     TooLarge(usize),
+    /// Not called: under the fleet-wide limits ([`crate::flow`]) the call may be made only
+    /// after `wait`; `reserved`: its capacity is taken for then.
+    #[error("held back by the fleet's rate limit for {wait:?}")]
+    Throttled { wait: Duration, reserved: bool },
 }
 
 impl CallError {
@@ -185,15 +189,20 @@ impl Breaker {
         }
     }
 
-    pub fn record(&self, healthy: bool) {
+    /// Records a call's health; returns until when (ms since the epoch) the circuit is open
+    /// when this call opened it.
+    pub fn record(&self, healthy: bool) -> Option<llmo_core::engine::Millis> {
         let mut s = self.state.lock().expect("breaker lock");
         if healthy {
             *s = (0, None);
+            None
         } else {
             s.0 += 1;
+            let opens = s.0 >= self.threshold && s.1.is_none();
             if s.0 >= self.threshold {
                 s.1 = Some(Instant::now() + self.cooldown);
             }
+            opens.then(|| crate::ports::now_ms() + self.cooldown.as_millis() as u64)
         }
     }
 }
@@ -223,6 +232,8 @@ pub struct LlmExecutor {
     retry: CallRetry,
     /// Answer every call with the mock provider (`llmo run --mock`).
     force_mock: bool,
+    /// Fleet-wide rate limits and circuits (in-process unless [`LlmExecutor::with_flow`]).
+    flow: Arc<dyn crate::flow::Flow>,
 }
 
 impl LlmExecutor {
@@ -249,7 +260,81 @@ impl LlmExecutor {
             breakers.insert(name.clone(), Breaker::new(config.breaker.failures, config.breaker.cooldown));
         }
         let retry = config.retry;
-        LlmExecutor { config, providers, breakers, retry, force_mock }
+        let flow: Arc<dyn crate::flow::Flow> = Arc::new(crate::flow::Local::default());
+        LlmExecutor { config, providers, breakers, retry, force_mock, flow }
+    }
+
+    /// Shares rate limits and open circuits through `flow` (the serverless runtime's
+    /// DynamoDB-backed one) instead of this process's memory.
+    pub fn with_flow(mut self, flow: Arc<dyn crate::flow::Flow>) -> Self {
+        self.flow = flow;
+        self
+    }
+
+    /// The limited buckets a call of `model` on `provider` draws from: the provider's key
+    /// (`limits.<provider>`) and the model on it (`limits.<provider>/<model>`), each named by
+    /// the provider, model and the key's variable name.
+    fn buckets(&self, provider: &str, model: &str) -> Vec<(String, crate::flow::Limit)> {
+        let key = self.config.providers.get(provider).and_then(|p| p.api_key_env.as_deref()).unwrap_or("-");
+        let mut out = Vec::new();
+        if let Some(l) = self.config.limits.get(provider) {
+            out.push((format!("{provider}@{key}"), *l));
+        }
+        if let Some(l) = self.config.limits.get(&format!("{provider}/{model}")) {
+            out.push((format!("{provider}/{model}@{key}"), *l));
+        }
+        out
+    }
+
+    /// Takes a request and `tokens` from every bucket (reserving them when they are due only
+    /// later) and waits until they are due when the flow waits in place; otherwise
+    /// `Throttled { reserved: true }` tells the caller when to call. The shared state being
+    /// unreachable lets the call through (logged); too busy, nothing is taken and
+    /// `Throttled { reserved: false }` says when to try again.
+    async fn admit(&self, buckets: &[(String, crate::flow::Limit)], tokens: u64) -> Result<(), CallError> {
+        use crate::flow::FlowError;
+        loop {
+            let mut taken: Vec<(String, crate::flow::Rate, u64)> = Vec::new();
+            let mut due = Duration::ZERO;
+            let mut busy = None;
+            'all: for (key, limit) in buckets {
+                for (name, rate, cost) in [
+                    (format!("{key}#requests"), limit.requests(), 1),
+                    (format!("{key}#tokens"), limit.tokens(), tokens),
+                ] {
+                    let Some(rate) = rate else { continue };
+                    match self.flow.take(&name, rate, cost).await {
+                        Ok(d) => {
+                            due = due.max(d);
+                            taken.push((name, rate, cost));
+                        }
+                        Err(FlowError::Wait { wait }) => {
+                            busy = Some(wait);
+                            break 'all;
+                        }
+                        Err(FlowError::Io(e)) => tracing::warn!(bucket = %name, error = %e, "rate limit not checked"),
+                    }
+                }
+            }
+            if let Some(wait) = busy {
+                for (name, rate, cost) in taken {
+                    self.flow.adjust(&name, rate, -(cost as i64)).await;
+                }
+                if !self.flow.waits_in_place(wait) {
+                    return Err(CallError::Throttled { wait, reserved: false });
+                }
+                tokio::time::sleep(wait).await;
+                continue;
+            }
+            if due.is_zero() {
+                return Ok(());
+            }
+            if !self.flow.waits_in_place(due) {
+                return Err(CallError::Throttled { wait: due, reserved: true });
+            }
+            tokio::time::sleep(due).await;
+            return Ok(());
+        }
     }
 
     /// Replaces a provider (tests, or users adding their own wire format).
@@ -280,7 +365,9 @@ impl LlmExecutor {
     }
 
     /// One model, with in-attempt retries for rate limits and server errors.
-    async fn call(&self, provider: &str, req: &ChatRequest) -> Result<ChatResponse, CallError> {
+    /// `admitted`: the first call's capacity was reserved already (the attempt was deferred
+    /// until it was due).
+    async fn call(&self, provider: &str, req: &ChatRequest, admitted: bool) -> Result<ChatResponse, CallError> {
         let name = if self.force_mock { "mock" } else { provider };
         let Some(p) = self.providers.get(name) else {
             let mut known: Vec<&str> = self.providers.keys().map(String::as_str).collect();
@@ -288,8 +375,11 @@ impl LlmExecutor {
             return Err(CallError::Config(format!("unknown provider `{name}` (known: {})", known.join(", "))));
         };
         let breaker = &self.breakers[name];
+        let buckets = self.buckets(name, &req.model);
+        let estimate = self.token_estimate(req);
         let mut wait = self.retry.initial;
         let mut calls = 0;
+        let mut admitted = admitted;
         loop {
             if let Err(left) = breaker.allow() {
                 return Err(CallError::Server {
@@ -300,11 +390,36 @@ impl LlmExecutor {
                     ),
                 });
             }
+            // Opened by any worker of the fleet (seen within a second).
+            if let Some(until) = self.flow.open_until(name).await {
+                return Err(CallError::Server {
+                    status: 503,
+                    message: format!(
+                        "circuit open for provider `{name}` after repeated failures, opened by another worker ({:.0}s left)",
+                        until.saturating_sub(crate::ports::now_ms()) as f64 / 1000.0
+                    ),
+                });
+            }
+            if !std::mem::take(&mut admitted) {
+                self.admit(&buckets, estimate).await?;
+            }
             calls += 1;
             let r = p.chat(req).await;
-            match &r {
-                Ok(_) => breaker.record(true),
+            let opened = match &r {
+                Ok(resp) => {
+                    // The tokens taken were an estimate: settle them to what was used.
+                    let used = resp.prompt_tokens + resp.completion_tokens;
+                    for (key, limit) in &buckets {
+                        if let Some(rate) = limit.tokens() {
+                            self.flow.adjust(&format!("{key}#tokens"), rate, used as i64 - estimate as i64).await;
+                        }
+                    }
+                    breaker.record(true)
+                }
                 Err(e) => breaker.record(!e.unhealthy()),
+            };
+            if let Some(until) = opened {
+                self.flow.open(name, until).await;
             }
             let e = match r {
                 Ok(resp) => return Ok(resp),
@@ -337,6 +452,14 @@ impl LlmExecutor {
         Some((resp.prompt_tokens as f64 * p.input + resp.completion_tokens as f64 * p.output) / 1_000_000.0)
     }
 
+    /// The tokens a call may use at most: the rendered prompt at ~4 characters a token plus
+    /// `max_tokens` (1,024 if unset) of answer (what rate limits take before the call).
+    fn token_estimate(&self, req: &ChatRequest) -> u64 {
+        let chars: usize = req.system.iter().map(|s| s.chars().count()).sum::<usize>()
+            + req.messages.iter().map(|(_, c)| c.chars().count()).sum::<usize>();
+        (chars / 4 + 1) as u64 + u64::from(req.max_tokens.unwrap_or(1024))
+    }
+
     /// What a call of `req` on `model` may cost at most, before it is made: the rendered
     /// prompt at ~4 characters a token plus `max_tokens` (1,024 if unset) of answer. `None`
     /// when the model has no price; zero on free and mock providers.
@@ -359,7 +482,12 @@ impl LlmExecutor {
     /// budget (`budget_left`), a candidate is called only if its worst case (rendered prompt
     /// and `max_tokens`, see [`LlmExecutor::worst_case`]) fits in what is left; one whose model
     /// has no known price is not called: its cost could not be counted, so budgets fail closed.
-    async fn complete(&self, a: &Attempt, w: &LlmWith, req: &ChatRequest) -> (Result<Value, (String, bool)>, Usage) {
+    async fn complete(
+        &self,
+        a: &Attempt,
+        w: &LlmWith,
+        req: &ChatRequest,
+    ) -> Result<(Result<Value, (String, bool)>, Usage), crate::executor::Deferred> {
         let budget_left = a.budget_left_usd;
         let workflow = a.plan.checked.workflow.metadata.name.as_str();
         let mut usage = Usage::default();
@@ -368,7 +496,7 @@ impl LlmExecutor {
         let schema = match &w.output_schema {
             Some(s) => match jsonschema::validator_for(s) {
                 Ok(v) => Some(v),
-                Err(e) => return (Err((format!("output_schema is not a valid schema: {e}"), false)), usage),
+                Err(e) => return Ok((Err((format!("output_schema is not a valid schema: {e}"), false)), usage)),
             },
             None => None,
         };
@@ -412,9 +540,15 @@ impl LlmExecutor {
                 span.record("gen_ai.request.max_tokens", i64::from(m));
             }
             let started = std::time::Instant::now();
-            let r = self.call(&provider, &req).instrument(span.clone()).await;
+            let r = self.call(&provider, &req, a.admitted && i == 0).instrument(span.clone()).await;
             let seconds = started.elapsed().as_secs_f64();
             match r {
+                // Held back by the fleet's limit before anything was spent: the attempt goes
+                // back to the queue. (After billed calls it counts as this candidate failing,
+                // so their usage is kept.)
+                Err(CallError::Throttled { wait, reserved }) if usage.tokens == 0 && usage.cost_usd == 0.0 => {
+                    return Err(crate::executor::Deferred { after: wait, admitted: reserved });
+                }
                 Err(e) => {
                     span.record("error.type", e.to_string().as_str());
                     crate::meter::model_call(workflow, system, &model, false, seconds, 0, 0, 0.0);
@@ -477,11 +611,26 @@ impl LlmExecutor {
                             }
                         }
                     }
-                    return (Ok(out), usage);
+                    return Ok((Ok(out), usage));
                 }
             }
         }
-        (Err((errors.join("; "), retryable)), usage)
+        Ok((Err((errors.join("; "), retryable)), usage))
+    }
+
+    /// [`LlmExecutor::complete`], waiting out the fleet's limit in place.
+    async fn complete_waiting(
+        &self,
+        a: &Attempt,
+        w: &LlmWith,
+        req: &ChatRequest,
+    ) -> (Result<Value, (String, bool)>, Usage) {
+        loop {
+            match self.complete(a, w, req).await {
+                Ok(r) => return r,
+                Err(d) => tokio::time::sleep(d.after).await,
+            }
+        }
     }
 }
 
@@ -558,11 +707,29 @@ impl Executor for LlmExecutor {
                 return AttemptResult::Failed { error: format!("llm: {e}"), retryable: false, usage: Usage::default() };
             }
         };
-        let (r, usage) = self.complete(a, &w, &request_of(&w)).await;
+        let (r, usage) = self.complete_waiting(a, &w, &request_of(&w)).await;
         match r {
             Ok(output) => AttemptResult::Succeeded { output: output.into(), usage },
             Err((error, retryable)) => AttemptResult::Failed { error, retryable, usage },
         }
+    }
+
+    async fn execute_or_defer(&self, a: &Attempt) -> Result<AttemptResult, crate::executor::Deferred> {
+        let w: LlmWith = match serde_json::from_value(a.with.clone()) {
+            Ok(w) => w,
+            Err(e) => {
+                return Ok(AttemptResult::Failed {
+                    error: format!("llm: {e}"),
+                    retryable: false,
+                    usage: Usage::default(),
+                });
+            }
+        };
+        let (r, usage) = self.complete(a, &w, &request_of(&w)).await?;
+        Ok(match r {
+            Ok(output) => AttemptResult::Succeeded { output: output.into(), usage },
+            Err((error, retryable)) => AttemptResult::Failed { error, retryable, usage },
+        })
     }
 }
 
@@ -598,7 +765,7 @@ impl Judge for LlmExecutor {
             response_format: Some(ResponseFormat::Json),
             output_schema: Some(schema),
         };
-        let (r, usage) = self.complete(a, &w, &request_of(&w)).await;
+        let (r, usage) = self.complete_waiting(a, &w, &request_of(&w)).await;
         match r {
             Ok(out) => Ok((out.pointer("/json/score").and_then(Value::as_f64).unwrap_or(0.0), usage)),
             Err((message, retryable)) => Err(TaskError { message: format!("llm_judge: {message}"), retryable }),

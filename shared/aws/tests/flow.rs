@@ -1,0 +1,158 @@
+//! Fleet-wide flow control on the local stack: eight step workers (each its own `Step`, as
+//! separate Lambda containers are) share a provider's rate limit and its circuit through
+//! DynamoDB (`llmo_aws::flow::DynamoFlow`).
+
+mod support;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use llmo_runtime::providers::Config;
+use serde_json::json;
+use support::*;
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
+
+/// Answers chat completions (or fails with `status`) and records when each call arrived.
+struct Recorder {
+    at: Arc<Mutex<Vec<Instant>>>,
+    status: u16,
+}
+
+impl Respond for Recorder {
+    fn respond(&self, _: &Request) -> ResponseTemplate {
+        self.at.lock().unwrap().push(Instant::now());
+        if self.status != 200 {
+            return ResponseTemplate::new(self.status).set_body_json(json!({"error": {"message": "down"}}));
+        }
+        ResponseTemplate::new(200).set_body_json(json!({
+            "id": "c", "object": "chat.completion", "model": "gpt-4o-mini",
+            "choices": [{ "index": 0, "message": { "role": "assistant", "content": "ok" }, "finish_reason": "stop" }],
+            "usage": { "prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6 }
+        }))
+    }
+}
+
+async fn provider(status: u16) -> (MockServer, Arc<Mutex<Vec<Instant>>>) {
+    let server = MockServer::start().await;
+    let at = Arc::new(Mutex::new(Vec::new()));
+    Mock::given(method("POST"))
+        .and(path("/v1/chat/completions"))
+        .respond_with(Recorder { at: at.clone(), status })
+        .mount(&server)
+        .await;
+    (server, at)
+}
+
+/// Step workers whose `llm` tasks use `config` and share their limits through `aws`.
+fn workers(aws: &llmo_aws::Aws, n: usize, config: &Config) -> Workers {
+    let (aws2, config) = (aws.clone(), config.clone());
+    Workers::start(aws, n, 10, move |mut s| {
+        let setup = llmo_runtime::Setup {
+            flow: Arc::new(llmo_aws::flow::DynamoFlow::new(aws2.clone())),
+            ..llmo_runtime::Setup::new(config.clone(), false)
+        };
+        s.worker.executors = Arc::new(setup.registry());
+        s
+    })
+}
+
+const ONE_CALL: &str = r#"
+apiVersion: llm-orchestrator/v1
+kind: Workflow
+metadata: { name: one-call }
+spec:
+  tasks:
+    - { id: ask, type: llm, with: { provider: limited, model: gpt-4o-mini, prompt: "Say ok.", max_tokens: 5 } }
+"#;
+
+/// 75 runs of one model call each, on eight workers, under `rpm: 60`: an unlimited fleet
+/// makes them all within a few seconds; here no 60-second window holds more than 60 calls,
+/// and every run still succeeds (calls without room are sent back to the queue, delayed
+/// until the capacity they reserved is due, not failed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn eight_workers_keep_a_shared_limit_of_60_requests_a_minute() {
+    let Some(aws) = aws().await else { return };
+    let aws = stack(&aws, 30, 5).await;
+    let (server, at) = provider(200).await;
+    let config = Config::from_yaml(
+        "limits.yaml",
+        &format!(
+            "providers:\n  limited: {{ kind: openai, base_url: '{}/v1', free: true }}\nlimits:\n  limited/gpt-4o-mini: {{ rpm: 60 }}\n",
+            server.uri()
+        ),
+    )
+    .unwrap();
+    let api = api(&aws);
+    let workers = workers(&aws, 8, &config);
+    let mut runs = Vec::new();
+    for _ in 0..75 {
+        let (code, v) = call(&api, "POST", "/runs", Some(json!({"source": ONE_CALL}))).await;
+        assert_eq!(code, 201, "{v}");
+        runs.push(v["run_id"].as_str().unwrap().to_string());
+    }
+    for run in &runs {
+        let got = wait_end(&api, run, 240).await;
+        assert_eq!(got["status"], "succeeded", "{got}");
+    }
+    workers.stop().await;
+    let mut at = at.lock().unwrap().clone();
+    at.sort();
+    assert_eq!(at.len(), 75, "one call per run");
+    let most = (0..at.len()).map(|i| at[i..].iter().take_while(|t| **t < at[i] + Duration::from_secs(60)).count());
+    let most = most.max().unwrap();
+    assert!(most <= 60, "{most} calls in one 60-second window");
+    let span = at[74] - at[0];
+    assert!(span >= Duration::from_secs(15), "the calls were spread out: {span:?}");
+}
+
+const THREE_CALLS: &str = r#"
+apiVersion: llm-orchestrator/v1
+kind: Workflow
+metadata: { name: three-calls }
+spec:
+  tasks:
+    - { id: a, type: llm, on_failure: continue, with: { provider: limited, model: m, prompt: "1" } }
+    - { id: b, type: llm, depends_on: [a], trigger: all_done, on_failure: continue, with: { provider: limited, model: m, prompt: "2" } }
+    - { id: c, type: llm, depends_on: [b], trigger: all_done, on_failure: continue, with: { provider: limited, model: m, prompt: "3" } }
+"#;
+
+/// A provider that fails: the circuit one worker opens (after two failed calls) stops the
+/// calls of seven other workers started afterwards, each its own process state: they read it
+/// from the shared item, and their runs fail with the circuit's message without calling.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_circuit_opened_by_one_worker_stops_the_others() {
+    let Some(aws) = aws().await else { return };
+    let aws = stack(&aws, 30, 5).await;
+    let (server, at) = provider(500).await;
+    let config = Config::from_yaml(
+        "breaker.yaml",
+        &format!(
+            "providers:\n  limited: {{ kind: openai, base_url: '{}/v1', free: true }}\nbreaker_failures: 2\nbreaker_cooldown: 5m\ncall_retries: 0\n",
+            server.uri()
+        ),
+    )
+    .unwrap();
+    let api = api(&aws);
+    let one = workers(&aws, 1, &config);
+    let (code, v) = call(&api, "POST", "/runs", Some(json!({"source": THREE_CALLS}))).await;
+    assert_eq!(code, 201, "{v}");
+    let got = wait_end(&api, v["run_id"].as_str().unwrap(), 60).await;
+    one.stop().await;
+    assert_eq!(at.lock().unwrap().len(), 2, "two failed calls opened the circuit; the third was not made");
+    assert!(got["tasks"][2]["error"].as_str().unwrap().contains("circuit open"), "{got}");
+    let others = workers(&aws, 7, &config);
+    let mut runs = Vec::new();
+    for _ in 0..10 {
+        let (code, v) = call(&api, "POST", "/runs", Some(json!({"source": THREE_CALLS}))).await;
+        assert_eq!(code, 201, "{v}");
+        runs.push(v["run_id"].as_str().unwrap().to_string());
+    }
+    for run in &runs {
+        let got = wait_end(&api, run, 60).await;
+        let error = got["tasks"][0]["error"].as_str().unwrap_or_default().to_string();
+        assert!(error.contains("opened by another worker"), "{got}");
+    }
+    others.stop().await;
+    assert_eq!(at.lock().unwrap().len(), 2, "no other worker called the provider");
+}

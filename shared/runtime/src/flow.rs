@@ -1,0 +1,240 @@
+//! Fleet-wide flow control: rate limits shared by every worker of a deployment (requests and
+//! tokens per minute, per provider, model and key) and circuit breakers opened by one worker
+//! and seen by all.
+//!
+//! The limits are GCRA ("generic cell rate algorithm", a token bucket kept as one number: the
+//! theoretical arrival time, TAT, of the next free cell). A bucket of `per_minute` cells with
+//! `burst` of them available at once spaces the rest `60 s / (per_minute - burst)` apart, so no
+//! window of 60 seconds ever holds more than `per_minute` cells: a provider's "requests per
+//! minute" is kept whatever window it counts in. One number per bucket is what makes it cheap to
+//! share: the serverless runtime keeps it in a DynamoDB item moved by conditional writes
+//! (`llmo-aws`'s `flow` module), the embedded runtime in memory ([`Local`]).
+//!
+//! A call that finds no room is not made and not failed: the embedded runtime waits in place;
+//! a serverless step hands the attempt back to the queue with a delay (the executor returns
+//! [`crate::executor::Deferred`]), so no Lambda sleeps and nothing is retried at full speed.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use llmo_core::engine::Millis;
+
+/// A bucket's rate: at most `per_minute` cells in any 60 seconds, `burst` of them at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub per_minute: u64,
+    pub burst: u64,
+}
+
+impl Rate {
+    /// A rate of `per_minute` with the default burst: a tenth of it (at least one).
+    pub fn per_minute(per_minute: u64) -> Self {
+        Rate { per_minute: per_minute.max(1), burst: (per_minute / 10).max(1) }
+    }
+
+    /// Microseconds between cells past the burst.
+    pub fn interval_us(&self) -> u64 {
+        60_000_000 / self.per_minute.saturating_sub(self.burst).max(1)
+    }
+}
+
+/// GCRA with reservations: given the bucket's TAT (microseconds; `None` for an unused
+/// bucket), the time `now_us` and a cost in cells, the bucket's new TAT once the cells are
+/// taken and how long until they may be used (zero: now). Taking cells that are due later
+/// reserves them: a caller that waits that long before its call keeps to the rate, and callers
+/// that come later queue behind it instead of all retrying at the same moment. A cost larger
+/// than the burst is due when the bucket is idle (its TAT not ahead of now), so a single
+/// large request is never refused for ever.
+pub fn reserve(tat: Option<u64>, now_us: u64, rate: Rate, cost: u64) -> (u64, Duration) {
+    let interval = rate.interval_us();
+    let start = tat.unwrap_or(0).max(now_us);
+    let next = start.saturating_add(cost.saturating_mul(interval));
+    let due = if cost > rate.burst {
+        start - now_us
+    } else {
+        (next - now_us).saturating_sub(rate.burst.saturating_mul(interval))
+    };
+    (next, Duration::from_micros(due))
+}
+
+/// Why a cell could not be had.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum FlowError {
+    /// Too many workers at once on the shared state: try again after this long (nothing was
+    /// taken).
+    #[error("flow control busy; try again in {wait:?}")]
+    Wait { wait: Duration },
+    /// The shared state could not be read or written (the caller goes on without it).
+    #[error("flow control: {0}")]
+    Io(String),
+}
+
+/// Rate limits and breakers shared by every worker that holds the same implementation.
+#[async_trait]
+pub trait Flow: Send + Sync {
+    /// Takes `cost` cells from the bucket `key` ([`reserve`]): `Ok(due)`, they may be used
+    /// after `due` (zero: now).
+    async fn take(&self, key: &str, rate: Rate, cost: u64) -> Result<Duration, FlowError>;
+    /// Corrects a bucket after the fact by `delta` cells (a call used fewer or more tokens
+    /// than were taken for it). Never refused; best effort.
+    async fn adjust(&self, key: &str, rate: Rate, delta: i64);
+    /// Until when (ms since the epoch) the circuit `key` is open, if it is.
+    async fn open_until(&self, key: &str) -> Option<Millis>;
+    /// Opens the circuit `key` until `until` for every worker.
+    async fn open(&self, key: &str, until: Millis);
+    /// Whether a refusal for `wait` is waited out where it happened (embedded: one process,
+    /// sleeping is free) rather than handed back to the queue (serverless: a sleeping Lambda is
+    /// billed, though less than a queue round trip for a short wait).
+    fn waits_in_place(&self, wait: Duration) -> bool;
+}
+
+/// The embedded runtime's flow control: buckets and circuits in this process's memory.
+#[derive(Default)]
+pub struct Local {
+    tats: Mutex<HashMap<String, u64>>,
+    open: Mutex<HashMap<String, Millis>>,
+}
+
+fn now_us() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
+}
+
+#[async_trait]
+impl Flow for Local {
+    async fn take(&self, key: &str, rate: Rate, cost: u64) -> Result<Duration, FlowError> {
+        let mut tats = self.tats.lock().expect("flow lock");
+        let (tat, due) = reserve(tats.get(key).copied(), now_us(), rate, cost);
+        tats.insert(key.to_string(), tat);
+        Ok(due)
+    }
+
+    async fn adjust(&self, key: &str, rate: Rate, delta: i64) {
+        let mut tats = self.tats.lock().expect("flow lock");
+        let shift = delta.saturating_mul(rate.interval_us() as i64);
+        if let Some(t) = tats.get_mut(key) {
+            *t = t.saturating_add_signed(shift);
+        }
+    }
+
+    async fn open_until(&self, key: &str) -> Option<Millis> {
+        let now = crate::ports::now_ms();
+        self.open.lock().expect("flow lock").get(key).copied().filter(|u| *u > now)
+    }
+
+    async fn open(&self, key: &str, until: Millis) {
+        self.open.lock().expect("flow lock").insert(key.to_string(), until);
+    }
+
+    fn waits_in_place(&self, _wait: Duration) -> bool {
+        true
+    }
+}
+
+/// Requests and tokens per minute of one provider, model or key (`limits:` in the config).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limit {
+    /// Requests per minute.
+    pub rpm: Option<u64>,
+    /// Tokens (prompt and answer) per minute.
+    pub tpm: Option<u64>,
+    /// Requests (and a tenth of `tpm` tokens) that may go at once; default a tenth of `rpm`.
+    pub burst: Option<u64>,
+}
+
+impl Limit {
+    pub fn requests(&self) -> Option<Rate> {
+        self.rpm.map(|n| match self.burst {
+            Some(b) => Rate { per_minute: n.max(1), burst: b.clamp(1, n.max(1)) },
+            None => Rate::per_minute(n),
+        })
+    }
+
+    pub fn tokens(&self) -> Option<Rate> {
+        self.tpm.map(Rate::per_minute)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// When calls are made by callers that ask every `every_us` for `secs` seconds and, once
+    /// they hold a reservation, call when it is due (then ask again).
+    fn calls(rate: Rate, every_us: u64, secs: u64) -> Vec<u64> {
+        let (mut tat, mut held, mut at) = (None, None::<u64>, Vec::new());
+        let mut now = 1_000_000_000;
+        let end = now + secs * 1_000_000;
+        while now < end {
+            match held {
+                Some(due) if due <= now => {
+                    at.push(now);
+                    held = None;
+                }
+                Some(_) => {}
+                None => {
+                    let (t, due) = reserve(tat, now, rate, 1);
+                    tat = Some(t);
+                    if due.is_zero() {
+                        at.push(now);
+                    } else {
+                        held = Some(now + due.as_micros() as u64);
+                    }
+                }
+            }
+            now += every_us;
+        }
+        at
+    }
+
+    #[test]
+    fn no_sixty_second_window_holds_more_than_the_rate() {
+        for rate in [Rate::per_minute(60), Rate { per_minute: 60, burst: 20 }, Rate::per_minute(1000)] {
+            let at = calls(rate, 7_000, 300);
+            let most = at.iter().map(|t| at.iter().filter(|u| **u >= *t && **u < t + 60_000_000).count()).max();
+            assert!(most.unwrap() as u64 <= rate.per_minute, "{rate:?}: {most:?}");
+            // And the rate is used: over five minutes, at least 4x the per-minute figure.
+            assert!(at.len() as u64 >= 4 * (rate.per_minute - rate.burst), "{rate:?}: {}", at.len());
+        }
+    }
+
+    #[test]
+    fn reservations_queue_callers_behind_each_other() {
+        let rate = Rate { per_minute: 60, burst: 2 };
+        let now = 5_000_000;
+        let mut tat = None;
+        let mut dues = Vec::new();
+        for _ in 0..6 {
+            let (t, due) = reserve(tat, now, rate, 1);
+            tat = Some(t);
+            dues.push(due.as_micros() as u64);
+        }
+        let i = rate.interval_us();
+        assert_eq!(dues, vec![0, 0, i, 2 * i, 3 * i, 4 * i], "the burst now, then one interval apart");
+        // 10 cells at once, over the burst of 2: due when the bucket is idle.
+        assert_eq!(reserve(None, now, rate, 10).1, Duration::ZERO);
+        let busy = reserve(tat, now, rate, 10).1;
+        assert_eq!(busy, Duration::from_micros(tat.unwrap() - now));
+    }
+
+    #[tokio::test]
+    async fn the_local_flow_shares_buckets_and_circuits_in_the_process() {
+        let f = Local::default();
+        let rate = Rate { per_minute: 60, burst: 3 };
+        for _ in 0..3 {
+            assert_eq!(f.take("openai/gpt", rate, 1).await, Ok(Duration::ZERO));
+        }
+        assert!(f.take("openai/gpt", rate, 1).await.unwrap() > Duration::ZERO, "reserved for later");
+        assert_eq!(f.take("other", rate, 1).await, Ok(Duration::ZERO));
+        // Giving back three cells makes room now again.
+        f.adjust("openai/gpt", rate, -3).await;
+        assert_eq!(f.take("openai/gpt", rate, 1).await, Ok(Duration::ZERO));
+        assert_eq!(f.open_until("openai").await, None);
+        f.open("openai", crate::ports::now_ms() + 10_000).await;
+        assert!(f.open_until("openai").await.is_some());
+        f.open("openai", crate::ports::now_ms() - 1).await;
+        assert_eq!(f.open_until("openai").await, None, "expired");
+    }
+}
