@@ -67,10 +67,13 @@ lint:
 # The serverless benchmark once, small, with its contention targets checked (the debug
 # build `cargo test` made of it).
 SERVERLESS_SMOKE := target/debug/examples/serverless --check wide 300 1 4 16 && target/debug/examples/serverless --check layered 200 1 4 16
+# The I/O-bound benchmark once, small (1,000 model calls of 300 ms, 100 at a time), checked.
+IO_SMOKE := target/debug/examples/io_bound 1000 100 300 --check
 unit:
 	$(CARGO) test --workspace --locked --no-run
 	LLMO_SECRET_TICKETS_TOKEN=offline localstack/with-stack.sh \
 	  sh -c '$(CARGO) test --workspace --locked && functions/lambda-test.sh && $(SERVERLESS_SMOKE)'
+	$(IO_SMOKE)
 	LLMO_API_ADDR=127.0.0.1:18080 localstack/run-local.sh --smoke --cfn
 
 # The serverless system on this machine: local AWS, api on :8080, step workers, dlq (Ctrl-C stops).
@@ -113,6 +116,9 @@ bench:
 	$(CARGO) bench --locked -p llmo-runtime --bench driver
 	$(CARGO) build --release --locked -p llmo-runtime --example e2e
 	for s in chain fan layered; do for st in memory sqlite; do target/release/examples/e2e $$s $$st; done; done
+	$(CARGO) build --release --locked -p llmo-runtime --example model_server --example io_bound
+	target/release/examples/io_bound 5000 100 200
+	target/release/examples/io_bound 5000 500 200
 	$(CARGO) build --release --locked -p llmo-aws --example serverless
 	localstack/with-stack.sh sh -c 'target/release/examples/serverless --check wide 10000 1 4 16 64 && \
 	  target/release/examples/serverless --check layered 1000 1 4 16 64 && \
