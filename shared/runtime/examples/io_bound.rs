@@ -75,6 +75,7 @@ fn main() {
     let end = rt.block_on(d.start("io", inputs, "io.yaml", &text, &mut ())).unwrap();
     let took = t.elapsed().as_secs_f64();
     let _ = server.kill();
+    let _ = server.wait();
     assert_eq!(end.state.status, RunStatus::Succeeded, "{:?}", end.state.error);
     let ideal = (items as f64 / in_flight as f64).ceil() * latency_ms as f64 / 1000.0;
     let rss = peak_rss_mb();
