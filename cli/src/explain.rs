@@ -55,7 +55,7 @@ impl Plan {
             wf.spec.tasks.iter().filter_map(|t| t.on_failure.as_ref().and_then(|f| f.fallback())).collect();
         let widest =
             levels.iter().map(|l| l.iter().filter(|id| !fallbacks.contains(&id.as_str())).count()).max().unwrap_or(0);
-        let max_parallel = wf.spec.concurrency.map(|c| c.max_parallel);
+        let max_parallel = wf.spec.concurrency.as_ref().and_then(|c| c.max_parallel);
         let defaults = wf.spec.defaults.clone().unwrap_or_default();
         let base_retry = EffectiveRetry::default().overlay(defaults.retry.as_ref());
         let schedule = wf.spec.schedule.as_ref().and_then(|s| {

@@ -5,6 +5,11 @@
 //! | --- | --- | --- | --- |
 //! | bucket | `FLOW#<provider[/model]@key>#requests` (or `#tokens`) | `GCRA` | `tat`: the bucket's theoretical arrival time (µs since the epoch) |
 //! | circuit | `FLOW#<provider>` | `OPEN` | `until`: when the circuit closes (ms since the epoch) |
+//! | concurrency key | `FLOW#<key>` | `HOLDERS` | `h`: the set of holders (runs or attempts) |
+//!
+//! Entering a key is one conditional `UpdateItem` (`ADD h :me` if the set has fewer than the
+//! limit, or already holds `:me`), leaving one `DELETE h :me`: no read first, and two workers
+//! entering at once cannot both take the last place.
 //!
 //! Taking cells (reserving them, maybe for later) reads the bucket (consistent) and writes its
 //! new TAT under the condition that it is still the one read; a lost write reads again (each
@@ -181,6 +186,72 @@ impl Flow for DynamoFlow {
             tracing::warn!(circuit = key, error = %aws_sdk_dynamodb::error::DisplayErrorContext(e), "shared circuit not opened");
         }
         self.circuits.lock().expect("circuits").insert(key.to_string(), (Instant::now(), Some(until)));
+    }
+
+    async fn enter(&self, key: &str, holder: &str, limit: u32) -> Result<bool, FlowError> {
+        let r = self
+            .aws
+            .dynamodb
+            .update_item()
+            .table_name(&self.aws.table)
+            .key("pk", s(format!("FLOW#{key}")))
+            .key("sk", s("HOLDERS"))
+            .update_expression("ADD h :me SET expires_at = :exp")
+            .condition_expression("attribute_not_exists(h) OR size(h) < :limit OR contains(h, :holder)")
+            .expression_attribute_values(":me", AttributeValue::Ss(vec![holder.to_string()]))
+            .expression_attribute_values(":holder", s(holder))
+            .expression_attribute_values(":limit", n(limit))
+            .expression_attribute_values(":exp", n(self.expires()))
+            .send()
+            .await;
+        self.aws.meter.add_wru(1.0);
+        match r {
+            Ok(_) => Ok(true),
+            Err(e) if e.as_service_error().is_some_and(|e| e.is_conditional_check_failed_exception()) => {
+                self.aws.meter.lost_writes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Ok(false)
+            }
+            Err(e) => Err(io(aws_sdk_dynamodb::error::DisplayErrorContext(e))),
+        }
+    }
+
+    async fn leave(&self, key: &str, holder: &str) {
+        let r = self
+            .aws
+            .dynamodb
+            .update_item()
+            .table_name(&self.aws.table)
+            .key("pk", s(format!("FLOW#{key}")))
+            .key("sk", s("HOLDERS"))
+            .update_expression("DELETE h :me")
+            .expression_attribute_values(":me", AttributeValue::Ss(vec![holder.to_string()]))
+            .send()
+            .await;
+        self.aws.meter.add_wru(1.0);
+        if let Err(e) = r {
+            tracing::warn!(key, holder, error = %aws_sdk_dynamodb::error::DisplayErrorContext(e), "concurrency key not left (it is cleared when found stale)");
+        }
+    }
+
+    async fn holders(&self, key: &str) -> Vec<String> {
+        let out = self
+            .aws
+            .dynamodb
+            .get_item()
+            .table_name(&self.aws.table)
+            .key("pk", s(format!("FLOW#{key}")))
+            .key("sk", s("HOLDERS"))
+            .consistent_read(true)
+            .send()
+            .await;
+        self.aws.meter.add_rru(1.0);
+        match out {
+            Ok(o) => o.item.and_then(|i| i.get("h").and_then(|v| v.as_ss().ok()).cloned()).unwrap_or_default(),
+            Err(e) => {
+                tracing::warn!(key, error = %aws_sdk_dynamodb::error::DisplayErrorContext(e), "concurrency key not read");
+                Vec::new()
+            }
+        }
     }
 
     fn waits_in_place(&self, wait: Duration) -> bool {

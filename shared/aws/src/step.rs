@@ -43,6 +43,8 @@ impl Step {
             Worker::from_stored(store, queue.clone(), Arc::new(executors), Arc::new(SystemClock::default()));
         let folds = SqsQueue::folds(aws.clone()).map(Arc::new);
         worker.fold = folds.clone().map(|f| f as Arc<dyn llmo_runtime::queue::Queue>);
+        // Concurrency keys held across the fleet.
+        worker.flow = Arc::new(crate::flow::DynamoFlow::new(aws.clone()));
         let var = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u64>().ok());
         Step {
             worker,

@@ -156,3 +156,112 @@ async fn a_circuit_opened_by_one_worker_stops_the_others() {
     others.stop().await;
     assert_eq!(at.lock().unwrap().len(), 2, "no other worker called the provider");
 }
+
+const KEYED_RUNS: &str = r#"
+apiVersion: llm-orchestrator/v1
+kind: Workflow
+metadata: { name: keyed-runs }
+spec:
+  inputs: { customer: { type: string } }
+  concurrency: { key: "{{ inputs.customer }}", limit: 1 }
+  tasks:
+    - { id: nap, type: wait, with: { sleep: { for: 2s } } }
+"#;
+
+/// `spec.concurrency: { key, limit: 1 }`: of three runs started at once on four workers, the
+/// two of customer `acme` never overlap (the second stays pending until the first has ended),
+/// while the run of another customer goes at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn runs_with_the_same_concurrency_key_never_overlap() {
+    let Some(aws) = aws().await else { return };
+    let aws = stack(&aws, 30, 5).await;
+    let api = api(&aws);
+    let workers = Workers::start(&aws, 4, 10, |s| s);
+    let mut runs = Vec::new();
+    for customer in ["acme", "acme", "other"] {
+        let body = json!({"source": KEYED_RUNS, "inputs": {"customer": customer}});
+        let (code, v) = call(&api, "POST", "/runs", Some(body)).await;
+        assert_eq!(code, 201, "{v}");
+        runs.push(v["run_id"].as_str().unwrap().to_string());
+    }
+    let mut spans = Vec::new();
+    for run in &runs {
+        let got = wait_end(&api, run, 60).await;
+        assert_eq!(got["status"], "succeeded", "{got}");
+        spans.push((got["started_at"].as_u64().unwrap(), got["ended_at"].as_u64().unwrap()));
+    }
+    workers.stop().await;
+    let (a, b, other) = (spans[0], spans[1], spans[2]);
+    assert!(a.1 <= b.0 || b.1 <= a.0, "the two acme runs overlapped: {a:?} {b:?}");
+    let first_end = a.1.min(b.1);
+    assert!(other.0 < first_end, "another key is not held back: {other:?} vs {a:?} {b:?}");
+}
+
+const KEYED_TASKS: &str = r#"
+apiVersion: llm-orchestrator/v1
+kind: Workflow
+metadata: { name: keyed-tasks }
+spec:
+  inputs: { customer: { type: string } }
+  tasks:
+    - id: ask
+      type: llm
+      concurrency: { key: "{{ inputs.customer }}", limit: 1 }
+      with: { provider: limited, model: m, prompt: "for {{ inputs.customer }}" }
+"#;
+
+/// A task's `concurrency: { key, limit: 1 }` across runs and workers: the model calls of two
+/// runs for `acme` never overlap (each takes a second), the call of another customer's run
+/// does not wait for them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn attempts_with_the_same_concurrency_key_never_overlap() {
+    let Some(aws) = aws().await else { return };
+    let aws = stack(&aws, 30, 5).await;
+    let server = MockServer::start().await;
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    struct Slow(Arc<Mutex<Vec<(Instant, String)>>>);
+    impl Respond for Slow {
+        fn respond(&self, req: &Request) -> ResponseTemplate {
+            let body: serde_json::Value = serde_json::from_slice(&req.body).unwrap_or_default();
+            let prompt = body["messages"][0]["content"].as_str().unwrap_or_default().to_string();
+            self.0.lock().unwrap().push((Instant::now(), prompt));
+            ResponseTemplate::new(200).set_delay(Duration::from_millis(1000)).set_body_json(json!({
+                "id": "c", "object": "chat.completion", "model": "m",
+                "choices": [{ "index": 0, "message": { "role": "assistant", "content": "ok" }, "finish_reason": "stop" }],
+                "usage": { "prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6 }
+            }))
+        }
+    }
+    Mock::given(method("POST"))
+        .and(path("/v1/chat/completions"))
+        .respond_with(Slow(calls.clone()))
+        .mount(&server)
+        .await;
+    let config = Config::from_yaml(
+        "keys.yaml",
+        &format!("providers:\n  limited: {{ kind: openai, base_url: '{}/v1', free: true }}\n", server.uri()),
+    )
+    .unwrap();
+    let api = api(&aws);
+    let workers = workers(&aws, 4, &config);
+    let mut runs = Vec::new();
+    for customer in ["acme", "acme", "other"] {
+        let body = json!({"source": KEYED_TASKS, "inputs": {"customer": customer}});
+        let (code, v) = call(&api, "POST", "/runs", Some(body)).await;
+        assert_eq!(code, 201, "{v}");
+        runs.push(v["run_id"].as_str().unwrap().to_string());
+    }
+    for run in &runs {
+        let got = wait_end(&api, run, 60).await;
+        assert_eq!(got["status"], "succeeded", "{got}");
+    }
+    workers.stop().await;
+    let calls = calls.lock().unwrap().clone();
+    let acme: Vec<Instant> = calls.iter().filter(|(_, p)| p.contains("acme")).map(|(t, _)| *t).collect();
+    let other: Vec<Instant> = calls.iter().filter(|(_, p)| p.contains("other")).map(|(t, _)| *t).collect();
+    assert_eq!((acme.len(), other.len()), (2, 1), "{calls:?}");
+    let gap = if acme[1] > acme[0] { acme[1] - acme[0] } else { acme[0] - acme[1] };
+    assert!(gap >= Duration::from_millis(950), "the acme calls overlapped: {gap:?} apart");
+    let first = acme[0].min(acme[1]);
+    assert!(other[0] < first + Duration::from_millis(900), "another key is not held back");
+}

@@ -253,12 +253,32 @@ impl EffectiveRetry {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Concurrency {
     /// Most tasks (counting each `for_each` item) running at once in one run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 10000))]
-    pub max_parallel: u32,
+    pub max_parallel: Option<u32>,
+    /// Template (it may read `inputs` and `run`): runs of this workflow with the same key
+    /// run at most `limit` at once across the fleet; the others wait, pending. Needs `limit`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// How many runs with the same `key` may run at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub limit: Option<u32>,
+}
+
+/// A task's concurrency key: attempts of this task with the same rendered `key` run at most
+/// `limit` at once across the fleet (whatever run they belong to); the others wait.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KeyLimit {
+    /// Template, read like the task's `with` (inputs, the tasks it depends on, `item`).
+    pub key: String,
+    #[schemars(range(min = 1, max = 10000))]
+    pub limit: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -375,6 +395,10 @@ pub struct Task {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 10000))]
     pub max_concurrency: Option<u32>,
+    /// At most `limit` attempts of this task with the same rendered `key` run at once across
+    /// the fleet, in whatever run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<KeyLimit>,
     /// Executor settings; strings are templates.
     #[serde(default, rename = "with", skip_serializing_if = "Map::is_empty")]
     pub with: Map<String, Value>,

@@ -406,10 +406,23 @@ impl Driver {
                 }
                 let tx = t.tx.clone();
                 let sem = sem.clone();
+                // A task's concurrency key, held in this process while the attempt runs.
+                let key = crate::worker::task_key_of(&self.plan, &t.st, id, &a.context);
+                let holder = crate::worker::attempt_holder(&t.run_id, id);
                 let handle = tokio::spawn(
                     async move {
+                        use crate::flow::Flow;
+                        let flow = crate::flow::process_local();
+                        let mut _held = None;
+                        if let Some((key, limit)) = key {
+                            while let Ok(false) = flow.enter(&key, &holder, limit).await {
+                                tokio::time::sleep(Duration::from_millis(20)).await;
+                            }
+                            _held = Some(crate::flow::KeyGuard { flow: flow.clone(), key, holder });
+                        }
                         let Ok(_permit) = sem.acquire_owned().await else { return };
                         let result = run_with_timeout(exec.as_ref(), &a).await;
+                        drop(_held);
                         let _ = tx.send(id.finished(result));
                     }
                     .in_current_span(),

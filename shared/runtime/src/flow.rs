@@ -84,17 +84,39 @@ pub trait Flow: Send + Sync {
     async fn open_until(&self, key: &str) -> Option<Millis>;
     /// Opens the circuit `key` until `until` for every worker.
     async fn open(&self, key: &str, until: Millis);
+    /// Joins the holders of the concurrency key `key` if fewer than `limit` hold it (or
+    /// `holder` already does): `Ok(true)` when `holder` holds it now.
+    async fn enter(&self, key: &str, holder: &str, limit: u32) -> Result<bool, FlowError>;
+    /// Leaves the holders of `key` (nothing if `holder` is not one).
+    async fn leave(&self, key: &str, holder: &str);
+    /// Who holds `key` (to find holders that ended without leaving).
+    async fn holders(&self, key: &str) -> Vec<String>;
     /// Whether a refusal for `wait` is waited out where it happened (embedded: one process,
     /// sleeping is free) rather than handed back to the queue (serverless: a sleeping Lambda is
     /// billed, though less than a queue round trip for a short wait).
     fn waits_in_place(&self, wait: Duration) -> bool;
 }
 
-/// The embedded runtime's flow control: buckets and circuits in this process's memory.
+/// The embedded runtime's flow control: buckets, circuits and concurrency keys in this
+/// process's memory.
 #[derive(Default)]
 pub struct Local {
     tats: Mutex<HashMap<String, u64>>,
     open: Mutex<HashMap<String, Millis>>,
+    keys: Mutex<HashMap<String, std::collections::BTreeSet<String>>>,
+}
+
+impl Local {
+    /// [`Flow::leave`], without waiting (it never does).
+    pub fn leave_now(&self, key: &str, holder: &str) {
+        let mut keys = self.keys.lock().expect("flow lock");
+        if let Some(h) = keys.get_mut(key) {
+            h.remove(holder);
+            if h.is_empty() {
+                keys.remove(key);
+            }
+        }
+    }
 }
 
 fn now_us() -> u64 {
@@ -127,8 +149,47 @@ impl Flow for Local {
         self.open.lock().expect("flow lock").insert(key.to_string(), until);
     }
 
+    async fn enter(&self, key: &str, holder: &str, limit: u32) -> Result<bool, FlowError> {
+        let mut keys = self.keys.lock().expect("flow lock");
+        let h = keys.entry(key.to_string()).or_default();
+        if h.contains(holder) || h.len() < limit as usize {
+            h.insert(holder.to_string());
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    async fn leave(&self, key: &str, holder: &str) {
+        self.leave_now(key, holder);
+    }
+
+    async fn holders(&self, key: &str) -> Vec<String> {
+        self.keys.lock().expect("flow lock").get(key).map(|h| h.iter().cloned().collect()).unwrap_or_default()
+    }
+
     fn waits_in_place(&self, _wait: Duration) -> bool {
         true
+    }
+}
+
+/// The flow control of this process (embedded runs, and workers without a shared one): one
+/// per process, so every run and worker in it shares its concurrency keys.
+pub fn process_local() -> std::sync::Arc<Local> {
+    static LOCAL: std::sync::OnceLock<std::sync::Arc<Local>> = std::sync::OnceLock::new();
+    LOCAL.get_or_init(Default::default).clone()
+}
+
+/// Holds a concurrency key of a [`Local`] flow until dropped (an attempt aborted while it
+/// runs leaves its key too).
+pub struct KeyGuard {
+    pub flow: std::sync::Arc<Local>,
+    pub key: String,
+    pub holder: String,
+}
+
+impl Drop for KeyGuard {
+    fn drop(&mut self) {
+        self.flow.leave_now(&self.key, &self.holder);
     }
 }
 
@@ -236,5 +297,14 @@ mod tests {
         assert!(f.open_until("openai").await.is_some());
         f.open("openai", crate::ports::now_ms() - 1).await;
         assert_eq!(f.open_until("openai").await, None, "expired");
+        // Concurrency keys: two holders at most, re-entering is idempotent.
+        assert_eq!(f.enter("acme", "r1", 2).await, Ok(true));
+        assert_eq!(f.enter("acme", "r1", 2).await, Ok(true));
+        assert_eq!(f.enter("acme", "r2", 2).await, Ok(true));
+        assert_eq!(f.enter("acme", "r3", 2).await, Ok(false));
+        assert_eq!(f.enter("other", "r3", 2).await, Ok(true));
+        f.leave("acme", "r1").await;
+        assert_eq!(f.enter("acme", "r3", 2).await, Ok(true));
+        assert_eq!(f.holders("acme").await, vec!["r2".to_string(), "r3".to_string()]);
     }
 }

@@ -104,6 +104,54 @@ fn tick_due(plan: &Plan, events: &[Event], next: &RunState, now: Millis) -> Opti
     owes.then_some(deadline)
 }
 
+/// How long a run or attempt that found its concurrency key full waits before trying again
+/// (plus up to another second, drawn per holder, so waiters do not all come back together).
+const KEY_RETRY_MS: Millis = 1_000;
+
+/// The run's concurrency key, scoped by tenant and workflow, and its limit. A key that does
+/// not render is no key (logged): the run is not held back by a template error.
+pub(crate) fn run_key_of(plan: &Plan, st: &RunState) -> Option<(String, u32)> {
+    let (key, limit) = plan.run_key(st)?;
+    match key {
+        Ok(k) => Some((
+            format!("run#{}#{}#{k}", st.tenant.as_deref().unwrap_or("-"), plan.checked.workflow.metadata.name),
+            limit,
+        )),
+        Err(e) => {
+            tracing::warn!(run = %st.run_id, error = %e, "the run's concurrency key does not render; not applied");
+            None
+        }
+    }
+}
+
+/// A task's concurrency key for an attempt (rendered in its context), scoped by tenant,
+/// workflow and task, and its limit.
+pub(crate) fn task_key_of(
+    plan: &Plan,
+    st: &RunState,
+    id: AttemptId,
+    ctx: &llmo_core::engine::Ctx,
+) -> Option<(String, u32)> {
+    let (key, limit) = plan.task_key(id.task, ctx)?;
+    let task = &plan.checked.workflow.spec.tasks[id.task].id;
+    match key {
+        Ok(k) => Some((
+            format!("task#{}#{}#{task}#{k}", st.tenant.as_deref().unwrap_or("-"), plan.checked.workflow.metadata.name),
+            limit,
+        )),
+        Err(e) => {
+            tracing::warn!(run = %st.run_id, task = %task, error = %e, "the task's concurrency key does not render; not applied");
+            None
+        }
+    }
+}
+
+/// How an attempt holds a key: `run/task/item/attempt` (`-` for no item).
+pub(crate) fn attempt_holder(run_id: &str, id: AttemptId) -> String {
+    let item = id.item.map_or("-".to_string(), |i| i.to_string());
+    format!("{run_id}/{}/{item}/{}", id.task, id.attempt)
+}
+
 /// What a step did, for logs and tests.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
@@ -156,6 +204,9 @@ pub struct Worker {
     /// waiting for the run in one append (see "Contention" in ARCHITECTURE.md). `None`: every
     /// step appends itself, retrying lost writes.
     pub fold: Option<Arc<dyn Queue>>,
+    /// Where concurrency keys (`spec.concurrency.key`, a task's `concurrency`) are held: in
+    /// this process by default, in DynamoDB for the serverless fleet.
+    pub flow: Arc<dyn crate::flow::Flow>,
     runs: Mutex<HashMap<String, Cached>>,
     plans: Mutex<HashMap<[u8; 32], Arc<Plan>>>,
 }
@@ -177,6 +228,7 @@ impl Worker {
             watch_every: Some(std::time::Duration::from_secs(2)),
             cas: CasRetry::default(),
             fold: None,
+            flow: crate::flow::process_local(),
             runs: Mutex::default(),
             plans: Mutex::default(),
         }
@@ -399,6 +451,17 @@ impl Worker {
                 }
             }
         }
+        // A run with a concurrency key starts only when it holds its key: otherwise its Start
+        // comes back later and the run stays pending.
+        if st.status == RunStatus::Pending
+            && events.iter().any(|e| matches!(e, Event::Start))
+            && let Some((key, limit)) = run_key_of(&plan, &st)
+            && !self.enter_key(&key, run_id, limit).await
+        {
+            events.retain(|e| !matches!(e, Event::Start));
+            let m = Message::Event { run_id: run_id.to_string(), event: Event::Start };
+            deferred.push((m, KEY_RETRY_MS + self.cas.delay(run_id, self.clock.now(), 4).as_millis() as Millis));
+        }
         if !attempts.is_empty() {
             let parts = plan.run_parts(&st, false);
             let runs = attempts.iter().map(|&id| {
@@ -414,15 +477,29 @@ impl Worker {
                         Some(exec) => {
                             let ids = (Arc::from(run_id), Arc::from(t.id.as_str()), Arc::from(t.ty.as_str()));
                             match build_attempt(plan, st, parts, ids, id, exec.as_ref()) {
-                                Ok(mut a) => match run_deferrable(exec.as_ref(), {
+                                Ok(mut a) => {
                                     a.admitted = admitted;
-                                    &a
-                                })
-                                .await
-                                {
-                                    Ok(r) => r,
-                                    Err(d) => return Err((id, d)),
-                                },
+                                    // A task's concurrency key: held while the attempt runs.
+                                    let key = task_key_of(plan, st, id, &a.context);
+                                    let holder = attempt_holder(run_id, id);
+                                    if let Some((key, limit)) = &key
+                                        && !self.enter_key(key, &holder, *limit).await
+                                    {
+                                        let after = std::time::Duration::from_millis(
+                                            KEY_RETRY_MS
+                                                + self.cas.delay(&holder, self.clock.now(), 4).as_millis() as Millis,
+                                        );
+                                        return Err((id, crate::executor::Deferred { after, admitted: false }));
+                                    }
+                                    let r = run_deferrable(exec.as_ref(), &a).await;
+                                    if let Some((key, _)) = &key {
+                                        self.flow.leave(key, &holder).await;
+                                    }
+                                    match r {
+                                        Ok(r) => r,
+                                        Err(d) => return Err((id, d)),
+                                    }
+                                }
                                 Err(r) => r,
                             }
                         }
@@ -566,6 +643,52 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// Takes a place under the concurrency key `key` for `holder`; when it is full, first
+    /// drops the holders that ended without leaving (a worker died between the two), then
+    /// tries once more. The shared state unreachable lets the holder through (logged).
+    async fn enter_key(&self, key: &str, holder: &str, limit: u32) -> bool {
+        match self.flow.enter(key, holder, limit).await {
+            Ok(true) => return true,
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(key, error = %e, "concurrency key not checked");
+                return true;
+            }
+        }
+        let mut freed = false;
+        for h in self.flow.holders(key).await {
+            if h != holder && !self.still_holds(&h).await {
+                tracing::info!(key, holder = %h, "dropping a concurrency key holder that has ended");
+                self.flow.leave(key, &h).await;
+                freed = true;
+            }
+        }
+        freed && self.flow.enter(key, holder, limit).await.unwrap_or(true)
+    }
+
+    /// Whether a key's holder is still live: a run not ended, or an attempt its run still
+    /// has running. When in doubt (the store cannot answer), it is.
+    async fn still_holds(&self, holder: &str) -> bool {
+        let mut parts = holder.split('/');
+        let run = parts.next().unwrap_or_default();
+        let st = match self.load(run).await {
+            Ok((_, st)) => st,
+            Err(Error::NoSuchRun(_)) => return false,
+            Err(_) => return true,
+        };
+        let (Some(task), Some(item), Some(attempt)) = (parts.next(), parts.next(), parts.next()) else {
+            return !st.status.is_terminal();
+        };
+        let (Ok(task), Ok(attempt)) = (task.parse::<usize>(), attempt.parse::<u32>()) else { return false };
+        let id = AttemptId { task, item: item.parse().ok(), attempt };
+        st.status == RunStatus::Running
+            && st
+                .tasks
+                .get(task)
+                .and_then(|t| t.units.get(id.unit()))
+                .is_some_and(|u| u.status == TaskStatus::Running && u.attempt == attempt)
     }
 
     /// Sends the attempts that were deferred back to the queue, each with its delay.
@@ -738,6 +861,9 @@ impl Worker {
             self.queue.send_batch(&out).await?;
         }
         if let Some(status) = finished {
+            if let Some((key, _)) = run_key_of(plan, st) {
+                self.flow.leave(&key, run_id).await;
+            }
             self.store.snapshot(st).await?;
             run_hooks(plan, &self.executors, st, status, &mut () as &mut dyn Observer).await;
         }

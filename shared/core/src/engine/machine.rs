@@ -560,6 +560,22 @@ impl Plan {
         })
     }
 
+    /// The run's concurrency key (`spec.concurrency.key`, rendered with its inputs) and
+    /// limit, if the workflow has one: `Err` when the key does not render.
+    pub fn run_key(&self, st: &RunState) -> Option<(Result<String, String>, u32)> {
+        let c = self.checked.workflow.spec.concurrency.as_ref()?;
+        let (key, limit) = (c.key.as_ref()?, c.limit?);
+        let ctx = self.context_value(st, None, None);
+        Some((self.render_in(&Value::String(key.clone()), &ctx).map(|v| key_text(&v)), limit))
+    }
+
+    /// Task `task`'s concurrency key rendered in an attempt's context (`ctx`, as its `with`
+    /// is) and its limit, if the task has one.
+    pub fn task_key(&self, task: usize, ctx: &Ctx) -> Option<(Result<String, String>, u32)> {
+        let c = self.checked.workflow.spec.tasks.get(task)?.concurrency.as_ref()?;
+        Some((self.render_in(&Value::String(c.key.clone()), ctx).map(|v| key_text(&v)), c.limit))
+    }
+
     /// The rendered `with` block of an attempt.
     pub fn render_with(&self, st: &RunState, task: usize, item: Option<u32>) -> Result<Value, String> {
         let ctx = self.context_value(st, Some(task), item);
@@ -1142,7 +1158,7 @@ impl Transition<'_, '_> {
     /// while the budget lasts.
     fn dispatch(&mut self) {
         let spec = &self.plan.checked.workflow.spec;
-        let cap = spec.concurrency.map_or(u32::MAX, |c| c.max_parallel);
+        let cap = spec.concurrency.as_ref().and_then(|c| c.max_parallel).unwrap_or(u32::MAX);
         // Compacts the list in place as it goes (read at `r`, keep at `w`): removing entries one
         // by one would be quadratic when thousands become dispatchable at once.
         let n = self.st.dispatchable.len();
@@ -1417,5 +1433,13 @@ mod task_view_tests {
         fn any_output_reads_the_same_through_a_task_view(v in json()) {
             same("succeeded", Some(&v), None);
         }
+    }
+}
+
+/// A rendered key as text (a string as it is, anything else as JSON).
+fn key_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
     }
 }

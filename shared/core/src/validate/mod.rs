@@ -70,6 +70,7 @@ pub mod codes {
     pub const SECRET_UNDECLARED: &str = "WF036";
     pub const FOR_EACH: &str = "WF040";
     pub const TIMING: &str = "WF041";
+    pub const CONCURRENCY: &str = "WF042";
     pub const INPUT: &str = "WF050";
     pub const SCHEDULE: &str = "WF060";
     pub const EVENT: &str = "WF061";
@@ -252,6 +253,8 @@ enum Site {
         secrets: bool,
     },
     Event,
+    /// `spec.concurrency.key`: rendered when the run starts (`inputs` and `run` only).
+    RunKey,
 }
 
 /// A task as far as it could be read: the typed task when it deserialized, else its id and
@@ -529,6 +532,7 @@ impl<'a> Run<'a> {
         };
         let output_reads = self.outputs(spec, &ctx);
         self.hooks(spec, &ctx);
+        self.run_key(spec, &ctx);
         self.schedule(spec, inputs.as_ref());
         self.events(spec, inputs.as_ref());
         self.budget_and_timing(spec, defaults.as_ref(), &views);

@@ -144,7 +144,7 @@ impl Run<'_> {
                         reads.inputs.insert(name.clone());
                     }
                 }
-                "tasks" if !matches!(site, Site::Event) => {
+                "tasks" if !matches!(site, Site::Event | Site::RunKey) => {
                     let Some(id) = r.get(1) else {
                         reads.all_tasks = true;
                         if let Site::Task { .. } = site {
@@ -273,6 +273,7 @@ impl Run<'_> {
                 _ => {
                     let roots: &[&str] = match site {
                         Site::Event => &["event"],
+                        Site::RunKey => &["inputs", "run"],
                         _ => &["inputs", "tasks", "run", "item", "item_index"],
                     };
                     let hint = self
@@ -293,6 +294,27 @@ impl Run<'_> {
             self.walk_with(v, &mut p, rel, None, Site::Output, ctx, &mut reads);
         }
         reads
+    }
+
+    /// `spec.concurrency`: `key` and `limit` together, the key a template of what is known
+    /// when the run starts.
+    pub(super) fn run_key(&mut self, spec: Option<&Value>, ctx: &RefCtx<'_>) {
+        let Some(c) = spec.and_then(|s| s.get("concurrency")).and_then(Value::as_object) else { return };
+        if let Some(Value::String(key)) = c.get("key") {
+            let mut reads = Reads::default();
+            self.template(key, "/spec/concurrency/key", Site::RunKey, ctx, &mut reads);
+        }
+        match (c.get("key"), c.get("limit")) {
+            (Some(_), None) => {
+                self.error(CONCURRENCY, "/spec/concurrency/key", "a concurrency `key` needs a `limit`").help =
+                    Some("add `limit: <how many runs with the same key may run at once>`".into());
+            }
+            (None, Some(_)) => {
+                self.error(CONCURRENCY, "/spec/concurrency/limit", "a concurrency `limit` needs a `key`").help =
+                    Some("add `key: \"{{ inputs.<name> }}\"` (runs with the same key share the limit)".into());
+            }
+            _ => {}
+        }
     }
 
     pub(super) fn hooks(&mut self, spec: Option<&Value>, ctx: &RefCtx<'_>) {

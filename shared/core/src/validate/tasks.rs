@@ -81,6 +81,9 @@ impl Run<'_> {
             )
             .help = Some("remove it, or add `for_each: <list expression>`".into());
         }
+        if let Some(c) = &task.concurrency {
+            self.template(&c.key, &format!("{base}/concurrency/key"), body, ctx, &mut reads);
+        }
         let v = self.v;
         let ty = v.registry.get(&task.ty);
         let with = self.json["spec"]["tasks"][i].get("with");
