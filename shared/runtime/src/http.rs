@@ -250,12 +250,64 @@ pub struct HttpExecutor {
     egress: Egress,
     secrets: Arc<dyn Secrets>,
     limits: HttpLimits,
+    /// Per host: opens after [`HOST_FAILURES`] failed calls in a row (5xx, 429, timeouts,
+    /// network errors), for [`HOST_COOLDOWN`]; shared with other workers through `flow`.
+    breakers: std::sync::Mutex<std::collections::HashMap<String, Arc<crate::providers::Breaker>>>,
+    flow: Arc<dyn crate::flow::Flow>,
 }
+
+/// Failed calls in a row to one host that open its circuit.
+pub const HOST_FAILURES: u32 = 5;
+/// How long a host's circuit stays open before one probe.
+pub const HOST_COOLDOWN: Duration = Duration::from_secs(30);
 
 impl HttpExecutor {
     /// Connections under `egress`, header secrets read from `secrets`.
     pub fn new(egress: Egress, secrets: Arc<dyn Secrets>, limits: HttpLimits) -> Self {
-        HttpExecutor { client: egress.client(), egress, secrets, limits }
+        HttpExecutor {
+            client: egress.client(),
+            egress,
+            secrets,
+            limits,
+            breakers: Default::default(),
+            flow: Arc::new(crate::flow::Local::default()),
+        }
+    }
+
+    /// Shares the hosts' circuits through `flow` (the serverless fleet's DynamoDB one).
+    pub fn with_flow(mut self, flow: Arc<dyn crate::flow::Flow>) -> Self {
+        self.flow = flow;
+        self
+    }
+
+    fn breaker(&self, host: &str) -> Arc<crate::providers::Breaker> {
+        let mut b = self.breakers.lock().expect("breakers");
+        if b.len() > 1024 && !b.contains_key(host) {
+            b.clear();
+        }
+        b.entry(host.to_string())
+            .or_insert_with(|| Arc::new(crate::providers::Breaker::new(HOST_FAILURES, HOST_COOLDOWN)))
+            .clone()
+    }
+
+    /// A failure without a call when the host's circuit is open here or in another worker.
+    async fn refused(&self, host: &str) -> Option<AttemptResult> {
+        let left = match self.breaker(host).allow() {
+            Err(left) => Some(left),
+            Ok(()) => self
+                .flow
+                .open_until(&format!("http:{host}"))
+                .await
+                .map(|u| Duration::from_millis(u.saturating_sub(crate::ports::now_ms()))),
+        }?;
+        Some(AttemptResult::Failed {
+            error: format!(
+                "circuit open for host {host} after repeated failures ({:.0}s left); not called",
+                left.as_secs_f64()
+            ),
+            retryable: true,
+            usage: Usage::default(),
+        })
     }
 
     /// Reads the body, stopping past the limit.
@@ -311,7 +363,27 @@ impl Executor for HttpExecutor {
             server.address = tracing::field::Empty,
             http.response.status_code = tracing::field::Empty,
         );
-        self.execute_in(a).instrument(span).await
+        // The circuit is per host and port (`api.example.com:443`).
+        let host = parse_with(a)
+            .ok()
+            .and_then(|w| request_url(&w).ok())
+            .map(|u| format!("{}:{}", host_of(&u), u.port_or_known_default().unwrap_or(0)));
+        if let Some(h) = &host
+            && let Some(refusal) = self.refused(h).await
+        {
+            return refusal;
+        }
+        let r = self.execute_in(a).instrument(span).await;
+        if let Some(h) = &host {
+            // Server-side trouble (5xx, 429, timeouts, network) counts against the host; a
+            // refusal of ours (egress, secrets, size) or a 4xx does not.
+            let unhealthy = matches!(&r, AttemptResult::Failed { retryable: true, .. });
+            if let Some(until) = self.breaker(h).record(!unhealthy) {
+                tracing::warn!(host = %h, "circuit opened for the host after repeated failures");
+                self.flow.open(&format!("http:{h}"), until).await;
+            }
+        }
+        r
     }
 
     fn raw_fields(&self) -> &'static [&'static str] {
@@ -810,5 +882,43 @@ mod tests {
         assert_eq!(items.len(), 2);
         assert_ne!(key(items[0]), key(items[1]), "each item has its own key");
         assert_ne!(key(items[0]), key(retried[0]));
+    }
+
+    /// A host that keeps failing: after five failed calls in a row its circuit opens, the
+    /// next attempt is refused without a request, and another executor (another worker)
+    /// sharing the flow refuses too, while other hosts are still called.
+    #[tokio::test]
+    async fn a_failing_host_opens_its_circuit_for_every_worker_sharing_the_flow() {
+        let server = MockServer::start().await;
+        Mock::given(path("/down")).respond_with(ResponseTemplate::new(503)).mount(&server).await;
+        let flow: Arc<dyn crate::flow::Flow> = Arc::new(crate::flow::Local::default());
+        let one = local(&[]).with_flow(flow.clone());
+        let two = local(&[]).with_flow(flow);
+        async fn call(e: &HttpExecutor, url: String) -> AttemptResult {
+            e.execute(&test_attempt("http", json!({ "url": url }), None, 1)).await
+        }
+        let down = format!("{}/down", server.uri());
+        for _ in 0..HOST_FAILURES {
+            let r = call(&one, down.clone()).await;
+            assert!(matches!(&r, AttemptResult::Failed { error, .. } if error.starts_with("HTTP 503")), "{r:?}");
+        }
+        let calls = || async { server.received_requests().await.unwrap().len() };
+        assert_eq!(calls().await, HOST_FAILURES as usize);
+        for e in [&one, &two] {
+            let r = call(e, down.clone()).await;
+            assert!(
+                matches!(&r, AttemptResult::Failed { error, retryable: true, .. } if error.contains("circuit open for host 127.0.0.1:")),
+                "{r:?}"
+            );
+        }
+        assert_eq!(calls().await, HOST_FAILURES as usize, "no request while the circuit is open");
+        // Another host (here: the same address under another name and port) is not affected.
+        let other = MockServer::start().await;
+        Mock::given(path("/up"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(json!({"ok": 1})))
+            .mount(&other)
+            .await;
+        let r = call(&two, format!("{}/up", other.uri())).await;
+        assert!(matches!(r, AttemptResult::Succeeded { .. }), "{r:?}");
     }
 }

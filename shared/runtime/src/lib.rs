@@ -58,14 +58,18 @@ impl Setup {
     /// `llm` over the configured providers, `http`, `transform`, `evaluate` (with the model
     /// judge) and `policy`.
     pub fn registry(self) -> executor::Registry {
-        let llm =
-            Arc::new(providers::LlmExecutor::with_secrets(self.config, self.mock, self.keys).with_flow(self.flow));
+        let llm = Arc::new(
+            providers::LlmExecutor::with_secrets(self.config, self.mock, self.keys).with_flow(self.flow.clone()),
+        );
         let mut r = executor::Registry::with_builtins(Some(llm.clone()));
         r.register("llm", llm);
         if self.mock {
             r.register("http", Arc::new(http::MockHttp { fixtures: self.fixtures, secrets: self.secrets }));
         } else {
-            r.register("http", Arc::new(http::HttpExecutor::new(self.egress, self.secrets, self.http)));
+            r.register(
+                "http",
+                Arc::new(http::HttpExecutor::new(self.egress, self.secrets, self.http).with_flow(self.flow.clone())),
+            );
         }
         r
     }
