@@ -119,11 +119,12 @@ bench:
 	$(CARGO) build --release --locked -p llmo-runtime --example model_server --example io_bound
 	target/release/examples/io_bound 5000 100 200
 	target/release/examples/io_bound 5000 500 200
-	$(CARGO) build --release --locked -p llmo-aws --example serverless
+	$(CARGO) build --release --locked -p llmo-aws --example serverless -p llmo-fn-step
 	localstack/with-stack.sh sh -c 'target/release/examples/serverless --check wide 10000 1 4 16 64 && \
 	  target/release/examples/serverless --check layered 1000 1 4 16 64 && \
 	  target/release/examples/serverless --no-fold layered 1000 1 4 16 64 && \
-	  target/release/examples/serverless chain 200 1 4'
+	  target/release/examples/serverless chain 200 1 4 && \
+	  target/release/examples/serverless --cold target/release/step'
 
 # Prints its figures as one `soak: {...}` line (BENCHMARKS.md, "Chaos soak").
 soak:

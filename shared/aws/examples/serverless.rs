@@ -9,6 +9,7 @@
 //! mappings do; `--no-fold` deploys no fold queue, so every step appends itself), and counts
 //! every AWS request the run made (SDK interceptor) and the DynamoDB capacity it consumed
 //! (`ReturnConsumedCapacity`; conditional writes that lost a race are charged by item size).
+//! `--cold [STEP_BINARY]` measures the step function's cold start instead (see `cold_starts`).
 //! `--check` fails (exits non-zero) unless the contention targets hold: lost conditional writes
 //! at most 2% of the log's writes, and WRU per step at the largest fleet within 1.2x of one
 //! worker's (`make test` runs a small one; `make bench` the full sizes).
@@ -197,9 +198,87 @@ async fn floor(aws: &Aws, n: usize) -> f64 {
     t0.elapsed().as_secs_f64() / n as f64
 }
 
+/// The `step` function's cold start, `n` times: a run is started (its `Start` waits in the
+/// queue), then a fresh `step --local` process (the binary at `bin`) is spawned; reported are
+/// spawn to ready (its "polling locally" log line: everything Lambda's Init Duration covers,
+/// SDK configuration and executors included) and spawn to the `Start` applied (the first
+/// message handled, receive included).
+async fn cold_starts(aws: &Aws, bin: &str, n: usize) {
+    use tokio::io::AsyncBufReadExt;
+    const ONE: &str = "apiVersion: llm-orchestrator/v1\nkind: Workflow\nmetadata: { name: cold }\nspec:\n  tasks:\n    - { id: a, type: transform, with: { output: 1 } }\n";
+    let (mut ready, mut first) = (Vec::new(), Vec::new());
+    for _ in 0..n {
+        let aws = fresh(aws, "cold", true).await;
+        let api = llmo_aws::api::Api::new(
+            &aws,
+            llmo_runtime::standard_registry(Config::builtin(), true, Default::default()),
+            Config::builtin(),
+            true,
+        );
+        let run_id =
+            api.starter.start(&*api.store, &*api.queue, "cold.yaml", ONE, &Default::default()).await.unwrap().run_id;
+        let store = llmo_aws::dynamo::DynamoStore::new(aws.clone());
+        let t0 = Instant::now();
+        let mut child = tokio::process::Command::new(bin)
+            .arg("--local")
+            .env("LLMO_TABLE", &aws.table)
+            .env("LLMO_QUEUE_URL", &aws.queue_url)
+            .env("LLMO_DLQ_URL", &aws.dlq_url)
+            .env("LLMO_FOLD_QUEUE_URL", aws.fold_url.clone().unwrap_or_default())
+            .env("LLMO_FOLD_DLQ_URL", aws.fold_dlq_url.clone().unwrap_or_default())
+            .env("LLMO_BUCKET", &aws.bucket)
+            .env("LLMO_MOCK", "1")
+            .env("RUST_LOG", "info")
+            .stderr(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the step binary starts");
+        let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        let ready_at = async {
+            while let Ok(Some(l)) = lines.next_line().await {
+                if l.contains("polling locally") {
+                    return t0.elapsed();
+                }
+            }
+            panic!("the step process ended before it was ready");
+        };
+        let applied_at = async {
+            loop {
+                if llmo_runtime::store::RunStore::version(&store, &run_id).await.unwrap().unwrap_or(0) > 0 {
+                    return t0.elapsed();
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        };
+        let (r, f) = tokio::join!(ready_at, applied_at);
+        ready.push(r.as_secs_f64() * 1e3);
+        first.push(f.as_secs_f64() * 1e3);
+        let _ = child.kill().await;
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        v[v.len() / 2]
+    };
+    println!(
+        "step cold start ({n} processes): ready {:.1} ms median ({:.1}-{:.1}), first message handled {:.1} ms median ({:.1}-{:.1})",
+        median(&mut ready),
+        ready[0],
+        ready[ready.len() - 1],
+        median(&mut first),
+        first[0],
+        first[first.len() - 1]
+    );
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 4)]
 async fn main() {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().is_some_and(|a| a == "--cold") {
+        let bin = args.get(1).cloned().unwrap_or_else(|| "target/release/step".into());
+        cold_starts(&Aws::from_env().await, &bin, 7).await;
+        return;
+    }
     let folds = !args.iter().any(|a| a == "--no-fold");
     let check = args.iter().any(|a| a == "--check");
     args.retain(|a| a != "--no-fold" && a != "--check");
