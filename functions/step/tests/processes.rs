@@ -36,12 +36,7 @@ spec:
 fn command(aws: &llmo_aws::Aws) -> tokio::process::Command {
     let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_step"));
     c.arg("--local")
-        .env("LLMO_TABLE", &aws.table)
-        .env("LLMO_QUEUE_URL", &aws.queue_url)
-        .env("LLMO_DLQ_URL", &aws.dlq_url)
-        .env("LLMO_FOLD_QUEUE_URL", aws.fold_url.clone().unwrap_or_default())
-        .env("LLMO_FOLD_DLQ_URL", aws.fold_dlq_url.clone().unwrap_or_default())
-        .env("LLMO_BUCKET", &aws.bucket)
+        .envs(aws.resource_env())
         .env_remove("LLMO_MOCK")
         .stdout(Stdio::null())
         .stderr(Stdio::null())

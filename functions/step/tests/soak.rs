@@ -91,12 +91,7 @@ fn rewritten(source: &str, fake: &str) -> String {
 fn worker(aws: &llmo_aws::Aws, fake: &str) -> tokio::process::Child {
     tokio::process::Command::new(env!("CARGO_BIN_EXE_step"))
         .arg("--local")
-        .env("LLMO_TABLE", &aws.table)
-        .env("LLMO_QUEUE_URL", &aws.queue_url)
-        .env("LLMO_DLQ_URL", &aws.dlq_url)
-        .env("LLMO_FOLD_QUEUE_URL", aws.fold_url.clone().unwrap_or_default())
-        .env("LLMO_FOLD_DLQ_URL", aws.fold_dlq_url.clone().unwrap_or_default())
-        .env("LLMO_BUCKET", &aws.bucket)
+        .envs(aws.resource_env())
         .env_remove("LLMO_MOCK")
         .env("LLMO_VISIBILITY_SECS", "3")
         .env("OPENAI_BASE_URL", fake)

@@ -16,12 +16,9 @@ async fn main() {
     }
     match provision(&aws, &r).await {
         Ok(a) => {
-            println!("LLMO_TABLE={}", a.table);
-            println!("LLMO_QUEUE_URL={}", a.queue_url);
-            println!("LLMO_DLQ_URL={}", a.dlq_url);
-            println!("LLMO_FOLD_QUEUE_URL={}", a.fold_url.unwrap_or_default());
-            println!("LLMO_FOLD_DLQ_URL={}", a.fold_dlq_url.unwrap_or_default());
-            println!("LLMO_BUCKET={}", a.bucket);
+            for (k, v) in a.resource_env() {
+                println!("{k}={v}");
+            }
         }
         Err(e) => {
             eprintln!("error: {e}");

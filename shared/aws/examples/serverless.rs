@@ -221,12 +221,7 @@ async fn cold_starts(aws: &Aws, bin: &str, n: usize) {
         let t0 = Instant::now();
         let mut child = tokio::process::Command::new(bin)
             .arg("--local")
-            .env("LLMO_TABLE", &aws.table)
-            .env("LLMO_QUEUE_URL", &aws.queue_url)
-            .env("LLMO_DLQ_URL", &aws.dlq_url)
-            .env("LLMO_FOLD_QUEUE_URL", aws.fold_url.clone().unwrap_or_default())
-            .env("LLMO_FOLD_DLQ_URL", aws.fold_dlq_url.clone().unwrap_or_default())
-            .env("LLMO_BUCKET", &aws.bucket)
+            .envs(aws.resource_env())
             .env("LLMO_MOCK", "1")
             .env("RUST_LOG", "info")
             .stderr(std::process::Stdio::piped())

@@ -164,6 +164,19 @@ impl Aws {
         }
     }
 
+    /// The variables that point another process (a function's local mode) at these resources,
+    /// as [`Aws::from_env`] reads them.
+    pub fn resource_env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("LLMO_TABLE", self.table.clone()),
+            ("LLMO_QUEUE_URL", self.queue_url.clone()),
+            ("LLMO_DLQ_URL", self.dlq_url.clone()),
+            ("LLMO_FOLD_QUEUE_URL", self.fold_url.clone().unwrap_or_default()),
+            ("LLMO_FOLD_DLQ_URL", self.fold_dlq_url.clone().unwrap_or_default()),
+            ("LLMO_BUCKET", self.bucket.clone()),
+        ]
+    }
+
     /// The same, with a fold queue and its dead-letter queue.
     pub fn with_folds(self, fold_url: Option<String>, fold_dlq_url: Option<String>) -> Self {
         Aws { fold_url, fold_dlq_url, ..self }

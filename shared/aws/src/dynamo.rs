@@ -82,10 +82,10 @@ fn inflate(bytes: &[u8]) -> Result<String, Error> {
     Ok(out)
 }
 
-fn s(v: impl Into<String>) -> AttributeValue {
+pub(crate) fn s(v: impl Into<String>) -> AttributeValue {
     AttributeValue::S(v.into())
 }
-fn n(v: impl ToString) -> AttributeValue {
+pub(crate) fn n(v: impl ToString) -> AttributeValue {
     AttributeValue::N(v.to_string())
 }
 fn get_s<'a>(item: &'a Item, k: &str) -> Option<&'a str> {

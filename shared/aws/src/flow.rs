@@ -27,6 +27,7 @@ use llmo_core::engine::Millis;
 use llmo_runtime::flow::{Flow, FlowError, Rate, reserve};
 
 use crate::config::Aws;
+use crate::dynamo::{n, s};
 
 /// Waits shorter than this are slept through in the worker (cheaper than a queue round trip).
 pub const WAIT_IN_PLACE: Duration = Duration::from_millis(250);
@@ -40,12 +41,6 @@ pub struct DynamoFlow {
     circuits: Mutex<HashMap<String, (Instant, Option<Millis>)>>,
 }
 
-fn s(v: impl Into<String>) -> AttributeValue {
-    AttributeValue::S(v.into())
-}
-fn n(v: impl ToString) -> AttributeValue {
-    AttributeValue::N(v.to_string())
-}
 fn io(e: impl std::fmt::Display) -> FlowError {
     FlowError::Io(e.to_string())
 }
