@@ -78,11 +78,14 @@ impl DynamoFlow {
 
 #[async_trait]
 impl Flow for DynamoFlow {
-    async fn take(&self, key: &str, rate: Rate, cost: u64) -> Result<Duration, FlowError> {
+    async fn take(&self, key: &str, rate: Rate, cost: u64, horizon: Option<Duration>) -> Result<Duration, FlowError> {
         let pk = format!("FLOW#{key}");
         for _ in 0..MAX_LOST {
             let old = self.tat(&pk).await?;
             let (new, due) = reserve(old, now_us(), rate, cost);
+            if horizon.is_some_and(|h| due > h) {
+                return Err(FlowError::Wait { wait: due });
+            }
             let mut put = self
                 .aws
                 .dynamodb

@@ -73,6 +73,12 @@ pub struct Spec {
     pub defaults: Option<Defaults>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub concurrency: Option<Concurrency>,
+    /// Who takes shared capacity first when there is not enough (the fleet's rate limits):
+    /// `high` runs reserve a provider's next free slots however far ahead, `normal` runs (the
+    /// default) only slots due within two seconds, `low` runs only what is free now, so that
+    /// urgent runs are never queued behind others' reservations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<Priority>,
     /// A run never starts a task once the budget is spent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget: Option<Budget>,
@@ -410,6 +416,27 @@ pub struct Task {
     /// What a failure (after retries) does to the run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_failure: Option<OnFailure>,
+}
+
+/// A run's claim on shared capacity (see `Spec::priority`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Priority {
+    High,
+    #[default]
+    Normal,
+    Low,
+}
+
+impl Priority {
+    /// How far ahead a call of such a run may reserve rate-limited capacity (`None`: any).
+    pub fn horizon(self) -> Option<std::time::Duration> {
+        match self {
+            Priority::High => None,
+            Priority::Normal => Some(std::time::Duration::from_secs(2)),
+            Priority::Low => Some(std::time::Duration::ZERO),
+        }
+    }
 }
 
 /// When a task with dependencies runs. Every rule waits for all dependencies to end.

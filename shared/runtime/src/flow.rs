@@ -62,9 +62,9 @@ pub fn reserve(tat: Option<u64>, now_us: u64, rate: Rate, cost: u64) -> (u64, Du
 /// Why a cell could not be had.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum FlowError {
-    /// Too many workers at once on the shared state: try again after this long (nothing was
-    /// taken).
-    #[error("flow control busy; try again in {wait:?}")]
+    /// Nothing was taken: try again after this long (too many workers at once on the shared
+    /// state, or the cells are due beyond the caller's horizon).
+    #[error("no capacity taken; try again in {wait:?}")]
     Wait { wait: Duration },
     /// The shared state could not be read or written (the caller goes on without it).
     #[error("flow control: {0}")]
@@ -75,8 +75,9 @@ pub enum FlowError {
 #[async_trait]
 pub trait Flow: Send + Sync {
     /// Takes `cost` cells from the bucket `key` ([`reserve`]): `Ok(due)`, they may be used
-    /// after `due` (zero: now).
-    async fn take(&self, key: &str, rate: Rate, cost: u64) -> Result<Duration, FlowError>;
+    /// after `due` (zero: now). With a `horizon`, cells due later than that are not taken:
+    /// `Err(Wait { wait: due })` (how a lower priority leaves later slots to higher ones).
+    async fn take(&self, key: &str, rate: Rate, cost: u64, horizon: Option<Duration>) -> Result<Duration, FlowError>;
     /// Corrects a bucket after the fact by `delta` cells (a call used fewer or more tokens
     /// than were taken for it). Never refused; best effort.
     async fn adjust(&self, key: &str, rate: Rate, delta: i64);
@@ -125,9 +126,12 @@ fn now_us() -> u64 {
 
 #[async_trait]
 impl Flow for Local {
-    async fn take(&self, key: &str, rate: Rate, cost: u64) -> Result<Duration, FlowError> {
+    async fn take(&self, key: &str, rate: Rate, cost: u64, horizon: Option<Duration>) -> Result<Duration, FlowError> {
         let mut tats = self.tats.lock().expect("flow lock");
         let (tat, due) = reserve(tats.get(key).copied(), now_us(), rate, cost);
+        if horizon.is_some_and(|h| due > h) {
+            return Err(FlowError::Wait { wait: due });
+        }
         tats.insert(key.to_string(), tat);
         Ok(due)
     }
@@ -285,13 +289,32 @@ mod tests {
         let f = Local::default();
         let rate = Rate { per_minute: 60, burst: 3 };
         for _ in 0..3 {
-            assert_eq!(f.take("openai/gpt", rate, 1).await, Ok(Duration::ZERO));
+            assert_eq!(f.take("openai/gpt", rate, 1, None).await, Ok(Duration::ZERO));
         }
-        assert!(f.take("openai/gpt", rate, 1).await.unwrap() > Duration::ZERO, "reserved for later");
-        assert_eq!(f.take("other", rate, 1).await, Ok(Duration::ZERO));
-        // Giving back three cells makes room now again.
+        // Priorities: a low one takes only what is free now, a normal one what is due within
+        // two seconds, a high one reserves however far ahead; refusals take nothing.
+        let fast = Rate { per_minute: 600, burst: 3 };
+        for _ in 0..3 {
+            assert_eq!(f.take("fast", fast, 1, None).await, Ok(Duration::ZERO));
+        }
+        let low = llmo_core::model::Priority::Low.horizon();
+        assert!(matches!(f.take("fast", fast, 1, low).await, Err(FlowError::Wait { .. })));
+        let high = f.take("fast", fast, 1, None).await.unwrap();
+        assert!(high > Duration::ZERO && high <= Duration::from_micros(fast.interval_us()), "{high:?}");
+        let normal = llmo_core::model::Priority::Normal.horizon();
+        assert!(f.take("fast", fast, 1, normal).await.is_ok(), "due in two intervals (< 2 s)");
+        for _ in 0..25 {
+            f.take("fast", fast, 1, None).await.unwrap();
+        }
+        let Err(FlowError::Wait { wait }) = f.take("fast", fast, 1, normal).await else {
+            panic!("a normal call does not reserve beyond two seconds")
+        };
+        assert!(wait > Duration::from_secs(2), "{wait:?}");
+        assert!(f.take("fast", fast, 1, None).await.unwrap() > Duration::from_secs(2), "a high one does");
+        assert_eq!(f.take("other", rate, 1, None).await, Ok(Duration::ZERO));
+        // Giving back cells makes room now again.
         f.adjust("openai/gpt", rate, -3).await;
-        assert_eq!(f.take("openai/gpt", rate, 1).await, Ok(Duration::ZERO));
+        assert_eq!(f.take("openai/gpt", rate, 1, low).await, Ok(Duration::ZERO));
         assert_eq!(f.open_until("openai").await, None);
         f.open("openai", crate::ports::now_ms() + 10_000).await;
         assert!(f.open_until("openai").await.is_some());

@@ -291,7 +291,12 @@ impl LlmExecutor {
     /// `Throttled { reserved: true }` tells the caller when to call. The shared state being
     /// unreachable lets the call through (logged); too busy, nothing is taken and
     /// `Throttled { reserved: false }` says when to try again.
-    async fn admit(&self, buckets: &[(String, crate::flow::Limit)], tokens: u64) -> Result<(), CallError> {
+    async fn admit(
+        &self,
+        buckets: &[(String, crate::flow::Limit)],
+        tokens: u64,
+        horizon: Option<Duration>,
+    ) -> Result<(), CallError> {
         use crate::flow::FlowError;
         loop {
             let mut taken: Vec<(String, crate::flow::Rate, u64)> = Vec::new();
@@ -303,7 +308,7 @@ impl LlmExecutor {
                     (format!("{key}#tokens"), limit.tokens(), tokens),
                 ] {
                     let Some(rate) = rate else { continue };
-                    match self.flow.take(&name, rate, cost).await {
+                    match self.flow.take(&name, rate, cost, horizon).await {
                         Ok(d) => {
                             due = due.max(d);
                             taken.push((name, rate, cost));
@@ -367,7 +372,14 @@ impl LlmExecutor {
     /// One model, with in-attempt retries for rate limits and server errors.
     /// `admitted`: the first call's capacity was reserved already (the attempt was deferred
     /// until it was due).
-    async fn call(&self, provider: &str, req: &ChatRequest, admitted: bool) -> Result<ChatResponse, CallError> {
+    /// `horizon`: how far ahead the run's priority lets it reserve capacity.
+    async fn call(
+        &self,
+        provider: &str,
+        req: &ChatRequest,
+        admitted: bool,
+        horizon: Option<Duration>,
+    ) -> Result<ChatResponse, CallError> {
         let name = if self.force_mock { "mock" } else { provider };
         let Some(p) = self.providers.get(name) else {
             let mut known: Vec<&str> = self.providers.keys().map(String::as_str).collect();
@@ -401,7 +413,7 @@ impl LlmExecutor {
                 });
             }
             if !std::mem::take(&mut admitted) {
-                self.admit(&buckets, estimate).await?;
+                self.admit(&buckets, estimate, horizon).await?;
             }
             calls += 1;
             let r = p.chat(req).await;
@@ -540,7 +552,8 @@ impl LlmExecutor {
                 span.record("gen_ai.request.max_tokens", i64::from(m));
             }
             let started = std::time::Instant::now();
-            let r = self.call(&provider, &req, a.admitted && i == 0).instrument(span.clone()).await;
+            let horizon = a.plan.checked.workflow.spec.priority.unwrap_or_default().horizon();
+            let r = self.call(&provider, &req, a.admitted && i == 0, horizon).instrument(span.clone()).await;
             let seconds = started.elapsed().as_secs_f64();
             match r {
                 // Held back by the fleet's limit before anything was spent: the attempt goes
