@@ -58,21 +58,27 @@ impl DynamoFlow {
         llmo_runtime::ports::now_ms() / 1000 + 86_400
     }
 
-    async fn tat(&self, pk: &str) -> Result<Option<u64>, FlowError> {
+    /// One item of the flow (`FLOW#<key>`, `sk`), read consistently (one RRU, metered).
+    async fn get(&self, key: &str, sk: &str) -> Result<Option<HashMap<String, AttributeValue>>, FlowError> {
         let out = self
             .aws
             .dynamodb
             .get_item()
             .table_name(&self.aws.table)
-            .key("pk", s(pk))
-            .key("sk", s("GCRA"))
+            .key("pk", s(format!("FLOW#{key}")))
+            .key("sk", s(sk))
             .consistent_read(true)
             .return_consumed_capacity(ReturnConsumedCapacity::Total)
             .send()
             .await
             .map_err(|e| io(aws_sdk_dynamodb::error::DisplayErrorContext(e)))?;
         self.aws.meter.add_rru(out.consumed_capacity().and_then(|c| c.capacity_units()).unwrap_or(1.0));
-        Ok(out.item.and_then(|i| i.get("tat").and_then(|v| v.as_n().ok()).and_then(|v| v.parse().ok())))
+        Ok(out.item)
+    }
+
+    /// A number attribute of an item.
+    fn number<T: std::str::FromStr>(item: &HashMap<String, AttributeValue>, name: &str) -> Option<T> {
+        item.get(name).and_then(|v| v.as_n().ok()).and_then(|v| v.parse().ok())
     }
 }
 
@@ -81,7 +87,7 @@ impl Flow for DynamoFlow {
     async fn take(&self, key: &str, rate: Rate, cost: u64, horizon: Option<Duration>) -> Result<Duration, FlowError> {
         let pk = format!("FLOW#{key}");
         for _ in 0..MAX_LOST {
-            let old = self.tat(&pk).await?;
+            let old = self.get(key, "GCRA").await?.and_then(|i| Self::number(&i, "tat"));
             let (new, due) = reserve(old, now_us(), rate, cost);
             if horizon.is_some_and(|h| due > h) {
                 return Err(FlowError::Wait { wait: due });
@@ -145,21 +151,10 @@ impl Flow for DynamoFlow {
         {
             return until.filter(|u| *u > now);
         }
-        let out = self
-            .aws
-            .dynamodb
-            .get_item()
-            .table_name(&self.aws.table)
-            .key("pk", s(format!("FLOW#{key}")))
-            .key("sk", s("OPEN"))
-            .consistent_read(true)
-            .send()
-            .await;
-        self.aws.meter.add_rru(1.0);
-        let until = match out {
-            Ok(o) => o.item.and_then(|i| i.get("until").and_then(|v| v.as_n().ok()).and_then(|v| v.parse().ok())),
+        let until = match self.get(key, "OPEN").await {
+            Ok(item) => item.and_then(|i| Self::number(&i, "until")),
             Err(e) => {
-                tracing::warn!(circuit = key, error = %aws_sdk_dynamodb::error::DisplayErrorContext(e), "shared circuit not read");
+                tracing::warn!(circuit = key, error = %e, "shared circuit not read");
                 None
             }
         };
@@ -232,21 +227,10 @@ impl Flow for DynamoFlow {
     }
 
     async fn holders(&self, key: &str) -> Vec<String> {
-        let out = self
-            .aws
-            .dynamodb
-            .get_item()
-            .table_name(&self.aws.table)
-            .key("pk", s(format!("FLOW#{key}")))
-            .key("sk", s("HOLDERS"))
-            .consistent_read(true)
-            .send()
-            .await;
-        self.aws.meter.add_rru(1.0);
-        match out {
-            Ok(o) => o.item.and_then(|i| i.get("h").and_then(|v| v.as_ss().ok()).cloned()).unwrap_or_default(),
+        match self.get(key, "HOLDERS").await {
+            Ok(item) => item.and_then(|i| i.get("h").and_then(|v| v.as_ss().ok()).cloned()).unwrap_or_default(),
             Err(e) => {
-                tracing::warn!(key, error = %aws_sdk_dynamodb::error::DisplayErrorContext(e), "concurrency key not read");
+                tracing::warn!(key, error = %e, "concurrency key not read");
                 Vec::new()
             }
         }

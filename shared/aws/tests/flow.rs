@@ -25,12 +25,17 @@ impl Respond for Recorder {
         if self.status != 200 {
             return ResponseTemplate::new(self.status).set_body_json(json!({"error": {"message": "down"}}));
         }
-        ResponseTemplate::new(200).set_body_json(json!({
-            "id": "c", "object": "chat.completion", "model": "gpt-4o-mini",
-            "choices": [{ "index": 0, "message": { "role": "assistant", "content": "ok" }, "finish_reason": "stop" }],
-            "usage": { "prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6 }
-        }))
+        completion()
     }
+}
+
+/// A chat completion answering "ok".
+fn completion() -> ResponseTemplate {
+    ResponseTemplate::new(200).set_body_json(json!({
+        "id": "c", "object": "chat.completion", "model": "gpt-4o-mini",
+        "choices": [{ "index": 0, "message": { "role": "assistant", "content": "ok" }, "finish_reason": "stop" }],
+        "usage": { "prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6 }
+    }))
 }
 
 async fn provider(status: u16) -> (MockServer, Arc<Mutex<Vec<Instant>>>) {
@@ -225,11 +230,7 @@ async fn attempts_with_the_same_concurrency_key_never_overlap() {
             let body: serde_json::Value = serde_json::from_slice(&req.body).unwrap_or_default();
             let prompt = body["messages"][0]["content"].as_str().unwrap_or_default().to_string();
             self.0.lock().unwrap().push((Instant::now(), prompt));
-            ResponseTemplate::new(200).set_delay(Duration::from_millis(1000)).set_body_json(json!({
-                "id": "c", "object": "chat.completion", "model": "m",
-                "choices": [{ "index": 0, "message": { "role": "assistant", "content": "ok" }, "finish_reason": "stop" }],
-                "usage": { "prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6 }
-            }))
+            completion().set_delay(Duration::from_millis(1000))
         }
     }
     Mock::given(method("POST"))

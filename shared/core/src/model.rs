@@ -270,9 +270,10 @@ pub struct Concurrency {
     /// run at most `limit` at once across the fleet; the others wait, pending. Needs `limit`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
-    /// How many runs with the same `key` may run at once.
+    /// How many runs with the same `key` may run at once (at most 1,000: the holders of a key
+    /// are one stored item).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 10000))]
+    #[schemars(range(min = 1, max = 1000))]
     pub limit: Option<u32>,
 }
 
@@ -283,7 +284,8 @@ pub struct Concurrency {
 pub struct KeyLimit {
     /// Template, read like the task's `with` (inputs, the tasks it depends on, `item`).
     pub key: String,
-    #[schemars(range(min = 1, max = 10000))]
+    /// At most 1,000 (the holders of a key are one stored item).
+    #[schemars(range(min = 1, max = 1000))]
     pub limit: u32,
 }
 

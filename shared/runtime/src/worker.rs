@@ -114,7 +114,12 @@ pub(crate) fn run_key_of(plan: &Plan, st: &RunState) -> Option<(String, u32)> {
     let (key, limit) = plan.run_key(st)?;
     match key {
         Ok(k) => Some((
-            format!("run#{}#{}#{k}", st.tenant.as_deref().unwrap_or("-"), plan.checked.workflow.metadata.name),
+            format!(
+                "run#{}#{}#{}",
+                st.tenant.as_deref().unwrap_or("-"),
+                plan.checked.workflow.metadata.name,
+                bounded_key(k)
+            ),
             limit,
         )),
         Err(e) => {
@@ -144,6 +149,16 @@ pub(crate) fn task_key_of(
             None
         }
     }
+}
+
+/// A rendered key as stored: as it is up to 200 bytes, else its SHA-256 (a template may render
+/// megabytes; DynamoDB's partition keys hold at most 2,048 bytes).
+fn bounded_key(k: String) -> String {
+    if k.len() <= 200 {
+        return k;
+    }
+    let hash: String = Sha256::digest(k.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hash}")
 }
 
 /// How an attempt holds a key: `run/task/item/attempt` (`-` for no item).
@@ -675,7 +690,11 @@ impl Worker {
         let run = parts.next().unwrap_or_default();
         let st = match self.load(run).await {
             Ok((_, st)) => st,
-            Err(Error::NoSuchRun(_)) => return false,
+            // A run that no longer loads (its workflow does not validate, its log does not
+            // replay) is aborted, never running: it holds nothing.
+            Err(Error::NoSuchRun(_) | Error::BadWorkflow { .. } | Error::Store(store::Error::Corrupt { .. })) => {
+                return false;
+            }
             Err(_) => return true,
         };
         let (Some(task), Some(item), Some(attempt)) = (parts.next(), parts.next(), parts.next()) else {
@@ -868,6 +887,17 @@ impl Worker {
             run_hooks(plan, &self.executors, st, status, &mut () as &mut dyn Observer).await;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod key_tests {
+    #[test]
+    fn long_keys_are_stored_as_their_hash() {
+        assert_eq!(super::bounded_key("acme".into()), "acme");
+        let long = super::bounded_key("x".repeat(5_000_000));
+        assert!(long.starts_with("sha256:") && long.len() == 71, "{long}");
+        assert_ne!(long, super::bounded_key("y".repeat(5_000_000)));
     }
 }
 
