@@ -4,7 +4,7 @@
 #                (mock models, canned HTTP answers), one of them durably with resume/status
 #   make test    formatting, lints, every test, and a one-shot run of the benchmarks
 #   make local   the serverless system on this machine (local AWS, api, step workers, dlq)
-#   make package cargo lambda build --release of every function, and the lambda test on them
+#   make package cargo lambda build --profile lambda of every function, and the lambda test on them
 #   make bench   the benchmarks, measured (figures go to BENCHMARKS.md)
 #   make soak    the chaos soak, long: 300 example runs on 4 step workers, one SIGKILLed every
 #                second (a 16-run version is part of `make test`)
@@ -80,7 +80,8 @@ unit:
 local:
 	localstack/run-local.sh
 
-# `cargo lambda build --release` of every function (target/lambda/NAME/bootstrap), then the
+# `cargo lambda build --profile lambda` of every function (target/lambda/NAME/bootstrap: fat LTO,
+# optimized for size, stripped; see Cargo.toml), then the
 # same lambda test run against the packaged bootstraps (about 10 minutes on 2 cores).
 package:
 	localstack/with-stack.sh functions/lambda-test.sh --packaged
@@ -88,11 +89,13 @@ package:
 # Deploys infra/template.yaml to the AWS account of your credentials (see README, "Deploying to
 # AWS"): sam build (cargo lambda, arm64) then sam deploy, which shows the change set first.
 #   make deploy JWT_ISSUER=https://... JWT_AUDIENCE=... [ALARM_TOPIC=arn:aws:sns:...]
+# sam build runs `cargo lambda build --release`: these give it Cargo.toml's `lambda` profile.
+LAMBDA_PROFILE := CARGO_PROFILE_RELEASE_LTO=fat CARGO_PROFILE_RELEASE_OPT_LEVEL=s CARGO_PROFILE_RELEASE_STRIP=true
 SAM := SAM_CLI_TELEMETRY=0 PATH="$(CURDIR)/.venv/tools/bin:$$PATH" .venv/sam/bin/sam
 deploy:
 	@test -n "$(JWT_ISSUER)" -a -n "$(JWT_AUDIENCE)" || { echo "make deploy JWT_ISSUER=<your identity provider's issuer> JWT_AUDIENCE=<its audience/client id>" >&2; exit 2; }
 	localstack/stack.sh install
-	$(SAM) build --config-file infra/samconfig.toml
+	$(LAMBDA_PROFILE) $(SAM) build --config-file infra/samconfig.toml
 	$(SAM) deploy --config-file infra/samconfig.toml \
 	  --parameter-overrides JwtIssuer=$(JWT_ISSUER) JwtAudience=$(JWT_AUDIENCE) AlarmTopicArn=$(ALARM_TOPIC)
 

@@ -5,7 +5,7 @@
 #
 #   localstack/with-stack.sh functions/lambda-test.sh             watch runs each function
 #                                                                 (`cargo run --bin NAME`)
-#   localstack/with-stack.sh functions/lambda-test.sh --packaged  `cargo lambda build --release`
+#   localstack/with-stack.sh functions/lambda-test.sh --packaged  `cargo lambda build --profile lambda`
 #                                                                 first, then runs the packaged
 #                                                                 bootstraps against watch's API
 set -euo pipefail
@@ -18,8 +18,8 @@ mkdir -p .llmo/stack
 functions="api step schedule dlq"
 
 if $packaged; then
-  echo "== cargo lambda build --release (every function)"
-  cargo lambda build --release --compiler cargo --locked \
+  echo "== cargo lambda build --profile lambda (every function)"
+  cargo lambda build --profile lambda --compiler cargo --locked \
     -p llmo-fn-api -p llmo-fn-step -p llmo-fn-dlq -p llmo-fn-schedule
   for f in $functions; do
     test -x "${CARGO_TARGET_DIR:-target}/lambda/$f/bootstrap" || { echo "FAIL: no ${CARGO_TARGET_DIR:-target}/lambda/$f/bootstrap" >&2; exit 1; }

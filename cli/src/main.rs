@@ -9,7 +9,6 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use llmo_core::source::SourceFile;
-use llmo_core::tasks::Registry;
 use llmo_core::validate::{Checked, Outcome, Validator};
 use llmo_core::yaml::Limits;
 
@@ -491,11 +490,12 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
-    let validator = Validator::new(Registry::default());
+    // First, so the schema compiles (on its own thread) while the command reads its files.
+    let validator = Validator::shared();
     match cli.command {
-        Command::Validate { files, format, deny_warnings } => validate(&validator, &files, format, deny_warnings),
+        Command::Validate { files, format, deny_warnings } => validate(validator, &files, format, deny_warnings),
         Command::Graph { file, format } => {
-            let Some(checked) = checked_or_report(&validator, &file)? else {
+            let Some(checked) = checked_or_report(validator, &file)? else {
                 return Ok(ExitCode::from(1));
             };
             let label = |i: usize| {
@@ -590,10 +590,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Infra { files, tenant, output, flexible_window } => {
             let opts = llmo_core::triggers::Options { tenant, flexible_window_minutes: flexible_window };
-            infra::infra(&validator, &files, &opts, output.as_deref())
+            infra::infra(validator, &files, &opts, output.as_deref())
         }
         Command::Explain { file, format } => {
-            let Some(checked) = checked_or_report(&validator, &file)? else {
+            let Some(checked) = checked_or_report(validator, &file)? else {
                 return Ok(ExitCode::from(1));
             };
             let plan = explain::Plan::of(&checked);

@@ -228,7 +228,7 @@ async fn stored(store: &dyn RunStore, run_id: &str, state: &Path) -> Result<(Pla
     let Some(run) = store.load(run_id).await? else {
         bail!("no run `{run_id}` in {}", state.display());
     };
-    let outcome = Validator::default().validate(&SourceFile::new(run.source_name.clone(), run.source.clone()));
+    let outcome = Validator::shared().validate(&SourceFile::new(run.source_name.clone(), run.source.clone()));
     let Some(checked) = outcome.checked else {
         bail!("the stored workflow of `{run_id}` ({}) no longer validates", run.source_name);
     };

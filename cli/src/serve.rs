@@ -128,7 +128,7 @@ async fn get(State(ui): State<Ui>, headers: HeaderMap, Path(id): Path<String>) -
     };
     let workflow = stored.workflow.clone();
     let source = SourceFile::new(stored.source_name.clone(), stored.source.clone());
-    let Some(checked) = Validator::default().validate(&source).checked else {
+    let Some(checked) = Validator::shared().validate(&source).checked else {
         return problem(StatusCode::CONFLICT, format!("the stored workflow of `{id}` no longer validates"));
     };
     let plan = Plan::new(checked);

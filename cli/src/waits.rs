@@ -37,7 +37,7 @@ impl Answer {
 }
 
 fn plan_of(run: &StoredRun) -> Result<Plan, String> {
-    let outcome = Validator::default().validate(&SourceFile::new(run.source_name.clone(), run.source.clone()));
+    let outcome = Validator::shared().validate(&SourceFile::new(run.source_name.clone(), run.source.clone()));
     outcome
         .checked
         .map(Plan::new)

@@ -129,7 +129,7 @@ pub enum StartError {
 
 /// The start-a-run use case, with what it needs to check and price a workflow.
 pub struct Starter {
-    validator: Validator,
+    validator: &'static Validator,
     config: Config,
     mock: bool,
     max_age_ms: Option<u64>,
@@ -137,7 +137,7 @@ pub struct Starter {
 
 impl Starter {
     pub fn new(config: Config, mock: bool) -> Self {
-        Starter { validator: Validator::default(), config, mock, max_age_ms: None }
+        Starter { validator: Validator::shared(), config, mock, max_age_ms: None }
     }
 
     /// Every run started times out at the latest `ms` after its start (the deployment's

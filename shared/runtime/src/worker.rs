@@ -804,7 +804,7 @@ impl Worker {
         if let Some(p) = self.plans.lock().expect("plan cache").get(&key) {
             return Ok(p.clone());
         }
-        let outcome = Validator::default().validate(&SourceFile::new(name.to_string(), source.to_string()));
+        let outcome = Validator::shared().validate(&SourceFile::new(name.to_string(), source.to_string()));
         let checked = outcome.checked.ok_or_else(|| Error::BadWorkflow {
             run: run_id.to_string(),
             why: outcome

@@ -15,6 +15,7 @@
 //! The result is a [`Report`] and, when it holds no error, a [`Checked`] workflow with its DAG.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::{LazyLock, Mutex, OnceLock};
 
 use jsonschema::error::ValidationErrorKind;
 use serde::Deserialize;
@@ -119,13 +120,42 @@ pub struct Outcome {
 }
 
 /// Validates workflow documents. Build once, use for many files (it holds the compiled
-/// schema).
+/// schema); [`Validator::shared`] is the process's one validator of the built-in task types.
 pub struct Validator {
     registry: Registry,
     schema: Value,
-    compiled: jsonschema::Validator,
+    compiled: Compiled,
     analyzer: Analyzer,
     limits: Limits,
+}
+
+/// The JSON Schema, compiled on a second thread from [`Validator::new`] on: compiling takes a
+/// few milliseconds (jsonschema checks the schema against its meta-schema and builds every
+/// pattern's regex), which is most of a small workflow's cold validation. A process's first
+/// validation reads and parses its YAML meanwhile, and waits only for what is left.
+struct Compiled {
+    ready: OnceLock<jsonschema::Validator>,
+    pending: Mutex<Option<std::thread::JoinHandle<jsonschema::Validator>>>,
+}
+
+impl Compiled {
+    fn start(schema: &Value) -> Self {
+        let compile = |schema: &Value| jsonschema::options().build(schema).expect("the generated schema compiles");
+        let copy = schema.clone();
+        match std::thread::Builder::new().name("llmo-schema".into()).spawn(move || compile(&copy)) {
+            Ok(handle) => Compiled { ready: OnceLock::new(), pending: Mutex::new(Some(handle)) },
+            // No thread to be had: compile here.
+            Err(_) => Compiled { ready: OnceLock::from(compile(schema)), pending: Mutex::new(None) },
+        }
+    }
+
+    fn get(&self) -> &jsonschema::Validator {
+        self.ready.get_or_init(|| {
+            let handle = self.pending.lock().unwrap_or_else(|e| e.into_inner()).take();
+            // `get_or_init` runs this once; the handle is there until then.
+            handle.expect("the schema is being compiled").join().expect("compiling the schema does not panic")
+        })
+    }
 }
 
 impl Default for Validator {
@@ -137,8 +167,16 @@ impl Default for Validator {
 impl Validator {
     pub fn new(registry: Registry) -> Self {
         let schema = crate::schema::workflow_schema(&registry);
-        let compiled = jsonschema::options().build(&schema).expect("the generated schema compiles");
+        let compiled = Compiled::start(&schema);
         Validator { registry, schema, compiled, analyzer: Analyzer::new(), limits: Limits::default() }
+    }
+
+    /// The process's validator of the built-in task types, built on first use: a long-lived
+    /// process (a Lambda container, `llmo serve`) compiles the schema once, not once per
+    /// workflow it meets.
+    pub fn shared() -> &'static Validator {
+        static SHARED: LazyLock<Validator> = LazyLock::new(Validator::default);
+        &SHARED
     }
 
     pub fn with_limits(mut self, limits: Limits) -> Self {
@@ -468,7 +506,7 @@ impl<'a> Run<'a> {
             );
             return None;
         }
-        let schema_errors: Vec<_> = self.v.compiled.iter_errors(self.json).collect();
+        let schema_errors: Vec<_> = self.v.compiled.get().iter_errors(self.json).collect();
         for e in &schema_errors {
             self.schema_error(e, None);
         }
