@@ -50,6 +50,32 @@ fn now_us() -> u64 {
 }
 
 impl DynamoFlow {
+
+    /// A refused holder of `rank` claims precedence on `key` for `PRECEDENCE`, unless a more
+    /// urgent claim stands (best effort: a lost claim only loses the precedence).
+    async fn claim(&self, key: &str, rank: u8, now: Millis) {
+        let until = now + llmo_runtime::flow::PRECEDENCE.as_millis() as Millis;
+        let r = self
+            .aws
+            .dynamodb
+            .update_item()
+            .table_name(&self.aws.table)
+            .key("pk", s(format!("FLOW#{key}")))
+            .key("sk", s("HOLDERS"))
+            .update_expression("SET wr = :rank, wu = :until")
+            .condition_expression("attribute_not_exists(wu) OR wu <= :now OR wr <= :rank")
+            .expression_attribute_values(":rank", n(rank))
+            .expression_attribute_values(":until", n(until))
+            .expression_attribute_values(":now", n(now))
+            .send()
+            .await;
+        self.aws.meter.add_wru(1.0);
+        if let Err(e) = r
+            && !e.as_service_error().is_some_and(|e| e.is_conditional_check_failed_exception())
+        {
+            tracing::warn!(key, error = %aws_sdk_dynamodb::error::DisplayErrorContext(e), "concurrency key precedence not claimed");
+        }
+    }
     pub fn new(aws: Aws) -> Self {
         DynamoFlow { aws, circuits: Mutex::default() }
     }
@@ -181,7 +207,10 @@ impl Flow for DynamoFlow {
         self.circuits.lock().expect("circuits").insert(key.to_string(), (Instant::now(), Some(until)));
     }
 
-    async fn enter(&self, key: &str, holder: &str, limit: u32) -> Result<bool, FlowError> {
+    async fn enter(&self, key: &str, holder: &str, limit: u32, rank: u8) -> Result<bool, FlowError> {
+        // `wr`/`wu`: the rank of the most urgent holder refused lately and until when (ms) its
+        // precedence lasts (`Flow::enter`).
+        let now = llmo_runtime::ports::now_ms();
         let r = self
             .aws
             .dynamodb
@@ -190,10 +219,15 @@ impl Flow for DynamoFlow {
             .key("pk", s(format!("FLOW#{key}")))
             .key("sk", s("HOLDERS"))
             .update_expression("ADD h :me SET expires_at = :exp")
-            .condition_expression("attribute_not_exists(h) OR size(h) < :limit OR contains(h, :holder)")
+            .condition_expression(
+                "contains(h, :holder) OR ((attribute_not_exists(h) OR size(h) < :limit) \
+                 AND (attribute_not_exists(wu) OR wu <= :now OR wr <= :rank))",
+            )
             .expression_attribute_values(":me", AttributeValue::Ss(vec![holder.to_string()]))
             .expression_attribute_values(":holder", s(holder))
             .expression_attribute_values(":limit", n(limit))
+            .expression_attribute_values(":now", n(now))
+            .expression_attribute_values(":rank", n(rank))
             .expression_attribute_values(":exp", n(self.expires()))
             .send()
             .await;
@@ -202,6 +236,9 @@ impl Flow for DynamoFlow {
             Ok(_) => Ok(true),
             Err(e) if e.as_service_error().is_some_and(|e| e.is_conditional_check_failed_exception()) => {
                 self.aws.meter.lost_writes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if rank > 0 {
+                    self.claim(key, rank, now).await;
+                }
                 Ok(false)
             }
             Err(e) => Err(io(aws_sdk_dynamodb::error::DisplayErrorContext(e))),

@@ -266,3 +266,33 @@ async fn attempts_with_the_same_concurrency_key_never_overlap() {
     let first = acme[0].min(acme[1]);
     assert!(other[0] < first + Duration::from_millis(900), "another key is not held back");
 }
+
+/// Priority on a concurrency key, on DynamoDB: a high run refused claims the next free place
+/// (a normal run is refused it while the claim lasts, the high one takes it), a claim does not
+/// hold back its own rank, and a lower claim does not replace a higher one.
+#[tokio::test]
+async fn a_refused_urgent_run_takes_the_next_free_place_of_its_key() {
+    use llmo_runtime::flow::Flow;
+    let Some(aws) = aws().await else { return };
+    let aws = stack(&aws, 30, 5).await;
+    let f = llmo_aws::flow::DynamoFlow::new(aws.clone());
+    let key = format!("prio-{}", std::process::id());
+    assert_eq!(f.enter(&key, "r1", 2, 1).await, Ok(true));
+    assert_eq!(f.enter(&key, "r2", 2, 0).await, Ok(true));
+    assert_eq!(f.enter(&key, "urgent", 2, 2).await, Ok(false), "full");
+    assert_eq!(f.enter(&key, "normal", 2, 1).await, Ok(false), "full; its claim does not replace the high one");
+    f.leave(&key, "r2").await;
+    assert_eq!(f.enter(&key, "normal", 2, 1).await, Ok(false), "yields to the waiting high run");
+    assert_eq!(f.enter(&key, "low", 2, 0).await, Ok(false), "so does a low one");
+    assert_eq!(f.enter(&key, "urgent", 2, 2).await, Ok(true));
+    assert_eq!(f.enter(&key, "urgent", 2, 2).await, Ok(true), "re-entering is idempotent");
+    f.leave(&key, "r1").await;
+    assert_eq!(f.enter(&key, "urgent-2", 2, 2).await, Ok(true), "same rank: not held back");
+    f.leave(&key, "urgent-2").await;
+    assert_eq!(f.enter(&key, "normal", 2, 1).await, Ok(false), "still within the claim");
+    tokio::time::sleep(llmo_runtime::flow::PRECEDENCE + Duration::from_millis(200)).await;
+    assert_eq!(f.enter(&key, "normal", 2, 1).await, Ok(true), "the claim has expired");
+    let mut holders = f.holders(&key).await;
+    holders.sort();
+    assert_eq!(holders, vec!["normal".to_string(), "urgent".to_string()]);
+}

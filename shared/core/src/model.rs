@@ -431,6 +431,16 @@ pub enum Priority {
 }
 
 impl Priority {
+    /// Precedence for a concurrency key's free places: a run refused a place holds back runs of
+    /// lower rank for a moment (see `Flow::enter`). Low 0, normal 1, high 2.
+    pub fn rank(self) -> u8 {
+        match self {
+            Priority::High => 2,
+            Priority::Normal => 1,
+            Priority::Low => 0,
+        }
+    }
+
     /// How far ahead a call of such a run may reserve rate-limited capacity (`None`: any).
     pub fn horizon(self) -> Option<std::time::Duration> {
         match self {

@@ -409,13 +409,14 @@ impl Driver {
                 // A task's concurrency key, held in this process while the attempt runs.
                 let key = crate::worker::task_key_of(&self.plan, &t.st, id, &a.context);
                 let holder = crate::worker::attempt_holder(&t.run_id, id);
+                let rank = crate::worker::rank_of(&self.plan);
                 let handle = tokio::spawn(
                     async move {
                         use crate::flow::Flow;
                         let flow = crate::flow::process_local();
                         let mut _held = None;
                         if let Some((key, limit)) = key {
-                            while let Ok(false) = flow.enter(&key, &holder, limit).await {
+                            while let Ok(false) = flow.enter(&key, &holder, limit, rank).await {
                                 tokio::time::sleep(Duration::from_millis(20)).await;
                             }
                             _held = Some(crate::flow::KeyGuard { flow: flow.clone(), key, holder });

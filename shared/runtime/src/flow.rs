@@ -87,7 +87,11 @@ pub trait Flow: Send + Sync {
     async fn open(&self, key: &str, until: Millis);
     /// Joins the holders of the concurrency key `key` if fewer than `limit` hold it (or
     /// `holder` already does): `Ok(true)` when `holder` holds it now.
-    async fn enter(&self, key: &str, holder: &str, limit: u32) -> Result<bool, FlowError>;
+    ///
+    /// Priority: a holder refused with `rank` (see `Priority::rank`) above 0 claims precedence
+    /// on the key for [`PRECEDENCE`]; until then, holders of a lower rank are refused the free
+    /// places too, so the waiting urgent run takes the next one when it comes back.
+    async fn enter(&self, key: &str, holder: &str, limit: u32, rank: u8) -> Result<bool, FlowError>;
     /// Leaves the holders of `key` (nothing if `holder` is not one).
     async fn leave(&self, key: &str, holder: &str);
     /// Who holds `key` (to find holders that ended without leaving).
@@ -105,6 +109,20 @@ pub struct Local {
     tats: Mutex<HashMap<String, u64>>,
     open: Mutex<HashMap<String, Millis>>,
     keys: Mutex<HashMap<String, std::collections::BTreeSet<String>>>,
+    /// Per key, the rank of the most urgent holder refused lately, and until when it holds
+    /// precedence.
+    waiting: Mutex<HashMap<String, (u8, Millis)>>,
+}
+
+/// How long a refused holder's precedence on a concurrency key lasts: a few of the waits between
+/// its attempts (a serverless worker comes back after about a second, an embedded one after
+/// 20 ms), so a place freed meanwhile is kept for it, and a run that gave up stops holding
+/// others back soon.
+pub const PRECEDENCE: Duration = Duration::from_secs(3);
+
+/// Whether a precedence claim `(rank, until)` on a key refuses a holder of `rank` at `now`.
+pub fn yields_to(claim: Option<(u8, Millis)>, rank: u8, now: Millis) -> bool {
+    claim.is_some_and(|(r, until)| until > now && r > rank)
 }
 
 impl Local {
@@ -153,12 +171,17 @@ impl Flow for Local {
         self.open.lock().expect("flow lock").insert(key.to_string(), until);
     }
 
-    async fn enter(&self, key: &str, holder: &str, limit: u32) -> Result<bool, FlowError> {
+    async fn enter(&self, key: &str, holder: &str, limit: u32, rank: u8) -> Result<bool, FlowError> {
+        let now = crate::ports::now_ms();
         let mut keys = self.keys.lock().expect("flow lock");
+        let mut waiting = self.waiting.lock().expect("flow lock");
         let h = keys.entry(key.to_string()).or_default();
-        if h.contains(holder) || h.len() < limit as usize {
+        if h.contains(holder) || (h.len() < limit as usize && !yields_to(waiting.get(key).copied(), rank, now)) {
             h.insert(holder.to_string());
             return Ok(true);
+        }
+        if rank > 0 && !yields_to(waiting.get(key).copied(), rank, now) {
+            waiting.insert(key.to_string(), (rank, now + PRECEDENCE.as_millis() as Millis));
         }
         Ok(false)
     }
@@ -321,13 +344,26 @@ mod tests {
         f.open("openai", crate::ports::now_ms() - 1).await;
         assert_eq!(f.open_until("openai").await, None, "expired");
         // Concurrency keys: two holders at most, re-entering is idempotent.
-        assert_eq!(f.enter("acme", "r1", 2).await, Ok(true));
-        assert_eq!(f.enter("acme", "r1", 2).await, Ok(true));
-        assert_eq!(f.enter("acme", "r2", 2).await, Ok(true));
-        assert_eq!(f.enter("acme", "r3", 2).await, Ok(false));
-        assert_eq!(f.enter("other", "r3", 2).await, Ok(true));
+        assert_eq!(f.enter("acme", "r1", 2, 0).await, Ok(true));
+        assert_eq!(f.enter("acme", "r1", 2, 0).await, Ok(true));
+        assert_eq!(f.enter("acme", "r2", 2, 0).await, Ok(true));
+        assert_eq!(f.enter("acme", "r3", 2, 0).await, Ok(false));
+        assert_eq!(f.enter("other", "r3", 2, 0).await, Ok(true));
         f.leave("acme", "r1").await;
-        assert_eq!(f.enter("acme", "r3", 2).await, Ok(true));
+        assert_eq!(f.enter("acme", "r3", 2, 0).await, Ok(true));
         assert_eq!(f.holders("acme").await, vec!["r2".to_string(), "r3".to_string()]);
+        // Priority: a high run refused claims the next free place; a normal run is refused it
+        // while the claim lasts, the high one takes it, a claim never holds back its own rank.
+        assert_eq!(f.enter("acme", "urgent", 2, 2).await, Ok(false));
+        f.leave("acme", "r2").await;
+        assert_eq!(f.enter("acme", "later", 2, 1).await, Ok(false), "yields to the waiting high run");
+        assert_eq!(f.enter("acme", "urgent", 2, 2).await, Ok(true));
+        f.leave("acme", "r3").await;
+        assert_eq!(f.enter("acme", "urgent-2", 2, 2).await, Ok(true), "same rank: not held back");
+        f.leave("acme", "urgent-2").await;
+        assert_eq!(f.enter("acme", "later", 2, 1).await, Ok(false), "still within the claim");
+        assert!(super::yields_to(Some((2, 1_000)), 1, 999));
+        assert!(!super::yields_to(Some((2, 1_000)), 1, 1_000), "expired");
+        assert!(!super::yields_to(Some((1, 1_000)), 1, 0));
     }
 }

@@ -161,6 +161,11 @@ fn bounded_key(k: String) -> String {
     format!("sha256:{hash}")
 }
 
+/// A run's precedence for concurrency keys (its `spec.priority`).
+pub(crate) fn rank_of(plan: &Plan) -> u8 {
+    plan.checked.workflow.spec.priority.unwrap_or_default().rank()
+}
+
 /// How an attempt holds a key: `run/task/item/attempt` (`-` for no item).
 pub(crate) fn attempt_holder(run_id: &str, id: AttemptId) -> String {
     let item = id.item.map_or("-".to_string(), |i| i.to_string());
@@ -471,7 +476,7 @@ impl Worker {
         if st.status == RunStatus::Pending
             && events.iter().any(|e| matches!(e, Event::Start))
             && let Some((key, limit)) = run_key_of(&plan, &st)
-            && !self.enter_key(&key, run_id, limit).await
+            && !self.enter_key(&key, run_id, limit, rank_of(&plan)).await
         {
             events.retain(|e| !matches!(e, Event::Start));
             let m = Message::Event { run_id: run_id.to_string(), event: Event::Start };
@@ -498,7 +503,7 @@ impl Worker {
                                     let key = task_key_of(plan, st, id, &a.context);
                                     let holder = attempt_holder(run_id, id);
                                     if let Some((key, limit)) = &key
-                                        && !self.enter_key(key, &holder, *limit).await
+                                        && !self.enter_key(key, &holder, *limit, rank_of(plan)).await
                                     {
                                         let after = std::time::Duration::from_millis(
                                             KEY_RETRY_MS
@@ -663,8 +668,8 @@ impl Worker {
     /// Takes a place under the concurrency key `key` for `holder`; when it is full, first
     /// drops the holders that ended without leaving (a worker died between the two), then
     /// tries once more. The shared state unreachable lets the holder through (logged).
-    async fn enter_key(&self, key: &str, holder: &str, limit: u32) -> bool {
-        match self.flow.enter(key, holder, limit).await {
+    async fn enter_key(&self, key: &str, holder: &str, limit: u32, rank: u8) -> bool {
+        match self.flow.enter(key, holder, limit, rank).await {
             Ok(true) => return true,
             Ok(false) => {}
             Err(e) => {
@@ -680,7 +685,7 @@ impl Worker {
                 freed = true;
             }
         }
-        freed && self.flow.enter(key, holder, limit).await.unwrap_or(true)
+        freed && self.flow.enter(key, holder, limit, rank).await.unwrap_or(true)
     }
 
     /// Whether a key's holder is still live: a run not ended, or an attempt its run still
