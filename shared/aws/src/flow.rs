@@ -50,7 +50,6 @@ fn now_us() -> u64 {
 }
 
 impl DynamoFlow {
-
     /// A refused holder of `rank` claims precedence on `key` for `PRECEDENCE`, unless a more
     /// urgent claim stands (best effort: a lost claim only loses the precedence).
     async fn claim(&self, key: &str, rank: u8, now: Millis) {
