@@ -69,11 +69,15 @@ lint:
 SERVERLESS_SMOKE := target/debug/examples/serverless --check wide 300 1 4 16 && target/debug/examples/serverless --check layered 200 1 4 16
 # The I/O-bound benchmark once, small (1,000 model calls of 300 ms, 100 at a time), checked.
 IO_SMOKE := target/debug/examples/io_bound 1000 100 300 --check
+# Process start to first step, once (the debug build: it checks the measurement, not the figure).
+FIRST_STEP_SMOKE := target/debug/llmo synth --shape layered --tasks 1000 > target/synth-1000.yaml && \
+  python3 tests/bench/first_step.py target/debug/llmo target/synth-1000.yaml 2
 unit:
 	$(CARGO) test --workspace --locked --no-run
 	LLMO_SECRET_TICKETS_TOKEN=offline localstack/with-stack.sh \
 	  sh -c '$(CARGO) test --workspace --locked && functions/lambda-test.sh && $(SERVERLESS_SMOKE)'
 	$(IO_SMOKE)
+	$(FIRST_STEP_SMOKE)
 	LLMO_API_ADDR=127.0.0.1:18080 localstack/run-local.sh --smoke --cfn
 
 # The serverless system on this machine: local AWS, api on :8080, step workers, dlq (Ctrl-C stops).
@@ -128,6 +132,9 @@ bench:
 	  target/release/examples/serverless --no-fold layered 1000 1 4 16 64 && \
 	  target/release/examples/serverless chain 200 1 4 && \
 	  target/release/examples/serverless --cold target/release/step'
+	$(CARGO) build --release --locked -p llmo-cli
+	target/release/llmo synth --shape layered --tasks 1000 > target/synth-1000.yaml
+	python3 tests/bench/first_step.py target/release/llmo target/synth-1000.yaml 21
 
 # Prints its figures as one `soak: {...}` line (BENCHMARKS.md, "Chaos soak").
 soak:

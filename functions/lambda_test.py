@@ -2,7 +2,7 @@
 them with `cargo lambda invoke` and real event payloads, against the local stack.
 
   localstack/with-stack.sh functions/lambda-test.sh             # watch builds and runs each function
-  localstack/with-stack.sh functions/lambda-test.sh --packaged  # the `cargo lambda build --release`
+  localstack/with-stack.sh functions/lambda-test.sh --packaged  # the `cargo lambda build --profile lambda`
                                                                 # bootstraps, run against watch's API
 
 What it checks, each through the emulator:

@@ -50,17 +50,20 @@ fn now_us() -> u64 {
 }
 
 impl DynamoFlow {
+    /// An update of the flow item `FLOW#<key>` / `sk`.
+    fn update(
+        &self,
+        key: &str,
+        sk: &str,
+    ) -> aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder {
+        self.aws.dynamodb.update_item().table_name(&self.aws.table).key("pk", s(format!("FLOW#{key}"))).key("sk", s(sk))
+    }
     /// A refused holder of `rank` claims precedence on `key` for `PRECEDENCE`, unless a more
     /// urgent claim stands (best effort: a lost claim only loses the precedence).
     async fn claim(&self, key: &str, rank: u8, now: Millis) {
         let until = now + llmo_runtime::flow::PRECEDENCE.as_millis() as Millis;
         let r = self
-            .aws
-            .dynamodb
-            .update_item()
-            .table_name(&self.aws.table)
-            .key("pk", s(format!("FLOW#{key}")))
-            .key("sk", s("HOLDERS"))
+            .update(key, "HOLDERS")
             .update_expression("SET wr = :rank, wu = :until")
             .condition_expression("attribute_not_exists(wu) OR wu <= :now OR wr <= :rank")
             .expression_attribute_values(":rank", n(rank))
@@ -150,12 +153,7 @@ impl Flow for DynamoFlow {
         }
         let shift = delta.saturating_mul(rate.interval_us() as i64);
         let r = self
-            .aws
-            .dynamodb
-            .update_item()
-            .table_name(&self.aws.table)
-            .key("pk", s(format!("FLOW#{key}")))
-            .key("sk", s("GCRA"))
+            .update(key, "GCRA")
             .update_expression("ADD tat :shift")
             .condition_expression("attribute_exists(tat)")
             .expression_attribute_values(":shift", n(shift))
@@ -211,12 +209,7 @@ impl Flow for DynamoFlow {
         // precedence lasts (`Flow::enter`).
         let now = llmo_runtime::ports::now_ms();
         let r = self
-            .aws
-            .dynamodb
-            .update_item()
-            .table_name(&self.aws.table)
-            .key("pk", s(format!("FLOW#{key}")))
-            .key("sk", s("HOLDERS"))
+            .update(key, "HOLDERS")
             .update_expression("ADD h :me SET expires_at = :exp")
             .condition_expression(
                 "contains(h, :holder) OR ((attribute_not_exists(h) OR size(h) < :limit) \
@@ -246,12 +239,7 @@ impl Flow for DynamoFlow {
 
     async fn leave(&self, key: &str, holder: &str) {
         let r = self
-            .aws
-            .dynamodb
-            .update_item()
-            .table_name(&self.aws.table)
-            .key("pk", s(format!("FLOW#{key}")))
-            .key("sk", s("HOLDERS"))
+            .update(key, "HOLDERS")
             .update_expression("DELETE h :me")
             .expression_attribute_values(":me", AttributeValue::Ss(vec![holder.to_string()]))
             .send()
