@@ -58,6 +58,7 @@ impl DynamoFlow {
     ) -> aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder {
         self.aws.dynamodb.update_item().table_name(&self.aws.table).key("pk", s(format!("FLOW#{key}"))).key("sk", s(sk))
     }
+
     /// A refused holder of `rank` claims precedence on `key` for `PRECEDENCE`, unless a more
     /// urgent claim stands (best effort: a lost claim only loses the precedence).
     async fn claim(&self, key: &str, rank: u8, now: Millis) {

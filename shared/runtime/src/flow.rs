@@ -120,6 +120,9 @@ pub struct Local {
 /// others back soon.
 pub const PRECEDENCE: Duration = Duration::from_secs(3);
 
+/// Precedence claims kept in memory before the expired ones are dropped.
+const CLAIMS_KEPT: usize = 1024;
+
 /// Whether a precedence claim `(rank, until)` on a key refuses a holder of `rank` at `now`.
 pub fn yields_to(claim: Option<(u8, Millis)>, rank: u8, now: Millis) -> bool {
     claim.is_some_and(|(r, until)| until > now && r > rank)
@@ -181,6 +184,11 @@ impl Flow for Local {
             return Ok(true);
         }
         if rank > 0 && !yields_to(waiting.get(key).copied(), rank, now) {
+            // Claims outlive their keys' use: drop the expired ones before the map grows past
+            // what the live keys need (a long-lived process meets many keys).
+            if waiting.len() >= CLAIMS_KEPT {
+                waiting.retain(|_, (_, until)| *until > now);
+            }
             waiting.insert(key.to_string(), (rank, now + PRECEDENCE.as_millis() as Millis));
         }
         Ok(false)
@@ -362,6 +370,14 @@ mod tests {
         assert_eq!(f.enter("acme", "urgent-2", 2, 2).await, Ok(true), "same rank: not held back");
         f.leave("acme", "urgent-2").await;
         assert_eq!(f.enter("acme", "later", 2, 1).await, Ok(false), "still within the claim");
+        // Expired claims are dropped once many keys have had one; live ones stay.
+        let g = Local::default();
+        g.waiting.lock().unwrap().extend((0..super::CLAIMS_KEPT).map(|i| (format!("old{i}"), (2, 1))));
+        g.waiting.lock().unwrap().insert("live".into(), (2, u64::MAX));
+        assert_eq!(g.enter("k", "a", 0, 1).await, Ok(false));
+        let kept = g.waiting.lock().unwrap();
+        assert_eq!((kept.len(), kept.contains_key("live"), kept.contains_key("k")), (2, true, true));
+        drop(kept);
         assert!(super::yields_to(Some((2, 1_000)), 1, 999));
         assert!(!super::yields_to(Some((2, 1_000)), 1, 1_000), "expired");
         assert!(!super::yields_to(Some((1, 1_000)), 1, 0));
