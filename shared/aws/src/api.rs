@@ -275,8 +275,12 @@ impl Api {
     pub fn new(aws: &Aws, executors: Registry, config: Config, mock: bool) -> Self {
         let store = Arc::new(DynamoStore::new(aws.clone()));
         let queue = Arc::new(SqsQueue::new(aws.clone()));
-        let worker =
+        let mut worker =
             Worker::from_stored(store.clone(), queue.clone(), Arc::new(executors), Arc::new(SystemClock::default()));
+        // A cancel or an answer that loses the run's log to a busy worker goes to the fold
+        // queue, as a step's events do, instead of racing it (up to `CasRetry::max_lost` lost
+        // writes, then a 500).
+        worker.fold = SqsQueue::folds(aws.clone()).map(|f| Arc::new(f) as Arc<dyn llmo_runtime::queue::Queue>);
         Api {
             aws: aws.clone(),
             store,
