@@ -261,7 +261,7 @@ def main():
         status, body = http("POST", "/workflows", {"source": f.read()})
     check(status == 201, f"POST /workflows document-intake -> 201 {body}")
     generated = os.path.join(ROOT, ".llmo", "stack", "lambda-test-triggers.json")
-    subprocess.run([os.path.join(ROOT, "target", "debug", "llmo"), "infra", "workflows/document-intake.yaml",
+    subprocess.run([os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "debug", "llmo"), "infra", "workflows/document-intake.yaml",
                     "--tenant", "lambda-test", "-o", generated], check=True, cwd=ROOT)
     with open(generated) as f:
         rule = json.load(f)["Resources"]["DocumentIntakePdfUploadedRule"]["Properties"]

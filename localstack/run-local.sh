@@ -30,9 +30,10 @@ dir=${CARGO_TARGET_DIR:-target}/debug
 addr=${LLMO_API_ADDR:-127.0.0.1:8080}
 
 echo "== building the functions and the CLI ($profile profile)"
-# Two commands: with `--example`, cargo builds only examples, not the packages' binaries.
-cargo build --profile "$profile" --locked -p llmo-fn-api -p llmo-fn-step -p llmo-fn-dlq -p llmo-cli --bins
-cargo build --profile "$profile" --locked -p llmo-aws --example provision
+# The whole workspace's binaries and examples in one build: its dependencies' features are those
+# `cargo test --workspace` builds with, so under `make test` this reuses that build (a build of a
+# few packages unifies features over those alone and compiles its own copy of the AWS SDK).
+cargo build --profile "$profile" --locked --workspace --bins --examples
 
 echo "== local AWS"
 localstack/stack.sh up > /dev/null
