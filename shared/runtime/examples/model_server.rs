@@ -29,7 +29,15 @@ async fn main() {
             ([("content-type", "application/json")], body.to_string())
         }),
     );
-    let listener = tokio::net::TcpListener::bind(&addr).await.expect("bind");
+    // A deep accept queue: a client opening hundreds of connections at once must not see its
+    // handshakes dropped (each drop costs it a 200 ms retransmission, and the benchmark would
+    // measure this server). `TcpListener::bind` asks for 1,024 at most.
+    let addr: std::net::SocketAddr = addr.parse().expect("ADDR is host:port");
+    let socket =
+        if addr.is_ipv4() { tokio::net::TcpSocket::new_v4() } else { tokio::net::TcpSocket::new_v6() }.expect("socket");
+    socket.set_reuseaddr(true).expect("SO_REUSEADDR");
+    socket.bind(addr).expect("bind");
+    let listener = socket.listen(4096).expect("listen");
     println!("listening on {}", listener.local_addr().expect("address"));
     axum::serve(listener, app).await.expect("serve");
 }

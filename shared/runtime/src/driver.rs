@@ -12,7 +12,7 @@
 //! append fail; the driver reloads the run and re-applies its pending events to it. While
 //! idle it checks the stored version every `poll`, so a cancel is noticed within that time.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -101,7 +101,15 @@ struct Turn {
     inbox: Vec<Event>,
     timers: BTreeMap<(Millis, u64), Event>,
     timer_seq: u64,
-    running: HashMap<Unit, JoinHandle<()>>,
+    /// Attempts on their own tasks, by unit: the attempt number and its task. An entry leaves
+    /// when its result is taken from the channel (or it is cancelled), so the map holds what
+    /// is in flight and nothing is rescanned per attempt.
+    running: HashMap<Unit, (u32, JoinHandle<()>)>,
+    /// Attempts to start once fewer than `ahead` are on tasks: a `for_each` of thousands
+    /// builds and spawns its attempts as places free up, not all at its start (each holds its
+    /// rendered `with` and context; the semaphore runs `concurrency` of them at a time).
+    queued: VecDeque<AttemptId>,
+    ahead: usize,
     since_snapshot: u64,
     ended: Option<RunStatus>,
     /// The run's `inputs` and `run` as templates see them (fixed once it has started).
@@ -213,6 +221,10 @@ impl Driver {
             timers: BTreeMap::new(),
             timer_seq: 0,
             running: HashMap::new(),
+            // Twice the concurrency: attempts waiting for a concurrency key hold no permit, so
+            // the ones behind them may still start.
+            queued: VecDeque::new(),
+            ahead: 2 * self.options.concurrency.max(1),
             since_snapshot: 0,
             ended: None,
             parts: None,
@@ -233,6 +245,19 @@ impl Driver {
             for cmd in cmds.drain(..) {
                 self.carry_out(&mut t, cmd, &sem).await;
             }
+            while t.running.len() < t.ahead
+                && let Some(id) = t.queued.pop_front()
+            {
+                // Still to run as it was queued (not cancelled or ended since).
+                let current = t.st.tasks[id.task]
+                    .units
+                    .get(id.unit())
+                    .is_some_and(|u| u.status == llmo_core::engine::TaskStatus::Running && u.attempt == id.attempt);
+                if current && t.ended.is_none() {
+                    let AttemptId { task, item, attempt } = id;
+                    self.carry_out(&mut t, Command::Execute { task, item, attempt }, &sem).await;
+                }
+            }
             if let Some(status) = t.ended {
                 return self.finish(t, status, observer).await;
             }
@@ -244,7 +269,7 @@ impl Driver {
                 }
                 if t.ended.is_some() {
                     // Another writer ended the run (a cancel): it runs the hooks.
-                    for (_, h) in t.running.drain() {
+                    for (_, (_, h)) in t.running.drain() {
                         h.abort();
                     }
                     return Ok(Finished { state: t.st, hooks: Vec::new() });
@@ -266,7 +291,10 @@ impl Driver {
         t.parts = None;
         for c in self.plan.in_flight(&t.st) {
             let known = match &c {
-                Command::Execute { task, item, .. } => t.running.get(&(*task, *item)).is_some_and(|h| !h.is_finished()),
+                Command::Execute { task, item, .. } => {
+                    t.running.get(&(*task, *item)).is_some_and(|(_, h)| !h.is_finished())
+                        || t.queued.iter().any(|q| q.task == *task && q.item == *item)
+                }
                 Command::ScheduleRetry { task, item, attempt, .. } => {
                     let e = Event::RetryDue { task: *task, item: *item, attempt: *attempt };
                     t.timers.values().any(|x| *x == e)
@@ -294,6 +322,12 @@ impl Driver {
             let mut batch = Vec::with_capacity(t.inbox.len());
             let mut cmds = Vec::new();
             for e in t.inbox.drain(..) {
+                if let Event::AttemptFinished { task, item, attempt, .. } = &e
+                    && t.running.get(&(*task, *item)).is_some_and(|(a, _)| a == attempt)
+                {
+                    // Its task sent this as its last act: it is over (or about to be).
+                    t.running.remove(&(*task, *item));
+                }
                 if let Ok(c) = self.plan.apply(&mut t.st, &e, now) {
                     batch.push(Transition { version: t.st.version, at: now, event: e });
                     cmds.extend(c);
@@ -330,7 +364,7 @@ impl Driver {
         loop {
             // Read "anything still running" before looking in the channel: a task sends its
             // result before it finishes, so a finished task's result is then in the channel.
-            let alive = t.running.values().any(|h| !h.is_finished());
+            let alive = t.running.values().any(|(_, h)| !h.is_finished()) || !t.queued.is_empty();
             if let Ok(e) = t.rx.try_recv() {
                 t.inbox.push(e);
                 return Ok(());
@@ -389,6 +423,10 @@ impl Driver {
                     t.inbox.push(id.finished(r));
                     return;
                 };
+                if !exec.inline() && t.running.len() >= t.ahead {
+                    t.queued.push_back(id);
+                    return;
+                }
                 let ids = (t.run_id.clone(), task_id.clone(), ty.clone());
                 let parts = t.parts.get_or_insert_with(|| self.plan.run_parts(&t.st, false));
                 let a = match build_attempt(&self.plan, &t.st, parts, ids, id, exec.as_ref()) {
@@ -428,10 +466,9 @@ impl Driver {
                     }
                     .in_current_span(),
                 );
-                if let Some(old) = t.running.insert((task, item), handle) {
+                if let Some((_, old)) = t.running.insert((task, item), (attempt, handle)) {
                     old.abort();
                 }
-                t.running.retain(|_, h| !h.is_finished());
             }
             Command::ScheduleRetry { task, item, attempt, at } => {
                 t.timer_seq += 1;
@@ -448,20 +485,23 @@ impl Driver {
                     tracing::error!(error = %e, "the waiting task could not be listed");
                 }
             }
-            Command::CancelRunning { tasks } => t.running.retain(|(task, _), h| {
-                if tasks.contains(task) {
-                    h.abort();
-                    false
-                } else {
-                    true
-                }
-            }),
+            Command::CancelRunning { tasks } => {
+                t.running.retain(|(task, _), (_, h)| {
+                    if tasks.contains(task) {
+                        h.abort();
+                        false
+                    } else {
+                        true
+                    }
+                });
+                t.queued.retain(|q| !tasks.contains(&q.task));
+            }
             Command::Finished { status } => t.ended = Some(status),
         }
     }
 
     async fn finish(&self, mut t: Turn, status: RunStatus, observer: &mut dyn Observer) -> Result<Finished, Error> {
-        for (_, h) in t.running.drain() {
+        for (_, (_, h)) in t.running.drain() {
             h.abort();
         }
         self.store.snapshot(&t.st).await?;
@@ -768,6 +808,51 @@ mod tests {
         let history = store.history("r").await.unwrap();
         assert_eq!(history.last().unwrap().version, end.state.version, "every transition is in the log");
         assert!(history.len() < 42, "results arriving together are stored together: {}", history.len());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wide_for_each_runs_each_item_once_at_the_concurrency_and_a_failure_stops_the_queued() {
+        // 50 items, 4 at a time: 8 are spawned ahead, the rest wait in the driver's queue.
+        let wf = format!(
+            "{HEAD}  tasks:\n    - {{ id: each, type: http, for_each: \"range(50)\", with: {{ url: \"http://x/{{{{ item }}}}\" }} }}\n"
+        );
+        let plan = plan(&wf);
+        let store = Arc::new(MemoryStore::default());
+        let work = Work::new(100, 0);
+        let mut d = driver(&plan, &store, &work);
+        d.options.concurrency = 4;
+        let started = tokio::time::Instant::now();
+        let end = d.start("r", Map::new(), "t.yaml", &wf, &mut ()).await.unwrap();
+        assert_eq!(end.state.status, RunStatus::Succeeded, "{:?}", end.state.error);
+        assert_eq!(work.calls.load(Ordering::SeqCst), 50, "every item once");
+        let output = end.state.tasks[0].output.as_deref().unwrap();
+        assert_eq!(output.as_array().map(Vec::len), Some(50));
+        // 13 rounds of 4 (the last of 2) at 100 ms: no round waits on the queue.
+        let took = started.elapsed();
+        assert!(took >= Duration::from_millis(1300) && took < Duration::from_millis(1400), "{took:?}");
+
+        // Items fail from the 6th call on (not retryable): the task fails at its first
+        // failure, and the items still queued never run.
+        struct FailFrom(AtomicU32);
+        #[async_trait]
+        impl Executor for FailFrom {
+            async fn execute(&self, _: &Attempt) -> AttemptResult {
+                let n = self.0.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                if n >= 5 {
+                    return AttemptResult::Failed { error: "400".into(), retryable: false, usage: Usage::default() };
+                }
+                AttemptResult::Succeeded { output: json!(n).into(), usage: Usage::default() }
+            }
+        }
+        let fail = Arc::new(FailFrom(AtomicU32::new(0)));
+        let mut reg = Registry::new();
+        reg.register("http", fail.clone());
+        d.executors = Arc::new(reg);
+        let end = d.start("r2", Map::new(), "t.yaml", &wf, &mut ()).await.unwrap();
+        assert_eq!(end.state.status, RunStatus::Failed);
+        let calls = fail.0.load(Ordering::SeqCst);
+        assert!(calls <= 12, "the items after the failure's round did not run: {calls} calls");
     }
 
     #[tokio::test(start_paused = true)]
