@@ -734,6 +734,7 @@ impl Transition<'_, '_> {
                     let ts = &mut self.st.tasks[i];
                     ts.attempt_base = ts.units.iter().map(|u| u.attempt).max().unwrap_or(0).max(ts.attempt_base);
                     ts.units.clear();
+                    ts.tally = Default::default();
                     ts.output = None;
                     ts.error = None;
                     ts.reason = None;
@@ -944,6 +945,13 @@ impl Transition<'_, '_> {
         let from = u.status;
         debug_assert!(super::moves::unit_move(from, to), "task {i} unit {k} {from:?} -> {to:?}");
         u.status = to;
+        if let Some(c) = &mut ts.tally.0 {
+            c.by_status[from as usize] -= 1;
+            c.by_status[to as usize] += 1;
+            if to == TaskStatus::Pending {
+                c.first_pending = c.first_pending.min(k);
+            }
+        }
         if from == TaskStatus::Running {
             self.st.running -= 1;
         }
@@ -962,12 +970,12 @@ impl Transition<'_, '_> {
     /// A task's derived status while it runs: some unit running, else one waiting for its
     /// retry, else ready (units left to start).
     fn derive_task(&mut self, i: usize) {
-        let units = &self.st.tasks[i].units;
-        let to = if units.iter().any(|u| u.status == TaskStatus::Running) {
+        let c = self.counts(i);
+        let to = if c.get(TaskStatus::Running) > 0 {
             TaskStatus::Running
-        } else if units.iter().any(|u| u.status == TaskStatus::Waiting) {
+        } else if c.get(TaskStatus::Waiting) > 0 {
             TaskStatus::Waiting
-        } else if units.iter().any(|u| u.status == TaskStatus::RetryWait) {
+        } else if c.get(TaskStatus::RetryWait) > 0 {
             TaskStatus::RetryWait
         } else {
             TaskStatus::Ready
@@ -975,11 +983,26 @@ impl Transition<'_, '_> {
         self.move_task(i, to);
     }
 
+    /// Task `i`'s unit tally, counted from its units if the state has none yet.
+    fn counts(&mut self, i: usize) -> Counts {
+        let ts = &mut self.st.tasks[i];
+        let c = *ts.tally.0.get_or_insert_with(|| Counts::of(&ts.units));
+        // Tests (debug builds) check the kept tally against a recount, where that is cheap.
+        if cfg!(debug_assertions) && ts.units.len() <= 256 {
+            let fresh = Counts::of(&ts.units);
+            debug_assert_eq!(c.by_status, fresh.by_status, "task {i}'s unit tally");
+            debug_assert!(c.first_pending <= fresh.first_pending, "task {i}'s first pending unit");
+        }
+        c
+    }
+
     /// Derives a task's status from its units once one changed.
     fn settle(&mut self, i: usize) {
         let is_for_each = self.plan.checked.workflow.spec.tasks[i].for_each.is_some();
+        let c = self.counts(i);
         let ts = &mut self.st.tasks[i];
-        if let Some((k, u)) = ts.units.iter().enumerate().find(|(_, u)| u.status == TaskStatus::Failed) {
+        let failed = c.get(TaskStatus::Failed) > 0;
+        if let Some((k, u)) = ts.units.iter().enumerate().find(|(_, u)| failed && u.status == TaskStatus::Failed) {
             let error = u.error.clone().unwrap_or_default();
             ts.error = Some(if is_for_each { format!("item {k}: {error}") } else { error });
             let mut stopped = false;
@@ -997,7 +1020,7 @@ impl Transition<'_, '_> {
             self.task_ended(i);
             return;
         }
-        if ts.units.iter().all(|u| u.status == TaskStatus::Succeeded) {
+        if c.get(TaskStatus::Succeeded) as usize == ts.units.len() {
             ts.output = Some(if is_for_each {
                 Output::new(Value::Array(
                     ts.units.iter().map(|u| u.output.as_deref().cloned().unwrap_or(Value::Null)).collect(),
@@ -1139,6 +1162,7 @@ impl Transition<'_, '_> {
             return self.task_ended(i);
         }
         ts.units = units;
+        ts.tally = Default::default();
         self.move_task(i, TaskStatus::Ready);
         self.make_dispatchable(i);
     }
@@ -1167,15 +1191,20 @@ impl Transition<'_, '_> {
             let i = self.st.dispatchable[r];
             r += 1;
             let task_cap = spec.tasks[i].max_concurrency.map_or(usize::MAX, |m| m as usize);
-            let mut task_running = self.st.tasks[i].units.iter().filter(|u| u.status == TaskStatus::Running).count();
+            let counts = self.counts(i);
+            let mut task_running = counts.get(TaskStatus::Running) as usize;
             let for_each = spec.tasks[i].for_each.is_some();
             let mut pending_left = false;
-            for k in 0..self.st.tasks[i].units.len() {
+            // Units before `first_pending` are not pending: a wide `for_each` is not rescanned
+            // from its first item each time one more may start.
+            let mut first_pending = self.st.tasks[i].units.len();
+            for k in counts.first_pending..self.st.tasks[i].units.len() {
                 if self.st.tasks[i].units[k].status != TaskStatus::Pending {
                     continue;
                 }
                 if self.st.running >= cap || task_running >= task_cap {
                     pending_left = true;
+                    first_pending = k;
                     break;
                 }
                 if let Some(reason) = self.over_budget(i) {
@@ -1208,6 +1237,11 @@ impl Transition<'_, '_> {
                 let attempt = self.st.tasks[i].units[k].attempt;
                 task_running += 1;
                 self.cmds.push(Command::Execute { task: i, item, attempt });
+            }
+            if let Some(c) = &mut self.st.tasks[i].tally.0 {
+                // Every unit before `first_pending` was looked at and is not pending now (a
+                // unit made pending since lowers it again, in `move_unit`).
+                c.first_pending = first_pending;
             }
             self.derive_task(i);
             if pending_left {

@@ -60,6 +60,9 @@ pub enum TaskStatus {
 }
 
 impl TaskStatus {
+    /// How many statuses there are.
+    pub(crate) const COUNT: usize = TaskStatus::Cancelled as usize + 1;
+
     pub fn is_terminal(self) -> bool {
         matches!(self, TaskStatus::Succeeded | TaskStatus::Failed | TaskStatus::Skipped | TaskStatus::Cancelled)
     }
@@ -225,6 +228,46 @@ pub struct TaskState {
     /// join over thousands of tasks is not rescanned each time one of them ends.
     #[serde(default)]
     pub deps_settled: u32,
+    /// Derived, in memory only: how many of `units` are in each status. Never stored and
+    /// never compared; rebuilt from the units when missing.
+    #[serde(skip)]
+    pub(crate) tally: Tally,
+}
+
+/// How many of a task's units are in each status, and the lowest index a pending unit can
+/// have, kept by the state machine as units move so that settling one item of a
+/// 10,000-item `for_each` does not rescan the other 9,999 (that made such a run quadratic:
+/// half of its time). `None` until first needed after the state was loaded or its units
+/// were replaced; equal to every other tally, so a state compares by its stored fields.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Tally(pub(crate) Option<Counts>);
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Counts {
+    pub(crate) by_status: [u32; TaskStatus::COUNT],
+    /// No unit before this index is pending.
+    pub(crate) first_pending: usize,
+}
+
+impl PartialEq for Tally {
+    fn eq(&self, _: &Tally) -> bool {
+        true
+    }
+}
+
+impl Counts {
+    pub(crate) fn of(units: &[Unit]) -> Counts {
+        let mut by_status = [0; TaskStatus::COUNT];
+        for u in units {
+            by_status[u.status as usize] += 1;
+        }
+        let first_pending = units.iter().position(|u| u.status == TaskStatus::Pending).unwrap_or(units.len());
+        Counts { by_status, first_pending }
+    }
+
+    pub(crate) fn get(&self, s: TaskStatus) -> u32 {
+        self.by_status[s as usize]
+    }
 }
 
 impl TaskState {
@@ -242,6 +285,7 @@ impl TaskState {
             ended_at: None,
             attempt_base: 0,
             deps_settled: 0,
+            tally: Tally::default(),
         }
     }
 }
