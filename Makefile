@@ -130,6 +130,8 @@ bench:
 	localstack/with-stack.sh sh -c 'target/release/examples/serverless --check wide 10000 1 4 16 64 && \
 	  target/release/examples/serverless --check layered 1000 1 4 16 64 && \
 	  target/release/examples/serverless --no-fold layered 1000 1 4 16 64 && \
+	  target/release/examples/serverless --window 1 --check wide 10000 1 4 16 64 && \
+	  target/release/examples/serverless --window 1 layered 1000 1 4 16 64 && \
 	  target/release/examples/serverless chain 200 1 4 && \
 	  target/release/examples/serverless --cold target/release/step'
 	$(CARGO) build --release --locked -p llmo-cli

@@ -7,9 +7,10 @@
 
 Rules:
   visibility   every SQS queue that triggers a function has a visibility timeout of at least
-               6x that function's timeout (Lambda refuses to create the event source below 1x,
-               and recommends 6x). A parameter counts at its MinValue if it has one, else its
-               Default: the smallest value a deployment can give it.
+               6x that function's timeout plus the event source's batching window (Lambda refuses
+               to create the event source below 1x, and recommends 6x plus the window). A
+               parameter counts at its MinValue if it has one, else its Default: the smallest
+               value a deployment can give it (a window at its MaxValue, the largest).
   redrive      every queue's redrive policy has maxReceiveCount >= 5 (same reading).
   logs         every function logs to a log group of this template that has RetentionInDays.
   secrets      no environment variable of the template holds a key or a secret (names ending in
@@ -42,6 +43,22 @@ def least_value(tpl, v):
             return float(p["MinValue"])
         if "Default" in p:
             return float(p["Default"])
+        return None
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def most_value(tpl, v):
+    """The largest value a deployment can give `v` (a number, or a Ref to a parameter)."""
+    if isinstance(v, dict) and "Ref" in v:
+        p = tpl.get("Parameters", {}).get(v["Ref"])
+        if p is None:
+            return None
+        for k in ("MaxValue", "Default"):
+            if k in p:
+                return float(p[k])
         return None
     try:
         return float(v)
@@ -95,11 +112,12 @@ def check(tpl):
             q = ref_target(ev.get("Properties", {}).get("Queue"))
             queue = res.get(q, {})
             vis = least_value(tpl, queue.get("Properties", {}).get("VisibilityTimeout", 30))
-            if timeout is None or vis is None:
-                out.append(f"visibility: {name}.{ev_name}: cannot read the timeout of {name} or the visibility of {q}")
-            elif vis < 6 * timeout:
+            window = most_value(tpl, ev.get("Properties", {}).get("MaximumBatchingWindowInSeconds", 0))
+            if timeout is None or vis is None or window is None:
+                out.append(f"visibility: {name}.{ev_name}: cannot read the timeout of {name}, the visibility of {q} or the batching window")
+            elif vis < 6 * timeout + window:
                 out.append(
-                    f"visibility: {q}'s visibility timeout can be {vis:g} s, less than 6x {name}'s timeout ({timeout:g} s = {6 * timeout:g} s)"
+                    f"visibility: {q}'s visibility timeout can be {vis:g} s, less than 6x {name}'s timeout ({timeout:g} s) plus a batching window of {window:g} s = {6 * timeout + window:g} s"
                 )
         lg = ref_target((props.get("LoggingConfig") or {}).get("LogGroup"))
         group = res.get(lg) if lg else None
@@ -168,6 +186,7 @@ def self_test(tpl):
             lambda t: P(t)["VisibilitySeconds"].update(MinValue=60),
             lambda t: R(t)["Step"]["Properties"].update(Timeout=3600),
             lambda t: R(t)["DeadLetters"]["Properties"].update(VisibilityTimeout=30),
+            lambda t: P(t)["StepBatchWindow"].update(MaxValue=300),
         ],
         "redrive": [lambda t: P(t)["MaxReceives"].update(MinValue=1)],
         "retention": [

@@ -113,7 +113,7 @@ def main(argv):
     sqs = boto3.client("sqs", **kw)
     attrs = sqs.get_queue_attributes(QueueUrl=by_id["Steps"], AttributeNames=["All"])["Attributes"]
     redrive = json.loads(attrs.get("RedrivePolicy", "{}"))
-    if int(attrs["VisibilityTimeout"]) < 5400 or int(redrive.get("maxReceiveCount", 0)) < 5:
+    if int(attrs["VisibilityTimeout"]) < 5420 or int(redrive.get("maxReceiveCount", 0)) < 5:
         sys.exit(f"local_deploy: the step queue is not as the template says: {attrs}")
     folds = sqs.get_queue_attributes(QueueUrl=by_id["Folds"], AttributeNames=["All"])["Attributes"]
     if folds.get("FifoQueue") != "true" or not by_id["Folds"].endswith(".fifo"):

@@ -1,6 +1,6 @@
 //! Throughput, per-step latency and AWS cost of the serverless runtime on the local stack.
 //!
-//!   localstack/with-stack.sh cargo run --release -p llmo-aws --example serverless -- [--no-fold] [--check] [chain|layered|wide] [TASKS] [WORKERS...]
+//!   localstack/with-stack.sh cargo run --release -p llmo-aws --example serverless -- [--no-fold] [--check] [--window SECS] [chain|layered|wide] [TASKS] [WORKERS...]
 //!
 //! Runs a layered DAG of TASKS `transform` tasks (default 1,000: 10 layers, each task reading
 //! two of the layer before), a chain of TASKS, or `wide`: one `for_each` of TASKS items between
@@ -9,6 +9,9 @@
 //! mappings do; `--no-fold` deploys no fold queue, so every step appends itself), and counts
 //! every AWS request the run made (SDK interceptor) and the DynamoDB capacity it consumed
 //! (`ReturnConsumedCapacity`; conditional writes that lost a race are charged by item size).
+//! `--window SECS` gives the step queue's pollers a batching window (the event source mapping's
+//! `MaximumBatchingWindowInSeconds`; the template's `StepBatchWindow`): fuller batches, fewer
+//! invocations, up to SECS more latency per queue hop.
 //! `--cold [STEP_BINARY]` measures the step function's cold start instead (see `cold_starts`).
 //! `--check` fails (exits non-zero) unless the contention targets hold: lost conditional writes
 //! at most 2% of the log's writes, and WRU per step at the largest fleet within 1.2x of one
@@ -82,7 +85,7 @@ struct Run {
     usage: Reading,
 }
 
-async fn run(aws: &Aws, source: &str, tasks: usize, workers: usize, folds: bool) -> Run {
+async fn run(aws: &Aws, source: &str, tasks: usize, workers: usize, folds: bool, window: i32) -> Run {
     let aws = fresh(aws, &format!("w{workers}"), folds).await;
     let api = llmo_aws::api::Api::new(
         &aws,
@@ -109,7 +112,10 @@ async fn run(aws: &Aws, source: &str, tasks: usize, workers: usize, folds: bool)
         // Long polls of 20 s, as Lambda's event source mapping makes (an empty receive is a
         // billed request too).
         let mut queues = SqsQueue::step_queues(&aws);
-        queues.iter_mut().for_each(|q| q.wait_secs = 20);
+        queues.iter_mut().for_each(|q| {
+            q.wait_secs = 20;
+            q.batch_window_secs = if q.fifo { 0 } else { window };
+        });
         let (inv, mut rx) = (invocations.clone(), stop_rx.clone());
         handles.push(tokio::spawn(async move {
             llmo_aws::local::poll_queues(
@@ -277,6 +283,11 @@ async fn main() {
     let folds = !args.iter().any(|a| a == "--no-fold");
     let check = args.iter().any(|a| a == "--check");
     args.retain(|a| a != "--no-fold" && a != "--check");
+    let mut window = 0;
+    if let Some(i) = args.iter().position(|a| a == "--window") {
+        window = args.get(i + 1).and_then(|a| a.parse().ok()).expect("--window SECS");
+        args.drain(i..i + 2);
+    }
     let shape = match args.first().map(String::as_str) {
         Some(s @ ("chain" | "layered" | "wide")) => s.to_string(),
         _ => "layered".to_string(),
@@ -291,7 +302,11 @@ async fn main() {
     let source = workflow(tasks, &shape);
     let what =
         if shape == "wide" { format!("for_each of {tasks} items") } else { format!("{shape} DAG of {tasks} tasks") };
-    println!("{what}, transform tasks, {}", if folds { "fold queue" } else { "no fold queue" });
+    println!(
+        "{what}, transform tasks, {}{}",
+        if folds { "fold queue" } else { "no fold queue" },
+        if window > 0 { format!(", {window} s batching window on the step queue") } else { String::new() }
+    );
     let floor = floor(&aws, 100).await;
     println!(
         "emulator floor: {:.2} ms per step (receive, conditional put, query, send, delete; sequential)",
@@ -304,7 +319,7 @@ async fn main() {
     // (workers, WRU per step, lost writes, log writes) of each run, for `--check`.
     let mut seen: Vec<(usize, f64, u64, u64)> = Vec::new();
     for w in workers {
-        let r = run(&aws, &source, tasks, w, folds).await;
+        let r = run(&aws, &source, tasks, w, folds, window).await;
         let n = (if shape == "wide" { r.tasks + 2 } else { r.tasks }) as f64;
         let u = r.usage;
         let inv = r.invocations as f64 / n;

@@ -25,7 +25,7 @@ where
             return;
         }
         let records = queue.receive_records(batch).await;
-        let records = match records {
+        let mut records = match records {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(error = %e, "receive failed; retrying");
@@ -35,6 +35,26 @@ where
         };
         if records.is_empty() {
             continue;
+        }
+        // A batching window: fill the batch from further receives (each a billed request) for
+        // up to the window from the first message, as the event source mapping does.
+        if queue.batch_window_secs > 0 {
+            let until = std::time::Instant::now() + std::time::Duration::from_secs(queue.batch_window_secs as u64);
+            while records.len() < batch {
+                let left = until.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                // SQS waits whole seconds: the last wait may end a little past the window.
+                let wait = left.as_secs_f64().ceil() as i32;
+                match queue.receive_records_waiting(batch - records.len(), wait).await {
+                    Ok(more) => records.extend(more),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "receive failed; handing over the batch so far");
+                        break;
+                    }
+                }
+            }
         }
         let mut event = SqsEvent::default();
         event.records = records;

@@ -59,12 +59,17 @@ pub struct SqsQueue {
     pub max_delay_ms: Millis,
     /// A FIFO queue: messages are grouped by run (see the module).
     pub fifo: bool,
+    /// The event source mapping's `MaximumBatchingWindowInSeconds`, as [`crate::local::poll`]
+    /// emulates it: after a receive that did not fill the batch, receive again for up to this
+    /// long before handing the batch over (0: hand over what one receive gave; Lambda allows
+    /// no window on a FIFO queue).
+    pub batch_window_secs: i32,
 }
 
 impl SqsQueue {
     fn at(aws: Aws, url: String) -> Self {
         let fifo = url.ends_with(".fifo");
-        SqsQueue { aws, url, wait_secs: 1, max_delay_ms: MAX_DELAY_MS, fifo }
+        SqsQueue { aws, url, wait_secs: 1, max_delay_ms: MAX_DELAY_MS, fifo, batch_window_secs: 0 }
     }
 
     pub fn new(aws: Aws) -> Self {
@@ -212,13 +217,18 @@ impl SqsQueue {
 
     /// Receives raw records (as Lambda's event source mapping would hand them).
     pub async fn receive_records(&self, max: usize) -> Result<Vec<SqsMessage>, QueueError> {
+        self.receive_records_waiting(max, self.wait_secs).await
+    }
+
+    /// [`Self::receive_records`] with a long poll of `wait_secs`.
+    pub async fn receive_records_waiting(&self, max: usize, wait_secs: i32) -> Result<Vec<SqsMessage>, QueueError> {
         let out = self
             .aws
             .sqs
             .receive_message()
             .queue_url(&self.url)
             .max_number_of_messages(max.clamp(1, 10) as i32)
-            .wait_time_seconds(self.wait_secs)
+            .wait_time_seconds(wait_secs)
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
             .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
             .message_attribute_names("All")

@@ -821,3 +821,60 @@ spec:
     assert_eq!(keys, vec!["start", "wake/0/-/1", "done/1/-/1"], "nothing happened while it waited");
     assert!(log[1].at >= woke && log[1].at - log[0].at >= 3000, "{log:?}");
 }
+
+/// The event source mapping's batching window as `local::poll` emulates it: messages that come
+/// within the window after the first join its batch, which is handed over once; without a
+/// window a receive's messages are handed over at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batching_window_fills_the_batch_before_handing_it_over() {
+    let Some(base) = aws().await else { return };
+    let aws = stack(&base, 30, 5).await;
+    let sender = aws.clone();
+    let send = move |n: usize| {
+        let aws = sender.clone();
+        async move {
+            for i in 0..n {
+                aws.sqs.send_message().queue_url(&aws.queue_url).message_body(format!("m{i}")).send().await.unwrap();
+            }
+        }
+    };
+    for window in [2, 0] {
+        let mut q = llmo_aws::sqs::SqsQueue::new(aws.clone());
+        q.batch_window_secs = window;
+        let batches = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (done_tx, done_rx) = tokio::sync::watch::channel(false);
+        send(3).await;
+        let later = tokio::spawn({
+            let send = send.clone();
+            async move {
+                tokio::time::sleep(Duration::from_millis(600)).await;
+                send(4).await;
+            }
+        });
+        let seen = batches.clone();
+        let poller = llmo_aws::local::poll(
+            &q,
+            10,
+            move |e: aws_lambda_events::event::sqs::SqsEvent| {
+                let mut b = seen.lock().unwrap();
+                b.push(e.records.len());
+                if b.iter().sum::<usize>() >= 7 {
+                    let _ = done_tx.send(true);
+                }
+                async { aws_lambda_events::event::sqs::SqsBatchResponse::default() }
+            },
+            async move {
+                let mut rx = done_rx;
+                let _ = rx.wait_for(|d| *d).await;
+            },
+        );
+        tokio::time::timeout(Duration::from_secs(20), poller).await.expect("all 7 messages handled");
+        later.await.unwrap();
+        let b = batches.lock().unwrap().clone();
+        if window > 0 {
+            assert_eq!(b, vec![7], "one batch of the 3 first and the 4 that came 0.6 s later");
+        } else {
+            assert!(b.len() >= 2 && b[0] <= 3, "without a window the first receive's messages go at once: {b:?}");
+        }
+    }
+}
