@@ -289,11 +289,13 @@ impl Driver {
     async fn reload(&self, t: &mut Turn) -> Result<(), Error> {
         t.st = self.load(&t.st.run_id).await?;
         t.parts = None;
+        // Looked up once per in-flight attempt: a set, not a scan of a queue of thousands.
+        let queued: std::collections::HashSet<Unit> = t.queued.iter().map(|q| (q.task, q.item)).collect();
         for c in self.plan.in_flight(&t.st) {
             let known = match &c {
                 Command::Execute { task, item, .. } => {
                     t.running.get(&(*task, *item)).is_some_and(|(_, h)| !h.is_finished())
-                        || t.queued.iter().any(|q| q.task == *task && q.item == *item)
+                        || queued.contains(&(*task, *item))
                 }
                 Command::ScheduleRetry { task, item, attempt, .. } => {
                     let e = Event::RetryDue { task: *task, item: *item, attempt: *attempt };
