@@ -48,6 +48,24 @@ impl Analyzer {
         if !is_template(src) {
             return Ok(Vec::new());
         }
+        // Text with plain `{{ a.b.c }}` holes (most prompts): the holes are the references.
+        // minijinja would compile the template and parse it again to say the same, at several
+        // KB and microseconds a template (a fifth of validating 1,000 tasks).
+        if let Some(pieces) = crate::engine::interp::parse(src) {
+            let vars = pieces
+                .into_iter()
+                .filter_map(|p| match p {
+                    crate::engine::interp::Piece::Path(path) => Some(path.join(".")),
+                    crate::engine::interp::Piece::Text(_) => None,
+                })
+                .collect();
+            return Ok(split(vars));
+        }
+        self.minijinja_template_refs(src)
+    }
+
+    /// [`Self::template_refs`] by minijinja's own analysis.
+    fn minijinja_template_refs(&self, src: &str) -> Result<Vec<Vec<String>>, SyntaxError> {
         let tmpl = self.env.template_from_str(src).map_err(syntax)?;
         let mut vars = tmpl.undeclared_variables(true);
         if let Some(alt) = desugar_template(src)
@@ -233,6 +251,25 @@ mod tests {
         );
         assert_eq!(desugar_slices("a[1:2:3]").as_deref(), Some("a[__llmo_slice(1, 2, 3)]"));
         assert_eq!(desugar_slices("a[0]"), None);
+    }
+
+    #[test]
+    fn plain_holes_give_what_minijinja_gives() {
+        let a = Analyzer::new();
+        for src in [
+            "step 0: {{ inputs.topic }}",
+            "{{ tasks.a.output }} and {{ tasks.a.output }} then {{ item }}\n",
+            "Summarise:\n{{ tasks.fetch.output.body.text }} for {{ run.id }}",
+            "{{ range }} {{ loop.index }} {{x}}",
+            "{{ tasks.b.output.x_1 }}{{ inputs._n }}",
+        ] {
+            assert!(crate::engine::interp::parse(src).is_some(), "{src} takes the fast path");
+            assert_eq!(a.template_refs(src).unwrap(), a.minijinja_template_refs(src).unwrap(), "{src}");
+        }
+        // Not plain: minijinja's analysis (filters, literals, blocks, whitespace control).
+        for src in ["{{ x | upper }}", "{{ none }}", "{% if a %}{{ b }}{% endif %}", "{{- c -}}", "{{ d[0] }}"] {
+            assert!(crate::engine::interp::parse(src).is_none(), "{src}");
+        }
     }
 
     #[test]

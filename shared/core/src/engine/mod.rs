@@ -1,7 +1,7 @@
 //! The execution engine's pure core: run and task states, events, commands, and the
 //! transition function every runtime drives. See ARCHITECTURE.md ("Engine").
 pub mod builtin;
-mod interp;
+pub(crate) mod interp;
 pub mod limits;
 pub mod machine;
 pub mod moves;
