@@ -215,6 +215,19 @@ mod tests {
 /// The `mock` model provider: a deterministic stand-in for offline runs and tests. Its text
 /// names itself (`[mock gpt-4o-mini] ...`) and echoes the start of the prompt; with an
 /// `output_schema` it returns the smallest JSON value the schema accepts. Usage counts words.
+/// The mock model's answer to a prompt: its name and the prompt's first 24 words.
+pub fn mock_text(model: &str, prompt: &str) -> String {
+    let mut text = format!("[mock {model}]");
+    for w in prompt.split_whitespace().take(24) {
+        text.push(' ');
+        text.push_str(w);
+    }
+    if prompt.split_whitespace().next().is_none() {
+        text.push(' ');
+    }
+    text
+}
+
 pub fn mock_llm(with: &Value) -> Value {
     let model = with.get("model").and_then(Value::as_str).unwrap_or("model");
     let prompt = match (with.get("prompt"), with.get("messages")) {
@@ -226,8 +239,7 @@ pub fn mock_llm(with: &Value) -> Value {
     };
     let system = with.get("system").and_then(Value::as_str).unwrap_or("");
     let words = |s: &str| s.split_whitespace().count() as u64;
-    let gist: String = prompt.split_whitespace().take(24).collect::<Vec<_>>().join(" ");
-    let text = format!("[mock {model}] {gist}");
+    let text = mock_text(model, &prompt);
     let json_out = with.get("output_schema").map(example_for_schema);
     let text = match &json_out {
         Some(v) => v.to_string(),

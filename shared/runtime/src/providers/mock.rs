@@ -2,30 +2,42 @@
 //! itself (`[mock gpt-4o-mini] ...`); with a schema it answers the smallest JSON the schema
 //! accepts (a grading schema with a `score` gets 0.8). Tokens are counted as words.
 
+use std::time::Duration;
+
 use async_trait::async_trait;
-use llmo_core::engine::builtin::{example_for_schema, mock_llm};
+use llmo_core::engine::builtin::{example_for_schema, mock_text};
 use serde_json::json;
 
 use super::{CallError, ChatRequest, ChatResponse, Provider};
 
-pub struct Mock;
+pub struct Mock {
+    /// How long each answer takes (`LLMO_MOCK_DELAY_MS`): lets tests interrupt a run while a
+    /// model call is in flight.
+    delay: Option<Duration>,
+}
+
+impl Mock {
+    /// The mock provider, its delay read once from `LLMO_MOCK_DELAY_MS`.
+    pub fn from_env() -> Self {
+        let delay = std::env::var("LLMO_MOCK_DELAY_MS").ok().and_then(|v| v.parse().ok()).map(Duration::from_millis);
+        Mock { delay }
+    }
+}
 
 #[async_trait]
 impl Provider for Mock {
     async fn chat(&self, req: &ChatRequest) -> Result<ChatResponse, CallError> {
-        // Lets tests interrupt a run while a model call is in flight.
-        if let Some(ms) = std::env::var("LLMO_MOCK_DELAY_MS").ok().and_then(|v| v.parse().ok()) {
-            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+        if let Some(d) = self.delay {
+            tokio::time::sleep(d).await;
         }
         let prompt: Vec<&str> = req.messages.iter().map(|(_, c)| c.as_str()).collect();
-        let with = json!({ "model": req.model, "prompt": prompt.join("\n"), "system": req.system });
         let text = match &req.schema {
             Some(s) if s.pointer("/properties/score").is_some() => {
                 json!({"score": 0.8, "reason": "mock judge"}).to_string()
             }
             Some(s) => example_for_schema(s).to_string(),
             None if req.json => "{}".to_string(),
-            None => mock_llm(&with)["text"].as_str().unwrap_or_default().to_string(),
+            None => mock_text(&req.model, &prompt.join("\n")),
         };
         let words = |s: &str| s.split_whitespace().count() as u64;
         Ok(ChatResponse {

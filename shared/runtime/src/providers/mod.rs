@@ -254,7 +254,7 @@ impl LlmExecutor {
             let provider: Arc<dyn Provider> = match p.kind {
                 Kind::Openai => Arc::new(OpenAi::new(client.clone(), name, p).with_secrets(secrets.clone())),
                 Kind::Anthropic => Arc::new(Anthropic::new(client.clone(), name, p).with_secrets(secrets.clone())),
-                Kind::Mock => Arc::new(Mock),
+                Kind::Mock => Arc::new(Mock::from_env()),
             };
             providers.insert(name.clone(), provider);
             breakers.insert(name.clone(), Breaker::new(config.breaker.failures, config.breaker.cooldown));
