@@ -1001,8 +1001,13 @@ impl Transition<'_, '_> {
         let is_for_each = self.plan.checked.workflow.spec.tasks[i].for_each.is_some();
         let c = self.counts(i);
         let ts = &mut self.st.tasks[i];
-        let failed = c.get(TaskStatus::Failed) > 0;
-        if let Some((k, u)) = ts.units.iter().enumerate().find(|(_, u)| failed && u.status == TaskStatus::Failed) {
+        // Only a task with a failed unit is searched for it.
+        let first_failed = if c.get(TaskStatus::Failed) > 0 {
+            ts.units.iter().enumerate().find(|(_, u)| u.status == TaskStatus::Failed)
+        } else {
+            None
+        };
+        if let Some((k, u)) = first_failed {
             let error = u.error.clone().unwrap_or_default();
             ts.error = Some(if is_for_each { format!("item {k}: {error}") } else { error });
             let mut stopped = false;
