@@ -366,7 +366,14 @@ impl Driver {
         loop {
             // Read "anything still running" before looking in the channel: a task sends its
             // result before it finishes, so a finished task's result is then in the channel.
-            let alive = t.running.values().any(|(_, h)| !h.is_finished()) || !t.queued.is_empty();
+            let alive = t.running.values().any(|(_, h)| !h.is_finished());
+            if !alive && !t.queued.is_empty() {
+                // Every spawned attempt has ended (their results, if any, are in the channel,
+                // which the loop reads next): their places go to the queued attempts. Only
+                // attempts that panicked without a result stay in the map otherwise.
+                t.running.clear();
+                return Ok(());
+            }
             if let Ok(e) = t.rx.try_recv() {
                 t.inbox.push(e);
                 return Ok(());
@@ -855,6 +862,34 @@ mod tests {
         assert_eq!(end.state.status, RunStatus::Failed);
         let calls = fail.0.load(Ordering::SeqCst);
         assert!(calls <= 12, "the items after the failure's round did not run: {calls} calls");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn attempts_that_panic_leave_no_place_taken_and_the_run_reports_it_stalled() {
+        // Every attempt panics (no result): the queued items still get their turn, and the
+        // run ends as stalled instead of waiting for ever on places nobody frees.
+        struct Panics(AtomicU32);
+        #[async_trait]
+        impl Executor for Panics {
+            async fn execute(&self, _: &Attempt) -> AttemptResult {
+                self.0.fetch_add(1, Ordering::SeqCst);
+                panic!("an executor bug");
+            }
+        }
+        let wf = format!(
+            "{HEAD}  tasks:\n    - {{ id: each, type: http, for_each: \"range(6)\", with: {{ url: \"http://x/{{{{ item }}}}\" }} }}\n"
+        );
+        let plan = plan(&wf);
+        let store = Arc::new(MemoryStore::default());
+        let mut d = driver(&plan, &store, &Work::new(1, 0));
+        d.options.concurrency = 1;
+        let panics = Arc::new(Panics(AtomicU32::new(0)));
+        let mut reg = Registry::new();
+        reg.register("http", panics.clone());
+        d.executors = Arc::new(reg);
+        let end = tokio::time::timeout(Duration::from_secs(60), d.start("r", Map::new(), "t.yaml", &wf, &mut ())).await;
+        assert!(matches!(end, Ok(Err(Error::Stalled(_)))), "{:?}", end.map(|r| r.map(|f| f.state.status)));
+        assert_eq!(panics.0.load(Ordering::SeqCst), 6, "every item was tried");
     }
 
     #[tokio::test(start_paused = true)]

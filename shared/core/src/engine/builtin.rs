@@ -212,9 +212,6 @@ mod tests {
     }
 }
 
-/// The `mock` model provider: a deterministic stand-in for offline runs and tests. Its text
-/// names itself (`[mock gpt-4o-mini] ...`) and echoes the start of the prompt; with an
-/// `output_schema` it returns the smallest JSON value the schema accepts. Usage counts words.
 /// The mock model's answer to a prompt: its name and the prompt's first 24 words.
 pub fn mock_text(model: &str, prompt: &str) -> String {
     let mut text = format!("[mock {model}]");
@@ -228,6 +225,9 @@ pub fn mock_text(model: &str, prompt: &str) -> String {
     text
 }
 
+/// The `mock` model provider: a deterministic stand-in for offline runs and tests. Its text
+/// names itself (`[mock gpt-4o-mini] ...`) and echoes the start of the prompt; with an
+/// `output_schema` it returns the smallest JSON value the schema accepts. Usage counts words.
 pub fn mock_llm(with: &Value) -> Value {
     let model = with.get("model").and_then(Value::as_str).unwrap_or("model");
     let prompt = match (with.get("prompt"), with.get("messages")) {
