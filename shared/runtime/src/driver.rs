@@ -794,6 +794,20 @@ mod tests {
 
     const HEAD: &str = "apiVersion: llm-orchestrator/v1\nkind: Workflow\nmetadata: { name: t }\nspec:\n";
 
+    /// A run of one `http` task over `range(items)`, its driver at `concurrency` with `http`
+    /// answered by `exec`: the workflow text and the driver.
+    fn wide(items: usize, concurrency: usize, exec: Arc<dyn Executor>) -> (String, Driver) {
+        let wf = format!(
+            "{HEAD}  tasks:\n    - {{ id: each, type: http, for_each: \"range({items})\", with: {{ url: \"http://x/{{{{ item }}}}\" }} }}\n"
+        );
+        let mut d = driver(&plan(&wf), &Arc::new(MemoryStore::default()), &Work::new(1, 0));
+        d.options.concurrency = concurrency;
+        let mut reg = Registry::new();
+        reg.register("http", exec);
+        d.executors = Arc::new(reg);
+        (wf, d)
+    }
+
     #[tokio::test(start_paused = true)]
     async fn independent_attempts_run_at_the_same_time_and_retries_wait() {
         let mut wf = format!(
@@ -822,14 +836,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_wide_for_each_runs_each_item_once_at_the_concurrency_and_a_failure_stops_the_queued() {
         // 50 items, 4 at a time: 8 are spawned ahead, the rest wait in the driver's queue.
-        let wf = format!(
-            "{HEAD}  tasks:\n    - {{ id: each, type: http, for_each: \"range(50)\", with: {{ url: \"http://x/{{{{ item }}}}\" }} }}\n"
-        );
-        let plan = plan(&wf);
-        let store = Arc::new(MemoryStore::default());
         let work = Work::new(100, 0);
-        let mut d = driver(&plan, &store, &work);
-        d.options.concurrency = 4;
+        let (wf, d) = wide(50, 4, work.clone());
         let started = tokio::time::Instant::now();
         let end = d.start("r", Map::new(), "t.yaml", &wf, &mut ()).await.unwrap();
         assert_eq!(end.state.status, RunStatus::Succeeded, "{:?}", end.state.error);
@@ -855,9 +863,7 @@ mod tests {
             }
         }
         let fail = Arc::new(FailFrom(AtomicU32::new(0)));
-        let mut reg = Registry::new();
-        reg.register("http", fail.clone());
-        d.executors = Arc::new(reg);
+        let (wf, d) = wide(50, 4, fail.clone());
         let end = d.start("r2", Map::new(), "t.yaml", &wf, &mut ()).await.unwrap();
         assert_eq!(end.state.status, RunStatus::Failed);
         let calls = fail.0.load(Ordering::SeqCst);
@@ -876,17 +882,8 @@ mod tests {
                 panic!("an executor bug");
             }
         }
-        let wf = format!(
-            "{HEAD}  tasks:\n    - {{ id: each, type: http, for_each: \"range(6)\", with: {{ url: \"http://x/{{{{ item }}}}\" }} }}\n"
-        );
-        let plan = plan(&wf);
-        let store = Arc::new(MemoryStore::default());
-        let mut d = driver(&plan, &store, &Work::new(1, 0));
-        d.options.concurrency = 1;
         let panics = Arc::new(Panics(AtomicU32::new(0)));
-        let mut reg = Registry::new();
-        reg.register("http", panics.clone());
-        d.executors = Arc::new(reg);
+        let (wf, d) = wide(6, 1, panics.clone());
         let end = tokio::time::timeout(Duration::from_secs(60), d.start("r", Map::new(), "t.yaml", &wf, &mut ())).await;
         assert!(matches!(end, Ok(Err(Error::Stalled(_)))), "{:?}", end.map(|r| r.map(|f| f.state.status)));
         assert_eq!(panics.0.load(Ordering::SeqCst), 6, "every item was tried");
