@@ -40,11 +40,11 @@ impl SourceFile {
         // Line breaks as YAML counts them: `\n`, `\r\n`, and a lone `\r`.
         let bytes = text.as_bytes();
         let mut line_starts = vec![0];
-        for (i, &b) in bytes.iter().enumerate() {
-            if b == b'\n' || (b == b'\r' && bytes.get(i + 1) != Some(&b'\n')) {
-                line_starts.push(i + 1);
-            }
-        }
+        line_starts.extend(
+            memchr::memchr2_iter(b'\n', b'\r', bytes)
+                .filter(|&i| bytes[i] == b'\n' || bytes.get(i + 1) != Some(&b'\n'))
+                .map(|i| i + 1),
+        );
         SourceFile { name: Arc::from(name.into()), text: Arc::from(text), line_starts: line_starts.into() }
     }
 

@@ -18,6 +18,8 @@ use saphyr_parser::{Event, Parser, ScalarStyle};
 
 use crate::source::{Pos, Span};
 
+mod split;
+
 /// Size limits applied while loading. Defaults refuse hostile input in well under a second.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -106,10 +108,6 @@ pub struct Loaded {
 
 fn pos(m: &saphyr_parser::Marker) -> Pos {
     Pos { line: m.line() as u32, column: m.col() as u32 + 1 }
-}
-
-fn span(s: &saphyr_parser::Span) -> Span {
-    Span::new(pos(&s.start), pos(&s.end))
 }
 
 type Json = serde_json::Value;
@@ -285,6 +283,11 @@ pub fn load(text: &str, limits: Limits) -> Result<Loaded, LoadError> {
     if text.len() > limits.max_bytes {
         return Err(LoadError::TooLarge { size: text.len(), limit: limits.max_bytes });
     }
+    if text.len() >= split::SPLIT_FROM
+        && let Some(loaded) = split::load(text, limits)
+    {
+        return Ok(loaded);
+    }
     if text.len() < PIPELINE_FROM {
         return build(Parser::new_from_str(text), limits);
     }
@@ -321,6 +324,28 @@ type ParseItem<'i> = Result<(Event<'i>, saphyr_parser::Span), saphyr_parser::Sca
 
 /// Builds the JSON value and span tree from parser events.
 fn build<'i>(events: impl Iterator<Item = ParseItem<'i>>, limits: Limits) -> Result<Loaded, LoadError> {
+    build_counted(events, limits, 0).map(|b| b.loaded)
+}
+
+/// A loaded piece of a document, with what it counted against the limits.
+struct Built {
+    loaded: Loaded,
+    nodes: usize,
+    alias_nodes: usize,
+}
+
+/// [`build`] for a piece of a document that starts on line `line_offset + 1` of it: every
+/// position is reported in the whole document's lines.
+fn build_counted<'i>(
+    events: impl Iterator<Item = ParseItem<'i>>,
+    limits: Limits,
+    line_offset: u32,
+) -> Result<Built, LoadError> {
+    let pos = |m: &saphyr_parser::Marker| {
+        let p = pos(m);
+        Pos { line: p.line + line_offset, column: p.column }
+    };
+    let span = |s: &saphyr_parser::Span| Span::new(pos(&s.start), pos(&s.end));
     let mut b = Builder {
         limits,
         nodes: 0,
@@ -411,7 +436,7 @@ fn build<'i>(events: impl Iterator<Item = ParseItem<'i>>, limits: Limits) -> Res
         }
     }
     let (json, spans) = b.root.take().unwrap_or((Json::Null, SpanNode { span: Span::new(end, end), kids: Kids::Leaf }));
-    Ok(Loaded { json, spans, issues: b.issues })
+    Ok(Built { loaded: Loaded { json, spans, issues: b.issues }, nodes: b.nodes, alias_nodes: b.alias_nodes })
 }
 
 /// An alias's copy points at the alias itself: that is where the user wrote it.

@@ -1,5 +1,7 @@
 //! Pass 3: task ids, dependencies and the DAG (cycles, fallbacks).
 
+use std::collections::HashSet;
+
 use super::*;
 
 impl Run<'_> {
@@ -95,14 +97,19 @@ impl Run<'_> {
                 self.error(UNKNOWN_TYPE, &format!("/spec/tasks/{i}/type"), format!("unknown task type `{}`", t.ty))
                     .help = Some(hint);
             }
-            let mut seen = BTreeSet::new();
+            // Repeats: a scan of the earlier entries for the usual handful, a set for a wide join.
+            let mut seen = (v.depends_on.len() > 16).then(|| HashSet::with_capacity(v.depends_on.len()));
             for (k, d) in v.depends_on.iter().enumerate() {
-                let p = format!("/spec/tasks/{i}/depends_on/{k}");
+                // The pointer is built only for a finding: most dependencies have none.
+                let p = || format!("/spec/tasks/{i}/depends_on/{k}");
                 if !first.contains_key(d.as_str()) {
                     let hint = self.suggest(d, ids.iter().copied());
-                    self.error(UNKNOWN_DEPENDENCY, &p, format!("unknown task `{d}` in depends_on")).help = hint;
-                } else if !seen.insert(d.as_str()) {
-                    self.warning(DUPLICATE_DEPENDENCY, &p, format!("`{d}` is listed twice in depends_on"));
+                    self.error(UNKNOWN_DEPENDENCY, &p(), format!("unknown task `{d}` in depends_on")).help = hint;
+                } else if !match seen.as_mut() {
+                    Some(set) => set.insert(d.as_str()),
+                    None => !v.depends_on[..k].contains(d),
+                } {
+                    self.warning(DUPLICATE_DEPENDENCY, &p(), format!("`{d}` is listed twice in depends_on"));
                 }
             }
         }
