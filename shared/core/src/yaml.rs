@@ -188,13 +188,18 @@ impl Builder {
                         merges.push((value, span));
                         return;
                     }
-                    if entries.contains_key(&k) {
-                        let first = entries.keys().position(|x| *x == k).map_or(key_span, |i| spans[i].0);
-                        self.issues.push(LoadIssue::DuplicateKey { key: k, span: key_span, first });
-                        return;
+                    // One lookup for the usual case, a new key.
+                    match entries.entry(k) {
+                        serde_json::map::Entry::Vacant(slot) => {
+                            slot.insert(value);
+                            spans.push((key_span, span));
+                        }
+                        serde_json::map::Entry::Occupied(taken) => {
+                            let k = taken.key().clone();
+                            let first = entries.keys().position(|x| *x == k).map_or(key_span, |i| spans[i].0);
+                            self.issues.push(LoadIssue::DuplicateKey { key: k, span: key_span, first });
+                        }
                     }
-                    entries.insert(k, value);
-                    spans.push((key_span, span));
                 }
             },
         }

@@ -60,7 +60,7 @@ impl Run<'_> {
                         t.pointer("/on_failure/fallback").and_then(Value::as_str).map(str::to_string),
                     ),
                 };
-                TaskView { task, id, depends_on, fallback }
+                TaskView { task, id, depends_on, fallback, moved: false }
             })
             .collect()
     }

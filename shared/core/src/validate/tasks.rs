@@ -304,7 +304,7 @@ impl Run<'_> {
                 continue;
             }
             let Some(pw) = typed::<PolicyWith>(self.json["spec"]["tasks"][pi].get("with")) else { continue };
-            let policy_id = t.id.clone();
+            let policy_id = v.id.clone().unwrap_or_default();
             for (ti, ptr, model) in &models {
                 let bare = model.rsplit('/').next().unwrap_or(model);
                 let matches = |g: &String| glob_match(g, model) || glob_match(g, bare);
