@@ -38,6 +38,31 @@ fn bench(c: &mut Criterion) {
         });
     }
     group.finish();
+
+    // One validation at a time, the machine idle in between (untimed): what a cold container
+    // or one `llmo` command sees. Back to back (above), the thread that frees one validation's
+    // tree still runs when the next validation starts and takes one of its cores.
+    let mut group = c.benchmark_group("parse+validate, one at a time");
+    group.sample_size(20);
+    for (shape, n) in [(Shape::Layered { width: 100 }, 10_000), (Shape::Layered { width: 32 }, 1_000)] {
+        let source = SourceFile::new(format!("{}.yaml", shape.name()), workflow_yaml(shape, n));
+        group.throughput(Throughput::Elements(n as u64));
+        group.bench_with_input(BenchmarkId::new(shape.name(), n), &source, |b, src| {
+            b.iter_custom(|iters| {
+                let mut took = std::time::Duration::ZERO;
+                for _ in 0..iters {
+                    std::thread::sleep(std::time::Duration::from_millis(25));
+                    let start = std::time::Instant::now();
+                    let out = validator.validate(src);
+                    took += start.elapsed();
+                    assert!(out.checked.is_some());
+                    drop(out);
+                }
+                took
+            })
+        });
+    }
+    group.finish();
 }
 
 criterion_group!(benches, bench);
