@@ -166,11 +166,14 @@ fn load_on(text: &str, limits: Limits, threads: usize) -> Option<Loaded> {
         build_counted(Parser::new_from_str(&text[a..b]), piece_limits, line - 1).ok()
     };
     let (skeleton, parts) = std::thread::scope(|scope| {
-        let others: Vec<_> = bounds[1..].iter().map(|&b| scope.spawn(move || parse(b))).collect();
+        let others: Vec<_> = bounds[1..]
+            .iter()
+            .map(|&b| std::thread::Builder::new().name("llmo-yaml".into()).spawn_scoped(scope, move || parse(b)))
+            .collect();
         let mut parts = vec![parse(bounds[0])];
         let skeleton = build_counted(Parser::new_from_str(&skeleton), limits, 0).ok();
-        // A piece whose thread could not finish is a piece that did not load.
-        parts.extend(others.into_iter().map(|h| h.join().ok().flatten()));
+        // A piece whose thread could not start or finish is a piece that did not load.
+        parts.extend(others.into_iter().map(|h| h.ok().and_then(|h| h.join().ok().flatten())));
         (skeleton, parts)
     });
     let ends = piece_ends(&cuts, &list);
@@ -326,8 +329,8 @@ mod tests {
         })
     }
 
-    fn document(entries: &[String], tail: &str) -> String {
-        let mut s = String::from("apiVersion: v1\nspec:\n  base: &spec_anchor { a: 1 }\n  tasks:\n");
+    fn document(head: &str, entries: &[String], tail: &str) -> String {
+        let mut s = format!("apiVersion: v1\n{head}spec:\n  base: &spec_anchor {{ a: 1 }}\n  tasks:\n");
         for e in entries {
             s.push_str(e);
         }
@@ -405,10 +408,17 @@ mod tests {
         #![proptest_config(ProptestConfig::with_cases(2000))]
         #[test]
         fn pieces_load_what_the_whole_document_loads(
+            // `tasks:` lines before the real one: in a block scalar, under another key.
+            head in prop_oneof![
+                Just(""),
+                Just("notes: |\n  tasks:\n    - not: this\n"),
+                Just("metadata:\n  tasks:\n    - a\n"),
+                Just("# tasks:\n"),
+            ],
             entries in prop::collection::vec(entry(), 1..8),
             tail in prop_oneof![Just(""), Just("  outputs: { a: 1 }\n"), Just("  more: [1,\n    2]\n"), Just("tail: x\n"), Just("    - late: 1\n")],
         ) {
-            agrees(&document(&entries, tail))?;
+            agrees(&document(head, &entries, tail))?;
         }
     }
 
