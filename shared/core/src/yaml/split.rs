@@ -303,6 +303,9 @@ mod tests {
             1 => Just("      with: [1,\n    - 2]\n".to_string()),
             4 => Just("      text: |\n        - inside\n          more\n".to_string()),
             4 => Just("      text: >-\n        folded\n\n        - x\n".to_string()),
+            // Keep chomping: the blank lines after the scalar, up to the next entry, are its own.
+            4 => Just("      text: |+\n        kept\n\n\n".to_string()),
+            2 => Just("      text: >+\n        kept\n\n    # a comment after\n\n".to_string()),
             4 => Just("    # a comment\n".to_string()),
             4 => Just("      retry: &r { max: 2 }\n".to_string()),
             1 => Just("      again: *r\n".to_string()),
