@@ -283,7 +283,8 @@ fn resolve_plain(s: std::borrow::Cow<'_, str>) -> Json {
     Json::String(s.into_owned())
 }
 
-/// Loads one YAML document into a spanned tree, enforcing `limits`.
+/// Loads one YAML document into a spanned tree, enforcing `limits`. A large workflow file is
+/// loaded in pieces on several threads when that gives the same tree (`split`), else whole.
 pub fn load(text: &str, limits: Limits) -> Result<Loaded, LoadError> {
     if text.len() > limits.max_bytes {
         return Err(LoadError::TooLarge { size: text.len(), limit: limits.max_bytes });

@@ -45,22 +45,19 @@ impl Run<'_> {
                     }
                     typed(Some(&t))
                 });
-                let (id, depends_on, fallback) = match &task {
-                    Some(task) => (
-                        Some(task.id.clone()),
-                        task.depends_on.clone(),
-                        task.on_failure.as_ref().and_then(|f| f.fallback()).map(str::to_string),
-                    ),
-                    None => (
-                        t.get("id").and_then(Value::as_str).map(str::to_string),
-                        t.get("depends_on")
+                match task {
+                    Some(task) => TaskView::of(task),
+                    None => TaskView {
+                        task: None,
+                        id: t.get("id").and_then(Value::as_str).map(str::to_string),
+                        depends_on: t
+                            .get("depends_on")
                             .and_then(Value::as_array)
                             .map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect())
                             .unwrap_or_default(),
-                        t.pointer("/on_failure/fallback").and_then(Value::as_str).map(str::to_string),
-                    ),
-                };
-                TaskView { task, id, depends_on, fallback, moved: false }
+                        fallback: t.pointer("/on_failure/fallback").and_then(Value::as_str).map(str::to_string),
+                    },
+                }
             })
             .collect()
     }

@@ -304,23 +304,32 @@ enum Site {
 
 /// A task as far as it could be read: the typed task when it deserialized, else its id and
 /// dependencies read straight from JSON so that graph checks still run.
+///
+/// A typed task's id and dependencies live in the view, not in `task` (moved out, not copied:
+/// 10,000 tasks have tens of thousands of them): read them here; [`TaskView::into_task`] puts
+/// them back.
 struct TaskView {
-    /// The task, without its id and dependencies when `moved` (read them here).
     task: Option<Task>,
     id: Option<String>,
     depends_on: Vec<String>,
     fallback: Option<String>,
-    moved: bool,
 }
 
 impl TaskView {
+    fn of(mut task: Task) -> TaskView {
+        TaskView {
+            id: Some(std::mem::take(&mut task.id)),
+            depends_on: std::mem::take(&mut task.depends_on),
+            fallback: task.on_failure.as_ref().and_then(|f| f.fallback()).map(str::to_string),
+            task: Some(task),
+        }
+    }
+
     /// The whole task again.
     fn into_task(self) -> Option<Task> {
         let mut task = self.task?;
-        if self.moved {
-            task.id = self.id.unwrap_or_default();
-            task.depends_on = self.depends_on;
-        }
+        task.id = self.id.unwrap_or_default();
+        task.depends_on = self.depends_on;
         Some(task)
     }
 }
@@ -545,18 +554,7 @@ impl<'a> Run<'a> {
         let mut whole: Option<Workflow> =
             if schema_errors.is_empty() { Workflow::deserialize(self.json).ok() } else { None };
         let views = match whole.as_mut() {
-            // The view holds the task's id and dependencies (moved, not copied: 10,000 tasks
-            // have tens of thousands of them); they go back into the task at the end.
-            Some(w) => std::mem::take(&mut w.spec.tasks)
-                .into_iter()
-                .map(|mut t| TaskView {
-                    id: Some(std::mem::take(&mut t.id)),
-                    depends_on: std::mem::take(&mut t.depends_on),
-                    fallback: t.on_failure.as_ref().and_then(|f| f.fallback()).map(str::to_string),
-                    task: Some(t),
-                    moved: true,
-                })
-                .collect(),
+            Some(w) => std::mem::take(&mut w.spec.tasks).into_iter().map(TaskView::of).collect(),
             None => self.task_views(spec, &bad),
         };
         let dag = self.graph(&views);

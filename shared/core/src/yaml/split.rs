@@ -161,7 +161,15 @@ fn load_on(text: &str, limits: Limits, threads: usize) -> Option<Loaded> {
     skeleton.extend(std::iter::repeat_n('\n', memchr::memchr_iter(b'\n', body.as_bytes()).count()));
     skeleton.push_str(&text[list.end..]);
 
-    let piece_limits = Limits { max_depth: limits.max_depth.checked_sub(LIST_DEPTH)?, ..limits };
+    // Each piece gets its share of the node budgets, so that all of them together never build
+    // more than one whole-document load may; a piece over its share gives way to that load.
+    let share_of = |n: usize| n / bounds.len() + 1;
+    let piece_limits = Limits {
+        max_depth: limits.max_depth.checked_sub(LIST_DEPTH)?,
+        max_nodes: share_of(limits.max_nodes),
+        max_alias_nodes: share_of(limits.max_alias_nodes),
+        ..limits
+    };
     let parse = |(a, b, line): (usize, usize, u32)| {
         build_counted(Parser::new_from_str(&text[a..b]), piece_limits, line - 1).ok()
     };
@@ -443,6 +451,41 @@ mod tests {
         let text = text.replacen("again: *r", "again: *elsewhere", 1).replacen("name: x", "name: &elsewhere x", 1);
         assert!(load_on(&text, Limits::default(), 3).is_none());
         assert_eq!(load_any(&text, Limits::default()).unwrap().json, serial(&text).unwrap().json);
+    }
+
+    #[test]
+    fn an_alias_bomb_in_the_list_is_refused_as_the_whole_load_refuses_it() {
+        // Within one entry, so a piece parses it: each piece may copy only its share of the
+        // alias budget, and the whole load, which decides, refuses it at the document's limit.
+        let with_aliases = |levels: usize| {
+            let mut text = String::from("spec:\n  tasks:\n");
+            while text.len() < 4 * SPLIT_FROM {
+                text.push_str("    - id: t\n      with: { prompt: \"padding padding padding padding\" }\n");
+            }
+            text.push_str("    - id: aliases\n      a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+            for i in 1..levels {
+                let p = i - 1;
+                text.push_str(&format!(
+                    "      a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"
+                ));
+            }
+            text
+        };
+        let limits = Limits::default();
+        let bomb = with_aliases(7);
+        assert!(load_on(&bomb, limits, 3).is_none(), "a piece over its share gives way");
+        assert!(matches!(load_any(&bomb, limits), Err(LoadError::TooManyAliasNodes { .. })));
+        // Over one piece's share (about 1,100 copied nodes against a third of 1,500) but under
+        // the document's budget: loaded whole, as a whole-document load loads it.
+        let text = with_aliases(3);
+        let tight = Limits { max_alias_nodes: 1_500, ..limits };
+        assert!(load_on(&text, tight, 3).is_none());
+        assert_eq!(load_any(&text, tight).unwrap().json, serial_with(&text, tight).unwrap().json);
+        assert!(load_on(&text, limits, 3).is_some(), "with room in every share, it is cut");
+    }
+
+    fn serial_with(text: &str, limits: Limits) -> Result<Loaded, LoadError> {
+        build(Parser::new_from_str(text), limits)
     }
 
     #[test]
