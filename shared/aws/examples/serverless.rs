@@ -1,6 +1,6 @@
 //! Throughput, per-step latency and AWS cost of the serverless runtime on the local stack.
 //!
-//!   localstack/with-stack.sh cargo run --release -p llmo-aws --example serverless -- [--no-fold] [--check] [--window SECS] [chain|layered|wide] [TASKS] [WORKERS...]
+//!   localstack/with-stack.sh cargo run --release -p llmo-aws --example serverless -- [--no-fold] [--check] [--window SECS] [--pack N] [chain|layered|wide] [TASKS] [WORKERS...]
 //!
 //! Runs a layered DAG of TASKS `transform` tasks (default 1,000: 10 layers, each task reading
 //! two of the layer before), a chain of TASKS, or `wide`: one `for_each` of TASKS items between
@@ -12,6 +12,8 @@
 //! `--window SECS` gives the step queue's pollers a batching window (the event source mapping's
 //! `MaximumBatchingWindowInSeconds`; the template's `StepBatchWindow`): fuller batches, fewer
 //! invocations, up to SECS more latency per queue hop.
+//! `--pack N` puts up to N attempts of a run in one step message (`Worker::pack`; the
+//! template's `StepAttemptsPerMessage`, 10 by default); `--pack 1` sends one per attempt.
 //! `--cold [STEP_BINARY]` measures the step function's cold start instead (see `cold_starts`).
 //! `--check` fails (exits non-zero) unless the contention targets hold: lost conditional writes
 //! at most 2% of the log's writes, and WRU per step at the largest fleet within 1.2x of one
@@ -85,7 +87,7 @@ struct Run {
     usage: Reading,
 }
 
-async fn run(aws: &Aws, source: &str, tasks: usize, workers: usize, folds: bool, window: i32) -> Run {
+async fn run(aws: &Aws, source: &str, tasks: usize, workers: usize, folds: bool, window: i32, pack: usize) -> Run {
     let aws = fresh(aws, &format!("w{workers}"), folds).await;
     let api = llmo_aws::api::Api::new(
         &aws,
@@ -107,8 +109,9 @@ async fn run(aws: &Aws, source: &str, tasks: usize, workers: usize, folds: bool,
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut handles = Vec::new();
     for _ in 0..workers {
-        let step =
-            Arc::new(Step::new(&aws, llmo_runtime::standard_registry(Config::builtin(), true, Default::default())));
+        let mut step = Step::new(&aws, llmo_runtime::standard_registry(Config::builtin(), true, Default::default()));
+        step.worker.pack = pack;
+        let step = Arc::new(step);
         // Long polls of 20 s, as Lambda's event source mapping makes (an empty receive is a
         // billed request too).
         let mut queues = SqsQueue::step_queues(&aws);
@@ -288,6 +291,12 @@ async fn main() {
         window = args.get(i + 1).and_then(|a| a.parse().ok()).expect("--window SECS");
         args.drain(i..i + 2);
     }
+    // Attempts per step message: the deployment's default unless given (1: one per message).
+    let mut pack = llmo_aws::step::DEFAULT_ATTEMPTS_PER_MESSAGE;
+    if let Some(i) = args.iter().position(|a| a == "--pack") {
+        pack = args.get(i + 1).and_then(|a| a.parse().ok()).expect("--pack N");
+        args.drain(i..i + 2);
+    }
     let shape = match args.first().map(String::as_str) {
         Some(s @ ("chain" | "layered" | "wide")) => s.to_string(),
         _ => "layered".to_string(),
@@ -307,6 +316,7 @@ async fn main() {
         if folds { "fold queue" } else { "no fold queue" },
         if window > 0 { format!(", {window} s batching window on the step queue") } else { String::new() }
     );
+    println!("up to {pack} attempts per step message");
     let floor = floor(&aws, 100).await;
     println!(
         "emulator floor: {:.2} ms per step (receive, conditional put, query, send, delete; sequential)",
@@ -319,7 +329,7 @@ async fn main() {
     // (workers, WRU per step, lost writes, log writes) of each run, for `--check`.
     let mut seen: Vec<(usize, f64, u64, u64)> = Vec::new();
     for w in workers {
-        let r = run(&aws, &source, tasks, w, folds, window).await;
+        let r = run(&aws, &source, tasks, w, folds, window, pack).await;
         let n = (if shape == "wide" { r.tasks + 2 } else { r.tasks }) as f64;
         let u = r.usage;
         let inv = r.invocations as f64 / n;

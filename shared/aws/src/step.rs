@@ -35,6 +35,20 @@ pub struct Step {
     pub continue_steps: usize,
 }
 
+/// How many attempts of a run one step message carries at most (`LLMO_ATTEMPTS_PER_MESSAGE`,
+/// default 10, at most [`llmo_runtime::queue::MAX_ATTEMPTS_PER_MESSAGE`]); see `Worker::pack`.
+/// An invocation then runs up to its batch size times this many attempts at once.
+pub fn attempts_per_message() -> usize {
+    std::env::var("LLMO_ATTEMPTS_PER_MESSAGE")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(DEFAULT_ATTEMPTS_PER_MESSAGE)
+        .clamp(1, llmo_runtime::queue::MAX_ATTEMPTS_PER_MESSAGE)
+}
+
+/// The template's `StepAttemptsPerMessage` default, and the step function's.
+pub const DEFAULT_ATTEMPTS_PER_MESSAGE: usize = 10;
+
 impl Step {
     pub fn new(aws: &Aws, executors: Registry) -> Self {
         let queue = Arc::new(SqsQueue::new(aws.clone()));
@@ -45,6 +59,7 @@ impl Step {
         worker.fold = folds.clone().map(|f| f as Arc<dyn llmo_runtime::queue::Queue>);
         // Concurrency keys held across the fleet.
         worker.flow = Arc::new(crate::flow::DynamoFlow::new(aws.clone()));
+        worker.pack = attempts_per_message();
         let var = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u64>().ok());
         Step {
             worker,
@@ -147,8 +162,8 @@ fn receive_count(r: &SqsMessage) -> u32 {
 }
 
 /// The dead-letter handler: a message that failed every delivery fails what it was about.
-/// An `Execute` fails its attempt for good (the task's `on_failure` then decides); any other
-/// message aborts the run. Both go through the ordinary step, so `on.failure` hooks run.
+/// An `Execute` fails its attempt for good (the task's `on_failure` then decides), an
+/// `Attempts` fails each attempt it names; any other message aborts the run. Both go through the ordinary step, so `on.failure` hooks run.
 pub struct DeadLetters {
     pub worker: Worker,
     pub queue: SqsQueue,
@@ -158,7 +173,8 @@ impl DeadLetters {
     pub fn new(aws: &Aws, executors: Registry) -> Self {
         let step_queue = Arc::new(SqsQueue::new(aws.clone()));
         let store = Arc::new(DynamoStore::new(aws.clone()));
-        let worker = Worker::from_stored(store, step_queue, Arc::new(executors), Arc::new(SystemClock::default()));
+        let mut worker = Worker::from_stored(store, step_queue, Arc::new(executors), Arc::new(SystemClock::default()));
+        worker.pack = attempts_per_message();
         DeadLetters { worker, queue: SqsQueue::dead_letters(aws.clone()) }
     }
 
@@ -182,7 +198,7 @@ impl DeadLetters {
                         self.worker.abort(&run, reason).await
                     }
                     message => {
-                        let kind = if matches!(message, Message::Execute { .. }) { "attempt" } else { "run" };
+                        let kind = if matches!(message, Message::Events { .. }) { "attempt" } else { "run" };
                         llmo_runtime::meter::dead_letter(kind);
                         let trace = llmo_runtime::telemetry::traceparent();
                         let d = Delivery { receipt: String::new(), message, receive_count: 1, trace };
@@ -224,20 +240,89 @@ impl DeadLetters {
             Ok(_) => format!("delivered {} times without being processed", receive_count(r)),
             Err(e) => e.to_string(),
         };
-        let v: serde_json::Value = serde_json::from_str(body).ok()?;
-        let run_id = v.get("run_id")?.as_str()?.to_string();
         let reason = format!("message moved to the dead-letter queue: {why}");
-        let event = match v.get("kind").and_then(|k| k.as_str()) {
-            Some("execute") => {
-                let task = v.get("task")?.as_u64()? as usize;
-                let item = v.get("item").and_then(|i| i.as_u64()).map(|i| i as u32);
-                let attempt = v.get("attempt")?.as_u64()? as u32;
-                let result =
-                    llmo_runtime::executor::failed(llmo_core::engine::builtin::TaskError::fatal(reason.clone()));
-                Event::finished(task, item, attempt, result)
+        Some((verdict_of(body, &reason)?, reason))
+    }
+}
+
+/// What fails the work a dead letter with `body` was about: each attempt it names (an
+/// `execute`, or every attempt of an `attempts`) fails with `reason`; anything else aborts its
+/// run. Read field by field, so a message that does not decode as a whole (a newer producer's)
+/// still fails what it names. `None`: it names no run.
+fn verdict_of(body: &str, reason: &str) -> Option<Message> {
+    let v: serde_json::Value = serde_json::from_str(body).ok()?;
+    let run_id = v.get("run_id")?.as_str()?.to_string();
+    let failed = |a: &serde_json::Value| -> Option<Event> {
+        let task = usize::try_from(a.get("task")?.as_u64()?).ok()?;
+        let item = a.get("item").and_then(|i| i.as_u64()).and_then(|i| u32::try_from(i).ok());
+        let attempt = u32::try_from(a.get("attempt")?.as_u64()?).ok()?;
+        let result = llmo_runtime::executor::failed(llmo_core::engine::builtin::TaskError::fatal(reason.to_string()));
+        Some(Event::finished(task, item, attempt, result))
+    };
+    let events: Vec<Event> = match v.get("kind").and_then(|k| k.as_str()) {
+        Some("execute") => vec![failed(&v)?],
+        // More than a message may name was never sent by a worker: the run is aborted.
+        Some("attempts") => match v.get("attempts")?.as_array()? {
+            named if named.len() <= llmo_runtime::queue::MAX_ATTEMPTS_PER_MESSAGE => {
+                named.iter().map(failed).collect::<Option<_>>()?
             }
-            _ => Event::Abort { reason: reason.clone() },
-        };
-        Some((Message::Event { run_id, event }, reason))
+            _ => vec![],
+        },
+        _ => vec![],
+    };
+    Some(if events.is_empty() {
+        Message::Event { run_id, event: Event::Abort { reason: reason.to_string() } }
+    } else {
+        Message::Events { run_id, events }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use llmo_core::engine::AttemptResult;
+
+    fn failures(m: &Message) -> Vec<(usize, Option<u32>, u32, String)> {
+        let Message::Events { events, .. } = m else { panic!("not the attempts' failures: {m:?}") };
+        events
+            .iter()
+            .map(|e| match e {
+                Event::AttemptFinished {
+                    task,
+                    item,
+                    attempt,
+                    result: AttemptResult::Failed { error, retryable, .. },
+                    ..
+                } => {
+                    assert!(!retryable, "a dead letter's attempt fails for good");
+                    (*task, *item, *attempt, error.clone())
+                }
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_dead_letter_fails_each_attempt_it_names_or_else_aborts_its_run() {
+        let why = "message moved to the dead-letter queue: delivered 5 times";
+        let one = r#"{"v":1,"kind":"execute","run_id":"r","task":2,"item":1,"attempt":3}"#;
+        assert_eq!(failures(&verdict_of(one, why).unwrap()), vec![(2, Some(1), 3, why.to_string())]);
+        let packed = r#"{"v":3,"kind":"attempts","run_id":"r","attempts":[{"task":2,"attempt":1},{"task":3,"item":7,"attempt":2}]}"#;
+        let m = verdict_of(packed, why).unwrap();
+        assert_eq!(m.run_id(), "r");
+        assert_eq!(failures(&m), vec![(2, None, 1, why.to_string()), (3, Some(7), 2, why.to_string())]);
+        // A newer producer's message still fails what it names.
+        let newer = packed.replace("\"v\":3", "\"v\":9");
+        assert_eq!(failures(&verdict_of(&newer, why).unwrap()).len(), 2);
+        let aborts = |body: &str| matches!(verdict_of(body, why), Some(Message::Event { event: Event::Abort { .. }, ref run_id }) if run_id == "r");
+        assert!(aborts(r#"{"v":1,"kind":"event","run_id":"r","event":{"type":"start"}}"#));
+        assert!(aborts(r#"{"v":3,"kind":"attempts","run_id":"r","attempts":[]}"#));
+        let too_many = format!(
+            r#"{{"v":3,"kind":"attempts","run_id":"r","attempts":[{}]}}"#,
+            vec![r#"{"task":1,"attempt":1}"#; 101].join(",")
+        );
+        assert!(aborts(&too_many), "more attempts than a worker sends in a message: the run is aborted");
+        assert!(verdict_of(r#"{"v":1,"kind":"execute","task":1}"#, why).is_none(), "names no run");
+        assert!(verdict_of("not json", why).is_none());
     }
 }

@@ -18,7 +18,11 @@ use crate::ports::Clock;
 /// oldest version that has its kind ([`Message::version`]), so a worker of the previous
 /// release still reads every kind it knows during a deployment and refuses (dead-letters)
 /// only the new ones.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
+
+/// At most this many attempts in one [`Message::Attempts`] (a message naming more is refused
+/// as malformed: the queue is ours, but what it carries is read as untrusted).
+pub const MAX_ATTEMPTS_PER_MESSAGE: usize = 100;
 
 /// What a queue carries.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -39,12 +43,28 @@ pub enum Message {
     /// Apply these events to the run, in one step (what a step deposits on the fold queue;
     /// schema v2).
     Events { run_id: String, events: Vec<Event> },
+    /// Run these attempts of one run (concurrently, in one step), then apply their results:
+    /// several `Execute`s in one message, so that a wide layer costs fewer queue requests and
+    /// invocations ([`pack`]; schema v3).
+    Attempts { run_id: String, attempts: Vec<AttemptRef> },
+}
+
+/// An attempt named in a [`Message::Attempts`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptRef {
+    pub task: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub item: Option<u32>,
+    pub attempt: u32,
 }
 
 impl Message {
     pub fn run_id(&self) -> &str {
         match self {
-            Message::Event { run_id, .. } | Message::Execute { run_id, .. } | Message::Events { run_id, .. } => run_id,
+            Message::Event { run_id, .. }
+            | Message::Execute { run_id, .. }
+            | Message::Events { run_id, .. }
+            | Message::Attempts { run_id, .. } => run_id,
         }
     }
 
@@ -53,8 +73,58 @@ impl Message {
         match self {
             Message::Event { .. } | Message::Execute { .. } => 1,
             Message::Events { .. } => 2,
+            Message::Attempts { .. } => 3,
         }
     }
+}
+
+/// Puts the attempts of each run that are to run now (undelayed `Execute`s, not ones admitted
+/// under a rate limit) into `Attempts` messages of at most `per` attempts, as evenly as that
+/// allows (23 attempts at 10 per message: 8, 8 and 7); every other message is left as it is,
+/// in its place. A group of one stays an `Execute` (which every schema version reads).
+/// `per` <= 1 packs nothing.
+pub fn pack(messages: Vec<(Message, Millis)>, per: usize) -> Vec<(Message, Millis)> {
+    let per = per.min(MAX_ATTEMPTS_PER_MESSAGE);
+    let packable = |m: &(Message, Millis)| matches!(m, (Message::Execute { admitted: false, .. }, 0));
+    if per <= 1 || messages.iter().filter(|m| packable(m)).count() < 2 {
+        return messages;
+    }
+    // Each run's attempts, in the order of its first one.
+    let mut runs: Vec<(String, Vec<AttemptRef>)> = Vec::new();
+    let mut out = Vec::with_capacity(messages.len());
+    for m in messages {
+        match m {
+            (Message::Execute { run_id, task, item, attempt, admitted: false }, 0) => {
+                let a = AttemptRef { task, item, attempt };
+                match runs.iter_mut().find(|(r, _)| *r == run_id) {
+                    Some((_, v)) => v.push(a),
+                    None => runs.push((run_id, vec![a])),
+                }
+            }
+            other => out.push(other),
+        }
+    }
+    for (run_id, attempts) in runs {
+        let chunks = attempts.len().div_ceil(per);
+        let (base, extra) = (attempts.len() / chunks, attempts.len() % chunks);
+        let mut rest = attempts.as_slice();
+        for c in 0..chunks {
+            let (these, next) = rest.split_at(base + usize::from(c < extra));
+            rest = next;
+            let m = match these {
+                [one] => Message::Execute {
+                    run_id: run_id.clone(),
+                    task: one.task,
+                    item: one.item,
+                    attempt: one.attempt,
+                    admitted: false,
+                },
+                _ => Message::Attempts { run_id: run_id.clone(), attempts: these.to_vec() },
+            };
+            out.push((m, 0));
+        }
+    }
+    out
 }
 
 /// A message as written on the wire.
@@ -84,6 +154,14 @@ impl Envelope {
             )));
         }
         let e: Envelope = serde_json::from_str(body).map_err(|e| QueueError::Malformed(e.to_string()))?;
+        if let Message::Attempts { attempts, .. } = &e.message
+            && (attempts.is_empty() || attempts.len() > MAX_ATTEMPTS_PER_MESSAGE)
+        {
+            return Err(QueueError::Malformed(format!(
+                "{} attempts in one message (1 to {MAX_ATTEMPTS_PER_MESSAGE})",
+                attempts.len()
+            )));
+        }
         Ok(e.message)
     }
 }
@@ -347,11 +425,68 @@ mod tests {
         let body = Envelope::encode(&m);
         assert_eq!(body, r#"{"v":1,"kind":"execute","run_id":"r","task":2,"item":1,"attempt":3}"#);
         assert_eq!(Envelope::decode(&body).unwrap(), m);
-        let newer = body.replace("\"v\":1", "\"v\":3");
-        assert!(Envelope::decode(&newer).unwrap_err().to_string().contains("newer than this worker's v2"));
+        let newer = body.replace("\"v\":1", "\"v\":4");
+        assert!(Envelope::decode(&newer).unwrap_err().to_string().contains("newer than this worker's v3"));
         let deposit = Message::Events { run_id: "r".into(), events: vec![Event::Tick, Event::Cancel] };
         let body = Envelope::encode(&deposit);
         assert!(body.starts_with(r#"{"v":2,"kind":"events""#), "{body}");
         assert_eq!(Envelope::decode(&body).unwrap(), deposit);
+        let a = |task, item| AttemptRef { task, item, attempt: 1 };
+        let packed = Message::Attempts { run_id: "r".into(), attempts: vec![a(2, None), a(3, Some(7))] };
+        let body = Envelope::encode(&packed);
+        assert_eq!(
+            body,
+            r#"{"v":3,"kind":"attempts","run_id":"r","attempts":[{"task":2,"attempt":1},{"task":3,"item":7,"attempt":1}]}"#
+        );
+        assert_eq!(Envelope::decode(&body).unwrap(), packed);
+        let none = body.replace(r#"[{"task":2,"attempt":1},{"task":3,"item":7,"attempt":1}]"#, "[]");
+        assert!(Envelope::decode(&none).unwrap_err().to_string().contains("0 attempts in one message"));
+        let many = Message::Attempts { run_id: "r".into(), attempts: vec![a(1, None); MAX_ATTEMPTS_PER_MESSAGE + 1] };
+        assert!(Envelope::decode(&Envelope::encode(&many)).is_err(), "more than a message may name");
+    }
+
+    fn execute(run: &str, task: usize, admitted: bool) -> Message {
+        Message::Execute { run_id: run.into(), task, item: None, attempt: 1, admitted }
+    }
+
+    fn named(m: &Message) -> Vec<(String, usize)> {
+        match m {
+            Message::Execute { run_id, task, .. } => vec![(run_id.clone(), *task)],
+            Message::Attempts { run_id, attempts } => attempts.iter().map(|a| (run_id.clone(), a.task)).collect(),
+            _ => vec![],
+        }
+    }
+
+    #[test]
+    fn packing_puts_each_runs_attempts_into_even_messages_and_leaves_the_rest() {
+        let tick = Message::Event { run_id: "a".into(), event: Event::Tick };
+        let mut ms: Vec<(Message, Millis)> = (0..23).map(|t| (execute("a", t, false), 0)).collect();
+        ms.insert(5, (tick.clone(), 0));
+        ms.push((execute("b", 0, false), 0));
+        ms.push((execute("a", 99, false), 500)); // delayed: left alone
+        ms.push((execute("a", 98, true), 0)); // admitted under a rate limit: left alone
+        let packed = pack(ms.clone(), 10);
+        // Nothing lost, nothing repeated.
+        let mut before: Vec<(String, usize)> = ms.iter().flat_map(|(m, _)| named(m)).collect();
+        let mut after: Vec<(String, usize)> = packed.iter().flat_map(|(m, _)| named(m)).collect();
+        before.sort();
+        after.sort();
+        assert_eq!(before, after);
+        let sizes: Vec<usize> = packed
+            .iter()
+            .filter_map(|(m, _)| match m {
+                Message::Attempts { run_id, attempts } if run_id == "a" => Some(attempts.len()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(sizes, vec![8, 8, 7], "23 attempts at up to 10 a message");
+        assert!(packed.contains(&(tick, 0)));
+        assert!(packed.contains(&(execute("b", 0, false), 0)), "a run's only attempt stays an Execute");
+        assert!(packed.contains(&(execute("a", 99, false), 500)));
+        assert!(packed.contains(&(execute("a", 98, true), 0)));
+        assert_eq!(packed.len(), 1 + 3 + 1 + 1 + 1);
+        assert_eq!(pack(ms.clone(), 1), ms, "one per message: unchanged");
+        let two = pack(vec![(execute("a", 1, false), 0), (execute("a", 2, false), 0)], 1000);
+        assert_eq!(two.len(), 1, "capped at the most a message may name, not refused");
     }
 }

@@ -5,8 +5,8 @@
 //! Protocol, for a batch of messages (grouped by run; each run's group is one step):
 //! 1. Load the run (snapshot + log; a warm worker keeps the state it last saw and reads only
 //!    the transitions stored since).
-//! 2. `Execute` of an attempt the stored run still has running: run it (the group's attempts
-//!    run concurrently); its result is an event. Any other `Execute` (the attempt already
+//! 2. `Execute` of an attempt the stored run still has running (or each such attempt an
+//!    `Attempts` message names): run it (the group's attempts run concurrently); its result is an event. Any other `Execute` (the attempt already
 //!    finished, or the run ended) re-sends what its finishing transition asked for
 //!    (`Plan::replay`): its first worker may have died between storing that transition and
 //!    sending its commands.
@@ -227,6 +227,11 @@ pub struct Worker {
     /// Where concurrency keys (`spec.concurrency.key`, a task's `concurrency`) are held: in
     /// this process by default, in DynamoDB for the serverless fleet.
     pub flow: Arc<dyn crate::flow::Flow>,
+    /// Up to this many attempts of a run that are to run now go in one message
+    /// ([`crate::queue::pack`]); they then run concurrently in one step, so a wide layer costs
+    /// fewer messages, receives, deletes, deposits and invocations. 1 (the default) sends one
+    /// `Execute` per attempt, which spreads them over the most workers.
+    pub pack: usize,
     runs: Mutex<HashMap<String, Cached>>,
     plans: Mutex<HashMap<[u8; 32], Arc<Plan>>>,
 }
@@ -249,6 +254,7 @@ impl Worker {
             cas: CasRetry::default(),
             fold: None,
             flow: crate::flow::process_local(),
+            pack: 1,
             runs: Mutex::default(),
             plans: Mutex::default(),
         }
@@ -318,6 +324,7 @@ impl Worker {
             let span = tracing::info_span!("send", messages = pending.len());
             crate::telemetry::adopt(&span, pending[0].1.as_deref());
             let out: Vec<(Message, Millis)> = pending.into_iter().map(|(m, _)| (m, 0)).collect();
+            let out = crate::queue::pack(out, self.pack);
             if let Err(e) = self.queue.send_batch(&out).instrument(span).await {
                 // Not acknowledged: the batch is delivered again and replays what was lost.
                 let why = e.to_string();
@@ -431,6 +438,8 @@ impl Worker {
         let mut deferred: Vec<(Message, Millis)> = Vec::new();
         // Attempts whose capacity was reserved before they were deferred.
         let mut admitted_ids: Vec<AttemptId> = Vec::new();
+        // The attempts the messages name, with whether their message was delivered before.
+        let mut named: Vec<(AttemptId, bool)> = Vec::new();
         for &(m, redelivered) in msgs {
             match m {
                 Message::Event { event, .. } => {
@@ -456,19 +465,27 @@ impl Worker {
                     if admitted {
                         admitted_ids.push(id);
                     }
-                    let unit = st.tasks.get(task).and_then(|t| t.units.get(id.unit()));
-                    let live = st.status == RunStatus::Running
-                        && unit.is_some_and(|u| u.status == TaskStatus::Running && u.attempt == attempt);
-                    if !live {
-                        let key = id.finished_key();
-                        if redelivered {
-                            again.push(key.clone());
-                        }
-                        owed.push(key);
-                    } else if !attempts.contains(&id) {
-                        attempts.push(id);
-                    }
+                    named.push((id, redelivered));
                 }
+                Message::Attempts { attempts: these, .. } => named.extend(
+                    these.iter().map(|a| (AttemptId { task: a.task, item: a.item, attempt: a.attempt }, redelivered)),
+                ),
+            }
+        }
+        // Run an attempt the stored run still has running; for any other, what its finishing
+        // transition asked for is owed again.
+        for (id, redelivered) in named {
+            let unit = st.tasks.get(id.task).and_then(|t| t.units.get(id.unit()));
+            let live = st.status == RunStatus::Running
+                && unit.is_some_and(|u| u.status == TaskStatus::Running && u.attempt == id.attempt);
+            if !live {
+                let key = id.finished_key();
+                if redelivered {
+                    again.push(key.clone());
+                }
+                owed.push(key);
+            } else if !attempts.contains(&id) {
+                attempts.push(id);
             }
         }
         // A run with a concurrency key starts only when it holds its key: otherwise its Start
@@ -882,7 +899,7 @@ impl Worker {
             }
         }
         if !out.is_empty() {
-            self.queue.send_batch(&out).await?;
+            self.queue.send_batch(&crate::queue::pack(out, self.pack)).await?;
         }
         if let Some(status) = finished {
             if let Some((key, _)) = run_key_of(plan, st) {

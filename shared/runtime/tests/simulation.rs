@@ -266,6 +266,8 @@ struct Report {
     lost: usize,
     appends: usize,
     deposits: usize,
+    /// Deliveries that named several attempts (`Message::Attempts`).
+    packed: usize,
 }
 
 async fn simulate(plan: Arc<Plan>, source: &'static str, seed: u64, faults: Faults) -> Report {
@@ -422,6 +424,7 @@ async fn simulate_with(
         lost: store.lost.load(Ordering::SeqCst),
         appends: store.appends.load(Ordering::SeqCst),
         deposits: 0,
+        packed: 0,
     }
 }
 
@@ -485,12 +488,16 @@ async fn simulate_fleet(plan: Arc<Plan>, source: &'static str, seed: u64, faults
             let mut w = Worker::new(store.clone(), to_steps.clone(), reg.clone(), clock.clone(), plan_of.clone());
             w.cas = no_wait;
             w.fold = Some(to_folds.clone());
+            // Attempts packed several to a message on most seeds (every size up to the whole
+            // layer), one per message on the rest.
+            w.pack = [1, 2, 3, 10][(seed / 3 % 4) as usize];
             Arc::new(w)
         })
         .collect();
     // The last one races writes from inside the store, as in `simulate_with`.
     *store.worker.lock().unwrap() = Some(Arc::downgrade(&fleet[workers]));
     let mut deposits = 0;
+    let mut packed = 0;
     let mut rounds = 0;
     while !(queue.is_empty() && folds.is_empty()) {
         rounds += 1;
@@ -502,6 +509,7 @@ async fn simulate_fleet(plan: Arc<Plan>, source: &'static str, seed: u64, faults
             let (q, max) = if fold { (&folds, 10) } else { (&queue, 4) };
             let n = 1 + (rng.lock().unwrap().next() % max) as usize;
             let ds = q.receive(n).await.unwrap();
+            packed += ds.iter().filter(|d| matches!(d.message, Message::Attempts { .. })).count();
             for d in &ds {
                 if chance(&rng, faults.duplicate) {
                     q.duplicate(&d.receipt);
@@ -554,6 +562,7 @@ async fn simulate_fleet(plan: Arc<Plan>, source: &'static str, seed: u64, faults
         lost: store.lost.load(Ordering::SeqCst),
         appends: store.appends.load(Ordering::SeqCst),
         deposits,
+        packed,
     }
 }
 
@@ -879,7 +888,7 @@ async fn a_fleet_folding_results_never_races_and_survives_faults() {
         let seeds: u64 =
             std::env::var("SIM_SEEDS").ok().and_then(|s| s.parse().ok()).map_or(300, |n: u64| (n / 30).max(1));
         let mut failures = Vec::new();
-        let (mut deposits, mut lost) = (0, 0);
+        let (mut deposits, mut lost, mut packed) = (0, 0, 0);
         for seed in 0..seeds {
             let r = match tokio::spawn(simulate_fleet(plan.clone(), source, seed, MANY, 8)).await {
                 Ok(r) => r,
@@ -890,11 +899,13 @@ async fn a_fleet_folding_results_never_races_and_survives_faults() {
             };
             deposits += r.deposits;
             lost += r.lost;
+            packed += r.packed;
             if let Err(e) = check(&plan, &r, &clean.summary) {
                 failures.push(format!("{name} seed {seed}: {e}"));
             }
         }
         assert!(failures.is_empty(), "{}", failures.join("\n"));
         assert!(deposits > 0, "{name}: results were deposited under faults too ({lost} lost writes)");
+        assert!(packed > 0, "{name}: messages of several attempts were delivered under faults");
     }
 }
