@@ -129,6 +129,8 @@ bench:
 	$(CARGO) build --release --locked -p llmo-aws --example serverless -p llmo-fn-step
 	localstack/with-stack.sh sh -c 'target/release/examples/serverless --check wide 10000 1 4 16 64 && \
 	  target/release/examples/serverless --check layered 1000 1 4 16 64 && \
+	  target/release/examples/serverless --pack 1 --check wide 10000 1 4 16 64 && \
+	  target/release/examples/serverless --pack 1 layered 1000 1 4 16 64 && \
 	  target/release/examples/serverless --no-fold layered 1000 1 4 16 64 && \
 	  target/release/examples/serverless --window 1 --check wide 10000 1 4 16 64 && \
 	  target/release/examples/serverless --window 1 layered 1000 1 4 16 64 && \
