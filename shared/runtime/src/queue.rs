@@ -80,9 +80,9 @@ impl Message {
 
 /// Puts the attempts of each run that are to run now (undelayed `Execute`s, not ones admitted
 /// under a rate limit) into `Attempts` messages of at most `per` attempts, as evenly as that
-/// allows (23 attempts at 10 per message: 8, 8 and 7); every other message is left as it is,
-/// in its place. A group of one stays an `Execute` (which every schema version reads).
-/// `per` <= 1 packs nothing.
+/// allows (23 attempts at 10 per message: 8, 8 and 7), after every other message, which is
+/// left as it is and in its order (a standard queue keeps no order anyway). A group of one
+/// stays an `Execute` (which every schema version reads). `per` <= 1 packs nothing.
 pub fn pack(messages: Vec<(Message, Millis)>, per: usize) -> Vec<(Message, Millis)> {
     let per = per.min(MAX_ATTEMPTS_PER_MESSAGE);
     let packable = |m: &(Message, Millis)| matches!(m, (Message::Execute { admitted: false, .. }, 0));
