@@ -128,8 +128,10 @@ bench:
 	$(CARGO) build --release --locked -p llmo-runtime --example model_server --example io_bound
 	target/release/examples/io_bound 5000 100 200
 	target/release/examples/io_bound 5000 500 200
-	$(CARGO) build --release --locked -p llmo-aws --example serverless -p llmo-fn-step
+	$(CARGO) build --release --locked -p llmo-aws --example serverless -p llmo-fn-step -p llmo-runtime --example model_server
 	localstack/with-stack.sh sh -c 'target/release/examples/serverless --check wide 10000 1 4 16 64 && \
+	  target/release/examples/serverless --latency 200 layered 1000 1 4 16 64 && \
+	  target/release/examples/serverless --latency 200 --pack 1 layered 1000 1 4 16 64 && \
 	  target/release/examples/serverless --check layered 1000 1 4 16 64 && \
 	  target/release/examples/serverless --pack 1 --check wide 10000 1 4 16 64 && \
 	  target/release/examples/serverless --pack 1 layered 1000 1 4 16 64 && \

@@ -1,6 +1,6 @@
 //! Throughput, per-step latency and AWS cost of the serverless runtime on the local stack.
 //!
-//!   localstack/with-stack.sh cargo run --release -p llmo-aws --example serverless -- [--no-fold] [--check] [--window SECS] [--pack N] [chain|layered|wide] [TASKS] [WORKERS...]
+//!   localstack/with-stack.sh cargo run --release -p llmo-aws --example serverless -- [--no-fold] [--check] [--window SECS] [--pack N] [--latency MS] [chain|layered|wide] [TASKS] [WORKERS...]
 //!
 //! Runs a layered DAG of TASKS `transform` tasks (default 1,000: 10 layers, each task reading
 //! two of the layer before), a chain of TASKS, or `wide`: one `for_each` of TASKS items between
@@ -12,6 +12,9 @@
 //! `--window SECS` gives the step queue's pollers a batching window (the event source mapping's
 //! `MaximumBatchingWindowInSeconds`; the template's `StepBatchWindow`): fuller batches, fewer
 //! invocations, up to SECS more latency per queue hop.
+//! `--latency MS` makes every step (each item of `wide`) a model call to a local
+//! OpenAI-compatible server answering after MS ms (`model_server`, started here), and bills
+//! compute by the invocations' measured durations.
 //! `--pack N` puts up to N attempts of a run in one step message (`Worker::pack`; the
 //! template's `StepAttemptsPerMessage`, 10 by default); `--pack 1` sends one per attempt.
 //! `--cold [STEP_BINARY]` measures the step function's cold start instead (see `cold_starts`).
@@ -32,10 +35,24 @@ use llmo_aws::sqs::SqsQueue;
 use llmo_aws::step::Step;
 use llmo_runtime::providers::Config;
 
-fn workflow(tasks: usize, shape: &str) -> String {
+/// The body of a step: a transform whose output is the YAML scalar `output`, or with `llm` a
+/// model call to the local model server with that text in its prompt.
+fn body(llm: bool, output: &str) -> String {
+    if llm {
+        format!(
+            "type: llm, with: {{ provider: local, model: m, prompt: \"Item {}\", max_tokens: 5 }}",
+            output.trim_matches('"')
+        )
+    } else {
+        format!("type: transform, with: {{ output: {output} }}")
+    }
+}
+
+fn workflow(tasks: usize, shape: &str, llm: bool) -> String {
     if shape == "wide" {
         return format!(
-            "apiVersion: llm-orchestrator/v1\nkind: Workflow\nmetadata: {{ name: wide }}\nspec:\n  tasks:\n    - {{ id: a, type: transform, with: {{ output: 1 }} }}\n    - {{ id: docs, type: transform, depends_on: [a], for_each: \"range({tasks})\", with: {{ output: \"{{{{ item }}}}\" }} }}\n    - {{ id: z, type: transform, depends_on: [docs], with: {{ output: done }} }}\n"
+            "apiVersion: llm-orchestrator/v1\nkind: Workflow\nmetadata: {{ name: wide }}\nspec:\n  tasks:\n    - {{ id: a, type: transform, with: {{ output: 1 }} }}\n    - {{ id: docs, depends_on: [a], for_each: \"range({tasks})\", {} }}\n    - {{ id: z, type: transform, depends_on: [docs], with: {{ output: done }} }}\n",
+            body(llm, "\"{{ item }}\"")
         );
     }
     if shape == "chain" {
@@ -44,7 +61,7 @@ fn workflow(tasks: usize, shape: &str) -> String {
         );
         for i in 0..tasks {
             let deps = if i == 0 { String::new() } else { format!(", depends_on: [t{}]", i - 1) };
-            y.push_str(&format!("    - {{ id: t{i}, type: transform{deps}, with: {{ output: {i} }} }}\n"));
+            y.push_str(&format!("    - {{ id: t{i}{deps}, {} }}\n", body(llm, &i.to_string())));
         }
         return y;
     }
@@ -59,7 +76,7 @@ fn workflow(tasks: usize, shape: &str) -> String {
             } else {
                 format!(", depends_on: [t{}_{}, t{}_{}]", l - 1, i, l - 1, (i + 1) % width)
             };
-            y.push_str(&format!("    - {{ id: t{l}_{i}, type: transform{deps}, with: {{ output: {i} }} }}\n"));
+            y.push_str(&format!("    - {{ id: t{l}_{i}{deps}, {} }}\n", body(llm, &i.to_string())));
         }
     }
     y
@@ -84,10 +101,24 @@ struct Run {
     workers: usize,
     secs: f64,
     invocations: u64,
+    /// Seconds the invocations ran, summed (what Lambda bills as duration).
+    busy_secs: f64,
     usage: Reading,
 }
 
-async fn run(aws: &Aws, source: &str, tasks: usize, workers: usize, folds: bool, window: i32, pack: usize) -> Run {
+/// How the workers are deployed.
+struct Deployment {
+    folds: bool,
+    /// The step queue's batching window, seconds.
+    window: i32,
+    /// Attempts per step message.
+    pack: usize,
+    /// The providers of real model calls (`--latency`); none: transforms and mock models.
+    models: Option<Config>,
+}
+
+async fn run(aws: &Aws, source: &str, tasks: usize, workers: usize, d: &Deployment) -> Run {
+    let (folds, window, pack) = (d.folds, d.window, d.pack);
     let aws = fresh(aws, &format!("w{workers}"), folds).await;
     let api = llmo_aws::api::Api::new(
         &aws,
@@ -106,10 +137,15 @@ async fn run(aws: &Aws, source: &str, tasks: usize, workers: usize, folds: bool,
         .unwrap_or_else(|e| panic!("start failed: {e}"));
     let run_id = started.run_id;
     let invocations = Arc::new(AtomicU64::new(0));
+    let busy_micros = Arc::new(AtomicU64::new(0));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut handles = Vec::new();
     for _ in 0..workers {
-        let mut step = Step::new(&aws, llmo_runtime::standard_registry(Config::builtin(), true, Default::default()));
+        let registry = match &d.models {
+            Some(config) => llmo_runtime::standard_registry(config.clone(), false, Default::default()),
+            None => llmo_runtime::standard_registry(Config::builtin(), true, Default::default()),
+        };
+        let mut step = Step::new(&aws, registry);
         step.worker.pack = pack;
         let step = Arc::new(step);
         // Long polls of 20 s, as Lambda's event source mapping makes (an empty receive is a
@@ -119,14 +155,20 @@ async fn run(aws: &Aws, source: &str, tasks: usize, workers: usize, folds: bool,
             q.wait_secs = 20;
             q.batch_window_secs = if q.fifo { 0 } else { window };
         });
-        let (inv, mut rx) = (invocations.clone(), stop_rx.clone());
+        let (inv, busy, mut rx) = (invocations.clone(), busy_micros.clone(), stop_rx.clone());
         handles.push(tokio::spawn(async move {
             llmo_aws::local::poll_queues(
                 &queues,
                 10,
                 |e| {
                     inv.fetch_add(1, Ordering::Relaxed);
-                    step.handle(e)
+                    let (step, busy) = (step.clone(), busy.clone());
+                    async move {
+                        let t = Instant::now();
+                        let r = step.handle(e).await;
+                        busy.fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
+                        r
+                    }
                 },
                 async move {
                     let _ = rx.wait_for(|s| *s).await;
@@ -159,7 +201,14 @@ async fn run(aws: &Aws, source: &str, tasks: usize, workers: usize, folds: bool,
         h.abort();
         let _ = h.await;
     }
-    Run { tasks, workers, secs, invocations: invocations.load(Ordering::Relaxed), usage }
+    Run {
+        tasks,
+        workers,
+        secs,
+        invocations: invocations.load(Ordering::Relaxed),
+        busy_secs: busy_micros.load(Ordering::Relaxed) as f64 / 1e6,
+        usage,
+    }
 }
 
 /// The raw SDK calls of one step, one after another: receive, conditional put, query, send,
@@ -275,6 +324,39 @@ async fn cold_starts(aws: &Aws, bin: &str, n: usize) {
     );
 }
 
+/// Starts the local OpenAI-compatible server (`model_server`, built beside this example by
+/// `cargo build --release -p llmo-runtime --example model_server`) answering after `ms`, and the
+/// providers' config that points the `local` provider at it. The server stops with the handle.
+fn model_server(ms: u64) -> (Config, KillOnDrop) {
+    use std::io::BufRead;
+    let bin = std::env::current_exe().expect("this binary's path").with_file_name("model_server");
+    let mut server = std::process::Command::new(&bin)
+        .arg(ms.to_string())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("{}: {e} (cargo build --release -p llmo-runtime --example model_server)", bin.display())
+        });
+    let mut line = String::new();
+    std::io::BufReader::new(server.stdout.take().expect("its stdout")).read_line(&mut line).expect("its address");
+    let addr = line.trim().strip_prefix("listening on ").expect("the server prints its address").to_string();
+    let config = Config::from_yaml(
+        "bench.yaml",
+        &format!("providers:\n  local: {{ kind: openai, base_url: 'http://{addr}/v1', free: true }}\n"),
+    )
+    .expect("the providers' config");
+    (config, KillOnDrop(server))
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 4)]
 async fn main() {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
@@ -297,6 +379,12 @@ async fn main() {
         pack = args.get(i + 1).and_then(|a| a.parse().ok()).expect("--pack N");
         args.drain(i..i + 2);
     }
+    // Steps that call a model answering after this many ms instead of transforms.
+    let mut latency: Option<u64> = None;
+    if let Some(i) = args.iter().position(|a| a == "--latency") {
+        latency = Some(args.get(i + 1).and_then(|a| a.parse().ok()).expect("--latency MS"));
+        args.drain(i..i + 2);
+    }
     let shape = match args.first().map(String::as_str) {
         Some(s @ ("chain" | "layered" | "wide")) => s.to_string(),
         _ => "layered".to_string(),
@@ -308,11 +396,22 @@ async fn main() {
     let workers: Vec<usize> =
         if args.len() > 1 { args[1..].iter().filter_map(|a| a.parse().ok()).collect() } else { vec![1, 2, 4] };
     let aws = Aws::from_env().await;
-    let source = workflow(tasks, &shape);
+    let (models, _server) = match latency {
+        Some(ms) => {
+            let (config, server) = model_server(ms);
+            (Some(config), Some(server))
+        }
+        None => (None, None),
+    };
+    let source = workflow(tasks, &shape, latency.is_some());
     let what =
         if shape == "wide" { format!("for_each of {tasks} items") } else { format!("{shape} DAG of {tasks} tasks") };
+    let kind = match latency {
+        Some(ms) => format!("model calls answered after {ms} ms"),
+        None => "transform tasks".to_string(),
+    };
     println!(
-        "{what}, transform tasks, {}{}",
+        "{what}, {kind}, {}{}",
         if folds { "fold queue" } else { "no fold queue" },
         if window > 0 { format!(", {window} s batching window on the step queue") } else { String::new() }
     );
@@ -323,27 +422,34 @@ async fn main() {
         floor * 1e3
     );
     println!(
-        "| workers | tasks | wall s | steps/s | ms/step | vs floor | invocations/step | SQS req/step | DynamoDB req/step | WRU/step | RRU/step | S3 req/step | log writes | lost CAS | lost % | $/M steps |"
+        "| workers | tasks | wall s | steps/s | ms/step | vs floor | invocations/step | invocation ms/step | SQS req/step | DynamoDB req/step | WRU/step | RRU/step | S3 req/step | log writes | lost CAS | lost % | $/M steps |"
     );
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    let deployment = Deployment { folds, window, pack, models };
     // (workers, WRU per step, lost writes, log writes) of each run, for `--check`.
     let mut seen: Vec<(usize, f64, u64, u64)> = Vec::new();
     for w in workers {
-        let r = run(&aws, &source, tasks, w, folds, window, pack).await;
+        let r = run(&aws, &source, tasks, w, &deployment).await;
         let n = (if shape == "wide" { r.tasks + 2 } else { r.tasks }) as f64;
         let u = r.usage;
         let inv = r.invocations as f64 / n;
+        // Compute: with transforms, 20 ms at 128 MB per invocation and per step (this VM's
+        // invocations mostly wait for the emulators, which AWS answers faster); with model
+        // calls (`--latency`), the invocations' measured durations at 128 MB, since waiting
+        // for a model is billed time.
+        let compute = match latency {
+            None => inv * price::LAMBDA_PER_INVOCATION_20MS_128MB + price::LAMBDA_PER_INVOCATION_20MS_128MB,
+            Some(_) => r.busy_secs / n * 0.125 * price::LAMBDA_PER_GB_SECOND,
+        };
         let cost = (u.sqs_requests as f64 / n) * price::SQS_PER_REQUEST
             + (u.wru / n) * price::DYNAMODB_PER_WRU
             + (u.rru / n) * price::DYNAMODB_PER_RRU
             + (u.s3_requests as f64 / n) * price::S3_PER_PUT
-            // Compute is charged per invocation and per step (20 ms each at 128 MB): an
-            // invocation that steps a chain in place runs longer.
-            + inv * (price::LAMBDA_PER_REQUEST + price::LAMBDA_PER_INVOCATION_20MS_128MB)
-            + price::LAMBDA_PER_INVOCATION_20MS_128MB;
+            + inv * price::LAMBDA_PER_REQUEST
+            + compute;
         let per = r.secs / n;
         println!(
-            "| {} | {} | {:.1} | {:.0} | {:.2} | {:.2}x | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.4} | {} | {} | {:.1}% | ${:.3} |",
+            "| {} | {} | {:.1} | {:.0} | {:.2} | {:.2}x | {:.3} | {:.1} | {:.3} | {:.3} | {:.3} | {:.3} | {:.4} | {} | {} | {:.1}% | ${:.3} |",
             r.workers,
             r.tasks,
             r.secs,
@@ -351,6 +457,7 @@ async fn main() {
             per * 1e3,
             per / floor,
             inv,
+            r.busy_secs / n * 1e3,
             u.sqs_requests as f64 / n,
             u.dynamodb_requests as f64 / n,
             u.wru / n,

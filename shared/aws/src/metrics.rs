@@ -85,8 +85,10 @@ pub mod price {
     pub const DYNAMODB_PER_RRU: f64 = 0.125 / 1e6;
     pub const S3_PER_PUT: f64 = 5.0 / 1e6;
     pub const LAMBDA_PER_REQUEST: f64 = 0.20 / 1e6;
-    /// 20 ms at 128 MB on Arm ($0.0000133334 per GB-second).
-    pub const LAMBDA_PER_INVOCATION_20MS_128MB: f64 = 0.0000133334 * 0.125 * 0.020;
+    /// Lambda compute on Arm, per GB-second.
+    pub const LAMBDA_PER_GB_SECOND: f64 = 0.0000133334;
+    /// 20 ms at 128 MB on Arm.
+    pub const LAMBDA_PER_INVOCATION_20MS_128MB: f64 = LAMBDA_PER_GB_SECOND * 0.125 * 0.020;
     pub const STEP_FUNCTIONS_STANDARD_PER_TRANSITION: f64 = 25.0 / 1e6;
 }
 
