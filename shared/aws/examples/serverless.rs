@@ -35,6 +35,9 @@ use llmo_aws::sqs::SqsQueue;
 use llmo_aws::step::Step;
 use llmo_runtime::providers::Config;
 
+#[path = "../../runtime/examples/common/local_model.rs"]
+mod local_model;
+
 /// The body of a step: a transform whose output is the YAML scalar `output`, or with `llm` a
 /// model call to the local model server with that text in its prompt.
 fn body(llm: bool, output: &str) -> String {
@@ -324,39 +327,6 @@ async fn cold_starts(aws: &Aws, bin: &str, n: usize) {
     );
 }
 
-/// Starts the local OpenAI-compatible server (`model_server`, built beside this example by
-/// `cargo build --release -p llmo-runtime --example model_server`) answering after `ms`, and the
-/// providers' config that points the `local` provider at it. The server stops with the handle.
-fn model_server(ms: u64) -> (Config, KillOnDrop) {
-    use std::io::BufRead;
-    let bin = std::env::current_exe().expect("this binary's path").with_file_name("model_server");
-    let mut server = std::process::Command::new(&bin)
-        .arg(ms.to_string())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!("{}: {e} (cargo build --release -p llmo-runtime --example model_server)", bin.display())
-        });
-    let mut line = String::new();
-    std::io::BufReader::new(server.stdout.take().expect("its stdout")).read_line(&mut line).expect("its address");
-    let addr = line.trim().strip_prefix("listening on ").expect("the server prints its address").to_string();
-    let config = Config::from_yaml(
-        "bench.yaml",
-        &format!("providers:\n  local: {{ kind: openai, base_url: 'http://{addr}/v1', free: true }}\n"),
-    )
-    .expect("the providers' config");
-    (config, KillOnDrop(server))
-}
-
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::main(flavor = "multi_thread", worker_threads = 4)]
 async fn main() {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
@@ -396,13 +366,8 @@ async fn main() {
     let workers: Vec<usize> =
         if args.len() > 1 { args[1..].iter().filter_map(|a| a.parse().ok()).collect() } else { vec![1, 2, 4] };
     let aws = Aws::from_env().await;
-    let (models, _server) = match latency {
-        Some(ms) => {
-            let (config, server) = model_server(ms);
-            (Some(config), Some(server))
-        }
-        None => (None, None),
-    };
+    let server = latency.map(local_model::ModelServer::start);
+    let models = server.as_ref().map(local_model::ModelServer::config);
     let source = workflow(tasks, &shape, latency.is_some());
     let what =
         if shape == "wide" { format!("for_each of {tasks} items") } else { format!("{shape} DAG of {tasks} tasks") };

@@ -12,7 +12,6 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use std::io::BufRead;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -21,11 +20,13 @@ use llmo_core::source::SourceFile;
 use llmo_core::validate::Validator;
 use llmo_runtime::driver::{Driver, Options};
 use llmo_runtime::ports::SystemClock;
-use llmo_runtime::providers::Config;
 use llmo_runtime::store::MemoryStore;
 
 mod common;
 use common::peak_rss_mb;
+#[path = "common/local_model.rs"]
+mod local_model;
+use local_model::ModelServer;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -34,21 +35,8 @@ fn main() {
     let items = nums.first().copied().unwrap_or(5_000);
     let in_flight = nums.get(1).copied().unwrap_or(100) as usize;
     let latency_ms = nums.get(2).copied().unwrap_or(200);
-    let server_bin = std::env::current_exe().unwrap().with_file_name("model_server");
-    let mut server = std::process::Command::new(&server_bin)
-        .arg(latency_ms.to_string())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{}: {e} (build it: cargo build -p llmo-runtime --examples)", server_bin.display()));
-    let mut line = String::new();
-    std::io::BufReader::new(server.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let addr = line.trim().strip_prefix("listening on ").expect("the server's address").to_string();
-
-    let config = Config::from_yaml(
-        "bench.yaml",
-        &format!("providers:\n  local: {{ kind: openai, base_url: 'http://{addr}/v1', free: true }}\n"),
-    )
-    .unwrap();
+    let server = ModelServer::start(latency_ms);
+    let config = server.config();
     let text = format!(
         "apiVersion: llm-orchestrator/v1\nkind: Workflow\nmetadata: {{ name: io-bound }}\nspec:\n  tasks:\n    - id: ask\n      type: llm\n      for_each: \"range({items})\"\n      with: {{ provider: local, model: m, prompt: \"Item {{{{ item }}}}\", max_tokens: 5 }}\n"
     );
@@ -66,8 +54,7 @@ fn main() {
     let t = Instant::now();
     let end = rt.block_on(d.start("io", inputs, "io.yaml", &text, &mut ())).unwrap();
     let took = t.elapsed().as_secs_f64();
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
     assert_eq!(end.state.status, RunStatus::Succeeded, "{:?}", end.state.error);
     let ideal = (items as f64 / in_flight as f64).ceil() * latency_ms as f64 / 1000.0;
     let rss = peak_rss_mb();
