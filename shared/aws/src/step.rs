@@ -163,7 +163,8 @@ fn receive_count(r: &SqsMessage) -> u32 {
 
 /// The dead-letter handler: a message that failed every delivery fails what it was about.
 /// An `Execute` fails its attempt for good (the task's `on_failure` then decides), an
-/// `Attempts` fails each attempt it names; any other message aborts the run. Both go through the ordinary step, so `on.failure` hooks run.
+/// `Attempts` fails each attempt it names; any other message aborts the run. Both go through
+/// the ordinary step, so `on.failure` hooks run.
 pub struct DeadLetters {
     pub worker: Worker,
     pub queue: SqsQueue,

@@ -6,8 +6,9 @@
 //! 1. Load the run (snapshot + log; a warm worker keeps the state it last saw and reads only
 //!    the transitions stored since).
 //! 2. `Execute` of an attempt the stored run still has running (or each such attempt an
-//!    `Attempts` message names): run it (the group's attempts run concurrently); its result is an event. Any other `Execute` (the attempt already
-//!    finished, or the run ended) re-sends what its finishing transition asked for
+//!    `Attempts` message names): run it (the group's attempts run concurrently); its result
+//!    is an event. Any other `Execute` (the attempt already finished, or the run ended)
+//!    re-sends what its finishing transition asked for
 //!    (`Plan::replay`): its first worker may have died between storing that transition and
 //!    sending its commands.
 //! 3. Apply the events and append them in one compare-and-set write; on a lost race, reload
@@ -172,6 +173,26 @@ pub(crate) fn attempt_holder(run_id: &str, id: AttemptId) -> String {
     format!("{run_id}/{}/{item}/{}", id.task, id.attempt)
 }
 
+/// The attempts a packed message names, one `Execute` message each.
+fn unpack(m: &Message) -> Vec<(Message, Millis)> {
+    match m {
+        Message::Attempts { run_id, attempts } => attempts
+            .iter()
+            .map(|a| {
+                let m = Message::Execute {
+                    run_id: run_id.clone(),
+                    task: a.task,
+                    item: a.item,
+                    attempt: a.attempt,
+                    admitted: false,
+                };
+                (m, 0)
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
 /// What a step did, for logs and tests.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
@@ -182,6 +203,10 @@ pub enum Outcome {
     /// Handed this many events to the run's fold group (other workers were running attempts
     /// of the run): the step that folds them stores them and sends their commands.
     Deposited(usize),
+    /// A message of several attempts delivered again (its first delivery failed, or its
+    /// worker died): its attempts were sent again one per message, so that one that cannot
+    /// be processed is dead-lettered alone instead of with the others packed beside it.
+    Unpacked(usize),
 }
 
 /// How far [`Worker::handle_batch_continuing`] goes on in place.
@@ -345,8 +370,37 @@ impl Worker {
         in_place: bool,
         folding: bool,
     ) -> Vec<Result<Outcome, Error>> {
+        let mut out: Vec<Option<Result<Outcome, Error>>> = (0..ds.len()).map(|_| None).collect();
+        // A packed message delivered again is not run packed: its attempts go back one per
+        // message (a poison attempt, one that crashes or outlasts every invocation it is in,
+        // would otherwise take the attempts packed with it to the dead-letter queue).
+        let again: Vec<usize> = (0..ds.len())
+            .filter(|&i| !in_place && ds[i].receive_count > 1 && matches!(ds[i].message, Message::Attempts { .. }))
+            .collect();
+        if !again.is_empty() {
+            let unpacked: Vec<(Message, Millis)> = again.iter().flat_map(|&i| unpack(&ds[i].message)).collect();
+            tracing::info!(
+                messages = again.len(),
+                attempts = unpacked.len(),
+                "packed messages delivered again: their attempts go back one per message"
+            );
+            let r = self.queue.send_batch(&unpacked).await;
+            for &i in &again {
+                let n = match &ds[i].message {
+                    Message::Attempts { attempts, .. } => attempts.len(),
+                    _ => 0,
+                };
+                out[i] = Some(match &r {
+                    Ok(()) => Ok(Outcome::Unpacked(n)),
+                    Err(e) => Err(Error::Step(ds[i].message.run_id().to_string(), e.to_string())),
+                });
+            }
+        }
         let mut groups: Vec<(&str, Vec<usize>)> = Vec::new();
         for (i, d) in ds.iter().enumerate() {
+            if out[i].is_some() {
+                continue;
+            }
             let run = d.message.run_id();
             match groups.iter_mut().find(|(r, _)| *r == run) {
                 Some((_, idx)) => idx.push(i),
@@ -359,7 +413,6 @@ impl Worker {
             async move { self.step(run, &msgs, keep, in_place, folding, trace).await }
         });
         let done = futures::future::join_all(steps).await;
-        let mut out: Vec<Option<Result<Outcome, Error>>> = (0..ds.len()).map(|_| None).collect();
         for ((run, idx), r) in groups.iter().zip(done) {
             match r {
                 Ok(o) => idx.iter().for_each(|&i| out[i] = Some(Ok(o.clone()))),
@@ -412,6 +465,7 @@ impl Worker {
             }
             Ok(Outcome::Replayed) => "replayed",
             Ok(Outcome::Deposited(_)) => "deposited",
+            Ok(Outcome::Unpacked(_)) => "unpacked",
             Err(_) => "failed",
         };
         span.record("outcome", outcome);
@@ -909,6 +963,32 @@ impl Worker {
             run_hooks(plan, &self.executors, st, status, &mut () as &mut dyn Observer).await;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod unpack_tests {
+    use super::*;
+    use crate::queue::{AttemptRef, ManualClock, MemoryQueue};
+    use crate::store::MemoryStore;
+
+    #[tokio::test]
+    async fn a_packed_message_delivered_again_goes_back_one_attempt_per_message() {
+        let clock = Arc::new(ManualClock::default());
+        let queue = Arc::new(MemoryQueue::new(clock.clone(), 30_000));
+        let mut w = Worker::from_stored(Arc::new(MemoryStore::default()), queue.clone(), Arc::default(), clock);
+        w.pack = 10;
+        let a = |task| AttemptRef { task, item: Some(4), attempt: 2 };
+        let packed = Message::Attempts { run_id: "r".into(), attempts: vec![a(1), a(3)] };
+        let d = |receive_count| Delivery { receipt: "x".into(), message: packed.clone(), receive_count, trace: None };
+        // Its first delivery is run packed (here: the run does not exist, so it fails).
+        assert!(matches!(w.handle(&d(1)).await, Err(Error::NoSuchRun(_))));
+        assert!(queue.is_empty());
+        // Delivered again, it is not run: each attempt is sent alone, and not packed again.
+        assert!(matches!(w.handle(&d(2)).await, Ok(Outcome::Unpacked(2))));
+        let sent: Vec<Message> = queue.receive(10).await.unwrap().into_iter().map(|d| d.message).collect();
+        let one = |task| Message::Execute { run_id: "r".into(), task, item: Some(4), attempt: 2, admitted: false };
+        assert_eq!(sent, vec![one(1), one(3)]);
     }
 }
 
