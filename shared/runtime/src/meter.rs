@@ -124,6 +124,11 @@ pub fn deferred(n: usize) {
     metrics::counter!("llmo_attempts_deferred_total").increment(n as u64);
 }
 
+/// Attempts of packed messages delivered again, sent back one per message.
+pub fn unpacked(n: usize) {
+    metrics::counter!("llmo_attempts_unpacked_total").increment(n as u64);
+}
+
 /// Events a step handed to its run's fold group instead of appending them itself.
 pub fn deposited(n: usize) {
     metrics::counter!("llmo_events_deposited_total").increment(n as u64);

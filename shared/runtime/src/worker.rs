@@ -391,7 +391,10 @@ impl Worker {
                     _ => 0,
                 };
                 out[i] = Some(match &r {
-                    Ok(()) => Ok(Outcome::Unpacked(n)),
+                    Ok(()) => {
+                        crate::meter::unpacked(n);
+                        Ok(Outcome::Unpacked(n))
+                    }
                     Err(e) => Err(Error::Step(ds[i].message.run_id().to_string(), e.to_string())),
                 });
             }
