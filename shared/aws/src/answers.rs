@@ -153,11 +153,8 @@ impl Api {
                 Ok(true)
             }
             Ok(Outcome::Replayed) => Ok(false),
-            // The API's worker has no fold queue: it appends its events itself; and an answer is
-            // an event, never a packed message.
-            Ok(Outcome::Deposited(_) | Outcome::Unpacked(_)) => {
-                Err(Box::new(internal("an answer was deposited or unpacked, not applied")))
-            }
+            // The API's worker has no fold queue: it appends its events itself.
+            Ok(Outcome::Deposited(_)) => Err(Box::new(internal("an answer was deposited, not applied"))),
             Err(e) => {
                 // The answer may be stored with what it asks for unsent (the queue failed):
                 // its event on the queue makes a worker apply it, or, if it is stored, send

@@ -173,26 +173,6 @@ pub(crate) fn attempt_holder(run_id: &str, id: AttemptId) -> String {
     format!("{run_id}/{}/{item}/{}", id.task, id.attempt)
 }
 
-/// The attempts a packed message names, one `Execute` message each.
-fn unpack(m: &Message) -> Vec<(Message, Millis)> {
-    match m {
-        Message::Attempts { run_id, attempts } => attempts
-            .iter()
-            .map(|a| {
-                let m = Message::Execute {
-                    run_id: run_id.clone(),
-                    task: a.task,
-                    item: a.item,
-                    attempt: a.attempt,
-                    admitted: false,
-                };
-                (m, 0)
-            })
-            .collect(),
-        _ => Vec::new(),
-    }
-}
-
 /// What a step did, for logs and tests.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
@@ -203,10 +183,6 @@ pub enum Outcome {
     /// Handed this many events to the run's fold group (other workers were running attempts
     /// of the run): the step that folds them stores them and sends their commands.
     Deposited(usize),
-    /// A message of several attempts delivered again (its first delivery failed, or its
-    /// worker died): its attempts were sent again one per message, so that one that cannot
-    /// be processed is dead-lettered alone instead of with the others packed beside it.
-    Unpacked(usize),
 }
 
 /// How far [`Worker::handle_batch_continuing`] goes on in place.
@@ -370,40 +346,8 @@ impl Worker {
         in_place: bool,
         folding: bool,
     ) -> Vec<Result<Outcome, Error>> {
-        let mut out: Vec<Option<Result<Outcome, Error>>> = (0..ds.len()).map(|_| None).collect();
-        // A packed message delivered again is not run packed: its attempts go back one per
-        // message (a poison attempt, one that crashes or outlasts every invocation it is in,
-        // would otherwise take the attempts packed with it to the dead-letter queue).
-        let again: Vec<usize> = (0..ds.len())
-            .filter(|&i| !in_place && ds[i].receive_count > 1 && matches!(ds[i].message, Message::Attempts { .. }))
-            .collect();
-        if !again.is_empty() {
-            let unpacked: Vec<(Message, Millis)> = again.iter().flat_map(|&i| unpack(&ds[i].message)).collect();
-            tracing::info!(
-                messages = again.len(),
-                attempts = unpacked.len(),
-                "packed messages delivered again: their attempts go back one per message"
-            );
-            let r = self.queue.send_batch(&unpacked).await;
-            for &i in &again {
-                let n = match &ds[i].message {
-                    Message::Attempts { attempts, .. } => attempts.len(),
-                    _ => 0,
-                };
-                out[i] = Some(match &r {
-                    Ok(()) => {
-                        crate::meter::unpacked(n);
-                        Ok(Outcome::Unpacked(n))
-                    }
-                    Err(e) => Err(Error::Step(ds[i].message.run_id().to_string(), e.to_string())),
-                });
-            }
-        }
         let mut groups: Vec<(&str, Vec<usize>)> = Vec::new();
         for (i, d) in ds.iter().enumerate() {
-            if out[i].is_some() {
-                continue;
-            }
             let run = d.message.run_id();
             match groups.iter_mut().find(|(r, _)| *r == run) {
                 Some((_, idx)) => idx.push(i),
@@ -416,6 +360,7 @@ impl Worker {
             async move { self.step(run, &msgs, keep, in_place, folding, trace).await }
         });
         let done = futures::future::join_all(steps).await;
+        let mut out: Vec<Option<Result<Outcome, Error>>> = (0..ds.len()).map(|_| None).collect();
         for ((run, idx), r) in groups.iter().zip(done) {
             match r {
                 Ok(o) => idx.iter().for_each(|&i| out[i] = Some(Ok(o.clone()))),
@@ -468,7 +413,6 @@ impl Worker {
             }
             Ok(Outcome::Replayed) => "replayed",
             Ok(Outcome::Deposited(_)) => "deposited",
-            Ok(Outcome::Unpacked(_)) => "unpacked",
             Err(_) => "failed",
         };
         span.record("outcome", outcome);
@@ -495,8 +439,9 @@ impl Worker {
         let mut deferred: Vec<(Message, Millis)> = Vec::new();
         // Attempts whose capacity was reserved before they were deferred.
         let mut admitted_ids: Vec<AttemptId> = Vec::new();
-        // The attempts the messages name, with whether their message was delivered before.
-        let mut named: Vec<(AttemptId, bool)> = Vec::new();
+        // The attempts the messages name, with whether their message was delivered before and
+        // whether it was a packed message delivered again.
+        let mut named: Vec<(AttemptId, bool, bool)> = Vec::new();
         for &(m, redelivered) in msgs {
             match m {
                 Message::Event { event, .. } => {
@@ -522,16 +467,25 @@ impl Worker {
                     if admitted {
                         admitted_ids.push(id);
                     }
-                    named.push((id, redelivered));
+                    named.push((id, redelivered, false));
                 }
-                Message::Attempts { attempts: these, .. } => named.extend(
-                    these.iter().map(|a| (AttemptId { task: a.task, item: a.item, attempt: a.attempt }, redelivered)),
-                ),
+                Message::Attempts { attempts: these, .. } => named.extend(these.iter().map(|a| {
+                    (
+                        AttemptId { task: a.task, item: a.item, attempt: a.attempt },
+                        redelivered,
+                        redelivered && !in_place,
+                    )
+                })),
             }
         }
         // Run an attempt the stored run still has running; for any other, what its finishing
-        // transition asked for is owed again.
-        for (id, redelivered) in named {
+        // transition asked for is owed again (through what it stepped in place, when its
+        // message is delivered again: `Plan::replay_chain`). A packed message delivered again
+        // (its first delivery failed, or its worker died) does not run its live attempts
+        // together again: they go back one per message, so that one that crashes or outlasts
+        // every invocation it is in is dead-lettered alone, not with those packed beside it.
+        let mut unpacked: Vec<(Message, Millis)> = Vec::new();
+        for (id, redelivered, split) in named {
             let unit = st.tasks.get(id.task).and_then(|t| t.units.get(id.unit()));
             let live = st.status == RunStatus::Running
                 && unit.is_some_and(|u| u.status == TaskStatus::Running && u.attempt == id.attempt);
@@ -541,9 +495,25 @@ impl Worker {
                     again.push(key.clone());
                 }
                 owed.push(key);
+            } else if split {
+                let AttemptId { task, item, attempt } = id;
+                let m = Message::Execute { run_id: run_id.to_string(), task, item, attempt, admitted: false };
+                if !unpacked.contains(&(m.clone(), 0)) {
+                    unpacked.push((m, 0));
+                }
             } else if !attempts.contains(&id) {
                 attempts.push(id);
             }
+        }
+        if !unpacked.is_empty() {
+            // Sent before anything is stored: they are running in the stored state already, and
+            // sending one twice (this step failing and coming back) is harmless.
+            tracing::info!(
+                attempts = unpacked.len(),
+                "a packed message delivered again: its running attempts go back one per message"
+            );
+            self.queue.send_batch(&unpacked).await?;
+            crate::meter::unpacked(unpacked.len());
         }
         // A run with a concurrency key starts only when it holds its key: otherwise its Start
         // comes back later and the run stays pending.
@@ -972,26 +942,142 @@ impl Worker {
 #[cfg(test)]
 mod unpack_tests {
     use super::*;
-    use crate::queue::{AttemptRef, ManualClock, MemoryQueue};
+    use crate::queue::{ManualClock, MemoryQueue};
     use crate::store::MemoryStore;
+    use async_trait::async_trait;
 
+    const LEASE: &str = r#"
+apiVersion: llm-orchestrator/v1
+kind: Workflow
+metadata: { name: lease }
+spec:
+  tasks:
+    - { id: a, type: transform, for_each: "range(3)", with: { output: "{{ item }}" } }
+    - { id: b, type: transform, depends_on: [a], with: { output: "{{ tasks.a.output | sum }}" } }
+    - { id: c, type: transform, depends_on: [b], with: { output: "{{ tasks.b.output }}!" } }
+  outputs:
+    c: "{{ tasks.c.output }}"
+"#;
+
+    /// A worker that died before sending anything: every send fails.
+    struct Dead(Arc<MemoryQueue>);
+
+    #[async_trait]
+    impl Queue for Dead {
+        async fn send(&self, _: &Message, _: Millis) -> Result<(), QueueError> {
+            Err(QueueError::Io("the worker died".into()))
+        }
+        async fn receive(&self, max: usize) -> Result<Vec<Delivery>, QueueError> {
+            self.0.receive(max).await
+        }
+        async fn ack(&self, receipt: &str) -> Result<(), QueueError> {
+            self.0.ack(receipt).await
+        }
+    }
+
+    struct Setup {
+        clock: Arc<ManualClock>,
+        queue: Arc<MemoryQueue>,
+        store: Arc<MemoryStore>,
+        plan: Arc<Plan>,
+    }
+
+    impl Setup {
+        async fn new() -> Setup {
+            let checked = Validator::default().validate(&SourceFile::new("lease.yaml", LEASE)).checked.expect("valid");
+            let plan = Arc::new(Plan::new(checked));
+            let clock = Arc::new(ManualClock::default());
+            clock.set(1_000_000);
+            let queue = Arc::new(MemoryQueue::new(clock.clone(), 30_000));
+            let store = Arc::new(MemoryStore::default());
+            store.create("lease", "lease.yaml", LEASE, &plan.new_run("r", Default::default())).await.unwrap();
+            queue.send(&Message::Event { run_id: "r".into(), event: Event::Start }, 0).await.unwrap();
+            Setup { clock, queue, store, plan }
+        }
+
+        fn worker(&self, queue: Arc<dyn Queue>) -> Worker {
+            let registry = crate::standard_registry(crate::providers::Config::builtin(), true, Default::default());
+            let plan = self.plan.clone();
+            let mut w = Worker::new(
+                self.store.clone(),
+                queue,
+                Arc::new(registry),
+                self.clock.clone(),
+                Arc::new(move |_| Some(plan.clone())),
+            );
+            w.pack = 10;
+            w
+        }
+
+        async fn receive(&self) -> Vec<Delivery> {
+            self.queue.receive(10).await.unwrap()
+        }
+
+        /// Steps every message until the queue is empty; the run's state then.
+        async fn drain(&self, w: &Worker) -> RunState {
+            for _ in 0..100 {
+                let ds = self.receive().await;
+                if ds.is_empty() {
+                    break;
+                }
+                for (d, r) in ds.iter().zip(w.handle_batch(&ds).await) {
+                    r.unwrap();
+                    self.queue.ack(&d.receipt).await.unwrap();
+                }
+            }
+            rebuild(&self.plan, self.store.load("r").await.unwrap().unwrap()).unwrap()
+        }
+    }
+
+    /// The packed message of `a`'s three attempts is the lease on the chain stepped in place
+    /// after it (b, then c). Its worker dies after storing b's result and before sending c:
+    /// delivered again, the message re-sends what b's transition owes, and the run ends.
     #[tokio::test]
-    async fn a_packed_message_delivered_again_goes_back_one_attempt_per_message() {
-        let clock = Arc::new(ManualClock::default());
-        let queue = Arc::new(MemoryQueue::new(clock.clone(), 30_000));
-        let mut w = Worker::from_stored(Arc::new(MemoryStore::default()), queue.clone(), Arc::default(), clock);
-        w.pack = 10;
-        let a = |task| AttemptRef { task, item: Some(4), attempt: 2 };
-        let packed = Message::Attempts { run_id: "r".into(), attempts: vec![a(1), a(3)] };
-        let d = |receive_count| Delivery { receipt: "x".into(), message: packed.clone(), receive_count, trace: None };
-        // Its first delivery is run packed (here: the run does not exist, so it fails).
-        assert!(matches!(w.handle(&d(1)).await, Err(Error::NoSuchRun(_))));
-        assert!(queue.is_empty());
-        // Delivered again, it is not run: each attempt is sent alone, and not packed again.
-        assert!(matches!(w.handle(&d(2)).await, Ok(Outcome::Unpacked(2))));
-        let sent: Vec<Message> = queue.receive(10).await.unwrap().into_iter().map(|d| d.message).collect();
-        let one = |task| Message::Execute { run_id: "r".into(), task, item: Some(4), attempt: 2, admitted: false };
-        assert_eq!(sent, vec![one(1), one(3)]);
+    async fn a_packed_message_delivered_again_recovers_the_chain_stepped_in_place_under_it() {
+        let s = Setup::new().await;
+        let w = s.worker(s.queue.clone());
+        let start = s.receive().await;
+        w.handle_batch(&start).await.pop().unwrap().unwrap();
+        s.queue.ack(&start[0].receipt).await.unwrap();
+        let packed = s.receive().await;
+        assert!(
+            matches!(&packed[..], [d] if matches!(d.message, Message::Attempts { ref attempts, .. } if attempts.len() == 3))
+        );
+        let dead = s.worker(Arc::new(Dead(s.queue.clone())));
+        let c = Continue { max_rounds: 1, until: Millis::MAX };
+        assert!(dead.handle_batch_continuing(&packed, c).await[0].is_err(), "c could not be sent");
+        let st = rebuild(&s.plan, s.store.load("r").await.unwrap().unwrap()).unwrap();
+        assert_eq!(st.tasks[1].status, TaskStatus::Succeeded, "b ran in place and was stored");
+        assert_eq!(st.tasks[2].status, TaskStatus::Running, "c was started, never sent");
+        s.clock.advance(30_000);
+        let st = s.drain(&w).await;
+        assert_eq!(st.status, RunStatus::Succeeded, "{:?}", st.tasks.iter().map(|t| t.status).collect::<Vec<_>>());
+        assert_eq!(st.outputs, Some(serde_json::json!({"c": "3!"})));
+    }
+
+    /// A packed message whose worker died while its attempts ran: delivered again, its
+    /// attempts still running are not run together again but sent one per message.
+    #[tokio::test]
+    async fn a_packed_message_delivered_again_sends_its_running_attempts_one_per_message() {
+        let s = Setup::new().await;
+        let w = s.worker(s.queue.clone());
+        let start = s.receive().await;
+        w.handle_batch(&start).await.pop().unwrap().unwrap();
+        s.queue.ack(&start[0].receipt).await.unwrap();
+        assert_eq!(s.receive().await.len(), 1, "one packed message, never handled: its worker died");
+        s.clock.advance(30_000);
+        let again = s.receive().await;
+        assert_eq!(again[0].receive_count, 2);
+        w.handle_batch(&again).await.pop().unwrap().unwrap();
+        s.queue.ack(&again[0].receipt).await.unwrap();
+        let st = rebuild(&s.plan, s.store.load("r").await.unwrap().unwrap()).unwrap();
+        assert_eq!(st.tasks[0].status, TaskStatus::Running, "nothing of a ran");
+        let sent: Vec<Message> = s.receive().await.into_iter().map(|d| d.message).collect();
+        let one =
+            |item| Message::Execute { run_id: "r".into(), task: 0, item: Some(item), attempt: 1, admitted: false };
+        assert_eq!(sent, vec![one(0), one(1), one(2)]);
+        s.clock.advance(30_000);
+        assert_eq!(s.drain(&w).await.status, RunStatus::Succeeded);
     }
 }
 
