@@ -1009,6 +1009,13 @@ spec:
             w
         }
 
+        /// Steps the run's `Start`: what it sends is a packed message of `a`'s attempts.
+        async fn start(&self, w: &Worker) {
+            let start = self.receive().await;
+            w.handle_batch(&start).await.pop().unwrap().unwrap();
+            self.queue.ack(&start[0].receipt).await.unwrap();
+        }
+
         async fn receive(&self) -> Vec<Delivery> {
             self.queue.receive(10).await.unwrap()
         }
@@ -1036,9 +1043,7 @@ spec:
     async fn a_packed_message_delivered_again_recovers_the_chain_stepped_in_place_under_it() {
         let s = Setup::new().await;
         let w = s.worker(s.queue.clone());
-        let start = s.receive().await;
-        w.handle_batch(&start).await.pop().unwrap().unwrap();
-        s.queue.ack(&start[0].receipt).await.unwrap();
+        s.start(&w).await;
         let packed = s.receive().await;
         assert!(
             matches!(&packed[..], [d] if matches!(d.message, Message::Attempts { ref attempts, .. } if attempts.len() == 3))
@@ -1061,9 +1066,7 @@ spec:
     async fn a_packed_message_delivered_again_sends_its_running_attempts_one_per_message() {
         let s = Setup::new().await;
         let w = s.worker(s.queue.clone());
-        let start = s.receive().await;
-        w.handle_batch(&start).await.pop().unwrap().unwrap();
-        s.queue.ack(&start[0].receipt).await.unwrap();
+        s.start(&w).await;
         assert_eq!(s.receive().await.len(), 1, "one packed message, never handled: its worker died");
         s.clock.advance(30_000);
         let again = s.receive().await;
