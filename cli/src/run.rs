@@ -77,10 +77,9 @@ fn registry(exec: &Exec) -> Result<Registry> {
     Ok(setup.registry())
 }
 
-/// The plan, with each task's expected cost for budget checks.
+/// The plan, with the prices its runs keep their budget with.
 fn prepared(mut plan: Plan, exec: &Exec) -> Result<Arc<Plan>> {
-    let est = llmo_runtime::estimates(&config(exec)?, exec.mock, &plan);
-    plan.set_estimates(est);
+    plan.set_prices(llmo_runtime::price_book(&config(exec)?, exec.mock));
     Ok(Arc::new(plan))
 }
 

@@ -25,7 +25,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
-use crate::executor::{Attempt, Executor, Registry, failed};
+use crate::executor::{Allowance, Attempt, Executor, Registry, failed};
 use crate::ports::{BlobStore, Clock};
 use crate::store::{self, RunStore, Transition, rebuild};
 
@@ -48,11 +48,19 @@ pub struct Options {
     pub snapshot_every: u64,
     /// While waiting, how often to look for another writer (a cancel).
     pub poll: Duration,
+    /// When the run ends by itself (a task failed it, its budget stopped it) while model
+    /// calls run, how long to wait for their answers so that what they cost is counted.
+    pub settle_grace: Duration,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { concurrency: 64, snapshot_every: 4096, poll: Duration::from_millis(250) }
+        Options {
+            concurrency: 64,
+            snapshot_every: 4096,
+            poll: Duration::from_millis(250),
+            settle_grace: Duration::from_secs(30),
+        }
     }
 }
 
@@ -495,21 +503,72 @@ impl Driver {
                 }
             }
             Command::CancelRunning { tasks } => {
+                // Model calls already sent are billed: they run on and report what they spent
+                // (the engine counts it, once). Everything else stops now.
+                let info = &t.tasks;
                 t.running.retain(|(task, _), (_, h)| {
-                    if tasks.contains(task) {
+                    if tasks.contains(task) && !spends(&info[*task].1) {
                         h.abort();
                         false
                     } else {
                         true
                     }
                 });
-                t.queued.retain(|q| !tasks.contains(&q.task));
+                // Queued attempts never started: what they hold of the budget is given back.
+                let mut kept = VecDeque::with_capacity(t.queued.len());
+                for q in t.queued.drain(..) {
+                    if tasks.contains(&q.task) {
+                        t.inbox.push(q.finished(failed(TaskError::fatal("cut off before it started"))));
+                    } else {
+                        kept.push_back(q);
+                    }
+                }
+                t.queued = kept;
             }
             Command::Finished { status } => t.ended = Some(status),
         }
     }
 
+    /// Waits (at most `options.settle_grace`) for the model calls still running when the run
+    /// ended to answer, and stores what they spent: the provider bills a call that was sent,
+    /// so the run counts it. Other attempts are stopped.
+    async fn settle_cut_off(&self, t: &mut Turn, observer: &mut dyn Observer) -> Result<(), Error> {
+        let until = tokio::time::Instant::now() + self.options.settle_grace;
+        loop {
+            // Looked at before the channel: an attempt sends its answer before it finishes,
+            // so a finished one's answer is in the channel by then.
+            let st = &t.st;
+            let owed = t.running.iter().any(|(&(task, item), (attempt, h))| {
+                !h.is_finished()
+                    && st.tasks[task]
+                        .units
+                        .get(item.unwrap_or(0) as usize)
+                        .is_some_and(|u| u.attempt == *attempt && u.held.is_some() && u.status == TaskStatus::Cancelled)
+                    && spends(&t.tasks[task].1)
+            });
+            while let Ok(e) = t.rx.try_recv() {
+                t.inbox.push(e);
+            }
+            if !t.inbox.is_empty() {
+                // Applies what counts (answers of attempts cut off) and drops the rest.
+                self.apply_batch(t, observer).await?;
+                t.inbox.clear();
+            }
+            if !owed {
+                return Ok(());
+            }
+            tokio::select! {
+                Some(e) = t.rx.recv() => t.inbox.push(e),
+                _ = tokio::time::sleep_until(until) => {
+                    tracing::warn!(run = %t.st.run_id, "model calls still running when the run ended did not answer in time; what they hold stays counted as spent");
+                    return Ok(());
+                }
+            }
+        }
+    }
+
     async fn finish(&self, mut t: Turn, status: RunStatus, observer: &mut dyn Observer) -> Result<Finished, Error> {
+        self.settle_cut_off(&mut t, observer).await?;
         for (_, (_, h)) in t.running.drain() {
             h.abort();
         }
@@ -526,6 +585,12 @@ impl Driver {
         let hooks = run_hooks(&self.plan, &self.executors, &t.st, status, observer).await;
         Ok(Finished { state: t.st, hooks })
     }
+}
+
+/// Whether attempts of a task type may spend money (model calls): cut off, they run on until
+/// they answer, so that what they cost is counted.
+fn spends(ty: &str) -> bool {
+    matches!(ty, "llm" | "evaluate")
 }
 
 /// The attempt as its executor sees it; a `with` block that does not render fails it.
@@ -555,7 +620,19 @@ pub(crate) fn build_attempt(
         attempt,
         with,
         context,
-        budget_left_usd: spec.budget.and_then(|b| b.max_cost_usd).map(|m| m - st.cost_usd),
+        budget_left_usd: spec
+            .budget
+            .and_then(|b| b.max_cost_usd)
+            .map(|m| m - st.cost_usd - st.reserved.cost_usd - st.unsettled.cost_usd),
+        allowance: spec.budget.map(|b| {
+            // What the unit holds; a unit started before holds were kept may take what is left.
+            let held = st.tasks[task].units.get(item.unwrap_or(0) as usize).and_then(|u| u.held);
+            let left = |max: f64, spent: f64| (max - spent).max(0.0);
+            Allowance {
+                cost_usd: b.max_cost_usd.map(|m| held.map_or(left(m, st.cost_usd), |h| h.cost_usd)),
+                tokens: b.max_tokens.map(|m| held.map_or(m.saturating_sub(st.tokens), |h| h.tokens)),
+            }
+        }),
         admitted: false,
         timeout: t.timeout.or(spec.defaults.as_ref().and_then(|d| d.timeout)).map(|d| d.0),
     })
@@ -677,6 +754,7 @@ pub async fn run_hooks(
                             with,
                             context: context.clone(),
                             budget_left_usd: None,
+                            allowance: None,
                             admitted: false,
                             timeout: hook.timeout.map(|d| d.0),
                         };

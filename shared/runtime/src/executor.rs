@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+pub use llmo_core::engine::budget::Allowance;
 use llmo_core::engine::builtin::{self, TaskError};
 use llmo_core::engine::{AttemptResult, Ctx, Plan, Usage};
 use serde_json::Value;
@@ -34,8 +35,13 @@ pub struct Attempt {
     /// What the task's templates can read (`inputs`, the tasks it reads, `run`, `item`), as a
     /// template value (`serde_json::to_value(&context)` gives it as JSON).
     pub context: Ctx,
-    /// The run's budget left, if it has one.
+    /// The run's money left, if it has a cost budget: its limit less what is spent and what
+    /// attempts in flight hold (what `policy` checks against).
     pub budget_left_usd: Option<f64>,
+    /// What this attempt may spend on model calls, if the run has a budget: what it holds
+    /// of it ([`llmo_core::engine::Unit::held`]). Executors never call a model whose worst
+    /// case does not fit in what is left of it.
+    pub allowance: Option<Allowance>,
     /// The task's `timeout` (or `defaults.timeout`), if any.
     pub timeout: Option<Duration>,
     /// The attempt already holds its capacity under the fleet's rate limits (it was deferred
@@ -174,17 +180,20 @@ impl Executor for Policy {
     }
 }
 
-/// Grades a text against criteria with a model: a score in [0, 1] and what it cost.
+/// Grades a text against criteria with a model: a score in [0, 1], and what it cost either
+/// way (a paid answer that is no grade still cost). `spent`: what the attempt spent before,
+/// out of its allowance.
 #[async_trait]
 pub trait Judge: Send + Sync {
     async fn judge(
         &self,
         attempt: &Attempt,
+        spent: Usage,
         text: &str,
         criteria: &str,
         model: &str,
         provider: Option<&str>,
-    ) -> Result<(f64, Usage), TaskError>;
+    ) -> (Result<f64, TaskError>, Usage);
 }
 
 pub struct Evaluate {
@@ -209,12 +218,11 @@ impl Executor for Evaluate {
             let Some(judge) = &self.judge else {
                 return failed(TaskError::fatal(format!("llm_judge with model `{model}` needs a model provider")));
             };
-            match judge.judge(a, input, criteria, model, provider).await {
-                Ok((s, u)) => {
-                    usage.tokens += u.tokens;
-                    usage.cost_usd += u.cost_usd;
-                    scores.push(s);
-                }
+            let (r, u) = judge.judge(a, usage, input, criteria, model, provider).await;
+            usage.tokens += u.tokens;
+            usage.cost_usd += u.cost_usd;
+            match r {
+                Ok(s) => scores.push(s),
                 Err(e) => return AttemptResult::Failed { error: e.message, retryable: e.retryable, usage },
             }
         }
@@ -265,6 +273,7 @@ pub(crate) fn test_attempt(ty: &str, with: Value, item: Option<u32>, attempt: u3
             serde_json::json!({ "inputs": { "q": "x" }, "tasks": {}, "run": { "id": "run-1" } }),
         )),
         budget_left_usd: None,
+        allowance: None,
         admitted: false,
         timeout: Some(Duration::from_millis(500)),
     }
@@ -290,6 +299,7 @@ mod tests {
             with: Value::Null,
             context: Ctx::from(()),
             budget_left_usd: None,
+            allowance: None,
             admitted: false,
             timeout: None,
         }

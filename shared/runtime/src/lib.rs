@@ -80,18 +80,8 @@ pub fn standard_registry(config: providers::Config, mock: bool, fixtures: http::
     Setup { fixtures, ..Setup::new(config, mock) }.registry()
 }
 
-/// [`providers::estimate`] of every `llm` task of a plan (zero for other tasks), for
-/// [`llmo_core::engine::Plan::set_estimates`].
-pub fn estimates(
-    config: &providers::Config,
-    mock: bool,
-    plan: &llmo_core::engine::Plan,
-) -> Vec<llmo_core::engine::Estimate> {
-    plan.checked
-        .workflow
-        .spec
-        .tasks
-        .iter()
-        .map(|t| if t.ty == "llm" { providers::estimate(config, mock, &t.with) } else { Default::default() })
-        .collect()
+/// The prices runs keep their budget with ([`llmo_core::engine::Plan::set_prices`]): the
+/// config's price table, its free providers, and everything free under `mock`.
+pub fn price_book(config: &providers::Config, mock: bool) -> llmo_core::engine::budget::PriceBook {
+    config.price_book(mock)
 }

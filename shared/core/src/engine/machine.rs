@@ -44,8 +44,8 @@ pub struct Plan {
     reads: Vec<Vec<usize>>,
     /// Position of each task in the topological order.
     topo_pos: Vec<usize>,
-    /// What one attempt of each task is expected to cost (see [`Plan::set_estimates`]).
-    estimates: Vec<Estimate>,
+    /// The prices a new run's budget is kept with (see [`Plan::set_prices`]).
+    prices: Option<super::budget::PriceBook>,
     /// Each task's id as a template value.
     ids: Vec<Ctx>,
     /// The tasks `outputs` read, when every reference names its task (`None`: some read
@@ -309,7 +309,6 @@ impl Plan {
         if let Some(on) = &wf.spec.on {
             on.success.iter().chain(&on.failure).flat_map(|h| h.with.values()).for_each(&mut add);
         }
-        let estimates = vec![Estimate::default(); n];
         let ids = wf.spec.tasks.iter().map(|t| Ctx::from(t.id.as_str())).collect();
         let output_reads = (!checked.output_reads.all_tasks).then(|| {
             // An unknown id is left out: it is undefined either way.
@@ -336,7 +335,7 @@ impl Plan {
             fallback_of,
             reads,
             topo_pos,
-            estimates,
+            prices: None,
             ids,
             output_reads,
         }
@@ -346,14 +345,13 @@ impl Plan {
         self.deps.len()
     }
 
-    /// Sets what one attempt of each task is expected to cost (the runtime knows prices; the
-    /// engine does not). A task whose estimate would take the run over its budget is not
-    /// started. All zero unless set. A run keeps the estimates it started with (in its
-    /// state), so replaying its log later gives the same decisions whatever prices say then.
-    pub fn set_estimates(&mut self, estimates: Vec<Estimate>) {
-        if estimates.len() == self.task_count() {
-            self.estimates = estimates;
-        }
+    /// Sets the prices runs of this plan keep their budget with (the runtime knows prices;
+    /// the engine does not): each attempt reserves its worst case from them before it starts
+    /// ([`super::budget`]). A run keeps the prices it was created with (in its state), so
+    /// replaying its log later gives the same decisions whatever prices say then. Without
+    /// prices a budget counts tokens only as they are reported, and money not at all.
+    pub fn set_prices(&mut self, prices: super::budget::PriceBook) {
+        self.prices = Some(prices);
     }
 
     /// A new run in `pending`.
@@ -400,13 +398,10 @@ impl Plan {
             dispatchable: Vec::new(),
             running: 0,
             ended_tasks: 0,
-            estimates: if self.checked.workflow.spec.budget.is_some()
-                && self.estimates.iter().any(|e| e.cost_usd > 0.0 || e.tokens > 0)
-            {
-                self.estimates.clone()
-            } else {
-                Vec::new()
-            },
+            estimates: Vec::new(),
+            prices: self.checked.workflow.spec.budget.and(self.prices.clone()),
+            reserved: Estimate::default(),
+            unsettled: Estimate::default(),
             rerun_of: None,
         }
     }
@@ -414,7 +409,15 @@ impl Plan {
     /// Applies `event` to `state` in place. On success the state's version has grown by one
     /// and the commands are returned; when ignored, the state is untouched.
     pub fn apply(&self, state: &mut RunState, event: &Event, now: Millis) -> Result<Vec<Command>, Ignored> {
-        let mut t = Transition { plan: self, st: state, now, cmds: Vec::new(), work: Vec::new(), cause: event.key() };
+        let mut t = Transition {
+            plan: self,
+            st: state,
+            now,
+            cmds: Vec::new(),
+            work: Vec::new(),
+            cause: event.key(),
+            parts: None,
+        };
         t.event(event)?;
         t.st.version += 1;
         Ok(t.cmds)
@@ -694,6 +697,17 @@ struct Transition<'p, 's> {
     work: Vec<usize>,
     /// Key of the event being applied.
     cause: String,
+    /// The run's context parts, made once per transition when budget holds need them.
+    parts: Option<RunParts>,
+}
+
+/// Whether an attempt fits in the run's budget ([`Transition::room`]).
+enum Room {
+    Fits,
+    /// Not while attempts in flight hold what it needs.
+    Wait,
+    /// Never: the run fails, with this reason.
+    Over(String),
 }
 
 impl Transition<'_, '_> {
@@ -733,6 +747,18 @@ impl Transition<'_, '_> {
                     }
                     let ts = &mut self.st.tasks[i];
                     ts.attempt_base = ts.units.iter().map(|u| u.attempt).max().unwrap_or(0).max(ts.attempt_base);
+                    // Holds of attempts cut off when the run ended are dropped with their units.
+                    for u in &ts.units {
+                        if let Some(h) = u.held {
+                            if u.status == TaskStatus::Running {
+                                &mut self.st.reserved
+                            } else {
+                                &mut self.st.unsettled
+                            }
+                            .sub(h);
+                        }
+                    }
+                    let ts = &mut self.st.tasks[i];
                     ts.units.clear();
                     ts.tally = Default::default();
                     ts.output = None;
@@ -745,9 +771,25 @@ impl Transition<'_, '_> {
                 self.advance();
             }
             Event::AttemptFinished { task, item, attempt, result, in_place } => {
-                self.running()?;
                 let id = AttemptId { task: *task, item: *item, attempt: *attempt };
+                let usage = match result {
+                    AttemptResult::Succeeded { usage, .. } | AttemptResult::Failed { usage, .. } => *usage,
+                };
                 let unit = self.unit(id)?;
+                if unit.status == TaskStatus::Cancelled
+                    && unit.attempt == id.attempt
+                    && unit.held.is_some_and(|h| !h.is_zero() || usage.tokens > 0 || usage.cost_usd > 0.0)
+                {
+                    // Its task or run ended while it ran: what it spent is counted (once: the
+                    // hold goes with it), nothing else changes. Even in an ended run.
+                    self.settle_usage(id, usage);
+                    if self.st.status == RunStatus::Running {
+                        // What it held may let attempts waiting for the budget start.
+                        self.advance();
+                    }
+                    return Ok(());
+                }
+                self.running()?;
                 if unit.status != TaskStatus::Running || unit.attempt != id.attempt {
                     return Err(Ignored("not the running attempt (duplicate or late)"));
                 }
@@ -755,14 +797,7 @@ impl Transition<'_, '_> {
                 if *in_place {
                     self.unit_mut(id).in_place.push(id.attempt);
                 }
-                let usage = match result {
-                    AttemptResult::Succeeded { usage, .. } | AttemptResult::Failed { usage, .. } => *usage,
-                };
-                let ts = &mut self.st.tasks[*task];
-                ts.tokens += usage.tokens;
-                ts.cost_usd += usage.cost_usd;
-                self.st.tokens += usage.tokens;
-                self.st.cost_usd += usage.cost_usd;
+                self.settle_usage(id, usage);
                 let max_attempts = self.plan.retry[*task].max_attempts;
                 match result {
                     AttemptResult::Succeeded { output, .. } => {
@@ -887,6 +922,20 @@ impl Transition<'_, '_> {
         &mut self.st.tasks[id.task].units[id.unit()]
     }
 
+    /// Counts what attempt `id` spent and releases what it held of the budget.
+    fn settle_usage(&mut self, id: AttemptId, usage: Usage) {
+        let u = self.unit_mut(id);
+        let cut_off = u.status == TaskStatus::Cancelled;
+        if let Some(h) = u.held.take() {
+            if cut_off { &mut self.st.unsettled } else { &mut self.st.reserved }.sub(h);
+        }
+        let ts = &mut self.st.tasks[id.task];
+        ts.tokens += usage.tokens;
+        ts.cost_usd += usage.cost_usd;
+        self.st.tokens += usage.tokens;
+        self.st.cost_usd += usage.cost_usd;
+    }
+
     /// The run's deadline from now: its `timeout`, and at most its `max_age_ms`.
     fn arm_deadline(&mut self) {
         let timeout = self.plan.checked.workflow.spec.timeout.map(|d| self.now + d.0.as_millis() as Millis);
@@ -954,6 +1003,13 @@ impl Transition<'_, '_> {
         }
         if from == TaskStatus::Running {
             self.st.running -= 1;
+            if to == TaskStatus::Cancelled
+                && let Some(h) = u.held
+            {
+                // Cut off: its answer may still come (and be counted), or never.
+                self.st.reserved.sub(h);
+                self.st.unsettled.add(h);
+            }
         }
         if from == TaskStatus::Pending && matches!(to, TaskStatus::Running | TaskStatus::Waiting) {
             u.attempt += 1;
@@ -1212,11 +1268,21 @@ impl Transition<'_, '_> {
                     first_pending = k;
                     break;
                 }
-                if let Some(reason) = self.over_budget(i) {
-                    self.end(RunStatus::Failed, reason);
-                    return;
-                }
                 let item = for_each.then_some(k as u32);
+                let hold = if spec.tasks[i].ty == WAIT { Estimate::default() } else { self.reservation(i, item) };
+                match self.room(i, hold) {
+                    Room::Fits => {}
+                    Room::Wait => {
+                        // Attempts in flight hold the rest: this one starts when they settle.
+                        pending_left = true;
+                        first_pending = k;
+                        break;
+                    }
+                    Room::Over(reason) => {
+                        self.end(RunStatus::Failed, reason);
+                        return;
+                    }
+                }
                 if spec.tasks[i].ty == WAIT {
                     // Nothing runs: the unit waits for a delayed `WakeDue` (a render error is
                     // reported when it wakes, at once).
@@ -1239,6 +1305,8 @@ impl Transition<'_, '_> {
                     continue;
                 }
                 self.move_unit(i, k, TaskStatus::Running);
+                self.st.tasks[i].units[k].held = Some(hold);
+                self.st.reserved.add(hold);
                 let attempt = self.st.tasks[i].units[k].attempt;
                 task_running += 1;
                 self.cmds.push(Command::Execute { task: i, item, attempt });
@@ -1258,34 +1326,73 @@ impl Transition<'_, '_> {
         self.st.dispatchable.truncate(w + n - r);
     }
 
-    /// Why task `i` may not start: the budget is spent, or its estimate would overspend it.
-    fn over_budget(&self, i: usize) -> Option<String> {
-        let b = self.plan.checked.workflow.spec.budget?;
-        let est = self.st.estimates.get(i).copied().unwrap_or_default();
+    /// What an attempt of task `i` (item `item`) holds of the run's budget while it runs: its
+    /// worst case from the run's prices on its rendered `with` ([`super::budget`]); for a run
+    /// stored before prices were kept, the task's estimate then. Zero without a budget.
+    fn reservation(&mut self, i: usize, item: Option<u32>) -> Estimate {
+        if self.plan.checked.workflow.spec.budget.is_none() {
+            return Estimate::default();
+        }
+        let Some(book) = &self.st.prices else {
+            return self.st.estimates.get(i).copied().unwrap_or_default();
+        };
+        let ty = self.plan.checked.workflow.spec.tasks[i].ty.as_str();
+        if !matches!(ty, "llm" | "evaluate") {
+            return Estimate::default();
+        }
+        let parts = self.parts.get_or_insert_with(|| self.plan.run_parts(self.st, false));
+        let ctx = self.plan.context_in(self.st, Some(i), item, parts);
+        match self.plan.render_task_with(i, &ctx, &[]) {
+            Ok(with) => book.attempt(ty, &Value::Object(with)),
+            // The attempt fails when it renders the same way: it calls nothing.
+            Err(_) => Estimate::default(),
+        }
+    }
+
+    /// Whether an attempt of task `i` that holds `hold` may start. What is committed (spent,
+    /// plus what attempts cut off still hold) plus `hold` must fit in the budget, else the
+    /// run is over it; and with what running attempts hold on top, else it waits for them
+    /// to settle.
+    fn room(&self, i: usize, hold: Estimate) -> Room {
+        let Some(b) = self.plan.checked.workflow.spec.budget else { return Room::Fits };
         let id = self.plan.checked.dag.id(i);
+        let (st, cut) = (&*self.st, self.st.unsettled);
         if let Some(max) = b.max_cost_usd {
-            if self.st.cost_usd >= max {
-                return Some(format!("budget exceeded: spent ${:.4} of ${max}", self.st.cost_usd));
+            let committed = st.cost_usd + cut.cost_usd;
+            let held = if cut.cost_usd > 0.0 {
+                format!(" (${:.4} of it held by attempts cut off)", cut.cost_usd)
+            } else {
+                String::new()
+            };
+            if committed >= max {
+                return Room::Over(format!("budget exceeded: spent ${committed:.4}{held} of ${max}"));
             }
-            if self.st.cost_usd + est.cost_usd > max {
-                return Some(format!(
-                    "budget exceeded: `{id}` (estimated ${:.4}) would take spending from ${:.4} over ${max}",
-                    est.cost_usd, self.st.cost_usd
+            if committed + hold.cost_usd > max {
+                return Room::Over(format!(
+                    "budget exceeded: `{id}` (may cost ${:.4}) would take spending from ${committed:.4}{held} over ${max}",
+                    hold.cost_usd
                 ));
+            }
+            if committed + st.reserved.cost_usd + hold.cost_usd > max {
+                return Room::Wait;
             }
         }
         if let Some(max) = b.max_tokens {
-            if self.st.tokens >= max {
-                return Some(format!("budget exceeded: used {} of {max} tokens", self.st.tokens));
+            let committed = st.tokens + cut.tokens;
+            if committed >= max {
+                return Room::Over(format!("budget exceeded: used {committed} of {max} tokens"));
             }
-            if self.st.tokens + est.tokens > max {
-                return Some(format!(
-                    "budget exceeded: `{id}` (estimated {} tokens) would take usage from {} over {max} tokens",
-                    est.tokens, self.st.tokens
+            if committed + hold.tokens > max {
+                return Room::Over(format!(
+                    "budget exceeded: `{id}` (may use {} tokens) would take usage from {committed} over {max} tokens",
+                    hold.tokens
                 ));
             }
+            if committed + st.reserved.tokens + hold.tokens > max {
+                return Room::Wait;
+            }
         }
-        None
+        Room::Fits
     }
 
     /// Every task ended and none failed the run: render the outputs.

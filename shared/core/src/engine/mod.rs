@@ -1,5 +1,6 @@
 //! The execution engine's pure core: run and task states, events, commands, and the
 //! transition function every runtime drives. See ARCHITECTURE.md ("Engine").
+pub mod budget;
 pub mod builtin;
 pub(crate) mod interp;
 pub mod limits;

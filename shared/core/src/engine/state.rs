@@ -164,6 +164,12 @@ pub struct Unit {
     /// `base + 1` (keys stay unique in the run's log) and its retries count from there.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub base: u32,
+    /// What its running attempt holds of the run's budget (its worst case, see
+    /// [`crate::engine::budget`]) until its result is applied. Kept when the run or the task
+    /// ends while the attempt runs: the answer that comes back later still has its usage
+    /// counted, once ([`crate::engine::Plan::apply`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held: Option<Estimate>,
 }
 
 fn is_zero(v: &u32) -> bool {
@@ -185,6 +191,7 @@ impl Unit {
             started_by: Vec::new(),
             in_place: Vec::new(),
             base: 0,
+            held: None,
         }
     }
 
@@ -339,6 +346,19 @@ pub struct RunState {
     /// the run has no budget or nothing is priced).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub estimates: Vec<Estimate>,
+    /// The prices the run's budget is kept with, frozen when it was created (none when the
+    /// run has no budget); each dispatched attempt reserves its worst case from them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prices: Option<super::budget::PriceBook>,
+    /// Derived: the sum of what units hold (`Unit::held`): money and tokens attempts in
+    /// flight may still spend.
+    #[serde(default, skip_serializing_if = "Estimate::is_zero")]
+    pub reserved: Estimate,
+    /// Derived: what attempts cut off while they ran still hold (their unit cancelled with
+    /// `held` kept): their answers may yet come and be counted, or never; either way the
+    /// budget keeps it as spent (fail closed).
+    #[serde(default, skip_serializing_if = "Estimate::is_zero")]
+    pub unsettled: Estimate,
     /// A rerun's provenance: the run whose recorded outputs it reuses, and the task it runs
     /// again from (see [`crate::engine::Plan::rerun`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -348,8 +368,38 @@ pub struct RunState {
 /// What one attempt of a task is expected to spend, for budget checks before it starts.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Estimate {
+    #[serde(default, skip_serializing_if = "is_zero_f64")]
     pub cost_usd: f64,
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
     pub tokens: u64,
+}
+
+fn is_zero_f64(v: &f64) -> bool {
+    *v == 0.0
+}
+
+fn is_zero_u64(v: &u64) -> bool {
+    *v == 0
+}
+
+impl Estimate {
+    pub fn is_zero(&self) -> bool {
+        self.cost_usd == 0.0 && self.tokens == 0
+    }
+
+    pub fn add(&mut self, o: Estimate) {
+        self.cost_usd += o.cost_usd;
+        self.tokens += o.tokens;
+    }
+
+    /// Takes `o` off (never below zero: float sums may leave a hair).
+    pub fn sub(&mut self, o: Estimate) {
+        self.cost_usd = (self.cost_usd - o.cost_usd).max(0.0);
+        self.tokens = self.tokens.saturating_sub(o.tokens);
+        if self.cost_usd < 1e-15 {
+            self.cost_usd = 0.0;
+        }
+    }
 }
 
 /// Token usage and cost of one finished attempt.

@@ -412,28 +412,133 @@ spec:
     assert!(d.st.error.as_deref().unwrap().starts_with("budget exceeded"));
 }
 
+fn priced(yaml: &str) -> Plan {
+    let mut p = plan(yaml);
+    p.set_prices(budget::PriceBook {
+        // $1 per million tokens in, $2 out.
+        models: [("m".to_string(), [1.0, 2.0])].into(),
+        default_provider: "openai".into(),
+        ..Default::default()
+    });
+    p
+}
+
+/// The worst case of one call of model `m` with a prompt of `bytes` and `max` tokens of answer.
+fn worst(bytes: u64, max: u64) -> f64 {
+    ((bytes + 8 + 16) as f64 * 1.0 + max as f64 * 2.0) / 1e6
+}
+
+fn ids(cmds: &[Command]) -> Vec<AttemptId> {
+    cmds.iter()
+        .filter_map(|c| match c {
+            Command::Execute { task, item, attempt } => Some(AttemptId { task: *task, item: *item, attempt: *attempt }),
+            _ => None,
+        })
+        .collect()
+}
+
 #[test]
-fn a_task_whose_estimate_would_overspend_the_budget_does_not_start() {
-    let mut p = plan(
+fn a_task_whose_worst_case_would_overspend_the_budget_does_not_start() {
+    let p = priced(
         r#"
 spec:
-  budget: { max_cost_usd: 0.05 }
+  budget: { max_cost_usd: 0.003 }
   tasks:
-    - { id: a, type: transform, with: { output: 1 } }
-    - { id: b, type: transform, depends_on: [a], with: { output: 2 } }
+    - { id: a, type: llm, with: { model: m, prompt: hi, max_tokens: 100 } }
+    - { id: b, type: llm, depends_on: [a], with: { model: m, prompt: "{{ tasks.a.output.text }}", max_tokens: 1000 } }
 "#,
     );
-    p.set_estimates(vec![Estimate { cost_usd: 0.01, tokens: 10 }, Estimate { cost_usd: 0.04, tokens: 10 }]);
     let mut d = Driver::new(&p, json!({}));
-    d.run(|_, _, _, w| AttemptResult::Succeeded {
-        output: w.clone().into(),
-        usage: Usage { tokens: 10, cost_usd: 0.02 },
+    d.run(|_, _, _, _| AttemptResult::Succeeded {
+        output: json!({ "text": "x".repeat(500) }).into(),
+        usage: Usage { tokens: 10, cost_usd: 0.001 },
     });
-    assert_eq!(d.executed.len(), 1, "b (estimated $0.04 on top of $0.02 spent) must not start");
+    // b's prompt renders to 500 bytes: $0.000524 + $0.002 of answer on top of $0.001 spent.
+    assert_eq!(d.executed.len(), 1, "b must not start");
     assert_eq!(
         d.st.error.as_deref(),
-        Some("budget exceeded: `b` (estimated $0.0400) would take spending from $0.0200 over $0.05")
+        Some("budget exceeded: `b` (may cost $0.0025) would take spending from $0.0010 over $0.003")
     );
+    assert!(d.st.reserved.is_zero() && d.st.unsettled.is_zero());
+}
+
+/// A wide `for_each` under a budget: each item holds its worst case while it runs, so no
+/// more start than the budget covers; as answers settle (for less than held) more start, and
+/// the run fails only when nothing is in flight and the next item does not fit. At every
+/// step, spent + held stays within the budget; at the end, what the run counts is what the
+/// "provider" answered.
+#[test]
+fn attempts_in_flight_hold_their_worst_case_and_the_budget_is_never_overspent() {
+    let p = priced(
+        r#"
+spec:
+  budget: { max_cost_usd: 0.001 }
+  tasks:
+    - id: each
+      type: llm
+      for_each: "range(200) | list"
+      with: { model: m, prompt: "item {{ item }}", max_tokens: 200 }
+"#,
+    );
+    let hold = worst("item 0".len() as u64, 200);
+    let mut st = p.new_run("r", Default::default());
+    let mut in_flight = ids(&p.apply(&mut st, &Event::Start, 1).unwrap());
+    assert_eq!(in_flight.len(), (0.001 / hold) as usize, "as many start as their worst cases fit");
+    let (mut answered, mut spent) = (0u32, 0.0f64);
+    // The "provider" answers the oldest call in flight each time, for a third of its worst case.
+    while let Some(id) = (!in_flight.is_empty()).then(|| in_flight.remove(0)) {
+        let cost = hold / 3.0;
+        answered += 1;
+        spent += cost;
+        let r = AttemptResult::Succeeded { output: json!({}).into(), usage: Usage { tokens: 50, cost_usd: cost } };
+        in_flight.extend(ids(&p.apply(&mut st, &id.finished(r), 2).unwrap()));
+        assert!(
+            st.cost_usd + st.reserved.cost_usd + st.unsettled.cost_usd <= 0.001 + 1e-12,
+            "spent {} + held {} over the budget",
+            st.cost_usd,
+            st.reserved.cost_usd
+        );
+    }
+    assert_eq!(st.status, RunStatus::Failed);
+    assert!(st.error.as_deref().unwrap().starts_with("budget exceeded"), "{:?}", st.error);
+    assert!((st.cost_usd - spent).abs() < 1e-12 && st.tokens == 50 * u64::from(answered));
+    assert!(spent <= 0.001 && spent + hold > 0.001, "it used the budget up: {spent} of 0.001 after {answered} calls");
+    assert!(st.reserved.is_zero() && st.unsettled.is_zero());
+}
+
+/// When the run ends while attempts run (a sibling failed the task, the run failed), their
+/// answers still count, once, in the ended run; until they come, what they held stays
+/// committed.
+#[test]
+fn answers_of_attempts_cut_off_are_counted_once_even_after_the_run_ended() {
+    let p = priced(
+        r#"
+spec:
+  budget: { max_cost_usd: 1.0 }
+  tasks:
+    - id: each
+      type: llm
+      for_each: "[1, 2, 3]"
+      with: { model: m, prompt: "p", max_tokens: 100 }
+"#,
+    );
+    let mut st = p.new_run("r", Default::default());
+    let started = ids(&p.apply(&mut st, &Event::Start, 1).unwrap());
+    assert_eq!(started.len(), 3);
+    let paid = |c: f64| Usage { tokens: 7, cost_usd: c };
+    let fail = AttemptResult::Failed { error: "bad".into(), retryable: false, usage: paid(0.01) };
+    p.apply(&mut st, &started[0].finished(fail), 2).unwrap();
+    assert_eq!(st.status, RunStatus::Failed);
+    assert!(st.reserved.is_zero());
+    let held = st.unsettled.cost_usd;
+    assert!((held - 2.0 * worst(1, 100)).abs() < 1e-12, "the two cut off still hold their worst case: {held}");
+    let late = started[1].finished(AttemptResult::Succeeded { output: json!({}).into(), usage: paid(0.02) });
+    p.apply(&mut st, &late, 3).unwrap();
+    assert!((st.cost_usd - 0.03).abs() < 1e-12 && st.tokens == 14);
+    assert_eq!(st.tasks[0].cost_usd, st.cost_usd);
+    assert_eq!(p.apply(&mut st, &late, 4), Err(Ignored("run is not running")), "counted once");
+    assert!((st.unsettled.cost_usd - worst(1, 100)).abs() < 1e-12);
+    assert_eq!(st.status, RunStatus::Failed, "nothing else changes");
 }
 
 #[test]

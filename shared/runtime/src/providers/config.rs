@@ -128,6 +128,25 @@ pub struct Config {
     pub limits: BTreeMap<String, crate::flow::Limit>,
 }
 
+impl Config {
+    /// The prices a run under a budget keeps ([`llmo_core::engine::budget`]): every priced
+    /// model, the providers that cost nothing, everything free under `mock`.
+    pub fn price_book(&self, mock: bool) -> llmo_core::engine::budget::PriceBook {
+        llmo_core::engine::budget::PriceBook {
+            models: self.prices.0.iter().map(|(m, p)| (m.clone(), [p.input, p.output])).collect(),
+            free: self
+                .providers
+                .iter()
+                .filter(|(_, p)| p.free || p.kind == Kind::Mock)
+                .map(|(n, _)| n.clone())
+                .collect(),
+            providers: self.providers.keys().cloned().collect(),
+            default_provider: self.default_provider.clone(),
+            all_free: mock,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{file}: {message}")]

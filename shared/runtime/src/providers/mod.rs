@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use llmo_core::engine::builtin::TaskError;
-use llmo_core::engine::{AttemptResult, Usage};
+use llmo_core::engine::{AttemptResult, Estimate, Usage, budget};
 use llmo_core::tasks::{LlmWith, ResponseFormat, Role};
 use serde_json::{Value, json};
 use tracing::Instrument;
@@ -472,35 +472,43 @@ impl LlmExecutor {
         (chars / 4 + 1) as u64 + u64::from(req.max_tokens.unwrap_or(1024))
     }
 
-    /// What a call of `req` on `model` may cost at most, before it is made: the rendered
-    /// prompt at ~4 characters a token plus `max_tokens` (1,024 if unset) of answer. `None`
-    /// when the model has no price; zero on free and mock providers.
-    fn worst_case(&self, provider: &str, model: &str, req: &ChatRequest) -> Option<(f64, u64)> {
-        let chars: usize = req.system.iter().map(|s| s.chars().count()).sum::<usize>()
-            + req.messages.iter().map(|(_, c)| c.chars().count()).sum::<usize>();
-        let tokens = (chars / 4 + 1) as u64 + u64::from(req.max_tokens.unwrap_or(1024));
-        let free =
-            self.force_mock || self.config.providers.get(provider).is_some_and(|p| p.free || p.kind == Kind::Mock);
-        if free {
-            return Some((0.0, tokens));
-        }
-        let p = self.config.prices.get(model)?;
-        let prompt = (chars / 4 + 1) as f64;
-        Some(((prompt * p.input + f64::from(req.max_tokens.unwrap_or(1024)) * p.output) / 1_000_000.0, tokens))
+    /// What a call of `req` on `model` may spend at most, before it is made: the rendered
+    /// prompt (and schema) at a token per byte plus `max_tokens` of answer
+    /// ([`llmo_core::engine::budget`], the bound the engine reserved). `None` when the model
+    /// has no price; zero money on free and mock providers.
+    fn worst_case(&self, provider: &str, model: &str, req: &ChatRequest) -> Option<Estimate> {
+        let schema = req.schema.as_ref().map(|s| s.to_string());
+        let prompt = budget::prompt_tokens_bound(
+            req.system
+                .iter()
+                .map(String::as_str)
+                .chain(req.messages.iter().map(|(_, c)| c.as_str()))
+                .chain(schema.as_deref()),
+        );
+        let max_tokens = req.max_tokens.unwrap_or(budget::DEFAULT_MAX_TOKENS);
+        self.config.price_book(self.force_mock).call(Some(provider), model, prompt, max_tokens)
     }
 
     /// Runs a chat over the candidates in order. Returns the output, the usage of every call
-    /// that reported some, and on failure whether a later attempt could help. Under a cost
-    /// budget (`budget_left`), a candidate is called only if its worst case (rendered prompt
-    /// and `max_tokens`, see [`LlmExecutor::worst_case`]) fits in what is left; one whose model
-    /// has no known price is not called: its cost could not be counted, so budgets fail closed.
+    /// that reported some, and on failure whether a later attempt could help. Under a budget
+    /// (`a.allowance`), a candidate is called only if its worst case (rendered prompt and
+    /// `max_tokens`, see [`LlmExecutor::worst_case`]) fits in what is left of the attempt's
+    /// allowance after `spent` and the calls before it; one whose model has no known price is
+    /// not called under a cost budget: its cost could not be counted, so budgets fail closed.
     async fn complete(
         &self,
         a: &Attempt,
+        spent: Usage,
         w: &LlmWith,
         req: &ChatRequest,
     ) -> Result<(Result<Value, (String, bool)>, Usage), crate::executor::Deferred> {
-        let budget_left = a.budget_left_usd;
+        let allowance = a.allowance;
+        let mut req = req.clone();
+        if allowance.is_some() {
+            // The worst case is a bound only if the answer is.
+            req.max_tokens.get_or_insert(budget::DEFAULT_MAX_TOKENS);
+        }
+        let req = &req;
         let workflow = a.plan.checked.workflow.metadata.name.as_str();
         let mut usage = Usage::default();
         let mut errors = Vec::new();
@@ -515,22 +523,25 @@ impl LlmExecutor {
         for (i, (provider, model)) in self.candidates(w).into_iter().enumerate() {
             let req = ChatRequest { model: model.clone(), ..req.clone() };
             let label = if self.force_mock { format!("mock/{model}") } else { format!("{provider}/{model}") };
-            if let Some(left) = budget_left {
+            if let Some(allow) = allowance {
+                let used = Estimate { cost_usd: spent.cost_usd + usage.cost_usd, tokens: spent.tokens + usage.tokens };
                 match self.worst_case(&provider, &model, &req) {
-                    None => {
+                    None if allow.cost_usd.is_some() => {
                         errors.push(format!(
                             "{label}: not called: the run has a cost budget and this model has no known price (add it to `prices` in the config)"
                         ));
                         continue;
                     }
-                    Some((cost, tokens)) if cost > left - usage.cost_usd => {
+                    Some(call) if !allow.fits(used, call) => {
                         errors.push(format!(
-                            "{label}: not called: it could cost ${cost:.6} ({tokens} tokens: the rendered prompt and max_tokens), more than the ${:.6} left of the run's budget",
-                            (left - usage.cost_usd).max(0.0)
+                            "{label}: not called: it could cost ${:.6} ({} tokens: the rendered prompt and max_tokens), more than the {} this attempt holds of the run's budget",
+                            call.cost_usd,
+                            call.tokens,
+                            allow.left(used)
                         ));
                         continue;
                     }
-                    Some(_) => {}
+                    _ => {}
                 }
             }
             let system = if self.force_mock { "mock" } else { provider.as_str() };
@@ -635,37 +646,17 @@ impl LlmExecutor {
     async fn complete_waiting(
         &self,
         a: &Attempt,
+        spent: Usage,
         w: &LlmWith,
         req: &ChatRequest,
     ) -> (Result<Value, (String, bool)>, Usage) {
         loop {
-            match self.complete(a, w, req).await {
+            match self.complete(a, spent, w, req).await {
                 Ok(r) => return r,
                 Err(d) => tokio::time::sleep(d.after).await,
             }
         }
     }
-}
-
-/// What one attempt of an `llm` task is expected to cost, before its prompt is rendered:
-/// the prompt's written text at ~4 characters a token, plus `max_tokens` (1,024 if unset) of
-/// answer, at the task's model's price (fallbacks are not counted). Zero for free and mock
-/// providers and for models without a price.
-pub fn estimate(config: &Config, mock: bool, with: &serde_json::Map<String, Value>) -> llmo_core::engine::Estimate {
-    let Ok(w) = serde_json::from_value::<LlmWith>(Value::Object(with.clone())) else {
-        return Default::default();
-    };
-    let chars: usize = w.system.iter().chain(&w.prompt).map(|s| s.chars().count()).sum::<usize>()
-        + w.messages.iter().flatten().map(|m| m.content.chars().count()).sum::<usize>();
-    let prompt = (chars / 4 + 1) as u64;
-    let answer = u64::from(w.max_tokens.unwrap_or(1024));
-    let provider = w.provider.clone().unwrap_or_else(|| config.default_provider.clone());
-    let free = mock || config.providers.get(&provider).is_none_or(|p| p.free || p.kind == Kind::Mock);
-    let cost_usd = match config.prices.get(&w.model) {
-        Some(p) if !free => (prompt as f64 * p.input + answer as f64 * p.output) / 1_000_000.0,
-        _ => 0.0,
-    };
-    llmo_core::engine::Estimate { cost_usd, tokens: prompt + answer }
 }
 
 /// A model's JSON answer: the text itself, or the inside of a ```json fence.
@@ -720,7 +711,7 @@ impl Executor for LlmExecutor {
                 return AttemptResult::Failed { error: format!("llm: {e}"), retryable: false, usage: Usage::default() };
             }
         };
-        let (r, usage) = self.complete_waiting(a, &w, &request_of(&w)).await;
+        let (r, usage) = self.complete_waiting(a, Usage::default(), &w, &request_of(&w)).await;
         match r {
             Ok(output) => AttemptResult::Succeeded { output: output.into(), usage },
             Err((error, retryable)) => AttemptResult::Failed { error, retryable, usage },
@@ -738,7 +729,7 @@ impl Executor for LlmExecutor {
                 });
             }
         };
-        let (r, usage) = self.complete(a, &w, &request_of(&w)).await?;
+        let (r, usage) = self.complete(a, Usage::default(), &w, &request_of(&w)).await?;
         Ok(match r {
             Ok(output) => AttemptResult::Succeeded { output: output.into(), usage },
             Err((error, retryable)) => AttemptResult::Failed { error, retryable, usage },
@@ -751,38 +742,33 @@ impl Judge for LlmExecutor {
     async fn judge(
         &self,
         a: &Attempt,
+        spent: Usage,
         text: &str,
         criteria: &str,
         model: &str,
         provider: Option<&str>,
-    ) -> Result<(f64, Usage), TaskError> {
-        let schema = json!({
-            "type": "object", "required": ["score"],
-            "properties": { "score": { "type": "number", "minimum": 0, "maximum": 1 }, "reason": { "type": "string" } }
-        });
+    ) -> (Result<f64, TaskError>, Usage) {
         let w = LlmWith {
             provider: provider.map(str::to_string),
             model: model.to_string(),
             fallback_models: Vec::new(),
-            system: Some(
-                "You grade texts against criteria. Answer only with JSON: {\"score\": <0..1>, \"reason\": \"...\"}."
-                    .into(),
-            ),
-            prompt: Some(format!("Criteria:\n{criteria}\n\nText:\n{text}")),
+            system: Some(budget::JUDGE_SYSTEM.into()),
+            prompt: Some(budget::judge_prompt(criteria, text)),
             messages: None,
             temperature: Some(0.0),
             top_p: None,
-            max_tokens: Some(300),
+            max_tokens: Some(budget::JUDGE_MAX_TOKENS),
             stop: Vec::new(),
             seed: None,
             response_format: Some(ResponseFormat::Json),
-            output_schema: Some(schema),
+            output_schema: Some(budget::judge_schema()),
         };
-        let (r, usage) = self.complete_waiting(a, &w, &request_of(&w)).await;
-        match r {
-            Ok(out) => Ok((out.pointer("/json/score").and_then(Value::as_f64).unwrap_or(0.0), usage)),
+        let (r, usage) = self.complete_waiting(a, spent, &w, &request_of(&w)).await;
+        let r = match r {
+            Ok(out) => Ok(out.pointer("/json/score").and_then(Value::as_f64).unwrap_or(0.0)),
             Err((message, retryable)) => Err(TaskError { message: format!("llm_judge: {message}"), retryable }),
-        }
+        };
+        (r, usage)
     }
 }
 

@@ -48,6 +48,10 @@ fn completion(text: &str, prompt: u64, completion: u64) -> Value {
     })
 }
 
+fn dollars(d: f64) -> crate::executor::Allowance {
+    crate::executor::Allowance { cost_usd: Some(d), tokens: None }
+}
+
 fn chat_route() -> wiremock::MockBuilder {
     Route::given(method("POST")).and(path("/v1/chat/completions"))
 }
@@ -324,7 +328,8 @@ async fn mock_mode_answers_offline_and_the_judge_grades() {
     assert_eq!(output(&r)["text"], "[mock claude-sonnet-4-5] Outline an article about Rust");
     assert_eq!(output(&r)["model"], "mock/claude-sonnet-4-5");
     let a = test_attempt("evaluate", json!(null), None, 1);
-    let (score, _) = e.judge(&a, "text", "good", "gpt-4o-mini", None).await.unwrap();
+    let (score, _) = e.judge(&a, Usage::default(), "text", "good", "gpt-4o-mini", None).await;
+    let score = score.unwrap();
     assert_eq!(score, 0.8);
     // Unknown providers are named.
     let e = LlmExecutor::new(Config::builtin(), false);
@@ -353,7 +358,7 @@ async fn under_a_cost_budget_an_unpriced_model_is_not_called() {
     let with = json!({ "model": "my-finetune", "prompt": "Hi", "fallback_models": ["gpt-4o-mini"] });
     // With a budget: the unpriced model is skipped (said in the output), the priced fallback answers.
     let mut a = test_attempt("llm", with.clone(), None, 1);
-    a.budget_left_usd = Some(1.0);
+    a.allowance = Some(dollars(1.0));
     let r = e.execute(&a).await;
     let out = output(&r);
     assert_eq!(out["text"], "priced");
@@ -361,7 +366,7 @@ async fn under_a_cost_budget_an_unpriced_model_is_not_called() {
     assert!(skipped.contains("openai/my-finetune: not called") && skipped.contains("no known price"), "{skipped}");
     // Alone under a budget, it fails for good, naming the model.
     let mut alone = test_attempt("llm", json!({ "model": "my-finetune", "prompt": "Hi" }), None, 1);
-    alone.budget_left_usd = Some(1.0);
+    alone.allowance = Some(dollars(1.0));
     let r = e.execute(&alone).await;
     let (error, retryable) = failure(&r);
     assert!(error.contains("my-finetune") && error.contains("no known price"), "{error}");
@@ -383,24 +388,27 @@ async fn the_budget_check_prices_the_rendered_prompt_and_max_tokens() {
         .mount(&server)
         .await;
     let e = exec(&server);
-    // gpt-4o-mini: $0.15 in / $0.60 out per million tokens. 400,000 characters ≈ 100,000 tokens
-    // ≈ $0.015 of prompt, plus 1,000 tokens of answer ($0.0006).
+    // gpt-4o-mini: $0.15 in / $0.60 out per million tokens. 400,000 bytes are at most 400,024
+    // tokens with the chat format's ≈ $0.0600 of prompt, plus 1,000 tokens of answer ($0.0006).
     let long = "x".repeat(400_000);
     let mut a = test_attempt("llm", json!({ "model": "gpt-4o-mini", "prompt": long, "max_tokens": 1000 }), None, 1);
-    a.budget_left_usd = Some(0.01);
+    a.allowance = Some(dollars(0.01));
     let r = e.execute(&a).await;
     let (error, retryable) = failure(&r);
-    assert!(error.contains("not called: it could cost $0.015") && error.contains("$0.010000 left"), "{error}");
+    assert!(
+        error.contains("not called: it could cost $0.060604") && error.contains("$0.010000 this attempt holds"),
+        "{error}"
+    );
     assert!(!retryable);
     // max_tokens counts too: a short prompt with a huge answer allowance.
     let mut b = test_attempt("llm", json!({ "model": "gpt-4o-mini", "prompt": "Hi", "max_tokens": 100000 }), None, 1);
-    b.budget_left_usd = Some(0.01);
+    b.allowance = Some(dollars(0.01));
     let r = e.execute(&b).await;
     let (error, _) = failure(&r);
-    assert!(error.contains("not called: it could cost $0.060"), "{error}");
+    assert!(error.contains("not called: it could cost $0.060004"), "{error}");
     // Within the budget it is called: the one request the route expects.
     let mut c = test_attempt("llm", json!({ "model": "gpt-4o-mini", "prompt": "Hi", "max_tokens": 1000 }), None, 1);
-    c.budget_left_usd = Some(0.01);
+    c.allowance = Some(dollars(0.01));
     assert_eq!(output(&e.execute(&c).await)["text"], "ok");
 }
 
@@ -415,4 +423,75 @@ async fn an_oversized_model_answer_is_refused() {
     let (error, retryable) = failure(&r);
     assert!(error.contains("larger than the limit of 10485760 bytes"), "{error}");
     assert!(!retryable);
+}
+
+/// Under a budget the answer's length is bounded: a task without `max_tokens` is sent the
+/// default the reservation counted, so the worst case is real.
+#[tokio::test]
+async fn under_a_budget_max_tokens_is_always_sent() {
+    let server = MockServer::start().await;
+    chat_route()
+        .and(body_partial_json(json!({ "max_tokens": llmo_core::engine::budget::DEFAULT_MAX_TOKENS })))
+        .respond_with(ResponseTemplate::new(200).set_body_json(completion("ok", 10, 5)))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let mut a = test_attempt("llm", json!({ "model": "gpt-4o-mini", "prompt": "Hi" }), None, 1);
+    a.allowance = Some(dollars(1.0));
+    assert_eq!(output(&exec(&server).execute(&a).await)["text"], "ok");
+}
+
+/// A judge whose answer is no grade was still paid for: the failed attempt carries its usage
+/// (it was lost before, so a retried judge cost money the run never counted).
+#[tokio::test]
+async fn a_judge_answer_that_is_not_json_is_counted() {
+    let server = MockServer::start().await;
+    chat_route()
+        .respond_with(ResponseTemplate::new(200).set_body_json(completion("I think it is fine", 1000, 100)))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let llm = Arc::new(exec(&server));
+    let evaluate = crate::executor::Evaluate { judge: Some(llm) };
+    let with = json!({ "input": "some text", "checks": [
+        { "kind": "llm_judge", "model": "gpt-4o-mini", "criteria": "is it fine?", "threshold": 0.5 }
+    ]});
+    let r = evaluate.execute(&test_attempt("evaluate", with, None, 1)).await;
+    match r {
+        AttemptResult::Failed { error, retryable, usage } => {
+            assert!(error.contains("not JSON") && retryable, "{error}");
+            assert_eq!(usage.tokens, 1100);
+            assert!((usage.cost_usd - (1000.0 * 0.15 + 100.0 * 0.6) / 1e6).abs() < 1e-12, "{usage:?}");
+        }
+        other => panic!("expected a failure, got {other:?}"),
+    }
+}
+
+/// Two judges share their attempt's allowance: the second is not called when what the first
+/// spent leaves too little for its worst case.
+#[tokio::test]
+async fn judges_share_the_allowance_of_their_attempt() {
+    let server = MockServer::start().await;
+    chat_route()
+        .respond_with(ResponseTemplate::new(200).set_body_json(completion("{\"score\": 0.9}", 1000, 300)))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let llm = Arc::new(exec(&server));
+    let evaluate = crate::executor::Evaluate { judge: Some(llm) };
+    let with = json!({ "input": "t", "checks": [
+        { "kind": "llm_judge", "model": "gpt-4o-mini", "criteria": "a", "threshold": 0.5 },
+        { "kind": "llm_judge", "model": "gpt-4o-mini", "criteria": "b", "threshold": 0.5 }
+    ]});
+    // One judge's worst case: ~150 tokens of prompt and 300 of answer ≈ $0.0002; the first
+    // answer costs $0.00033 (1,000 + 300 tokens), so $0.0004 leaves no room for the second.
+    let mut a = test_attempt("evaluate", with, None, 1);
+    a.allowance = Some(dollars(0.0004));
+    match evaluate.execute(&a).await {
+        AttemptResult::Failed { error, usage, .. } => {
+            assert!(error.contains("not called") && error.contains("this attempt holds"), "{error}");
+            assert_eq!(usage.tokens, 1300, "the first judge's answer is counted");
+        }
+        other => panic!("expected a failure, got {other:?}"),
+    }
 }

@@ -1,0 +1,250 @@
+//! Budgets that fail closed: what an attempt may spend at most, worked out before it starts.
+//!
+//! A run with a `budget` reserves, for each attempt it dispatches, the attempt's worst case:
+//! every model call it may make (an `llm` task's model or the dearest of its fallbacks, each
+//! `llm_judge` check of an `evaluate` task) priced at its rendered prompt plus the answer's
+//! `max_tokens`. The engine starts an attempt only while the money spent plus the reservations
+//! of attempts in flight plus this one stay within the budget, and settles a reservation with
+//! the attempt's real usage when its result comes back. The executors never spend more than
+//! their attempt's reservation ([`Allowance`]): so spent + reserved never exceeds the limit, in
+//! one process or across a fleet (the reservations live in the run's state, written by the
+//! same compare-and-set as everything else).
+//!
+//! Prices are the runtime's (its config); a run freezes the ones it needs into its state when
+//! it is created ([`PriceBook`]), so a rebuild from the log reaches the same decisions
+//! whatever the prices say later.
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::Estimate;
+
+/// `max_tokens` of an answer when a task sets none: a run under a budget sends it, so the
+/// worst case is a real bound.
+pub const DEFAULT_MAX_TOKENS: u32 = 1024;
+
+/// The most a model judge may answer (its answer is a small JSON object).
+pub const JUDGE_MAX_TOKENS: u32 = 300;
+
+/// The model judge's system prompt (the runtime sends exactly this).
+pub const JUDGE_SYSTEM: &str =
+    "You grade texts against criteria. Answer only with JSON: {\"score\": <0..1>, \"reason\": \"...\"}.";
+
+/// The JSON Schema a judge's answer must match (sent with its request).
+pub fn judge_schema() -> Value {
+    serde_json::json!({
+        "type": "object", "required": ["score"],
+        "properties": { "score": { "type": "number", "minimum": 0, "maximum": 1 }, "reason": { "type": "string" } }
+    })
+}
+
+/// The judge's user prompt for `criteria` and `text`.
+pub fn judge_prompt(criteria: &str, text: &str) -> String {
+    format!("Criteria:\n{criteria}\n\nText:\n{text}")
+}
+
+/// Prices a run needs, frozen when it is created: USD per million tokens, input then output,
+/// by model; providers that cost nothing; the default provider and the providers known by
+/// name (to read `provider/model` fallbacks as the runtime does).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PriceBook {
+    #[serde(default)]
+    pub models: BTreeMap<String, [f64; 2]>,
+    #[serde(default)]
+    pub free: BTreeSet<String>,
+    #[serde(default)]
+    pub providers: BTreeSet<String>,
+    #[serde(default)]
+    pub default_provider: String,
+    /// Every call is free (offline runs with the mock provider).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub all_free: bool,
+}
+
+/// What one attempt may spend: its reservation, in each dimension the budget limits
+/// (`None`: not limited). The executors call a model only when the call's worst case fits in
+/// what is left of it.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Allowance {
+    pub cost_usd: Option<f64>,
+    pub tokens: Option<u64>,
+}
+
+impl Allowance {
+    /// Whether a call of worst case `call` fits after `used` was spent.
+    pub fn fits(&self, used: Estimate, call: Estimate) -> bool {
+        // A hair of slack for float sums: the reservation was the same sum.
+        self.cost_usd.is_none_or(|c| used.cost_usd + call.cost_usd <= c * (1.0 + 1e-9) + 1e-15)
+            && self.tokens.is_none_or(|t| used.tokens + call.tokens <= t)
+    }
+
+    /// What is left of it after `used`, for messages.
+    pub fn left(&self, used: Estimate) -> String {
+        let mut parts = Vec::new();
+        if let Some(c) = self.cost_usd {
+            parts.push(format!("${:.6}", (c - used.cost_usd).max(0.0)));
+        }
+        if let Some(t) = self.tokens {
+            parts.push(format!("{} tokens", t.saturating_sub(used.tokens)));
+        }
+        parts.join(" and ")
+    }
+}
+
+/// An upper bound of the tokens a prompt counts as: one per UTF-8 byte (a byte-level BPE
+/// token is at least one byte), plus the chat format's few tokens per message.
+pub fn prompt_tokens_bound<'a>(texts: impl IntoIterator<Item = &'a str>) -> u64 {
+    texts.into_iter().map(|t| t.len() as u64 + 8).sum::<u64>() + 16
+}
+
+impl PriceBook {
+    /// The worst case of one call of `model` on `provider` (the default when `None`) with a
+    /// prompt of at most `prompt_tokens` and an answer of at most `max_tokens`. `None` when
+    /// the model has no price and the provider is not free: such a call is never made under
+    /// a cost budget.
+    pub fn call(&self, provider: Option<&str>, model: &str, prompt_tokens: u64, max_tokens: u32) -> Option<Estimate> {
+        let provider = provider.unwrap_or(&self.default_provider);
+        let tokens = prompt_tokens + u64::from(max_tokens);
+        if self.all_free || self.free.contains(provider) {
+            return Some(Estimate { cost_usd: 0.0, tokens });
+        }
+        let [input, output] = *self.models.get(model)?;
+        Some(Estimate {
+            cost_usd: (prompt_tokens as f64 * input + f64::from(max_tokens) * output) / 1_000_000.0,
+            tokens,
+        })
+    }
+
+    /// `(provider, model)` of an `llm` task's candidates, as the runtime reads them: its
+    /// model, then each fallback (`p/m` names provider `p` when `p` is a known provider).
+    fn candidates<'a>(&self, with: &'a Value) -> Vec<(Option<&'a str>, &'a str)> {
+        let provider = with.get("provider").and_then(Value::as_str);
+        let mut out = Vec::new();
+        if let Some(m) = with.get("model").and_then(Value::as_str) {
+            out.push((provider, m));
+        }
+        for f in with.get("fallback_models").and_then(Value::as_array).into_iter().flatten() {
+            let Some(f) = f.as_str() else { continue };
+            match f.split_once('/') {
+                Some((p, m)) if self.providers.contains(p) => out.push((Some(p), m)),
+                _ => out.push((provider, f)),
+            }
+        }
+        out
+    }
+
+    /// The most one attempt of a task of type `ty` with the rendered `with` may spend: an
+    /// `llm` task's dearest candidate that may be called (candidates without a price are never
+    /// called under a cost budget), the sum of an `evaluate` task's model judges. Zero for
+    /// every other type.
+    pub fn attempt(&self, ty: &str, with: &Value) -> Estimate {
+        match ty {
+            "llm" => {
+                let mut texts: Vec<&str> = Vec::new();
+                for k in ["system", "prompt"] {
+                    if let Some(s) = with.get(k).and_then(Value::as_str) {
+                        texts.push(s);
+                    }
+                }
+                for m in with.get("messages").and_then(Value::as_array).into_iter().flatten() {
+                    if let Some(c) = m.get("content").and_then(Value::as_str) {
+                        texts.push(c);
+                    }
+                }
+                // A schema is sent with the request (and counted by providers as prompt).
+                let schema = with.get("output_schema").map(|s| s.to_string());
+                let prompt = prompt_tokens_bound(texts.into_iter().chain(schema.as_deref()));
+                let max_tokens = with
+                    .get("max_tokens")
+                    .and_then(Value::as_u64)
+                    .map_or(DEFAULT_MAX_TOKENS, |m| m.min(u64::from(u32::MAX)) as u32);
+                self.candidates(with).into_iter().filter_map(|(p, m)| self.call(p, m, prompt, max_tokens)).fold(
+                    Estimate::default(),
+                    |a, b| Estimate { cost_usd: a.cost_usd.max(b.cost_usd), tokens: a.tokens.max(b.tokens) },
+                )
+            }
+            "evaluate" => {
+                let input = with.get("input").and_then(Value::as_str).unwrap_or_default();
+                let mut sum = Estimate::default();
+                for c in with.get("checks").and_then(Value::as_array).into_iter().flatten() {
+                    if c.get("kind").and_then(Value::as_str) != Some("llm_judge") {
+                        continue;
+                    }
+                    let criteria = c.get("criteria").and_then(Value::as_str).unwrap_or_default();
+                    let model = c.get("model").and_then(Value::as_str).unwrap_or_default();
+                    let provider = c.get("provider").and_then(Value::as_str);
+                    let schema = judge_schema().to_string();
+                    let prompt = prompt_tokens_bound([JUDGE_SYSTEM, &judge_prompt(criteria, input), &schema]);
+                    if let Some(e) = self.call(provider, model, prompt, JUDGE_MAX_TOKENS) {
+                        sum.cost_usd += e.cost_usd;
+                        sum.tokens += e.tokens;
+                    }
+                }
+                sum
+            }
+            _ => Estimate::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn book() -> PriceBook {
+        PriceBook {
+            models: [("cheap".to_string(), [1.0, 2.0]), ("dear".to_string(), [10.0, 20.0])].into(),
+            free: ["mock".to_string()].into(),
+            providers: ["openai".to_string(), "mock".to_string()].into(),
+            default_provider: "openai".into(),
+            all_free: false,
+        }
+    }
+
+    #[test]
+    fn an_llm_attempt_reserves_its_dearest_callable_candidate_on_the_rendered_prompt() {
+        let b = book();
+        let with = json!({ "model": "cheap", "prompt": "x".repeat(1000), "max_tokens": 100,
+                           "fallback_models": ["dear", "unpriced", "mock/anything"] });
+        let e = b.attempt("llm", &with);
+        // 1000 bytes + 8 + 16 of prompt at $10/M, 100 tokens of answer at $20/M.
+        let prompt = 1024.0;
+        assert!((e.cost_usd - (prompt * 10.0 + 100.0 * 20.0) / 1e6).abs() < 1e-12, "{e:?}");
+        assert_eq!(e.tokens, 1024 + 100);
+        // Without max_tokens the default bounds the answer.
+        let e = b.attempt("llm", &json!({ "model": "cheap", "prompt": "" }));
+        assert_eq!(e.tokens, 24 + u64::from(DEFAULT_MAX_TOKENS));
+        // Multi-byte text counts by bytes, never fewer tokens than a tokenizer could make.
+        let e = b.attempt("llm", &json!({ "model": "cheap", "prompt": "日本語", "max_tokens": 1 }));
+        assert_eq!(e.tokens, 9 + 8 + 16 + 1);
+    }
+
+    #[test]
+    fn an_evaluate_attempt_reserves_every_judge() {
+        let b = book();
+        let with = json!({ "input": "abc", "checks": [
+            { "kind": "llm_judge", "model": "cheap", "criteria": "good" },
+            { "kind": "llm_judge", "model": "cheap", "criteria": "good" },
+            { "kind": "regex", "pattern": "a" }
+        ]});
+        let schema = judge_schema().to_string();
+        let one =
+            b.call(None, "cheap", prompt_tokens_bound([JUDGE_SYSTEM, &judge_prompt("good", "abc"), &schema]), 300);
+        let e = b.attempt("evaluate", &with);
+        assert_eq!(e.tokens, 2 * one.unwrap().tokens);
+        assert_eq!(b.attempt("transform", &with), Estimate::default());
+    }
+
+    #[test]
+    fn an_allowance_admits_only_what_fits() {
+        let a = Allowance { cost_usd: Some(1.0), tokens: Some(100) };
+        let used = Estimate { cost_usd: 0.5, tokens: 50 };
+        assert!(a.fits(used, Estimate { cost_usd: 0.5, tokens: 50 }));
+        assert!(!a.fits(used, Estimate { cost_usd: 0.6, tokens: 1 }));
+        assert!(!a.fits(used, Estimate { cost_usd: 0.0, tokens: 51 }));
+        assert!(Allowance::default().fits(used, Estimate { cost_usd: 1e9, tokens: u64::MAX / 2 }));
+    }
+}

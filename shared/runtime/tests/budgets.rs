@@ -1,0 +1,163 @@
+//! Budgets against a fake provider speaking OpenAI's wire format: the embedded runtime never
+//! sends more calls than the budget covers, and what the run reports is what the provider
+//! answered (every answered call counted: those that finish after their run failed, and paid
+//! judge answers that are no grade).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use llmo_core::engine::{Plan, RunState, RunStatus};
+use llmo_core::source::SourceFile;
+use llmo_core::validate::Validator;
+use llmo_runtime::driver::{Driver, Options};
+use llmo_runtime::providers::{Config, Kind, ProviderConfig};
+use llmo_runtime::store::MemoryStore;
+use serde_json::json;
+use wiremock::matchers::{body_string_contains, method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+/// gpt-4o-mini's listed price: $0.15 in, $0.60 out per million tokens.
+const PER_CALL: f64 = (20.0 * 0.15 + 100.0 * 0.60) / 1e6;
+
+fn answer(text: &str) -> ResponseTemplate {
+    ResponseTemplate::new(200).set_body_json(json!({
+        "id": "c", "object": "chat.completion", "model": "gpt-4o-mini",
+        "choices": [{ "index": 0, "message": { "role": "assistant", "content": text }, "finish_reason": "stop" }],
+        "usage": { "prompt_tokens": 20, "completion_tokens": 100, "total_tokens": 120 }
+    }))
+}
+
+fn driver(server: &MockServer, workflow: &str) -> Driver {
+    let mut config = Config::builtin();
+    config.providers.insert(
+        "openai".into(),
+        ProviderConfig {
+            kind: Kind::Openai,
+            base_url: format!("{}/v1", server.uri()),
+            api_key: Some("k".into()),
+            api_key_env: None,
+            timeout: Duration::from_secs(10),
+            free: false,
+        },
+    );
+    config.default_provider = "openai".into();
+    let text = format!("apiVersion: llm-orchestrator/v1\nkind: Workflow\nmetadata: {{ name: b }}\n{workflow}");
+    let outcome = Validator::default().validate(&SourceFile::new("b.yaml", text));
+    let mut plan = Plan::new(outcome.checked.unwrap_or_else(|| panic!("{:?}", outcome.report)));
+    plan.set_prices(llmo_runtime::price_book(&config, false));
+    Driver {
+        plan: Arc::new(plan),
+        store: Arc::new(MemoryStore::default()),
+        executors: Arc::new(llmo_runtime::standard_registry(config, false, Default::default())),
+        clock: Arc::new(llmo_runtime::ports::SystemClock::default()),
+        blobs: None,
+        options: Options { poll: Duration::from_millis(20), ..Options::default() },
+    }
+}
+
+async fn run(d: &Driver) -> RunState {
+    d.start("run-1", Default::default(), "b.yaml", "", &mut ()).await.expect("the run ends").state
+}
+
+async fn answered(server: &MockServer) -> u32 {
+    server.received_requests().await.unwrap().len() as u32
+}
+
+fn reconciles(st: &RunState, calls: u32) {
+    assert_eq!(st.tokens, 120 * u64::from(calls), "tokens counted for every answered call");
+    assert!((st.cost_usd - PER_CALL * f64::from(calls)).abs() < 1e-12, "cost {} for {calls} calls", st.cost_usd);
+    let tasks: f64 = st.tasks.iter().map(|t| t.cost_usd).sum();
+    assert!((tasks - st.cost_usd).abs() < 1e-12);
+}
+
+/// 200 items, $0.001: each call's worst case (~32 tokens of prompt, 200 of answer) holds
+/// $0.000125 while it runs, so 8 start at once; as each settles for $0.000063 more start, and
+/// the run stops when the next worst case no longer fits. The provider never gets more calls
+/// than that (before, all 200 were sent at once and 104 reached it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wide_for_each_never_sends_more_calls_than_the_budget_covers() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/v1/chat/completions"))
+        .respond_with(answer("ok").set_delay(Duration::from_millis(50)))
+        .mount(&server)
+        .await;
+    let d = driver(
+        &server,
+        r#"
+spec:
+  budget: { max_cost_usd: 0.001 }
+  tasks:
+    - id: each
+      type: llm
+      for_each: "range(200)"
+      with: { model: gpt-4o-mini, prompt: "item {{ item }}", max_tokens: 200 }
+"#,
+    );
+    let st = run(&d).await;
+    let calls = answered(&server).await;
+    assert_eq!(st.status, RunStatus::Failed);
+    assert!(st.error.as_deref().unwrap().starts_with("budget exceeded"), "{:?}", st.error);
+    reconciles(&st, calls);
+    assert!(PER_CALL * f64::from(calls) <= 0.001, "{calls} calls spent more than the budget");
+    // Worst case of one call: (10 bytes + 24) × $0.15/M + 200 × $0.60/M = $0.0001251.
+    let worst = (34.0 * 0.15 + 200.0 * 0.60) / 1e6;
+    assert!(f64::from(calls) * PER_CALL + worst > 0.001, "the budget was used up: {calls} calls, ${}", st.cost_usd);
+    assert!(st.reserved.is_zero() && st.unsettled.is_zero(), "{:?} {:?}", st.reserved, st.unsettled);
+}
+
+/// One item fails the run at once while nine slow calls are in flight: the run fails, and the
+/// nine answers that come after are still counted (the provider billed them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_in_flight_when_the_run_fails_are_counted() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(body_string_contains("item 0\""))
+        .respond_with(ResponseTemplate::new(400).set_body_json(json!({"error": {"message": "bad request"}})))
+        .mount(&server)
+        .await;
+    Mock::given(method("POST")).respond_with(answer("ok").set_delay(Duration::from_millis(300))).mount(&server).await;
+    let d = driver(
+        &server,
+        r#"
+spec:
+  budget: { max_cost_usd: 1.0 }
+  tasks:
+    - id: each
+      type: llm
+      for_each: "range(10)"
+      with: { model: gpt-4o-mini, prompt: "item {{ item }}", max_tokens: 200 }
+"#,
+    );
+    let st = run(&d).await;
+    assert_eq!(st.status, RunStatus::Failed);
+    assert_eq!(answered(&server).await, 10);
+    reconciles(&st, 9);
+    assert!(st.unsettled.is_zero(), "every call cut off answered and was settled");
+}
+
+/// A judge that does not answer with a grade is paid, retried and paid again: every answer
+/// counts (20 paid judge calls were recorded as $0 before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paid_judge_answers_are_counted_through_retries() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST")).respond_with(answer("looks fine to me")).mount(&server).await;
+    let d = driver(
+        &server,
+        r#"
+spec:
+  budget: { max_cost_usd: 1.0 }
+  tasks:
+    - id: grade
+      type: evaluate
+      retry: { max_attempts: 3, backoff: { initial: 10ms, max: 10ms } }
+      with:
+        input: "some text"
+        checks: [{ kind: llm_judge, model: gpt-4o-mini, criteria: "is it fine?", threshold: 0.5 }]
+"#,
+    );
+    let st = run(&d).await;
+    assert_eq!(st.status, RunStatus::Failed);
+    assert_eq!(answered(&server).await, 3, "{:?}", st.error);
+    reconciles(&st, 3);
+}
