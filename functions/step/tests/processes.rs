@@ -140,7 +140,11 @@ async fn every_example_runs_on_three_worker_processes() {
             let mut w = command(&aws);
             w.env("LLMO_MOCK", "1")
                 .env("LLMO_HTTP_FIXTURES", fixtures.join(":"))
-                .env("LLMO_SECRET_TICKETS_TOKEN", "offline");
+                // Granted by the operator to the tests' tenant, towards the example's host.
+                .env(
+                    "LLMO_SECRET_TICKETS_TOKEN",
+                    r#"{"value": "offline", "tenants": ["t1"], "hosts": ["tickets.example.invalid"]}"#,
+                );
             w.spawn().expect("the step binary starts")
         })
         .collect();

@@ -88,6 +88,8 @@ fn rewritten(source: &str, fake: &str) -> String {
     secrets.replace_all(&s, "hosts: [127.0.0.1]").into_owned()
 }
 
+const SOAK_GRANT: &str = r#"{"value": "soak-token", "tenants": ["*"], "hosts": ["127.0.0.1"]}"#;
+
 fn worker(aws: &llmo_aws::Aws, fake: &str) -> tokio::process::Child {
     tokio::process::Command::new(env!("CARGO_BIN_EXE_step"))
         .arg("--local")
@@ -99,8 +101,9 @@ fn worker(aws: &llmo_aws::Aws, fake: &str) -> tokio::process::Child {
         .env("OPENAI_API_KEY", "test-key")
         .env("LLMO_EGRESS_ALLOW", "loopback")
         .env("LLMO_EGRESS_ALLOW_HTTP", "1")
-        .env("LLMO_SECRET_TICKETS_TOKEN", "soak-token")
-        .env("LLMO_SECRET_PUBLISH_TOKEN", "soak-token")
+        // Granted by the operator to every tenant, towards the fake (the examples' hosts point there).
+        .env("LLMO_SECRET_TICKETS_TOKEN", SOAK_GRANT)
+        .env("LLMO_SECRET_PUBLISH_TOKEN", SOAK_GRANT)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .kill_on_drop(true)

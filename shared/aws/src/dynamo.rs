@@ -871,8 +871,8 @@ impl RunStore for DynamoStore {
                 .transact_items(TransactWriteItem::builder().update(self.summary_update(head)?).build());
             // An ended run's summary also moves when answers of attempts cut off are counted
             // after it ended: that is no status change to audit.
-            let ended_here =
-                !head.status.is_terminal() || transitions.iter().any(|t| head.ended_by.as_deref() == Some(&*t.event.key()));
+            let ended_here = !head.status.is_terminal()
+                || transitions.iter().any(|t| head.ended_by.as_deref() == Some(&*t.event.key()));
             if ended_here {
                 tx = tx.transact_items(TransactWriteItem::builder().put(self.audit.put(&record)).build());
             }

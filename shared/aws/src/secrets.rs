@@ -1,6 +1,8 @@
 //! Provider keys and workflow secrets from AWS Secrets Manager: one secret (`LLMO_SECRETS_ARN`)
 //! whose value is a JSON object of names to values, e.g.
-//! `{"OPENAI_API_KEY": "sk-...", "LLMO_SECRET_TICKETS_TOKEN": "..."}`. It is read the first time
+//! `{"OPENAI_API_KEY": "sk-...", "LLMO_SECRET_TICKETS_TOKEN": {"value": "...", "tenants": ["acme"],
+//! "hosts": ["tickets.example.com"]}}` (a workflow secret is a grant: see
+//! `llmo_runtime::secrets::Grant`; an object entry is kept as its JSON text). It is read the first time
 //! a value is needed in a container and again once `LLMO_SECRETS_TTL_SECS` (300 by default) have
 //! passed, so a rotated key reaches every container within the TTL; a failed refresh keeps the
 //! values it had (and says so in the log) rather than failing every call.
@@ -39,6 +41,8 @@ impl SecretsManager {
             .into_iter()
             .filter_map(|(k, v)| match v {
                 serde_json::Value::String(s) => Some((k, s)),
+                // A workflow secret's grant: read by `Grant::parse` when it is used.
+                o @ serde_json::Value::Object(_) => Some((k, o.to_string())),
                 _ => None,
             })
             .collect())

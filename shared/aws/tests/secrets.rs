@@ -38,7 +38,14 @@ async fn model_calls_use_the_key_the_secret_holds_and_see_a_rotation_after_the_t
         .secretsmanager
         .create_secret()
         .name(&name)
-        .secret_string(json!({"OPENAI_API_KEY": "sk-one", "LLMO_SECRET_TICKETS_TOKEN": "tok"}).to_string())
+        .secret_string(
+            json!({
+                "OPENAI_API_KEY": "sk-one",
+                "LLMO_SECRET_TICKETS_TOKEN": "tok",
+                "LLMO_SECRET_CRM_KEY": {"value": "crm", "tenants": ["t1"], "hosts": ["crm.example.com"]}
+            })
+            .to_string(),
+        )
         .send()
         .await
         .expect("creating the secret on the local stack");
@@ -79,6 +86,13 @@ async fn model_calls_use_the_key_the_secret_holds_and_see_a_rotation_after_the_t
     assert_eq!(bearer(&server).await, "Bearer sk-one");
     assert_eq!(secrets.get("LLMO_SECRET_TICKETS_TOKEN").await.unwrap().as_deref(), Some("tok"));
     assert_eq!(secrets.get("NOT_THERE").await.unwrap(), None);
+    // A grant kept beside its value reaches the http executor whole.
+    let grant =
+        llmo_runtime::secrets::Grant::parse(secrets.get("LLMO_SECRET_CRM_KEY").await.unwrap().unwrap()).unwrap();
+    assert_eq!(grant.value, "crm");
+    assert!(
+        grant.allows(Some("t1"), "crm.example.com").is_ok() && grant.allows(Some("t2"), "crm.example.com").is_err()
+    );
     // Rotated: the cached key is used until the TTL passes, then the new one.
     aws.secretsmanager
         .put_secret_value()

@@ -349,6 +349,22 @@ impl SecretDecl {
     }
 }
 
+/// Why a host pattern reaches further than one registered domain, if it does: `*.com`,
+/// `*.co.uk` or `*.github.io` (anyone can register a name under a public suffix, so a secret
+/// sent there could go to anyone). `*.example.com` and exact names are fine.
+pub fn host_pattern_too_broad(pattern: &str) -> Option<String> {
+    let suffix = pattern.strip_prefix("*.")?.trim_end_matches('.').to_ascii_lowercase();
+    if suffix.starts_with('[') {
+        return None;
+    }
+    match psl::domain(suffix.as_bytes()) {
+        Some(_) => None,
+        None => Some(format!(
+            "`{pattern}` covers every domain registered under `{suffix}`, a public suffix: name the domain, as `*.example.{suffix}`"
+        )),
+    }
+}
+
 /// `api.example.com` matches itself (case-insensitively, ignoring a trailing dot);
 /// `*.example.com` matches `a.example.com` and `a.b.example.com`, not `example.com`.
 pub fn host_matches(pattern: &str, host: &str) -> bool {

@@ -613,6 +613,7 @@ pub(crate) fn build_attempt(
     Ok(Attempt {
         plan: plan.clone(),
         run_id,
+        tenant: st.tenant.as_deref().map(Arc::from),
         task: Some(task),
         task_id,
         ty,
@@ -746,6 +747,7 @@ pub async fn run_hooks(
                         let mut a = Attempt {
                             plan: plan.clone(),
                             run_id: Arc::from(st.run_id.as_str()),
+                            tenant: st.tenant.as_deref().map(Arc::from),
                             task: None,
                             task_id: Arc::from(format!("on.{kind}[{i}]")),
                             ty: Arc::from(hook.ty.as_str()),

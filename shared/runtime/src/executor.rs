@@ -22,6 +22,8 @@ use sha2::{Digest, Sha256};
 pub struct Attempt {
     pub plan: Arc<Plan>,
     pub run_id: Arc<str>,
+    /// The run's tenant (`None`: a single-user, embedded run): secrets are granted per tenant.
+    pub tenant: Option<Arc<str>>,
     /// The task's index in the workflow; `None` for an `on.success`/`on.failure` hook.
     pub task: Option<usize>,
     /// The task's id (`on.failure[0]` for hooks).
@@ -263,6 +265,7 @@ pub(crate) fn test_attempt(ty: &str, with: Value, item: Option<u32>, attempt: u3
     Attempt {
         plan: Arc::new(plan),
         run_id: Arc::from("run-1"),
+        tenant: None,
         task: Some(0),
         task_id: Arc::from("a"),
         ty: Arc::from(ty),
@@ -291,6 +294,7 @@ mod tests {
         Attempt {
             plan: Arc::new(plan),
             run_id: Arc::from(run),
+            tenant: None,
             task: Some(0),
             task_id: Arc::from(task),
             ty: Arc::from("transform"),

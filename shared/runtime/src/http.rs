@@ -34,7 +34,7 @@ use serde_json::{Map, Value, json};
 
 use crate::egress::{Egress, refusal};
 use crate::executor::{Attempt, Executor, failed};
-use crate::secrets::{Secrets, WORKFLOW_PREFIX};
+use crate::secrets::{Grant, Secrets, WORKFLOW_PREFIX};
 
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -98,16 +98,24 @@ struct Header {
 }
 
 /// The secret values of one request, for masking what comes back.
+/// Each secret's name, value, and the hosts the operator allows it towards (if it said).
 #[derive(Default)]
-struct Revealed(Vec<(String, String)>);
+struct Revealed(Vec<(String, String, Option<Vec<String>>)>);
 
 impl Revealed {
     /// Shortest value masked: shorter ones would mask ordinary text.
     const MIN_LEN: usize = 4;
 
+    /// Whether the operator's hosts for secret `name` (if it gave some) cover `host`.
+    fn allows(&self, name: &str, host: &str) -> bool {
+        self.0.iter().filter(|(n, _, _)| n == name).all(|(_, _, hosts)| {
+            hosts.as_ref().is_none_or(|hs| hs.iter().any(|p| llmo_core::model::host_matches(p, host)))
+        })
+    }
+
     fn mask_str(&self, s: &str) -> Option<String> {
         let mut out: Option<String> = None;
-        for (name, value) in &self.0 {
+        for (name, value, _) in &self.0 {
             if value.len() >= Self::MIN_LEN && out.as_deref().unwrap_or(s).contains(value.as_str()) {
                 out = Some(out.as_deref().unwrap_or(s).replace(value.as_str(), &format!("[redacted secret {name}]")));
             }
@@ -162,12 +170,17 @@ async fn headers(
         }
         let key = format!("{WORKFLOW_PREFIX}{name}");
         let read = |e: String| TaskError::fatal(format!("secret `{name}`: {e}"));
-        let value =
+        let raw =
             source.get(&key).await.map_err(read)?.ok_or_else(|| {
                 TaskError::fatal(format!("secret `{name}` is not set (the secret source has no {key})"))
             })?;
-        revealed.0.push((name.clone(), value.clone()));
-        secrets.insert(name, Value::String(value));
+        // What the operator granted (kept beside the value) binds before what the workflow says.
+        let grant = Grant::parse(raw).map_err(|e| TaskError::fatal(format!("secret `{name}`: {key} {e}")))?;
+        grant
+            .allows(a.tenant.as_deref(), host)
+            .map_err(|e| TaskError::fatal(format!("secret `{name}` may not be sent to `{host}`: {e}")))?;
+        revealed.0.push((name.clone(), grant.value.clone(), grant.hosts));
+        secrets.insert(name, Value::String(grant.value));
     }
     let ctx = minijinja::value::merge_maps([
         minijinja::Value::from_pairs([("secrets", minijinja::Value::from(minijinja::value::Serde(&secrets)))]),
@@ -473,7 +486,9 @@ impl HttpExecutor {
                 let declared = &a.plan.checked.workflow.spec.secrets;
                 hs.retain(|h| {
                     let keep = !CREDENTIAL_HEADERS.contains(&h.name.to_ascii_lowercase().as_str())
-                        && h.secrets.iter().all(|s| declared.get(s).is_some_and(|d| d.allows(&to)));
+                        && h.secrets
+                            .iter()
+                            .all(|s| declared.get(s).is_some_and(|d| d.allows(&to)) && revealed.allows(s, &to));
                     if !keep {
                         tracing::debug!(header = %h.name, from = %was, %to, "redirect to another host: header dropped");
                     }
@@ -654,6 +669,44 @@ mod tests {
         assert_eq!(output["body"], json!({ "id": 7, "echo": "you sent Bearer [redacted secret TOKEN]" }));
         assert_eq!(output["headers"]["x-id"], "7");
         assert_eq!(output["headers"]["x-seen"], "[redacted secret TOKEN]");
+    }
+
+    /// A tenant's run uses a secret only as the operator granted it beside the value: to its
+    /// tenants, towards its hosts; a workflow's own `hosts` only narrows that. Tenant t2's
+    /// workflow declaring t1's secret for its own host receives nothing, and nothing is sent.
+    #[tokio::test]
+    async fn in_a_tenants_run_secrets_go_only_where_the_operator_granted_them() {
+        let server = MockServer::start().await;
+        Mock::given(method("GET"))
+            .and(header("a", "granted-t1"))
+            .respond_with(ResponseTemplate::new(200))
+            .expect(1)
+            .mount(&server)
+            .await;
+        let grant = r#"{"value": "granted-t1", "tenants": ["t1"], "hosts": ["127.0.0.1"]}"#;
+        let narrow = r#"{"value": "granted-t1", "tenants": ["t1"], "hosts": ["tickets.example"]}"#;
+        let with = json!({ "url": format!("{}/x", server.uri()), "headers": { "a": "{{ secrets.TOKEN }}" } });
+        let run = |tenant: Option<&str>, held: &'static str| {
+            let mut a = test_attempt("http", with.clone(), None, 1);
+            a.tenant = tenant.map(Arc::from);
+            let exec = local(&[("LLMO_SECRET_TOKEN", held)]);
+            async move { exec.execute(&a).await }
+        };
+        let refused = |r: AttemptResult| match r {
+            AttemptResult::Failed { error, retryable: false, .. } => {
+                assert!(!error.contains("granted-t1"), "{error}");
+                error
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        };
+        let e = refused(run(Some("t2"), grant).await);
+        assert!(e.contains("may not be sent to `127.0.0.1`: it is not granted to tenant `t2`"), "{e}");
+        let e = refused(run(Some("t1"), narrow).await);
+        assert!(e.contains("the operator allows it only towards tickets.example, not `127.0.0.1`"), "{e}");
+        let e = refused(run(Some("t1"), "plain-value").await);
+        assert!(e.contains("the operator has not said which tenants and hosts may use it"), "{e}");
+        // Granted: the one request the fake expects.
+        assert!(matches!(run(Some("t1"), grant).await, AttemptResult::Succeeded { .. }));
     }
 
     /// Each case: a header template, what the secret source holds, and the exact error; the

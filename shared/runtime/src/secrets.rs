@@ -42,6 +42,59 @@ impl Secrets for WorkflowSecrets {
     }
 }
 
+/// A workflow secret as the operator keeps it in the secret source: its value and, beside it,
+/// which tenants may use it and towards which hosts. Written as a JSON object,
+/// `{"value": "...", "tenants": ["acme"], "hosts": ["api.tickets.example"]}` (`"*"` in
+/// `tenants`: every tenant); a plain string is a value with no grant, which only single-user
+/// (embedded) runs may use. A workflow's `spec.secrets.NAME.hosts` can only narrow the
+/// operator's hosts.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Grant {
+    pub value: String,
+    #[serde(default)]
+    pub tenants: Option<Vec<String>>,
+    #[serde(default)]
+    pub hosts: Option<Vec<String>>,
+}
+
+impl Grant {
+    /// Reads what the source holds: a grant object, or a plain value.
+    pub fn parse(raw: String) -> Result<Grant, String> {
+        if raw.trim_start().starts_with('{') {
+            return serde_json::from_str(&raw).map_err(|e| {
+                format!(
+                    "is not a grant (`{{\"value\", \"tenants\", \"hosts\"}}`): {}",
+                    e.to_string().split(" at line").next().unwrap_or_default()
+                )
+            });
+        }
+        Ok(Grant { value: raw, tenants: None, hosts: None })
+    }
+
+    /// Whether a run of `tenant` (`None`: a single-user run) may send it to `host`. The
+    /// operator's hosts, when given, must cover `host`; in a tenant's run the grant must name
+    /// both the tenants (the run's among them) and the hosts.
+    pub fn allows(&self, tenant: Option<&str>, host: &str) -> Result<(), String> {
+        if let Some(t) = tenant {
+            let (Some(tenants), Some(_)) = (&self.tenants, &self.hosts) else {
+                return Err(
+                    "the operator has not said which tenants and hosts may use it (in the secret source, as {\"value\", \"tenants\", \"hosts\"})".into(),
+                );
+            };
+            if !tenants.iter().any(|x| x == "*" || x == t) {
+                return Err(format!("it is not granted to tenant `{t}`"));
+            }
+        }
+        if let Some(hosts) = &self.hosts
+            && !hosts.iter().any(|p| llmo_core::model::host_matches(p, host))
+        {
+            return Err(format!("the operator allows it only towards {}, not `{host}`", hosts.join(", ")));
+        }
+        Ok(())
+    }
+}
+
 /// A fixed map (tests, and sources that read everything at once).
 #[derive(Default)]
 pub struct MapSecrets(pub std::collections::HashMap<String, String>);
@@ -68,5 +121,22 @@ mod tests {
         let w = WorkflowSecrets(std::sync::Arc::new(all));
         assert_eq!(w.get("LLMO_SECRET_TICKETS_TOKEN").await.unwrap().as_deref(), Some("tok"));
         assert_eq!(w.get("OPENAI_API_KEY").await.unwrap(), None);
+    }
+
+    #[test]
+    fn a_grant_names_the_tenants_and_hosts_a_secret_may_serve() {
+        let g = Grant::parse(r#"{"value": "v", "tenants": ["t1"], "hosts": ["*.tickets.example"]}"#.into()).unwrap();
+        assert_eq!(g.value, "v");
+        assert!(g.allows(Some("t1"), "api.tickets.example").is_ok());
+        assert!(g.allows(Some("t2"), "api.tickets.example").unwrap_err().contains("not granted to tenant `t2`"));
+        assert!(g.allows(Some("t1"), "attacker.example").unwrap_err().contains("only towards *.tickets.example"));
+        assert!(g.allows(None, "attacker.example").is_err(), "the operator's hosts bind single-user runs too");
+        let every = Grant::parse(r#"{"value": "v", "tenants": ["*"], "hosts": ["h.example"]}"#.into()).unwrap();
+        assert!(every.allows(Some("anyone"), "h.example").is_ok());
+        // A plain value: single-user runs only.
+        let plain = Grant::parse("v".into()).unwrap();
+        assert!(plain.allows(None, "anywhere.example").is_ok());
+        assert!(plain.allows(Some("t1"), "anywhere.example").unwrap_err().contains("has not said which tenants"));
+        assert!(Grant::parse(r#"{"value": "v", "tenant": ["t1"]}"#.into()).unwrap_err().contains("is not a grant"));
     }
 }

@@ -69,6 +69,7 @@ pub mod codes {
     pub const SECRET_PLACE: &str = "WF034";
     pub const EXPRESSION_BRACES: &str = "WF035";
     pub const SECRET_UNDECLARED: &str = "WF036";
+    pub const SECRET_HOSTS: &str = "WF037";
     pub const FOR_EACH: &str = "WF040";
     pub const TIMING: &str = "WF041";
     pub const CONCURRENCY: &str = "WF042";
@@ -600,6 +601,7 @@ impl<'a> Run<'a> {
         self.schedule(spec, inputs.as_ref());
         self.events(spec, inputs.as_ref());
         self.budget_and_timing(spec, defaults.as_ref(), &views);
+        self.secret_hosts(spec);
         self.policies(&views);
 
         if self.report.has_errors() {

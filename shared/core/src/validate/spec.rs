@@ -196,6 +196,20 @@ impl Run<'_> {
         }
     }
 
+    /// Secret hosts no broader than one registered domain (`*.com` would send the secret to
+    /// anyone who registers a name there).
+    pub(super) fn secret_hosts(&mut self, spec: Option<&Value>) {
+        let Some(secrets) = spec.and_then(|s| s.get("secrets")).and_then(Value::as_object) else { return };
+        for (name, d) in secrets {
+            for (i, h) in d.get("hosts").and_then(Value::as_array).into_iter().flatten().enumerate() {
+                if let Some(why) = h.as_str().and_then(crate::model::host_pattern_too_broad) {
+                    self.error(SECRET_HOSTS, &format!("/spec/secrets/{name}/hosts/{i}"), why).help =
+                        Some("a secret goes only to hosts of one registered domain".into());
+                }
+            }
+        }
+    }
+
     pub(super) fn budget_and_timing(&mut self, spec: Option<&Value>, defaults: Option<&Defaults>, views: &[TaskView]) {
         if let Some(b) = typed::<crate::model::Budget>(spec.and_then(|s| s.get("budget"))) {
             if b.max_cost_usd.is_some_and(|c| c <= 0.0) {
