@@ -422,6 +422,7 @@ impl Api {
                 tracing::info!(route = route.action(), %why, "request refused");
                 return problem(StatusCode::FORBIDDEN, why);
             }
+            Err(AuthError::BadTenant(why)) => return problem(StatusCode::BAD_REQUEST, why),
         };
         let query: HashMap<String, String> = req
             .uri()
@@ -492,6 +493,9 @@ impl Api {
     ) -> (Reply, Option<String>, Option<String>) {
         let tenant = match p.acting_tenant(query.get("tenant").map(String::as_str)) {
             Ok(t) => t.to_string(),
+            Err(e @ crate::auth::AuthError::BadTenant(_)) => {
+                return (problem(StatusCode::BAD_REQUEST, e.to_string()), None, None);
+            }
             Err(e) => return (problem(StatusCode::FORBIDDEN, e.to_string()), None, None),
         };
         if !p.may(route.needs()) {

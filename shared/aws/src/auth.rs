@@ -73,7 +73,11 @@ impl Principal {
         match asked {
             None => Ok(&self.tenant),
             Some(t) if t == self.tenant => Ok(&self.tenant),
-            Some(t) if self.operator => Ok(t),
+            Some(t) if self.operator && valid_tenant(t) => Ok(t),
+            Some(t) if self.operator => {
+                // Checked as a token's tenant is: it is spliced into every key of the tenant.
+                Err(AuthError::BadTenant(format!("`?tenant=` is not a tenant name (1-64 of A-Za-z0-9_.-): `{t}`")))
+            }
             Some(_) => Err(AuthError::Forbidden("only an operator may act on another tenant".into())),
         }
     }
@@ -87,6 +91,9 @@ pub enum AuthError {
     /// 403: a verified caller without the role a route needs.
     #[error("{0}")]
     Forbidden(String),
+    /// 400: an operator named a tenant that cannot be one.
+    #[error("{0}")]
+    BadTenant(String),
 }
 
 /// Claim names.
@@ -173,6 +180,13 @@ impl Auth {
     /// A verifier of RS256/ES256 tokens against a JWKS: a file, or an `http(s)://` URL (fetched
     /// now, and again, at most once a minute, when a token names a key it does not hold).
     pub async fn jwks(source: &str, issuer: &str, audience: &str, claims: Claims) -> Result<Self, String> {
+        if let Some(rest) = source.strip_prefix("http://") {
+            // Keys fetched in clear could be swapped on the way: only a local test server.
+            let host = rest.split(['/', ':']).next().unwrap_or_default();
+            if !matches!(host, "127.0.0.1" | "localhost" | "[") {
+                return Err(format!("LLMO_JWKS {source}: keys are fetched over https:// only (http:// for loopback)"));
+            }
+        }
         let (set, url) = if source.starts_with("https://") || source.starts_with("http://") {
             (fetch_jwks(source).await?, Some(source.to_string()))
         } else {
@@ -225,6 +239,7 @@ impl Auth {
                 }
                 let mut v = Validation::new(alg);
                 v.leeway = 30;
+                v.validate_nbf = true;
                 v.set_audience(&[audience]);
                 if let Some(iss) = issuer {
                     v.set_issuer(&[iss]);
@@ -232,6 +247,12 @@ impl Auth {
                 v.set_required_spec_claims(&["exp", "aud", "sub"]);
                 let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key, &v)
                     .map_err(|e| AuthError::Unauthenticated(format!("the token does not verify: {e}")))?;
+                if issuer.is_none() && data.claims.contains_key("iss") {
+                    // Issued by someone this API was not told to trust.
+                    return Err(AuthError::Unauthenticated(
+                        "the token names an issuer and this API is configured with none (LLMO_JWT_ISSUER)".into(),
+                    ));
+                }
                 principal(&data.claims, claims)
             }
         }
@@ -476,5 +497,43 @@ mod tests {
             .await
             .unwrap();
         assert!(url.authenticate(&request(&es256("test-es256", ISS, "llmo-api"))).await.is_ok());
+        // Over plain http only from loopback: elsewhere the keys could be swapped on the way.
+        let e = Auth::jwks("http://keys.example.com/jwks.json", ISS, "llmo-api", Claims::default()).await;
+        assert!(e.err().unwrap().contains("https:// only"));
+    }
+
+    #[test]
+    fn an_operators_tenant_is_checked_like_a_tokens() {
+        let op = Principal { subject: "ops".into(), tenant: "acme".into(), role: Role::Admin, operator: true };
+        assert_eq!(op.acting_tenant(Some("globex")), Ok("globex"));
+        for bad in ["a#b", "", "t1#RUNS#0", &"x".repeat(65), "a b"] {
+            assert!(matches!(op.acting_tenant(Some(bad)), Err(AuthError::BadTenant(_))), "{bad:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn tokens_not_yet_valid_or_from_an_unconfigured_issuer_are_refused() {
+        let secret = b"0123456789abcdef0123456789abcdef";
+        let auth = Auth::hs256(secret, "llmo-api");
+        let now = llmo_runtime::ports::now_ms() / 1000;
+        let token = |extra: &[(&str, Value)]| {
+            let mut c: std::collections::HashMap<&str, Value> = [
+                ("sub", serde_json::json!("u")),
+                ("tenant", serde_json::json!("acme")),
+                ("roles", serde_json::json!(["viewer"])),
+                ("aud", serde_json::json!("llmo-api")),
+                ("exp", serde_json::json!(now + 600)),
+            ]
+            .into();
+            for (k, v) in extra {
+                c.insert(k, v.clone());
+            }
+            mint_hs256(secret, &c)
+        };
+        assert!(auth.authenticate(&request(&token(&[]))).await.is_ok());
+        let early = auth.authenticate(&request(&token(&[("nbf", serde_json::json!(now + 3600))]))).await;
+        assert!(matches!(early, Err(AuthError::Unauthenticated(m)) if m.contains("ImmatureSignature")), "nbf");
+        let foreign = auth.authenticate(&request(&token(&[("iss", serde_json::json!("https://evil.test"))]))).await;
+        assert!(matches!(foreign, Err(AuthError::Unauthenticated(m)) if m.contains("names an issuer")), "iss");
     }
 }

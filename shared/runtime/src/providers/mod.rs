@@ -244,8 +244,11 @@ impl LlmExecutor {
     /// Providers whose key the config does not hold ask `secrets` for it (by its
     /// `api_key_env` name) at each call.
     pub fn with_secrets(config: Config, force_mock: bool, secrets: Arc<dyn crate::secrets::Secrets>) -> Self {
+        // No redirects: a provider answers where it was asked, and a redirect would carry the
+        // key (`x-api-key` survives reqwest's default policy across hosts) somewhere else.
         let client = reqwest::Client::builder()
             .user_agent(concat!("llmo/", env!("CARGO_PKG_VERSION")))
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .expect("http client");
         let mut providers: HashMap<String, Arc<dyn Provider>> = HashMap::new();

@@ -495,3 +495,25 @@ async fn judges_share_the_allowance_of_their_attempt() {
         other => panic!("expected a failure, got {other:?}"),
     }
 }
+
+/// A provider that redirects is not followed: the key never reaches the other host (reqwest's
+/// default policy kept `x-api-key` across hosts), and the call fails for good.
+#[tokio::test]
+async fn a_redirecting_provider_is_not_followed() {
+    let elsewhere = MockServer::start().await;
+    Route::given(method("POST")).respond_with(ResponseTemplate::new(200)).expect(0).mount(&elsewhere).await;
+    let server = MockServer::start().await;
+    Route::given(method("POST"))
+        .respond_with(
+            ResponseTemplate::new(307).insert_header("location", format!("{}/v1/messages", elsewhere.uri()).as_str()),
+        )
+        .expect(2)
+        .mount(&server)
+        .await;
+    for provider in ["openai", "anthropic"] {
+        let r = run(&exec(&server), json!({ "provider": provider, "model": "gpt-4o-mini", "prompt": "Hi" })).await;
+        let (error, _) = failure(&r);
+        assert!(error.contains("307"), "{provider}: {error}");
+    }
+    assert!(elsewhere.received_requests().await.unwrap().is_empty());
+}
