@@ -142,7 +142,12 @@ pub(crate) fn task_key_of(
     let task = &plan.checked.workflow.spec.tasks[id.task].id;
     match key {
         Ok(k) => Some((
-            format!("task#{}#{}#{task}#{k}", st.tenant.as_deref().unwrap_or("-"), plan.checked.workflow.metadata.name),
+            format!(
+                "task#{}#{}#{task}#{}",
+                st.tenant.as_deref().unwrap_or("-"),
+                plan.checked.workflow.metadata.name,
+                bounded_key(k)
+            ),
             limit,
         )),
         Err(e) => {
@@ -711,14 +716,16 @@ impl Worker {
 
     /// Takes a place under the concurrency key `key` for `holder`; when it is full, first
     /// drops the holders that ended without leaving (a worker died between the two), then
-    /// tries once more. The shared state unreachable lets the holder through (logged).
+    /// tries once more. The shared state unreachable (or refusing the key) keeps the holder
+    /// out (logged): a limit that cannot be checked is not passed, the attempt or run comes
+    /// back later.
     async fn enter_key(&self, key: &str, holder: &str, limit: u32, rank: u8) -> bool {
         match self.flow.enter(key, holder, limit, rank).await {
             Ok(true) => return true,
             Ok(false) => {}
             Err(e) => {
-                tracing::warn!(key, error = %e, "concurrency key not checked");
-                return true;
+                tracing::warn!(key, error = %e, "concurrency key not checked: held back");
+                return false;
             }
         }
         let mut freed = false;
@@ -729,7 +736,7 @@ impl Worker {
                 freed = true;
             }
         }
-        freed && self.flow.enter(key, holder, limit, rank).await.unwrap_or(true)
+        freed && self.flow.enter(key, holder, limit, rank).await.unwrap_or(false)
     }
 
     /// Whether a key's holder is still live: a run not ended, or an attempt its run still
@@ -1092,6 +1099,25 @@ mod key_tests {
         let long = super::bounded_key("x".repeat(5_000_000));
         assert!(long.starts_with("sha256:") && long.len() == 71, "{long}");
         assert_ne!(long, super::bounded_key("y".repeat(5_000_000)));
+    }
+
+    /// A task's key is bounded like a run's: a long rendered key fits DynamoDB's key limit
+    /// instead of failing the write (which let the attempt through unchecked).
+    #[test]
+    fn a_long_task_key_is_stored_as_its_hash() {
+        use llmo_core::engine::{AttemptId, Plan};
+        let wf = "apiVersion: llm-orchestrator/v1\nkind: Workflow\nmetadata: { name: w }\nspec:\n  inputs: { k: { type: string } }\n  tasks:\n    - { id: a, type: transform, concurrency: { key: \"{{ inputs.k }}\", limit: 1 }, with: { output: 1 } }\n";
+        let checked = llmo_core::validate::Validator::default()
+            .validate(&llmo_core::source::SourceFile::new("w.yaml", wf))
+            .checked
+            .unwrap();
+        let plan = Plan::new(checked);
+        let inputs = serde_json::json!({ "k": "x".repeat(100_000) });
+        let st = plan.new_run("r", inputs.as_object().unwrap().clone());
+        let ctx = plan.context_value(&st, Some(0), None);
+        let (key, limit) = super::task_key_of(&plan, &st, AttemptId { task: 0, item: None, attempt: 1 }, &ctx).unwrap();
+        assert_eq!(limit, 1);
+        assert!(key.starts_with("task#-#w#a#sha256:") && key.len() < 300, "{}", &key[..80]);
     }
 }
 
