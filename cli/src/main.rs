@@ -17,6 +17,7 @@ mod infra;
 mod remote;
 mod run;
 mod serve;
+mod term;
 mod waits;
 
 // Validation of large files allocates many small objects; mimalloc makes that markedly faster.

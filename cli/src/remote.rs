@@ -48,7 +48,10 @@ async fn call(req: reqwest::RequestBuilder, url: &str) -> Result<(u16, Value)> {
 }
 
 fn refused(what: &str, status: u16, v: &Value) -> ExitCode {
-    eprintln!("error: {what}: HTTP {status}: {}", v.get("error").and_then(Value::as_str).unwrap_or(&v.to_string()));
+    eprintln!(
+        "error: {what}: HTTP {status}: {}",
+        crate::term::clean(v.get("error").and_then(Value::as_str).unwrap_or(&v.to_string()))
+    );
     if let Some(ds) = v.get("diagnostics").and_then(Value::as_array) {
         for d in ds {
             eprintln!(
@@ -117,7 +120,7 @@ pub fn submit(file: &Path, opts: &Options, api: Option<&str>, key: Option<&str>,
                 v["cost_usd"].as_f64().unwrap_or(0.0)
             );
             if line != last {
-                eprintln!("{line}");
+                eprintln!("{}", crate::term::clean(&line));
                 last = line;
             }
             match v["status"].as_str() {
@@ -126,7 +129,7 @@ pub fn submit(file: &Path, opts: &Options, api: Option<&str>, key: Option<&str>,
                     return Ok(ExitCode::SUCCESS);
                 }
                 Some("failed" | "cancelled" | "timed_out") => {
-                    eprintln!("{run_id}: {}", v["error"].as_str().unwrap_or("ended"));
+                    eprintln!("{run_id}: {}", crate::term::clean(v["error"].as_str().unwrap_or("ended")));
                     return Ok(ExitCode::from(1));
                 }
                 _ => tokio::time::sleep(Duration::from_millis(500)).await,
@@ -197,7 +200,7 @@ pub fn logs(run_id: &str, api: Option<&str>, json_out: bool) -> Result<ExitCode>
                 }
                 None => e.to_string(),
             };
-            println!("v{:<5} {:>13}  {what}", t["version"], t["at"]);
+            println!("v{:<5} {:>13}  {}", t["version"], t["at"], crate::term::clean(&what));
         }
         Ok(ExitCode::SUCCESS)
     })
@@ -257,15 +260,16 @@ pub fn audit(
             return Ok(ExitCode::SUCCESS);
         }
         for r in v["records"].as_array().into_iter().flatten() {
+            let f = |k: &str, or: &'static str| crate::term::clean(r[k].as_str().unwrap_or(or)).into_owned();
             println!(
                 "{}  {:<10} {:<20} {:<10} {:<24} {:<40} {}",
                 r["at"],
-                r["tenant"].as_str().unwrap_or(""),
-                r["actor"].as_str().unwrap_or(""),
-                r["role"].as_str().unwrap_or(""),
-                r["action"].as_str().unwrap_or(""),
-                r["target"].as_str().unwrap_or("-"),
-                r["result"].as_str().unwrap_or("")
+                f("tenant", ""),
+                f("actor", ""),
+                f("role", ""),
+                f("action", ""),
+                f("target", "-"),
+                f("result", "")
             );
         }
         Ok(ExitCode::SUCCESS)

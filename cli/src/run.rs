@@ -514,16 +514,16 @@ impl Progress {
                     llmo_core::engine::WaitKind::Approval => eprintln!(
                         "⏸ {id}{} waits for approval{}: llmo approve {} {id}{at} (or llmo reject)",
                         item.map(|k| format!("[{k}]")).unwrap_or_default(),
-                        w.prompt.as_deref().map(|p| format!(" (\"{p}\")")).unwrap_or_default(),
+                        w.prompt.as_deref().map(|p| format!(" (\"{}\")", crate::term::clean(p))).unwrap_or_default(),
                         st.run_id
                     ),
                     llmo_core::engine::WaitKind::Event => eprintln!(
                         "⏸ {id}{} waits for event `{}` key `{}`: llmo send-event {} --key '{}'",
                         item.map(|k| format!("[{k}]")).unwrap_or_default(),
-                        w.event.as_deref().unwrap_or_default(),
-                        w.key.as_deref().unwrap_or_default(),
-                        w.event.as_deref().unwrap_or_default(),
-                        w.key.as_deref().unwrap_or_default()
+                        crate::term::clean(w.event.as_deref().unwrap_or_default()),
+                        crate::term::clean(w.key.as_deref().unwrap_or_default()),
+                        crate::term::clean(w.event.as_deref().unwrap_or_default()),
+                        crate::term::clean(w.key.as_deref().unwrap_or_default())
                     ),
                     llmo_core::engine::WaitKind::Sleep => {}
                 }
@@ -585,8 +585,10 @@ impl Observer for Progress {
                 _ => "∅",
             };
             let detail = match ts.status {
-                TaskStatus::Failed => format!(": {}", ts.error.as_deref().unwrap_or("failed")),
-                TaskStatus::Skipped | TaskStatus::Cancelled => format!(" ({})", ts.reason.as_deref().unwrap_or("")),
+                TaskStatus::Failed => format!(": {}", crate::term::clean(ts.error.as_deref().unwrap_or("failed"))),
+                TaskStatus::Skipped | TaskStatus::Cancelled => {
+                    format!(" ({})", crate::term::clean(ts.reason.as_deref().unwrap_or("")))
+                }
                 _ => String::new(),
             };
             let (id, ty) = &self.ids[i];
@@ -603,7 +605,9 @@ impl Observer for Progress {
     fn hook(&mut self, o: &HookOutcome) {
         match &o.result {
             llmo_core::engine::AttemptResult::Succeeded { .. } => eprintln!("hook {}: done", o.name),
-            llmo_core::engine::AttemptResult::Failed { error, .. } => eprintln!("hook {}: failed: {error}", o.name),
+            llmo_core::engine::AttemptResult::Failed { error, .. } => {
+                eprintln!("hook {}: failed: {}", o.name, crate::term::clean(error))
+            }
         }
     }
 }
@@ -623,6 +627,6 @@ fn summary(plan: &Plan, st: &RunState, started: Instant) {
         st.cost_usd
     );
     if let Some(e) = &st.error {
-        eprintln!("{}: {e}", plan.checked.workflow.metadata.name);
+        eprintln!("{}: {}", plan.checked.workflow.metadata.name, crate::term::clean(e));
     }
 }

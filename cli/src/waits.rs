@@ -99,12 +99,13 @@ pub fn print_waiting(rows: &[Value], as_json: bool) -> Result<ExitCode> {
                 }
             }
         };
-        let link = r["link"].as_str().map(|l| format!("\n    link: {l}")).unwrap_or_default();
-        println!(
-            "{}  {}  {task}  {what}{link}",
+        let link = r["link"].as_str().map(|l| format!("\n    link: {}", crate::term::clean(l))).unwrap_or_default();
+        let line = format!(
+            "{}  {}  {task}  {what}",
             r["run_id"].as_str().unwrap_or("?"),
             r["workflow"].as_str().unwrap_or("?")
         );
+        println!("{}{link}", crate::term::clean(&line));
     }
     Ok(ExitCode::SUCCESS)
 }
