@@ -625,6 +625,7 @@ pub(crate) fn build_attempt(
             .budget
             .and_then(|b| b.max_cost_usd)
             .map(|m| m - st.cost_usd - st.reserved.cost_usd - st.unsettled.cost_usd),
+        prices: spec.budget.and(st.prices.clone()).map(Arc::new),
         allowance: spec.budget.map(|b| {
             // What the unit holds; a unit started before holds were kept may take what is left.
             let held = st.tasks[task].units.get(item.unwrap_or(0) as usize).and_then(|u| u.held);
@@ -757,6 +758,7 @@ pub async fn run_hooks(
                             context: context.clone(),
                             budget_left_usd: None,
                             allowance: None,
+                            prices: None,
                             admitted: false,
                             timeout: hook.timeout.map(|d| d.0),
                         };

@@ -44,6 +44,9 @@ pub struct Attempt {
     /// of it ([`llmo_core::engine::Unit::held`]). Executors never call a model whose worst
     /// case does not fit in what is left of it.
     pub allowance: Option<Allowance>,
+    /// The prices the run keeps its budget with (frozen when it was created): calls are
+    /// checked against the allowance with these, as the engine reserved it.
+    pub prices: Option<Arc<llmo_core::engine::budget::PriceBook>>,
     /// The task's `timeout` (or `defaults.timeout`), if any.
     pub timeout: Option<Duration>,
     /// The attempt already holds its capacity under the fleet's rate limits (it was deferred
@@ -277,6 +280,7 @@ pub(crate) fn test_attempt(ty: &str, with: Value, item: Option<u32>, attempt: u3
         )),
         budget_left_usd: None,
         allowance: None,
+        prices: None,
         admitted: false,
         timeout: Some(Duration::from_millis(500)),
     }
@@ -304,6 +308,8 @@ mod tests {
             context: Ctx::from(()),
             budget_left_usd: None,
             allowance: None,
+            prices: None,
+            prices: None,
             admitted: false,
             timeout: None,
         }

@@ -178,7 +178,11 @@ pub fn plan(source: &str) -> Arc<Plan> {
 
 /// The same workflow run in-process with the same executors: the fault-free outcome.
 pub async fn embedded(source: &str, inputs: Value) -> RunState {
-    let p = plan(source);
+    // With the prices the API's starter gives its runs (mock: everything free).
+    let outcome = Validator::default().validate(&SourceFile::new("t.yaml", source.to_string()));
+    let mut p = Plan::new(outcome.checked.expect("test workflow is valid"));
+    p.set_prices(llmo_runtime::price_book(&llmo_runtime::providers::Config::builtin(), true));
+    let p = Arc::new(p);
     let store = Arc::new(llmo_runtime::store::MemoryStore::default());
     let d = llmo_runtime::driver::Driver {
         plan: p.clone(),

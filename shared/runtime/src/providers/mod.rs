@@ -479,7 +479,13 @@ impl LlmExecutor {
     /// prompt (and schema) at a token per byte plus `max_tokens` of answer
     /// ([`llmo_core::engine::budget`], the bound the engine reserved). `None` when the model
     /// has no price; zero money on free and mock providers.
-    fn worst_case(&self, provider: &str, model: &str, req: &ChatRequest) -> Option<Estimate> {
+    fn worst_case(
+        &self,
+        book: Option<&budget::PriceBook>,
+        provider: &str,
+        model: &str,
+        req: &ChatRequest,
+    ) -> Option<Estimate> {
         let schema = req.schema.as_ref().map(|s| s.to_string());
         let prompt = budget::prompt_tokens_bound(
             req.system
@@ -489,7 +495,11 @@ impl LlmExecutor {
                 .chain(schema.as_deref()),
         );
         let max_tokens = req.max_tokens.unwrap_or(budget::DEFAULT_MAX_TOKENS);
-        self.config.price_book(self.force_mock).call(Some(provider), model, prompt, max_tokens)
+        match book {
+            // The run's own prices: the ones its holds were reserved with.
+            Some(b) => b.call(Some(provider), model, prompt, max_tokens),
+            None => self.config.price_book(self.force_mock).call(Some(provider), model, prompt, max_tokens),
+        }
     }
 
     /// Runs a chat over the candidates in order. Returns the output, the usage of every call
@@ -528,7 +538,7 @@ impl LlmExecutor {
             let label = if self.force_mock { format!("mock/{model}") } else { format!("{provider}/{model}") };
             if let Some(allow) = allowance {
                 let used = Estimate { cost_usd: spent.cost_usd + usage.cost_usd, tokens: spent.tokens + usage.tokens };
-                match self.worst_case(&provider, &model, &req) {
+                match self.worst_case(a.prices.as_deref(), &provider, &model, &req) {
                     None if allow.cost_usd.is_some() => {
                         errors.push(format!(
                             "{label}: not called: the run has a cost budget and this model has no known price (add it to `prices` in the config)"
