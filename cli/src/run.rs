@@ -79,7 +79,7 @@ fn registry(exec: &Exec) -> Result<Registry> {
 
 /// The plan, with the prices its runs keep their budget with.
 fn prepared(mut plan: Plan, exec: &Exec) -> Result<Arc<Plan>> {
-    plan.set_prices(llmo_runtime::price_book(&config(exec)?, exec.mock));
+    plan.set_prices(config(exec)?.price_book(exec.mock));
     Ok(Arc::new(plan))
 }
 

@@ -25,6 +25,8 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
+use llmo_core::engine::budget::spends;
+
 use crate::executor::{Allowance, Attempt, Executor, Registry, failed};
 use crate::ports::{BlobStore, Clock};
 use crate::store::{self, RunStore, Transition, rebuild};
@@ -538,13 +540,14 @@ impl Driver {
             // Looked at before the channel: an attempt sends its answer before it finishes,
             // so a finished one's answer is in the channel by then.
             let st = &t.st;
-            let owed = t.running.iter().any(|(&(task, item), (attempt, h))| {
+            let owed = t.running.iter().any(|(&(task, item), &(attempt, ref h))| {
+                let id = AttemptId { task, item, attempt };
                 !h.is_finished()
+                    && spends(&t.tasks[task].1)
                     && st.tasks[task]
                         .units
-                        .get(item.unwrap_or(0) as usize)
-                        .is_some_and(|u| u.attempt == *attempt && u.held.is_some() && u.status == TaskStatus::Cancelled)
-                    && spends(&t.tasks[task].1)
+                        .get(id.unit())
+                        .is_some_and(|u| u.attempt == attempt && u.held.is_some() && u.status == TaskStatus::Cancelled)
             });
             while let Ok(e) = t.rx.try_recv() {
                 t.inbox.push(e);
@@ -587,12 +590,6 @@ impl Driver {
     }
 }
 
-/// Whether attempts of a task type may spend money (model calls): cut off, they run on until
-/// they answer, so that what they cost is counted.
-fn spends(ty: &str) -> bool {
-    matches!(ty, "llm" | "evaluate")
-}
-
 /// The attempt as its executor sees it; a `with` block that does not render fails it.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn build_attempt(
@@ -600,9 +597,10 @@ pub(crate) fn build_attempt(
     st: &RunState,
     parts: &RunParts,
     (run_id, task_id, ty): (Arc<str>, Arc<str>, Arc<str>),
-    AttemptId { task, item, attempt }: AttemptId,
+    id: AttemptId,
     exec: &dyn Executor,
 ) -> Result<Attempt, AttemptResult> {
+    let AttemptId { task, item, attempt } = id;
     let spec = &plan.checked.workflow.spec;
     let t = &spec.tasks[task];
     let context = plan.context_in(st, Some(task), item, parts);
@@ -625,10 +623,10 @@ pub(crate) fn build_attempt(
             .budget
             .and_then(|b| b.max_cost_usd)
             .map(|m| m - st.cost_usd - st.reserved.cost_usd - st.unsettled.cost_usd),
-        prices: spec.budget.and(st.prices.clone()).map(Arc::new),
+        prices: spec.budget.and(st.prices.clone()),
         allowance: spec.budget.map(|b| {
             // What the unit holds; a unit started before holds were kept may take what is left.
-            let held = st.tasks[task].units.get(item.unwrap_or(0) as usize).and_then(|u| u.held);
+            let held = st.tasks[task].units.get(id.unit()).and_then(|u| u.held);
             let left = |max: f64, spent: f64| (max - spent).max(0.0);
             Allowance {
                 cost_usd: b.max_cost_usd.map(|m| held.map_or(left(m, st.cost_usd), |h| h.cost_usd)),

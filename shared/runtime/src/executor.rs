@@ -309,7 +309,6 @@ mod tests {
             budget_left_usd: None,
             allowance: None,
             prices: None,
-            prices: None,
             admitted: false,
             timeout: None,
         }

@@ -97,10 +97,17 @@ struct Header {
     secrets: Vec<String>,
 }
 
-/// The secret values of one request, for masking what comes back.
-/// Each secret's name, value, and the hosts the operator allows it towards (if it said).
+/// The secrets one request carries: for masking what comes back, and for redirects.
 #[derive(Default)]
-struct Revealed(Vec<(String, String, Option<Vec<String>>)>);
+struct Revealed(Vec<Shown>);
+
+/// A secret in a request: its name, its value, and the hosts the operator allows it towards
+/// (if it said).
+struct Shown {
+    name: String,
+    value: String,
+    hosts: Option<Vec<String>>,
+}
 
 impl Revealed {
     /// Shortest value masked: shorter ones would mask ordinary text.
@@ -108,14 +115,15 @@ impl Revealed {
 
     /// Whether the operator's hosts for secret `name` (if it gave some) cover `host`.
     fn allows(&self, name: &str, host: &str) -> bool {
-        self.0.iter().filter(|(n, _, _)| n == name).all(|(_, _, hosts)| {
-            hosts.as_ref().is_none_or(|hs| hs.iter().any(|p| llmo_core::model::host_matches(p, host)))
-        })
+        self.0
+            .iter()
+            .filter(|s| s.name == name)
+            .all(|s| s.hosts.as_ref().is_none_or(|hs| hs.iter().any(|p| llmo_core::model::host_matches(p, host))))
     }
 
     fn mask_str(&self, s: &str) -> Option<String> {
         let mut out: Option<String> = None;
-        for (name, value, _) in &self.0 {
+        for Shown { name, value, .. } in &self.0 {
             if value.len() >= Self::MIN_LEN && out.as_deref().unwrap_or(s).contains(value.as_str()) {
                 out = Some(out.as_deref().unwrap_or(s).replace(value.as_str(), &format!("[redacted secret {name}]")));
             }
@@ -179,7 +187,7 @@ async fn headers(
         grant
             .allows(a.tenant.as_deref(), host)
             .map_err(|e| TaskError::fatal(format!("secret `{name}` may not be sent to `{host}`: {e}")))?;
-        revealed.0.push((name.clone(), grant.value.clone(), grant.hosts));
+        revealed.0.push(Shown { name: name.clone(), value: grant.value.clone(), hosts: grant.hosts });
         secrets.insert(name, Value::String(grant.value));
     }
     let ctx = minijinja::value::merge_maps([

@@ -79,9 +79,3 @@ impl Setup {
 pub fn standard_registry(config: providers::Config, mock: bool, fixtures: http::Fixtures) -> executor::Registry {
     Setup { fixtures, ..Setup::new(config, mock) }.registry()
 }
-
-/// The prices runs keep their budget with ([`llmo_core::engine::Plan::set_prices`]): the
-/// config's price table, its free providers, and everything free under `mock`.
-pub fn price_book(config: &providers::Config, mock: bool) -> llmo_core::engine::budget::PriceBook {
-    config.price_book(mock)
-}

@@ -59,17 +59,20 @@ pub struct Grant {
 }
 
 impl Grant {
-    /// Reads what the source holds: a grant object, or a plain value.
+    /// Reads what the source holds: a grant (a JSON object with a `value`), or a plain value
+    /// (anything else: a JSON credential stays a value). A malformed grant is refused without
+    /// quoting it: it holds the secret.
     pub fn parse(raw: String) -> Result<Grant, String> {
-        if raw.trim_start().starts_with('{') {
-            return serde_json::from_str(&raw).map_err(|e| {
-                format!(
-                    "is not a grant (`{{\"value\", \"tenants\", \"hosts\"}}`): {}",
-                    e.to_string().split(" at line").next().unwrap_or_default()
-                )
-            });
+        let object = raw.trim_start().starts_with('{');
+        match serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&raw) {
+            Ok(m) if object && m.contains_key("value") => {
+                serde_json::from_value(serde_json::Value::Object(m)).map_err(|_| {
+                    "is not a grant: expected {\"value\": string, \"tenants\": [names or \"*\"], \"hosts\": [hosts]}"
+                        .to_string()
+                })
+            }
+            _ => Ok(Grant { value: raw, tenants: None, hosts: None }),
         }
-        Ok(Grant { value: raw, tenants: None, hosts: None })
     }
 
     /// Whether a run of `tenant` (`None`: a single-user run) may send it to `host`. The
@@ -137,6 +140,13 @@ mod tests {
         let plain = Grant::parse("v".into()).unwrap();
         assert!(plain.allows(None, "anywhere.example").is_ok());
         assert!(plain.allows(Some("t1"), "anywhere.example").unwrap_err().contains("has not said which tenants"));
-        assert!(Grant::parse(r#"{"value": "v", "tenant": ["t1"]}"#.into()).unwrap_err().contains("is not a grant"));
+        // A grant with a mistake is refused, without quoting what it holds.
+        let bad = Grant::parse(r#"{"value": "sk-secret", "tenant": ["t1"]}"#.into()).unwrap_err();
+        assert!(bad.contains("is not a grant") && !bad.contains("sk-secret"), "{bad}");
+        let bad = Grant::parse(r#"{"value": "sk-secret", "tenants": "sk-secret"}"#.into()).unwrap_err();
+        assert!(!bad.contains("sk-secret"), "{bad}");
+        // A JSON credential without `value` is a plain value.
+        let json_key = r#"{"type": "service_account", "private_key": "k"}"#;
+        assert_eq!(Grant::parse(json_key.into()).unwrap().value, json_key);
     }
 }

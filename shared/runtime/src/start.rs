@@ -167,7 +167,7 @@ impl Starter {
         let inputs = llmo_core::inputs::resolve_inputs(&checked.workflow.spec.inputs, &req.inputs)
             .map_err(StartError::Inputs)?;
         let mut plan = Plan::new(checked);
-        plan.set_prices(crate::price_book(&self.config, self.mock));
+        plan.set_prices(self.config.price_book(self.mock));
         let workflow = plan.checked.workflow.metadata.name.clone();
         let key = req.key.as_ref().map(|k| StartKey {
             id: k.id(req.tenant.as_deref()),
@@ -191,7 +191,7 @@ impl Starter {
     ) -> Result<Prepared, StartError> {
         let checked = self.check(source_name, source)?;
         let mut plan = Plan::new(checked);
-        plan.set_prices(crate::price_book(&self.config, self.mock));
+        plan.set_prices(self.config.price_book(self.mock));
         let Some(i) = plan.checked.dag.index_of(from) else {
             return Err(StartError::Rerun(format!("the workflow has no task `{from}`")));
         };

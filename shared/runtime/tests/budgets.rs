@@ -44,7 +44,7 @@ fn driver(server: &MockServer, workflow: &str) -> Driver {
     let text = format!("apiVersion: llm-orchestrator/v1\nkind: Workflow\nmetadata: {{ name: b }}\n{workflow}");
     let outcome = Validator::default().validate(&SourceFile::new("b.yaml", text));
     let mut plan = Plan::new(outcome.checked.unwrap_or_else(|| panic!("{:?}", outcome.report)));
-    plan.set_prices(llmo_runtime::price_book(&config, false));
+    plan.set_prices(config.price_book(false));
     Driver {
         plan: Arc::new(plan),
         store: Arc::new(MemoryStore::default()),
@@ -53,6 +53,14 @@ fn driver(server: &MockServer, workflow: &str) -> Driver {
         blobs: None,
         options: Options { poll: Duration::from_millis(20), ..Options::default() },
     }
+}
+
+/// `n` items, each a call of gpt-4o-mini with a prompt of 6-8 bytes and 200 tokens of answer,
+/// under a budget of `usd`.
+fn items(n: u32, usd: f64) -> String {
+    format!(
+        "spec:\n  budget: {{ max_cost_usd: {usd} }}\n  tasks:\n    - id: each\n      type: llm\n      for_each: \"range({n})\"\n      with: {{ model: gpt-4o-mini, prompt: \"item {{{{ item }}}}\", max_tokens: 200 }}\n"
+    )
 }
 
 async fn run(d: &Driver) -> RunState {
@@ -82,18 +90,7 @@ async fn a_wide_for_each_never_sends_more_calls_than_the_budget_covers() {
         .respond_with(answer("ok").set_delay(Duration::from_millis(50)))
         .mount(&server)
         .await;
-    let d = driver(
-        &server,
-        r#"
-spec:
-  budget: { max_cost_usd: 0.001 }
-  tasks:
-    - id: each
-      type: llm
-      for_each: "range(200)"
-      with: { model: gpt-4o-mini, prompt: "item {{ item }}", max_tokens: 200 }
-"#,
-    );
+    let d = driver(&server, &items(200, 0.001));
     let st = run(&d).await;
     let calls = answered(&server).await;
     assert_eq!(st.status, RunStatus::Failed);
@@ -117,18 +114,7 @@ async fn calls_in_flight_when_the_run_fails_are_counted() {
         .mount(&server)
         .await;
     Mock::given(method("POST")).respond_with(answer("ok").set_delay(Duration::from_millis(300))).mount(&server).await;
-    let d = driver(
-        &server,
-        r#"
-spec:
-  budget: { max_cost_usd: 1.0 }
-  tasks:
-    - id: each
-      type: llm
-      for_each: "range(10)"
-      with: { model: gpt-4o-mini, prompt: "item {{ item }}", max_tokens: 200 }
-"#,
-    );
+    let d = driver(&server, &items(10, 1.0));
     let st = run(&d).await;
     assert_eq!(st.status, RunStatus::Failed);
     assert_eq!(answered(&server).await, 10);

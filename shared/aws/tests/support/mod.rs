@@ -181,7 +181,7 @@ pub async fn embedded(source: &str, inputs: Value) -> RunState {
     // With the prices the API's starter gives its runs (mock: everything free).
     let outcome = Validator::default().validate(&SourceFile::new("t.yaml", source.to_string()));
     let mut p = Plan::new(outcome.checked.expect("test workflow is valid"));
-    p.set_prices(llmo_runtime::price_book(&llmo_runtime::providers::Config::builtin(), true));
+    p.set_prices(llmo_runtime::providers::Config::builtin().price_book(true));
     let p = Arc::new(p);
     let store = Arc::new(llmo_runtime::store::MemoryStore::default());
     let d = llmo_runtime::driver::Driver {

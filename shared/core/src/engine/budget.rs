@@ -27,6 +27,12 @@ pub const DEFAULT_MAX_TOKENS: u32 = 1024;
 /// The most a model judge may answer (its answer is a small JSON object).
 pub const JUDGE_MAX_TOKENS: u32 = 300;
 
+/// Whether attempts of a task type may make model calls, and so spend: they hold part of a
+/// budget while they run, and a runtime lets them answer when their run ends meanwhile.
+pub fn spends(ty: &str) -> bool {
+    matches!(ty, "llm" | "evaluate")
+}
+
 /// The model judge's system prompt (the runtime sends exactly this).
 pub const JUDGE_SYSTEM: &str =
     "You grade texts against criteria. Answer only with JSON: {\"score\": <0..1>, \"reason\": \"...\"}.";
@@ -98,22 +104,29 @@ pub fn prompt_tokens_bound<'a>(texts: impl IntoIterator<Item = &'a str>) -> u64 
     texts.into_iter().map(|t| t.len() as u64 + 8).sum::<u64>() + 16
 }
 
+/// The most one model call may spend: its tokens (always bounded), and its money, `None` when
+/// the model has no price (and the provider is not free): such a call is never made under a
+/// cost budget, and counts by its tokens under a token budget.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CallBound {
+    pub tokens: u64,
+    pub cost_usd: Option<f64>,
+}
+
 impl PriceBook {
     /// The worst case of one call of `model` on `provider` (the default when `None`) with a
-    /// prompt of at most `prompt_tokens` and an answer of at most `max_tokens`. `None` when
-    /// the model has no price and the provider is not free: such a call is never made under
-    /// a cost budget.
-    pub fn call(&self, provider: Option<&str>, model: &str, prompt_tokens: u64, max_tokens: u32) -> Option<Estimate> {
+    /// prompt of at most `prompt_tokens` and an answer of at most `max_tokens`.
+    pub fn call(&self, provider: Option<&str>, model: &str, prompt_tokens: u64, max_tokens: u32) -> CallBound {
         let provider = provider.unwrap_or(&self.default_provider);
         let tokens = prompt_tokens + u64::from(max_tokens);
-        if self.all_free || self.free.contains(provider) {
-            return Some(Estimate { cost_usd: 0.0, tokens });
-        }
-        let [input, output] = *self.models.get(model)?;
-        Some(Estimate {
-            cost_usd: (prompt_tokens as f64 * input + f64::from(max_tokens) * output) / 1_000_000.0,
-            tokens,
-        })
+        let cost_usd = if self.all_free || self.free.contains(provider) {
+            Some(0.0)
+        } else {
+            self.models
+                .get(model)
+                .map(|[input, output]| (prompt_tokens as f64 * input + f64::from(max_tokens) * output) / 1_000_000.0)
+        };
+        CallBound { tokens, cost_usd }
     }
 
     /// `(provider, model)` of an `llm` task's candidates, as the runtime reads them: its
@@ -135,9 +148,8 @@ impl PriceBook {
     }
 
     /// The most one attempt of a task of type `ty` with the rendered `with` may spend: an
-    /// `llm` task's dearest candidate that may be called (candidates without a price are never
-    /// called under a cost budget), the sum of an `evaluate` task's model judges. Zero for
-    /// every other type.
+    /// `llm` task's dearest candidate, the sum of an `evaluate` task's model judges. Zero for
+    /// every type that makes no model call ([`spends`]).
     pub fn attempt(&self, ty: &str, with: &Value) -> Estimate {
         match ty {
             "llm" => {
@@ -159,9 +171,14 @@ impl PriceBook {
                     .get("max_tokens")
                     .and_then(Value::as_u64)
                     .map_or(DEFAULT_MAX_TOKENS, |m| m.min(u64::from(u32::MAX)) as u32);
-                self.candidates(with).into_iter().filter_map(|(p, m)| self.call(p, m, prompt, max_tokens)).fold(
+                // Any candidate may be the one called: the most tokens of any, the most money
+                // of those with a price (the others are not called under a cost budget).
+                self.candidates(with).into_iter().map(|(p, m)| self.call(p, m, prompt, max_tokens)).fold(
                     Estimate::default(),
-                    |a, b| Estimate { cost_usd: a.cost_usd.max(b.cost_usd), tokens: a.tokens.max(b.tokens) },
+                    |a, b| Estimate {
+                        cost_usd: a.cost_usd.max(b.cost_usd.unwrap_or(0.0)),
+                        tokens: a.tokens.max(b.tokens),
+                    },
                 )
             }
             "evaluate" => {
@@ -176,10 +193,8 @@ impl PriceBook {
                     let provider = c.get("provider").and_then(Value::as_str);
                     let schema = judge_schema().to_string();
                     let prompt = prompt_tokens_bound([JUDGE_SYSTEM, &judge_prompt(criteria, input), &schema]);
-                    if let Some(e) = self.call(provider, model, prompt, JUDGE_MAX_TOKENS) {
-                        sum.cost_usd += e.cost_usd;
-                        sum.tokens += e.tokens;
-                    }
+                    let b = self.call(provider, model, prompt, JUDGE_MAX_TOKENS);
+                    sum.add(Estimate { cost_usd: b.cost_usd.unwrap_or(0.0), tokens: b.tokens });
                 }
                 sum
             }
@@ -217,6 +232,13 @@ mod tests {
         // Without max_tokens the default bounds the answer.
         let e = b.attempt("llm", &json!({ "model": "cheap", "prompt": "" }));
         assert_eq!(e.tokens, 24 + u64::from(DEFAULT_MAX_TOKENS));
+        // An unpriced candidate bounds the tokens (a token budget still holds them), not money.
+        let e = b.attempt(
+            "llm",
+            &json!({ "model": "cheap", "prompt": "", "max_tokens": 10, "fallback_models": ["unpriced"] }),
+        );
+        assert_eq!(b.call(None, "unpriced", 24, 10), CallBound { tokens: 34, cost_usd: None });
+        assert_eq!(e.tokens, 34);
         // Multi-byte text counts by bytes, never fewer tokens than a tokenizer could make.
         let e = b.attempt("llm", &json!({ "model": "cheap", "prompt": "日本語", "max_tokens": 1 }));
         assert_eq!(e.tokens, 9 + 8 + 16 + 1);
@@ -234,7 +256,8 @@ mod tests {
         let one =
             b.call(None, "cheap", prompt_tokens_bound([JUDGE_SYSTEM, &judge_prompt("good", "abc"), &schema]), 300);
         let e = b.attempt("evaluate", &with);
-        assert_eq!(e.tokens, 2 * one.unwrap().tokens);
+        assert_eq!(e.tokens, 2 * one.tokens);
+        assert!((e.cost_usd - 2.0 * one.cost_usd.unwrap()).abs() < 1e-15);
         assert_eq!(b.attempt("transform", &with), Estimate::default());
     }
 

@@ -45,7 +45,7 @@ pub struct Plan {
     /// Position of each task in the topological order.
     topo_pos: Vec<usize>,
     /// The prices a new run's budget is kept with (see [`Plan::set_prices`]).
-    prices: Option<super::budget::PriceBook>,
+    prices: Option<std::sync::Arc<super::budget::PriceBook>>,
     /// Each task's id as a template value.
     ids: Vec<Ctx>,
     /// The tasks `outputs` read, when every reference names its task (`None`: some read
@@ -349,9 +349,10 @@ impl Plan {
     /// the engine does not): each attempt reserves its worst case from them before it starts
     /// ([`super::budget`]). A run keeps the prices it was created with (in its state), so
     /// replaying its log later gives the same decisions whatever prices say then. Without
-    /// prices a budget counts tokens only as they are reported, and money not at all.
+    /// prices an attempt under a budget holds nothing, so it may make no model call that
+    /// spends what the budget limits (fail closed).
     pub fn set_prices(&mut self, prices: super::budget::PriceBook) {
-        self.prices = Some(prices);
+        self.prices = Some(std::sync::Arc::new(prices));
     }
 
     /// A new run in `pending`.
@@ -420,6 +421,9 @@ impl Plan {
         };
         t.event(event)?;
         t.st.version += 1;
+        if cfg!(debug_assertions) && t.st.tasks.len() <= 256 {
+            t.check_holds();
+        }
         Ok(t.cmds)
     }
 
@@ -701,6 +705,21 @@ struct Transition<'p, 's> {
     parts: Option<RunParts>,
 }
 
+/// One dimension of a budget (money or tokens): `committed` (spent, and held by attempts cut
+/// off), `reserved` (held by running attempts), the new attempt's `hold`, the limit `max`.
+/// `why(over_by_hold)` says why it is over: the budget is spent, or this hold would overspend.
+fn room_in(committed: f64, reserved: f64, hold: f64, max: f64, why: impl FnOnce(bool) -> String) -> Room {
+    if committed >= max {
+        Room::Over(why(false))
+    } else if committed + hold > max {
+        Room::Over(why(true))
+    } else if committed + reserved + hold > max {
+        Room::Wait
+    } else {
+        Room::Fits
+    }
+}
+
 /// Whether an attempt fits in the run's budget ([`Transition::room`]).
 enum Room {
     Fits,
@@ -747,16 +766,10 @@ impl Transition<'_, '_> {
                     }
                     let ts = &mut self.st.tasks[i];
                     ts.attempt_base = ts.units.iter().map(|u| u.attempt).max().unwrap_or(0).max(ts.attempt_base);
-                    // Holds of attempts cut off when the run ended are dropped with their units.
-                    for u in &ts.units {
-                        if let Some(h) = u.held {
-                            if u.status == TaskStatus::Running {
-                                &mut self.st.reserved
-                            } else {
-                                &mut self.st.unsettled
-                            }
-                            .sub(h);
-                        }
+                    // The run ended, so no unit runs: holds of attempts cut off then are dropped
+                    // with their units (an answer that comes later is not counted).
+                    for h in ts.units.iter().filter_map(|u| u.held) {
+                        self.st.unsettled.sub(h);
                     }
                     let ts = &mut self.st.tasks[i];
                     ts.units.clear();
@@ -920,6 +933,25 @@ impl Transition<'_, '_> {
 
     fn unit_mut(&mut self, id: AttemptId) -> &mut Unit {
         &mut self.st.tasks[id.task].units[id.unit()]
+    }
+
+    /// Tests (debug builds) check the kept sums of holds against a recount of the units.
+    fn check_holds(&self) {
+        let (mut reserved, mut unsettled) = (Estimate::default(), Estimate::default());
+        for u in self.st.tasks.iter().flat_map(|t| &t.units) {
+            match (u.held, u.status) {
+                (Some(h), TaskStatus::Running) => reserved.add(h),
+                (Some(h), TaskStatus::Cancelled) => unsettled.add(h),
+                (Some(h), s) => panic!("a {s:?} unit holds {h:?}"),
+                (None, _) => {}
+            }
+        }
+        for (kept, fresh, what) in
+            [(self.st.reserved, reserved, "reserved"), (self.st.unsettled, unsettled, "unsettled")]
+        {
+            debug_assert_eq!(kept.tokens, fresh.tokens, "{what} tokens");
+            debug_assert!((kept.cost_usd - fresh.cost_usd).abs() < 1e-9, "{what}: {kept:?} against {fresh:?}");
+        }
     }
 
     /// Counts what attempt `id` spent and releases what it held of the budget.
@@ -1337,7 +1369,7 @@ impl Transition<'_, '_> {
             return self.st.estimates.get(i).copied().unwrap_or_default();
         };
         let ty = self.plan.checked.workflow.spec.tasks[i].ty.as_str();
-        if !matches!(ty, "llm" | "evaluate") {
+        if !super::budget::spends(ty) {
             return Estimate::default();
         }
         let parts = self.parts.get_or_insert_with(|| self.plan.run_parts(self.st, false));
@@ -1352,47 +1384,48 @@ impl Transition<'_, '_> {
     /// Whether an attempt of task `i` that holds `hold` may start. What is committed (spent,
     /// plus what attempts cut off still hold) plus `hold` must fit in the budget, else the
     /// run is over it; and with what running attempts hold on top, else it waits for them
-    /// to settle.
+    /// to settle. Money and tokens alike ([`room_in`]).
     fn room(&self, i: usize, hold: Estimate) -> Room {
         let Some(b) = self.plan.checked.workflow.spec.budget else { return Room::Fits };
         let id = self.plan.checked.dag.id(i);
-        let (st, cut) = (&*self.st, self.st.unsettled);
-        if let Some(max) = b.max_cost_usd {
-            let committed = st.cost_usd + cut.cost_usd;
-            let held = if cut.cost_usd > 0.0 {
+        let st = &*self.st;
+        let (cut, reserved) = (st.unsettled, st.reserved);
+        let money = b.max_cost_usd.map(|max| {
+            let cut_off = if cut.cost_usd > 0.0 {
                 format!(" (${:.4} of it held by attempts cut off)", cut.cost_usd)
             } else {
                 String::new()
             };
-            if committed >= max {
-                return Room::Over(format!("budget exceeded: spent ${committed:.4}{held} of ${max}"));
-            }
-            if committed + hold.cost_usd > max {
-                return Room::Over(format!(
-                    "budget exceeded: `{id}` (may cost ${:.4}) would take spending from ${committed:.4}{held} over ${max}",
-                    hold.cost_usd
-                ));
-            }
-            if committed + st.reserved.cost_usd + hold.cost_usd > max {
-                return Room::Wait;
-            }
-        }
-        if let Some(max) = b.max_tokens {
+            let committed = st.cost_usd + cut.cost_usd;
+            room_in(committed, reserved.cost_usd, hold.cost_usd, max, |over_by_hold| {
+                if over_by_hold {
+                    format!(
+                        "budget exceeded: `{id}` (may cost ${:.4}) would take spending from ${committed:.4}{cut_off} over ${max}",
+                        hold.cost_usd
+                    )
+                } else {
+                    format!("budget exceeded: spent ${committed:.4}{cut_off} of ${max}")
+                }
+            })
+        });
+        let tokens = b.max_tokens.map(|max| {
             let committed = st.tokens + cut.tokens;
-            if committed >= max {
-                return Room::Over(format!("budget exceeded: used {committed} of {max} tokens"));
-            }
-            if committed + hold.tokens > max {
-                return Room::Over(format!(
-                    "budget exceeded: `{id}` (may use {} tokens) would take usage from {committed} over {max} tokens",
-                    hold.tokens
-                ));
-            }
-            if committed + st.reserved.tokens + hold.tokens > max {
-                return Room::Wait;
-            }
+            room_in(committed as f64, reserved.tokens as f64, hold.tokens as f64, max as f64, |over_by_hold| {
+                if over_by_hold {
+                    format!(
+                        "budget exceeded: `{id}` (may use {} tokens) would take usage from {committed} over {max} tokens",
+                        hold.tokens
+                    )
+                } else {
+                    format!("budget exceeded: used {committed} of {max} tokens")
+                }
+            })
+        });
+        match (money.unwrap_or(Room::Fits), tokens.unwrap_or(Room::Fits)) {
+            (over @ Room::Over(_), _) | (_, over @ Room::Over(_)) => over,
+            (Room::Wait, _) | (_, Room::Wait) => Room::Wait,
+            _ => Room::Fits,
         }
-        Room::Fits
     }
 
     /// Every task ended and none failed the run: render the outputs.

@@ -349,7 +349,7 @@ pub struct RunState {
     /// The prices the run's budget is kept with, frozen when it was created (none when the
     /// run has no budget); each dispatched attempt reserves its worst case from them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub prices: Option<super::budget::PriceBook>,
+    pub prices: Option<std::sync::Arc<super::budget::PriceBook>>,
     /// Derived: the sum of what units hold (`Unit::held`): money and tokens attempts in
     /// flight may still spend.
     #[serde(default, skip_serializing_if = "Estimate::is_zero")]

@@ -234,6 +234,8 @@ pub struct LlmExecutor {
     force_mock: bool,
     /// Fleet-wide rate limits and circuits (in-process unless [`LlmExecutor::with_flow`]).
     flow: Arc<dyn crate::flow::Flow>,
+    /// The config's prices, for budget checks of attempts whose run kept none.
+    book: budget::PriceBook,
 }
 
 impl LlmExecutor {
@@ -264,7 +266,8 @@ impl LlmExecutor {
         }
         let retry = config.retry;
         let flow: Arc<dyn crate::flow::Flow> = Arc::new(crate::flow::Local::default());
-        LlmExecutor { config, providers, breakers, retry, force_mock, flow }
+        let book = config.price_book(force_mock);
+        LlmExecutor { config, providers, breakers, retry, force_mock, flow, book }
     }
 
     /// Shares rate limits and open circuits through `flow` (the serverless runtime's
@@ -477,15 +480,15 @@ impl LlmExecutor {
 
     /// What a call of `req` on `model` may spend at most, before it is made: the rendered
     /// prompt (and schema) at a token per byte plus `max_tokens` of answer
-    /// ([`llmo_core::engine::budget`], the bound the engine reserved). `None` when the model
-    /// has no price; zero money on free and mock providers.
+    /// ([`llmo_core::engine::budget`], the bound the engine reserved). No money when the
+    /// model has no price; zero on free and mock providers.
     fn worst_case(
         &self,
         book: Option<&budget::PriceBook>,
         provider: &str,
         model: &str,
         req: &ChatRequest,
-    ) -> Option<Estimate> {
+    ) -> budget::CallBound {
         let schema = req.schema.as_ref().map(|s| s.to_string());
         let prompt = budget::prompt_tokens_bound(
             req.system
@@ -495,11 +498,8 @@ impl LlmExecutor {
                 .chain(schema.as_deref()),
         );
         let max_tokens = req.max_tokens.unwrap_or(budget::DEFAULT_MAX_TOKENS);
-        match book {
-            // The run's own prices: the ones its holds were reserved with.
-            Some(b) => b.call(Some(provider), model, prompt, max_tokens),
-            None => self.config.price_book(self.force_mock).call(Some(provider), model, prompt, max_tokens),
-        }
+        // The run's own prices (the ones its holds were reserved with), else this executor's.
+        book.unwrap_or(&self.book).call(Some(provider), model, prompt, max_tokens)
     }
 
     /// Runs a chat over the candidates in order. Returns the output, the usage of every call
@@ -538,14 +538,17 @@ impl LlmExecutor {
             let label = if self.force_mock { format!("mock/{model}") } else { format!("{provider}/{model}") };
             if let Some(allow) = allowance {
                 let used = Estimate { cost_usd: spent.cost_usd + usage.cost_usd, tokens: spent.tokens + usage.tokens };
-                match self.worst_case(a.prices.as_deref(), &provider, &model, &req) {
+                let bound = self.worst_case(a.prices.as_deref(), &provider, &model, &req);
+                // Without a cost budget an unpriced call is bounded by its tokens alone.
+                let call = Estimate { cost_usd: bound.cost_usd.unwrap_or(0.0), tokens: bound.tokens };
+                match bound.cost_usd {
                     None if allow.cost_usd.is_some() => {
                         errors.push(format!(
                             "{label}: not called: the run has a cost budget and this model has no known price (add it to `prices` in the config)"
                         ));
                         continue;
                     }
-                    Some(call) if !allow.fits(used, call) => {
+                    _ if !allow.fits(used, call) => {
                         errors.push(format!(
                             "{label}: not called: it could cost ${:.6} ({} tokens: the rendered prompt and max_tokens), more than the {} this attempt holds of the run's budget",
                             call.cost_usd,

@@ -441,18 +441,42 @@ async fn under_a_budget_max_tokens_is_always_sent() {
     assert_eq!(output(&exec(&server).execute(&a).await)["text"], "ok");
 }
 
+/// An `evaluate` executor whose judge's model answers `answer` to exactly one call (the server
+/// checks the count when dropped).
+async fn judged_once(answer: Value) -> (MockServer, crate::executor::Evaluate) {
+    let server = MockServer::start().await;
+    chat_route().respond_with(ResponseTemplate::new(200).set_body_json(answer)).expect(1).mount(&server).await;
+    let judge = Arc::new(exec(&server));
+    (server, crate::executor::Evaluate { judge: Some(judge) })
+}
+
+/// Under a token budget an unpriced model is bounded by its tokens: a call whose prompt and
+/// `max_tokens` do not fit in what the attempt holds is not made (no price let it through).
+#[tokio::test]
+async fn under_a_token_budget_an_unpriced_model_is_bounded_by_its_tokens() {
+    let server = MockServer::start().await;
+    chat_route()
+        .respond_with(ResponseTemplate::new(200).set_body_json(completion("ok", 10, 5)))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let tokens = |n| crate::executor::Allowance { cost_usd: None, tokens: Some(n) };
+    let with = json!({ "model": "my-finetune", "prompt": "Hi", "max_tokens": 100 });
+    let mut a = test_attempt("llm", with.clone(), None, 1);
+    a.allowance = Some(tokens(50));
+    let r = exec(&server).execute(&a).await;
+    let (error, _) = failure(&r);
+    assert!(error.contains("not called") && error.contains("50 tokens"), "{error}");
+    // Room for its 2 + 24 prompt tokens and 100 of answer: the one call the route expects.
+    a.allowance = Some(tokens(126));
+    assert_eq!(output(&exec(&server).execute(&a).await)["text"], "ok");
+}
+
 /// A judge whose answer is no grade was still paid for: the failed attempt carries its usage
 /// (it was lost before, so a retried judge cost money the run never counted).
 #[tokio::test]
 async fn a_judge_answer_that_is_not_json_is_counted() {
-    let server = MockServer::start().await;
-    chat_route()
-        .respond_with(ResponseTemplate::new(200).set_body_json(completion("I think it is fine", 1000, 100)))
-        .expect(1)
-        .mount(&server)
-        .await;
-    let llm = Arc::new(exec(&server));
-    let evaluate = crate::executor::Evaluate { judge: Some(llm) };
+    let (_server, evaluate) = judged_once(completion("I think it is fine", 1000, 100)).await;
     let with = json!({ "input": "some text", "checks": [
         { "kind": "llm_judge", "model": "gpt-4o-mini", "criteria": "is it fine?", "threshold": 0.5 }
     ]});
@@ -471,14 +495,7 @@ async fn a_judge_answer_that_is_not_json_is_counted() {
 /// spent leaves too little for its worst case.
 #[tokio::test]
 async fn judges_share_the_allowance_of_their_attempt() {
-    let server = MockServer::start().await;
-    chat_route()
-        .respond_with(ResponseTemplate::new(200).set_body_json(completion("{\"score\": 0.9}", 1000, 300)))
-        .expect(1)
-        .mount(&server)
-        .await;
-    let llm = Arc::new(exec(&server));
-    let evaluate = crate::executor::Evaluate { judge: Some(llm) };
+    let (_server, evaluate) = judged_once(completion("{\"score\": 0.9}", 1000, 300)).await;
     let with = json!({ "input": "t", "checks": [
         { "kind": "llm_judge", "model": "gpt-4o-mini", "criteria": "a", "threshold": 0.5 },
         { "kind": "llm_judge", "model": "gpt-4o-mini", "criteria": "b", "threshold": 0.5 }
