@@ -180,10 +180,13 @@ impl Auth {
     /// A verifier of RS256/ES256 tokens against a JWKS: a file, or an `http(s)://` URL (fetched
     /// now, and again, at most once a minute, when a token names a key it does not hold).
     pub async fn jwks(source: &str, issuer: &str, audience: &str, claims: Claims) -> Result<Self, String> {
-        if let Some(rest) = source.strip_prefix("http://") {
+        if source.starts_with("http://") {
             // Keys fetched in clear could be swapped on the way: only a local test server.
-            let host = rest.split(['/', ':']).next().unwrap_or_default();
-            if !matches!(host, "127.0.0.1" | "localhost" | "[") {
+            let url = reqwest::Url::parse(source).ok();
+            let host = url.as_ref().and_then(|u| u.host_str()).unwrap_or_default();
+            let ip = host.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>();
+            let loopback = host == "localhost" || ip.is_ok_and(|ip| ip.is_loopback());
+            if !loopback {
                 return Err(format!("LLMO_JWKS {source}: keys are fetched over https:// only (http:// for loopback)"));
             }
         }
@@ -498,8 +501,11 @@ mod tests {
             .unwrap();
         assert!(url.authenticate(&request(&es256("test-es256", ISS, "llmo-api"))).await.is_ok());
         // Over plain http only from loopback: elsewhere the keys could be swapped on the way.
-        let e = Auth::jwks("http://keys.example.com/jwks.json", ISS, "llmo-api", Claims::default()).await;
-        assert!(e.err().unwrap().contains("https:// only"));
+        for elsewhere in ["http://keys.example.com/jwks.json", "http://[2001:db8::1]/jwks.json", "http://10.0.0.1:80/k"]
+        {
+            let e = Auth::jwks(elsewhere, ISS, "llmo-api", Claims::default()).await;
+            assert!(e.err().unwrap().contains("https:// only"), "{elsewhere}");
+        }
     }
 
     #[test]
