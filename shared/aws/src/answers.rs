@@ -11,10 +11,11 @@ use lambda_http::http::StatusCode;
 use llmo_core::engine::waits::{AnswerError, Approval, may_answer};
 use llmo_core::engine::{AttemptId, Event, Plan, RunState, WaitKind};
 use llmo_runtime::queue::{Delivery, Message};
-use llmo_runtime::store::{RunStore, StoredRun, Waiter, rebuild};
+use llmo_runtime::store::{RunStore, StoredRun, Waiter};
 use llmo_runtime::worker::Outcome;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
+use std::sync::Arc;
 
 use crate::api::{Api, Refusal, Reply, internal, no_run, problem, reply};
 use crate::auth::{Principal, Role};
@@ -122,14 +123,14 @@ impl Api {
         self.starter.check(&s.source_name, &s.source).map(Plan::new).map_err(|e| e.to_string())
     }
 
-    async fn loaded(&self, tenant: &str, id: &str) -> Result<(Plan, RunState), Refusal> {
+    async fn loaded(&self, tenant: &str, id: &str) -> Result<(Arc<Plan>, RunState), Refusal> {
         let stored = match self.store.load(id).await {
             Ok(Some(s)) if s.snapshot.tenant.as_deref().unwrap_or("-") == tenant => s,
             Ok(_) => return Err(Box::new(no_run(id))),
             Err(e) => return Err(Box::new(internal(e))),
         };
-        let plan = self.plan_of(&stored).map_err(|e| Box::new(problem(StatusCode::CONFLICT, e)))?;
-        let st = rebuild(&plan, stored).map_err(|e| Box::new(problem(StatusCode::CONFLICT, e.to_string())))?;
+        let plan = Arc::new(self.plan_of(&stored).map_err(|e| Box::new(problem(StatusCode::CONFLICT, e)))?);
+        let st = self.state_of(tenant, plan.clone(), stored).await?;
         Ok((plan, st))
     }
 
@@ -306,7 +307,7 @@ impl Api {
         item: Option<u32>,
         answer: &Approval,
         by: &str,
-        plan: Plan,
+        plan: Arc<Plan>,
         st: RunState,
     ) -> Reply {
         let event = match plan.approve(&st, task, item, answer, by) {

@@ -28,13 +28,14 @@ use std::sync::Arc;
 use aws_sdk_dynamodb::types::AttributeValue;
 use lambda_http::http::{Method, StatusCode};
 use lambda_http::{Body, Request, Response};
-use llmo_core::engine::{Event, Plan, RunStatus};
+use llmo_core::engine::{Event, Plan, RunState, RunStatus};
 use llmo_runtime::executor::Registry;
 use llmo_runtime::ports::SystemClock;
 use llmo_runtime::providers::Config;
 use llmo_runtime::queue::{Delivery, Message};
+use llmo_runtime::reads::ReadError;
 use llmo_runtime::start::{IdempotencyKey, KeySpace, StartError, StartRequest, Starter};
-use llmo_runtime::store::{RunStore, rebuild};
+use llmo_runtime::store::{RunStore, StoredRun};
 use llmo_runtime::worker::Worker;
 use serde_json::{Value, json};
 
@@ -59,6 +60,9 @@ pub struct Api {
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     /// The secret answer links are signed with (`LLMO_LINK_SECRET`); none: no links.
     pub links: Option<Vec<u8>>,
+    /// How runs are read: replayed off the async threads, expensive replays capped per tenant
+    /// across the fleet ([`llmo_runtime::reads`]).
+    pub reads: llmo_runtime::reads::Reads,
 }
 
 pub(crate) type Reply = Response<Body>;
@@ -147,6 +151,18 @@ fn unreadable(stored: llmo_runtime::store::StoredRun, why: String) -> Reply {
             "unreadable": why,
         }),
     )
+}
+
+/// A read refused for its cost: 429 (the tenant's places for expensive reads are taken) or
+/// 503 (the replay ran out of time; its progress was kept), with `Retry-After`.
+fn read_refused(e: ReadError) -> Reply {
+    let (status, after) = match &e {
+        ReadError::Busy { retry_after, .. } => (StatusCode::TOO_MANY_REQUESTS, retry_after.as_secs().max(1)),
+        _ => (StatusCode::SERVICE_UNAVAILABLE, 1),
+    };
+    let mut r = problem(status, e.to_string());
+    r.headers_mut().insert("retry-after", after.into());
+    r
 }
 
 pub(crate) fn no_run(id: &str) -> Reply {
@@ -281,7 +297,12 @@ impl Api {
         // queue, as a step's events do, instead of racing it (up to `CasRetry::max_lost` lost
         // writes, then a 500).
         worker.fold = SqsQueue::folds(aws.clone()).map(|f| Arc::new(f) as Arc<dyn llmo_runtime::queue::Queue>);
+        // Concurrency keys a cancel releases, and the tenants' places for expensive reads, are
+        // the fleet's (the step function's), not this process's.
+        let flow: Arc<dyn llmo_runtime::flow::Flow> = Arc::new(crate::flow::DynamoFlow::new(aws.clone()));
+        worker.flow = flow.clone();
         Api {
+            reads: llmo_runtime::reads::Reads::new(flow),
             aws: aws.clone(),
             store,
             queue,
@@ -550,7 +571,7 @@ impl Api {
             Route::History(id) => (self.history(id, query).await, None),
             Route::Cancel(id) => (self.cancel(&tenant, id).await, None),
             Route::Redrive(id) => (self.redrive(&tenant, id, &body).await, None),
-            Route::Rerun(id) => self.rerun(id, &body).await,
+            Route::Rerun(id) => self.rerun(&tenant, id, &body).await,
             Route::Complete(id, task) => (self.complete(p, &tenant, id, task, &body).await, None),
             Route::Events => (self.events(p, &tenant, &body).await, None),
             Route::Waiting => (self.waiting(p, &tenant).await, None),
@@ -797,13 +818,27 @@ impl Api {
             Ok(c) => c,
             Err(e) => return unreadable(stored, format!("the stored workflow of {id} no longer validates: {e}")),
         };
-        let plan = Plan::new(checked);
+        let plan = Arc::new(Plan::new(checked));
         let workflow = stored.workflow.clone();
-        let st = match rebuild(&plan, stored.clone()) {
+        let st = match self.reads.state(self.store.as_ref(), tenant, plan.clone(), stored.clone()).await {
             Ok(s) => s,
-            Err(e) => return unreadable(stored, e.to_string()),
+            Err(ReadError::Store(e)) => return unreadable(stored, e.to_string()),
+            Err(e) => return read_refused(e),
         };
         reply(StatusCode::OK, llmo_runtime::view::run(&plan, &workflow, &st))
+    }
+
+    /// The current state of `stored`, a run of `tenant` (see [`llmo_runtime::reads`]); a
+    /// log that does not replay is a 409.
+    pub(crate) async fn state_of(&self, tenant: &str, plan: Arc<Plan>, stored: StoredRun) -> Result<RunState, Refusal> {
+        let id = stored.snapshot.run_id.clone();
+        match self.reads.state(self.store.as_ref(), tenant, plan, stored).await {
+            Ok(st) => Ok(st),
+            Err(ReadError::Store(e)) => {
+                Err(Box::new(problem(StatusCode::CONFLICT, format!("the log of {id} does not replay: {e}"))))
+            }
+            Err(e) => Err(Box::new(read_refused(e))),
+        }
     }
 
     /// A page of the run's log: `after` (a version, default 0) and `limit` (1 to 1,000,
@@ -875,14 +910,14 @@ impl Api {
             Err(e) => return internal(e),
         };
         let plan = match self.starter.check(&stored.source_name, &stored.source) {
-            Ok(c) => Plan::new(c),
+            Ok(c) => Arc::new(Plan::new(c)),
             Err(e) => {
                 return problem(StatusCode::CONFLICT, format!("the stored workflow of {id} no longer validates: {e}"));
             }
         };
-        let st = match rebuild(&plan, stored) {
+        let st = match self.state_of(tenant, plan.clone(), stored).await {
             Ok(s) => s,
-            Err(e) => return problem(StatusCode::CONFLICT, format!("the log of {id} does not replay: {e}")),
+            Err(refusal) => return *refusal,
         };
         if !matches!(st.status, RunStatus::Failed | RunStatus::TimedOut) {
             return problem(
@@ -913,7 +948,7 @@ impl Api {
     /// `POST /runs/{id}/rerun` with `{"from": TASK}`: a new run of the same workflow and inputs
     /// that reuses this run's recorded outputs and runs TASK and everything downstream of it
     /// again (201, the new run's id; its `rerun_of` names this run).
-    async fn rerun(&self, id: &str, body: &Value) -> (Reply, Option<String>) {
+    async fn rerun(&self, tenant: &str, id: &str, body: &Value) -> (Reply, Option<String>) {
         let Some(from) = body.get("from").and_then(Value::as_str) else {
             return (problem(StatusCode::BAD_REQUEST, "`from` (the task to run again from) is required"), None);
         };
@@ -923,13 +958,13 @@ impl Api {
             Err(e) => return (internal(e), None),
         };
         let plan = match self.starter.check(&stored.source_name, &stored.source) {
-            Ok(c) => Plan::new(c),
+            Ok(c) => Arc::new(Plan::new(c)),
             Err(e) => return (start_error(e), None),
         };
         let (source_name, source) = (stored.source_name.clone(), stored.source.clone());
-        let st = match rebuild(&plan, stored) {
+        let st = match self.state_of(tenant, plan, stored).await {
             Ok(s) => s,
-            Err(e) => return (problem(StatusCode::CONFLICT, format!("the log of {id} does not replay: {e}")), None),
+            Err(refusal) => return (*refusal, None),
         };
         let prepared = match self.starter.prepare_rerun(&source_name, &source, &st, from) {
             Ok(p) => p,
@@ -1113,7 +1148,7 @@ mod paging_tests {
     use llmo_runtime::view::bounded;
 
     fn t(version: u64, reason_bytes: usize) -> Transition {
-        Transition { version, at: version * 10, event: Event::Abort { reason: "r".repeat(reason_bytes) } }
+        Transition::new(version, version * 10, Event::Abort { reason: "r".repeat(reason_bytes) })
     }
 
     #[test]

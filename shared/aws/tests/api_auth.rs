@@ -305,3 +305,75 @@ async fn bodies_must_be_json_and_errors_name_no_aws_resource() {
     assert!(!text.contains("no-such-table") && !text.to_lowercase().contains("dynamodb"), "{text}");
     assert!(v["error_id"].is_string(), "{v}");
 }
+
+/// Forty approvals whose prompts each take most of a template's fuel: the run's `start` is
+/// one small line in the log and dear to replay.
+const HEAVY: &str = r#"
+apiVersion: llm-orchestrator/v1
+kind: Workflow
+metadata: { name: heavy }
+spec:
+  tasks:
+    - id: hold
+      type: wait
+      for_each: "range(40)"
+      with:
+        approval:
+          prompt: "{% for i in range(40000) %}{% endfor %}{{ item }}"
+"#;
+
+/// A run of `tenant` whose dear `start` is in the log with no snapshot after it (its writer
+/// died before writing one).
+async fn unsnapshotted(aws: &llmo_aws::Aws, id: &str, tenant: &str) -> llmo_aws::dynamo::DynamoStore {
+    use llmo_runtime::store::{RunStore, Transition};
+    let store = llmo_aws::dynamo::DynamoStore::new(aws.clone());
+    let p = plan(HEAVY);
+    let mut st = p.new_run(id, Default::default());
+    st.tenant = Some(tenant.to_string());
+    store.create("heavy", "heavy.yaml", HEAVY, &st).await.unwrap();
+    let mut head = st.clone();
+    let now = llmo_runtime::ports::now_ms();
+    let started = std::time::Instant::now();
+    p.apply(&mut head, &llmo_core::engine::Event::Start, now).unwrap();
+    let t = Transition::new(1, now, llmo_core::engine::Event::Start).took(started.elapsed());
+    assert!(store.append(0, &[t], &head).await.unwrap());
+    store
+}
+
+/// Reading a run whose log is dear to replay: past its slice a read needs one of its
+/// tenant's places (fleet-wide, in DynamoDB); with them taken it is refused with a 429 while
+/// another tenant's reads go on; the read that does replay leaves a snapshot, so the next
+/// read replays nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expensive_reads_are_capped_per_tenant_and_keep_their_work() {
+    use llmo_runtime::flow::Flow;
+    use llmo_runtime::store::RunStore;
+    let Some(aws) = aws().await else { return };
+    let aws = stack(&aws, 30, 5).await;
+    let mut api = api(&aws);
+    api.reads.slice = std::time::Duration::ZERO;
+    api.reads.per_tenant = 1;
+    let suffix = llmo_runtime::start::new_run_id();
+    let (mine, theirs) = (format!("heavy-a-{suffix}"), format!("heavy-b-{suffix}"));
+    let store = unsnapshotted(&aws, &mine, "acme").await;
+    unsnapshotted(&aws, &theirs, "globex").await;
+    let a = token("alice", "acme", &["viewer"]);
+    let b = token("bob", "globex", &["viewer"]);
+    // acme's one place is taken by a read in progress.
+    let flow = llmo_aws::flow::DynamoFlow::new(aws.clone());
+    let holder = format!("elsewhere@{}", llmo_runtime::ports::now_ms() + 60_000);
+    assert!(flow.enter("reads#acme", &holder, 1, 0).await.unwrap());
+    let (code, v) = call_as(&api, Some(&a), "GET", &format!("/runs/{mine}"), None).await;
+    assert_eq!(code, 429, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("too many expensive reads"), "{v}");
+    // globex's reads are not held back by acme's.
+    let (code, v) = call_as(&api, Some(&b), "GET", &format!("/runs/{theirs}"), None).await;
+    assert_eq!((code, v["status"].as_str()), (200, Some("running")), "{v}");
+    // Its place free again, acme's read replays, and keeps what it replayed.
+    flow.leave("reads#acme", &holder).await;
+    let (code, v) = call_as(&api, Some(&a), "GET", &format!("/runs/{mine}"), None).await;
+    assert_eq!((code, v["status"].as_str()), (200, Some("running")), "{v}");
+    let stored = store.load(&mine).await.unwrap().unwrap();
+    assert_eq!((stored.snapshot.version, stored.tail.len()), (1, 0), "the replayed state was kept as a snapshot");
+    assert!(flow.holders("reads#acme").await.is_empty(), "the read left its place");
+}

@@ -420,7 +420,7 @@ async fn the_sweeper_starts_orphaned_runs_and_times_out_overdue_ones() {
     let mut head = overdue.clone();
     let now = llmo_runtime::ports::now_ms();
     slow.apply(&mut head, &Event::Start, now).unwrap();
-    let t = llmo_runtime::store::Transition { version: 1, at: now, event: Event::Start };
+    let t = llmo_runtime::store::Transition::new(1, now, Event::Start);
     assert!(store.append(0, &[t], &head).await.unwrap());
 
     let sweeper = llmo_aws::sweep::Sweeper::new(&aws, 0);

@@ -121,6 +121,9 @@ struct Turn {
     queued: VecDeque<AttemptId>,
     ahead: usize,
     since_snapshot: u64,
+    /// Time spent applying the transitions since the last snapshot: what loading would spend
+    /// replaying them ([`store::SNAPSHOT_AFTER`]).
+    dear: std::time::Duration,
     ended: Option<RunStatus>,
     /// The run's `inputs` and `run` as templates see them (fixed once it has started).
     parts: Option<RunParts>,
@@ -188,9 +191,17 @@ impl Driver {
         self.drive(st, vec![Event::Redrive { after, inputs }], Vec::new(), observer).await
     }
 
+    /// The run's current state; a replay that was dear leaves a snapshot, so the next load
+    /// (another process's, a reader's) does not pay for it again.
     async fn load(&self, run_id: &str) -> Result<RunState, Error> {
         let stored = self.store.load(run_id).await?.ok_or_else(|| Error::NoSuchRun(run_id.to_string()))?;
-        Ok(rebuild(&self.plan, stored)?)
+        let started = std::time::Instant::now();
+        let st = rebuild(&self.plan, stored)?;
+        if started.elapsed() >= store::SNAPSHOT_AFTER {
+            self.store.snapshot(&st).await?;
+            crate::meter::dear_snapshot();
+        }
+        Ok(st)
     }
 
     async fn drive(
@@ -236,6 +247,7 @@ impl Driver {
             queued: VecDeque::new(),
             ahead: 2 * self.options.concurrency.max(1),
             since_snapshot: 0,
+            dear: std::time::Duration::ZERO,
             ended: None,
             parts: None,
             run_id: Arc::from(st_run_id.as_str()),
@@ -333,6 +345,7 @@ impl Driver {
             let now = self.clock.now();
             let mut batch = Vec::with_capacity(t.inbox.len());
             let mut cmds = Vec::new();
+            let applying = std::time::Instant::now();
             for e in t.inbox.drain(..) {
                 if let Event::AttemptFinished { task, item, attempt, .. } = &e
                     && t.running.get(&(*task, *item)).is_some_and(|(a, _)| a == attempt)
@@ -340,23 +353,33 @@ impl Driver {
                     // Its task sent this as its last act: it is over (or about to be).
                     t.running.remove(&(*task, *item));
                 }
+                let one = std::time::Instant::now();
                 if let Ok(c) = self.plan.apply(&mut t.st, &e, now) {
-                    batch.push(Transition { version: t.st.version, at: now, event: e });
+                    batch.push(Transition::new(t.st.version, now, e).took(one.elapsed()));
                     cmds.extend(c);
                 }
             }
             if batch.is_empty() {
                 return Ok(cmds);
             }
+            let applied = applying.elapsed();
             if self.store.append(expected, &batch, &t.st).await? {
                 crate::meter::applied(&self.plan.checked.workflow.metadata.name, before, &t.st, &cmds);
                 crate::meter::step("applied", started.elapsed().as_secs_f64());
                 t.since_snapshot += batch.len() as u64;
+                t.dear += applied;
                 // A snapshot costs O(tasks): at most one per 2 × tasks transitions keeps that O(1)
-                // per transition, and loading replays at most that many.
-                if t.since_snapshot >= self.options.snapshot_every.max(2 * self.plan.task_count() as u64) {
+                // per transition, and loading replays at most that many. Transitions dear to
+                // apply (templates rendered: waits, budget holds, outputs) are snapshotted
+                // after, so loading never pays more than `SNAPSHOT_AFTER` for them.
+                let many = t.since_snapshot >= self.options.snapshot_every.max(2 * self.plan.task_count() as u64);
+                if many || t.dear >= store::SNAPSHOT_AFTER {
                     self.store.snapshot(&t.st).await?;
+                    if !many {
+                        crate::meter::dear_snapshot();
+                    }
                     t.since_snapshot = 0;
+                    t.dear = std::time::Duration::ZERO;
                 }
                 observer.batch(&t.st, &batch);
                 return Ok(cmds);
@@ -803,7 +826,7 @@ pub async fn cancel(
         if plan.apply(&mut st, &Event::Cancel, now).is_err() {
             return Ok(None);
         }
-        let t = Transition { version: st.version, at: now, event: Event::Cancel };
+        let t = Transition::new(st.version, now, Event::Cancel);
         if store.append(expected, &[t], &st).await? {
             store.snapshot(&st).await?;
             return Ok(Some(st));

@@ -11,6 +11,7 @@ pub mod meter;
 pub mod ports;
 pub mod providers;
 pub mod queue;
+pub mod reads;
 pub mod secrets;
 pub mod start;
 pub mod store;

@@ -23,6 +23,8 @@
 //! | `llmo_dead_letters_total` | counter | `kind` (`attempt`, `run`, `unreadable`) |
 //! | `llmo_http_calls_total` | counter | `method`, `status` |
 //! | `llmo_api_requests_total` | counter | `route`, `status` |
+//! | `llmo_expensive_reads_total` | counter | |
+//! | `llmo_snapshots_total` | counter | |
 
 use llmo_core::engine::{Command, RunState, RunStatus};
 
@@ -47,6 +49,8 @@ pub fn describe() {
     describe_counter!("llmo_dead_letters_total", "Messages handled by the dead-letter handler");
     describe_counter!("llmo_http_calls_total", "HTTP calls of `http` tasks");
     describe_counter!("llmo_api_requests_total", "API requests answered, by route and status");
+    describe_counter!("llmo_expensive_reads_total", "Reads of a run that replayed past their slice");
+    describe_counter!("llmo_snapshots_total", "Snapshots written after a dear replay or stretch of transitions");
 }
 
 /// What one stored transition batch of a run changed: runs started and ended, retries, budget
@@ -112,6 +116,16 @@ pub fn model_call(
         .increment(output_tokens);
     metrics::counter!("llmo_cost_microusd_total", "workflow" => wf, "model" => m)
         .increment((cost_usd * 1e6).round().max(0.0) as u64);
+}
+
+/// A read of a run that replayed past its slice (and needed one of its tenant's places).
+pub fn expensive_read() {
+    metrics::counter!("llmo_expensive_reads_total").increment(1);
+}
+
+/// A snapshot written because the transitions since the last one were dear to replay.
+pub fn dear_snapshot() {
+    metrics::counter!("llmo_snapshots_total").increment(1);
 }
 
 /// Compare-and-set writes lost.

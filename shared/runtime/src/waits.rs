@@ -125,7 +125,7 @@ pub async fn answer(
         if let Err(why) = plan.apply(&mut st, &event, now) {
             return Err(AnswerError::NotWaiting(format!("not waiting for an answer: {}", why.0)).into());
         }
-        let t = Transition { version: st.version, at: now, event: event.clone() };
+        let t = Transition::new(st.version, now, event.clone());
         if store.append(expected, &[t], &st).await? {
             if let Some(id) = event.attempt_id()
                 && let Some(w) = Waiter::of(&st, id)

@@ -209,6 +209,9 @@ const CACHED_RUNS: usize = 512;
 struct Cached {
     plan: Arc<Plan>,
     state: RunState,
+    /// Time this worker spent replaying and applying the run's transitions since the last
+    /// snapshot it knows of: what a load would spend ([`store::SNAPSHOT_AFTER`]).
+    dear: std::time::Duration,
 }
 
 pub struct Worker {
@@ -620,10 +623,12 @@ impl Worker {
             let mut log = Vec::new();
             let mut cmds = Vec::new();
             let mut keys = owed.clone();
+            let applying = std::time::Instant::now();
             for e in &events {
+                let one = std::time::Instant::now();
                 match plan.apply(&mut next, e, now) {
                     Ok(c) => {
-                        log.push(Transition { version: next.version, at: now, event: e.clone() });
+                        log.push(Transition::new(next.version, now, e.clone()).took(one.elapsed()));
                         cmds.extend(c);
                     }
                     Err(_) => keys.push(e.key()),
@@ -637,6 +642,7 @@ impl Worker {
                     }
                 }
             }
+            let applied = applying.elapsed();
             let tick = tick_due(&plan, &events, &next, now);
             if log.is_empty() {
                 self.send(&plan, &next, cmds, keep).await?;
@@ -669,7 +675,7 @@ impl Worker {
                 Ok(true) => {
                     crate::meter::applied(workflow, st.status, &next, &cmds);
                     let version = next.version;
-                    self.remember(&plan, &next);
+                    self.remember_snapshotting(&plan, &next, applied).await?;
                     self.send(&plan, &next, cmds, keep).await?;
                     self.arm(run_id, tick, now).await?;
                     self.defer(&deferred).await?;
@@ -820,7 +826,7 @@ impl Worker {
             head.error = Some(reason.clone());
             head.ended_at = Some(now);
             head.version = version + 1;
-            let t = Transition { version: version + 1, at: now, event: event.clone() };
+            let t = Transition::new(version + 1, now, event.clone());
             if self.store.append(version, &[t], &head).await? {
                 self.runs.lock().expect("worker cache").remove(run_id);
                 return Ok(Outcome::Applied(head.version));
@@ -839,8 +845,9 @@ impl Worker {
             let tail = self.store.load_since(run_id, st.version).await?;
             let tail = tail.ok_or_else(|| Error::NoSuchRun(run_id.to_string()))?;
             if !tail.is_empty() {
+                let started = std::time::Instant::now();
                 st = rebuild(&plan, store::StoredRun::tail_only(st, tail))?;
-                self.remember(&plan, &st);
+                self.remember_snapshotting(&plan, &st, started.elapsed()).await?;
             }
             return Ok((plan, st));
         }
@@ -849,9 +856,25 @@ impl Worker {
             Some(p) => p,
             None => self.plan_of(run_id, &stored.source_name, &stored.source)?,
         };
+        let started = std::time::Instant::now();
         let st = rebuild(&plan, stored)?;
-        self.remember(&plan, &st);
+        self.remember_snapshotting(&plan, &st, started.elapsed()).await?;
         Ok((plan, st))
+    }
+
+    /// [`Worker::remember`], and a snapshot of `st` when the transitions since the last one
+    /// have become dear to replay.
+    async fn remember_snapshotting(
+        &self,
+        plan: &Arc<Plan>,
+        st: &RunState,
+        dear: std::time::Duration,
+    ) -> Result<(), Error> {
+        if self.remember(plan, st, dear) {
+            self.store.snapshot(st).await?;
+            crate::meter::dear_snapshot();
+        }
+        Ok(())
     }
 
     /// The plan of a workflow text (compiled once per distinct text).
@@ -876,16 +899,24 @@ impl Worker {
         Ok(plan)
     }
 
-    fn remember(&self, plan: &Arc<Plan>, st: &RunState) {
+    /// Keeps `st` for the run's next step. `dear` is what reaching it from the kept state
+    /// cost (replaying or applying transitions); `true` when the cost since the last snapshot
+    /// reached [`store::SNAPSHOT_AFTER`]: the caller snapshots `st` (an ended run's last
+    /// step snapshots it anyway).
+    fn remember(&self, plan: &Arc<Plan>, st: &RunState, dear: std::time::Duration) -> bool {
         let mut runs = self.runs.lock().expect("worker cache");
         if st.status.is_terminal() {
             runs.remove(&st.run_id);
-            return;
+            return false;
         }
         if runs.len() >= CACHED_RUNS && !runs.contains_key(&st.run_id) {
             runs.clear();
         }
-        runs.insert(st.run_id.clone(), Cached { plan: plan.clone(), state: st.clone() });
+        let dear = runs.get(&st.run_id).map_or(dear, |c| c.dear + dear);
+        let due = dear >= store::SNAPSHOT_AFTER;
+        let dear = if due { std::time::Duration::ZERO } else { dear };
+        runs.insert(st.run_id.clone(), Cached { plan: plan.clone(), state: st.clone(), dear });
+        due
     }
 
     /// Carries out a step's commands; with `keep`, the attempts to run now are put there
@@ -1088,6 +1119,39 @@ spec:
         assert_eq!(sent, vec![one(0), one(1), one(2)]);
         s.clock.advance(30_000);
         assert_eq!(s.drain(&w).await.status, RunStatus::Succeeded);
+    }
+
+    /// A step whose transition is dear to replay (a hundred approvals, each prompt much of a
+    /// template's fuel) leaves a snapshot after it: the API's reads and the next cold
+    /// worker start from there instead of rendering the prompts again.
+    #[tokio::test]
+    async fn a_step_dear_to_replay_leaves_a_snapshot() {
+        const HEAVY: &str = r#"
+apiVersion: llm-orchestrator/v1
+kind: Workflow
+metadata: { name: heavy }
+spec:
+  tasks:
+    - id: hold
+      type: wait
+      for_each: "range(100)"
+      with:
+        approval:
+          prompt: "{% for i in range(40000) %}{% endfor %}{{ item }}"
+"#;
+        let checked = Validator::default().validate(&SourceFile::new("heavy.yaml", HEAVY)).checked.expect("valid");
+        let plan = Arc::new(Plan::new(checked));
+        let s = Setup { plan: plan.clone(), ..Setup::new().await };
+        s.store.create("heavy", "heavy.yaml", HEAVY, &plan.new_run("h", Default::default())).await.unwrap();
+        s.queue.send(&Message::Event { run_id: "h".into(), event: Event::Start }, 0).await.unwrap();
+        let w = s.worker(s.queue.clone());
+        let ds: Vec<Delivery> = s.receive().await.into_iter().filter(|d| d.message.run_id() == "h").collect();
+        w.handle_batch(&ds).await.pop().unwrap().unwrap();
+        let stored = s.store.load("h").await.unwrap().unwrap();
+        let tail: Vec<String> = stored.tail.iter().map(|t| t.event.key()).collect();
+        assert_eq!(stored.snapshot.version, 1, "loading replays {tail:?}");
+        let st = rebuild(&plan, stored).unwrap();
+        assert_eq!(st.tasks[0].units.len(), 100);
     }
 }
 

@@ -158,3 +158,66 @@ async fn an_approval_an_hour_later_resumes_the_run_once() {
     let keys: Vec<String> = log.iter().map(|t| t.event.key()).collect();
     assert_eq!(keys, ["start", "complete/0/-/1", "done/1/-/1"], "nothing ran or polled while it waited");
 }
+
+/// A hundred approvals whose prompts each take much of a template's fuel to render: the run's
+/// `start` transition is dear to replay, though one small line in the log.
+fn heavy_prompts() -> String {
+    r#"
+apiVersion: llm-orchestrator/v1
+kind: Workflow
+metadata: { name: heavy }
+spec:
+  inputs: { items: { type: array } }
+  tasks:
+    - id: hold
+      type: wait
+      for_each: inputs.items
+      with:
+        approval:
+          prompt: "{% for i in range(40000) %}{% endfor %}{{ item }}"
+"#
+    .to_string()
+}
+
+/// A transition dear to replay (templates rendered as units start) is snapshotted by the
+/// driver that applied it, so loading the run (a reader, `resume`) does not render them again.
+#[tokio::test(start_paused = true)]
+async fn a_transition_dear_to_replay_is_followed_by_a_snapshot() {
+    let src = heavy_prompts();
+    let store = Arc::new(MemoryStore::default());
+    let checked = Validator::default().validate(&SourceFile::new("heavy.yaml", src.as_str())).checked.expect("valid");
+    let d = Driver { plan: Arc::new(Plan::new(checked)), ..driver(store.clone()) };
+    // The run waits for its approvals; its process goes away.
+    let mut quiet = Quiet;
+    let inputs = json!({"items": (0..100).collect::<Vec<u32>>()}).as_object().cloned().unwrap();
+    let run = d.start("run-heavy", inputs, "heavy.yaml", &src, &mut quiet);
+    if let Ok(end) = tokio::time::timeout(Duration::from_secs(60), run).await {
+        panic!(
+            "the run should wait: {:?}",
+            end.map(|f| (f.state.status, f.state.error, f.state.tasks[0].error.clone()))
+        );
+    }
+    let stored = store.load("run-heavy").await.unwrap().unwrap();
+    let tail: Vec<String> = stored.tail.iter().map(|t| t.event.key()).collect();
+    assert!(stored.snapshot.version >= 1, "no snapshot after the dear start: loading replays {tail:?}");
+    assert!(!tail.contains(&"start".to_string()), "{tail:?}");
+    // What loading would cost without the snapshot: the whole log replayed.
+    let inputs = stored.snapshot.inputs.clone();
+    let first = llmo_runtime::store::StoredRun::tail_only(
+        d.plan.new_run("run-heavy", inputs),
+        store.history("run-heavy").await.unwrap(),
+    );
+    let started = std::time::Instant::now();
+    llmo_runtime::store::rebuild(&d.plan, first).unwrap();
+    let whole = started.elapsed();
+    assert!(whole >= 2 * llmo_runtime::store::SNAPSHOT_AFTER, "the start is not dear enough to test with: {whole:?}");
+    let started = std::time::Instant::now();
+    let st = llmo_runtime::store::rebuild(&d.plan, stored).unwrap();
+    assert_eq!(st.tasks[0].units.len(), 100);
+    assert!(st.tasks[0].units.iter().all(|u| u.status == TaskStatus::Waiting));
+    assert!(
+        started.elapsed() < llmo_runtime::store::SNAPSHOT_AFTER,
+        "loading took {:?} (the whole log: {whole:?})",
+        started.elapsed()
+    );
+}

@@ -43,11 +43,40 @@ pub enum Error {
 
 /// One stored transition: `event`, applied at clock reading `at`, took the run from
 /// `version - 1` to `version`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Transition {
     pub version: u64,
     pub at: Millis,
     pub event: Event,
+    /// What applying it took its writer, in milliseconds, when that was 1 ms or more (else
+    /// 0, not stored): what replaying it will cost a reader, known before replaying it
+    /// ([`crate::reads`]). Not part of the transition's identity (`==` ignores it). The
+    /// SQLite store does not keep it (its runs have no remote readers).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub took_ms: u64,
+}
+
+impl Transition {
+    /// A transition whose cost is not recorded.
+    pub fn new(version: u64, at: Millis, event: Event) -> Self {
+        Transition { version, at, event, took_ms: 0 }
+    }
+
+    /// The same, recording that applying it took `took` (from 1 ms).
+    pub fn took(mut self, took: std::time::Duration) -> Self {
+        self.took_ms = took.as_millis() as u64;
+        self
+    }
+}
+
+impl PartialEq for Transition {
+    fn eq(&self, other: &Self) -> bool {
+        self.version == other.version && self.at == other.at && self.event == other.event
+    }
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// What listings show of a run, kept current with every append.
@@ -115,8 +144,42 @@ impl StoredRun {
 
 /// Applies `run.tail` to its snapshot: the run's current state.
 pub fn rebuild(plan: &Plan, run: StoredRun) -> Result<RunState, Error> {
-    let mut st = run.snapshot;
-    for t in &run.tail {
+    match rebuild_until(plan, run.snapshot, run.tail, None)? {
+        Rebuilt::Done(st) => Ok(st),
+        Rebuilt::Stopped { .. } => unreachable!("a rebuild without a deadline finishes"),
+    }
+}
+
+/// A rebuild (or the transitions applied since a state was loaded) that took at least this
+/// long is worth a snapshot: whoever paid for it writes the state it reached, so the next
+/// reader replays only what follows. Replaying a transition costs what its templates cost
+/// to render (each bounded by fuel, but a transition renders as many as it starts units),
+/// so without this a log of cheap-to-store, dear-to-replay transitions would be paid for by
+/// every reader; with it a rebuild costs the transitions since the last dear stretch.
+pub const SNAPSHOT_AFTER: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Where [`rebuild_until`] got to.
+#[derive(Debug)]
+pub enum Rebuilt {
+    /// Every transition was applied: the run's current state.
+    Done(RunState),
+    /// The deadline passed between two transitions: the state so far (a state the log
+    /// reached, which may be stored as a snapshot) and the transitions still to apply.
+    Stopped { state: RunState, rest: Vec<Transition> },
+}
+
+/// Applies `tail` to `state`, stopping between transitions once `deadline` has passed (one
+/// transition is never interrupted: its cost is bounded by fuel per template and the
+/// units it starts). A reader that stops keeps its progress by storing the state reached as
+/// a snapshot ([`RunStore::snapshot`]).
+pub fn rebuild_until(
+    plan: &Plan,
+    mut st: RunState,
+    tail: Vec<Transition>,
+    deadline: Option<std::time::Instant>,
+) -> Result<Rebuilt, Error> {
+    let mut rest = tail.into_iter();
+    while let Some(t) = rest.next() {
         if t.version != st.version + 1 {
             return Err(Error::Corrupt {
                 run: st.run_id.clone(),
@@ -127,8 +190,11 @@ pub fn rebuild(plan: &Plan, run: StoredRun) -> Result<RunState, Error> {
             run: st.run_id.clone(),
             why: format!("transition {} ({}) was refused: {}", t.version, t.event.key(), e.0),
         })?;
+        if deadline.is_some_and(|d| std::time::Instant::now() >= d) && rest.len() > 0 {
+            return Ok(Rebuilt::Stopped { state: st, rest: rest.collect() });
+        }
     }
-    Ok(st)
+    Ok(Rebuilt::Done(st))
 }
 
 /// The run store port. Implementations: [`MemoryStore`], `SqliteStore` (feature `sqlite`) here, DynamoDB in the
@@ -327,9 +393,16 @@ impl RunStore for MemoryStore {
         Ok(true)
     }
 
-    /// Nothing to do: in memory, loading replays the log from the start, which costs less
-    /// than copying a large run's state at every snapshot.
-    async fn snapshot(&self, _state: &RunState) -> Result<(), Error> {
+    /// Keeps a copy of the state (only one the log has reached, and newer than the kept
+    /// one), so that loading replays only what follows it.
+    async fn snapshot(&self, state: &RunState) -> Result<(), Error> {
+        let mut runs = self.runs.lock().expect("store lock");
+        if let Some(r) = runs.get_mut(&state.run_id)
+            && state.version > r.snapshot.version
+            && state.version <= r.summary.version
+        {
+            r.snapshot = state.clone();
+        }
         Ok(())
     }
 
@@ -400,7 +473,7 @@ mod tests {
             .iter()
             .map(|e| {
                 plan.apply(st, e, 7).unwrap();
-                Transition { version: st.version, at: 7, event: e.clone() }
+                Transition::new(st.version, 7, e.clone())
             })
             .collect()
     }

@@ -202,7 +202,7 @@ impl RunStore for SqliteStore {
         let mut tail = Vec::new();
         for row in rows {
             let (version, at, event) = row?;
-            tail.push(Transition { version: version as u64, at: at as Millis, event: serde_json::from_str(&event)? });
+            tail.push(Transition::new(version as u64, at as Millis, serde_json::from_str(&event)?));
         }
         drop(stmt);
         tx.commit()?;
@@ -283,7 +283,7 @@ impl RunStore for SqliteStore {
         let mut out = Vec::new();
         for row in rows {
             let (version, at, event) = row?;
-            out.push(Transition { version: version as u64, at: at as Millis, event: serde_json::from_str(&event)? });
+            out.push(Transition::new(version as u64, at as Millis, serde_json::from_str(&event)?));
         }
         Ok(Some(out))
     }
@@ -296,7 +296,7 @@ impl RunStore for SqliteStore {
         let mut out = Vec::new();
         for row in rows {
             let (version, at, event) = row?;
-            out.push(Transition { version: version as u64, at: at as Millis, event: serde_json::from_str(&event)? });
+            out.push(Transition::new(version as u64, at as Millis, serde_json::from_str(&event)?));
         }
         Ok(out)
     }
