@@ -39,6 +39,24 @@ fn billion_laughs_is_refused() {
     assert!(t < GUARD, "{t:?}");
 }
 
+/// 801 aliases of a 1 MB anchored string: 801 nodes, 800 MB once expanded (it took
+/// `llmo validate` to 907 MB). Refused by the bytes the aliases copy, in a file of 1 MB.
+#[test]
+fn aliases_of_a_long_string_are_refused_by_their_bytes() {
+    let mut doc = format!(
+        "apiVersion: llm-orchestrator/v1\nkind: Workflow\nmetadata: {{ name: w, description: &d \"{}\" }}\nspec:\n  tasks:\n",
+        "x".repeat(1_000_000)
+    );
+    for i in 0..801 {
+        doc.push_str(&format!("    - {{ id: t{i}, type: transform, with: {{ output: *d }} }}\n"));
+    }
+    let (o, t) = check(doc);
+    let (code, msg) = only_error(&o);
+    assert_eq!(code, "WF002");
+    assert!(msg.contains("aliases expand to more than 4194304 bytes"), "{msg}");
+    assert!(t < GUARD, "{t:?}");
+}
+
 #[test]
 fn deep_nesting_is_refused() {
     for doc in

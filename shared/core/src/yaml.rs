@@ -32,11 +32,21 @@ pub struct Limits {
     /// Most nodes that aliases may copy in all. Real workflows share small blocks (a retry
     /// policy, a header map); "billion laughs" documents are stopped here, early and cheaply.
     pub max_alias_nodes: usize,
+    /// Most bytes that aliases may copy in all (string and key bytes, a byte per other
+    /// scalar): a few aliases of one long anchored string expand to as much memory as many
+    /// aliases of a small block.
+    pub max_alias_bytes: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_bytes: 10 * 1024 * 1024, max_depth: 64, max_nodes: 1_000_000, max_alias_nodes: 100_000 }
+        Limits {
+            max_bytes: 10 * 1024 * 1024,
+            max_depth: 64,
+            max_nodes: 1_000_000,
+            max_alias_nodes: 100_000,
+            max_alias_bytes: 4 * 1024 * 1024,
+        }
     }
 }
 
@@ -70,6 +80,8 @@ pub enum LoadError {
     TooManyNodes { limit: usize, pos: Pos },
     #[error("aliases expand to more than {limit} nodes (an alias bomb?)")]
     TooManyAliasNodes { limit: usize, pos: Pos },
+    #[error("aliases expand to more than {limit} bytes (an alias bomb?)")]
+    TooManyAliasBytes { limit: usize, pos: Pos },
     #[error("alias refers to an unknown anchor")]
     UnknownAlias { pos: Pos },
     #[error("file holds more than one YAML document; a workflow file holds exactly one")]
@@ -84,6 +96,7 @@ impl LoadError {
             | LoadError::TooDeep { pos, .. }
             | LoadError::TooManyNodes { pos, .. }
             | LoadError::TooManyAliasNodes { pos, .. }
+            | LoadError::TooManyAliasBytes { pos, .. }
             | LoadError::UnknownAlias { pos }
             | LoadError::MultipleDocuments { pos } => Some(*pos),
         }
@@ -133,7 +146,9 @@ struct Builder {
     limits: Limits,
     nodes: usize,
     alias_nodes: usize,
-    anchors: HashMap<usize, (Json, SpanNode, usize)>,
+    alias_bytes: usize,
+    /// Per anchor: its value, spans, size in nodes and in bytes.
+    anchors: HashMap<usize, (Json, SpanNode, usize, usize)>,
     stack: Vec<(Frame, usize)>,
     issues: Vec<LoadIssue>,
     root: Option<(Json, SpanNode)>,
@@ -161,7 +176,7 @@ impl Builder {
     /// Adds a finished node to the enclosing collection (or makes it the root).
     fn push(&mut self, value: Json, span: SpanNode, anchor: usize, size: usize) {
         if anchor != 0 {
-            self.anchors.insert(anchor, (value.clone(), span.clone(), size));
+            self.anchors.insert(anchor, (value.clone(), span.clone(), size, subtree_bytes(&value)));
         }
         match self.stack.last_mut() {
             None => self.root = Some((value, span)),
@@ -222,6 +237,16 @@ fn merge(entries: &mut serde_json::Map<String, Json>, spans: &mut Vec<(Span, Spa
                 }
             }
         }
+    }
+}
+
+/// What a copy of `v` costs in bytes, as [`Limits::max_alias_bytes`] counts them.
+fn subtree_bytes(v: &Json) -> usize {
+    match v {
+        Json::String(s) => s.len().max(1),
+        Json::Array(items) => 1 + items.iter().map(subtree_bytes).sum::<usize>(),
+        Json::Object(m) => 1 + m.iter().map(|(k, v)| k.len().max(1) + subtree_bytes(v)).sum::<usize>(),
+        _ => 1,
     }
 }
 
@@ -338,6 +363,7 @@ struct Built {
     loaded: Loaded,
     nodes: usize,
     alias_nodes: usize,
+    alias_bytes: usize,
 }
 
 /// [`build`] for a piece of a document that starts on line `line_offset + 1` of it: every
@@ -356,6 +382,7 @@ fn build_counted<'i>(
         limits,
         nodes: 0,
         alias_nodes: 0,
+        alias_bytes: 0,
         anchors: HashMap::new(),
         stack: Vec::new(),
         issues: Vec::new(),
@@ -392,8 +419,8 @@ fn build_counted<'i>(
                 b.push(v, SpanNode { span: sp, kids: Kids::Leaf }, anchor, 1);
             }
             Event::Alias(id) => {
-                let (size, at) = match b.anchors.get(&id) {
-                    Some((_, _, size)) => (*size, sp.start),
+                let (size, bytes, at) = match b.anchors.get(&id) {
+                    Some((_, _, size, bytes)) => (*size, *bytes, sp.start),
                     None => return Err(LoadError::UnknownAlias { pos: sp.start }),
                 };
                 // Count before cloning, so an alias bomb is refused before it allocates.
@@ -401,8 +428,12 @@ fn build_counted<'i>(
                 if b.alias_nodes > b.limits.max_alias_nodes {
                     return Err(LoadError::TooManyAliasNodes { limit: b.limits.max_alias_nodes, pos: at });
                 }
+                b.alias_bytes += bytes;
+                if b.alias_bytes > b.limits.max_alias_bytes {
+                    return Err(LoadError::TooManyAliasBytes { limit: b.limits.max_alias_bytes, pos: at });
+                }
                 b.count(size, at)?;
-                let (v, spans, _) = b.anchors.get(&id).cloned().expect("checked above");
+                let (v, spans, _, _) = b.anchors.get(&id).cloned().expect("checked above");
                 b.push(v, relocate(spans, sp), 0, size);
             }
             Event::SequenceStart(anchor, _) => {
@@ -442,7 +473,12 @@ fn build_counted<'i>(
         }
     }
     let (json, spans) = b.root.take().unwrap_or((Json::Null, SpanNode { span: Span::new(end, end), kids: Kids::Leaf }));
-    Ok(Built { loaded: Loaded { json, spans, issues: b.issues }, nodes: b.nodes, alias_nodes: b.alias_nodes })
+    Ok(Built {
+        loaded: Loaded { json, spans, issues: b.issues },
+        nodes: b.nodes,
+        alias_nodes: b.alias_nodes,
+        alias_bytes: b.alias_bytes,
+    })
 }
 
 /// An alias's copy points at the alias itself: that is where the user wrote it.
@@ -567,6 +603,22 @@ mod tests {
         let err = load(&doc, Limits::default()).unwrap_err();
         assert!(matches!(err, LoadError::TooManyAliasNodes { .. }), "{err:?}");
         assert!(start.elapsed().as_secs() < 2);
+    }
+
+    /// A few hundred aliases of one long anchored string are a few nodes and hundreds of
+    /// megabytes: refused by the bytes they copy, before they are copied. A workflow that
+    /// shares a block a few times still loads.
+    #[test]
+    fn aliases_of_a_long_string_are_charged_by_their_bytes() {
+        let mut doc = format!("s: &s \"{}\"\nl:\n", "x".repeat(1_000_000));
+        for _ in 0..801 {
+            doc.push_str("  - *s\n");
+        }
+        let err = load(&doc, Limits::default()).unwrap_err();
+        assert!(matches!(err, LoadError::TooManyAliasBytes { limit: 4_194_304, .. }), "{err:?}");
+        assert_eq!(err.pos().map(|p| p.line), Some(7), "the fifth alias goes over: {err:?}");
+        let shared = "retry: &r {max_attempts: 3, backoff: exponential}\na: {retry: *r}\nb: {retry: *r}\n";
+        assert_eq!(load_ok(shared).json["b"]["retry"]["max_attempts"], 3);
     }
 
     #[test]

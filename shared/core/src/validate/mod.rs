@@ -274,11 +274,12 @@ fn load_error(e: &LoadError) -> Diagnostic {
         }
         LoadError::TooLarge { .. } => Diagnostic::error(LIMIT, e.to_string())
             .help("workflow files are limited to 10 MiB; move large data to inputs or S3"),
-        LoadError::TooDeep { .. } | LoadError::TooManyNodes { .. } | LoadError::TooManyAliasNodes { .. } => {
-            Diagnostic::error(LIMIT, e.to_string())
-                .at("", span)
-                .help("deeply nested or alias-expanded documents are refused to keep validation fast and safe")
-        }
+        LoadError::TooDeep { .. }
+        | LoadError::TooManyNodes { .. }
+        | LoadError::TooManyAliasNodes { .. }
+        | LoadError::TooManyAliasBytes { .. } => Diagnostic::error(LIMIT, e.to_string())
+            .at("", span)
+            .help("deeply nested or alias-expanded documents are refused to keep validation fast and safe"),
         LoadError::UnknownAlias { .. } | LoadError::MultipleDocuments { .. } => {
             Diagnostic::error(YAML_SYNTAX, e.to_string()).at("", span)
         }

@@ -168,6 +168,7 @@ fn load_on(text: &str, limits: Limits, threads: usize) -> Option<Loaded> {
         max_depth: limits.max_depth.checked_sub(LIST_DEPTH)?,
         max_nodes: share_of(limits.max_nodes),
         max_alias_nodes: share_of(limits.max_alias_nodes),
+        max_alias_bytes: share_of(limits.max_alias_bytes),
         ..limits
     };
     let parse = |(a, b, line): (usize, usize, u32)| {
@@ -207,13 +208,13 @@ fn graft(
     list: &List,
     limits: Limits,
 ) -> Option<Loaded> {
-    let (mut nodes, mut alias_nodes) = (skeleton.nodes, skeleton.alias_nodes);
+    let (mut nodes, mut alias_nodes, mut alias_bytes) = (skeleton.nodes, skeleton.alias_nodes, skeleton.alias_bytes);
     let mut items = Vec::new();
     let mut kids = Vec::new();
     let mut issues = std::mem::take(&mut skeleton.loaded.issues);
     let (mut start, mut end) = (None, None);
     for (k, part) in parts.into_iter().enumerate() {
-        let Built { mut loaded, nodes: n, alias_nodes: a } = part?;
+        let Built { mut loaded, nodes: n, alias_nodes: a, alias_bytes: ab } = part?;
         // A piece's collections that run to its end end where its text does, at the start of
         // the next line; in the whole document they end at the next token: the next entry's
         // `-`, or what follows the list.
@@ -237,6 +238,7 @@ fn graft(
         }
         nodes += n;
         alias_nodes += a;
+        alias_bytes += ab;
         let (Json::Array(mut part_items), Kids::Seq(mut part_kids)) = (loaded.json, loaded.spans.kids) else {
             return None;
         };
@@ -251,7 +253,7 @@ fn graft(
         issues.extend(loaded.issues);
     }
     // Near a limit, let the one-thread load decide exactly where it trips.
-    if nodes >= limits.max_nodes || alias_nodes >= limits.max_alias_nodes {
+    if nodes >= limits.max_nodes || alias_nodes >= limits.max_alias_nodes || alias_bytes >= limits.max_alias_bytes {
         return None;
     }
     let Loaded { mut json, mut spans, .. } = skeleton.loaded;
