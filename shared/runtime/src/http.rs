@@ -311,13 +311,14 @@ impl HttpExecutor {
             .clone()
     }
 
-    /// A failure without a call when the host's circuit is open here or in another worker.
-    async fn refused(&self, host: &str) -> Option<AttemptResult> {
-        let left = match self.breaker(host).allow() {
+    /// A failure without a call when the host's circuit (`scope`: the host as the attempt's
+    /// tenant sees it) is open here or in another worker.
+    async fn refused(&self, scope: &str, host: &str) -> Option<AttemptResult> {
+        let left = match self.breaker(scope).allow() {
             Err(left) => Some(left),
             Ok(()) => self
                 .flow
-                .open_until(&format!("http:{host}"))
+                .open_until(&format!("http:{scope}"))
                 .await
                 .map(|u| Duration::from_millis(u.saturating_sub(crate::ports::now_ms()))),
         }?;
@@ -389,19 +390,21 @@ impl Executor for HttpExecutor {
             .ok()
             .and_then(|w| request_url(&w).ok())
             .map(|u| format!("{}:{}", host_of(&u), u.port_or_known_default().unwrap_or(0)));
-        if let Some(h) = &host
-            && let Some(refusal) = self.refused(h).await
+        // Circuits are per tenant: one tenant's failures do not close a host for the others.
+        let host = host.map(|h| (crate::providers::circuit_scope(a.tenant.as_deref(), &h), h));
+        if let Some((scope, h)) = &host
+            && let Some(refusal) = self.refused(scope, h).await
         {
             return refusal;
         }
         let r = self.execute_in(a).instrument(span).await;
-        if let Some(h) = &host {
+        if let Some((scope, h)) = &host {
             // Server-side trouble (5xx, 429, timeouts, network) counts against the host; a
             // refusal of ours (egress, secrets, size) or a 4xx does not.
             let unhealthy = matches!(&r, AttemptResult::Failed { retryable: true, .. });
-            if let Some(until) = self.breaker(h).record(!unhealthy) {
-                tracing::warn!(host = %h, "circuit opened for the host after repeated failures");
-                self.flow.open(&format!("http:{h}"), until).await;
+            if let Some(until) = self.breaker(scope).record(!unhealthy) {
+                tracing::warn!(host = %h, tenant = a.tenant.as_deref().unwrap_or(""), "circuit opened for the host after repeated failures");
+                self.flow.open(&format!("http:{scope}"), until).await;
             }
         }
         r
@@ -981,5 +984,32 @@ mod tests {
             .await;
         let r = call(&two, format!("{}/up", other.uri())).await;
         assert!(matches!(r, AttemptResult::Succeeded { .. }), "{r:?}");
+    }
+
+    /// Circuits are per tenant: tenant t1's failures open the host's circuit for t1's runs
+    /// (in every worker), while t2's run to the same host is still called.
+    #[tokio::test]
+    async fn one_tenants_failures_do_not_close_a_host_for_another_tenant() {
+        let server = MockServer::start().await;
+        Mock::given(path("/flaky")).respond_with(ResponseTemplate::new(503)).mount(&server).await;
+        let flow: Arc<dyn crate::flow::Flow> = Arc::new(crate::flow::Local::default());
+        let (one, two) = (local(&[]).with_flow(flow.clone()), local(&[]).with_flow(flow));
+        let url = format!("{}/flaky", server.uri());
+        async fn call(e: &HttpExecutor, url: &str, tenant: &str) -> AttemptResult {
+            let mut a = test_attempt("http", json!({ "url": url }), None, 1);
+            a.tenant = Some(tenant.into());
+            e.execute(&a).await
+        }
+        for _ in 0..HOST_FAILURES {
+            call(&one, &url, "t1").await;
+        }
+        let r = call(&two, &url, "t1").await;
+        assert!(matches!(&r, AttemptResult::Failed { error, .. } if error.contains("circuit open")), "{r:?}");
+        let r = call(&two, &url, "t2").await;
+        assert!(
+            matches!(&r, AttemptResult::Failed { error, .. } if error.starts_with("HTTP 503")),
+            "t2 is called: {r:?}"
+        );
+        assert_eq!(server.received_requests().await.unwrap().len(), HOST_FAILURES as usize + 1);
     }
 }

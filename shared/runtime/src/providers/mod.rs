@@ -161,6 +161,16 @@ pub(crate) fn send_error(e: reqwest::Error, timeout: Duration) -> CallError {
     if e.is_timeout() { CallError::Timeout(timeout) } else { CallError::Network(e.to_string()) }
 }
 
+/// The name of a circuit (a provider's, or an `http` host's) as a tenant sees it: failures
+/// in one tenant's runs open it for that tenant only, so one tenant cannot make a provider or
+/// a host refuse every other tenant's calls (runs without a tenant share one scope).
+pub fn circuit_scope(tenant: Option<&str>, name: &str) -> String {
+    match tenant {
+        Some(t) => format!("{t}/{name}"),
+        None => name.to_string(),
+    }
+}
+
 /// Opens after `threshold` consecutive unhealthy calls; while open, calls to the provider are
 /// refused without trying for `cooldown`, then one call is let through (half-open).
 pub struct Breaker {
@@ -228,7 +238,8 @@ impl Default for CallRetry {
 pub struct LlmExecutor {
     config: Config,
     providers: HashMap<String, Arc<dyn Provider>>,
-    breakers: HashMap<String, Breaker>,
+    /// Per tenant and provider ([`circuit_scope`]), made on first use.
+    breakers: Mutex<HashMap<String, Arc<Breaker>>>,
     retry: CallRetry,
     /// Answer every call with the mock provider (`llmo run --mock`).
     force_mock: bool,
@@ -254,7 +265,6 @@ impl LlmExecutor {
             .build()
             .expect("http client");
         let mut providers: HashMap<String, Arc<dyn Provider>> = HashMap::new();
-        let mut breakers = HashMap::new();
         for (name, p) in &config.providers {
             let provider: Arc<dyn Provider> = match p.kind {
                 Kind::Openai => Arc::new(OpenAi::new(client.clone(), name, p).with_secrets(secrets.clone())),
@@ -262,8 +272,8 @@ impl LlmExecutor {
                 Kind::Mock => Arc::new(Mock::from_env()),
             };
             providers.insert(name.clone(), provider);
-            breakers.insert(name.clone(), Breaker::new(config.breaker.failures, config.breaker.cooldown));
         }
+        let breakers = Mutex::new(HashMap::new());
         let retry = config.retry;
         let flow: Arc<dyn crate::flow::Flow> = Arc::new(crate::flow::Local::default());
         let book = config.price_book(force_mock);
@@ -351,7 +361,6 @@ impl LlmExecutor {
     /// Replaces a provider (tests, or users adding their own wire format).
     pub fn with_provider(mut self, name: &str, p: Arc<dyn Provider>) -> Self {
         self.providers.insert(name.to_string(), p);
-        self.breakers.entry(name.to_string()).or_insert_with(|| Breaker::new(5, Duration::from_secs(30)));
         self
     }
 
@@ -379,9 +388,20 @@ impl LlmExecutor {
     /// `admitted`: the first call's capacity was reserved already (the attempt was deferred
     /// until it was due).
     /// `horizon`: how far ahead the run's priority lets it reserve capacity.
+    /// The breaker of circuit `scope` ([`circuit_scope`]).
+    fn breaker(&self, scope: &str) -> Arc<Breaker> {
+        let mut b = self.breakers.lock().expect("breakers");
+        if b.len() > 4096 && !b.contains_key(scope) {
+            b.clear();
+        }
+        let c = self.config.breaker;
+        b.entry(scope.to_string()).or_insert_with(|| Arc::new(Breaker::new(c.failures, c.cooldown))).clone()
+    }
+
     async fn call(
         &self,
         provider: &str,
+        tenant: Option<&str>,
         req: &ChatRequest,
         admitted: bool,
         horizon: Option<Duration>,
@@ -392,7 +412,8 @@ impl LlmExecutor {
             known.sort();
             return Err(CallError::Config(format!("unknown provider `{name}` (known: {})", known.join(", "))));
         };
-        let breaker = &self.breakers[name];
+        let scope = circuit_scope(tenant, name);
+        let breaker = self.breaker(&scope);
         let buckets = self.buckets(name, &req.model);
         let estimate = self.token_estimate(req);
         let mut wait = self.retry.initial;
@@ -409,7 +430,7 @@ impl LlmExecutor {
                 });
             }
             // Opened by any worker of the fleet (seen within a second).
-            if let Some(until) = self.flow.open_until(name).await {
+            if let Some(until) = self.flow.open_until(&scope).await {
                 return Err(CallError::Server {
                     status: 503,
                     message: format!(
@@ -437,7 +458,7 @@ impl LlmExecutor {
                 Err(e) => breaker.record(!e.unhealthy()),
             };
             if let Some(until) = opened {
-                self.flow.open(name, until).await;
+                self.flow.open(&scope, until).await;
             }
             let e = match r {
                 Ok(resp) => return Ok(resp),
@@ -580,7 +601,10 @@ impl LlmExecutor {
             }
             let started = std::time::Instant::now();
             let horizon = a.plan.checked.workflow.spec.priority.unwrap_or_default().horizon();
-            let r = self.call(&provider, &req, a.admitted && i == 0, horizon).instrument(span.clone()).await;
+            let r = self
+                .call(&provider, a.tenant.as_deref(), &req, a.admitted && i == 0, horizon)
+                .instrument(span.clone())
+                .await;
             let seconds = started.elapsed().as_secs_f64();
             match r {
                 // Held back by the fleet's limit before anything was spent: the attempt goes

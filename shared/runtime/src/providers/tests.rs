@@ -283,6 +283,31 @@ async fn the_circuit_opens_after_repeated_failures_and_stops_calling() {
     // `expect(3)`: the fourth attempt never reached the server (checked when `server` drops).
 }
 
+/// A provider's circuit is per tenant: t1's failing calls open it for t1 only; t2's call
+/// still reaches the provider.
+#[tokio::test]
+async fn one_tenants_failures_do_not_open_a_provider_for_another_tenant() {
+    let server = MockServer::start().await;
+    chat_route().respond_with(ResponseTemplate::new(500)).expect(4).mount(&server).await;
+    let e = LlmExecutor::new(config(&server, Duration::from_secs(5)), false)
+        .with_retry(CallRetry { max_calls: 1, ..CallRetry::default() });
+    let as_tenant = |tenant: &str| {
+        let mut a = test_attempt("llm", json!({ "model": "gpt-4o-mini", "prompt": "Hi" }), None, 1);
+        a.tenant = Some(tenant.into());
+        a
+    };
+    for _ in 0..3 {
+        failure(&e.execute(&as_tenant("t1")).await);
+    }
+    let r = e.execute(&as_tenant("t1")).await;
+    let (err, _) = failure(&r);
+    assert!(err.contains("circuit open for provider `openai`"), "{err}");
+    let r = e.execute(&as_tenant("t2")).await;
+    let (err, _) = failure(&r);
+    assert!(!err.contains("circuit open"), "t2's call reached the provider: {err}");
+    // `expect(4)`: t1's three and t2's one (checked when `server` drops).
+}
+
 #[tokio::test]
 async fn anthropic_is_asked_for_json_in_the_system_prompt_and_rate_limits_are_retried() {
     let server = MockServer::start().await;
