@@ -102,6 +102,26 @@ pub fn evaluate(
     Ok(json!({ "score": score, "passed": score >= threshold, "checks": results }))
 }
 
+/// Whether a call to `model` of `provider` (as rendered, the moment it is made: templated
+/// models, fallbacks and `llm_judge` checks alike) passes the model lists of every `policy`
+/// task of the workflow; `Err` names the policy and the pattern that refuses it.
+pub fn model_allowed(spec: &crate::model::Spec, provider: &str, model: &str) -> Result<(), String> {
+    let full =
+        if model.contains('/') || provider.is_empty() { model.to_string() } else { format!("{provider}/{model}") };
+    let bare = model.rsplit('/').next().unwrap_or(model);
+    let matches = |g: &String| glob_match(g, &full) || glob_match(g, model) || glob_match(g, bare);
+    for t in spec.tasks.iter().filter(|t| t.ty == "policy") {
+        let Ok(p) = serde_json::from_value::<PolicyWith>(Value::Object(t.with.clone())) else { continue };
+        if let Some(g) = p.deny_models.iter().find(|g| matches(g)) {
+            return Err(format!("model `{full}` is denied by policy `{}` (`{g}`)", t.id));
+        }
+        if !p.allow_models.is_empty() && !p.allow_models.iter().any(matches) {
+            return Err(format!("model `{full}` is not in the allow list of policy `{}`", t.id));
+        }
+    }
+    Ok(())
+}
+
 /// `policy`: checks the input and the workflow's models; a denial is a non-retryable failure.
 /// `models` are the `provider/model` names of the workflow's llm tasks; `remaining_usd` the
 /// run's budget left, if it has one.

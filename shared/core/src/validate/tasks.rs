@@ -297,7 +297,25 @@ impl Run<'_> {
                     models.push((i, format!("/spec/tasks/{i}/with{rel}"), model));
                 }
             }
+            // The judges of `evaluate` tasks call models too.
+            if t.ty == "evaluate" {
+                let checks = t.with.get("checks").and_then(Value::as_array).into_iter().flatten().enumerate();
+                for (k, c) in checks.filter(|(_, c)| c.get("kind").and_then(Value::as_str) == Some("llm_judge")) {
+                    let provider = c.get("provider").and_then(Value::as_str).unwrap_or("");
+                    if let Some(m) = c.get("model").and_then(Value::as_str) {
+                        let full = if m.contains('/') || provider.is_empty() {
+                            m.to_string()
+                        } else {
+                            format!("{provider}/{m}")
+                        };
+                        models.push((i, format!("/spec/tasks/{i}/with/checks/{k}/model"), full));
+                    }
+                }
+            }
         }
+        // A templated model is known only when rendered: the executor checks every call
+        // against the policies then (`engine::builtin::model_allowed`).
+        models.retain(|(_, _, m)| !m.contains("{{") && !m.contains("{%"));
         for (pi, v) in views.iter().enumerate() {
             let Some(t) = &v.task else { continue };
             if t.ty != "policy" {

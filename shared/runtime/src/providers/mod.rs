@@ -557,6 +557,14 @@ impl LlmExecutor {
         for (i, (provider, model)) in self.candidates(w).into_iter().enumerate() {
             let req = ChatRequest { model: model.clone(), ..req.clone() };
             let label = if self.force_mock { format!("mock/{model}") } else { format!("{provider}/{model}") };
+            // The workflow's policies, on the model as rendered (a templated model, a
+            // fallback, a judge's): the validator sees only what is written.
+            if let Err(why) =
+                llmo_core::engine::builtin::model_allowed(&a.plan.checked.workflow.spec, &provider, &model)
+            {
+                errors.push(format!("{label}: {why}"));
+                continue;
+            }
             if let Some(allow) = allowance {
                 let used = Estimate { cost_usd: spent.cost_usd + usage.cost_usd, tokens: spent.tokens + usage.tokens };
                 let bound = self.worst_case(a.prices.as_deref(), &provider, &model, &req);

@@ -559,3 +559,39 @@ async fn a_redirecting_provider_is_not_followed() {
     }
     assert!(elsewhere.received_requests().await.unwrap().is_empty());
 }
+
+/// Policies apply to the model as rendered, when the call is made: a templated model the
+/// validator could not check (`{{ inputs.model }}` = `claude-opus-4-1` under `*opus*`) is
+/// refused without a request and the allowed fallback answers; with no allowed candidate
+/// the attempt fails for good, having called nothing.
+#[tokio::test]
+async fn policies_refuse_denied_models_as_rendered_before_calling() {
+    use llmo_core::source::SourceFile;
+    use llmo_core::validate::Validator;
+    let server = MockServer::start().await;
+    chat_route()
+        .and(body_partial_json(json!({ "model": "gpt-4o-mini" })))
+        .respond_with(ResponseTemplate::new(200).set_body_json(completion("ok", 5, 1)))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let e = LlmExecutor::new(config(&server, Duration::from_secs(5)), false);
+    let wf = "apiVersion: llm-orchestrator/v1\nkind: Workflow\nmetadata: { name: w }\nspec:\n  inputs: { model: { type: string } }\n  tasks:\n    - { id: guard, type: policy, with: { deny_models: [\"*opus*\"] } }\n    - { id: a, type: llm, depends_on: [guard], with: { model: \"{{ inputs.model }}\", prompt: Hi } }\n";
+    let checked =
+        Validator::default().validate(&SourceFile::new("w.yaml", wf)).checked.expect("a templated model validates");
+    let plan = Arc::new(llmo_core::engine::Plan::new(checked));
+    let attempt = |with: Value| {
+        let mut a = test_attempt("llm", with, None, 1);
+        a.plan = plan.clone();
+        a
+    };
+    let r = e
+        .execute(&attempt(json!({ "model": "claude-opus-4-1", "fallback_models": ["gpt-4o-mini"], "prompt": "Hi" })))
+        .await;
+    assert_eq!(output(&r)["text"], "ok");
+    assert!(output(&r)["fallback_from"][0].as_str().unwrap().contains("denied by policy `guard` (`*opus*`)"), "{r:?}");
+    let r = e.execute(&attempt(json!({ "model": "claude-opus-4-1", "prompt": "Hi" }))).await;
+    let (err, retryable) = failure(&r);
+    assert!(!retryable && err.contains("model `openai/claude-opus-4-1` is denied by policy `guard`"), "{err}");
+    // `expect(1)`: only the allowed fallback was ever called.
+}
