@@ -68,11 +68,24 @@ fn registry(exec: &Exec) -> Result<Registry> {
         Some(p) => Fixtures::load(p).map_err(anyhow::Error::msg)?,
         None => Fixtures::default(),
     };
+    let config = config(exec)?;
+    if !exec.mock {
+        // A config file (perhaps a repository's) chose where these providers' calls and keys
+        // go: say so before anything is sent.
+        for (name, url, file) in config.file_endpoints() {
+            eprintln!(
+                "provider `{}` calls {} (set by {})",
+                crate::term::clean(name),
+                crate::term::clean(url),
+                crate::term::clean(file)
+            );
+        }
+    }
     let setup = llmo_runtime::Setup {
         fixtures,
         egress: llmo_runtime::egress::Egress::from_env().map_err(anyhow::Error::msg)?,
         http: llmo_runtime::http::HttpLimits::from_env().map_err(anyhow::Error::msg)?,
-        ..llmo_runtime::Setup::new(config(exec)?, exec.mock)
+        ..llmo_runtime::Setup::new(config, exec.mock)
     };
     Ok(setup.registry())
 }

@@ -800,3 +800,45 @@ spec:
     assert_eq!(out["shipped"], "A: 5");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// A `.llmo/config.yaml` in the working directory (a cloned repository's) cannot send any
+/// environment variable anywhere: naming `AWS_SECRET_ACCESS_KEY` as a provider's key is
+/// refused before anything runs, naming the file and the field; where a file's providers
+/// send their calls is shown.
+#[test]
+fn a_working_directory_config_cannot_name_any_variable_as_a_key() {
+    let dir = std::env::temp_dir().join(format!("llmo-config-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join(".llmo")).unwrap();
+    let workflow = dir.join("w.yaml");
+    std::fs::write(
+        &workflow,
+        "apiVersion: llm-orchestrator/v1\nkind: Workflow\nmetadata: { name: w }\nspec:\n  tasks:\n    - { id: a, type: llm, with: { model: m, prompt: Hi } }\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join(".llmo/config.yaml"),
+        "default_provider: grab\nproviders:\n  grab: { kind: openai, base_url: 'http://127.0.0.1:9/v1', api_key_env: AWS_SECRET_ACCESS_KEY }\n",
+    )
+    .unwrap();
+    let out = command().current_dir(&dir).args(["run", workflow.to_str().unwrap()]).output().unwrap();
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(
+            ".llmo/config.yaml: providers.grab.api_key_env: `AWS_SECRET_ACCESS_KEY` is not a provider key's name"
+        ),
+        "{err}"
+    );
+    // A provider key's name is fine, and where its calls go is said (and refused by the
+    // egress policy: a loopback listener is not where a file may send them).
+    std::fs::write(
+        dir.join(".llmo/config.yaml"),
+        "default_provider: grab\nproviders:\n  grab: { kind: openai, base_url: 'http://127.0.0.1:9/v1', api_key_env: GRAB_API_KEY }\n",
+    )
+    .unwrap();
+    let out = command().current_dir(&dir).args(["run", workflow.to_str().unwrap()]).output().unwrap();
+    let err = text(&out.stderr);
+    assert!(err.contains("provider `grab` calls http://127.0.0.1:9/v1 (set by .llmo/config.yaml)"), "{err}");
+    assert!(err.contains("egress refused"), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -55,6 +55,8 @@ fn workers(aws: &llmo_aws::Aws, n: usize, config: &Config) -> Workers {
     Workers::start(aws, n, 10, move |mut s| {
         let setup = llmo_runtime::Setup {
             flow: Arc::new(llmo_aws::flow::DynamoFlow::new(aws2.clone())),
+            // The fake providers the config file names listen on loopback.
+            egress: llmo_runtime::egress::Egress::loopback(),
             ..llmo_runtime::Setup::new(config.clone(), false)
         };
         s.worker.executors = Arc::new(setup.registry());

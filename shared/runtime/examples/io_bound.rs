@@ -45,7 +45,14 @@ fn main() {
     let d = Driver {
         plan: Arc::new(Plan::new(checked)),
         store: Arc::new(MemoryStore::default()),
-        executors: Arc::new(llmo_runtime::standard_registry(config, false, Default::default())),
+        // The model server the config names listens on loopback.
+        executors: Arc::new(
+            llmo_runtime::Setup {
+                egress: llmo_runtime::egress::Egress::loopback(),
+                ..llmo_runtime::Setup::new(config, false)
+            }
+            .registry(),
+        ),
         clock: Arc::new(SystemClock::default()),
         blobs: None,
         options: Options { concurrency: in_flight, ..Options::default() },

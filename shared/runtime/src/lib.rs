@@ -60,7 +60,7 @@ impl Setup {
     /// judge) and `policy`.
     pub fn registry(self) -> executor::Registry {
         let llm = Arc::new(
-            providers::LlmExecutor::with_secrets(self.config, self.mock, self.keys).with_flow(self.flow.clone()),
+            providers::LlmExecutor::build(self.config, self.mock, self.keys, &self.egress).with_flow(self.flow.clone()),
         );
         let mut r = executor::Registry::with_builtins(Some(llm.clone()));
         r.register("llm", llm);

@@ -38,6 +38,7 @@ fn driver(server: &MockServer, workflow: &str) -> Driver {
             api_key_env: None,
             timeout: Duration::from_secs(10),
             free: false,
+            set_by: None,
         },
     );
     config.default_provider = "openai".into();

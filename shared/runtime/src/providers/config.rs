@@ -50,6 +50,10 @@ pub struct ProviderConfig {
     pub timeout: Duration,
     /// Local models: usage is free whatever the price table says.
     pub free: bool,
+    /// The config file that set `base_url` to something other than the built-in's, if one
+    /// did: the provider's calls then go under the egress policy (a file in a repository is
+    /// not the operator), and `llmo run` shows where they go.
+    pub set_by: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
@@ -185,6 +189,19 @@ fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
+/// Whether a config file may name `var` as a provider's `api_key_env`: a provider key's name
+/// (`*_API_KEY`, `*_API_TOKEN`, not `AWS_*` or `LLMO_*`), or one the user allowed outside
+/// the file, in `$LLMO_KEY_ENVS` (comma-separated). A file in a working directory must not
+/// be able to send any variable (`AWS_SECRET_ACCESS_KEY`) to a server as a bearer token.
+pub fn key_env_allowed(var: &str) -> bool {
+    let listed = env("LLMO_KEY_ENVS").is_some_and(|l| l.split(',').any(|v| v.trim() == var));
+    let named = (var.ends_with("_API_KEY") || var.ends_with("_API_TOKEN"))
+        && !var.starts_with("AWS_")
+        && !var.starts_with("LLMO_")
+        && var.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
+    listed || named
+}
+
 impl Config {
     /// The built-in providers: `openai` (`OPENAI_API_KEY`, `OPENAI_BASE_URL`), `anthropic`
     /// (`ANTHROPIC_API_KEY`, `ANTHROPIC_BASE_URL`), `ollama` (local, free; `OLLAMA_BASE_URL`)
@@ -201,6 +218,7 @@ impl Config {
                 api_key_env: Some("OPENAI_API_KEY".into()),
                 timeout,
                 free: false,
+                set_by: None,
             },
         );
         providers.insert(
@@ -212,6 +230,7 @@ impl Config {
                 api_key_env: Some("ANTHROPIC_API_KEY".into()),
                 timeout,
                 free: false,
+                set_by: None,
             },
         );
         providers.insert(
@@ -223,6 +242,7 @@ impl Config {
                 api_key_env: None,
                 timeout,
                 free: true,
+                set_by: None,
             },
         );
         providers.insert(
@@ -234,6 +254,7 @@ impl Config {
                 api_key_env: None,
                 timeout,
                 free: true,
+                set_by: None,
             },
         );
         Config {
@@ -244,6 +265,15 @@ impl Config {
             retry: CallRetry::default(),
             limits: BTreeMap::new(),
         }
+    }
+
+    /// Providers whose base URL a config file set: `(name, base_url, file)`, for `llmo run`
+    /// to show where their calls (and keys) go.
+    pub fn file_endpoints(&self) -> Vec<(&str, &str, &str)> {
+        self.providers
+            .iter()
+            .filter_map(|(n, p)| p.set_by.as_deref().map(|f| (n.as_str(), p.base_url.as_str(), f)))
+            .collect()
     }
 
     /// The built-ins overlaid with a config file (if `path` is given and exists, or
@@ -266,11 +296,20 @@ impl Config {
         let mut c = Self::builtin();
         for (name, p) in fc.providers {
             let base = c.providers.get(&name);
-            let base_url = match (p.base_url, base) {
-                (Some(u), _) => u,
-                (None, Some(b)) if b.kind == p.kind => b.base_url.clone(),
+            let (base_url, set_by) = match (p.base_url, base) {
+                (Some(u), Some(b)) if b.kind == p.kind && u == b.base_url => (u, b.set_by.clone()),
+                (Some(u), _) => (u, Some(file.to_string())),
+                (None, Some(b)) if b.kind == p.kind => (b.base_url.clone(), b.set_by.clone()),
                 (None, _) => return Err(invalid(format!("providers.{name}.base_url: required"))),
             };
+            if let Some(var) = &p.api_key_env
+                && !key_env_allowed(var)
+            {
+                return Err(invalid(format!(
+                    "providers.{name}.api_key_env: `{var}` is not a provider key's name (`*_API_KEY` or `*_API_TOKEN`); \
+                     to use it anyway, list it in LLMO_KEY_ENVS (set outside this file)"
+                )));
+            }
             let api_key_env = p.api_key_env.or_else(|| base.and_then(|b| b.api_key_env.clone()));
             c.providers.insert(
                 name,
@@ -281,6 +320,7 @@ impl Config {
                     api_key_env,
                     timeout: p.timeout.map_or(Duration::from_secs(120), |d| d.0),
                     free: p.free,
+                    set_by,
                 },
             );
         }
@@ -329,6 +369,37 @@ mod tests {
         assert_eq!(t.get("claude-3-5-haiku-latest").unwrap().output, 4.00);
         assert!(t.get("gpt-4oo").is_none());
         assert!(t.get("llama3.1:8b").is_none());
+    }
+
+    /// A config file names a provider's key by a provider key's name only: the one in a
+    /// working directory that said `api_key_env: AWS_SECRET_ACCESS_KEY` would have sent the
+    /// AWS secret key to its `base_url` as a bearer token.
+    #[test]
+    fn a_config_file_may_name_only_provider_keys_and_its_base_urls_are_marked() {
+        for var in ["AWS_SECRET_ACCESS_KEY", "HOME", "LLMO_LINK_SECRET", "AWS_X_API_KEY", "my_api_key"] {
+            let yaml =
+                format!("providers:\n  x: {{ kind: openai, base_url: 'https://x.example/v1', api_key_env: {var} }}\n");
+            let e = Config::from_yaml(".llmo/config.yaml", &yaml).unwrap_err().to_string();
+            assert!(
+                e.starts_with(&format!(
+                    ".llmo/config.yaml: providers.x.api_key_env: `{var}` is not a provider key's name"
+                )),
+                "{e}"
+            );
+        }
+        let c = Config::from_yaml(
+            "c.yaml",
+            "providers:\n  openrouter: { kind: openai, base_url: 'https://openrouter.ai/api/v1', api_key_env: OPENROUTER_API_KEY }\n  openai: { kind: openai, base_url: 'https://api.openai.com/v1' }\n  anthropic: { kind: anthropic, base_url: 'https://proxy.example' }\n",
+        )
+        .unwrap();
+        // Where a file sent calls is shown; a built-in left where it was is not.
+        assert_eq!(
+            c.file_endpoints(),
+            vec![
+                ("anthropic", "https://proxy.example", "c.yaml"),
+                ("openrouter", "https://openrouter.ai/api/v1", "c.yaml")
+            ]
+        );
     }
 
     #[test]

@@ -104,6 +104,16 @@ pub trait Provider: Send + Sync {
     async fn chat(&self, req: &ChatRequest) -> Result<ChatResponse, CallError>;
 }
 
+/// A provider whose base URL the egress policy refuses: every call fails, unsent.
+struct Refused(String);
+
+#[async_trait]
+impl Provider for Refused {
+    async fn chat(&self, _: &ChatRequest) -> Result<ChatResponse, CallError> {
+        Err(CallError::Config(self.0.clone()))
+    }
+}
+
 /// Maps an HTTP error status and body to a [`CallError`].
 pub(crate) fn status_error(status: u16, retry_after: Option<Duration>, body: &str) -> CallError {
     let message = serde_json::from_str::<Value>(body)
@@ -257,6 +267,19 @@ impl LlmExecutor {
     /// Providers whose key the config does not hold ask `secrets` for it (by its
     /// `api_key_env` name) at each call.
     pub fn with_secrets(config: Config, force_mock: bool, secrets: Arc<dyn crate::secrets::Secrets>) -> Self {
+        Self::build(config, force_mock, secrets, &crate::egress::Egress::strict())
+    }
+
+    /// [`LlmExecutor::with_secrets`], with providers whose base URL a config file set
+    /// (`ProviderConfig::set_by`) connecting only where `egress` allows (the policy of
+    /// `http` tasks). Built-in providers and base URLs from the environment are the
+    /// operator's and connect anywhere.
+    pub fn build(
+        config: Config,
+        force_mock: bool,
+        secrets: Arc<dyn crate::secrets::Secrets>,
+        egress: &crate::egress::Egress,
+    ) -> Self {
         // No redirects: a provider answers where it was asked, and a redirect would carry the
         // key (`x-api-key` survives reqwest's default policy across hosts) somewhere else.
         let client = reqwest::Client::builder()
@@ -264,11 +287,27 @@ impl LlmExecutor {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .expect("http client");
+        // Names resolve through the policy; no redirects either.
+        let guarded = egress.client();
         let mut providers: HashMap<String, Arc<dyn Provider>> = HashMap::new();
         for (name, p) in &config.providers {
+            let client = match &p.set_by {
+                None => client.clone(),
+                Some(file) => {
+                    let checked = url::Url::parse(&p.base_url)
+                        .map_err(|e| format!("{}: {e}", p.base_url))
+                        .and_then(|u| egress.check_url(&u).map_err(|r| r.to_string()));
+                    if let Err(why) = checked {
+                        let why = format!("provider `{name}` (base_url from {file}): {why}");
+                        providers.insert(name.clone(), Arc::new(Refused(why)));
+                        continue;
+                    }
+                    guarded.clone()
+                }
+            };
             let provider: Arc<dyn Provider> = match p.kind {
-                Kind::Openai => Arc::new(OpenAi::new(client.clone(), name, p).with_secrets(secrets.clone())),
-                Kind::Anthropic => Arc::new(Anthropic::new(client.clone(), name, p).with_secrets(secrets.clone())),
+                Kind::Openai => Arc::new(OpenAi::new(client, name, p).with_secrets(secrets.clone())),
+                Kind::Anthropic => Arc::new(Anthropic::new(client, name, p).with_secrets(secrets.clone())),
                 Kind::Mock => Arc::new(Mock::from_env()),
             };
             providers.insert(name.clone(), provider);

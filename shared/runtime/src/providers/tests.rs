@@ -24,6 +24,7 @@ fn config(server: &MockServer, timeout: Duration) -> Config {
                 api_key_env: None,
                 timeout,
                 free: false,
+                set_by: None,
             },
         );
     }
@@ -594,4 +595,28 @@ async fn policies_refuse_denied_models_as_rendered_before_calling() {
     let (err, retryable) = failure(&r);
     assert!(!retryable && err.contains("model `openai/claude-opus-4-1` is denied by policy `guard`"), "{err}");
     // `expect(1)`: only the allowed fallback was ever called.
+}
+
+/// A provider whose base URL a config file set connects only where the egress policy
+/// allows: a file naming a loopback listener gets a refusal, and the listener no request
+/// (nor the key); the operator's policy (`LLMO_EGRESS_ALLOW`) lets it through.
+#[tokio::test]
+async fn a_config_files_base_url_is_under_the_egress_policy() {
+    let server = MockServer::start().await;
+    chat_route()
+        .respond_with(ResponseTemplate::new(200).set_body_json(completion("ok", 5, 1)))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let yaml = format!("providers:\n  local: {{ kind: openai, base_url: '{}/v1', free: true }}\n", server.uri());
+    let config = Config::from_yaml(".llmo/config.yaml", &yaml).unwrap();
+    let with = json!({ "provider": "local", "model": "m", "prompt": "Hi" });
+    let keys: Arc<dyn crate::secrets::Secrets> = Arc::new(crate::secrets::EnvSecrets);
+    let strict = LlmExecutor::build(config.clone(), false, keys.clone(), &crate::egress::Egress::strict());
+    let r = run(&strict, with.clone()).await;
+    let (err, retryable) = failure(&r);
+    assert!(!retryable && err.contains("provider `local` (base_url from .llmo/config.yaml): egress refused:"), "{err}");
+    let allowed = LlmExecutor::build(config, false, keys, &crate::egress::Egress::loopback());
+    assert_eq!(output(&run(&allowed, with).await)["text"], "ok");
+    // `expect(1)`: only the allowed executor's call arrived.
 }
