@@ -174,10 +174,14 @@ enum Command {
         api: Option<String>,
     },
     /// Continue a run interrupted (even by kill -9) from its state file.
+    /// A run another live process executes is refused (one executor per run) unless --wait.
     Resume {
         run_id: String,
         #[arg(long, value_name = "PATH", default_value = ".llmo/runs.db")]
         state: PathBuf,
+        /// Wait for the process executing the run to end or die, then take the run over.
+        #[arg(long)]
+        wait: bool,
         #[command(flatten)]
         exec: ExecArgs,
     },
@@ -532,7 +536,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let serve = run::Serve { ui, metrics_addr };
             run::run(checked, &source, &run::Options { inputs, input_file, state, exec: exec.exec() }, &serve)
         }
-        Command::Resume { run_id, state, exec } => run::resume(&run_id, &state, &exec.exec()),
+        Command::Resume { run_id, state, wait, exec } => run::resume(&run_id, &state, wait, &exec.exec()),
         Command::Waiting { api: Some(api), json, .. } => remote::waiting(Some(&api), json),
         Command::Waiting { state, json, api: None } => waits::list(&state, json),
         Command::Approve { answer } => answer.run(true),

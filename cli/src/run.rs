@@ -256,7 +256,7 @@ async fn stored(store: &dyn RunStore, run_id: &str, state: &Path) -> Result<(Pla
 }
 
 /// `llmo resume RUN_ID`: continues a stored run where it stopped.
-pub fn resume(run_id: &str, state: &Path, exec: &Exec) -> Result<ExitCode> {
+pub fn resume(run_id: &str, state: &Path, wait: bool, exec: &Exec) -> Result<ExitCode> {
     let rt = runtime()?;
     let store = open_store(Some(state), exec.durability)?;
     let (plan, run) = rt.block_on(stored(store.as_ref(), run_id, state))?;
@@ -267,11 +267,43 @@ pub fn resume(run_id: &str, state: &Path, exec: &Exec) -> Result<ExitCode> {
         eprintln!("{run_id}: already {}", st.status.as_str());
         return finish(&plan, &st, Instant::now());
     }
-    eprintln!("{run_id}: resuming {workflow} ({} tasks)", plan.task_count());
     let d = driver(plan.clone(), store, Some(state), exec)?;
     let mut progress = Progress::new(&plan, Some(&st));
-    let end = until_interrupted(&rt, d.resume(run_id, &mut progress))?;
+    let mut said = false;
+    let end = loop {
+        // One executor per run: a run a live process executes is not run a second time.
+        match rt.block_on(d.store.owner(run_id))? {
+            Some(o) if o.owner != d.options.owner && o.expires_at > llmo_runtime::ports::now_ms() && !o.dead_here() => {
+                let owned = driver::Error::Owned { run: run_id.to_string(), owner: o };
+                if !wait {
+                    eprintln!("{}", crate::term::clean(&owned.to_string()));
+                    eprintln!(
+                        "{run_id}: not resumed; `llmo resume {run_id} --wait` takes it over when that process ends"
+                    );
+                    return Ok(ExitCode::from(1));
+                }
+                if !said {
+                    eprintln!("{}; waiting for it to end or stop", crate::term::clean(&owned.to_string()));
+                    said = true;
+                }
+                std::thread::sleep(std::time::Duration::from_secs(1));
+                continue;
+            }
+            _ => {}
+        }
+        if !said {
+            eprintln!("{run_id}: resuming {workflow} ({} tasks)", plan.task_count());
+        }
+        match until_interrupted(&rt, d.resume(run_id, &mut progress)) {
+            // Taken by another process between the look and the lease: look again.
+            Err(e) if matches!(e.downcast_ref::<driver::Error>(), Some(driver::Error::Owned { .. })) => continue,
+            other => break other?,
+        }
+    };
     let Some(end) = end else { return Ok(interrupted(run_id, Some(state))) };
+    if end.state.status.is_terminal() && said {
+        eprintln!("{run_id}: the other process ended it ({})", end.state.status.as_str());
+    }
     finish(&plan, &end.state, progress.started)
 }
 
@@ -394,6 +426,14 @@ pub fn status(run_id: &str, state: &Path, history: bool) -> Result<ExitCode> {
     if let Some(r) = &st.rerun_of {
         out["rerun_of"] = json!(r);
     }
+    if !st.status.is_terminal() {
+        let (_, owner) = liveness(&rt, store.as_ref(), run_id)?;
+        out["live"] = json!(owner.is_some());
+        out["owner"] = json!(owner);
+        if owner.is_none() {
+            out["resume"] = json!(format!("llmo resume {run_id} --state {}", state.display()));
+        }
+    }
     if history {
         let log = rt.block_on(store.history(run_id))?;
         out["history"] = log.iter().map(|t| describe(&plan, t)).collect();
@@ -483,9 +523,27 @@ pub fn runs(state: &Path) -> Result<ExitCode> {
     let rt = runtime()?;
     let store = open_store(Some(state), Durability::default())?;
     for r in rt.block_on(store.list())? {
-        println!("{}\t{}\t{}\t${:.4}", r.run_id, r.workflow, r.status, r.cost_usd);
+        // A run not ended is either executed by a live process or waits for `llmo resume`.
+        let status = match r.status.as_str() {
+            "running" | "pending" => format!("{} ({})", r.status, liveness(&rt, store.as_ref(), &r.run_id)?.0),
+            _ => r.status.clone(),
+        };
+        println!("{}\t{}\t{}\t${:.4}", r.run_id, r.workflow, status, r.cost_usd);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Whether a run not ended is executed by a live process (`live`, naming its pid and host,
+/// with the owner) or not (`interrupted`: its owner died or stopped; `llmo resume` goes on).
+fn liveness(rt: &tokio::runtime::Runtime, store: &dyn RunStore, run_id: &str) -> Result<(String, Option<String>)> {
+    let now = llmo_runtime::ports::now_ms();
+    Ok(match rt.block_on(store.owner(run_id))? {
+        Some(o) if o.expires_at > now && !o.dead_here() => {
+            let who = o.owner.split('#').next().unwrap_or(&o.owner).to_string();
+            (format!("live: pid {who}"), Some(o.owner))
+        }
+        _ => ("interrupted".to_string(), None),
+    })
 }
 
 fn finish(plan: &Plan, st: &RunState, started: Instant) -> Result<ExitCode> {

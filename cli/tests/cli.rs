@@ -842,3 +842,55 @@ fn a_working_directory_config_cannot_name_any_variable_as_a_key() {
     assert!(err.contains("egress refused"), "{err}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// One executor per run: while `llmo run` executes a run, `llmo resume` of it refuses
+/// (naming the process) and `llmo runs` / `status` call it live; `resume --wait` waits for
+/// that process and, once it has ended the run, runs nothing again. A process killed
+/// with -9 is seen dead at once (its run `interrupted`, resumed without waiting).
+#[test]
+fn a_live_run_is_not_resumed_twice() {
+    use std::io::BufRead;
+    let dir = std::env::temp_dir().join(format!("llmo-owner-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (db, wf) = (dir.join("runs.db"), dir.join("nap.yaml"));
+    std::fs::write(
+        &wf,
+        "apiVersion: llm-orchestrator/v1\nkind: Workflow\nmetadata: { name: nap }\nspec:\n  tasks:\n    - { id: nap, type: wait, with: { sleep: { for: 4s } } }\n    - { id: done, type: transform, depends_on: [nap], with: { output: ok } }\n",
+    )
+    .unwrap();
+    let (db_s, wf_s) = (db.to_str().unwrap(), wf.to_str().unwrap());
+    let start = |args: &[&str]| command().args(args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut owner = start(&["run", "--state", db_s, wf_s]);
+    let mut lines = std::io::BufReader::new(owner.stderr.take().unwrap()).lines();
+    let run_id = lines.next().unwrap().unwrap().split(':').next().unwrap().to_string();
+    let pid = owner.id();
+    // Live: refused, and said to be.
+    let out = llmo(&["resume", &run_id, "--state", db_s]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains(&format!("is being executed by {pid}@")), "{}", text(&out.stderr));
+    let runs = text(&llmo(&["runs", "--state", db_s]).stdout);
+    assert!(runs.contains(&format!("running (live: pid {pid}@")), "{runs}");
+    let status: serde_json::Value =
+        serde_json::from_slice(&llmo(&["status", &run_id, "--state", db_s]).stdout).unwrap();
+    assert_eq!(status["live"], true, "{status}");
+    // --wait: waits for the owner, which ends the run; nothing runs twice.
+    let waited = command().args(["resume", &run_id, "--state", db_s, "--wait"]).output().unwrap();
+    assert!(waited.status.success(), "{}", text(&waited.stderr));
+    assert!(text(&waited.stderr).contains("waiting for it to end or stop"), "{}", text(&waited.stderr));
+    assert!(owner.wait().unwrap().success());
+    let status: serde_json::Value =
+        serde_json::from_slice(&llmo(&["status", &run_id, "--state", db_s]).stdout).unwrap();
+    assert_eq!((status["status"].as_str(), status["tasks"]["nap"]["attempts"].as_u64()), (Some("succeeded"), Some(1)));
+    // Killed: interrupted at once, and resumed without waiting for its lease.
+    let mut owner = start(&["run", "--state", db_s, wf_s]);
+    let mut lines = std::io::BufReader::new(owner.stderr.take().unwrap()).lines();
+    let run_id = lines.next().unwrap().unwrap().split(':').next().unwrap().to_string();
+    owner.kill().unwrap();
+    owner.wait().unwrap();
+    let runs = text(&llmo(&["runs", "--state", db_s]).stdout);
+    let line = runs.lines().find(|l| l.starts_with(&run_id)).unwrap_or_default();
+    assert!(line.ends_with("(interrupted)\t$0.0000"), "{runs}");
+    let out = llmo(&["resume", &run_id, "--state", db_s]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    std::fs::remove_dir_all(&dir).ok();
+}

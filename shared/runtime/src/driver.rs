@@ -39,6 +39,12 @@ pub enum Error {
     NoSuchRun(String),
     #[error("run `{0}` stalled with nothing left to do (an engine bug)")]
     Stalled(String),
+    /// Another process executes the run (its lease has not lapsed).
+    #[error("run `{run}` is being executed by {} (its lease runs {}s more unless renewed)", owner.owner, owner.expires_at.saturating_sub(crate::ports::now_ms()).div_ceil(1000))]
+    Owned { run: String, owner: store::Owner },
+    /// This driver's lease was taken over (the process stalled past it): it stops.
+    #[error("run `{0}` was taken over by another process; this one stopped executing it")]
+    TakenOver(String),
 }
 
 #[derive(Debug, Clone)]
@@ -53,6 +59,11 @@ pub struct Options {
     /// When the run ends by itself (a task failed it, its budget stopped it) while model
     /// calls run, how long to wait for their answers so that what they cost is counted.
     pub settle_grace: Duration,
+    /// Who this driver is, as its runs' leases name it ([`store::Owner::this_process`]).
+    pub owner: String,
+    /// How long a run's lease lasts without renewal (renewed every third of it while the
+    /// driver lives): how soon another process may take over a run whose owner died.
+    pub lease: Duration,
 }
 
 impl Default for Options {
@@ -62,6 +73,8 @@ impl Default for Options {
             snapshot_every: 4096,
             poll: Duration::from_millis(250),
             settle_grace: Duration::from_secs(30),
+            owner: store::Owner::this_process(),
+            lease: Duration::from_secs(10),
         }
     }
 }
@@ -100,6 +113,30 @@ pub struct Driver {
 }
 
 type Unit = (usize, Option<u32>);
+
+/// A run's lease while a driver drives it: dropped (the drive ended, or its future was
+/// dropped), the renewal stops and the lease is given up (best effort; else it lapses).
+struct Leased {
+    renewer: JoinHandle<()>,
+    store: Arc<dyn RunStore>,
+    run_id: String,
+    owner: String,
+}
+
+impl Drop for Leased {
+    fn drop(&mut self) {
+        self.renewer.abort();
+        let (store, run_id, owner) =
+            (self.store.clone(), std::mem::take(&mut self.run_id), std::mem::take(&mut self.owner));
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                if let Err(e) = store.release(&run_id, &owner).await {
+                    tracing::warn!(run = %run_id, error = %e, "the run's lease was not released (it lapses)");
+                }
+            });
+        }
+    }
+}
 
 /// A task's id, type and executor (if one is registered for its type).
 type TaskInfo = (Arc<str>, Arc<str>, Option<Arc<dyn Executor>>);
@@ -148,22 +185,34 @@ impl Driver {
     ) -> Result<Finished, Error> {
         let st = self.plan.new_run(run_id, inputs);
         self.store.create(&self.plan.checked.workflow.metadata.name, source_name, source, &st).await?;
+        self.acquire(run_id).await?;
         self.drive(st, vec![Event::Start], Vec::new(), observer).await
     }
 
     /// Starts a run already stored (by [`crate::start::Starter::create`]) and drives it to
     /// its end.
     pub async fn start_created(&self, st: RunState, observer: &mut dyn Observer) -> Result<Finished, Error> {
+        self.acquire(&st.run_id).await?;
         self.drive(st, vec![Event::Start], Vec::new(), observer).await
     }
 
     /// Continues a stored run: attempts that were running run again, retries are re-armed,
     /// nothing that recorded its result runs again.
+    ///
+    /// One executor per run: a run another live process executes is refused
+    /// ([`Error::Owned`]); one whose owner died (its lease lapsed) is taken over.
     pub async fn resume(&self, run_id: &str, observer: &mut dyn Observer) -> Result<Finished, Error> {
-        let st = self.load(run_id).await?;
-        if st.status.is_terminal() {
-            return Ok(Finished { state: st, hooks: Vec::new() });
+        if self.store.version(run_id).await?.is_none() {
+            return Err(Error::NoSuchRun(run_id.to_string()));
         }
+        self.acquire(run_id).await?;
+        let st = match self.load(run_id).await {
+            Ok(st) if !st.status.is_terminal() => st,
+            other => {
+                self.store.release(run_id, &self.options.owner).await?;
+                return other.map(|state| Finished { state, hooks: Vec::new() });
+            }
+        };
         let (first, cmds) = if st.status == RunStatus::Pending {
             (vec![Event::Start], Vec::new())
         } else {
@@ -183,12 +232,35 @@ impl Driver {
         inputs: Option<Map<String, Value>>,
         observer: &mut dyn Observer,
     ) -> Result<Finished, Error> {
-        let st = self.load(run_id).await?;
-        if !matches!(st.status, RunStatus::Failed | RunStatus::TimedOut) {
-            return Ok(Finished { state: st, hooks: Vec::new() });
-        }
+        self.acquire(run_id).await?;
+        let st = match self.load(run_id).await {
+            Ok(st) if matches!(st.status, RunStatus::Failed | RunStatus::TimedOut) => st,
+            other => {
+                self.store.release(run_id, &self.options.owner).await?;
+                return other.map(|state| Finished { state, hooks: Vec::new() });
+            }
+        };
         let after = st.version;
         self.drive(st, vec![Event::Redrive { after, inputs }], Vec::new(), observer).await
+    }
+
+    /// Takes the run's lease for this driver ([`RunStore::lease`]); [`Driver::drive`] renews
+    /// it while it drives and gives it up at the end.
+    async fn acquire(&self, run_id: &str) -> Result<(), Error> {
+        let ttl = self.options.lease.as_millis() as u64;
+        let now = self.clock.now();
+        match self.store.lease(run_id, &self.options.owner, ttl, now).await? {
+            None => Ok(()),
+            // Its owner was a process of this machine that is gone (kill -9): taken over now,
+            // as it would be once the lease lapsed.
+            Some(owner) if owner.dead_here() => {
+                match self.store.lease(run_id, &self.options.owner, ttl, now.max(owner.expires_at)).await? {
+                    None => Ok(()),
+                    Some(owner) => Err(Error::Owned { run: run_id.to_string(), owner }),
+                }
+            }
+            Some(owner) => Err(Error::Owned { run: run_id.to_string(), owner }),
+        }
     }
 
     /// The run's current state; a replay that was dear leaves a snapshot, so the next load
@@ -217,7 +289,38 @@ impl Driver {
             workflow = %self.plan.checked.workflow.metadata.name,
             status = tracing::field::Empty,
         );
-        let r = self.drive_in(st, first, cmds, observer).instrument(span.clone()).await;
+        // The lease (taken by the caller) is renewed every third of its time while the run
+        // is driven; if another process took it over meanwhile (this one stalled past it),
+        // the driver stops at its next turn.
+        let run_id = st.run_id.clone();
+        let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let renewer = {
+            let (store, owner, lost) = (self.store.clone(), self.options.owner.clone(), lost.clone());
+            let (run_id, ttl, clock) = (run_id.clone(), self.options.lease, self.clock.clone());
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(ttl / 3).await;
+                    match store.lease(&run_id, &owner, ttl.as_millis() as u64, clock.now()).await {
+                        Ok(None) => {}
+                        Ok(Some(other)) => {
+                            tracing::warn!(run = %run_id, other = %other.owner, "the run's lease was taken over");
+                            lost.store(true, std::sync::atomic::Ordering::SeqCst);
+                            return;
+                        }
+                        Err(e) => tracing::warn!(run = %run_id, error = %e, "the run's lease was not renewed"),
+                    }
+                }
+            })
+        };
+        // Dropped with the drive (an interrupted `llmo run`), it stops renewing and gives
+        // the lease up.
+        let lease = Leased { renewer, store: self.store.clone(), run_id, owner: self.options.owner.clone() };
+        let r = self.drive_in(st, first, cmds, observer, lost).instrument(span.clone()).await;
+        lease.renewer.abort();
+        if let Err(e) = self.store.release(&lease.run_id, &lease.owner).await {
+            tracing::warn!(run = %lease.run_id, error = %e, "the run's lease was not released (it lapses)");
+        }
+        drop(lease);
         if let Ok(f) = &r {
             span.record("status", f.state.status.as_str());
         }
@@ -230,6 +333,7 @@ impl Driver {
         first: Vec<Event>,
         cmds: Vec<Command>,
         observer: &mut dyn Observer,
+        lost: Arc<std::sync::atomic::AtomicBool>,
     ) -> Result<Finished, Error> {
         let (tx, rx) = mpsc::unbounded_channel();
         let sem = Arc::new(Semaphore::new(self.options.concurrency.max(1)));
@@ -264,6 +368,12 @@ impl Driver {
         };
         let mut cmds = cmds;
         loop {
+            if lost.load(std::sync::atomic::Ordering::SeqCst) {
+                for (_, (_, h)) in t.running.drain() {
+                    h.abort();
+                }
+                return Err(Error::TakenOver(t.st.run_id.clone()));
+            }
             for cmd in cmds.drain(..) {
                 self.carry_out(&mut t, cmd, &sem).await;
             }
@@ -1006,12 +1116,42 @@ mod tests {
         let run = d.start("r", Map::new(), "t.yaml", &wf, &mut quiet);
         assert!(tokio::time::timeout(Duration::from_millis(1500), run).await.is_err());
         assert_eq!(*work.ran.lock().unwrap(), vec![("a".to_string(), 1), ("b".to_string(), 1)]);
+        // Its lease lapses (a process that dies gives nothing up).
+        tokio::time::sleep(Duration::from_secs(11)).await;
         // Second process.
         let work = Work::new(10, 0);
         let end = driver(&plan, &store, &work).resume("r", &mut ()).await.unwrap();
         assert_eq!(end.state.status, RunStatus::Succeeded);
         assert_eq!(*work.ran.lock().unwrap(), vec![("b".to_string(), 1), ("c".to_string(), 1)]);
         assert!(matches!(driver(&plan, &store, &work).resume("nope", &mut ()).await, Err(Error::NoSuchRun(_))));
+    }
+
+    /// One executor per run: while the process executing a run lives (renewing its lease),
+    /// another's `resume` is refused, naming the owner; once the owner is gone (its lease
+    /// lapsed), the run is taken over, and the first owner, should it wake, stops.
+    #[tokio::test(start_paused = true)]
+    async fn a_run_has_one_owner_at_a_time() {
+        let wf = format!(
+            "{HEAD}  tasks:\n    - {{ id: a, type: http, with: {{ url: u }} }}\n    - {{ id: b, type: http, depends_on: [a], with: {{ url: u }} }}\n"
+        );
+        let plan = plan(&wf);
+        let store = Arc::new(MemoryStore::default());
+        let slow = Work::new(60_000, 0);
+        let first = driver(&plan, &store, &slow);
+        let owner = first.options.owner.clone();
+        let (wf2, store2) = (wf.clone(), store.clone());
+        let live = tokio::spawn(async move { first.start("r", Map::new(), "t.yaml", &wf2, &mut ()).await });
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        // Thirty seconds in (three lease lengths, renewed all along), it is still its run.
+        let work = Work::new(10, 0);
+        match driver(&plan, &store2, &work).resume("r", &mut ()).await {
+            Err(Error::Owned { owner: o, .. }) => assert_eq!(o.owner, owner),
+            other => panic!("expected Owned, got {:?}", other.map(|f| f.state.status)),
+        }
+        assert!(work.ran.lock().unwrap().is_empty(), "nothing ran twice");
+        let end = live.await.unwrap().unwrap();
+        assert_eq!(end.state.status, RunStatus::Succeeded);
+        assert_eq!(store.owner("r").await.unwrap(), None, "the lease was given up at the end");
     }
 
     #[tokio::test(start_paused = true)]

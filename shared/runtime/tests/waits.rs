@@ -83,6 +83,8 @@ async fn a_run_stopped_while_waiting_resumes_its_wait() {
     let mut quiet = Quiet;
     let run = d.start("run-2", inputs, "nap.yaml", NAP, &mut quiet);
     assert!(tokio::time::timeout(Duration::from_secs(3600), run).await.is_err());
+    // The lease of the process that is gone lapses.
+    tokio::time::sleep(Duration::from_secs(11)).await;
     let d = driver(store.clone());
     let st = llmo_runtime::store::rebuild(&d.plan, store.load("run-2").await.unwrap().unwrap()).unwrap();
     assert_eq!(st.tasks[0].status, TaskStatus::Waiting);

@@ -12,6 +12,7 @@
 //! same version; the loser reloads and re-applies.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
@@ -249,6 +250,70 @@ pub trait RunStore: Send + Sync {
     async fn waiters(&self, tenant: &str, event: Option<(&str, &str)>, limit: usize) -> Result<Vec<Waiter>, Error>;
     /// Forgets a waiter (answered, timed out, or found stale).
     async fn drop_waiter(&self, w: &Waiter) -> Result<(), Error>;
+    /// Takes or renews the lease on executing `run_id` for `owner` until `now + ttl_ms`:
+    /// `Ok(None)` when `owner` holds it now, `Ok(Some(other))` when another owner's lease has
+    /// not lapsed (nothing changed). One executor per run: the embedded driver holds it while
+    /// it drives. Stores whose runs have no single owner (serverless: every step is a
+    /// compare-and-set) grant every request.
+    async fn lease(&self, _run_id: &str, _owner: &str, _ttl_ms: u64, _now: Millis) -> Result<Option<Owner>, Error> {
+        Ok(None)
+    }
+    /// Gives the lease up (nothing if `owner` does not hold it).
+    async fn release(&self, _run_id: &str, _owner: &str) -> Result<(), Error> {
+        Ok(())
+    }
+    /// The run's current lease, lapsed or not (`None`: no owner ever, or released).
+    async fn owner(&self, _run_id: &str) -> Result<Option<Owner>, Error> {
+        Ok(None)
+    }
+}
+
+/// Who executes a run in the embedded runtime: its owner's lease ([`RunStore::lease`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    /// `PID@HOST#RANDOM`: the process holding the run.
+    pub owner: String,
+    /// When the lease lapses unless renewed (ms since the epoch).
+    pub expires_at: Millis,
+}
+
+impl Owner {
+    /// A name for this process's drivers: its pid, host and 48 random bits.
+    pub fn this_process() -> String {
+        let host = this_host();
+        let mut b = [0u8; 6];
+        getrandom::fill(&mut b).expect("the operating system's random source");
+        let r: String = b.iter().map(|x| format!("{x:02x}")).collect();
+        format!("{}@{host}#{r}", std::process::id())
+    }
+
+    /// The process id in the owner's name, if it has one.
+    pub fn pid(&self) -> Option<u32> {
+        self.owner.split('@').next().and_then(|p| p.parse().ok())
+    }
+
+    /// Whether the owner is a process of this host that no longer exists (killed, crashed):
+    /// its lease need not be waited out. `false` when that cannot be known (another host, no
+    /// `/proc`); a pid reused since only makes a resume wait for the lease to lapse.
+    pub fn dead_here(&self) -> bool {
+        let host = self.owner.split_once('@').and_then(|(_, rest)| rest.rsplit_once('#')).map(|(h, _)| h);
+        match (host, self.pid()) {
+            (Some(h), Some(pid)) if h == this_host() && Path::new("/proc/self").exists() => {
+                !Path::new(&format!("/proc/{pid}")).exists()
+            }
+            _ => false,
+        }
+    }
+}
+
+/// This machine's name, as leases record it.
+fn this_host() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()))
+        .unwrap_or_else(|| "localhost".into())
 }
 
 /// A unit waiting for an approval or an event: what [`RunStore::waiters`] lists.
@@ -317,6 +382,7 @@ pub struct MemoryStore {
     waiters: Mutex<Vec<Waiter>>,
     /// Idempotency key id -> (run id, request fingerprint).
     keys: Mutex<HashMap<String, (String, String)>>,
+    leases: Mutex<HashMap<String, Owner>>,
 }
 
 impl MemoryStore {
@@ -446,6 +512,29 @@ impl RunStore for MemoryStore {
     async fn drop_waiter(&self, w: &Waiter) -> Result<(), Error> {
         self.waiters.lock().expect("store lock").retain(|x| !x.same_unit(w));
         Ok(())
+    }
+
+    async fn lease(&self, run_id: &str, owner: &str, ttl_ms: u64, now: Millis) -> Result<Option<Owner>, Error> {
+        let mut leases = self.leases.lock().expect("store lock");
+        match leases.get(run_id) {
+            Some(o) if o.owner != owner && o.expires_at > now => Ok(Some(o.clone())),
+            _ => {
+                leases.insert(run_id.to_string(), Owner { owner: owner.to_string(), expires_at: now + ttl_ms });
+                Ok(None)
+            }
+        }
+    }
+
+    async fn release(&self, run_id: &str, owner: &str) -> Result<(), Error> {
+        let mut leases = self.leases.lock().expect("store lock");
+        if leases.get(run_id).is_some_and(|o| o.owner == owner) {
+            leases.remove(run_id);
+        }
+        Ok(())
+    }
+
+    async fn owner(&self, run_id: &str) -> Result<Option<Owner>, Error> {
+        Ok(self.leases.lock().expect("store lock").get(run_id).cloned())
     }
 }
 

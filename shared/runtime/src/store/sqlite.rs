@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use llmo_core::engine::{Event, Millis, RunState};
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{Error, RunStore, RunSummary, StoredRun, Transition, Waiter};
+use super::{Error, Owner, RunStore, RunSummary, StoredRun, Transition, Waiter};
 
 /// How far a committed transition survives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -98,7 +98,12 @@ impl SqliteStore {
                 since INTEGER NOT NULL,
                 PRIMARY KEY (run_id, task, item, attempt)
             );
-            CREATE INDEX IF NOT EXISTS waiters_by_event ON waiters (tenant, event, key, since);",
+            CREATE INDEX IF NOT EXISTS waiters_by_event ON waiters (tenant, event, key, since);
+            CREATE TABLE IF NOT EXISTS leases (
+                run_id TEXT PRIMARY KEY,
+                owner TEXT NOT NULL,
+                expires_at INTEGER NOT NULL
+            );",
         )?;
         // Files from before `tokens` was listed get the column (their runs count 0 tokens).
         let has_tokens: bool =
@@ -366,5 +371,41 @@ impl RunStore for SqliteStore {
             params![w.run_id, w.task as i64, w.item.map_or(-1, i64::from), w.attempt as i64],
         )?;
         Ok(())
+    }
+
+    /// One statement: the lease is written only if it is free, lapsed or already `owner`'s,
+    /// so two processes taking it at once cannot both hold it (SQLite serialises writers).
+    async fn lease(&self, run_id: &str, owner: &str, ttl_ms: u64, now: Millis) -> Result<Option<Owner>, Error> {
+        let conn = self.lock();
+        let n = conn.execute(
+            "INSERT INTO leases (run_id, owner, expires_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT (run_id) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at
+             WHERE leases.owner = excluded.owner OR leases.expires_at <= ?4",
+            params![run_id, owner, (now + ttl_ms) as i64, now as i64],
+        )?;
+        if n == 1 {
+            return Ok(None);
+        }
+        let held = conn
+            .query_row("SELECT owner, expires_at FROM leases WHERE run_id = ?1", params![run_id], |r| {
+                Ok(Owner { owner: r.get(0)?, expires_at: r.get::<_, i64>(1)? as Millis })
+            })
+            .optional()?;
+        Ok(held)
+    }
+
+    async fn release(&self, run_id: &str, owner: &str) -> Result<(), Error> {
+        self.lock().execute("DELETE FROM leases WHERE run_id = ?1 AND owner = ?2", params![run_id, owner])?;
+        Ok(())
+    }
+
+    async fn owner(&self, run_id: &str) -> Result<Option<Owner>, Error> {
+        let owner = self
+            .lock()
+            .query_row("SELECT owner, expires_at FROM leases WHERE run_id = ?1", params![run_id], |r| {
+                Ok(Owner { owner: r.get(0)?, expires_at: r.get::<_, i64>(1)? as Millis })
+            })
+            .optional()?;
+        Ok(owner)
     }
 }
