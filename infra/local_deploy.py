@@ -6,14 +6,14 @@ functions need to run against exactly the resources the stack created.
 
 Prints `LLMO_TABLE=...`, `LLMO_QUEUE_URL=...`, `LLMO_DLQ_URL=...`, `LLMO_FOLD_QUEUE_URL=...`,
 `LLMO_FOLD_DLQ_URL=...`, `LLMO_BUCKET=...`,
-`LLMO_SECRETS_ARN=...` (read back
+`LLMO_SECRETS_ARN=...`, `LLMO_QUEUE_KEY_ARN=...` (read back
 from the stack with ListStackResources, as moto's DescribeStacks cannot answer for this
 template) and `AWS_ENDPOINT_URL=...`, one per line, for `eval`.
 
 moto's CloudFormation creates the data plane (the table with its indexes and TTL, both queues with
 the redrive policy and visibility timeouts, the bucket and its policy, the log groups). The
-provider secret, which moto's CloudFormation does not create, is created with Secrets Manager's
-API as the template describes it. What it
+provider secret and the queue key, which moto's CloudFormation does not create, are created with
+Secrets Manager's API as the template describes them. What it
 cannot create locally (the functions, which run here in their local modes instead, the HTTP API,
 whose part the local API server plays, and the alarms on them) is left out, and said on stderr.
 """
@@ -102,6 +102,16 @@ def main(argv):
     by_id["ProviderSecrets"] = sm.create_secret(
         Name=f"{stack}/providers", Description=secret["Description"], SecretString=secret["SecretString"]
     )["ARN"]
+    # The queue key: generated as the template's GenerateSecretString asks (length, no
+    # punctuation), through Secrets Manager's own generator.
+    key = tpl["Resources"]["QueueKey"]["Properties"]
+    gen = key["GenerateSecretString"]
+    value = sm.get_random_password(
+        PasswordLength=gen["PasswordLength"], ExcludePunctuation=gen.get("ExcludePunctuation", False)
+    )["RandomPassword"]
+    by_id["QueueKey"] = sm.create_secret(Name=f"{stack}/queue-key", Description=key["Description"], SecretString=value)[
+        "ARN"
+    ]
     for r in res:
         by_type.setdefault(r["ResourceType"], []).append(r["LogicalResourceId"])
     # Checks that the resources are what the template says, as deployed.
@@ -128,6 +138,7 @@ def main(argv):
     print(f"LLMO_FOLD_DLQ_URL={by_id['FoldDeadLetters']}")
     print(f"LLMO_BUCKET={by_id['Checkpoints']}")
     print(f"LLMO_SECRETS_ARN={by_id['ProviderSecrets']}")
+    print(f"LLMO_QUEUE_KEY_ARN={by_id['QueueKey']}")
     print(f"AWS_ENDPOINT_URL={endpoint}")
     print(f"AWS_ENDPOINT_URL_SECRETS_MANAGER={endpoint}")
     print(f"LLMO_STACK={stack}")

@@ -68,6 +68,11 @@ if [ -z "${LLMO_LINK_SECRET:-}" ]; then
   [ -s .llmo/dev-link-secret ] || (umask 077; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > .llmo/dev-link-secret)
   LLMO_LINK_SECRET=$(cat .llmo/dev-link-secret)
 fi
+# Queue messages are signed with a development key (`stack.sh env` sets one; else made once).
+if [ -z "${LLMO_QUEUE_KEYS:-}" ]; then
+  [ -s .llmo/dev-queue-key ] || (umask 077; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > .llmo/dev-queue-key)
+  LLMO_QUEUE_KEYS=$(cat .llmo/dev-queue-key)
+fi
 set +a
 echo "   table $LLMO_TABLE, queue $LLMO_QUEUE_URL, bucket $LLMO_BUCKET"
 

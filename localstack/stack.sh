@@ -6,7 +6,8 @@
 #
 #   localstack/stack.sh up      install (once, into .venv/), start, wait until ready
 #   localstack/stack.sh down    stop what `up` started
-#   localstack/stack.sh env     print the environment the SDKs and functions need
+#   localstack/stack.sh env     print the environment the SDKs and functions need (with the
+#                               development key queue messages are signed with)
 #
 # With a Docker engine, `docker compose -f localstack/compose.yaml up` is the alternative.
 set -euo pipefail
@@ -77,7 +78,10 @@ up() {
 }
 
 env() {
+  # Queue messages are signed (llmo_aws::mac) with a development key made once per checkout.
+  [ -s "$RUN/queue-key" ] || (umask 077; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$RUN/queue-key")
   cat <<E
+LLMO_QUEUE_KEYS=$(cat "$RUN/queue-key")
 AWS_ACCESS_KEY_ID=test
 AWS_SECRET_ACCESS_KEY=test
 AWS_REGION=us-east-1

@@ -8,7 +8,7 @@ use llmo_aws::api::Api;
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
     let obs = Arc::new(llmo_aws::env::Observability::init("api")?);
-    let aws = llmo_aws::Aws::from_env().await;
+    let aws = llmo_aws::Aws::from_env().await?;
     let (executors, config, mock) = llmo_aws::env::executors(&aws)?;
     let args: Vec<String> = std::env::args().collect();
     let local = args.iter().any(|a| a == "--local");

@@ -16,7 +16,7 @@ use serde_json::Value;
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
     let obs = Arc::new(llmo_aws::env::Observability::init("schedule")?);
-    let aws = llmo_aws::Aws::from_env().await;
+    let aws = llmo_aws::Aws::from_env().await?;
     let (executors, config, mock) = llmo_aws::env::executors(&aws)?;
     let api = Arc::new(Api::new(&aws, executors, config, mock));
     let grace = std::env::var("LLMO_SWEEP_GRACE_SECS").ok().and_then(|v| v.parse::<u64>().ok()).unwrap_or(300);

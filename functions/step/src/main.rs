@@ -6,7 +6,7 @@ use llmo_aws::step::Step;
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
     let obs = llmo_aws::env::Observability::init("step")?;
-    let aws = llmo_aws::Aws::from_env().await;
+    let aws = llmo_aws::Aws::from_env().await?;
     let (executors, _, _) = llmo_aws::env::executors(&aws)?;
     let queues = SqsQueue::step_queues(&aws);
     llmo_aws::local::sqs_function("step", Step::new(&aws, executors), queues, obs).await

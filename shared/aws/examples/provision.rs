@@ -8,7 +8,7 @@ use llmo_aws::provision::{Resources, provision};
 
 #[tokio::main]
 async fn main() {
-    let aws = llmo_aws::Aws::from_env().await;
+    let aws = llmo_aws::Aws::from_env().await.expect("AWS settings");
     let mut r = Resources { table: aws.table.clone(), bucket: aws.bucket.clone(), ..Resources::default() };
     if let Some(q) = std::env::var("LLMO_QUEUE").ok().filter(|q| !q.is_empty()) {
         r.dlq = format!("{q}-dead");

@@ -181,7 +181,8 @@ async fn run(aws: &Aws, source: &str, tasks: usize, workers: usize, d: &Deployme
         }));
     }
     // Watched through clients of its own, so the watching is not counted as the run's.
-    let watcher = Aws::from_env().await.named(&aws.table, &aws.queue_url, &aws.dlq_url, &aws.bucket);
+    let watcher =
+        Aws::from_env().await.expect("AWS settings").named(&aws.table, &aws.queue_url, &aws.dlq_url, &aws.bucket);
     let store = llmo_aws::dynamo::DynamoStore::new(watcher);
     loop {
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -332,7 +333,7 @@ async fn main() {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().is_some_and(|a| a == "--cold") {
         let bin = args.get(1).cloned().unwrap_or_else(|| "target/release/step".into());
-        cold_starts(&Aws::from_env().await, &bin, 7).await;
+        cold_starts(&Aws::from_env().await.expect("AWS settings"), &bin, 7).await;
         return;
     }
     let folds = !args.iter().any(|a| a == "--no-fold");
@@ -365,7 +366,7 @@ async fn main() {
     let tasks: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(1000);
     let workers: Vec<usize> =
         if args.len() > 1 { args[1..].iter().filter_map(|a| a.parse().ok()).collect() } else { vec![1, 2, 4] };
-    let aws = Aws::from_env().await;
+    let aws = Aws::from_env().await.expect("AWS settings");
     let server = latency.map(local_model::ModelServer::start);
     let models = server.as_ref().map(local_model::ModelServer::config);
     let source = workflow(tasks, &shape, latency.is_some());

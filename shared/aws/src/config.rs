@@ -39,6 +39,9 @@ pub struct Aws {
     pub lifetime: Lifetime,
     /// One-shot EventBridge schedules for delays longer than SQS holds a message.
     pub one_shots: Option<OneShots>,
+    /// The keys queue messages are signed and checked with ([`crate::mac`]); `None`: messages
+    /// are neither signed nor checked.
+    pub queue_keys: Option<Arc<crate::mac::KeyRing>>,
 }
 
 /// Where long delays go: an EventBridge Scheduler one-shot (`at(...)`, deleted after it
@@ -105,7 +108,9 @@ impl Lifetime {
 
 impl Aws {
     /// Clients and names from the environment.
-    pub async fn from_env() -> Self {
+    /// Fails when queue keys are configured but cannot be read: a function never runs with
+    /// unchecked messages by accident.
+    pub async fn from_env() -> Result<Self, String> {
         let sdk = aws_config::defaults(BehaviorVersion::latest()).load().await;
         let meter = Arc::new(Meter::default());
         let count = |service| CountRequests { meter: meter.clone(), service };
@@ -133,7 +138,8 @@ impl Aws {
             format!("https://sqs.{}.amazonaws.com", sdk.region().map_or("us-east-1", |r| r.as_ref()))
         });
         let endpoint = endpoint.trim_end_matches('/').to_string();
-        Aws {
+        let queue_keys = crate::mac::KeyRing::load(&secretsmanager).await?.map(Arc::new);
+        Ok(Aws {
             dynamodb,
             sqs,
             s3,
@@ -147,7 +153,8 @@ impl Aws {
             meter,
             lifetime: Lifetime::from_env(),
             one_shots,
-        }
+            queue_keys,
+        })
     }
 
     /// The same clients over other resource names (tests give each their own table/queues),

@@ -11,6 +11,7 @@ pub mod dynamo;
 pub mod env;
 pub mod flow;
 pub mod local;
+pub mod mac;
 pub mod metrics;
 pub mod provision;
 pub mod secrets;

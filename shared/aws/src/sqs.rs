@@ -108,9 +108,26 @@ impl SqsQueue {
         Some((group.unwrap_or("-").to_string(), dedup))
     }
 
-    /// The body to send for a message: inline, or a claim check.
+    /// `body` as this deployment sends it: signed with its queue key ([`crate::mac`]), unless
+    /// it already is (a body received and sent on, checked when it was received).
+    pub fn signed(&self, body: String) -> String {
+        match &self.aws.queue_keys {
+            Some(k) if !k.is_signed(&body) => k.sign(&body),
+            _ => body,
+        }
+    }
+
+    /// The body a received message carries once its signature is checked (no keys: as it is).
+    async fn verified(&self, body: &str) -> Result<String, QueueError> {
+        match &self.aws.queue_keys {
+            Some(k) => k.verify(body).await.map_err(|e| QueueError::Forged(e.to_string())),
+            None => Ok(body.to_string()),
+        }
+    }
+
+    /// The body to send for a message: inline, or a claim check (the S3 object signed too).
     pub async fn body(&self, m: &Message) -> Result<String, QueueError> {
-        let body = Envelope::encode(m);
+        let body = self.signed(Envelope::encode(m));
         if body.len() <= CLAIM_CHECK_BYTES {
             return Ok(body);
         }
@@ -128,25 +145,35 @@ impl SqsQueue {
         Ok(serde_json::json!({"v": llmo_runtime::queue::SCHEMA_VERSION, "claim": key}).to_string())
     }
 
-    /// Reads a body: follows a claim check.
+    /// Reads a body: checks its signature, follows a claim check (and checks the object's).
     pub async fn open(&self, body: &str) -> Result<Message, QueueError> {
         #[derive(serde::Deserialize)]
         struct Claim {
             claim: String,
         }
-        if let Ok(c) = serde_json::from_str::<Claim>(body) {
+        let body = self.verified(body).await?;
+        if let Ok(c) = serde_json::from_str::<Claim>(&body) {
             let out = self.aws.s3.get_object().bucket(&self.aws.bucket).key(&c.claim).send().await.map_err(|e| {
                 QueueError::Io(format!("s3 get {}: {}", c.claim, aws_sdk_s3::error::DisplayErrorContext(e)))
             })?;
             let bytes = out.body.collect().await.map_err(io)?.into_bytes();
-            return Envelope::decode(std::str::from_utf8(&bytes).map_err(|e| QueueError::Malformed(e.to_string()))?);
+            let text = std::str::from_utf8(&bytes).map_err(|e| QueueError::Malformed(e.to_string()))?;
+            return Envelope::decode(&self.verified(text).await?);
         }
-        Envelope::decode(body)
+        Envelope::decode(&body)
+    }
+
+    /// The body of a dead letter as it was sent (its signature checked): what
+    /// [`crate::step::DeadLetters`] reads the run it names from.
+    pub async fn unsigned(&self, body: &str) -> Result<String, QueueError> {
+        self.verified(body).await
     }
 
     /// Decodes a record as Lambda hands it (or as the local poller builds it).
     pub async fn decode(&self, r: &SqsMessage) -> Result<Decoded, QueueError> {
         let body = r.body.as_deref().ok_or_else(|| QueueError::Malformed("message without a body".into()))?;
+        // Checked first: an early message is sent on (and signed) as it is.
+        self.verified(body).await?;
         if let Some(at) = r.message_attributes.get(NOT_BEFORE).and_then(|a| a.string_value.as_deref())
             && let Ok(at) = at.parse::<Millis>()
         {
@@ -177,6 +204,7 @@ impl SqsQueue {
         trace: Option<String>,
         group: Option<&str>,
     ) -> Result<(), QueueError> {
+        let body = self.signed(body);
         if delay_ms > self.max_delay_ms
             && self.url == self.aws.queue_url
             && let Some(o) = &self.aws.one_shots
@@ -367,7 +395,7 @@ impl Queue for SqsQueue {
         let mut groups = Vec::with_capacity(messages.len());
         let scheduled = self.aws.one_shots.is_some() && self.url == self.aws.queue_url;
         for (m, delay) in messages {
-            let body = self.body(m).await?;
+            let body = self.signed(self.body(m).await?);
             if scheduled && *delay > self.max_delay_ms {
                 // A one-shot schedule each (see `send_traced`).
                 self.send_traced(body, *delay, trace.clone()).await?;
@@ -426,7 +454,16 @@ impl Queue for SqsQueue {
         let mut out = Vec::new();
         for r in self.receive_records(max).await? {
             let receipt = r.receipt_handle.clone().unwrap_or_default();
-            match self.decode(&r).await? {
+            let decoded = match self.decode(&r).await {
+                Err(QueueError::Forged(why)) => {
+                    tracing::error!(message = ?r.message_id, %why, "forged message dropped");
+                    llmo_runtime::meter::forged_message();
+                    self.delete_batch(&[receipt]).await?;
+                    continue;
+                }
+                other => other?,
+            };
+            match decoded {
                 Decoded::Ready(message) => {
                     let receive_count =
                         r.attributes.get("ApproximateReceiveCount").and_then(|c| c.parse().ok()).unwrap_or(1);

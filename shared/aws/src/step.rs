@@ -11,7 +11,7 @@ use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent
 use llmo_core::engine::Event;
 use llmo_runtime::executor::Registry;
 use llmo_runtime::ports::SystemClock;
-use llmo_runtime::queue::{Delivery, Message};
+use llmo_runtime::queue::{Delivery, Message, QueueError};
 use llmo_runtime::worker::{Continue, Worker};
 
 use crate::config::Aws;
@@ -95,6 +95,12 @@ impl Step {
                         tracing::warn!(message = %id, error = %e, "could not defer an early message");
                         failed.push(id);
                     }
+                }
+                // Not made by this deployment: dropped (acknowledged), never acted on, and
+                // never dead-lettered (the dead-letter handler would fail the run it names).
+                Err(QueueError::Forged(why)) => {
+                    tracing::error!(message = %id, %why, "forged message dropped");
+                    llmo_runtime::meter::forged_message();
                 }
                 Err(e) => {
                     // Delivered again until the redrive policy moves it to the dead-letter queue.
@@ -236,13 +242,22 @@ impl DeadLetters {
     /// The event that fails what a dead letter was about, read leniently (the message may be
     /// from a newer producer, or not decode at all).
     async fn verdict(&self, r: &SqsMessage) -> Option<(Message, String)> {
-        let body = r.body.as_deref()?;
-        let why = match self.queue.open(body).await {
+        let signed = r.body.as_deref()?;
+        // A message this deployment did not sign fails no run.
+        let body = match self.queue.unsigned(signed).await {
+            Ok(b) => b,
+            Err(e) => {
+                llmo_runtime::meter::forged_message();
+                tracing::error!(error = %e, "forged dead letter dropped");
+                return None;
+            }
+        };
+        let why = match self.queue.open(signed).await {
             Ok(_) => format!("delivered {} times without being processed", receive_count(r)),
             Err(e) => e.to_string(),
         };
         let reason = format!("message moved to the dead-letter queue: {why}");
-        Some((verdict_of(body, &reason)?, reason))
+        Some((verdict_of(&body, &reason)?, reason))
     }
 }
 

@@ -297,7 +297,9 @@ spec:
     let target = s.target().unwrap();
     assert_eq!(target.arn(), queue_arn);
     let input = target.input().unwrap().to_string();
-    let message = llmo_runtime::queue::Envelope::decode(&input).unwrap();
+    // Signed as every message the functions send; read as the step function reads it.
+    assert!(input.starts_with("s1."), "{input}");
+    let message = llmo_aws::sqs::SqsQueue::new(aws.clone()).open(&input).await.unwrap();
     assert!(matches!(message, llmo_runtime::queue::Message::Event { event: Event::WakeDue { .. }, .. }), "{message:?}");
     // Nothing is on the queue while it waits: the run is still waiting a few seconds later.
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -313,4 +315,61 @@ spec:
     assert_eq!(end["outputs"]["woke"].as_u64(), Some(started + 2 * 3_600_000));
     let (initial, log) = initial_and_log(&aws, &run).await;
     check_log(&plan(NAP), &log, initial);
+}
+
+/// Messages put on the queues by anyone but the deployment's functions are not acted on: an
+/// approval forged on the step queue (unsigned, or signed with another key) does not answer
+/// the wait its approvers guard, and an unreadable message naming the run, put on the step
+/// queue or straight on the dead-letter queue, does not fail it. Each is dropped (counted as
+/// forged), never dead-lettered; the real answer through the API then works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn forged_queue_messages_are_dropped_and_change_nothing() {
+    use llmo_runtime::queue::{Envelope, Message};
+    let Some(aws) = aws().await else { return };
+    assert!(aws.queue_keys.is_some(), "the local stack signs its messages (LLMO_QUEUE_KEYS)");
+    let aws = stack(&aws, 2, 2).await;
+    let api = api(&aws);
+    let workers = Workers::start(&aws, 1, 10, |s| s);
+    let dead = Workers::dead_letters(&aws);
+    let source = REVIEW.replace("timeout: 3s", "timeout: 10m");
+    let run = start(&api, &source, json!({"doc": "post-9"})).await;
+    waiting(&api, &[&run], 1).await;
+    // What a principal allowed to send to the queue would send: a valid approval, by anyone.
+    let store = llmo_aws::dynamo::DynamoStore::new(aws.clone());
+    let p = plan(&source);
+    use llmo_runtime::store::RunStore;
+    let st = llmo_runtime::store::rebuild(&p, store.load(&run).await.unwrap().unwrap()).unwrap();
+    let answer = llmo_core::engine::waits::Approval {
+        approved: true,
+        fields: json!({"channel": "blog"}).as_object().cloned().unwrap(),
+        comment: None,
+    };
+    let event = p.approve(&st, "review", None, &answer, "forged-by-queue").unwrap();
+    let body = Envelope::encode(&Message::Event { run_id: run.clone(), event });
+    let theirs = llmo_aws::mac::Keys::new(vec![b"a-key-that-is-not-the-deployments-0123456789".to_vec()]).unwrap();
+    let poison = json!({"v": 99, "kind": "event", "run_id": run, "event": {"type": "start"}}).to_string();
+    for (queue, body) in [
+        (&aws.queue_url, body.clone()),
+        (&aws.queue_url, theirs.sign(&body)),
+        (&aws.queue_url, poison.clone()),
+        (&aws.dlq_url, poison.clone()),
+    ] {
+        aws.sqs.send_message().queue_url(queue).message_body(body).send().await.unwrap();
+    }
+    // Well past the queue's visibility (2 s) and receive limit (2): had they been failed back,
+    // they would be dead letters by now.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let (_, v) = call(&api, "GET", &format!("/runs/{run}"), None).await;
+    assert_eq!((v["status"].as_str(), v["tasks"][1]["status"].as_str()), (Some("running"), Some("waiting")), "{v}");
+    let (_, log) = initial_and_log(&aws, &run).await;
+    assert_eq!(completions(&log), 0, "the forged approval was not applied");
+    // The approvers' own answer still works.
+    let uri = format!("/runs/{run}/tasks/review/complete");
+    let (code, v) = call(&api, "POST", &uri, Some(json!({"approved": true, "fields": {"channel": "blog"}}))).await;
+    assert_eq!(code, 200, "{v}");
+    let end = wait_end(&api, &run, 30).await;
+    assert_eq!(end["status"], "succeeded", "{end}");
+    assert!(end["outputs"]["published"].as_str().unwrap().ends_with("by dev"), "{end}");
+    workers.stop().await;
+    dead.stop().await;
 }

@@ -24,6 +24,7 @@
 //! | `llmo_http_calls_total` | counter | `method`, `status` |
 //! | `llmo_api_requests_total` | counter | `route`, `status` |
 //! | `llmo_expensive_reads_total` | counter | |
+//! | `llmo_forged_messages_total` | counter | |
 //! | `llmo_snapshots_total` | counter | |
 
 use llmo_core::engine::{Command, RunState, RunStatus};
@@ -49,6 +50,7 @@ pub fn describe() {
     describe_counter!("llmo_dead_letters_total", "Messages handled by the dead-letter handler");
     describe_counter!("llmo_http_calls_total", "HTTP calls of `http` tasks");
     describe_counter!("llmo_api_requests_total", "API requests answered, by route and status");
+    describe_counter!("llmo_forged_messages_total", "Queue messages dropped: not signed by this deployment");
     describe_counter!("llmo_expensive_reads_total", "Reads of a run that replayed past their slice");
     describe_counter!("llmo_snapshots_total", "Snapshots written after a dear replay or stretch of transitions");
 }
@@ -126,6 +128,11 @@ pub fn expensive_read() {
 /// A snapshot written because the transitions since the last one were dear to replay.
 pub fn dear_snapshot() {
     metrics::counter!("llmo_snapshots_total").increment(1);
+}
+
+/// A queue message dropped because this deployment did not sign it.
+pub fn forged_message() {
+    metrics::counter!("llmo_forged_messages_total").increment(1);
 }
 
 /// Compare-and-set writes lost.

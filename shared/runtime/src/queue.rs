@@ -184,6 +184,10 @@ pub enum QueueError {
     Io(String),
     #[error("queue: malformed message: {0}")]
     Malformed(String),
+    /// A message this deployment did not make (its signature is missing or wrong): dropped,
+    /// never acted on nor dead-lettered.
+    #[error("queue: {0}")]
+    Forged(String),
 }
 
 #[async_trait]

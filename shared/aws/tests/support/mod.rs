@@ -32,7 +32,7 @@ pub async fn aws() -> Option<Aws> {
         eprintln!("skipped: no local AWS (run `localstack/stack.sh up` and export `localstack/stack.sh env`)");
         return None;
     }
-    Some(Aws::from_env().await)
+    Some(Aws::from_env().await.expect("the local stack's settings"))
 }
 
 pub fn unique(prefix: &str) -> String {
