@@ -30,7 +30,12 @@ async fn main() -> Result<(), lambda_http::Error> {
             .and_then(|i| args.get(i + 1).cloned())
             .unwrap_or_else(|| "127.0.0.1:8080".into());
         let addr = addr.parse().map_err(|e| format!("--addr {addr}: {e}"))?;
-        llmo_aws::local::serve(addr, move |req| {
+        let gate = api.clone();
+        let admit = move |parts| {
+            let api = gate.clone();
+            async move { api.admit(parts).await }
+        };
+        llmo_aws::local::serve(addr, llmo_aws::local::ServeLimits::default(), admit, move |req| {
             let api = api.clone();
             async move { api.handle(req).await }
         })

@@ -96,6 +96,10 @@ pub(crate) fn internal(e: impl std::fmt::Display) -> Reply {
 /// response; larger ones come back as `{"truncated": true, "bytes": N}`. Lambda answers at
 /// most 6 MB.
 pub use llmo_runtime::view::VALUE_BYTES;
+/// Most bytes of a request body (API Gateway's own limit is 10 MB).
+pub const BODY_BYTES: usize = 16 * 1024 * 1024;
+/// Most bytes of a `POST /answer` body (a link's token and an approval's answer).
+pub const LINK_BODY_BYTES: usize = 128 * 1024;
 /// Most bytes of transitions in one page of `GET /runs/{id}/history`.
 pub const PAGE_BYTES: usize = 4 << 20;
 
@@ -379,6 +383,36 @@ impl Api {
 
     /// Answers one request, in an `api` span that continues the caller's trace (a
     /// `traceparent` header) when it sends one.
+    /// What the local server lets a request send before the API sees it
+    /// ([`crate::local::serve`]): run-page files and unknown routes no body, the answer link
+    /// route (unauthenticated: its token is in the body) [`LINK_BODY_BYTES`], every other
+    /// route [`BODY_BYTES`] once its token verifies; a request whose token does not verify is
+    /// answered 401 before its body is read.
+    pub async fn admit(
+        &self,
+        parts: lambda_http::http::request::Parts,
+    ) -> Result<(lambda_http::http::request::Parts, usize), Reply> {
+        let path = parts.uri.path().trim_end_matches('/').to_string();
+        let segments: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+        match Route::parse(&parts.method, &segments) {
+            None => Ok((parts, 0)),
+            Some(Route::Answer) => Ok((parts, LINK_BODY_BYTES)),
+            Some(_) => {
+                let Some(auth) = &self.auth else { return Ok((parts, 0)) };
+                let req = Request::from_parts(parts, Body::Empty);
+                match auth.authenticate(&req).await {
+                    Err(AuthError::Unauthenticated(why)) => {
+                        let mut r = problem(StatusCode::UNAUTHORIZED, why);
+                        r.headers_mut().insert("www-authenticate", "Bearer".parse().expect("header value"));
+                        Err(r)
+                    }
+                    // Verified (the API itself answers what the caller may do).
+                    _ => Ok((req.into_parts().0, BODY_BYTES)),
+                }
+            }
+        }
+    }
+
     pub async fn handle(&self, req: Request) -> Reply {
         use tracing::Instrument;
         let name = {

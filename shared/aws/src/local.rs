@@ -121,10 +121,38 @@ pub fn same_site(
     Ok(())
 }
 
+/// How much the local API server gives one request and all of them.
+#[derive(Debug, Clone, Copy)]
+pub struct ServeLimits {
+    /// A request's headers must arrive within this (a client that sends half a request
+    /// and waits is dropped).
+    pub header_timeout: std::time::Duration,
+    /// Its body, once admitted, within this.
+    pub body_timeout: std::time::Duration,
+    /// Connections open at once; one more is closed as soon as it is accepted.
+    pub max_connections: usize,
+}
+
+impl Default for ServeLimits {
+    fn default() -> Self {
+        ServeLimits {
+            header_timeout: std::time::Duration::from_secs(10),
+            body_timeout: std::time::Duration::from_secs(30),
+            max_connections: 256,
+        }
+    }
+}
+
 /// Serves `handler` over HTTP on `addr` (API Gateway's part, locally), refusing cross-site
-/// requests ([`same_site`]) and bodies over 16 MiB.
-pub async fn serve<F, Fut>(addr: SocketAddr, handler: F) -> std::io::Result<()>
+/// requests ([`same_site`]). Before a body is read, `admit` sees the request's head and says
+/// how many bytes of body it may have (an authenticated request: the API's 16 MiB; the
+/// unauthenticated routes: what they need) or answers it at once (a request without a valid
+/// token gets its 401 without its body being read). Headers and bodies must arrive within
+/// [`ServeLimits`], and at most `max_connections` are open at once.
+pub async fn serve<A, AFut, F, Fut>(addr: SocketAddr, limits: ServeLimits, admit: A, handler: F) -> std::io::Result<()>
 where
+    A: Fn(lambda_http::http::request::Parts) -> AFut + Clone + Send + Sync + 'static,
+    AFut: Future<Output = Result<(lambda_http::http::request::Parts, usize), lambda_http::Response<Body>>> + Send,
     F: Fn(Request) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = lambda_http::Response<Body>> + Send,
 {
@@ -138,8 +166,7 @@ where
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let addr = listener.local_addr()?;
     let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
-        let handler = handler.clone();
-        let extra = extra.clone();
+        let (handler, admit, extra) = (handler.clone(), admit.clone(), extra.clone());
         async move {
             let refuse = |status: u16, msg: String| {
                 axum::response::Response::builder()
@@ -148,22 +175,59 @@ where
                     .body(axum::body::Body::from(serde_json::json!({"error": msg}).to_string()))
                     .expect("valid response")
             };
+            let reply = |resp: lambda_http::Response<Body>| {
+                let (parts, body) = resp.into_parts();
+                axum::response::Response::from_parts(parts, axum::body::Body::from(body.to_vec()))
+            };
             if let Err(why) = same_site(addr, req.headers(), &extra) {
                 return refuse(403, why);
             }
             let (parts, body) = req.into_parts();
-            let bytes = match axum::body::to_bytes(body, 16 * 1024 * 1024).await {
-                Ok(b) => b,
-                Err(e) => return refuse(413, format!("request body: {e}")),
+            let (parts, limit) = match admit(parts).await {
+                Ok(p) => p,
+                Err(resp) => return reply(resp),
             };
-            let body = if bytes.is_empty() { Body::Empty } else { Body::Binary(bytes.to_vec()) };
-            let resp = handler(Request::from_parts(parts, body)).await;
-            let (parts, body) = resp.into_parts();
-            axum::response::Response::from_parts(parts, axum::body::Body::from(body.to_vec()))
+            let bytes = match tokio::time::timeout(limits.body_timeout, axum::body::to_bytes(body, limit)).await {
+                Ok(Ok(b)) => b,
+                Ok(Err(e)) => return refuse(413, format!("request body: {e} (at most {limit} bytes here)")),
+                Err(_) => {
+                    return refuse(408, format!("the request body did not arrive within {:?}", limits.body_timeout));
+                }
+            };
+            // Handed over without a copy.
+            let body = if bytes.is_empty() { Body::Empty } else { Body::Binary(Vec::from(bytes)) };
+            reply(handler(Request::from_parts(parts, body)).await)
         }
     });
     tracing::info!(%addr, "api listening");
-    axum::serve(listener, app).await
+    let open = std::sync::Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // Out of file descriptors and the like: wait a little rather than spin.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = open.clone().try_acquire_owned() else {
+            tracing::warn!(max = limits.max_connections, "connection refused: too many open");
+            drop(stream);
+            continue;
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        tokio::spawn(async move {
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(limits.header_timeout)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended");
+            }
+            drop(permit);
+        });
+    }
 }
 
 /// A handler of SQS batches (`step`, `dlq`).
@@ -249,6 +313,109 @@ where
 mod tests {
     use super::*;
     use lambda_http::http::HeaderMap;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A server whose gate admits 1 KiB of body with `authorization: ok` and answers 401
+    /// to anything else, on a free port.
+    async fn server(limits: ServeLimits) -> SocketAddr {
+        let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let admit = |parts: lambda_http::http::request::Parts| async move {
+            if parts.headers.get("authorization").is_some_and(|v| v == "ok") {
+                Ok((parts, 1024))
+            } else {
+                Err(lambda_http::Response::builder().status(401).body(Body::Empty).unwrap())
+            }
+        };
+        let handler = |req: Request| async move {
+            let n = match req.body() {
+                Body::Binary(b) => b.len(),
+                _ => 0,
+            };
+            lambda_http::Response::builder().status(200).body(Body::Text(n.to_string())).unwrap()
+        };
+        tokio::spawn(serve(addr, limits, admit, handler));
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                return addr;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        panic!("the server did not start");
+    }
+
+    /// Sends `head` (and nothing more) and reads what comes back until the server closes
+    /// the connection or `within` passes.
+    async fn exchange(addr: SocketAddr, head: &str, within: std::time::Duration) -> Option<String> {
+        let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        c.write_all(head.as_bytes()).await.unwrap();
+        let mut out = Vec::new();
+        tokio::time::timeout(within, c.read_to_end(&mut out)).await.ok()?.ok()?;
+        Some(String::from_utf8_lossy(&out).into_owned())
+    }
+
+    /// The local API reads no body for a request it will refuse: a client announcing 15 MiB
+    /// without a token gets its 401 at once, without sending them; an admitted body over its
+    /// limit is refused; a body that never comes, and headers that never end, are cut off.
+    #[tokio::test]
+    async fn bodies_are_read_only_when_admitted_and_slow_clients_are_cut_off() {
+        let limits = ServeLimits {
+            header_timeout: std::time::Duration::from_millis(500),
+            body_timeout: std::time::Duration::from_millis(500),
+            max_connections: 16,
+        };
+        let addr = server(limits).await;
+        let host = format!("Host: {addr}\r\n");
+        let big = format!("POST /runs HTTP/1.1\r\n{host}Content-Length: 15728640\r\nConnection: close\r\n\r\n");
+        let got = exchange(addr, &big, std::time::Duration::from_secs(5)).await.expect("answered without the body");
+        assert!(got.starts_with("HTTP/1.1 401"), "{got}");
+        let over = format!(
+            "POST /runs HTTP/1.1\r\n{host}authorization: ok\r\nContent-Length: 2048\r\nConnection: close\r\n\r\n{}",
+            "x".repeat(2048)
+        );
+        let got = exchange(addr, &over, std::time::Duration::from_secs(5)).await.unwrap();
+        assert!(got.starts_with("HTTP/1.1 413"), "{got}");
+        let ok = format!(
+            "POST /runs HTTP/1.1\r\n{host}authorization: ok\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello"
+        );
+        let got = exchange(addr, &ok, std::time::Duration::from_secs(5)).await.unwrap();
+        assert!(got.starts_with("HTTP/1.1 200") && got.ends_with("5"), "{got}");
+        // Admitted, then the body stalls: 408 after the body timeout.
+        let stalled = format!("POST /runs HTTP/1.1\r\n{host}authorization: ok\r\nContent-Length: 100\r\n\r\nabc");
+        let got = exchange(addr, &stalled, std::time::Duration::from_secs(5)).await.expect("cut off");
+        assert!(got.starts_with("HTTP/1.1 408"), "{got}");
+        // Half a request's headers: the connection is closed after the header timeout.
+        let half = format!("GET /runs HTTP/1.1\r\n{host}X-Slow: 1");
+        let started = std::time::Instant::now();
+        assert!(exchange(addr, &half, std::time::Duration::from_secs(5)).await.is_some(), "closed");
+        assert!(started.elapsed() < std::time::Duration::from_secs(4), "{:?}", started.elapsed());
+    }
+
+    /// Past `max_connections` open connections, a new one is closed at once; the ones open
+    /// are served.
+    #[tokio::test]
+    async fn connections_past_the_cap_are_closed() {
+        let limits = ServeLimits {
+            header_timeout: std::time::Duration::from_secs(30),
+            max_connections: 2,
+            ..ServeLimits::default()
+        };
+        let addr = server(limits).await;
+        let (mut a, _b) =
+            (tokio::net::TcpStream::connect(addr).await.unwrap(), tokio::net::TcpStream::connect(addr).await.unwrap());
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let mut third = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut buf = [0u8; 16];
+        let n = tokio::time::timeout(std::time::Duration::from_secs(3), third.read(&mut buf)).await;
+        assert!(matches!(n, Ok(Ok(0)) | Ok(Err(_))), "the third connection is closed: {n:?}");
+        a.write_all(
+            format!("GET /x HTTP/1.1\r\nHost: {addr}\r\nauthorization: ok\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut out = String::new();
+        a.read_to_string(&mut out).await.unwrap();
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    }
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();

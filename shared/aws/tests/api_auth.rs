@@ -377,3 +377,27 @@ async fn expensive_reads_are_capped_per_tenant_and_keep_their_work() {
     assert_eq!((stored.snapshot.version, stored.tail.len()), (1, 0), "the replayed state was kept as a snapshot");
     assert!(flow.holders("reads#acme").await.is_empty(), "the read left its place");
 }
+
+/// The local server's gate: a request without a valid token is answered 401 before its body
+/// is read; a verified one may send the API's body limit; the answer-link route (its token
+/// is in the body) a small one; run-page files none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_local_gate_authenticates_before_any_body_is_read() {
+    let Some(aws) = aws().await else { return };
+    let api = api(&aws);
+    let head = |method: &str, uri: &str, token: Option<&str>| {
+        let mut b = lambda_http::http::Request::builder().method(method).uri(uri);
+        if let Some(t) = token {
+            b = b.header("authorization", format!("Bearer {t}"));
+        }
+        b.body(()).unwrap().into_parts().0
+    };
+    let r = api.admit(head("POST", "/runs", None)).await.unwrap_err();
+    assert_eq!(r.status(), 401);
+    let r = api.admit(head("POST", "/runs", Some("not-a-token"))).await.unwrap_err();
+    assert_eq!(r.status(), 401);
+    let dev = token("dev", "t1", &["developer"]);
+    assert_eq!(api.admit(head("POST", "/runs", Some(&dev))).await.unwrap().1, llmo_aws::api::BODY_BYTES);
+    assert_eq!(api.admit(head("POST", "/answer", None)).await.unwrap().1, llmo_aws::api::LINK_BODY_BYTES);
+    assert_eq!(api.admit(head("GET", "/ui", None)).await.unwrap().1, 0);
+}

@@ -55,10 +55,47 @@ pub fn describe() {
     describe_counter!("llmo_snapshots_total", "Snapshots written after a dear replay or stretch of transitions");
 }
 
+/// Distinct values one label takes in a process before the rest are reported as `other`:
+/// workflow names come from users (every inline workflow may be named anew), and a series
+/// per value would grow without bound.
+pub const LABEL_VALUES: usize = 200;
+
+/// A label's values seen so far, up to [`LABEL_VALUES`].
+struct Bounded(std::sync::Mutex<std::collections::HashSet<String>>);
+
+impl Bounded {
+    fn label(&self, value: &str) -> String {
+        let mut seen = self.0.lock().expect("label values");
+        if seen.contains(value) {
+            return value.to_string();
+        }
+        if seen.len() < LABEL_VALUES {
+            seen.insert(value.to_string());
+            return value.to_string();
+        }
+        "other".to_string()
+    }
+}
+
+static WORKFLOWS: std::sync::LazyLock<Bounded> = std::sync::LazyLock::new(|| Bounded(Default::default()));
+static MODELS: std::sync::LazyLock<Bounded> = std::sync::LazyLock::new(|| Bounded(Default::default()));
+
+/// The `workflow` label of `name`: itself, or `other` past [`LABEL_VALUES`] names.
+pub fn workflow_label(name: &str) -> String {
+    WORKFLOWS.label(name)
+}
+
+/// The `model` label of a call: the model when it has a price (the table is the operator's,
+/// so its names are bounded) and fewer than [`LABEL_VALUES`] were seen, else `other` (a
+/// templated model name is whatever a workflow's inputs say).
+pub fn model_label(model: &str, priced: bool) -> String {
+    if priced { MODELS.label(model) } else { "other".to_string() }
+}
+
 /// What one stored transition batch of a run changed: runs started and ended, retries, budget
 /// stops. Called by the worker and the driver after a successful append.
 pub fn applied(workflow: &str, before: RunStatus, after: &RunState, cmds: &[Command]) {
-    let wf = workflow.to_string();
+    let wf = workflow_label(workflow);
     if before == RunStatus::Pending && after.status != RunStatus::Pending {
         metrics::counter!("llmo_runs_started_total", "workflow" => wf.clone()).increment(1);
     }
@@ -92,7 +129,7 @@ pub fn step(outcome: &'static str, seconds: f64) {
     metrics::histogram!("llmo_step_seconds").record(seconds);
 }
 
-/// A model call ended.
+/// A model call ended. `model` is its label ([`model_label`]).
 #[allow(clippy::too_many_arguments)]
 pub fn model_call(
     workflow: &str,
@@ -111,7 +148,7 @@ pub fn model_call(
     if !ok {
         return;
     }
-    let wf = workflow.to_string();
+    let wf = workflow_label(workflow);
     metrics::counter!("llmo_tokens_total", "workflow" => wf.clone(), "model" => m.clone(), "direction" => "input")
         .increment(input_tokens);
     metrics::counter!("llmo_tokens_total", "workflow" => wf.clone(), "model" => m.clone(), "direction" => "output")
@@ -220,5 +257,18 @@ mod tests {
             text.contains("# TYPE llmo_step_seconds summary") || text.contains("# TYPE llmo_step_seconds histogram")
         );
         assert!(text.contains(r#"llmo_cost_microusd_total{workflow="article",model="gpt-4o-mini"} 3000"#), "{text}");
+    }
+
+    /// Label values are bounded: 2,000 workflow names make 200 series and `other`; a model
+    /// without a price (a templated name, anything an input says) is `other`.
+    #[test]
+    fn label_values_are_bounded() {
+        let names = Bounded(Default::default());
+        let labels: std::collections::HashSet<String> = (0..2000).map(|i| names.label(&format!("wf-{i}"))).collect();
+        assert_eq!(labels.len(), LABEL_VALUES + 1);
+        assert!(labels.contains("other"));
+        assert_eq!(names.label("wf-7"), "wf-7", "a name seen before keeps its series");
+        assert_eq!(model_label("any-model-an-input-names", false), "other");
+        assert_eq!(model_label("gpt-4o-mini", true), "gpt-4o-mini");
     }
 }

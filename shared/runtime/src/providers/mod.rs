@@ -662,7 +662,8 @@ impl LlmExecutor {
                 }
                 Err(e) => {
                     span.record("error.type", e.to_string().as_str());
-                    crate::meter::model_call(workflow, system, &model, false, seconds, 0, 0, 0.0);
+                    let m = crate::meter::model_label(&model, self.config.prices.get(&model).is_some());
+                    crate::meter::model_call(workflow, system, &m, false, seconds, 0, 0, 0.0);
                     retryable |= e.retryable();
                     errors.push(format!("{label}: {e}"));
                 }
@@ -675,7 +676,7 @@ impl LlmExecutor {
                     crate::meter::model_call(
                         workflow,
                         system,
-                        &model,
+                        &crate::meter::model_label(&model, self.config.prices.get(&model).is_some()),
                         true,
                         seconds,
                         resp.prompt_tokens,
