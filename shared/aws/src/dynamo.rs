@@ -713,10 +713,15 @@ impl DynamoStore {
         Ok((all, more))
     }
 
-    /// Runs not ended that were created before `before_ms`, oldest first, at most `limit`
-    /// (from the sparse `by_live` index, eight shards).
-    pub async fn live_runs(&self, before_ms: u64, limit: usize) -> Result<Vec<LiveRun>, Error> {
+    /// Runs not ended, created before `before_ms`, that a sweep must act on: `pending` ones,
+    /// and those whose deadline is `due_ms` or earlier. Oldest first, at most `limit`, and
+    /// how many live runs were read to find them. The whole sparse `by_live` index (eight
+    /// shards) is paged through, the condition applied by DynamoDB (a filter: every live
+    /// run is read, only those to act on come back), so runs that only wait (a tenant's
+    /// thousands of long sleeps) never hide the ones that need the sweep.
+    pub async fn live_runs(&self, before_ms: u64, due_ms: u64, limit: usize) -> Result<(Vec<LiveRun>, u64), Error> {
         let mut all: Vec<Item> = Vec::new();
+        let mut scanned = 0u64;
         for shard in 0..LIST_SHARDS {
             let q = self
                 .aws
@@ -725,20 +730,36 @@ impl DynamoStore {
                 .table_name(&self.aws.table)
                 .index_name("by_live")
                 .key_condition_expression("live_key = :k AND created < :c")
+                .filter_expression("#s = :pending OR deadline <= :due")
+                .expression_attribute_names("#s", "status")
                 .expression_attribute_values(":k", s(format!("LIVE#{shard}")))
-                .expression_attribute_values(":c", s(format!("{before_ms:013}")));
-            all.extend(self.query_items(q, limit).await?);
+                .expression_attribute_values(":c", s(format!("{before_ms:013}")))
+                .expression_attribute_values(":pending", s("pending"))
+                .expression_attribute_values(":due", n(due_ms))
+                .return_consumed_capacity(ReturnConsumedCapacity::Total);
+            let mut pages = q.into_paginator().send();
+            while let Some(page) = pages.next().await {
+                let page = page.map_err(err)?;
+                self.meter_capacity(page.consumed_capacity(), false);
+                scanned += page.scanned_count().max(0) as u64;
+                all.extend(page.items.unwrap_or_default());
+                if all.len() > limit {
+                    break;
+                }
+            }
         }
         all.sort_by(|a, b| get_s(a, "created").cmp(&get_s(b, "created")));
         all.truncate(limit);
-        Ok(all
-            .iter()
-            .map(|item| LiveRun {
-                run_id: get_s(item, "run_id").unwrap_or_default().to_string(),
-                status: get_s(item, "status").unwrap_or_default().to_string(),
-                deadline: get_n(item, "deadline").map(|d| d as u64),
-            })
-            .collect())
+        Ok((
+            all.iter()
+                .map(|item| LiveRun {
+                    run_id: get_s(item, "run_id").unwrap_or_default().to_string(),
+                    status: get_s(item, "status").unwrap_or_default().to_string(),
+                    deadline: get_n(item, "deadline").map(|d| d as u64),
+                })
+                .collect(),
+            scanned,
+        ))
     }
 
     /// Writes the final outputs (and error) of an ended run to S3: `runs/<id>/result.json`.

@@ -26,8 +26,9 @@ use crate::sqs::SqsQueue;
 /// What one sweep did.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Swept {
-    /// Runs not ended, created before the grace period.
-    pub looked_at: usize,
+    /// Live runs read to find the ones to act on (the whole `by_live` index, created before
+    /// the grace period).
+    pub looked_at: u64,
     /// Pending runs whose `Start` was sent again.
     pub restarted: Vec<String>,
     /// Running runs past their deadline that were sent a `Tick`.
@@ -40,7 +41,7 @@ pub struct Sweeper {
     /// How long after its creation a pending run, or after its deadline a running one, is left
     /// alone (`LLMO_SWEEP_GRACE_SECS`, default 300).
     pub grace_ms: u64,
-    /// Most runs looked at per sweep (the rest wait for the next).
+    /// Most runs acted on per sweep (the rest wait for the next); every live run is looked at.
     pub limit: usize,
 }
 
@@ -55,9 +56,9 @@ impl Sweeper {
     }
 
     pub async fn sweep(&self, now_ms: u64) -> Result<Swept, String> {
-        let runs =
-            self.store.live_runs(now_ms.saturating_sub(self.grace_ms), self.limit).await.map_err(|e| e.to_string())?;
-        let mut out = Swept { looked_at: runs.len(), ..Default::default() };
+        let cutoff = now_ms.saturating_sub(self.grace_ms);
+        let (runs, scanned) = self.store.live_runs(cutoff, cutoff, self.limit).await.map_err(|e| e.to_string())?;
+        let mut out = Swept { looked_at: scanned, ..Default::default() };
         let mut msgs = Vec::new();
         for r in runs {
             let event = match (r.status.as_str(), r.deadline) {

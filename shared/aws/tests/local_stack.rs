@@ -441,6 +441,38 @@ async fn the_sweeper_starts_orphaned_runs_and_times_out_overdue_ones() {
     assert_eq!(log.iter().filter(|t| t.event == Event::Start).count(), 1, "started once");
 }
 
+/// The sweeper pages the whole index for what it must act on: one tenant's runs that only
+/// wait (more of them than a sweep acts on, all older) never hide another tenant's orphan.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_waiting_runs_do_not_hide_an_orphan_from_the_sweeper() {
+    let Some(aws) = aws().await else { return };
+    let aws = stack(&aws, 30, 5).await;
+    let store = llmo_aws::dynamo::DynamoStore::new(aws.clone());
+    use llmo_runtime::store::RunStore;
+    const NAP: &str = "apiVersion: llm-orchestrator/v1\nkind: Workflow\nmetadata: { name: nap }\nspec:\n  timeout: 30d\n  tasks:\n    - { id: a, type: wait, with: { sleep: { for: 20d } } }\n";
+    let nap = plan(NAP);
+    let now = llmo_runtime::ports::now_ms();
+    for i in 0..12 {
+        let mut st = nap.new_run(format!("sleeper-{i}"), serde_json::Map::new());
+        st.tenant = Some("t-sleepy".into());
+        store.create("nap", "nap.yaml", NAP, &st).await.unwrap();
+        let mut head = st.clone();
+        nap.apply(&mut head, &Event::Start, now).unwrap();
+        let t = llmo_runtime::store::Transition::new(1, now, Event::Start);
+        assert!(store.append(0, &[t], &head).await.unwrap());
+    }
+    let p = plan(FAN);
+    let mut orphan = p.new_run("late-orphan", serde_json::Map::from_iter([("n".to_string(), json!(2))]));
+    orphan.tenant = Some("t-other".into());
+    store.create("fan", "fan.yaml", FAN, &orphan).await.unwrap();
+    let mut sweeper = llmo_aws::sweep::Sweeper::new(&aws, 0);
+    sweeper.limit = 5;
+    let out = sweeper.sweep(llmo_runtime::ports::now_ms() + 10).await.unwrap();
+    assert_eq!(out.restarted, vec!["late-orphan".to_string()], "{out:?}");
+    assert!(out.timed_out.is_empty(), "{out:?}");
+    assert_eq!(out.looked_at, 13, "every live run was looked at: {out:?}");
+}
+
 /// Payloads over the limits (a 450 KB input, a 900 KB task output, a 450 KB message, none of
 /// which deflates under the item limit) travel through S3 and come back intact.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
