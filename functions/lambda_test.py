@@ -24,6 +24,8 @@ What it checks, each through the emulator:
 """
 
 import copy
+import hashlib
+import hmac
 import json
 import os
 import subprocess
@@ -104,6 +106,14 @@ def check(cond, what):
     if not cond:
         sys.exit(f"FAIL: {what}")
     print(f"  ok: {what.splitlines()[0][:160]}")
+
+
+def signed(body):
+    """`body` as the functions sign it (llmo_aws::mac) with the local stack's queue key."""
+    key = os.environ["LLMO_QUEUE_KEYS"].split(",")[0].strip().encode()
+    kid = hashlib.sha256(key).hexdigest()[:8]
+    tag = hmac.new(key, body.encode(), hashlib.sha256).hexdigest()
+    return f"s1.{kid}.{tag}.{body}"
 
 
 def sqs_event(records_template, messages, queue_arn):
@@ -215,9 +225,12 @@ def main():
     got = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10, WaitTimeSeconds=2,
                               AttributeNames=["All"], MessageAttributeNames=["All"]).get("Messages", [])
     check(len(got) == 1 and run_id in got[0]["Body"], f"the start message is on the queue: {got}")
-    ghost = dict(got[0], MessageId=str(uuid.uuid4()),
-                 Body=json.dumps({"v": 1, "kind": "event", "run_id": "no-such-run", "event": {"event": "start"}}))
-    r = invoke("step", sqs_event(template, [got[0], ghost], arn))
+    check(got[0]["Body"].startswith("s1."), f"the api function signs its messages: {got[0]['Body'][:40]}")
+    ghost_body = json.dumps({"v": 1, "kind": "event", "run_id": "no-such-run", "event": {"event": "start"}})
+    ghost = dict(got[0], MessageId=str(uuid.uuid4()), Body=signed(ghost_body))
+    # The same message unsigned: not the deployment's, dropped (neither acted on nor failed back).
+    forged = dict(got[0], MessageId=str(uuid.uuid4()), Body=ghost_body)
+    r = invoke("step", sqs_event(template, [got[0], ghost, forged], arn))
     failed = [f["itemIdentifier"] for f in r["batchItemFailures"]]
     check(failed == [ghost["MessageId"]], f"only the unknown run's message is a batch item failure: {r}")
     sqs.delete_message(QueueUrl=queue, ReceiptHandle=got[0]["ReceiptHandle"])
