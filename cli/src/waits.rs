@@ -64,7 +64,7 @@ fn me() -> String {
 pub fn list(state: &Path, as_json: bool) -> Result<ExitCode> {
     let rt = runtime()?;
     let store = store(state)?;
-    let found = rt.block_on(waits::list(&store, &plan_of, &|_, _, _, _| {}, "", None, 500))?;
+    let found = rt.block_on(waits::list(&store, &plan_of, &|_, _, _, _| {}, None, "", None, 500))?;
     print_waiting(&found.into_iter().map(|(_, v)| v).collect::<Vec<_>>(), as_json)
 }
 
@@ -153,7 +153,7 @@ pub fn send_event(name: &str, key: &str, payload: &Value, state: &Path) -> Resul
     let rt = runtime()?;
     let store = store(state)?;
     let by = me();
-    let found = rt.block_on(waits::list(&store, &plan_of, &|_, _, _, _| {}, "", Some((name, key)), 1000))?;
+    let found = rt.block_on(waits::list(&store, &plan_of, &|_, _, _, _| {}, None, "", Some((name, key)), 1000))?;
     let mut delivered = Vec::new();
     for (w, _) in found {
         let (plan, _) = rt.block_on(waits::load(&store, &plan_of, &w.run_id))?;

@@ -203,10 +203,11 @@ impl Api {
             }
         };
         let store = self.store.as_ref();
-        match llmo_runtime::waits::list(store, &plan_of, &link, tenant, None, WAITING_PAGE).await {
+        match llmo_runtime::waits::list(store, &plan_of, &link, Some(&self.reads), tenant, None, WAITING_PAGE).await {
             Ok(found) => {
                 reply(StatusCode::OK, json!({"waiting": found.into_iter().map(|(_, v)| v).collect::<Vec<_>>()}))
             }
+            Err(llmo_runtime::waits::Error::Read(e)) => crate::api::read_refused(e),
             Err(e) => internal(e),
         }
     }

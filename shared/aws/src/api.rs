@@ -159,7 +159,7 @@ fn unreadable(stored: llmo_runtime::store::StoredRun, why: String) -> Reply {
 
 /// A read refused for its cost: 429 (the tenant's places for expensive reads are taken) or
 /// 503 (the replay ran out of time; its progress was kept), with `Retry-After`.
-fn read_refused(e: ReadError) -> Reply {
+pub(crate) fn read_refused(e: ReadError) -> Reply {
     let (status, after) = match &e {
         ReadError::Busy { retry_after, .. } => (StatusCode::TOO_MANY_REQUESTS, retry_after.as_secs().max(1)),
         _ => (StatusCode::SERVICE_UNAVAILABLE, 1),
@@ -915,6 +915,15 @@ impl Api {
     }
 
     async fn cancel(&self, tenant: &str, id: &str) -> Reply {
+        // Read first at a bounded cost (the worker below replays on this thread): a dear log
+        // is replayed under the tenant's cap and left as a snapshot for the worker.
+        if let Ok(Some(stored)) = self.store.load(id).await
+            && let Ok(checked) = self.starter.check(&stored.source_name, &stored.source)
+            && let Err(e @ (ReadError::Busy { .. } | ReadError::Slow { .. })) =
+                self.reads.state(self.store.as_ref(), tenant, Arc::new(Plan::new(checked)), stored).await
+        {
+            return read_refused(e);
+        }
         let d = Delivery {
             receipt: String::new(),
             message: Message::Event { run_id: id.to_string(), event: Event::Cancel },

@@ -337,6 +337,9 @@ async fn unsnapshotted(aws: &llmo_aws::Aws, id: &str, tenant: &str) -> llmo_aws:
     p.apply(&mut head, &llmo_core::engine::Event::Start, now).unwrap();
     let t = Transition::new(1, now, llmo_core::engine::Event::Start).took(started.elapsed());
     assert!(store.append(0, &[t], &head).await.unwrap());
+    // Its first approval is listed as waiting (as the worker's `Await` would have it).
+    let first = llmo_core::engine::AttemptId { task: 0, item: Some(0), attempt: 1 };
+    store.put_waiter(&llmo_runtime::store::Waiter::of(&head, first).unwrap()).await.unwrap();
     store
 }
 
@@ -366,6 +369,12 @@ async fn expensive_reads_are_capped_per_tenant_and_keep_their_work() {
     let (code, v) = call_as(&api, Some(&a), "GET", &format!("/runs/{mine}"), None).await;
     assert_eq!(code, 429, "{v}");
     assert!(v["error"].as_str().unwrap().contains("too many expensive reads"), "{v}");
+    // Every route that replays a run is under the same cap: the waiting list, a cancel.
+    let (code, v) = call_as(&api, Some(&a), "GET", "/waiting", None).await;
+    assert_eq!(code, 429, "{v}");
+    let dev = token("dan", "acme", &["developer"]);
+    let (code, v) = call_as(&api, Some(&dev), "POST", &format!("/runs/{mine}/cancel"), None).await;
+    assert_eq!(code, 429, "{v}");
     // globex's reads are not held back by acme's.
     let (code, v) = call_as(&api, Some(&b), "GET", &format!("/runs/{theirs}"), None).await;
     assert_eq!((code, v["status"].as_str()), (200, Some("running")), "{v}");

@@ -23,6 +23,9 @@ pub enum Error {
     Store(#[from] crate::store::Error),
     #[error("{0}")]
     Plan(String),
+    /// A read refused for its cost ([`crate::reads`]).
+    #[error(transparent)]
+    Read(crate::reads::ReadError),
 }
 
 /// A waiting task, as lists show it (and the API and CLI print it).
@@ -63,10 +66,14 @@ pub fn describe(plan: &Plan, st: &RunState, id: AttemptId) -> Option<Value> {
 /// first, at most `limit`. Entries whose unit is no longer waiting are dropped from the index
 /// on the way. `plan_of` builds a stored run's plan (its workflow validated again); `decorate`
 /// may add to each listed task's description from its run (the API adds answer links).
+/// With `reads`, each run is read at a bounded cost ([`crate::reads::Reads`]: the API's
+/// listing of many runs is capped per tenant as its reads of one are).
+#[allow(clippy::too_many_arguments)]
 pub async fn list(
     store: &dyn RunStore,
     plan_of: &(dyn Fn(&StoredRun) -> Result<Plan, String> + Sync),
     decorate: &(dyn Fn(&Plan, &RunState, &Waiter, &mut Value) + Sync),
+    reads: Option<&crate::reads::Reads>,
     tenant: &str,
     event: Option<(&str, &str)>,
     limit: usize,
@@ -77,7 +84,11 @@ pub async fn list(
         if out.len() >= limit {
             break;
         }
-        match load(store, plan_of, &w.run_id).await {
+        let loaded = match reads {
+            None => load(store, plan_of, &w.run_id).await.map(|(p, st)| (std::sync::Arc::new(p), st)),
+            Some(r) => read(store, plan_of, r, tenant, &w.run_id).await,
+        };
+        match loaded {
             Ok((plan, st)) => match describe(&plan, &st, w.attempt_id()) {
                 Some(mut v) => {
                     decorate(&plan, &st, &w, &mut v);
@@ -86,10 +97,29 @@ pub async fn list(
                 None => store.drop_waiter(&w).await?,
             },
             Err(Error::NoSuchRun(_)) => store.drop_waiter(&w).await?,
+            // Too dear to read now: the listing says so rather than leave runs out.
+            Err(e @ Error::Read(_)) => return Err(e),
             Err(e) => tracing::warn!(run = w.run_id, error = %e, "a waiting run could not be read"),
         }
     }
     Ok(out)
+}
+
+/// [`load`] through `reads`.
+async fn read(
+    store: &dyn RunStore,
+    plan_of: &(dyn Fn(&StoredRun) -> Result<Plan, String> + Sync),
+    reads: &crate::reads::Reads,
+    tenant: &str,
+    run_id: &str,
+) -> Result<(std::sync::Arc<Plan>, RunState), Error> {
+    let stored = store.load(run_id).await?.ok_or_else(|| Error::NoSuchRun(run_id.to_string()))?;
+    let plan = std::sync::Arc::new(plan_of(&stored).map_err(Error::Plan)?);
+    match reads.state(store, tenant, plan.clone(), stored).await {
+        Ok(st) => Ok((plan, st)),
+        Err(crate::reads::ReadError::Store(e)) => Err(e.into()),
+        Err(e) => Err(Error::Read(e)),
+    }
 }
 
 /// A stored run's plan and state.
