@@ -71,6 +71,8 @@ lint:
 SERVERLESS_SMOKE := target/debug/examples/serverless --check wide 300 1 4 16 && target/debug/examples/serverless --check layered 1000 1 4 16
 # The I/O-bound benchmark once, small (1,000 model calls of 300 ms, 100 at a time), checked.
 IO_SMOKE := target/debug/examples/io_bound 1000 100 300 --check
+# A read of a run whose log is dear to replay, once (debug build; checks a load replays nothing dear).
+REPLAY_SMOKE := target/debug/examples/replay 200 20000 --check
 # Process start to first step, once (the debug build: it checks the measurement, not the figure).
 FIRST_STEP_SMOKE := target/debug/llmo synth --shape layered --tasks 1000 > target/synth-1000.yaml && \
   python3 tests/bench/first_step.py target/debug/llmo target/synth-1000.yaml 2
@@ -79,6 +81,7 @@ unit:
 	LLMO_SECRET_TICKETS_TOKEN=offline localstack/with-stack.sh \
 	  sh -c '$(CARGO) test --workspace --locked && functions/lambda-test.sh && $(SERVERLESS_SMOKE)'
 	$(IO_SMOKE)
+	$(REPLAY_SMOKE)
 	$(FIRST_STEP_SMOKE)
 	LLMO_API_ADDR=127.0.0.1:18080 localstack/run-local.sh --smoke --cfn
 
@@ -128,6 +131,8 @@ bench:
 	$(CARGO) build --release --locked -p llmo-runtime --example model_server --example io_bound
 	target/release/examples/io_bound 5000 100 200
 	target/release/examples/io_bound 5000 500 200
+	$(CARGO) build --release --locked -p llmo-runtime --example replay
+	target/release/examples/replay 1000 100000 --check
 	$(CARGO) build --release --locked -p llmo-aws --example serverless -p llmo-fn-step -p llmo-runtime --example model_server
 	localstack/with-stack.sh sh -c 'target/release/examples/serverless --check wide 10000 1 4 16 64 && \
 	  target/release/examples/serverless --latency 200 layered 1000 1 4 16 64 && \
