@@ -167,6 +167,8 @@ struct Turn {
     run_id: Arc<str>,
     /// Per task: its id, type and executor.
     tasks: Vec<TaskInfo>,
+    /// Set when this driver's lease on the run was taken over: it stops at its next turn.
+    lost: Arc<std::sync::atomic::AtomicBool>,
     /// What another writer's transitions asked for (an answer to a waiting task given with
     /// `llmo approve` from another process): carried out here, as if this driver had
     /// applied them.
@@ -352,6 +354,7 @@ impl Driver {
             ahead: 2 * self.options.concurrency.max(1),
             since_snapshot: 0,
             dear: std::time::Duration::ZERO,
+            lost: lost.clone(),
             ended: None,
             parts: None,
             run_id: Arc::from(st_run_id.as_str()),
@@ -537,6 +540,9 @@ impl Driver {
                     return Ok(());
                 }
                 _ = tokio::time::sleep(sleep) => {}
+            }
+            if t.lost.load(std::sync::atomic::Ordering::SeqCst) {
+                return Ok(());
             }
             let now = self.clock.now();
             while let Some(entry) = t.timers.first_entry() {
@@ -1152,6 +1158,26 @@ mod tests {
         let end = live.await.unwrap().unwrap();
         assert_eq!(end.state.status, RunStatus::Succeeded);
         assert_eq!(store.owner("r").await.unwrap(), None, "the lease was given up at the end");
+    }
+
+    /// A driver that stalled past its lease and finds it taken over stops executing the run
+    /// (the new owner goes on with it) instead of running it a second time.
+    #[tokio::test(start_paused = true)]
+    async fn a_driver_whose_lease_was_taken_over_stops() {
+        let wf = format!("{HEAD}  tasks:\n    - {{ id: a, type: http, with: {{ url: u }} }}\n");
+        let plan = plan(&wf);
+        let store = Arc::new(MemoryStore::default());
+        let slow = Work::new(120_000, 0);
+        let d = driver(&plan, &store, &slow);
+        let (wf2, store2) = (wf.clone(), store.clone());
+        let live = tokio::spawn(async move { d.start("r", Map::new(), "t.yaml", &wf2, &mut ()).await });
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        // Another process takes the run as if the lease had lapsed (this one stalled).
+        let now = crate::ports::SystemClock::default().now();
+        assert_eq!(store2.lease("r", "usurper", 60_000, now + 3_600_000).await.unwrap(), None);
+        let end = tokio::time::timeout(Duration::from_secs(30), live).await.expect("stopped").unwrap();
+        assert!(matches!(end, Err(Error::TakenOver(_))), "{:?}", end.map(|f| f.state.status));
+        assert_eq!(store2.owner("r").await.unwrap().map(|o| o.owner), Some("usurper".to_string()), "not given up");
     }
 
     #[tokio::test(start_paused = true)]
