@@ -90,10 +90,10 @@ enum Command {
         /// memory otherwise).
         #[arg(long, value_name = "PATH")]
         state: Option<PathBuf>,
-        /// Serve the run page (the DAG with live task states) on this address (default
-        /// 127.0.0.1 on a free port) and print its link; it stays up after the run ends,
+        /// Serve the run page (the DAG with live task states) and print its link: `--ui` on
+        /// 127.0.0.1 on a free port, `--ui=ADDR` on ADDR; it stays up after the run ends,
         /// until Ctrl-C.
-        #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1:0")]
+        #[arg(long, value_name = "ADDR", num_args = 0..=1, require_equals = true, default_missing_value = "127.0.0.1:0")]
         ui: Option<String>,
         /// Serve Prometheus metrics on http://ADDR/metrics (no token: keep it on loopback);
         /// stays up after the run ends, until Ctrl-C.
@@ -141,8 +141,10 @@ enum Command {
         /// Ask the serverless API at this URL instead of a state file.
         #[arg(long, value_name = "URL")]
         api: Option<String>,
-        /// One JSON array instead of lines.
-        #[arg(long)]
+        /// `json`: one JSON array instead of lines (`--json` is kept as its old spelling).
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+        #[arg(long, hide = true)]
         json: bool,
     },
     /// Approve a task waiting for an approval (`type: wait` with `approval`). Exit status 3
@@ -157,7 +159,7 @@ enum Command {
         answer: AnswerArgs,
     },
     /// Post an event: every task waiting for an event of this name and key (in a state file,
-    /// or with --api in the API's tenant) receives it, once.
+    /// or with --api in the API's tenant) receives it, once. Exit 3 when no task waited for it.
     SendEvent {
         /// The event's name (as the waiting tasks' `event.name` says).
         name: String,
@@ -291,14 +293,26 @@ enum Command {
         /// Operators: another tenant (with --api).
         #[arg(long)]
         tenant: Option<String>,
-        /// The rows as JSON.
-        #[arg(long)]
+        /// `json`: the rows as JSON (`--json` is kept as its old spelling).
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+        #[arg(long, hide = true)]
         json: bool,
     },
-    /// List the runs of a state file, newest first.
+    /// List the runs of a state file, newest first: id, workflow, status (a run not ended:
+    /// whether a live process executes it), cost, start time.
     Runs {
         #[arg(long, value_name = "PATH", default_value = ".llmo/runs.db")]
         state: PathBuf,
+        /// Only runs of this workflow.
+        #[arg(long)]
+        workflow: Option<String>,
+        /// Only runs in this status (`running`, `succeeded`, `failed`, ...).
+        #[arg(long)]
+        status: Option<String>,
+        /// `json`: one JSON array.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
     },
     /// Cancel a stored run: a process running it stops starting tasks; `on.failure` hooks run.
     Cancel {
@@ -395,6 +409,13 @@ struct ExecArgs {
     durability: DurabilityArg,
 }
 
+/// How a listing is printed (the same flag on every command that lists).
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum DurabilityArg {
     Process,
@@ -455,6 +476,18 @@ enum ExplainFormat {
 }
 
 fn main() -> ExitCode {
+    // Output piped into a command that stops reading (`llmo runs | head -1`) ends this process
+    // quietly, as it would any Unix tool, instead of panicking in `println!`.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let msg =
+            payload.downcast_ref::<String>().map(String::as_str).or_else(|| payload.downcast_ref::<&str>().copied());
+        if msg.is_some_and(|m| m.starts_with("failed printing to stdout") && m.contains("Broken pipe")) {
+            std::process::exit(141); // 128 + SIGPIPE, what a shell reports for it
+        }
+        default_hook(info)
+    }));
     let cli = Cli::parse();
     // Diagnostics of the runtime (retries, unknown prices): RUST_LOG=llmo_runtime=debug for more.
     let settings = llmo_runtime::telemetry::Settings {
@@ -537,8 +570,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             run::run(checked, &source, &run::Options { inputs, input_file, state, exec: exec.exec() }, &serve)
         }
         Command::Resume { run_id, state, wait, exec } => run::resume(&run_id, &state, wait, &exec.exec()),
-        Command::Waiting { api: Some(api), json, .. } => remote::waiting(Some(&api), json),
-        Command::Waiting { state, json, api: None } => waits::list(&state, json),
+        Command::Waiting { api: Some(api), json, format, .. } => {
+            remote::waiting(Some(&api), json || format == Format::Json)
+        }
+        Command::Waiting { state, json, format, api: None } => waits::list(&state, json || format == Format::Json),
         Command::Approve { answer } => answer.run(true),
         Command::Reject { answer } => answer.run(false),
         Command::SendEvent { name, key, payload, state, api } => {
@@ -577,10 +612,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             println!("{}", remote::token(&secret, &sub, &tenant, &roles, ttl, &audience, issuer.as_deref())?);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Runs { state } => run::runs(&state),
-        Command::Costs { by, since, state, api: None, tenant: _, json } => run::costs(&by, &since, &state, json),
-        Command::Costs { by, since, api: Some(api), tenant, json, .. } => {
-            remote::costs(&by, &since, tenant.as_deref(), Some(&api), json)
+        Command::Runs { state, workflow, status, format } => {
+            run::runs(&state, workflow.as_deref(), status.as_deref(), format == Format::Json)
+        }
+        Command::Costs { by, since, state, api: None, tenant: _, json, format } => {
+            run::costs(&by, &since, &state, json || format == Format::Json)
+        }
+        Command::Costs { by, since, api: Some(api), tenant, json, format, .. } => {
+            remote::costs(&by, &since, tenant.as_deref(), Some(&api), json || format == Format::Json)
         }
         Command::Cancel { run_id, state, exec } => run::cancel(&run_id, &state, &exec.exec()),
         Command::Synth { shape, tasks } => {

@@ -419,5 +419,5 @@ pub fn send_event(name: &str, key: &str, payload: &Value, api: Option<&str>) -> 
     let n = v["delivered"].as_array().map_or(0, Vec::len);
     eprintln!("event `{name}` key `{key}`: delivered to {n} waiting task{}", if n == 1 { "" } else { "s" });
     println!("{}", serde_json::to_string_pretty(&v)?);
-    Ok(ExitCode::SUCCESS)
+    Ok(if n == 0 { ExitCode::from(3) } else { ExitCode::SUCCESS })
 }

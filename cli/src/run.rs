@@ -65,6 +65,11 @@ fn config(exec: &Exec) -> Result<Config> {
 
 fn registry(exec: &Exec) -> Result<Registry> {
     let fixtures = match &exec.http_fixtures {
+        // Canned answers that would not be used must not let real requests out unnoticed.
+        Some(p) if !exec.mock => bail!(
+            "--http-fixtures {} answers `http` tasks only with --mock (without it, requests go to the network)",
+            p.display()
+        ),
         Some(p) => Fixtures::load(p).map_err(anyhow::Error::msg)?,
         None => Fixtures::default(),
     };
@@ -136,6 +141,24 @@ fn name_values(inputs: &[String]) -> Result<Map<String, Value>> {
     Ok(given)
 }
 
+/// `-i NAME=VALUE` read as its input is declared: a `string` input takes VALUE as text
+/// even when it reads as JSON (`-i year=2024`, `-i answer=true`); other types keep the JSON
+/// reading.
+pub fn as_declared(
+    decl: &indexmap::IndexMap<String, llmo_core::model::InputSpec>,
+    args: &[String],
+    given: &mut Map<String, Value>,
+) {
+    for kv in args {
+        let Some((k, v)) = kv.split_once('=') else { continue };
+        if decl.get(k).is_some_and(|d| d.ty == llmo_core::model::InputType::String)
+            && given.get(k).is_some_and(|g| !g.is_string())
+        {
+            given.insert(k.to_string(), Value::String(v.to_string()));
+        }
+    }
+}
+
 /// `llmo redrive -i NAME=VALUE ...`: the edited inputs (none when no `-i` is given).
 pub fn edited_inputs(inputs: &[String]) -> Result<Option<Map<String, Value>>> {
     if inputs.is_empty() {
@@ -154,7 +177,8 @@ pub struct Serve {
 }
 
 pub fn run(checked: Checked, source: &SourceFile, opts: &Options, serve: &Serve) -> Result<ExitCode> {
-    let given = given_inputs(opts)?;
+    let mut given = given_inputs(opts)?;
+    as_declared(&checked.workflow.spec.inputs, &opts.inputs, &mut given);
     // The start-a-run use case every entry point shares: inputs checked, the plan priced, a
     // run id with 96 random bits, the run stored.
     let starter = Starter::new(config(&opts.exec)?, opts.exec.mock);
@@ -203,7 +227,7 @@ pub fn run(checked: Checked, source: &SourceFile, opts: &Options, serve: &Serve)
         let bound = rt.block_on(crate::serve::ui(addr, store.clone(), &token))?;
         eprintln!("run page: http://{bound}/ui/runs/{run_id}#token={token}");
     }
-    let mut progress = Progress::new(&plan, None);
+    let mut progress = Progress::new(&plan, None).at(opts.state.as_deref());
     let end = until_interrupted(&rt, d.start_created(state, &mut progress))?;
     let Some(end) = end else { return Ok(interrupted(&run_id, opts.state.as_deref())) };
     let code = finish(&plan, &end.state, progress.started)?;
@@ -268,7 +292,7 @@ pub fn resume(run_id: &str, state: &Path, wait: bool, exec: &Exec) -> Result<Exi
         return finish(&plan, &st, Instant::now());
     }
     let d = driver(plan.clone(), store, Some(state), exec)?;
-    let mut progress = Progress::new(&plan, Some(&st));
+    let mut progress = Progress::new(&plan, Some(&st)).at(Some(state));
     let mut said = false;
     let end = loop {
         // One executor per run: a run a live process executes is not run a second time.
@@ -278,7 +302,8 @@ pub fn resume(run_id: &str, state: &Path, wait: bool, exec: &Exec) -> Result<Exi
                 if !wait {
                     eprintln!("{}", crate::term::clean(&owned.to_string()));
                     eprintln!(
-                        "{run_id}: not resumed; `llmo resume {run_id} --wait` takes it over when that process ends"
+                        "{run_id}: not resumed; `llmo resume {run_id}{} --wait` takes it over when that process ends",
+                        state_flag(Some(state))
                     );
                     return Ok(ExitCode::from(1));
                 }
@@ -330,7 +355,7 @@ pub fn redrive(run_id: &str, edits: Option<Map<String, Value>>, state: &Path, ex
     let again = st.tasks.iter().filter(|t| t.status != TaskStatus::Succeeded).count();
     eprintln!("{run_id}: redriving {again} of {} tasks (the others keep their outputs)", plan.task_count());
     let d = driver(plan.clone(), store, Some(state), exec)?;
-    let mut progress = Progress::new(&plan, None);
+    let mut progress = Progress::new(&plan, None).at(Some(state));
     let end = until_interrupted(&rt, d.redrive(run_id, edits, &mut progress))?;
     let Some(end) = end else { return Ok(interrupted(run_id, Some(state))) };
     finish(&plan, &end.state, progress.started)
@@ -360,7 +385,7 @@ pub fn rerun(run_id: &str, from: &str, state: &Path, exec: &Exec) -> Result<Exit
     let plan = Arc::new(plan);
     eprintln!("{new_id}: rerun of {run_id} from `{from}` ({reused} of {} tasks reused)", plan.task_count());
     let d = driver(plan.clone(), store, Some(state), exec)?;
-    let mut progress = Progress::new(&plan, Some(&st));
+    let mut progress = Progress::new(&plan, Some(&st)).at(Some(state));
     let end = until_interrupted(&rt, d.start_created(st, &mut progress))?;
     let Some(end) = end else { return Ok(interrupted(&new_id, Some(state))) };
     finish(&plan, &end.state, progress.started)
@@ -420,6 +445,7 @@ pub fn status(run_id: &str, state: &Path, history: bool) -> Result<ExitCode> {
         .collect();
     let mut out = json!({
         "run_id": st.run_id, "workflow": workflow, "status": st.status.as_str(), "version": st.version,
+        "inputs": st.inputs,
         "started_at": st.started_at, "ended_at": st.ended_at, "error": st.error,
         "cost_usd": st.cost_usd, "tokens": st.tokens, "tasks": tasks, "outputs": st.outputs,
     });
@@ -519,18 +545,63 @@ pub fn print_costs(rows: &Value, as_json: bool) -> Result<ExitCode> {
 }
 
 /// `llmo runs`: the runs in a state file, newest first.
-pub fn runs(state: &Path) -> Result<ExitCode> {
+pub fn runs(state: &Path, workflow: Option<&str>, status: Option<&str>, as_json: bool) -> Result<ExitCode> {
+    // Listing creates nothing: no state file is no runs.
+    if !state.exists() {
+        if as_json {
+            println!("[]");
+        } else {
+            eprintln!("no runs: {} does not exist", state.display());
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let rt = runtime()?;
     let store = open_store(Some(state), Durability::default())?;
-    for r in rt.block_on(store.list())? {
+    let runs: Vec<_> = rt
+        .block_on(store.list())?
+        .into_iter()
+        .filter(|r| workflow.is_none_or(|w| r.workflow == w) && status.is_none_or(|s| r.status == s))
+        .collect();
+    let mut rows = Vec::new();
+    for r in runs {
         // A run not ended is either executed by a live process or waits for `llmo resume`.
-        let status = match r.status.as_str() {
-            "running" | "pending" => format!("{} ({})", r.status, liveness(&rt, store.as_ref(), &r.run_id)?.0),
-            _ => r.status.clone(),
+        let (live, owner) = match r.status.as_str() {
+            "running" | "pending" => {
+                let (l, o) = liveness(&rt, store.as_ref(), &r.run_id)?;
+                (Some(l), o)
+            }
+            _ => (None, None),
         };
-        println!("{}\t{}\t{}\t${:.4}", r.run_id, r.workflow, status, r.cost_usd);
+        rows.push((r, live, owner));
+    }
+    if as_json {
+        let out: Vec<Value> = rows
+            .iter()
+            .map(|(r, live, owner)| {
+                json!({"run_id": r.run_id, "workflow": r.workflow, "status": r.status, "live": live.as_ref().map(|_| owner.is_some()),
+                       "owner": owner, "started_at": r.started_at, "cost_usd": r.cost_usd, "tokens": r.tokens})
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("RUN\tWORKFLOW\tSTATUS\tCOST\tSTARTED");
+    for (r, live, _) in rows {
+        let status = match live {
+            Some(l) => format!("{} ({l})", r.status),
+            None => r.status.clone(),
+        };
+        let started = r.started_at.map_or_else(|| "-".to_string(), utc);
+        println!("{}\t{}\t{}\t${:.4}\t{started}", r.run_id, crate::term::clean(&r.workflow), status, r.cost_usd);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A time (ms since the epoch) as `YYYY-MM-DDTHH:MM:SSZ`.
+fn utc(ms: u64) -> String {
+    let secs = ms / 1000;
+    let day = llmo_runtime::costs::day_of(ms);
+    format!("{day}T{:02}:{:02}:{:02}Z", secs / 3600 % 24, secs / 60 % 60, secs % 60)
 }
 
 /// Whether a run not ended is executed by a live process (`live`, naming its pid and host,
@@ -562,6 +633,13 @@ struct Progress {
     seen_ended: u32,
     started: Instant,
     last_line: Instant,
+    /// ` --state FILE` for the commands it prints (empty: the run is in memory).
+    state: String,
+}
+
+/// The `--state FILE` a printed command needs to reach the run (a run in memory: none).
+pub fn state_flag(state: Option<&Path>) -> String {
+    state.map(|p| format!(" --state {}", crate::term::clean(&p.display().to_string()))).unwrap_or_default()
 }
 
 const PER_TASK_LINES: usize = 200;
@@ -583,18 +661,20 @@ impl Progress {
                 let at = item.map(|k| format!(" --item {k}")).unwrap_or_default();
                 match w.kind {
                     llmo_core::engine::WaitKind::Approval => eprintln!(
-                        "⏸ {id}{} waits for approval{}: llmo approve {} {id}{at} (or llmo reject)",
+                        "⏸ {id}{} waits for approval{}: llmo approve {} {id}{at}{} (or llmo reject)",
                         item.map(|k| format!("[{k}]")).unwrap_or_default(),
                         w.prompt.as_deref().map(|p| format!(" (\"{}\")", crate::term::clean(p))).unwrap_or_default(),
-                        st.run_id
+                        st.run_id,
+                        self.state
                     ),
                     llmo_core::engine::WaitKind::Event => eprintln!(
-                        "⏸ {id}{} waits for event `{}` key `{}`: llmo send-event {} --key '{}'",
+                        "⏸ {id}{} waits for event `{}` key `{}`: llmo send-event {} --key '{}'{}",
                         item.map(|k| format!("[{k}]")).unwrap_or_default(),
                         crate::term::clean(w.event.as_deref().unwrap_or_default()),
                         crate::term::clean(w.key.as_deref().unwrap_or_default()),
                         crate::term::clean(w.event.as_deref().unwrap_or_default()),
-                        crate::term::clean(w.key.as_deref().unwrap_or_default())
+                        crate::term::clean(w.key.as_deref().unwrap_or_default()),
+                        self.state
                     ),
                     llmo_core::engine::WaitKind::Sleep => {}
                 }
@@ -617,7 +697,14 @@ impl Progress {
             seen_ended: resumed.map_or(0, |s| s.ended_tasks),
             started: Instant::now(),
             last_line: Instant::now(),
+            state: String::new(),
         }
+    }
+
+    /// Prints commands with `--state FILE` (the run's state file).
+    fn at(mut self, state: Option<&Path>) -> Self {
+        self.state = state_flag(state);
+        self
     }
 }
 

@@ -129,8 +129,21 @@ fn refused(e: waits::Error) -> Result<ExitCode> {
 pub fn answer(run_id: &str, task: &str, a: &Answer, state: &Path) -> Result<ExitCode> {
     let rt = runtime()?;
     let store = store(state)?;
-    let approval = Approval { approved: a.approved, fields: a.fields_map()?, comment: a.comment.clone() };
     let (plan, _) = rt.block_on(waits::load(&store, &plan_of, run_id)).map_err(anyhow::Error::from)?;
+    let mut fields = a.fields_map()?;
+    // A `string` field takes its text as written, even when it reads as JSON (`-f po=2024`).
+    let declared = plan.checked.dag.index_of(task).and_then(|i| plan.wait_of(i)).and_then(|w| w.approval.as_ref());
+    if let Some(form) = declared {
+        for f in &a.fields {
+            let Some((k, v)) = f.split_once('=') else { continue };
+            if form.fields.get(k).is_some_and(|d| d.ty == llmo_core::tasks::FieldType::String)
+                && fields.get(k).is_some_and(|g| !g.is_string())
+            {
+                fields.insert(k.to_string(), Value::String(v.to_string()));
+            }
+        }
+    }
+    let approval = Approval { approved: a.approved, fields, comment: a.comment.clone() };
     let by = me();
     let r = rt.block_on(waits::answer(&plan, &store, &SystemClock::default(), run_id, |st| {
         plan.approve(st, task, a.item, &approval, &by)
@@ -139,7 +152,8 @@ pub fn answer(run_id: &str, task: &str, a: &Answer, state: &Path) -> Result<Exit
         Ok(_) => {
             let verb = if a.approved { "approved" } else { "rejected" };
             eprintln!(
-                "{run_id}: `{task}` {verb} by {by} (the process running the run continues it; else `llmo resume {run_id}`)"
+                "{run_id}: `{task}` {verb} by {by} (the process running the run continues it; else `llmo resume {run_id}{}`)",
+                crate::run::state_flag(Some(state))
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -173,5 +187,6 @@ pub fn send_event(name: &str, key: &str, payload: &Value, state: &Path) -> Resul
         if delivered.len() == 1 { "" } else { "s" }
     );
     println!("{}", serde_json::to_string_pretty(&json!({"delivered": delivered}))?);
-    Ok(ExitCode::SUCCESS)
+    // An event nothing waited for is most often a typo of its name or key: say so in the code.
+    Ok(if delivered.is_empty() { ExitCode::from(3) } else { ExitCode::SUCCESS })
 }

@@ -437,8 +437,7 @@ fn run_serves_its_page_and_metrics_and_logs_json_with_run_and_task_ids() {
     let mut child = command()
         .args(["--log-format", "json", "run", "--mock", "--state", db.to_str().unwrap()])
         .args([
-            "--ui",
-            "127.0.0.1:0",
+            "--ui=127.0.0.1:0",
             "--metrics-addr",
             "127.0.0.1:0",
             "workflows/article-pipeline.yaml",
@@ -783,8 +782,11 @@ spec:
             "--state",
             state,
         ]);
-        assert!(out.status.success(), "{}", text(&out.stderr));
-        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["delivered"].as_array().unwrap().len()
+        let n =
+            serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["delivered"].as_array().unwrap().len();
+        // Exit 3 when the event reached no waiting task.
+        assert_eq!(out.status.code(), Some(if n == 0 { 3 } else { 0 }), "{}", text(&out.stderr));
+        n
     };
     assert_eq!(send("B", 20), 1);
     let b = b.wait_with_output().unwrap();
@@ -889,8 +891,97 @@ fn a_live_run_is_not_resumed_twice() {
     owner.wait().unwrap();
     let runs = text(&llmo(&["runs", "--state", db_s]).stdout);
     let line = runs.lines().find(|l| l.starts_with(&run_id)).unwrap_or_default();
-    assert!(line.ends_with("(interrupted)\t$0.0000"), "{runs}");
+    assert!(line.contains("(interrupted)\t$0.0000\t"), "{runs}");
     let out = llmo(&["resume", &run_id, "--state", db_s]);
     assert!(out.status.success(), "{}", text(&out.stderr));
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// The CLI as people use it (issue 24): `--ui` before the file, `-i` read as the input is
+/// declared, `--http-fixtures` without `--mock` refused, printed hints that carry `--state`,
+/// `send-event` that reached nothing exits 3, `runs` with a header, filters and JSON that
+/// creates no file, `status` with the inputs, and a closed pipe that is no panic.
+#[test]
+fn the_cli_behaves_as_people_use_it() {
+    use std::io::BufRead;
+    let dir = std::env::temp_dir().join(format!("llmo-behaves-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = dir.join("runs.db");
+    let db_s = db.to_str().unwrap();
+    // `runs` of a state file that does not exist: no runs, and no file made.
+    let out = llmo(&["runs", "--state", db_s, "--format", "json"]);
+    assert!(out.status.success() && text(&out.stdout).trim() == "[]", "{}", text(&out.stderr));
+    assert!(!db.exists(), "listing created the state file");
+    // `-i year=2024` for a string input is the text 2024.
+    let wf = dir.join("echo.yaml");
+    std::fs::write(
+        &wf,
+        "apiVersion: llm-orchestrator/v1\nkind: Workflow\nmetadata: { name: echo }\nspec:\n  inputs: { year: { type: string } }\n  tasks:\n    - { id: a, type: transform, with: { output: \"{{ inputs.year }}!\" } }\n  outputs: { said: \"{{ tasks.a.output }}\" }\n",
+    )
+    .unwrap();
+    let out = llmo(&["run", "--state", db_s, wf.to_str().unwrap(), "-i", "year=2024"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let outputs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(outputs["said"], "2024!");
+    let runs = text(&llmo(&["runs", "--state", db_s]).stdout);
+    assert!(runs.starts_with("RUN\tWORKFLOW\tSTATUS\tCOST\tSTARTED\n"), "{runs}");
+    let listed: serde_json::Value =
+        serde_json::from_slice(&llmo(&["runs", "--state", db_s, "--format", "json", "--workflow", "echo"]).stdout)
+            .unwrap();
+    let run_id = listed[0]["run_id"].as_str().unwrap().to_string();
+    assert_eq!(listed[0]["status"], "succeeded");
+    let none: serde_json::Value =
+        serde_json::from_slice(&llmo(&["runs", "--state", db_s, "--format", "json", "--status", "failed"]).stdout)
+            .unwrap();
+    assert_eq!(none, serde_json::json!([]));
+    let status: serde_json::Value =
+        serde_json::from_slice(&llmo(&["status", &run_id, "--state", db_s]).stdout).unwrap();
+    assert_eq!(status["inputs"]["year"], "2024");
+    // An event nothing waits for: exit 3.
+    let out = llmo(&["send-event", "nobody.listens", "--key", "k", "--state", db_s]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    // Canned HTTP answers without --mock would let real requests out: refused.
+    let fixtures = root().join("workflows/fixtures/document-intake.http.yaml");
+    let out = llmo(&["run", "--http-fixtures", fixtures.to_str().unwrap(), wf.to_str().unwrap(), "-i", "year=1"]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("answers `http` tasks only with --mock"), "{}", text(&out.stderr));
+    // The hint to answer an approval names the state file.
+    let review = dir.join("review.yaml");
+    std::fs::write(
+        &review,
+        "apiVersion: llm-orchestrator/v1\nkind: Workflow\nmetadata: { name: review }\nspec:\n  tasks:\n    - { id: ok, type: wait, with: { approval: { prompt: Ship? }, timeout: 2s, on_timeout: succeed } }\n",
+    )
+    .unwrap();
+    let out = llmo(&["run", "--state", db_s, review.to_str().unwrap()]);
+    let err = text(&out.stderr);
+    assert!(err.contains(&format!(" ok --state {db_s} (or llmo reject)")), "{err}");
+    // `--ui` before the file does not take the file for its address.
+    let mut child = command()
+        .args(["run", "--mock", "--ui", wf.to_str().unwrap(), "-i", "year=7"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut page = None;
+    for l in lines.map_while(Result::ok) {
+        if l.starts_with("run page: http://127.0.0.1:") {
+            page = Some(l);
+            break;
+        }
+    }
+    child.kill().ok();
+    child.wait().ok();
+    assert!(page.is_some(), "the run page was served");
+    // A reader that stops reading: the process ends quietly (no panic), as `| head -1` needs.
+    let mut schema = command()
+        .args(["synth", "--shape", "layered", "--tasks", "10000"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(schema.stdout.take());
+    let out = schema.wait_with_output().unwrap();
+    assert!(!text(&out.stderr).contains("panicked"), "{}", text(&out.stderr));
     std::fs::remove_dir_all(&dir).ok();
 }
