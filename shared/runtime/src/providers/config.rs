@@ -360,6 +360,46 @@ impl Config {
 mod tests {
     use super::*;
 
+    /// Every model the example workflows may call under a budget has a price: a fallback
+    /// without one is refused by the budget (as `anthropic/claude-haiku` was).
+    #[test]
+    fn the_examples_models_have_prices() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../workflows");
+        let table = PriceTable::builtin();
+        let mut checked = 0;
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let path = e.unwrap().path();
+            if path.extension().is_none_or(|x| x != "yaml") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            let outcome = llmo_core::validate::Validator::default()
+                .validate(&llmo_core::source::SourceFile::new(path.display().to_string(), text));
+            let wf = outcome.checked.expect("examples validate").workflow;
+            if wf.spec.budget.is_none() {
+                continue;
+            }
+            for t in wf.spec.tasks.iter().filter(|t| t.ty == "llm") {
+                for (_, m) in llmo_core::tasks::llm_models(&t.with) {
+                    // Local providers are free whatever the table says.
+                    let provider = m.split_once('/').map(|(p, _)| p);
+                    if provider.is_some_and(|p| Config::builtin().providers.get(p).is_some_and(|c| c.free)) {
+                        continue;
+                    }
+                    let bare = m.rsplit('/').next().unwrap();
+                    assert!(
+                        table.get(bare).is_some(),
+                        "{}: task `{}` may call `{m}`, which has no price",
+                        path.display(),
+                        t.id
+                    );
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked >= 2, "the examples under a budget were found");
+    }
+
     #[test]
     fn prices_match_dated_model_names_at_dash_boundaries() {
         let t = PriceTable::builtin();
