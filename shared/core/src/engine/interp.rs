@@ -62,6 +62,38 @@ pub fn parse(src: &str) -> Option<Vec<Piece>> {
     }
 }
 
+/// Why `expr` is undefined: the first part of its dotted `path` (`path[n]`) that is not there,
+/// what holds it, the keys that are there (the likeliest first, for a typo), and how to allow
+/// it. `tasks.<id>.output...` names the task.
+pub fn undefined(expr: &str, path: &[String], n: usize, ctx: &Ctx) -> String {
+    let mut holder = ctx.clone();
+    for part in &path[..n] {
+        holder = holder.get_attr(part).unwrap_or_default();
+    }
+    let missing = &path[n];
+    let at = if n == 0 { "the context".to_string() } else { format!("`{}`", path[..n].join(".")) };
+    let mut keys: Vec<String> =
+        holder.try_iter().map(|it| it.filter_map(|k| k.as_str().map(str::to_string)).collect()).unwrap_or_default();
+    let task = (path.len() > 2 && path[0] == "tasks" && n >= 2).then(|| format!(" (task `{}`)", path[1]));
+    let mut msg = format!("`{expr}` is undefined: {at}{} has no `{missing}`", task.unwrap_or_default());
+    if !keys.is_empty() {
+        keys.sort_by_key(|k| (strsim::levenshtein(k, missing), k.clone()));
+        if strsim::levenshtein(&keys[0], missing) <= 2.max(missing.len() / 3) {
+            msg.push_str(&format!("; did you mean `{}`?", keys[0]));
+        }
+        keys.truncate(12);
+        msg.push_str(&format!(" (it has: {})", keys.join(", ")));
+    }
+    msg.push_str(&format!(" (write `{expr} | default(...)` to allow it missing)"));
+    msg
+}
+
+/// The dotted path an expression is, if it is only that (`tasks.a.output.text`).
+pub fn path_of(expr: &str) -> Option<Vec<String>> {
+    let parts: Vec<&str> = expr.trim().split('.').collect();
+    parts.iter().all(|p| is_ident(p)).then(|| parts.into_iter().map(str::to_string).collect())
+}
+
 /// Renders pieces in `ctx` as minijinja (strict undefined, no auto-escaping) would.
 pub fn render(pieces: &[Piece], ctx: &Ctx) -> Result<String, String> {
     let mut out = String::new();
@@ -70,10 +102,10 @@ pub fn render(pieces: &[Piece], ctx: &Ctx) -> Result<String, String> {
             Piece::Text(t) => out.push_str(t),
             Piece::Path(path) => {
                 let mut v = ctx.clone();
-                for part in path {
+                for (n, part) in path.iter().enumerate() {
                     v = v.get_attr(part).map_err(|e| e.to_string())?;
                     if v.is_undefined() {
-                        return Err("undefined value".to_string());
+                        return Err(undefined(&path.join("."), path, n, ctx));
                     }
                 }
                 use std::fmt::Write;

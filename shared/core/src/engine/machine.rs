@@ -550,7 +550,7 @@ impl Plan {
                         Ok(t) => t,
                         Err(_) => self.env.template_from_str(s).map_err(|e| e.to_string())?,
                     };
-                    let text = tmpl.render(ctx).map_err(super::limits::explain)?;
+                    let text = tmpl.render(ctx).map_err(|e| undefined_in_template(e, s, ctx))?;
                     if text.len() > super::limits::MAX_RENDERED_BYTES {
                         return Err(super::limits::too_large(text.len()));
                     }
@@ -625,7 +625,18 @@ impl Plan {
     /// [`Plan::eval_expression`] in a context built by [`Plan::context_value`].
     pub fn eval_in(&self, expr: &str, ctx: &Ctx) -> Result<Value, String> {
         let e = self.env.compile_expression(expr).map_err(|e| e.to_string())?;
-        let v = e.eval(ctx).map_err(super::limits::explain)?;
+        let v = e.eval(ctx).map_err(|e| undefined_or(e, expr, ctx))?;
+        // An expression whose value is undefined is an error (not a silent `null`), unless it
+        // says what to use instead (`| default(...)`, `is defined`).
+        if v.is_undefined() {
+            return Err(match super::interp::path_of(expr) {
+                Some(path) => {
+                    let n = missing_at(&path, ctx);
+                    super::interp::undefined(expr.trim(), &path, n, ctx)
+                }
+                None => format!("`{}` is undefined (write `| default(...)` to allow it missing)", expr.trim()),
+            });
+        }
         let v = serde_json::to_value(&v).map_err(|e| e.to_string())?;
         let size = super::limits::json_size(&v, super::limits::MAX_RENDERED_BYTES);
         if size > super::limits::MAX_RENDERED_BYTES {
@@ -1613,6 +1624,60 @@ mod task_view_tests {
             same("succeeded", Some(&v), None);
         }
     }
+}
+
+/// The index of the first part of `path` that is not in `ctx`.
+fn missing_at(path: &[String], ctx: &Ctx) -> usize {
+    let mut v = ctx.clone();
+    for (n, part) in path.iter().enumerate() {
+        v = v.get_attr(part).unwrap_or_default();
+        if v.is_undefined() {
+            return n;
+        }
+    }
+    path.len() - 1
+}
+
+/// A template's error: an undefined value named with the first `{{ path }}` of the template
+/// that is undefined (else minijinja's explanation, with how to allow it).
+fn undefined_in_template(e: minijinja::Error, template: &str, ctx: &Ctx) -> String {
+    if e.kind() != minijinja::ErrorKind::UndefinedError {
+        return super::limits::explain(e);
+    }
+    let mut rest = template;
+    while let Some(open) = rest.find("{{") {
+        let after = &rest[open + 2..];
+        let Some(close) = after.find("}}") else { break };
+        let expr = after[..close].trim_matches(|c: char| c == '-' || c == '+' || c.is_whitespace());
+        if let Some(path) = super::interp::path_of(expr) {
+            let n = missing_at(&path, ctx);
+            let mut v = ctx.clone();
+            let mut undefined = false;
+            for part in &path {
+                v = v.get_attr(part).unwrap_or_default();
+                if v.is_undefined() {
+                    undefined = true;
+                    break;
+                }
+            }
+            if undefined {
+                return super::interp::undefined(expr, &path, n, ctx);
+            }
+        }
+        rest = &after[close + 2..];
+    }
+    format!("{} (write `| default(...)` where a value may be missing)", super::limits::explain(e))
+}
+
+/// A template or expression error: an undefined value named with its expression when it is a
+/// plain path, else minijinja's explanation (limits named as such).
+fn undefined_or(e: minijinja::Error, expr: &str, ctx: &Ctx) -> String {
+    if e.kind() == minijinja::ErrorKind::UndefinedError
+        && let Some(path) = super::interp::path_of(expr)
+    {
+        return super::interp::undefined(expr.trim(), &path, missing_at(&path, ctx), ctx);
+    }
+    super::limits::explain(e)
 }
 
 /// A rendered key as text (a string as it is, anything else as JSON).

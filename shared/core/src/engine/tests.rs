@@ -616,11 +616,13 @@ spec:
     let mut d = Driver::new(&p, json!({"xs": [3, 1, 2]}));
     let plan_ref = &p;
     let mut contexts = Vec::new();
-    d.run(|_, _, _, with| {
+    d.run(|id, _, _, with| {
         contexts.push(with.clone());
-        ok(with.clone())
+        // `sorted` answers what the builtin computes; the others echo their rendered `with`.
+        if id == "sorted" { ok(json!([1, 2, 3])) } else { ok(with.clone()) }
     });
-    // The driver echoes the rendered `with`; run the builtin on what it was given.
+    assert_eq!(contexts[1]["output"]["first"], json!(1), "read from the sorted list");
+    // Run the builtin on what it was given.
     let ctx = plan_ref.context_value(&d.st, Some(0), None);
     assert_eq!(builtin::transform(plan_ref, &contexts[0], &ctx).unwrap(), json!([1, 2, 3]));
     let shaped = builtin::transform(plan_ref, &json!({"output": {"first": 1}}), &ctx).unwrap();
@@ -937,4 +939,41 @@ spec:
     assert_eq!(st.status, RunStatus::Failed);
     assert!(st.error.as_deref().unwrap().contains("`wait`: `tomorrow` is not an RFC 3339 time"), "{:?}", st.error);
     assert_eq!(st.tasks[0].status, TaskStatus::Cancelled);
+}
+
+/// An undefined value in a template or an expression is an error naming the expression, the
+/// missing key, the task it was read from and the likeliest key meant; `default` opts out.
+/// (A typo of `text` used to render an empty prompt, and `null` in outputs.)
+#[test]
+fn undefined_values_fail_loudly_naming_what_was_missing() {
+    let p = plan(
+        r#"
+spec:
+  tasks:
+    - { id: a, type: transform, with: { output: 1 } }
+"#,
+    );
+    let st = p.new_run("r", serde_json::Map::new());
+    let mut st = st;
+    st.tasks[0].status = TaskStatus::Succeeded;
+    st.tasks[0].output = Some(json!({"text": "hello", "model": "m"}).into());
+    let ctx = p.context_value(&st, None, None);
+    for (template, missing) in [
+        (
+            "{{ tasks.a.output.txt }}",
+            "`tasks.a.output.txt` is undefined: `tasks.a.output` (task `a`) has no `txt`; did you mean `text`?",
+        ),
+        (
+            "About {{ tasks.a.output.txt }}",
+            "`tasks.a.output.txt` is undefined: `tasks.a.output` (task `a`) has no `txt`; did you mean `text`?",
+        ),
+        ("{{ inputs.topic }}", "`inputs.topic` is undefined: `inputs` has no `topic`"),
+    ] {
+        let e = p.render_in(&json!(template), &ctx).unwrap_err();
+        assert!(e.starts_with(missing), "{template}: {e}");
+        assert!(e.ends_with("| default(...)` to allow it missing)"), "{e}");
+    }
+    assert_eq!(p.render_in(&json!("{{ tasks.a.output.txt | default('none') }}"), &ctx).unwrap(), json!("none"));
+    assert_eq!(p.render_in(&json!("{{ tasks.a.output.txt is defined }}"), &ctx).unwrap(), json!(false));
+    assert_eq!(p.render_in(&json!("{{ tasks.a.output.text }}"), &ctx).unwrap(), json!("hello"));
 }

@@ -43,6 +43,21 @@ const PARALLEL_FROM: usize = 500;
 
 /// What a task's result exposes to templates: `tasks.<id>.<field>`.
 pub const TASK_FIELDS: &[&str] = &["output", "status", "error", "usage", "attempts"];
+
+/// The fields the output of a built-in task type can have (`None`: any, as a `transform`'s or
+/// a registered type's). A `wait`'s depend on what it waits for.
+pub fn output_fields(ty: &str, with: &serde_json::Map<String, Value>) -> Option<&'static [&'static str]> {
+    Some(match ty {
+        "llm" => &["text", "json", "model", "usage", "fallback_from"],
+        "http" => &["status", "headers", "body"],
+        "evaluate" => &["score", "passed", "checks"],
+        "policy" => &["allowed", "reasons"],
+        "wait" if with.contains_key("approval") => &["approved", "fields", "comment", "by", "timed_out"],
+        "wait" if with.contains_key("event") => &["event", "key", "payload", "by", "timed_out"],
+        "wait" => &["waited_until", "timed_out"],
+        _ => return None,
+    })
+}
 /// What `run.*` exposes everywhere.
 pub const RUN_FIELDS: &[&str] = &["id", "workflow", "version", "started_at", "labels", "attempt"];
 /// What `run.*` adds in hooks and outputs, once the run has ended.

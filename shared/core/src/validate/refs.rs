@@ -175,6 +175,26 @@ impl Run<'_> {
                         )
                         .help = Some(hint);
                     }
+                    // A field of the output that the task's type never gives (`output.txt` of an
+                    // `llm` task) would be undefined at run time.
+                    if r.get(2).is_some_and(|f| f == "output")
+                        && let Some(field) = r.get(3)
+                        && let Some(t) = ctx.views[j].task.as_ref().filter(|t| t.for_each.is_none())
+                        // A fallback's output (of another type) may stand in for it.
+                        && t.on_failure.as_ref().and_then(|f| f.fallback()).is_none()
+                        && let Some(known) = super::output_fields(&t.ty, &t.with)
+                        && !known.contains(&field.as_str())
+                    {
+                        let hint = self
+                            .suggest(field, known.iter().copied())
+                            .unwrap_or_else(|| format!("the output of a `{}` task has: {}", t.ty, known.join(", ")));
+                        self.error(
+                            UNKNOWN_REFERENCE,
+                            ptr,
+                            format!("`{dotted}`: the output of `{id}` (type `{}`) has no field `{field}`", t.ty),
+                        )
+                        .help = Some(hint);
+                    }
                     if let Site::Task { idx, .. } = site {
                         let me = ctx.views[idx].id.as_deref().unwrap_or("?");
                         if j == idx {
