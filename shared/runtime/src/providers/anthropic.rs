@@ -86,6 +86,8 @@ pub fn parse(body: &str, requested_model: &str) -> Result<ChatResponse, CallErro
             + n("/usage/cache_creation_input_tokens")
             + n("/usage/cache_read_input_tokens"),
         completion_tokens: n("/usage/output_tokens"),
+        cache_read_tokens: n("/usage/cache_read_input_tokens"),
+        cache_write_tokens: n("/usage/cache_creation_input_tokens"),
     })
 }
 

@@ -63,6 +63,60 @@ pub struct Price {
     pub input: f64,
     /// USD per million output (completion) tokens.
     pub output: f64,
+    /// USD per million input tokens read from the provider's prompt cache (OpenAI's
+    /// `cached_tokens`, Anthropic's `cache_read_input_tokens`). Unset: the provider's published
+    /// ratio to `input` ([`Price::cache_read`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cached_input: Option<f64>,
+    /// USD per million input tokens written to the prompt cache (Anthropic's
+    /// `cache_creation_input_tokens`). Unset: 1.25 x `input` for Claude models (the 5-minute
+    /// cache), else `input`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_write: Option<f64>,
+}
+
+impl Price {
+    pub fn new(input: f64, output: f64) -> Self {
+        Price { input, output, cached_input: None, cache_write: None }
+    }
+
+    /// The price of a cached input token for `model`: as set, else as the provider publishes
+    /// it relative to input: Claude 0.1x; GPT-5 0.1x; GPT-4.1 and o3/o4 0.25x; GPT-4o and
+    /// o1/o3-mini 0.5x; anything else no discount.
+    pub fn cache_read(&self, model: &str) -> f64 {
+        self.cached_input.unwrap_or_else(|| {
+            let ratio = if model.starts_with("claude") || model.starts_with("gpt-5") {
+                0.1
+            } else if model.starts_with("gpt-4.1")
+                || model.starts_with("o4")
+                || model == "o3"
+                || model.starts_with("o3-2")
+            {
+                0.25
+            } else if model.starts_with("gpt-4o") || model.starts_with("o1") || model.starts_with("o3-mini") {
+                0.5
+            } else {
+                1.0
+            };
+            self.input * ratio
+        })
+    }
+
+    /// The price of an input token written to the cache for `model` (see the field).
+    pub fn cache_writing(&self, model: &str) -> f64 {
+        self.cache_write.unwrap_or(if model.starts_with("claude") { self.input * 1.25 } else { self.input })
+    }
+
+    /// What a call costs (USD): `prompt` input tokens of which `read` came from the cache and
+    /// `written` went to it, and `completion` output tokens.
+    pub fn cost(&self, model: &str, prompt: u64, read: u64, written: u64, completion: u64) -> f64 {
+        let plain = prompt.saturating_sub(read).saturating_sub(written);
+        (plain as f64 * self.input
+            + read as f64 * self.cache_read(model)
+            + written as f64 * self.cache_writing(model)
+            + completion as f64 * self.output)
+            / 1_000_000.0
+    }
 }
 
 /// Prices by model name. A dated or suffixed name (`gpt-4o-mini-2024-07-18`) takes the price
@@ -96,7 +150,7 @@ impl PriceTable {
             ("claude-opus-4", 15.00, 75.00),
             ("claude-opus-4-1", 15.00, 75.00),
         ];
-        PriceTable(rows.iter().map(|(m, i, o)| (m.to_string(), Price { input: *i, output: *o })).collect())
+        PriceTable(rows.iter().map(|(m, i, o)| (m.to_string(), Price::new(*i, *o))).collect())
     }
 
     pub fn get(&self, model: &str) -> Option<&Price> {
@@ -137,7 +191,13 @@ impl Config {
     /// model, the providers that cost nothing, everything free under `mock`.
     pub fn price_book(&self, mock: bool) -> llmo_core::engine::budget::PriceBook {
         llmo_core::engine::budget::PriceBook {
-            models: self.prices.0.iter().map(|(m, p)| (m.clone(), [p.input, p.output])).collect(),
+            // The worst case of an input token: a cache write may cost more than plain input.
+            models: self
+                .prices
+                .0
+                .iter()
+                .map(|(m, p)| (m.clone(), [p.input.max(p.cache_writing(m)), p.output]))
+                .collect(),
             free: self
                 .providers
                 .iter()

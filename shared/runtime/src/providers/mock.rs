@@ -45,6 +45,8 @@ impl Provider for Mock {
             completion_tokens: words(&text),
             text,
             model: req.model.clone(),
+            cache_read_tokens: 0,
+            cache_write_tokens: 0,
         })
     }
 }

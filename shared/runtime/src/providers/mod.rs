@@ -55,8 +55,12 @@ pub struct ChatResponse {
     pub text: String,
     /// The model that answered, as the provider names it.
     pub model: String,
+    /// Input tokens, cached ones included.
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
+    /// Of `prompt_tokens`, those read from the provider's prompt cache, and those written to it.
+    pub cache_read_tokens: u64,
+    pub cache_write_tokens: u64,
 }
 
 /// Why a call failed.
@@ -526,8 +530,11 @@ impl LlmExecutor {
         if self.config.providers.get(provider).is_some_and(|p| p.free) {
             return Some(0.0);
         }
-        let p = self.config.prices.get(model).or_else(|| self.config.prices.get(&resp.model))?;
-        Some((resp.prompt_tokens as f64 * p.input + resp.completion_tokens as f64 * p.output) / 1_000_000.0)
+        let (name, p) = match self.config.prices.get(model) {
+            Some(p) => (model, p),
+            None => (resp.model.as_str(), self.config.prices.get(&resp.model)?),
+        };
+        Some(p.cost(name, resp.prompt_tokens, resp.cache_read_tokens, resp.cache_write_tokens, resp.completion_tokens))
     }
 
     /// The tokens a call may use at most: the rendered prompt at ~4 characters a token plus
@@ -694,6 +701,10 @@ impl LlmExecutor {
                             "cost_usd": cost.unwrap_or(0.0),
                         },
                     });
+                    if resp.cache_read_tokens > 0 || resp.cache_write_tokens > 0 {
+                        out["usage"]["cache_read_tokens"] = json!(resp.cache_read_tokens);
+                        out["usage"]["cache_write_tokens"] = json!(resp.cache_write_tokens);
+                    }
                     if cost.is_none() {
                         out["usage"]["price_unknown"] = json!(true);
                         tracing::warn!(model = %model, "no price for this model; its cost counts as 0 (add it to `prices` in the config)");

@@ -94,6 +94,9 @@ pub fn parse(body: &str, requested_model: &str) -> Result<ChatResponse, CallErro
         model: v.get("model").and_then(Value::as_str).unwrap_or(requested_model).to_string(),
         prompt_tokens: n("/usage/prompt_tokens"),
         completion_tokens: n("/usage/completion_tokens"),
+        // Part of `prompt_tokens`, billed at the cached rate.
+        cache_read_tokens: n("/usage/prompt_tokens_details/cached_tokens"),
+        cache_write_tokens: 0,
     })
 }
 

@@ -620,3 +620,45 @@ async fn a_config_files_base_url_is_under_the_egress_policy() {
     assert_eq!(output(&run(&allowed, with).await)["text"], "ok");
     // `expect(1)`: only the allowed executor's call arrived.
 }
+
+/// Prompt-cache tokens are priced at their own rates: Anthropic's cache reads at 0.1x input
+/// and writes at 1.25x, OpenAI's cached input tokens (part of `prompt_tokens`) at the model's
+/// cached rate; before, every one of them was priced as full input.
+#[tokio::test]
+async fn cached_prompt_tokens_are_priced_at_their_own_rates() {
+    let server = MockServer::start().await;
+    Route::given(method("POST"))
+        .and(path("/v1/messages"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "id": "msg_2", "type": "message", "role": "assistant", "model": "claude-sonnet-4-20250514",
+            "content": [{ "type": "text", "text": "ok" }], "stop_reason": "end_turn",
+            "usage": { "input_tokens": 100, "cache_creation_input_tokens": 1000, "cache_read_input_tokens": 10000, "output_tokens": 50 }
+        })))
+        .mount(&server)
+        .await;
+    chat_route()
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "id": "c", "object": "chat.completion", "model": "gpt-4o-2024-08-06",
+            "choices": [{ "index": 0, "message": { "role": "assistant", "content": "ok" }, "finish_reason": "stop" }],
+            "usage": { "prompt_tokens": 2000, "completion_tokens": 100, "prompt_tokens_details": { "cached_tokens": 1500 } }
+        })))
+        .mount(&server)
+        .await;
+    let e = exec(&server);
+    let out =
+        output(&run(&e, json!({ "provider": "anthropic", "model": "claude-sonnet-4", "prompt": "Hi" })).await).clone();
+    // 100 x $3 + 1,000 x $3.75 (write) + 10,000 x $0.30 (read) + 50 x $15, per million.
+    assert!((out["usage"]["cost_usd"].as_f64().unwrap() - 0.0078).abs() < 1e-12, "{out}");
+    assert_eq!(
+        (out["usage"]["cache_read_tokens"].as_u64(), out["usage"]["cache_write_tokens"].as_u64()),
+        (Some(10000), Some(1000))
+    );
+    assert_eq!(out["usage"]["prompt_tokens"], 11100);
+    let out = output(&run(&e, json!({ "model": "gpt-4o", "prompt": "Hi" })).await).clone();
+    // 500 x $2.50 + 1,500 cached x $1.25 + 100 x $10, per million.
+    assert!((out["usage"]["cost_usd"].as_f64().unwrap() - 0.004125).abs() < 1e-12, "{out}");
+    // A configured cached price overrides the published ratio.
+    let mut p = crate::providers::config::Price::new(2.0, 8.0);
+    p.cached_input = Some(0.1);
+    assert!((p.cost("my-model", 1_000_000, 1_000_000, 0, 0) - 0.1).abs() < 1e-12);
+}
