@@ -419,6 +419,10 @@ pub struct Task {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 10000))]
     pub max_concurrency: Option<u32>,
+    /// How many of this task's `for_each` items may fail (after their retries) with the task
+    /// still succeeding. Without it the first failed item fails the task and stops the rest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tolerate_failures: Option<Tolerance>,
     /// At most `limit` attempts of this task with the same rendered `key` run at once across
     /// the fleet, in whatever run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -434,6 +438,29 @@ pub struct Task {
     /// What a failure (after retries) does to the run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_failure: Option<OnFailure>,
+}
+
+/// Failed `for_each` items a task tolerates (like Step Functions Map's tolerated failure count
+/// and percentage): every item runs, and the task succeeds when the failures stay within both
+/// bounds given.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Tolerance {
+    /// At most this many failed items.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u32>,
+    /// At most this percentage of the items failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 100.0))]
+    pub percent: Option<f64>,
+}
+
+impl Tolerance {
+    /// Whether `failed` of `total` items is within the tolerance.
+    pub fn allows(&self, failed: usize, total: usize) -> bool {
+        self.count.is_none_or(|c| failed <= c as usize)
+            && self.percent.is_none_or(|p| total == 0 || (failed as f64) * 100.0 <= p * total as f64)
+    }
 }
 
 /// A run's claim on shared capacity (see `Spec::priority`).

@@ -169,10 +169,12 @@ struct TaskView {
     attempts: u32,
     tokens: u64,
     cost_usd: f64,
+    /// A `for_each` task's items: each one's `status` and `error`.
+    items: Option<Ctx>,
 }
 
 impl TaskView {
-    const KEYS: &[&str] = &["status", "output", "error", "attempts", "usage"];
+    const KEYS: &[&str] = &["status", "output", "error", "attempts", "usage", "items"];
 }
 
 impl minijinja::value::Object for TaskView {
@@ -189,6 +191,7 @@ impl minijinja::value::Object for TaskView {
             "error" => self.error.clone().unwrap_or(Ctx::from(())),
             "attempts" => Ctx::from(self.attempts),
             "usage" => Fields::ctx(&["tokens", "cost_usd"], vec![Ctx::from(self.tokens), Ctx::from(self.cost_usd)]),
+            "items" => self.items.clone()?,
             _ => return None,
         })
     }
@@ -504,6 +507,22 @@ impl Plan {
                     attempts: ts.attempts,
                     tokens: ts.tokens,
                     cost_usd: ts.cost_usd,
+                    items: self.checked.workflow.spec.tasks[i].for_each.as_ref().map(|_| {
+                        Ctx::from_object(
+                            ts.units
+                                .iter()
+                                .map(|u| {
+                                    Fields::ctx(
+                                        &["status", "error"],
+                                        vec![
+                                            Ctx::from(u.status.as_str()),
+                                            u.error.as_deref().map_or(Ctx::from(()), Ctx::from),
+                                        ],
+                                    )
+                                })
+                                .collect::<Vec<_>>(),
+                        )
+                    }),
                 })
             };
             // A task whose result is final looks the same to every later reader.
@@ -1097,8 +1116,37 @@ impl Transition<'_, '_> {
 
     /// Derives a task's status from its units once one changed.
     fn settle(&mut self, i: usize) {
-        let is_for_each = self.plan.checked.workflow.spec.tasks[i].for_each.is_some();
+        let spec_task = &self.plan.checked.workflow.spec.tasks[i];
+        let is_for_each = spec_task.for_each.is_some();
+        let tolerance = spec_task.tolerate_failures.filter(|_| is_for_each);
         let c = self.counts(i);
+        if let Some(tol) = tolerance {
+            // Every item runs; the task decides once none is left to run.
+            let ended = [TaskStatus::Succeeded, TaskStatus::Failed, TaskStatus::Cancelled, TaskStatus::Skipped]
+                .iter()
+                .map(|s| c.get(*s) as usize)
+                .sum::<usize>();
+            let ts = &mut self.st.tasks[i];
+            if ended < ts.units.len() {
+                self.derive_task(i);
+                return;
+            }
+            let (failed, total) = (c.get(TaskStatus::Failed) as usize, ts.units.len());
+            ts.output = Some(item_outputs(&ts.units));
+            if tol.allows(failed, total) {
+                self.move_task(i, TaskStatus::Succeeded);
+            } else {
+                let (k, u) =
+                    ts.units.iter().enumerate().find(|(_, u)| u.status == TaskStatus::Failed).expect("a failure");
+                ts.error = Some(format!(
+                    "{failed} of {total} items failed, more than `tolerate_failures` allows; the first, item {k}: {}",
+                    u.error.as_deref().unwrap_or_default()
+                ));
+                self.move_task(i, TaskStatus::Failed);
+            }
+            self.task_ended(i);
+            return;
+        }
         let ts = &mut self.st.tasks[i];
         // Only a task with a failed unit is searched for it.
         let first_failed = if c.get(TaskStatus::Failed) > 0 {
@@ -1117,6 +1165,10 @@ impl Transition<'_, '_> {
                     self.move_unit(i, k, TaskStatus::Cancelled);
                 }
             }
+            // What the items that finished gave is kept (`null` for the others).
+            if is_for_each {
+                self.st.tasks[i].output = Some(item_outputs(&self.st.tasks[i].units));
+            }
             self.move_task(i, TaskStatus::Failed);
             if stopped {
                 self.cmds.push(Command::CancelRunning { tasks: vec![i] });
@@ -1126,9 +1178,7 @@ impl Transition<'_, '_> {
         }
         if c.get(TaskStatus::Succeeded) as usize == ts.units.len() {
             ts.output = Some(if is_for_each {
-                Output::new(Value::Array(
-                    ts.units.iter().map(|u| u.output.as_deref().cloned().unwrap_or(Value::Null)).collect(),
-                ))
+                item_outputs(&ts.units)
             } else {
                 ts.units[0].output.clone().unwrap_or_else(|| Output::new(Value::Null))
             });
@@ -1581,6 +1631,7 @@ mod task_view_tests {
             attempts,
             tokens,
             cost_usd: 0.25,
+            items: None,
         })
     }
 
@@ -1624,6 +1675,20 @@ mod task_view_tests {
             same("succeeded", Some(&v), None);
         }
     }
+}
+
+/// A `for_each` task's output: each item's output in item order, `null` for an item that did
+/// not succeed (its status and error are in the task's `items`).
+fn item_outputs(units: &[Unit]) -> Output {
+    Output::new(Value::Array(
+        units
+            .iter()
+            .map(|u| match u.status {
+                TaskStatus::Succeeded => u.output.as_deref().cloned().unwrap_or(Value::Null),
+                _ => Value::Null,
+            })
+            .collect(),
+    ))
 }
 
 /// The index of the first part of `path` that is not in `ctx`.

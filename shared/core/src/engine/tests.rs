@@ -977,3 +977,68 @@ spec:
     assert_eq!(p.render_in(&json!("{{ tasks.a.output.txt is defined }}"), &ctx).unwrap(), json!(false));
     assert_eq!(p.render_in(&json!("{{ tasks.a.output.text }}"), &ctx).unwrap(), json!("hello"));
 }
+
+/// A `for_each` keeps its work: with `tolerate_failures`, every item runs and the task
+/// succeeds when the failures stay within it, its output each item's result (`null` for the
+/// failed ones) and `items` each one's status and error; past it, the task fails with the same
+/// output. Without it, the first failure still fails the task, but the items that finished keep
+/// their outputs (the output was `null`).
+#[test]
+fn for_each_items_keep_their_results_and_failures_can_be_tolerated() {
+    let wf = |tolerate: &str| {
+        format!(
+            r#"
+spec:
+  tasks:
+    - id: each
+      type: transform
+      for_each: "[1, 2, 3, 4, 5]"
+      {tolerate}
+      with: {{ output: "{{{{ item }}}}" }}
+      on_failure: continue
+    - id: tally
+      type: transform
+      depends_on: [each]
+      trigger: all_done
+      with: {{ output: "{{{{ tasks.each.items | selectattr('status', 'equalto', 'failed') | list | length }}}} failed" }}
+  outputs:
+    kept: "{{{{ tasks.each.output }}}}"
+    tally: "{{{{ tasks.tally.output }}}}"
+"#
+        )
+    };
+    let fail_even = |id: &str, item: Option<u32>, _: u32, with: &Value| match (id, item) {
+        ("each", Some(k)) if k % 2 == 1 => {
+            AttemptResult::Failed { error: format!("item {k} broke"), retryable: false, usage: Usage::default() }
+        }
+        _ => ok(with["output"].clone()),
+    };
+    // Within the tolerance: the task succeeds, every item ran.
+    let p = plan(&wf("tolerate_failures: { count: 2 }"));
+    let mut d = Driver::new(&p, json!({}));
+    d.run(fail_even);
+    assert_eq!(d.st.tasks[0].status, TaskStatus::Succeeded);
+    assert_eq!(d.executed.iter().filter(|(id, _, _)| id == "each").count(), 5, "every item ran");
+    let out = d.st.outputs.clone().unwrap();
+    assert_eq!(out["kept"], json!([1, null, 3, null, 5]));
+    assert_eq!(out["tally"], json!("2 failed"));
+    // Past it: the task fails, its items' results kept all the same.
+    let p = plan(&wf("tolerate_failures: { percent: 20 }"));
+    let mut d = Driver::new(&p, json!({}));
+    d.run(fail_even);
+    assert_eq!(d.st.tasks[0].status, TaskStatus::Failed);
+    let err = d.st.tasks[0].error.clone().unwrap();
+    assert!(
+        err.starts_with("2 of 5 items failed, more than `tolerate_failures` allows; the first, item 1: item 1 broke"),
+        "{err}"
+    );
+    assert_eq!(d.st.outputs.clone().unwrap()["kept"], json!([1, null, 3, null, 5]));
+    // Without it: the first failure stops the rest, and what finished is kept.
+    let p = plan(&wf(""));
+    let mut d = Driver::new(&p, json!({}));
+    d.run(fail_even);
+    assert_eq!(d.st.tasks[0].status, TaskStatus::Failed);
+    let kept = d.st.outputs.clone().unwrap()["kept"].clone();
+    assert_eq!(kept[0], json!(1), "item 0 finished before item 1 failed: {kept}");
+    assert!(kept.as_array().unwrap().len() == 5 && kept[1].is_null(), "{kept}");
+}

@@ -42,7 +42,7 @@ pub const MAX_TASKS: usize = 10_000;
 const PARALLEL_FROM: usize = 500;
 
 /// What a task's result exposes to templates: `tasks.<id>.<field>`.
-pub const TASK_FIELDS: &[&str] = &["output", "status", "error", "usage", "attempts"];
+pub const TASK_FIELDS: &[&str] = &["output", "status", "error", "usage", "attempts", "items"];
 
 /// The fields the output of a built-in task type can have (`None`: any, as a `transform`'s or
 /// a registered type's). A `wait`'s depend on what it waits for.

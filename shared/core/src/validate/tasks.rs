@@ -81,6 +81,18 @@ impl Run<'_> {
             )
             .help = Some("remove it, or add `for_each: <list expression>`".into());
         }
+        if let Some(t) = &task.tolerate_failures {
+            let at = format!("{base}/tolerate_failures");
+            if task.for_each.is_none() {
+                self.error(FOR_EACH, &at, "`tolerate_failures` only applies to a task with `for_each`").help =
+                    Some("remove it, or add `for_each: <list expression>`".into());
+            } else if t.count.is_none() && t.percent.is_none() {
+                self.error(FOR_EACH, &at, "`tolerate_failures` needs `count`, `percent` or both").help =
+                    Some("e.g. `tolerate_failures: { percent: 10 }`".into());
+            } else if t.percent.is_some_and(|p| !(0.0..=100.0).contains(&p)) {
+                self.error(FOR_EACH, &format!("{at}/percent"), "`percent` is from 0 to 100");
+            }
+        }
         if let Some(c) = &task.concurrency {
             self.template(&c.key, &format!("{base}/concurrency/key"), body, ctx, &mut reads);
         }
