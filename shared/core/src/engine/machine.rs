@@ -174,7 +174,9 @@ struct TaskView {
 }
 
 impl TaskView {
-    const KEYS: &[&str] = &["status", "output", "error", "attempts", "usage", "items"];
+    const KEYS: &[&str] = &["status", "output", "error", "attempts", "usage"];
+    /// A `for_each` task's.
+    const KEYS_ITEMS: &[&str] = &["status", "output", "error", "attempts", "usage", "items"];
 }
 
 impl minijinja::value::Object for TaskView {
@@ -196,7 +198,7 @@ impl minijinja::value::Object for TaskView {
         })
     }
     fn enumerate(self: &std::sync::Arc<Self>) -> minijinja::value::Enumerator {
-        minijinja::value::Enumerator::Str(Self::KEYS)
+        minijinja::value::Enumerator::Str(if self.items.is_some() { Self::KEYS_ITEMS } else { Self::KEYS })
     }
 }
 
@@ -407,6 +409,7 @@ impl Plan {
             reserved: Estimate::default(),
             unsettled: Estimate::default(),
             rerun_of: None,
+            budget_stop: None,
         }
     }
 
@@ -1208,7 +1211,13 @@ impl Transition<'_, '_> {
             }
             None => failed && self.plan.fallback[i].is_none(),
         };
-        if effective_failure && self.plan.fails_run(subject) && self.st.status == RunStatus::Running {
+        // After a budget stop, failures (attempts refused for want of budget among them) do not
+        // end the run: what may still run without spending does, and the run ends then.
+        if effective_failure
+            && self.plan.fails_run(subject)
+            && self.st.status == RunStatus::Running
+            && self.st.budget_stop.is_none()
+        {
             let id = self.plan.checked.dag.id(i);
             let error = self.st.tasks[i].error.clone().unwrap_or_else(|| "not run".to_string());
             self.end(RunStatus::Failed, format!("task `{id}` failed: {error}"));
@@ -1230,7 +1239,14 @@ impl Transition<'_, '_> {
             return;
         }
         self.dispatch();
-        if self.st.status == RunStatus::Running && self.st.ended_tasks as usize == self.st.tasks.len() {
+        if self.st.status != RunStatus::Running {
+            return;
+        }
+        // Attempts refused by a budget stop ended their tasks: their dependents are next.
+        if !self.work.is_empty() {
+            return self.advance();
+        }
+        if self.st.ended_tasks as usize == self.st.tasks.len() {
             self.finish();
         }
     }
@@ -1341,6 +1357,8 @@ impl Transition<'_, '_> {
         // by one would be quadratic when thousands become dispatchable at once.
         let n = self.st.dispatchable.len();
         let (mut r, mut w) = (0, 0);
+        // Units a budget stop refuses: failed once the list is compacted.
+        let mut over: Vec<(usize, usize)> = Vec::new();
         while r < n && self.st.running < cap {
             let i = self.st.dispatchable[r];
             r += 1;
@@ -1362,8 +1380,17 @@ impl Transition<'_, '_> {
                     break;
                 }
                 let item = for_each.then_some(k as u32);
-                let hold = if spec.tasks[i].ty == WAIT { Estimate::default() } else { self.reservation(i, item) };
-                match self.room(i, hold) {
+                // After a budget stop nothing that spends starts.
+                if self.st.budget_stop.is_some() && super::budget::spends(&spec.tasks[i].ty) {
+                    over.push((i, k));
+                    pending_left = true;
+                    first_pending = k;
+                    break;
+                }
+                let spends = super::budget::spends(&spec.tasks[i].ty);
+                let hold = if spends { self.reservation(i, item) } else { Estimate::default() };
+                // A task that spends nothing is not the budget's concern.
+                match if spends { self.room(i, hold) } else { Room::Fits } {
                     Room::Fits => {}
                     Room::Wait => {
                         // Attempts in flight hold the rest: this one starts when they settle.
@@ -1372,8 +1399,12 @@ impl Transition<'_, '_> {
                         break;
                     }
                     Room::Over(reason) => {
-                        self.end(RunStatus::Failed, reason);
-                        return;
+                        // Spending stops here; the rest of the run goes on without it.
+                        self.st.budget_stop.get_or_insert(reason);
+                        over.push((i, k));
+                        pending_left = true;
+                        first_pending = k;
+                        break;
                     }
                 }
                 if spec.tasks[i].ty == WAIT {
@@ -1417,6 +1448,15 @@ impl Transition<'_, '_> {
         }
         self.st.dispatchable.copy_within(r..n, w);
         self.st.dispatchable.truncate(w + n - r);
+        let reason = self.st.budget_stop.clone().unwrap_or_default();
+        for (i, k) in over {
+            if self.st.tasks[i].status.is_terminal() || self.st.tasks[i].units[k].status != TaskStatus::Pending {
+                continue;
+            }
+            self.move_unit(i, k, TaskStatus::Failed);
+            self.st.tasks[i].units[k].error = Some(reason.clone());
+            self.settle(i);
+        }
     }
 
     /// What an attempt of task `i` (item `item`) holds of the run's budget while it runs: its
@@ -1493,6 +1533,24 @@ impl Transition<'_, '_> {
     fn finish(&mut self) {
         let ctx = self.plan.outputs_context(self.st);
         let outputs = Value::Object(self.plan.checked.workflow.spec.outputs.clone().into_iter().collect());
+        if let Some(reason) = self.st.budget_stop.clone() {
+            // The outputs say what was kept (each rendered on its own: one that reads what
+            // did not finish is `null`).
+            let kept: Map<String, Value> = self
+                .plan
+                .checked
+                .workflow
+                .spec
+                .outputs
+                .iter()
+                .map(|(k, v)| (k.clone(), self.plan.render_in(v, &ctx).unwrap_or(Value::Null)))
+                .collect();
+            self.st.outputs = Some(Value::Object(kept));
+            self.st.error = Some(format!("{reason} (spending stopped; what finished is kept)"));
+            self.move_run(RunStatus::Failed);
+            self.cmds.push(Command::Finished { status: RunStatus::Failed });
+            return;
+        }
         match self.plan.render_in(&outputs, &ctx) {
             Ok(v) => {
                 self.st.outputs = Some(v);

@@ -81,6 +81,7 @@ pub const UNIT_MOVES: &[(TaskStatus, TaskStatus, &str)] = {
         (Running, Failed, "the attempt failed for good"),
         (RetryWait, Pending, "RetryDue"),
         (Pending, Cancelled, "another item of its task failed, or the run ended"),
+        (Pending, Failed, "the budget stopped spending: an attempt that spends is refused, not started"),
         (Running, Cancelled, "another item of its task failed, or the run ended (the attempt is stopped)"),
         (RetryWait, Cancelled, "another item of its task failed, or the run ended"),
     ]

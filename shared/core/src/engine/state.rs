@@ -363,6 +363,12 @@ pub struct RunState {
     /// again from (see [`crate::engine::Plan::rerun`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rerun_of: Option<RerunOf>,
+    /// Why the budget stopped the run's spending, once it did: no attempt that spends starts
+    /// after it (each fails with this), the rest of the run goes on (tasks that spend nothing,
+    /// `all_done` joins), and the run then ends `failed` with this error and the outputs it
+    /// could render from what finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_stop: Option<String>,
 }
 
 /// What one attempt of a task is expected to spend, for budget checks before it starts.

@@ -392,14 +392,14 @@ fn abort_fails_the_run_with_its_reason_once() {
 }
 
 #[test]
-fn no_task_starts_once_the_budget_is_spent() {
-    let p = plan(
+fn no_task_that_spends_starts_once_the_budget_is_spent() {
+    let p = priced(
         r#"
 spec:
   budget: { max_cost_usd: 0.01 }
   tasks:
-    - { id: a, type: transform, with: { output: 1 } }
-    - { id: b, type: transform, depends_on: [a], with: { output: 2 } }
+    - { id: a, type: llm, with: { model: m, prompt: hi, max_tokens: 10 } }
+    - { id: b, type: llm, depends_on: [a], with: { model: m, prompt: hi, max_tokens: 10 } }
 "#,
     );
     let mut d = Driver::new(&p, json!({}));
@@ -410,6 +410,7 @@ spec:
     assert_eq!(d.st.status, RunStatus::Failed);
     assert_eq!(d.executed.len(), 1, "b must not start");
     assert!(d.st.error.as_deref().unwrap().starts_with("budget exceeded"));
+    assert!(d.st.tasks[1].error.as_deref().unwrap().starts_with("budget exceeded"));
 }
 
 fn priced(yaml: &str) -> Plan {
@@ -457,9 +458,73 @@ spec:
     assert_eq!(d.executed.len(), 1, "b must not start");
     assert_eq!(
         d.st.error.as_deref(),
-        Some("budget exceeded: `b` (may cost $0.0025) would take spending from $0.0010 over $0.003")
+        Some(
+            "budget exceeded: `b` (may cost $0.0025) would take spending from $0.0010 over $0.003 (spending stopped; what finished is kept)"
+        )
+    );
+    assert_eq!(
+        (d.st.status, d.st.tasks[0].status, d.st.tasks[1].status),
+        (RunStatus::Failed, TaskStatus::Succeeded, TaskStatus::Failed)
     );
     assert!(d.st.reserved.is_zero() && d.st.unsettled.is_zero());
+}
+
+/// A budget stop refuses further spending but keeps what finished: the items that ran keep
+/// their outputs, a `trigger: all_done` join that spends nothing still runs and reads them,
+/// and the run ends `failed` with outputs that say what was kept.
+#[test]
+fn a_budget_stop_keeps_what_finished_and_lets_joins_run() {
+    let p = priced(
+        r#"
+spec:
+  budget: { max_cost_usd: 0.01 }
+  concurrency: { max_parallel: 1 }
+  tasks:
+    - id: each
+      type: llm
+      for_each: "[1, 2, 3, 4, 5, 6, 7, 8]"
+      with: { model: m, prompt: "item {{ item }}", max_tokens: 100 }
+    - id: tally
+      type: transform
+      depends_on: [each]
+      trigger: all_done
+      with: { output: "{{ tasks.each.output | select | list | length }} of {{ tasks.each.output | length }} done" }
+  outputs:
+    tally: "{{ tasks.tally.output }}"
+    texts: "{{ tasks.each.output }}"
+"#,
+    );
+    let mut d = Driver::new(&p, json!({}));
+    d.run(|id, item, _, with| match item {
+        Some(k) => AttemptResult::Succeeded {
+            output: json!(format!("answer {k}")).into(),
+            usage: Usage { tokens: 10, cost_usd: 0.003 },
+        },
+        // The join: a transform's output as the builtin gives it.
+        None => {
+            assert_eq!(id, "tally");
+            ok(with["output"].clone())
+        }
+    });
+    let ran = d.executed.iter().filter(|(id, _, _)| id == "each").count();
+    assert!((1..8).contains(&ran), "the budget stopped the items: {ran} ran");
+    assert_eq!(
+        d.st.status,
+        RunStatus::Failed,
+        "{:?} {:?}",
+        d.st.error,
+        d.st.tasks.iter().map(|t| (t.status, t.error.clone())).collect::<Vec<_>>()
+    );
+    assert!(
+        d.st.error.as_deref().unwrap_or_default().ends_with("(spending stopped; what finished is kept)"),
+        "{:?}",
+        d.st.error
+    );
+    assert_eq!(d.st.tasks[1].status, TaskStatus::Succeeded, "the all_done join ran: {:?}", d.st.tasks[1].error);
+    let out = d.st.outputs.clone().unwrap();
+    assert_eq!(out["tally"], json!(format!("{ran} of 8 done")));
+    assert_eq!(out["texts"][0], json!("answer 0"));
+    assert!(out["texts"][7].is_null());
 }
 
 /// A wide `for_each` under a budget: each item holds its worst case while it runs, so no
