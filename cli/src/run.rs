@@ -635,6 +635,8 @@ struct Progress {
     last_line: Instant,
     /// ` --state FILE` for the commands it prints (empty: the run is in memory).
     state: String,
+    /// When the last line of `for_each` item counts was printed.
+    items_line: Instant,
 }
 
 /// The `--state FILE` a printed command needs to reach the run (a run in memory: none).
@@ -698,6 +700,7 @@ impl Progress {
             started: Instant::now(),
             last_line: Instant::now(),
             state: String::new(),
+            items_line: Instant::now().checked_sub(Duration::from_secs(1)).unwrap_or_else(Instant::now),
         }
     }
 
@@ -708,9 +711,52 @@ impl Progress {
     }
 }
 
+impl Progress {
+    /// Says when an attempt failed and will be retried, as it happens (with why).
+    fn announce_retries(&mut self, st: &RunState, stored: &[Transition]) {
+        for t in stored {
+            let llmo_core::engine::Event::AttemptFinished { task, item, attempt, result, .. } = &t.event else {
+                continue;
+            };
+            let llmo_core::engine::AttemptResult::Failed { error, .. } = result else { continue };
+            let unit = st.tasks.get(*task).and_then(|ts| ts.units.get(item.unwrap_or(0) as usize));
+            if unit.is_some_and(|u| u.status == TaskStatus::RetryWait && u.attempt == *attempt) {
+                let at = item.map(|k| format!("[{k}]")).unwrap_or_default();
+                eprintln!(
+                    "↻ {}{at} attempt {attempt} failed: {}; retrying",
+                    self.ids[*task].0,
+                    crate::term::clean(error)
+                );
+            }
+        }
+    }
+
+    /// A running `for_each` task's items done, failed and running, at most twice a second.
+    fn announce_items(&mut self, st: &RunState) {
+        if self.items_line.elapsed() < Duration::from_millis(500) {
+            return;
+        }
+        for (i, ts) in st.tasks.iter().enumerate() {
+            if ts.status.is_terminal() || ts.units.len() < 2 {
+                continue;
+            }
+            let count = |s: TaskStatus| ts.units.iter().filter(|u| u.status == s).count();
+            let (done, failed, running) =
+                (count(TaskStatus::Succeeded), count(TaskStatus::Failed), count(TaskStatus::Running));
+            if done + failed + running == 0 {
+                continue;
+            }
+            self.items_line = Instant::now();
+            eprintln!("  {}: {done}/{} items done, {failed} failed, {running} running", self.ids[i].0, ts.units.len());
+        }
+    }
+}
+
 impl Observer for Progress {
-    fn batch(&mut self, st: &RunState, _stored: &[Transition]) {
+    fn batch(&mut self, st: &RunState, stored: &[Transition]) {
         self.announce_waits(st);
+        self.announce_retries(st, stored);
+        self.announce_items(st);
         let total = self.ids.len();
         if total > PER_TASK_LINES {
             if self.last_line.elapsed() >= Duration::from_millis(500) || st.status.is_terminal() {

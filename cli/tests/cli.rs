@@ -985,3 +985,49 @@ fn the_cli_behaves_as_people_use_it() {
     assert!(!text(&out.stderr).contains("panicked"), "{}", text(&out.stderr));
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// Progress shows a retry as it happens, with why the attempt failed, and a `for_each`'s
+/// items as they go.
+#[test]
+fn progress_shows_retries_and_items_as_they_happen() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let server = rt.block_on(async {
+        use wiremock::matchers::{method, path};
+        let server = wiremock::MockServer::start().await;
+        wiremock::Mock::given(method("GET"))
+            .and(path("/flaky"))
+            .respond_with(wiremock::ResponseTemplate::new(503).set_body_string("busy"))
+            .up_to_n_times(1)
+            .mount(&server)
+            .await;
+        wiremock::Mock::given(method("GET"))
+            .and(path("/flaky"))
+            .respond_with(wiremock::ResponseTemplate::new(200).set_body_json(serde_json::json!({"ok": true})))
+            .mount(&server)
+            .await;
+        server
+    });
+    let dir = std::env::temp_dir().join(format!("llmo-progress-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let wf = dir.join("flaky.yaml");
+    std::fs::write(
+        &wf,
+        format!(
+            "apiVersion: llm-orchestrator/v1\nkind: Workflow\nmetadata: {{ name: flaky }}\nspec:\n  tasks:\n    - id: call\n      type: http\n      retry: {{ max_attempts: 2, backoff: {{ initial: 100ms }} }}\n      with: {{ url: \"{}/flaky\" }}\n    - {{ id: each, type: transform, for_each: \"range(3) | list\", depends_on: [call], with: {{ output: \"{{{{ item }}}}\" }} }}\n",
+            server.uri()
+        ),
+    )
+    .unwrap();
+    let out = command()
+        .args(["run", wf.to_str().unwrap()])
+        .env("LLMO_EGRESS_ALLOW", "loopback")
+        .env("LLMO_EGRESS_ALLOW_HTTP", "1")
+        .output()
+        .unwrap();
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("↻ call attempt 1 failed: HTTP 503"), "{err}");
+    assert!(err.contains("  each: 0/3 items done, 0 failed, 3 running"), "{err}");
+    drop(rt);
+    std::fs::remove_dir_all(&dir).ok();
+}

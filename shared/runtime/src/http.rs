@@ -314,7 +314,8 @@ impl HttpExecutor {
     /// A failure without a call when the host's circuit (`scope`: the host as the attempt's
     /// tenant sees it) is open here or in another worker.
     async fn refused(&self, scope: &str, host: &str) -> Option<AttemptResult> {
-        let left = match self.breaker(scope).allow() {
+        let breaker = self.breaker(scope);
+        let left = match breaker.allow() {
             Err(left) => Some(left),
             Ok(()) => self
                 .flow
@@ -324,7 +325,8 @@ impl HttpExecutor {
         }?;
         Some(AttemptResult::Failed {
             error: format!(
-                "circuit open for host {host} after repeated failures ({:.0}s left); not called",
+                "{}circuit open for host {host} after repeated failures ({:.0}s left); not called",
+                breaker.cause().map(|c| format!("{c}; ")).unwrap_or_default(),
                 left.as_secs_f64()
             ),
             retryable: true,
@@ -402,7 +404,11 @@ impl Executor for HttpExecutor {
             // Server-side trouble (5xx, 429, timeouts, network) counts against the host; a
             // refusal of ours (egress, secrets, size) or a 4xx does not.
             let unhealthy = matches!(&r, AttemptResult::Failed { retryable: true, .. });
-            if let Some(until) = self.breaker(scope).record(!unhealthy) {
+            let error = match &r {
+                AttemptResult::Failed { error, .. } => error.as_str(),
+                _ => "",
+            };
+            if let Some(until) = self.breaker(scope).record_failure(unhealthy, error) {
                 tracing::warn!(host = %h, tenant = a.tenant.as_deref().unwrap_or(""), "circuit opened for the host after repeated failures");
                 self.flow.open(&format!("http:{scope}"), until).await;
             }

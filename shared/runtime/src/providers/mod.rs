@@ -191,11 +191,27 @@ pub struct Breaker {
     threshold: u32,
     cooldown: Duration,
     state: Mutex<(u32, Option<Instant>)>,
+    /// The failure that opened the circuit (its root cause, for the calls it refuses).
+    cause: Mutex<Option<String>>,
 }
 
 impl Breaker {
     pub fn new(threshold: u32, cooldown: Duration) -> Self {
-        Breaker { threshold, cooldown, state: Mutex::new((0, None)) }
+        Breaker { threshold, cooldown, state: Mutex::new((0, None)), cause: Mutex::new(None) }
+    }
+
+    /// [`Breaker::record`] of a failure, remembering it as the cause if it opens the circuit.
+    pub fn record_failure(&self, unhealthy: bool, error: &str) -> Option<llmo_core::engine::Millis> {
+        let opened = self.record(!unhealthy);
+        if opened.is_some() {
+            *self.cause.lock().expect("breaker cause") = Some(error.to_string());
+        }
+        opened
+    }
+
+    /// Why the circuit opened, if it is known here.
+    pub fn cause(&self) -> Option<String> {
+        self.cause.lock().expect("breaker cause").clone()
     }
 
     /// `Err(time left)` while open.
@@ -464,10 +480,12 @@ impl LlmExecutor {
         let mut admitted = admitted;
         loop {
             if let Err(left) = breaker.allow() {
+                // The root cause first: what the provider did, not what the breaker does.
+                let cause = breaker.cause().map(|c| format!("{c}; ")).unwrap_or_default();
                 return Err(CallError::Server {
                     status: 503,
                     message: format!(
-                        "circuit open for provider `{name}` after repeated failures ({:.0}s left)",
+                        "{cause}circuit open for provider `{name}` after repeated failures ({:.0}s left)",
                         left.as_secs_f64()
                     ),
                 });
@@ -498,7 +516,7 @@ impl LlmExecutor {
                     }
                     breaker.record(true)
                 }
-                Err(e) => breaker.record(!e.unhealthy()),
+                Err(e) => breaker.record_failure(e.unhealthy(), &e.to_string()),
             };
             if let Some(until) = opened {
                 self.flow.open(&scope, until).await;

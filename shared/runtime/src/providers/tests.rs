@@ -662,3 +662,24 @@ async fn cached_prompt_tokens_are_priced_at_their_own_rates() {
     p.cached_input = Some(0.1);
     assert!((p.cost("my-model", 1_000_000, 1_000_000, 0, 0) - 0.1).abs() < 1e-12);
 }
+
+/// A provider that refuses connections: once its circuit opens, the calls it refuses say why
+/// it opened (the connection error) before the circuit, so the root cause is not lost behind
+/// `server error 503: circuit open`.
+#[tokio::test]
+async fn a_circuit_open_error_names_the_failure_that_opened_it() {
+    let server = MockServer::start().await;
+    let mut c = config(&server, Duration::from_secs(5));
+    // A port nothing listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    c.providers.get_mut("openai").unwrap().base_url = format!("http://{closed}/v1");
+    let e = LlmExecutor::new(c, false).with_retry(CallRetry { max_calls: 1, ..CallRetry::default() });
+    for _ in 0..3 {
+        failure(&run(&e, json!({ "model": "gpt-4o-mini", "prompt": "Hi" })).await);
+    }
+    let r = run(&e, json!({ "model": "gpt-4o-mini", "prompt": "Hi" })).await;
+    let (err, _) = failure(&r);
+    let cause = err.find("network error").or_else(|| err.find("error sending request")).or_else(|| err.find("connect"));
+    let circuit = err.find("circuit open for provider `openai`");
+    assert!(cause.is_some() && circuit.is_some() && cause < circuit, "the cause first: {err}");
+}
