@@ -33,6 +33,13 @@ pub fn spends(ty: &str) -> bool {
     matches!(ty, "llm" | "evaluate")
 }
 
+/// Whether a task type is known to spend nothing (the built-ins without model calls): only
+/// these run after a budget stop and regardless of the budget. A type an application
+/// registered may report usage, so it stays under the budget (fail closed).
+pub fn spends_nothing(ty: &str) -> bool {
+    matches!(ty, "transform" | "policy" | "http" | "wait")
+}
+
 /// The model judge's system prompt (the runtime sends exactly this).
 pub const JUDGE_SYSTEM: &str =
     "You grade texts against criteria. Answer only with JSON: {\"score\": <0..1>, \"reason\": \"...\"}.";

@@ -1381,16 +1381,16 @@ impl Transition<'_, '_> {
                 }
                 let item = for_each.then_some(k as u32);
                 // After a budget stop nothing that spends starts.
-                if self.st.budget_stop.is_some() && super::budget::spends(&spec.tasks[i].ty) {
+                if self.st.budget_stop.is_some() && !super::budget::spends_nothing(&spec.tasks[i].ty) {
                     over.push((i, k));
                     pending_left = true;
                     first_pending = k;
                     break;
                 }
-                let spends = super::budget::spends(&spec.tasks[i].ty);
-                let hold = if spends { self.reservation(i, item) } else { Estimate::default() };
-                // A task that spends nothing is not the budget's concern.
-                match if spends { self.room(i, hold) } else { Room::Fits } {
+                let free = super::budget::spends_nothing(&spec.tasks[i].ty);
+                let hold = if free { Estimate::default() } else { self.reservation(i, item) };
+                // A built-in task that spends nothing is not the budget's concern.
+                match if free { Room::Fits } else { self.room(i, hold) } {
                     Room::Fits => {}
                     Room::Wait => {
                         // Attempts in flight hold the rest: this one starts when they settle.

@@ -1107,3 +1107,23 @@ spec:
     assert_eq!(kept[0], json!(1), "item 0 finished before item 1 failed: {kept}");
     assert!(kept.as_array().unwrap().len() == 5 && kept[1].is_null(), "{kept}");
 }
+
+/// A task type an application registered may report what it spends, so it stays under the
+/// budget: once spending is over, it is refused like a model call (only the built-ins known
+/// to spend nothing run regardless of the budget).
+#[test]
+fn a_registered_task_type_stays_under_the_budget() {
+    let mut registry = crate::tasks::Registry::default();
+    registry.register(crate::tasks::TaskType::of::<serde_json::Map<String, Value>>("scrape", "a paid scraper"));
+    let text = "apiVersion: llm-orchestrator/v1\nkind: Workflow\nmetadata: { name: t }\nspec:\n  budget: { max_cost_usd: 0.01 }\n  tasks:\n    - { id: a, type: scrape, with: {} }\n    - { id: b, type: scrape, depends_on: [a], with: {} }\n    - { id: c, type: transform, depends_on: [b], trigger: all_done, with: { output: done } }\n";
+    let outcome = Validator::new(registry).validate(&SourceFile::new("t.yaml", text));
+    let p = Plan::new(outcome.checked.unwrap_or_else(|| panic!("{:#?}", outcome.report.records())));
+    let mut d = Driver::new(&p, json!({}));
+    d.run(|_, _, _, w| AttemptResult::Succeeded {
+        output: w.clone().into(),
+        usage: Usage { tokens: 100, cost_usd: 0.02 },
+    });
+    assert_eq!(d.executed.iter().map(|(id, _, _)| id.as_str()).collect::<Vec<_>>(), ["a", "c"], "b was refused, c ran");
+    assert!(d.st.tasks[1].error.as_deref().unwrap().starts_with("budget exceeded"), "{:?}", d.st.tasks[1].error);
+    assert_eq!(d.st.status, RunStatus::Failed);
+}
