@@ -81,7 +81,13 @@ fn refused(what: &str, status: u16, v: &Value) -> ExitCode {
 /// Submits a workflow file with inputs; with `wait`, follows the run to its end.
 pub fn submit(file: &Path, opts: &Options, api: Option<&str>, key: Option<&str>, wait: bool) -> Result<ExitCode> {
     let source = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
-    let inputs = given_inputs(opts)?;
+    let mut inputs = given_inputs(opts)?;
+    // `-i` read as the workflow declares its inputs (the API checks them again).
+    let outcome = llmo_core::validate::Validator::shared()
+        .validate(&llmo_core::source::SourceFile::new(file.display().to_string(), source.clone()));
+    if let Some(checked) = &outcome.checked {
+        crate::run::as_declared(&checked.workflow.spec.inputs, &opts.inputs, &mut inputs);
+    }
     let url = base(api);
     runtime()?.block_on(async {
         let client = client()?;

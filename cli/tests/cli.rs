@@ -1031,3 +1031,41 @@ fn progress_shows_retries_and_items_as_they_happen() {
     drop(rt);
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// `llmo submit -i year=2024` sends a `string` input as the text `2024`, as `llmo run` reads it.
+#[test]
+fn submit_reads_inputs_as_the_workflow_declares_them() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let server = rt.block_on(async {
+        use wiremock::matchers::{body_partial_json, method, path};
+        let server = wiremock::MockServer::start().await;
+        wiremock::Mock::given(method("POST"))
+            .and(path("/runs"))
+            .and(body_partial_json(serde_json::json!({"inputs": {"year": "2024", "n": 3}})))
+            .respond_with(
+                wiremock::ResponseTemplate::new(201)
+                    .set_body_json(serde_json::json!({"run_id": "run-1", "workflow": "y"})),
+            )
+            .expect(1)
+            .mount(&server)
+            .await;
+        server
+    });
+    let dir = std::env::temp_dir().join(format!("llmo-submit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let wf = dir.join("y.yaml");
+    std::fs::write(
+        &wf,
+        "apiVersion: llm-orchestrator/v1\nkind: Workflow\nmetadata: { name: y }\nspec:\n  inputs: { year: { type: string }, n: { type: integer } }\n  tasks:\n    - { id: a, type: transform, with: { output: \"{{ inputs.year }}\" } }\n",
+    )
+    .unwrap();
+    let out = command()
+        .args(["submit", wf.to_str().unwrap(), "-i", "year=2024", "-i", "n=3", "--api", &server.uri()])
+        .env("LLMO_TOKEN", "t")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    drop(server);
+    drop(rt);
+    std::fs::remove_dir_all(&dir).ok();
+}
