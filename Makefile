@@ -37,9 +37,9 @@ demo: build
 	$(LLMO) run --mock workflows/simple-inference.yaml -i question="What is a DAG?"
 	@echo
 	LLMO_SECRET_TICKETS_TOKEN=offline $(LLMO) run --mock workflows/nightly-digest.yaml \
-	  --http-fixtures workflows/fixtures/nightly-digest.http.yaml
+	  --fixtures workflows/fixtures/nightly-digest.http.yaml
 	@echo
-	$(LLMO) run --mock workflows/document-intake.yaml --http-fixtures workflows/fixtures/document-intake.http.yaml \
+	$(LLMO) run --mock workflows/document-intake.yaml --fixtures workflows/fixtures/document-intake.http.yaml \
 	  --state $(DEMO_STATE) -i bucket=acme-intake -i key=contracts/msa.pdf
 	@echo
 	$(LLMO) runs --state $(DEMO_STATE)

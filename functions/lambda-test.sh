@@ -39,7 +39,7 @@ debug=${CARGO_TARGET_DIR:-target}/debug
 # A table, queues and bucket of this test's own.
 name="lambda-test-$$"
 eval "$(LLMO_TABLE=$name LLMO_BUCKET=$name LLMO_QUEUE=$name "$debug/examples/provision" | sed 's/^/export /')"
-export LLMO_TABLE LLMO_QUEUE_URL LLMO_DLQ_URL LLMO_BUCKET LLMO_MOCK=1 LLMO_AUTH=apigateway LLMO_HTTP_FIXTURES=$PWD/workflows/fixtures/document-intake.http.yaml RUST_LOG=${RUST_LOG:-info}
+export LLMO_TABLE LLMO_QUEUE_URL LLMO_DLQ_URL LLMO_BUCKET LLMO_MOCK=1 LLMO_AUTH=apigateway LLMO_FIXTURES=$PWD/workflows/fixtures/document-intake.http.yaml RUST_LOG=${RUST_LOG:-info}
 
 export LAMBDA_TEST_PORT=$((19000 + RANDOM % 1000))
 log=.llmo/stack/lambda-watch.log

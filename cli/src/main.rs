@@ -77,7 +77,7 @@ enum Command {
     /// Independent tasks run at the same time. Model calls go to the providers configured in
     /// .llmo/config.yaml (or --config / $LLMO_CONFIG) with keys from the environment
     /// (OPENAI_API_KEY, ANTHROPIC_API_KEY, ...); --mock answers them offline instead, and
-    /// answers `http` tasks from --http-fixtures (or with an echo of the request).
+    /// answers `http` tasks with an echo; --fixtures scripts answers per task, with or without it.
     Run {
         file: PathBuf,
         /// An input, NAME=VALUE (VALUE is read as JSON when it parses, else as text). Repeatable.
@@ -390,13 +390,15 @@ impl AnswerArgs {
 
 #[derive(clap::Args)]
 struct ExecArgs {
-    /// Answer model calls with the deterministic offline mock provider, and `http` tasks from
-    /// --http-fixtures (or with an echo of the request): nothing leaves this machine.
+    /// Answer model calls with the deterministic offline mock provider, and `http` tasks with
+    /// an echo of the request, unless --fixtures answers them: nothing leaves this machine.
     #[arg(long)]
     mock: bool,
-    /// With --mock: canned HTTP responses (YAML: `responses: [{method, url, status, body}]`).
-    #[arg(long, value_name = "FILE")]
-    http_fixtures: Option<PathBuf>,
+    /// Scripted answers: model answers per task, item and attempt, HTTP answers per request
+    /// (YAML `models:` and `http:`; docs/workflow-spec.md, "Fixtures"). Without --mock, what
+    /// they do not answer goes to the providers and the network.
+    #[arg(long, value_name = "FILE", alias = "http-fixtures")]
+    fixtures: Option<PathBuf>,
     /// Provider configuration (default: $LLMO_CONFIG, else .llmo/config.yaml if present).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -427,7 +429,7 @@ impl ExecArgs {
     fn default_exec() -> run::Exec {
         run::Exec {
             mock: false,
-            http_fixtures: None,
+            fixtures: None,
             config: None,
             concurrency: 1,
             durability: llmo_runtime::store::Durability::Process,
@@ -437,7 +439,7 @@ impl ExecArgs {
     fn exec(self) -> run::Exec {
         run::Exec {
             mock: self.mock,
-            http_fixtures: self.http_fixtures,
+            fixtures: self.fixtures,
             config: self.config,
             concurrency: self.concurrency,
             durability: match self.durability {

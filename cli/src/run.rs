@@ -12,7 +12,7 @@ use llmo_core::source::SourceFile;
 use llmo_core::validate::{Checked, Validator};
 use llmo_runtime::driver::{self, Driver, HookOutcome, Observer};
 use llmo_runtime::executor::Registry;
-use llmo_runtime::http::Fixtures;
+use llmo_runtime::fixtures::Fixtures;
 use llmo_runtime::ports::{BlobStore, DirBlobs, SystemClock};
 use llmo_runtime::providers::Config;
 use llmo_runtime::start::{self, StartError, StartRequest, Starter};
@@ -22,9 +22,11 @@ use serde_json::{Map, Value, json};
 /// How runs execute: shared by `run` and `resume`.
 #[derive(Clone)]
 pub struct Exec {
-    /// Answer model calls with the mock provider and `http` tasks from fixtures.
+    /// Answer model calls with the mock provider and `http` tasks with an echo, unless the
+    /// fixtures answer them.
     pub mock: bool,
-    pub http_fixtures: Option<PathBuf>,
+    /// Scripted answers ([`llmo_runtime::fixtures`]).
+    pub fixtures: Option<PathBuf>,
     pub config: Option<PathBuf>,
     pub concurrency: usize,
     pub durability: Durability,
@@ -63,16 +65,30 @@ fn config(exec: &Exec) -> Result<Config> {
     })
 }
 
-fn registry(exec: &Exec) -> Result<Registry> {
-    let fixtures = match &exec.http_fixtures {
-        // Canned answers that would not be used must not let real requests out unnoticed.
-        Some(p) if !exec.mock => bail!(
-            "--http-fixtures {} answers `http` tasks only with --mock (without it, requests go to the network)",
-            p.display()
-        ),
-        Some(p) => Fixtures::load(p).map_err(anyhow::Error::msg)?,
+/// The executors of `plan`'s runs, answering from `--fixtures` first (refused when a rule
+/// cannot apply to the workflow: a typo must not let a real call through).
+fn registry(exec: &Exec, plan: &Plan) -> Result<Registry> {
+    let fixtures = match &exec.fixtures {
+        Some(p) => {
+            let f = Fixtures::load(p).map_err(|e| anyhow::anyhow!("{e}"))?;
+            f.check(&plan.checked.workflow).map_err(|e| anyhow::anyhow!("{e}"))?;
+            if !exec.mock {
+                eprintln!(
+                    "{}: {} model and {} http rules answer the calls they match; the rest go to the providers and the network (add --mock to keep them offline)",
+                    p.display(),
+                    f.models.len(),
+                    f.http.len()
+                );
+            }
+            f
+        }
         None => Fixtures::default(),
     };
+    registry_with(exec, fixtures)
+}
+
+/// The executors, answering from `fixtures` first.
+pub fn registry_with(exec: &Exec, fixtures: Fixtures) -> Result<Registry> {
     let config = config(exec)?;
     if !exec.mock {
         // A config file (perhaps a repository's) chose where these providers' calls and keys
@@ -103,9 +119,9 @@ fn prepared(mut plan: Plan, exec: &Exec) -> Result<Arc<Plan>> {
 
 fn driver(plan: Arc<Plan>, store: Arc<dyn RunStore>, state: Option<&Path>, exec: &Exec) -> Result<Driver> {
     Ok(Driver {
+        executors: Arc::new(registry(exec, &plan)?),
         plan,
         store,
-        executors: Arc::new(registry(exec)?),
         clock: Arc::new(SystemClock::default()),
         blobs: blobs(state),
         options: driver::Options { concurrency: exec.concurrency.max(1), ..driver::Options::default() },
@@ -407,7 +423,7 @@ pub fn cancel(run_id: &str, state: &Path, exec: &Exec) -> Result<ExitCode> {
         Some(st) => {
             let cancelled = st.tasks.iter().filter(|t| t.status == TaskStatus::Cancelled).count();
             eprintln!("{run_id}: cancelled ({cancelled} task{} not run)", if cancelled == 1 { "" } else { "s" });
-            let reg = registry(exec)?;
+            let reg = registry(exec, &plan)?;
             let mut progress = Progress::new(&plan, Some(&st));
             rt.block_on(driver::run_hooks(&plan, &reg, &st, st.status, &mut progress));
             Ok(ExitCode::SUCCESS)

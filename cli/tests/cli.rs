@@ -220,7 +220,7 @@ fn every_example_runs_offline() {
         let fixtures = format!("workflows/fixtures/{wf}.http.yaml");
         let mut args = vec!["run", "--mock", file.as_str()];
         if root().join(&fixtures).exists() {
-            args.extend(["--http-fixtures", fixtures.as_str()]);
+            args.extend(["--fixtures", fixtures.as_str()]);
         }
         for i in &inputs {
             args.extend(["-i", i]);
@@ -898,7 +898,7 @@ fn a_live_run_is_not_resumed_twice() {
 }
 
 /// The CLI as people use it (issue 24): `--ui` before the file, `-i` read as the input is
-/// declared, `--http-fixtures` without `--mock` refused, printed hints that carry `--state`,
+/// declared, fixtures that cannot apply refused, printed hints that carry `--state`,
 /// `send-event` that reached nothing exits 3, `runs` with a header, filters and JSON that
 /// creates no file, `status` with the inputs, and a closed pipe that is no panic.
 #[test]
@@ -940,11 +940,12 @@ fn the_cli_behaves_as_people_use_it() {
     // An event nothing waits for: exit 3.
     let out = llmo(&["send-event", "nobody.listens", "--key", "k", "--state", db_s]);
     assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
-    // Canned HTTP answers without --mock would let real requests out: refused.
+    // Fixtures that cannot apply to the workflow are refused, not ignored (a real request
+    // would go out in their place).
     let fixtures = root().join("workflows/fixtures/document-intake.http.yaml");
-    let out = llmo(&["run", "--http-fixtures", fixtures.to_str().unwrap(), wf.to_str().unwrap(), "-i", "year=1"]);
+    let out = llmo(&["run", "--fixtures", fixtures.to_str().unwrap(), wf.to_str().unwrap(), "-i", "year=1"]);
     assert!(!out.status.success());
-    assert!(text(&out.stderr).contains("answers `http` tasks only with --mock"), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("workflow `echo` has no `http` task to answer"), "{}", text(&out.stderr));
     // The hint to answer an approval names the state file.
     let review = dir.join("review.yaml");
     std::fs::write(

@@ -139,7 +139,7 @@ async fn every_example_runs_on_three_worker_processes() {
         .map(|_| {
             let mut w = command(&aws);
             w.env("LLMO_MOCK", "1")
-                .env("LLMO_HTTP_FIXTURES", fixtures.join(":"))
+                .env("LLMO_FIXTURES", fixtures.join(":"))
                 // Granted by the operator to the tests' tenant, towards the example's host.
                 .env(
                     "LLMO_SECRET_TICKETS_TOKEN",

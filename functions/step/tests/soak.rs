@@ -60,15 +60,23 @@ async fn fake() -> MockServer {
     let server = MockServer::start().await;
     Mock::given(method("POST")).and(path("/chat/completions")).respond_with(FakeModel).mount(&server).await;
     for f in std::fs::read_dir(root().join("workflows/fixtures")).unwrap() {
-        let fixtures = llmo_runtime::http::Fixtures::load(&f.unwrap().path()).unwrap();
-        for r in fixtures.responses {
-            let url = r.url.strip_prefix("https://").expect("fixtures are https");
+        let fixtures = llmo_runtime::fixtures::Fixtures::load(&f.unwrap().path()).unwrap();
+        for r in fixtures.http {
+            let url = r
+                .url
+                .as_deref()
+                .expect("example fixtures name their URL")
+                .strip_prefix("https://")
+                .expect("fixtures are https");
             let re = format!("^/{}$", regex_escape(url).replace("\\*", "[^?]*"));
             let mut m = Mock::given(path_regex(re));
             if let Some(mth) = &r.method {
                 m = m.and(method(mth.as_str()));
             }
-            m.respond_with(ResponseTemplate::new(r.status).set_body_json(r.body.clone())).mount(&server).await;
+            let answer = &r.answers[0];
+            m.respond_with(ResponseTemplate::new(answer.status.unwrap_or(200)).set_body_json(answer.body.clone()))
+                .mount(&server)
+                .await;
         }
     }
     server

@@ -3,12 +3,13 @@
 use std::path::Path;
 
 use llmo_runtime::executor::Registry;
-use llmo_runtime::http::Fixtures;
+use llmo_runtime::fixtures::Fixtures;
 use llmo_runtime::providers::Config;
 
 /// Executors and provider config: `LLMO_CONFIG` (provider config file), `LLMO_MOCK=1` (every
-/// model call answered by the `mock` provider, `http` by `LLMO_HTTP_FIXTURES`, a
-/// `:`-separated list of fixture files; for local runs and tests, never set it in AWS).
+/// model call answered by the `mock` provider, `http` by an echo) and `LLMO_FIXTURES` (a
+/// `:`-separated list of fixtures files answering the calls they match; for local runs and
+/// tests, never set it in AWS).
 /// Provider keys and `http` secrets come from the Secrets Manager secret `LLMO_SECRETS_ARN`
 /// (cached for `LLMO_SECRETS_TTL_SECS`, 300 by default) when it is set, workflows reading only
 /// its `LLMO_SECRET_*` names; else from the environment. `http` tasks connect under
@@ -21,9 +22,9 @@ pub fn executors(aws: &crate::Aws) -> Result<(Registry, Config, bool), String> {
     };
     let mock = std::env::var("LLMO_MOCK").is_ok_and(|v| v == "1" || v == "true");
     let mut fixtures = Fixtures::default();
-    if let Ok(list) = std::env::var("LLMO_HTTP_FIXTURES") {
+    if let Ok(list) = std::env::var("LLMO_FIXTURES") {
         for p in list.split(':').filter(|p| !p.is_empty()) {
-            fixtures.responses.extend(Fixtures::load(Path::new(p))?.responses);
+            fixtures = fixtures.then(&Fixtures::load(Path::new(p)).map_err(|e| e.to_string())?);
         }
     }
     use llmo_runtime::secrets::{EnvSecrets, Secrets, WorkflowSecrets};

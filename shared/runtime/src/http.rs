@@ -18,18 +18,16 @@
 //! errors are retryable; other statuses outside `expect_status` (default: any 2xx) are not;
 //! refusals (egress, secrets, size) are not.
 //!
-//! [`MockHttp`] answers offline from fixtures (`llmo run --mock`).
+//! [`crate::fixtures::MockHttp`] answers offline from fixtures (`llmo run --mock`).
 
-use std::path::Path;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use llmo_core::engine::builtin::TaskError;
 use llmo_core::engine::{AttemptResult, Usage};
-use llmo_core::tasks::{HttpMethod, HttpWith, glob_match};
+use llmo_core::tasks::{HttpMethod, HttpWith};
 use reqwest::Url;
-use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use crate::egress::{Egress, refusal};
@@ -69,7 +67,7 @@ impl HttpLimits {
 }
 
 /// The `with` block; query values rendered from expressions (numbers, booleans) are sent as text.
-fn parse_with(a: &Attempt) -> Result<HttpWith, TaskError> {
+pub(crate) fn parse_with(a: &Attempt) -> Result<HttpWith, TaskError> {
     let mut with = a.with.clone();
     if let Some(Value::Object(q)) = with.get_mut("query") {
         for v in q.values_mut() {
@@ -82,7 +80,7 @@ fn parse_with(a: &Attempt) -> Result<HttpWith, TaskError> {
 }
 
 /// The request URL: `url` with `query` appended.
-fn request_url(w: &HttpWith) -> Result<Url, TaskError> {
+pub(crate) fn request_url(w: &HttpWith) -> Result<Url, TaskError> {
     let mut url = Url::parse(&w.url).map_err(|e| TaskError::fatal(format!("url `{}`: {e}", w.url)))?;
     if !w.query.is_empty() {
         url.query_pairs_mut().extend_pairs(w.query.iter());
@@ -91,7 +89,7 @@ fn request_url(w: &HttpWith) -> Result<Url, TaskError> {
 }
 
 /// A rendered header, with the secrets its value carries.
-struct Header {
+pub(crate) struct Header {
     name: String,
     value: String,
     secrets: Vec<String>,
@@ -99,7 +97,7 @@ struct Header {
 
 /// The secrets one request carries: for masking what comes back, and for redirects.
 #[derive(Default)]
-struct Revealed(Vec<Shown>);
+pub(crate) struct Revealed(Vec<Shown>);
 
 /// A secret in a request: its name, its value, and the hosts the operator allows it towards
 /// (if it said).
@@ -151,7 +149,7 @@ impl Revealed {
 /// Renders the headers with `secrets` added to the context. Each secret must be declared in
 /// `spec.secrets` with a host that covers `host`; its value is read from `source` as
 /// `LLMO_SECRET_<NAME>`.
-async fn headers(
+pub(crate) async fn headers(
     a: &Attempt,
     w: &HttpWith,
     host: &str,
@@ -223,7 +221,7 @@ fn method(m: HttpMethod) -> reqwest::Method {
     }
 }
 
-fn method_name(m: HttpMethod) -> &'static str {
+pub(crate) fn method_name(m: HttpMethod) -> &'static str {
     match m {
         HttpMethod::Get => "GET",
         HttpMethod::Post => "POST",
@@ -235,7 +233,7 @@ fn method_name(m: HttpMethod) -> &'static str {
 }
 
 /// The output of a response, or the failure it means; secret values are masked first.
-fn outcome(
+pub(crate) fn outcome(
     w: &HttpWith,
     status: u16,
     mut headers: Map<String, Value>,
@@ -369,7 +367,7 @@ fn too_large(cap: usize) -> AttemptResult {
     )))
 }
 
-fn host_of(url: &Url) -> String {
+pub(crate) fn host_of(url: &Url) -> String {
     url.host_str().unwrap_or_default().to_string()
 }
 
@@ -532,96 +530,6 @@ impl HttpExecutor {
             Ok(body) => outcome(&w, status, headers, &body, &revealed),
             Err(r) => r,
         }
-    }
-}
-
-/// One canned response of [`MockHttp`].
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Fixture {
-    /// Method to match (any when absent).
-    pub method: Option<String>,
-    /// URL glob (`*` and `?`), matched against the rendered URL without its query.
-    pub url: String,
-    #[serde(default = "ok")]
-    pub status: u16,
-    #[serde(default)]
-    pub headers: Map<String, Value>,
-    #[serde(default)]
-    pub body: Value,
-}
-
-fn ok() -> u16 {
-    200
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Fixtures {
-    #[serde(default)]
-    pub responses: Vec<Fixture>,
-}
-
-impl Fixtures {
-    /// Reads a fixtures file (YAML): `responses: [{method, url, status, headers, body}]`.
-    pub fn load(path: &Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let loaded =
-            llmo_core::yaml::load(&text, Default::default()).map_err(|e| format!("{}: {e}", path.display()))?;
-        serde_json::from_value(loaded.json).map_err(|e| format!("{}: {e}", path.display()))
-    }
-}
-
-/// Answers `http` tasks offline: the first fixture whose method and URL match, else `200`
-/// with a body echoing the request (`{ mock: true, method, url, body }`). Secrets are still
-/// resolved and checked against their hosts, so a missing or misdirected one shows up in an
-/// offline run too. No connection is made, so the egress policy does not apply.
-pub struct MockHttp {
-    pub fixtures: Fixtures,
-    /// Where `secrets.NAME` in headers is read from (headers are rendered, so a missing secret
-    /// fails offline as it would online).
-    pub secrets: Arc<dyn Secrets>,
-}
-
-impl Default for MockHttp {
-    fn default() -> Self {
-        MockHttp { fixtures: Fixtures::default(), secrets: Arc::new(crate::secrets::EnvSecrets) }
-    }
-}
-
-#[async_trait]
-impl Executor for MockHttp {
-    async fn execute(&self, a: &Attempt) -> AttemptResult {
-        let w = match parse_with(a) {
-            Ok(w) => w,
-            Err(e) => return failed(e),
-        };
-        let url = match request_url(&w) {
-            Ok(u) => u,
-            Err(e) => return failed(e),
-        };
-        let revealed = match headers(a, &w, &host_of(&url), self.secrets.as_ref()).await {
-            Ok((_, r)) => r,
-            Err(e) => return failed(e),
-        };
-        let m = method_name(w.method);
-        let url = w.url.split('?').next().unwrap_or(&w.url);
-        let hit = self
-            .fixtures
-            .responses
-            .iter()
-            .find(|f| f.method.as_deref().is_none_or(|fm| fm.eq_ignore_ascii_case(m)) && glob_match(&f.url, url));
-        match hit {
-            Some(f) => outcome(&w, f.status, f.headers.clone(), &f.body.to_string(), &revealed),
-            None => {
-                let echo = json!({ "mock": true, "method": m, "url": w.url, "body": w.body });
-                outcome(&w, 200, Map::new(), &echo.to_string(), &revealed)
-            }
-        }
-    }
-
-    fn raw_fields(&self) -> &'static [&'static str] {
-        &["headers"]
     }
 }
 

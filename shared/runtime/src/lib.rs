@@ -5,6 +5,7 @@ pub mod costs;
 pub mod driver;
 pub mod egress;
 pub mod executor;
+pub mod fixtures;
 pub mod flow;
 pub mod http;
 pub mod meter;
@@ -26,9 +27,12 @@ use std::sync::Arc;
 /// What the executors of the built-in task types are built from: [`Setup::registry`].
 pub struct Setup {
     pub config: providers::Config,
-    /// Every model call answered by the mock provider, every `http` task from `fixtures`.
+    /// Every model call the fixtures do not answer goes to the mock provider, every `http`
+    /// request to an echo: nothing leaves the machine.
     pub mock: bool,
-    pub fixtures: http::Fixtures,
+    /// Scripted answers ([`fixtures`]); what they do not answer goes to the providers and the
+    /// network unless `mock`.
+    pub fixtures: fixtures::Fixtures,
     /// Provider keys the config does not hold.
     pub keys: Arc<dyn secrets::Secrets>,
     /// Where `secrets.NAME` of `http` headers is read (as `LLMO_SECRET_NAME`).
@@ -47,7 +51,7 @@ impl Setup {
         Setup {
             config,
             mock,
-            fixtures: http::Fixtures::default(),
+            fixtures: fixtures::Fixtures::default(),
             keys: Arc::new(secrets::EnvSecrets),
             secrets: Arc::new(secrets::WorkflowSecrets(Arc::new(secrets::EnvSecrets))),
             egress: egress::Egress::strict(),
@@ -59,24 +63,27 @@ impl Setup {
     /// `llm` over the configured providers, `http`, `transform`, `evaluate` (with the model
     /// judge) and `policy`.
     pub fn registry(self) -> executor::Registry {
+        let script = fixtures::Script::new(self.fixtures);
         let llm = Arc::new(
-            providers::LlmExecutor::build(self.config, self.mock, self.keys, &self.egress).with_flow(self.flow.clone()),
+            providers::LlmExecutor::build(self.config, self.mock, self.keys, &self.egress)
+                .with_flow(self.flow.clone())
+                .with_script(script.clone()),
         );
         let mut r = executor::Registry::with_builtins(Some(llm.clone()));
         r.register("llm", llm);
-        if self.mock {
-            r.register("http", Arc::new(http::MockHttp { fixtures: self.fixtures, secrets: self.secrets }));
-        } else {
-            r.register(
-                "http",
-                Arc::new(http::HttpExecutor::new(self.egress, self.secrets, self.http).with_flow(self.flow.clone())),
-            );
-        }
+        let real: Option<Arc<dyn executor::Executor>> = (!self.mock).then(|| {
+            Arc::new(http::HttpExecutor::new(self.egress, self.secrets.clone(), self.http).with_flow(self.flow.clone()))
+                as Arc<dyn executor::Executor>
+        });
+        match real {
+            Some(real) if script.fixtures.http.is_empty() => r.register("http", real),
+            unmatched => r.register("http", Arc::new(fixtures::MockHttp { script, secrets: self.secrets, unmatched })),
+        };
         r
     }
 }
 
 /// [`Setup::registry`] with the defaults of [`Setup::new`] and `fixtures`.
-pub fn standard_registry(config: providers::Config, mock: bool, fixtures: http::Fixtures) -> executor::Registry {
+pub fn standard_registry(config: providers::Config, mock: bool, fixtures: fixtures::Fixtures) -> executor::Registry {
     Setup { fixtures, ..Setup::new(config, mock) }.registry()
 }

@@ -16,7 +16,7 @@ use llmo_core::engine::{Event, Plan, RunState, TaskStatus};
 use llmo_core::source::SourceFile;
 use llmo_core::validate::Validator;
 use llmo_runtime::executor::Registry;
-use llmo_runtime::http::Fixtures;
+use llmo_runtime::fixtures::Fixtures;
 use llmo_runtime::store::{RunStore, Transition};
 use serde_json::{Value, json};
 use tokio::sync::watch;
@@ -64,7 +64,7 @@ pub async fn stack(aws: &Aws, visibility_secs: u32, max_receives: u32) -> Aws {
 pub fn executors() -> Registry {
     let mut fixtures = Fixtures::default();
     for f in std::fs::read_dir(root().join("workflows/fixtures")).unwrap() {
-        fixtures.responses.extend(Fixtures::load(&f.unwrap().path()).unwrap().responses);
+        fixtures = fixtures.then(&Fixtures::load(&f.unwrap().path()).unwrap());
     }
     llmo_runtime::standard_registry(llmo_runtime::providers::Config::builtin(), true, fixtures)
 }

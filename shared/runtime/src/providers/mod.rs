@@ -277,6 +277,8 @@ pub struct LlmExecutor {
     flow: Arc<dyn crate::flow::Flow>,
     /// The config's prices, for budget checks of attempts whose run kept none.
     book: budget::PriceBook,
+    /// Scripted answers ([`crate::fixtures`]): calls a rule matches are answered from it.
+    script: Option<Arc<crate::fixtures::Script>>,
 }
 
 impl LlmExecutor {
@@ -336,7 +338,7 @@ impl LlmExecutor {
         let retry = config.retry;
         let flow: Arc<dyn crate::flow::Flow> = Arc::new(crate::flow::Local::default());
         let book = config.price_book(force_mock);
-        LlmExecutor { config, providers, breakers, retry, force_mock, flow, book }
+        LlmExecutor { config, providers, breakers, retry, force_mock, flow, book, script: None }
     }
 
     /// Shares rate limits and open circuits through `flow` (the serverless runtime's
@@ -417,6 +419,12 @@ impl LlmExecutor {
         }
     }
 
+    /// Answers the calls `script`'s model rules match from it (the rest go to the providers).
+    pub fn with_script(mut self, script: Arc<crate::fixtures::Script>) -> Self {
+        self.script = (!script.fixtures.models.is_empty()).then_some(script);
+        self
+    }
+
     /// Replaces a provider (tests, or users adding their own wire format).
     pub fn with_provider(mut self, name: &str, p: Arc<dyn Provider>) -> Self {
         self.providers.insert(name.to_string(), p);
@@ -464,6 +472,7 @@ impl LlmExecutor {
         req: &ChatRequest,
         admitted: bool,
         horizon: Option<Duration>,
+        key: &crate::fixtures::CallKey,
     ) -> Result<ChatResponse, CallError> {
         let name = if self.force_mock { "mock" } else { provider };
         let Some(p) = self.providers.get(name) else {
@@ -504,7 +513,11 @@ impl LlmExecutor {
                 self.admit(&buckets, estimate, horizon).await?;
             }
             calls += 1;
-            let r = p.chat(req).await;
+            let scripted = self.script.as_ref().and_then(|s| s.model_answer(key, req));
+            let r = match scripted {
+                Some(answer) => answer.respond(req).await,
+                None => p.chat(req).await,
+            };
             let opened = match &r {
                 Ok(resp) => {
                     // The tokens taken were an estimate: settle them to what was used.
@@ -674,7 +687,14 @@ impl LlmExecutor {
             let started = std::time::Instant::now();
             let horizon = a.plan.checked.workflow.spec.priority.unwrap_or_default().horizon();
             let r = self
-                .call(&provider, a.tenant.as_deref(), &req, a.admitted && i == 0, horizon)
+                .call(
+                    &provider,
+                    a.tenant.as_deref(),
+                    &req,
+                    a.admitted && i == 0,
+                    horizon,
+                    &crate::fixtures::CallKey::of(a),
+                )
                 .instrument(span.clone())
                 .await;
             let seconds = started.elapsed().as_secs_f64();
