@@ -13,9 +13,9 @@
 
 CARGO ?= cargo
 LLMO  := target/release/llmo
-EXAMPLES := $(wildcard workflows/*.yaml)
+EXAMPLES := $(filter-out %.test.yaml,$(wildcard workflows/*.yaml))
 # Examples that wait for people or events (answered with `llmo approve` / `llmo send-event`).
-WAIT_EXAMPLES := $(wildcard workflows/waits/*.yaml)
+WAIT_EXAMPLES := $(filter-out %.test.yaml,$(wildcard workflows/waits/*.yaml))
 DEMO_STATE := .llmo/demo.db
 
 .PHONY: all demo build test lint fmt unit local package bench-smoke bench schema clean stack-up stack-down deploy teardown infra soak
@@ -43,6 +43,8 @@ demo: build
 	  --state $(DEMO_STATE) -i bucket=acme-intake -i key=contracts/msa.pdf
 	@echo
 	$(LLMO) runs --state $(DEMO_STATE)
+	@echo
+	$(LLMO) test workflows
 
 test: lint unit bench-smoke
 
@@ -72,6 +74,8 @@ SERVERLESS_SMOKE := target/debug/examples/serverless --check wide 300 1 4 16 && 
 # The I/O-bound benchmark once, small (1,000 model calls of 300 ms, 100 at a time), checked.
 IO_SMOKE := target/debug/examples/io_bound 1000 100 300 --check
 # A read of a run whose log is dear to replay, once (debug build; checks a load replays nothing dear).
+# The examples' test cases (workflows/**/*.test.yaml), offline, with a JUnit report.
+EXAMPLE_TESTS := target/debug/llmo test workflows --junit target/llmo-test.junit.xml
 REPLAY_SMOKE := target/debug/examples/replay 200 20000 --check
 # Process start to first step, once (the debug build: it checks the measurement, not the figure).
 FIRST_STEP_SMOKE := target/debug/llmo synth --shape layered --tasks 1000 > target/synth-1000.yaml && \
@@ -80,6 +84,7 @@ unit:
 	$(CARGO) test --workspace --locked --no-run
 	LLMO_SECRET_TICKETS_TOKEN=offline localstack/with-stack.sh \
 	  sh -c '$(CARGO) test --workspace --locked && functions/lambda-test.sh && $(SERVERLESS_SMOKE)'
+	$(EXAMPLE_TESTS)
 	$(IO_SMOKE)
 	$(REPLAY_SMOKE)
 	$(FIRST_STEP_SMOKE)

@@ -18,6 +18,7 @@ mod remote;
 mod run;
 mod serve;
 mod term;
+mod testing;
 mod waits;
 
 // Validation of large files allocates many small objects; mimalloc makes that markedly faster.
@@ -330,6 +331,29 @@ enum Command {
         #[arg(long, default_value_t = 10_000)]
         tasks: usize,
     },
+    /// Run workflows' test cases (NAME.test.yaml beside NAME.yaml) offline, in parallel.
+    ///
+    /// Each case gives inputs, fixtures (scripted model and HTTP answers), answers to the
+    /// waits, and what it expects: the run's status, outputs, and tasks' statuses, outputs and
+    /// attempts. Exit 0 when every case passed, 1 when one failed, 2 when a test file is
+    /// invalid. Format: docs/workflow-spec.md, "Testing workflows".
+    Test {
+        /// Test files, workflows (their NAME.test.yaml), or directories searched for *.test.yaml
+        /// (default: the current directory).
+        paths: Vec<PathBuf>,
+        /// Cases running at once (default: the machine's cores).
+        #[arg(long, short = 'j')]
+        jobs: Option<usize>,
+        /// Only the cases whose name contains this text.
+        #[arg(long)]
+        filter: Option<String>,
+        /// Write a JUnit XML report here (for CI).
+        #[arg(long, value_name = "FILE")]
+        junit: Option<PathBuf>,
+        /// Provider configuration, for prices (default: $LLMO_CONFIG, else .llmo/config.yaml).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
     /// Generate the EventBridge Scheduler schedules (`spec.schedule`) and EventBridge rules
     /// (`spec.events`) that start the workflows' runs, as a CloudFormation template to deploy
     /// beside the main stack (parameter ScheduleFunctionArn: its output of that name).
@@ -636,7 +660,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Infra { files, tenant, output, flexible_window } => {
             let opts = llmo_core::triggers::Options { tenant, flexible_window_minutes: flexible_window };
+            // Test files (`llmo validate workflows/*.yaml` takes them too) start no runs.
+            let files: Vec<PathBuf> =
+                files.into_iter().filter(|f| !f.to_string_lossy().ends_with(testing::SUFFIX)).collect();
             infra::infra(validator, &files, &opts, output.as_deref())
+        }
+        Command::Test { paths, jobs, filter, junit, config } => {
+            let exec = run::Exec { mock: true, config, ..ExecArgs::default_exec() };
+            let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+            let config = run::config(&exec)?;
+            testing::test(validator, testing::Options { paths, jobs, filter, junit, config })
         }
         Command::Explain { file, format } => {
             let Some(checked) = checked_or_report(validator, &file)? else {
@@ -694,6 +727,35 @@ fn validate(validator: &Validator, files: &[PathBuf], format: ReportFormat, deny
     let mut records = Vec::new();
     let mut stderr = std::io::stderr().lock();
     for f in files {
+        // A workflow's test file: checked against its workflow.
+        if f.to_string_lossy().ends_with(testing::SUFFIX) {
+            match testing::load(f, validator) {
+                Ok(s) => {
+                    if let ReportFormat::Human = format {
+                        writeln!(stderr, "{}: ok (test file, {} case{})", f.display(), s.len(), plural(s.len()))?;
+                    }
+                }
+                Err(errors) => {
+                    failed = true;
+                    for e in &errors {
+                        match format {
+                            ReportFormat::Human => writeln!(stderr, "error: {}", term::clean(e))?,
+                            ReportFormat::Json => records.push(llmo_core::diagnostic::Record {
+                                file: f.display().to_string(),
+                                line: None,
+                                column: None,
+                                severity: llmo_core::diagnostic::Severity::Error,
+                                code: "TEST",
+                                path: String::new(),
+                                message: e.clone(),
+                                help: None,
+                            }),
+                        }
+                    }
+                }
+            }
+            continue;
+        }
         let source = match read_source(f) {
             Ok(s) => s,
             Err(e) => {

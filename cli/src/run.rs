@@ -57,7 +57,7 @@ fn blobs(state: Option<&Path>) -> Option<Arc<dyn BlobStore>> {
     Some(Arc::new(DirBlobs(dir)))
 }
 
-fn config(exec: &Exec) -> Result<Config> {
+pub fn config(exec: &Exec) -> Result<Config> {
     Ok(match (&exec.config, std::env::var_os("LLMO_CONFIG")) {
         (Some(p), _) => Config::load(p, true)?,
         (None, Some(p)) => Config::load(Path::new(&p), true)?,
@@ -88,7 +88,7 @@ fn registry(exec: &Exec, plan: &Plan) -> Result<Registry> {
 }
 
 /// The executors, answering from `fixtures` first.
-pub fn registry_with(exec: &Exec, fixtures: Fixtures) -> Result<Registry> {
+fn registry_with(exec: &Exec, fixtures: Fixtures) -> Result<Registry> {
     let config = config(exec)?;
     if !exec.mock {
         // A config file (perhaps a repository's) chose where these providers' calls and keys
@@ -193,6 +193,11 @@ pub struct Serve {
 }
 
 pub fn run(checked: Checked, source: &SourceFile, opts: &Options, serve: &Serve) -> Result<ExitCode> {
+    // Fixtures that cannot apply are refused before a run is stored.
+    if let Some(p) = &opts.exec.fixtures {
+        let f = Fixtures::load(p).map_err(|e| anyhow::anyhow!("{e}"))?;
+        f.check(&checked.workflow).map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
     let mut given = given_inputs(opts)?;
     as_declared(&checked.workflow.spec.inputs, &opts.inputs, &mut given);
     // The start-a-run use case every entry point shares: inputs checked, the plan priced, a

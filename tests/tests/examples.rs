@@ -17,6 +17,8 @@ fn examples() -> Vec<PathBuf> {
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+        // Their test cases (`llmo test`) sit beside them.
+        .filter(|p| !p.to_string_lossy().ends_with(".test.yaml"))
         .collect();
     v.sort();
     v
