@@ -30,8 +30,9 @@ use serde_json::{Map, Value};
 /// The suffix of test files.
 pub const SUFFIX: &str = ".test.yaml";
 
-/// Longest a case runs unless it says otherwise.
-const CASE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest a case runs unless it says otherwise, in the run's (virtual) time: backoffs, sleeps
+/// and timeouts pass at once, so only a run that never ends reaches it.
+const CASE_TIMEOUT: Duration = Duration::from_secs(30 * 86400);
 
 /// One test file, loaded and checked against its workflow.
 pub struct Suite {
@@ -81,7 +82,8 @@ struct CaseFile {
 }
 
 /// An answer to a task waiting for a person (`approve`) or an event (`event`), given when the
-/// run has nothing left to do but wait.
+/// run has nothing left to do but wait; or `time_out: true`: nobody answers, and the wait's
+/// `timeout` passes (in virtual time, at once).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct WaitAnswer {
@@ -92,6 +94,8 @@ struct WaitAnswer {
     fields: Map<String, Value>,
     comment: Option<String>,
     event: Option<Value>,
+    #[serde(default)]
+    time_out: bool,
 }
 
 #[derive(Default, Deserialize)]
@@ -261,10 +265,13 @@ pub fn load(path: &Path, validator: &Validator) -> Result<Suite, Vec<String>> {
                 Some(t) if t.ty != "wait" => {
                     errors.push(format!("{ap}: `{}` is a `{}` task, not a `wait`", a.task, t.ty))
                 }
+                Some(t) if a.time_out && !t.with.contains_key("timeout") => {
+                    errors.push(format!("{ap}: `{}` has no `timeout` to pass", a.task))
+                }
                 _ => {}
             }
-            if a.approve.is_some() == a.event.is_some() {
-                errors.push(format!("{ap}: an answer is `approve: true|false` or `event: PAYLOAD`"));
+            if [a.approve.is_some(), a.event.is_some(), a.time_out].iter().filter(|b| **b).count() != 1 {
+                errors.push(format!("{ap}: an answer is `approve: true|false`, `event: PAYLOAD` or `time_out: true`"));
             }
         }
         let expect = Expect { status: c.expect.status, error: c.expect.error, outputs: c.expect.outputs, tasks };
@@ -302,6 +309,8 @@ struct Outcome {
     suite: usize,
     name: String,
     took: Duration,
+    /// The run's own time (virtual: backoffs and sleeps pass at once).
+    simulated: Duration,
     /// Differences from what was expected (empty: passed).
     failures: Vec<String>,
     /// Why the case could not run (its inputs were refused, it ran past its timeout, ...).
@@ -343,14 +352,22 @@ fn only_waits(plan: &Plan, st: &RunState) -> Option<Vec<AttemptId>> {
 async fn run_case(suite: Arc<Suite>, index: usize, case: usize, config: Config) -> Outcome {
     let c = &suite.cases[case];
     let started = Instant::now();
-    let mut out =
-        Outcome { suite: index, name: c.name.clone(), took: Duration::ZERO, failures: Vec::new(), error: None };
+    let virtual_start = tokio::time::Instant::now();
+    let mut out = Outcome {
+        suite: index,
+        name: c.name.clone(),
+        took: Duration::ZERO,
+        simulated: Duration::ZERO,
+        failures: Vec::new(),
+        error: None,
+    };
     match drive(&suite, c, config).await {
         Ok(st) => out.failures = compare(c, &st),
         Err(Stop::Refused(why)) => out.failures = refused(c, &why),
         Err(Stop::Broken(e)) => out.error = Some(e),
     }
     out.took = started.elapsed();
+    out.simulated = virtual_start.elapsed();
     out
 }
 
@@ -410,13 +427,21 @@ async fn drive(suite: &Suite, c: &Case, config: Config) -> Result<RunState, Stop
         secrets: suite.secrets.clone(),
         ..llmo_runtime::Setup::new(config, true)
     };
+    let nudge = Arc::new(tokio::sync::Notify::new());
     let d = Driver {
         plan: plan.clone(),
         store: store.clone(),
         executors: Arc::new(setup.registry()),
         clock: Arc::new(SystemClock::default()),
         blobs: None,
-        options: driver::Options { poll: Duration::from_millis(20), ..driver::Options::default() },
+        // Nothing else writes the run but this harness, which nudges the driver after each
+        // answer: no polling, and no lease renewals, to step through in virtual time.
+        options: driver::Options {
+            poll: Duration::from_secs(86400),
+            lease: Duration::from_secs(365 * 86400),
+            nudge: Some(nudge.clone()),
+            ..driver::Options::default()
+        },
     };
     let latest = Arc::new(Mutex::new(None));
     let notify = Arc::new(tokio::sync::Notify::new());
@@ -426,6 +451,7 @@ async fn drive(suite: &Suite, c: &Case, config: Config) -> Result<RunState, Stop
     tokio::pin!(deadline);
     let mut answers = c.answers.clone();
     let mut answered = 0;
+    let mut expiring: Vec<WaitAnswer> = Vec::new();
     loop {
         tokio::select! {
             end = &mut run => {
@@ -447,21 +473,27 @@ async fn drive(suite: &Suite, c: &Case, config: Config) -> Result<RunState, Stop
             continue;
         }
         let Some(waiting) = only_waits(&plan, &st) else { continue };
+        let matches = |a: &WaitAnswer, w: &AttemptId| {
+            plan.checked.dag.id(w.task) == a.task && (a.item.is_none() || a.item == w.item)
+        };
+        // A wait left to time out: its timer ends it and the run goes on by itself.
+        if waiting.iter().any(|w| expiring.iter().any(|a| matches(a, w))) {
+            continue;
+        }
         // The first answer written for a waiting task goes in; with none left, the run ends
         // here as `waiting`.
-        let pick = answers.iter().position(|a| {
-            waiting.iter().any(|w| plan.checked.dag.id(w.task) == a.task && (a.item.is_none() || a.item == w.item))
-        });
+        let pick = answers.iter().position(|a| waiting.iter().any(|w| matches(a, w)));
         let Some(k) = pick else {
             run.abort();
             return Ok(st);
         };
         let a = answers.remove(k);
+        if a.time_out {
+            expiring.push(a);
+            continue;
+        }
         let clock = SystemClock::default();
-        let id = *waiting
-            .iter()
-            .find(|w| plan.checked.dag.id(w.task) == a.task && (a.item.is_none() || a.item == w.item))
-            .unwrap();
+        let id = *waiting.iter().find(|w| matches(&a, w)).expect("picked for a waiting unit");
         let r =
             llmo_runtime::waits::answer(&plan, store.as_ref(), &clock, &run_id, |st| match (&a.approve, &a.event) {
                 (Some(ok), _) => plan.approve(
@@ -472,11 +504,14 @@ async fn drive(suite: &Suite, c: &Case, config: Config) -> Result<RunState, Stop
                     "llmo-test",
                 ),
                 (None, Some(payload)) => plan.deliver(st, id, payload, "llmo-test"),
-                (None, None) => unreachable!("checked when loaded"),
+                (None, None) => unreachable!("checked when loaded (time_out answers are not sent)"),
             })
             .await;
         match r {
-            Ok(after) => answered = after.version,
+            Ok(after) => {
+                answered = after.version;
+                nudge.notify_one();
+            }
             Err(e) => {
                 run.abort();
                 return Err(format!("answering `{}`: {e}", a.task).into());
@@ -645,30 +680,58 @@ pub fn test(validator: &Validator, opts: Options) -> Result<ExitCode> {
         }
     }
     let started = Instant::now();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
-    let outcomes = rt.block_on(async {
-        let gate = Arc::new(tokio::sync::Semaphore::new(opts.jobs.max(1)));
-        let mut set = tokio::task::JoinSet::new();
-        for (i, s) in suites.iter().enumerate() {
-            for (k, c) in s.cases.iter().enumerate() {
-                if opts.filter.as_deref().is_some_and(|f| !c.name.contains(f)) {
-                    continue;
+    let queue: std::collections::VecDeque<(usize, usize)> = suites
+        .iter()
+        .enumerate()
+        .flat_map(|(i, s)| {
+            s.cases
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| opts.filter.as_deref().is_none_or(|f| c.name.contains(f)))
+                .map(move |(k, _)| (i, k))
+        })
+        .collect();
+    let total = queue.len();
+    let queue = Arc::new(Mutex::new(queue));
+    let (tx, rx) = std::sync::mpsc::channel::<Outcome>();
+    // Each case runs on its own single-threaded runtime with paused time, so backoffs, sleeps
+    // and timeouts pass at once (virtual time), `jobs` cases at a time on as many threads.
+    let workers: Vec<_> = (0..opts.jobs.clamp(1, total.max(1)))
+        .map(|_| {
+            let (queue, tx, suites, config) = (queue.clone(), tx.clone(), suites.clone(), opts.config.clone());
+            std::thread::spawn(move || {
+                loop {
+                    let Some((i, k)) = queue.lock().expect("queue").pop_front() else { return };
+                    let o = match tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build()
+                    {
+                        Ok(rt) => rt.block_on(run_case(suites[i].clone(), i, k, config.clone())),
+                        Err(e) => Outcome {
+                            suite: i,
+                            name: suites[i].cases[k].name.clone(),
+                            took: Duration::ZERO,
+                            simulated: Duration::ZERO,
+                            failures: Vec::new(),
+                            error: Some(format!("starting its runtime: {e}")),
+                        },
+                    };
+                    if tx.send(o).is_err() {
+                        return;
+                    }
                 }
-                let (s, gate, config) = (s.clone(), gate.clone(), opts.config.clone());
-                set.spawn(async move {
-                    let _permit = gate.acquire_owned().await.expect("gate");
-                    run_case(s, i, k, config).await
-                });
-            }
+            })
+        })
+        .collect();
+    drop(tx);
+    let mut outcomes = Vec::new();
+    for o in rx {
+        report(&suites[o.suite].file, &o);
+        outcomes.push(o);
+    }
+    for w in workers {
+        if w.join().is_err() {
+            anyhow::bail!("a test case panicked");
         }
-        let mut outcomes = Vec::new();
-        while let Some(r) = set.join_next().await {
-            let o = r.expect("a test case panicked");
-            report(&suites[o.suite].file, &o);
-            outcomes.push(o);
-        }
-        outcomes
-    });
+    }
     let failed = outcomes.iter().filter(|o| !o.failures.is_empty()).count();
     let errored = outcomes.iter().filter(|o| o.error.is_some()).count();
     let passed = outcomes.len() - failed - errored;
@@ -694,17 +757,32 @@ pub fn test(validator: &Validator, opts: Options) -> Result<ExitCode> {
 }
 
 fn report(file: &str, o: &Outcome) {
-    let took = o.took.as_secs_f64();
+    let took = if o.simulated >= Duration::from_secs(1) {
+        format!("{:.2}s; {} of run time", o.took.as_secs_f64(), span(o.simulated))
+    } else {
+        format!("{:.2}s", o.took.as_secs_f64())
+    };
     let name = crate::term::clean(&o.name);
     match (&o.error, o.failures.is_empty()) {
-        (None, true) => eprintln!("ok    {file} › {name} ({took:.2}s)"),
-        (Some(e), _) => eprintln!("ERROR {file} › {name} ({took:.2}s)\n      {}", crate::term::clean(e)),
+        (None, true) => eprintln!("ok    {file} › {name} ({took})"),
+        (Some(e), _) => eprintln!("ERROR {file} › {name} ({took})\n      {}", crate::term::clean(e)),
         (None, false) => {
-            eprintln!("FAIL  {file} › {name} ({took:.2}s)");
+            eprintln!("FAIL  {file} › {name} ({took})");
             for f in &o.failures {
                 eprintln!("      {}", crate::term::clean(f));
             }
         }
+    }
+}
+
+/// `2.5s`, `3m10s`, `2h5m`, `7d3h`.
+fn span(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..60 => format!("{:.1}s", d.as_secs_f64()),
+        60..3600 => format!("{}m{}s", s / 60, s % 60),
+        3600..86400 => format!("{}h{}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d{}h", s / 86400, s % 86400 / 3600),
     }
 }
 

@@ -64,6 +64,9 @@ pub struct Options {
     /// How long a run's lease lasts without renewal (renewed every third of it while the
     /// driver lives): how soon another process may take over a run whose owner died.
     pub lease: Duration,
+    /// Woken by a writer in this process (an answer `llmo test` gives a waiting task): look
+    /// for other writers now rather than at the next `poll`.
+    pub nudge: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl Default for Options {
@@ -75,6 +78,7 @@ impl Default for Options {
             settle_grace: Duration::from_secs(30),
             owner: store::Owner::this_process(),
             lease: Duration::from_secs(10),
+            nudge: None,
         }
     }
 }
@@ -540,6 +544,12 @@ impl Driver {
                     return Ok(());
                 }
                 _ = tokio::time::sleep(sleep) => {}
+                _ = async {
+                    match &self.options.nudge {
+                        Some(n) => n.notified().await,
+                        None => std::future::pending().await,
+                    }
+                } => {}
             }
             if t.lost.load(std::sync::atomic::Ordering::SeqCst) {
                 return Ok(());
