@@ -424,13 +424,9 @@ impl ModelAnswer {
             (None, Some(v)) => v.to_string(),
             (None, None) => String::new(),
         };
-        let words = |s: &str| s.split_whitespace().count() as u64;
         let (prompt_tokens, completion_tokens) = match self.usage {
             Some(u) => (u.prompt_tokens, u.completion_tokens),
-            None => (
-                req.messages.iter().map(|(_, c)| words(c)).sum::<u64>() + req.system.as_deref().map_or(0, words),
-                words(&text),
-            ),
+            None => crate::providers::word_usage(req, &text),
         };
         Ok(ChatResponse {
             text,

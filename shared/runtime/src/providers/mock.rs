@@ -39,14 +39,22 @@ impl Provider for Mock {
             None if req.json => "{}".to_string(),
             None => mock_text(&req.model, &prompt.join("\n")),
         };
-        let words = |s: &str| s.split_whitespace().count() as u64;
+        let (prompt_tokens, completion_tokens) = word_usage(req, &text);
         Ok(ChatResponse {
-            prompt_tokens: prompt.iter().map(|p| words(p)).sum::<u64>() + req.system.as_deref().map_or(0, words),
-            completion_tokens: words(&text),
+            prompt_tokens,
+            completion_tokens,
             text,
             model: req.model.clone(),
             cache_read_tokens: 0,
             cache_write_tokens: 0,
         })
     }
+}
+
+/// Tokens as the mock counts them: the words of the prompt (system and messages) and of the
+/// answer.
+pub(crate) fn word_usage(req: &ChatRequest, answer: &str) -> (u64, u64) {
+    let words = |s: &str| s.split_whitespace().count() as u64;
+    let prompt = req.messages.iter().map(|(_, c)| words(c)).sum::<u64>() + req.system.as_deref().map_or(0, words);
+    (prompt, words(answer))
 }

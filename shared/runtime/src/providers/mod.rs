@@ -28,6 +28,7 @@ use tracing::Instrument;
 pub use anthropic::Anthropic;
 pub use config::{Config, ConfigError, Kind, Price, PriceTable, ProviderConfig};
 pub use mock::Mock;
+pub(crate) use mock::word_usage;
 pub use openai::OpenAi;
 
 use crate::executor::{Attempt, Executor, Judge};
