@@ -17,9 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use llmo_core::engine::builtin::TaskError;
-use llmo_core::engine::{
-    AttemptId, AttemptResult, Command, Event, Millis, Plan, RunParts, RunState, RunStatus, TaskStatus, Usage,
-};
+use llmo_core::engine::{AttemptId, Command, Event, Millis, Plan, RunParts, RunState, RunStatus, TaskStatus};
 use serde_json::{Map, Value};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinHandle;
@@ -27,8 +25,13 @@ use tracing::Instrument;
 
 use llmo_core::engine::budget::spends;
 
-use crate::executor::{Allowance, Attempt, Executor, Registry, failed};
+use crate::executor::{Executor, Registry, failed};
 use crate::ports::{BlobStore, Clock};
+pub use crate::step::hooks::{HookOutcome, Observer, run_hooks};
+use crate::step::{
+    self,
+    attempt::{build_attempt, run_with_timeout},
+};
 use crate::store::{self, RunStore, Transition, rebuild};
 
 #[derive(Debug, thiserror::Error)]
@@ -83,13 +86,6 @@ impl Default for Options {
     }
 }
 
-/// How one `on.success` / `on.failure` hook ended.
-#[derive(Debug, Clone, PartialEq)]
-pub struct HookOutcome {
-    pub name: String,
-    pub result: AttemptResult,
-}
-
 /// A run that ended: its final state and what its hooks did (hooks run in the process that
 /// stored the run's last transition).
 #[derive(Debug, Clone)]
@@ -97,14 +93,6 @@ pub struct Finished {
     pub state: RunState,
     pub hooks: Vec<HookOutcome>,
 }
-
-/// What an observer is told after each stored batch.
-pub trait Observer: Send {
-    fn batch(&mut self, _state: &RunState, _stored: &[Transition]) {}
-    fn hook(&mut self, _outcome: &HookOutcome) {}
-}
-
-impl Observer for () {}
 
 pub struct Driver {
     pub plan: Arc<Plan>,
@@ -460,26 +448,19 @@ impl Driver {
             let expected = t.st.version;
             let before = t.st.status;
             let now = self.clock.now();
-            let mut batch = Vec::with_capacity(t.inbox.len());
-            let mut cmds = Vec::new();
-            let applying = std::time::Instant::now();
-            for e in t.inbox.drain(..) {
-                if let Event::AttemptFinished { task, item, attempt, .. } = &e
+            for e in &t.inbox {
+                if let Event::AttemptFinished { task, item, attempt, .. } = e
                     && t.running.get(&(*task, *item)).is_some_and(|(a, _)| a == attempt)
                 {
                     // Its task sent this as its last act: it is over (or about to be).
                     t.running.remove(&(*task, *item));
                 }
-                let one = std::time::Instant::now();
-                if let Ok(c) = self.plan.apply(&mut t.st, &e, now) {
-                    batch.push(Transition::new(t.st.version, now, e).took(one.elapsed()));
-                    cmds.extend(c);
-                }
             }
+            let step::commit::Applied { log: batch, cmds, took: applied, .. } =
+                step::commit::apply(&self.plan, &mut t.st, t.inbox.drain(..), now);
             if batch.is_empty() {
                 return Ok(cmds);
             }
-            let applied = applying.elapsed();
             if self.store.append(expected, &batch, &t.st).await? {
                 crate::meter::applied(&self.plan.checked.workflow.metadata.name, before, &t.st, &cmds);
                 crate::meter::step("applied", started.elapsed().as_secs_f64());
@@ -613,9 +594,9 @@ impl Driver {
                 let tx = t.tx.clone();
                 let sem = sem.clone();
                 // A task's concurrency key, held in this process while the attempt runs.
-                let key = crate::worker::task_key_of(&self.plan, &t.st, id, &a.context);
-                let holder = crate::worker::attempt_holder(&t.run_id, id);
-                let rank = crate::worker::rank_of(&self.plan);
+                let key = step::keys::task_key_of(&self.plan, &t.st, id, &a.context);
+                let holder = step::keys::attempt_holder(&t.run_id, id);
+                let rank = step::keys::rank_of(&self.plan);
                 let handle = tokio::spawn(
                     async move {
                         use crate::flow::Flow;
@@ -739,199 +720,6 @@ impl Driver {
     }
 }
 
-/// The attempt as its executor sees it; a `with` block that does not render fails it.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn build_attempt(
-    plan: &Arc<Plan>,
-    st: &RunState,
-    parts: &RunParts,
-    (run_id, task_id, ty): (Arc<str>, Arc<str>, Arc<str>),
-    id: AttemptId,
-    exec: &dyn Executor,
-) -> Result<Attempt, AttemptResult> {
-    let AttemptId { task, item, attempt } = id;
-    let spec = &plan.checked.workflow.spec;
-    let t = &spec.tasks[task];
-    let context = plan.context_in(st, Some(task), item, parts);
-    let with = plan
-        .render_task_with(task, &context, exec.raw_fields())
-        .map_err(|(k, e)| failed(TaskError::fatal(format!("rendering `with.{k}`: {e}"))))?;
-    let with = Value::Object(with);
-    Ok(Attempt {
-        plan: plan.clone(),
-        run_id,
-        tenant: st.tenant.as_deref().map(Arc::from),
-        task: Some(task),
-        task_id,
-        ty,
-        item,
-        attempt,
-        with,
-        context,
-        budget_left_usd: spec
-            .budget
-            .and_then(|b| b.max_cost_usd)
-            .map(|m| m - st.cost_usd - st.reserved.cost_usd - st.unsettled.cost_usd),
-        prices: spec.budget.and(st.prices.clone()),
-        allowance: spec.budget.map(|b| {
-            // What the unit holds; a unit started before holds were kept may take what is left.
-            let held = st.tasks[task].units.get(id.unit()).and_then(|u| u.held);
-            let left = |max: f64, spent: f64| (max - spent).max(0.0);
-            Allowance {
-                cost_usd: b.max_cost_usd.map(|m| held.map_or(left(m, st.cost_usd), |h| h.cost_usd)),
-                tokens: b.max_tokens.map(|m| held.map_or(m.saturating_sub(st.tokens), |h| h.tokens)),
-            }
-        }),
-        admitted: false,
-        timeout: t.timeout.or(spec.defaults.as_ref().and_then(|d| d.timeout)).map(|d| d.0),
-    })
-}
-
-/// Runs one attempt under its `timeout`, in an `attempt` span (a child of the current one).
-pub(crate) async fn run_with_timeout(exec: &dyn Executor, a: &Attempt) -> AttemptResult {
-    loop {
-        match run_deferrable(exec, a).await {
-            Ok(r) => return r,
-            // In one process a deferred attempt waits where it is.
-            Err(d) => tokio::time::sleep(d.after).await,
-        }
-    }
-}
-
-/// Runs an attempt within its timeout, in an `attempt` span; `Err` when the executor deferred
-/// it ([`Executor::execute_or_defer`]).
-pub(crate) async fn run_deferrable(
-    exec: &dyn Executor,
-    a: &Attempt,
-) -> Result<AttemptResult, crate::executor::Deferred> {
-    use tracing::Instrument;
-    let span = tracing::info_span!(
-        "attempt",
-        otel.name = format!("attempt {}", a.task_id),
-        run_id = %a.run_id,
-        task = %a.task_id,
-        task_type = %a.ty,
-        item = a.item,
-        attempt = a.attempt,
-        outcome = tracing::field::Empty,
-        error = tracing::field::Empty,
-    );
-    let run = async {
-        match a.timeout {
-            Some(d) => tokio::time::timeout(d, exec.execute_or_defer(a)).await.unwrap_or_else(|_| {
-                Ok(AttemptResult::Failed {
-                    error: format!("timed out after {}", llmo_core::model::Duration(d)),
-                    retryable: true,
-                    usage: Usage::default(),
-                })
-            }),
-            None => exec.execute_or_defer(a).await,
-        }
-    };
-    let result = match run.instrument(span.clone()).await {
-        Ok(r) => r,
-        Err(d) => {
-            span.record("outcome", "deferred");
-            return Err(d);
-        }
-    };
-    record_attempt(&span, &a.ty, &result);
-    span.in_scope(|| match &result {
-        AttemptResult::Succeeded { usage, .. } => {
-            tracing::debug!(tokens = usage.tokens, cost_usd = usage.cost_usd, "attempt succeeded")
-        }
-        AttemptResult::Failed { error, retryable, .. } => tracing::info!(%error, retryable, "attempt failed"),
-    });
-    Ok(result)
-}
-
-/// Puts an attempt's outcome on its span and in the metrics.
-pub(crate) fn record_attempt(span: &tracing::Span, ty: &str, result: &AttemptResult) {
-    match result {
-        AttemptResult::Succeeded { .. } => {
-            span.record("outcome", "succeeded");
-        }
-        AttemptResult::Failed { error, retryable, .. } => {
-            span.record("outcome", if *retryable { "retryable" } else { "failed" });
-            span.record("error", error.as_str());
-        }
-    }
-    crate::meter::attempt(ty, result);
-}
-
-/// Runs the `on.success` or `on.failure` hooks of an ended run, each under its retry policy
-/// (retryable failures only). A hook's failure is reported, never changes the run.
-pub async fn run_hooks(
-    plan: &Arc<Plan>,
-    executors: &Registry,
-    st: &RunState,
-    status: RunStatus,
-    observer: &mut dyn Observer,
-) -> Vec<HookOutcome> {
-    let Some(on) = &plan.checked.workflow.spec.on else { return Vec::new() };
-    let (kind, hooks) =
-        if status == RunStatus::Succeeded { ("success", &on.success) } else { ("failure", &on.failure) };
-    let context = plan.context_value(st, None, None);
-    let mut out = Vec::new();
-    for (i, hook) in hooks.iter().enumerate() {
-        let name = format!("on.{kind}[{i}] ({})", hook.ty);
-        let retry = llmo_core::model::EffectiveRetry::default().overlay(hook.retry.as_ref());
-        let result = match executors.get(&hook.ty) {
-            None => failed(TaskError::fatal(format!("no executor is registered for task type `{}`", hook.ty))),
-            Some(exec) => {
-                let mut with = hook.with.clone();
-                let mut raw = Map::new();
-                for f in exec.raw_fields() {
-                    if let Some(v) = with.remove(*f) {
-                        raw.insert((*f).to_string(), v);
-                    }
-                }
-                match plan.render_in(&Value::Object(with), &context) {
-                    Err(e) => failed(TaskError::fatal(format!("rendering `with`: {e}"))),
-                    Ok(mut with) => {
-                        if let Value::Object(m) = &mut with {
-                            m.extend(raw);
-                        }
-                        let mut a = Attempt {
-                            plan: plan.clone(),
-                            run_id: Arc::from(st.run_id.as_str()),
-                            tenant: st.tenant.as_deref().map(Arc::from),
-                            task: None,
-                            task_id: Arc::from(format!("on.{kind}[{i}]")),
-                            ty: Arc::from(hook.ty.as_str()),
-                            item: None,
-                            attempt: 1,
-                            with,
-                            context: context.clone(),
-                            budget_left_usd: None,
-                            allowance: None,
-                            prices: None,
-                            admitted: false,
-                            timeout: hook.timeout.map(|d| d.0),
-                        };
-                        let mut delay = retry.initial;
-                        loop {
-                            let r = run_with_timeout(exec.as_ref(), &a).await;
-                            match &r {
-                                AttemptResult::Failed { retryable: true, .. } if a.attempt < retry.max_attempts => {
-                                    tokio::time::sleep(delay).await;
-                                    delay = retry.max.min(delay.mul_f64(retry.multiplier));
-                                    a.attempt += 1;
-                                }
-                                _ => break r,
-                            }
-                        }
-                    }
-                }
-            }
-        };
-        let outcome = HookOutcome { name, result };
-        observer.hook(&outcome);
-        out.push(outcome);
-    }
-    out
-}
-
 /// Cancels a stored run (compare-and-set, retried on a lost race). A driver running the run
 /// notices at its next write or poll and stops. Returns the state after, or `None` if the
 /// run had already ended.
@@ -963,11 +751,13 @@ pub async fn cancel(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::executor::Attempt;
     use crate::executor::Transform;
     use crate::ports::SystemClock;
     use crate::store::MemoryStore;
     use async_trait::async_trait;
     use llmo_core::engine::TaskStatus;
+    use llmo_core::engine::{AttemptResult, Usage};
     use llmo_core::source::SourceFile;
     use llmo_core::validate::Validator;
     use serde_json::json;

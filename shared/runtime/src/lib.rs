@@ -15,6 +15,7 @@ pub mod queue;
 pub mod reads;
 pub mod secrets;
 pub mod start;
+pub mod step;
 pub mod store;
 pub mod telemetry;
 pub mod ui;

@@ -1,0 +1,127 @@
+//! Running one attempt: the attempt its executor sees (the `with` block rendered in its
+//! context, its budget allowance, its timeout), run within its timeout in an `attempt` span.
+
+use std::sync::Arc;
+
+use llmo_core::engine::builtin::TaskError;
+use llmo_core::engine::{AttemptId, AttemptResult, Plan, RunParts, RunState, Usage};
+use serde_json::Value;
+
+use crate::executor::{Allowance, Attempt, Executor, failed};
+
+/// The attempt as its executor sees it; a `with` block that does not render fails it.
+#[allow(clippy::too_many_arguments)]
+pub fn build_attempt(
+    plan: &Arc<Plan>,
+    st: &RunState,
+    parts: &RunParts,
+    (run_id, task_id, ty): (Arc<str>, Arc<str>, Arc<str>),
+    id: AttemptId,
+    exec: &dyn Executor,
+) -> Result<Attempt, AttemptResult> {
+    let AttemptId { task, item, attempt } = id;
+    let spec = &plan.checked.workflow.spec;
+    let t = &spec.tasks[task];
+    let context = plan.context_in(st, Some(task), item, parts);
+    let with = plan
+        .render_task_with(task, &context, exec.raw_fields())
+        .map_err(|(k, e)| failed(TaskError::fatal(format!("rendering `with.{k}`: {e}"))))?;
+    let with = Value::Object(with);
+    Ok(Attempt {
+        plan: plan.clone(),
+        run_id,
+        tenant: st.tenant.as_deref().map(Arc::from),
+        task: Some(task),
+        task_id,
+        ty,
+        item,
+        attempt,
+        with,
+        context,
+        budget_left_usd: spec
+            .budget
+            .and_then(|b| b.max_cost_usd)
+            .map(|m| m - st.cost_usd - st.reserved.cost_usd - st.unsettled.cost_usd),
+        prices: spec.budget.and(st.prices.clone()),
+        allowance: spec.budget.map(|b| {
+            // What the unit holds; a unit started before holds were kept may take what is left.
+            let held = st.tasks[task].units.get(id.unit()).and_then(|u| u.held);
+            let left = |max: f64, spent: f64| (max - spent).max(0.0);
+            Allowance {
+                cost_usd: b.max_cost_usd.map(|m| held.map_or(left(m, st.cost_usd), |h| h.cost_usd)),
+                tokens: b.max_tokens.map(|m| held.map_or(m.saturating_sub(st.tokens), |h| h.tokens)),
+            }
+        }),
+        admitted: false,
+        timeout: t.timeout.or(spec.defaults.as_ref().and_then(|d| d.timeout)).map(|d| d.0),
+    })
+}
+
+/// Runs one attempt under its `timeout`, in an `attempt` span (a child of the current one).
+pub async fn run_with_timeout(exec: &dyn Executor, a: &Attempt) -> AttemptResult {
+    loop {
+        match run_deferrable(exec, a).await {
+            Ok(r) => return r,
+            // In one process a deferred attempt waits where it is.
+            Err(d) => tokio::time::sleep(d.after).await,
+        }
+    }
+}
+
+/// Runs an attempt within its timeout, in an `attempt` span; `Err` when the executor deferred
+/// it ([`Executor::execute_or_defer`]).
+pub async fn run_deferrable(exec: &dyn Executor, a: &Attempt) -> Result<AttemptResult, crate::executor::Deferred> {
+    use tracing::Instrument;
+    let span = tracing::info_span!(
+        "attempt",
+        otel.name = format!("attempt {}", a.task_id),
+        run_id = %a.run_id,
+        task = %a.task_id,
+        task_type = %a.ty,
+        item = a.item,
+        attempt = a.attempt,
+        outcome = tracing::field::Empty,
+        error = tracing::field::Empty,
+    );
+    let run = async {
+        match a.timeout {
+            Some(d) => tokio::time::timeout(d, exec.execute_or_defer(a)).await.unwrap_or_else(|_| {
+                Ok(AttemptResult::Failed {
+                    error: format!("timed out after {}", llmo_core::model::Duration(d)),
+                    retryable: true,
+                    usage: Usage::default(),
+                })
+            }),
+            None => exec.execute_or_defer(a).await,
+        }
+    };
+    let result = match run.instrument(span.clone()).await {
+        Ok(r) => r,
+        Err(d) => {
+            span.record("outcome", "deferred");
+            return Err(d);
+        }
+    };
+    record_attempt(&span, &a.ty, &result);
+    span.in_scope(|| match &result {
+        AttemptResult::Succeeded { usage, .. } => {
+            tracing::debug!(tokens = usage.tokens, cost_usd = usage.cost_usd, "attempt succeeded")
+        }
+        AttemptResult::Failed { error, retryable, .. } => tracing::info!(%error, retryable, "attempt failed"),
+    });
+    Ok(result)
+}
+
+/// Puts an attempt's outcome on its span and in the metrics.
+pub fn record_attempt(span: &tracing::Span, ty: &str, result: &AttemptResult) {
+    match result {
+        AttemptResult::Succeeded { .. } => {
+            span.record("outcome", "succeeded");
+        }
+        AttemptResult::Failed { error, retryable, .. } => {
+            span.record("outcome", if *retryable { "retryable" } else { "failed" });
+            span.record("error", error.as_str());
+        }
+    }
+    crate::meter::attempt(ty, result);
+}
