@@ -133,6 +133,21 @@ pub struct Continue {
 /// the run).
 pub type PlanOf = Arc<dyn Fn(&str) -> Option<Arc<Plan>> + Send + Sync>;
 
+/// What a step's messages bring ([`Worker::intake`]).
+struct Intake {
+    events: Vec<Event>,
+    /// Keys of transitions whose commands are owed again.
+    owed: Vec<String>,
+    /// Keys of redelivered messages: what they owe is followed through finished work.
+    again: Vec<String>,
+    /// Live attempts to run in this step.
+    attempts: Vec<AttemptId>,
+    /// Of those, the ones whose capacity was reserved before they were deferred.
+    admitted: Vec<AttemptId>,
+    /// Messages to send back delayed once the step's own work is done.
+    deferred: Vec<(Message, Millis)>,
+}
+
 /// Runs whose state a warm worker keeps (beyond it, the cache starts again).
 const CACHED_RUNS: usize = 512;
 
@@ -358,6 +373,8 @@ impl Worker {
         r
     }
 
+    /// One step of a run: what the messages bring, the attempts they name run here, and the
+    /// batch committed (or deposited for the fold).
     async fn step_in(
         &self,
         run_id: &str,
@@ -366,9 +383,32 @@ impl Worker {
         in_place: bool,
         folding: bool,
     ) -> Result<Outcome, Error> {
-        let (plan, mut st) = self.load(run_id).await?;
-        let workflow = plan.checked.workflow.metadata.name.as_str();
-        tracing::Span::current().record("workflow", workflow);
+        let (plan, st) = self.load(run_id).await?;
+        tracing::Span::current().record("workflow", plan.checked.workflow.metadata.name.as_str());
+        let mut intake = self.intake(run_id, &plan, &st, msgs, in_place).await?;
+        if !intake.attempts.is_empty() {
+            let Some((events, deferred)) =
+                self.run_attempts(run_id, &plan, &st, &intake.attempts, &intake.admitted, in_place).await
+            else {
+                return Ok(Outcome::Replayed);
+            };
+            intake.events.extend(events);
+            intake.deferred.extend(deferred);
+        }
+        self.commit(run_id, plan, st, intake, keep, folding).await
+    }
+
+    /// What the messages bring: events to apply, what finished work owes again, the live
+    /// attempts to run here. A packed message delivered again sends its live attempts back one
+    /// per message; a run whose concurrency key is full has its `Start` deferred.
+    async fn intake(
+        &self,
+        run_id: &str,
+        plan: &Plan,
+        st: &RunState,
+        msgs: &[(&Message, bool)],
+        in_place: bool,
+    ) -> Result<Intake, Error> {
         let mut events: Vec<Event> = Vec::new();
         let mut owed: Vec<String> = Vec::new();
         // Keys of redelivered messages: what they owe is followed through finished work.
@@ -457,89 +497,121 @@ impl Worker {
         // comes back later and the run stays pending.
         if st.status == RunStatus::Pending
             && events.iter().any(|e| matches!(e, Event::Start))
-            && let Some((key, limit)) = run_key_of(&plan, &st)
-            && !self.enter_key(&key, run_id, limit, rank_of(&plan)).await
+            && let Some((key, limit)) = run_key_of(plan, st)
+            && !self.enter_key(&key, run_id, limit, rank_of(plan)).await
         {
             events.retain(|e| !matches!(e, Event::Start));
             let m = Message::Event { run_id: run_id.to_string(), event: Event::Start };
             deferred.push((m, KEY_RETRY_MS + self.cas.delay(run_id, self.clock.now(), 4).as_millis() as Millis));
         }
-        if !attempts.is_empty() {
-            let parts = plan.run_parts(&st, false);
-            let runs = attempts.iter().map(|&id| {
-                let (plan, st, parts) = (&plan, &st, &parts);
-                let admitted = admitted_ids.contains(&id);
-                async move {
-                    let t = &plan.checked.workflow.spec.tasks[id.task];
-                    let result = match self.executors.get(&t.ty) {
-                        None => crate::executor::failed(llmo_core::engine::builtin::TaskError::fatal(format!(
-                            "no executor is registered for task type `{}`",
-                            t.ty
-                        ))),
-                        Some(exec) => {
-                            let ids = (Arc::from(run_id), Arc::from(t.id.as_str()), Arc::from(t.ty.as_str()));
-                            match build_attempt(plan, st, parts, ids, id, exec.as_ref()) {
-                                Ok(mut a) => {
-                                    a.admitted = admitted;
-                                    // A task's concurrency key: held while the attempt runs.
-                                    let key = task_key_of(plan, st, id, &a.context);
-                                    let holder = attempt_holder(run_id, id);
-                                    if let Some((key, limit)) = &key
-                                        && !self.enter_key(key, &holder, *limit, rank_of(plan)).await
-                                    {
-                                        let after = std::time::Duration::from_millis(
-                                            KEY_RETRY_MS
-                                                + self.cas.delay(&holder, self.clock.now(), 4).as_millis() as Millis,
-                                        );
-                                        return Err((id, crate::executor::Deferred { after, admitted: false }));
-                                    }
-                                    let r = run_deferrable(exec.as_ref(), &a).await;
-                                    if let Some((key, _)) = &key {
-                                        self.flow.leave(key, &holder).await;
-                                    }
-                                    match r {
-                                        Ok(r) => r,
-                                        Err(d) => return Err((id, d)),
-                                    }
+        Ok(Intake { events, owed, again, attempts, admitted: admitted_ids, deferred })
+    }
+
+    /// Runs the attempts under their task concurrency keys: their results, and those deferred
+    /// for want of shared capacity (back to the queue, delayed). `None` when the run ended
+    /// meanwhile (the attempts were stopped; nothing of them is stored).
+    async fn run_attempts(
+        &self,
+        run_id: &str,
+        plan: &Arc<Plan>,
+        st: &RunState,
+        attempts: &[AttemptId],
+        admitted_ids: &[AttemptId],
+        in_place: bool,
+    ) -> Option<(Vec<Event>, Vec<(Message, Millis)>)> {
+        let mut events = Vec::new();
+        let mut deferred = Vec::new();
+        let parts = plan.run_parts(st, false);
+        let runs = attempts.iter().map(|&id| {
+            let (plan, st, parts) = (plan, st, &parts);
+            let admitted = admitted_ids.contains(&id);
+            async move {
+                let t = &plan.checked.workflow.spec.tasks[id.task];
+                let result = match self.executors.get(&t.ty) {
+                    None => crate::executor::failed(llmo_core::engine::builtin::TaskError::fatal(format!(
+                        "no executor is registered for task type `{}`",
+                        t.ty
+                    ))),
+                    Some(exec) => {
+                        let ids = (Arc::from(run_id), Arc::from(t.id.as_str()), Arc::from(t.ty.as_str()));
+                        match build_attempt(plan, st, parts, ids, id, exec.as_ref()) {
+                            Ok(mut a) => {
+                                a.admitted = admitted;
+                                // A task's concurrency key: held while the attempt runs.
+                                let key = task_key_of(plan, st, id, &a.context);
+                                let holder = attempt_holder(run_id, id);
+                                if let Some((key, limit)) = &key
+                                    && !self.enter_key(key, &holder, *limit, rank_of(plan)).await
+                                {
+                                    let after = std::time::Duration::from_millis(
+                                        KEY_RETRY_MS
+                                            + self.cas.delay(&holder, self.clock.now(), 4).as_millis() as Millis,
+                                    );
+                                    return Err((id, crate::executor::Deferred { after, admitted: false }));
                                 }
-                                Err(r) => r,
+                                let r = run_deferrable(exec.as_ref(), &a).await;
+                                if let Some((key, _)) = &key {
+                                    self.flow.leave(key, &holder).await;
+                                }
+                                match r {
+                                    Ok(r) => r,
+                                    Err(d) => return Err((id, d)),
+                                }
                             }
+                            Err(r) => r,
                         }
-                    };
-                    Ok(Event::AttemptFinished { task: id.task, item: id.item, attempt: id.attempt, result, in_place })
+                    }
+                };
+                Ok(Event::AttemptFinished { task: id.task, item: id.item, attempt: id.attempt, result, in_place })
+            }
+        });
+        let all = futures::future::join_all(runs);
+        let results = match self.watch_every {
+            None => all.await,
+            Some(every) => tokio::select! {
+                r = all => r,
+                why = self.ended_meanwhile(run_id, st.version, every) => {
+                    // Dropping the attempts aborts their model and HTTP calls; nothing of
+                    // them is stored, and the messages are done with.
+                    tracing::info!(run = run_id, %why, "the run ended while its attempts ran; they were stopped");
+                    return None;
                 }
-            });
-            let all = futures::future::join_all(runs);
-            let results = match self.watch_every {
-                None => all.await,
-                Some(every) => tokio::select! {
-                    r = all => r,
-                    why = self.ended_meanwhile(run_id, st.version, every) => {
-                        // Dropping the attempts aborts their model and HTTP calls; nothing of
-                        // them is stored, and the messages are done with.
-                        tracing::info!(run = run_id, %why, "the run ended while its attempts ran; they were stopped");
-                        return Ok(Outcome::Replayed);
-                    }
-                },
-            };
-            for r in results {
-                match r {
-                    Ok(e) => events.push(e),
-                    // Not started for want of shared capacity: back to the queue, delayed
-                    // (sent once the step's own work is done; nothing is stored for it).
-                    Err((id, d)) => {
-                        let m = Message::Execute {
-                            run_id: run_id.to_string(),
-                            task: id.task,
-                            item: id.item,
-                            attempt: id.attempt,
-                            admitted: d.admitted,
-                        };
-                        deferred.push((m, d.after.as_millis() as Millis));
-                    }
+            },
+        };
+        for r in results {
+            match r {
+                Ok(e) => events.push(e),
+                // Not started for want of shared capacity: back to the queue, delayed
+                // (sent once the step's own work is done; nothing is stored for it).
+                Err((id, d)) => {
+                    let m = Message::Execute {
+                        run_id: run_id.to_string(),
+                        task: id.task,
+                        item: id.item,
+                        attempt: id.attempt,
+                        admitted: d.admitted,
+                    };
+                    deferred.push((m, d.after.as_millis() as Millis));
                 }
             }
         }
+        Some((events, deferred))
+    }
+
+    /// Applies the step's events to the stored state and appends them (compare-and-set), or
+    /// deposits them on the fold queue when other attempts of the run are running; then sends
+    /// what they ask for, arms the run's tick and sends what was deferred.
+    async fn commit(
+        &self,
+        run_id: &str,
+        plan: Arc<Plan>,
+        mut st: RunState,
+        intake: Intake,
+        keep: Option<&Mutex<Vec<Kept>>>,
+        folding: bool,
+    ) -> Result<Outcome, Error> {
+        let Intake { events, owed, again, attempts, deferred, .. } = intake;
+        let workflow = plan.checked.workflow.metadata.name.as_str();
         // Other attempts of the run are running (elsewhere, or later in this worker): their
         // results would race this step's for the log's next version, so this step's events go
         // to the fold queue. A step that is all the run has running (a chain, a start, a
@@ -882,199 +954,4 @@ impl Worker {
 }
 
 #[cfg(test)]
-mod unpack_tests {
-    use super::*;
-    use crate::queue::{ManualClock, MemoryQueue};
-    use crate::store::MemoryStore;
-    use async_trait::async_trait;
-
-    const LEASE: &str = r#"
-apiVersion: llm-orchestrator/v1
-kind: Workflow
-metadata: { name: lease }
-spec:
-  tasks:
-    - { id: a, type: transform, for_each: "range(3)", with: { output: "{{ item }}" } }
-    - { id: b, type: transform, depends_on: [a], with: { output: "{{ tasks.a.output | sum }}" } }
-    - { id: c, type: transform, depends_on: [b], with: { output: "{{ tasks.b.output }}!" } }
-  outputs:
-    c: "{{ tasks.c.output }}"
-"#;
-
-    /// A worker that died before sending anything: every send fails.
-    struct Dead(Arc<MemoryQueue>);
-
-    #[async_trait]
-    impl Queue for Dead {
-        async fn send(&self, _: &Message, _: Millis) -> Result<(), QueueError> {
-            Err(QueueError::Io("the worker died".into()))
-        }
-        async fn receive(&self, max: usize) -> Result<Vec<Delivery>, QueueError> {
-            self.0.receive(max).await
-        }
-        async fn ack(&self, receipt: &str) -> Result<(), QueueError> {
-            self.0.ack(receipt).await
-        }
-    }
-
-    struct Setup {
-        clock: Arc<ManualClock>,
-        queue: Arc<MemoryQueue>,
-        store: Arc<MemoryStore>,
-        plan: Arc<Plan>,
-    }
-
-    impl Setup {
-        async fn new() -> Setup {
-            let checked = Validator::default().validate(&SourceFile::new("lease.yaml", LEASE)).checked.expect("valid");
-            let plan = Arc::new(Plan::new(checked));
-            let clock = Arc::new(ManualClock::default());
-            clock.set(1_000_000);
-            let queue = Arc::new(MemoryQueue::new(clock.clone(), 30_000));
-            let store = Arc::new(MemoryStore::default());
-            store.create("lease", "lease.yaml", LEASE, &plan.new_run("r", Default::default())).await.unwrap();
-            queue.send(&Message::Event { run_id: "r".into(), event: Event::Start }, 0).await.unwrap();
-            Setup { clock, queue, store, plan }
-        }
-
-        fn worker(&self, queue: Arc<dyn Queue>) -> Worker {
-            let registry = crate::standard_registry(crate::providers::Config::builtin(), true, Default::default());
-            let plan = self.plan.clone();
-            let mut w = Worker::new(
-                self.store.clone(),
-                queue,
-                Arc::new(registry),
-                self.clock.clone(),
-                Arc::new(move |_| Some(plan.clone())),
-            );
-            w.pack = 10;
-            w
-        }
-
-        /// Steps the run's `Start`: what it sends is a packed message of `a`'s attempts.
-        async fn start(&self, w: &Worker) {
-            let start = self.receive().await;
-            w.handle_batch(&start).await.pop().unwrap().unwrap();
-            self.queue.ack(&start[0].receipt).await.unwrap();
-        }
-
-        async fn receive(&self) -> Vec<Delivery> {
-            self.queue.receive(10).await.unwrap()
-        }
-
-        /// Steps every message until the queue is empty; the run's state then.
-        async fn drain(&self, w: &Worker) -> RunState {
-            for _ in 0..100 {
-                let ds = self.receive().await;
-                if ds.is_empty() {
-                    break;
-                }
-                for (d, r) in ds.iter().zip(w.handle_batch(&ds).await) {
-                    r.unwrap();
-                    self.queue.ack(&d.receipt).await.unwrap();
-                }
-            }
-            rebuild(&self.plan, self.store.load("r").await.unwrap().unwrap()).unwrap()
-        }
-    }
-
-    /// The packed message of `a`'s three attempts is the lease on the chain stepped in place
-    /// after it (b, then c). Its worker dies after storing b's result and before sending c:
-    /// delivered again, the message re-sends what b's transition owes, and the run ends.
-    #[tokio::test]
-    async fn a_packed_message_delivered_again_recovers_the_chain_stepped_in_place_under_it() {
-        let s = Setup::new().await;
-        let w = s.worker(s.queue.clone());
-        s.start(&w).await;
-        let packed = s.receive().await;
-        assert!(
-            matches!(&packed[..], [d] if matches!(d.message, Message::Attempts { ref attempts, .. } if attempts.len() == 3))
-        );
-        let dead = s.worker(Arc::new(Dead(s.queue.clone())));
-        let c = Continue { max_rounds: 1, until: Millis::MAX };
-        assert!(dead.handle_batch_continuing(&packed, c).await[0].is_err(), "c could not be sent");
-        let st = rebuild(&s.plan, s.store.load("r").await.unwrap().unwrap()).unwrap();
-        assert_eq!(st.tasks[1].status, TaskStatus::Succeeded, "b ran in place and was stored");
-        assert_eq!(st.tasks[2].status, TaskStatus::Running, "c was started, never sent");
-        s.clock.advance(30_000);
-        let st = s.drain(&w).await;
-        assert_eq!(st.status, RunStatus::Succeeded, "{:?}", st.tasks.iter().map(|t| t.status).collect::<Vec<_>>());
-        assert_eq!(st.outputs, Some(serde_json::json!({"c": "3!"})));
-    }
-
-    /// A packed message whose worker died while its attempts ran: delivered again, its
-    /// attempts still running are not run together again but sent one per message.
-    #[tokio::test]
-    async fn a_packed_message_delivered_again_sends_its_running_attempts_one_per_message() {
-        let s = Setup::new().await;
-        let w = s.worker(s.queue.clone());
-        s.start(&w).await;
-        assert_eq!(s.receive().await.len(), 1, "one packed message, never handled: its worker died");
-        s.clock.advance(30_000);
-        let again = s.receive().await;
-        assert_eq!(again[0].receive_count, 2);
-        w.handle_batch(&again).await.pop().unwrap().unwrap();
-        s.queue.ack(&again[0].receipt).await.unwrap();
-        let st = rebuild(&s.plan, s.store.load("r").await.unwrap().unwrap()).unwrap();
-        assert_eq!(st.tasks[0].status, TaskStatus::Running, "nothing of a ran");
-        let sent: Vec<Message> = s.receive().await.into_iter().map(|d| d.message).collect();
-        let one =
-            |item| Message::Execute { run_id: "r".into(), task: 0, item: Some(item), attempt: 1, admitted: false };
-        assert_eq!(sent, vec![one(0), one(1), one(2)]);
-        s.clock.advance(30_000);
-        assert_eq!(s.drain(&w).await.status, RunStatus::Succeeded);
-    }
-
-    /// A step whose transition is dear to replay (a hundred approvals, each prompt much of a
-    /// template's fuel) leaves a snapshot after it: the API's reads and the next cold
-    /// worker start from there instead of rendering the prompts again.
-    #[tokio::test]
-    async fn a_step_dear_to_replay_leaves_a_snapshot() {
-        const HEAVY: &str = r#"
-apiVersion: llm-orchestrator/v1
-kind: Workflow
-metadata: { name: heavy }
-spec:
-  tasks:
-    - id: hold
-      type: wait
-      for_each: "range(100)"
-      with:
-        approval:
-          prompt: "{% for i in range(40000) %}{% endfor %}{{ item }}"
-"#;
-        let checked = Validator::default().validate(&SourceFile::new("heavy.yaml", HEAVY)).checked.expect("valid");
-        let plan = Arc::new(Plan::new(checked));
-        let s = Setup { plan: plan.clone(), ..Setup::new().await };
-        s.store.create("heavy", "heavy.yaml", HEAVY, &plan.new_run("h", Default::default())).await.unwrap();
-        s.queue.send(&Message::Event { run_id: "h".into(), event: Event::Start }, 0).await.unwrap();
-        let w = s.worker(s.queue.clone());
-        let ds: Vec<Delivery> = s.receive().await.into_iter().filter(|d| d.message.run_id() == "h").collect();
-        w.handle_batch(&ds).await.pop().unwrap().unwrap();
-        let stored = s.store.load("h").await.unwrap().unwrap();
-        let tail: Vec<String> = stored.tail.iter().map(|t| t.event.key()).collect();
-        assert_eq!(stored.snapshot.version, 1, "loading replays {tail:?}");
-        let st = rebuild(&plan, stored).unwrap();
-        assert_eq!(st.tasks[0].units.len(), 100);
-    }
-}
-
-#[cfg(test)]
-mod cas_tests {
-    use super::CasRetry;
-    use std::time::Duration;
-
-    #[test]
-    fn lost_writes_back_off_with_jitter_up_to_the_cap() {
-        let c = CasRetry::default();
-        for lost in 1..12 {
-            let ceiling = (c.base * (1 << lost)).min(c.cap);
-            let waits: Vec<Duration> = (0..50).map(|t| c.delay("run-1", 1_000 + t, lost)).collect();
-            assert!(waits.iter().all(|w| *w <= ceiling), "{lost}: {waits:?}");
-            assert!(waits.iter().any(|w| *w != waits[0]), "jittered");
-        }
-        assert_eq!(c.delay("r", 5, 3), c.delay("r", 5, 3), "deterministic for one run, clock and count");
-        let zero = CasRetry { base: Duration::ZERO, ..c };
-        assert_eq!(zero.delay("r", 5, 3), Duration::ZERO);
-    }
-}
+mod tests;
