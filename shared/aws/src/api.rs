@@ -25,7 +25,6 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use aws_sdk_dynamodb::types::AttributeValue;
 use lambda_http::http::{Method, StatusCode};
 use lambda_http::{Body, Request, Response};
 use llmo_core::engine::{Event, Plan, RunState, RunStatus};
@@ -48,6 +47,8 @@ use crate::sqs::SqsQueue;
 pub struct Api {
     pub aws: Aws,
     pub store: Arc<DynamoStore>,
+    /// Registered definitions (`POST /workflows`), by tenant and name.
+    pub workflows: Arc<dyn llmo_runtime::workflows::Workflows>,
     pub queue: Arc<SqsQueue>,
     pub worker: Worker,
     pub starter: Starter,
@@ -308,6 +309,7 @@ impl Api {
         Api {
             reads: llmo_runtime::reads::Reads::new(flow),
             aws: aws.clone(),
+            workflows: store.clone(),
             store,
             queue,
             worker,
@@ -630,63 +632,25 @@ impl Api {
             Err(e) => return (start_error(e), None),
         };
         let name = checked.workflow.metadata.name.clone();
-        let r = self
-            .aws
-            .dynamodb
-            .put_item()
-            .table_name(&self.aws.table)
-            .item("pk", AttributeValue::S(format!("WORKFLOWS#{tenant}")))
-            .item("sk", AttributeValue::S(name.clone()))
-            .item("source", AttributeValue::S(source.to_string()))
-            .item("registered_at", AttributeValue::N(llmo_runtime::ports::now_ms().to_string()))
-            .send()
-            .await;
-        let reply = match r {
-            Ok(_) => reply(StatusCode::CREATED, json!({"workflow": name, "tasks": checked.workflow.spec.tasks.len()})),
-            Err(e) => internal(aws_sdk_dynamodb::error::DisplayErrorContext(e)),
+        let reply = match self.workflows.put(tenant, &name, source, llmo_runtime::ports::now_ms()).await {
+            Ok(()) => reply(StatusCode::CREATED, json!({"workflow": name, "tasks": checked.workflow.spec.tasks.len()})),
+            Err(e) => internal(e),
         };
         (reply, Some(name))
     }
 
     async fn definition(&self, tenant: &str, name: &str) -> Result<Option<String>, Refusal> {
-        // DynamoDB refuses an empty key; no definition has an empty name.
-        if name.is_empty() {
-            return Ok(None);
-        }
-        let out = self
-            .aws
-            .dynamodb
-            .get_item()
-            .table_name(&self.aws.table)
-            .key("pk", AttributeValue::S(format!("WORKFLOWS#{tenant}")))
-            .key("sk", AttributeValue::S(name.to_string()))
-            .send()
-            .await
-            .map_err(|e| Box::new(internal(aws_sdk_dynamodb::error::DisplayErrorContext(e))))?;
-        Ok(out.item.and_then(|i| i.get("source").and_then(|s| s.as_s().ok()).cloned()))
+        self.workflows.get(tenant, name).await.map_err(|e| Box::new(internal(e)))
     }
 
     async fn workflows(&self, tenant: &str) -> Reply {
-        let r = self
-            .aws
-            .dynamodb
-            .query()
-            .table_name(&self.aws.table)
-            .key_condition_expression("pk = :pk")
-            .expression_attribute_values(":pk", AttributeValue::S(format!("WORKFLOWS#{tenant}")))
-            .projection_expression("sk, registered_at")
-            .send()
-            .await;
-        match r {
-            Ok(out) => {
-                let names: Vec<Value> = out
-                    .items()
-                    .iter()
-                    .map(|i| json!({"workflow": i.get("sk").and_then(|s| s.as_s().ok()), "registered_at": i.get("registered_at").and_then(|n| n.as_n().ok()).and_then(|n| n.parse::<u64>().ok())}))
-                    .collect();
+        match self.workflows.list(tenant).await {
+            Ok(list) => {
+                let names: Vec<Value> =
+                    list.iter().map(|r| json!({"workflow": r.name, "registered_at": r.registered_at})).collect();
                 reply(StatusCode::OK, json!({"workflows": names}))
             }
-            Err(e) => internal(aws_sdk_dynamodb::error::DisplayErrorContext(e)),
+            Err(e) => internal(e),
         }
     }
 

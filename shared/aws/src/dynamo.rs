@@ -54,7 +54,7 @@ pub const ITEM_SPILL_BYTES: usize = 300 * 1024;
 /// A snapshot is written every this many versions (and when a run ends).
 pub const SNAPSHOT_EVERY: u64 = 500;
 
-type Item = HashMap<String, AttributeValue>;
+pub(crate) type Item = HashMap<String, AttributeValue>;
 
 /// Payloads (transitions, workflow text, initial state) longer than this are stored deflated:
 /// a write is billed per KB, and such JSON (the same keys over and over) shrinks several times.
@@ -88,10 +88,10 @@ pub(crate) fn s(v: impl Into<String>) -> AttributeValue {
 pub(crate) fn n(v: impl ToString) -> AttributeValue {
     AttributeValue::N(v.to_string())
 }
-fn get_s<'a>(item: &'a Item, k: &str) -> Option<&'a str> {
+pub(crate) fn get_s<'a>(item: &'a Item, k: &str) -> Option<&'a str> {
     item.get(k).and_then(|v| v.as_s().ok()).map(String::as_str)
 }
-fn get_n(item: &Item, k: &str) -> Option<f64> {
+pub(crate) fn get_n(item: &Item, k: &str) -> Option<f64> {
     item.get(k).and_then(|v| v.as_n().ok()).and_then(|v| v.parse().ok())
 }
 fn run_pk(run_id: &str) -> String {
@@ -103,7 +103,7 @@ fn log_sk(first: u64) -> String {
 fn other(e: impl std::fmt::Display) -> Error {
     Error::Other(e.to_string())
 }
-fn err<E>(e: aws_sdk_dynamodb::error::SdkError<E>) -> Error
+pub(crate) fn err<E>(e: aws_sdk_dynamodb::error::SdkError<E>) -> Error
 where
     E: std::error::Error + std::fmt::Debug + 'static,
 {
@@ -230,7 +230,7 @@ fn list_shard(run_id: &str) -> u32 {
 }
 
 pub struct DynamoStore {
-    aws: Aws,
+    pub(crate) aws: Aws,
     blobs: S3Blobs,
     audit: Audit,
     lifetime: crate::config::Lifetime,
@@ -270,9 +270,9 @@ impl DynamoStore {
     /// would be too big: the whole item is measured, and the largest payloads move to S3 until
     /// it fits in [`ITEM_SPILL_BYTES`] (DynamoDB's limit is 400 KB for the item as a whole, not
     /// per attribute). Each payload is `(what, json, inline attribute, spilled attribute)`.
-    async fn payloads(
+    pub(crate) async fn payloads(
         &self,
-        run_id: &str,
+        dir: &str,
         item: &mut Item,
         parts: Vec<(&str, String, &str, &str)>,
     ) -> Result<(), Error> {
@@ -284,7 +284,7 @@ impl DynamoStore {
         for (((what, json, inline, spilled_attr), spill), z) in parts.into_iter().zip(spilled).zip(packed) {
             if spill {
                 let hash = hex(&Sha256::digest(json.as_bytes()));
-                let key = format!("runs/{run_id}/{what}-{hash}.json");
+                let key = format!("{dir}/{what}-{hash}.json");
                 item.insert(spilled_attr.into(), s(&key));
                 self.put_blob(&key, json.into_bytes()).await?;
             } else if let Some(z) = z {
@@ -296,7 +296,7 @@ impl DynamoStore {
         Ok(())
     }
 
-    async fn read_payload(&self, item: &Item, inline: &str, spilled: &str) -> Result<String, Error> {
+    pub(crate) async fn read_payload(&self, item: &Item, inline: &str, spilled: &str) -> Result<String, Error> {
         if let Some(AttributeValue::B(z)) = item.get(&format!("{inline}z")) {
             return inflate(z.as_ref());
         }
@@ -600,7 +600,7 @@ impl DynamoStore {
             ("source", source.to_string(), "source", "source_ref"),
             ("initial", serde_json::to_string(initial)?, "init", "init_ref"),
         ];
-        self.payloads(id, &mut src, parts).await?;
+        self.payloads(&format!("runs/{id}"), &mut src, parts).await?;
         Ok((item, src))
     }
 
@@ -863,7 +863,12 @@ impl RunStore for DynamoStore {
         ]
         .into();
         let what = format!("log-{:020}", expected + 1);
-        self.payloads(run_id, &mut item, vec![(&what, serde_json::to_string(transitions)?, "t", "t_ref")]).await?;
+        self.payloads(
+            &format!("runs/{run_id}"),
+            &mut item,
+            vec![(&what, serde_json::to_string(transitions)?, "t", "t_ref")],
+        )
+        .await?;
         let wru = wru_of(&item);
         self.aws.meter.log_writes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let won = if changes_summary(transitions, head) {

@@ -18,5 +18,6 @@ pub mod secrets;
 pub mod sqs;
 pub mod step;
 pub mod sweep;
+pub mod workflows;
 
 pub use config::Aws;

@@ -22,6 +22,7 @@ pub mod ui;
 pub mod view;
 pub mod waits;
 pub mod worker;
+pub mod workflows;
 
 use std::sync::Arc;
 

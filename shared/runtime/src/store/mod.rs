@@ -19,6 +19,8 @@ use async_trait::async_trait;
 use llmo_core::engine::{Event, Millis, Plan, RunState};
 use serde::{Deserialize, Serialize};
 
+#[cfg(any(test, feature = "contract"))]
+pub mod contract;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 #[cfg(feature = "sqlite")]
@@ -541,19 +543,15 @@ impl RunStore for MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use llmo_core::engine::{AttemptResult, RunStatus, Usage};
+    use llmo_core::engine::RunStatus;
     use llmo_core::source::SourceFile;
     use llmo_core::validate::Validator;
-    use serde_json::{Map, json};
+    use serde_json::Map;
 
     const WF: &str = "apiVersion: llm-orchestrator/v1\nkind: Workflow\nmetadata: { name: w }\nspec:\n  tasks:\n    - { id: a, type: transform, with: { output: 1 } }\n    - { id: b, type: transform, depends_on: [a], with: { output: 2 } }\n";
 
     fn plan() -> Plan {
         Plan::new(Validator::default().validate(&SourceFile::new("w.yaml", WF)).checked.unwrap())
-    }
-
-    fn done(task: usize) -> Event {
-        Event::finished(task, None, 1, AttemptResult::Succeeded { output: json!(task).into(), usage: Usage::default() })
     }
 
     /// Applies `events` to `st`, returning the transitions to store.
@@ -567,41 +565,10 @@ mod tests {
             .collect()
     }
 
-    async fn exercise(store: &dyn RunStore) {
-        let plan = plan();
-        let mut st = plan.new_run("a", Map::new());
-        store.create("w", "w.yaml", WF, &st).await.unwrap();
-        assert!(matches!(store.create("w", "w.yaml", WF, &st).await, Err(Error::Exists(_))));
-        let batch = advance(&plan, &mut st, &[Event::Start]);
-        assert!(store.append(0, &batch, &st).await.unwrap(), "expected version matches");
-        assert!(!store.append(0, &batch, &st).await.unwrap(), "a second append from version 0 loses");
-        let mid = st.clone();
-        let batch = advance(&plan, &mut st, &[done(0), done(1)]);
-        assert!(store.append(1, &batch, &st).await.unwrap());
-        assert_eq!(st.status, RunStatus::Succeeded);
-        assert_eq!(store.version("a").await.unwrap(), Some(3));
-
-        let loaded = store.load("a").await.unwrap().unwrap();
-        assert_eq!(loaded.source, WF);
-        assert_eq!(loaded.tail.len(), 3, "no snapshot yet: the whole log");
-        assert_eq!(rebuild(&plan, loaded).unwrap(), st, "replaying the log gives the same state");
-        store.snapshot(&mid).await.unwrap();
-        let loaded = store.load("a").await.unwrap().unwrap();
-        assert!(loaded.tail.len() <= 3, "from the snapshot on, if the store keeps snapshots");
-        assert_eq!(rebuild(&plan, loaded).unwrap(), st);
-        assert_eq!(store.history("a").await.unwrap().len(), 3);
-        assert!(store.load("nope").await.unwrap().is_none());
-
-        store.create("w", "w.yaml", WF, &plan.new_run("b", Map::new())).await.unwrap();
-        let list = store.list().await.unwrap();
-        assert_eq!(list.len(), 2);
-        assert_eq!(list[0].run_id, "a", "started runs first");
-        assert_eq!(list[0].status, "succeeded");
-    }
-
     #[tokio::test]
     async fn memory_store_appends_with_compare_and_set() {
-        exercise(&MemoryStore::default()).await;
+        contract::run_store(&MemoryStore::default(), "m").await;
+        contract::workflows(&crate::workflows::MemoryWorkflows::default(), "m").await;
     }
 
     /// Processes that open one new state file at the same moment (two `llmo run --state F`)
@@ -638,7 +605,8 @@ mod tests {
         let path = dir.join("runs.db");
         let _ = std::fs::remove_file(&path);
         let store = SqliteStore::open(&path, Durability::Process).unwrap();
-        exercise(&store).await;
+        contract::run_store(&store, "").await;
+        contract::workflows(&store, "s").await;
         assert_eq!(store.load("a").await.unwrap().unwrap().tail.len(), 2, "SQLite keeps the snapshot");
         // Another connection (another process) sees what the first wrote.
         let again = SqliteStore::open(&path, Durability::Power).unwrap();

@@ -103,6 +103,13 @@ impl SqliteStore {
                 run_id TEXT PRIMARY KEY,
                 owner TEXT NOT NULL,
                 expires_at INTEGER NOT NULL
+            );
+            CREATE TABLE IF NOT EXISTS workflows (
+                tenant TEXT NOT NULL,
+                name TEXT NOT NULL,
+                source TEXT NOT NULL,
+                registered_at INTEGER NOT NULL,
+                PRIMARY KEY (tenant, name)
             );",
         )?;
         // Files from before `tokens` was listed get the column (their runs count 0 tokens).
@@ -407,5 +414,35 @@ impl RunStore for SqliteStore {
             })
             .optional()?;
         Ok(owner)
+    }
+}
+
+#[async_trait]
+impl crate::workflows::Workflows for SqliteStore {
+    async fn put(&self, tenant: &str, name: &str, source: &str, now: Millis) -> Result<(), Error> {
+        self.lock().execute(
+            "INSERT INTO workflows (tenant, name, source, registered_at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (tenant, name) DO UPDATE SET source = ?3, registered_at = ?4",
+            params![tenant, name, source, now as i64],
+        )?;
+        Ok(())
+    }
+
+    async fn get(&self, tenant: &str, name: &str) -> Result<Option<String>, Error> {
+        Ok(self
+            .lock()
+            .query_row("SELECT source FROM workflows WHERE tenant = ?1 AND name = ?2", params![tenant, name], |r| {
+                r.get(0)
+            })
+            .optional()?)
+    }
+
+    async fn list(&self, tenant: &str) -> Result<Vec<crate::workflows::Registered>, Error> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare("SELECT name, registered_at FROM workflows WHERE tenant = ?1 ORDER BY name")?;
+        let rows = stmt.query_map(params![tenant], |r| {
+            Ok(crate::workflows::Registered { name: r.get(0)?, registered_at: r.get::<_, i64>(1)? as Millis })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 }

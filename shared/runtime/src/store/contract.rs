@@ -1,0 +1,88 @@
+//! What every run store and workflow store must do, as checks any adapter's tests call:
+//! memory and SQLite here, DynamoDB in `llmo-aws` against the local stack. (The `contract`
+//! feature; panics on a violation.)
+
+use llmo_core::engine::{AttemptResult, Event, Plan, RunState, RunStatus, Usage};
+use llmo_core::source::SourceFile;
+use llmo_core::validate::Validator;
+use serde_json::{Map, json};
+
+use super::{Error, RunStore, Transition, rebuild};
+use crate::workflows::Workflows;
+
+const WF: &str = "apiVersion: llm-orchestrator/v1\nkind: Workflow\nmetadata: { name: w }\nspec:\n  tasks:\n    - { id: a, type: transform, with: { output: 1 } }\n    - { id: b, type: transform, depends_on: [a], with: { output: 2 } }\n";
+
+fn plan() -> Plan {
+    Plan::new(Validator::default().validate(&SourceFile::new("w.yaml", WF)).checked.expect("valid"))
+}
+
+fn done(task: usize) -> Event {
+    Event::finished(task, None, 1, AttemptResult::Succeeded { output: json!(task).into(), usage: Usage::default() })
+}
+
+/// Applies `events` to `st`, returning the transitions to store.
+fn advance(plan: &Plan, st: &mut RunState, events: &[Event]) -> Vec<Transition> {
+    events
+        .iter()
+        .map(|e| {
+            plan.apply(st, e, 7).expect("applies");
+            Transition::new(st.version, 7, e.clone())
+        })
+        .collect()
+}
+
+/// Create once, compare-and-set appends (exactly one of two from the same version), load =
+/// snapshot + tail replaying to the same state, history, listing. Runs are named
+/// `{prefix}a` and `{prefix}b` (a store shared with other tests: pick a fresh prefix).
+pub async fn run_store(store: &dyn RunStore, prefix: &str) {
+    let (a, b) = (format!("{prefix}a"), format!("{prefix}b"));
+    let plan = plan();
+    let mut st = plan.new_run(a.clone(), Map::new());
+    store.create("w", "w.yaml", WF, &st).await.unwrap();
+    assert!(matches!(store.create("w", "w.yaml", WF, &st).await, Err(Error::Exists(_))));
+    let batch = advance(&plan, &mut st, &[Event::Start]);
+    assert!(store.append(0, &batch, &st).await.unwrap(), "expected version matches");
+    assert!(!store.append(0, &batch, &st).await.unwrap(), "a second append from version 0 loses");
+    let mid = st.clone();
+    let batch = advance(&plan, &mut st, &[done(0), done(1)]);
+    assert!(store.append(1, &batch, &st).await.unwrap());
+    assert_eq!(st.status, RunStatus::Succeeded);
+    assert_eq!(store.version(&a).await.unwrap(), Some(3));
+
+    let loaded = store.load(&a).await.unwrap().unwrap();
+    assert_eq!(loaded.source, WF);
+    assert_eq!(loaded.tail.len(), 3, "no snapshot yet: the whole log");
+    assert_eq!(rebuild(&plan, loaded).unwrap(), st, "replaying the log gives the same state");
+    store.snapshot(&mid).await.unwrap();
+    let loaded = store.load(&a).await.unwrap().unwrap();
+    assert!(loaded.tail.len() <= 3, "from the snapshot on, if the store keeps snapshots");
+    assert_eq!(rebuild(&plan, loaded).unwrap(), st);
+    assert_eq!(store.history(&a).await.unwrap().len(), 3);
+    assert!(store.load(&format!("{prefix}nope")).await.unwrap().is_none());
+
+    store.create("w", "w.yaml", WF, &plan.new_run(b.clone(), Map::new())).await.unwrap();
+    let list = store.list().await.unwrap();
+    let listed = |id: &str| list.iter().find(|r| r.run_id == id).cloned();
+    assert_eq!(listed(&a).expect("a listed").status, "succeeded");
+    assert!(listed(&b).is_some(), "b listed");
+}
+
+/// Register, read, list and replace per tenant; another tenant sees none of it; a definition
+/// of 600 KB (past DynamoDB's 400 KB item) is kept whole. `tenant` should be fresh.
+pub async fn workflows(store: &dyn Workflows, tenant: &str) {
+    let other = format!("{tenant}-other");
+    assert_eq!(store.get(tenant, "w").await.unwrap(), None);
+    store.put(tenant, "w", WF, 10).await.unwrap();
+    store.put(tenant, "v", "v1", 11).await.unwrap();
+    assert_eq!(store.get(tenant, "w").await.unwrap().as_deref(), Some(WF));
+    assert_eq!(store.get(&other, "w").await.unwrap(), None, "tenants are apart");
+    assert!(store.list(&other).await.unwrap().is_empty());
+    store.put(tenant, "v", "v2", 12).await.unwrap();
+    assert_eq!(store.get(tenant, "v").await.unwrap().as_deref(), Some("v2"), "a new registration replaces");
+    let big = format!("{WF}# {}\n", "x".repeat(600 * 1024));
+    store.put(tenant, "big", &big, 13).await.unwrap();
+    assert_eq!(store.get(tenant, "big").await.unwrap().as_deref(), Some(big.as_str()));
+    let names: Vec<(String, u64)> =
+        store.list(tenant).await.unwrap().into_iter().map(|r| (r.name, r.registered_at)).collect();
+    assert_eq!(names, vec![("big".into(), 13), ("v".into(), 12), ("w".into(), 10)], "by name");
+}
