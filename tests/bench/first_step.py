@@ -1,6 +1,6 @@
 """Process start to the first step done, for `llmo run --mock` of a workflow file.
 
-Issue 15's cold-path figure: spawns `llmo run --mock FILE` N times with JSON logs and reads
+The cold-path figure: spawns `llmo run --mock FILE` N times with JSON logs and reads
 the timestamp of the first "attempt succeeded" line (the mock answers at once, so the first
 task's attempt ending is the first step done), against the clock read just before the spawn.
 Prints the median and range, and the median of the whole process.
@@ -17,7 +17,7 @@ from datetime import datetime
 
 
 def once(llmo: str, path: str) -> tuple[float, float]:
-    env = dict(os.environ, RUST_LOG="llmo_runtime::driver=debug")
+    env = dict(os.environ, RUST_LOG="llmo_runtime::driver=debug,llmo_runtime::step=debug")
     t0 = time.time()
     p = subprocess.Popen(
         [llmo, "run", "--mock", "--log-format", "json", path],

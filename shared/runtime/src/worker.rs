@@ -175,7 +175,7 @@ pub struct Worker {
     /// queue grouped by run, [`crate::queue::MemoryQueue::grouped`]). With it, a step of a run
     /// whose other attempts are running elsewhere does not race them for the log's next
     /// version: it sends its events there, and [`Worker::handle_folds`] applies every event
-    /// waiting for the run in one append (see "Contention" in ARCHITECTURE.md). `None`: every
+    /// waiting for the run in one append (see "Folds" in ARCHITECTURE.md). `None`: every
     /// step appends itself, retrying lost writes.
     pub fold: Option<Arc<dyn Queue>>,
     /// Where concurrency keys (`spec.concurrency.key`, a task's `concurrency`) are held: in

@@ -1,5 +1,5 @@
 //! The execution engine's pure core: run and task states, events, commands, and the
-//! transition function every runtime drives. See ARCHITECTURE.md ("Engine").
+//! transition function every runtime drives. See ARCHITECTURE.md ("The runtime protocol").
 pub mod budget;
 pub mod builtin;
 pub(crate) mod interp;
