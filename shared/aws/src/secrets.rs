@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use llmo_runtime::secrets::Secrets;
+use llmo_runtime::secrets::{Secrets, SecretsError};
 
 /// The values and when they were read.
 type Cached = Option<(Instant, Arc<HashMap<String, String>>)>;
@@ -51,7 +51,7 @@ impl SecretsManager {
 
 #[async_trait]
 impl Secrets for SecretsManager {
-    async fn get(&self, name: &str) -> Result<Option<String>, String> {
+    async fn get(&self, name: &str) -> Result<Option<String>, SecretsError> {
         let mut cache = self.cache.lock().await;
         let fresh = cache.as_ref().is_some_and(|(at, _)| at.elapsed() < self.ttl);
         if !fresh {
@@ -63,7 +63,7 @@ impl Secrets for SecretsManager {
                         *at = Instant::now();
                     }
                 }
-                Err(e) => return Err(e),
+                Err(e) => return Err(SecretsError(e)),
             }
         }
         Ok(cache.as_ref().and_then(|(_, v)| v.get(name).cloned()))

@@ -114,5 +114,5 @@ async fn model_calls_use_the_key_the_secret_holds_and_see_a_rotation_after_the_t
         Duration::from_secs(1),
     );
     let e = missing.get("OPENAI_API_KEY").await.unwrap_err();
-    assert!(!e.contains("nope"), "{e}");
+    assert!(!e.to_string().contains("nope"), "{e}");
 }

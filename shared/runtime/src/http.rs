@@ -175,7 +175,7 @@ pub(crate) async fn headers(
             )));
         }
         let key = format!("{WORKFLOW_PREFIX}{name}");
-        let read = |e: String| TaskError::fatal(format!("secret `{name}`: {e}"));
+        let read = |e: crate::secrets::SecretsError| TaskError::fatal(format!("secret `{name}`: {e}"));
         let raw =
             source.get(&key).await.map_err(read)?.ok_or_else(|| {
                 TaskError::fatal(format!("secret `{name}` is not set (the secret source has no {key})"))

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use llmo_core::engine::{Event, Millis};
+use llmo_core::engine::{AttemptId, Event, Millis};
 use serde::{Deserialize, Serialize};
 
 use crate::ports::Clock;
@@ -46,16 +46,7 @@ pub enum Message {
     /// Run these attempts of one run (concurrently, in one step), then apply their results:
     /// several `Execute`s in one message, so that a wide layer costs fewer queue requests and
     /// invocations ([`pack`]; schema v3).
-    Attempts { run_id: String, attempts: Vec<AttemptRef> },
-}
-
-/// An attempt named in a [`Message::Attempts`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AttemptRef {
-    pub task: usize,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub item: Option<u32>,
-    pub attempt: u32,
+    Attempts { run_id: String, attempts: Vec<AttemptId> },
 }
 
 impl Message {
@@ -90,12 +81,12 @@ pub fn pack(messages: Vec<(Message, Millis)>, per: usize) -> Vec<(Message, Milli
         return messages;
     }
     // Each run's attempts, in the order of its first one.
-    let mut runs: Vec<(String, Vec<AttemptRef>)> = Vec::new();
+    let mut runs: Vec<(String, Vec<AttemptId>)> = Vec::new();
     let mut out = Vec::with_capacity(messages.len());
     for m in messages {
         match m {
             (Message::Execute { run_id, task, item, attempt, admitted: false }, 0) => {
-                let a = AttemptRef { task, item, attempt };
+                let a = AttemptId { task, item, attempt };
                 match runs.iter_mut().find(|(r, _)| *r == run_id) {
                     Some((_, v)) => v.push(a),
                     None => runs.push((run_id, vec![a])),
@@ -435,7 +426,7 @@ mod tests {
         let body = Envelope::encode(&deposit);
         assert!(body.starts_with(r#"{"v":2,"kind":"events""#), "{body}");
         assert_eq!(Envelope::decode(&body).unwrap(), deposit);
-        let a = |task, item| AttemptRef { task, item, attempt: 1 };
+        let a = |task, item| AttemptId { task, item, attempt: 1 };
         let packed = Message::Attempts { run_id: "r".into(), attempts: vec![a(2, None), a(3, Some(7))] };
         let body = Envelope::encode(&packed);
         assert_eq!(

@@ -7,10 +7,15 @@
 
 use async_trait::async_trait;
 
+/// A secret source that could not be read (a value it holds is never in the message).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("secrets: {0}")]
+pub struct SecretsError(pub String);
+
 #[async_trait]
 pub trait Secrets: Send + Sync {
     /// The value of `name`, if the source has one.
-    async fn get(&self, name: &str) -> Result<Option<String>, String>;
+    async fn get(&self, name: &str) -> Result<Option<String>, SecretsError>;
 }
 
 /// Environment variables (empty counts as unset).
@@ -18,7 +23,7 @@ pub struct EnvSecrets;
 
 #[async_trait]
 impl Secrets for EnvSecrets {
-    async fn get(&self, name: &str) -> Result<Option<String>, String> {
+    async fn get(&self, name: &str) -> Result<Option<String>, SecretsError> {
         Ok(std::env::var(name).ok().filter(|v| !v.is_empty()))
     }
 }
@@ -34,7 +39,7 @@ pub const WORKFLOW_PREFIX: &str = "LLMO_SECRET_";
 
 #[async_trait]
 impl Secrets for WorkflowSecrets {
-    async fn get(&self, name: &str) -> Result<Option<String>, String> {
+    async fn get(&self, name: &str) -> Result<Option<String>, SecretsError> {
         if !name.starts_with(WORKFLOW_PREFIX) {
             return Ok(None);
         }
@@ -104,7 +109,7 @@ pub struct MapSecrets(pub std::collections::HashMap<String, String>);
 
 #[async_trait]
 impl Secrets for MapSecrets {
-    async fn get(&self, name: &str) -> Result<Option<String>, String> {
+    async fn get(&self, name: &str) -> Result<Option<String>, SecretsError> {
         Ok(self.0.get(name).cloned())
     }
 }

@@ -447,13 +447,9 @@ impl Worker {
                     }
                     named.push((id, redelivered, false));
                 }
-                Message::Attempts { attempts: these, .. } => named.extend(these.iter().map(|a| {
-                    (
-                        AttemptId { task: a.task, item: a.item, attempt: a.attempt },
-                        redelivered,
-                        redelivered && !in_place,
-                    )
-                })),
+                Message::Attempts { attempts: these, .. } => {
+                    named.extend(these.iter().map(|a| (*a, redelivered, redelivered && !in_place)))
+                }
             }
         }
         // Run an attempt the stored run still has running; for any other, what its finishing

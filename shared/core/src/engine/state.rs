@@ -511,10 +511,12 @@ pub struct RerunOf {
 }
 
 /// One attempt of one task (or of one `for_each` item of it): what `Execute`, `RetryDue`,
-/// `AttemptFinished` and `ScheduleRetry` name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// `AttemptFinished` and `ScheduleRetry` name. On the wire (a queue's `Attempts`) it is
+/// `{"task", "item"?, "attempt"}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct AttemptId {
     pub task: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub item: Option<u32>,
     pub attempt: u32,
 }

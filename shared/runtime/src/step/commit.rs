@@ -24,7 +24,8 @@ pub struct Applied {
 /// Applies `events` in order to `st` at `now`.
 pub fn apply(plan: &Plan, st: &mut RunState, events: impl IntoIterator<Item = Event>, now: Millis) -> Applied {
     let started = Instant::now();
-    let mut out = Applied::default();
+    let events = events.into_iter();
+    let mut out = Applied { log: Vec::with_capacity(events.size_hint().0), ..Applied::default() };
     for e in events {
         let one = Instant::now();
         match plan.apply(st, &e, now) {

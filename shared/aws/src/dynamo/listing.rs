@@ -1,0 +1,262 @@
+//! Listings: runs by time, workflow or status (the sharded GSIs, merged a page at a time
+//! behind a checked cursor), runs since a time (costs), and the live runs the sweeper reads.
+
+use super::*;
+
+/// Where a run is listed from: one of the GSIs.
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    /// The tenant whose runs are listed (a listing never leaves it).
+    pub tenant: String,
+    pub workflow: Option<String>,
+    pub status: Option<String>,
+    pub limit: Option<i32>,
+    /// The `next` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// One page of a listing.
+#[derive(Debug, Clone)]
+pub struct Page {
+    pub runs: Vec<RunSummary>,
+    /// Pass as `cursor` for the next page (opaque; valid only for the same listing).
+    pub next: Option<String>,
+}
+
+/// The tenant part of keys: `-` for runs without a tenant (embedded, tests).
+pub(super) fn tenant_key(t: Option<&str>) -> &str {
+    t.unwrap_or("-")
+}
+
+/// A listing cursor: base64url of `{"l": <listing hash>, "s": {shard: created bound}}`. It is
+/// checked on the way back in: it must decode, name this very listing (tenant and filters),
+/// and hold only shard numbers and `<13 digits>#<run id>` bounds. Queries are keyed by the
+/// caller's tenant whatever the cursor says, so even a forged cursor reads nothing else.
+mod cursor {
+    use std::collections::HashMap;
+
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use sha2::{Digest, Sha256};
+
+    fn listing(tenant: &str, workflow: Option<&str>, status: Option<&str>) -> String {
+        let h = Sha256::digest(format!("{tenant}\0{}\0{}", workflow.unwrap_or(""), status.unwrap_or("")).as_bytes());
+        h.iter().take(8).map(|b| format!("{b:02x}")).collect()
+    }
+
+    pub fn encode(tenant: &str, workflow: Option<&str>, status: Option<&str>, bounds: &HashMap<u32, String>) -> String {
+        let v = serde_json::json!({"l": listing(tenant, workflow, status), "s": bounds});
+        URL_SAFE_NO_PAD.encode(v.to_string())
+    }
+
+    fn bound_ok(b: &str) -> bool {
+        if b.is_empty() {
+            return true;
+        }
+        let Some((ms, id)) = b.split_once('#') else { return false };
+        ms.len() == 13
+            && ms.bytes().all(|c| c.is_ascii_digit())
+            && (1..=128).contains(&id.len())
+            && id.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_' || c == b'.')
+    }
+
+    pub fn decode(
+        c: &str,
+        tenant: &str,
+        workflow: Option<&str>,
+        status: Option<&str>,
+        shards: u32,
+    ) -> Result<Vec<(u32, String)>, String> {
+        let bad = || "the cursor is not one this listing gave".to_string();
+        if c.len() > 4096 {
+            return Err(bad());
+        }
+        let bytes = URL_SAFE_NO_PAD.decode(c).map_err(|_| bad())?;
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Raw {
+            l: String,
+            s: HashMap<u32, String>,
+        }
+        let raw: Raw = serde_json::from_slice(&bytes).map_err(|_| bad())?;
+        if raw.l != listing(tenant, workflow, status) || raw.s.is_empty() {
+            return Err(bad());
+        }
+        let mut v = Vec::new();
+        for (k, b) in raw.s {
+            if k >= shards || !bound_ok(&b) {
+                return Err(bad());
+            }
+            v.push((k, b));
+        }
+        v.sort();
+        Ok(v)
+    }
+}
+
+impl DynamoStore {
+    /// A page of runs, newest first, by workflow or status (or all).
+    ///
+    /// Each listing GSI spreads runs over `LIST_SHARDS` partition keys: the shards are queried
+    /// at once, `limit` runs each (older than the cursor's bound for that shard), and merged by
+    /// `created`. The cursor records, per shard not yet exhausted, the `created` of the last run
+    /// it gave ("" for none yet), so the next page starts right after it in every shard.
+    pub async fn list_page(&self, f: &ListFilter) -> Result<Page, Error> {
+        let (index, key, prefix) = match (&f.workflow, &f.status) {
+            (Some(w), _) => ("by_workflow", "wf_key", format!("{}#{w}", f.tenant)),
+            (None, Some(st)) => ("by_status", "status_key", format!("{}#{st}", f.tenant)),
+            (None, None) => ("by_time", "all", format!("{}#RUNS", f.tenant)),
+        };
+        let limit = f.limit.unwrap_or(50).clamp(1, 1000);
+        let open: Vec<(u32, String)> = match &f.cursor {
+            None => (0..LIST_SHARDS).map(|k| (k, String::new())).collect(),
+            Some(c) => cursor::decode(c, &f.tenant, f.workflow.as_deref(), f.status.as_deref(), LIST_SHARDS)
+                .map_err(Error::Invalid)?,
+        };
+        let queries = open.iter().map(|(k, bound)| {
+            let mut cond = "#k = :v".to_string();
+            let mut q = self
+                .aws
+                .dynamodb
+                .query()
+                .table_name(&self.aws.table)
+                .index_name(index)
+                .expression_attribute_names("#k", key)
+                .expression_attribute_values(":v", s(format!("{prefix}#{k}")))
+                .scan_index_forward(false)
+                .limit(limit)
+                .return_consumed_capacity(ReturnConsumedCapacity::Total);
+            if !bound.is_empty() {
+                cond.push_str(" AND created < :c");
+                q = q.expression_attribute_values(":c", s(bound.clone()));
+            }
+            if let (Some(_), Some(st)) = (&f.workflow, &f.status) {
+                q = q
+                    .filter_expression("#s = :s")
+                    .expression_attribute_names("#s", "status")
+                    .expression_attribute_values(":s", s(st.clone()));
+            }
+            q.key_condition_expression(cond).send()
+        });
+        let outs = futures::future::join_all(queries).await;
+        // (shard, its bound, its runs newest first, the `created` its query stopped at if it has more)
+        let mut shards = Vec::with_capacity(outs.len());
+        for ((k, bound), out) in open.into_iter().zip(outs) {
+            let out = out.map_err(err)?;
+            self.meter_capacity(out.consumed_capacity(), false);
+            let more = out.last_evaluated_key().and_then(|lek| get_s(lek, "created")).map(str::to_string);
+            shards.push((k, bound, out.items.unwrap_or_default(), more));
+        }
+        let mut all: Vec<(&str, u32, &Item)> = shards
+            .iter()
+            .flat_map(|(k, _, items, _)| items.iter().map(move |i| (get_s(i, "created").unwrap_or(""), *k, i)))
+            .collect();
+        all.sort_by(|a, b| b.0.cmp(a.0));
+        all.truncate(limit as usize);
+        let runs = all.iter().map(|(_, _, i)| Self::summary(i)).collect();
+        let mut next: HashMap<u32, String> = HashMap::new();
+        for (k, bound, items, more) in &shards {
+            let taken = all.iter().filter(|(_, s, _)| s == k).count();
+            let last_taken = all.iter().rev().find(|(_, s, _)| s == k).map(|(c, _, _)| c.to_string());
+            if taken < items.len() {
+                next.insert(*k, last_taken.unwrap_or_else(|| bound.clone()));
+            } else if let Some(m) = more {
+                next.insert(*k, m.clone());
+            }
+        }
+        let next =
+            (!next.is_empty()).then(|| cursor::encode(&f.tenant, f.workflow.as_deref(), f.status.as_deref(), &next));
+        Ok(Page { runs, next })
+    }
+
+    /// Summaries of `tenant`'s runs created at or after `since_ms` (the `by_time` index, eight
+    /// shards queried at once), at most `limit`; `true` when there were more.
+    pub async fn runs_since(
+        &self,
+        tenant: &str,
+        since_ms: u64,
+        limit: usize,
+    ) -> Result<(Vec<RunSummary>, bool), Error> {
+        let shards = (0..LIST_SHARDS).map(|k| {
+            let q = self
+                .aws
+                .dynamodb
+                .query()
+                .table_name(&self.aws.table)
+                .index_name("by_time")
+                .key_condition_expression("#k = :v AND created >= :c")
+                .expression_attribute_names("#k", "all")
+                .expression_attribute_values(":v", s(format!("{tenant}#RUNS#{k}")))
+                .expression_attribute_values(":c", s(format!("{since_ms:013}")))
+                .scan_index_forward(false);
+            self.query_items(q, limit)
+        });
+        let mut all: Vec<Item> = Vec::new();
+        for r in futures::future::join_all(shards).await {
+            all.extend(r?);
+        }
+        // The newest `limit` runs, when there are more.
+        let more = all.len() > limit;
+        all.sort_by(|a, b| get_s(b, "created").cmp(&get_s(a, "created")));
+        all.truncate(limit);
+        let all: Vec<RunSummary> = all.iter().map(Self::summary).collect();
+        Ok((all, more))
+    }
+
+    /// Runs not ended, created before `before_ms`, that a sweep must act on: `pending` ones,
+    /// and those whose deadline is `due_ms` or earlier. Oldest first, at most `limit`, and
+    /// how many live runs were read to find them. The whole sparse `by_live` index (eight
+    /// shards) is paged through, the condition applied by DynamoDB (a filter: every live
+    /// run is read, only those to act on come back), so runs that only wait (a tenant's
+    /// thousands of long sleeps) never hide the ones that need the sweep.
+    pub async fn live_runs(&self, before_ms: u64, due_ms: u64, limit: usize) -> Result<(Vec<LiveRun>, u64), Error> {
+        let mut all: Vec<Item> = Vec::new();
+        let mut scanned = 0u64;
+        for shard in 0..LIST_SHARDS {
+            let q = self
+                .aws
+                .dynamodb
+                .query()
+                .table_name(&self.aws.table)
+                .index_name("by_live")
+                .key_condition_expression("live_key = :k AND created < :c")
+                .filter_expression("#s = :pending OR deadline <= :due")
+                .expression_attribute_names("#s", "status")
+                .expression_attribute_values(":k", s(format!("LIVE#{shard}")))
+                .expression_attribute_values(":c", s(format!("{before_ms:013}")))
+                .expression_attribute_values(":pending", s("pending"))
+                .expression_attribute_values(":due", n(due_ms))
+                .return_consumed_capacity(ReturnConsumedCapacity::Total);
+            let mut pages = q.into_paginator().send();
+            while let Some(page) = pages.next().await {
+                let page = page.map_err(err)?;
+                self.meter_capacity(page.consumed_capacity(), false);
+                scanned += page.scanned_count().max(0) as u64;
+                all.extend(page.items.unwrap_or_default());
+                if all.len() > limit {
+                    break;
+                }
+            }
+        }
+        all.sort_by(|a, b| get_s(a, "created").cmp(&get_s(b, "created")));
+        all.truncate(limit);
+        Ok((
+            all.iter()
+                .map(|item| LiveRun {
+                    run_id: get_s(item, "run_id").unwrap_or_default().to_string(),
+                    status: get_s(item, "status").unwrap_or_default().to_string(),
+                    deadline: get_n(item, "deadline").map(|d| d as u64),
+                })
+                .collect(),
+            scanned,
+        ))
+    }
+}
+
+/// A run the sweeper looks at: not ended, with its deadline once it has started.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LiveRun {
+    pub run_id: String,
+    pub status: String,
+    pub deadline: Option<u64>,
+}
