@@ -192,10 +192,7 @@ async fn simulate(plan: Arc<Plan>, seed: u64, faults: bool) -> Outcome {
             }
         };
         let r = match kill_after {
-            Some(after) => match tokio::time::timeout(after, drive).await {
-                Ok(r) => Some(r),
-                Err(_) => None,
-            },
+            Some(after) => tokio::time::timeout(after, drive).await.ok(),
             None => Some(drive.await),
         };
         started |= store.inner.load("r").await.unwrap().is_some();
