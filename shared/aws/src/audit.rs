@@ -111,8 +111,7 @@ pub struct Query {
 
 impl Audit {
     pub fn new(aws: &Aws) -> Self {
-        let days = std::env::var("LLMO_AUDIT_RETENTION_DAYS").ok().and_then(|v| v.parse().ok()).unwrap_or(400u64);
-        Audit { aws: aws.clone(), retention_secs: days * 86_400 }
+        Audit { aws: aws.clone(), retention_secs: aws.lifetime.audit_days * 86_400 }
     }
 
     /// The `Put` of a record, for a transaction.

@@ -68,11 +68,13 @@ pub struct Lifetime {
     /// The longest a run may last: it times out then (`LLMO_MAX_RUN_DAYS`, default 14; at
     /// most `retention_days - 1`, so a live run never loses its items).
     pub max_run_days: u64,
+    /// Days audit records are kept (`LLMO_AUDIT_RETENTION_DAYS`, default 400).
+    pub audit_days: u64,
 }
 
 impl Default for Lifetime {
     fn default() -> Self {
-        Lifetime { retention_days: 45, max_run_days: 14 }
+        Lifetime { retention_days: 45, max_run_days: 14, audit_days: 400 }
     }
 }
 
@@ -92,7 +94,7 @@ impl Lifetime {
             );
             max_run_days = retention_days - 1;
         }
-        Lifetime { retention_days, max_run_days }
+        Lifetime { retention_days, max_run_days, audit_days: var("LLMO_AUDIT_RETENTION_DAYS").unwrap_or(d.audit_days) }
     }
 
     /// Seconds from a run's creation until every item of it expires (DynamoDB TTL).

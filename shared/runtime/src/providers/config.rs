@@ -184,6 +184,9 @@ pub struct Config {
     pub retry: CallRetry,
     /// Fleet-wide limits by `provider` or `provider/model`.
     pub limits: BTreeMap<String, crate::flow::Limit>,
+    /// How long each answer of the `mock` provider takes (`LLMO_MOCK_DELAY_MS`): lets tests
+    /// interrupt a run while a model call is in flight.
+    pub mock_delay: Option<Duration>,
 }
 
 impl Config {
@@ -324,6 +327,7 @@ impl Config {
             breaker: BreakerConfig { failures: 5, cooldown: Duration::from_secs(30) },
             retry: CallRetry::default(),
             limits: BTreeMap::new(),
+            mock_delay: env("LLMO_MOCK_DELAY_MS").and_then(|v| v.parse().ok()).map(Duration::from_millis),
         }
     }
 

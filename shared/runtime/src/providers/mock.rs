@@ -11,15 +11,13 @@ use serde_json::json;
 use super::{CallError, ChatRequest, ChatResponse, Provider};
 
 pub struct Mock {
-    /// How long each answer takes (`LLMO_MOCK_DELAY_MS`): lets tests interrupt a run while a
-    /// model call is in flight.
+    /// How long each answer takes ([`super::Config::mock_delay`]).
     delay: Option<Duration>,
 }
 
 impl Mock {
-    /// The mock provider, its delay read once from `LLMO_MOCK_DELAY_MS`.
-    pub fn from_env() -> Self {
-        let delay = std::env::var("LLMO_MOCK_DELAY_MS").ok().and_then(|v| v.parse().ok()).map(Duration::from_millis);
+    /// The mock provider, answering after `delay`.
+    pub fn new(delay: Option<Duration>) -> Self {
         Mock { delay }
     }
 }

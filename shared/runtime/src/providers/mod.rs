@@ -331,7 +331,7 @@ impl LlmExecutor {
             let provider: Arc<dyn Provider> = match p.kind {
                 Kind::Openai => Arc::new(OpenAi::new(client, name, p).with_secrets(secrets.clone())),
                 Kind::Anthropic => Arc::new(Anthropic::new(client, name, p).with_secrets(secrets.clone())),
-                Kind::Mock => Arc::new(Mock::from_env()),
+                Kind::Mock => Arc::new(Mock::new(config.mock_delay)),
             };
             providers.insert(name.clone(), provider);
         }
