@@ -9,13 +9,12 @@
 //! Replay a failing seed with `SIM_SEED=<seed> cargo test -p llmo-runtime --test
 //! driver_simulation`; `SIM_SEEDS=n` sets the count (default 2,000).
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use llmo_core::engine::{AttemptResult, Event, Plan, RunState, RunStatus, TaskStatus, Usage};
+use llmo_core::engine::{AttemptResult, Plan, RunState, RunStatus, Usage};
 use llmo_core::source::SourceFile;
 use llmo_core::validate::Validator;
 use llmo_runtime::driver::{Driver, Options};
@@ -23,6 +22,9 @@ use llmo_runtime::executor::{Attempt, Executor, Registry};
 use llmo_runtime::ports::SystemClock;
 use llmo_runtime::store::{self, MemoryStore, Owner, RunStore, RunSummary, StoredRun, Transition, Waiter, rebuild};
 use serde_json::{Map, Value, json};
+
+mod sim;
+use sim::Rng;
 
 const WORKFLOW: &str = r#"
 apiVersion: llm-orchestrator/v1
@@ -41,23 +43,6 @@ spec:
     b: "{{ tasks.b.output | map(attribute='v') | list }}"
     e: "{{ tasks.e.output }}"
 "#;
-
-/// splitmix64.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn chance(&mut self, p: f64) -> bool {
-        p > 0.0 && (self.next() >> 11) as f64 / (1u64 << 53) as f64 <= p
-    }
-}
 
 /// Attempts take a few (virtual) milliseconds and fail transiently with the seed's schedule.
 struct Work {
@@ -214,34 +199,9 @@ async fn simulate(plan: Arc<Plan>, seed: u64, faults: bool) -> Outcome {
     }
 }
 
-/// Each task reaches a terminal state once, each event is applied once, the log replays.
+/// The log replays, each task terminal once, each event applied once.
 fn check(plan: &Plan, o: &Outcome) -> Result<(), String> {
-    let mut st = plan.new_run("check", Map::new());
-    let mut terminal = vec![0; plan.task_count()];
-    let mut keys: HashMap<String, usize> = HashMap::new();
-    for t in &o.log {
-        let before: Vec<TaskStatus> = st.tasks.iter().map(|t| t.status).collect();
-        plan.apply(&mut st, &t.event, t.at)
-            .map_err(|e| format!("the log does not replay at {}: {}", t.version, e.0))?;
-        for (i, (b, a)) in before.iter().zip(&st.tasks).enumerate() {
-            if b.is_terminal() && a.status != *b {
-                return Err(format!("task {i}'s terminal state was rewritten at version {}", t.version));
-            }
-            if !b.is_terminal() && a.status.is_terminal() {
-                terminal[i] += 1;
-            }
-        }
-        if !matches!(t.event, Event::Tick) {
-            *keys.entry(t.event.key()).or_default() += 1;
-        }
-    }
-    if let Some((i, n)) = terminal.iter().enumerate().find(|(_, n)| **n != 1) {
-        return Err(format!("task {i} reached a terminal state {n} times"));
-    }
-    if let Some((k, n)) = keys.iter().find(|(_, n)| **n > 1) {
-        return Err(format!("event {k} was applied {n} times"));
-    }
-    Ok(())
+    sim::check_log(plan, plan.new_run("check", Map::new()), &o.log)
 }
 
 #[tokio::test(start_paused = true)]

@@ -27,6 +27,9 @@ use llmo_runtime::store::{self, MemoryStore, RunStore, RunSummary, StoredRun, Tr
 use llmo_runtime::worker::{Continue, Worker};
 use serde_json::{Value, json};
 
+mod sim;
+use sim::Rng;
+
 const WORKFLOW: &str = r#"
 apiVersion: llm-orchestrator/v1
 kind: Workflow
@@ -49,23 +52,6 @@ spec:
     f: "{{ tasks.f.output }}"
     h: "{{ tasks.h.output }}"
 "#;
-
-/// splitmix64.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn chance(&mut self, p: f64) -> bool {
-        p > 0.0 && (self.next() >> 11) as f64 / (1u64 << 53) as f64 <= p
-    }
-}
 
 type SharedRng = Arc<Mutex<Rng>>;
 
@@ -571,40 +557,7 @@ fn check(plan: &Plan, r: &Report, expected: &Summary) -> Result<(), String> {
     if &r.summary != expected {
         return Err(format!("outcome differs from the fault-free run: {:?} vs {expected:?}", r.summary));
     }
-    // Replay the log: count each task's moves into a terminal state, and each event key.
-    let mut st = plan.new_run("check", json!({"xs": [1, 2, 3, 4, 5]}).as_object().cloned().unwrap());
-    let mut terminal = vec![0; plan.task_count()];
-    let mut keys: HashMap<String, usize> = HashMap::new();
-    for t in &r.log {
-        let redrive = matches!(t.event, Event::Redrive { .. });
-        if redrive {
-            // A redrive decides again every task that did not succeed: each may end once more.
-            for (n, x) in terminal.iter_mut().zip(&st.tasks) {
-                if x.status != TaskStatus::Succeeded {
-                    *n = 0;
-                }
-            }
-        }
-        let before: Vec<TaskStatus> = st.tasks.iter().map(|t| t.status).collect();
-        plan.apply(&mut st, &t.event, t.at).map_err(|e| format!("log does not replay at {}: {}", t.version, e.0))?;
-        for (i, (b, a)) in before.iter().zip(&st.tasks).enumerate() {
-            if b.is_terminal() && a.status != *b && !(redrive && *b != TaskStatus::Succeeded) {
-                return Err(format!("task {i}'s terminal state was rewritten at version {}", t.version));
-            }
-            if !b.is_terminal() && a.status.is_terminal() {
-                terminal[i] += 1;
-            }
-        }
-        if !matches!(t.event, Event::Tick) {
-            *keys.entry(t.event.key()).or_default() += 1;
-        }
-    }
-    if let Some((i, n)) = terminal.iter().enumerate().find(|(_, n)| **n != 1) {
-        return Err(format!("task {i} reached a terminal state {n} times"));
-    }
-    if let Some((k, n)) = keys.iter().find(|(_, n)| **n > 1) {
-        return Err(format!("event {k} was applied {n} times"));
-    }
+    sim::check_log(plan, plan.new_run("check", json!({"xs": [1, 2, 3, 4, 5]}).as_object().cloned().unwrap()), &r.log)?;
     if r.after_end > 0 {
         return Err(format!("{} attempts were started after the run ended", r.after_end));
     }
