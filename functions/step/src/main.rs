@@ -9,5 +9,11 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     let aws = llmo_aws::Aws::from_env().await?;
     let (executors, _, _) = llmo_aws::env::executors(&aws)?;
     let queues = SqsQueue::step_queues(&aws);
-    llmo_aws::local::sqs_function("step", Step::new(&aws, executors), queues, obs).await
+    llmo_aws::local::sqs_function(
+        "step",
+        Step::new(&aws, executors, llmo_aws::step::StepSettings::from_env()),
+        queues,
+        obs,
+    )
+    .await
 }

@@ -148,7 +148,7 @@ async fn run(aws: &Aws, source: &str, tasks: usize, workers: usize, d: &Deployme
             Some(config) => llmo_runtime::standard_registry(config.clone(), false, Default::default()),
             None => llmo_runtime::standard_registry(Config::builtin(), true, Default::default()),
         };
-        let mut step = Step::new(&aws, registry);
+        let mut step = Step::new(&aws, registry, llmo_aws::step::StepSettings::from_env());
         step.worker.pack = pack;
         let step = Arc::new(step);
         // Long polls of 20 s, as Lambda's event source mapping makes (an empty receive is a

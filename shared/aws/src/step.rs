@@ -35,22 +35,53 @@ pub struct Step {
     pub continue_steps: usize,
 }
 
-/// How many attempts of a run one step message carries at most (`LLMO_ATTEMPTS_PER_MESSAGE`,
-/// default 10, at most [`llmo_runtime::queue::MAX_ATTEMPTS_PER_MESSAGE`]); see `Worker::pack`.
-/// An invocation then runs up to its batch size times this many attempts at once.
-pub fn attempts_per_message() -> usize {
-    std::env::var("LLMO_ATTEMPTS_PER_MESSAGE")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-        .unwrap_or(DEFAULT_ATTEMPTS_PER_MESSAGE)
-        .clamp(1, llmo_runtime::queue::MAX_ATTEMPTS_PER_MESSAGE)
+/// The `step` and `dlq` functions' settings, read once in their `main`
+/// ([`StepSettings::from_env`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StepSettings {
+    /// How many attempts of a run one step message carries at most (`LLMO_ATTEMPTS_PER_MESSAGE`,
+    /// default 10, at most [`llmo_runtime::queue::MAX_ATTEMPTS_PER_MESSAGE`]); see
+    /// `Worker::pack`. An invocation then runs up to its batch size times this many attempts
+    /// at once.
+    pub attempts_per_message: usize,
+    /// The step queue's visibility timeout in seconds (`LLMO_VISIBILITY_SECS`, default 60).
+    pub visibility_secs: i32,
+    /// `LLMO_CONTINUE_MS` (default 5000) and `LLMO_CONTINUE_STEPS` (default 100): steps in place.
+    pub continue_ms: u64,
+    pub continue_steps: usize,
+}
+
+impl Default for StepSettings {
+    fn default() -> Self {
+        StepSettings {
+            attempts_per_message: DEFAULT_ATTEMPTS_PER_MESSAGE,
+            visibility_secs: 60,
+            continue_ms: 5000,
+            continue_steps: 100,
+        }
+    }
+}
+
+impl StepSettings {
+    pub fn from_env() -> Self {
+        let var = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u64>().ok());
+        let d = StepSettings::default();
+        StepSettings {
+            attempts_per_message: var("LLMO_ATTEMPTS_PER_MESSAGE")
+                .map_or(d.attempts_per_message, |n| n as usize)
+                .clamp(1, llmo_runtime::queue::MAX_ATTEMPTS_PER_MESSAGE),
+            visibility_secs: var("LLMO_VISIBILITY_SECS").map_or(d.visibility_secs, |n| n as i32),
+            continue_ms: var("LLMO_CONTINUE_MS").unwrap_or(d.continue_ms),
+            continue_steps: var("LLMO_CONTINUE_STEPS").map_or(d.continue_steps, |n| n as usize),
+        }
+    }
 }
 
 /// The template's `StepAttemptsPerMessage` default, and the step function's.
 pub const DEFAULT_ATTEMPTS_PER_MESSAGE: usize = 10;
 
 impl Step {
-    pub fn new(aws: &Aws, executors: Registry) -> Self {
+    pub fn new(aws: &Aws, executors: Registry, settings: StepSettings) -> Self {
         let queue = Arc::new(SqsQueue::new(aws.clone()));
         let store = Arc::new(DynamoStore::new(aws.clone()));
         let mut worker =
@@ -59,15 +90,14 @@ impl Step {
         worker.fold = folds.clone().map(|f| f as Arc<dyn llmo_runtime::queue::Queue>);
         // Concurrency keys held across the fleet.
         worker.flow = Arc::new(crate::flow::DynamoFlow::new(aws.clone()));
-        worker.pack = attempts_per_message();
-        let var = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u64>().ok());
+        worker.pack = settings.attempts_per_message;
         Step {
             worker,
             queue,
             folds,
-            visibility_secs: var("LLMO_VISIBILITY_SECS").unwrap_or(60) as i32,
-            continue_ms: var("LLMO_CONTINUE_MS").unwrap_or(5000),
-            continue_steps: var("LLMO_CONTINUE_STEPS").unwrap_or(100) as usize,
+            visibility_secs: settings.visibility_secs,
+            continue_ms: settings.continue_ms,
+            continue_steps: settings.continue_steps,
         }
     }
 
@@ -177,11 +207,11 @@ pub struct DeadLetters {
 }
 
 impl DeadLetters {
-    pub fn new(aws: &Aws, executors: Registry) -> Self {
+    pub fn new(aws: &Aws, executors: Registry, settings: StepSettings) -> Self {
         let step_queue = Arc::new(SqsQueue::new(aws.clone()));
         let store = Arc::new(DynamoStore::new(aws.clone()));
         let mut worker = Worker::from_stored(store, step_queue, Arc::new(executors), Arc::new(SystemClock::default()));
-        worker.pack = attempts_per_message();
+        worker.pack = settings.attempts_per_message;
         DeadLetters { worker, queue: SqsQueue::dead_letters(aws.clone()) }
     }
 

@@ -123,7 +123,7 @@ impl Workers {
         let (stop, rx) = watch::channel(false);
         let mut handles = Vec::new();
         for _ in 0..n {
-            let step = Arc::new(wrap(Step::new(aws, executors())));
+            let step = Arc::new(wrap(Step::new(aws, executors(), llmo_aws::step::StepSettings::default())));
             let queues = SqsQueue::step_queues(aws);
             let mut rx = rx.clone();
             handles.push(tokio::spawn(async move {
@@ -138,7 +138,7 @@ impl Workers {
 
     pub fn dead_letters(aws: &Aws) -> Self {
         let (stop, mut rx) = watch::channel(false);
-        let dl = Arc::new(DeadLetters::new(aws, executors()));
+        let dl = Arc::new(DeadLetters::new(aws, executors(), llmo_aws::step::StepSettings::default()));
         let queues = SqsQueue::dead_letter_queues(aws);
         let h = tokio::spawn(async move {
             local::poll_queues(&queues, 10, |e| dl.handle(e), async move {
