@@ -15,6 +15,7 @@ async fn dynamodb_keeps_the_run_store_and_workflow_store_contracts() {
     let store = DynamoStore::new(aws.clone());
     llmo_runtime::store::contract::run_store(&store, &unique("c")).await;
     llmo_runtime::store::contract::workflows(&store, &unique("tenant")).await;
+    llmo_runtime::store::contract::run_index(&store, &store, &unique("i")).await;
 }
 
 /// A 6,000-task workflow (about 540 KB) registers with `POST /workflows` (its source goes to

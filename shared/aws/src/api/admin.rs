@@ -17,7 +17,7 @@ impl Api {
             Err(e) => return problem(StatusCode::BAD_REQUEST, format!("`since`: {e}")),
         };
         let since = llmo_runtime::ports::now_ms().saturating_sub(span);
-        let (runs, truncated) = match self.store.runs_since(tenant, since, COST_RUNS).await {
+        let (runs, truncated) = match self.index.runs_since(tenant, since, COST_RUNS).await {
             Ok(r) => r,
             Err(e) => return internal(e),
         };

@@ -53,6 +53,8 @@ pub use routes::Route;
 pub struct Api {
     pub aws: Aws,
     pub store: Arc<DynamoStore>,
+    /// Listings, tenants of runs, runs since a time.
+    pub index: Arc<dyn llmo_runtime::store::RunIndex>,
     /// Registered definitions (`POST /workflows`), by tenant and name.
     pub workflows: Arc<dyn llmo_runtime::workflows::Workflows>,
     pub queue: Arc<SqsQueue>,
@@ -152,6 +154,7 @@ impl Api {
             reads: llmo_runtime::reads::Reads::new(flow),
             aws: aws.clone(),
             workflows: store.clone(),
+            index: store.clone(),
             store,
             queue,
             worker,
@@ -392,7 +395,7 @@ impl Api {
             // `GET /runs/{id}` checks the tenant of the state it loads anyway; the others ask
             // first (one small read).
             if !matches!(route, Route::GetRun(_)) {
-                match self.store.tenant_of(id).await {
+                match self.index.tenant_of(id).await {
                     Ok(Some(t)) if t == tenant => {}
                     Ok(_) => return (no_run(id), Some(tenant), None),
                     Err(e) => return (internal(e), Some(tenant), None),

@@ -229,7 +229,7 @@ impl Api {
             limit,
             cursor: q.get("cursor").cloned(),
         };
-        match self.store.list_page(&f).await {
+        match self.index.list_page(&f).await {
             Ok(page) => {
                 let runs: Vec<Value> = page
                     .runs

@@ -3,24 +3,21 @@
 
 use super::*;
 
-/// Where a run is listed from: one of the GSIs.
-#[derive(Debug, Clone, Default)]
-pub struct ListFilter {
-    /// The tenant whose runs are listed (a listing never leaves it).
-    pub tenant: String,
-    pub workflow: Option<String>,
-    pub status: Option<String>,
-    pub limit: Option<i32>,
-    /// The `next` of the previous page.
-    pub cursor: Option<String>,
-}
+pub use llmo_runtime::store::{ListFilter, Page};
 
-/// One page of a listing.
-#[derive(Debug, Clone)]
-pub struct Page {
-    pub runs: Vec<RunSummary>,
-    /// Pass as `cursor` for the next page (opaque; valid only for the same listing).
-    pub next: Option<String>,
+#[async_trait]
+impl llmo_runtime::store::RunIndex for DynamoStore {
+    async fn list_page(&self, f: &ListFilter) -> Result<Page, Error> {
+        DynamoStore::list_page(self, f).await
+    }
+
+    async fn tenant_of(&self, run_id: &str) -> Result<Option<String>, Error> {
+        DynamoStore::tenant_of(self, run_id).await
+    }
+
+    async fn runs_since(&self, tenant: &str, since_ms: u64, limit: usize) -> Result<(Vec<RunSummary>, bool), Error> {
+        DynamoStore::runs_since(self, tenant, since_ms, limit).await
+    }
 }
 
 /// The tenant part of keys: `-` for runs without a tenant (embedded, tests).

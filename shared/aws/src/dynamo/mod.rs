@@ -410,7 +410,9 @@ impl DynamoStore {
         initial: &RunState,
     ) -> Result<(Item, Item), Error> {
         let id = &initial.run_id;
-        let created = format!("{:013}#{id}", llmo_runtime::ports::now_ms());
+        // When the run was created: the time its id carries (every id `Starter` makes has it),
+        // as every run index lists by.
+        let created = format!("{:013}#{id}", created_ms(id).unwrap_or_else(llmo_runtime::ports::now_ms));
         let shard = list_shard(id);
         let t = tenant_key(initial.tenant.as_deref());
         let item: Item = [

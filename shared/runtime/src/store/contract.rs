@@ -86,3 +86,63 @@ pub async fn workflows(store: &dyn Workflows, tenant: &str) {
         store.list(tenant).await.unwrap().into_iter().map(|r| (r.name, r.registered_at)).collect();
     assert_eq!(names, vec![("big".into(), 13), ("v".into(), 12), ("w".into(), 10)], "by name");
 }
+
+/// Listings by tenant, workflow and status, newest first, paged without loss or repeat; a
+/// cursor the index did not give is refused; a run's tenant; the runs since a time. Tenants
+/// are `{prefix}t1` and `{prefix}t2` (pick a fresh prefix).
+pub async fn run_index(store: &dyn RunStore, index: &dyn super::RunIndex, prefix: &str) {
+    use super::ListFilter;
+    let plan = plan();
+    let (t1, t2) = (format!("{prefix}t1"), format!("{prefix}t2"));
+    let base = 1_790_000_000_000u64;
+    let mut ids = Vec::new();
+    for i in 0..6u64 {
+        let id = format!("run-{:013}-{prefix}{i}", base + i * 1000);
+        let mut st = plan.new_run(id.clone(), Map::new());
+        st.tenant = Some(if i == 5 { t2.clone() } else { t1.clone() });
+        let workflow = if i % 2 == 0 { "w" } else { "v" };
+        store.create(workflow, "w.yaml", WF, &st).await.unwrap();
+        if i < 2 {
+            let batch = advance(&plan, &mut st, &[Event::Start]);
+            assert!(store.append(0, &batch, &st).await.unwrap());
+        }
+        ids.push(id);
+    }
+    let list = |workflow: Option<&str>, status: Option<&str>, limit: i32, cursor: Option<String>| ListFilter {
+        tenant: t1.clone(),
+        workflow: workflow.map(str::to_string),
+        status: status.map(str::to_string),
+        limit: Some(limit),
+        cursor,
+    };
+    let names = |p: &super::Page| p.runs.iter().map(|r| r.run_id.clone()).collect::<Vec<_>>();
+    let newest_first: Vec<String> = ids[..5].iter().rev().cloned().collect();
+    assert_eq!(names(&index.list_page(&list(None, None, 50, None)).await.unwrap()), newest_first);
+    let v = index.list_page(&list(Some("v"), None, 50, None)).await.unwrap();
+    assert_eq!(names(&v), vec![ids[3].clone(), ids[1].clone()], "by workflow");
+    let running = index.list_page(&list(None, Some("running"), 50, None)).await.unwrap();
+    assert_eq!(names(&running), vec![ids[1].clone(), ids[0].clone()], "by status");
+    // Pages of two: every run once, in order.
+    let mut paged = Vec::new();
+    let mut cursor = None;
+    for _ in 0..5 {
+        let p = index.list_page(&list(None, None, 2, cursor.clone())).await.unwrap();
+        paged.extend(names(&p));
+        cursor = p.next;
+        if cursor.is_none() {
+            break;
+        }
+    }
+    assert_eq!(paged, newest_first, "paged");
+    assert!(matches!(index.list_page(&list(None, None, 2, Some("x".into()))).await, Err(Error::Invalid(_))));
+    let other = ListFilter { tenant: t2.clone(), ..Default::default() };
+    assert_eq!(names(&index.list_page(&other).await.unwrap()), vec![ids[5].clone()], "tenants are apart");
+    assert_eq!(index.tenant_of(&ids[0]).await.unwrap().as_deref(), Some(t1.as_str()));
+    assert_eq!(index.tenant_of(&format!("run-{:013}-{prefix}none", base)).await.unwrap(), None);
+    let (since, more) = index.runs_since(&t1, base + 2000, 10).await.unwrap();
+    assert_eq!(since.iter().map(|r| r.run_id.clone()).collect::<Vec<_>>(), newest_first[..3].to_vec());
+    assert!(!more);
+    let (since, more) = index.runs_since(&t1, base + 2000, 2).await.unwrap();
+    assert_eq!(since.len(), 2);
+    assert!(more, "one more than the limit");
+}

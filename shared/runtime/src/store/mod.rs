@@ -21,8 +21,10 @@ use serde::{Deserialize, Serialize};
 
 #[cfg(any(test, feature = "contract"))]
 pub mod contract;
+mod index;
 #[cfg(feature = "sqlite")]
 mod sqlite;
+pub use index::{ListFilter, Page, RunIndex, created_ms, page_of};
 #[cfg(feature = "sqlite")]
 pub use sqlite::{Durability, SqliteStore};
 
@@ -540,6 +542,33 @@ impl RunStore for MemoryStore {
     }
 }
 
+#[async_trait]
+impl RunIndex for MemoryStore {
+    async fn list_page(&self, f: &ListFilter) -> Result<Page, Error> {
+        let runs = self.runs.lock().expect("store lock");
+        let all = runs
+            .values()
+            .map(|r| (r.snapshot.tenant.clone().unwrap_or_else(|| "-".into()), r.summary.clone()))
+            .collect();
+        drop(runs);
+        page_of(all, f)
+    }
+
+    async fn tenant_of(&self, run_id: &str) -> Result<Option<String>, Error> {
+        let runs = self.runs.lock().expect("store lock");
+        Ok(runs.get(run_id).map(|r| r.snapshot.tenant.clone().unwrap_or_else(|| "-".into())))
+    }
+
+    async fn runs_since(&self, tenant: &str, since_ms: u64, limit: usize) -> Result<(Vec<RunSummary>, bool), Error> {
+        let f = ListFilter { tenant: tenant.into(), limit: Some(i32::MAX), ..Default::default() };
+        let page = self.list_page(&f).await?;
+        let mut runs: Vec<RunSummary> = page.runs.into_iter().filter(|r| created_ms(&r.run_id) >= since_ms).collect();
+        let more = runs.len() > limit;
+        runs.truncate(limit);
+        Ok((runs, more))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -568,6 +597,8 @@ mod tests {
     #[tokio::test]
     async fn memory_store_appends_with_compare_and_set() {
         contract::run_store(&MemoryStore::default(), "m").await;
+        let index = MemoryStore::default();
+        contract::run_index(&index, &index, "m").await;
         contract::workflows(&crate::workflows::MemoryWorkflows::default(), "m").await;
     }
 
@@ -607,6 +638,7 @@ mod tests {
         let store = SqliteStore::open(&path, Durability::Process).unwrap();
         contract::run_store(&store, "").await;
         contract::workflows(&store, "s").await;
+        contract::run_index(&store, &store, "s").await;
         assert_eq!(store.load("a").await.unwrap().unwrap().tail.len(), 2, "SQLite keeps the snapshot");
         // Another connection (another process) sees what the first wrote.
         let again = SqliteStore::open(&path, Durability::Power).unwrap();

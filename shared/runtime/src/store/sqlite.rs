@@ -118,6 +118,25 @@ impl SqliteStore {
         if !has_tokens {
             tx.execute_batch("ALTER TABLE runs ADD COLUMN tokens INTEGER NOT NULL DEFAULT 0")?;
         }
+        // Files from before the run index get the tenant (`-`: none) and creation time (from the
+        // run id, else 0) of their runs.
+        let has_tenant: bool =
+            tx.prepare("SELECT 1 FROM pragma_table_info('runs') WHERE name = 'tenant'")?.exists([])?;
+        if !has_tenant {
+            tx.execute_batch(
+                "ALTER TABLE runs ADD COLUMN tenant TEXT NOT NULL DEFAULT '-';
+                 ALTER TABLE runs ADD COLUMN created INTEGER NOT NULL DEFAULT 0;
+                 CREATE INDEX IF NOT EXISTS runs_by_tenant ON runs (tenant, created DESC, run_id DESC);",
+            )?;
+            let ids: Vec<String> =
+                tx.prepare("SELECT run_id FROM runs")?.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+            for id in ids {
+                tx.execute(
+                    "UPDATE runs SET created = ?1 WHERE run_id = ?2",
+                    params![super::created_ms(&id) as i64, id],
+                )?;
+            }
+        }
         tx.commit()?;
         Ok(SqliteStore { conn: Mutex::new(conn) })
     }
@@ -163,14 +182,16 @@ impl RunStore for SqliteStore {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
         let n = tx.execute(
-            "INSERT OR IGNORE INTO runs (run_id, workflow, status, version, started_at, cost_usd) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            "INSERT OR IGNORE INTO runs (run_id, workflow, status, version, started_at, cost_usd, tenant, created) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             params![
                 initial.run_id,
                 workflow,
                 initial.status.as_str(),
                 initial.version as i64,
                 initial.started_at.map(|t| t as i64),
-                initial.cost_usd
+                initial.cost_usd,
+                initial.tenant.as_deref().unwrap_or("-"),
+                super::created_ms(&initial.run_id) as i64
             ],
         )?;
         if n == 0 {
@@ -444,5 +465,45 @@ impl crate::workflows::Workflows for SqliteStore {
             Ok(crate::workflows::Registered { name: r.get(0)?, registered_at: r.get::<_, i64>(1)? as Millis })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+#[async_trait]
+impl super::RunIndex for SqliteStore {
+    async fn list_page(&self, f: &super::ListFilter) -> Result<super::Page, Error> {
+        // The tenant's runs matching the filters, then paged as memory pages them (a
+        // listing's runs fit in memory: the local API's, not a fleet's).
+        let conn = self.lock();
+        let mut stmt = conn.prepare_cached(
+            "SELECT run_id, workflow, status, version, started_at, cost_usd, tokens FROM runs
+             WHERE tenant = ?1 AND (?2 IS NULL OR workflow = ?2) AND (?3 IS NULL OR status = ?3)",
+        )?;
+        let rows = stmt.query_map(params![f.tenant, f.workflow, f.status], summary_row)?;
+        let runs: Vec<(String, RunSummary)> =
+            rows.map(|r| r.map(|s| (f.tenant.clone(), s))).collect::<Result<_, _>>()?;
+        drop(stmt);
+        drop(conn);
+        super::page_of(runs, f)
+    }
+
+    async fn tenant_of(&self, run_id: &str) -> Result<Option<String>, Error> {
+        Ok(self
+            .lock()
+            .query_row("SELECT tenant FROM runs WHERE run_id = ?1", params![run_id], |r| r.get(0))
+            .optional()?)
+    }
+
+    async fn runs_since(&self, tenant: &str, since_ms: u64, limit: usize) -> Result<(Vec<RunSummary>, bool), Error> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare_cached(
+            "SELECT run_id, workflow, status, version, started_at, cost_usd, tokens FROM runs
+             WHERE tenant = ?1 AND created >= ?2 ORDER BY created DESC, run_id DESC LIMIT ?3",
+        )?;
+        let mut runs: Vec<RunSummary> = stmt
+            .query_map(params![tenant, since_ms as i64, limit as i64 + 1], summary_row)?
+            .collect::<Result<_, _>>()?;
+        let more = runs.len() > limit;
+        runs.truncate(limit);
+        Ok((runs, more))
     }
 }
