@@ -11,7 +11,7 @@ use lambda_http::http::StatusCode;
 use llmo_core::engine::waits::{AnswerError, Approval, may_answer};
 use llmo_core::engine::{AttemptId, Event, Plan, RunState, WaitKind};
 use llmo_runtime::queue::{Delivery, Message};
-use llmo_runtime::store::{RunStore, StoredRun, Waiter};
+use llmo_runtime::store::{StoredRun, Waiter};
 use llmo_runtime::worker::Outcome;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};

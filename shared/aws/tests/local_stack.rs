@@ -122,7 +122,7 @@ async fn a_poison_message_is_dead_lettered_and_fails_its_run() {
 
     llmo_runtime::store::RunStore::create(&store, "fan", "fan.yaml", FAN, &st).await.unwrap();
     let poison = json!({"v": 99, "kind": "event", "run_id": "poisoned", "event": {"type": "start"}}).to_string();
-    api.queue.send_body(poison, 0).await.unwrap();
+    llmo_aws::sqs::SqsQueue::new(aws.clone()).send_body(poison, 0).await.unwrap();
     let workers = Workers::start(&aws, 1, 10, |s| s);
     let dead = Workers::dead_letters(&aws);
     let got = wait_end(&api, "poisoned", 60).await;

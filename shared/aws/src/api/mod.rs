@@ -52,12 +52,14 @@ pub use routes::Route;
 
 pub struct Api {
     pub aws: Aws,
-    pub store: Arc<DynamoStore>,
+    /// The run store (DynamoDB deployed); the API uses it only as the port.
+    pub store: Arc<dyn RunStore>,
     /// Listings, tenants of runs, runs since a time.
     pub index: Arc<dyn llmo_runtime::store::RunIndex>,
     /// Registered definitions (`POST /workflows`), by tenant and name.
     pub workflows: Arc<dyn llmo_runtime::workflows::Workflows>,
-    pub queue: Arc<SqsQueue>,
+    /// Where starts, answers and cancels send their messages (the step queue deployed).
+    pub queue: Arc<dyn llmo_runtime::queue::Queue>,
     pub worker: Worker,
     pub starter: Starter,
     pub audit: Audit,
@@ -156,7 +158,7 @@ impl Api {
             workflows: store.clone(),
             index: store.clone(),
             store,
-            queue,
+            queue: queue as Arc<dyn llmo_runtime::queue::Queue>,
             worker,
             starter: Starter::new(config, mock).with_max_age(aws.lifetime.max_run_ms()),
             audit: Audit::new(aws),
