@@ -371,6 +371,11 @@ impl Script {
         // Counted per task item, over its attempts (an `attempt` matcher narrows the rule).
         let key = (model, rule, CallKey { attempt: 0, ..k.clone() });
         let mut next = self.next.lock().expect("script");
+        // One entry per rule and task item of each run: a long-lived local worker forgets them
+        // past this many (a run then starts its rules' answers over), instead of growing.
+        if next.len() >= 65_536 && !next.contains_key(&key) {
+            next.clear();
+        }
         let n = next.entry(key).or_default();
         let a = answers[(*n).min(answers.len() - 1)].clone();
         *n += 1;

@@ -309,17 +309,18 @@ impl DynamoStore {
     ) -> Result<Created, Error> {
         let (meta, src) = self.meta_item(workflow, source_name, source, initial).await?;
         let mut wru = wru_of(&meta) + wru_of(&src);
+        // A new item: its key must not exist yet.
+        let put_new = |item: Item| -> Result<TransactWriteItem, Error> {
+            let put = Put::builder()
+                .table_name(&self.aws.table)
+                .set_item(Some(item))
+                .condition_expression("attribute_not_exists(pk)")
+                .build()
+                .map_err(other)?;
+            Ok(TransactWriteItem::builder().put(put).build())
+        };
         let mut tx = vec![
-            TransactWriteItem::builder()
-                .put(
-                    Put::builder()
-                        .table_name(&self.aws.table)
-                        .set_item(Some(meta))
-                        .condition_expression("attribute_not_exists(pk)")
-                        .build()
-                        .map_err(other)?,
-                )
-                .build(),
+            put_new(meta)?,
             TransactWriteItem::builder()
                 .put(Put::builder().table_name(&self.aws.table).set_item(Some(src)).build().map_err(other)?)
                 .build(),
@@ -334,18 +335,7 @@ impl DynamoStore {
             ]
             .into();
             wru += wru_of(&idem);
-            tx.push(
-                TransactWriteItem::builder()
-                    .put(
-                        Put::builder()
-                            .table_name(&self.aws.table)
-                            .set_item(Some(idem))
-                            .condition_expression("attribute_not_exists(pk)")
-                            .build()
-                            .map_err(other)?,
-                    )
-                    .build(),
-            );
+            tx.push(put_new(idem)?);
         }
         let r = self
             .aws

@@ -49,7 +49,7 @@ pub fn created_ms(run_id: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// A page of `runs` (each with its tenant), as memory and SQLite list them: sorted newest
+/// A page of `runs` (each with its tenant), as memory lists them (SQLite the same, in SQL): newest
 /// first by `(created, run id)`; the cursor is the last one given, `<created>#<run id>`.
 pub fn page_of(mut runs: Vec<(String, RunSummary)>, f: &ListFilter) -> Result<Page, Error> {
     let after = match &f.cursor {

@@ -471,19 +471,33 @@ impl crate::workflows::Workflows for SqliteStore {
 #[async_trait]
 impl super::RunIndex for SqliteStore {
     async fn list_page(&self, f: &super::ListFilter) -> Result<super::Page, Error> {
-        // The tenant's runs matching the filters, then paged as memory pages them (a
-        // listing's runs fit in memory: the local API's, not a fleet's).
+        // One page in SQL (the `runs_by_tenant` index), newest first; the cursor is the last
+        // run given, `<created>#<run id>`, as memory gives it.
+        let (after_ms, after_id) = match &f.cursor {
+            None => (i64::MAX, String::new()),
+            Some(c) => {
+                let bad = || Error::Invalid("not a cursor of this listing".into());
+                let (ms, id) = c.split_once('#').ok_or_else(bad)?;
+                (ms.parse::<i64>().map_err(|_| bad())?, id.to_string())
+            }
+        };
+        let limit = f.limit.unwrap_or(50).max(1) as usize;
         let conn = self.lock();
         let mut stmt = conn.prepare_cached(
             "SELECT run_id, workflow, status, version, started_at, cost_usd, tokens FROM runs
-             WHERE tenant = ?1 AND (?2 IS NULL OR workflow = ?2) AND (?3 IS NULL OR status = ?3)",
+             WHERE tenant = ?1 AND (?2 IS NULL OR workflow = ?2) AND (?3 IS NULL OR status = ?3)
+               AND (created < ?4 OR (created = ?4 AND (?5 = '' OR run_id < ?5)))
+             ORDER BY created DESC, run_id DESC LIMIT ?6",
         )?;
-        let rows = stmt.query_map(params![f.tenant, f.workflow, f.status], summary_row)?;
-        let runs: Vec<(String, RunSummary)> =
-            rows.map(|r| r.map(|s| (f.tenant.clone(), s))).collect::<Result<_, _>>()?;
-        drop(stmt);
-        drop(conn);
-        super::page_of(runs, f)
+        let mut runs: Vec<RunSummary> = stmt
+            .query_map(params![f.tenant, f.workflow, f.status, after_ms, after_id, limit as i64 + 1], summary_row)?
+            .collect::<Result<_, _>>()?;
+        let next = (runs.len() > limit).then(|| {
+            runs.truncate(limit);
+            let last = runs.last().expect("a full page");
+            format!("{}#{}", super::created_ms(&last.run_id), last.run_id)
+        });
+        Ok(super::Page { runs, next })
     }
 
     async fn tenant_of(&self, run_id: &str) -> Result<Option<String>, Error> {
