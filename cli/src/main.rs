@@ -17,6 +17,7 @@ mod infra;
 mod remote;
 mod run;
 mod serve;
+mod server;
 mod term;
 mod testing;
 mod waits;
@@ -235,8 +236,31 @@ enum Command {
         #[arg(long, value_name = "URL")]
         api: Option<String>,
     },
-    /// Print an HS256 bearer token for a local API (`api --local` verifying with
-    /// $LLMO_JWT_SECRET). Use it as `export LLMO_TOKEN=$(llmo token --tenant acme)`.
+    /// Serve the REST API on this machine without AWS: the deployed API's routes, auth,
+    /// tenancy, waits, audit, run pages and /metrics on one SQLite file, with step workers,
+    /// the sweeper and registered workflows' schedules in the process. Prints a development
+    /// token (unless LLMO_AUTH configures tokens) and stops gracefully on Ctrl-C.
+    Serve {
+        /// The SQLite file of runs, registered workflows, audit trail and queue.
+        #[arg(long, default_value = ".llmo/serve.db")]
+        state: PathBuf,
+        /// The address to listen on (keep it on loopback unless tokens come from LLMO_AUTH).
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        addr: String,
+        /// Step workers consuming the queue at once.
+        #[arg(long, default_value_t = 4)]
+        workers: usize,
+        /// The tenant of the printed development token.
+        #[arg(long, default_value = "local")]
+        tenant: String,
+        /// Days the printed development token is valid.
+        #[arg(long, default_value_t = 30)]
+        token_days: u64,
+        #[command(flatten)]
+        exec: ExecArgs,
+    },
+    /// Print an HS256 bearer token for a local API (`llmo serve` or `api --local` verifying
+    /// with $LLMO_JWT_SECRET). Use it as `export LLMO_TOKEN=$(llmo token --tenant acme)`.
     Token {
         #[arg(long)]
         tenant: String,
@@ -631,6 +655,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             remote::audit(run.as_deref(), since.as_deref(), tenant.as_deref(), limit, api.as_deref(), json)
         }
         Command::Sweep { api } => remote::sweep(api.as_deref()),
+        Command::Serve { state, addr, workers, tenant, token_days, exec } => {
+            server::serve(server::Options { state, addr, workers, exec: exec.exec(), tenant, token_days })
+        }
         Command::Token { tenant, roles, sub, ttl, audience, issuer } => {
             let secret = std::env::var("LLMO_JWT_SECRET").map_err(|_| {
                 anyhow::anyhow!("LLMO_JWT_SECRET is not set (the secret the local API verifies tokens with)")

@@ -88,7 +88,7 @@ fn registry(exec: &Exec, plan: &Plan) -> Result<Registry> {
 }
 
 /// The executors, answering from `fixtures` first.
-fn registry_with(exec: &Exec, fixtures: Fixtures) -> Result<Registry> {
+pub fn registry_with(exec: &Exec, fixtures: Fixtures) -> Result<Registry> {
     let config = config(exec)?;
     if !exec.mock {
         // A config file (perhaps a repository's) chose where these providers' calls and keys

@@ -3,7 +3,6 @@
 use std::sync::Arc;
 
 use lambda_http::{Body, Request, Response, service_fn};
-use llmo_aws::api::Api;
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
@@ -12,7 +11,7 @@ async fn main() -> Result<(), lambda_http::Error> {
     let (executors, config, mock) = llmo_aws::env::executors(&aws)?;
     let args: Vec<String> = std::env::args().collect();
     let local = args.iter().any(|a| a == "--local");
-    let auth = llmo_aws::auth::Auth::from_env(!local).await?;
+    let auth = llmo_api::auth::Auth::from_env(!local).await?;
     if local && auth.is_api_gateway() {
         return Err("LLMO_AUTH=apigateway trusts API Gateway's authorizer, which --local does not have".into());
     }
@@ -21,8 +20,10 @@ async fn main() -> Result<(), lambda_http::Error> {
         _ => None,
     };
     // Approvals' single-use answer links are signed with this secret (none: no links).
-    let links = llmo_aws::answers::link_secret(&aws).await?;
-    let api = Arc::new(Api::new(&aws, executors, config, mock).with_auth(auth).with_metrics(metrics).with_links(links));
+    let links = llmo_aws::api::link_secret(&aws).await?;
+    let api = Arc::new(
+        llmo_aws::api::build(&aws, executors, config, mock).with_auth(auth).with_metrics(metrics).with_links(links),
+    );
     if local {
         let addr = args
             .iter()
@@ -35,7 +36,17 @@ async fn main() -> Result<(), lambda_http::Error> {
             let api = gate.clone();
             async move { api.admit(parts).await }
         };
-        llmo_aws::local::serve(addr, llmo_aws::local::ServeLimits::default(), admit, move |req| {
+        let limits = llmo_api::server::ServeLimits {
+            allowed_hosts: std::env::var("LLMO_ALLOWED_HOSTS")
+                .unwrap_or_default()
+                .split(',')
+                .map(str::trim)
+                .filter(|h| !h.is_empty())
+                .map(str::to_string)
+                .collect(),
+            ..Default::default()
+        };
+        llmo_api::server::serve(addr, limits, admit, move |req| {
             let api = api.clone();
             async move { api.handle(req).await }
         })
@@ -45,7 +56,7 @@ async fn main() -> Result<(), lambda_http::Error> {
     lambda_http::run(service_fn(move |req: Request| {
         let (api, obs) = (api.clone(), obs.clone());
         async move {
-            let reply = api.handle(req).await;
+            let reply = llmo_aws::api::response(api.handle(llmo_aws::api::request(req)).await);
             obs.flush().await;
             Ok::<Response<Body>, lambda_http::Error>(reply)
         }

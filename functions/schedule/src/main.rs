@@ -4,13 +4,12 @@
 //! idempotency key: a tick delivered twice starts one run.
 //!
 //! `{"sweep": true}` (the template's every-5-minutes rule) runs the sweeper instead
-//! (`llmo_aws::sweep`): pending runs whose start was lost are started, runs past their deadline
+//! (`llmo_api::sweep`): pending runs whose start was lost are started, runs past their deadline
 //! are timed out. `schedule --sweep` does the same once from a shell (with the deployment's
 //! environment) and prints what it did.
 use std::sync::Arc;
 
 use lambda_runtime::{LambdaEvent, service_fn};
-use llmo_aws::api::Api;
 use serde_json::Value;
 
 #[tokio::main]
@@ -18,9 +17,9 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     let obs = Arc::new(llmo_aws::env::Observability::init("schedule")?);
     let aws = llmo_aws::Aws::from_env().await?;
     let (executors, config, mock) = llmo_aws::env::executors(&aws)?;
-    let api = Arc::new(Api::new(&aws, executors, config, mock));
+    let api = Arc::new(llmo_aws::api::build(&aws, executors, config, mock));
     let grace = std::env::var("LLMO_SWEEP_GRACE_SECS").ok().and_then(|v| v.parse::<u64>().ok()).unwrap_or(300);
-    let sweeper = Arc::new(llmo_aws::sweep::Sweeper::new(&aws, grace * 1000));
+    let sweeper = Arc::new(llmo_aws::api::sweeper(&aws, grace * 1000));
     let args: Vec<String> = std::env::args().collect();
     if args.iter().any(|a| a == "--sweep") {
         let out = sweeper.sweep_now().await?;

@@ -204,7 +204,7 @@ async fn every_example_runs_on_three_worker_processes() {
 }
 
 /// The run ids of a listing (`GET /runs?<query>`), following its cursor to the end.
-async fn list_all(api: &llmo_aws::api::Api, query: &str) -> Vec<String> {
+async fn list_all(api: &llmo_api::Api, query: &str) -> Vec<String> {
     let mut ids = Vec::new();
     let mut cursor: Option<String> = None;
     for _ in 0..100 {

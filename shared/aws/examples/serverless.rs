@@ -123,7 +123,7 @@ struct Deployment {
 async fn run(aws: &Aws, source: &str, tasks: usize, workers: usize, d: &Deployment) -> Run {
     let (folds, window, pack) = (d.folds, d.window, d.pack);
     let aws = fresh(aws, &format!("w{workers}"), folds).await;
-    let api = llmo_aws::api::Api::new(
+    let api = llmo_aws::api::build(
         &aws,
         llmo_runtime::standard_registry(Config::builtin(), true, Default::default()),
         Config::builtin(),
@@ -271,7 +271,7 @@ async fn cold_starts(aws: &Aws, bin: &str, n: usize) {
     let (mut ready, mut first) = (Vec::new(), Vec::new());
     for _ in 0..n {
         let aws = fresh(aws, "cold", true).await;
-        let api = llmo_aws::api::Api::new(
+        let api = llmo_aws::api::build(
             &aws,
             llmo_runtime::standard_registry(Config::builtin(), true, Default::default()),
             Config::builtin(),

@@ -15,33 +15,15 @@
 use std::collections::HashMap;
 
 use aws_sdk_dynamodb::types::{AttributeValue, Put};
-use serde::Serialize;
+pub use llmo_runtime::audit::{AuditError, AuditLog, DAY_MS, MAX_RANGE_DAYS, Query, Record, check_range};
 
 use crate::config::Aws;
 
-const DAY_MS: u64 = 86_400_000;
-/// The longest time range one audit read covers.
-pub const MAX_RANGE_DAYS: u64 = 31;
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Record {
-    /// Milliseconds since the epoch.
-    pub at: u64,
-    pub tenant: String,
-    /// The token's subject, or `system` for the runtime's own changes.
-    pub actor: String,
-    /// The actor's role (`system` for the runtime).
-    pub role: String,
-    /// `METHOD /route` for API requests, `run.status` for status changes.
-    pub action: String,
-    /// What it acted on (a run id, a workflow name), if anything.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub target: Option<String>,
-    /// The HTTP status, or the run's new status.
-    pub result: String,
-    /// The run the record is about, if any.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub run_id: Option<String>,
+/// Reads and writes audit records (the [`AuditLog`] port on DynamoDB).
+#[derive(Clone)]
+pub struct Audit {
+    aws: Aws,
+    retention_secs: u64,
 }
 
 fn s(v: impl Into<String>) -> AttributeValue {
@@ -90,25 +72,6 @@ fn record(i: &HashMap<String, AttributeValue>) -> Record {
     }
 }
 
-/// Reads and writes audit records.
-#[derive(Clone)]
-pub struct Audit {
-    aws: Aws,
-    retention_secs: u64,
-}
-
-/// Which records to read.
-#[derive(Debug, Clone, Default)]
-pub struct Query {
-    pub tenant: String,
-    /// One run's records (within the tenant).
-    pub run_id: Option<String>,
-    /// Milliseconds since the epoch, inclusive.
-    pub since: u64,
-    pub until: u64,
-    pub limit: usize,
-}
-
 impl Audit {
     pub fn new(aws: &Aws) -> Self {
         Audit { aws: aws.clone(), retention_secs: aws.lifetime.audit_days * 86_400 }
@@ -125,7 +88,7 @@ impl Audit {
     }
 
     /// Appends one record.
-    pub async fn write(&self, r: &Record) -> Result<(), String> {
+    pub async fn write(&self, r: &Record) -> Result<(), AuditError> {
         let p = self.put(r);
         self.aws
             .dynamodb
@@ -136,12 +99,12 @@ impl Audit {
             .send()
             .await
             .map(|_| self.aws.meter.add_wru(1.0))
-            .map_err(|e| format!("audit: {}", aws_sdk_dynamodb::error::DisplayErrorContext(e)))
+            .map_err(|e| AuditError(aws_sdk_dynamodb::error::DisplayErrorContext(e).to_string()))
     }
 
     /// Records oldest first: a run's (within the tenant), or the tenant's in `since..=until`
     /// (at most [`MAX_RANGE_DAYS`] days).
-    pub async fn read(&self, q: &Query) -> Result<Vec<Record>, String> {
+    pub async fn read(&self, q: &Query) -> Result<Vec<Record>, AuditError> {
         let limit = q.limit.clamp(1, 1000);
         let mut out = Vec::new();
         if let Some(run) = &q.run_id {
@@ -186,14 +149,14 @@ impl Audit {
         query: impl Fn() -> aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder,
         limit: usize,
         out: &mut Vec<Record>,
-    ) -> Result<(), String> {
+    ) -> Result<(), AuditError> {
         let mut start = None;
         loop {
             let page = query()
                 .set_exclusive_start_key(start.take())
                 .send()
                 .await
-                .map_err(|e| format!("audit: {}", aws_sdk_dynamodb::error::DisplayErrorContext(e)))?;
+                .map_err(|e| AuditError(aws_sdk_dynamodb::error::DisplayErrorContext(e).to_string()))?;
             out.extend(page.items().iter().map(record));
             match page.last_evaluated_key {
                 Some(k) if !k.is_empty() && out.len() < limit => start = Some(k),
@@ -203,13 +166,13 @@ impl Audit {
     }
 }
 
-/// The day range of a read, checked.
-pub fn check_range(since: u64, until: u64) -> Result<(), String> {
-    if since > until {
-        return Err("`since` is after `until`".into());
+#[async_trait::async_trait]
+impl AuditLog for Audit {
+    async fn write(&self, r: &Record) -> Result<(), AuditError> {
+        Audit::write(self, r).await
     }
-    if (until - since) / DAY_MS >= MAX_RANGE_DAYS {
-        return Err(format!("an audit read covers at most {MAX_RANGE_DAYS} days"));
+
+    async fn read(&self, q: &Query) -> Result<Vec<Record>, AuditError> {
+        Audit::read(self, q).await
     }
-    Ok(())
 }

@@ -1,10 +1,9 @@
 //! The serverless runtime of LLM-Orchestrator: the engine's ports on AWS (DynamoDB run store,
 //! SQS queue, S3 blobs), request accounting, the handlers the Lambda functions run, and the
-//! local modes that run those same handlers against LocalStack/moto.
-pub mod answers;
+//! local modes that run those same handlers against LocalStack/moto. The API's handlers are
+//! `llmo-api`'s, built here on these adapters ([`api::build`]).
 pub mod api;
 pub mod audit;
-pub mod auth;
 pub mod blobs;
 pub mod config;
 pub mod dynamo;
@@ -17,7 +16,6 @@ pub mod provision;
 pub mod secrets;
 pub mod sqs;
 pub mod step;
-pub mod sweep;
 pub mod workflows;
 
 pub use config::Aws;

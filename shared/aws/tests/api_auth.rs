@@ -60,7 +60,7 @@ fn body_for(method: &str, path: &str) -> Option<Value> {
     }
 }
 
-async fn audit_of(api: &llmo_aws::api::Api, tenant: &str, query: &str) -> Vec<Value> {
+async fn audit_of(api: &llmo_api::Api, tenant: &str, query: &str) -> Vec<Value> {
     let admin = token("root", tenant, &["admin"]);
     let (code, v) = call_as(api, Some(&admin), "GET", &format!("/audit?{query}"), None).await;
     assert_eq!(code, 200, "{v}");
@@ -72,16 +72,16 @@ async fn every_route_refuses_missing_and_bad_tokens_and_stores_nothing() {
     let Some(aws) = aws().await else { return };
     let aws = stack(&aws, 30, 5).await;
     let api = api(&aws);
-    let aud = llmo_aws::auth::DEFAULT_AUDIENCE;
+    let aud = llmo_api::auth::DEFAULT_AUDIENCE;
     let dev = ["developer", "admin"];
     let forged =
-        llmo_aws::auth::mint_hs256(b"some-other-secret-that-is-long-enough!", &claims("x", "t1", &dev, aud, 600));
+        llmo_api::auth::mint_hs256(b"some-other-secret-that-is-long-enough!", &claims("x", "t1", &dev, aud, 600));
     let bad: Vec<(&str, Option<String>)> = vec![
         ("no token", None),
         ("not a JWT", Some("not-a-jwt".into())),
         ("bad signature", Some(forged)),
-        ("wrong audience", Some(llmo_aws::auth::mint_hs256(SECRET, &claims("x", "t1", &dev, "someone-else", 600)))),
-        ("expired", Some(llmo_aws::auth::mint_hs256(SECRET, &claims("x", "t1", &dev, aud, -3600)))),
+        ("wrong audience", Some(llmo_api::auth::mint_hs256(SECRET, &claims("x", "t1", &dev, "someone-else", 600)))),
+        ("expired", Some(llmo_api::auth::mint_hs256(SECRET, &claims("x", "t1", &dev, aud, -3600)))),
     ];
     for (method, path) in ROUTES {
         let path = path.replace("{run}", "run-0000000000000-000000000000000000000000");
@@ -264,7 +264,7 @@ async fn tenants_never_see_each_other() {
     workers.stop().await;
 }
 
-async fn wait_end_as(api: &llmo_aws::api::Api, tok: &str, run: &str, secs: u64) -> Value {
+async fn wait_end_as(api: &llmo_api::Api, tok: &str, run: &str, secs: u64) -> Value {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
     loop {
         let (code, v) = call_as(api, Some(tok), "GET", &format!("/runs/{run}"), None).await;
@@ -283,22 +283,22 @@ async fn bodies_must_be_json_and_errors_name_no_aws_resource() {
     let aws = stack(&aws, 30, 5).await;
     let api = api(&aws);
     let tok = token("dev", "t1", &["developer"]);
-    let req = lambda_http::http::Request::builder()
+    let req = http::Request::builder()
         .method("POST")
         .uri("/runs")
         .header("content-type", "text/plain")
         .header("authorization", format!("Bearer {tok}"))
-        .body(lambda_http::Body::Text(json!({"source": WF}).to_string()))
+        .body(llmo_api::Body::Text(json!({"source": WF}).to_string()))
         .unwrap();
     assert_eq!(api.handle(req).await.status().as_u16(), 415);
     // A store that fails (its table is gone) answers a 500 that names nothing of it.
-    let broken = llmo_aws::api::Api::new(
+    let broken = llmo_aws::api::build(
         &aws.named("no-such-table", &aws.queue_url, &aws.dlq_url, "no-such-bucket"),
         executors(),
         llmo_runtime::providers::Config::builtin(),
         true,
     )
-    .with_auth(llmo_aws::auth::Auth::hs256(SECRET, llmo_aws::auth::DEFAULT_AUDIENCE));
+    .with_auth(llmo_api::auth::Auth::hs256(SECRET, llmo_api::auth::DEFAULT_AUDIENCE));
     let (code, v) = call_as(&broken, Some(&tok), "POST", "/runs", Some(json!({"source": WF}))).await;
     assert_eq!(code, 500, "{v}");
     let text = v.to_string();
@@ -395,7 +395,7 @@ async fn the_local_gate_authenticates_before_any_body_is_read() {
     let Some(aws) = aws().await else { return };
     let api = api(&aws);
     let head = |method: &str, uri: &str, token: Option<&str>| {
-        let mut b = lambda_http::http::Request::builder().method(method).uri(uri);
+        let mut b = http::Request::builder().method(method).uri(uri);
         if let Some(t) = token {
             b = b.header("authorization", format!("Bearer {t}"));
         }
@@ -406,7 +406,7 @@ async fn the_local_gate_authenticates_before_any_body_is_read() {
     let r = api.admit(head("POST", "/runs", Some("not-a-token"))).await.unwrap_err();
     assert_eq!(r.status(), 401);
     let dev = token("dev", "t1", &["developer"]);
-    assert_eq!(api.admit(head("POST", "/runs", Some(&dev))).await.unwrap().1, llmo_aws::api::BODY_BYTES);
-    assert_eq!(api.admit(head("POST", "/answer", None)).await.unwrap().1, llmo_aws::api::LINK_BODY_BYTES);
+    assert_eq!(api.admit(head("POST", "/runs", Some(&dev))).await.unwrap().1, llmo_api::api::BODY_BYTES);
+    assert_eq!(api.admit(head("POST", "/answer", None)).await.unwrap().1, llmo_api::api::LINK_BODY_BYTES);
     assert_eq!(api.admit(head("GET", "/ui", None)).await.unwrap().1, 0);
 }

@@ -423,7 +423,7 @@ async fn the_sweeper_starts_orphaned_runs_and_times_out_overdue_ones() {
     let t = llmo_runtime::store::Transition::new(1, now, Event::Start);
     assert!(store.append(0, &[t], &head).await.unwrap());
 
-    let sweeper = llmo_aws::sweep::Sweeper::new(&aws, 0);
+    let sweeper = llmo_aws::api::sweeper(&aws, 0);
     let early = sweeper.sweep(now + 10).await.unwrap();
     assert_eq!(early.restarted, vec!["orphan".to_string()], "{early:?}");
     assert!(early.timed_out.is_empty(), "not overdue yet: {early:?}");
@@ -465,7 +465,7 @@ async fn many_waiting_runs_do_not_hide_an_orphan_from_the_sweeper() {
     let mut orphan = p.new_run("late-orphan", serde_json::Map::from_iter([("n".to_string(), json!(2))]));
     orphan.tenant = Some("t-other".into());
     store.create("fan", "fan.yaml", FAN, &orphan).await.unwrap();
-    let mut sweeper = llmo_aws::sweep::Sweeper::new(&aws, 0);
+    let mut sweeper = llmo_aws::api::sweeper(&aws, 0);
     sweeper.limit = 5;
     let out = sweeper.sweep(llmo_runtime::ports::now_ms() + 10).await.unwrap();
     assert_eq!(out.restarted, vec!["late-orphan".to_string()], "{out:?}");

@@ -59,14 +59,14 @@ spec:
 
 const LINKS: &[u8] = b"the-local-tests-answer-link-secret-0123456789";
 
-async fn start(api: &llmo_aws::api::Api, source: &str, inputs: Value) -> String {
+async fn start(api: &llmo_api::Api, source: &str, inputs: Value) -> String {
     let (code, v) = call(api, "POST", "/runs", Some(json!({"source": source, "inputs": inputs}))).await;
     assert_eq!(code, 201, "{v}");
     v["run_id"].as_str().unwrap().to_string()
 }
 
 /// Polls `GET /waiting` until `n` tasks of `run_ids` wait.
-async fn waiting(api: &llmo_aws::api::Api, run_ids: &[&str], n: usize) -> Vec<Value> {
+async fn waiting(api: &llmo_api::Api, run_ids: &[&str], n: usize) -> Vec<Value> {
     for _ in 0..200 {
         let (code, v) = call(api, "GET", "/waiting", None).await;
         assert_eq!(code, 200, "{v}");

@@ -1,6 +1,7 @@
 //! The runtime of LLM-Orchestrator: the ports the engine needs (run store, blobs, clock,
 //! executors), their embedded adapters (in-memory, SQLite, files), the executors of the
 //! built-in task types with the model providers, and the embedded driver.
+pub mod audit;
 pub mod costs;
 pub mod driver;
 pub mod egress;
@@ -14,6 +15,8 @@ pub mod providers;
 pub mod queue;
 pub mod reads;
 pub mod secrets;
+#[cfg(feature = "sqlite")]
+pub mod sqlite_queue;
 pub mod start;
 pub mod step;
 pub mod store;

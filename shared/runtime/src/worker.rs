@@ -949,5 +949,8 @@ impl Worker {
     }
 }
 
+mod dead;
+pub use dead::dead_letter_verdict;
+
 #[cfg(test)]
 mod tests;

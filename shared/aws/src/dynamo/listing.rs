@@ -3,7 +3,7 @@
 
 use super::*;
 
-pub use llmo_runtime::store::{ListFilter, Page};
+pub use llmo_runtime::store::{ListFilter, LiveRun, Page};
 
 #[async_trait]
 impl llmo_runtime::store::RunIndex for DynamoStore {
@@ -199,14 +199,17 @@ impl DynamoStore {
         let all: Vec<RunSummary> = all.iter().map(Self::summary).collect();
         Ok((all, more))
     }
+}
 
+#[async_trait::async_trait]
+impl llmo_runtime::store::LiveRuns for DynamoStore {
     /// Runs not ended, created before `before_ms`, that a sweep must act on: `pending` ones,
     /// and those whose deadline is `due_ms` or earlier. Oldest first, at most `limit`, and
     /// how many live runs were read to find them. The whole sparse `by_live` index (eight
     /// shards) is paged through, the condition applied by DynamoDB (a filter: every live
     /// run is read, only those to act on come back), so runs that only wait (a tenant's
     /// thousands of long sleeps) never hide the ones that need the sweep.
-    pub async fn live_runs(&self, before_ms: u64, due_ms: u64, limit: usize) -> Result<(Vec<LiveRun>, u64), Error> {
+    async fn live_runs(&self, before_ms: u64, due_ms: u64, limit: usize) -> Result<(Vec<LiveRun>, u64), Error> {
         let mut all: Vec<Item> = Vec::new();
         let mut scanned = 0u64;
         for shard in 0..LIST_SHARDS {
@@ -248,12 +251,4 @@ impl DynamoStore {
             scanned,
         ))
     }
-}
-
-/// A run the sweeper looks at: not ended, with its deadline once it has started.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LiveRun {
-    pub run_id: String,
-    pub status: String,
-    pub deadline: Option<u64>,
 }

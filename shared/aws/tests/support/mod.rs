@@ -5,9 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use lambda_http::http::Request as HttpRequest;
-use lambda_http::{Body, Request};
-use llmo_aws::api::Api;
+use http::Request as HttpRequest;
+use llmo_api::Api;
+use llmo_api::{Body, Request};
 use llmo_aws::provision::{Resources, provision};
 use llmo_aws::sqs::SqsQueue;
 use llmo_aws::step::{DeadLetters, Step};
@@ -82,16 +82,16 @@ pub fn token(sub: &str, tenant: &str, roles: &[&str]) -> String {
         ("sub", json!(sub)),
         ("tenant", json!(tenant)),
         ("roles", json!(roles)),
-        ("aud", json!(llmo_aws::auth::DEFAULT_AUDIENCE)),
+        ("aud", json!(llmo_api::auth::DEFAULT_AUDIENCE)),
         ("exp", json!(llmo_runtime::ports::now_ms() / 1000 + 3600)),
     ]
     .into();
-    llmo_aws::auth::mint_hs256(SECRET, &claims)
+    llmo_api::auth::mint_hs256(SECRET, &claims)
 }
 
 pub fn api(aws: &Aws) -> Api {
-    Api::new(aws, executors(), llmo_runtime::providers::Config::builtin(), true)
-        .with_auth(llmo_aws::auth::Auth::hs256(SECRET, llmo_aws::auth::DEFAULT_AUDIENCE))
+    llmo_aws::api::build(aws, executors(), llmo_runtime::providers::Config::builtin(), true)
+        .with_auth(llmo_api::auth::Auth::hs256(SECRET, llmo_api::auth::DEFAULT_AUDIENCE))
 }
 
 /// A request as a developer of tenant `t1`.

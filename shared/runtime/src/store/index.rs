@@ -39,6 +39,23 @@ pub trait RunIndex: Send + Sync {
     async fn runs_since(&self, tenant: &str, since_ms: u64, limit: usize) -> Result<(Vec<RunSummary>, bool), Error>;
 }
 
+/// A run the sweeper looks at: not ended, with its deadline once it has started.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LiveRun {
+    pub run_id: String,
+    pub status: String,
+    pub deadline: Option<u64>,
+}
+
+/// The runs not ended yet, for the sweeper (`llmo_api::sweep`): DynamoDB's sparse `by_live`
+/// index, SQLite's `runs` table.
+#[async_trait]
+pub trait LiveRuns: Send + Sync {
+    /// Runs created before `before_ms` that are `pending`, or whose deadline is at or before
+    /// `due_ms`, oldest first, at most `limit`; and how many live runs were looked at.
+    async fn live_runs(&self, before_ms: u64, due_ms: u64, limit: usize) -> Result<(Vec<LiveRun>, u64), Error>;
+}
+
 /// When a run was created: the time in its id (`run-<13-digit ms>-<random>`), else 0.
 pub fn created_ms(run_id: &str) -> u64 {
     run_id

@@ -24,7 +24,7 @@ pub mod contract;
 mod index;
 #[cfg(feature = "sqlite")]
 mod sqlite;
-pub use index::{ListFilter, Page, RunIndex, created_ms, page_of};
+pub use index::{ListFilter, LiveRun, LiveRuns, Page, RunIndex, created_ms, page_of};
 #[cfg(feature = "sqlite")]
 pub use sqlite::{Durability, SqliteStore};
 

@@ -104,6 +104,29 @@ impl SqliteStore {
                 owner TEXT NOT NULL,
                 expires_at INTEGER NOT NULL
             );
+            CREATE TABLE IF NOT EXISTS audit (
+                seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                at INTEGER NOT NULL,
+                tenant TEXT NOT NULL,
+                actor TEXT NOT NULL,
+                role TEXT NOT NULL,
+                action TEXT NOT NULL,
+                target TEXT,
+                result TEXT NOT NULL,
+                run_id TEXT
+            );
+            CREATE INDEX IF NOT EXISTS audit_by_tenant ON audit (tenant, at);
+            CREATE INDEX IF NOT EXISTS audit_by_run ON audit (run_id, at) WHERE run_id IS NOT NULL;
+            CREATE TABLE IF NOT EXISTS queue (
+                id INTEGER PRIMARY KEY AUTOINCREMENT,
+                run_id TEXT NOT NULL,
+                body TEXT NOT NULL,
+                visible_at INTEGER NOT NULL,
+                receives INTEGER NOT NULL DEFAULT 0,
+                receipt TEXT,
+                trace TEXT
+            );
+            CREATE INDEX IF NOT EXISTS queue_by_time ON queue (visible_at);
             CREATE TABLE IF NOT EXISTS workflows (
                 tenant TEXT NOT NULL,
                 name TEXT NOT NULL,
@@ -137,11 +160,28 @@ impl SqliteStore {
                 )?;
             }
         }
+        // Files from before the sweeper read them get the runs' deadlines (as their states
+        // are next summarised; live runs without one are only restarted when pending).
+        let has_deadline: bool =
+            tx.prepare("SELECT 1 FROM pragma_table_info('runs') WHERE name = 'deadline'")?.exists([])?;
+        if !has_deadline {
+            tx.execute_batch("ALTER TABLE runs ADD COLUMN deadline INTEGER")?;
+        }
         tx.commit()?;
         Ok(SqliteStore { conn: Mutex::new(conn) })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
+    /// Every tenant's registered workflows: `(tenant, name, registered_at)` (what `llmo serve`
+    /// fires schedules from).
+    pub fn all_registered(&self) -> Result<Vec<(String, String, Millis)>, Error> {
+        let conn = self.lock();
+        let mut stmt =
+            conn.prepare_cached("SELECT tenant, name, registered_at FROM workflows ORDER BY tenant, name")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as Millis)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
         self.conn.lock().expect("store lock")
     }
 }
@@ -150,7 +190,7 @@ impl SqliteStore {
 /// last version is the run's).
 fn update_summary(tx: &rusqlite::Transaction<'_>, head: &RunState) -> Result<(), Error> {
     tx.prepare_cached(
-        "UPDATE runs SET version = ?1, status = ?2, started_at = ?3, cost_usd = ?4, tokens = ?6 WHERE run_id = ?5 AND version <= ?1",
+        "UPDATE runs SET version = ?1, status = ?2, started_at = ?3, cost_usd = ?4, tokens = ?6, deadline = ?7 WHERE run_id = ?5 AND version <= ?1",
     )?
     .execute(params![
         head.version as i64,
@@ -158,8 +198,17 @@ fn update_summary(tx: &rusqlite::Transaction<'_>, head: &RunState) -> Result<(),
         head.started_at.map(|t| t as i64),
         head.cost_usd,
         head.run_id,
-        head.tokens as i64
+        head.tokens as i64,
+        head.deadline.map(|d| d as i64)
     ])?;
+    Ok(())
+}
+
+fn insert_audit(conn: &Connection, r: &crate::audit::Record) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO audit (at, tenant, actor, role, action, target, result, run_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?
+    .execute(params![r.at as i64, r.tenant, r.actor, r.role, r.action, r.target, r.result, r.run_id])?;
     Ok(())
 }
 
@@ -267,6 +316,21 @@ impl RunStore for SqliteStore {
         let status_changed = head.status.is_terminal() || transitions.iter().any(|t| matches!(t.event, Event::Start));
         if status_changed {
             update_summary(&tx, head)?;
+            // The status change's audit record, in the same transaction: one per change (an
+            // ended run's summary also moves when answers of attempts cut off are counted
+            // after it ended: that is no change to audit).
+            let ended_here = !head.status.is_terminal()
+                || transitions.iter().any(|t| head.ended_by.as_deref() == Some(&*t.event.key()));
+            if ended_here {
+                let tenant = head.tenant.as_deref().unwrap_or("-");
+                let r = crate::audit::Record::status_change(
+                    crate::ports::now_ms(),
+                    tenant,
+                    &head.run_id,
+                    head.status.as_str(),
+                );
+                insert_audit(&tx, &r)?;
+            }
         }
         tx.commit()?;
         Ok(true)
@@ -519,5 +583,68 @@ impl super::RunIndex for SqliteStore {
         let more = runs.len() > limit;
         runs.truncate(limit);
         Ok((runs, more))
+    }
+}
+
+#[async_trait]
+impl super::LiveRuns for SqliteStore {
+    async fn live_runs(&self, before_ms: u64, due_ms: u64, limit: usize) -> Result<(Vec<super::LiveRun>, u64), Error> {
+        let conn = self.lock();
+        let looked: i64 = conn.query_row(
+            "SELECT count(*) FROM runs WHERE status IN ('pending', 'running') AND created < ?1",
+            params![before_ms as i64],
+            |r| r.get(0),
+        )?;
+        let mut stmt = conn.prepare_cached(
+            "SELECT run_id, status, deadline FROM runs
+             WHERE status IN ('pending', 'running') AND created < ?1
+               AND (status = 'pending' OR deadline <= ?2)
+             ORDER BY created, run_id LIMIT ?3",
+        )?;
+        let runs = stmt
+            .query_map(params![before_ms as i64, due_ms as i64, limit as i64], |r| {
+                Ok(super::LiveRun {
+                    run_id: r.get(0)?,
+                    status: r.get(1)?,
+                    deadline: r.get::<_, Option<i64>>(2)?.map(|d| d as u64),
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok((runs, looked as u64))
+    }
+}
+
+#[async_trait]
+impl crate::audit::AuditLog for SqliteStore {
+    async fn write(&self, r: &crate::audit::Record) -> Result<(), crate::audit::AuditError> {
+        insert_audit(&self.lock(), r).map_err(|e| crate::audit::AuditError(e.to_string()))
+    }
+
+    async fn read(&self, q: &crate::audit::Query) -> Result<Vec<crate::audit::Record>, crate::audit::AuditError> {
+        let conn = self.lock();
+        let read = || -> rusqlite::Result<Vec<crate::audit::Record>> {
+            let mut stmt = conn.prepare_cached(
+                "SELECT at, tenant, actor, role, action, target, result, run_id FROM audit
+                 WHERE tenant = ?1 AND at BETWEEN ?2 AND ?3 AND (?4 IS NULL OR run_id = ?4)
+                 ORDER BY at, seq LIMIT ?5",
+            )?;
+            let rows = stmt.query_map(
+                params![q.tenant, q.since as i64, q.until as i64, q.run_id, q.limit.clamp(1, 1000) as i64],
+                |r| {
+                    Ok(crate::audit::Record {
+                        at: r.get::<_, i64>(0)? as u64,
+                        tenant: r.get(1)?,
+                        actor: r.get(2)?,
+                        role: r.get(3)?,
+                        action: r.get(4)?,
+                        target: r.get(5)?,
+                        result: r.get(6)?,
+                        run_id: r.get(7)?,
+                    })
+                },
+            )?;
+            rows.collect()
+        };
+        read().map_err(|e| crate::audit::AuditError(e.to_string()))
     }
 }

@@ -25,12 +25,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use lambda_http::http::{Method, StatusCode};
-use lambda_http::{Body, Request, Response};
+use http::{Method, StatusCode};
 use llmo_core::engine::{Event, Plan, RunState, RunStatus};
-use llmo_runtime::executor::Registry;
-use llmo_runtime::ports::SystemClock;
-use llmo_runtime::providers::Config;
 use llmo_runtime::queue::{Delivery, Message};
 use llmo_runtime::reads::ReadError;
 use llmo_runtime::start::{IdempotencyKey, KeySpace, StartError, StartRequest, Starter};
@@ -38,11 +34,12 @@ use llmo_runtime::store::{RunStore, StoredRun};
 use llmo_runtime::worker::Worker;
 use serde_json::{Value, json};
 
-use crate::audit::{self, Audit, Record};
+use llmo_runtime::audit::{self, AuditLog, Record};
+use llmo_runtime::store::ListFilter;
+
 use crate::auth::{Auth, AuthError, Principal, Role};
-use crate::config::Aws;
-use crate::dynamo::{DynamoStore, ListFilter};
-use crate::sqs::SqsQueue;
+use crate::{Body, Request};
+use http::Response;
 
 mod admin;
 mod routes;
@@ -50,9 +47,10 @@ mod runs;
 
 pub use routes::Route;
 
+/// The API over its ports. The serverless deployment builds it on DynamoDB, SQS and S3
+/// (`llmo_aws::api::build`), `llmo serve` on SQLite ([`crate::local`]).
 pub struct Api {
-    pub aws: Aws,
-    /// The run store (DynamoDB deployed); the API uses it only as the port.
+    /// The run store; the API uses it only as the port.
     pub store: Arc<dyn RunStore>,
     /// Listings, tenants of runs, runs since a time.
     pub index: Arc<dyn llmo_runtime::store::RunIndex>,
@@ -60,9 +58,11 @@ pub struct Api {
     pub workflows: Arc<dyn llmo_runtime::workflows::Workflows>,
     /// Where starts, answers and cancels send their messages (the step queue deployed).
     pub queue: Arc<dyn llmo_runtime::queue::Queue>,
+    /// Applies cancels and answers to runs (compare-and-set on their logs).
     pub worker: Worker,
     pub starter: Starter,
-    pub audit: Audit,
+    /// The audit trail (`GET /audit`; every authenticated request is a record).
+    pub audit: Arc<dyn AuditLog>,
     /// `POST /sweep` (operators): see [`crate::sweep`].
     pub sweeper: crate::sweep::Sweeper,
     /// How requests authenticate; `None` refuses every request.
@@ -139,36 +139,6 @@ pub const COST_RUNS: usize = 50_000;
 pub const OPENAPI: &str = include_str!("../../../../docs/openapi.json");
 
 impl Api {
-    pub fn new(aws: &Aws, executors: Registry, config: Config, mock: bool) -> Self {
-        let store = Arc::new(DynamoStore::new(aws.clone()));
-        let queue = Arc::new(SqsQueue::new(aws.clone()));
-        let mut worker =
-            Worker::from_stored(store.clone(), queue.clone(), Arc::new(executors), Arc::new(SystemClock::default()));
-        // A cancel or an answer that loses the run's log to a busy worker goes to the fold
-        // queue, as a step's events do, instead of racing it (up to `CasRetry::max_lost` lost
-        // writes, then a 500).
-        worker.fold = SqsQueue::folds(aws.clone()).map(|f| Arc::new(f) as Arc<dyn llmo_runtime::queue::Queue>);
-        // Concurrency keys a cancel releases, and the tenants' places for expensive reads, are
-        // the fleet's (the step function's), not this process's.
-        let flow: Arc<dyn llmo_runtime::flow::Flow> = Arc::new(crate::flow::DynamoFlow::new(aws.clone()));
-        worker.flow = flow.clone();
-        Api {
-            reads: llmo_runtime::reads::Reads::new(flow),
-            aws: aws.clone(),
-            workflows: store.clone(),
-            index: store.clone(),
-            store,
-            queue: queue as Arc<dyn llmo_runtime::queue::Queue>,
-            worker,
-            starter: Starter::new(config, mock).with_max_age(aws.lifetime.max_run_ms()),
-            audit: Audit::new(aws),
-            sweeper: crate::sweep::Sweeper::new(aws, 300_000),
-            auth: None,
-            metrics: None,
-            links: None,
-        }
-    }
-
     /// The same API, offering single-use answer links for approvals (`link: true`) signed
     /// with `secret` (at least 32 bytes; `LLMO_LINK_SECRET`, read by the function's main).
     pub fn with_links(mut self, secret: Option<Vec<u8>>) -> Self {
@@ -192,14 +162,11 @@ impl Api {
     /// Answers one request, in an `api` span that continues the caller's trace (a
     /// `traceparent` header) when it sends one.
     /// What the local server lets a request send before the API sees it
-    /// ([`crate::local::serve`]): run-page files and unknown routes no body, the answer link
+    /// ([`crate::server::serve`]): run-page files and unknown routes no body, the answer link
     /// route (unauthenticated: its token is in the body) [`LINK_BODY_BYTES`], every other
     /// route [`BODY_BYTES`] once its token verifies; a request whose token does not verify is
     /// answered 401 before its body is read.
-    pub async fn admit(
-        &self,
-        parts: lambda_http::http::request::Parts,
-    ) -> Result<(lambda_http::http::request::Parts, usize), Reply> {
+    pub async fn admit(&self, parts: http::request::Parts) -> Result<(http::request::Parts, usize), Reply> {
         let path = parts.uri.path().trim_end_matches('/').to_string();
         let segments: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
         match Route::parse(&parts.method, &segments) {
@@ -356,7 +323,7 @@ impl Api {
     ) -> (Reply, Option<String>, Option<String>) {
         let tenant = match p.acting_tenant(query.get("tenant").map(String::as_str)) {
             Ok(t) => t.to_string(),
-            Err(e @ crate::auth::AuthError::BadTenant(_)) => {
+            Err(e @ AuthError::BadTenant(_)) => {
                 return (problem(StatusCode::BAD_REQUEST, e.to_string()), None, None);
             }
             Err(e) => return (problem(StatusCode::FORBIDDEN, e.to_string()), None, None),

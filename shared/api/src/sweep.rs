@@ -1,4 +1,6 @@
-//! The sweeper: every run ends, even one whose messages were lost.
+//! The sweeper: every run ends, even one whose messages were lost. Over ports: the live runs
+//! (DynamoDB's `by_live` index deployed, the SQLite `runs` table under `llmo serve`) and the
+//! step queue.
 //!
 //! Steps of a run are driven by its queue messages, and SQS does not lose them: a message that
 //! cannot be processed reaches the dead-letter handler, which fails its run. What is left is a
@@ -15,13 +17,12 @@
 //! Both go through the ordinary step, so each is applied exactly once however often the
 //! sweeper runs.
 
+use std::sync::Arc;
+
 use llmo_core::engine::Event;
 use llmo_runtime::queue::{Message, Queue};
+use llmo_runtime::store::LiveRuns;
 use serde::Serialize;
-
-use crate::config::Aws;
-use crate::dynamo::DynamoStore;
-use crate::sqs::SqsQueue;
 
 /// What one sweep did.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -36,8 +37,8 @@ pub struct Swept {
 }
 
 pub struct Sweeper {
-    store: DynamoStore,
-    queue: SqsQueue,
+    live: Arc<dyn LiveRuns>,
+    queue: Arc<dyn Queue>,
     /// How long after its creation a pending run, or after its deadline a running one, is left
     /// alone (`LLMO_SWEEP_GRACE_SECS`, default 300).
     pub grace_ms: u64,
@@ -46,8 +47,8 @@ pub struct Sweeper {
 }
 
 impl Sweeper {
-    pub fn new(aws: &Aws, grace_ms: u64) -> Self {
-        Sweeper { store: DynamoStore::new(aws.clone()), queue: SqsQueue::new(aws.clone()), grace_ms, limit: 10_000 }
+    pub fn new(live: Arc<dyn LiveRuns>, queue: Arc<dyn Queue>, grace_ms: u64) -> Self {
+        Sweeper { live, queue, grace_ms, limit: 10_000 }
     }
 
     /// [`Sweeper::sweep`] at the current time.
@@ -57,7 +58,7 @@ impl Sweeper {
 
     pub async fn sweep(&self, now_ms: u64) -> Result<Swept, String> {
         let cutoff = now_ms.saturating_sub(self.grace_ms);
-        let (runs, scanned) = self.store.live_runs(cutoff, cutoff, self.limit).await.map_err(|e| e.to_string())?;
+        let (runs, scanned) = self.live.live_runs(cutoff, cutoff, self.limit).await.map_err(|e| e.to_string())?;
         let mut out = Swept { looked_at: scanned, ..Default::default() };
         let mut msgs = Vec::new();
         for r in runs {

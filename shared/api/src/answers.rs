@@ -7,7 +7,7 @@
 //! loser of two racing answers, a replayed request and an answer after the timeout all get a
 //! 409 that says why.
 
-use lambda_http::http::StatusCode;
+use http::StatusCode;
 use llmo_core::engine::waits::{AnswerError, Approval, may_answer};
 use llmo_core::engine::{AttemptId, Event, Plan, RunState, WaitKind};
 use llmo_runtime::queue::{Delivery, Message};
@@ -42,27 +42,6 @@ pub struct LinkClaims {
 }
 
 const LINK_AUDIENCE: &str = "llmo-answer";
-
-/// The secret answer links are signed with: `LLMO_LINK_SECRET` (local), else the Secrets
-/// Manager secret `LLMO_LINK_SECRET_ARN` names (deployed); none: no links. For the API's main.
-pub async fn link_secret(aws: &crate::Aws) -> Result<Option<Vec<u8>>, String> {
-    let secret =
-        match (std::env::var("LLMO_LINK_SECRET").ok().filter(|s| !s.is_empty()), std::env::var("LLMO_LINK_SECRET_ARN"))
-        {
-            (Some(s), _) => s.into_bytes(),
-            (None, Ok(arn)) if !arn.is_empty() => {
-                let out = aws.secretsmanager.get_secret_value().secret_id(&arn).send().await.map_err(|e| {
-                    format!("reading the answer-link secret: {}", aws_sdk_secretsmanager::error::DisplayErrorContext(e))
-                })?;
-                out.secret_string().unwrap_or_default().as_bytes().to_vec()
-            }
-            _ => return Ok(None),
-        };
-    if secret.len() < 32 {
-        return Err("the answer-link secret (LLMO_LINK_SECRET) must be at least 32 bytes".into());
-    }
-    Ok(Some(secret))
-}
 
 /// Signs an answer link's token.
 pub fn mint_link(secret: &[u8], c: &LinkClaims) -> String {

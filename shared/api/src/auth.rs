@@ -27,9 +27,14 @@ use std::time::{Duration, Instant};
 
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-use lambda_http::request::RequestContext;
-use lambda_http::{Request, RequestExt};
 use serde_json::{Map, Value};
+
+use crate::Request;
+
+/// The claims API Gateway's JWT authorizer verified, as the Lambda glue puts them in a
+/// request's extensions (`llmo_aws::api::request`); [`Auth::ApiGateway`] reads them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuthorizerClaims(pub HashMap<String, String>);
 
 /// The default audience of local tokens.
 pub const DEFAULT_AUDIENCE: &str = "llmo-api";
@@ -213,17 +218,13 @@ impl Auth {
     pub async fn authenticate(&self, req: &Request) -> Result<Principal, AuthError> {
         match self {
             Auth::ApiGateway { claims } => {
-                let jwt = match req.request_context_ref() {
-                    Some(RequestContext::ApiGatewayV2(ctx)) => ctx.authorizer.as_ref().and_then(|a| a.jwt.as_ref()),
-                    _ => None,
-                };
-                let Some(jwt) = jwt else {
+                let Some(jwt) = req.extensions().get::<AuthorizerClaims>() else {
                     return Err(AuthError::Unauthenticated(
                         "no verified token (the API's JWT authorizer is missing)".into(),
                     ));
                 };
                 let map: Map<String, Value> =
-                    jwt.claims.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
+                    jwt.0.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
                 principal(&map, claims)
             }
             Auth::Verify { keys, audience, issuer, claims } => {
@@ -461,10 +462,7 @@ mod tests {
     }
 
     fn request(token: &str) -> Request {
-        lambda_http::http::Request::builder()
-            .header("authorization", format!("Bearer {token}"))
-            .body(lambda_http::Body::Empty)
-            .unwrap()
+        http::Request::builder().header("authorization", format!("Bearer {token}")).body(crate::Body::Empty).unwrap()
     }
 
     #[tokio::test]
