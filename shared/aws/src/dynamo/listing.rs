@@ -25,71 +25,7 @@ pub(super) fn tenant_key(t: Option<&str>) -> &str {
     t.unwrap_or("-")
 }
 
-/// A listing cursor: base64url of `{"l": <listing hash>, "s": {shard: created bound}}`. It is
-/// checked on the way back in: it must decode, name this very listing (tenant and filters),
-/// and hold only shard numbers and `<13 digits>#<run id>` bounds. Queries are keyed by the
-/// caller's tenant whatever the cursor says, so even a forged cursor reads nothing else.
-mod cursor {
-    use std::collections::HashMap;
-
-    use base64::Engine;
-    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    use sha2::{Digest, Sha256};
-
-    fn listing(tenant: &str, workflow: Option<&str>, status: Option<&str>) -> String {
-        let h = Sha256::digest(format!("{tenant}\0{}\0{}", workflow.unwrap_or(""), status.unwrap_or("")).as_bytes());
-        h.iter().take(8).map(|b| format!("{b:02x}")).collect()
-    }
-
-    pub fn encode(tenant: &str, workflow: Option<&str>, status: Option<&str>, bounds: &HashMap<u32, String>) -> String {
-        let v = serde_json::json!({"l": listing(tenant, workflow, status), "s": bounds});
-        URL_SAFE_NO_PAD.encode(v.to_string())
-    }
-
-    fn bound_ok(b: &str) -> bool {
-        if b.is_empty() {
-            return true;
-        }
-        let Some((ms, id)) = b.split_once('#') else { return false };
-        ms.len() == 13
-            && ms.bytes().all(|c| c.is_ascii_digit())
-            && (1..=128).contains(&id.len())
-            && id.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_' || c == b'.')
-    }
-
-    pub fn decode(
-        c: &str,
-        tenant: &str,
-        workflow: Option<&str>,
-        status: Option<&str>,
-        shards: u32,
-    ) -> Result<Vec<(u32, String)>, String> {
-        let bad = || "the cursor is not one this listing gave".to_string();
-        if c.len() > 4096 {
-            return Err(bad());
-        }
-        let bytes = URL_SAFE_NO_PAD.decode(c).map_err(|_| bad())?;
-        #[derive(serde::Deserialize)]
-        #[serde(deny_unknown_fields)]
-        struct Raw {
-            l: String,
-            s: HashMap<u32, String>,
-        }
-        let raw: Raw = serde_json::from_slice(&bytes).map_err(|_| bad())?;
-        if raw.l != listing(tenant, workflow, status) || raw.s.is_empty() {
-            return Err(bad());
-        }
-        let mut v = Vec::new();
-        for (k, b) in raw.s {
-            if k >= shards || !bound_ok(&b) {
-                return Err(bad());
-            }
-            v.push((k, b));
-        }
-        v.sort();
-        Ok(v)
-    }
-}
+use llmo_runtime::store::cursor;
 
 impl DynamoStore {
     /// A page of runs, newest first, by workflow or status (or all).

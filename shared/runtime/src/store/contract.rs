@@ -60,6 +60,29 @@ pub async fn run_store(store: &dyn RunStore, prefix: &str) {
     assert_eq!(store.history(&a).await.unwrap().len(), 3);
     assert!(store.load(&format!("{prefix}nope")).await.unwrap().is_none());
 
+    // The state it was created with, where the store keeps it, replays with the log.
+    if let Some(initial) = store.initial_state(&a).await.unwrap() {
+        let mut replayed = initial;
+        for t in store.history(&a).await.unwrap() {
+            plan.apply(&mut replayed, &t.event, t.at).unwrap();
+        }
+        assert_eq!(replayed.status, RunStatus::Succeeded);
+    }
+
+    // Keyed: the key and the run together; the key again stores nothing and names the run.
+    let key = super::StartKey { id: format!("{prefix}key"), fingerprint: "f1".into() };
+    let keyed = plan.new_run(format!("{prefix}k1"), Map::new());
+    match store.create_keyed(Some(&key), "w", "w.yaml", WF, &keyed).await {
+        Ok(super::Created::New) => {
+            let again = plan.new_run(format!("{prefix}k2"), Map::new());
+            let got = store.create_keyed(Some(&key), "w", "w.yaml", WF, &again).await.unwrap();
+            assert_eq!(got, super::Created::Existing { run_id: format!("{prefix}k1"), fingerprint: "f1".into() });
+            assert!(store.load(&format!("{prefix}k2")).await.unwrap().is_none(), "nothing stored");
+        }
+        Err(Error::Other(why)) => assert!(why.contains("does not keep idempotency keys"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+
     store.create("w", "w.yaml", WF, &plan.new_run(b.clone(), Map::new())).await.unwrap();
     let list = store.list().await.unwrap();
     let listed = |id: &str| list.iter().find(|r| r.run_id == id).cloned();
@@ -135,6 +158,11 @@ pub async fn run_index(store: &dyn RunStore, index: &dyn super::RunIndex, prefix
     }
     assert_eq!(paged, newest_first, "paged");
     assert!(matches!(index.list_page(&list(None, None, 2, Some("x".into()))).await, Err(Error::Invalid(_))));
+    // A cursor belongs to its listing: another filter or tenant refuses it.
+    let first = index.list_page(&list(None, None, 2, None)).await.unwrap().next.expect("a second page");
+    let refused = |f: ListFilter| async move { matches!(index.list_page(&f).await, Err(Error::Invalid(_))) };
+    assert!(refused(list(None, Some("running"), 2, Some(first.clone()))).await, "another filter");
+    assert!(refused(ListFilter { tenant: t2.clone(), cursor: Some(first.clone()), ..Default::default() }).await);
     let other = ListFilter { tenant: t2.clone(), ..Default::default() };
     assert_eq!(names(&index.list_page(&other).await.unwrap()), vec![ids[5].clone()], "tenants are apart");
     assert_eq!(index.tenant_of(&ids[0]).await.unwrap().as_deref(), Some(t1.as_str()));

@@ -67,16 +67,9 @@ pub fn created_ms(run_id: &str) -> u64 {
 }
 
 /// A page of `runs` (each with its tenant), as memory lists them (SQLite the same, in SQL): newest
-/// first by `(created, run id)`; the cursor is the last one given, `<created>#<run id>`.
+/// first by `(created, run id)`; the cursor seals the last one given ([`seal_bound`]).
 pub fn page_of(mut runs: Vec<(String, RunSummary)>, f: &ListFilter) -> Result<Page, Error> {
-    let after = match &f.cursor {
-        None => None,
-        Some(c) => {
-            let (ms, id) = c.split_once('#').ok_or_else(|| Error::Invalid("not a cursor of this listing".into()))?;
-            let ms: u64 = ms.parse().map_err(|_| Error::Invalid("not a cursor of this listing".into()))?;
-            Some((ms, id.to_string()))
-        }
-    };
+    let after = open_bound(f)?;
     runs.retain(|(t, r)| {
         *t == f.tenant
             && f.workflow.as_ref().is_none_or(|w| *w == r.workflow)
@@ -94,7 +87,91 @@ pub fn page_of(mut runs: Vec<(String, RunSummary)>, f: &ListFilter) -> Result<Pa
     let next = (out.len() > limit).then(|| {
         out.truncate(limit);
         let last = out.last().expect("a full page");
-        format!("{}#{}", created_ms(&last.run_id), last.run_id)
+        seal_bound(f, created_ms(&last.run_id), &last.run_id)
     });
     Ok(Page { runs: out, next })
+}
+
+/// Where the page `f.cursor` continues a one-shard listing (memory, SQLite): after
+/// `(created, run id)`. A cursor another listing (tenant, filters) gave, or none gave, is
+/// `Error::Invalid`.
+pub fn open_bound(f: &ListFilter) -> Result<Option<(u64, String)>, Error> {
+    let Some(c) = &f.cursor else { return Ok(None) };
+    let bounds = cursor::decode(c, &f.tenant, f.workflow.as_deref(), f.status.as_deref(), 1).map_err(Error::Invalid)?;
+    let bad = || Error::Invalid("the cursor is not one this listing gave".into());
+    let (_, b) = bounds.into_iter().next().ok_or_else(bad)?;
+    let (ms, id) = b.split_once('#').ok_or_else(bad)?;
+    Ok(Some((ms.parse().map_err(|_| bad())?, id.to_string())))
+}
+
+/// The cursor of the page after `(created, run id)` in listing `f`.
+pub fn seal_bound(f: &ListFilter, created: u64, run_id: &str) -> String {
+    let bounds = [(0u32, format!("{created:013}#{run_id}"))].into_iter().collect();
+    cursor::encode(&f.tenant, f.workflow.as_deref(), f.status.as_deref(), &bounds)
+}
+
+/// A listing cursor (every index's: DynamoDB's has a bound per shard, memory and SQLite one): base64url of `{"l": <listing hash>, "s": {shard: created bound}}`. It is
+/// checked on the way back in: it must decode, name this very listing (tenant and filters),
+/// and hold only shard numbers and `<13 digits>#<run id>` bounds. Queries are keyed by the
+/// caller's tenant whatever the cursor says, so even a forged cursor reads nothing else.
+pub mod cursor {
+    use std::collections::HashMap;
+
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use sha2::{Digest, Sha256};
+
+    fn listing(tenant: &str, workflow: Option<&str>, status: Option<&str>) -> String {
+        let h = Sha256::digest(format!("{tenant}\0{}\0{}", workflow.unwrap_or(""), status.unwrap_or("")).as_bytes());
+        h.iter().take(8).map(|b| format!("{b:02x}")).collect()
+    }
+
+    pub fn encode(tenant: &str, workflow: Option<&str>, status: Option<&str>, bounds: &HashMap<u32, String>) -> String {
+        let v = serde_json::json!({"l": listing(tenant, workflow, status), "s": bounds});
+        URL_SAFE_NO_PAD.encode(v.to_string())
+    }
+
+    fn bound_ok(b: &str) -> bool {
+        if b.is_empty() {
+            return true;
+        }
+        let Some((ms, id)) = b.split_once('#') else { return false };
+        ms.len() == 13
+            && ms.bytes().all(|c| c.is_ascii_digit())
+            && (1..=128).contains(&id.len())
+            && id.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_' || c == b'.')
+    }
+
+    pub fn decode(
+        c: &str,
+        tenant: &str,
+        workflow: Option<&str>,
+        status: Option<&str>,
+        shards: u32,
+    ) -> Result<Vec<(u32, String)>, String> {
+        let bad = || "the cursor is not one this listing gave".to_string();
+        if c.len() > 4096 {
+            return Err(bad());
+        }
+        let bytes = URL_SAFE_NO_PAD.decode(c).map_err(|_| bad())?;
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Raw {
+            l: String,
+            s: HashMap<u32, String>,
+        }
+        let raw: Raw = serde_json::from_slice(&bytes).map_err(|_| bad())?;
+        if raw.l != listing(tenant, workflow, status) || raw.s.is_empty() {
+            return Err(bad());
+        }
+        let mut v = Vec::new();
+        for (k, b) in raw.s {
+            if k >= shards || !bound_ok(&b) {
+                return Err(bad());
+            }
+            v.push((k, b));
+        }
+        v.sort();
+        Ok(v)
+    }
 }

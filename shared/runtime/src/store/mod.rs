@@ -21,10 +21,10 @@ use serde::{Deserialize, Serialize};
 
 #[cfg(any(test, feature = "contract"))]
 pub mod contract;
-mod index;
+pub(crate) mod index;
 #[cfg(feature = "sqlite")]
 mod sqlite;
-pub use index::{ListFilter, LiveRun, LiveRuns, Page, RunIndex, created_ms, page_of};
+pub use index::{ListFilter, LiveRun, LiveRuns, Page, RunIndex, created_ms, cursor, page_of};
 #[cfg(feature = "sqlite")]
 pub use sqlite::{Durability, SqliteStore};
 
@@ -243,6 +243,12 @@ pub trait RunStore: Send + Sync {
     async fn version(&self, run_id: &str) -> Result<Option<u64>, Error>;
     /// The whole transition log of a run, oldest first (audit; may be long).
     async fn history(&self, run_id: &str) -> Result<Vec<Transition>, Error>;
+    /// The state the run was created with (version 0), from which [`RunStore::history`]
+    /// replays to its current state (audits). `None`: no such run, or a store that keeps only
+    /// its latest snapshot (memory).
+    async fn initial_state(&self, _run_id: &str) -> Result<Option<RunState>, Error> {
+        Ok(None)
+    }
     /// Runs, newest first.
     async fn list(&self) -> Result<Vec<RunSummary>, Error>;
     /// Records that a unit waits for an approval or an event (`Command::Await`), so that

@@ -117,6 +117,11 @@ impl SqliteStore {
             );
             CREATE INDEX IF NOT EXISTS audit_by_tenant ON audit (tenant, at);
             CREATE INDEX IF NOT EXISTS audit_by_run ON audit (run_id, at) WHERE run_id IS NOT NULL;
+            CREATE TABLE IF NOT EXISTS start_keys (
+                id TEXT PRIMARY KEY,
+                run_id TEXT NOT NULL,
+                fingerprint TEXT NOT NULL
+            );
             CREATE TABLE IF NOT EXISTS queue (
                 id INTEGER PRIMARY KEY AUTOINCREMENT,
                 run_id TEXT NOT NULL,
@@ -162,6 +167,12 @@ impl SqliteStore {
         }
         // Files from before the sweeper read them get the runs' deadlines (as their states
         // are next summarised; live runs without one are only restarted when pending).
+        // ...and the state each run was created with (older runs have none).
+        let has_initial: bool =
+            tx.prepare("SELECT 1 FROM pragma_table_info('sources') WHERE name = 'initial'")?.exists([])?;
+        if !has_initial {
+            tx.execute_batch("ALTER TABLE sources ADD COLUMN initial TEXT")?;
+        }
         let has_deadline: bool =
             tx.prepare("SELECT 1 FROM pragma_table_info('runs') WHERE name = 'deadline'")?.exists([])?;
         if !has_deadline {
@@ -224,38 +235,80 @@ fn summary_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunSummary> {
     })
 }
 
+fn insert_run(
+    tx: &rusqlite::Transaction<'_>,
+    workflow: &str,
+    source_name: &str,
+    source: &str,
+    initial: &RunState,
+) -> Result<(), Error> {
+    let n = tx.execute(
+        "INSERT OR IGNORE INTO runs (run_id, workflow, status, version, started_at, cost_usd, tenant, created) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![
+            initial.run_id,
+            workflow,
+            initial.status.as_str(),
+            initial.version as i64,
+            initial.started_at.map(|t| t as i64),
+            initial.cost_usd,
+            initial.tenant.as_deref().unwrap_or("-"),
+            super::created_ms(&initial.run_id) as i64
+        ],
+    )?;
+    if n == 0 {
+        return Err(Error::Exists(initial.run_id.clone()));
+    }
+    let state = serde_json::to_string(initial)?;
+    tx.execute(
+        "INSERT OR REPLACE INTO sources (run_id, source_name, source, initial) VALUES (?1, ?2, ?3, ?4)",
+        params![initial.run_id, source_name, source, state],
+    )?;
+    tx.execute(
+        "INSERT OR REPLACE INTO snapshots (run_id, version, state) VALUES (?1, ?2, ?3)",
+        params![initial.run_id, initial.version as i64, state],
+    )?;
+    Ok(())
+}
+
 // SQLite calls take microseconds (no network), so they run on the caller's thread.
 #[async_trait]
 impl RunStore for SqliteStore {
     async fn create(&self, workflow: &str, source_name: &str, source: &str, initial: &RunState) -> Result<(), Error> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
-        let n = tx.execute(
-            "INSERT OR IGNORE INTO runs (run_id, workflow, status, version, started_at, cost_usd, tenant, created) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            params![
-                initial.run_id,
-                workflow,
-                initial.status.as_str(),
-                initial.version as i64,
-                initial.started_at.map(|t| t as i64),
-                initial.cost_usd,
-                initial.tenant.as_deref().unwrap_or("-"),
-                super::created_ms(&initial.run_id) as i64
-            ],
-        )?;
-        if n == 0 {
-            return Err(Error::Exists(initial.run_id.clone()));
-        }
-        tx.execute(
-            "INSERT OR REPLACE INTO sources (run_id, source_name, source) VALUES (?1, ?2, ?3)",
-            params![initial.run_id, source_name, source],
-        )?;
-        tx.execute(
-            "INSERT OR REPLACE INTO snapshots (run_id, version, state) VALUES (?1, ?2, ?3)",
-            params![initial.run_id, initial.version as i64, serde_json::to_string(initial)?],
-        )?;
+        insert_run(&tx, workflow, source_name, source, initial)?;
         tx.commit()?;
         Ok(())
+    }
+
+    /// The key and the run in one transaction: a key already taken stores nothing.
+    async fn create_keyed(
+        &self,
+        key: Option<&super::StartKey>,
+        workflow: &str,
+        source_name: &str,
+        source: &str,
+        initial: &RunState,
+    ) -> Result<super::Created, Error> {
+        let mut conn = self.lock();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        if let Some(k) = key {
+            let taken: Option<(String, String)> = tx
+                .query_row("SELECT run_id, fingerprint FROM start_keys WHERE id = ?1", params![k.id], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
+                .optional()?;
+            if let Some((run_id, fingerprint)) = taken {
+                return Ok(super::Created::Existing { run_id, fingerprint });
+            }
+            tx.execute(
+                "INSERT INTO start_keys (id, run_id, fingerprint) VALUES (?1, ?2, ?3)",
+                params![k.id, initial.run_id, k.fingerprint],
+            )?;
+        }
+        insert_run(&tx, workflow, source_name, source, initial)?;
+        tx.commit()?;
+        Ok(super::Created::New)
     }
 
     async fn load(&self, run_id: &str) -> Result<Option<StoredRun>, Error> {
@@ -383,6 +436,17 @@ impl RunStore for SqliteStore {
             out.push(Transition::new(version as u64, at as Millis, serde_json::from_str(&event)?));
         }
         Ok(Some(out))
+    }
+
+    async fn initial_state(&self, run_id: &str) -> Result<Option<RunState>, Error> {
+        let json: Option<Option<String>> = self
+            .lock()
+            .query_row("SELECT initial FROM sources WHERE run_id = ?1", params![run_id], |r| r.get(0))
+            .optional()?;
+        Ok(match json.flatten() {
+            Some(j) => Some(serde_json::from_str(&j)?),
+            None => None,
+        })
     }
 
     async fn history(&self, run_id: &str) -> Result<Vec<Transition>, Error> {
@@ -536,14 +600,10 @@ impl crate::workflows::Workflows for SqliteStore {
 impl super::RunIndex for SqliteStore {
     async fn list_page(&self, f: &super::ListFilter) -> Result<super::Page, Error> {
         // One page in SQL (the `runs_by_tenant` index), newest first; the cursor is the last
-        // run given, `<created>#<run id>`, as memory gives it.
-        let (after_ms, after_id) = match &f.cursor {
+        // run given, sealed as memory seals it.
+        let (after_ms, after_id) = match super::index::open_bound(f)? {
             None => (i64::MAX, String::new()),
-            Some(c) => {
-                let bad = || Error::Invalid("not a cursor of this listing".into());
-                let (ms, id) = c.split_once('#').ok_or_else(bad)?;
-                (ms.parse::<i64>().map_err(|_| bad())?, id.to_string())
-            }
+            Some((ms, id)) => (ms as i64, id),
         };
         let limit = f.limit.unwrap_or(50).max(1) as usize;
         let conn = self.lock();
@@ -559,7 +619,7 @@ impl super::RunIndex for SqliteStore {
         let next = (runs.len() > limit).then(|| {
             runs.truncate(limit);
             let last = runs.last().expect("a full page");
-            format!("{}#{}", super::created_ms(&last.run_id), last.run_id)
+            super::index::seal_bound(f, super::created_ms(&last.run_id), &last.run_id)
         });
         Ok(super::Page { runs, next })
     }
