@@ -67,11 +67,15 @@ async fn audit_of(api: &llmo_api::Api, tenant: &str, query: &str) -> Vec<Value> 
     v["records"].as_array().unwrap().clone()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_route_refuses_missing_and_bad_tokens_and_stores_nothing() {
-    let Some(aws) = aws().await else { return };
-    let aws = stack(&aws, 30, 5).await;
-    let api = api(&aws);
+on_both!(
+    every_route_refuses_missing_and_bad_tokens_and_stores_nothing,
+    every_route_refuses_missing_and_bad_tokens_and_stores_nothing_on_serve,
+    refuses_bad_tokens,
+    Setup { workers: 0, ..Setup::default() }
+);
+
+async fn refuses_bad_tokens(t: &Target) {
+    let api = t.api.clone();
     let aud = llmo_api::auth::DEFAULT_AUDIENCE;
     let dev = ["developer", "admin"];
     let forged =
@@ -103,11 +107,15 @@ async fn every_route_refuses_missing_and_bad_tokens_and_stores_nothing() {
     assert_eq!(actions, ["GET /workflows", "GET /runs"], "{records:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn each_role_may_use_exactly_its_routes() {
-    let Some(aws) = aws().await else { return };
-    let aws = stack(&aws, 30, 5).await;
-    let api = api(&aws);
+on_both!(
+    each_role_may_use_exactly_its_routes,
+    each_role_may_use_exactly_its_routes_on_serve,
+    roles,
+    Setup { workers: 0, ..Setup::default() }
+);
+
+async fn roles(t: &Target) {
+    let api = t.api.clone();
     // A run to act on, in tenant t1.
     let (code, v) = call(&api, "POST", "/runs", Some(json!({"source": WF}))).await;
     assert_eq!(code, 201, "{v}");
@@ -145,12 +153,10 @@ async fn each_role_may_use_exactly_its_routes() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn tenants_never_see_each_other() {
-    let Some(aws) = aws().await else { return };
-    let aws = stack(&aws, 30, 5).await;
-    let api = api(&aws);
-    let workers = Workers::start(&aws, 1, 10, |s| s);
+on_both!(tenants_never_see_each_other, tenants_never_see_each_other_on_serve, tenancy, Setup::default());
+
+async fn tenancy(t: &Target) {
+    let api = t.api.clone();
     let a = token("alice", "acme", &["developer"]);
     let b = token("bob", "globex", &["admin"]);
     // A registers a workflow and starts a run of it, with a key.
@@ -261,7 +267,6 @@ async fn tenants_never_see_each_other() {
     // The audit trail is the admin's: a developer is refused.
     let (code, _) = call_as(&api, Some(&a), "GET", "/audit", None).await;
     assert_eq!(code, 403);
-    workers.stop().await;
 }
 
 async fn wait_end_as(api: &llmo_api::Api, tok: &str, run: &str, secs: u64) -> Value {

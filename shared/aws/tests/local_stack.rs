@@ -720,20 +720,38 @@ impl llmo_runtime::executor::Executor for Flaky {
 /// continues from that task once it is fixed; the tasks that succeeded are not run again (the
 /// dependency counts its calls), the run item's status and the sweeper's index follow, and a
 /// run that is not failed answers 409.
+fn flaky_setup(flaky: &Arc<Flaky>) -> Setup {
+    let dep = flaky.clone();
+    Setup {
+        workers: 2,
+        executors: Arc::new(move || {
+            let mut reg = executors();
+            reg.register("http", dep.clone());
+            reg
+        }),
+        ..Setup::default()
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redrive_continues_a_failed_run_from_its_failed_task() {
-    use std::sync::atomic::Ordering::SeqCst;
-    let Some(aws) = aws().await else { return };
-    let aws = stack(&aws, 30, 5).await;
-    let api = api(&aws);
     let flaky = Arc::new(Flaky { calls: Default::default(), broken: true.into() });
-    let dep = flaky.clone();
-    let workers = Workers::start(&aws, 2, 10, move |mut s| {
-        let mut reg = executors();
-        reg.register("http", dep.clone());
-        s.worker.executors = Arc::new(reg);
-        s
-    });
+    let Some(t) = Target::stack(flaky_setup(&flaky)).await else { return };
+    redrive(&t, &flaky).await;
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redrive_continues_a_failed_run_from_its_failed_task_on_serve() {
+    let flaky = Arc::new(Flaky { calls: Default::default(), broken: true.into() });
+    let t = Target::serve(flaky_setup(&flaky)).await;
+    redrive(&t, &flaky).await;
+    t.stop().await;
+}
+
+async fn redrive(t: &Target, flaky: &Flaky) {
+    use std::sync::atomic::Ordering::SeqCst;
+    let api = t.api.clone();
     let source = std::fs::read_to_string(root().join("tests/fixtures/redrive/flaky.yaml")).unwrap();
     let (code, v) =
         call(&api, "POST", "/runs", Some(json!({"source": source, "inputs": {"base": "https://example.invalid"}})))
@@ -763,7 +781,6 @@ async fn a_redrive_continues_a_failed_run_from_its_failed_task() {
     let has = |v: &serde_json::Value| v["runs"].as_array().unwrap().iter().any(|r| r["run_id"] == run_id.as_str());
     assert!(has(&listed("succeeded").await));
     assert!(!has(&listed("failed").await));
-    workers.stop().await;
     assert_eq!(got["status"], "succeeded", "{got}");
     assert_eq!(got["outputs"]["total"], json!(42));
     assert_eq!(flaky.calls.load(SeqCst), 3, "only the failed task called out again");
@@ -772,7 +789,7 @@ async fn a_redrive_continues_a_failed_run_from_its_failed_task() {
     assert_eq!(attempts, vec![1, 1, 2, 1]);
     let (code, v) = call(&api, "POST", &format!("/runs/{run_id}/redrive"), None).await;
     assert_eq!(code, 409, "{v}");
-    let (initial, log) = initial_and_log(&aws, &run_id).await;
+    let (initial, log) = t.initial_and_log(&run_id).await;
     let st = check_log(&plan(&source), &log, initial);
     assert_eq!(st.status, RunStatus::Succeeded);
     assert!(

@@ -89,12 +89,19 @@ fn completions(log: &[llmo_runtime::store::Transition]) -> usize {
     log.iter().filter(|t| matches!(t.event, Event::Complete { .. })).count()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn racing_approvals_record_one_answer_and_late_ones_get_409() {
-    let Some(aws) = aws().await else { return };
-    let aws = stack(&aws, 30, 5).await;
-    let api = api(&aws).with_links(Some(LINKS.to_vec()));
-    let workers = Workers::start(&aws, 2, 10, |s| s);
+fn with_links(workers: usize) -> Setup {
+    Setup { workers, links: Some(LINKS.to_vec()), ..Setup::default() }
+}
+
+on_both!(
+    racing_approvals_record_one_answer_and_late_ones_get_409,
+    racing_approvals_record_one_answer_and_late_ones_get_409_on_serve,
+    racing_approvals,
+    with_links(2)
+);
+
+async fn racing_approvals(t: &Target) {
+    let api = t.api.clone();
     let run = start(&api, REVIEW, json!({"doc": "post-1"})).await;
     let rows = waiting(&api, &[&run], 1).await;
     assert_eq!(rows[0]["task"], "review");
@@ -132,7 +139,7 @@ async fn racing_approvals_record_one_answer_and_late_ones_get_409() {
         call_as(&api, Some(&tokens[0]), "POST", &uri, Some(json!({"approved": true, "fields": {"channel": "blog"}})))
             .await;
     assert_eq!(code, 409, "{v}");
-    let (initial, log) = initial_and_log(&aws, &run).await;
+    let (initial, log) = t.initial_and_log(&run).await;
     check_log(&plan(REVIEW), &log, initial);
     assert_eq!(completions(&log), 1, "one answer in the log");
 
@@ -144,18 +151,20 @@ async fn racing_approvals_record_one_answer_and_late_ones_get_409() {
     let uri = format!("/runs/{late}/tasks/review/complete");
     let (code, v) = call(&api, "POST", &uri, Some(json!({"approved": true, "fields": {"channel": "blog"}}))).await;
     assert_eq!(code, 409, "{v}");
-    let (initial, log) = initial_and_log(&aws, &late).await;
+    let (initial, log) = t.initial_and_log(&late).await;
     check_log(&plan(REVIEW), &log, initial);
     assert_eq!(completions(&log), 0);
-    workers.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn an_answer_link_works_once_without_an_account() {
-    let Some(aws) = aws().await else { return };
-    let aws = stack(&aws, 30, 5).await;
-    let api = api(&aws).with_links(Some(LINKS.to_vec()));
-    let workers = Workers::start(&aws, 1, 10, |s| s);
+on_both!(
+    an_answer_link_works_once_without_an_account,
+    an_answer_link_works_once_without_an_account_on_serve,
+    answer_link,
+    with_links(1)
+);
+
+async fn answer_link(t: &Target) {
+    let api = t.api.clone();
     let run = start(&api, &REVIEW.replace("timeout: 3s", "timeout: 1h"), json!({"doc": "post-3"})).await;
     let rows = waiting(&api, &[&run], 1).await;
     let token = rows[0]["token"].as_str().expect("a developer sees the link").to_string();
@@ -181,19 +190,21 @@ async fn an_answer_link_works_once_without_an_account() {
     assert_eq!(code, 409, "the link works once: {v}");
     let end = wait_end(&api, &run, 30).await;
     assert_eq!(end["outputs"]["published"], "draft of post-3 to newsletter by link", "{end}");
-    workers.stop().await;
 }
 
 fn token_for_viewer() -> String {
     token("vera", "t1", &["viewer"])
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn an_event_resumes_only_the_runs_waiting_for_its_key() {
-    let Some(aws) = aws().await else { return };
-    let aws = stack(&aws, 30, 5).await;
-    let api = api(&aws);
-    let workers = Workers::start(&aws, 2, 10, |s| s);
+on_both!(
+    an_event_resumes_only_the_runs_waiting_for_its_key,
+    an_event_resumes_only_the_runs_waiting_for_its_key_on_serve,
+    event_resumes,
+    Setup { workers: 2, ..Setup::default() }
+);
+
+async fn event_resumes(t: &Target) {
+    let api = t.api.clone();
     let runs = [
         start(&api, PAID, json!({"order": "A-1"})).await,
         start(&api, PAID, json!({"order": "B-2"})).await,
@@ -224,13 +235,12 @@ async fn an_event_resumes_only_the_runs_waiting_for_its_key() {
     for run in &runs {
         let end = wait_end(&api, run, 30).await;
         assert_eq!(end["status"], "succeeded", "{end}");
-        let (initial, log) = initial_and_log(&aws, run).await;
+        let (initial, log) = t.initial_and_log(run).await;
         check_log(&plan(PAID), &log, initial);
         assert_eq!(completions(&log), 1);
     }
     let (code, v) = call(&api, "POST", "/events", Some(json!({"key": "x"}))).await;
     assert_eq!(code, 400, "{v}");
-    workers.stop().await;
 }
 
 /// A sleep longer than SQS's 15-minute delay becomes one EventBridge Scheduler one-shot

@@ -111,7 +111,7 @@ impl AuditLog for MemoryAudit {
     async fn read(&self, q: &Query) -> Result<Vec<Record>, AuditError> {
         let mut out: Vec<Record> =
             self.0.lock().expect("audit lock").iter().filter(|r| q.matches(r)).cloned().collect();
-        out.sort_by_key(|r| r.at);
+        out.sort_by_key(|r| (r.at, r.role == "system"));
         out.truncate(q.limit.clamp(1, 1000));
         Ok(out)
     }

@@ -215,6 +215,9 @@ impl Api {
     }
 
     async fn handle_in(&self, req: Request) -> Reply {
+        // A request's audit record carries the time it arrived: before anything it caused
+        // (a run's status changes are recorded as they happen).
+        let arrived = llmo_runtime::ports::now_ms();
         // The run pages: static files without data (their data comes through the routes
         // below, authenticated), so they are served to anyone.
         if req.method() == Method::GET
@@ -234,7 +237,7 @@ impl Api {
         let span = tracing::Span::current();
         span.record("http.route", route.action());
         if route == Route::Answer {
-            return self.answer_by_link(&req).await;
+            return self.answer_by_link(&req, arrived).await;
         }
         let principal = match &self.auth {
             None => Err(AuthError::Unauthenticated("this API has no authentication configured".into())),
@@ -270,7 +273,7 @@ impl Api {
             span.record("tenant", t.as_str());
         }
         let record = Record {
-            at: llmo_runtime::ports::now_ms(),
+            at: arrived,
             tenant: tenant.unwrap_or_else(|| principal.tenant.clone()),
             actor: principal.subject.clone(),
             role: principal.role.as_str().into(),
@@ -287,7 +290,7 @@ impl Api {
 
     /// `POST /answer` (no bearer: the route has no authorizer): the holder of an approval's
     /// single-use link answers it with the link's `token`; audited with the actor `link`.
-    async fn answer_by_link(&self, req: &Request) -> Reply {
+    async fn answer_by_link(&self, req: &Request, arrived: u64) -> Reply {
         let body: Value = match req.body() {
             Body::Empty => Value::Null,
             b => serde_json::from_slice(b.as_ref()).unwrap_or(Value::Null),
@@ -296,7 +299,7 @@ impl Api {
         llmo_runtime::meter::api_request(Route::Answer.action(), reply.status().as_u16());
         if let Some((tenant, run, task)) = done {
             let record = Record {
-                at: llmo_runtime::ports::now_ms(),
+                at: arrived,
                 tenant,
                 actor: "link".into(),
                 role: "link".into(),

@@ -5,6 +5,10 @@ use super::*;
 
 #[async_trait]
 impl RunStore for DynamoStore {
+    async fn initial_state(&self, run_id: &str) -> Result<Option<RunState>, Error> {
+        DynamoStore::initial_state(self, run_id).await
+    }
+
     async fn create(&self, workflow: &str, source_name: &str, source: &str, initial: &RunState) -> Result<(), Error> {
         self.create_once(None, workflow, source_name, source, initial).await.map(|_| ())
     }

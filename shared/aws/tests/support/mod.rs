@@ -1,5 +1,6 @@
 //! Shared set-up of the tests against the local stack (`localstack/stack.sh up`): each test
-//! provisions its own table, queues and bucket, so tests run in parallel.
+//! provisions its own table, queues and bucket, so tests run in parallel. The API suites run
+//! the same test code against `llmo serve`'s composition too ([`Target`], [`on_both!`]).
 #![allow(dead_code)]
 
 use std::sync::Arc;
@@ -244,4 +245,115 @@ pub fn example_inputs(name: &str) -> Value {
         "document-intake.yaml" => json!({"bucket": "acme-intake", "key": "contracts/msa.pdf"}),
         _ => json!({}),
     }
+}
+
+/// Where an API suite runs: the deployed composition on the local stack (DynamoDB, SQS, S3;
+/// step workers polling as the `step` function's local mode does), or `llmo serve`'s (one
+/// SQLite file; step workers in the process).
+pub struct Target {
+    pub api: Arc<Api>,
+    pub name: &'static str,
+    kind: Kind,
+}
+
+enum Kind {
+    Stack { workers: Option<Workers> },
+    Serve { local: llmo_api::local::Local, dir: std::path::PathBuf },
+}
+
+/// How the suites' targets are made: the executors their steps run with, answer links.
+#[derive(Clone)]
+pub struct Setup {
+    pub workers: usize,
+    pub links: Option<Vec<u8>>,
+    pub executors: Arc<dyn Fn() -> Registry + Send + Sync>,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Setup { workers: 1, links: None, executors: Arc::new(executors) }
+    }
+}
+
+impl Target {
+    /// On the local stack (fresh resources); `None` when no stack is configured.
+    pub async fn stack(setup: Setup) -> Option<Target> {
+        let aws = aws().await?;
+        let aws = stack(&aws, 30, 5).await;
+        let mut api = api(&aws).with_links(setup.links.clone());
+        api.worker.executors = Arc::new((setup.executors)());
+        let make = setup.executors.clone();
+        let workers = (setup.workers > 0).then(|| {
+            Workers::start(&aws, setup.workers, 10, move |mut s| {
+                s.worker.executors = Arc::new(make());
+                s
+            })
+        });
+        Some(Target { api: Arc::new(api), name: "local stack", kind: Kind::Stack { workers } })
+    }
+
+    /// On a fresh SQLite file, as `llmo serve` composes it (with `setup.workers` step workers,
+    /// at least one: serve always consumes its queue).
+    pub async fn serve(setup: Setup) -> Target {
+        let dir = std::env::temp_dir().join(unique("llmo-serve"));
+        let mut settings = llmo_api::local::Settings::new(dir.join("state.db"));
+        settings.workers = setup.workers.max(1);
+        settings.sweep_every = Duration::from_secs(3600);
+        let mut local = llmo_api::local::Local::open(
+            settings,
+            (setup.executors)(),
+            llmo_runtime::providers::Config::builtin(),
+            true,
+        )
+        .await
+        .expect("opening a fresh state file");
+        local.configure(|api| {
+            api.auth = Some(llmo_api::auth::Auth::hs256(SECRET, llmo_api::auth::DEFAULT_AUDIENCE));
+            api.links = setup.links.clone();
+        });
+        local.start();
+        Target { api: local.api.clone(), name: "llmo serve", kind: Kind::Serve { local, dir } }
+    }
+
+    /// The state a run was created with and its whole log, through the store port.
+    pub async fn initial_and_log(&self, run_id: &str) -> (RunState, Vec<Transition>) {
+        let initial = self.api.store.initial_state(run_id).await.unwrap().expect("the store keeps initial states");
+        (initial, self.api.store.history(run_id).await.unwrap())
+    }
+
+    pub async fn stop(self) {
+        match self.kind {
+            Kind::Stack { workers } => {
+                if let Some(w) = workers {
+                    w.stop().await;
+                }
+            }
+            Kind::Serve { local, dir } => {
+                drop(self.api);
+                local.shutdown(Duration::from_secs(10)).await;
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        }
+    }
+}
+
+/// One API suite, run on the local stack (`$stack`, skipped without one) and on `llmo serve`
+/// (`$serve`) from the same body: `async fn $body(t: &Target)`.
+#[macro_export]
+macro_rules! on_both {
+    ($stack:ident, $serve:ident, $body:ident, $setup:expr) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn $stack() {
+            let Some(t) = support::Target::stack($setup).await else { return };
+            $body(&t).await;
+            t.stop().await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn $serve() {
+            let t = support::Target::serve($setup).await;
+            $body(&t).await;
+            t.stop().await;
+        }
+    };
 }

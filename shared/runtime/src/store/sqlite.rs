@@ -680,13 +680,15 @@ impl crate::audit::AuditLog for SqliteStore {
         insert_audit(&self.lock(), r).map_err(|e| crate::audit::AuditError(e.to_string()))
     }
 
+    /// Oldest first; within one millisecond, requests before the status changes they caused
+    /// (a request's record carries its arrival time but is written after it is answered).
     async fn read(&self, q: &crate::audit::Query) -> Result<Vec<crate::audit::Record>, crate::audit::AuditError> {
         let conn = self.lock();
         let read = || -> rusqlite::Result<Vec<crate::audit::Record>> {
             let mut stmt = conn.prepare_cached(
                 "SELECT at, tenant, actor, role, action, target, result, run_id FROM audit
                  WHERE tenant = ?1 AND at BETWEEN ?2 AND ?3 AND (?4 IS NULL OR run_id = ?4)
-                 ORDER BY at, seq LIMIT ?5",
+                 ORDER BY at, role = 'system', seq LIMIT ?5",
             )?;
             let rows = stmt.query_map(
                 params![q.tenant, q.since as i64, q.until as i64, q.run_id, q.limit.clamp(1, 1000) as i64],
