@@ -64,7 +64,8 @@ lint:
 # them with real event payloads.
 # Last, infra/template.yaml is deployed on moto's CloudFormation and the one-command local system
 # (localstack/run-local.sh --cfn) runs on the resources it created: it answers `llmo submit --wait`,
-# and schemathesis fuzzes the API against docs/openapi.json.
+# and schemathesis fuzzes the API against docs/openapi.json. Then `llmo serve` passes the same
+# end-to-end checks (tests/api_smoke.sh), and a Ctrl-C mid-run loses nothing.
 # The test binaries are built first, before the local AWS is started.
 # The serverless benchmark once, small, with its contention targets checked (the debug
 # build `cargo test` made of it): the layered DAG at the size its targets are set for (a
@@ -89,6 +90,7 @@ unit:
 	$(REPLAY_SMOKE)
 	$(FIRST_STEP_SMOKE)
 	LLMO_API_ADDR=127.0.0.1:18080 localstack/run-local.sh --smoke --cfn
+	tests/serve_smoke.sh 127.0.0.1:18090
 
 # The serverless system on this machine: local AWS, api on :8080, step workers, dlq (Ctrl-C stops).
 local:

@@ -101,33 +101,13 @@ export LLMO_TOKEN
 echo "== api on http://$addr, 2 step workers, dlq (logs in $log/)"
 
 if $smoke; then
-  out=$("$dir/llmo" submit workflows/simple-inference.yaml -i question="What is a DAG?" \
-    --api "http://$addr" --wait)
-  echo "$out"
-  echo "$out" | grep -q '"answer"' || { echo "FAIL: the run did not end with its outputs" >&2; exit 1; }
-  # The API's contract: schemathesis fuzzes every route of docs/openapi.json with an operator
-  # admin's token; no answer may be a 5xx, have an undocumented status, or break its schema.
-  fuzz_token=$("$dir/llmo" token --tenant local --role admin --role operator --sub fuzz --ttl 3600)
-  echo "== schemathesis: every route of docs/openapi.json against the local api"
-  .venv/fuzz/bin/schemathesis run docs/openapi.json --url "http://$addr" \
-    -H "Authorization: Bearer $fuzz_token" --phases examples,fuzzing --max-examples 30 -w 2 \
-    --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
-    --seed 1 > "$log/schemathesis.log" 2>&1 \
-    || { tail -80 "$log/schemathesis.log" >&2; echo "FAIL: schemathesis (log: $log/schemathesis.log)" >&2; exit 1; }
-  grep -E "passed|generated" "$log/schemathesis.log" | tail -3
-  # The run page in headless Chromium: a run drawn live, followed to its end.
-  echo "== run page in headless Chromium (tests/ui/run_page.py)"
-  tests/ui/chromium.sh > /dev/null
-  .venv/tools/bin/python tests/ui/run_page.py "http://$addr"
-  # An approval answered in the browser through its single-use link, then its event.
-  echo "== answer page in headless Chromium (tests/ui/answer_page.py)"
-  .venv/tools/bin/python tests/ui/answer_page.py "http://$addr"
-  # Metrics: the step worker's /metrics and the local API's (operators), parsed.
-  echo "== metrics expositions"
+  # The same end-to-end checks as `llmo serve`'s (tests/api_smoke.sh), then the step worker's
+  # metrics.
+  FUZZ_TOKEN=$("$dir/llmo" token --tenant local --role admin --role operator --sub fuzz --ttl 3600) \
+    LLMO="$dir/llmo" LOG="$log" tests/api_smoke.sh "http://$addr"
+  echo "== the step worker's metrics"
   .venv/tools/bin/python tests/ui/metrics_check.py "http://${LLMO_STEP_METRICS_ADDR:-127.0.0.1:19464}/metrics" \
     llmo_steps_total llmo_step_seconds_bucket llmo_queue_wait_seconds_count
-  LLMO_TOKEN=$fuzz_token .venv/tools/bin/python tests/ui/metrics_check.py "http://$addr/metrics" \
-    llmo_api_requests_total
   echo "local system: ok"
   exit 0
 fi
