@@ -149,6 +149,7 @@ impl Local {
             auth: None,
             metrics: None,
             links: None,
+            triggers: Default::default(),
         };
         let (stop, _) = watch::channel(false);
         Ok(Local {

@@ -49,6 +49,7 @@ pub fn build(aws: &Aws, executors: Registry, config: Config, mock: bool) -> Api 
         auth: None,
         metrics: None,
         links: None,
+        triggers: Default::default(),
     }
 }
 

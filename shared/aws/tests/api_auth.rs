@@ -415,3 +415,50 @@ async fn the_local_gate_authenticates_before_any_body_is_read() {
     assert_eq!(api.admit(head("POST", "/answer", None)).await.unwrap().1, llmo_api::api::LINK_BODY_BYTES);
     assert_eq!(api.admit(head("GET", "/ui", None)).await.unwrap().1, 0);
 }
+
+on_both!(
+    a_bus_event_starts_the_runs_its_triggers_match_once,
+    a_bus_event_starts_the_runs_its_triggers_match_once_on_serve,
+    bus_events,
+    Setup::default()
+);
+
+/// `POST /bus/events` against the registered document-intake example: a matching event starts
+/// one run (its inputs from the event), the same event again starts none, an event the
+/// pattern refuses or another tenant's starts nothing, and a bad body is a 400.
+async fn bus_events(t: &Target) {
+    let api = t.api.clone();
+    let a = token("alice", "acme", &["developer"]);
+    let source = std::fs::read_to_string(root().join("workflows/document-intake.yaml")).unwrap();
+    let (code, v) = call_as(&api, Some(&a), "POST", "/workflows", Some(json!({"source": source}))).await;
+    assert_eq!(code, 201, "{v}");
+    let event = |key: &str| {
+        json!({"source": "aws.s3", "detail-type": "Object Created", "id": format!("ev-{key}"),
+               "detail": {"bucket": {"name": "acme-intake"}, "object": {"key": key, "size": 2048}}})
+    };
+    let (code, v) = call_as(&api, Some(&a), "POST", "/bus/events", Some(event("contracts/msa.pdf"))).await;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["started"].as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(v["started"][0]["trigger"], "pdf_uploaded");
+    assert_eq!(v["started"][0]["created"], true);
+    let run = v["started"][0]["run_id"].as_str().unwrap().to_string();
+    let (code, again) = call_as(&api, Some(&a), "POST", "/bus/events", Some(event("contracts/msa.pdf"))).await;
+    assert_eq!(code, 200);
+    assert_eq!(
+        (again["started"][0]["run_id"].as_str(), again["started"][0]["created"].as_bool()),
+        (Some(run.as_str()), Some(false))
+    );
+    let (_, none) = call_as(&api, Some(&a), "POST", "/bus/events", Some(event("contracts/msa.docx"))).await;
+    assert_eq!(none["started"], json!([]), "the pattern wants .pdf: {none}");
+    let b = token("bob", "globex", &["developer"]);
+    let (_, theirs) = call_as(&api, Some(&b), "POST", "/bus/events", Some(event("contracts/other.pdf"))).await;
+    assert_eq!(theirs["started"], json!([]), "another tenant's workflows: {theirs}");
+    let (code, _) = call_as(&api, Some(&a), "POST", "/bus/events", Some(json!({"detail": {}}))).await;
+    assert_eq!(code, 400);
+    let viewer = token("vera", "acme", &["viewer"]);
+    let (code, _) = call_as(&api, Some(&viewer), "POST", "/bus/events", Some(event("x.pdf"))).await;
+    assert_eq!(code, 403);
+    let (code, got) = call_as(&api, Some(&a), "GET", &format!("/runs/{run}"), None).await;
+    assert_eq!(code, 200, "{got}");
+    assert_eq!(got["inputs"]["key"], "contracts/msa.pdf", "{got}");
+}

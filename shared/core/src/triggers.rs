@@ -51,6 +51,92 @@ pub fn event_inputs(trigger: &EventTrigger, event: &Value) -> Result<Map<String,
     Ok(out)
 }
 
+/// Whether `event` matches an EventBridge event pattern (what a rule deployed from the
+/// trigger would match; `llmo serve` and `POST /bus/events` match with it). Each pattern key
+/// is a nested pattern or a list of conditions, any of which matches the event's value (or any
+/// element of it, when it is a list): a literal (string, number, bool, null), or
+/// `{"prefix"}`, `{"suffix"}`, `{"equals-ignore-case"}`, `{"wildcard"}` (`*` for any run of
+/// characters), `{"anything-but": literal | [literals] | {"prefix"}}`,
+/// `{"numeric": [op, n (, op, n)]}` (`<`, `<=`, `=`, `>=`, `>`), `{"exists": bool}`. A field
+/// the event lacks matches only `{"exists": false}`. A condition of another shape matches
+/// nothing.
+pub fn pattern_matches(pattern: &Map<String, Value>, event: &Value) -> bool {
+    pattern.iter().all(|(key, want)| {
+        let got = event.get(key);
+        match want {
+            Value::Object(nested) => got.is_some_and(|g| g.is_object() && pattern_matches(nested, g)),
+            Value::Array(conditions) => conditions.iter().any(|c| condition_matches(c, got)),
+            _ => false,
+        }
+    })
+}
+
+fn condition_matches(c: &Value, got: Option<&Value>) -> bool {
+    if let Some(exists) = c.get("exists").and_then(Value::as_bool) {
+        return got.is_some() == exists;
+    }
+    let Some(got) = got else { return false };
+    let values: Vec<&Value> = match got {
+        Value::Array(items) => items.iter().collect(),
+        v => vec![v],
+    };
+    values.into_iter().any(|v| one_matches(c, v))
+}
+
+fn one_matches(c: &Value, v: &Value) -> bool {
+    let Value::Object(op) = c else { return c == v || numbers_equal(c, v) };
+    let Some((name, arg)) = op.iter().next().filter(|_| op.len() == 1) else { return false };
+    let text = v.as_str();
+    match (name.as_str(), arg) {
+        ("prefix", Value::String(p)) => text.is_some_and(|t| t.starts_with(p.as_str())),
+        ("suffix", Value::String(p)) => text.is_some_and(|t| t.ends_with(p.as_str())),
+        ("equals-ignore-case", Value::String(p)) => text.is_some_and(|t| t.eq_ignore_ascii_case(p)),
+        ("wildcard", Value::String(p)) => text.is_some_and(|t| wildcard(p, t)),
+        ("anything-but", Value::Array(no)) => !no.iter().any(|n| n == v || numbers_equal(n, v)),
+        ("anything-but", Value::Object(_)) => text.is_some() && !one_matches(arg, v),
+        ("anything-but", n) => n != v && !numbers_equal(n, v),
+        ("numeric", Value::Array(ops)) => {
+            let Some(x) = v.as_f64() else { return false };
+            ops.chunks(2).all(|pair| match pair {
+                [Value::String(o), n] => n.as_f64().is_some_and(|n| match o.as_str() {
+                    "<" => x < n,
+                    "<=" => x <= n,
+                    "=" => x == n,
+                    ">=" => x >= n,
+                    ">" => x > n,
+                    _ => false,
+                }),
+                _ => false,
+            }) && !ops.is_empty()
+        }
+        _ => false,
+    }
+}
+
+fn numbers_equal(a: &Value, b: &Value) -> bool {
+    matches!((a.as_f64(), b.as_f64()), (Some(x), Some(y)) if a.is_number() && b.is_number() && x == y)
+}
+
+/// `*` matches any run of characters (none included); everything else itself.
+fn wildcard(pattern: &str, text: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == text;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if !text.starts_with(first) || text.len() < first.len() + last.len() || !text.ends_with(last) {
+        return false;
+    }
+    let mut rest = &text[first.len()..text.len() - last.len()];
+    for mid in &parts[1..parts.len() - 1] {
+        match rest.find(mid) {
+            Some(i) => rest = &rest[i + mid.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
 /// How the generated schedules and rules are set up.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -289,5 +375,38 @@ mod tests {
     fn logical_ids_are_alphanumeric() {
         assert_eq!(logical(&["nightly-digest", "schedule"]), "NightlyDigestSchedule");
         assert_eq!(logical(&["document-intake", "pdf_uploaded", "rule"]), "DocumentIntakePdfUploadedRule");
+    }
+
+    #[test]
+    fn event_patterns_match_as_eventbridge_matches() {
+        let event = json!({
+            "source": "aws.s3", "detail-type": "Object Created",
+            "detail": {"bucket": {"name": "acme-intake"}, "object": {"key": "contracts/msa.pdf", "size": 2048},
+                       "tags": ["legal", "q4"], "reason": null}
+        });
+        let m = |p: Value| pattern_matches(p.as_object().unwrap(), &event);
+        assert!(m(json!({"source": ["aws.s3"], "detail-type": ["Object Created"]})));
+        assert!(!m(json!({"source": ["aws.ec2"]})));
+        assert!(m(json!({"detail": {"bucket": {"name": ["other", "acme-intake"]}}})));
+        assert!(m(json!({"detail": {"object": {"key": [{"prefix": "contracts/"}]}}})));
+        assert!(m(json!({"detail": {"object": {"key": [{"suffix": ".pdf"}]}}})));
+        assert!(m(json!({"detail": {"object": {"key": [{"wildcard": "contracts/*.pdf"}]}}})));
+        assert!(!m(json!({"detail": {"object": {"key": [{"wildcard": "invoices/*"}]}}})));
+        assert!(m(json!({"detail-type": [{"equals-ignore-case": "object created"}]})));
+        assert!(m(json!({"detail": {"object": {"size": [{"numeric": [">", 1024, "<=", 4096]}]}}})));
+        assert!(!m(json!({"detail": {"object": {"size": [{"numeric": [">", 4096]}]}}})));
+        assert!(m(json!({"detail": {"object": {"size": [2048]}}})));
+        assert!(m(json!({"detail": {"tags": ["q4"]}})), "a list matches by any element");
+        assert!(m(json!({"detail": {"bucket": {"name": [{"anything-but": ["a", "b"]}]}}})));
+        assert!(!m(json!({"detail": {"bucket": {"name": [{"anything-but": "acme-intake"}]}}})));
+        assert!(!m(json!({"detail": {"bucket": {"name": [{"anything-but": {"prefix": "acme"}}]}}})));
+        assert!(m(json!({"detail": {"missing": [{"exists": false}]}})));
+        assert!(!m(json!({"detail": {"missing": [{"exists": true}]}})));
+        assert!(m(json!({"detail": {"object": {"key": [{"exists": true}]}}})));
+        assert!(!m(json!({"detail": {"object": {"key": [{"exists": false}]}}})));
+        assert!(m(json!({"detail": {"reason": [null]}})));
+        assert!(!m(json!({"detail": {"missing": ["x"]}})), "a missing field matches no value");
+        assert!(!m(json!({"source": "aws.s3"})), "a bare value is not a pattern");
+        assert!(!m(json!({"source": [{"regex": ".*"}]})), "an unknown condition matches nothing");
     }
 }

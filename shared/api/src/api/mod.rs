@@ -14,6 +14,7 @@
 //! | `GET /waiting` | viewer | tasks waiting for an approval or an event ([`crate::answers`]) |
 //! | `POST /runs/{id}/tasks/{task}/complete` | the wait's approvers | approves or rejects, once |
 //! | `POST /events` `{"name", "key", "payload"}` | developer | resumes the tasks waiting for it |
+//! | `POST /bus/events` `{"source", "detail-type", "detail", "id"?}` | developer | starts the runs whose registered workflows' event triggers match ([`bus`]) |
 //! | `POST /answer` `{"token", ..}` | none: the link's token | an approval answered by its link |
 //! | `GET /audit?run=&since=&until=&limit=` | admin | the audit trail, oldest first |
 //! | `POST /sweep` | admin and operator | runs the sweeper once over every tenant's runs (`llmo sweep`) |
@@ -42,10 +43,12 @@ use crate::{Body, Request};
 use http::Response;
 
 mod admin;
+pub mod bus;
 mod routes;
 mod runs;
 
 pub use routes::Route;
+pub use runs::{StartRefused, Wanted};
 
 /// The API over its ports. The serverless deployment builds it on DynamoDB, SQS and S3
 /// (`llmo_aws::api::build`), `llmo serve` on SQLite ([`crate::local`]).
@@ -74,6 +77,8 @@ pub struct Api {
     /// How runs are read: replayed off the async threads, expensive replays capped per tenant
     /// across the fleet ([`llmo_runtime::reads`]).
     pub reads: llmo_runtime::reads::Reads,
+    /// Registered workflows' event triggers, as last validated (`POST /bus/events`).
+    pub triggers: bus::Triggers,
 }
 
 pub(crate) type Reply = Response<Body>;
@@ -386,6 +391,7 @@ impl Api {
             Route::Rerun(id) => self.rerun(&tenant, id, &body).await,
             Route::Complete(id, task) => (self.complete(p, &tenant, id, task, &body).await, None),
             Route::Events => (self.events(p, &tenant, &body).await, None),
+            Route::BusEvent => self.bus_event(&tenant, &body).await,
             Route::Waiting => (self.waiting(p, &tenant).await, None),
             Route::Answer => (self.complete_by_link(&body).await.0, None),
             Route::Audit => (self.read_audit(&tenant, query).await, None),

@@ -17,6 +17,8 @@ pub enum Route<'a> {
     /// `POST /runs/{id}/tasks/{task}/complete`.
     Complete(&'a str, &'a str),
     Events,
+    /// `POST /bus/events`: an event for the registered workflows' event triggers.
+    BusEvent,
     Waiting,
     /// `POST /answer`: an approval answered through its single-use link (no bearer).
     Answer,
@@ -41,6 +43,7 @@ impl<'a> Route<'a> {
             (&Method::POST, ["runs", id, "rerun"]) => Route::Rerun(id),
             (&Method::POST, ["runs", id, "tasks", task, "complete"]) => Route::Complete(id, task),
             (&Method::POST, ["events"]) => Route::Events,
+            (&Method::POST, ["bus", "events"]) => Route::BusEvent,
             (&Method::GET, ["waiting"]) => Route::Waiting,
             (&Method::POST, ["answer"]) => Route::Answer,
             (&Method::GET, ["audit"]) => Route::Audit,
@@ -70,7 +73,8 @@ impl<'a> Route<'a> {
             | Route::Cancel(_)
             | Route::Redrive(_)
             | Route::Rerun(_)
-            | Route::Events => Role::Developer,
+            | Route::Events
+            | Route::BusEvent => Role::Developer,
             Route::Audit | Route::Sweep | Route::Metrics => Role::Admin,
         }
     }
@@ -89,6 +93,7 @@ impl<'a> Route<'a> {
             Route::Rerun(_) => "POST /runs/{id}/rerun",
             Route::Complete(..) => "POST /runs/{id}/tasks/{task}/complete",
             Route::Events => "POST /events",
+            Route::BusEvent => "POST /bus/events",
             Route::Waiting => "GET /waiting",
             Route::Answer => "POST /answer",
             Route::Audit => "GET /audit",

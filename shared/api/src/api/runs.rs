@@ -61,7 +61,7 @@ impl Api {
     /// or from `source`.
     /// The start-a-run use case for a tenant: the workflow registered as `workflow` or the
     /// text given, with `inputs`, once per `key`.
-    pub(super) async fn start_run(
+    pub async fn start_run(
         &self,
         tenant: &str,
         wanted: Wanted,
@@ -409,7 +409,8 @@ impl Api {
 }
 
 /// Where a run's workflow comes from.
-pub(super) enum Wanted {
+#[derive(Debug, Clone)]
+pub enum Wanted {
     /// The tenant's registered definition of this name.
     Registered(String),
     /// This text (named `name` in the run).
@@ -417,7 +418,8 @@ pub(super) enum Wanted {
 }
 
 /// Why a run was not started.
-pub(super) enum StartRefused {
+#[derive(Debug)]
+pub enum StartRefused {
     NotRegistered(String),
     Store(llmo_runtime::store::Error),
     Start(StartError),

@@ -3,7 +3,7 @@
 use super::*;
 
 /// Every route, once.
-const ALL: [Route<'static>; 18] = [
+const ALL: [Route<'static>; 19] = [
     Route::RegisterWorkflow,
     Route::ListWorkflows,
     Route::StartRun,
@@ -20,6 +20,7 @@ const ALL: [Route<'static>; 18] = [
     Route::Costs,
     Route::Complete("x", "t"),
     Route::Events,
+    Route::BusEvent,
     Route::Waiting,
     Route::Answer,
 ];
