@@ -10,9 +10,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use aws_smithy_runtime_api::box_error::BoxError;
 use aws_smithy_runtime_api::client::interceptors::Intercept;
-use aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterceptorContextRef;
+use aws_smithy_runtime_api::client::interceptors::context::{
+    BeforeDeserializationInterceptorContextRef, BeforeTransmitInterceptorContextRef,
+};
 use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
-use aws_smithy_types::config_bag::ConfigBag;
+use aws_smithy_types::config_bag::{ConfigBag, Storable, StoreReplace};
 use serde::Serialize;
 
 /// Counters shared by the clients of one process. Capacity units are kept in thousandths.
@@ -101,7 +103,17 @@ pub enum Service {
     Scheduler,
 }
 
-/// Counts the requests a client transmits.
+/// When a request was transmitted (in its attempt's config bag).
+#[derive(Debug, Clone)]
+struct Sent(std::time::Instant);
+
+impl Storable for Sent {
+    type Storer = StoreReplace<Self>;
+}
+
+/// Counts the requests a client transmits, and times each until its response arrives
+/// (`llmo_aws_call_seconds{service}`: what a handler spends waiting on AWS, apart from its own
+/// time, which `llmo_api_request_seconds` and `llmo_step_seconds` include).
 #[derive(Debug, Clone)]
 pub struct CountRequests {
     pub meter: Arc<Meter>,
@@ -117,7 +129,7 @@ impl Intercept for CountRequests {
         &self,
         _context: &BeforeTransmitInterceptorContextRef<'_>,
         _runtime_components: &RuntimeComponents,
-        _cfg: &mut ConfigBag,
+        cfg: &mut ConfigBag,
     ) -> Result<(), BoxError> {
         let c = match self.service {
             Service::Sqs => &self.meter.sqs,
@@ -126,6 +138,25 @@ impl Intercept for CountRequests {
             Service::Scheduler => &self.meter.scheduler,
         };
         c.fetch_add(1, Ordering::Relaxed);
+        cfg.interceptor_state().store_put(Sent(std::time::Instant::now()));
+        Ok(())
+    }
+
+    fn read_after_transmit(
+        &self,
+        _context: &BeforeDeserializationInterceptorContextRef<'_>,
+        _runtime_components: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        if let Some(Sent(t)) = cfg.load::<Sent>() {
+            let service = match self.service {
+                Service::Sqs => "sqs",
+                Service::DynamoDb => "dynamodb",
+                Service::S3 => "s3",
+                Service::Scheduler => "scheduler",
+            };
+            metrics::histogram!("llmo_aws_call_seconds", "service" => service).record(t.elapsed().as_secs_f64());
+        }
         Ok(())
     }
 }

@@ -23,6 +23,8 @@
 //! | `llmo_dead_letters_total` | counter | `kind` (`attempt`, `run`, `unreadable`) |
 //! | `llmo_http_calls_total` | counter | `method`, `status` |
 //! | `llmo_api_requests_total` | counter | `route`, `status` |
+//! | `llmo_api_request_seconds` | histogram | `route` |
+//! | `llmo_aws_call_seconds` | histogram | `service` (`dynamodb`, `sqs`, `s3`, `scheduler`) |
 //! | `llmo_expensive_reads_total` | counter | |
 //! | `llmo_forged_messages_total` | counter | |
 //! | `llmo_snapshots_total` | counter | |
@@ -36,6 +38,12 @@ pub fn describe() {
     describe_counter!("llmo_runs_finished_total", "Runs ended, by final status");
     describe_counter!("llmo_steps_total", "Steps (queue messages of one run handled together, or driver turns)");
     describe_histogram!("llmo_step_seconds", Unit::Seconds, "Time to handle one step");
+    describe_histogram!("llmo_api_request_seconds", Unit::Seconds, "Time the API takes to answer a request");
+    describe_histogram!(
+        "llmo_aws_call_seconds",
+        Unit::Seconds,
+        "Time from sending an AWS request to its response (the serverless runtime's store, queue, blobs)"
+    );
     describe_histogram!("llmo_queue_wait_seconds", Unit::Seconds, "Age of a message when it is received");
     describe_counter!("llmo_attempts_total", "Task attempts finished, by outcome");
     describe_counter!("llmo_retries_total", "Retries scheduled");
@@ -209,8 +217,9 @@ pub fn http_call(method: &str, status: u16) {
 }
 
 /// The API answered a request.
-pub fn api_request(route: &'static str, status: u16) {
+pub fn api_request(route: &'static str, status: u16, seconds: f64) {
     metrics::counter!("llmo_api_requests_total", "route" => route, "status" => status.to_string()).increment(1);
+    metrics::histogram!("llmo_api_request_seconds", "route" => route).record(seconds);
 }
 
 /// A Prometheus recorder installed as the global one, or the handle of the one already

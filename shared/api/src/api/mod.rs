@@ -214,8 +214,12 @@ impl Api {
         );
         let parent = req.headers().get("traceparent").and_then(|v| v.to_str().ok());
         llmo_runtime::telemetry::adopt(&span, parent);
+        let started = std::time::Instant::now();
         let reply = self.handle_in(req).instrument(span.clone()).await;
         span.record("http.response.status_code", reply.status().as_u16());
+        if name != "GET /ui" && name != "unknown route" {
+            llmo_runtime::meter::api_request(name, reply.status().as_u16(), started.elapsed().as_secs_f64());
+        }
         reply
     }
 
@@ -273,7 +277,6 @@ impl Api {
             })
             .unwrap_or_default();
         let (reply, tenant, target) = self.authorized(&req, route, &principal, &query).await;
-        llmo_runtime::meter::api_request(route.action(), reply.status().as_u16());
         if let Some(t) = &tenant {
             span.record("tenant", t.as_str());
         }
@@ -301,7 +304,6 @@ impl Api {
             b => serde_json::from_slice(b.as_ref()).unwrap_or(Value::Null),
         };
         let (reply, done) = self.complete_by_link(&body).await;
-        llmo_runtime::meter::api_request(Route::Answer.action(), reply.status().as_u16());
         if let Some((tenant, run, task)) = done {
             let record = Record {
                 at: arrived,
