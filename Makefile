@@ -158,6 +158,10 @@ bench:
 	target/release/llmo synth --shape layered --tasks 10000 > target/synth-10000.yaml
 	CARGO_TARGET_DIR=$(CURDIR)/target/yaml-parsers $(CARGO) run --release --locked \
 	  --manifest-path tests/bench/yaml-parsers/Cargo.toml -- target/synth-1000.yaml target/synth-10000.yaml
+	# The API under load: llmo serve (16 clients, then 10,000 runs waiting), the local stack's api.
+	$(CARGO) build --release --locked --workspace --bins --examples
+	tests/bench/api_load.sh serve
+	tests/bench/api_load.sh stack
 
 # Prints its figures as one `soak: {...}` line (BENCHMARKS.md, "Chaos soak").
 soak:

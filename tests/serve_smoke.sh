@@ -37,6 +37,10 @@ export LLMO_TOKEN=$token
 FUZZ_TOKEN=$token LLMO=$llmo LOG=$log METRICS="llmo_steps_total llmo_step_seconds_bucket" \
   tests/api_smoke.sh "http://$addr"
 
+echo "== the load generator once, small (tests/bench/api_load.sh measures)"
+${LOAD:-target/debug/examples/load} "http://$addr" "$token" --clients 4 --seconds 2 --waiting 50 --check \
+  > "$log/load.json" 2> "$log/load.err" || { cat "$log/load.err" >&2; exit 1; }
+
 echo "== Ctrl-C mid-run, then a restart: the run finishes"
 run=$(curl -sf -H "Authorization: Bearer $token" -H 'content-type: application/json' \
   -d "{\"source\": $(python3 -c 'import json,sys; print(json.dumps(open("workflows/article-pipeline.yaml").read()))'), \"inputs\": {\"topic\": \"graceful stops\"}}" \
