@@ -24,6 +24,15 @@ use llmo_runtime::queue::{Message, Queue};
 use llmo_runtime::store::LiveRuns;
 use serde::Serialize;
 
+/// Why a sweep did not finish (what it sent before is sent).
+#[derive(Debug, thiserror::Error)]
+pub enum SweepError {
+    #[error("sweep: reading the live runs: {0}")]
+    Store(#[from] llmo_runtime::store::Error),
+    #[error("sweep: {0}")]
+    Queue(#[from] llmo_runtime::queue::QueueError),
+}
+
 /// What one sweep did.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Swept {
@@ -52,13 +61,13 @@ impl Sweeper {
     }
 
     /// [`Sweeper::sweep`] at the current time.
-    pub async fn sweep_now(&self) -> Result<Swept, String> {
+    pub async fn sweep_now(&self) -> Result<Swept, SweepError> {
         self.sweep(llmo_runtime::ports::now_ms()).await
     }
 
-    pub async fn sweep(&self, now_ms: u64) -> Result<Swept, String> {
+    pub async fn sweep(&self, now_ms: u64) -> Result<Swept, SweepError> {
         let cutoff = now_ms.saturating_sub(self.grace_ms);
-        let (runs, scanned) = self.live.live_runs(cutoff, cutoff, self.limit).await.map_err(|e| e.to_string())?;
+        let (runs, scanned) = self.live.live_runs(cutoff, cutoff, self.limit).await?;
         let mut out = Swept { looked_at: scanned, ..Default::default() };
         let mut msgs = Vec::new();
         for r in runs {
@@ -76,7 +85,7 @@ impl Sweeper {
             msgs.push((Message::Event { run_id: r.run_id, event }, 0));
         }
         if !msgs.is_empty() {
-            self.queue.send_batch(&msgs).await.map_err(|e| e.to_string())?;
+            self.queue.send_batch(&msgs).await?;
         }
         tracing::info!(
             looked_at = out.looked_at,

@@ -597,9 +597,10 @@ async fn cancel_stops_a_run_and_a_start_key_starts_one_run() {
     }
     let (code, v) = call(&api, "POST", &format!("/runs/{run_id}/cancel"), None).await;
     assert_eq!(code, 200, "{v}");
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // A cancel that lost the log to the busy worker waits on the fold queue for a worker:
+    // keep them until the run has ended (a fixed 2 s was too short on a loaded machine).
+    let got = wait_end(&api, &run_id, 60).await;
     workers.stop().await;
-    let got = wait_end(&api, &run_id, 10).await;
     assert_eq!(got["status"], "cancelled", "{got}");
     let (initial, log) = initial_and_log(&aws, &run_id).await;
     let st = check_log(&plan(chain), &log, initial);

@@ -53,12 +53,16 @@ impl Api {
             Some(Value::String(s)) if (1..=128).contains(&s.len()) => s.clone(),
             Some(_) => return (problem(StatusCode::BAD_REQUEST, "`id` is a string of 1 to 128 characters"), None),
         };
+        let time = match body.get("time") {
+            None | Some(Value::Null) => llmo_runtime::ports::now_ms().to_string(),
+            Some(Value::String(t)) if (1..=64).contains(&t.len()) => t.clone(),
+            Some(_) => return (problem(StatusCode::BAD_REQUEST, "`time` is a string of 1 to 64 characters"), None),
+        };
         let event = json!({
             "id": id,
             "source": source,
             "detail-type": detail_type,
-            "time": body.get("time").and_then(Value::as_str).map(str::to_string)
-                .unwrap_or_else(|| llmo_runtime::ports::now_ms().to_string()),
+            "time": time,
             "account": "local",
             "region": "local",
             "detail": detail,
