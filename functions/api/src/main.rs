@@ -6,6 +6,9 @@ use lambda_http::{Body, Request, Response, service_fn};
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
+    llmo_aws::env::help(
+        "api: the HTTP API of LLM-Orchestrator behind API Gateway (Lambda).\n  api --local [--addr 127.0.0.1:8080]   serve the same handler over plain HTTP (LLMO_AUTH=hs256|jwks)",
+    );
     let obs = Arc::new(llmo_aws::env::Observability::init("api")?);
     let aws = llmo_aws::Aws::from_env().await?;
     let (executors, config, mock) = llmo_aws::env::executors(&aws)?;

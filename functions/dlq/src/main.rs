@@ -5,6 +5,9 @@ use llmo_aws::step::DeadLetters;
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
+    llmo_aws::env::help(
+        "dlq: the dead-letter handler of LLM-Orchestrator (Lambda): fails the task or run of each message.\n  dlq --local   poll the dead-letter queues with the same handler (LocalStack/moto)",
+    );
     let obs = llmo_aws::env::Observability::init("dlq")?;
     let aws = llmo_aws::Aws::from_env().await?;
     let (executors, _, _) = llmo_aws::env::executors(&aws)?;

@@ -14,6 +14,9 @@ use serde_json::Value;
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
+    llmo_aws::env::help(
+        "schedule: starts runs of scheduled and event-triggered workflows (EventBridge target, Lambda).\n  schedule --sweep          run the sweeper once and print what it did\n  schedule --event FILE     start the run one EventBridge event file describes",
+    );
     let obs = Arc::new(llmo_aws::env::Observability::init("schedule")?);
     let aws = llmo_aws::Aws::from_env().await?;
     let (executors, config, mock) = llmo_aws::env::executors(&aws)?;

@@ -116,3 +116,12 @@ impl Observability {
         }
     }
 }
+
+/// A function's `--help` (or `-h`): prints `usage` and exits, before any setting is read or any
+/// client is built (so `--help` sends nothing anywhere). Each `main` calls it first.
+pub fn help(usage: &str) {
+    if std::env::args().skip(1).any(|a| a == "--help" || a == "-h") {
+        println!("{usage}");
+        std::process::exit(0);
+    }
+}
