@@ -73,6 +73,12 @@ pub fn serve(o: Options) -> Result<ExitCode> {
     settings.durability = o.exec.durability;
     settings.workers = o.workers.max(1);
     let env_auth = std::env::var("LLMO_AUTH").ok().filter(|v| !v.is_empty());
+    if env_auth.is_none() && !addr.ip().is_loopback() {
+        bail!(
+            "--addr {addr} is reachable from other machines, and the development tokens' secret sits beside the state file: \
+             set LLMO_AUTH (hs256 with your own LLMO_JWT_SECRET, or jwks) to serve beyond this machine"
+        );
+    }
     let (auth, dev) = match env_auth {
         Some(_) => (rt.block_on(Auth::from_env(false)).map_err(anyhow::Error::msg)?, None),
         None => {

@@ -869,3 +869,19 @@ fn a_live_run_is_not_resumed_twice() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// `llmo serve` with development tokens stays on this machine: a non-loopback address is
+/// refused before anything is created (no state file, no secret).
+#[test]
+fn serve_refuses_development_tokens_beyond_loopback() {
+    let dir = std::env::temp_dir().join(format!("llmo-serve-addr-{}", std::process::id()));
+    let state = dir.join("s.db");
+    let out = Command::new(env!("CARGO_BIN_EXE_llmo"))
+        .args(["serve", "--state", state.to_str().unwrap(), "--addr", "0.0.0.0:0"])
+        .env_remove("LLMO_AUTH")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("set LLMO_AUTH"), "{}", text(&out.stderr));
+    assert!(!dir.exists(), "nothing was created");
+}
