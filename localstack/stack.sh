@@ -99,7 +99,9 @@ down() {
     fi
   done
   # LocalStack's runtime starts helper processes of its own.
-  pkill -f "$ROOT/.venv/localstack/bin/python" 2>/dev/null || true
+  # Only this stack's LocalStack (`-m localstack.runtime.main`), not the Lambda stack's
+  # (localstack/lambda/stack.sh runs its own launcher and stops it by PID).
+  pkill -f "$ROOT/.venv/localstack/bin/python -m localstack.runtime.main" 2>/dev/null || true
   pkill -f "$ROOT/localstack/moto_serial.py" 2>/dev/null || true
 }
 
