@@ -65,7 +65,10 @@ lint:
 # Last, infra/template.yaml is deployed on moto's CloudFormation and the one-command local system
 # (localstack/run-local.sh --cfn) runs on the resources it created: it answers `llmo submit --wait`,
 # and schemathesis fuzzes the API against docs/openapi.json. Then `llmo serve` passes the same
-# end-to-end checks (tests/api_smoke.sh), and a Ctrl-C mid-run loses nothing.
+# end-to-end checks (tests/api_smoke.sh), and a Ctrl-C mid-run loses nothing. Last, the step and
+# dlq functions run as real Lambda functions (LocalStack's Lambda in a Docker engine with no
+# bridge and no firewall rules, fed by the SQS mappings infra/template.yaml declares), and the
+# examples run through them (localstack/lambda/smoke.sh).
 # The test binaries are built first, before the local AWS is started.
 # The serverless benchmark once, small, with its contention targets checked (the debug
 # build `cargo test` made of it): the layered DAG at the size its targets are set for (a
@@ -91,6 +94,7 @@ unit:
 	$(FIRST_STEP_SMOKE)
 	LLMO_API_ADDR=127.0.0.1:18080 localstack/run-local.sh --smoke --cfn
 	tests/serve_smoke.sh 127.0.0.1:18090
+	localstack/lambda/smoke.sh
 
 # The serverless system on this machine: local AWS, api on :8080, step workers, dlq (Ctrl-C stops).
 local:
