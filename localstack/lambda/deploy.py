@@ -3,6 +3,7 @@
 them, and their SQS event source mappings, on the queues it declares.
 
   deploy.py --bin DIR [--template infra/template.yaml] [--prefix NAME] [--env K=V ...]
+            [--visibility SECS]
 
 Read from the template (never restated here): the queues' properties (visibility timeout,
 long polling, FIFO and deduplication settings, redrive policies and their maxReceiveCount);
@@ -12,7 +13,8 @@ each SQS event's batch size, batching window, `ReportBatchItemFailures` and maxi
 concurrency. `DIR` holds the bootstraps (`DIR/step`, `DIR/dlq`); each function's code is that
 binary as `bootstrap` (LocalStack mounts the directory: no zip of a 100 MB debug binary).
 `--env` adds settings for this machine (endpoints, mock models, the table and bucket that
-`provision` made).
+`provision` made). `--visibility` shortens the step and fold queues' visibility timeout (the
+one setting a test changes: five deliveries of a poison message take seconds, not hours).
 
 Prints the queue URLs as `LLMO_QUEUE_URL=...` lines (for `eval`), the rest on stderr.
 """
@@ -72,7 +74,7 @@ class Resolver:
         return v
 
 
-def queues(tpl, r, sqs):
+def queues(tpl, r, sqs, visibility=None):
     """Creates the template's queues, dead-letter queues first; returns logical id -> URL."""
     urls = {}
     order = sorted(QUEUES, key=lambda q: "RedrivePolicy" in tpl["Resources"][q]["Properties"])
@@ -81,6 +83,8 @@ def queues(tpl, r, sqs):
         props.pop("SqsManagedSseEnabled", None)  # LocalStack keeps no keys either way
         name = r(props.pop("QueueName", None) or f"{r.params['AWS::StackName']}-{logical.lower()}")
         attrs = {}
+        if visibility is not None and "RedrivePolicy" in props:
+            props["VisibilityTimeout"] = visibility
         for k, v in props.items():
             v = r(v)
             attrs[k] = json.dumps(v) if isinstance(v, dict) else str(v).lower() if isinstance(v, bool) else str(v)
@@ -145,13 +149,14 @@ def main():
     ap.add_argument("--prefix", default="llmo-lambda")
     ap.add_argument("--work", default=".llmo/lambda/functions")
     ap.add_argument("--env", action="append", default=[])
+    ap.add_argument("--visibility", type=int)
     a = ap.parse_args()
     tpl, problems = decode(a.template)
     if problems:
         sys.exit(f"{a.template}: {problems[0]}")
     r = Resolver(tpl, a.prefix)
     sqs, lam = boto3.client("sqs"), boto3.client("lambda")
-    urls = queues(tpl, r, sqs)
+    urls = queues(tpl, r, sqs, a.visibility)
     extra = dict(kv.split("=", 1) for kv in a.env)
     extra.update({QUEUES[k]: u for k, u in urls.items()})
     functions(tpl, r, lam, a.bin, os.path.abspath(a.work), extra)
