@@ -2,7 +2,11 @@
 # The `step` and `dlq` functions as real Lambda functions on this machine (LocalStack's Lambda
 # in Docker, fed by SQS event source mappings deployed as infra/template.yaml declares them),
 # with `api --local` on the host and no local step worker: the example workflows run to
-# success through the mappings. Everything it starts is stopped by PID at the end.
+# success through the mappings; a poison message reaches the dead-letter queue and the `dlq`
+# function fails its run; a duplicate delivery changes nothing; runs/s and the time from
+# `POST /runs` to the first step are printed. Everything it starts is stopped by PID at the end.
+# The step queue's visibility timeout is 2 s here (the template's is minutes) so that five
+# deliveries of the poison message take seconds.
 #
 #   localstack/lambda/smoke.sh      (debug binaries: target/debug/{step,dlq,api,llmo}, examples/provision)
 set -euo pipefail
@@ -32,7 +36,7 @@ queues=$(.venv/tools/bin/python localstack/lambda/deploy.py --bin "$bin" --prefi
   --env AWS_ENDPOINT_URL_DYNAMODB="$AWS_ENDPOINT_URL_DYNAMODB" \
   --env AWS_ENDPOINT_URL_SECRETS_MANAGER="$AWS_ENDPOINT_URL_SECRETS_MANAGER" \
   --env LLMO_QUEUE_KEYS="$LLMO_QUEUE_KEYS" --env AWS_EC2_METADATA_DISABLED=true \
-  --env LLMO_MOCK=1 --env RUST_LOG=info 2> "$run/deploy.log") \
+  --env LLMO_MOCK=1 --env RUST_LOG=info --visibility 2 2> "$run/deploy.log") \
   || { cat "$run/deploy.log" >&2; exit 1; }
 set -a
 eval "$queues"
@@ -56,8 +60,9 @@ for wf in "simple-inference.yaml question=What-is-a-DAG" "article-pipeline.yaml 
     || { cat "$run/submit.log" >&2; tail -30 "$run/localstack.log" >&2; echo "FAIL: $1" >&2; exit 1; }
   printf '   %s: succeeded in %.1f s\n' "$1" "$(echo "$(date +%s.%N) - $start" | bc)"
 done
-invocations=$(grep -c "lambda.Invoke\|/invocations/.*/response =>" "$run/localstack.log" || true)
-echo "   $invocations function responses"
+echo "== a poison message, a duplicate delivery, and the figures (localstack/lambda/checks.py)"
+.venv/tools/bin/python localstack/lambda/checks.py "http://$addr" "$bin/examples/send_body" "${LAMBDA_RUNS:-20}" \
+  || { tail -40 "$run/localstack.log" >&2; exit 1; }
 if [ -s "$run.links.before" ]; then
   ip link | diff -q "$run.links.before" - > /dev/null || { echo "FAIL: the network links changed" >&2; exit 1; }
 fi
