@@ -6,9 +6,12 @@
   the dead-letter queue, and the `dlq` function on that queue's mapping fails the run;
 - a duplicate delivery of a run's `Start` after it ended changes nothing (its log stays as it is);
 - runs per second and the time from `POST /runs` to the first step (the first task's start),
-  with N runs started at once.
+  with N runs started at once;
+- a function killed mid-batch (its process, `kill -9`, while a model call of 3 s runs) loses
+  nothing: the batch comes back after the visibility timeout to a new environment and the run
+  succeeds, each task ending once.
 
-  checks.py API_URL SEND_BODY_BINARY [N]   (LLMO_TOKEN: an admin of tenant `local`)
+  checks.py API_URL SEND_BODY_BINARY STEP_FUNCTION [N]   (LLMO_TOKEN: an admin of tenant `local`)
 Prints one JSON line of figures.
 """
 import concurrent.futures
@@ -21,8 +24,8 @@ import time
 
 import requests
 
-url, send_body = sys.argv[1], sys.argv[2]
-n = int(sys.argv[3]) if len(sys.argv) > 3 else 20
+url, send_body, step_function = sys.argv[1], sys.argv[2], sys.argv[3]
+n = int(sys.argv[4]) if len(sys.argv) > 4 else 20
 api = requests.Session()
 api.headers["Authorization"] = "Bearer " + os.environ["LLMO_TOKEN"]
 
@@ -93,4 +96,36 @@ figures = {
     "first_step_ms": {"p50": statistics.median(first), "max": first[-1]},
     "poison_to_failed_s": round(dead_s, 1),
 }
+
+# A function killed mid-batch: the model call takes 3 s, the process is killed during it.
+import boto3
+
+lam = boto3.client("lambda")
+cfg = lam.get_function_configuration(FunctionName=step_function)
+env = dict(cfg["Environment"]["Variables"], LLMO_MOCK_DELAY_MS="3000")
+lam.update_function_configuration(FunctionName=step_function, Environment={"Variables": env})
+lam.get_waiter("function_updated_v2").wait(FunctionName=step_function)
+run = start(simple, {"question": "a crash?"})
+until(run, lambda st: st["tasks"][0]["status"] == "running", 60, "the model call runs")
+time.sleep(1)
+# The step function's processes only (its containers share this machine's process table).
+killed = []
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        cmd = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")[0]
+        environ = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+    except OSError:
+        continue
+    if cmd == b"/var/task/bootstrap" and f"AWS_LAMBDA_FUNCTION_NAME={step_function}".encode() in environ:
+        os.kill(int(pid), 9)
+        killed.append(pid)
+if not killed:
+    sys.exit("FAIL: no process of the step function to kill")
+t = time.time()
+st = until(run, ended, 120, "the run ends after its function was killed")
+if st["status"] != "succeeded":
+    sys.exit(f"FAIL: after the kill: {st['status']} {st.get('error')}")
+attempts = st["tasks"][0]["attempts"]
+print(f"   a function killed mid-call: the run succeeded {time.time() - t:.1f} s later (the task's attempts: {attempts})")
+figures["killed_to_succeeded_s"] = round(time.time() - t, 1)
 print("   " + json.dumps(figures))
