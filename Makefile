@@ -18,7 +18,7 @@ EXAMPLES := $(filter-out %.test.yaml,$(wildcard workflows/*.yaml))
 WAIT_EXAMPLES := $(filter-out %.test.yaml,$(wildcard workflows/waits/*.yaml))
 DEMO_STATE := .llmo/demo.db
 
-.PHONY: all demo build test lint fmt unit local package bench-smoke bench schema clean stack-up stack-down deploy teardown infra soak
+.PHONY: all demo build test lint fmt unit local lambda package bench-smoke bench schema clean stack-up stack-down deploy teardown infra soak
 
 all: test
 
@@ -94,6 +94,11 @@ unit:
 	$(FIRST_STEP_SMOKE)
 	LLMO_API_ADDR=127.0.0.1:18080 localstack/run-local.sh --smoke --cfn
 	tests/serve_smoke.sh 127.0.0.1:18090
+	localstack/lambda/smoke.sh
+
+# The functions as real Lambda functions on this machine (LocalStack's Lambda in Docker), checked.
+lambda:
+	$(CARGO) build --locked --workspace --bins --examples
 	localstack/lambda/smoke.sh
 
 # The serverless system on this machine: local AWS, api on :8080, step workers, dlq (Ctrl-C stops).

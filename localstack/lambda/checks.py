@@ -4,9 +4,13 @@
 - a poison message (a schema version from the future, signed) for a run that waits for an
   approval is delivered to `step` until the queue's maxReceiveCount (the template's), moves to
   the dead-letter queue, and the `dlq` function on that queue's mapping fails the run;
+- a run that waits for an approval and then an event goes on through the mapping at each
+  answer (`POST /runs/{id}/tasks/review/complete`, `POST /events`);
 - a duplicate delivery of a run's `Start` after it ended changes nothing (its log stays as it is);
 - runs per second and the time from `POST /runs` to the first step (the first task's start),
   with N runs started at once;
+- the `schedule` function, invoked twice with one scheduler tick (as EventBridge Scheduler
+  retries it), starts one run of a registered workflow;
 - a function killed mid-batch (its process, `kill -9`, while a model call of 3 s runs) loses
   nothing: the batch comes back after the visibility timeout to a new environment and the run
   succeeds, each task ending once.
@@ -67,6 +71,18 @@ if st["status"] != "failed" or "dead-letter" not in (st.get("error") or ""):
     sys.exit(f"FAIL: the run should fail by the dead-letter queue: {st['status']} {st.get('error')}")
 print(f"   a poison message was dead-lettered and failed its run in {dead_s:.1f} s: {st['error'][:120]}")
 
+# Waits answered over the API: each answer is a message the step function takes on.
+run = start(review, {"order_id": "W-1"})
+until(run, lambda st: any(t["id"] == "review" and t["status"] == "waiting" for t in st["tasks"]), 60, "the approval waits")
+api.post(f"{url}/runs/{run}/tasks/review/complete", json={"approved": True, "fields": {"tone": "friendly"}}).raise_for_status()
+until(run, lambda st: any(t["id"] == "paid" and t["status"] == "waiting" for t in st["tasks"]), 60, "the event waits")
+r = api.post(f"{url}/events", json={"name": "payment.settled", "key": "W-1", "payload": {"amount": 12}})
+r.raise_for_status()
+st = until(run, ended, 60, "the run ends after its answers")
+if st["status"] != "succeeded":
+    sys.exit(f"FAIL: the waiting run: {st['status']} {st.get('error')}")
+print(f"   an approval and an event answered over the API: the run went on through the mapping ({len(r.json()['delivered'])} delivered)")
+
 # A duplicate Start for an ended run changes nothing.
 simple = open("workflows/simple-inference.yaml").read()
 done = until(start(simple, {"question": "duplicates?"}), ended, 60, "a run ends")
@@ -97,10 +113,26 @@ figures = {
     "poison_to_failed_s": round(dead_s, 1),
 }
 
-# A function killed mid-batch: the model call takes 3 s, the process is killed during it.
 import boto3
 
 lam = boto3.client("lambda")
+
+# A scheduler tick, delivered twice to the schedule function: one run.
+api.post(f"{url}/workflows", json={"source": simple}).raise_for_status()
+tick = {"tenant": "local", "workflow": "simple-inference", "inputs": {"question": "tick"}, "idempotency_key": "arn:tick@2026-12-07T06:00:00Z"}
+got = []
+for _ in range(2):
+    r = lam.invoke(FunctionName=step_function.replace("-step", "-schedule"), Payload=json.dumps(tick).encode())
+    out = json.loads(r["Payload"].read())
+    if r.get("FunctionError"):
+        sys.exit(f"FAIL: the schedule function: {out}")
+    got.append(out)
+if got[0]["run_id"] != got[1]["run_id"] or [g["created"] for g in got] != [True, False]:
+    sys.exit(f"FAIL: one tick, one run: {got}")
+until(got[0]["run_id"], ended, 60, "the scheduled run ends")
+print(f"   one scheduler tick delivered twice to the schedule function started one run ({got[0]['run_id']})")
+
+# A function killed mid-batch: the model call takes 3 s, the process is killed during it.
 cfg = lam.get_function_configuration(FunctionName=step_function)
 env = dict(cfg["Environment"]["Variables"], LLMO_MOCK_DELAY_MS="3000")
 lam.update_function_configuration(FunctionName=step_function, Environment={"Variables": env})

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Deploys the `step` and `dlq` functions on LocalStack's Lambda as infra/template.yaml declares
-them, and their SQS event source mappings, on the queues it declares.
+"""Deploys the `step`, `dlq` and `schedule` functions on LocalStack's Lambda as
+infra/template.yaml declares them, and their SQS event source mappings, on the queues it
+declares (EventBridge rules are not deployed: the tests invoke `schedule` as a rule would).
 
   deploy.py --bin DIR [--template infra/template.yaml] [--prefix NAME] [--env K=V ...]
             [--visibility SECS]
@@ -10,7 +11,7 @@ long polling, FIFO and deduplication settings, redrive policies and their maxRec
 the functions' runtime, handler, memory, timeout and environment (Globals and their own, with
 parameters at their defaults and references to the queues resolved to the ones created here);
 each SQS event's batch size, batching window, `ReportBatchItemFailures` and maximum
-concurrency. `DIR` holds the bootstraps (`DIR/step`, `DIR/dlq`); each function's code is that
+concurrency. `DIR` holds the bootstraps (`DIR/step`, `DIR/dlq`, `DIR/schedule`); each function's code is that
 binary as `bootstrap` (LocalStack mounts the directory: no zip of a 100 MB debug binary).
 `--env` adds settings for this machine (endpoints, mock models, the table and bucket that
 `provision` made). `--visibility` shortens the step and fold queues' visibility timeout (the
@@ -28,7 +29,7 @@ import time
 import boto3
 from cfnlint.decode import decode
 
-FUNCTIONS = {"Step": "step", "Dlq": "dlq"}
+FUNCTIONS = {"Step": "step", "Dlq": "dlq", "Schedule": "schedule"}
 QUEUES = {"Steps": "LLMO_QUEUE_URL", "DeadLetters": "LLMO_DLQ_URL", "Folds": "LLMO_FOLD_QUEUE_URL", "FoldDeadLetters": "LLMO_FOLD_DLQ_URL"}
 
 

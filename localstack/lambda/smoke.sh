@@ -32,13 +32,13 @@ eval "$(LLMO_TABLE=$name LLMO_BUCKET=$name LLMO_QUEUE=$name-provisioned "$bin/ex
   | grep -E '^LLMO_(TABLE|BUCKET)=' | sed 's/^/export /')"
 # The image is Debian's glibc 2.36; Amazon Linux 2023 has 2.34: a bootstrap that needs more
 # would pass here and fail on AWS, so the symbol versions it needs are checked.
-for f in step dlq; do
+for f in step dlq schedule; do
   need=$(objdump -T "$bin/$f" | grep -o 'GLIBC_[0-9.]*' | sed 's/GLIBC_//' | sort -V | tail -1)
   [ "$(printf '%s\n2.34\n' "$need" | sort -V | tail -1)" = 2.34 ] \
     || { echo "FAIL: $bin/$f needs glibc $need; Amazon Linux 2023 has 2.34" >&2; exit 1; }
   echo "   $f needs glibc $need (Amazon Linux 2023: 2.34)"
 done
-echo "== step and dlq deployed from infra/template.yaml"
+echo "== step, dlq and schedule deployed from infra/template.yaml"
 queues=$(.venv/tools/bin/python localstack/lambda/deploy.py --bin "$bin" --prefix "$name" \
   --env LLMO_TABLE="$LLMO_TABLE" --env LLMO_BUCKET="$LLMO_BUCKET" \
   --env AWS_ENDPOINT_URL_DYNAMODB="$AWS_ENDPOINT_URL_DYNAMODB" \
