@@ -107,9 +107,11 @@ local:
 
 # `cargo lambda build --profile lambda` of every function (target/lambda/NAME/bootstrap: fat LTO,
 # optimized for size, stripped; see Cargo.toml), then the
-# same lambda test run against the packaged bootstraps (about 10 minutes on 2 cores).
+# same lambda test run against the packaged bootstraps (about 10 minutes on 2 cores), then the
+# real-Lambda smoke with them.
 package:
 	localstack/with-stack.sh functions/lambda-test.sh --packaged
+	FUNCTIONS=target/lambda localstack/lambda/smoke.sh
 
 # Deploys infra/template.yaml to the AWS account of your credentials (see README, "Deploying to
 # AWS"): sam build (cargo lambda, arm64) then sam deploy, which shows the change set first.

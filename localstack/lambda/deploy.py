@@ -11,7 +11,7 @@ long polling, FIFO and deduplication settings, redrive policies and their maxRec
 the functions' runtime, handler, memory, timeout and environment (Globals and their own, with
 parameters at their defaults and references to the queues resolved to the ones created here);
 each SQS event's batch size, batching window, `ReportBatchItemFailures` and maximum
-concurrency. `DIR` holds the bootstraps (`DIR/step`, `DIR/dlq`, `DIR/schedule`); each function's code is that
+concurrency. `DIR` holds the bootstraps (`DIR/step`, ..., or cargo lambda's `DIR/step/bootstrap`, ...); each function's code is that
 binary as `bootstrap` (LocalStack mounts the directory: no zip of a 100 MB debug binary).
 `--env` adds settings for this machine (endpoints, mock models, the table and bucket that
 `provision` made). `--visibility` shortens the step and fold queues' visibility timeout (the
@@ -114,7 +114,9 @@ def functions(tpl, r, lam, bin_dir, work, extra_env):
         env.update(extra_env)
         code_dir = os.path.join(work, binary)
         os.makedirs(code_dir, exist_ok=True)
-        shutil.copy(os.path.join(bin_dir, binary), os.path.join(code_dir, "bootstrap"))
+        # A build directory (`target/debug/step`) or cargo lambda's (`target/lambda/step/bootstrap`).
+        packaged = os.path.join(bin_dir, binary, "bootstrap")
+        shutil.copy(packaged if os.path.isfile(packaged) else os.path.join(bin_dir, binary), os.path.join(code_dir, "bootstrap"))
         name = f"{r.params['AWS::StackName']}-{binary}"
         lam.create_function(
             FunctionName=name, Runtime=r(props["Runtime"]), Handler=r(props["Handler"]),

@@ -8,10 +8,13 @@
 # The step queue's visibility timeout is 2 s here (the template's is minutes) so that five
 # deliveries of the poison message take seconds.
 #
-#   localstack/lambda/smoke.sh      (debug binaries: target/debug/{step,dlq,api,llmo}, examples/provision)
+#   localstack/lambda/smoke.sh      (debug binaries: target/debug/{step,dlq,schedule,api,llmo}, examples/)
+#   FUNCTIONS=target/lambda localstack/lambda/smoke.sh   the functions from `cargo lambda build`
+#                                   (target/lambda/NAME/bootstrap; `make package` runs it so)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 bin=${BIN:-target/debug}
+functions=${FUNCTIONS:-$bin}
 run=.llmo/lambda
 addr=${LLMO_LAMBDA_API_ADDR:-127.0.0.1:18332}
 api_pid=
@@ -33,13 +36,15 @@ eval "$(LLMO_TABLE=$name LLMO_BUCKET=$name LLMO_QUEUE=$name-provisioned "$bin/ex
 # The image is Debian's glibc 2.36; Amazon Linux 2023 has 2.34: a bootstrap that needs more
 # would pass here and fail on AWS, so the symbol versions it needs are checked.
 for f in step dlq schedule; do
-  need=$(objdump -T "$bin/$f" | grep -o 'GLIBC_[0-9.]*' | sed 's/GLIBC_//' | sort -V | tail -1)
+  file=$functions/$f
+  [ -f "$file/bootstrap" ] && file=$file/bootstrap
+  need=$(objdump -T "$file" | grep -o 'GLIBC_[0-9.]*' | sed 's/GLIBC_//' | sort -V | tail -1)
   [ "$(printf '%s\n2.34\n' "$need" | sort -V | tail -1)" = 2.34 ] \
-    || { echo "FAIL: $bin/$f needs glibc $need; Amazon Linux 2023 has 2.34" >&2; exit 1; }
+    || { echo "FAIL: $file needs glibc $need; Amazon Linux 2023 has 2.34" >&2; exit 1; }
   echo "   $f needs glibc $need (Amazon Linux 2023: 2.34)"
 done
 echo "== step, dlq and schedule deployed from infra/template.yaml"
-queues=$(.venv/tools/bin/python localstack/lambda/deploy.py --bin "$bin" --prefix "$name" \
+queues=$(.venv/tools/bin/python localstack/lambda/deploy.py --bin "$functions" --prefix "$name" \
   --env LLMO_TABLE="$LLMO_TABLE" --env LLMO_BUCKET="$LLMO_BUCKET" \
   --env AWS_ENDPOINT_URL_DYNAMODB="$AWS_ENDPOINT_URL_DYNAMODB" \
   --env AWS_ENDPOINT_URL_SECRETS_MANAGER="$AWS_ENDPOINT_URL_SECRETS_MANAGER" \
