@@ -135,16 +135,7 @@ pub fn serve(o: Options) -> Result<ExitCode> {
         eprintln!("  export LLMO_API_URL=http://{bound} LLMO_TOKEN={token}");
         eprintln!("runs: http://{bound}/ui#token={token}");
     }
-    let limits = llmo_api::server::ServeLimits {
-        allowed_hosts: std::env::var("LLMO_ALLOWED_HOSTS")
-            .unwrap_or_default()
-            .split(',')
-            .map(str::trim)
-            .filter(|h| !h.is_empty())
-            .map(str::to_string)
-            .collect(),
-        ..Default::default()
-    };
+    let limits = llmo_api::server::ServeLimits::allowing(&std::env::var("LLMO_ALLOWED_HOSTS").unwrap_or_default());
     let gate = api.clone();
     let admit = move |parts| {
         let api = gate.clone();

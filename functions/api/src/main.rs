@@ -39,16 +39,7 @@ async fn main() -> Result<(), lambda_http::Error> {
             let api = gate.clone();
             async move { api.admit(parts).await }
         };
-        let limits = llmo_api::server::ServeLimits {
-            allowed_hosts: std::env::var("LLMO_ALLOWED_HOSTS")
-                .unwrap_or_default()
-                .split(',')
-                .map(str::trim)
-                .filter(|h| !h.is_empty())
-                .map(str::to_string)
-                .collect(),
-            ..Default::default()
-        };
+        let limits = llmo_api::server::ServeLimits::allowing(&std::env::var("LLMO_ALLOWED_HOSTS").unwrap_or_default());
         llmo_api::server::serve(addr, limits, admit, move |req| {
             let api = api.clone();
             async move { api.handle(req).await }

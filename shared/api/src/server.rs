@@ -51,6 +51,15 @@ pub struct ServeLimits {
     pub allowed_hosts: Vec<String>,
 }
 
+impl ServeLimits {
+    /// The default limits, serving also the `Host`s of a comma-separated list (the value of
+    /// `LLMO_ALLOWED_HOSTS`, which each main reads).
+    pub fn allowing(hosts: &str) -> Self {
+        let allowed_hosts = hosts.split(',').map(str::trim).filter(|h| !h.is_empty()).map(str::to_string).collect();
+        ServeLimits { allowed_hosts, ..Default::default() }
+    }
+}
+
 impl Default for ServeLimits {
     fn default() -> Self {
         ServeLimits {
@@ -309,5 +318,8 @@ mod tests {
         assert!(!ok(&[("host", "127.0.0.1:8080"), ("origin", "null")]));
         assert!(!ok(&[("host", "127.0.0.1:8080"), ("sec-fetch-site", "cross-site")]));
         assert!(same_site(addr, &headers(&[("host", "api.internal:8080")]), &["api.internal:8080".into()]).is_ok());
+        let extra = ServeLimits::allowing(" api.internal:8080, ,llmo.lan:8080 ").allowed_hosts;
+        assert_eq!(extra, ["api.internal:8080", "llmo.lan:8080"]);
+        assert!(same_site(addr, &headers(&[("host", "llmo.lan:8080")]), &extra).is_ok());
     }
 }
