@@ -105,7 +105,7 @@ impl Schedules {
                 if let Some(s) = &e.schedule
                     && let Some(t) = latest_tick(s, e.registered_at, since, now)
                 {
-                    fire(&api, tenant, name, t).await;
+                    fire(&api, tenant, name, s, t).await;
                 }
             }
             let mut last = now / MINUTE * MINUTE;
@@ -121,8 +121,8 @@ impl Schedules {
                 // Every minute since the last look (one, unless this process was starved).
                 for m in (last + MINUTE..=now).step_by(MINUTE as usize) {
                     for ((tenant, name), e) in &known {
-                        if e.schedule.as_ref().is_some_and(|s| ticks_at(s, e.registered_at, m)) {
-                            fire(&api, tenant, name, m).await;
+                        if let Some(s) = e.schedule.as_ref().filter(|s| ticks_at(s, e.registered_at, m)) {
+                            fire(&api, tenant, name, s, m).await;
                         }
                     }
                 }
@@ -180,19 +180,11 @@ async fn refresh(api: &Api, store: &SqliteStore, known: &mut HashMap<(String, St
     known.retain(|k, _| seen.contains(k));
 }
 
-async fn fire(api: &Api, tenant: &str, workflow: &str, tick: u64) {
-    let inputs = api
-        .workflows
-        .get(tenant, workflow)
-        .await
-        .ok()
-        .flatten()
-        .and_then(|src| api.starter.check(&format!("{workflow}.yaml"), &src).ok())
-        .and_then(|c| c.workflow.spec.schedule.map(|s| s.inputs));
+async fn fire(api: &Api, tenant: &str, workflow: &str, s: &Schedule, tick: u64) {
     let event = json!({
         "tenant": tenant,
         "workflow": workflow,
-        "inputs": inputs.unwrap_or_default(),
+        "inputs": s.inputs,
         "idempotency_key": format!("serve:{tenant}:{workflow}@{tick}"),
     });
     match api.start_scheduled(&event).await {
