@@ -29,9 +29,17 @@ python313() {
 }
 
 install() {
+  # No wheel cache: on a fresh machine it is a second copy of every venv (CI's disk is small).
+  export PIP_NO_CACHE_DIR=1
   if [ ! -x .venv/tools/bin/moto_server ] || [ ! -x .venv/tools/bin/checkov ] || [ ! -x .venv/tools/bin/playwright ] || ! .venv/tools/bin/python -c "import prometheus_client" 2> /dev/null; then
     python3 -m venv .venv/tools
     .venv/tools/bin/pip install -q -r localstack/requirements-tools.txt
+  fi
+  if [ ! -x .venv/tools/bin/cargo-lambda ]; then
+    # Without its dependency ziglang (410 MB): the tests build with `--compiler cargo` for this
+    # machine's own target; cross-compiling for arm64 (`make deploy` from x86_64) needs
+    # `.venv/tools/bin/pip install ziglang` (README, "Deploying to AWS").
+    .venv/tools/bin/pip install -q --no-deps -r localstack/requirements-lambda.txt
   fi
   if [ ! -x .venv/sam/bin/sam ]; then
     # Its own venv: aws-sam-cli pins versions that moto and checkov do not share.

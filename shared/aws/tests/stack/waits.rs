@@ -3,7 +3,7 @@
 //! 409), answered through a single-use link without an account, and events reach only the
 //! runs whose correlation key matches. Every run's stored log is audited.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

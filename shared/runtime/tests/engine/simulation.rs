@@ -11,7 +11,7 @@
 //! - no attempt is started once the run has ended.
 //!
 //! A failing seed is printed; replay it with
-//! `SIM_SEED=<seed> cargo test -p llmo-runtime --test simulation`. `SIM_SEEDS=n` sets the count.
+//! `SIM_SEED=<seed> cargo test -p llmo-runtime --test engine simulation::`. `SIM_SEEDS=n` sets the count.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -27,7 +27,7 @@ use llmo_runtime::store::{self, MemoryStore, RunStore, RunSummary, StoredRun, Tr
 use llmo_runtime::worker::{Continue, Worker};
 use serde_json::{Value, json};
 
-mod sim;
+use crate::sim;
 use sim::Rng;
 
 const WORKFLOW: &str = r#"

@@ -2,7 +2,7 @@
 //! against DynamoDB and S3 on the local stack, and the API registering a definition past
 //! DynamoDB's 400 KB item limit.
 
-mod support;
+use crate::support;
 
 use llmo_aws::dynamo::DynamoStore;
 use serde_json::json;

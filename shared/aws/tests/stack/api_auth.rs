@@ -4,7 +4,7 @@
 //! (404, not 403); idempotency keys are scoped by tenant and request; listing cursors are
 //! checked; every request and every run status change is audited.
 
-mod support;
+use crate::support;
 
 use std::collections::HashMap;
 

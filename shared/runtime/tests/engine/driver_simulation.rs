@@ -7,7 +7,7 @@
 //! event is applied once, and the outcome is the fault-free one.
 //!
 //! Replay a failing seed with `SIM_SEED=<seed> cargo test -p llmo-runtime --test
-//! driver_simulation`; `SIM_SEEDS=n` sets the count (default 2,000).
+//! engine driver_simulation::`; `SIM_SEEDS=n` sets the count (default 2,000).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -23,7 +23,7 @@ use llmo_runtime::ports::SystemClock;
 use llmo_runtime::store::{self, MemoryStore, Owner, RunStore, RunSummary, StoredRun, Transition, Waiter, rebuild};
 use serde_json::{Map, Value, json};
 
-mod sim;
+use crate::sim;
 use sim::Rng;
 
 const WORKFLOW: &str = r#"

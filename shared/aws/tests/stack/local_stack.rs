@@ -3,7 +3,7 @@
 //! through SQS, DynamoDB and S3. Every test audits the run's stored transition log. The tests
 //! with worker *processes* (every example, SIGKILL, heartbeat) are in functions/step/tests/.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -2,7 +2,7 @@
 //! separate Lambda containers are) share a provider's rate limit and its circuit through
 //! DynamoDB (`llmo_aws::flow::DynamoFlow`).
 
-mod support;
+use crate::support;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

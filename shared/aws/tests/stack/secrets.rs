@@ -2,7 +2,7 @@
 //! the key the secret holds, read once and kept for the TTL; a rotated key is used once the TTL
 //! has passed; `http` header secrets come from the same secret.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::time::Duration;
