@@ -3,6 +3,7 @@ pub mod dag;
 pub mod diagnostic;
 pub mod engine;
 pub mod expr;
+pub mod function;
 pub mod inputs;
 pub mod model;
 pub mod schedule;

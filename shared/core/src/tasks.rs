@@ -86,6 +86,10 @@ impl Default for Registry {
                 .expressions(&["/expression"]),
         );
         r.register(TaskType::of::<HttpWith>("http", "Call an HTTP tool or webhook.").secrets(&["/headers/*"]));
+        r.register(TaskType::of::<crate::function::FunctionWith>(
+            "function",
+            "Invoke an AWS Lambda function (synchronously); output: its JSON answer.",
+        ));
         r.register(
             TaskType::of::<EvaluateWith>("evaluate", "Score a text with checks; yields score and passed.")
                 .literal(&["/checks/*/schema", "/checks/*/pattern"]),
@@ -530,7 +534,7 @@ mod tests {
     #[test]
     fn registry_has_builtins_with_object_schemas() {
         let r = Registry::default();
-        for name in ["llm", "transform", "http", "evaluate", "policy", "wait"] {
+        for name in ["llm", "transform", "http", "function", "evaluate", "policy", "wait"] {
             assert_eq!(r.get(name).unwrap().with_schema["type"], "object", "{name}");
         }
     }

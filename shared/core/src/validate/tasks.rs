@@ -232,6 +232,15 @@ impl Run<'_> {
                     );
                 }
             }
+            "function" => {
+                // A name without templates is checked now; a templated one when it is rendered.
+                let Some(f) = with.and_then(|w| w.get("function")).and_then(Value::as_str) else { return };
+                if !f.contains("{{")
+                    && let Err(e) = crate::function::FunctionRef::parse(f)
+                {
+                    self.error(TASK_CONFIG, &format!("{w}/function"), e);
+                }
+            }
             "transform" => {
                 let Some(t) = typed::<TransformWith>(with) else { return };
                 if t.output.is_some() == t.expression.is_some() {

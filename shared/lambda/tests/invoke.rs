@@ -1,0 +1,259 @@
+//! `type: function` against a real Lambda runtime emulation, not a mock: `cargo lambda watch`
+//! serves the Invoke API and the Runtime API, and the test function
+//! (`examples/test_function.rs`, a `lambda_runtime` function) polls it as it would Lambda's.
+//! The executor answers, fails with the function's error, times out, refuses what the operator
+//! did not allow and payloads over 6 MB, and a workflow run with a retried function task makes
+//! exactly the calls its `retry` allows, each carrying the attempt's idempotency key.
+//!
+//! Needs cargo-lambda (`localstack/stack.sh install` puts it in `.venv/tools/bin`); skipped
+//! without it unless `LLMO_REQUIRE_AWS=1` (`make test`).
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use llmo_core::engine::{AttemptResult, Plan, RunStatus};
+use llmo_core::function::AllowedFunctions;
+use llmo_core::source::SourceFile;
+use llmo_core::validate::Validator;
+use llmo_lambda::{FunctionExecutor, Settings};
+use llmo_runtime::driver::{Driver, Options};
+use llmo_runtime::executor::{Attempt, Executor, Registry};
+use llmo_runtime::ports::SystemClock;
+use llmo_runtime::store::MemoryStore;
+use serde_json::{Value, json};
+use tokio::process::{Child, Command};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn cargo_lambda() -> Option<PathBuf> {
+    let venv = root().join(".venv/tools/bin/cargo-lambda");
+    if venv.exists() {
+        return Some(venv);
+    }
+    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| PathBuf::from(d).join("cargo-lambda")).find(|p| p.exists())
+}
+
+/// `cargo lambda watch` on a free port with the test function behind the names given.
+struct Emulator {
+    port: u16,
+    children: Vec<Child>,
+}
+
+impl Emulator {
+    async fn start(names: &[&str]) -> Option<Emulator> {
+        let Some(cl) = cargo_lambda() else {
+            assert!(std::env::var("LLMO_REQUIRE_AWS").is_err(), "LLMO_REQUIRE_AWS=1 but cargo-lambda is not installed");
+            eprintln!("skipped: no cargo-lambda (localstack/stack.sh install)");
+            return None;
+        };
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        // watch serves only the functions its project has as binaries: a project of those names.
+        let project = std::env::temp_dir().join(format!("llmo-fn-project-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&project).unwrap();
+        let bins: String = names.iter().map(|n| format!("[[bin]]\nname = \"{n}\"\npath = \"main.rs\"\n")).collect();
+        std::fs::write(
+            project.join("Cargo.toml"),
+            format!(
+                "[package]\nname = \"functions\"\nversion = \"0.0.0\"\nedition = \"2021\"\n\n[workspace]\n\n{bins}"
+            ),
+        )
+        .unwrap();
+        std::fs::write(project.join("main.rs"), "fn main() {}\n").unwrap();
+        let watch = Command::new(&cl)
+            .args(["lambda", "watch", "--only-lambda-apis", "--invoke-address", "127.0.0.1", "--invoke-port"])
+            .arg(port.to_string())
+            .current_dir(&project)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("cargo lambda watch starts");
+        let mut children = vec![watch];
+        let up = async {
+            while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(60), up).await.expect("cargo lambda watch listens within 60 s");
+        // The test function: an example of this crate, built by `cargo test` beside this binary.
+        let exe = std::env::current_exe().unwrap();
+        let bin = exe.parent().unwrap().parent().unwrap().join("examples/test_function");
+        assert!(bin.exists(), "{} (built by cargo test)", bin.display());
+        for name in names {
+            children.push(
+                Command::new(&bin)
+                    .env("AWS_LAMBDA_RUNTIME_API", format!("http://127.0.0.1:{port}/.rt/{name}"))
+                    .env("AWS_LAMBDA_FUNCTION_NAME", name)
+                    .env("AWS_LAMBDA_FUNCTION_VERSION", "1")
+                    .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128")
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .kill_on_drop(true)
+                    .spawn()
+                    .expect("the test function starts"),
+            );
+        }
+        Some(Emulator { port, children })
+    }
+
+    async fn executor(&self, allowed: &str) -> FunctionExecutor {
+        FunctionExecutor::connect(Settings {
+            allowed: AllowedFunctions::parse(allowed).unwrap(),
+            endpoint: Some(format!("http://127.0.0.1:{}", self.port)),
+        })
+        .await
+    }
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.start_kill();
+        }
+    }
+}
+
+const WORKFLOW: &str = r#"
+apiVersion: llm-orchestrator/v1
+kind: Workflow
+metadata: { name: functions }
+spec:
+  inputs:
+    dir: { type: string }
+  tasks:
+    - id: score
+      type: function
+      with:
+        function: echo
+        payload: { n: 21, count_in: "{{ inputs.dir }}" }
+    - id: double
+      type: transform
+      depends_on: [score]
+      with: { expression: "tasks.score.output.echo.n * 2" }
+    - id: refuse
+      type: function
+      retry: { max_attempts: 2, backoff: { initial: 10ms } }
+      with:
+        function: echo
+        payload: { fail: "not today", count_in: "{{ inputs.dir }}" }
+  outputs:
+    doubled: "{{ tasks.double.output }}"
+"#;
+
+fn attempt(with: Value, timeout: Option<Duration>) -> Attempt {
+    let checked = Validator::default().validate(&SourceFile::new("f.yaml", WORKFLOW)).checked.expect("valid");
+    let plan = Arc::new(Plan::new(checked));
+    Attempt {
+        plan,
+        run_id: "run-1".into(),
+        tenant: None,
+        task: Some(0),
+        task_id: "score".into(),
+        ty: "function".into(),
+        item: None,
+        attempt: 1,
+        with,
+        context: Default::default(),
+        budget_left_usd: None,
+        allowance: None,
+        prices: None,
+        timeout,
+        admitted: false,
+    }
+}
+
+fn error_of(r: &AttemptResult) -> (&str, bool) {
+    match r {
+        AttemptResult::Failed { error, retryable, .. } => (error, *retryable),
+        AttemptResult::Succeeded { output, .. } => panic!("succeeded: {output:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn functions_answer_fail_time_out_and_are_refused_unless_allowed() {
+    let Some(emu) = Emulator::start(&["echo", "slow"]).await else { return };
+    let exec = emu.executor("echo, slow").await;
+
+    // Answered: the payload's fields and the engine's `llmo` block arrive.
+    let a = attempt(json!({ "function": "echo", "payload": { "x": 1 } }), Some(Duration::from_secs(60)));
+    let r = exec.execute(&a).await;
+    let AttemptResult::Succeeded { output, .. } = &r else { panic!("{r:?}") };
+    let answer: &Value = output;
+    assert_eq!(answer["echo"]["x"], 1, "{answer}");
+    assert_eq!(answer["echo"]["llmo"]["idempotency_key"], a.idempotency_key());
+    assert_eq!(answer["echo"]["llmo"]["run_id"], "run-1");
+    assert_eq!(answer["echo"]["llmo"]["attempt"], 1);
+
+    // A function error: the function's type and message, retryable (the task's `retry` decides).
+    let r = exec.execute(&attempt(json!({ "function": "echo", "payload": { "fail": "nope" } }), None)).await;
+    let (error, retryable) = error_of(&r);
+    assert_eq!(error, "function `echo` failed: Refused: nope");
+    assert!(retryable);
+
+    // Past the task's timeout: the attempt fails as timed out, retryable.
+    let slow = attempt(json!({ "function": "slow", "payload": { "sleep_ms": 4000 } }), Some(Duration::from_secs(1)));
+    let started = std::time::Instant::now();
+    let r = llmo_runtime::step::attempt::run_with_timeout(&exec, &slow).await;
+    let (error, retryable) = error_of(&r);
+    assert!(error.contains("timed out after 1s"), "{error}");
+    assert!(retryable);
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+
+    // Not on the operator's list, a malformed name, `payload.llmo`, over 6 MB: refused, not retried.
+    for (with, says) in [
+        (json!({ "function": "other" }), "not in LLMO_ALLOWED_FUNCTIONS"),
+        (json!({ "function": "no such/name" }), "is not a Lambda function name"),
+        (json!({ "function": "echo", "payload": { "llmo": 1 } }), "`payload.llmo` is the engine's"),
+        (json!({ "function": "echo", "payload": { "big": "x".repeat(6 * 1024 * 1024 + 1) } }), "over Lambda's 6 MB"),
+    ] {
+        let r = exec.execute(&attempt(with, None)).await;
+        let (error, retryable) = error_of(&r);
+        assert!(error.contains(says), "{error}");
+        assert!(!retryable, "{error}");
+    }
+    let none = emu.executor("").await;
+    let r = none.execute(&attempt(json!({ "function": "echo" }), None)).await;
+    assert!(error_of(&r).0.contains("allows no Lambda functions"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workflow_reads_a_function_answer_and_retries_a_function_error_as_its_retry_says() {
+    let Some(emu) = Emulator::start(&["echo"]).await else { return };
+    let mut reg = Registry::with_builtins(None);
+    reg.register("function", Arc::new(emu.executor("echo").await));
+    let checked = Validator::default().validate(&SourceFile::new("f.yaml", WORKFLOW)).checked.expect("valid");
+    let d = Driver {
+        plan: Arc::new(Plan::new(checked)),
+        store: Arc::new(MemoryStore::default()),
+        executors: Arc::new(reg),
+        clock: Arc::new(SystemClock::default()),
+        blobs: None,
+        options: Options::default(),
+    };
+    let dir = std::env::temp_dir().join(format!("llmo-fn-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let inputs = [("dir".to_string(), json!(dir.to_str().unwrap()))].into_iter().collect();
+    let end = d.start("fn-run", inputs, "f.yaml", WORKFLOW, &mut ()).await.unwrap();
+    assert_eq!(end.state.status, RunStatus::Failed);
+    let error = end.state.error.clone().unwrap_or_default();
+    assert!(error.contains("Refused: not today"), "{error}");
+    // `double` read the function's answer.
+    assert_eq!(end.state.tasks[1].output.as_deref(), Some(&json!(42)));
+    // One call for `score`, two for `refuse` (its retry), each named by its task's key.
+    let mut calls: Vec<String> =
+        std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    calls.sort();
+    assert_eq!(calls.len(), 3, "{calls:?}");
+    let keys: std::collections::BTreeSet<&str> = calls.iter().map(|c| c.split('-').next().unwrap()).collect();
+    assert_eq!(keys.len(), 2, "one key per task, the same on both attempts of `refuse`: {calls:?}");
+    let attempts: Vec<&str> = calls.iter().map(|c| c.split('-').nth(1).unwrap()).collect();
+    assert!(attempts.contains(&"2"), "{calls:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
