@@ -18,6 +18,10 @@ Rules:
   privilege    no function uses a *CrudPolicy/FullAccess policy template, a wildcard action or a
                wildcard resource, and dynamodb:Scan, dynamodb:DeleteItem and s3:DeleteObject are
                granted only to the functions allowed them below.
+  invoke       lambda:InvokeFunction is granted only to the step function, only on the functions
+               the InvokableFunctions parameter lists (and their qualified ARNs), never on a
+               resource with a wildcard of its own; and that function refuses any other
+               (its LLMO_ALLOWED_FUNCTIONS is the same parameter).
 It reads the template with cfn-lint's own decoder (the SAM/CloudFormation short tags).
 """
 import copy
@@ -100,6 +104,63 @@ def env_vars(tpl):
             yield (name, k)
 
 
+def statements(pol):
+    """A policy's statements, both branches of an `!If` statement included."""
+    for st in pol.get("Statement", []) if "Statement" in pol else []:
+        if isinstance(st, dict) and "Fn::If" in st:
+            yield from (b for b in st["Fn::If"][1:] if isinstance(b, dict) and "Action" in b)
+        else:
+            yield st
+
+
+INVOKERS = {"Step"}
+
+
+def refs(v):
+    """Every parameter or resource a value `Ref`s."""
+    if isinstance(v, dict):
+        for k, x in v.items():
+            if k == "Ref" and isinstance(x, str):
+                yield x
+            else:
+                yield from refs(x)
+    elif isinstance(v, list):
+        for x in v:
+            yield from refs(x)
+
+
+def literal_strings(v):
+    if isinstance(v, str):
+        yield v
+    elif isinstance(v, dict):
+        for k, x in v.items():
+            if k not in ("Ref",):
+                yield from literal_strings(x)
+    elif isinstance(v, list):
+        for x in v:
+            yield from literal_strings(x)
+
+
+def check_invoke(name, props, st, out):
+    actions = st.get("Action", [])
+    actions = [actions] if isinstance(actions, str) else actions
+    if "lambda:InvokeFunction" not in actions:
+        return
+    if name not in INVOKERS:
+        out.append(f"invoke: {name} is granted lambda:InvokeFunction; only {sorted(INVOKERS)} run function tasks")
+        return
+    res = st.get("Resource")
+    if "InvokableFunctions" not in set(refs(res)):
+        out.append(f"invoke: {name} may invoke {res}, not (only) the functions of the InvokableFunctions parameter")
+    # The only wildcard allowed is the `:*` of the qualified ARNs made from the parameter.
+    for lit in literal_strings(res):
+        if "*" in lit.replace("}:*", "}").replace(":*,", ","):
+            out.append(f"invoke: {name} may invoke a wildcard resource ({lit})")
+    env = (props.get("Environment") or {}).get("Variables") or {}
+    if "InvokableFunctions" not in set(refs(env.get("LLMO_ALLOWED_FUNCTIONS"))):
+        out.append(f"invoke: {name} may invoke functions but its LLMO_ALLOWED_FUNCTIONS is not the InvokableFunctions parameter")
+
+
 def check(tpl):
     out = []
     res = tpl.get("Resources", {})
@@ -134,7 +195,8 @@ def check(tpl):
             for key in pol:
                 if key.endswith("CrudPolicy") or "FullAccess" in key:
                     out.append(f"privilege: {name} uses the policy template {key}; grant the actions it uses")
-            for st in pol.get("Statement", []) if "Statement" in pol else []:
+            for st in statements(pol):
+                check_invoke(name, props, st, out)
                 actions = st.get("Action", [])
                 actions = [actions] if isinstance(actions, str) else actions
                 resources = st.get("Resource", [])
@@ -170,6 +232,13 @@ def check(tpl):
         if mrc is None or mrc < 5:
             out.append(f"redrive: {name}'s maxReceiveCount can be {mrc}, less than 5")
     return out
+
+
+def invoke_statement(t):
+    for st in t["Resources"]["Step"]["Properties"]["Policies"][0]["Statement"]:
+        if isinstance(st, dict) and "Fn::If" in st:
+            return st["Fn::If"][1]
+    raise AssertionError("the step function's InvokeFunctions statement")
 
 
 def self_test(tpl):
@@ -209,6 +278,13 @@ def self_test(tpl):
             lambda t: R(t)["Dlq"]["Properties"]["Policies"][0]["Statement"][0].update(Resource="*"),
             lambda t: R(t)["Schedule"]["Properties"]["Policies"][0]["Statement"][0]["Action"].append("s3:*"),
         ],
+        "invoke": [
+            lambda t: invoke_statement(t).update(Resource="*"),
+            lambda t: invoke_statement(t).update(Resource="arn:aws:lambda:eu-west-1:123456789012:function:*"),
+            lambda t: invoke_statement(t)["Resource"]["Fn::Split"][1]["Fn::Sub"].__setitem__(0, "${Names},*"),
+            lambda t: R(t)["Api"]["Properties"]["Policies"][0]["Statement"].append(copy.deepcopy(invoke_statement(t))),
+            lambda t: R(t)["Step"]["Properties"]["Environment"]["Variables"].pop("LLMO_ALLOWED_FUNCTIONS"),
+        ],
     }
     failed = 0
     for rule, muts in cases.items():
@@ -236,7 +312,7 @@ def main(argv):
     for f in findings:
         print(f"{path}: {f}")
     if not findings:
-        print(f"{path}: visibility, redrive, logs, secrets, privilege and retention rules hold")
+        print(f"{path}: visibility, redrive, logs, secrets, privilege, invoke and retention rules hold")
     return 1 if findings else 0
 
 

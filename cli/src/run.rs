@@ -108,7 +108,14 @@ pub fn registry_with(exec: &Exec, fixtures: Fixtures) -> Result<Registry> {
         http: llmo_runtime::http::HttpLimits::from_env().map_err(anyhow::Error::msg)?,
         ..llmo_runtime::Setup::new(config, exec.mock)
     };
-    Ok(setup.registry())
+    let mut registry = setup.registry();
+    let functions = if exec.mock {
+        llmo_lambda::FunctionExecutor::mock()
+    } else {
+        llmo_lambda::FunctionExecutor::new(llmo_lambda::Settings::from_env().map_err(anyhow::Error::msg)?)
+    };
+    registry.register("function", Arc::new(functions));
+    Ok(registry)
 }
 
 /// The plan, with the prices its runs keep their budget with.

@@ -42,6 +42,9 @@ class Resolver:
 
     def __init__(self, tpl, prefix):
         self.params = {k: v.get("Default") for k, v in tpl.get("Parameters", {}).items()}
+        for k, v in tpl.get("Parameters", {}).items():  # a list parameter's Ref is a list
+            if v.get("Type") == "CommaDelimitedList":
+                self.params[k] = [x.strip() for x in str(v.get("Default") or "").split(",") if x.strip()]
         self.params["AWS::StackName"] = prefix
         self.params["AWS::Region"] = "us-east-1"
         self.params["AWS::AccountId"] = "000000000000"
@@ -63,6 +66,10 @@ class Resolver:
                 if att == "Arn" and name in self.arns:
                     return self.arns[name]
                 raise KeyError(f"GetAtt {name}.{att}")
+            if k == "Fn::Join":
+                sep, items = x
+                items = self(items)
+                return sep.join(str(self(i)) for i in (items if isinstance(items, list) else [items]))
             if k == "Fn::Sub":
                 s = x if isinstance(x, str) else x[0]
                 for name, val in self.params.items():

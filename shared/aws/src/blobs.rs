@@ -32,3 +32,14 @@ impl BlobStore for S3Blobs {
         }
     }
 }
+
+/// Where a `type: function` event over Lambda's 6 MB goes: under the run's own prefix in the
+/// bucket (`runs/RUN/function-payloads/`, expired with the run); the function gets
+/// `{ bucket, key }` and needs `s3:GetObject` on `runs/*/function-payloads/*`.
+#[async_trait]
+impl llmo_lambda::ClaimCheck for S3Blobs {
+    async fn put(&self, key: &str, body: Vec<u8>) -> Result<serde_json::Value, String> {
+        BlobStore::put(self, key, body).await.map_err(|e| e.0)?;
+        Ok(serde_json::json!({ "bucket": self.aws.bucket, "key": key }))
+    }
+}

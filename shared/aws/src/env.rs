@@ -14,7 +14,9 @@ use llmo_runtime::providers::Config;
 /// (cached for `LLMO_SECRETS_TTL_SECS`, 300 by default) when it is set, workflows reading only
 /// its `LLMO_SECRET_*` names; else from the environment. `http` tasks connect under
 /// `LLMO_EGRESS_ALLOW` / `LLMO_EGRESS_ALLOW_HTTP` and `LLMO_HTTP_MAX_RESPONSE_BYTES` /
-/// `LLMO_HTTP_MAX_REDIRECTS` (see `llmo_runtime::egress`, `llmo_runtime::http`).
+/// `LLMO_HTTP_MAX_REDIRECTS` (see `llmo_runtime::egress`, `llmo_runtime::http`). `function`
+/// tasks invoke what `LLMO_ALLOWED_FUNCTIONS` lists ([`llmo_lambda::Settings`]), events over
+/// 6 MB by claim check in the bucket.
 pub fn executors(aws: &crate::Aws) -> Result<(Registry, Config, bool), String> {
     let config = match std::env::var_os("LLMO_CONFIG") {
         Some(p) => Config::load(Path::new(&p), true).map_err(|e| e.to_string())?,
@@ -54,7 +56,15 @@ pub fn executors(aws: &crate::Aws) -> Result<(Registry, Config, bool), String> {
         flow: Arc::new(crate::flow::DynamoFlow::new(aws.clone())),
         ..llmo_runtime::Setup::new(config.clone(), mock)
     };
-    Ok((setup.registry(), config, mock))
+    let mut registry = setup.registry();
+    let functions = if mock {
+        llmo_lambda::FunctionExecutor::mock()
+    } else {
+        llmo_lambda::FunctionExecutor::new(llmo_lambda::Settings::from_env()?)
+            .with_claim_check(Arc::new(crate::blobs::S3Blobs { aws: aws.clone() }))
+    };
+    registry.register("function", Arc::new(functions));
+    Ok((registry, config, mock))
 }
 
 /// What every function sets up first: logs and traces ([`llmo_runtime::telemetry`]: JSON in

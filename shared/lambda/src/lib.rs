@@ -60,45 +60,59 @@ impl Settings {
 /// Where an event too large for Lambda is put for the function to read.
 #[async_trait]
 pub trait ClaimCheck: Send + Sync {
-    /// Stores `body` under a name derived from `key` and returns the reference the function
-    /// gets (`{ bucket, key }` for S3).
+    /// Stores `body` as `key` (`runs/RUN/function-payloads/KEY-ATTEMPT.json`) and returns the
+    /// reference the function gets (`{ bucket, key }` for S3).
     async fn put(&self, key: &str, body: Vec<u8>) -> Result<Value, String>;
 }
 
 /// The executor of `type: function`.
 pub struct FunctionExecutor {
-    client: aws_sdk_lambda::Client,
-    allowed: AllowedFunctions,
+    settings: Settings,
+    /// Made at the first call: a run without function tasks loads no AWS settings.
+    client: tokio::sync::OnceCell<aws_sdk_lambda::Client>,
     claims: Option<Arc<dyn ClaimCheck>>,
+    /// Answers without calling anything (`--mock`, `llmo test`).
+    mock: bool,
 }
 
 impl FunctionExecutor {
-    /// A client with the SDK's settings ([`sdk::loader`]) and `settings`.
-    pub async fn connect(settings: Settings) -> Self {
-        let mut loader = sdk::loader();
-        if let Some(e) = &settings.endpoint {
-            loader = loader.endpoint_url(e);
-            if std::env::var_os("AWS_ACCESS_KEY_ID").is_none() {
-                // A local Invoke API checks no signature, but the SDK signs every request.
-                loader = loader.credentials_provider(aws_sdk_lambda::config::Credentials::new(
-                    "llmo-local",
-                    "llmo-local",
-                    None,
-                    None,
-                    "llmo-local",
-                ));
-            }
-        }
-        let sdk = loader.load().await;
-        let mut conf = aws_sdk_lambda::config::Builder::from(&sdk);
-        if sdk.region().is_none() {
-            conf = conf.region(aws_sdk_lambda::config::Region::new("us-east-1"));
-        }
-        FunctionExecutor {
-            client: aws_sdk_lambda::Client::from_conf(conf.build()),
-            allowed: settings.allowed,
-            claims: None,
-        }
+    /// The executor of `settings`; its client, with the SDK's settings ([`sdk::loader`]), is
+    /// made at its first call.
+    pub fn new(settings: Settings) -> Self {
+        FunctionExecutor { settings, client: tokio::sync::OnceCell::new(), claims: None, mock: false }
+    }
+
+    /// An executor that invokes nothing and answers `{ function, payload }` (the event it
+    /// would have sent): nothing leaves the machine, so any well-formed name is taken.
+    pub fn mock() -> Self {
+        FunctionExecutor { mock: true, ..FunctionExecutor::new(Settings::default()) }
+    }
+
+    async fn client(&self) -> &aws_sdk_lambda::Client {
+        self.client
+            .get_or_init(|| async {
+                let mut loader = sdk::loader();
+                if let Some(e) = &self.settings.endpoint {
+                    loader = loader.endpoint_url(e);
+                    if std::env::var_os("AWS_ACCESS_KEY_ID").is_none() {
+                        // A local Invoke API checks no signature, but the SDK signs every request.
+                        loader = loader.credentials_provider(aws_sdk_lambda::config::Credentials::new(
+                            "llmo-local",
+                            "llmo-local",
+                            None,
+                            None,
+                            "llmo-local",
+                        ));
+                    }
+                }
+                let sdk = loader.load().await;
+                let mut conf = aws_sdk_lambda::config::Builder::from(&sdk);
+                if sdk.region().is_none() {
+                    conf = conf.region(aws_sdk_lambda::config::Region::new("us-east-1"));
+                }
+                aws_sdk_lambda::Client::from_conf(conf.build())
+            })
+            .await
     }
 
     /// Events over 6 MB go to `claims`.
@@ -111,13 +125,22 @@ impl FunctionExecutor {
         let w: FunctionWith =
             serde_json::from_value(a.with.clone()).map_err(|e| TaskError::fatal(format!("function: {e}")))?;
         let function = w.function.trim();
-        self.allowed.check(function).map_err(TaskError::fatal)?;
+        if self.mock {
+            llmo_core::function::FunctionRef::parse(function).map_err(TaskError::fatal)?;
+        } else {
+            self.settings.allowed.check(function).map_err(TaskError::fatal)?;
+        }
         let body = self.event_body(a, w.payload.unwrap_or_default()).await?;
+        if self.mock {
+            let payload: Value = serde_json::from_slice(&body).unwrap_or_default();
+            return Ok(json!({ "function": function, "payload": payload }));
+        }
         let timeout = a.timeout.unwrap_or(MAX_FUNCTION_TIME).min(MAX_FUNCTION_TIME + Duration::from_secs(30));
         let span = tracing::Span::current();
         span.record("faas.invoked_name", function);
         let out = self
-            .client
+            .client()
+            .await
             .invoke()
             .function_name(function)
             .invocation_type(InvocationType::RequestResponse)
@@ -168,7 +191,7 @@ impl FunctionExecutor {
                 body.len()
             )));
         };
-        let name = format!("{key}-{}", a.attempt);
+        let name = format!("runs/{}/function-payloads/{key}-{}.json", a.run_id, a.attempt);
         let reference = claims
             .put(&name, body)
             .await

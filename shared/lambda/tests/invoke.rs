@@ -103,12 +103,11 @@ impl Emulator {
         Some(Emulator { port, children })
     }
 
-    async fn executor(&self, allowed: &str) -> FunctionExecutor {
-        FunctionExecutor::connect(Settings {
+    fn executor(&self, allowed: &str) -> FunctionExecutor {
+        FunctionExecutor::new(Settings {
             allowed: AllowedFunctions::parse(allowed).unwrap(),
             endpoint: Some(format!("http://127.0.0.1:{}", self.port)),
         })
-        .await
     }
 }
 
@@ -179,7 +178,7 @@ fn error_of(r: &AttemptResult) -> (&str, bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn functions_answer_fail_time_out_and_are_refused_unless_allowed() {
     let Some(emu) = Emulator::start(&["echo", "slow"]).await else { return };
-    let exec = emu.executor("echo, slow").await;
+    let exec = emu.executor("echo, slow");
 
     // Answered: the payload's fields and the engine's `llmo` block arrive.
     let a = attempt(json!({ "function": "echo", "payload": { "x": 1 } }), Some(Duration::from_secs(60)));
@@ -218,7 +217,7 @@ async fn functions_answer_fail_time_out_and_are_refused_unless_allowed() {
         assert!(error.contains(says), "{error}");
         assert!(!retryable, "{error}");
     }
-    let none = emu.executor("").await;
+    let none = emu.executor("");
     let r = none.execute(&attempt(json!({ "function": "echo" }), None)).await;
     assert!(error_of(&r).0.contains("allows no Lambda functions"));
 }
@@ -227,7 +226,7 @@ async fn functions_answer_fail_time_out_and_are_refused_unless_allowed() {
 async fn a_workflow_reads_a_function_answer_and_retries_a_function_error_as_its_retry_says() {
     let Some(emu) = Emulator::start(&["echo"]).await else { return };
     let mut reg = Registry::with_builtins(None);
-    reg.register("function", Arc::new(emu.executor("echo").await));
+    reg.register("function", Arc::new(emu.executor("echo")));
     let checked = Validator::default().validate(&SourceFile::new("f.yaml", WORKFLOW)).checked.expect("valid");
     let d = Driver {
         plan: Arc::new(Plan::new(checked)),
