@@ -39,6 +39,19 @@ impl TaskType {
         }
     }
 
+    /// A task type whose `with` block `schema` describes (a JSON Schema, draft 2020-12, of an
+    /// object), for those who write the schema rather than derive it ([`TaskType::of`]).
+    pub fn with_schema(name: &str, description: &str, schema: Value) -> Self {
+        TaskType {
+            name: name.to_string(),
+            description: description.to_string(),
+            with_schema: schema,
+            literal_paths: Vec::new(),
+            expression_paths: Vec::new(),
+            secret_paths: Vec::new(),
+        }
+    }
+
     pub fn literal(mut self, paths: &[&str]) -> Self {
         self.literal_paths.extend(paths.iter().map(|p| p.to_string()));
         self

@@ -123,6 +123,11 @@ impl Registry {
         self.by_type.get(ty)
     }
 
+    /// Every registered task type and its executor.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Arc<dyn Executor>)> {
+        self.by_type.iter().map(|(k, v)| (k.as_str(), v))
+    }
+
     /// `transform`, `evaluate` (without a model judge unless `judge` is given) and `policy`.
     pub fn with_builtins(judge: Option<Arc<dyn Judge>>) -> Self {
         let mut r = Registry::new();

@@ -5,6 +5,7 @@ pub mod audit;
 pub mod costs;
 pub mod driver;
 pub mod egress;
+pub mod embed;
 pub mod executor;
 pub mod fixtures;
 pub mod flow;

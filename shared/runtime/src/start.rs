@@ -129,15 +129,39 @@ pub enum StartError {
 
 /// The start-a-run use case, with what it needs to check and price a workflow.
 pub struct Starter {
-    validator: &'static Validator,
+    validator: Checker,
     config: Config,
     mock: bool,
     max_age_ms: Option<u64>,
 }
 
+/// The process's shared validator of the built-in task types, or one of an embedder's own
+/// (with its task types).
+#[derive(Clone)]
+enum Checker {
+    Shared(&'static Validator),
+    Own(std::sync::Arc<Validator>),
+}
+
+impl std::ops::Deref for Checker {
+    type Target = Validator;
+    fn deref(&self) -> &Validator {
+        match self {
+            Checker::Shared(v) => v,
+            Checker::Own(v) => v,
+        }
+    }
+}
+
 impl Starter {
     pub fn new(config: Config, mock: bool) -> Self {
-        Starter { validator: Validator::shared(), config, mock, max_age_ms: None }
+        Starter { validator: Checker::Shared(Validator::shared()), config, mock, max_age_ms: None }
+    }
+
+    /// Checks workflows with `validator` (one that knows an embedder's task types).
+    pub fn with_validator(mut self, validator: std::sync::Arc<Validator>) -> Self {
+        self.validator = Checker::Own(validator);
+        self
     }
 
     /// Every run started times out at the latest `ms` after its start (the deployment's
