@@ -9,7 +9,6 @@
 //! without it unless `LLMO_REQUIRE_AWS=1` (`make test`).
 
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,105 +16,36 @@ use llmo_core::engine::{AttemptResult, Plan, RunStatus};
 use llmo_core::function::AllowedFunctions;
 use llmo_core::source::SourceFile;
 use llmo_core::validate::Validator;
+use llmo_lambda::local::LocalFunctions;
 use llmo_lambda::{FunctionExecutor, Settings};
 use llmo_runtime::driver::{Driver, Options};
 use llmo_runtime::executor::{Attempt, Executor, Registry};
 use llmo_runtime::ports::SystemClock;
 use llmo_runtime::store::MemoryStore;
 use serde_json::{Value, json};
-use tokio::process::{Child, Command};
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn cargo_lambda() -> Option<PathBuf> {
-    let venv = root().join(".venv/tools/bin/cargo-lambda");
-    if venv.exists() {
-        return Some(venv);
-    }
-    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| PathBuf::from(d).join("cargo-lambda")).find(|p| p.exists())
-}
-
-/// `cargo lambda watch` on a free port with the test function behind the names given.
-struct Emulator {
-    port: u16,
-    children: Vec<Child>,
-}
+/// The test function behind `names`, or `None` (skipped) without cargo-lambda.
+struct Emulator(LocalFunctions);
 
 impl Emulator {
     async fn start(names: &[&str]) -> Option<Emulator> {
-        let Some(cl) = cargo_lambda() else {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let Some(cl) = llmo_lambda::local::cargo_lambda(&root) else {
             assert!(std::env::var("LLMO_REQUIRE_AWS").is_err(), "LLMO_REQUIRE_AWS=1 but cargo-lambda is not installed");
             eprintln!("skipped: no cargo-lambda (localstack/stack.sh install)");
             return None;
         };
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().port()
-        };
-        // watch serves only the functions its project has as binaries: a project of those names.
-        let project = std::env::temp_dir().join(format!("llmo-fn-project-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&project).unwrap();
-        let bins: String = names.iter().map(|n| format!("[[bin]]\nname = \"{n}\"\npath = \"main.rs\"\n")).collect();
-        std::fs::write(
-            project.join("Cargo.toml"),
-            format!(
-                "[package]\nname = \"functions\"\nversion = \"0.0.0\"\nedition = \"2021\"\n\n[workspace]\n\n{bins}"
-            ),
-        )
-        .unwrap();
-        std::fs::write(project.join("main.rs"), "fn main() {}\n").unwrap();
-        let watch = Command::new(&cl)
-            .args(["lambda", "watch", "--only-lambda-apis", "--invoke-address", "127.0.0.1", "--invoke-port"])
-            .arg(port.to_string())
-            .current_dir(&project)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("cargo lambda watch starts");
-        let mut children = vec![watch];
-        let up = async {
-            while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(60), up).await.expect("cargo lambda watch listens within 60 s");
         // The test function: an example of this crate, built by `cargo test` beside this binary.
         let exe = std::env::current_exe().unwrap();
         let bin = exe.parent().unwrap().parent().unwrap().join("examples/test_function");
-        assert!(bin.exists(), "{} (built by cargo test)", bin.display());
-        for name in names {
-            children.push(
-                Command::new(&bin)
-                    .env("AWS_LAMBDA_RUNTIME_API", format!("http://127.0.0.1:{port}/.rt/{name}"))
-                    .env("AWS_LAMBDA_FUNCTION_NAME", name)
-                    .env("AWS_LAMBDA_FUNCTION_VERSION", "1")
-                    .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128")
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .kill_on_drop(true)
-                    .spawn()
-                    .expect("the test function starts"),
-            );
-        }
-        Some(Emulator { port, children })
+        Some(Emulator(LocalFunctions::start(&cl, &bin, names).await.expect("the local functions start")))
     }
 
     fn executor(&self, allowed: &str) -> FunctionExecutor {
         FunctionExecutor::new(Settings {
             allowed: AllowedFunctions::parse(allowed).unwrap(),
-            endpoint: Some(format!("http://127.0.0.1:{}", self.port)),
+            endpoint: Some(self.0.endpoint()),
         })
-    }
-}
-
-impl Drop for Emulator {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.start_kill();
-        }
     }
 }
 

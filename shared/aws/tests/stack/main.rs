@@ -13,6 +13,7 @@ mod support;
 
 mod api_auth;
 mod flow;
+mod functions;
 mod local_stack;
 mod secrets;
 mod stores;
