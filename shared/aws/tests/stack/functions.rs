@@ -152,3 +152,48 @@ async fn calls(t: &Target) {
     assert!(calls_in(&dir).is_empty());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// An event over Lambda's 6 MB goes to the run's prefix of the bucket: the function gets only
+/// `llmo` with `payload_ref`, and the object holds the whole event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_over_6_mb_goes_by_claim_check_in_s3() {
+    use llmo_runtime::executor::{Attempt, Executor};
+    let Some((local, _)) = functions().await else { return };
+    let Some(aws) = aws().await else { return };
+    let aws = stack(&aws, 30, 5).await;
+    let settings =
+        llmo_lambda::Settings { allowed: AllowedFunctions::parse("echo").unwrap(), endpoint: Some(local.endpoint()) };
+    let exec = llmo_lambda::FunctionExecutor::new(settings)
+        .with_claim_check(Arc::new(llmo_aws::blobs::S3Blobs { aws: aws.clone() }));
+    let big = "x".repeat(7 * 1024 * 1024);
+    let a = Attempt {
+        plan: plan(CALLS),
+        run_id: "run-big".into(),
+        tenant: None,
+        task: Some(0),
+        task_id: "call".into(),
+        ty: "function".into(),
+        item: None,
+        attempt: 3,
+        with: json!({ "function": "echo", "payload": { "big": big } }),
+        context: Default::default(),
+        budget_left_usd: None,
+        allowance: None,
+        prices: None,
+        timeout: None,
+        admitted: false,
+    };
+    let r = exec.execute(&a).await;
+    let llmo_core::engine::AttemptResult::Succeeded { output, .. } = r else { panic!("{r:?}") };
+    let sent = &output["echo"];
+    assert!(sent.get("big").is_none(), "the payload's fields stay in S3: {}", sent.to_string().len());
+    let reference = &sent["llmo"]["payload_ref"];
+    assert_eq!(reference["bucket"], aws.bucket.as_str());
+    let key = reference["key"].as_str().unwrap();
+    assert_eq!(key, format!("runs/run-big/function-payloads/{}-3.json", a.idempotency_key()));
+    let object = aws.s3.get_object().bucket(&aws.bucket).key(key).send().await.unwrap();
+    let bytes = object.body.collect().await.unwrap().into_bytes();
+    let event: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(event["big"].as_str().map(str::len), Some(7 * 1024 * 1024));
+    assert_eq!(event["llmo"]["idempotency_key"], a.idempotency_key());
+}
