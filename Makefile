@@ -177,6 +177,7 @@ bench:
 # Prints its figures as one `soak: {...}` line (BENCHMARKS.md, "Chaos soak").
 soak:
 	$(CARGO) test --locked -p llmo-fn-step --test soak --no-run
+	$(CARGO) build --locked -p llmo-lambda --examples
 	SOAK_RUNS=300 SOAK_KILL_MS=1000 localstack/with-stack.sh \
 	  sh -c '$(CARGO) test --locked -p llmo-fn-step --test soak -- --nocapture'
 

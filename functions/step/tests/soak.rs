@@ -3,7 +3,8 @@
 //!
 //! Model and HTTP calls go to one local fake server that counts them (the examples' URLs are
 //! rewritten to it; the workers' egress policy allows loopback for it). First each example runs
-//! once without faults: its outcome and the calls it makes are the reference. Then
+//! once without faults: its outcome and the calls it makes are the reference. Lambda functions
+//! (ticket-triage's `ticket-router`) are the test function under `cargo lambda watch`. Then
 //! `SOAK_RUNS` runs (round-robin over the examples, every fifth one started twice with its
 //! idempotency key, so its `Start` is delivered twice) run under the kills, whose unacknowledged
 //! messages come back after the 3 s visibility timeout, delayed and often duplicated. Checks:
@@ -98,11 +99,14 @@ fn rewritten(source: &str, fake: &str) -> String {
 
 const SOAK_GRANT: &str = r#"{"value": "soak-token", "tenants": ["*"], "hosts": ["127.0.0.1"]}"#;
 
-fn worker(aws: &llmo_aws::Aws, fake: &str) -> tokio::process::Child {
+fn worker(aws: &llmo_aws::Aws, fake: &str, functions: &str) -> tokio::process::Child {
     tokio::process::Command::new(env!("CARGO_BIN_EXE_step"))
         .arg("--local")
         .envs(aws.resource_env())
         .env_remove("LLMO_MOCK")
+        // ticket-triage's `ticket-router`: the test function under `cargo lambda watch`.
+        .env("LLMO_LAMBDA_ENDPOINT", functions)
+        .env("LLMO_ALLOWED_FUNCTIONS", "ticket-router")
         .env("LLMO_VISIBILITY_SECS", "3")
         .env("OPENAI_BASE_URL", fake)
         .env("OLLAMA_BASE_URL", fake)
@@ -124,8 +128,18 @@ fn env_num(k: &str, default: u64) -> u64 {
 }
 
 /// Status and outputs, with the run's id (which `run.id` templates show) made neutral.
+/// A run's status and outputs, without what differs between runs of the same inputs: the run's
+/// id, and what the test function echoes of the call (`llmo`: the attempt, its idempotency key)
+/// and its request id.
 fn outcome(v: &Value, run_id: &str) -> (String, String) {
-    (v["status"].as_str().unwrap_or_default().to_string(), v["outputs"].to_string().replace(run_id, "RUN"))
+    let mut outputs = v["outputs"].clone();
+    if let Some(routed) = outputs.get_mut("routed").and_then(Value::as_object_mut) {
+        routed.remove("request_id");
+        if let Some(echo) = routed.get_mut("echo").and_then(Value::as_object_mut) {
+            echo.remove("llmo");
+        }
+    }
+    (v["status"].as_str().unwrap_or_default().to_string(), outputs.to_string().replace(run_id, "RUN"))
 }
 
 async fn calls(server: &MockServer) -> usize {
@@ -135,6 +149,16 @@ async fn calls(server: &MockServer) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_examples_survive_workers_killed_at_random() {
     let Some(aws) = aws().await else { return };
+    let Some(cl) = llmo_lambda::local::cargo_lambda(&root()) else {
+        assert!(std::env::var("LLMO_REQUIRE_AWS").is_err(), "LLMO_REQUIRE_AWS=1 but cargo-lambda is not installed");
+        return;
+    };
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), std::path::PathBuf::from);
+    let bin = target.join("debug/examples/test_function");
+    let local = llmo_lambda::local::LocalFunctions::start(&cl, &bin, &["ticket-router"])
+        .await
+        .expect("the test function starts (cargo build -p llmo-lambda --examples)");
+    let functions = local.endpoint();
     let aws = stack(&aws, 3, 10).await;
     let api = api(&aws);
     let server = fake().await;
@@ -146,7 +170,7 @@ async fn the_examples_survive_workers_killed_at_random() {
     let mut examples = Vec::new();
     let mut dir: Vec<_> = std::fs::read_dir(root().join("workflows")).unwrap().map(|e| e.unwrap().path()).collect();
     dir.sort();
-    let mut workers: Vec<_> = (0..4).map(|_| worker(&aws, &fake_url)).collect();
+    let mut workers: Vec<_> = (0..4).map(|_| worker(&aws, &fake_url, &functions)).collect();
     for p in dir
         .iter()
         .filter(|p| p.extension().is_some_and(|e| e == "yaml") && !p.to_string_lossy().ends_with(".test.yaml"))
@@ -173,7 +197,8 @@ async fn the_examples_survive_workers_killed_at_random() {
     let kills = Arc::new(AtomicUsize::new(0));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let killer = {
-        let (kills, stop, aws, fake_url) = (kills.clone(), stop.clone(), aws.clone(), fake_url.clone());
+        let (kills, stop, aws, fake_url, functions) =
+            (kills.clone(), stop.clone(), aws.clone(), fake_url.clone(), functions.clone());
         tokio::spawn(async move {
             let mut seed = 0x9E37_79B9_7F4A_7C15u64;
             while !stop.load(Ordering::Relaxed) {
@@ -184,7 +209,7 @@ async fn the_examples_survive_workers_killed_at_random() {
                 let i = (seed % workers.len() as u64) as usize;
                 let _ = workers[i].start_kill();
                 let _ = workers[i].wait().await;
-                workers[i] = worker(&aws, &fake_url);
+                workers[i] = worker(&aws, &fake_url, &functions);
                 kills.fetch_add(1, Ordering::Relaxed);
             }
             workers

@@ -67,7 +67,10 @@ pub fn executors() -> Registry {
     for f in std::fs::read_dir(root().join("workflows/fixtures")).unwrap() {
         fixtures = fixtures.then(&Fixtures::load(&f.unwrap().path()).unwrap());
     }
-    llmo_runtime::standard_registry(llmo_runtime::providers::Config::builtin(), true, fixtures)
+    let mut registry = llmo_runtime::standard_registry(llmo_runtime::providers::Config::builtin(), true, fixtures);
+    // As the step function's mock mode: a function task answers the event it would send.
+    registry.register("function", Arc::new(llmo_lambda::FunctionExecutor::mock()));
+    registry
 }
 
 pub fn root() -> std::path::PathBuf {
@@ -179,6 +182,11 @@ pub fn plan(source: &str) -> Arc<Plan> {
 
 /// The same workflow run in-process with the same executors: the fault-free outcome.
 pub async fn embedded(source: &str, inputs: Value) -> RunState {
+    embedded_as("embedded", source, inputs).await
+}
+
+/// [`embedded`] under the run id `run_id` (what the run's idempotency keys derive from).
+pub async fn embedded_as(run_id: &str, source: &str, inputs: Value) -> RunState {
     // With the prices the API's starter gives its runs (mock: everything free).
     let outcome = Validator::default().validate(&SourceFile::new("t.yaml", source.to_string()));
     let mut p = Plan::new(outcome.checked.expect("test workflow is valid"));
@@ -195,7 +203,7 @@ pub async fn embedded(source: &str, inputs: Value) -> RunState {
     };
     let inputs =
         llmo_core::inputs::resolve_inputs(&p.checked.workflow.spec.inputs, inputs.as_object().unwrap()).unwrap();
-    d.start("embedded", inputs, "t.yaml", source, &mut ()).await.unwrap().state
+    d.start(run_id, inputs, "t.yaml", source, &mut ()).await.unwrap().state
 }
 
 /// Checks a run's log: every task reached a terminal state exactly once (once per redrive of
@@ -243,6 +251,7 @@ pub fn example_inputs(name: &str) -> Value {
         "article-pipeline.yaml" => json!({"topic": "Rust ownership"}),
         "simple-inference.yaml" => json!({"question": "What is a DAG?"}),
         "document-intake.yaml" => json!({"bucket": "acme-intake", "key": "contracts/msa.pdf"}),
+        "ticket-triage.yaml" => json!({"ticket": "My invoice is wrong", "plan": "pro"}),
         _ => json!({}),
     }
 }
