@@ -125,14 +125,20 @@ fn prepared(mut plan: Plan, exec: &Exec) -> Result<Arc<Plan>> {
 }
 
 fn driver(plan: Arc<Plan>, store: Arc<dyn RunStore>, state: Option<&Path>, exec: &Exec) -> Result<Driver> {
-    Ok(Driver {
-        executors: Arc::new(registry(exec, &plan)?),
-        plan,
-        store,
-        clock: Arc::new(SystemClock::default()),
-        blobs: blobs(state),
-        options: driver::Options { concurrency: exec.concurrency.max(1), ..driver::Options::default() },
-    })
+    let options = driver::Options { concurrency: exec.concurrency.max(1), ..driver::Options::default() };
+    let clock: Arc<dyn llmo_runtime::ports::Clock> = Arc::new(SystemClock::default());
+    // `workflow` tasks: children from files beside this one, run in this process and store.
+    let base = Path::new(plan.checked.source.name()).parent().map(Path::to_path_buf).unwrap_or_default();
+    let executors = llmo_runtime::children::embedded(
+        registry(exec, &plan)?,
+        base,
+        store.clone(),
+        None,
+        clock.clone(),
+        options.clone(),
+        Arc::new(Starter::new(config(exec)?, exec.mock)),
+    );
+    Ok(Driver { executors, plan, store, clock, blobs: blobs(state), options })
 }
 
 /// Parses `--input k=v` (v as JSON when it parses, else as a string) and `--input-file`.

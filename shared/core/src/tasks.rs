@@ -103,6 +103,10 @@ impl Default for Registry {
             "function",
             "Invoke an AWS Lambda function (synchronously); output: its JSON answer.",
         ));
+        r.register(TaskType::of::<crate::child::WorkflowWith>(
+            "workflow",
+            "Start a child run of a workflow and wait for its end (holding nothing); output: { outputs, run_id, status }.",
+        ));
         r.register(
             TaskType::of::<EvaluateWith>("evaluate", "Score a text with checks; yields score and passed.")
                 .literal(&["/checks/*/schema", "/checks/*/pattern"]),
@@ -547,7 +551,7 @@ mod tests {
     #[test]
     fn registry_has_builtins_with_object_schemas() {
         let r = Registry::default();
-        for name in ["llm", "transform", "http", "function", "evaluate", "policy", "wait"] {
+        for name in ["llm", "transform", "http", "function", "workflow", "evaluate", "policy", "wait"] {
             assert_eq!(r.get(name).unwrap().with_schema["type"], "object", "{name}");
         }
     }

@@ -190,7 +190,10 @@ impl<'p> Sim<'p> {
                 Command::ScheduleWake { task, item, attempt, at } => {
                     self.push(Msg::Due { at, event: Event::WakeDue { task, item, attempt } })
                 }
-                Command::CancelRunning { .. } | Command::Finished { .. } | Command::Await { .. } => {}
+                Command::CancelRunning { .. }
+                | Command::Finished { .. }
+                | Command::Await { .. }
+                | Command::CancelRun { .. } => {}
             }
         }
     }

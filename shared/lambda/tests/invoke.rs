@@ -95,6 +95,7 @@ fn attempt(with: Value, timeout: Option<Duration>) -> Attempt {
         prices: None,
         timeout,
         admitted: false,
+        depth: 0,
     }
 }
 

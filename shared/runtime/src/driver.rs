@@ -658,6 +658,15 @@ impl Driver {
                 t.queued = kept;
             }
             Command::Finished { status } => t.ended = Some(status),
+            // A child run started by an attempt that was cut off: the executor that started it
+            // cancels it (its end is no longer awaited).
+            Command::CancelRun { run_id } => {
+                if let Some(exec) = self.executors.get(llmo_core::child::WORKFLOW)
+                    && let Err(e) = exec.cancel(&run_id).await
+                {
+                    tracing::warn!(child = %run_id, error = %e, "the child run could not be cancelled");
+                }
+            }
         }
     }
 

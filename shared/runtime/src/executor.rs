@@ -52,6 +52,8 @@ pub struct Attempt {
     /// The attempt already holds its capacity under the fleet's rate limits (it was deferred
     /// until its reserved time came): its first call does not take again.
     pub admitted: bool,
+    /// The run's depth among nested runs (0: a run nobody started; see `llmo_core::child`).
+    pub depth: u32,
 }
 
 impl Attempt {
@@ -91,6 +93,32 @@ pub trait Executor: Send + Sync {
     /// `with` fields the driver leaves unrendered for the executor to render itself.
     fn raw_fields(&self) -> &'static [&'static str] {
         &[]
+    }
+
+    /// True for executors that keep the attempt's `timeout` themselves (a child run's deadline
+    /// is the task's timeout: the child ends, timed out, and so does the attempt), so the
+    /// runtime does not drop them at it.
+    fn times_itself(&self) -> bool {
+        false
+    }
+
+    /// True for executors whose attempt goes on outside the worker (a child run): the
+    /// serverless worker calls [`Executor::detach`] instead of `execute` and stores no result;
+    /// the attempt's `AttemptFinished` comes later from elsewhere (the child's end).
+    fn detaches(&self) -> bool {
+        false
+    }
+
+    /// Starts what the attempt waits for (idempotently: a redelivered attempt finds it
+    /// started) and returns, or returns the attempt's result when it could not start.
+    async fn detach(&self, attempt: &Attempt) -> Result<(), AttemptResult> {
+        Err(self.execute(attempt).await)
+    }
+
+    /// Cancels run `run_id` that one of this executor's attempts started (a child run) and
+    /// that is no longer wanted. Executors that start no runs need not implement it.
+    async fn cancel(&self, run_id: &str) -> Result<(), String> {
+        Err(format!("this executor starts no runs (asked to cancel `{run_id}`)"))
     }
 }
 
@@ -287,6 +315,7 @@ pub(crate) fn test_attempt(ty: &str, with: Value, item: Option<u32>, attempt: u3
         allowance: None,
         prices: None,
         admitted: false,
+        depth: 0,
         timeout: Some(Duration::from_millis(500)),
     }
 }
@@ -315,6 +344,7 @@ mod tests {
             allowance: None,
             prices: None,
             admitted: false,
+            depth: 0,
             timeout: None,
         }
     }

@@ -31,6 +31,9 @@ pub enum KeySpace {
     Schedule,
     /// An EventBridge event (its id).
     Event,
+    /// A parent's `workflow` task starting a child (the child's run id, derived from the
+    /// parent's attempt).
+    Child,
 }
 
 impl KeySpace {
@@ -39,6 +42,7 @@ impl KeySpace {
             KeySpace::Client => "client",
             KeySpace::Schedule => "schedule",
             KeySpace::Event => "event",
+            KeySpace::Child => "child",
         }
     }
 }

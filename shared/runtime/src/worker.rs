@@ -531,6 +531,11 @@ impl Worker {
                     Some(exec) => {
                         let ids = (Arc::from(run_id), Arc::from(t.id.as_str()), Arc::from(t.ty.as_str()));
                         match build_attempt(plan, st, parts, ids, id, exec.as_ref()) {
+                            Ok(a) if exec.detaches() => match exec.detach(&a).await {
+                                // Started elsewhere (a child run): its result comes later.
+                                Ok(()) => return Ok(None),
+                                Err(r) => r,
+                            },
                             Ok(mut a) => {
                                 a.admitted = admitted;
                                 // A task's concurrency key: held while the attempt runs.
@@ -558,7 +563,7 @@ impl Worker {
                         }
                     }
                 };
-                Ok(Event::AttemptFinished { task: id.task, item: id.item, attempt: id.attempt, result, in_place })
+                Ok(Some(Event::AttemptFinished { task: id.task, item: id.item, attempt: id.attempt, result, in_place }))
             }
         });
         let all = futures::future::join_all(runs);
@@ -576,7 +581,7 @@ impl Worker {
         };
         for r in results {
             match r {
-                Ok(e) => events.push(e),
+                Ok(e) => events.extend(e),
                 // Not started for want of shared capacity: back to the queue, delayed
                 // (sent once the step's own work is done; nothing is stored for it).
                 Err((id, d)) => {
@@ -932,7 +937,15 @@ impl Worker {
                 }
                 // Attempts already running finish and their results are ignored.
                 Command::CancelRunning { .. } => {}
-                Command::Finished { status } => finished = Some(status),
+                Command::Finished { status } => {
+                    finished = Some(status);
+                    // A child run's end ends its parent's attempt (applied once there).
+                    if let Some((parent, event)) = st.report_to_parent() {
+                        out.push((Message::Event { run_id: parent, event }, 0));
+                    }
+                }
+                // A child whose parent attempt was cut off.
+                Command::CancelRun { run_id } => out.push((Message::Event { run_id, event: Event::Cancel }, 0)),
             }
         }
         if !out.is_empty() {

@@ -369,6 +369,14 @@ pub struct RunState {
     /// could render from what finished.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget_stop: Option<String>,
+    /// A child run's parent: the run and the attempt of its `workflow` task that started
+    /// this run, which this run's end completes ([`crate::child`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<crate::child::Parent>,
+    /// The budget a parent passed down to this child run (what its attempt holds): the run's
+    /// budget is the tighter of this and `spec.budget` ([`crate::engine::Plan::budget_of`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_cap: Option<crate::model::Budget>,
 }
 
 /// What one attempt of a task is expected to spend, for budget checks before it starts.
@@ -591,8 +599,11 @@ pub enum Command {
     Await { task: usize, item: Option<u32>, attempt: u32 },
     /// Running attempts of these tasks are no longer wanted.
     CancelRunning { tasks: Vec<usize> },
-    /// The run ended: run the hooks of this kind, then report it.
+    /// The run ended: run the hooks of this kind, then report it (a child run: to its
+    /// parent, [`RunState::report_to_parent`]).
     Finished { status: RunStatus },
+    /// Cancel this child run: the parent's attempt that started it was cut off.
+    CancelRun { run_id: String },
 }
 
 #[cfg(test)]

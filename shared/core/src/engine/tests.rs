@@ -64,7 +64,10 @@ impl<'p> Driver<'p> {
                     Command::ScheduleWake { task, item, attempt, at } => {
                         self.retries.push((at, Event::WakeDue { task, item, attempt }));
                     }
-                    Command::CancelRunning { .. } | Command::Finished { .. } | Command::Await { .. } => {}
+                    Command::CancelRunning { .. }
+                    | Command::Finished { .. }
+                    | Command::Await { .. }
+                    | Command::CancelRun { .. } => {}
                 }
             }
             if self.retries.is_empty() {

@@ -241,6 +241,14 @@ impl Run<'_> {
                     self.error(TASK_CONFIG, &format!("{w}/function"), e);
                 }
             }
+            "workflow" => {
+                let Some(f) = with.and_then(|w| w.get("workflow")).and_then(Value::as_str) else { return };
+                if !f.contains("{{")
+                    && let Err(e) = crate::child::WorkflowRef::parse(f)
+                {
+                    self.error(TASK_CONFIG, &format!("{w}/workflow"), e);
+                }
+            }
             "transform" => {
                 let Some(t) = typed::<TransformWith>(with) else { return };
                 if t.output.is_some() == t.expression.is_some() {

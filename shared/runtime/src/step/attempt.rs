@@ -53,6 +53,7 @@ pub fn build_attempt(
             }
         }),
         admitted: false,
+        depth: st.depth(),
         timeout: t.timeout.or(spec.defaults.as_ref().and_then(|d| d.timeout)).map(|d| d.0),
     })
 }
@@ -84,7 +85,7 @@ pub async fn run_deferrable(exec: &dyn Executor, a: &Attempt) -> Result<AttemptR
         error = tracing::field::Empty,
     );
     let run = async {
-        match a.timeout {
+        match a.timeout.filter(|_| !exec.times_itself()) {
             Some(d) => tokio::time::timeout(d, exec.execute_or_defer(a)).await.unwrap_or_else(|_| {
                 Ok(AttemptResult::Failed {
                     error: format!("timed out after {}", llmo_core::model::Duration(d)),

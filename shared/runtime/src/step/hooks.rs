@@ -73,6 +73,7 @@ pub async fn run_hooks(
                             allowance: None,
                             prices: None,
                             admitted: false,
+                            depth: st.depth(),
                             timeout: hook.timeout.map(|d| d.0),
                         };
                         let mut delay = retry.initial;

@@ -126,12 +126,39 @@ impl Transition<'_, '_> {
         }
     }
 
+    /// What a child run started by task `i` may spend, held while it runs: its `max_cost_usd`,
+    /// else everything left of the run's budget (the tokens likewise: what is left).
+    fn child_hold(&mut self, i: usize, item: Option<u32>, budget: crate::model::Budget) -> Estimate {
+        let st = &*self.st;
+        let (cut, reserved) = (st.unsettled, st.reserved);
+        let money_left = budget.max_cost_usd.map(|m| (m - st.cost_usd - cut.cost_usd - reserved.cost_usd).max(0.0));
+        let tokens_left = budget.max_tokens.map(|m| m.saturating_sub(st.tokens + cut.tokens + reserved.tokens));
+        let parts = self.parts.get_or_insert_with(|| self.plan.run_parts(self.st, false));
+        let ctx = self.plan.context_in(self.st, Some(i), item, parts);
+        let asked = match self.plan.render_task_with(i, &ctx, &[]) {
+            Ok(with) => with.get("max_cost_usd").and_then(Value::as_f64),
+            Err(_) => None,
+        };
+        Estimate {
+            cost_usd: match (asked, money_left) {
+                (Some(a), _) => a,
+                (None, Some(left)) => left,
+                (None, None) => 0.0,
+            },
+            tokens: tokens_left.unwrap_or(0),
+        }
+    }
+
     /// What an attempt of task `i` (item `item`) holds of the run's budget while it runs: its
     /// worst case from the run's prices on its rendered `with` ([`super::budget`]); for a run
     /// stored before prices were kept, the task's estimate then. Zero without a budget.
     pub(super) fn reservation(&mut self, i: usize, item: Option<u32>) -> Estimate {
-        if self.plan.checked.workflow.spec.budget.is_none() {
+        let Some(budget) = self.plan.budget_of(self.st) else {
             return Estimate::default();
+        };
+        if self.plan.checked.workflow.spec.tasks[i].ty == crate::child::WORKFLOW {
+            // A child run's spending is held whether or not prices are known.
+            return self.child_hold(i, item, budget);
         }
         let Some(book) = &self.st.prices else {
             return self.st.estimates.get(i).copied().unwrap_or_default();
@@ -154,7 +181,7 @@ impl Transition<'_, '_> {
     /// run is over it; and with what running attempts hold on top, else it waits for them
     /// to settle. Money and tokens alike ([`room_in`]).
     pub(super) fn room(&self, i: usize, hold: Estimate) -> Room {
-        let Some(b) = self.plan.checked.workflow.spec.budget else { return Room::Fits };
+        let Some(b) = self.plan.budget_of(self.st) else { return Room::Fits };
         let id = self.plan.checked.dag.id(i);
         let st = &*self.st;
         let (cut, reserved) = (st.unsettled, st.reserved);

@@ -209,6 +209,23 @@ impl Plan {
             unsettled: Estimate::default(),
             rerun_of: None,
             budget_stop: None,
+            parent: None,
+            budget_cap: None,
+        }
+    }
+
+    /// The run's budget: `spec.budget`, tightened by what a parent passed down to it.
+    pub fn budget_of(&self, st: &RunState) -> Option<crate::model::Budget> {
+        crate::child::tighter(self.checked.workflow.spec.budget, st.budget_cap)
+    }
+
+    /// Makes `st` (not started) a child run of `parent` whose spending is capped by `cap`
+    /// (what the parent's attempt holds for it, if the parent has a budget).
+    pub fn adopt(&self, st: &mut RunState, parent: crate::child::Parent, cap: Option<crate::model::Budget>) {
+        st.parent = Some(parent);
+        st.budget_cap = cap;
+        if cap.is_some() {
+            st.prices = self.prices.clone();
         }
     }
 

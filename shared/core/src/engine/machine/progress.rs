@@ -68,6 +68,13 @@ impl Transition<'_, '_> {
                 self.st.reserved.sub(h);
                 self.st.unsettled.add(h);
             }
+            if to == TaskStatus::Cancelled && self.plan.checked.workflow.spec.tasks[i].ty == crate::child::WORKFLOW {
+                // A child run is that attempt: it is cancelled too (its end still reports
+                // what it spent).
+                let item = self.plan.checked.workflow.spec.tasks[i].for_each.is_some().then_some(k as u32);
+                let run_id = crate::child::child_run_id(&self.st.run_id, self.plan.checked.dag.id(i), item, u.attempt);
+                self.cmds.push(Command::CancelRun { run_id });
+            }
         }
         if from == TaskStatus::Pending && matches!(to, TaskStatus::Running | TaskStatus::Waiting) {
             u.attempt += 1;
