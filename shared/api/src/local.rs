@@ -131,6 +131,18 @@ impl Local {
         if back > 0 {
             tracing::info!(messages = back, "steps in flight when the server last stopped are delivered again");
         }
+        let mut executors = executors;
+        // `workflow` tasks: children of registered workflows, started in this file's store and
+        // queue; their parent's attempt detaches until they end.
+        executors.register(
+            llmo_core::child::WORKFLOW,
+            Arc::new(llmo_runtime::children::Children::new(
+                store.clone(),
+                queue.clone(),
+                store.clone(),
+                Arc::new(Starter::new(config.clone(), mock)),
+            )),
+        );
         let executors = Arc::new(executors);
         let mut worker = Worker::from_stored(store.clone(), queue.clone(), executors.clone(), clock.clone());
         worker.pack = settings.pack;

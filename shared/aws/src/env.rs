@@ -64,7 +64,21 @@ pub fn executors(aws: &crate::Aws) -> Result<(Registry, Config, bool), String> {
             .with_claim_check(Arc::new(crate::blobs::S3Blobs { aws: aws.clone() }))
     };
     registry.register("function", Arc::new(functions));
+    registry.register(llmo_core::child::WORKFLOW, Arc::new(children(aws, &config, mock)));
     Ok((registry, config, mock))
+}
+
+/// The `workflow` executor of the deployment: children of the tenant's registered workflows,
+/// stored in its table and started on its step queue, within the deployment's run lifetime.
+pub fn children(aws: &crate::Aws, config: &Config, mock: bool) -> llmo_runtime::children::Children {
+    use std::sync::Arc;
+    let store = Arc::new(crate::dynamo::DynamoStore::new(aws.clone()));
+    llmo_runtime::children::Children::new(
+        store.clone(),
+        Arc::new(crate::sqs::SqsQueue::new(aws.clone())),
+        store,
+        Arc::new(llmo_runtime::start::Starter::new(config.clone(), mock).with_max_age(aws.lifetime.max_run_ms())),
+    )
 }
 
 /// What every function sets up first: logs and traces ([`llmo_runtime::telemetry`]: JSON in

@@ -40,6 +40,8 @@ pub fn run(plan: &Plan, workflow: &str, st: &RunState) -> Value {
                 }
             }
             let items = spec.tasks[i].for_each.is_some().then_some(t.units.len());
+            let children =
+                (spec.tasks[i].ty == llmo_core::child::WORKFLOW).then(|| children(st, i, dag.id(i), items.is_some()));
             json!({
                 "id": dag.id(i),
                 "type": spec.tasks[i].ty,
@@ -56,6 +58,7 @@ pub fn run(plan: &Plan, workflow: &str, st: &RunState) -> Value {
                 "reason": t.reason,
                 "cost_usd": t.cost_usd,
                 "tokens": t.tokens,
+                "children": children,
             })
         })
         .collect();
@@ -65,5 +68,33 @@ pub fn run(plan: &Plan, workflow: &str, st: &RunState) -> Value {
         "started_at": st.started_at, "ended_at": st.ended_at, "cost_usd": st.cost_usd, "tokens": st.tokens,
         "outputs": bounded(st.outputs.as_ref()), "error": st.error, "tasks": tasks,
         "rerun_of": st.rerun_of,
+        "parent": st.parent,
     })
+}
+
+/// The most children listed per task (a wide `for_each` lists its first ones and a count).
+pub const MAX_CHILDREN_LISTED: usize = 1000;
+
+/// The child runs task `i` (a `workflow` task) started: one per attempt of each unit, the
+/// last one's status the unit's (earlier ones were retried).
+fn children(st: &RunState, i: usize, task_id: &str, for_each: bool) -> Value {
+    let units = &st.tasks[i].units;
+    let mut listed = Vec::new();
+    let mut total = 0usize;
+    for (k, u) in units.iter().enumerate() {
+        let item = for_each.then_some(k as u32);
+        for attempt in (u.base + 1)..=u.attempt {
+            total += 1;
+            if listed.len() < MAX_CHILDREN_LISTED {
+                let status = if attempt == u.attempt { u.status.as_str() } else { "retried" };
+                listed.push(json!({
+                    "run_id": llmo_core::child::child_run_id(&st.run_id, task_id, item, attempt),
+                    "item": item,
+                    "attempt": attempt,
+                    "status": status,
+                }));
+            }
+        }
+    }
+    json!({ "runs": listed, "total": total })
 }

@@ -290,8 +290,17 @@ impl Target {
         let aws = aws().await?;
         let aws = stack(&aws, 30, 5).await;
         let mut api = api(&aws).with_links(setup.links.clone());
-        api.worker.executors = Arc::new((setup.executors)());
-        let make = setup.executors.clone();
+        // As the step function's: `workflow` tasks start children in the deployment.
+        let make = {
+            let (aws, make) = (aws.clone(), setup.executors.clone());
+            move || {
+                let mut r = make();
+                let config = llmo_runtime::providers::Config::builtin();
+                r.register("workflow", Arc::new(llmo_aws::env::children(&aws, &config, true)));
+                r
+            }
+        };
+        api.worker.executors = Arc::new(make());
         let workers = (setup.workers > 0).then(|| {
             Workers::start(&aws, setup.workers, 10, move |mut s| {
                 s.worker.executors = Arc::new(make());
