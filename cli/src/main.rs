@@ -616,6 +616,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 eprintln!("{}: {} error{}", source.name(), outcome.report.errors(), plural(outcome.report.errors()));
                 return Ok(ExitCode::from(1));
             };
+            if let Some(e) = nesting_error(validator, &file) {
+                eprintln!("error[WF072]: {}: {}", file.display(), term::clean(&e));
+                return Ok(ExitCode::from(1));
+            }
             let serve = run::Serve { ui, metrics_addr };
             run::run(checked, &source, &run::Options { inputs, input_file, state, exec: exec.exec() }, &serve)
         }
@@ -794,6 +798,23 @@ fn validate(validator: &Validator, files: &[PathBuf], format: ReportFormat, deny
         let outcome = validator.validate(&source);
         let (errors, warnings) = (outcome.report.errors(), outcome.report.warnings());
         failed |= errors > 0 || (deny_warnings && warnings > 0);
+        let nesting = outcome.checked.as_ref().and_then(|_| nesting_error(validator, f));
+        if let Some(e) = &nesting {
+            failed = true;
+            match format {
+                ReportFormat::Human => writeln!(stderr, "error[WF072]: {}: {}", f.display(), term::clean(e))?,
+                ReportFormat::Json => records.push(llmo_core::diagnostic::Record {
+                    file: f.display().to_string(),
+                    line: None,
+                    column: None,
+                    severity: llmo_core::diagnostic::Severity::Error,
+                    code: "WF072",
+                    path: "spec.tasks".into(),
+                    message: e.clone(),
+                    help: None,
+                }),
+            }
+        }
         match format {
             ReportFormat::Json => records.extend(outcome.report.records()),
             ReportFormat::Human => {
@@ -829,13 +850,24 @@ fn plural(n: usize) -> &'static str {
     if n == 1 { "" } else { "s" }
 }
 
-/// Validates one file; prints its diagnostics to stderr; returns the checked workflow if valid.
+/// Validates one file; prints its diagnostics to stderr; returns the checked workflow if valid
+/// (and its child workflow files neither form a cycle nor nest too deep).
 fn checked_or_report(validator: &Validator, file: &Path) -> Result<Option<Checked>> {
     let source = read_source(file)?;
     let outcome = validator.validate(&source);
     eprint!("{}", render(&outcome));
     if outcome.checked.is_none() {
         eprintln!("{}: {} error{}", source.name(), outcome.report.errors(), plural(outcome.report.errors()));
+    } else if let Some(e) = nesting_error(validator, file) {
+        eprintln!("error[WF072]: {}: {}", file.display(), term::clean(&e));
+        return Ok(None);
     }
     Ok(outcome.checked)
+}
+
+/// Why the child workflow files `file` starts (without templates) cannot run: a cycle, or
+/// nesting past the limit.
+fn nesting_error(validator: &Validator, file: &Path) -> Option<String> {
+    let check = |p: &Path, text: &str| validator.validate(&SourceFile::new(p.display().to_string(), text)).checked;
+    llmo_runtime::children::check_nesting(file, &check).err()
 }

@@ -164,11 +164,29 @@ impl RunState {
                     status.as_str(),
                     self.error.as_deref().unwrap_or("no error recorded")
                 ),
-                retryable: status != RunStatus::Cancelled,
+                retryable: self.worth_retrying(),
                 usage,
             },
         };
         Some((p.run_id.clone(), Event::finished(p.task, p.item, p.attempt, result)))
+    }
+
+    /// Whether another run of the same child could end otherwise: it timed out, was aborted
+    /// (a message it could not process), or a task failed it on an error another attempt
+    /// could help with once its retries ran out. Not a cancellation, a budget stop, or a
+    /// task failing for good (bad input, a refusal, a child that could not start): retrying
+    /// those would make the same child fail again, and nested children multiply it.
+    fn worth_retrying(&self) -> bool {
+        match self.status {
+            RunStatus::TimedOut => true,
+            RunStatus::Failed if self.budget_stop.is_some() => false,
+            RunStatus::Failed => {
+                let units = || self.tasks.iter().flat_map(|t| &t.units);
+                let failed: Vec<_> = units().filter(|u| u.status == crate::engine::TaskStatus::Failed).collect();
+                failed.is_empty() || failed.iter().any(|u| u.transient)
+            }
+            _ => false,
+        }
     }
 
     /// This run's depth among nested runs (0 for a run nobody started).
@@ -302,6 +320,21 @@ spec:
         let due = Event::RetryDue { task: 0, item: Some(0), attempt: 1 };
         let cmds = p.apply(&mut st, &due, 10_000).unwrap();
         assert!(cmds.contains(&Command::Execute { task: 0, item: Some(0), attempt: 2 }), "{cmds:?}");
+        // A child failed by a task that failed for good is not worth retrying; one whose task
+        // ran out of retries on transient errors is.
+        let mut refused = ended(child_of(&st, 0, 2), RunStatus::Failed, 0.0);
+        refused.tasks[0].units.push(crate::engine::Unit::new(None));
+        refused.tasks[0].units[0].status = TaskStatus::Failed;
+        let retryable = |c: &RunState| match c.report_to_parent() {
+            Some((_, Event::AttemptFinished { result: AttemptResult::Failed { retryable, .. }, .. })) => retryable,
+            other => panic!("{other:?}"),
+        };
+        assert!(!retryable(&refused));
+        refused.tasks[0].units[0].transient = true;
+        assert!(retryable(&refused));
+        refused.status = RunStatus::TimedOut;
+        refused.tasks[0].units[0].transient = false;
+        assert!(retryable(&refused), "a time-out is");
         let (_, cancelled) = ended(child_of(&st, 0, 2), RunStatus::Cancelled, 0.0).report_to_parent().unwrap();
         p.apply(&mut st, &cancelled, 10_001).unwrap();
         assert_eq!(st.tasks[0].units[0].status, TaskStatus::Failed, "a cancelled child is not retried");

@@ -215,24 +215,15 @@ impl InlineChildren {
         match r {
             WorkflowRef::File(f) => {
                 let path = resolve(&self.base, f)?;
-                let meta = std::fs::metadata(&path)
-                    .map_err(|e| TaskError::fatal(format!("child workflow `{}`: {e}", path.display())))?;
-                if meta.len() > MAX_CHILD_FILE_BYTES {
-                    return Err(TaskError::fatal(format!(
-                        "child workflow `{}` is {} bytes, over {MAX_CHILD_FILE_BYTES}",
-                        path.display(),
-                        meta.len()
-                    )));
-                }
-                let text = std::fs::read_to_string(&path)
-                    .map_err(|e| TaskError::fatal(format!("child workflow `{}`: {e}", path.display())))?;
+                let text = read_bounded(&path)?;
                 Ok((path.display().to_string(), text))
             }
             WorkflowRef::Registered { name, .. } => {
                 let Some(w) = &self.workflows else {
-                    return Err(TaskError::fatal(format!(
-                        "no workflow `{name}` here: an embedded run starts children from files (`path/child.yaml`)"
-                    )));
+                    // Embedded without a registry: `NAME` is the file `NAME.yaml` beside.
+                    let path = self.base.join(format!("{name}.yaml"));
+                    let text = read_bounded(&path)?;
+                    return Ok((path.display().to_string(), text));
                 };
                 match w.get(tenant, name).await {
                     Ok(Some(s)) => Ok((format!("{name}.yaml"), s)),
@@ -242,6 +233,88 @@ impl InlineChildren {
             }
         }
     }
+}
+
+/// A child workflow's file, at most [`MAX_CHILD_FILE_BYTES`].
+fn read_bounded(path: &Path) -> Result<String, TaskError> {
+    let meta =
+        std::fs::metadata(path).map_err(|e| TaskError::fatal(format!("child workflow `{}`: {e}", path.display())))?;
+    if meta.len() > MAX_CHILD_FILE_BYTES {
+        return Err(TaskError::fatal(format!(
+            "child workflow `{}` is {} bytes, over {MAX_CHILD_FILE_BYTES}",
+            path.display(),
+            meta.len()
+        )));
+    }
+    std::fs::read_to_string(path).map_err(|e| TaskError::fatal(format!("child workflow `{}`: {e}", path.display())))
+}
+
+/// The files the `workflow` tasks of `checked` (read from `path`) name without templates, as
+/// an embedded run finds them (`x.yaml` relative to the file's directory, `NAME` as
+/// `NAME.yaml` there when that file exists): `(task id, file)`.
+pub fn file_references(path: &Path, checked: &llmo_core::validate::Checked) -> Vec<(String, PathBuf)> {
+    let base = path.parent().unwrap_or(Path::new(""));
+    let mut out = Vec::new();
+    for t in checked.workflow.spec.tasks.iter().filter(|t| t.ty == llmo_core::child::WORKFLOW) {
+        let Some(w) = t.with.get("workflow").and_then(serde_json::Value::as_str) else { continue };
+        if w.contains("{{") {
+            continue;
+        }
+        match WorkflowRef::parse(w) {
+            Ok(WorkflowRef::File(f)) => {
+                if let Ok(p) = resolve(base, &f) {
+                    out.push((t.id.clone(), p));
+                }
+            }
+            Ok(WorkflowRef::Registered { name, .. }) => {
+                let p = base.join(format!("{name}.yaml"));
+                if p.exists() {
+                    out.push((t.id.clone(), p));
+                }
+            }
+            Err(_) => {}
+        }
+    }
+    out
+}
+
+/// Refuses child workflow files that form a cycle or nest deeper than
+/// [`llmo_core::child::MAX_DEPTH`], starting from `path`: the chain of files, by task.
+/// `check` validates a file's text (the caller's validator, with its task types).
+pub fn check_nesting(
+    path: &Path,
+    check: &dyn Fn(&Path, &str) -> Option<llmo_core::validate::Checked>,
+) -> Result<(), String> {
+    fn walk(
+        path: &Path,
+        chain: &mut Vec<(PathBuf, String)>,
+        check: &dyn Fn(&Path, &str) -> Option<llmo_core::validate::Checked>,
+    ) -> Result<(), String> {
+        let Ok(text) = read_bounded(path) else { return Ok(()) };
+        let Some(checked) = check(path, &text) else { return Ok(()) };
+        for (task, child) in file_references(path, &checked) {
+            let same = |p: &Path| match (std::fs::canonicalize(p), std::fs::canonicalize(&child)) {
+                (Ok(a), Ok(b)) => a == b,
+                _ => p == child,
+            };
+            let show = |chain: &[(PathBuf, String)]| {
+                let mut s: Vec<String> = chain.iter().map(|(p, t)| format!("{} (task `{t}`)", p.display())).collect();
+                s.push(child.display().to_string());
+                s.join(" → ")
+            };
+            chain.push((path.to_path_buf(), task));
+            if chain.iter().any(|(p, _)| same(p)) {
+                return Err(format!("child workflows form a cycle: {}", show(chain)));
+            }
+            if chain.len() as u32 > MAX_DEPTH {
+                return Err(format!("child workflows nest deeper than {MAX_DEPTH}: {}", show(chain)));
+            }
+            walk(&child, chain, check)?;
+            chain.pop();
+        }
+        Ok(())
+    }
+    walk(path, &mut Vec::new(), check)
 }
 
 /// `file` under `base`: relative paths only, never above `base`.

@@ -99,9 +99,15 @@ impl CasRetry {
 /// arms the deadline; a `Tick` that came early (another worker's clock) re-arms it. Only for a
 /// workflow's own `spec.timeout`: the deployment's longest-run deadline (days away, which the
 /// queue would carry by re-sending the message every 15 minutes) is left to the sweeper, which
-/// reads deadlines every few minutes anyway. The embedded driver keeps its own timer instead.
+/// reads deadlines every few minutes anyway. A child run's deadline (its parent task's
+/// `timeout`) is armed too when it is within one delayed message (15 minutes). The embedded
+/// driver keeps its own timer instead.
 fn tick_due(plan: &Plan, events: &[Event], next: &RunState, now: Millis) -> Option<Millis> {
-    plan.checked.workflow.spec.timeout?;
+    const ONE_DELAY_MS: Millis = 15 * 60 * 1000;
+    let child_soon = next.parent.is_some() && next.deadline.is_some_and(|d| d <= now.saturating_add(ONE_DELAY_MS));
+    if plan.checked.workflow.spec.timeout.is_none() && !child_soon {
+        return None;
+    }
     let deadline = next.deadline.filter(|_| next.status == RunStatus::Running)?;
     let owes = events.iter().any(|e| matches!(e, Event::Start | Event::Redrive { .. }))
         || events.iter().any(|e| matches!(e, Event::Tick)) && deadline > now;

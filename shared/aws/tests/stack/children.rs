@@ -1,8 +1,8 @@
 //! `type: workflow` through the API, on the local stack's step workers and on `llmo serve`'s
 //! composition: a parent fans out to children of a registered workflow, each child's end
 //! completes its parent's attempt once (the parent's log is audited), parent and children link
-//! both ways in `GET /runs/{id}`, a failing child follows the parent task's `retry` with a new
-//! child per attempt, cancelling the parent cancels a child still running, and a workflow that
+//! both ways in `GET /runs/{id}`, a child that fails for good is not retried, one that times out
+//! (the task's `timeout`) is retried as a new child, cancelling the parent cancels a child still running, and a workflow that
 //! is not registered fails the task without a child.
 
 use crate::support;
@@ -68,8 +68,8 @@ spec:
     children: "{{ tasks.each.output | map(attribute='run_id') | list }}"
 "#;
 
-async fn start(t: &Target, inputs: serde_json::Value) -> String {
-    let (code, v) = call(&t.api, "POST", "/runs", Some(json!({"source": PARENT, "inputs": inputs}))).await;
+async fn start(t: &Target, source: &str, inputs: serde_json::Value) -> String {
+    let (code, v) = call(&t.api, "POST", "/runs", Some(json!({"source": source, "inputs": inputs}))).await;
     assert_eq!(code, 201, "{v}");
     v["run_id"].as_str().unwrap().to_string()
 }
@@ -80,7 +80,7 @@ async fn children(t: &Target) {
     assert_eq!(code, 201, "{v}");
 
     // Three children, their outputs in item order; each links to its parent and back.
-    let run = start(t, json!({"topics": ["rust", "go", "zig"]})).await;
+    let run = start(t, PARENT, json!({"topics": ["rust", "go", "zig"]})).await;
     let end = wait_end(&api, &run, 90).await;
     assert_eq!(end["status"], "succeeded", "{end}");
     assert_eq!(end["outputs"]["topics"], json!(["rust", "go", "zig"]), "{end}");
@@ -104,25 +104,35 @@ async fn children(t: &Target) {
     let (initial, log) = t.initial_and_log(&run).await;
     check_log(&plan(PARENT), &log, initial);
 
-    // A failing child: retried once as a new child, then the parent fails with its error.
-    let run = start(t, json!({"topics": ["rust"], "broken": true})).await;
+    // A child that fails for good (its policy refuses): not retried.
+    let run = start(t, PARENT, json!({"topics": ["rust"], "broken": true})).await;
     let end = wait_end(&api, &run, 90).await;
     assert_eq!(end["status"], "failed", "{end}");
     let error = end["error"].as_str().unwrap_or_default();
     assert!(error.contains("child run run-") && error.contains("failed"), "{end}");
+    assert_eq!(end["tasks"][0]["attempts"], 1, "a refusal is not retried: {end}");
+    let (initial, log) = t.initial_and_log(&run).await;
+    check_log(&plan(PARENT), &log, initial);
+
+    // A child that outlives the task's timeout times out, and is retried as a new child.
+    let short = PARENT.replace("      retry:", "      timeout: 1s\n      retry:");
+    let run = start(t, &short, json!({"topics": ["rust"], "hold": true})).await;
+    let end = wait_end(&api, &run, 90).await;
+    assert_eq!(end["status"], "failed", "{end}");
+    assert!(end["error"].as_str().unwrap_or_default().contains("timed_out"), "{end}");
     assert_eq!(end["tasks"][0]["attempts"], 2, "{end}");
     let runs = end["tasks"][0]["children"]["runs"].as_array().unwrap().clone();
     assert_eq!(runs.len(), 2, "a child per attempt: {end}");
     assert_eq!(runs[0]["status"], "retried");
     for c in &runs {
         let child = wait_end(&api, c["run_id"].as_str().unwrap(), 30).await;
-        assert_eq!(child["status"], "failed", "{child}");
+        assert_eq!(child["status"], "timed_out", "{child}");
     }
     let (initial, log) = t.initial_and_log(&run).await;
-    check_log(&plan(PARENT), &log, initial);
+    check_log(&plan(&short), &log, initial);
 
     // Cancelling the parent cancels the child waiting for an approval.
-    let run = start(t, json!({"topics": ["rust"], "hold": true})).await;
+    let run = start(t, PARENT, json!({"topics": ["rust"], "hold": true})).await;
     let child = loop {
         let (_, v) = call(&api, "GET", &format!("/runs/{run}"), None).await;
         if let Some(c) = v["tasks"][0]["children"]["runs"][0]["run_id"].as_str() {
@@ -141,7 +151,7 @@ async fn children(t: &Target) {
     assert_eq!(end["status"], "cancelled", "the child is cancelled with its parent: {end}");
 
     // Not registered: the task fails at once, no child.
-    let run = start(t, json!({"topics": ["rust"], "workflow": "nowhere"})).await;
+    let run = start(t, PARENT, json!({"topics": ["rust"], "workflow": "nowhere"})).await;
     let end = wait_end(&api, &run, 60).await;
     assert_eq!(end["status"], "failed", "{end}");
     assert!(end["error"].as_str().unwrap_or_default().contains("no workflow `nowhere` is registered"), "{end}");

@@ -170,6 +170,10 @@ pub struct Unit {
     /// counted, once ([`crate::engine::Plan::apply`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub held: Option<Estimate>,
+    /// A failed unit's last error was one another attempt could help with (its retries ran
+    /// out): a child run failed by it is worth retrying by its parent.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub transient: bool,
 }
 
 fn is_zero(v: &u32) -> bool {
@@ -192,6 +196,7 @@ impl Unit {
             in_place: Vec::new(),
             base: 0,
             held: None,
+            transient: false,
         }
     }
 

@@ -102,9 +102,11 @@ impl Transition<'_, '_> {
                         u.cause = Some(cause);
                         self.cmds.push(Command::ScheduleRetry { task: *task, item: *item, attempt: *attempt, at });
                     }
-                    AttemptResult::Failed { error, .. } => {
+                    AttemptResult::Failed { error, retryable, .. } => {
                         self.move_unit(id.task, id.unit(), TaskStatus::Failed);
-                        self.unit_mut(id).error = Some(error.clone());
+                        let u = self.unit_mut(id);
+                        u.error = Some(error.clone());
+                        u.transient = *retryable;
                     }
                 }
                 self.settle(*task);
