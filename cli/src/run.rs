@@ -456,12 +456,18 @@ pub fn status(run_id: &str, state: &Path, history: bool) -> Result<ExitCode> {
     let (plan, run) = rt.block_on(stored(store.as_ref(), run_id, state))?;
     let workflow = run.workflow.clone();
     let st = rebuild(&plan, run)?;
+    // What the API's run view says of links between runs (a child's parent, the children of
+    // `workflow` tasks).
+    let view = llmo_runtime::view::run(&plan, &workflow, &st);
     let tasks: Map<String, Value> = st
         .tasks
         .iter()
         .enumerate()
         .map(|(i, t)| {
             let mut v = json!({ "status": t.status.as_str(), "attempts": t.attempts });
+            if let Some(c) = view["tasks"][i].get("children").filter(|c| !c.is_null()) {
+                v["children"] = c.clone();
+            }
             for (k, x) in [("error", t.error.as_ref()), ("reason", t.reason.as_ref())] {
                 if let Some(x) = x {
                     v[k] = json!(x);
@@ -485,6 +491,9 @@ pub fn status(run_id: &str, state: &Path, history: bool) -> Result<ExitCode> {
     });
     if let Some(r) = &st.rerun_of {
         out["rerun_of"] = json!(r);
+    }
+    if let Some(p) = &st.parent {
+        out["parent"] = json!(p);
     }
     if !st.status.is_terminal() {
         let (_, owner) = liveness(&rt, store.as_ref(), run_id)?;

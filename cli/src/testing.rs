@@ -428,25 +428,30 @@ async fn drive(suite: &Suite, c: &Case, config: Config) -> Result<RunState, Stop
         ..llmo_runtime::Setup::new(config, true)
     };
     let nudge = Arc::new(tokio::sync::Notify::new());
-    let d = Driver {
-        plan: plan.clone(),
-        store: store.clone(),
-        executors: Arc::new({
-            let mut r = setup.registry();
-            r.register("function", Arc::new(llmo_lambda::FunctionExecutor::mock()));
-            r
-        }),
-        clock: Arc::new(SystemClock::default()),
-        blobs: None,
-        // Nothing else writes the run but this harness, which nudges the driver after each
-        // answer: no polling, and no lease renewals, to step through in virtual time.
-        options: driver::Options {
-            poll: Duration::from_secs(86400),
-            lease: Duration::from_secs(365 * 86400),
-            nudge: Some(nudge.clone()),
-            ..driver::Options::default()
-        },
+    // Nothing else writes the run but this harness, which nudges the driver after each
+    // answer: no polling, and no lease renewals, to step through in virtual time.
+    let options = driver::Options {
+        poll: Duration::from_secs(86400),
+        lease: Duration::from_secs(365 * 86400),
+        nudge: Some(nudge.clone()),
+        ..driver::Options::default()
     };
+    let clock: Arc<dyn llmo_runtime::ports::Clock> = Arc::new(SystemClock::default());
+    let mut registry = setup.registry();
+    registry.register("function", Arc::new(llmo_lambda::FunctionExecutor::mock()));
+    // Child workflows run as `llmo run` runs them: files beside the workflow, in this store
+    // (their answers to waits are not scripted: a child that waits waits).
+    let base = std::path::Path::new(suite.source.name()).parent().map(std::path::Path::to_path_buf).unwrap_or_default();
+    let executors = llmo_runtime::children::embedded(
+        registry,
+        base,
+        store.clone(),
+        None,
+        clock.clone(),
+        options.clone(),
+        Arc::new(starter),
+    );
+    let d = Driver { plan: plan.clone(), store: store.clone(), executors, clock, blobs: None, options };
     let latest = Arc::new(Mutex::new(None));
     let notify = Arc::new(tokio::sync::Notify::new());
     let mut watch = Watch(latest.clone(), notify.clone());
