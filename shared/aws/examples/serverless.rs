@@ -1,10 +1,11 @@
 //! Throughput, per-step latency and AWS cost of the serverless runtime on the local stack.
 //!
-//!   localstack/with-stack.sh cargo run --release -p llmo-aws --example serverless -- [--no-fold] [--check] [--window SECS] [--pack N] [--latency MS] [chain|layered|wide] [TASKS] [WORKERS...]
+//!   localstack/with-stack.sh cargo run --release -p llmo-aws --example serverless -- [--no-fold] [--check] [--window SECS] [--pack N] [--latency MS] [chain|layered|wide|children] [TASKS] [WORKERS...]
 //!
 //! Runs a layered DAG of TASKS `transform` tasks (default 1,000: 10 layers, each task reading
 //! two of the layer before), a chain of TASKS, or `wide`: one `for_each` of TASKS items between
-//! two tasks, through the `step` handler with 1, 2 and 4 workers (each its own warm container,
+//! two tasks, or `children`: one `for_each` of TASKS child runs (`type: workflow`, each a
+//! registered one-task workflow), through the `step` handler with 1, 2 and 4 workers (each its own warm container,
 //! polling batches of 10 from the step queue and the fold queue as Lambda's event source
 //! mappings do; `--no-fold` deploys no fold queue, so every step appends itself), and counts
 //! every AWS request the run made (SDK interceptor) and the DynamoDB capacity it consumed
@@ -51,7 +52,15 @@ fn body(llm: bool, output: &str) -> String {
     }
 }
 
+/// The child of the `children` shape (registered as `bench-child` in tenant `bench`).
+const CHILD: &str = "apiVersion: llm-orchestrator/v1\nkind: Workflow\nmetadata: { name: bench-child }\nspec:\n  inputs: { i: { type: integer } }\n  tasks:\n    - { id: t, type: transform, with: { output: \"{{ inputs.i }}\" } }\n  outputs: { i: \"{{ tasks.t.output }}\" }\n";
+
 fn workflow(tasks: usize, shape: &str, llm: bool) -> String {
+    if shape == "children" {
+        return format!(
+            "apiVersion: llm-orchestrator/v1\nkind: Workflow\nmetadata: {{ name: fan }}\nspec:\n  tasks:\n    - {{ id: kids, type: workflow, for_each: \"range({tasks})\", with: {{ workflow: bench-child, inputs: {{ i: \"{{{{ item }}}}\" }} }} }}\n"
+        );
+    }
     if shape == "wide" {
         return format!(
             "apiVersion: llm-orchestrator/v1\nkind: Workflow\nmetadata: {{ name: wide }}\nspec:\n  tasks:\n    - {{ id: a, type: transform, with: {{ output: 1 }} }}\n    - {{ id: docs, depends_on: [a], for_each: \"range({tasks})\", {} }}\n    - {{ id: z, type: transform, depends_on: [docs], with: {{ output: done }} }}\n",
@@ -118,6 +127,8 @@ struct Deployment {
     pack: usize,
     /// The providers of real model calls (`--latency`); none: transforms and mock models.
     models: Option<Config>,
+    /// The `children` shape: runs in tenant `bench`, whose `bench-child` is registered.
+    children: bool,
 }
 
 async fn run(aws: &Aws, source: &str, tasks: usize, workers: usize, d: &Deployment) -> Run {
@@ -129,13 +140,21 @@ async fn run(aws: &Aws, source: &str, tasks: usize, workers: usize, d: &Deployme
         Config::builtin(),
         true,
     );
+    let tenant = if d.children { "bench" } else { "-" };
+    if d.children {
+        use llmo_runtime::workflows::Workflows;
+        let defs = llmo_aws::dynamo::DynamoStore::new(aws.clone());
+        defs.put(tenant, "bench-child", CHILD, llmo_runtime::ports::now_ms()).await.expect("registering the child");
+    }
     let before = aws.meter.read();
     let t0 = Instant::now();
     // Started through the start-a-run use case, as the API does (the API's own
     // authentication and audit write are not part of a step's cost).
+    let req =
+        llmo_runtime::start::StartRequest { tenant: d.children.then(|| tenant.to_string()), ..Default::default() };
     let started = api
         .starter
-        .start(&*api.store, &*api.queue, "bench.yaml", source, &Default::default())
+        .start(&*api.store, &*api.queue, "bench.yaml", source, &req)
         .await
         .unwrap_or_else(|e| panic!("start failed: {e}"));
     let run_id = started.run_id;
@@ -144,10 +163,13 @@ async fn run(aws: &Aws, source: &str, tasks: usize, workers: usize, d: &Deployme
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut handles = Vec::new();
     for _ in 0..workers {
-        let registry = match &d.models {
+        let mut registry = match &d.models {
             Some(config) => llmo_runtime::standard_registry(config.clone(), false, Default::default()),
             None => llmo_runtime::standard_registry(Config::builtin(), true, Default::default()),
         };
+        if d.children {
+            registry.register("workflow", Arc::new(llmo_aws::env::children(&aws, &Config::builtin(), true)));
+        }
         let mut step = Step::new(&aws, registry, llmo_aws::step::StepSettings::from_env());
         step.worker.pack = pack;
         let step = Arc::new(step);
@@ -187,7 +209,12 @@ async fn run(aws: &Aws, source: &str, tasks: usize, workers: usize, d: &Deployme
     loop {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let runs = store
-            .list_page(&llmo_aws::dynamo::ListFilter { tenant: "-".into(), ..Default::default() })
+            .list_page(&llmo_aws::dynamo::ListFilter {
+                tenant: tenant.into(),
+                // The `children` shape's parent among its children.
+                workflow: d.children.then(|| "fan".to_string()),
+                ..Default::default()
+            })
             .await
             .unwrap()
             .runs;
@@ -357,7 +384,7 @@ async fn main() {
         args.drain(i..i + 2);
     }
     let shape = match args.first().map(String::as_str) {
-        Some(s @ ("chain" | "layered" | "wide")) => s.to_string(),
+        Some(s @ ("chain" | "layered" | "wide" | "children")) => s.to_string(),
         _ => "layered".to_string(),
     };
     if args.first() == Some(&shape) {
@@ -370,8 +397,11 @@ async fn main() {
     let server = latency.map(local_model::ModelServer::start);
     let models = server.as_ref().map(local_model::ModelServer::config);
     let source = workflow(tasks, &shape, latency.is_some());
-    let what =
-        if shape == "wide" { format!("for_each of {tasks} items") } else { format!("{shape} DAG of {tasks} tasks") };
+    let what = match shape.as_str() {
+        "wide" => format!("for_each of {tasks} items"),
+        "children" => format!("for_each of {tasks} child runs of a one-task workflow (a step is a child)"),
+        _ => format!("{shape} DAG of {tasks} tasks"),
+    };
     let kind = match latency {
         Some(ms) => format!("model calls answered after {ms} ms"),
         None => "transform tasks".to_string(),
@@ -391,7 +421,7 @@ async fn main() {
         "| workers | tasks | wall s | steps/s | ms/step | vs floor | invocations/step | invocation ms/step | SQS req/step | DynamoDB req/step | WRU/step | RRU/step | S3 req/step | log writes | lost CAS | lost % | $/M steps |"
     );
     println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
-    let deployment = Deployment { folds, window, pack, models };
+    let deployment = Deployment { folds, window, pack, models, children: shape == "children" };
     // (workers, WRU per step, lost writes, log writes) of each run, for `--check`.
     let mut seen: Vec<(usize, f64, u64, u64)> = Vec::new();
     for w in workers {

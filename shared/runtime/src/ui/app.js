@@ -170,8 +170,21 @@ function taskPanel(run, id) {
   return el("div", { class: "panel", id: "task-panel", "data-task": t.id },
     ...[el("h2", {}, t.id), dl,
     t.error ? el("div", {}, el("strong", {}, "Error"), el("pre", { class: "error", id: "task-error" }, t.error)) : null,
+    t.children && t.children.runs.length ? childList(t.children) : null,
     t.output !== null && t.output !== undefined ? el("div", {}, el("strong", {}, "Output"), el("pre", { id: "task-output" }, JSON.stringify(t.output, null, 2))) : null,
     ].filter(Boolean));
+}
+
+function runLink(runId) { return el("a", { href: "/ui/runs/" + encodeURIComponent(runId) }, runId); }
+
+// The child runs of a `workflow` task: one per attempt of each item, linked.
+function childList(children) {
+  const more = children.total - children.runs.length;
+  return el("div", { id: "task-children" }, el("strong", {}, `Child runs (${children.total})`),
+    el("ul", {}, ...children.runs.map((c) => el("li", { "data-child": c.run_id },
+      runLink(c.run_id), " ", badge(c.status),
+      c.item !== null && c.item !== undefined ? ` item ${c.item}` : "", c.attempt > 1 ? ` attempt ${c.attempt}` : ""))),
+    more > 0 ? el("p", { class: "muted" }, `and ${more} more`) : null);
 }
 
 async function runPage(id) {
@@ -179,6 +192,7 @@ async function runPage(id) {
   const render = () => {
     const facts = [["workflow", run.workflow], ["started", when(run.started_at)], ["duration", duration(run.started_at, run.ended_at)],
       ["cost", usd(run.cost_usd)], ["tokens", run.tokens], ["version", run.version]];
+    if (run.parent) facts.push(["parent", el("span", { id: "run-parent" }, runLink(run.parent.run_id), ` (${run.parent.task_id})`)]);
     main.replaceChildren(...[
       el("div", { class: "run-head" }, el("h1", {}, run.run_id),
         el("span", { id: "run-status", "data-status": run.status }, badge(run.status)),
