@@ -163,7 +163,7 @@ bench:
 	  target/release/examples/serverless --window 1 --check wide 10000 1 4 16 64 && \
 	  target/release/examples/serverless --window 1 layered 1000 1 4 16 64 && \
 	  target/release/examples/serverless chain 200 1 4 && \
-	  target/release/examples/serverless children 1000 4 && \
+	  target/release/examples/serverless children 200 4 && \
 	  target/release/examples/serverless --cold target/release/step'
 	$(CARGO) build --release --locked -p llmo-cli
 	target/release/llmo synth --shape layered --tasks 1000 > target/synth-1000.yaml

@@ -7,6 +7,8 @@
 - a run that waits for an approval and then an event goes on through the mapping at each
   answer (`POST /runs/{id}/tasks/review/complete`, `POST /events`);
 - a duplicate delivery of a run's `Start` after it ended changes nothing (its log stays as it is);
+- a parent fans out to child runs (`type: workflow`, the example in workflows/fan-out): its
+  attempts detach and each child's end, in another invocation, completes its parent's attempt;
 - runs per second and the time from `POST /runs` to the first step (the first task's start),
   with N runs started at once;
 - the `schedule` function, invoked twice with one scheduler tick (as EventBridge Scheduler
@@ -93,6 +95,22 @@ after = state(done["run_id"])
 if after["version"] != version or after["status"] != "succeeded":
     sys.exit(f"FAIL: a duplicate Start changed the run: version {version} -> {after['version']}, {after['status']}")
 print(f"   a duplicate Start delivered after the run ended changed nothing (version {version})")
+
+# Child workflows through the mapping: the parent's attempts detach, each child's end (another
+# invocation) completes its parent's attempt.
+child = open("workflows/fan-out/answer-question.yaml").read()
+api.post(f"{url}/workflows", json={"source": child}).raise_for_status()
+parent = open("workflows/fan-out/research-brief.yaml").read()
+run = start(parent, {"topic": "Lambda", "questions": ["What is it?", "What does it cost?"]})
+st = until(run, ended, 120, "the parent of two children ends")
+kids = (st["tasks"][0].get("children") or {}).get("runs", [])
+if st["status"] != "succeeded" or len(kids) != 2:
+    sys.exit(f"FAIL: child workflows: {st['status']} {st.get('error')} {kids}")
+for k in kids:
+    c = state(k["run_id"])
+    if c["status"] != "succeeded" or (c.get("parent") or {}).get("run_id") != run:
+        sys.exit(f"FAIL: child {k['run_id']}: {c['status']} {c.get('parent')}")
+print(f"   a parent fanned out to {len(kids)} child runs through the mapping; each linked to it, all succeeded")
 
 # Throughput and the latency to the first step.
 t = time.time()
