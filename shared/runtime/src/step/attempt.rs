@@ -27,6 +27,8 @@ pub fn build_attempt(
         .render_task_with(task, &context, exec.raw_fields())
         .map_err(|(k, e)| failed(TaskError::fatal(format!("rendering `with.{k}`: {e}"))))?;
     let with = Value::Object(with);
+    // The workflow's budget, tightened by what a parent passed down to a child run.
+    let budget = plan.budget_of(st);
     Ok(Attempt {
         plan: plan.clone(),
         run_id,
@@ -38,12 +40,11 @@ pub fn build_attempt(
         attempt,
         with,
         context,
-        budget_left_usd: spec
-            .budget
+        budget_left_usd: budget
             .and_then(|b| b.max_cost_usd)
             .map(|m| m - st.cost_usd - st.reserved.cost_usd - st.unsettled.cost_usd),
-        prices: spec.budget.and(st.prices.clone()),
-        allowance: spec.budget.map(|b| {
+        prices: budget.and(st.prices.clone()),
+        allowance: budget.map(|b| {
             // What the unit holds; a unit started before holds were kept may take what is left.
             let held = st.tasks[task].units.get(id.unit()).and_then(|u| u.held);
             let left = |max: f64, spent: f64| (max - spent).max(0.0);

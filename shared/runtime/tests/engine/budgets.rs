@@ -104,6 +104,63 @@ async fn a_wide_for_each_never_sends_more_calls_than_the_budget_covers() {
     assert!(st.reserved.is_zero() && st.unsettled.is_zero(), "{:?} {:?}", st.reserved, st.unsettled);
 }
 
+/// A child run (`type: workflow`, run inline as `llmo run` does) spends only what its parent's
+/// attempt holds for it: its own workflow has no budget, its calls stop at the `max_cost_usd`
+/// passed down, it fails by the budget (not retried: another child would fail alike), and what
+/// it spent is the parent's, reconciled with the provider's answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_child_spends_only_what_its_parent_passed_down() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST")).and(path("/v1/chat/completions")).respond_with(answer("ok")).mount(&server).await;
+    let dir = std::env::temp_dir().join(format!("llmo-child-budget-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let child = "apiVersion: llm-orchestrator/v1\nkind: Workflow\nmetadata: { name: c }\nspec:\n  tasks:\n    - id: each\n      type: llm\n      for_each: \"range(50)\"\n      with: { model: gpt-4o-mini, prompt: \"item {{ item }}\", max_tokens: 200 }\n";
+    std::fs::write(dir.join("child.yaml"), child).unwrap();
+    let mut d = driver(
+        &server,
+        "spec:\n  budget: { max_cost_usd: 1.0 }\n  tasks:\n    - id: kid\n      type: workflow\n      retry: { max_attempts: 3 }\n      with: { workflow: child.yaml, max_cost_usd: 0.0005 }\n",
+    );
+    let registry = Arc::try_unwrap(std::mem::replace(&mut d.executors, Arc::new(Default::default()))).ok().unwrap();
+    let config = {
+        let mut c = Config::builtin();
+        c.providers.insert(
+            "openai".into(),
+            ProviderConfig {
+                kind: Kind::Openai,
+                base_url: format!("{}/v1", server.uri()),
+                api_key: Some("k".into()),
+                api_key_env: None,
+                timeout: Duration::from_secs(10),
+                free: false,
+                set_by: None,
+            },
+        );
+        c.default_provider = "openai".into();
+        c
+    };
+    d.executors = llmo_runtime::children::embedded(
+        registry,
+        dir.clone(),
+        d.store.clone(),
+        None,
+        d.clock.clone(),
+        d.options.clone(),
+        Arc::new(llmo_runtime::start::Starter::new(config, false)),
+    );
+    let st = run(&d).await;
+    let calls = answered(&server).await;
+    assert_eq!(st.status, RunStatus::Failed, "{:?}", st.error);
+    assert!(st.error.as_deref().unwrap().contains("budget exceeded"), "{:?}", st.error);
+    assert_eq!(st.tasks[0].attempts, 1, "a budget stop is not retried");
+    assert!(calls > 0, "the child called the model");
+    assert!(PER_CALL * f64::from(calls) <= 0.0005, "{calls} calls spent more than was passed down");
+    let worst = (34.0 * 0.15 + 200.0 * 0.60) / 1e6;
+    assert!(f64::from(calls) * PER_CALL + worst > 0.0005, "the child used what it was given: {calls} calls");
+    reconciles(&st, calls);
+    assert!(st.reserved.is_zero() && st.unsettled.is_zero(), "{:?} {:?}", st.reserved, st.unsettled);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// One item fails the run at once while nine slow calls are in flight: the run fails, and the
 /// nine answers that come after are still counted (the provider billed them).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
