@@ -28,7 +28,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use llmo_core::engine::{AttemptId, Command, Event, Millis, Plan, RunState, RunStatus, TaskStatus};
+use llmo_core::engine::{AttemptId, AttemptResult, Command, Event, Millis, Plan, RunState, RunStatus, TaskStatus};
 use llmo_core::source::SourceFile;
 use llmo_core::validate::Validator;
 use sha2::{Digest, Sha256};
@@ -540,6 +540,16 @@ impl Worker {
                             Ok(a) if exec.detaches() => match exec.detach(&a).await {
                                 // Started elsewhere (a child run): its result comes later.
                                 Ok(()) => return Ok(None),
+                                // Not started for now (a store or queue error, perhaps after
+                                // the child was stored): the same attempt again shortly, which
+                                // finds what it stored, rather than a new attempt and child.
+                                Err(AttemptResult::Failed { retryable: true, error, .. }) => {
+                                    tracing::warn!(run = run_id, task = %t.id, %error, "a detached attempt could not start; it is tried again");
+                                    let after = std::time::Duration::from_millis(
+                                        KEY_RETRY_MS + self.cas.delay(&attempt_holder(run_id, id), self.clock.now(), 4).as_millis() as Millis,
+                                    );
+                                    return Err((id, crate::executor::Deferred { after, admitted: false }));
+                                }
                                 Err(r) => r,
                             },
                             Ok(mut a) => {
