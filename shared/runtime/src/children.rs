@@ -200,7 +200,8 @@ pub trait RunChild: Send + Sync {
 /// The embedded runtime's `workflow` executor: a file relative to the parent's file, or a
 /// workflow registered in the run's store; the child runs inline and the attempt is its end.
 pub struct InlineChildren {
-    /// The directory of the top-level workflow's file (children's paths are relative to it).
+    /// Where children are looked for when their parent's workflow was not read from a file
+    /// with a directory (children's paths are relative to their parent's file).
     pub base: PathBuf,
     pub workflows: Option<Arc<dyn Workflows>>,
     pub starter: Arc<Starter>,
@@ -211,17 +212,26 @@ pub struct InlineChildren {
 pub const MAX_CHILD_FILE_BYTES: u64 = 1024 * 1024;
 
 impl InlineChildren {
-    async fn source(&self, r: &WorkflowRef, tenant: &str) -> Result<(String, String), TaskError> {
+    /// Where a child of `a`'s run is looked for: beside the file its workflow was read from,
+    /// else under `base`.
+    fn dir_of(&self, a: &Attempt) -> PathBuf {
+        match Path::new(a.plan.checked.source.name()).parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => self.base.clone(),
+        }
+    }
+
+    async fn source(&self, r: &WorkflowRef, tenant: &str, dir: &Path) -> Result<(String, String), TaskError> {
         match r {
             WorkflowRef::File(f) => {
-                let path = resolve(&self.base, f)?;
+                let path = resolve(dir, f)?;
                 let text = read_bounded(&path)?;
                 Ok((path.display().to_string(), text))
             }
             WorkflowRef::Registered { name, .. } => {
                 let Some(w) = &self.workflows else {
                     // Embedded without a registry: `NAME` is the file `NAME.yaml` beside.
-                    let path = self.base.join(format!("{name}.yaml"));
+                    let path = dir.join(format!("{name}.yaml"));
                     let text = read_bounded(&path)?;
                     return Ok((path.display().to_string(), text));
                 };
@@ -333,7 +343,7 @@ impl Executor for InlineChildren {
     async fn execute(&self, a: &Attempt) -> AttemptResult {
         let run = async {
             let (with, r) = with_of(a)?;
-            let (file, source) = self.source(&r, a.tenant.as_deref().unwrap_or_default()).await?;
+            let (file, source) = self.source(&r, a.tenant.as_deref().unwrap_or_default(), &self.dir_of(a)).await?;
             let p = prepare(&self.starter, a, &with, &file, &source)?;
             if let WorkflowRef::Registered { name, version: Some(v) } = &r
                 && p.plan.checked.workflow.metadata.version.as_deref() != Some(v.as_str())
@@ -409,8 +419,9 @@ impl RunChild for DriverChildren {
     }
 }
 
-/// `registry` with the embedded `workflow` executor added: children from files relative to
-/// `base` (and from `workflows`, if given), run in `store` by drivers with `options`.
+/// `registry` with the embedded `workflow` executor added (unless it has one): children from
+/// files beside their parent's (under `base` when the parent's has no directory) and from
+/// `workflows` if given, run in `store` by drivers with `options`.
 pub fn embedded(
     mut registry: crate::executor::Registry,
     base: PathBuf,
@@ -427,7 +438,10 @@ pub fn embedded(
         starter: starter.clone(),
         executors: std::sync::OnceLock::new(),
     });
-    registry.register("workflow", Arc::new(InlineChildren { base, workflows, starter, runner: runner.clone() }));
+    // An embedder's own `workflow` executor stays.
+    if registry.get(llmo_core::child::WORKFLOW).is_none() {
+        registry.register("workflow", Arc::new(InlineChildren { base, workflows, starter, runner: runner.clone() }));
+    }
     let registry = Arc::new(registry);
     let _ = runner.executors.set(Arc::downgrade(&registry));
     registry

@@ -155,10 +155,24 @@ impl EngineBuilder {
     }
 
     pub fn build(self) -> Engine {
+        let validator = Arc::new(Validator::new(self.task_types));
+        let store: Arc<dyn RunStore> = self.store.unwrap_or_else(|| Arc::new(MemoryStore::default()));
+        // `workflow` tasks: children from files beside their parent's (the `source_name` a run
+        // is given), run in this engine's store with its task types.
+        let starter = Starter::new(self.config.clone(), self.mock).with_validator(validator.clone());
+        let executors = crate::children::embedded(
+            self.executors,
+            std::path::PathBuf::new(),
+            store.clone(),
+            None,
+            self.clock.clone(),
+            self.options.clone(),
+            Arc::new(starter),
+        );
         Engine {
-            validator: Arc::new(Validator::new(self.task_types)),
-            executors: Arc::new(self.executors),
-            store: self.store.unwrap_or_else(|| Arc::new(MemoryStore::default())),
+            validator,
+            executors,
+            store,
             options: self.options,
             clock: self.clock,
             config: self.config,
