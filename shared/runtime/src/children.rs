@@ -133,7 +133,9 @@ impl Children {
                 )));
             }
         };
-        let tenant = a.tenant.as_deref().unwrap_or_default();
+        // A run without a tenant (started by no API caller) looks in the tenant `-`, as
+        // listings do: never an empty key, which a store would refuse again on every try.
+        let tenant = a.tenant.as_deref().filter(|t| !t.is_empty()).unwrap_or("-");
         let source = match self.workflows.get(tenant, &name).await {
             Ok(Some(s)) => s,
             Ok(None) => return Err(TaskError::fatal(format!("no workflow `{name}` is registered"))),

@@ -343,7 +343,7 @@ async fn simulate_with(
     let faulty_queue = Arc::new(FaultyQueue { inner: queue.clone(), rng: rng.clone(), faults });
     if children {
         let defs = Arc::new(llmo_runtime::workflows::MemoryWorkflows::default());
-        llmo_runtime::workflows::Workflows::put(&*defs, "", "simkid", CHILD, 0).await.unwrap();
+        llmo_runtime::workflows::Workflows::put(&*defs, "-", "simkid", CHILD, 0).await.unwrap();
         let starter = llmo_runtime::start::Starter::new(llmo_runtime::providers::Config::builtin(), true);
         let kids = llmo_runtime::children::Children::new(store.clone(), faulty_queue.clone(), defs, Arc::new(starter));
         reg.register("workflow", Arc::new(kids));
