@@ -68,6 +68,7 @@ spec:
       with: { expression: "tasks.score.output.echo.n * 2" }
     - id: refuse
       type: function
+      depends_on: [double]
       retry: { max_attempts: 2, backoff: { initial: 10ms } }
       with:
         function: echo
