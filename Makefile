@@ -152,6 +152,8 @@ bench:
 	target/release/examples/io_bound 5000 500 200
 	$(CARGO) build --release --locked -p llmo-runtime --example replay
 	target/release/examples/replay 1000 100000 --check
+	$(CARGO) build --release --locked -p llmo-lambda --examples
+	target/release/examples/invoke_bench 300
 	$(CARGO) build --release --locked -p llmo-aws --example serverless -p llmo-fn-step -p llmo-runtime --example model_server
 	localstack/with-stack.sh sh -c 'target/release/examples/serverless --check wide 10000 1 4 16 64 && \
 	  target/release/examples/serverless --latency 200 layered 1000 1 4 16 64 && \
