@@ -71,8 +71,9 @@ async fn main() {
     println!("| way | calls | p50 ms | p99 ms | mean ms |");
     println!("| --- | --- | --- | --- | --- |");
 
-    let event = json!({"n": 1, "llmo": {"idempotency_key": "k", "run_id": "r", "task": "call", "item": null, "attempt": 1}})
-        .to_string();
+    let event =
+        json!({"n": 1, "llmo": {"idempotency_key": "k", "run_id": "r", "task": "call", "item": null, "attempt": 1}})
+            .to_string();
     let mut conn = BufReader::new(tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap());
     let mut times = Vec::with_capacity(n);
     for i in 0..n + 20 {
