@@ -104,17 +104,26 @@ impl FunctionRef {
 }
 
 /// The functions a deployment lets workflows invoke (the operator's list: a workflow can only
-/// name what is on it). Empty: none.
+/// name what is on it). An entry is `REF` (for every tenant) or `REF@TENANT` (for that tenant's
+/// runs only; list it once per tenant). Empty: none.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct AllowedFunctions(Vec<FunctionRef>);
+pub struct AllowedFunctions(Vec<(FunctionRef, Option<String>)>);
 
 impl AllowedFunctions {
-    /// From a comma- or space-separated list of names and ARNs.
+    /// From a comma- or space-separated list of entries.
     pub fn parse(list: &str) -> Result<Self, String> {
         list.split([',', ' ', '\n'])
             .map(str::trim)
             .filter(|s| !s.is_empty())
-            .map(FunctionRef::parse)
+            .map(|entry| match entry.rsplit_once('@') {
+                Some((r, tenant)) => {
+                    if !crate::tenant::valid(tenant) {
+                        return Err(format!("`{entry}`: `{tenant}` is not a tenant id"));
+                    }
+                    Ok((FunctionRef::parse(r)?, Some(tenant.to_string())))
+                }
+                None => Ok((FunctionRef::parse(entry)?, None)),
+            })
             .collect::<Result<Vec<_>, _>>()
             .map(AllowedFunctions)
     }
@@ -123,16 +132,24 @@ impl AllowedFunctions {
         self.0.is_empty()
     }
 
-    /// The asked reference, if the list admits it; else why not.
-    pub fn check(&self, asked: &str) -> Result<FunctionRef, String> {
+    /// The asked reference, if the list admits it for a run of `tenant` (`None`: a run
+    /// without one, which only entries for every tenant admit); else why not.
+    pub fn check(&self, asked: &str, tenant: Option<&str>) -> Result<FunctionRef, String> {
         let r = FunctionRef::parse(asked)?;
         if self.0.is_empty() {
             return Err(format!(
                 "function `{asked}` is not allowed: this deployment allows no Lambda functions (LLMO_ALLOWED_FUNCTIONS)"
             ));
         }
-        if !self.0.iter().any(|e| e.admits(&r)) {
+        let listed: Vec<&Option<String>> = self.0.iter().filter(|(e, _)| e.admits(&r)).map(|(_, t)| t).collect();
+        if listed.is_empty() {
             return Err(format!("function `{asked}` is not allowed: it is not in LLMO_ALLOWED_FUNCTIONS"));
+        }
+        if !listed.iter().any(|t| t.is_none() || t.as_deref() == tenant) {
+            return Err(format!(
+                "function `{asked}` is not allowed for {}: LLMO_ALLOWED_FUNCTIONS lists it for other tenants only",
+                tenant.map_or("a run without a tenant".to_string(), |t| format!("tenant `{t}`"))
+            ));
         }
         Ok(r)
     }
@@ -162,17 +179,32 @@ mod tests {
     #[test]
     fn the_allowlist_admits_only_what_it_names() {
         let none = AllowedFunctions::default();
-        assert!(none.check("resize").unwrap_err().contains("allows no Lambda functions"));
+        assert!(none.check("resize", None).unwrap_err().contains("allows no Lambda functions"));
         let list =
             AllowedFunctions::parse("resize, arn:aws:lambda:eu-west-1:123456789012:function:score:live").unwrap();
-        assert!(list.check("resize").is_ok());
-        assert!(list.check("resize:7").is_ok());
-        assert!(list.check("arn:aws:lambda:us-east-1:999999999999:function:resize").is_ok());
-        assert!(list.check("score:live").is_ok());
-        assert!(list.check("score").unwrap_err().contains("not in LLMO_ALLOWED_FUNCTIONS"));
-        assert!(list.check("score:other").is_err());
-        assert!(list.check("arn:aws:lambda:eu-west-1:999999999999:function:score:live").is_err());
-        assert!(list.check("other").is_err());
+        assert!(list.check("resize", None).is_ok());
+        assert!(list.check("resize:7", None).is_ok());
+        assert!(list.check("arn:aws:lambda:us-east-1:999999999999:function:resize", None).is_ok());
+        assert!(list.check("score:live", None).is_ok());
+        assert!(list.check("score", None).unwrap_err().contains("not in LLMO_ALLOWED_FUNCTIONS"));
+        assert!(list.check("score:other", None).is_err());
+        assert!(list.check("arn:aws:lambda:eu-west-1:999999999999:function:score:live", None).is_err());
+        assert!(list.check("other", None).is_err());
         assert!(AllowedFunctions::parse("ok, not valid!").is_err());
+    }
+
+    #[test]
+    fn an_entry_for_a_tenant_admits_only_that_tenants_runs() {
+        let list = AllowedFunctions::parse("router@acme, router@globex, score").unwrap();
+        assert!(list.check("router", Some("acme")).is_ok());
+        assert!(list.check("router:live", Some("globex")).is_ok());
+        let e = list.check("router", Some("initech")).unwrap_err();
+        assert!(e.contains("not allowed for tenant `initech`"), "{e}");
+        assert!(list.check("router", None).unwrap_err().contains("a run without a tenant"));
+        assert!(list.check("score", Some("initech")).is_ok(), "an entry without a tenant is every tenant's");
+        assert!(list.check("score", None).is_ok());
+        assert!(AllowedFunctions::parse("router@").is_err());
+        assert!(AllowedFunctions::parse("router@no#such").is_err());
+        assert!(AllowedFunctions::parse("router@-").is_err(), "`-` is no tenant");
     }
 }

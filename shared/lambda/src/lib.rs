@@ -39,7 +39,8 @@ pub const MAX_FUNCTION_TIME: Duration = Duration::from_secs(15 * 60);
 /// How `type: function` tasks reach Lambda. Read once, in each binary's `main`.
 #[derive(Debug, Clone, Default)]
 pub struct Settings {
-    /// `LLMO_ALLOWED_FUNCTIONS`: names and ARNs, comma-separated. Empty: no function may be
+    /// `LLMO_ALLOWED_FUNCTIONS`: names and ARNs, comma-separated (`NAME@TENANT`: for that
+    /// tenant's runs only). Empty: no function may be
     /// invoked.
     pub allowed: AllowedFunctions,
     /// `LLMO_LAMBDA_ENDPOINT`: the Invoke API somewhere else than AWS (`cargo lambda watch`,
@@ -129,7 +130,7 @@ impl FunctionExecutor {
         if self.mock {
             llmo_core::function::FunctionRef::parse(function).map_err(TaskError::fatal)?;
         } else {
-            self.settings.allowed.check(function).map_err(TaskError::fatal)?;
+            self.settings.allowed.check(function, a.tenant.as_deref()).map_err(TaskError::fatal)?;
         }
         let body = self.event_body(a, w.payload.unwrap_or_default()).await?;
         if self.mock {

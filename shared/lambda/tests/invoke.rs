@@ -149,6 +149,15 @@ async fn functions_answer_fail_time_out_and_are_refused_unless_allowed() {
         assert!(error.contains(says), "{error}");
         assert!(!retryable, "{error}");
     }
+    // An entry for one tenant admits that tenant's runs only, the others without a call.
+    let scoped = emu.executor("echo@acme");
+    let mut a = attempt(json!({ "function": "echo", "payload": { "n": 1 } }), None);
+    a.tenant = Some("acme".into());
+    assert!(matches!(scoped.execute(&a).await, AttemptResult::Succeeded { .. }));
+    a.tenant = Some("initech".into());
+    let r = scoped.execute(&a).await;
+    assert!(error_of(&r).0.contains("not allowed for tenant `initech`"), "{r:?}");
+    assert!(!error_of(&r).1, "not retried");
     let none = emu.executor("");
     let r = none.execute(&attempt(json!({ "function": "echo" }), None)).await;
     assert!(error_of(&r).0.contains("allows no Lambda functions"));
