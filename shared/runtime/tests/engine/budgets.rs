@@ -27,7 +27,8 @@ fn answer(text: &str) -> ResponseTemplate {
     }))
 }
 
-fn driver(server: &MockServer, workflow: &str) -> Driver {
+/// The built-in providers, OpenAI's at the fake `server`.
+fn config(server: &MockServer) -> Config {
     let mut config = Config::builtin();
     config.providers.insert(
         "openai".into(),
@@ -42,6 +43,11 @@ fn driver(server: &MockServer, workflow: &str) -> Driver {
         },
     );
     config.default_provider = "openai".into();
+    config
+}
+
+fn driver(server: &MockServer, workflow: &str) -> Driver {
+    let config = config(server);
     let text = format!("apiVersion: llm-orchestrator/v1\nkind: Workflow\nmetadata: {{ name: b }}\n{workflow}");
     let outcome = Validator::default().validate(&SourceFile::new("b.yaml", text));
     let mut plan = Plan::new(outcome.checked.unwrap_or_else(|| panic!("{:?}", outcome.report)));
@@ -121,23 +127,7 @@ async fn a_child_spends_only_what_its_parent_passed_down() {
         "spec:\n  budget: { max_cost_usd: 1.0 }\n  tasks:\n    - id: kid\n      type: workflow\n      retry: { max_attempts: 3 }\n      with: { workflow: child.yaml, max_cost_usd: 0.0005 }\n",
     );
     let registry = Arc::try_unwrap(std::mem::replace(&mut d.executors, Arc::new(Default::default()))).ok().unwrap();
-    let config = {
-        let mut c = Config::builtin();
-        c.providers.insert(
-            "openai".into(),
-            ProviderConfig {
-                kind: Kind::Openai,
-                base_url: format!("{}/v1", server.uri()),
-                api_key: Some("k".into()),
-                api_key_env: None,
-                timeout: Duration::from_secs(10),
-                free: false,
-                set_by: None,
-            },
-        );
-        c.default_provider = "openai".into();
-        c
-    };
+    let config = config(&server);
     d.executors = llmo_runtime::children::embedded(
         registry,
         dir.clone(),
