@@ -463,29 +463,6 @@ async fn simulate_with(
             }
         }
     }
-    // Every child the parent's attempts started: its initial state and log, and how it ended.
-    let mut kids = Vec::new();
-    if let Some(kid) = &kid_plan {
-        for (i, ts) in
-            st.tasks.iter().enumerate().filter(|(i, _)| plan.checked.workflow.spec.tasks[*i].ty == "workflow")
-        {
-            for (k, u) in ts.units.iter().enumerate() {
-                let item = plan.checked.workflow.spec.tasks[i].for_each.is_some().then_some(k as u32);
-                for attempt in (u.base + 1)..=u.attempt {
-                    let id = llmo_core::child::child_run_id(&run_id, plan.checked.dag.id(i), item, attempt);
-                    let Some(stored) = mem.load(&id).await.unwrap() else {
-                        kids.push((id, None));
-                        continue;
-                    };
-                    let end = rebuild(kid, stored).unwrap();
-                    // As the child was created: its inputs and its parent (no budget here).
-                    let mut initial = kid.new_run(id.clone(), end.inputs.clone());
-                    initial.parent = end.parent.clone();
-                    kids.push((id.clone(), Some((initial, mem.history(&id).await.unwrap(), end))));
-                }
-            }
-        }
-    }
     Report {
         kids,
         summary: (st.status, st.tasks.iter().map(|t| t.status).collect(), st.outputs.clone()),
