@@ -133,7 +133,6 @@ fn driver(plan: Arc<Plan>, store: Arc<dyn RunStore>, state: Option<&Path>, exec:
         registry(exec, &plan)?,
         base,
         store.clone(),
-        None,
         clock.clone(),
         options.clone(),
         Arc::new(Starter::new(config(exec)?, exec.mock)),

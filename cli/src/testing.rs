@@ -446,7 +446,6 @@ async fn drive(suite: &Suite, c: &Case, config: Config) -> Result<RunState, Stop
         registry,
         base,
         store.clone(),
-        None,
         clock.clone(),
         options.clone(),
         Arc::new(starter),

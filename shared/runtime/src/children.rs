@@ -83,6 +83,19 @@ fn prepare(
     Ok(p)
 }
 
+/// `NAME@VERSION`: the workflow found for `NAME` must be at `VERSION` (one version of a name
+/// is registered, or lies beside, at a time).
+fn at_version(p: &Prepared, name: &str, version: Option<&str>) -> Result<(), TaskError> {
+    let found = p.plan.checked.workflow.metadata.version.as_deref();
+    match version {
+        Some(v) if found != Some(v) => Err(TaskError::fatal(format!(
+            "workflow `{name}` is at version {}, not {v} (one version of a name is kept at a time)",
+            found.unwrap_or("(none)")
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// A start refusal as one line (inputs and validation errors listed).
 fn start_error(e: StartError) -> String {
     match e {
@@ -143,14 +156,7 @@ impl Children {
         };
         let file = format!("{name}.yaml");
         let p = prepare(&self.starter, a, &with, &file, &source)?;
-        if let Some(v) = version
-            && p.plan.checked.workflow.metadata.version.as_deref() != Some(v.as_str())
-        {
-            return Err(TaskError::fatal(format!(
-                "workflow `{name}` is registered at version {}, not {v} (one version of a name is registered at a time)",
-                p.plan.checked.workflow.metadata.version.as_deref().unwrap_or("(none)")
-            )));
-        }
+        at_version(&p, &name, version.as_deref())?;
         let transient =
             |e: String| TaskError { message: format!("starting child workflow `{name}`: {e}"), retryable: true };
         let started = match self.starter.create(&*self.store, &p).await {
@@ -187,8 +193,8 @@ impl Executor for Children {
     }
 }
 
-/// How an embedded run starts and runs a child to its end, in the same process and store: the
-/// driver side (`crate::driver` builds it with what a driver needs).
+/// How an embedded run starts and runs a child to its end, in the same process and store
+/// ([`DriverChildren`]: a driver like the parent's).
 #[async_trait]
 pub trait RunChild: Send + Sync {
     /// Stores `p` (once: a child already stored is resumed, an ended one only read) and runs
@@ -199,13 +205,12 @@ pub trait RunChild: Send + Sync {
     async fn cancel_child(&self, run_id: &str) -> Result<(), String>;
 }
 
-/// The embedded runtime's `workflow` executor: a file relative to the parent's file, or a
-/// workflow registered in the run's store; the child runs inline and the attempt is its end.
+/// The embedded runtime's `workflow` executor: a file relative to the parent's file (`NAME`
+/// is `NAME.yaml` there); the child runs inline and the attempt is its end.
 pub struct InlineChildren {
     /// Where children are looked for when their parent's workflow was not read from a file
     /// with a directory (children's paths are relative to their parent's file).
     pub base: PathBuf,
-    pub workflows: Option<Arc<dyn Workflows>>,
     pub starter: Arc<Starter>,
     pub runner: Arc<dyn RunChild>,
 }
@@ -223,27 +228,14 @@ impl InlineChildren {
         }
     }
 
-    async fn source(&self, r: &WorkflowRef, tenant: &str, dir: &Path) -> Result<(String, String), TaskError> {
-        match r {
-            WorkflowRef::File(f) => {
-                let path = resolve(dir, f)?;
-                let text = read_bounded(&path)?;
-                Ok((path.display().to_string(), text))
-            }
-            WorkflowRef::Registered { name, .. } => {
-                let Some(w) = &self.workflows else {
-                    // Embedded without a registry: `NAME` is the file `NAME.yaml` beside.
-                    let path = dir.join(format!("{name}.yaml"));
-                    let text = read_bounded(&path)?;
-                    return Ok((path.display().to_string(), text));
-                };
-                match w.get(tenant, name).await {
-                    Ok(Some(s)) => Ok((format!("{name}.yaml"), s)),
-                    Ok(None) => Err(TaskError::fatal(format!("no workflow `{name}` is registered"))),
-                    Err(e) => Err(TaskError { message: format!("reading workflow `{name}`: {e}"), retryable: true }),
-                }
-            }
-        }
+    /// The child's file: `x.yaml` under `dir`, or `NAME.yaml` there.
+    fn source(r: &WorkflowRef, dir: &Path) -> Result<(String, String), TaskError> {
+        let path = match r {
+            WorkflowRef::File(f) => resolve(dir, f)?,
+            WorkflowRef::Registered { name, .. } => dir.join(format!("{name}.yaml")),
+        };
+        let text = read_bounded(&path)?;
+        Ok((path.display().to_string(), text))
     }
 }
 
@@ -292,41 +284,50 @@ pub fn file_references(path: &Path, checked: &llmo_core::validate::Checked) -> V
 
 /// Refuses child workflow files that form a cycle or nest deeper than
 /// [`llmo_core::child::MAX_DEPTH`], starting from `path`: the chain of files, by task.
-/// `check` validates a file's text (the caller's validator, with its task types).
+/// `check` validates a file's text (the caller's validator, with its task types). Each file is
+/// read and validated once, however many tasks name it.
 pub fn check_nesting(
     path: &Path,
     check: &dyn Fn(&Path, &str) -> Option<llmo_core::validate::Checked>,
 ) -> Result<(), String> {
+    type Chain = Vec<(PathBuf, String)>;
+    let key = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    /// How many levels of children `path` starts below itself.
     fn walk(
         path: &Path,
-        chain: &mut Vec<(PathBuf, String)>,
+        chain: &mut Chain,
+        done: &mut std::collections::HashMap<PathBuf, u32>,
+        key: &dyn Fn(&Path) -> PathBuf,
         check: &dyn Fn(&Path, &str) -> Option<llmo_core::validate::Checked>,
-    ) -> Result<(), String> {
-        let Ok(text) = read_bounded(path) else { return Ok(()) };
-        let Some(checked) = check(path, &text) else { return Ok(()) };
+    ) -> Result<u32, String> {
+        if let Some(&levels) = done.get(&key(path)) {
+            return Ok(levels);
+        }
+        let Ok(text) = read_bounded(path) else { return Ok(0) };
+        let Some(checked) = check(path, &text) else { return Ok(0) };
+        let mut levels = 0;
         for (task, child) in file_references(path, &checked) {
-            let same = |p: &Path| match (std::fs::canonicalize(p), std::fs::canonicalize(&child)) {
-                (Ok(a), Ok(b)) => a == b,
-                _ => p == child,
-            };
-            let show = |chain: &[(PathBuf, String)]| {
+            let show = |chain: &Chain| {
                 let mut s: Vec<String> = chain.iter().map(|(p, t)| format!("{} (task `{t}`)", p.display())).collect();
                 s.push(child.display().to_string());
                 s.join(" → ")
             };
             chain.push((path.to_path_buf(), task));
-            if chain.iter().any(|(p, _)| same(p)) {
+            if chain.iter().any(|(p, _)| key(p) == key(&child)) {
                 return Err(format!("child workflows form a cycle: {}", show(chain)));
             }
-            if chain.len() as u32 > MAX_DEPTH {
+            let below = walk(&child, chain, done, key, check)?;
+            // `child` runs at depth `chain.len()`, and starts `below` levels under it.
+            if chain.len() as u32 + below > MAX_DEPTH {
                 return Err(format!("child workflows nest deeper than {MAX_DEPTH}: {}", show(chain)));
             }
-            walk(&child, chain, check)?;
+            levels = levels.max(below + 1);
             chain.pop();
         }
-        Ok(())
+        done.insert(key(path), levels);
+        Ok(levels)
     }
-    walk(path, &mut Vec::new(), check)
+    walk(path, &mut Vec::new(), &mut Default::default(), &key, check).map(|_| ())
 }
 
 /// `file` under `base`: relative paths only, never above `base`.
@@ -345,12 +346,10 @@ impl Executor for InlineChildren {
     async fn execute(&self, a: &Attempt) -> AttemptResult {
         let run = async {
             let (with, r) = with_of(a)?;
-            let (file, source) = self.source(&r, a.tenant.as_deref().unwrap_or_default(), &self.dir_of(a)).await?;
+            let (file, source) = Self::source(&r, &self.dir_of(a))?;
             let p = prepare(&self.starter, a, &with, &file, &source)?;
-            if let WorkflowRef::Registered { name, version: Some(v) } = &r
-                && p.plan.checked.workflow.metadata.version.as_deref() != Some(v.as_str())
-            {
-                return Err(TaskError::fatal(format!("workflow `{name}` is not at version {v}")));
+            if let WorkflowRef::Registered { name, version } = &r {
+                at_version(&p, name, version.as_deref())?;
             }
             let ended = self
                 .runner
@@ -422,13 +421,12 @@ impl RunChild for DriverChildren {
 }
 
 /// `registry` with the embedded `workflow` executor added (unless it has one): children from
-/// files beside their parent's (under `base` when the parent's has no directory) and from
-/// `workflows` if given, run in `store` by drivers with `options`.
+/// files beside their parent's (under `base` when the parent's has no directory), run in
+/// `store` by drivers with `options`.
 pub fn embedded(
     mut registry: crate::executor::Registry,
     base: PathBuf,
     store: Arc<dyn RunStore>,
-    workflows: Option<Arc<dyn Workflows>>,
     clock: Arc<dyn crate::ports::Clock>,
     options: crate::driver::Options,
     starter: Arc<Starter>,
@@ -442,9 +440,63 @@ pub fn embedded(
     });
     // An embedder's own `workflow` executor stays.
     if registry.get(llmo_core::child::WORKFLOW).is_none() {
-        registry.register("workflow", Arc::new(InlineChildren { base, workflows, starter, runner: runner.clone() }));
+        registry.register("workflow", Arc::new(InlineChildren { base, starter, runner: runner.clone() }));
     }
     let registry = Arc::new(registry);
     let _ = runner.executors.set(Arc::downgrade(&registry));
     registry
+}
+
+/// A wide tree of references to the same files is walked once per file (hundreds of tasks
+/// naming one file, eight levels deep, would otherwise be read 100^8 times).
+#[cfg(test)]
+mod nesting_tests {
+    use super::*;
+
+    fn validate(p: &Path, text: &str) -> Option<llmo_core::validate::Checked> {
+        llmo_core::validate::Validator::default()
+            .validate(&llmo_core::source::SourceFile::new(p.display().to_string(), text))
+            .checked
+    }
+
+    fn file(dir: &Path, name: &str, children: &[&str]) {
+        let mut tasks = String::from("    - { id: t, type: transform, with: { output: 1 } }\n");
+        for (i, c) in children.iter().enumerate() {
+            tasks.push_str(&format!("    - {{ id: c{i}, type: workflow, with: {{ workflow: {c} }} }}\n"));
+        }
+        let text = format!(
+            "apiVersion: llm-orchestrator/v1\nkind: Workflow\nmetadata: {{ name: {name} }}\nspec:\n  tasks:\n{tasks}"
+        );
+        std::fs::write(dir.join(format!("{name}.yaml")), text).unwrap();
+    }
+
+    #[test]
+    fn wide_trees_are_walked_once_per_file_and_depth_and_cycles_are_found() {
+        let dir = std::env::temp_dir().join(format!("llmo-nesting-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // l0 .. l7: each names the next 200 times; l8 is a leaf. Nine levels of runs: the top
+        // one (depth 0) and eight of children, the most there may be.
+        file(&dir, "l8", &[]);
+        for d in (0..8).rev() {
+            let next = format!("l{}", d + 1);
+            file(&dir, &format!("l{d}"), &vec![next.as_str(); 200]);
+        }
+        let reads = std::sync::atomic::AtomicUsize::new(0);
+        let counted = |p: &Path, t: &str| {
+            reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            validate(p, t)
+        };
+        assert_eq!(check_nesting(&dir.join("l0.yaml"), &counted), Ok(()));
+        assert_eq!(reads.load(std::sync::atomic::Ordering::Relaxed), 9, "each file once");
+        // One level more is refused.
+        file(&dir, "top", &["l0"]);
+        let e = check_nesting(&dir.join("top.yaml"), &validate).unwrap_err();
+        assert!(e.contains("nest deeper than 8"), "{e}");
+        // A cycle, found through a file already walked.
+        file(&dir, "a", &["l7", "b"]);
+        file(&dir, "b", &["l8", "a"]);
+        let e = check_nesting(&dir.join("a.yaml"), &validate).unwrap_err();
+        assert!(e.contains("form a cycle") && e.contains("b.yaml (task `c1`)"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

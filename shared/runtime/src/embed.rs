@@ -164,7 +164,6 @@ impl EngineBuilder {
             self.executors,
             std::path::PathBuf::new(),
             store.clone(),
-            None,
             self.clock.clone(),
             self.options.clone(),
             Arc::new(starter),

@@ -132,7 +132,6 @@ async fn a_child_spends_only_what_its_parent_passed_down() {
         registry,
         dir.clone(),
         d.store.clone(),
-        None,
         d.clock.clone(),
         d.options.clone(),
         Arc::new(llmo_runtime::start::Starter::new(config, false)),
