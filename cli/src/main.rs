@@ -177,6 +177,31 @@ enum Command {
         #[arg(long, value_name = "URL")]
         api: Option<String>,
     },
+    /// Answer a callback's task token (a `function` or `http` task with `callback`): the task
+    /// succeeds with --output, its attempt fails with --error (`retry` applies unless
+    /// --no-retry), or --heartbeat keeps it alive. In a state file, or with --api through the
+    /// API (`POST /callbacks/{token}`). Exit status 3 when the attempt no longer waits.
+    Callback {
+        /// The task token its call carried.
+        token: String,
+        /// The task's output, JSON.
+        #[arg(long, value_name = "JSON", conflicts_with_all = ["error", "heartbeat"], required_unless_present_any = ["error", "heartbeat"])]
+        output: Option<String>,
+        /// Fail the attempt with this message.
+        #[arg(long, value_name = "MESSAGE", conflicts_with = "heartbeat")]
+        error: Option<String>,
+        /// With --error: fail the task without another attempt.
+        #[arg(long, requires = "error")]
+        no_retry: bool,
+        /// Report that the call is still being worked on (its `heartbeat` deadline moves).
+        #[arg(long)]
+        heartbeat: bool,
+        #[arg(long, value_name = "PATH", default_value = ".llmo/runs.db")]
+        state: PathBuf,
+        /// Answer through the API at this URL instead of a state file.
+        #[arg(long, value_name = "URL")]
+        api: Option<String>,
+    },
     /// Continue a run interrupted (even by kill -9) from its state file.
     /// A run another live process executes is refused (one executor per run) unless --wait.
     Resume {
@@ -630,6 +655,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Waiting { state, json, format, api: None } => waits::list(&state, json || format == Format::Json),
         Command::Approve { answer } => answer.run(true),
         Command::Reject { answer } => answer.run(false),
+        Command::Callback { token, output, error, no_retry, heartbeat, state, api } => {
+            use llmo_runtime::callbacks::Answer;
+            let answer = match (output, error) {
+                _ if heartbeat => Answer::Heartbeat,
+                (Some(o), _) => {
+                    Answer::Output(serde_json::from_str(&o).map_err(|e| anyhow::anyhow!("--output is not JSON: {e}"))?)
+                }
+                (None, Some(e)) => Answer::Error { error: e, retryable: !no_retry },
+                (None, None) => anyhow::bail!("say --output JSON, --error MESSAGE or --heartbeat"),
+            };
+            match api {
+                Some(api) => remote::callback(&token, &answer, Some(&api)),
+                None => waits::callback(&token, &answer, &state),
+            }
+        }
         Command::SendEvent { name, key, payload, state, api } => {
             let payload: serde_json::Value =
                 serde_json::from_str(&payload).map_err(|e| anyhow::anyhow!("--payload is not JSON: {e}"))?;

@@ -412,6 +412,33 @@ pub fn answer(
     }
 }
 
+/// `llmo callback TOKEN --api`: `POST /callbacks/{token}` (or its `/heartbeat`).
+pub fn callback(token: &str, answer: &llmo_runtime::callbacks::Answer, api: Option<&str>) -> Result<ExitCode> {
+    use llmo_runtime::callbacks::Answer;
+    let base = base(api);
+    let (url, body) = match answer {
+        Answer::Heartbeat => (format!("{base}/callbacks/{token}/heartbeat"), json!({})),
+        Answer::Output(v) => (format!("{base}/callbacks/{token}"), json!({"output": v})),
+        Answer::Error { error, retryable } => {
+            (format!("{base}/callbacks/{token}"), json!({"error": error, "retryable": retryable}))
+        }
+    };
+    let shown = format!("{base}/callbacks/…");
+    let rt = runtime()?;
+    let (status, v) = rt.block_on(async { call(client()?.post(&url).json(&body), &shown).await })?;
+    match status {
+        200 => {
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        409 => {
+            refused("callback", status, &v);
+            Ok(ExitCode::from(3))
+        }
+        _ => Ok(refused("callback", status, &v)),
+    }
+}
+
 /// `llmo send-event NAME --api`: `POST /events`.
 pub fn send_event(name: &str, key: &str, payload: &Value, api: Option<&str>) -> Result<ExitCode> {
     let base = base(api);

@@ -129,8 +129,16 @@ fn driver(plan: Arc<Plan>, store: Arc<dyn RunStore>, state: Option<&Path>, exec:
     let clock: Arc<dyn llmo_runtime::ports::Clock> = Arc::new(SystemClock::default());
     // `workflow` tasks: children from files beside this one, run in this process and store.
     let base = Path::new(plan.checked.source.name()).parent().map(Path::to_path_buf).unwrap_or_default();
+    let mut reg = registry(exec, &plan)?;
+    // Tasks waiting for a callback: their tokens are answered by `llmo callback --state F`
+    // (or `llmo serve` on the same file). A run without a state file cannot wait for one.
+    if let Some(state) = state
+        && (0..plan.task_count()).any(|i| plan.callback_of(i).is_some())
+    {
+        llmo_runtime::callbacks::Callbacks::new(&crate::server::local_link_secret(state)?, None).install(&mut reg);
+    }
     let executors = llmo_runtime::children::embedded(
-        registry(exec, &plan)?,
+        reg,
         base,
         store.clone(),
         clock.clone(),
@@ -528,6 +536,11 @@ fn describe(plan: &Plan, t: &Transition) -> Value {
         }
         Event::RetryDue { task, item, attempt } => format!("{} retry due (attempt {})", id(*task, *item), attempt + 1),
         Event::WakeDue { task, item, .. } => format!("{} woke", id(*task, *item)),
+        Event::Complete { task, item, .. } if plan.callback_of(*task).is_some() => {
+            format!("{} callback answered", id(*task, *item))
+        }
+        Event::CallbackFailed { task, item, error, .. } => format!("{} {error}", id(*task, *item)),
+        Event::Heartbeat { task, item, .. } => format!("{} heartbeat", id(*task, *item)),
         Event::Complete { task, item, output, .. } => {
             let by = output.get("by").and_then(Value::as_str).unwrap_or("someone");
             match output.get("approved").and_then(Value::as_bool) {
@@ -718,6 +731,11 @@ impl Progress {
                         crate::term::clean(w.key.as_deref().unwrap_or_default()),
                         crate::term::clean(w.event.as_deref().unwrap_or_default()),
                         crate::term::clean(w.key.as_deref().unwrap_or_default()),
+                        self.state
+                    ),
+                    llmo_core::engine::WaitKind::Callback => eprintln!(
+                        "⏸ {id}{} waits for its callback: llmo callback TOKEN --output JSON{} (the token came with its call)",
+                        item.map(|k| format!("[{k}]")).unwrap_or_default(),
                         self.state
                     ),
                     llmo_core::engine::WaitKind::Sleep => {}

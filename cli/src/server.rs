@@ -29,6 +29,17 @@ pub struct Options {
 }
 
 /// The development secret: `LLMO_JWT_SECRET`, else the one kept beside `state` (made once).
+/// The secret answer links and callbacks' task tokens are keyed from, for runs kept in
+/// `state`: `LLMO_LINK_SECRET`, else derived from the state file's development secret (so
+/// `llmo run --state F`, `llmo callback --state F` and `llmo serve --state F` agree).
+pub(crate) fn local_link_secret(state: &Path) -> Result<Vec<u8>> {
+    match std::env::var("LLMO_LINK_SECRET").ok().filter(|s| !s.is_empty()) {
+        Some(s) if s.len() < 32 => bail!("LLMO_LINK_SECRET must be at least 32 bytes"),
+        Some(s) => Ok(s.into_bytes()),
+        None => Ok(format!("links:{}", dev_secret(state)?.0).into_bytes()),
+    }
+}
+
 fn dev_secret(state: &Path) -> Result<(String, Option<PathBuf>)> {
     if let Some(s) = std::env::var("LLMO_JWT_SECRET").ok().filter(|s| !s.is_empty()) {
         return Ok((s, None));
@@ -68,7 +79,7 @@ pub fn serve(o: Options) -> Result<ExitCode> {
         Some(p) => llmo_runtime::fixtures::Fixtures::load(p).map_err(|e| anyhow::anyhow!("{e}"))?,
         None => Default::default(),
     };
-    let executors = crate::run::registry_with(&o.exec, fixtures)?;
+    let mut executors = crate::run::registry_with(&o.exec, fixtures)?;
     let mut settings = Settings::new(o.state.clone());
     settings.durability = o.exec.durability;
     settings.workers = o.workers.max(1);
@@ -97,6 +108,17 @@ pub fn serve(o: Options) -> Result<ExitCode> {
         None => dev.as_ref().map(|(s, _)| format!("links:{s}").into_bytes()),
     };
     let metrics = llmo_runtime::meter::prometheus();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind(addr))
+        .with_context(|| format!("--addr {addr}: binding (is another server on it?)"))?;
+    let bound = listener.local_addr()?;
+    // Callbacks' task tokens are keyed from the link secret and answered here
+    // (`LLMO_PUBLIC_URL` when the server is reached through another address).
+    if let Some(secret) = &links {
+        let public = std::env::var("LLMO_PUBLIC_URL").ok().filter(|v| !v.is_empty());
+        llmo_runtime::callbacks::Callbacks::new(secret, Some(public.unwrap_or_else(|| format!("http://{bound}"))))
+            .install(&mut executors);
+    }
     let mut local = rt
         .block_on(Local::open(settings, executors, config, o.exec.mock))
         .with_context(|| format!("opening {}", o.state.display()))?;
@@ -105,10 +127,6 @@ pub fn serve(o: Options) -> Result<ExitCode> {
         api.links = links;
         api.metrics = metrics;
     });
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind(addr))
-        .with_context(|| format!("--addr {addr}: binding (is another server on it?)"))?;
-    let bound = listener.local_addr()?;
     {
         let _rt = rt.enter();
         local.start();

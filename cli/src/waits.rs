@@ -190,3 +190,53 @@ pub fn send_event(name: &str, key: &str, payload: &Value, state: &Path) -> Resul
     // An event nothing waited for is most often a typo of its name or key: say so in the code.
     Ok(if delivered.is_empty() { ExitCode::from(3) } else { ExitCode::SUCCESS })
 }
+
+/// `llmo callback TOKEN --state FILE`: answers a callback's task token in a state file. The
+/// token must verify with the file's key (`LLMO_LINK_SECRET`, else the file's development
+/// secret: the one `llmo run --state` and `llmo serve` mint with).
+pub fn callback(token: &str, answer: &llmo_runtime::callbacks::Answer, state: &Path) -> Result<ExitCode> {
+    use llmo_runtime::callbacks::{Answer as Cb, Callbacks};
+    use llmo_runtime::ports::Clock;
+    let rt = runtime()?;
+    let store = store(state)?;
+    let claims = match Callbacks::new(&crate::server::local_link_secret(state)?, None).verify(token) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e} (for the runs in {})", state.display());
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let (plan, _) = rt.block_on(waits::load(&store, &plan_of, &claims.run)).map_err(anyhow::Error::from)?;
+    let clock = SystemClock::default();
+    let now = clock.now();
+    let r = rt.block_on(waits::answer(&plan, &store, &clock, &claims.run, |st| answer.event(&plan, st, &claims, now)));
+    let what = match claims.item {
+        Some(k) => format!("`{}`[{k}] attempt {}", claims.task, claims.attempt),
+        None => format!("`{}` attempt {}", claims.task, claims.attempt),
+    };
+    let recorded = match r {
+        Ok(_) => true,
+        // A heartbeat close to the last one is not stored; the attempt lives all the same.
+        Err(waits::Error::Answer(AnswerError::NotWaiting(_))) if *answer == Cb::Heartbeat => false,
+        Err(e) => return refused(e),
+    };
+    let said = match answer {
+        Cb::Output(_) => "answered: the task succeeds",
+        Cb::Error { retryable: true, .. } => "failed (its `retry` applies)",
+        Cb::Error { .. } => "failed for good",
+        Cb::Heartbeat => "heartbeat",
+    };
+    eprintln!(
+        "{}: {what} {said} (the process running the run continues it; else `llmo resume {}{}`)",
+        claims.run,
+        claims.run,
+        crate::run::state_flag(Some(state))
+    );
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&json!({
+            "run_id": claims.run, "task": claims.task, "item": claims.item, "attempt": claims.attempt, "recorded": recorded,
+        }))?
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -885,3 +885,117 @@ fn serve_refuses_development_tokens_beyond_loopback() {
     assert!(text(&out.stderr).contains("set LLMO_AUTH"), "{}", text(&out.stderr));
     assert!(!dir.exists(), "nothing was created");
 }
+
+/// Callbacks embedded: an `http` task with `callback` sends its task token in a header and
+/// waits; `llmo callback --heartbeat` keeps it alive, `--error` fails the attempt (its retry
+/// sends again with a new token), `--output` ends it once; the run's process then finishes.
+/// The first attempt's token is useless after its attempt ended, a second answer exits 3, and
+/// a forged token is refused without touching the run.
+#[test]
+fn callbacks_wait_for_their_token_across_processes() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let server = rt.block_on(async {
+        use wiremock::matchers::{method, path};
+        let server = wiremock::MockServer::start().await;
+        wiremock::Mock::given(method("POST"))
+            .and(path("/jobs"))
+            .respond_with(wiremock::ResponseTemplate::new(202).set_body_json(serde_json::json!({"queued": true})))
+            .mount(&server)
+            .await;
+        server
+    });
+    let dir = std::env::temp_dir().join(format!("llmo-callbacks-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let wf = dir.join("label.yaml");
+    std::fs::write(
+        &wf,
+        format!(
+            r#"apiVersion: llm-orchestrator/v1
+kind: Workflow
+metadata: {{ name: label }}
+spec:
+  tasks:
+    - id: label
+      type: http
+      retry: {{ max_attempts: 2, backoff: {{ initial: 100ms }} }}
+      with:
+        method: POST
+        url: "{}/jobs"
+        body: {{ text: "a dog on a skateboard" }}
+        callback: {{ timeout: 1h, heartbeat: 10m }}
+    - {{ id: after, type: transform, depends_on: [label], with: {{ output: "label: {{{{ tasks.label.output.label }}}}" }} }}
+  outputs:
+    said: "{{{{ tasks.after.output }}}}"
+"#,
+            server.uri()
+        ),
+    )
+    .unwrap();
+    let db = dir.join("runs.db");
+    let state = db.to_str().unwrap();
+    let err_file = dir.join("run.err");
+    let run = command()
+        .args(["run", "--state", state, wf.to_str().unwrap()])
+        .env("LLMO_EGRESS_ALLOW", "loopback")
+        .env("LLMO_EGRESS_ALLOW_HTTP", "1")
+        .env_remove("LLMO_LINK_SECRET")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&err_file).unwrap())
+        .spawn()
+        .unwrap();
+    let token_of = |n: usize| {
+        for _ in 0..300 {
+            let got = rt.block_on(server.received_requests()).unwrap_or_default();
+            if got.len() >= n {
+                let h = got[n - 1].headers.get("llmo-callback-token").expect("the token header");
+                assert!(got[n - 1].headers.get("idempotency-key").is_some());
+                return h.to_str().unwrap().to_string();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!("call {n} never came: {}", std::fs::read_to_string(&err_file).unwrap_or_default());
+    };
+    let callback = |args: &[&str]| {
+        let mut all = vec!["callback"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--state", state]);
+        command().args(&all).env_remove("LLMO_LINK_SECRET").output().unwrap()
+    };
+    let first = token_of(1);
+    // The call has returned once the task is listed as waiting for its callback.
+    for _ in 0..300 {
+        let out = llmo(&["waiting", "--state", state, "--json"]);
+        if text(&out.stdout).contains("\"callback\"") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let forged = format!("{}x", &first[..first.len() - 1]);
+    let out = callback(&[&forged, "--output", "{}"]);
+    assert_eq!(out.status.code(), Some(2), "forged: {}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("not valid"), "{}", text(&out.stderr));
+    let out = callback(&[&first, "--heartbeat"]);
+    assert!(out.status.success(), "heartbeat: {}", text(&out.stderr));
+    let out = callback(&[&first, "--error", "the labeller crashed"]);
+    assert!(out.status.success(), "error: {}", text(&out.stderr));
+    // Its retry calls again, with a new token; the old one answers nothing now.
+    let second = token_of(2);
+    assert_ne!(first, second);
+    let out = callback(&[&first, "--output", "{\"label\": \"cat\"}"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("the token is for attempt 1"), "{}", text(&out.stderr));
+    let out = callback(&[&second, "--output", "{\"label\": \"dog\"}"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let again = callback(&[&second, "--output", "{\"label\": \"cat\"}"]);
+    assert_eq!(again.status.code(), Some(3), "answered once: {}", text(&again.stderr));
+    let run = run.wait_with_output().unwrap();
+    let err = std::fs::read_to_string(&err_file).unwrap_or_default();
+    assert!(run.status.success(), "{err}");
+    assert!(err.contains("waits for its callback"), "{err}");
+    let out: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    assert_eq!(out["said"], "label: dog");
+    assert_eq!(rt.block_on(server.received_requests()).unwrap().len(), 2, "one call per attempt");
+    drop(rt);
+    std::fs::remove_dir_all(&dir).ok();
+}

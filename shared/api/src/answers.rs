@@ -63,7 +63,7 @@ pub fn verify_link(secret: &[u8], token: &str) -> Result<LinkClaims, String> {
         .map_err(|e| format!("the link is not valid: {e}"))
 }
 
-fn answer_error(e: AnswerError) -> Reply {
+pub(crate) fn answer_error(e: AnswerError) -> Reply {
     match e {
         AnswerError::NoSuchTask(m) => problem(StatusCode::NOT_FOUND, m),
         AnswerError::NotWaiting(m) => problem(StatusCode::CONFLICT, m),
@@ -102,7 +102,7 @@ impl Api {
         self.starter.check(&s.source_name, &s.source).map(Plan::new).map_err(|e| e.to_string())
     }
 
-    async fn loaded(&self, tenant: &str, id: &str) -> Result<(Arc<Plan>, RunState), Refusal> {
+    pub(crate) async fn loaded(&self, tenant: &str, id: &str) -> Result<(Arc<Plan>, RunState), Refusal> {
         let stored = match self.store.load(id).await {
             Ok(Some(s)) if s.snapshot.tenant.as_deref().unwrap_or("-") == tenant => s,
             Ok(_) => return Err(Box::new(no_run(id))),
@@ -116,7 +116,7 @@ impl Api {
     /// Applies an answer's event through the worker: `Ok(true)` when it was recorded (and
     /// `waiter`, the answered task's entry in the index, is dropped), `Ok(false)` when another
     /// answer (or the timeout) got there first.
-    async fn apply(&self, run_id: &str, event: Event, waiter: Option<Waiter>) -> Result<bool, Refusal> {
+    pub(crate) async fn apply(&self, run_id: &str, event: Event, waiter: Option<Waiter>) -> Result<bool, Refusal> {
         let d = Delivery {
             receipt: String::new(),
             message: Message::Event { run_id: run_id.to_string(), event },

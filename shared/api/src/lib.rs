@@ -12,6 +12,7 @@
 pub mod answers;
 pub mod api;
 pub mod auth;
+pub mod callbacks;
 pub mod server;
 pub mod sweep;
 

@@ -23,6 +23,11 @@ pub struct FunctionWith {
     /// key is the same on every attempt and redelivery of this task item).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payload: Option<Map<String, Value>>,
+    /// Wait for a callback after the function answered: the event's `llmo.callback` holds
+    /// `{ token, url }`, and the task ends when the token is answered (see
+    /// [`crate::callback::CallbackWith`]). Its output is then the answer's `output`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback: Option<crate::callback::CallbackWith>,
 }
 
 /// Lambda's own limit on a synchronous invocation's request and response (6 MB).

@@ -384,6 +384,12 @@ pub struct HttpWith {
     /// Status codes counted as success (default: any 2xx).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub expect_status: Vec<u16>,
+    /// Wait for a callback after the request succeeded: the request carries the
+    /// `Llmo-Callback-Token` (and, where the API's address is known, `Llmo-Callback-Url`)
+    /// headers, and the task ends when the token is answered (see
+    /// [`crate::callback::CallbackWith`]). Its output is then the answer's `output`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback: Option<crate::callback::CallbackWith>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]

@@ -131,6 +131,7 @@ async fn main() {
         timeout: Some(Duration::from_secs(10)),
         admitted: false,
         depth: 0,
+        callback: None,
     };
     let mut times = Vec::with_capacity(n);
     for i in 0..n + 20 {

@@ -173,13 +173,21 @@ impl FunctionExecutor {
     /// Lambda's limit.
     async fn event_body(&self, a: &Attempt, payload: Map<String, Value>) -> Result<Vec<u8>, TaskError> {
         let key = a.idempotency_key();
-        let llmo = json!({
+        let mut llmo = json!({
             "idempotency_key": key,
             "run_id": &*a.run_id,
             "task": &*a.task_id,
             "item": a.item,
             "attempt": a.attempt,
         });
+        if llmo_runtime::callbacks::missing(a) {
+            return Err(TaskError::fatal(
+                "this task waits for a callback, and this runtime issues no task tokens (set LLMO_LINK_SECRET)",
+            ));
+        }
+        if let Some(cb) = &a.callback {
+            llmo["callback"] = json!({"token": cb.token, "url": cb.url});
+        }
         if payload.contains_key("llmo") {
             return Err(TaskError::fatal("function: `payload.llmo` is the engine's (the attempt's key and names)"));
         }

@@ -97,6 +97,7 @@ fn attempt(with: Value, timeout: Option<Duration>) -> Attempt {
         timeout,
         admitted: false,
         depth: 0,
+        callback: None,
     }
 }
 

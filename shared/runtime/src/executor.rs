@@ -54,6 +54,8 @@ pub struct Attempt {
     pub admitted: bool,
     /// The run's depth among nested runs (0: a run nobody started; see `llmo_core::child`).
     pub depth: u32,
+    /// The task token a task with a `callback` sends with its call ([`crate::callbacks`]).
+    pub callback: Option<Arc<crate::callbacks::Token>>,
 }
 
 impl Attempt {
@@ -294,9 +296,15 @@ impl Executor for Noop {
 /// An attempt of task `a` (type `ty`) of a one-task workflow, for executor tests.
 #[cfg(test)]
 pub(crate) fn test_attempt(ty: &str, with: Value, item: Option<u32>, attempt: u32) -> Attempt {
+    let wf = "apiVersion: llm-orchestrator/v1\nkind: Workflow\nmetadata: { name: w }\nspec:\n  inputs: { q: { type: string, default: x } }\n  secrets: { TOKEN: { hosts: [127.0.0.1, localhost] }, ONLY_IP: { hosts: [127.0.0.1] }, ELSEWHERE: { hosts: [\"*.example.com\"] } }\n  tasks:\n    - { id: a, type: transform, with: { output: 1 } }\n";
+    test_attempt_of(wf, ty, with, item, attempt)
+}
+
+/// An attempt of task `a` (type `ty`) of workflow `wf`, for executor tests.
+#[cfg(test)]
+pub(crate) fn test_attempt_of(wf: &str, ty: &str, with: Value, item: Option<u32>, attempt: u32) -> Attempt {
     use llmo_core::source::SourceFile;
     use llmo_core::validate::Validator;
-    let wf = "apiVersion: llm-orchestrator/v1\nkind: Workflow\nmetadata: { name: w }\nspec:\n  inputs: { q: { type: string, default: x } }\n  secrets: { TOKEN: { hosts: [127.0.0.1, localhost] }, ONLY_IP: { hosts: [127.0.0.1] }, ELSEWHERE: { hosts: [\"*.example.com\"] } }\n  tasks:\n    - { id: a, type: transform, with: { output: 1 } }\n";
     let plan = Plan::new(Validator::default().validate(&SourceFile::new("w.yaml", wf)).checked.unwrap());
     Attempt {
         plan: Arc::new(plan),
@@ -316,6 +324,7 @@ pub(crate) fn test_attempt(ty: &str, with: Value, item: Option<u32>, attempt: u3
         prices: None,
         admitted: false,
         depth: 0,
+        callback: None,
         timeout: Some(Duration::from_millis(500)),
     }
 }
@@ -345,6 +354,7 @@ mod tests {
             prices: None,
             admitted: false,
             depth: 0,
+            callback: None,
             timeout: None,
         }
     }

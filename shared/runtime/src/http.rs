@@ -432,6 +432,12 @@ impl HttpExecutor {
         if let Err(e) = self.egress.check_url(&url) {
             return failed(TaskError::fatal(e.to_string()));
         }
+        if crate::callbacks::missing(a) {
+            return crate::callbacks::unconfigured();
+        }
+        // A task token goes only to the origin it was meant for, never through a redirect
+        // to another (it answers the attempt).
+        let token_origin = url.origin();
         let (mut hs, revealed) = match headers(a, &w, &host_of(&url), self.secrets.as_ref()).await {
             Ok(h) => h,
             Err(e) => return failed(e),
@@ -454,6 +460,14 @@ impl HttpExecutor {
                 rb = rb.header(&h.name, &h.value);
             }
             rb = rb.header("Idempotency-Key", a.idempotency_key());
+            if let Some(cb) = &a.callback
+                && url.origin() == token_origin
+            {
+                rb = rb.header(crate::callbacks::TOKEN_HEADER, &cb.token);
+                if let Some(u) = &cb.url {
+                    rb = rb.header(crate::callbacks::URL_HEADER, u);
+                }
+            }
             if let Some(t) = &trace {
                 rb = rb.header("traceparent", t);
             }

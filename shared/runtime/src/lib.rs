@@ -2,6 +2,7 @@
 //! executors), their embedded adapters (in-memory, SQLite, files), the executors of the
 //! built-in task types with the model providers, and the embedded driver.
 pub mod audit;
+pub mod callbacks;
 pub mod children;
 pub mod costs;
 pub mod driver;

@@ -35,7 +35,6 @@ pub fn describe(plan: &Plan, st: &RunState, id: AttemptId) -> Option<Value> {
     if u.status != TaskStatus::Waiting || st.status != RunStatus::Running {
         return None;
     }
-    let spec = plan.wait_of(id.task)?;
     let mut v = json!({
         "run_id": st.run_id,
         "workflow": plan.checked.workflow.metadata.name,
@@ -48,7 +47,7 @@ pub fn describe(plan: &Plan, st: &RunState, id: AttemptId) -> Option<Value> {
     });
     match w.kind {
         WaitKind::Approval => {
-            let a = spec.approval.as_ref()?;
+            let a = plan.wait_of(id.task)?.approval.as_ref()?;
             v["prompt"] = json!(w.prompt);
             v["fields"] = serde_json::to_value(&a.fields).unwrap_or(Value::Null);
             v["approvers"] = serde_json::to_value(&a.approvers).unwrap_or(Value::Null);
@@ -58,6 +57,12 @@ pub fn describe(plan: &Plan, st: &RunState, id: AttemptId) -> Option<Value> {
             v["key"] = json!(w.key);
         }
         WaitKind::Sleep => v["wake_at"] = json!(u.wake_at),
+        // Its token is never listed: only the call it was sent with carries it.
+        WaitKind::Callback => {
+            v["wake_at"] = json!(u.wake_at);
+            v["heartbeat_ms"] = json!(w.heartbeat);
+            v["beat_at"] = json!(w.beat_at);
+        }
     }
     Some(v)
 }
@@ -158,6 +163,7 @@ pub async fn answer(
         let t = Transition::new(st.version, now, event.clone());
         if store.append(expected, &[t], &st).await? {
             if let Some(id) = event.attempt_id()
+                && st.tasks[id.task].units.get(id.unit()).is_some_and(|u| u.status != TaskStatus::Waiting)
                 && let Some(w) = Waiter::of(&st, id)
             {
                 store.drop_waiter(&w).await?;

@@ -116,6 +116,8 @@ pub use llmo_runtime::view::VALUE_BYTES;
 pub const BODY_BYTES: usize = 16 * 1024 * 1024;
 /// Most bytes of a `POST /answer` body (a link's token and an approval's answer).
 pub const LINK_BODY_BYTES: usize = 128 * 1024;
+/// Most bytes of a `POST /callbacks/{token}` body (an answer's output is at most 256 KiB).
+pub const CALLBACK_BODY_BYTES: usize = 320 * 1024;
 /// Most bytes of transitions in one page of `GET /runs/{id}/history`.
 pub const PAGE_BYTES: usize = 4 << 20;
 
@@ -177,6 +179,8 @@ impl Api {
         match Route::parse(&parts.method, &segments) {
             None => Ok((parts, 0)),
             Some(Route::Answer) => Ok((parts, LINK_BODY_BYTES)),
+            // The task token is the credential (a bearer, if sent, is checked by the route).
+            Some(Route::Callback(_) | Route::Heartbeat(_)) => Ok((parts, CALLBACK_BODY_BYTES)),
             Some(_) => {
                 let Some(auth) = &self.auth else { return Ok((parts, 0)) };
                 let req = Request::from_parts(parts, Body::Empty);
@@ -247,6 +251,9 @@ impl Api {
         span.record("http.route", route.action());
         if route == Route::Answer {
             return self.answer_by_link(&req, arrived).await;
+        }
+        if let Route::Callback(token) | Route::Heartbeat(token) = route {
+            return self.callback(&req, token, matches!(route, Route::Heartbeat(_)), arrived).await;
         }
         let principal = match &self.auth {
             None => Err(AuthError::Unauthenticated("this API has no authentication configured".into())),
@@ -396,6 +403,10 @@ impl Api {
             Route::BusEvent => self.bus_event(&tenant, &body).await,
             Route::Waiting => (self.waiting(p, &tenant).await, None),
             Route::Answer => (self.complete_by_link(&body).await.0, None),
+            // Answered before authentication (`handle_in`): never here.
+            Route::Callback(_) | Route::Heartbeat(_) => {
+                (problem(StatusCode::NOT_FOUND, "callbacks are answered with their token"), None)
+            }
             Route::Audit => (self.read_audit(&tenant, query).await, None),
             Route::Sweep => (self.sweep(p).await, None),
             Route::OpenApi => {

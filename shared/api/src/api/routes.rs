@@ -22,6 +22,11 @@ pub enum Route<'a> {
     Waiting,
     /// `POST /answer`: an approval answered through its single-use link (no bearer).
     Answer,
+    /// `POST /callbacks/{token}`: a callback's task token answered (the token is the
+    /// credential; a bearer, when sent, must be of the token's tenant).
+    Callback(&'a str),
+    /// `POST /callbacks/{token}/heartbeat`.
+    Heartbeat(&'a str),
     Audit,
     Sweep,
     OpenApi,
@@ -46,6 +51,8 @@ impl<'a> Route<'a> {
             (&Method::POST, ["bus", "events"]) => Route::BusEvent,
             (&Method::GET, ["waiting"]) => Route::Waiting,
             (&Method::POST, ["answer"]) => Route::Answer,
+            (&Method::POST, ["callbacks", token]) => Route::Callback(token),
+            (&Method::POST, ["callbacks", token, "heartbeat"]) => Route::Heartbeat(token),
             (&Method::GET, ["audit"]) => Route::Audit,
             (&Method::POST, ["sweep"]) => Route::Sweep,
             (&Method::GET, ["openapi.json"]) => Route::OpenApi,
@@ -67,7 +74,7 @@ impl<'a> Route<'a> {
             // Who may answer is the wait's to say (`approvers`; developers when it names none);
             // `POST /answer` is not authenticated by role at all (the link's token is the
             // credential).
-            Route::Complete(..) | Route::Answer => Role::Viewer,
+            Route::Complete(..) | Route::Answer | Route::Callback(_) | Route::Heartbeat(_) => Role::Viewer,
             Route::RegisterWorkflow
             | Route::StartRun
             | Route::Cancel(_)
@@ -96,6 +103,8 @@ impl<'a> Route<'a> {
             Route::BusEvent => "POST /bus/events",
             Route::Waiting => "GET /waiting",
             Route::Answer => "POST /answer",
+            Route::Callback(_) => "POST /callbacks/{token}",
+            Route::Heartbeat(_) => "POST /callbacks/{token}/heartbeat",
             Route::Audit => "GET /audit",
             Route::Sweep => "POST /sweep",
             Route::OpenApi => "GET /openapi.json",

@@ -183,6 +183,7 @@ async fn an_event_over_6_mb_goes_by_claim_check_in_s3() {
         timeout: None,
         admitted: false,
         depth: 0,
+        callback: None,
     };
     let r = exec.execute(&a).await;
     let llmo_core::engine::AttemptResult::Succeeded { output, .. } = r else { panic!("{r:?}") };

@@ -2,6 +2,7 @@
 //! transition function every runtime drives. See ARCHITECTURE.md ("The runtime protocol").
 pub mod budget;
 pub mod builtin;
+pub mod callbacks;
 pub(crate) mod interp;
 pub mod limits;
 pub mod machine;

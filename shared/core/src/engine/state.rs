@@ -89,6 +89,9 @@ pub enum WaitKind {
     Sleep,
     Approval,
     Event,
+    /// A `function` or `http` task with a `callback`: its call succeeded, it waits for the
+    /// answer to the task token it sent.
+    Callback,
 }
 
 impl WaitKind {
@@ -97,6 +100,7 @@ impl WaitKind {
             WaitKind::Sleep => "sleep",
             WaitKind::Approval => "approval",
             WaitKind::Event => "event",
+            WaitKind::Callback => "callback",
         }
     }
 }
@@ -121,6 +125,26 @@ pub struct Waits {
     /// The unit's `wake_at` is its timeout (not the end of its sleep).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub times_out: bool,
+    /// A callback's `heartbeat`: it fails when no heartbeat came for this long.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat: Option<Millis>,
+    /// When the last heartbeat recorded came.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub beat_at: Option<Millis>,
+}
+
+impl Waits {
+    /// When a callback wait fails if nothing comes: its timeout, or its heartbeat's
+    /// deadline if sooner; and whether that is the heartbeat's.
+    pub fn callback_due(&self) -> Option<(Millis, bool)> {
+        let beat = self.heartbeat.map(|h| self.beat_at.unwrap_or(self.since).saturating_add(h));
+        match (self.timeout_at, beat) {
+            (Some(t), Some(b)) if b < t => Some((b, true)),
+            (Some(t), _) => Some((t, false)),
+            (None, Some(b)) => Some((b, true)),
+            (None, None) => None,
+        }
+    }
 }
 
 /// One execution unit: a task, or one item of a `for_each` task.
@@ -471,6 +495,11 @@ pub enum Event {
     /// (checked by whoever accepted the answer: [`crate::engine::waits`]) becomes its output.
     /// Applied once: any later completion of the same attempt is ignored.
     Complete { task: usize, item: Option<u32>, attempt: u32, output: Output },
+    /// The holder of a callback's task token reported a failure: the attempt fails with
+    /// `error`, and `retry` applies when `retryable`. Applied once per attempt (as `Complete`).
+    CallbackFailed { task: usize, item: Option<u32>, attempt: u32, error: String, retryable: bool },
+    /// A heartbeat of a waiting callback came at `at` (the API's clock; it names the event).
+    Heartbeat { task: usize, item: Option<u32>, attempt: u32, at: Millis },
     /// Cancel the run.
     Cancel,
     /// Fail the run for a reason outside the workflow (a message that could not be processed,
@@ -504,6 +533,10 @@ impl Event {
             Event::RetryDue { task, item, attempt } => attempt_key("retry", *task, *item, *attempt),
             Event::WakeDue { task, item, attempt } => attempt_key("wake", *task, *item, *attempt),
             Event::Complete { task, item, attempt, .. } => attempt_key("complete", *task, *item, *attempt),
+            Event::CallbackFailed { task, item, attempt, .. } => attempt_key("failed", *task, *item, *attempt),
+            Event::Heartbeat { task, item, attempt, at } => {
+                format!("{}/{at}", attempt_key("beat", *task, *item, *attempt))
+            }
             Event::Cancel => "cancel".into(),
             Event::Abort { .. } => "abort".into(),
             Event::Tick => "tick".into(),
@@ -558,7 +591,9 @@ impl Event {
             Event::AttemptFinished { task, item, attempt, .. }
             | Event::RetryDue { task, item, attempt }
             | Event::WakeDue { task, item, attempt }
-            | Event::Complete { task, item, attempt, .. } => Some(AttemptId { task, item, attempt }),
+            | Event::Complete { task, item, attempt, .. }
+            | Event::CallbackFailed { task, item, attempt, .. }
+            | Event::Heartbeat { task, item, attempt, .. } => Some(AttemptId { task, item, attempt }),
             _ => None,
         }
     }

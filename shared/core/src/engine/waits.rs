@@ -67,6 +67,8 @@ impl Plan {
             prompt: None,
             timeout_at,
             times_out: false,
+            heartbeat: None,
+            beat_at: None,
         };
         let mut wake = None;
         if spec.sleep.is_some() {
@@ -111,6 +113,7 @@ impl Plan {
                 WaitKind::Sleep => "its sleep ended".to_string(),
                 WaitKind::Approval => "an answer came".to_string(),
                 WaitKind::Event => format!("event `{}` came", w.event.as_deref().unwrap_or_default()),
+                WaitKind::Callback => "its callback came".to_string(),
             };
             return Err(format!("`wait` timed out after {} before {what}", human(waited)));
         }
@@ -120,6 +123,7 @@ impl Plan {
             WaitKind::Event => {
                 json!({"timed_out": true, "event": w.event, "key": w.key, "payload": null, "by": null})
             }
+            WaitKind::Callback => json!({"timed_out": true}),
         })
     }
 
@@ -291,6 +295,7 @@ fn article(k: WaitKind) -> &'static str {
         WaitKind::Sleep => "a time",
         WaitKind::Approval => "an approval",
         WaitKind::Event => "an event",
+        WaitKind::Callback => "a callback",
     }
 }
 
@@ -313,7 +318,7 @@ fn sleep_end(sleep: &Value, now: Millis) -> Result<Millis, String> {
 }
 
 /// `1h 5m`, `40s`, `250ms`.
-fn human(ms: Millis) -> String {
+pub(crate) fn human(ms: Millis) -> String {
     let s = ms / 1000;
     match s {
         0 => format!("{ms}ms"),

@@ -45,8 +45,12 @@ const PARALLEL_FROM: usize = 500;
 pub const TASK_FIELDS: &[&str] = &["output", "status", "error", "usage", "attempts", "items"];
 
 /// The fields the output of a built-in task type can have (`None`: any, as a `transform`'s or
-/// a registered type's). A `wait`'s depend on what it waits for.
+/// a registered type's). A `wait`'s depend on what it waits for; a task with a `callback` has
+/// its answer's output, any JSON.
 pub fn output_fields(ty: &str, with: &serde_json::Map<String, Value>) -> Option<&'static [&'static str]> {
+    if with.contains_key("callback") {
+        return None;
+    }
     Some(match ty {
         "llm" => &["text", "json", "model", "usage", "fallback_from"],
         "http" => &["status", "headers", "body"],

@@ -359,6 +359,13 @@ impl Run<'_> {
                 if let Some(ty) = ty {
                     self.type_rules(&base, ty, self.json.pointer(&format!("{base}/with")));
                 }
+                if self.json.pointer(&format!("{base}/with/callback")).is_some() {
+                    self.error(
+                        TASK_CONFIG,
+                        &format!("{base}/with/callback"),
+                        "a hook runs once, after the run ended: it cannot wait for a callback",
+                    );
+                }
             }
         }
     }

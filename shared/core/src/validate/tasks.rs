@@ -139,6 +139,12 @@ impl Run<'_> {
     /// Rules of the built-in task types that a schema cannot say.
     pub(super) fn type_rules(&mut self, base: &str, ty: &TaskType, with: Option<&Value>) {
         let w = format!("{base}/with");
+        if matches!(ty.name.as_str(), "http" | "function")
+            && let Some(cb) = typed::<crate::callback::CallbackWith>(with.and_then(|w| w.get("callback")))
+            && let Err((field, m)) = cb.check()
+        {
+            self.error(TASK_CONFIG, &format!("{w}/callback/{field}"), m);
+        }
         match ty.name.as_str() {
             "llm" => {
                 // Read straight from JSON: this runs for every llm task, and the schema has

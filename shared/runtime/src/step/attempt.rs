@@ -55,6 +55,7 @@ pub fn build_attempt(
         }),
         admitted: false,
         depth: st.depth(),
+        callback: None,
         timeout: t.timeout.or(spec.defaults.as_ref().and_then(|d| d.timeout)).map(|d| d.0),
     })
 }

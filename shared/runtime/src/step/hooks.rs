@@ -74,6 +74,7 @@ pub async fn run_hooks(
                             prices: None,
                             admitted: false,
                             depth: st.depth(),
+                            callback: None,
                             timeout: hook.timeout.map(|d| d.0),
                         };
                         let mut delay = retry.initial;

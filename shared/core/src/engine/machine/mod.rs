@@ -16,6 +16,7 @@ use crate::dag::EdgeKind;
 use crate::model::{EffectiveRetry, FailureAction, Jitter, OnFailure, TriggerRule};
 use crate::validate::Checked;
 
+mod callbacks;
 mod context;
 mod dispatch;
 mod progress;
@@ -62,6 +63,8 @@ pub struct Plan {
     pub(super) output_reads: Option<Vec<usize>>,
     /// Each `wait` task's `with` block, typed (see [`super::waits`]).
     pub(super) waits: Vec<Option<crate::tasks::WaitWith>>,
+    /// Each `function` or `http` task's `callback` setting (see [`super::callbacks`]).
+    pub(super) callbacks: Vec<Option<crate::callback::CallbackWith>>,
 }
 
 impl Plan {
@@ -126,8 +129,18 @@ impl Plan {
             .iter()
             .map(|t| (t.ty == WAIT).then(|| serde_json::from_value(Value::Object(t.with.clone())).ok()).flatten())
             .collect();
+        let callbacks = wf
+            .spec
+            .tasks
+            .iter()
+            .map(|t| {
+                let cb = t.with.get("callback").filter(|_| matches!(t.ty.as_str(), "http" | "function"))?;
+                serde_json::from_value(cb.clone()).ok()
+            })
+            .collect();
         Plan {
             waits,
+            callbacks,
             checked,
             env,
             simple,

@@ -79,35 +79,19 @@ impl Transition<'_, '_> {
                 if unit.status != TaskStatus::Running || unit.attempt != id.attempt {
                     return Err(Ignored("not the running attempt (duplicate or late)"));
                 }
-                let nth = unit.nth(id.attempt);
                 if *in_place {
                     self.unit_mut(id).in_place.push(id.attempt);
                 }
                 self.settle_usage(id, usage);
-                let max_attempts = self.plan.retry[*task].max_attempts;
                 match result {
+                    AttemptResult::Succeeded { .. } if self.plan.callbacks[*task].is_some() => self.await_callback(id),
                     AttemptResult::Succeeded { output, .. } => {
                         self.move_unit(id.task, id.unit(), TaskStatus::Succeeded);
                         let u = self.unit_mut(id);
                         u.output = Some(Output::clone(output));
                         u.error = None;
                     }
-                    AttemptResult::Failed { error, retryable, .. } if *retryable && nth < max_attempts => {
-                        let at = self.now + self.plan.backoff(self.st, *task, *item, *attempt, nth);
-                        let cause = self.cause.clone();
-                        self.move_unit(id.task, id.unit(), TaskStatus::RetryWait);
-                        let u = self.unit_mut(id);
-                        u.error = Some(error.clone());
-                        u.retry_at = Some(at);
-                        u.cause = Some(cause);
-                        self.cmds.push(Command::ScheduleRetry { task: *task, item: *item, attempt: *attempt, at });
-                    }
-                    AttemptResult::Failed { error, retryable, .. } => {
-                        self.move_unit(id.task, id.unit(), TaskStatus::Failed);
-                        let u = self.unit_mut(id);
-                        u.error = Some(error.clone());
-                        u.transient = *retryable;
-                    }
+                    AttemptResult::Failed { error, retryable, .. } => self.fail_attempt(id, error, *retryable),
                 }
                 self.settle(*task);
                 self.advance();
@@ -133,6 +117,9 @@ impl Transition<'_, '_> {
                 }
                 if unit.wake_at.is_none() {
                     return Err(Ignored("this wait has no time to wake"));
+                }
+                if unit.waits.as_ref().is_some_and(|w| w.kind == WaitKind::Callback) {
+                    return self.callback_wake(id);
                 }
                 let woke = if unit.error.is_some() { Err(None) } else { self.plan.woke(id.task, unit).map_err(Some) };
                 match woke {
@@ -175,6 +162,19 @@ impl Transition<'_, '_> {
                 self.settle(id.task);
                 self.advance();
             }
+            Event::CallbackFailed { task, item, attempt, error, retryable } => {
+                self.running()?;
+                let id = AttemptId { task: *task, item: *item, attempt: *attempt };
+                self.waiting_callback(id)?;
+                self.fail_attempt(id, error, *retryable);
+                self.settle(id.task);
+                self.advance();
+            }
+            Event::Heartbeat { task, item, attempt, .. } => {
+                self.running()?;
+                let id = AttemptId { task: *task, item: *item, attempt: *attempt };
+                self.heartbeat(id)?;
+            }
             Event::Cancel => {
                 self.running_or_pending()?;
                 self.end(RunStatus::Cancelled, "cancelled".to_string());
@@ -192,6 +192,29 @@ impl Transition<'_, '_> {
             }
         }
         Ok(())
+    }
+
+    /// Attempt `id` failed: it waits for its retry when `retryable` and attempts are left,
+    /// else it fails for good. The caller settles its task.
+    pub(super) fn fail_attempt(&mut self, id: AttemptId, error: &str, retryable: bool) {
+        let nth = self.st.tasks[id.task].units[id.unit()].nth(id.attempt);
+        if retryable && nth < self.plan.retry[id.task].max_attempts {
+            let at = self.now + self.plan.backoff(self.st, id.task, id.item, id.attempt, nth);
+            let cause = self.cause.clone();
+            self.move_unit(id.task, id.unit(), TaskStatus::RetryWait);
+            let u = self.unit_mut(id);
+            u.error = Some(error.to_string());
+            u.retry_at = Some(at);
+            u.wake_at = None;
+            u.cause = Some(cause);
+            self.cmds.push(Command::ScheduleRetry { task: id.task, item: id.item, attempt: id.attempt, at });
+        } else {
+            self.move_unit(id.task, id.unit(), TaskStatus::Failed);
+            let u = self.unit_mut(id);
+            u.error = Some(error.to_string());
+            u.wake_at = None;
+            u.transient = retryable;
+        }
     }
 
     pub(super) fn running(&self) -> Result<(), Ignored> {
