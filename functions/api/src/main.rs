@@ -11,7 +11,7 @@ async fn main() -> Result<(), lambda_http::Error> {
     );
     let obs = Arc::new(llmo_aws::env::Observability::init("api")?);
     let aws = llmo_aws::Aws::from_env().await?;
-    let (executors, config, mock) = llmo_aws::env::executors(&aws)?;
+    let (executors, config, mock) = llmo_aws::env::executors(&aws).await?;
     let args: Vec<String> = std::env::args().collect();
     let local = args.iter().any(|a| a == "--local");
     let auth = llmo_api::auth::Auth::from_env(!local).await?;

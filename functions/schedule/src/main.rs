@@ -19,7 +19,7 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     );
     let obs = Arc::new(llmo_aws::env::Observability::init("schedule")?);
     let aws = llmo_aws::Aws::from_env().await?;
-    let (executors, config, mock) = llmo_aws::env::executors(&aws)?;
+    let (executors, config, mock) = llmo_aws::env::executors(&aws).await?;
     let api = Arc::new(llmo_aws::api::build(&aws, executors, config, mock));
     let grace = std::env::var("LLMO_SWEEP_GRACE_SECS").ok().and_then(|v| v.parse::<u64>().ok()).unwrap_or(300);
     let sweeper = Arc::new(llmo_aws::api::sweeper(&aws, grace * 1000));

@@ -10,7 +10,7 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     );
     let obs = llmo_aws::env::Observability::init("step")?;
     let aws = llmo_aws::Aws::from_env().await?;
-    let (executors, _, _) = llmo_aws::env::executors(&aws)?;
+    let (executors, _, _) = llmo_aws::env::executors(&aws).await?;
     let queues = SqsQueue::step_queues(&aws);
     llmo_aws::local::sqs_function(
         "step",

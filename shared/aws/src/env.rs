@@ -16,8 +16,19 @@ use llmo_runtime::providers::Config;
 /// `LLMO_EGRESS_ALLOW` / `LLMO_EGRESS_ALLOW_HTTP` and `LLMO_HTTP_MAX_RESPONSE_BYTES` /
 /// `LLMO_HTTP_MAX_REDIRECTS` (see `llmo_runtime::egress`, `llmo_runtime::http`). `function`
 /// tasks invoke what `LLMO_ALLOWED_FUNCTIONS` lists ([`llmo_lambda::Settings`]), events over
-/// 6 MB by claim check in the bucket.
-pub fn executors(aws: &crate::Aws) -> Result<(Registry, Config, bool), String> {
+/// 6 MB by claim check in the bucket. Tasks with a `callback` send task tokens keyed from the
+/// answer-link secret ([`crate::api::link_secret`]), to be answered at `LLMO_PUBLIC_URL` (the
+/// API's address: the template sets it); without the secret they fail, saying so.
+pub async fn executors(aws: &crate::Aws) -> Result<(Registry, Config, bool), String> {
+    let (mut registry, config, mock) = executors_without_callbacks(aws)?;
+    if let Some(secret) = crate::api::link_secret(aws).await? {
+        let public = std::env::var("LLMO_PUBLIC_URL").ok().filter(|v| !v.is_empty());
+        llmo_runtime::callbacks::Callbacks::new(&secret, public).install(&mut registry);
+    }
+    Ok((registry, config, mock))
+}
+
+fn executors_without_callbacks(aws: &crate::Aws) -> Result<(Registry, Config, bool), String> {
     let config = match std::env::var_os("LLMO_CONFIG") {
         Some(p) => Config::load(Path::new(&p), true).map_err(|e| e.to_string())?,
         None => Config::builtin(),

@@ -12,6 +12,7 @@
 mod support;
 
 mod api_auth;
+mod callbacks;
 mod children;
 mod flow;
 mod functions;
