@@ -78,7 +78,11 @@ spec:
 "#;
 
 fn attempt(with: Value, timeout: Option<Duration>) -> Attempt {
-    let checked = Validator::default().validate(&SourceFile::new("f.yaml", WORKFLOW)).checked.expect("valid");
+    attempt_of(WORKFLOW, with, timeout)
+}
+
+fn attempt_of(workflow: &str, with: Value, timeout: Option<Duration>) -> Attempt {
+    let checked = Validator::default().validate(&SourceFile::new("f.yaml", workflow)).checked.expect("valid");
     let plan = Arc::new(Plan::new(checked));
     Attempt {
         plan,
@@ -162,6 +166,28 @@ async fn functions_answer_fail_time_out_and_are_refused_unless_allowed() {
     let none = emu.executor("");
     let r = none.execute(&attempt(json!({ "function": "echo" }), None)).await;
     assert!(error_of(&r).0.contains("allows no Lambda functions"));
+
+    // A task with a `callback`: the event carries its task token and the URL to answer at,
+    // a token that verifies for this run, task and attempt. Without tokens, nothing is called.
+    let waits = WORKFLOW.replace(
+        "        payload: { n: 21, count_in: \"{{ inputs.dir }}\" }",
+        "        payload: { n: 21, count_in: \"{{ inputs.dir }}\" }\n        callback: { timeout: 1h }",
+    );
+    let a = attempt_of(&waits, json!({ "function": "echo", "payload": { "x": 1 } }), None);
+    let r = emu.executor("echo").execute(&a).await;
+    let (error, retryable) = error_of(&r);
+    assert!(error.contains("issues no task tokens"), "{error}");
+    assert!(!retryable);
+    let mut reg = Registry::new();
+    reg.register("function", Arc::new(emu.executor("echo")));
+    let callbacks = llmo_runtime::callbacks::Callbacks::new(&[9; 32], Some("https://api.example.com".into()));
+    callbacks.install(&mut reg);
+    let r = reg.get("function").unwrap().execute(&a).await;
+    let AttemptResult::Succeeded { output, .. } = &r else { panic!("{r:?}") };
+    let cb = &output["echo"]["llmo"]["callback"];
+    let claims = callbacks.verify(cb["token"].as_str().unwrap()).unwrap();
+    assert_eq!((claims.run.as_str(), claims.task.as_str(), claims.attempt), ("run-1", "score", 1));
+    assert_eq!(cb["url"], format!("https://api.example.com/callbacks/{}", cb["token"].as_str().unwrap()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
