@@ -94,6 +94,10 @@ struct WaitAnswer {
     fields: Map<String, Value>,
     comment: Option<String>,
     event: Option<Value>,
+    /// The output a task with a `callback` is answered with.
+    callback: Option<Value>,
+    /// Or the error its attempt fails with (its `retry` applies).
+    callback_error: Option<String>,
     #[serde(default)]
     time_out: bool,
 }
@@ -262,16 +266,27 @@ pub fn load(path: &Path, validator: &Validator) -> Result<Suite, Vec<String>> {
                 None => {
                     errors.push(format!("{ap}: workflow `{}` has no task `{}`", checked.workflow.metadata.name, a.task))
                 }
-                Some(t) if t.ty != "wait" => {
-                    errors.push(format!("{ap}: `{}` is a `{}` task, not a `wait`", a.task, t.ty))
+                Some(t) if t.with.contains_key("callback") => {
+                    if a.approve.is_some() || a.event.is_some() {
+                        errors.push(format!("{ap}: `{}` waits for a callback: `callback: OUTPUT`, `callback_error: MESSAGE` or `time_out: true`", a.task))
+                    }
+                }
+                Some(t) if t.ty != "wait" => errors.push(format!(
+                    "{ap}: `{}` is a `{}` task, neither a `wait` nor one with a `callback`",
+                    a.task, t.ty
+                )),
+                Some(_) if a.callback.is_some() || a.callback_error.is_some() => {
+                    errors.push(format!("{ap}: `{}` has no `callback` to answer", a.task))
                 }
                 Some(t) if a.time_out && !t.with.contains_key("timeout") => {
                     errors.push(format!("{ap}: `{}` has no `timeout` to pass", a.task))
                 }
                 _ => {}
             }
-            if [a.approve.is_some(), a.event.is_some(), a.time_out].iter().filter(|b| **b).count() != 1 {
-                errors.push(format!("{ap}: an answer is `approve: true|false`, `event: PAYLOAD` or `time_out: true`"));
+            let forms =
+                [a.approve.is_some(), a.event.is_some(), a.callback.is_some(), a.callback_error.is_some(), a.time_out];
+            if forms.iter().filter(|b| **b).count() != 1 {
+                errors.push(format!("{ap}: an answer is `approve: true|false`, `event: PAYLOAD`, `callback: OUTPUT`, `callback_error: MESSAGE` or `time_out: true`"));
             }
         }
         let expect = Expect { status: c.expect.status, error: c.expect.error, outputs: c.expect.outputs, tasks };
@@ -336,11 +351,15 @@ fn only_waits(plan: &Plan, st: &RunState) -> Option<Vec<AttemptId>> {
         }
         for (u, unit) in t.units.iter().enumerate() {
             match unit.status {
-                TaskStatus::Waiting if plan.wait_of(i).is_some_and(|w| w.sleep.is_none()) => waiting.push(AttemptId {
-                    task: i,
-                    item: plan.checked.workflow.spec.tasks[i].for_each.as_ref().map(|_| u as u32),
-                    attempt: unit.attempt,
-                }),
+                TaskStatus::Waiting
+                    if plan.wait_of(i).is_some_and(|w| w.sleep.is_none()) || plan.callback_of(i).is_some() =>
+                {
+                    waiting.push(AttemptId {
+                        task: i,
+                        item: plan.checked.workflow.spec.tasks[i].for_each.as_ref().map(|_| u as u32),
+                        attempt: unit.attempt,
+                    })
+                }
                 s if s.is_terminal() || s == TaskStatus::Pending => {}
                 _ => return None,
             }
@@ -439,6 +458,10 @@ async fn drive(suite: &Suite, c: &Case, config: Config) -> Result<RunState, Stop
     let clock: Arc<dyn llmo_runtime::ports::Clock> = Arc::new(SystemClock::default());
     let mut registry = setup.registry();
     registry.register("function", Arc::new(llmo_lambda::FunctionExecutor::mock()));
+    // Tasks with a `callback` send a token (scripted calls: it never leaves the process; the
+    // case's answers go to the run directly).
+    llmo_runtime::callbacks::Callbacks::new(b"llmo test: tokens that never leave the process", None)
+        .install(&mut registry);
     // Child workflows run as `llmo run` runs them: files beside the workflow, in this store
     // (their answers to waits are not scripted: a child that waits waits).
     let base = std::path::Path::new(suite.source.name()).parent().map(std::path::Path::to_path_buf).unwrap_or_default();
@@ -512,7 +535,11 @@ async fn drive(suite: &Suite, c: &Case, config: Config) -> Result<RunState, Stop
                     "llmo-test",
                 ),
                 (None, Some(payload)) => plan.deliver(st, id, payload, "llmo-test"),
-                (None, None) => unreachable!("checked when loaded (time_out answers are not sent)"),
+                (None, None) => match (&a.callback, &a.callback_error) {
+                    (Some(output), _) => plan.callback_succeeded(st, id, output.clone()),
+                    (None, Some(error)) => plan.callback_failed(st, id, error, true),
+                    (None, None) => unreachable!("checked when loaded (time_out answers are not sent)"),
+                },
             })
             .await;
         match r {
