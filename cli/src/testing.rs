@@ -266,11 +266,13 @@ pub fn load(path: &Path, validator: &Validator) -> Result<Suite, Vec<String>> {
                 None => {
                     errors.push(format!("{ap}: workflow `{}` has no task `{}`", checked.workflow.metadata.name, a.task))
                 }
-                Some(t) if t.with.contains_key("callback") => {
-                    if a.approve.is_some() || a.event.is_some() {
-                        errors.push(format!("{ap}: `{}` waits for a callback: `callback: OUTPUT`, `callback_error: MESSAGE` or `time_out: true`", a.task))
-                    }
+                Some(t) if t.with.contains_key("callback") && (a.approve.is_some() || a.event.is_some()) => {
+                    errors.push(format!(
+                        "{ap}: `{}` waits for a callback: `callback: OUTPUT`, `callback_error: MESSAGE` or `time_out: true`",
+                        a.task
+                    ))
                 }
+                Some(t) if t.with.contains_key("callback") => {}
                 Some(t) if t.ty != "wait" => errors.push(format!(
                     "{ap}: `{}` is a `{}` task, neither a `wait` nor one with a `callback`",
                     a.task, t.ty
