@@ -320,6 +320,8 @@ async fn simulate_with(
     });
     let mut reg = Registry::new();
     reg.register("transform", exec.clone());
+    // The call of a task with a `callback` (it then waits for its answer).
+    reg.register("http", exec.clone());
     let run_id = format!("run-{seed}");
     let kid_plan = children.then(|| {
         let outcome = Validator::default().validate(&SourceFile::new("simkid.yaml", CHILD));
@@ -394,9 +396,14 @@ async fn simulate_with(
                         continue;
                     }
                     let item = plan.checked.workflow.spec.tasks[i].for_each.is_some().then_some(k as u32);
+                    if w.kind == WaitKind::Callback {
+                        let beat = Event::Heartbeat { task: i, item, attempt: u.attempt, at: now.version };
+                        queue.send(&Message::Event { run_id: run_id.clone(), event: beat }, 0).await.unwrap();
+                    }
                     for who in ["ann", "bob", "cy"] {
                         let output = match w.kind {
                             WaitKind::Approval => json!({"approved": true, "fields": {}, "by": who}),
+                            WaitKind::Callback => json!({"label": "ok"}),
                             _ => json!({"event": w.event, "key": w.key, "payload": 1, "by": who}),
                         };
                         let event = Event::Complete { task: i, item, attempt: u.attempt, output: Arc::new(output) };
@@ -805,8 +812,9 @@ async fn waits_under_faults_wake_once_and_end_the_run_the_same_way() {
 /// Approvals and events under faults: three racing answers per waiting unit (duplicated,
 /// reordered, late, raced by another worker, with crashes between storing an answer and
 /// sending what it asks for, and before acknowledging it) leave exactly one answer per unit;
-/// a wait whose timeout (1 s) races its answers (up to 5 s late) ends once, either way; the
-/// run ends as a fault-free run does.
+/// a wait whose timeout (1 s) races its answers (up to 5 s late) ends once, either way; a
+/// callback's three racing answers and a heartbeat leave one answer; the run ends as a
+/// fault-free run does.
 const ANSWERS: &str = r#"
 apiVersion: llm-orchestrator/v1
 kind: Workflow
@@ -818,7 +826,8 @@ spec:
     - { id: review, type: wait, depends_on: [a], with: { approval: { prompt: ok? }, timeout: 1h } }
     - { id: paid, type: wait, depends_on: [a], for_each: inputs.xs, with: { event: { name: paid, key: "{{ item }}" } } }
     - { id: quick, type: wait, depends_on: [a], with: { approval: {}, timeout: 1s, on_timeout: succeed } }
-    - { id: z, type: transform, depends_on: [review, paid, quick], with: { output: "{{ tasks.review.output.approved }} {{ tasks.paid.output | length }}" } }
+    - { id: job, type: http, depends_on: [a], with: { url: "https://jobs.example.com", callback: { timeout: 1h, heartbeat: 30m } } }
+    - { id: z, type: transform, depends_on: [review, paid, quick, job], with: { output: "{{ tasks.review.output.approved }} {{ tasks.paid.output | length }} {{ tasks.job.output.label }}" } }
   outputs:
     z: "{{ tasks.z.output }}"
 "#;
@@ -829,7 +838,7 @@ async fn racing_answers_under_faults_are_applied_once_per_waiting_unit() {
     let plan = Arc::new(Plan::new(outcome.checked.expect("the answers workflow is valid")));
     let clean = simulate_with(plan.clone(), ANSWERS, 1, NONE, false, true, false).await;
     assert_eq!(clean.summary.0, RunStatus::Succeeded);
-    assert_eq!(clean.summary.2, Some(json!({"z": "True 5"})));
+    assert_eq!(clean.summary.2, Some(json!({"z": "True 5 ok"})));
     check(&plan, &clean, &clean.summary).unwrap();
     let seeds: u64 = std::env::var("SIM_SEEDS").ok().and_then(|s| s.parse().ok()).map_or(300, |n: u64| (n / 30).max(1));
     let mut failures = Vec::new();
@@ -845,7 +854,7 @@ async fn racing_answers_under_faults_are_applied_once_per_waiting_unit() {
                 *ended.entry((*task, *item)).or_default() += 1;
             }
         }
-        if ended.len() != 7 || ended.values().any(|&n| n != 1) {
+        if ended.len() != 8 || ended.values().any(|&n| n != 1) {
             failures.push(format!("seed {seed}: waiting units ended {ended:?}"));
         }
     }
