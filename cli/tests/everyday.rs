@@ -287,3 +287,60 @@ fn llmo_test_runs_cases_reports_differences_and_writes_junit() {
     assert!(text(&out.stderr).contains("1 passed, 0 failed"), "{}", text(&out.stderr));
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// `llmo callback --api` posts the answer to `/callbacks/{token}` (an error with its
+/// `retryable`, a heartbeat to `/heartbeat`) and exits 3 when the API says the attempt no
+/// longer waits (409).
+#[test]
+fn callback_answers_through_the_api() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let server = rt.block_on(async {
+        use wiremock::matchers::{body_json, method, path};
+        let server = wiremock::MockServer::start().await;
+        let ok = wiremock::ResponseTemplate::new(200)
+            .set_body_json(serde_json::json!({"run_id": "run-1", "task": "t", "attempt": 1, "recorded": true}));
+        wiremock::Mock::given(method("POST"))
+            .and(path("/callbacks/tok.en"))
+            .and(body_json(serde_json::json!({"output": {"label": "dog"}})))
+            .respond_with(ok.clone())
+            .expect(1)
+            .mount(&server)
+            .await;
+        wiremock::Mock::given(method("POST"))
+            .and(path("/callbacks/tok.en"))
+            .and(body_json(serde_json::json!({"error": "crashed", "retryable": false})))
+            .respond_with(wiremock::ResponseTemplate::new(409).set_body_json(
+                serde_json::json!({"error": "`t` is not waiting for this callback: it was answered already"}),
+            ))
+            .expect(1)
+            .mount(&server)
+            .await;
+        wiremock::Mock::given(method("POST"))
+            .and(path("/callbacks/tok.en/heartbeat"))
+            .respond_with(ok)
+            .expect(1)
+            .mount(&server)
+            .await;
+        server
+    });
+    let uri = server.uri();
+    let run = |args: &[&str]| {
+        let mut all = vec!["callback", "tok.en"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--api", &uri]);
+        command().args(&all).env_remove("LLMO_TOKEN").output().unwrap()
+    };
+    let out = run(&["--output", "{\"label\": \"dog\"}"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("\"recorded\": true"), "{}", text(&out.stdout));
+    let out = run(&["--error", "crashed", "--no-retry"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("answered already"), "{}", text(&out.stderr));
+    let out = run(&["--heartbeat"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = run(&["--output", "not json"]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("--output is not JSON"), "{}", text(&out.stderr));
+    drop(server);
+    drop(rt);
+}
