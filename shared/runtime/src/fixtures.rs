@@ -440,6 +440,7 @@ impl ModelAnswer {
             completion_tokens,
             cache_read_tokens: 0,
             cache_write_tokens: 0,
+            tool_calls: Vec::new(),
         })
     }
 }

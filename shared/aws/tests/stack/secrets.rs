@@ -73,15 +73,8 @@ async fn model_calls_use_the_key_the_secret_holds_and_see_a_rotation_after_the_t
     let p = OpenAi::new(reqwest::Client::new(), "openai", &config).with_secrets(secrets.clone());
     let req = ChatRequest {
         model: "gpt-4o-mini".into(),
-        system: None,
         messages: vec![(Role::User, "hello".into())],
-        temperature: None,
-        top_p: None,
-        max_tokens: None,
-        stop: vec![],
-        seed: None,
-        json: false,
-        schema: None,
+        ..ChatRequest::default()
     };
     p.chat(&req).await.expect("a call with the secret's key");
     assert_eq!(bearer(&server).await, "Bearer sk-one");

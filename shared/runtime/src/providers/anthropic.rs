@@ -35,7 +35,7 @@ impl Anthropic {
 /// The request body. Messages has no JSON mode: a JSON answer (and its schema) is asked for
 /// in the system prompt, and the answer is checked like any other.
 pub fn body(req: &ChatRequest) -> Value {
-    let messages: Vec<Value> = req
+    let mut messages: Vec<Value> = req
         .messages
         .iter()
         .map(|(role, content)| {
@@ -43,6 +43,7 @@ pub fn body(req: &ChatRequest) -> Value {
             json!({ "role": role, "content": content })
         })
         .collect();
+    messages.extend(super::tools::anthropic_turns(&req.turns));
     let mut system = req.system.clone().unwrap_or_default();
     if req.json {
         if !system.is_empty() {
@@ -66,6 +67,7 @@ pub fn body(req: &ChatRequest) -> Value {
     if !req.stop.is_empty() {
         b["stop_sequences"] = json!(req.stop);
     }
+    super::tools::anthropic_tools(&mut b, &req.tools, req.tool_choice.as_ref(), req.parallel_tool_calls);
     b
 }
 
@@ -78,9 +80,11 @@ pub fn parse(body: &str, requested_model: &str) -> Result<ChatResponse, CallErro
         .filter(|b| b.get("type").and_then(Value::as_str) == Some("text"))
         .filter_map(|b| b.get("text").and_then(Value::as_str))
         .collect();
+    let tool_calls = super::tools::anthropic_calls(content).map_err(CallError::Malformed)?;
     let n = |p: &str| v.pointer(p).and_then(Value::as_u64).unwrap_or(0);
     Ok(ChatResponse {
         text,
+        tool_calls,
         model: v.get("model").and_then(Value::as_str).unwrap_or(requested_model).to_string(),
         prompt_tokens: n("/usage/input_tokens")
             + n("/usage/cache_creation_input_tokens")

@@ -45,6 +45,7 @@ impl Provider for Mock {
             model: req.model.clone(),
             cache_read_tokens: 0,
             cache_write_tokens: 0,
+            tool_calls: Vec::new(),
         })
     }
 }

@@ -13,6 +13,7 @@ mod anthropic;
 mod config;
 mod mock;
 mod openai;
+pub mod tools;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -49,6 +50,12 @@ pub struct ChatRequest {
     /// Ask for a JSON answer (and, with a schema, one matching it).
     pub json: bool,
     pub schema: Option<Value>,
+    /// Tools the model may call, whether it must, and whether several at once.
+    pub tools: Vec<tools::Tool>,
+    pub tool_choice: Option<tools::ToolChoice>,
+    pub parallel_tool_calls: Option<bool>,
+    /// The conversation after `messages`: the model's calls and their results.
+    pub turns: Vec<tools::Turn>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -62,6 +69,8 @@ pub struct ChatResponse {
     /// Of `prompt_tokens`, those read from the provider's prompt cache, and those written to it.
     pub cache_read_tokens: u64,
     pub cache_write_tokens: u64,
+    /// The tools the model asked to call (none: `text` is its answer).
+    pub tool_calls: Vec<tools::ToolCall>,
 }
 
 /// Why a call failed.
@@ -837,6 +846,7 @@ pub fn request_of(w: &LlmWith) -> ChatRequest {
         seed: w.seed,
         json: w.response_format == Some(ResponseFormat::Json) || w.output_schema.is_some(),
         schema: w.output_schema.clone(),
+        ..ChatRequest::default()
     }
 }
 

@@ -44,7 +44,9 @@ pub fn body(req: &ChatRequest) -> Value {
         };
         messages.push(json!({ "role": role, "content": content }));
     }
+    messages.extend(super::tools::openai_turns(&req.turns));
     let mut b = json!({ "model": req.model, "messages": messages });
+    super::tools::openai_tools(&mut b, &req.tools, req.tool_choice.as_ref(), req.parallel_tool_calls);
     let set = |b: &mut Value, k: &str, v: Value| {
         b[k] = v;
     };
@@ -88,9 +90,12 @@ pub fn parse(body: &str, requested_model: &str) -> Result<ChatResponse, CallErro
         Some(Value::Null) | None => String::new(),
         Some(other) => return Err(CallError::Malformed(format!("message.content is {other}"))),
     };
+    let tool_calls =
+        super::tools::openai_calls(choice.get("message").unwrap_or(&Value::Null)).map_err(CallError::Malformed)?;
     let n = |p: &str| v.pointer(p).and_then(Value::as_u64).unwrap_or(0);
     Ok(ChatResponse {
         text,
+        tool_calls,
         model: v.get("model").and_then(Value::as_str).unwrap_or(requested_model).to_string(),
         prompt_tokens: n("/usage/prompt_tokens"),
         completion_tokens: n("/usage/completion_tokens"),
