@@ -88,6 +88,19 @@ pub struct ModelAnswer {
     pub usage: Option<Tokens>,
     /// How long the call takes before it answers (`2s`): for timeouts.
     pub delay: Option<llmo_core::model::Duration>,
+    /// Tools the model asks to call (with `text` or alone): `[{ name, arguments, id? }]`.
+    #[serde(default)]
+    pub tool_calls: Vec<ScriptedCall>,
+}
+
+/// A scripted tool call. Without an `id`, one is made from the turn and the call's place.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScriptedCall {
+    pub name: String,
+    #[serde(default)]
+    pub arguments: Value,
+    pub id: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -220,9 +233,13 @@ impl Fixtures {
                     }
                     for (j, a) in r.answers.iter().enumerate() {
                         let n = [a.text.is_some(), a.json.is_some(), a.error.is_some()].iter().filter(|b| **b).count();
-                        if n != 1 {
+                        let calls = !a.tool_calls.is_empty();
+                        if (!calls && n != 1) || (calls && (a.json.is_some() || a.error.is_some())) {
                             let field = if single { format!("{p}/answer") } else { format!("{p}/answers/{j}") };
-                            errors.push(format!("{}: an answer is one of `text`, `json` or `error`", at.at(&field)));
+                            errors.push(format!(
+                                "{}: an answer is one of `text`, `json` or `error`, or `tool_calls` (with `text` or alone)",
+                                at.at(&field)
+                            ));
                         }
                     }
                     out.models.push(r);
@@ -433,6 +450,17 @@ impl ModelAnswer {
             Some(u) => (u.prompt_tokens, u.completion_tokens),
             None => crate::providers::word_usage(req, &text),
         };
+        let turn = req.turns.len();
+        let tool_calls = self
+            .tool_calls
+            .iter()
+            .enumerate()
+            .map(|(k, c)| crate::providers::tools::ToolCall {
+                id: c.id.clone().unwrap_or_else(|| format!("call_{turn}_{k}")),
+                name: c.name.clone(),
+                arguments: if c.arguments.is_null() { serde_json::json!({}) } else { c.arguments.clone() },
+            })
+            .collect();
         Ok(ChatResponse {
             text,
             model: req.model.clone(),
@@ -440,7 +468,7 @@ impl ModelAnswer {
             completion_tokens,
             cache_read_tokens: 0,
             cache_write_tokens: 0,
-            tool_calls: Vec::new(),
+            tool_calls,
         })
     }
 }
