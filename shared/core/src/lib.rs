@@ -1,4 +1,5 @@
 //! Pure core of LLM-Orchestrator. See ARCHITECTURE.md.
+pub mod agent;
 pub mod callback;
 pub mod child;
 pub mod dag;

@@ -1,0 +1,198 @@
+//! `type: agent` (issue 28, in progress): a tool-calling loop whose every model turn and tool
+//! call is a step. This module holds the pure part written so far: the `with` block and the
+//! rules a schema cannot say. The task type is not registered yet (no executor runs it), so
+//! workflows cannot use it until the loop lands.
+
+use indexmap::IndexMap;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// The most turns an agent may take (`max_turns` is at most this).
+pub const MAX_TURNS: u32 = 50;
+/// `max_turns` when it is not set.
+pub const DEFAULT_TURNS: u32 = 8;
+/// The most tools one agent may have.
+pub const MAX_TOOLS: usize = 64;
+
+/// `type: agent`: the model answers or calls tools, turn after turn, until it answers or
+/// `max_turns` is reached.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AgentWith {
+    pub model: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fallback_models: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system: Option<String>,
+    /// The user's message (a template); or `messages`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<String>,
+    /// The conversation so far: a list of `{role, content}`, or a template whose value is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub messages: Option<Value>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tools: Vec<ToolDef>,
+    /// Turns at most (default 8, at most 50).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_turns: Option<u32>,
+    /// `auto` (default), `none`, `required`, or a tool's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_choice: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parallel_tool_calls: Option<bool>,
+    /// The JSON Schema the final answer must match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_schema: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u32>,
+}
+
+/// A tool of an agent: what the model is told, and the task that runs a call (with the call's
+/// arguments as `args`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ToolDef {
+    /// What the model calls it: 1 to 64 letters, digits, `_` and `-`.
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    /// The JSON Schema of the arguments (an object schema).
+    #[serde(default = "empty_object")]
+    pub parameters: Value,
+    /// The task a call runs: `{type, with}` of any task type but `agent`.
+    pub run: ToolRun,
+}
+
+fn empty_object() -> Value {
+    serde_json::json!({"type": "object", "properties": {}})
+}
+
+/// The task a tool call runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ToolRun {
+    #[serde(rename = "type")]
+    pub ty: String,
+    #[serde(default)]
+    pub with: Map<String, Value>,
+}
+
+impl AgentWith {
+    /// The turns it may take.
+    pub fn turns(&self) -> u32 {
+        self.max_turns.unwrap_or(DEFAULT_TURNS)
+    }
+
+    /// The rules a schema cannot say: `(field under with, message)` for each broken one.
+    pub fn check(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        if self.prompt.is_some() == self.messages.is_some() {
+            out.push((String::new(), "an agent needs exactly one of `prompt` and `messages`".to_string()));
+        }
+        if let Some(n) = self.max_turns
+            && !(1..=MAX_TURNS).contains(&n)
+        {
+            out.push(("max_turns".into(), format!("`max_turns` is 1 to {MAX_TURNS} (got {n})")));
+        }
+        if self.tools.len() > MAX_TOOLS {
+            out.push(("tools".into(), format!("at most {MAX_TOOLS} tools (got {})", self.tools.len())));
+        }
+        let mut seen: IndexMap<&str, usize> = IndexMap::new();
+        for (i, t) in self.tools.iter().enumerate() {
+            let at = |f: &str| format!("tools/{i}{f}");
+            let ok = !t.name.is_empty()
+                && t.name.len() <= 64
+                && t.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+            if !ok {
+                out.push((at("/name"), format!("`{}` is not a tool name (1 to 64 letters, digits, `_`, `-`)", t.name)));
+            }
+            if let Some(j) = seen.insert(&t.name, i) {
+                out.push((at("/name"), format!("tool `{}` is defined twice (also tools[{j}])", t.name)));
+            }
+            if t.parameters.get("type").and_then(Value::as_str) != Some("object") {
+                out.push((at("/parameters"), "a tool's `parameters` is an object schema (`type: object`)".into()));
+            } else if let Err(e) = jsonschema::meta::validate(&t.parameters) {
+                out.push((at("/parameters"), format!("not a valid JSON Schema: {e}")));
+            }
+            if t.run.ty == "agent" {
+                out.push((
+                    at("/run/type"),
+                    "a tool cannot be an agent (make it a `workflow` whose task is one)".into(),
+                ));
+            }
+        }
+        if let Some(c) = &self.tool_choice
+            && !matches!(c.as_str(), "auto" | "none" | "required")
+            && !self.tools.iter().any(|t| &t.name == c)
+        {
+            out.push(("tool_choice".into(), format!("`{c}` is neither auto, none, required nor a tool's name")));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn agent(v: Value) -> AgentWith {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn the_issue_example_reads_and_checks() {
+        let a = agent(json!({
+            "model": "gpt-4o",
+            "prompt": "{{ inputs.question }}",
+            "max_turns": 8,
+            "tools": [{
+                "name": "weather",
+                "description": "Current weather for a city",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+                "run": {"type": "http", "with": {"url": "https://api.example.com/weather?city={{ args.city }}"}}
+            }]
+        }));
+        assert_eq!(a.check(), vec![]);
+        assert_eq!(a.turns(), 8);
+        assert_eq!(a.tools[0].run.ty, "http");
+    }
+
+    #[test]
+    fn broken_agents_say_what_and_where() {
+        let a = agent(json!({
+            "model": "m",
+            "max_turns": 51,
+            "tool_choice": "search",
+            "tools": [
+                {"name": "bad name", "run": {"type": "http"}},
+                {"name": "w", "parameters": {"type": "string"}, "run": {"type": "agent"}},
+                {"name": "w", "parameters": {"type": "object", "properties": {"x": {"type": 3}}}, "run": {"type": "transform"}}
+            ]
+        }));
+        let fields: Vec<String> = a.check().into_iter().map(|(f, _)| f).collect();
+        assert_eq!(
+            fields,
+            [
+                "",
+                "max_turns",
+                "tools/0/name",
+                "tools/1/parameters",
+                "tools/1/run/type",
+                "tools/2/name",
+                "tools/2/parameters",
+                "tool_choice"
+            ]
+        );
+        assert!(
+            serde_json::from_value::<AgentWith>(json!({"model": "m", "prompt": "p", "tools": [{"name": "x"}]}))
+                .is_err(),
+            "a tool needs `run`"
+        );
+    }
+}
