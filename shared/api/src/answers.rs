@@ -13,7 +13,6 @@ use llmo_core::engine::{AttemptId, Event, Plan, RunState, WaitKind};
 use llmo_runtime::queue::{Delivery, Message};
 use llmo_runtime::store::{StoredRun, Waiter};
 use llmo_runtime::worker::Outcome;
-use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use std::sync::Arc;
 
@@ -28,18 +27,9 @@ pub const COMMENT_BYTES: usize = 4096;
 /// the task is answered or the run ends).
 pub const LINK_DAYS: u64 = 30;
 
-/// The claims of a single-use answer link (HS256 with the deployment's link secret).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct LinkClaims {
-    pub aud: String,
-    pub exp: u64,
-    pub tenant: String,
-    pub run: String,
-    pub task: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub item: Option<u32>,
-    pub attempt: u32,
-}
+/// The claims of a single-use answer link (HS256 with the deployment's link secret): the
+/// same claims as a callback's task token, under another audience.
+pub type LinkClaims = llmo_core::callback::AttemptClaims;
 
 const LINK_AUDIENCE: &str = "llmo-answer";
 

@@ -67,11 +67,11 @@ impl CallbackWith {
     }
 }
 
-/// What a task token says (signed by the deployment's callback secret: HS256, audience
-/// [`AUDIENCE`]): the one attempt it answers. It is useless once that attempt stopped
-/// waiting, whatever its `exp`.
+/// What a signed token naming one attempt says: a callback's task token (audience
+/// [`AUDIENCE`]) or an approval's answer link (audience `llmo-answer`). It is useless once
+/// that attempt stopped waiting, whatever its `exp`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct CallbackClaims {
+pub struct AttemptClaims {
     pub aud: String,
     /// Seconds since the epoch: the attempt's timeout and some slack.
     pub exp: u64,
@@ -84,6 +84,9 @@ pub struct CallbackClaims {
     pub item: Option<u32>,
     pub attempt: u32,
 }
+
+/// The claims of a callback's task token.
+pub type CallbackClaims = AttemptClaims;
 
 /// The audience of task tokens (answer links have another: neither is taken for the other).
 pub const AUDIENCE: &str = "llmo-callback";
