@@ -106,14 +106,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::source::SourceFile;
-    use crate::validate::Validator;
-
-    fn plan(yaml: &str) -> Plan {
-        let text = format!("apiVersion: llm-orchestrator/v1\nkind: Workflow\nmetadata: {{ name: t }}\n{yaml}");
-        let outcome = Validator::default().validate(&SourceFile::new("t.yaml", text));
-        Plan::new(outcome.checked.unwrap_or_else(|| panic!("{:#?}", outcome.report.records())))
-    }
+    use crate::engine::tests::plan;
 
     const JOB: &str = r#"
 spec:

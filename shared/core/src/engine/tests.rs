@@ -10,7 +10,8 @@ use super::*;
 use crate::source::SourceFile;
 use crate::validate::Validator;
 
-fn plan(yaml: &str) -> Plan {
+/// A checked plan of a workflow whose `spec` is `yaml` (the engine's tests share it).
+pub(super) fn plan(yaml: &str) -> Plan {
     let text = format!("apiVersion: llm-orchestrator/v1\nkind: Workflow\nmetadata: {{ name: t }}\n{yaml}");
     let outcome = Validator::default().validate(&SourceFile::new("t.yaml", text));
     let checked = outcome.checked.unwrap_or_else(|| panic!("{:#?}", outcome.report.records()));
