@@ -108,6 +108,14 @@ impl Default for Registry {
             "Start a child run of a workflow and wait for its end (holding nothing); output: { outputs, run_id, status }.",
         ));
         r.register(
+            TaskType::of::<crate::agent::AgentWith>(
+                crate::agent::AGENT,
+                "A model that calls tools turn after turn until it answers; each turn and each call is a step. Output: { text, json, turns, tool_calls, transcript, usage }.",
+            )
+            .literal(&["/output_schema", "/tools/*/parameters"])
+            .secrets(&["/tools/*/run/with/headers/*"]),
+        );
+        r.register(
             TaskType::of::<EvaluateWith>("evaluate", "Score a text with checks; yields score and passed.")
                 .literal(&["/checks/*/schema", "/checks/*/pattern"]),
         );
@@ -557,7 +565,7 @@ mod tests {
     #[test]
     fn registry_has_builtins_with_object_schemas() {
         let r = Registry::default();
-        for name in ["llm", "transform", "http", "function", "workflow", "evaluate", "policy", "wait"] {
+        for name in ["llm", "agent", "transform", "http", "function", "workflow", "evaluate", "policy", "wait"] {
             assert_eq!(r.get(name).unwrap().with_schema["type"], "object", "{name}");
         }
     }

@@ -30,7 +30,7 @@ pub const JUDGE_MAX_TOKENS: u32 = 300;
 /// Whether attempts of a task type may make model calls, and so spend: they hold part of a
 /// budget while they run, and a runtime lets them answer when their run ends meanwhile.
 pub fn spends(ty: &str) -> bool {
-    matches!(ty, "llm" | "evaluate")
+    matches!(ty, "llm" | "evaluate" | crate::agent::AGENT)
 }
 
 /// Whether a task type is known to spend nothing (the built-ins without model calls): only
@@ -154,6 +154,27 @@ impl PriceBook {
         out
     }
 
+    /// The most one model turn of `with` (an `llm` task's or an agent's) may spend, on a prompt
+    /// of at most `prompt` tokens: its dearest candidate (the most tokens of any, the most
+    /// money of those with a price: the others are not called under a cost budget).
+    pub fn turn(&self, with: &Value, prompt: u64) -> Estimate {
+        let max_tokens = with
+            .get("max_tokens")
+            .and_then(Value::as_u64)
+            .map_or(DEFAULT_MAX_TOKENS, |m| m.min(u64::from(u32::MAX)) as u32);
+        self.candidates(with).into_iter().map(|(p, m)| self.call(p, m, prompt, max_tokens)).fold(
+            Estimate::default(),
+            |a, b| Estimate { cost_usd: a.cost_usd.max(b.cost_usd.unwrap_or(0.0)), tokens: a.tokens.max(b.tokens) },
+        )
+    }
+
+    /// An agent's next turn after `turns`: [`PriceBook::turn`] on everything the request
+    /// carries ([`crate::agent::run::turn_texts`]).
+    pub fn agent_turn(&self, with: &Value, turns: &[crate::agent::TurnRec]) -> Estimate {
+        let texts = crate::agent::run::turn_texts(with, turns);
+        self.turn(with, prompt_tokens_bound(texts.iter().map(String::as_str)))
+    }
+
     /// The most one attempt of a task of type `ty` with the rendered `with` may spend: an
     /// `llm` task's dearest candidate, the sum of an `evaluate` task's model judges. Zero for
     /// every type that makes no model call ([`spends`]).
@@ -173,21 +194,9 @@ impl PriceBook {
                 }
                 // A schema is sent with the request (and counted by providers as prompt).
                 let schema = with.get("output_schema").map(|s| s.to_string());
-                let prompt = prompt_tokens_bound(texts.into_iter().chain(schema.as_deref()));
-                let max_tokens = with
-                    .get("max_tokens")
-                    .and_then(Value::as_u64)
-                    .map_or(DEFAULT_MAX_TOKENS, |m| m.min(u64::from(u32::MAX)) as u32);
-                // Any candidate may be the one called: the most tokens of any, the most money
-                // of those with a price (the others are not called under a cost budget).
-                self.candidates(with).into_iter().map(|(p, m)| self.call(p, m, prompt, max_tokens)).fold(
-                    Estimate::default(),
-                    |a, b| Estimate {
-                        cost_usd: a.cost_usd.max(b.cost_usd.unwrap_or(0.0)),
-                        tokens: a.tokens.max(b.tokens),
-                    },
-                )
+                self.turn(with, prompt_tokens_bound(texts.into_iter().chain(schema.as_deref())))
             }
+            crate::agent::AGENT => self.agent_turn(with, &[]),
             "evaluate" => {
                 let input = with.get("input").and_then(Value::as_str).unwrap_or_default();
                 let mut sum = Estimate::default();

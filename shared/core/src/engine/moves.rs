@@ -82,6 +82,7 @@ pub const UNIT_MOVES: &[(TaskStatus, TaskStatus, &str)] = {
         (Running, Waiting, "the call of a task with a `callback` succeeded: it waits for the token's answer"),
         (Waiting, RetryWait, "a callback failed or timed out (its heartbeat missed), retryable, with attempts left"),
         (RetryWait, Pending, "RetryDue"),
+        (Running, Pending, "an agent's tool calls settled: its next turn waits for dispatch (budget and caps)"),
         (Pending, Cancelled, "another item of its task failed, or the run ended"),
         (Pending, Failed, "the budget stopped spending: an attempt that spends is refused, not started"),
         (Running, Cancelled, "another item of its task failed, or the run ended (the attempt is stopped)"),

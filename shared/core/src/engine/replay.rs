@@ -72,6 +72,10 @@ impl Plan {
             let for_each = self.checked.workflow.spec.tasks[i].for_each.is_some();
             for (k, u) in ts.units.iter().enumerate().filter(|(_, u)| pick(u)) {
                 let item = for_each.then_some(k as u32);
+                if let Some(owed) = self.agent_owed(i, item, u) {
+                    cmds.extend(owed);
+                    continue;
+                }
                 match u.status {
                     TaskStatus::Running => cmds.push(Command::Execute { task: i, item, attempt: u.attempt }),
                     TaskStatus::RetryWait => cmds.push(Command::ScheduleRetry {

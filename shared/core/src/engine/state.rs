@@ -198,6 +198,10 @@ pub struct Unit {
     /// out): a child run failed by it is worth retrying by its parent.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub transient: bool,
+    /// An agent's loop: its turns and tool calls ([`crate::agent::run`]). Each turn and each
+    /// call is an attempt of this unit: while calls run, several attempts of it run at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<Box<crate::agent::AgentLoop>>,
 }
 
 fn is_zero(v: &u32) -> bool {
@@ -221,6 +225,7 @@ impl Unit {
             base: 0,
             held: None,
             transient: false,
+            agent: None,
         }
     }
 

@@ -417,7 +417,7 @@ spec:
     assert!(d.st.tasks[1].error.as_deref().unwrap().starts_with("budget exceeded"));
 }
 
-fn priced(yaml: &str) -> Plan {
+pub(super) fn priced(yaml: &str) -> Plan {
     let mut p = plan(yaml);
     p.set_prices(budget::PriceBook {
         // $1 per million tokens in, $2 out.

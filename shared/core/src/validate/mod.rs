@@ -53,6 +53,7 @@ pub fn output_fields(ty: &str, with: &serde_json::Map<String, Value>) -> Option<
     }
     Some(match ty {
         "llm" => &["text", "json", "model", "usage", "fallback_from"],
+        "agent" => &["text", "json", "model", "turns", "tool_calls", "transcript", "usage", "stopped"],
         "http" => &["status", "headers", "body"],
         "evaluate" => &["score", "passed", "checks"],
         "policy" => &["allowed", "reasons"],

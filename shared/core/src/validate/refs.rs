@@ -290,6 +290,8 @@ impl Run<'_> {
                     }
                 },
                 "event" if matches!(site, Site::Event) => {}
+                // A call's arguments, in the task an agent's tool runs.
+                "args" if matches!(site, Site::Task { body: true, .. }) && in_tool_run(ptr) => {}
                 _ => {
                     let roots: &[&str] = match site {
                         Site::Event => &["event"],
@@ -369,4 +371,14 @@ impl Run<'_> {
             }
         }
     }
+}
+
+/// Whether `ptr` lies in the `run.with` of an agent's tool (`.../with/tools/<n>/run/with/...`),
+/// where templates read the call's arguments as `args`.
+fn in_tool_run(ptr: &str) -> bool {
+    ptr.split_once("/with/tools/").is_some_and(|(_, rest)| {
+        rest.split_once('/').is_some_and(|(n, rest)| {
+            n.bytes().all(|b| b.is_ascii_digit()) && (rest == "run/with" || rest.starts_with("run/with/"))
+        })
+    })
 }

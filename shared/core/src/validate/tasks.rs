@@ -121,6 +121,22 @@ impl Run<'_> {
         if let Some(ty) = ty {
             self.type_rules(&base, ty, with);
         }
+        if task.ty == crate::agent::AGENT
+            && let Some(a) = typed::<crate::agent::AgentWith>(with)
+        {
+            // Each tool runs a task of a known type.
+            for (k, tool) in a.tools.iter().enumerate() {
+                if v.registry.get(&tool.run.ty).is_none() {
+                    let hint = self.suggest(&tool.run.ty, v.registry.names());
+                    self.error(
+                        UNKNOWN_TYPE,
+                        &format!("{base}/with/tools/{k}/run/type"),
+                        format!("tool `{}` runs unknown task type `{}`", tool.name, tool.run.ty),
+                    )
+                    .help = hint;
+                }
+            }
+        }
         // Timing.
         if let Some(t) = task.timeout
             && t.0.is_zero()
@@ -146,6 +162,13 @@ impl Run<'_> {
             self.error(TASK_CONFIG, &format!("{w}/callback/{field}"), m);
         }
         match ty.name.as_str() {
+            crate::agent::AGENT => {
+                let Some(a) = typed::<crate::agent::AgentWith>(with) else { return };
+                for (field, m) in a.check() {
+                    let at = if field.is_empty() { w.clone() } else { format!("{w}/{field}") };
+                    self.error(TASK_CONFIG, &at, m);
+                }
+            }
             "llm" => {
                 // Read straight from JSON: this runs for every llm task, and the schema has
                 // already checked the types.

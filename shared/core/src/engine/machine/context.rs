@@ -406,7 +406,8 @@ impl Plan {
         let mut holes = prepared.holes.iter().peekable();
         for (pos, (k, v)) in with.iter_mut().enumerate() {
             let Some((_, written, hole)) = holes.next_if(|(p, _, _)| *p == pos) else { continue };
-            *v = if raw.contains(&k.as_str()) {
+            // An agent's tools are rendered per call, with its arguments (`args`).
+            *v = if raw.contains(&k.as_str()) || (k == "tools" && self.is_agent(task)) {
                 written.clone()
             } else {
                 match hole {

@@ -96,6 +96,9 @@ impl Transition<'_, '_> {
                     continue;
                 }
                 self.move_unit(i, k, TaskStatus::Running);
+                if self.plan.is_agent(i) {
+                    self.agent_turn_started(i, k);
+                }
                 self.st.tasks[i].units[k].held = Some(hold);
                 self.st.reserved.add(hold);
                 let attempt = self.st.tasks[i].units[k].attempt;
@@ -170,6 +173,15 @@ impl Transition<'_, '_> {
         let parts = self.parts.get_or_insert_with(|| self.plan.run_parts(self.st, false));
         let ctx = self.plan.context_in(self.st, Some(i), item, parts);
         match self.plan.render_task_with(i, &ctx, &[]) {
+            Ok(mut with) if self.plan.is_agent(i) => {
+                // The next turn: everything so far is sent again (the tools as written).
+                if let Some(tools) = self.plan.checked.workflow.spec.tasks[i].with.get("tools") {
+                    with.insert("tools".into(), tools.clone());
+                }
+                let k = item.unwrap_or(0) as usize;
+                let turns = self.st.tasks[i].units[k].agent.as_deref().map_or(&[][..], |l| l.turns.as_slice());
+                book.agent_turn(&Value::Object(with), turns)
+            }
             Ok(with) => book.attempt(ty, &Value::Object(with)),
             // The attempt fails when it renders the same way: it calls nothing.
             Err(_) => Estimate::default(),

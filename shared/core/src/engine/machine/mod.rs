@@ -16,6 +16,7 @@ use crate::dag::EdgeKind;
 use crate::model::{EffectiveRetry, FailureAction, Jitter, OnFailure, TriggerRule};
 use crate::validate::Checked;
 
+mod agent;
 mod callbacks;
 mod context;
 mod dispatch;
@@ -65,6 +66,8 @@ pub struct Plan {
     pub(super) waits: Vec<Option<crate::tasks::WaitWith>>,
     /// Each `function` or `http` task's `callback` setting (see [`super::callbacks`]).
     pub(super) callbacks: Vec<Option<crate::callback::CallbackWith>>,
+    /// Each `agent` task's `with` and tool schemas (see [`agent`]).
+    agents: Vec<Option<agent::AgentPlan>>,
 }
 
 impl Plan {
@@ -138,7 +141,9 @@ impl Plan {
                 serde_json::from_value(cb.clone()).ok()
             })
             .collect();
+        let agents = wf.spec.tasks.iter().map(agent::AgentPlan::of).collect();
         Plan {
+            agents,
             waits,
             callbacks,
             checked,

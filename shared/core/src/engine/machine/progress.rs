@@ -75,6 +75,19 @@ impl Transition<'_, '_> {
                 let run_id = crate::child::child_run_id(&self.st.run_id, self.plan.checked.dag.id(i), item, u.attempt);
                 self.cmds.push(Command::CancelRun { run_id });
             }
+            if to == TaskStatus::Cancelled
+                && let (Some(a), Some(l)) = (self.plan.agent_with(i), u.agent.as_deref())
+            {
+                // An agent's calls that are child runs are cancelled with it.
+                let item = self.plan.checked.workflow.spec.tasks[i].for_each.is_some().then_some(k as u32);
+                for c in l.last_calls().iter().filter(|c| c.status == crate::agent::CallStatus::Running) {
+                    if a.tools.iter().any(|t| t.name == c.name && t.run.ty == crate::child::WORKFLOW) {
+                        let task_id = self.plan.checked.dag.id(i);
+                        let run_id = crate::child::child_run_id(&self.st.run_id, task_id, item, c.attempt);
+                        self.cmds.push(Command::CancelRun { run_id });
+                    }
+                }
+            }
         }
         if from == TaskStatus::Pending && matches!(to, TaskStatus::Running | TaskStatus::Waiting) {
             u.attempt += 1;

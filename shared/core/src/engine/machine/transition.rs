@@ -76,7 +76,10 @@ impl Transition<'_, '_> {
                     return Ok(());
                 }
                 self.running()?;
-                if unit.status != TaskStatus::Running || unit.attempt != id.attempt {
+                let agent = unit.agent.is_some();
+                if agent && !self.agent_runs(id)
+                    || !agent && (unit.status != TaskStatus::Running || unit.attempt != id.attempt)
+                {
                     return Err(Ignored("not the running attempt (duplicate or late)"));
                 }
                 if *in_place {
@@ -84,6 +87,7 @@ impl Transition<'_, '_> {
                 }
                 self.settle_usage(id, usage);
                 match result {
+                    _ if agent => self.agent_finished(id, result, usage),
                     AttemptResult::Succeeded { .. } if self.plan.callbacks[*task].is_some() => self.await_callback(id),
                     AttemptResult::Succeeded { output, .. } => {
                         self.move_unit(id.task, id.unit(), TaskStatus::Succeeded);
@@ -100,6 +104,12 @@ impl Transition<'_, '_> {
                 self.running()?;
                 let id = AttemptId { task: *task, item: *item, attempt: *attempt };
                 let unit = self.unit(id)?;
+                if unit.status == TaskStatus::Running && unit.agent.is_some() {
+                    // A tool call of an agent: its next attempt starts, the others run on.
+                    self.agent_retry_due(id)?;
+                    self.advance();
+                    return Ok(());
+                }
                 if unit.status != TaskStatus::RetryWait || unit.attempt != id.attempt {
                     return Err(Ignored("no retry due for this attempt"));
                 }
@@ -197,7 +207,9 @@ impl Transition<'_, '_> {
     /// Attempt `id` failed: it waits for its retry when `retryable` and attempts are left,
     /// else it fails for good. The caller settles its task.
     pub(super) fn fail_attempt(&mut self, id: AttemptId, error: &str, retryable: bool) {
-        let nth = self.st.tasks[id.task].units[id.unit()].nth(id.attempt);
+        let u = &self.st.tasks[id.task].units[id.unit()];
+        // An agent's retries count per turn, not per attempt of its unit.
+        let nth = u.agent.as_deref().map_or_else(|| u.nth(id.attempt), |l| l.tries);
         if retryable && nth < self.plan.retry[id.task].max_attempts {
             let at = self.now + self.plan.backoff(self.st, id.task, id.item, id.attempt, nth);
             let cause = self.cause.clone();

@@ -1,12 +1,21 @@
-//! `type: agent` (issue 28, in progress): a tool-calling loop whose every model turn and tool
-//! call is a step. This module holds the pure part written so far: the `with` block and the
-//! rules a schema cannot say. The task type is not registered yet (no executor runs it), so
-//! workflows cannot use it until the loop lands.
+//! `type: agent`: a tool-calling loop whose every model turn and every tool call is a step of
+//! the run (an attempt in its log). This module holds the pure part: the `with` block and the
+//! rules a schema cannot say; [`run`] holds the loop's state. The state machine moves it
+//! (`engine::machine::agent`); runtimes run its steps.
 
 use indexmap::IndexMap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+
+pub mod run;
+pub use run::{
+    AgentLoop, CallRec, CallStatus, MAX_CALLS_PER_TURN, MAX_REFUSED_CALLS, MAX_RESULT_BYTES, MAX_TOOL_FAILURES,
+    MAX_TRANSCRIPT_BYTES, Step, TurnRec,
+};
+
+/// The task type.
+pub const AGENT: &str = "agent";
 
 /// The most turns an agent may take (`max_turns` is at most this).
 pub const MAX_TURNS: u32 = 50;
@@ -46,10 +55,32 @@ pub struct AgentWith {
     /// The JSON Schema the final answer must match.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_schema: Option<Value>,
+    /// What reaching `max_turns` with the model still calling tools does: `fail` the task (the
+    /// default), or `answer` with the last turn's text (`stopped: max_turns` in the output).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_max_turns: Option<OnMaxTurns>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 2.0))]
     pub temperature: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub top_p: Option<f64>,
+    /// The most tokens of each turn's answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub max_tokens: Option<u32>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stop: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<i64>,
+}
+
+/// `on_max_turns` of an agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum OnMaxTurns {
+    Fail,
+    Answer,
 }
 
 /// A tool of an agent: what the model is told, and the task that runs a call (with the call's
@@ -119,11 +150,14 @@ impl AgentWith {
             } else if let Err(e) = jsonschema::meta::validate(&t.parameters) {
                 out.push((at("/parameters"), format!("not a valid JSON Schema: {e}")));
             }
-            if t.run.ty == "agent" {
-                out.push((
+            match t.run.ty.as_str() {
+                AGENT => out.push((
                     at("/run/type"),
                     "a tool cannot be an agent (make it a `workflow` whose task is one)".into(),
-                ));
+                )),
+                "wait" => out
+                    .push((at("/run/type"), "a tool cannot be a `wait` (its call would hold the agent's turn)".into())),
+                _ => {}
             }
         }
         if let Some(c) = &self.tool_choice

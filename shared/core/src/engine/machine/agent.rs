@@ -1,0 +1,553 @@
+//! `type: agent` in the state machine: a unit whose attempts are the loop's steps. A model turn
+//! is an attempt started by dispatch (under the budget and the caps, like any attempt); the
+//! calls it asks for are attempts started together, running at once, each with its own
+//! retries; when every call has settled the unit goes back to `Pending` and dispatch starts
+//! the next turn (the budget is checked again, fail closed). What each turn and call did is
+//! kept in [`crate::agent::AgentLoop`] on the unit, so a redelivered or replayed event finds
+//! it done, and nothing that finished runs again.
+
+use std::sync::Arc;
+
+use super::*;
+use crate::agent::{
+    AgentLoop, AgentWith, CallRec, CallStatus, MAX_CALLS_PER_TURN, MAX_REFUSED_CALLS, MAX_TOOL_FAILURES, OnMaxTurns,
+    Step, TurnRec, run::bounded_result,
+};
+
+/// An agent task's `with` as written, and each tool's argument schema, compiled once.
+pub(crate) struct AgentPlan {
+    pub(crate) with: AgentWith,
+    validators: Vec<Option<Arc<jsonschema::Validator>>>,
+}
+
+impl AgentPlan {
+    pub(crate) fn of(t: &crate::model::Task) -> Option<AgentPlan> {
+        if t.ty != crate::agent::AGENT {
+            return None;
+        }
+        let with: AgentWith = serde_json::from_value(Value::Object(t.with.clone())).ok()?;
+        let validators =
+            with.tools.iter().map(|t| jsonschema::validator_for(&t.parameters).ok().map(Arc::new)).collect();
+        Some(AgentPlan { with, validators })
+    }
+
+    /// Why call `c` cannot run, if it cannot: its tool is unknown, or its arguments do not
+    /// match the tool's schema.
+    fn refusal(&self, name: &str, args: &Value) -> Result<usize, String> {
+        let Some(i) = self.with.tools.iter().position(|t| t.name == name) else {
+            let names: Vec<&str> = self.with.tools.iter().map(|t| t.name.as_str()).collect();
+            return Err(format!("there is no tool `{name}` (the tools are: {})", names.join(", ")));
+        };
+        if let Value::String(raw) = args {
+            let mut shown: String = raw.chars().take(200).collect();
+            if shown.len() < raw.len() {
+                shown.push('…');
+            }
+            return Err(format!("the arguments are not a JSON object: {shown}"));
+        }
+        if let Some(v) = &self.validators[i] {
+            let errors: Vec<String> = v
+                .iter_errors(args)
+                .take(3)
+                .map(|e| {
+                    let at = e.instance_path().to_string();
+                    if at.is_empty() { e.to_string() } else { format!("at `{at}`: {e}") }
+                })
+                .collect();
+            if !errors.is_empty() {
+                return Err(format!("the arguments do not match the tool's parameters: {}", errors.join("; ")));
+            }
+        }
+        Ok(i)
+    }
+}
+
+impl Plan {
+    /// Whether task `i` is an agent.
+    pub fn is_agent(&self, i: usize) -> bool {
+        self.agents.get(i).is_some_and(Option::is_some)
+    }
+
+    /// An agent task's `with` as written (its tools, turns and settings).
+    pub fn agent_with(&self, i: usize) -> Option<&AgentWith> {
+        self.agents.get(i)?.as_ref().map(|a| &a.with)
+    }
+
+    /// What attempt `id` of an agent does: ask for a turn, or run a call. `None` when the task
+    /// is not an agent or the attempt is neither (a stale or duplicate delivery).
+    pub fn agent_step(&self, st: &RunState, id: AttemptId) -> Option<Step> {
+        let a = self.agents.get(id.task)?.as_ref()?;
+        let u = st.tasks.get(id.task)?.units.get(id.unit())?;
+        let l = u.agent.as_deref()?;
+        if l.asking == Some(id.attempt) {
+            return Some(Step::Turn { turn: l.turns.len() as u32 + 1, history: l.turns.clone() });
+        }
+        let (t, c) = l.running_call(id.attempt)?;
+        let call = Box::new(l.turns[t].calls[c].clone());
+        let tool = a.with.tools.iter().position(|x| x.name == call.name)?;
+        Some(Step::Tool { turn: t as u32 + 1, call, tool })
+    }
+
+    /// The attempts an agent unit owes: each running attempt (the turn, or the calls) and
+    /// each call's retry. `None` for a unit that is not an agent's.
+    pub(crate) fn agent_owed(&self, task: usize, item: Option<u32>, u: &Unit) -> Option<Vec<Command>> {
+        let l = u.agent.as_deref().filter(|_| u.status == TaskStatus::Running)?;
+        let mut cmds: Vec<Command> = l.running().map(|attempt| Command::Execute { task, item, attempt }).collect();
+        cmds.extend(l.retrying().map(|(attempt, at)| Command::ScheduleRetry { task, item, attempt, at }));
+        Some(cmds)
+    }
+}
+
+/// A call a turn asked for: its id, tool name and arguments.
+type Asked = (String, String, Value);
+
+/// The text, model, JSON and calls of a turn's output (as the runtime reports it).
+fn answer_of(output: &Value) -> (String, Option<String>, Option<Value>, Vec<Asked>) {
+    let text = output.get("text").and_then(Value::as_str).unwrap_or_default().to_string();
+    let model = output.get("model").and_then(Value::as_str).map(str::to_string);
+    let json = output.get("json").cloned();
+    let calls = output
+        .get("tool_calls")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+        .map(|(k, c)| {
+            let id = c.get("id").and_then(Value::as_str).map_or_else(|| format!("call_{k}"), str::to_string);
+            let name = c.get("name").and_then(Value::as_str).unwrap_or_default().to_string();
+            (id, name, c.get("arguments").cloned().unwrap_or(Value::Null))
+        })
+        .collect();
+    (text, model, json, calls)
+}
+
+/// The loop of attempt `id`'s unit.
+fn lp(st: &mut RunState, id: AttemptId) -> &mut AgentLoop {
+    st.tasks[id.task].units[id.unit()].agent.get_or_insert_with(Default::default)
+}
+
+impl Transition<'_, '_> {
+    fn agent_loop(&mut self, id: AttemptId) -> &mut AgentLoop {
+        lp(self.st, id)
+    }
+
+    /// Dispatch started unit `k` of agent task `i`: its new attempt asks for the next turn.
+    pub(super) fn agent_turn_started(&mut self, i: usize, k: usize) {
+        let now = self.now;
+        let u = &mut self.st.tasks[i].units[k];
+        let attempt = u.attempt;
+        let l = u.agent.get_or_insert_with(Default::default);
+        l.asking = Some(attempt);
+        l.asked_at = Some(now);
+        l.tries += 1;
+    }
+
+    /// Whether attempt `id` of an agent unit is one it runs now (its turn or a call).
+    pub(super) fn agent_runs(&self, id: AttemptId) -> bool {
+        self.unit(id)
+            .ok()
+            .filter(|u| u.status == TaskStatus::Running)
+            .and_then(|u| u.agent.as_deref())
+            .is_some_and(|l| l.asking == Some(id.attempt) || l.running_call(id.attempt).is_some())
+    }
+
+    /// Attempt `id` of an agent unit (checked by [`Transition::agent_runs`]) ended.
+    pub(super) fn agent_finished(&mut self, id: AttemptId, result: &AttemptResult, usage: Usage) {
+        let (plan, now) = (self.plan, self.now);
+        let l = lp(self.st, id);
+        l.tokens += usage.tokens;
+        l.cost_usd += usage.cost_usd;
+        if l.asking == Some(id.attempt) {
+            return self.turn_finished(id, result, usage);
+        }
+        let Some((t, c)) = l.running_call(id.attempt) else { return };
+        let call = &mut l.turns[t].calls[c];
+        call.tokens += usage.tokens;
+        call.cost_usd += usage.cost_usd;
+        call.ended_at = Some(now);
+        match result {
+            AttemptResult::Succeeded { output, .. } => {
+                call.status = CallStatus::Succeeded;
+                call.result = Some(Output::new(bounded_result(output)));
+                call.error = None;
+            }
+            AttemptResult::Failed { error, retryable, .. } => {
+                call.error = Some(error.clone());
+                let nth = call.tries;
+                if *retryable && nth < plan.retry[id.task].max_attempts {
+                    let at = now + plan.backoff(self.st, id.task, id.item, id.attempt, nth);
+                    let call = &mut lp(self.st, id).turns[t].calls[c];
+                    call.status = CallStatus::RetryWait;
+                    call.retry_at = Some(at);
+                    self.unit_mut(id).cause = Some(self.cause.clone());
+                    self.cmds.push(Command::ScheduleRetry { task: id.task, item: id.item, attempt: id.attempt, at });
+                    return;
+                }
+                call.status = CallStatus::Failed;
+                let name = call.name.clone();
+                let n = l.failures.entry(name.clone()).or_default();
+                *n += 1;
+                if *n > MAX_TOOL_FAILURES {
+                    let msg = format!(
+                        "tool `{name}` failed {n} times (more than {MAX_TOOL_FAILURES}); the last time: {error}"
+                    );
+                    return self.agent_fails(id, msg);
+                }
+            }
+        }
+        self.after_calls(id);
+    }
+
+    /// A call of agent unit `id` waiting for its retry is due: its next attempt starts.
+    /// `Err` when no call waits for this attempt.
+    pub(super) fn agent_retry_due(&mut self, id: AttemptId) -> Result<(), Ignored> {
+        let (t, c) = self
+            .unit(id)
+            .ok()
+            .filter(|u| u.status == TaskStatus::Running)
+            .and_then(|u| u.agent.as_deref())
+            .and_then(|l| l.waiting_call(id.attempt))
+            .ok_or(Ignored("no retry due for this attempt"))?;
+        self.start_call(id, t, c);
+        Ok(())
+    }
+
+    /// Starts call `c` of turn `t` as a new attempt of the unit.
+    fn start_call(&mut self, id: AttemptId, t: usize, c: usize) {
+        let (now, cause) = (self.now, self.cause.clone());
+        let ts = &mut self.st.tasks[id.task];
+        ts.attempts += 1;
+        let u = &mut ts.units[id.unit()];
+        u.attempt += 1;
+        u.started_by.push(cause.clone());
+        u.cause = Some(cause);
+        let attempt = u.attempt;
+        let call = &mut u.agent.as_mut().expect("an agent unit").turns[t].calls[c];
+        call.attempt = attempt;
+        call.tries += 1;
+        call.status = CallStatus::Running;
+        call.retry_at = None;
+        call.started_at.get_or_insert(now);
+        self.cmds.push(Command::Execute { task: id.task, item: id.item, attempt });
+    }
+
+    fn turn_finished(&mut self, id: AttemptId, result: &AttemptResult, usage: Usage) {
+        let (plan, now) = (self.plan, self.now);
+        let Some(plan) = plan.agents[id.task].as_ref() else { return };
+        let l = lp(self.st, id);
+        let started_at = l.asked_at.take();
+        l.asking = None;
+        let output = match result {
+            AttemptResult::Failed { error, retryable, .. } => {
+                let turn = l.turns.len() + 1;
+                let error = format!("turn {turn}: {error}");
+                return self.fail_attempt(id, &error, *retryable);
+            }
+            AttemptResult::Succeeded { output, .. } => output,
+        };
+        let (text, model, json, asked) = answer_of(output);
+        l.tries = 0;
+        let turn = l.turns.len() + 1;
+        let mut calls = Vec::with_capacity(asked.len());
+        let mut refused = Vec::new();
+        for (k, (call_id, name, arguments)) in asked.into_iter().enumerate() {
+            let why = if k >= MAX_CALLS_PER_TURN {
+                Err(format!("more than {MAX_CALLS_PER_TURN} tool calls in one turn: this one was not run"))
+            } else {
+                plan.refusal(&name, &arguments)
+            };
+            let error = why.err();
+            if let Some(e) = &error {
+                refused.push(format!("`{name}`: {e}"));
+            }
+            calls.push(CallRec {
+                id: call_id,
+                name,
+                arguments,
+                status: if error.is_some() { CallStatus::Refused } else { CallStatus::Running },
+                attempt: 0,
+                tries: 0,
+                result: None,
+                error,
+                cut: false,
+                started_at: None,
+                ended_at: None,
+                retry_at: None,
+                tokens: 0,
+                cost_usd: 0.0,
+            });
+        }
+        let done = calls.is_empty();
+        l.turns.push(TurnRec {
+            attempt: id.attempt,
+            text,
+            model,
+            tokens: usage.tokens,
+            cost_usd: usage.cost_usd,
+            started_at,
+            ended_at: now,
+            calls,
+        });
+        l.refused += refused.len() as u32;
+        if done {
+            let out = l.output(json.as_ref(), None);
+            return self.agent_succeeds(id, out);
+        }
+        if turn as u32 >= plan.with.turns() {
+            let max = plan.with.turns();
+            if plan.with.on_max_turns == Some(OnMaxTurns::Answer) {
+                for c in &mut l.turns[turn - 1].calls {
+                    c.status = CallStatus::Refused;
+                    c.error.get_or_insert_with(|| "not run: the agent reached `max_turns`".into());
+                }
+                let out = l.output(None, Some("max_turns"));
+                return self.agent_succeeds(id, out);
+            }
+            let msg = format!("the agent reached max_turns ({max}) and the model still called tools");
+            return self.agent_fails(id, msg);
+        }
+        if l.refused > MAX_REFUSED_CALLS {
+            let msg = format!(
+                "the model made {} tool calls that could not run (more than {MAX_REFUSED_CALLS}); the last: {}",
+                l.refused,
+                refused.last().map(String::as_str).unwrap_or_default()
+            );
+            return self.agent_fails(id, msg);
+        }
+        let to_start: Vec<usize> = l.turns[turn - 1]
+            .calls
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.status == CallStatus::Running)
+            .map(|(k, _)| k)
+            .collect();
+        for c in to_start {
+            self.start_call(id, turn - 1, c);
+        }
+        self.after_calls(id);
+    }
+
+    /// When every call of the last turn has settled, the unit goes back to `Pending`: dispatch
+    /// starts the next turn within the budget and the caps.
+    fn after_calls(&mut self, id: AttemptId) {
+        let l = self.agent_loop(id);
+        if !l.calls_settled() {
+            return;
+        }
+        l.bound();
+        self.move_unit(id.task, id.unit(), TaskStatus::Pending);
+        self.make_dispatchable(id.task);
+    }
+
+    fn agent_succeeds(&mut self, id: AttemptId, out: Value) {
+        self.move_unit(id.task, id.unit(), TaskStatus::Succeeded);
+        let u = self.unit_mut(id);
+        u.output = Some(Output::new(out));
+        u.error = None;
+    }
+
+    /// The agent fails for good (not retried: another attempt would make the same turns).
+    fn agent_fails(&mut self, id: AttemptId, error: String) {
+        let u = self.unit_mut(id);
+        u.output = u.agent.as_deref().map(|l| Output::new(l.output(None, Some("failed"))));
+        self.move_unit(id.task, id.unit(), TaskStatus::Failed);
+        self.unit_mut(id).error = Some(error);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::engine::tests::{plan, priced};
+
+    const AGENT: &str = r#"
+spec:
+  inputs: { q: { type: string } }
+  tasks:
+    - id: support
+      type: agent
+      retry: { max_attempts: 2, backoff: { initial: 1s, max: 1s, jitter: none } }
+      with:
+        model: gpt-4o
+        prompt: "{{ inputs.q }}"
+        max_turns: 3
+        tools:
+          - name: weather
+            description: Current weather for a city
+            parameters: { type: object, properties: { city: { type: string } }, required: [city] }
+            run: { type: http, with: { url: "https://api.example.com/weather?city={{ args.city }}" } }
+    - { id: after, type: transform, depends_on: [support], with: { output: "{{ tasks.support.output.text }}" } }
+"#;
+
+    fn turn(text: &str, calls: Value) -> AttemptResult {
+        AttemptResult::Succeeded {
+            output: Output::new(json!({"text": text, "model": "openai/gpt-4o", "tool_calls": calls})),
+            usage: Usage { tokens: 100, cost_usd: 0.001 },
+        }
+    }
+
+    fn ok(v: Value) -> AttemptResult {
+        AttemptResult::Succeeded { output: Output::new(v), usage: Usage::default() }
+    }
+
+    fn started(p: &Plan) -> RunState {
+        let mut st = p.new_run("r", json!({"q": "weather?"}).as_object().cloned().unwrap());
+        let cmds = p.apply(&mut st, &Event::Start, 0).unwrap();
+        assert_eq!(cmds, vec![Command::Execute { task: 0, item: None, attempt: 1 }]);
+        st
+    }
+
+    fn at(attempt: u32) -> AttemptId {
+        AttemptId { task: 0, item: None, attempt }
+    }
+
+    #[test]
+    fn turns_and_calls_are_attempts_and_none_runs_twice() {
+        let p = plan(AGENT);
+        let mut st = started(&p);
+        assert!(matches!(p.agent_step(&st, at(1)), Some(Step::Turn { turn: 1, ref history }) if history.is_empty()));
+        let asked = turn(
+            "Let me look.",
+            json!([{"id": "a", "name": "weather", "arguments": {"city": "Paris"}},
+                   {"id": "b", "name": "weather", "arguments": {"city": "Oslo"}}]),
+        );
+        let first = Event::finished(0, None, 1, asked);
+        let cmds = p.apply(&mut st, &first, 1_000).unwrap();
+        assert_eq!(
+            cmds,
+            vec![
+                Command::Execute { task: 0, item: None, attempt: 2 },
+                Command::Execute { task: 0, item: None, attempt: 3 }
+            ]
+        );
+        // A redelivery changes nothing; its commands are found again.
+        assert!(p.apply(&mut st.clone(), &first, 1_001).is_err());
+        assert_eq!(p.replay(&st, &first.key()), cmds);
+        assert_eq!(p.in_flight(&st), cmds);
+        let Some(Step::Tool { turn: 1, call, tool: 0 }) = p.agent_step(&st, at(3)) else { panic!() };
+        assert_eq!((call.id.as_str(), &call.arguments), ("b", &json!({"city": "Oslo"})));
+        // The calls end in any order; the next turn waits for both.
+        assert!(p.apply(&mut st, &Event::finished(0, None, 3, ok(json!("snow"))), 1_500).unwrap().is_empty());
+        assert!(p.apply(&mut st, &Event::finished(0, None, 3, ok(json!("rain"))), 1_501).is_err(), "once");
+        let cmds = p.apply(&mut st, &Event::finished(0, None, 2, ok(json!({"sky": "clear"}))), 2_000).unwrap();
+        assert_eq!(cmds, vec![Command::Execute { task: 0, item: None, attempt: 4 }]);
+        let Some(Step::Turn { turn: 2, history }) = p.agent_step(&st, at(4)) else { panic!() };
+        assert_eq!(history[0].calls[1].content(), ("snow".to_string(), false));
+        assert_eq!(history[0].calls[0].content(), ("{\"sky\":\"clear\"}".to_string(), false));
+        assert!(p.agent_step(&st, at(2)).is_none(), "a finished call is not run again");
+        let cmds = p
+            .apply(&mut st, &Event::finished(0, None, 4, turn("Clear in Paris, snow in Oslo.", json!([]))), 3_000)
+            .unwrap();
+        assert_eq!(cmds, vec![Command::Execute { task: 1, item: None, attempt: 1 }]);
+        let out = st.tasks[0].output.as_deref().unwrap();
+        assert_eq!(out["text"], "Clear in Paris, snow in Oslo.");
+        assert_eq!(out["turns"], 2);
+        assert_eq!(out["tool_calls"][0]["status"], "succeeded");
+        assert_eq!(out["tool_calls"][1]["duration_ms"], 500);
+        assert_eq!(out["transcript"].as_array().unwrap().len(), 4);
+        assert_eq!(out["usage"]["tokens"], 200);
+        assert_eq!(st.tasks[0].attempts, 4);
+        assert_eq!(st.tasks[0].tokens, 200);
+        assert_eq!(p.render_with(&st, 1, None).unwrap()["output"], "Clear in Paris, snow in Oslo.");
+    }
+
+    #[test]
+    fn calls_that_cannot_run_go_back_to_the_model_as_errors() {
+        let p = plan(AGENT);
+        let mut st = started(&p);
+        let bad = turn(
+            "",
+            json!([{"id": "a", "name": "wether", "arguments": {"city": "Paris"}},
+                   {"id": "b", "name": "weather", "arguments": {"town": "Oslo"}},
+                   {"id": "c", "name": "weather", "arguments": "{city: Oslo"}]),
+        );
+        // Nothing runs: the next turn is asked at once.
+        let cmds = p.apply(&mut st, &Event::finished(0, None, 1, bad), 1_000).unwrap();
+        assert_eq!(cmds, vec![Command::Execute { task: 0, item: None, attempt: 2 }]);
+        let Some(Step::Turn { turn: 2, history }) = p.agent_step(&st, at(2)) else { panic!() };
+        let errors: Vec<(String, bool)> = history[0].calls.iter().map(CallRec::content).collect();
+        assert!(errors[0].0.contains("there is no tool `wether` (the tools are: weather)"), "{errors:?}");
+        assert!(
+            errors[1].0.contains("do not match the tool's parameters") && errors[1].0.contains("city"),
+            "{errors:?}"
+        );
+        assert!(errors[2].0.contains("not a JSON object: {city: Oslo"), "{errors:?}");
+        assert!(errors.iter().all(|(_, e)| *e));
+    }
+
+    #[test]
+    fn max_turns_fails_or_answers_as_configured() {
+        for (extra, ok) in [("", false), ("\n        on_max_turns: answer", true)] {
+            let p = plan(&AGENT.replace("max_turns: 3", &format!("max_turns: 2{extra}")));
+            let mut st = started(&p);
+            let call = || turn("checking", json!([{"id": "a", "name": "weather", "arguments": {"city": "Rome"}}]));
+            p.apply(&mut st, &Event::finished(0, None, 1, call()), 1).unwrap();
+            p.apply(&mut st, &Event::finished(0, None, 2, ok_(json!("sun"))), 2).unwrap();
+            p.apply(&mut st, &Event::finished(0, None, 3, call()), 3).unwrap();
+            let ts = &st.tasks[0];
+            if ok {
+                assert_eq!(ts.status, TaskStatus::Succeeded);
+                let out = ts.output.as_deref().unwrap();
+                assert_eq!((out["stopped"].as_str(), out["text"].as_str()), (Some("max_turns"), Some("checking")));
+                assert_eq!(out["tool_calls"][1]["status"], "refused");
+            } else {
+                assert_eq!(ts.status, TaskStatus::Failed);
+                assert_eq!(
+                    ts.error.as_deref(),
+                    Some("the agent reached max_turns (2) and the model still called tools")
+                );
+                assert_eq!(st.status, RunStatus::Failed);
+            }
+        }
+    }
+
+    fn ok_(v: Value) -> AttemptResult {
+        ok(v)
+    }
+
+    #[test]
+    fn failed_calls_and_turns_retry_on_their_own() {
+        let p = plan(AGENT);
+        let mut st = started(&p);
+        let flaky = AttemptResult::Failed { error: "HTTP 503".into(), retryable: true, usage: Usage::default() };
+        let asked = turn("", json!([{"id": "a", "name": "weather", "arguments": {"city": "Lima"}}]));
+        p.apply(&mut st, &Event::finished(0, None, 1, asked), 1_000).unwrap();
+        let cmds = p.apply(&mut st, &Event::finished(0, None, 2, flaky.clone()), 2_000).unwrap();
+        assert_eq!(cmds, vec![Command::ScheduleRetry { task: 0, item: None, attempt: 2, at: 3_000 }]);
+        assert_eq!(p.in_flight(&st), cmds);
+        let due = Event::RetryDue { task: 0, item: None, attempt: 2 };
+        assert_eq!(p.apply(&mut st, &due, 3_000).unwrap(), vec![Command::Execute { task: 0, item: None, attempt: 3 }]);
+        assert!(p.apply(&mut st, &due, 3_001).is_err(), "a retry starts once");
+        // Its retries spent, the call's error goes to the model.
+        let cmds = p.apply(&mut st, &Event::finished(0, None, 3, flaky.clone()), 4_000).unwrap();
+        assert_eq!(cmds, vec![Command::Execute { task: 0, item: None, attempt: 4 }]);
+        let Some(Step::Turn { history, .. }) = p.agent_step(&st, at(4)) else { panic!() };
+        assert_eq!(history[0].calls[0].content(), ("error: HTTP 503".to_string(), true));
+        assert_eq!(history[0].calls[0].tries, 2);
+        // A turn that fails is asked again, as a new attempt.
+        let cmds = p.apply(&mut st, &Event::finished(0, None, 4, flaky), 5_000).unwrap();
+        assert_eq!(cmds, vec![Command::ScheduleRetry { task: 0, item: None, attempt: 4, at: 6_000 }]);
+        let due = Event::RetryDue { task: 0, item: None, attempt: 4 };
+        assert_eq!(p.apply(&mut st, &due, 6_000).unwrap(), vec![Command::Execute { task: 0, item: None, attempt: 5 }]);
+        assert!(matches!(p.agent_step(&st, at(5)), Some(Step::Turn { turn: 2, .. })));
+        p.apply(&mut st, &Event::finished(0, None, 5, turn("It is unknown.", json!([]))), 7_000).unwrap();
+        assert_eq!(st.tasks[0].status, TaskStatus::Succeeded);
+    }
+
+    #[test]
+    fn each_turn_is_held_against_the_budget_with_everything_it_sends() {
+        let yaml = AGENT.replace("spec:\n", "spec:\n  budget: { max_tokens: 3000 }\n");
+        let p = priced(&yaml);
+        let mut st = started(&p);
+        let first = st.tasks[0].units[0].held.unwrap().tokens;
+        assert!(first > 1024, "the tools and the prompt count: {first}");
+        let asked = turn("", json!([{"id": "a", "name": "weather", "arguments": {"city": "Lima"}}]));
+        p.apply(&mut st, &Event::finished(0, None, 1, asked), 1).unwrap();
+        // A big result makes the next turn's worst case pass the budget: it is not asked.
+        p.apply(&mut st, &Event::finished(0, None, 2, ok(json!("x".repeat(2_000)))), 2).unwrap();
+        assert_eq!(st.tasks[0].status, TaskStatus::Failed);
+        assert!(st.budget_stop.as_deref().unwrap().contains("budget exceeded"), "{:?}", st.budget_stop);
+    }
+}
