@@ -132,6 +132,7 @@ async fn main() {
         admitted: false,
         depth: 0,
         callback: None,
+        step: None,
     };
     let mut times = Vec::with_capacity(n);
     for i in 0..n + 20 {

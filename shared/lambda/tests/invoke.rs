@@ -102,6 +102,7 @@ fn attempt_of(workflow: &str, with: Value, timeout: Option<Duration>) -> Attempt
         admitted: false,
         depth: 0,
         callback: None,
+        step: None,
     }
 }
 

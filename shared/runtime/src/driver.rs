@@ -30,7 +30,7 @@ use crate::ports::{BlobStore, Clock};
 pub use crate::step::hooks::{HookOutcome, Observer, run_hooks};
 use crate::step::{
     self,
-    attempt::{build_attempt, run_with_timeout},
+    attempt::{prepare, run_with_timeout},
 };
 use crate::store::{self, RunStore, Transition, rebuild};
 
@@ -104,8 +104,6 @@ pub struct Driver {
     pub options: Options,
 }
 
-type Unit = (usize, Option<u32>);
-
 /// A run's lease while a driver drives it: dropped (the drive ended, or its future was
 /// dropped), the renewal stops and the lease is given up (best effort; else it lapses).
 struct Leased {
@@ -143,7 +141,7 @@ struct Turn {
     /// Attempts on their own tasks, by unit: the attempt number and its task. An entry leaves
     /// when its result is taken from the channel (or it is cancelled), so the map holds what
     /// is in flight and nothing is rescanned per attempt.
-    running: HashMap<Unit, (u32, JoinHandle<()>)>,
+    running: HashMap<AttemptId, JoinHandle<()>>,
     /// Attempts to start once fewer than `ahead` are on tasks: a `for_each` of thousands
     /// builds and spawns its attempts as places free up, not all at its start (each holds its
     /// rendered `with` and context; the semaphore runs `concurrency` of them at a time).
@@ -364,7 +362,7 @@ impl Driver {
         let mut cmds = cmds;
         loop {
             if lost.load(std::sync::atomic::Ordering::SeqCst) {
-                for (_, (_, h)) in t.running.drain() {
+                for (_, h) in t.running.drain() {
                     h.abort();
                 }
                 return Err(Error::TakenOver(t.st.run_id.clone()));
@@ -376,10 +374,7 @@ impl Driver {
                 && let Some(id) = t.queued.pop_front()
             {
                 // Still to run as it was queued (not cancelled or ended since).
-                let current = t.st.tasks[id.task]
-                    .units
-                    .get(id.unit())
-                    .is_some_and(|u| u.status == llmo_core::engine::TaskStatus::Running && u.attempt == id.attempt);
+                let current = self.plan.is_running(&t.st, id);
                 if current && t.ended.is_none() {
                     let AttemptId { task, item, attempt } = id;
                     self.carry_out(&mut t, Command::Execute { task, item, attempt }, &sem).await;
@@ -396,7 +391,7 @@ impl Driver {
                 }
                 if t.ended.is_some() {
                     // Another writer ended the run (a cancel): it runs the hooks.
-                    for (_, (_, h)) in t.running.drain() {
+                    for (_, h) in t.running.drain() {
                         h.abort();
                     }
                     return Ok(Finished { state: t.st, hooks: Vec::new() });
@@ -417,12 +412,12 @@ impl Driver {
         t.st = self.load(&t.st.run_id).await?;
         t.parts = None;
         // Looked up once per in-flight attempt: a set, not a scan of a queue of thousands.
-        let queued: std::collections::HashSet<Unit> = t.queued.iter().map(|q| (q.task, q.item)).collect();
+        let queued: std::collections::HashSet<AttemptId> = t.queued.iter().copied().collect();
         for c in self.plan.in_flight(&t.st) {
             let known = match &c {
-                Command::Execute { task, item, .. } => {
-                    t.running.get(&(*task, *item)).is_some_and(|(_, h)| !h.is_finished())
-                        || queued.contains(&(*task, *item))
+                Command::Execute { task, item, attempt } => {
+                    let id = AttemptId { task: *task, item: *item, attempt: *attempt };
+                    t.running.get(&id).is_some_and(|h| !h.is_finished()) || queued.contains(&id)
                 }
                 Command::ScheduleRetry { task, item, attempt, .. } => {
                     let e = Event::RetryDue { task: *task, item: *item, attempt: *attempt };
@@ -449,11 +444,9 @@ impl Driver {
             let before = t.st.status;
             let now = self.clock.now();
             for e in &t.inbox {
-                if let Event::AttemptFinished { task, item, attempt, .. } = e
-                    && t.running.get(&(*task, *item)).is_some_and(|(a, _)| a == attempt)
-                {
+                if let Event::AttemptFinished { task, item, attempt, .. } = e {
                     // Its task sent this as its last act: it is over (or about to be).
-                    t.running.remove(&(*task, *item));
+                    t.running.remove(&AttemptId { task: *task, item: *item, attempt: *attempt });
                 }
             }
             let step::commit::Applied { log: batch, cmds, took: applied, .. } =
@@ -497,7 +490,7 @@ impl Driver {
         loop {
             // Read "anything still running" before looking in the channel: a task sends its
             // result before it finishes, so a finished task's result is then in the channel.
-            let alive = t.running.values().any(|(_, h)| !h.is_finished());
+            let alive = t.running.values().any(|h| !h.is_finished());
             if !alive && !t.queued.is_empty() {
                 // Every spawned attempt has ended (their results, if any, are in the channel,
                 // which the loop reads next): their places go to the queued attempts. Only
@@ -567,24 +560,20 @@ impl Driver {
             Command::Execute { task, item, attempt } => {
                 let id = AttemptId { task, item, attempt };
                 let (task_id, ty, exec) = &t.tasks[task];
-                let Some(exec) = exec.clone() else {
-                    let r = failed(TaskError::fatal(format!("no executor is registered for task type `{ty}`")));
-                    t.inbox.push(id.finished(r));
-                    return;
-                };
-                if !exec.inline() && t.running.len() >= t.ahead {
+                if !exec.as_ref().is_some_and(|e| e.inline()) && t.running.len() >= t.ahead {
                     t.queued.push_back(id);
                     return;
                 }
                 let ids = (t.run_id.clone(), task_id.clone(), ty.clone());
                 let parts = t.parts.get_or_insert_with(|| self.plan.run_parts(&t.st, false));
-                let a = match build_attempt(&self.plan, &t.st, parts, ids, id, exec.as_ref()) {
-                    Ok(a) => a,
+                let (exec, a) = match prepare(&self.plan, &t.st, parts, ids, id, |ty| self.executors.get(ty).cloned()) {
+                    Ok(x) => x,
                     Err(r) => {
                         t.inbox.push(id.finished(r));
                         return;
                     }
                 };
+                let ty = &a.ty;
                 if exec.inline() {
                     let result = exec.execute(&a).await;
                     crate::meter::attempt(ty, &result);
@@ -615,7 +604,7 @@ impl Driver {
                     }
                     .in_current_span(),
                 );
-                if let Some((_, old)) = t.running.insert((task, item), (attempt, handle)) {
+                if let Some(old) = t.running.insert(id, handle) {
                     old.abort();
                 }
             }
@@ -638,8 +627,8 @@ impl Driver {
                 // Model calls already sent are billed: they run on and report what they spent
                 // (the engine counts it, once). Everything else stops now.
                 let info = &t.tasks;
-                t.running.retain(|(task, _), (_, h)| {
-                    if tasks.contains(task) && !spends(&info[*task].1) {
+                t.running.retain(|id, h| {
+                    if tasks.contains(&id.task) && !spends(&info[id.task].1) {
                         h.abort();
                         false
                     } else {
@@ -679,14 +668,12 @@ impl Driver {
             // Looked at before the channel: an attempt sends its answer before it finishes,
             // so a finished one's answer is in the channel by then.
             let st = &t.st;
-            let owed = t.running.iter().any(|(&(task, item), &(attempt, ref h))| {
-                let id = AttemptId { task, item, attempt };
+            let owed = t.running.iter().any(|(&id, h)| {
                 !h.is_finished()
-                    && spends(&t.tasks[task].1)
-                    && st.tasks[task]
-                        .units
-                        .get(id.unit())
-                        .is_some_and(|u| u.attempt == attempt && u.held.is_some() && u.status == TaskStatus::Cancelled)
+                    && spends(&t.tasks[id.task].1)
+                    && st.tasks[id.task].units.get(id.unit()).is_some_and(|u| {
+                        u.attempt == id.attempt && u.held.is_some() && u.status == TaskStatus::Cancelled
+                    })
             });
             while let Ok(e) = t.rx.try_recv() {
                 t.inbox.push(e);
@@ -711,7 +698,7 @@ impl Driver {
 
     async fn finish(&self, mut t: Turn, status: RunStatus, observer: &mut dyn Observer) -> Result<Finished, Error> {
         self.settle_cut_off(&mut t, observer).await?;
-        for (_, (_, h)) in t.running.drain() {
+        for (_, h) in t.running.drain() {
             h.abort();
         }
         self.store.snapshot(&t.st).await?;

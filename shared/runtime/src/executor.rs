@@ -56,6 +56,10 @@ pub struct Attempt {
     pub depth: u32,
     /// The task token a task with a `callback` sends with its call ([`crate::callbacks`]).
     pub callback: Option<Arc<crate::callbacks::Token>>,
+    /// An agent's step ([`llmo_core::agent::Step`]): the model turn the agent executor asks
+    /// for, or the tool call this attempt runs (`ty` is then the tool's task type and `with`
+    /// the tool's, rendered with the call's arguments as `args`).
+    pub step: Option<Arc<llmo_core::agent::Step>>,
 }
 
 impl Attempt {
@@ -69,6 +73,11 @@ impl Attempt {
         h.update(self.task_id.as_bytes());
         h.update([0]);
         h.update(self.item.map_or(String::from("-"), |i| i.to_string()).as_bytes());
+        if let Some(step @ llmo_core::agent::Step::Tool { .. }) = self.step.as_deref() {
+            // Each tool call of an agent is its own side effect.
+            h.update([0]);
+            h.update(step.key().as_bytes());
+        }
         let d = h.finalize();
         d[..16].iter().map(|b| format!("{b:02x}")).collect()
     }
@@ -325,6 +334,7 @@ pub(crate) fn test_attempt_of(wf: &str, ty: &str, with: Value, item: Option<u32>
         admitted: false,
         depth: 0,
         callback: None,
+        step: None,
         timeout: Some(Duration::from_millis(500)),
     }
 }
@@ -355,6 +365,7 @@ mod tests {
             admitted: false,
             depth: 0,
             callback: None,
+            step: None,
             timeout: None,
         }
     }

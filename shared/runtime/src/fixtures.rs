@@ -294,8 +294,12 @@ impl Fixtures {
         }
         let mut errors = Vec::new();
         for (rules, types, what) in [
-            (self.models.iter().map(|r| &r.at).collect::<Vec<_>>(), &["llm", "evaluate"][..], "`llm` or `evaluate`"),
-            (self.http.iter().map(|r| &r.at).collect(), &["http"][..], "`http`"),
+            (
+                self.models.iter().map(|r| &r.at).collect::<Vec<_>>(),
+                &["llm", "evaluate", "agent"][..],
+                "`llm`, `evaluate` or `agent`",
+            ),
+            (self.http.iter().map(|r| &r.at).collect(), &["http", "agent"][..], "`http`"),
         ] {
             if let Some(at) = rules.first()
                 && !tasks.iter().any(|t| types.contains(&t.1))
@@ -326,10 +330,15 @@ impl Fixtures {
             }
         };
         for r in &self.models {
-            check(&r.on, &r.at, &["llm", "evaluate"], "model answers apply to `llm` and `evaluate` tasks");
+            check(
+                &r.on,
+                &r.at,
+                &["llm", "evaluate", "agent"],
+                "model answers apply to `llm`, `evaluate` and `agent` tasks",
+            );
         }
         for r in &self.http {
-            check(&r.on, &r.at, &["http"], "HTTP answers apply to `http` tasks");
+            check(&r.on, &r.at, &["http", "agent"], "HTTP answers apply to `http` tasks and agents' `http` tools");
         }
         if errors.is_empty() { Ok(()) } else { Err(FixtureError(errors)) }
     }

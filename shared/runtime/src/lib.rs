@@ -78,6 +78,7 @@ impl Setup {
                 .with_script(script.clone()),
         );
         let mut r = executor::Registry::with_builtins(Some(llm.clone()));
+        r.register(llmo_core::agent::AGENT, Arc::new(providers::AgentExecutor(llm.clone())));
         r.register("llm", llm);
         let real: Option<Arc<dyn executor::Executor>> = (!self.mock).then(|| {
             Arc::new(http::HttpExecutor::new(self.egress, self.secrets.clone(), self.http).with_flow(self.flow.clone()))

@@ -28,7 +28,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use llmo_core::engine::{AttemptId, AttemptResult, Command, Event, Millis, Plan, RunState, RunStatus, TaskStatus};
+use llmo_core::engine::{AttemptId, AttemptResult, Command, Event, Millis, Plan, RunState, RunStatus};
 use llmo_core::source::SourceFile;
 use llmo_core::validate::Validator;
 use sha2::{Digest, Sha256};
@@ -36,7 +36,7 @@ use sha2::{Digest, Sha256};
 use crate::executor::Registry;
 use crate::ports::Clock;
 use crate::queue::{Delivery, Message, Queue, QueueError};
-use crate::step::attempt::{build_attempt, run_deferrable};
+use crate::step::attempt::{prepare, run_deferrable};
 use crate::step::commit;
 use crate::step::hooks::{Observer, run_hooks};
 use crate::step::keys::{KEY_RETRY_MS, attempt_holder, rank_of, run_key_of, task_key_of};
@@ -466,9 +466,7 @@ impl Worker {
         // every invocation it is in is dead-lettered alone, not with those packed beside it.
         let mut unpacked: Vec<(Message, Millis)> = Vec::new();
         for (id, redelivered, split) in named {
-            let unit = st.tasks.get(id.task).and_then(|t| t.units.get(id.unit()));
-            let live = st.status == RunStatus::Running
-                && unit.is_some_and(|u| u.status == TaskStatus::Running && u.attempt == id.attempt);
+            let live = plan.is_running(st, id);
             if !live {
                 let key = id.finished_key();
                 if redelivered {
@@ -529,55 +527,50 @@ impl Worker {
             let admitted = admitted_ids.contains(&id);
             async move {
                 let t = &plan.checked.workflow.spec.tasks[id.task];
-                let result = match self.executors.get(&t.ty) {
-                    None => crate::executor::failed(llmo_core::engine::builtin::TaskError::fatal(format!(
-                        "no executor is registered for task type `{}`",
-                        t.ty
-                    ))),
-                    Some(exec) => {
-                        let ids = (Arc::from(run_id), Arc::from(t.id.as_str()), Arc::from(t.ty.as_str()));
-                        match build_attempt(plan, st, parts, ids, id, exec.as_ref()) {
-                            Ok(a) if exec.detaches() => match exec.detach(&a).await {
-                                // Started elsewhere (a child run): its result comes later.
-                                Ok(()) => return Ok(None),
-                                // Not started for now (a store or queue error, perhaps after
-                                // the child was stored): the same attempt again shortly, which
-                                // finds what it stored, rather than a new attempt and child.
-                                Err(AttemptResult::Failed { retryable: true, error, .. }) => {
-                                    tracing::warn!(run = run_id, task = %t.id, %error, "a detached attempt could not start; it is tried again");
-                                    let after = std::time::Duration::from_millis(
-                                        KEY_RETRY_MS + self.cas.delay(&attempt_holder(run_id, id), self.clock.now(), 4).as_millis() as Millis,
-                                    );
-                                    return Err((id, crate::executor::Deferred { after, admitted: false }));
-                                }
-                                Err(r) => r,
-                            },
-                            Ok(mut a) => {
-                                a.admitted = admitted;
-                                // A task's concurrency key: held while the attempt runs.
-                                let key = task_key_of(plan, st, id, &a.context);
-                                let holder = attempt_holder(run_id, id);
-                                if let Some((key, limit)) = &key
-                                    && !self.enter_key(key, &holder, *limit, rank_of(plan)).await
-                                {
-                                    let after = std::time::Duration::from_millis(
-                                        KEY_RETRY_MS
-                                            + self.cas.delay(&holder, self.clock.now(), 4).as_millis() as Millis,
-                                    );
-                                    return Err((id, crate::executor::Deferred { after, admitted: false }));
-                                }
-                                let r = run_deferrable(exec.as_ref(), &a).await;
-                                if let Some((key, _)) = &key {
-                                    self.flow.leave(key, &holder).await;
-                                }
-                                match r {
-                                    Ok(r) => r,
-                                    Err(d) => return Err((id, d)),
-                                }
-                            }
-                            Err(r) => r,
+                let ids = (Arc::from(run_id), Arc::from(t.id.as_str()), Arc::from(t.ty.as_str()));
+                let result = match prepare(plan, st, parts, ids, id, |ty| self.executors.get(ty).cloned()) {
+                    Ok((exec, a)) if exec.detaches() => match exec.detach(&a).await {
+                        // Started elsewhere (a child run): its result comes later.
+                        Ok(()) => return Ok(None),
+                        // Not started for now (a store or queue error, perhaps after
+                        // the child was stored): the same attempt again shortly, which
+                        // finds what it stored, rather than a new attempt and child.
+                        Err(AttemptResult::Failed { retryable: true, error, .. }) => {
+                            tracing::warn!(
+                                run = run_id,
+                                task = %t.id,
+                                %error,
+                                "a detached attempt could not start; it is tried again"
+                            );
+                            let delay = self.cas.delay(&attempt_holder(run_id, id), self.clock.now(), 4);
+                            let after = std::time::Duration::from_millis(KEY_RETRY_MS + delay.as_millis() as Millis);
+                            return Err((id, crate::executor::Deferred { after, admitted: false }));
+                        }
+                        Err(r) => r,
+                    },
+                    Ok((exec, mut a)) => {
+                        a.admitted = admitted;
+                        // A task's concurrency key: held while the attempt runs.
+                        let key = task_key_of(plan, st, id, &a.context);
+                        let holder = attempt_holder(run_id, id);
+                        if let Some((key, limit)) = &key
+                            && !self.enter_key(key, &holder, *limit, rank_of(plan)).await
+                        {
+                            let after = std::time::Duration::from_millis(
+                                KEY_RETRY_MS + self.cas.delay(&holder, self.clock.now(), 4).as_millis() as Millis,
+                            );
+                            return Err((id, crate::executor::Deferred { after, admitted: false }));
+                        }
+                        let r = run_deferrable(exec.as_ref(), &a).await;
+                        if let Some((key, _)) = &key {
+                            self.flow.leave(key, &holder).await;
+                        }
+                        match r {
+                            Ok(r) => r,
+                            Err(d) => return Err((id, d)),
                         }
                     }
+                    Err(r) => r,
                 };
                 Ok(Some(Event::AttemptFinished { task: id.task, item: id.item, attempt: id.attempt, result, in_place }))
             }
@@ -743,8 +736,8 @@ impl Worker {
     async fn still_holds(&self, holder: &str) -> bool {
         let mut parts = holder.split('/');
         let run = parts.next().unwrap_or_default();
-        let st = match self.load(run).await {
-            Ok((_, st)) => st,
+        let (plan, st) = match self.load(run).await {
+            Ok(x) => x,
             // A run that no longer loads (its workflow does not validate, its log does not
             // replay) is aborted, never running: it holds nothing.
             Err(Error::NoSuchRun(_) | Error::BadWorkflow { .. } | Error::Store(store::Error::Corrupt { .. })) => {
@@ -757,12 +750,7 @@ impl Worker {
         };
         let (Ok(task), Ok(attempt)) = (task.parse::<usize>(), attempt.parse::<u32>()) else { return false };
         let id = AttemptId { task, item: item.parse().ok(), attempt };
-        st.status == RunStatus::Running
-            && st
-                .tasks
-                .get(task)
-                .and_then(|t| t.units.get(id.unit()))
-                .is_some_and(|u| u.status == TaskStatus::Running && u.attempt == attempt)
+        plan.is_running(&st, id)
     }
 
     /// Sends the attempts that were deferred back to the queue, each with its delay.

@@ -184,6 +184,7 @@ async fn an_event_over_6_mb_goes_by_claim_check_in_s3() {
         admitted: false,
         depth: 0,
         callback: None,
+        step: None,
     };
     let r = exec.execute(&a).await;
     let llmo_core::engine::AttemptResult::Succeeded { output, .. } = r else { panic!("{r:?}") };

@@ -9,11 +9,13 @@
 //!
 //! Keys and base URLs come from the environment or the config file, never from workflows.
 
+mod agent;
 mod anthropic;
 mod config;
 mod mock;
 mod openai;
 pub mod tools;
+pub use agent::AgentExecutor;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -582,7 +584,8 @@ impl LlmExecutor {
     /// `max_tokens` (1,024 if unset) of answer (what rate limits take before the call).
     fn token_estimate(&self, req: &ChatRequest) -> u64 {
         let chars: usize = req.system.iter().map(|s| s.chars().count()).sum::<usize>()
-            + req.messages.iter().map(|(_, c)| c.chars().count()).sum::<usize>();
+            + req.messages.iter().map(|(_, c)| c.chars().count()).sum::<usize>()
+            + tools::request_texts(req).iter().map(|s| s.chars().count()).sum::<usize>();
         (chars / 4 + 1) as u64 + u64::from(req.max_tokens.unwrap_or(1024))
     }
 
@@ -598,12 +601,15 @@ impl LlmExecutor {
         req: &ChatRequest,
     ) -> budget::CallBound {
         let schema = req.schema.as_ref().map(|s| s.to_string());
+        // An agent's turn sends its tools and the turns so far too.
+        let agent = tools::request_texts(req);
         let prompt = budget::prompt_tokens_bound(
             req.system
                 .iter()
                 .map(String::as_str)
                 .chain(req.messages.iter().map(|(_, c)| c.as_str()))
-                .chain(schema.as_deref()),
+                .chain(schema.as_deref())
+                .chain(agent.iter().map(String::as_str)),
         );
         let max_tokens = req.max_tokens.unwrap_or(budget::DEFAULT_MAX_TOKENS);
         // The run's own prices (the ones its holds were reserved with), else this executor's.
@@ -616,7 +622,7 @@ impl LlmExecutor {
     /// `max_tokens`, see [`LlmExecutor::worst_case`]) fits in what is left of the attempt's
     /// allowance after `spent` and the calls before it; one whose model has no known price is
     /// not called under a cost budget: its cost could not be counted, so budgets fail closed.
-    async fn complete(
+    pub(crate) async fn complete(
         &self,
         a: &Attempt,
         spent: Usage,
@@ -759,6 +765,11 @@ impl LlmExecutor {
                     }
                     if i > 0 {
                         out["fallback_from"] = json!(errors);
+                    }
+                    if !resp.tool_calls.is_empty() {
+                        out["tool_calls"] = json!(resp.tool_calls);
+                        // Calls are not the answer: its JSON comes with the last turn.
+                        return Ok((Ok(out), usage));
                     }
                     if req.json {
                         match parse_json(&resp.text) {

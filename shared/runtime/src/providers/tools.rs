@@ -58,6 +58,33 @@ pub enum Turn {
     User { text: String },
 }
 
+/// What a request's tools and turns add to its prompt, piece by piece (as
+/// [`llmo_core::agent::run::turn_texts`] counts them for the budget's hold): each tool's name,
+/// description and parameters; each turn's text, each call's name and arguments, each result.
+pub fn request_texts(req: &super::ChatRequest) -> Vec<String> {
+    let mut out = Vec::new();
+    for t in &req.tools {
+        out.extend([t.name.clone(), t.description.clone(), t.parameters.to_string()]);
+    }
+    for t in &req.turns {
+        match t {
+            Turn::Assistant { text, calls } => {
+                out.push(text.clone());
+                for c in calls {
+                    out.push(c.name.clone());
+                    out.push(match &c.arguments {
+                        Value::String(raw) => raw.clone(),
+                        v => v.to_string(),
+                    });
+                }
+            }
+            Turn::Results { results } => out.extend(results.iter().map(|r| r.content.clone())),
+            Turn::User { text } => out.push(text.clone()),
+        }
+    }
+    out
+}
+
 /// OpenAI Chat Completions: `tools`, `tool_choice`, `parallel_tool_calls` of a request.
 pub(crate) fn openai_tools(b: &mut Value, tools: &[Tool], choice: Option<&ToolChoice>, parallel: Option<bool>) {
     if tools.is_empty() {

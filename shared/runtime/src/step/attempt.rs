@@ -56,8 +56,67 @@ pub fn build_attempt(
         admitted: false,
         depth: st.depth(),
         callback: None,
+        step: None,
         timeout: t.timeout.or(spec.defaults.as_ref().and_then(|d| d.timeout)).map(|d| d.0),
     })
+}
+
+/// The executor and the attempt of `id`: the task's own; for an agent, the model turn (the
+/// `agent` executor) or the tool call it is (the tool's executor, its `with` rendered with the
+/// call's arguments as `args`). `exec_of` finds an executor by task type. Fails the attempt
+/// when no executor is registered, a `with` does not render, or the attempt is no longer one
+/// of the agent's steps (a late delivery: its result will be ignored).
+pub fn prepare(
+    plan: &Arc<Plan>,
+    st: &RunState,
+    parts: &RunParts,
+    (run_id, task_id, ty): (Arc<str>, Arc<str>, Arc<str>),
+    id: AttemptId,
+    exec_of: impl Fn(&str) -> Option<Arc<dyn Executor>>,
+) -> Result<(Arc<dyn Executor>, Attempt), AttemptResult> {
+    let none = |ty: &str| failed(TaskError::fatal(format!("no executor is registered for task type `{ty}`")));
+    if !plan.is_agent(id.task) {
+        let exec = exec_of(&ty).ok_or_else(|| none(&ty))?;
+        let a = build_attempt(plan, st, parts, (run_id, task_id, ty), id, exec.as_ref())?;
+        return Ok((exec, a));
+    }
+    let step = plan
+        .agent_step(st, id)
+        .ok_or_else(|| failed(TaskError::fatal("this attempt is no longer one of the agent's steps")))?;
+    let tool = match &step {
+        llmo_core::agent::Step::Turn { .. } => None,
+        llmo_core::agent::Step::Tool { tool, .. } => plan.agent_with(id.task).map(|w| &w.tools[*tool]),
+    };
+    let Some(tool) = tool else {
+        let exec = exec_of(&ty).ok_or_else(|| none(&ty))?;
+        let mut a = build_attempt(plan, st, parts, (run_id, task_id, ty), id, exec.as_ref())?;
+        a.step = Some(Arc::new(step));
+        return Ok((exec, a));
+    };
+    let tool_ty: Arc<str> = Arc::from(tool.run.ty.as_str());
+    let exec = exec_of(&tool_ty).ok_or_else(|| none(&tool_ty))?;
+    let mut a = build_attempt(plan, st, parts, (run_id, task_id, tool_ty), id, exec.as_ref())?;
+    let llmo_core::agent::Step::Tool { call, .. } = &step else { unreachable!("a tool's step") };
+    // The tool's `with` in the task's context plus `args`; fields the executor renders itself
+    // (an http tool's headers, with secrets) stay as written.
+    let ctx = minijinja::context! { args => minijinja::Value::from(minijinja::value::Serde(&call.arguments)), ..a.context.clone() };
+    let mut with = tool.run.with.clone();
+    let mut raw = serde_json::Map::new();
+    for f in exec.raw_fields() {
+        if let Some(v) = with.remove(*f) {
+            raw.insert((*f).to_string(), v);
+        }
+    }
+    let mut with = plan
+        .render_in(&Value::Object(with), &ctx)
+        .map_err(|e| failed(TaskError::fatal(format!("rendering the `with` of tool `{}`: {e}", tool.name))))?;
+    if let Value::Object(m) = &mut with {
+        m.extend(raw);
+    }
+    a.with = with;
+    a.context = ctx;
+    a.step = Some(Arc::new(step));
+    Ok((exec, a))
 }
 
 /// Runs one attempt under its `timeout`, in an `attempt` span (a child of the current one).

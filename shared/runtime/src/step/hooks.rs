@@ -75,6 +75,7 @@ pub async fn run_hooks(
                             admitted: false,
                             depth: st.depth(),
                             callback: None,
+                            step: None,
                             timeout: hook.timeout.map(|d| d.0),
                         };
                         let mut delay = retry.initial;

@@ -1,6 +1,7 @@
 //! Tests of the serverless worker.
 
 use super::*;
+use llmo_core::engine::TaskStatus;
 
 mod unpack_tests {
     use super::*;

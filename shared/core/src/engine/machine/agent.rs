@@ -88,6 +88,19 @@ impl Plan {
         Some(Step::Tool { turn: t as u32 + 1, call, tool })
     }
 
+    /// Whether attempt `id` is one the run has running now: its unit's running attempt, or for
+    /// an agent, its turn or one of its calls (several of an agent's attempts run at once).
+    pub fn is_running(&self, st: &RunState, id: AttemptId) -> bool {
+        st.status == RunStatus::Running
+            && st.tasks.get(id.task).and_then(|t| t.units.get(id.unit())).is_some_and(|u| {
+                u.status == TaskStatus::Running
+                    && match u.agent.as_deref() {
+                        Some(l) => l.running().any(|a| a == id.attempt),
+                        None => u.attempt == id.attempt,
+                    }
+            })
+    }
+
     /// The attempts an agent unit owes: each running attempt (the turn, or the calls) and
     /// each call's retry. `None` for a unit that is not an agent's.
     pub(crate) fn agent_owed(&self, task: usize, item: Option<u32>, u: &Unit) -> Option<Vec<Command>> {

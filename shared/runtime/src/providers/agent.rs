@@ -1,0 +1,154 @@
+//! The `agent` executor: one model turn of an agent ([`llmo_core::agent::Step::Turn`]). The
+//! engine keeps the loop (which turn, which calls, their results); this asks the model for the
+//! next turn with everything so far, through the same path as an `llm` task: fallbacks,
+//! policies, the budget's allowance, rate limits, circuit breakers, fixtures and traces.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use llmo_core::agent::{AgentWith, Step, TurnRec};
+use llmo_core::engine::{AttemptResult, Usage};
+use llmo_core::tasks::{LlmWith, ResponseFormat, Role};
+use serde_json::Value;
+
+use super::tools::{Tool, ToolCall, ToolChoice, ToolResult, Turn};
+use super::{ChatRequest, LlmExecutor, request_of};
+use crate::executor::{Attempt, Deferred, Executor};
+
+/// Runs an agent's model turns on an [`LlmExecutor`].
+pub struct AgentExecutor(pub Arc<LlmExecutor>);
+
+/// The `llm` settings of an agent's turns (its model, fallbacks, sampling, output schema).
+fn llm_of(w: &AgentWith) -> LlmWith {
+    LlmWith {
+        provider: w.provider.clone(),
+        model: w.model.clone(),
+        fallback_models: w.fallback_models.clone(),
+        system: w.system.clone(),
+        prompt: w.prompt.clone(),
+        messages: None,
+        temperature: w.temperature,
+        top_p: w.top_p,
+        max_tokens: w.max_tokens,
+        stop: w.stop.clone(),
+        seed: w.seed,
+        response_format: w.output_schema.as_ref().map(|_| ResponseFormat::Json),
+        output_schema: w.output_schema.clone(),
+    }
+}
+
+/// The request of turn `history.len() + 1`: the task's messages, its tools, and every turn so
+/// far with the results of its calls.
+pub fn turn_request(w: &AgentWith, history: &[TurnRec]) -> Result<ChatRequest, String> {
+    let mut req = request_of(&llm_of(w));
+    if let Some(messages) = &w.messages {
+        let Value::Array(list) = messages else {
+            return Err(format!("`messages` must be a list of {{role, content}}, not {}", kind(messages)));
+        };
+        for (i, m) in list.iter().enumerate() {
+            let role = match m.get("role").and_then(Value::as_str) {
+                Some("user") => Role::User,
+                Some("assistant") => Role::Assistant,
+                Some("system") => Role::System,
+                other => return Err(format!("`messages[{i}].role` is {other:?}: user, assistant or system")),
+            };
+            let content = match m.get("content") {
+                Some(Value::String(s)) => s.clone(),
+                Some(v @ (Value::Array(_) | Value::Object(_))) => v.to_string(),
+                other => return Err(format!("`messages[{i}].content` is {other:?}: a string")),
+            };
+            match role {
+                Role::System => {
+                    req.system = Some(match req.system.take() {
+                        Some(s) => format!("{s}\n\n{content}"),
+                        None => content,
+                    })
+                }
+                r => req.messages.push((r, content)),
+            }
+        }
+    }
+    req.tools = w
+        .tools
+        .iter()
+        .map(|t| Tool { name: t.name.clone(), description: t.description.clone(), parameters: t.parameters.clone() })
+        .collect();
+    req.tool_choice = w.tool_choice.as_deref().map(|c| match c {
+        "auto" => ToolChoice::Auto,
+        "none" => ToolChoice::None,
+        "required" => ToolChoice::Required,
+        name => ToolChoice::Tool(name.to_string()),
+    });
+    req.parallel_tool_calls = w.parallel_tool_calls;
+    for t in history {
+        let calls = t
+            .calls
+            .iter()
+            .map(|c| ToolCall { id: c.id.clone(), name: c.name.clone(), arguments: c.arguments.clone() })
+            .collect();
+        req.turns.push(Turn::Assistant { text: t.text.clone(), calls });
+        if !t.calls.is_empty() {
+            let results = t
+                .calls
+                .iter()
+                .map(|c| {
+                    let (content, is_error) = c.content();
+                    ToolResult { call_id: c.id.clone(), name: c.name.clone(), content, is_error }
+                })
+                .collect();
+            req.turns.push(Turn::Results { results });
+        }
+    }
+    Ok(req)
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn fatal(error: String) -> AttemptResult {
+    AttemptResult::Failed { error, retryable: false, usage: Usage::default() }
+}
+
+#[async_trait]
+impl Executor for AgentExecutor {
+    async fn execute(&self, a: &Attempt) -> AttemptResult {
+        loop {
+            match self.execute_or_defer(a).await {
+                Ok(r) => return r,
+                Err(d) => tokio::time::sleep(d.after).await,
+            }
+        }
+    }
+
+    async fn execute_or_defer(&self, a: &Attempt) -> Result<AttemptResult, Deferred> {
+        let w: AgentWith = match serde_json::from_value(a.with.clone()) {
+            Ok(w) => w,
+            Err(e) => return Ok(fatal(format!("agent: {e}"))),
+        };
+        let Some(Step::Turn { history, .. }) = a.step.as_deref() else {
+            return Ok(fatal("agent: this attempt is not one of the agent's turns".into()));
+        };
+        let req = match turn_request(&w, history) {
+            Ok(r) => r,
+            Err(e) => return Ok(fatal(format!("agent: {e}"))),
+        };
+        let (r, usage) = self.0.complete(a, Usage::default(), &llm_of(&w), &req).await?;
+        Ok(match r {
+            Ok(output) => AttemptResult::Succeeded { output: output.into(), usage },
+            Err((error, retryable)) => AttemptResult::Failed { error, retryable, usage },
+        })
+    }
+
+    /// Its tools are rendered per call, with the call's arguments.
+    fn raw_fields(&self) -> &'static [&'static str] {
+        &["tools"]
+    }
+}
