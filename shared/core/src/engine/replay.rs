@@ -14,7 +14,7 @@ impl Plan {
     /// runtime sends these instead. Sending one twice is harmless: an attempt reports once
     /// per run of it, and reports for an attempt that is no longer running are ignored.
     pub fn replay(&self, st: &RunState, key: &str) -> Vec<Command> {
-        let mut cmds = self.owed(st, |u| u.cause.as_deref() == Some(key));
+        let mut cmds = self.owed(st, Some(key), |u| u.cause.as_deref() == Some(key));
         if st.status.is_terminal() && st.ended_by.as_deref() == Some(key) {
             cmds.push(Command::Finished { status: st.status });
         }
@@ -61,19 +61,23 @@ impl Plan {
             return Vec::new();
         }
         // Units waiting to start (caps full) start when a running one ends: nothing is owed.
-        self.owed(st, |_| true)
+        self.owed(st, None, |_| true)
     }
 
     /// An `Execute` per running unit and a `ScheduleRetry` per unit waiting to retry, among
-    /// the units `pick` selects.
-    fn owed(&self, st: &RunState, pick: impl Fn(&Unit) -> bool) -> Vec<Command> {
+    /// the units `pick` selects. A running agent's unit runs several attempts, started by
+    /// different events: with `key`, only those `key` started (or whose retry it scheduled).
+    fn owed(&self, st: &RunState, key: Option<&str>, pick: impl Fn(&Unit) -> bool) -> Vec<Command> {
         let mut cmds = Vec::new();
         for (i, ts) in st.tasks.iter().enumerate() {
             let for_each = self.checked.workflow.spec.tasks[i].for_each.is_some();
-            for (k, u) in ts.units.iter().enumerate().filter(|(_, u)| pick(u)) {
+            for (k, u) in ts.units.iter().enumerate() {
                 let item = for_each.then_some(k as u32);
-                if let Some(owed) = self.agent_owed(i, item, u) {
+                if let Some(owed) = self.agent_owed(i, item, u, key) {
                     cmds.extend(owed);
+                    continue;
+                }
+                if !pick(u) {
                     continue;
                 }
                 match u.status {

@@ -259,6 +259,47 @@ impl Executor for SimExec {
     }
 }
 
+/// An agent's model, scripted by turn: two calls of `t` at once, then one more, then an answer
+/// naming every result it was sent (so a result lost or sent twice changes the outcome). Its
+/// turns sometimes fail with a retryable error (at most twice each, within the retries).
+struct SimAgent {
+    rng: SharedRng,
+    faults: Faults,
+    failed: Mutex<HashMap<(Option<u32>, u32), u32>>,
+}
+
+#[async_trait]
+impl Executor for SimAgent {
+    async fn execute(&self, a: &Attempt) -> AttemptResult {
+        let Some(llmo_core::agent::Step::Turn { turn, history }) = a.step.as_deref() else {
+            return AttemptResult::Failed { error: "not a turn".into(), retryable: false, usage: Usage::default() };
+        };
+        if chance(&self.rng, self.faults.transient_failure) {
+            let mut failed = self.failed.lock().unwrap();
+            let n = failed.entry((a.item, *turn)).or_default();
+            if *n < 2 {
+                *n += 1;
+                return AttemptResult::Failed {
+                    error: "529 overloaded".into(),
+                    retryable: true,
+                    usage: Usage::default(),
+                };
+            }
+        }
+        let item = a.item.unwrap_or(0);
+        let call = |n: u32| json!({"id": format!("c{n}"), "name": "t", "arguments": {"n": n + 10 * item}});
+        let output = match turn {
+            1 => json!({"text": "", "tool_calls": [call(1), call(2)]}),
+            2 => json!({"text": "", "tool_calls": [call(3)]}),
+            _ => {
+                let seen: Vec<String> = history.iter().flat_map(|t| &t.calls).map(|c| c.content().0).collect();
+                json!({"text": seen.join(",")})
+            }
+        };
+        AttemptResult::Succeeded { output: output.into(), usage: Usage { tokens: 10, cost_usd: 0.0 } }
+    }
+}
+
 type Summary = (RunStatus, Vec<TaskStatus>, Option<Value>);
 
 /// A child run: its id, and (if it was stored) its initial state, its log and its end.
@@ -322,6 +363,7 @@ async fn simulate_with(
     reg.register("transform", exec.clone());
     // The call of a task with a `callback` (it then waits for its answer).
     reg.register("http", exec.clone());
+    reg.register("agent", Arc::new(SimAgent { rng: rng.clone(), faults, failed: Default::default() }));
     let run_id = format!("run-{seed}");
     let kid_plan = children.then(|| {
         let outcome = Validator::default().validate(&SourceFile::new("simkid.yaml", CHILD));
@@ -1034,4 +1076,69 @@ async fn children_under_faults_are_started_once_and_end_their_parents_attempt_on
     // Children fail now and then (a transient failure past their retries is rare; a child's
     // own retries absorb most): the count is reported, not required.
     eprintln!("children simulation: {} seeds, {retried} children beyond one per item", seeds.len());
+}
+
+/// Agents under faults: two agents (a `for_each`) whose turns ask for calls that run at once,
+/// with turns and calls failing now and then, deliveries duplicated, reordered and raced, and
+/// crashes between a call's result and the next turn. Each turn and each call is applied
+/// once, and every agent's answer names exactly the results of its calls, in order.
+const AGENTS: &str = r#"
+apiVersion: llm-orchestrator/v1
+kind: Workflow
+metadata: { name: sim-agents }
+spec:
+  inputs: { xs: { type: array, default: [1, 2, 3, 4, 5] } }
+  defaults: { retry: { max_attempts: 8, backoff: { initial: 100ms, max: 1s } } }
+  tasks:
+    - { id: a, type: transform, with: { output: a } }
+    - id: agent
+      type: agent
+      depends_on: [a]
+      for_each: "[0, 1]"
+      with:
+        model: sim
+        prompt: "go {{ item }}"
+        tools:
+          - name: t
+            parameters: { type: object, properties: { n: { type: integer } }, required: [n] }
+            run: { type: transform, with: { output: "r{{ args.n }}" } }
+    - { id: z, type: transform, depends_on: [agent], with: { output: "{{ tasks.agent.output | map(attribute='text') | join(';') }}" } }
+  outputs:
+    z: "{{ tasks.z.output }}"
+"#;
+
+#[tokio::test]
+async fn agents_under_faults_apply_each_turn_and_call_once() {
+    let outcome = Validator::default().validate(&SourceFile::new("agents.yaml", AGENTS));
+    let plan = Arc::new(Plan::new(outcome.checked.expect("the agents workflow is valid")));
+    let clean = simulate(plan.clone(), AGENTS, 1, NONE).await;
+    assert_eq!(clean.summary.0, RunStatus::Succeeded);
+    assert_eq!(clean.summary.2, Some(json!({"z": "r1,r2,r3;r11,r12,r13"})));
+    check(&plan, &clean, &clean.summary).unwrap();
+    let seeds: u64 = std::env::var("SIM_SEEDS").ok().and_then(|s| s.parse().ok()).map_or(300, |n: u64| (n / 30).max(1));
+    let mut failures = Vec::new();
+    let only: Option<u64> = std::env::var("SIM_AGENT_SEED").ok().and_then(|s| s.parse().ok());
+    for seed in only.map_or(0..seeds, |s| s..s + 1) {
+        let r = simulate(plan.clone(), AGENTS, seed, MANY).await;
+        if only.is_some() {
+            for t in &r.log {
+                eprintln!("{} {:?}", t.version, t.event);
+            }
+        }
+        if let Err(e) = check(&plan, &r, &clean.summary) {
+            failures.push(format!("seed {seed}: {e}"));
+        }
+        // Three turns and three calls succeeded per agent, each applied once (`check`).
+        let ok = r
+            .log
+            .iter()
+            .filter(|t| {
+                matches!(&t.event, Event::AttemptFinished { task: 1, result: AttemptResult::Succeeded { .. }, .. })
+            })
+            .count();
+        if ok != 12 {
+            failures.push(format!("seed {seed}: {ok} successful steps, not 12"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

@@ -101,12 +101,28 @@ impl Plan {
             })
     }
 
-    /// The attempts an agent unit owes: each running attempt (the turn, or the calls) and
-    /// each call's retry. `None` for a unit that is not an agent's.
-    pub(crate) fn agent_owed(&self, task: usize, item: Option<u32>, u: &Unit) -> Option<Vec<Command>> {
+    /// What a running agent's unit owes: each running attempt (the turn, or the calls) and
+    /// each call's retry; with `key`, only the attempts the event of that key started and the
+    /// retries it scheduled (a call's failure). `None` for any other unit.
+    pub(crate) fn agent_owed(
+        &self,
+        task: usize,
+        item: Option<u32>,
+        u: &Unit,
+        key: Option<&str>,
+    ) -> Option<Vec<Command>> {
         let l = u.agent.as_deref().filter(|_| u.status == TaskStatus::Running)?;
-        let mut cmds: Vec<Command> = l.running().map(|attempt| Command::Execute { task, item, attempt }).collect();
-        cmds.extend(l.retrying().map(|(attempt, at)| Command::ScheduleRetry { task, item, attempt, at }));
+        let started_by = |a: u32| u.started_by.get((u.nth(a) as usize).wrapping_sub(1)).map(String::as_str);
+        let mut cmds: Vec<Command> = l
+            .running()
+            .filter(|&a| key.is_none_or(|k| started_by(a) == Some(k)))
+            .map(|attempt| Command::Execute { task, item, attempt })
+            .collect();
+        cmds.extend(
+            l.retrying()
+                .filter(|&(a, _)| key.is_none_or(|k| finished_key(task, item, a) == k))
+                .map(|(attempt, at)| Command::ScheduleRetry { task, item, attempt, at }),
+        );
         Some(cmds)
     }
 }
