@@ -11,6 +11,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod agents;
 mod api_auth;
 mod callbacks;
 mod children;
