@@ -75,7 +75,7 @@ lint:
 # 200-task DAG packs into 2 messages a layer, so 16 workers there fold more often per step
 # than one worker that takes the whole layer in one batch; about 7 s), fewer workers; 30 child
 # runs (`type: workflow`) on 2 workers.
-SERVERLESS_SMOKE := target/debug/examples/serverless --check wide 300 1 4 16 && target/debug/examples/serverless --check layered 1000 1 4 16 && target/debug/examples/serverless children 30 2
+SERVERLESS_SMOKE := target/debug/examples/serverless --check wide 300 1 4 16 && target/debug/examples/serverless --check layered 1000 1 4 16 && target/debug/examples/serverless children 30 2 && target/debug/examples/serverless agent 20 2
 # The I/O-bound benchmark once, small (1,000 model calls of 300 ms, 100 at a time), checked.
 IO_SMOKE := target/debug/examples/io_bound 1000 100 300 --check
 # A read of a run whose log is dear to replay, once (debug build; checks a load replays nothing dear).
@@ -166,6 +166,8 @@ bench:
 	  target/release/examples/serverless --window 1 layered 1000 1 4 16 64 && \
 	  target/release/examples/serverless chain 200 1 4 && \
 	  target/release/examples/serverless children 200 4 && \
+	  target/release/examples/serverless agent 200 1 4 && \
+	  target/release/examples/serverless --pack 1 agent 200 1 4 && \
 	  target/release/examples/serverless --cold target/release/step'
 	$(CARGO) build --release --locked -p llmo-cli
 	target/release/llmo synth --shape layered --tasks 1000 > target/synth-1000.yaml

@@ -1,11 +1,13 @@
 //! Throughput, per-step latency and AWS cost of the serverless runtime on the local stack.
 //!
-//!   localstack/with-stack.sh cargo run --release -p llmo-aws --example serverless -- [--no-fold] [--check] [--window SECS] [--pack N] [--latency MS] [chain|layered|wide|children] [TASKS] [WORKERS...]
+//!   localstack/with-stack.sh cargo run --release -p llmo-aws --example serverless -- [--no-fold] [--check] [--window SECS] [--pack N] [--latency MS] [chain|layered|wide|children|agent] [TASKS] [WORKERS...]
 //!
 //! Runs a layered DAG of TASKS `transform` tasks (default 1,000: 10 layers, each task reading
 //! two of the layer before), a chain of TASKS, or `wide`: one `for_each` of TASKS items between
 //! two tasks, or `children`: one `for_each` of TASKS child runs (`type: workflow`, each a
-//! registered one-task workflow), through the `step` handler with 1, 2 and 4 workers (each its own warm container,
+//! registered one-task workflow), or `agent`: one `for_each` of TASKS agents of five turns
+//! (four with a `transform` tool call; the model answers at once, by turn; a step is a turn or
+//! a call), through the `step` handler with 1, 2 and 4 workers (each its own warm container,
 //! polling batches of 10 from the step queue and the fold queue as Lambda's event source
 //! mappings do; `--no-fold` deploys no fold queue, so every step appends itself), and counts
 //! every AWS request the run made (SDK interceptor) and the DynamoDB capacity it consumed
@@ -55,7 +57,39 @@ fn body(llm: bool, output: &str) -> String {
 /// The child of the `children` shape (registered as `bench-child` in tenant `bench`).
 const CHILD: &str = "apiVersion: llm-orchestrator/v1\nkind: Workflow\nmetadata: { name: bench-child }\nspec:\n  inputs: { i: { type: integer } }\n  tasks:\n    - { id: t, type: transform, with: { output: \"{{ inputs.i }}\" } }\n  outputs: { i: \"{{ tasks.t.output }}\" }\n";
 
+/// The `agent` shape: each agent's model asks for one call of its `transform` tool per turn
+/// for four turns, then answers: nine steps an agent.
+const AGENT_TURNS: usize = 5;
+
+/// The agents' model: an instant answer decided by the turn (as every worker sees the same
+/// turn, any worker may ask any turn), so the figures are the orchestration's alone.
+struct BenchModel;
+
+#[async_trait::async_trait]
+impl llmo_runtime::executor::Executor for BenchModel {
+    async fn execute(&self, a: &llmo_runtime::executor::Attempt) -> llmo_core::engine::AttemptResult {
+        let turn = match a.step.as_deref() {
+            Some(llmo_core::agent::Step::Turn { turn, .. }) => *turn as usize,
+            _ => 0,
+        };
+        let output = if turn < AGENT_TURNS {
+            serde_json::json!({"text": "", "tool_calls": [{"id": format!("c{turn}"), "name": "t", "arguments": {"n": turn}}]})
+        } else {
+            serde_json::json!({"text": "done"})
+        };
+        llmo_core::engine::AttemptResult::Succeeded {
+            output: output.into(),
+            usage: llmo_core::engine::Usage { tokens: 110, cost_usd: 0.0 },
+        }
+    }
+}
+
 fn workflow(tasks: usize, shape: &str, llm: bool) -> String {
+    if shape == "agent" {
+        return format!(
+            "apiVersion: llm-orchestrator/v1\nkind: Workflow\nmetadata: {{ name: agents }}\nspec:\n  tasks:\n    - id: agents\n      type: agent\n      for_each: \"range({tasks})\"\n      with:\n        model: gpt-4o-mini\n        prompt: \"agent {{{{ item }}}}\"\n        tools: [{{ name: t, parameters: {{ type: object, properties: {{ n: {{ type: integer }} }} }}, run: {{ type: transform, with: {{ output: \"r{{{{ args.n }}}}\" }} }} }}]\n"
+        );
+    }
     if shape == "children" {
         return format!(
             "apiVersion: llm-orchestrator/v1\nkind: Workflow\nmetadata: {{ name: fan }}\nspec:\n  tasks:\n    - {{ id: kids, type: workflow, for_each: \"range({tasks})\", with: {{ workflow: bench-child, inputs: {{ i: \"{{{{ item }}}}\" }} }} }}\n"
@@ -129,6 +163,8 @@ struct Deployment {
     models: Option<Config>,
     /// The `children` shape: runs in tenant `bench`, whose `bench-child` is registered.
     children: bool,
+    /// The `agent` shape: its model is [`BenchModel`].
+    agents: bool,
 }
 
 async fn run(aws: &Aws, source: &str, tasks: usize, workers: usize, d: &Deployment) -> Run {
@@ -167,6 +203,9 @@ async fn run(aws: &Aws, source: &str, tasks: usize, workers: usize, d: &Deployme
             Some(config) => llmo_runtime::standard_registry(config.clone(), false, Default::default()),
             None => llmo_runtime::standard_registry(Config::builtin(), true, Default::default()),
         };
+        if d.agents {
+            registry.register("agent", Arc::new(BenchModel));
+        }
         if d.children {
             registry.register("workflow", Arc::new(llmo_aws::env::children(&aws, &Config::builtin(), true)));
         }
@@ -218,7 +257,18 @@ async fn run(aws: &Aws, source: &str, tasks: usize, workers: usize, d: &Deployme
             .await
             .unwrap()
             .runs;
-        if runs.iter().any(|r| r.run_id == run_id && r.status != "running" && r.status != "pending") {
+        if let Some(r) = runs.iter().find(|r| r.run_id == run_id && r.status != "running" && r.status != "pending") {
+            // A benchmark of a run that failed measures nothing.
+            if r.status != "succeeded" {
+                use llmo_runtime::store::RunStore;
+                let checked = llmo_core::validate::Validator::default()
+                    .validate(&llmo_core::source::SourceFile::new("bench.yaml", source))
+                    .checked
+                    .expect("the bench workflow is valid");
+                let stored = store.load(&run_id).await.unwrap().expect("the run is stored");
+                let st = llmo_runtime::store::rebuild(&llmo_core::engine::Plan::new(checked), stored).unwrap();
+                panic!("the run {run_id} ended {}: {:?}", r.status, st.error);
+            }
             break;
         }
         assert!(t0.elapsed() < Duration::from_secs(1200), "the run did not finish");
@@ -384,7 +434,7 @@ async fn main() {
         args.drain(i..i + 2);
     }
     let shape = match args.first().map(String::as_str) {
-        Some(s @ ("chain" | "layered" | "wide" | "children")) => s.to_string(),
+        Some(s @ ("chain" | "layered" | "wide" | "children" | "agent")) => s.to_string(),
         _ => "layered".to_string(),
     };
     if args.first() == Some(&shape) {
@@ -400,6 +450,9 @@ async fn main() {
     let what = match shape.as_str() {
         "wide" => format!("for_each of {tasks} items"),
         "children" => format!("for_each of {tasks} child runs of a one-task workflow (a step is a child)"),
+        "agent" => format!(
+            "for_each of {tasks} agents, {AGENT_TURNS} turns each, a tool call in each but the last (a step is a turn or a call)"
+        ),
         _ => format!("{shape} DAG of {tasks} tasks"),
     };
     let kind = match latency {
@@ -421,12 +474,17 @@ async fn main() {
         "| workers | tasks | wall s | steps/s | ms/step | vs floor | invocations/step | invocation ms/step | SQS req/step | DynamoDB req/step | WRU/step | RRU/step | S3 req/step | log writes | lost CAS | lost % | $/M steps |"
     );
     println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
-    let deployment = Deployment { folds, window, pack, models, children: shape == "children" };
+    let deployment =
+        Deployment { folds, window, pack, models, children: shape == "children", agents: shape == "agent" };
     // (workers, WRU per step, lost writes, log writes) of each run, for `--check`.
     let mut seen: Vec<(usize, f64, u64, u64)> = Vec::new();
     for w in workers {
         let r = run(&aws, &source, tasks, w, &deployment).await;
-        let n = (if shape == "wide" { r.tasks + 2 } else { r.tasks }) as f64;
+        let n = match shape.as_str() {
+            "wide" => r.tasks + 2,
+            "agent" => r.tasks * (2 * AGENT_TURNS - 1),
+            _ => r.tasks,
+        } as f64;
         let u = r.usage;
         let inv = r.invocations as f64 / n;
         // Compute: with transforms, 20 ms at 128 MB per invocation and per step (this VM's
