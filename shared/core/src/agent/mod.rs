@@ -151,6 +151,10 @@ impl AgentWith {
                 out.push((at("/parameters"), format!("not a valid JSON Schema: {e}")));
             }
             match t.run.ty.as_str() {
+                "llm" | "evaluate" => out.push((
+                    at("/run/type"),
+                    "a tool cannot call a model itself: the agent's turns are its model calls (a `workflow` tool's child may make its own)".into(),
+                )),
                 AGENT => out.push((
                     at("/run/type"),
                     "a tool cannot be an agent (make it a `workflow` whose task is one)".into(),
@@ -228,5 +232,51 @@ mod tests {
                 .is_err(),
             "a tool needs `run`"
         );
+    }
+}
+
+#[cfg(test)]
+mod validation {
+    use crate::source::SourceFile;
+    use crate::validate::Validator;
+
+    fn errors(yaml: &str) -> Vec<String> {
+        let text = format!("apiVersion: llm-orchestrator/v1\nkind: Workflow\nmetadata: {{ name: t }}\nspec:\n{yaml}");
+        let outcome = Validator::default().validate(&SourceFile::new("t.yaml", text));
+        outcome.report.records().iter().map(|r| format!("{}: {}", r.path, r.message)).collect()
+    }
+
+    const TOOLS: &str = r#"
+  tasks:
+    - id: a
+      type: agent
+      with:
+        model: m
+        prompt: "{{ inputs.q }}"
+        tools:
+          - { name: fetch, run: { type: http, with: { url: "https://x.example.com/?q={{ args.q | urlencode }}" } } }
+          - { name: kid, run: { type: workflow, with: { workflow: other } } }
+          - { name: ask, run: { type: llm, with: { model: m, prompt: "{{ args.q }}" } } }
+          - { name: nope, run: { type: nosuch } }
+"#;
+
+    #[test]
+    fn tools_read_args_run_known_types_and_spend_nothing_under_a_budget() {
+        let plain = errors(&format!("  inputs: {{ q: {{ type: string }} }}{TOOLS}"));
+        assert!(
+            plain.iter().any(|e| e.contains("tools[2].run.type") && e.contains("cannot call a model")),
+            "{plain:?}"
+        );
+        assert!(
+            plain.iter().any(|e| e.contains("tools[3].run.type") && e.contains("unknown task type `nosuch`")),
+            "{plain:?}"
+        );
+        assert!(!plain.iter().any(|e| e.contains("args")), "args is known in a tool's with: {plain:?}");
+        assert!(!plain.iter().any(|e| e.contains("tools[1]")), "a workflow tool without a budget: {plain:?}");
+        let budget = errors(&format!("  budget: {{ max_cost_usd: 1 }}\n  inputs: {{ q: {{ type: string }} }}{TOOLS}"));
+        assert!(budget.iter().any(|e| e.contains("tools[1].run.type") && e.contains("which may spend")), "{budget:?}");
+        assert!(!budget.iter().any(|e| e.contains("tools[0]")), "an http tool spends nothing: {budget:?}");
+        let outside = errors("  tasks:\n    - { id: t, type: transform, with: { output: \"{{ args.q }}\" } }\n");
+        assert!(outside.iter().any(|e| e.contains("unknown variable `args`")), "{outside:?}");
     }
 }

@@ -124,8 +124,20 @@ impl Run<'_> {
         if task.ty == crate::agent::AGENT
             && let Some(a) = typed::<crate::agent::AgentWith>(with)
         {
-            // Each tool runs a task of a known type.
+            // Each tool runs a task of a known type; under a budget, one that spends nothing: a
+            // call holds none of it (fail closed).
+            let budget = self.json.pointer("/spec/budget").is_some();
             for (k, tool) in a.tools.iter().enumerate() {
+                if budget && !crate::engine::budget::spends_nothing(&tool.run.ty) {
+                    self.error(
+                        TASK_CONFIG,
+                        &format!("{base}/with/tools/{k}/run/type"),
+                        format!(
+                            "tool `{}` runs a `{}` task, which may spend, in a workflow with a `budget`: an agent's calls hold none of the budget yet, so under one a tool must spend nothing (`http`, `transform`, `policy`)",
+                            tool.name, tool.run.ty
+                        ),
+                    );
+                }
                 if v.registry.get(&tool.run.ty).is_none() {
                     let hint = self.suggest(&tool.run.ty, v.registry.names());
                     self.error(

@@ -277,11 +277,17 @@ impl Transition<'_, '_> {
         let (text, model, json, asked) = answer_of(output);
         l.tries = 0;
         let turn = l.turns.len() + 1;
-        let mut calls = Vec::with_capacity(asked.len());
+        // Calls past the bound are not kept: one more stands for them all, refused, so what a
+        // turn keeps is bounded whatever the model sends.
+        let extra = asked.len().saturating_sub(MAX_CALLS_PER_TURN);
+        let mut calls = Vec::with_capacity(asked.len().min(MAX_CALLS_PER_TURN + 1));
         let mut refused = Vec::new();
-        for (k, (call_id, name, arguments)) in asked.into_iter().enumerate() {
+        for (k, (call_id, name, arguments)) in asked.into_iter().take(MAX_CALLS_PER_TURN + 1).enumerate() {
             let why = if k >= MAX_CALLS_PER_TURN {
-                Err(format!("more than {MAX_CALLS_PER_TURN} tool calls in one turn: this one was not run"))
+                Err(format!(
+                    "more than {MAX_CALLS_PER_TURN} tool calls in one turn: this one and the {} after it were not run",
+                    extra - 1
+                ))
             } else {
                 plan.refusal(&name, &arguments)
             };
@@ -504,6 +510,20 @@ spec:
         );
         assert!(errors[2].0.contains("not a JSON object: {city: Oslo"), "{errors:?}");
         assert!(errors.iter().all(|(_, e)| *e));
+    }
+
+    #[test]
+    fn a_turn_keeps_at_most_its_bound_of_calls() {
+        let p = plan(AGENT);
+        let mut st = started(&p);
+        let many: Vec<Value> = (0..1000)
+            .map(|k| json!({"id": format!("c{k}"), "name": "weather", "arguments": {"city": "Rome"}}))
+            .collect();
+        let cmds = p.apply(&mut st, &Event::finished(0, None, 1, turn("", Value::Array(many))), 1).unwrap();
+        assert_eq!(cmds.len(), MAX_CALLS_PER_TURN, "the first 16 run");
+        let calls = st.tasks[0].units[0].agent.as_ref().unwrap().last_calls();
+        assert_eq!(calls.len(), MAX_CALLS_PER_TURN + 1);
+        assert!(calls[16].content().0.contains("this one and the 983 after it were not run"), "{:?}", calls[16]);
     }
 
     #[test]
