@@ -42,6 +42,8 @@ pub fn run(plan: &Plan, workflow: &str, st: &RunState) -> Value {
             let items = spec.tasks[i].for_each.is_some().then_some(t.units.len());
             let children =
                 (spec.tasks[i].ty == llmo_core::child::WORKFLOW).then(|| children(st, i, dag.id(i), items.is_some()));
+            // An agent's turns and calls, live (of its first item, for a `for_each` of agents).
+            let turns = t.units.first().and_then(|u| u.agent.as_deref()).map(|l| bounded(Some(&l.timeline())));
             json!({
                 "id": dag.id(i),
                 "type": spec.tasks[i].ty,
@@ -59,6 +61,7 @@ pub fn run(plan: &Plan, workflow: &str, st: &RunState) -> Value {
                 "cost_usd": t.cost_usd,
                 "tokens": t.tokens,
                 "children": children,
+                "turns": turns,
             })
         })
         .collect();

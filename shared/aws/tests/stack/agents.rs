@@ -116,6 +116,13 @@ async fn agents(t: &Target, server: &MockServer) {
     assert_eq!(end["outputs"]["answer"], "A-1 is shipped, A-2 is delivered.", "{end}");
     // Two turns and three call attempts (A-2's twice).
     assert_eq!(end["tasks"][0]["attempts"], 5, "{end}");
+    // What the run page draws: each turn with its calls.
+    let turns = end["tasks"][0]["turns"].as_array().expect("an agent's turns");
+    assert_eq!(turns.len(), 2, "{end}");
+    assert_eq!(turns[0]["calls"][1]["name"], "lookup_order");
+    assert_eq!(turns[0]["calls"][1]["attempts"], 2);
+    assert!(turns[0]["calls"][0]["result"].as_str().unwrap().contains("shipped"), "{end}");
+    assert_eq!(turns[1]["text"], "A-1 is shipped, A-2 is delivered.");
     let got = server.received_requests().await.unwrap();
     let count = |p: &str| got.iter().filter(|r| r.url.path() == p).count();
     assert_eq!(count("/v1/chat/completions"), 2, "each turn asked once");

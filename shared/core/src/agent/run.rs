@@ -295,6 +295,52 @@ impl AgentLoop {
         Value::Array(out)
     }
 
+    /// The loop as the run page shows it, while it runs too: each turn (its attempt, model,
+    /// tokens, cost, times, the start of its text) with its calls (arguments, status, attempts,
+    /// duration, the start of their result or error), and the turn being asked, if one is.
+    /// Texts and results are cut to 500 characters here (the output keeps them whole).
+    pub fn timeline(&self) -> Value {
+        fn preview(s: &str) -> String {
+            match s.char_indices().nth(500) {
+                Some((i, _)) => format!("{}…", &s[..i]),
+                None => s.to_string(),
+            }
+        }
+        let mut out: Vec<Value> = self
+            .turns
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                json!({
+                    "turn": i + 1,
+                    "attempt": t.attempt,
+                    "model": t.model,
+                    "tokens": t.tokens,
+                    "cost_usd": t.cost_usd,
+                    "started_at": t.started_at,
+                    "ended_at": t.ended_at,
+                    "text": preview(&t.text),
+                    "calls": t.calls.iter().map(|c| {
+                        let (content, is_error) = c.content();
+                        json!({
+                            "id": c.id, "name": c.name, "arguments": preview(&c.arguments.to_string()),
+                            "status": c.status.as_str(), "attempts": c.tries,
+                            "started_at": c.started_at, "ended_at": c.ended_at,
+                            "tokens": c.tokens, "cost_usd": c.cost_usd,
+                            if is_error { "error" } else { "result" }: preview(&content),
+                        })
+                    }).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        if let Some(attempt) = self.asking {
+            out.push(
+                json!({"turn": self.turns.len() + 1, "attempt": attempt, "asking": true, "started_at": self.asked_at}),
+            );
+        }
+        Value::Array(out)
+    }
+
     /// The task's output once the model answered without calling a tool: its last text (and
     /// `json`), the transcript, every call, the turns and what they spent in all.
     pub fn output(&self, json: Option<&Value>, stopped: Option<&str>) -> Value {

@@ -171,8 +171,25 @@ function taskPanel(run, id) {
     ...[el("h2", {}, t.id), dl,
     t.error ? el("div", {}, el("strong", {}, "Error"), el("pre", { class: "error", id: "task-error" }, t.error)) : null,
     t.children && t.children.runs.length ? childList(t.children) : null,
+    Array.isArray(t.turns) && t.turns.length ? turnList(t.turns) : null,
     t.output !== null && t.output !== undefined ? el("div", {}, el("strong", {}, "Output"), el("pre", { id: "task-output" }, JSON.stringify(t.output, null, 2))) : null,
     ].filter(Boolean));
+}
+
+// An agent's turns, each with its tool calls (arguments, result or error, duration, tokens).
+function turnList(turns) {
+  const took = (x) => x.started_at && x.ended_at ? duration(x.started_at, x.ended_at) : "";
+  const call = (c) => el("li", { class: "call", "data-call": c.name, "data-status": c.status },
+    el("code", {}, `${c.name}(${c.arguments})`), " ", badge(c.status),
+    c.attempts > 1 ? ` ${c.attempts} attempts` : "", " ", took(c),
+    c.tokens ? ` · ${c.tokens} tokens · ${usd(c.cost_usd)}` : "",
+    el("pre", { class: c.error ? "error" : "" }, c.error || c.result || ""));
+  return el("div", { id: "task-turns" }, el("strong", {}, `Turns (${turns.filter((t) => !t.asking).length})`),
+    el("ol", {}, ...turns.map((t) => el("li", { class: "turn", "data-turn": t.turn },
+      t.asking ? el("span", { class: "muted" }, "asking the model…")
+        : el("span", {}, `${t.model || "model"} · ${t.tokens} tokens · ${usd(t.cost_usd)} · ${took(t)}`),
+      t.text ? el("pre", {}, t.text) : null,
+      t.calls && t.calls.length ? el("ul", {}, ...t.calls.map(call)) : null))));
 }
 
 function runLink(runId) { return el("a", { href: "/ui/runs/" + encodeURIComponent(runId) }, runId); }
