@@ -136,12 +136,18 @@ pub async fn run_deferrable(exec: &dyn Executor, a: &Attempt) -> Result<AttemptR
     use tracing::Instrument;
     let span = tracing::info_span!(
         "attempt",
-        otel.name = format!("attempt {}", a.task_id),
+        otel.name = match a.step.as_deref() {
+            Some(llmo_core::agent::Step::Tool { call, .. }) => format!("tool {} {}", a.task_id, call.name),
+            Some(llmo_core::agent::Step::Turn { turn, .. }) => format!("turn {} {turn}", a.task_id),
+            None => format!("attempt {}", a.task_id),
+        },
         run_id = %a.run_id,
         task = %a.task_id,
         task_type = %a.ty,
         item = a.item,
         attempt = a.attempt,
+        // An agent's step: `t3` its third turn, `t3c<id>` a call of it (the tool in `otel.name`).
+        agent_step = a.step.as_deref().map(llmo_core::agent::Step::key),
         outcome = tracing::field::Empty,
         error = tracing::field::Empty,
     );
