@@ -95,6 +95,7 @@ unit:
 	$(FIRST_STEP_SMOKE)
 	LLMO_API_ADDR=127.0.0.1:18080 localstack/run-local.sh --smoke --cfn
 	tests/serve_smoke.sh 127.0.0.1:18090
+	tests/ui/agent_page.sh
 	localstack/lambda/smoke.sh
 
 # The functions as real Lambda functions on this machine (LocalStack's Lambda in Docker), checked.
