@@ -152,3 +152,81 @@ impl Executor for AgentExecutor {
         &["tools"]
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use llmo_core::agent::{CallRec, CallStatus};
+    use llmo_core::engine::Output;
+    use serde_json::json;
+
+    use super::*;
+
+    fn agent(v: Value) -> AgentWith {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn a_turn_carries_the_messages_the_tools_and_every_turn_so_far() {
+        let w = agent(json!({
+            "model": "m", "system": "Be brief.", "tool_choice": "required", "parallel_tool_calls": false,
+            "messages": [
+                {"role": "system", "content": "Answer in French."},
+                {"role": "user", "content": "Hi"},
+                {"role": "assistant", "content": "Bonjour"},
+                {"role": "user", "content": "Weather in Paris?"}
+            ],
+            "tools": [{"name": "weather", "description": "d", "parameters": {"type": "object"}, "run": {"type": "http"}}]
+        }));
+        let call = |id: &str, status, result: Option<Value>, error: Option<&str>| CallRec {
+            id: id.into(),
+            name: "weather".into(),
+            arguments: json!({"city": "Paris"}),
+            status,
+            attempt: 2,
+            tries: 1,
+            result: result.map(Output::new),
+            error: error.map(str::to_string),
+            cut: false,
+            started_at: None,
+            ended_at: None,
+            retry_at: None,
+            tokens: 0,
+            cost_usd: 0.0,
+        };
+        let history = vec![TurnRec {
+            attempt: 1,
+            text: "Checking.".into(),
+            model: None,
+            tokens: 0,
+            cost_usd: 0.0,
+            started_at: None,
+            ended_at: 0,
+            calls: vec![
+                call("a", CallStatus::Succeeded, Some(json!("sunny")), None),
+                call("b", CallStatus::Failed, None, Some("HTTP 503")),
+            ],
+        }];
+        let req = turn_request(&w, &history).unwrap();
+        assert_eq!(req.system.as_deref(), Some("Be brief.\n\nAnswer in French."));
+        assert_eq!(req.messages.len(), 3);
+        assert_eq!(req.messages[1], (Role::Assistant, "Bonjour".to_string()));
+        assert_eq!(req.tools[0].name, "weather");
+        assert_eq!(req.tool_choice, Some(ToolChoice::Required));
+        assert_eq!(req.parallel_tool_calls, Some(false));
+        assert_eq!(req.turns.len(), 2);
+        let Turn::Results { results } = &req.turns[1] else { panic!("{:?}", req.turns) };
+        assert_eq!((results[0].content.as_str(), results[0].is_error), ("sunny", false));
+        assert_eq!((results[1].content.as_str(), results[1].is_error), ("error: HTTP 503", true));
+        // What a budget's bound counts is what the request carries.
+        assert!(super::super::tools::request_texts(&req).iter().any(|t| t == "error: HTTP 503"));
+    }
+
+    #[test]
+    fn messages_that_are_not_a_conversation_are_refused_with_where() {
+        let e = turn_request(&agent(json!({"model": "m", "messages": "hi"})), &[]).unwrap_err();
+        assert!(e.contains("must be a list"), "{e}");
+        let e = turn_request(&agent(json!({"model": "m", "messages": [{"role": "tool", "content": "x"}]})), &[])
+            .unwrap_err();
+        assert!(e.contains("messages[0].role"), "{e}");
+    }
+}
