@@ -472,8 +472,11 @@ pub fn status(run_id: &str, state: &Path, history: bool) -> Result<ExitCode> {
         .enumerate()
         .map(|(i, t)| {
             let mut v = json!({ "status": t.status.as_str(), "attempts": t.attempts });
-            if let Some(c) = view["tasks"][i].get("children").filter(|c| !c.is_null()) {
-                v["children"] = c.clone();
+            // And of an agent's turns (each with its calls), while it runs too.
+            for k in ["children", "turns"] {
+                if let Some(c) = view["tasks"][i].get(k).filter(|c| !c.is_null()) {
+                    v[k] = c.clone();
+                }
             }
             for (k, x) in [("error", t.error.as_ref()), ("reason", t.reason.as_ref())] {
                 if let Some(x) = x {

@@ -211,6 +211,11 @@ fn killed_mid_loop_resumes_without_repeating_steps(provider: &str, model: &str) 
         "the model saw both results: {output}"
     );
     assert_eq!(output["turns"], 3);
+    // `llmo status` lists the turns with their calls.
+    let turns = status["tasks"]["agent"]["turns"].as_array().expect("the agent's turns");
+    assert_eq!(turns.len(), 3, "{status}");
+    assert_eq!(turns[1]["calls"][0]["name"], "slow_check");
+    assert_eq!(turns[1]["calls"][0]["status"], "succeeded");
     let seen = seen.lock().unwrap();
     // Each turn was asked once: none that finished was asked again after the kill.
     assert_eq!(seen.turns, HashMap::from([(1, 1), (2, 1), (3, 1)]), "{provider}");
