@@ -572,8 +572,10 @@ fn long_chain(n: usize) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cancel_stops_a_run_and_a_start_key_starts_one_run() {
     let Some(aws) = aws().await else { return };
-    // Long enough that the cancel lands mid-run although a worker steps a chain in place.
-    let chain = long_chain(400);
+    // Long enough that the cancel lands mid-run although a worker steps a chain in place (400
+    // tasks once ran to the end first, in 6.5 s, on a busy CI machine: the cancel's write
+    // waits for the worker stepping the chain; a longer chain costs nothing when it lands).
+    let chain = long_chain(1000);
     let chain = chain.as_str();
     let aws = stack(&aws, 30, 5).await;
     let api = api(&aws);
