@@ -136,6 +136,27 @@ pub struct CallRec {
 }
 
 impl CallRec {
+    /// A call as the model asked for it: not run yet (`Running` until its attempt starts), or
+    /// refused with `error`.
+    pub fn asked(id: String, name: String, arguments: Value, error: Option<String>) -> CallRec {
+        CallRec {
+            id,
+            name,
+            arguments,
+            status: if error.is_some() { CallStatus::Refused } else { CallStatus::Running },
+            attempt: 0,
+            tries: 0,
+            result: None,
+            error,
+            cut: false,
+            started_at: None,
+            ended_at: None,
+            retry_at: None,
+            tokens: 0,
+            cost_usd: 0.0,
+        }
+    }
+
     /// What the model is told of it: its result as text (a string as it is, other JSON as
     /// JSON), or its error; and whether it is an error.
     pub fn content(&self) -> (String, bool) {

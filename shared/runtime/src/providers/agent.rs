@@ -178,20 +178,9 @@ mod tests {
             "tools": [{"name": "weather", "description": "d", "parameters": {"type": "object"}, "run": {"type": "http"}}]
         }));
         let call = |id: &str, status, result: Option<Value>, error: Option<&str>| CallRec {
-            id: id.into(),
-            name: "weather".into(),
-            arguments: json!({"city": "Paris"}),
             status,
-            attempt: 2,
-            tries: 1,
             result: result.map(Output::new),
-            error: error.map(str::to_string),
-            cut: false,
-            started_at: None,
-            ended_at: None,
-            retry_at: None,
-            tokens: 0,
-            cost_usd: 0.0,
+            ..CallRec::asked(id.into(), "weather".into(), json!({"city": "Paris"}), error.map(str::to_string))
         };
         let history = vec![TurnRec {
             attempt: 1,

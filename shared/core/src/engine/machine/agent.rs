@@ -295,22 +295,7 @@ impl Transition<'_, '_> {
             if let Some(e) = &error {
                 refused.push(format!("`{name}`: {e}"));
             }
-            calls.push(CallRec {
-                id: call_id,
-                name,
-                arguments,
-                status: if error.is_some() { CallStatus::Refused } else { CallStatus::Running },
-                attempt: 0,
-                tries: 0,
-                result: None,
-                error,
-                cut: false,
-                started_at: None,
-                ended_at: None,
-                retry_at: None,
-                tokens: 0,
-                cost_usd: 0.0,
-            });
+            calls.push(CallRec::asked(call_id, name, arguments, error));
         }
         let done = calls.is_empty();
         l.turns.push(TurnRec {
