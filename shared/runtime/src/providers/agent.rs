@@ -146,11 +146,6 @@ impl Executor for AgentExecutor {
             Err((error, retryable)) => AttemptResult::Failed { error, retryable, usage },
         })
     }
-
-    /// Its tools are rendered per call, with the call's arguments.
-    fn raw_fields(&self) -> &'static [&'static str] {
-        &["tools"]
-    }
 }
 
 #[cfg(test)]

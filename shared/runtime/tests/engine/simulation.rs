@@ -12,6 +12,7 @@
 //!
 //! A failing seed is printed; replay it with
 //! `SIM_SEED=<seed> cargo test -p llmo-runtime --test engine simulation::`. `SIM_SEEDS=n` sets the count.
+//! An agents' seed is replayed alone, its log printed, with `SIM_AGENT_SEED=<seed>`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
