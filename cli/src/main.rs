@@ -149,7 +149,8 @@ enum Command {
         #[arg(long, hide = true)]
         json: bool,
     },
-    /// Approve a task waiting for an approval (`type: wait` with `approval`). Exit status 3
+    /// Approve a task waiting for an approval (`type: wait` with `approval`, or an agent's tool
+    /// call whose tool has an `approval`). Exit status 3
     /// when it no longer waits (answered already, timed out, the run ended).
     Approve {
         #[command(flatten)]
@@ -436,6 +437,10 @@ struct AnswerArgs {
     /// Which item, for a `for_each` task.
     #[arg(long)]
     item: Option<u32>,
+    /// For an agent task: the id of the tool call to answer (needed only when several of its
+    /// calls wait for approval; `llmo waiting` lists them).
+    #[arg(long)]
+    call: Option<String>,
     /// A form field, NAME=VALUE (VALUE is read as JSON when it parses, else as text). Repeatable.
     #[arg(long = "field", short = 'f', value_name = "NAME=VALUE")]
     fields: Vec<String>,
@@ -451,7 +456,8 @@ struct AnswerArgs {
 
 impl AnswerArgs {
     fn run(self, approved: bool) -> Result<ExitCode> {
-        let a = waits::Answer { approved, fields: self.fields, comment: self.comment, item: self.item };
+        let a =
+            waits::Answer { approved, fields: self.fields, comment: self.comment, item: self.item, call: self.call };
         match &self.api {
             Some(api) => {
                 remote::answer(&self.run_id, &self.task, &a, serde_json::Value::Object(a.fields_map()?), Some(api))

@@ -395,6 +395,9 @@ pub fn answer(
     if let Some(i) = a.item {
         body["item"] = json!(i);
     }
+    if let Some(c) = &a.call {
+        body["call"] = json!(c);
+    }
     let rt = runtime()?;
     let (status, v) = rt.block_on(async { call(client()?.post(&url).json(&body), &url).await })?;
     match status {

@@ -100,6 +100,8 @@ struct WaitAnswer {
     callback_error: Option<String>,
     #[serde(default)]
     time_out: bool,
+    /// For an agent's call waiting for approval: the call's id (the first waiting when absent).
+    call: Option<String>,
 }
 
 #[derive(Default, Deserialize)]
@@ -348,6 +350,21 @@ impl Observer for Watch {
 fn only_waits(plan: &Plan, st: &RunState) -> Option<Vec<AttemptId>> {
     let mut waiting = Vec::new();
     for (i, t) in st.tasks.iter().enumerate() {
+        let item = |u: usize| plan.checked.workflow.spec.tasks[i].for_each.as_ref().map(|_| u as u32);
+        if plan.is_agent(i) && t.status == TaskStatus::Running {
+            // An agent whose only work left is calls waiting for approval.
+            for (u, unit) in t.units.iter().enumerate() {
+                match unit.agent.as_deref().filter(|_| unit.status == TaskStatus::Running) {
+                    Some(l) if l.running().next().is_some() || l.retrying().next().is_some() => return None,
+                    Some(l) => {
+                        waiting.extend(l.awaiting().map(|c| AttemptId { task: i, item: item(u), attempt: c.attempt }))
+                    }
+                    None if unit.status.is_terminal() || unit.status == TaskStatus::Pending => {}
+                    None => return None,
+                }
+            }
+            continue;
+        }
         if matches!(t.status, TaskStatus::Ready | TaskStatus::Running | TaskStatus::RetryWait) {
             return None;
         }
@@ -356,11 +373,7 @@ fn only_waits(plan: &Plan, st: &RunState) -> Option<Vec<AttemptId>> {
                 TaskStatus::Waiting
                     if plan.wait_of(i).is_some_and(|w| w.sleep.is_none()) || plan.callback_of(i).is_some() =>
                 {
-                    waiting.push(AttemptId {
-                        task: i,
-                        item: plan.checked.workflow.spec.tasks[i].for_each.as_ref().map(|_| u as u32),
-                        attempt: unit.attempt,
-                    })
+                    waiting.push(AttemptId { task: i, item: item(u), attempt: unit.attempt })
                 }
                 s if s.is_terminal() || s == TaskStatus::Pending => {}
                 _ => return None,
@@ -507,7 +520,9 @@ async fn drive(suite: &Suite, c: &Case, config: Config) -> Result<RunState, Stop
         }
         let Some(waiting) = only_waits(&plan, &st) else { continue };
         let matches = |a: &WaitAnswer, w: &AttemptId| {
-            plan.checked.dag.id(w.task) == a.task && (a.item.is_none() || a.item == w.item)
+            plan.checked.dag.id(w.task) == a.task
+                && (a.item.is_none() || a.item == w.item)
+                && (a.call.is_none() || st.waiting_call(*w).map(|c| &c.id) == a.call.as_ref())
         };
         // A wait left to time out: its timer ends it and the run goes on by itself.
         if waiting.iter().any(|w| expiring.iter().any(|a| matches(a, w))) {
@@ -529,11 +544,10 @@ async fn drive(suite: &Suite, c: &Case, config: Config) -> Result<RunState, Stop
         let id = *waiting.iter().find(|w| matches(&a, w)).expect("picked for a waiting unit");
         let r =
             llmo_runtime::waits::answer(&plan, store.as_ref(), &clock, &run_id, |st| match (&a.approve, &a.event) {
-                (Some(ok), _) => plan.approve(
+                (Some(ok), _) => plan.approve_at(
                     st,
-                    &a.task,
-                    id.item,
-                    &Approval { approved: *ok, fields: a.fields.clone(), comment: a.comment.clone() },
+                    id,
+                    &Approval { approved: *ok, fields: a.fields.clone(), comment: a.comment.clone(), call: None },
                     "llmo-test",
                 ),
                 (None, Some(payload)) => plan.deliver(st, id, payload, "llmo-test"),

@@ -22,6 +22,8 @@ pub struct Answer {
     pub fields: Vec<String>,
     pub comment: Option<String>,
     pub item: Option<u32>,
+    /// An agent's tool call (its id).
+    pub call: Option<String>,
 }
 
 impl Answer {
@@ -91,7 +93,15 @@ pub fn print_waiting(rows: &[Value], as_json: bool) -> Result<ExitCode> {
                     .as_object()
                     .map(|m| m.iter().map(|(k, f)| format!("{k}: {}", f["type"].as_str().unwrap_or("?"))).collect())
                     .unwrap_or_default();
-                let prompt = r["prompt"].as_str().map(|p| format!(" \"{p}\"")).unwrap_or_default();
+                let mut prompt = r["prompt"].as_str().map(|p| format!(" \"{p}\"")).unwrap_or_default();
+                if let Some(c) = r["call"].as_object() {
+                    prompt = format!(
+                        " of call {} `{}` {}{prompt}",
+                        c.get("id").and_then(Value::as_str).unwrap_or("?"),
+                        c.get("name").and_then(Value::as_str).unwrap_or("?"),
+                        c.get("arguments").unwrap_or(&Value::Null)
+                    );
+                }
                 if fields.is_empty() {
                     format!("approval{prompt}")
                 } else {
@@ -129,10 +139,10 @@ fn refused(e: waits::Error) -> Result<ExitCode> {
 pub fn answer(run_id: &str, task: &str, a: &Answer, state: &Path) -> Result<ExitCode> {
     let rt = runtime()?;
     let store = store(state)?;
-    let (plan, _) = rt.block_on(waits::load(&store, &plan_of, run_id)).map_err(anyhow::Error::from)?;
+    let (plan, st) = rt.block_on(waits::load(&store, &plan_of, run_id)).map_err(anyhow::Error::from)?;
     let mut fields = a.fields_map()?;
     // A `string` field takes its text as written, even when it reads as JSON (`-f po=2024`).
-    let declared = plan.checked.dag.index_of(task).and_then(|i| plan.wait_of(i)).and_then(|w| w.approval.as_ref());
+    let declared = plan.answering(&st, task, a.item, a.call.as_deref()).ok().and_then(|id| plan.form_at(&st, id));
     if let Some(form) = declared {
         for f in &a.fields {
             let Some((k, v)) = f.split_once('=') else { continue };
@@ -143,7 +153,7 @@ pub fn answer(run_id: &str, task: &str, a: &Answer, state: &Path) -> Result<Exit
             }
         }
     }
-    let approval = Approval { approved: a.approved, fields, comment: a.comment.clone() };
+    let approval = Approval { approved: a.approved, fields, comment: a.comment.clone(), call: a.call.clone() };
     let by = me();
     let r = rt.block_on(waits::answer(&plan, &store, &SystemClock::default(), run_id, |st| {
         plan.approve(st, task, a.item, &approval, &by)

@@ -84,7 +84,12 @@ fn approval_of(body: &Value) -> Result<(Approval, Option<u32>), String> {
             None => return bad("`item` is the index of a `for_each` item"),
         },
     };
-    Ok((Approval { approved, fields, comment }, item))
+    let call = match body.get("call") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if !s.is_empty() && s.len() <= 256 => Some(s.clone()),
+        Some(_) => return bad("`call` is the id of an agent's tool call (a string of at most 256 bytes)"),
+    };
+    Ok((Approval { approved, fields, comment, call }, item))
 }
 
 impl Api {
@@ -140,11 +145,11 @@ impl Api {
     /// The answer link of a waiting approval, when it offers one and links are configured.
     fn link(&self, st: &RunState, plan: &Plan, id: AttemptId) -> Option<String> {
         let secret = self.links.as_deref()?;
-        let spec = plan.wait_of(id.task)?.approval.as_ref()?;
+        let spec = plan.form_at(st, id)?;
         if !spec.link {
             return None;
         }
-        let w = st.tasks[id.task].units.get(id.unit())?.waits.as_ref()?;
+        let w = st.waits_at(id)?;
         let exp = w.timeout_at.unwrap_or(w.since + LINK_DAYS * 86_400_000) / 1000;
         let claims = LinkClaims {
             aud: LINK_AUDIENCE.into(),
@@ -164,7 +169,7 @@ impl Api {
         let plan_of = |s: &StoredRun| self.plan_of(s);
         let link = |plan: &Plan, st: &RunState, w: &Waiter, v: &mut Value| {
             if w.kind == WaitKind::Approval
-                && self.may_answer(p, plan, w.task)
+                && self.may_answer(p, plan.form_at(st, w.attempt_id()).and_then(|f| f.approvers.as_ref()))
                 && let Some(token) = self.link(st, plan, w.attempt_id())
             {
                 v["link"] = json!(format!("/ui/answer.html#{token}"));
@@ -181,8 +186,8 @@ impl Api {
         }
     }
 
-    fn may_answer(&self, p: &Principal, plan: &Plan, task: usize) -> bool {
-        let approvers = plan.wait_of(task).and_then(|w| w.approval.as_ref()).and_then(|a| a.approvers.as_ref());
+    /// Whether `p` may answer an approval that names `approvers`.
+    fn may_answer(&self, p: &Principal, approvers: Option<&llmo_core::tasks::Approvers>) -> bool {
         match approvers {
             None => p.may(Role::Developer),
             Some(a) => may_answer(Some(a), &p.subject, |r| match r {
@@ -204,15 +209,22 @@ impl Api {
             Ok(x) => x,
             Err(r) => return *r,
         };
-        if let Some(i) = plan.checked.workflow.spec.tasks.iter().position(|t| t.id == task)
-            && !self.may_answer(p, &plan, i)
-        {
+        let approvers = match plan.checked.dag.index_of(task) {
+            // An agent's tools each name their approvers: the call answered says whose.
+            Some(i) if plan.is_agent(i) => match plan.answering(&st, task, item, answer.call.as_deref()) {
+                Ok(at) => plan.form_at(&st, at).and_then(|f| f.approvers.as_ref()),
+                Err(e) => return answer_error(e),
+            },
+            Some(i) => plan.wait_of(i).and_then(|w| w.approval.as_ref()).and_then(|a| a.approvers.as_ref()),
+            None => None,
+        };
+        if plan.checked.dag.index_of(task).is_some() && !self.may_answer(p, approvers) {
             return problem(
                 StatusCode::FORBIDDEN,
                 format!("{} may not answer `{task}` (see its `approvers`)", p.subject),
             );
         }
-        self.answer(tenant, id, task, item, &answer, &p.subject, plan, st).await
+        self.answer(tenant, id, (task, item, None), &answer, &p.subject, plan, st).await
     }
 
     /// `POST /answer` `{"token", "approved", "fields", "comment"}`: the holder of an
@@ -254,33 +266,34 @@ impl Api {
             Ok(a) => a,
             Err(m) => return (problem(StatusCode::BAD_REQUEST, m), done),
         };
-        // The link is for one attempt: after a redrive its new attempt needs a new link.
-        let current = plan
-            .checked
-            .dag
-            .index_of(&c.task)
-            .and_then(|i| st.tasks[i].units.get(c.item.unwrap_or(0) as usize))
-            .map(|u| u.attempt);
-        if current != Some(c.attempt) {
+        // The link is for one attempt: after a redrive its new attempt needs a new link (an
+        // agent's link is for one of its calls).
+        let index = plan.checked.dag.index_of(&c.task);
+        let current = index.and_then(|i| st.tasks[i].units.get(c.item.unwrap_or(0) as usize)).map(|u| u.attempt);
+        if current != Some(c.attempt) && !index.is_some_and(|i| plan.is_agent(i)) {
             return (problem(StatusCode::CONFLICT, "the link is for an earlier attempt of this task"), done);
         }
-        let r = self.answer(&c.tenant, &c.run, &c.task, c.item, &answer, "link", plan, st).await;
+        let r = self.answer(&c.tenant, &c.run, (&c.task, c.item, Some(c.attempt)), &answer, "link", plan, st).await;
         (r, done)
     }
 
+    /// Records `answer` to `task` (`item`; at `attempt` when a link names it).
     #[allow(clippy::too_many_arguments)]
     async fn answer(
         &self,
         tenant: &str,
         id: &str,
-        task: &str,
-        item: Option<u32>,
+        (task, item, attempt): (&str, Option<u32>, Option<u32>),
         answer: &Approval,
         by: &str,
         plan: Arc<Plan>,
         st: RunState,
     ) -> Reply {
-        let event = match plan.approve(&st, task, item, answer, by) {
+        let approve = |plan: &Plan, st: &RunState| match (attempt, plan.checked.dag.index_of(task)) {
+            (Some(attempt), Some(i)) => plan.approve_at(st, AttemptId { task: i, item, attempt }, answer, by),
+            _ => plan.approve(st, task, item, answer, by),
+        };
+        let event = match approve(&plan, &st) {
             Ok(e) => e,
             Err(e) => return answer_error(e),
         };
@@ -297,7 +310,7 @@ impl Api {
             Ok(false) => {
                 // Say why: reload (the winner's answer, or the timeout, is stored now).
                 let why = match self.loaded(tenant, id).await {
-                    Ok((plan, st)) => match plan.approve(&st, task, item, answer, by) {
+                    Ok((plan, st)) => match approve(&plan, &st) {
                         Err(AnswerError::NotWaiting(m)) => m,
                         _ => format!("`{task}` was answered by another request first"),
                     },

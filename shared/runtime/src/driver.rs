@@ -505,7 +505,7 @@ impl Driver {
             let next = t.timers.keys().next().map(|(at, _)| *at).into_iter().chain(t.st.deadline).min();
             // A unit waiting for an answer (with no timeout) keeps the run alive: its answer
             // comes through the store (see the version check below).
-            let answerable = t.st.tasks.iter().any(|ts| ts.units.iter().any(|u| u.status == TaskStatus::Waiting));
+            let answerable = t.st.awaits_answer();
             if next.is_none() && !alive && !answerable {
                 return Err(Error::Stalled(t.st.run_id.clone()));
             }

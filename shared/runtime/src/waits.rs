@@ -31,8 +31,9 @@ pub enum Error {
 /// A waiting task, as lists show it (and the API and CLI print it).
 pub fn describe(plan: &Plan, st: &RunState, id: AttemptId) -> Option<Value> {
     let u = st.tasks.get(id.task)?.units.get(id.unit())?;
-    let w = u.waits.as_ref()?;
-    if u.status != TaskStatus::Waiting || st.status != RunStatus::Running {
+    let w = st.waits_at(id)?;
+    let call = st.waiting_call(id);
+    if u.status != TaskStatus::Waiting && call.is_none() || st.status != RunStatus::Running {
         return None;
     }
     let mut v = json!({
@@ -47,10 +48,14 @@ pub fn describe(plan: &Plan, st: &RunState, id: AttemptId) -> Option<Value> {
     });
     match w.kind {
         WaitKind::Approval => {
-            let a = plan.wait_of(id.task)?.approval.as_ref()?;
+            let a = plan.form_at(st, id)?;
             v["prompt"] = json!(w.prompt);
             v["fields"] = serde_json::to_value(&a.fields).unwrap_or(Value::Null);
             v["approvers"] = serde_json::to_value(&a.approvers).unwrap_or(Value::Null);
+            // An agent's call: what it would run.
+            if let Some(c) = call {
+                v["call"] = json!({"id": c.id, "name": c.name, "arguments": c.arguments});
+            }
         }
         WaitKind::Event => {
             v["event"] = json!(w.event);
@@ -155,6 +160,7 @@ pub async fn answer(
         let stored = store.load(run_id).await?.ok_or_else(|| Error::NoSuchRun(run_id.to_string()))?;
         let mut st = rebuild(plan, stored)?;
         let event = answer(&st)?;
+        let before = st.clone();
         let expected = st.version;
         let now = clock.now();
         if let Err(why) = plan.apply(&mut st, &event, now) {
@@ -162,9 +168,11 @@ pub async fn answer(
         }
         let t = Transition::new(st.version, now, event.clone());
         if store.append(expected, &[t], &st).await? {
+            // Answered: its entry in the index goes (an agent's call is no longer awaiting, so
+            // its waiter is built from the state before).
             if let Some(id) = event.attempt_id()
                 && st.tasks[id.task].units.get(id.unit()).is_some_and(|u| u.status != TaskStatus::Waiting)
-                && let Some(w) = Waiter::of(&st, id)
+                && let Some(w) = Waiter::of(&st, id).or_else(|| Waiter::of(&before, id))
             {
                 store.drop_waiter(&w).await?;
             }

@@ -352,7 +352,7 @@ async fn forged_queue_messages_are_dropped_and_change_nothing() {
     let answer = llmo_core::engine::waits::Approval {
         approved: true,
         fields: json!({"channel": "blog"}).as_object().cloned().unwrap(),
-        comment: None,
+        ..Default::default()
     };
     let event = p.approve(&st, "review", None, &answer, "forged-by-queue").unwrap();
     let body = Envelope::encode(&Message::Event { run_id: run.clone(), event });

@@ -8,6 +8,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::tasks::{ApprovalWith, Approvers, FormField};
+
 pub mod run;
 pub use run::{
     AgentLoop, CallRec, CallStatus, MAX_CALLS_PER_TURN, MAX_REFUSED_CALLS, MAX_RESULT_BYTES, MAX_TOOL_FAILURES,
@@ -97,6 +99,57 @@ pub struct ToolDef {
     pub parameters: Value,
     /// The task a call runs: `{type, with}` of any task type but `agent`.
     pub run: ToolRun,
+    /// A person approves each call before it runs (the form of a `wait` approval: prompt,
+    /// fields, approvers, single-use link); the agent holds nothing while it waits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<ToolApproval>,
+}
+
+/// `approval` of a tool: every call of it waits for a person's answer before it runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ToolApproval {
+    /// What the approver is asked (a template; the call's arguments are `args`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<String>,
+    /// A typed form the answer fills (as a `wait` approval's); the tool's `with` reads the
+    /// answer as `approval` (`{{ approval.fields.amount }}`).
+    #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
+    pub fields: IndexMap<String, FormField>,
+    /// Who may answer (roles or subjects); anyone who may start runs in the tenant when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approvers: Option<Approvers>,
+    /// Offer a single-use link that answers without an account.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub link: bool,
+    /// What a rejection (or no answer within `timeout`) does: `return` it to the model as
+    /// the tool's result (an error it can act on; the default), or `fail` the task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_reject: Option<OnReject>,
+    /// How long a call waits for its answer; past it, the call is rejected (`on_reject`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<crate::model::Duration>,
+}
+
+/// `on_reject` of a tool's approval.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum OnReject {
+    Return,
+    Fail,
+}
+
+impl ToolApproval {
+    /// The form as a `wait` approval's (answers to both are checked alike).
+    pub fn form(&self) -> ApprovalWith {
+        ApprovalWith {
+            prompt: self.prompt.clone(),
+            fields: self.fields.clone(),
+            approvers: self.approvers.clone(),
+            link: self.link,
+            on_reject: None,
+        }
+    }
 }
 
 fn empty_object() -> Value {

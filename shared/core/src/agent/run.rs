@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::engine::{Millis, Output};
+use crate::engine::{Millis, Output, Waits};
 
 /// A tool's result is cut to this many bytes (of its JSON text) before the model sees it or
 /// the run's state keeps it, with a marker saying so.
@@ -81,8 +81,11 @@ pub enum CallStatus {
     RetryWait,
     Succeeded,
     Failed,
-    /// Never run: an unknown tool, arguments that do not match its schema, or too many calls.
+    /// Never run: an unknown tool, arguments that do not match its schema, too many calls, or
+    /// its approval was refused (or timed out).
     Refused,
+    /// Waiting for a person to approve it (its tool has an `approval`).
+    Awaiting,
 }
 
 impl CallStatus {
@@ -97,6 +100,7 @@ impl CallStatus {
             CallStatus::Succeeded => "succeeded",
             CallStatus::Failed => "failed",
             CallStatus::Refused => "refused",
+            CallStatus::Awaiting => "awaiting_approval",
         }
     }
 }
@@ -133,6 +137,13 @@ pub struct CallRec {
     pub tokens: u64,
     #[serde(default)]
     pub cost_usd: f64,
+    /// What its approval waits for (when its tool has one): since when, the question, the
+    /// timeout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waits: Option<Waits>,
+    /// The answer to its approval: `{approved, fields, by, comment}` (or `timed_out`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<Value>,
 }
 
 impl CallRec {
@@ -154,6 +165,8 @@ impl CallRec {
             retry_at: None,
             tokens: 0,
             cost_usd: 0.0,
+            waits: None,
+            approval: None,
         }
     }
 
@@ -206,6 +219,9 @@ impl CallRec {
         if self.cut {
             v["cut"] = json!(true);
         }
+        if let Some(a) = &self.approval {
+            v["approval"] = a.clone();
+        }
         v
     }
 }
@@ -253,6 +269,18 @@ impl AgentLoop {
         let t = self.turns.len().checked_sub(1)?;
         let c = self.turns[t].calls.iter().position(|c| c.attempt == attempt && c.status == CallStatus::RetryWait)?;
         Some((t, c))
+    }
+
+    /// `(turn, call)` of the call whose approval attempt `attempt` waits for an answer.
+    pub fn awaiting_call(&self, attempt: u32) -> Option<(usize, usize)> {
+        let t = self.turns.len().checked_sub(1)?;
+        let c = self.turns[t].calls.iter().position(|c| c.attempt == attempt && c.status == CallStatus::Awaiting)?;
+        Some((t, c))
+    }
+
+    /// The calls waiting for a person's approval.
+    pub fn awaiting(&self) -> impl Iterator<Item = &CallRec> + '_ {
+        self.last_calls().iter().filter(|c| c.status == CallStatus::Awaiting)
     }
 
     /// Every call of the last turn has settled.
@@ -343,13 +371,25 @@ impl AgentLoop {
                     "text": preview(&t.text),
                     "calls": t.calls.iter().map(|c| {
                         let (content, is_error) = c.content();
-                        json!({
+                        let mut v = json!({
                             "id": c.id, "name": c.name, "arguments": preview(&c.arguments.to_string()),
                             "status": c.status.as_str(), "attempts": c.tries,
                             "started_at": c.started_at, "ended_at": c.ended_at,
                             "tokens": c.tokens, "cost_usd": c.cost_usd,
-                            if is_error { "error" } else { "result" }: preview(&content),
-                        })
+                        });
+                        if c.status == CallStatus::Awaiting {
+                            let w = c.waits.as_ref();
+                            v["attempt"] = json!(c.attempt);
+                            v["prompt"] = json!(w.and_then(|w| w.prompt.as_deref()));
+                            v["since"] = json!(w.map(|w| w.since));
+                            v["timeout_at"] = json!(w.and_then(|w| w.timeout_at));
+                        } else {
+                            v[if is_error { "error" } else { "result" }] = json!(preview(&content));
+                        }
+                        if let Some(a) = &c.approval {
+                            v["approval"] = a.clone();
+                        }
+                        v
                     }).collect::<Vec<_>>(),
                 })
             })
@@ -471,6 +511,8 @@ mod tests {
             retry_at: None,
             tokens: 0,
             cost_usd: 0.0,
+            waits: None,
+            approval: None,
         }
     }
 

@@ -133,6 +133,35 @@ pub struct Waits {
     pub beat_at: Option<Millis>,
 }
 
+impl RunState {
+    /// What attempt `id` waits for, if it waits for an answer or a time: its unit's wait, or
+    /// the approval of an agent's call.
+    pub fn waits_at(&self, id: AttemptId) -> Option<&Waits> {
+        let u = self.tasks.get(id.task)?.units.get(id.unit())?;
+        match u.waits.as_ref() {
+            Some(w) => Some(w),
+            None => self.waiting_call(id)?.waits.as_ref(),
+        }
+    }
+
+    /// The agent's call whose approval attempt `id` waits for.
+    pub fn waiting_call(&self, id: AttemptId) -> Option<&crate::agent::CallRec> {
+        let u = self.tasks.get(id.task)?.units.get(id.unit())?;
+        let l = u.agent.as_deref().filter(|_| u.status == TaskStatus::Running)?;
+        let (t, c) = l.awaiting_call(id.attempt)?;
+        Some(&l.turns[t].calls[c])
+    }
+
+    /// Whether some unit waits for an answer from outside (an approval, an event, a
+    /// callback), or an agent's call for its approval.
+    pub fn awaits_answer(&self) -> bool {
+        self.tasks.iter().flat_map(|t| &t.units).any(|u| {
+            u.status == TaskStatus::Waiting
+                || u.status == TaskStatus::Running && u.agent.as_deref().is_some_and(|l| l.awaiting().next().is_some())
+        })
+    }
+}
+
 impl Waits {
     /// When a callback wait fails if nothing comes: its timeout, or its heartbeat's
     /// deadline if sooner; and whether that is the heartbeat's.

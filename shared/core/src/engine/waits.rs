@@ -34,6 +34,9 @@ pub struct Approval {
     pub approved: bool,
     pub fields: Map<String, Value>,
     pub comment: Option<String>,
+    /// For an agent's call waiting for approval: the call's id (needed only when several of
+    /// its calls wait at once).
+    pub call: Option<String>,
 }
 
 /// The most a completion's answer may hold (fields, comment, event payload), as JSON.
@@ -193,8 +196,9 @@ impl Plan {
         Ok(AttemptId { task: i, item, attempt: unit.attempt })
     }
 
-    /// Checks an approval (or rejection) by `by` of the waiting `task` and returns the event
-    /// that records it: `{approved, fields, by, comment}`.
+    /// Checks an approval (or rejection) by `by` of the waiting `task` (or of the agent
+    /// `task`'s call waiting for approval) and returns the event that records it:
+    /// `{approved, fields, by, comment}` (and `call` for an agent's call).
     pub fn approve(
         &self,
         st: &RunState,
@@ -203,12 +207,85 @@ impl Plan {
         answer: &Approval,
         by: &str,
     ) -> Result<Event, AnswerError> {
-        let id = self.waiting_unit(st, task, item, WaitKind::Approval)?;
-        let form = self.wait_of(id.task).and_then(|w| w.approval.as_ref()).expect("an approval wait");
+        let id = self.answering(st, task, item, answer.call.as_deref())?;
+        self.approve_at(st, id, answer, by)
+    }
+
+    /// The attempt an approval of `task` answers: its waiting unit's; for an agent, the
+    /// attempt of its call waiting for approval (`call` names it when several wait).
+    pub fn answering(
+        &self,
+        st: &RunState,
+        task: &str,
+        item: Option<u32>,
+        call: Option<&str>,
+    ) -> Result<AttemptId, AnswerError> {
+        let Some(i) = self.checked.dag.index_of(task).filter(|&i| self.is_agent(i)) else {
+            return self.waiting_unit(st, task, item, WaitKind::Approval);
+        };
+        let item = match (self.checked.workflow.spec.tasks[i].for_each.is_some(), item) {
+            (true, None) => return Err(AnswerError::Invalid(format!("`{task}` runs per item: say which `item`"))),
+            (false, Some(_)) => return Err(AnswerError::Invalid(format!("`{task}` has no items"))),
+            (_, k) => k,
+        };
+        let unit = st.tasks[i].units.get(item.unwrap_or(0) as usize);
+        let awaiting: Vec<&crate::agent::CallRec> = unit
+            .filter(|u| u.status == TaskStatus::Running && st.status == RunStatus::Running)
+            .and_then(|u| u.agent.as_deref())
+            .map(|l| l.awaiting().collect())
+            .unwrap_or_default();
+        let found = match call {
+            Some(c) => awaiting
+                .iter()
+                .find(|x| x.id == c)
+                .ok_or_else(|| AnswerError::NotWaiting(format!("`{task}` has no call `{c}` waiting for approval")))?,
+            None => match awaiting.as_slice() {
+                [one] => one,
+                [] => {
+                    return Err(AnswerError::NotWaiting(format!("`{task}` has no call waiting for approval")));
+                }
+                many => {
+                    let ids: Vec<&str> = many.iter().map(|c| c.id.as_str()).collect();
+                    return Err(AnswerError::Invalid(format!(
+                        "{} calls of `{task}` wait for approval: say which `call` ({})",
+                        many.len(),
+                        ids.join(", ")
+                    )));
+                }
+            },
+        };
+        Ok(AttemptId { task: i, item, attempt: found.attempt })
+    }
+
+    /// The approval form attempt `id` waits for an answer to, if it waits for one now: a
+    /// `wait` task's, or the tool's of an agent's call waiting for approval.
+    pub fn form_at(&self, st: &RunState, id: AttemptId) -> Option<&ApprovalWith> {
+        let u = st.tasks.get(id.task)?.units.get(id.unit())?;
+        if st.status != RunStatus::Running {
+            return None;
+        }
+        if u.status == TaskStatus::Waiting && u.attempt == id.attempt {
+            return self.wait_of(id.task)?.approval.as_ref();
+        }
+        let l = u.agent.as_deref().filter(|_| u.status == TaskStatus::Running)?;
+        let (t, c) = l.awaiting_call(id.attempt)?;
+        self.tool_form(id.task, &l.turns[t].calls[c].name)
+    }
+
+    /// [`Plan::approve`] of the attempt `id` (found by [`Plan::answering`], or named by an
+    /// answer link).
+    pub fn approve_at(&self, st: &RunState, id: AttemptId, answer: &Approval, by: &str) -> Result<Event, AnswerError> {
+        let task = self.checked.dag.id(id.task);
+        let form = self
+            .form_at(st, id)
+            .ok_or_else(|| AnswerError::NotWaiting(format!("`{task}` is not waiting for this approval (any more)")))?;
         check_fields(form, answer)?;
         let mut output = json!({"approved": answer.approved, "fields": answer.fields, "by": by});
         if let Some(c) = &answer.comment {
             output["comment"] = Value::String(c.clone());
+        }
+        if let Some(c) = st.waiting_call(id) {
+            output["call"] = json!(c.id);
         }
         bounded(&output)?;
         Ok(Event::Complete { task: id.task, item: id.item, attempt: id.attempt, output: Output::new(output) })
@@ -357,7 +434,7 @@ spec:
     }
 
     fn answer(approved: bool, fields: Value) -> Approval {
-        Approval { approved, fields: fields.as_object().cloned().unwrap_or_default(), comment: None }
+        Approval { approved, fields: fields.as_object().cloned().unwrap_or_default(), ..Default::default() }
     }
 
     #[test]

@@ -291,7 +291,11 @@ impl Run<'_> {
                 },
                 "event" if matches!(site, Site::Event) => {}
                 // A call's arguments, in the task an agent's tool runs.
-                "args" if matches!(site, Site::Task { body: true, .. }) && in_tool_run(ptr) => {}
+                "args"
+                    if matches!(site, Site::Task { body: true, .. })
+                        && (in_tool(ptr, "run/with") || in_tool(ptr, "approval/prompt")) => {}
+                // The answer to a call's approval, in the task the tool runs.
+                "approval" if matches!(site, Site::Task { body: true, .. }) && in_tool(ptr, "run/with") => {}
                 _ => {
                     let roots: &[&str] = match site {
                         Site::Event => &["event"],
@@ -375,10 +379,12 @@ impl Run<'_> {
 
 /// Whether `ptr` lies in the `run.with` of an agent's tool (`.../with/tools/<n>/run/with/...`),
 /// where templates read the call's arguments as `args`.
-fn in_tool_run(ptr: &str) -> bool {
+/// Whether `ptr` is at or under `under` (`run/with`, `approval/prompt`) of an agent's tool.
+fn in_tool(ptr: &str, under: &str) -> bool {
     ptr.split_once("/with/tools/").is_some_and(|(_, rest)| {
         rest.split_once('/').is_some_and(|(n, rest)| {
-            n.bytes().all(|b| b.is_ascii_digit()) && (rest == "run/with" || rest.starts_with("run/with/"))
+            n.bytes().all(|b| b.is_ascii_digit())
+                && rest.strip_prefix(under).is_some_and(|r| r.is_empty() || r.starts_with('/'))
         })
     })
 }

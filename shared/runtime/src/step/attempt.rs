@@ -97,9 +97,14 @@ pub fn prepare(
     let exec = exec_of(&tool_ty).ok_or_else(|| none(&tool_ty))?;
     let mut a = build_attempt(plan, st, parts, (run_id, task_id, tool_ty), id, exec.as_ref())?;
     let llmo_core::agent::Step::Tool { call, .. } = &step else { unreachable!("a tool's step") };
-    // The tool's `with` in the task's context plus `args`; fields the executor renders itself
-    // (an http tool's headers, with secrets) stay as written.
-    let ctx = minijinja::context! { args => minijinja::Value::from(minijinja::value::Serde(&call.arguments)), ..a.context.clone() };
+    // The tool's `with` in the task's context plus `args` (and the answer to its approval as
+    // `approval`, when its tool has one); fields the executor renders itself (an http tool's
+    // headers, with secrets) stay as written.
+    let ctx = minijinja::context! {
+        args => minijinja::Value::from(minijinja::value::Serde(&call.arguments)),
+        approval => minijinja::Value::from(minijinja::value::Serde(&call.approval)),
+        ..a.context.clone()
+    };
     let mut with = tool.run.with.clone();
     let mut raw = serde_json::Map::new();
     for f in exec.raw_fields() {

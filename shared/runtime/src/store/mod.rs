@@ -345,8 +345,7 @@ pub struct Waiter {
 impl Waiter {
     /// The waiter of a unit that waits for an approval or event, from the run's state.
     pub fn of(st: &RunState, id: llmo_core::engine::AttemptId) -> Option<Waiter> {
-        let u = st.tasks.get(id.task)?.units.get(id.unit())?;
-        let w = u.waits.as_ref().filter(|w| w.kind != llmo_core::engine::WaitKind::Sleep)?;
+        let w = st.waits_at(id).filter(|w| w.kind != llmo_core::engine::WaitKind::Sleep)?;
         Some(Waiter {
             tenant: st.tenant.clone().unwrap_or_default(),
             kind: w.kind,

@@ -133,8 +133,11 @@ async fn an_approval_an_hour_later_resumes_the_run_once() {
     tokio::time::sleep(Duration::from_secs(3600)).await;
     let listed = store.waiters("", None, 10).await.unwrap();
     assert_eq!(listed.len(), 1, "the waiting approval is listed: {listed:?}");
-    let approval =
-        Approval { approved: true, fields: json!({"channel": "mail"}).as_object().cloned().unwrap(), comment: None };
+    let approval = Approval {
+        approved: true,
+        fields: json!({"channel": "mail"}).as_object().cloned().unwrap(),
+        ..Default::default()
+    };
     let answer = |by: &'static str| {
         let (plan, store, approval, clock) = (plan.clone(), store.clone(), approval.clone(), clock.clone());
         async move {

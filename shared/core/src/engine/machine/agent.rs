@@ -11,13 +11,16 @@ use std::sync::Arc;
 use super::*;
 use crate::agent::{
     AgentLoop, AgentWith, CallRec, CallStatus, MAX_CALLS_PER_TURN, MAX_REFUSED_CALLS, MAX_TOOL_FAILURES, OnMaxTurns,
-    Step, TurnRec, run::bounded_result,
+    OnReject, Step, TurnRec, run::bounded_result,
 };
+use crate::tasks::ApprovalWith;
 
 /// An agent task's `with` as written, and each tool's argument schema, compiled once.
 pub(crate) struct AgentPlan {
     pub(crate) with: AgentWith,
     validators: Vec<Option<Arc<jsonschema::Validator>>>,
+    /// Each tool's approval form, for the tools that have one.
+    pub(crate) forms: Vec<Option<ApprovalWith>>,
 }
 
 impl AgentPlan {
@@ -28,7 +31,8 @@ impl AgentPlan {
         let with: AgentWith = serde_json::from_value(Value::Object(t.with.clone())).ok()?;
         let validators =
             with.tools.iter().map(|t| jsonschema::validator_for(&t.parameters).ok().map(Arc::new)).collect();
-        Some(AgentPlan { with, validators })
+        let forms = with.tools.iter().map(|t| t.approval.as_ref().map(|a| a.form())).collect();
+        Some(AgentPlan { with, validators, forms })
     }
 
     /// Why call `c` cannot run, if it cannot: its tool is unknown, or its arguments do not
@@ -123,7 +127,32 @@ impl Plan {
                 .filter(|&(a, _)| key.is_none_or(|k| finished_key(task, item, a) == k))
                 .map(|(attempt, at)| Command::ScheduleRetry { task, item, attempt, at }),
         );
+        // A call waiting for its approval: its listing, and its timeout.
+        for c in l.awaiting().filter(|c| key.is_none_or(|k| started_by(c.attempt) == Some(k))) {
+            let attempt = c.attempt;
+            cmds.push(Command::Await { task, item, attempt });
+            if let Some(at) = c.waits.as_ref().and_then(|w| w.timeout_at) {
+                cmds.push(Command::ScheduleWake { task, item, attempt, at });
+            }
+        }
         Some(cmds)
+    }
+}
+
+impl Plan {
+    /// The approval form of tool `tool` of agent task `task`, if it has one.
+    pub fn tool_form(&self, task: usize, tool: &str) -> Option<&ApprovalWith> {
+        let a = self.agents.get(task)?.as_ref()?;
+        let i = a.with.tools.iter().position(|t| t.name == tool)?;
+        a.forms[i].as_ref()
+    }
+
+    /// Whether the approval of tool `tool` of agent task `task` fails the task when rejected.
+    fn rejection_fails(&self, task: usize, tool: &str) -> bool {
+        self.agent_with(task)
+            .and_then(|w| w.tools.iter().find(|t| t.name == tool))
+            .and_then(|t| t.approval.as_ref())
+            .is_some_and(|a| a.on_reject == Some(OnReject::Fail))
     }
 }
 
@@ -342,7 +371,122 @@ impl Transition<'_, '_> {
             .map(|(k, _)| k)
             .collect();
         for c in to_start {
-            self.start_call(id, turn - 1, c);
+            let name = &self.st.tasks[id.task].units[id.unit()].agent.as_ref().expect("an agent").turns[turn - 1].calls
+                [c]
+                .name;
+            if self.plan.tool_form(id.task, name).is_some() {
+                self.await_call(id, turn - 1, c);
+            } else {
+                self.start_call(id, turn - 1, c);
+            }
+        }
+        self.after_calls(id);
+    }
+
+    /// Call `c` of turn `t` waits for its approval, as a new attempt of the unit that nothing
+    /// runs (as a `wait` task's): listed for approvers, with its timeout scheduled.
+    fn await_call(&mut self, id: AttemptId, t: usize, c: usize) {
+        let (now, cause) = (self.now, self.cause.clone());
+        let call = &self.st.tasks[id.task].units[id.unit()].agent.as_ref().expect("an agent").turns[t].calls[c];
+        let tool = self.plan.agent_with(id.task).and_then(|w| w.tools.iter().find(|x| x.name == call.name));
+        let approval = tool.and_then(|t| t.approval.as_ref()).expect("a tool with an approval");
+        let prompt = approval.prompt.as_ref().map(|p| {
+            let ctx = minijinja::context! {
+                args => super::context::json_ctx(&call.arguments),
+                ..self.plan.context_value(self.st, Some(id.task), id.item)
+            };
+            match self.plan.render_in(&Value::String(p.clone()), &ctx) {
+                Ok(Value::String(s)) => s,
+                Ok(v) => v.to_string(),
+                Err(e) => format!("Run `{}` with {}? (the prompt did not render: {e})", call.name, call.arguments),
+            }
+        });
+        let timeout_at = approval.timeout.map(|d| now.saturating_add(d.0.as_millis() as Millis));
+        let ts = &mut self.st.tasks[id.task];
+        ts.attempts += 1;
+        let u = &mut ts.units[id.unit()];
+        u.attempt += 1;
+        u.started_by.push(cause.clone());
+        u.cause = Some(cause);
+        let attempt = u.attempt;
+        let call = &mut u.agent.as_mut().expect("an agent unit").turns[t].calls[c];
+        call.attempt = attempt;
+        call.status = CallStatus::Awaiting;
+        call.waits = Some(Waits {
+            kind: WaitKind::Approval,
+            since: now,
+            event: None,
+            key: None,
+            prompt,
+            timeout_at,
+            times_out: timeout_at.is_some(),
+            heartbeat: None,
+            beat_at: None,
+        });
+        self.cmds.push(Command::Await { task: id.task, item: id.item, attempt });
+        if let Some(at) = timeout_at {
+            self.cmds.push(Command::ScheduleWake { task: id.task, item: id.item, attempt, at });
+        }
+    }
+
+    /// The answer to the approval of the call awaiting at attempt `id` came (`Err` when no
+    /// call awaits it: answered, timed out, late). Approved, the call runs (a new attempt);
+    /// rejected, the model is told, or the task fails (`on_reject: fail`).
+    pub(super) fn agent_answered(&mut self, id: AttemptId, output: &Value) -> Result<(), Ignored> {
+        let (t, c) = self.awaiting_call(id)?;
+        let approved = output.get("approved") == Some(&Value::Bool(true));
+        let call = &mut lp(self.st, id).turns[t].calls[c];
+        call.approval = Some(output.clone());
+        if approved {
+            self.start_call(id, t, c);
+            return Ok(());
+        }
+        let by = output.get("by").and_then(Value::as_str);
+        let mut why = match by {
+            Some(by) => format!("the call was rejected by {by}"),
+            None => "the call was rejected".to_string(),
+        };
+        if let Some(comment) = output.get("comment").and_then(Value::as_str) {
+            why.push_str(&format!(": {comment}"));
+        }
+        self.call_refused(id, t, c, why);
+        Ok(())
+    }
+
+    /// The approval of the call awaiting at attempt `id` timed out: a rejection.
+    pub(super) fn agent_approval_timed_out(&mut self, id: AttemptId) -> Result<(), Ignored> {
+        let (t, c) = self.awaiting_call(id)?;
+        let call = &mut lp(self.st, id).turns[t].calls[c];
+        let w = call.waits.as_ref();
+        let Some(at) = w.and_then(|w| w.timeout_at) else {
+            return Err(Ignored("this approval has no timeout"));
+        };
+        let waited = at.saturating_sub(w.map_or(at, |w| w.since));
+        call.approval = Some(serde_json::json!({"approved": false, "timed_out": true, "by": null}));
+        let why = format!("no one approved the call within {}", crate::engine::waits::human(waited));
+        self.call_refused(id, t, c, why);
+        Ok(())
+    }
+
+    fn awaiting_call(&self, id: AttemptId) -> Result<(usize, usize), Ignored> {
+        self.unit(id)
+            .ok()
+            .filter(|u| u.status == TaskStatus::Running)
+            .and_then(|u| u.agent.as_deref())
+            .and_then(|l| l.awaiting_call(id.attempt))
+            .ok_or(Ignored("no call awaits an answer at this attempt (answered, timed out, or late)"))
+    }
+
+    /// Call `c` of turn `t` will not run: the model is told `why`, or the task fails.
+    fn call_refused(&mut self, id: AttemptId, t: usize, c: usize, why: String) {
+        let now = self.now;
+        let call = &mut lp(self.st, id).turns[t].calls[c];
+        call.status = CallStatus::Refused;
+        call.ended_at = Some(now);
+        call.error = Some(why.clone());
+        let name = call.name.clone();
+        if self.plan.rejection_fails(id.task, &name) {
+            return self.agent_fails(id, format!("tool `{name}`: {why}"));
         }
         self.after_calls(id);
     }
@@ -471,6 +615,146 @@ spec:
         assert_eq!(st.tasks[0].attempts, 4);
         assert_eq!(st.tasks[0].tokens, 200);
         assert_eq!(p.render_with(&st, 1, None).unwrap()["output"], "Clear in Paris, snow in Oslo.");
+    }
+
+    const GATED: &str = r#"
+          - name: refund
+            parameters: { type: object, properties: { amount: { type: number } }, required: [amount] }
+            approval:
+              prompt: "Refund {{ args.amount }} for {{ inputs.q }}?"
+              fields: { note: { type: string, required: false } }
+              timeout: 1h
+            run: { type: transform, with: { output: "refunded {{ args.amount }} ({{ approval.fields.note }})" } }
+"#;
+
+    fn gated(on_reject: &str) -> Plan {
+        let tools = GATED.replace("timeout: 1h", &format!("timeout: 1h{on_reject}"));
+        plan(&AGENT.replace("    - { id: after", &format!("{}    - {{ id: after", tools.trim_start_matches('\n'))))
+    }
+
+    fn approval(approved: bool, comment: Option<&str>) -> crate::engine::waits::Approval {
+        crate::engine::waits::Approval {
+            approved,
+            fields: json!({"note": "ok by policy"}).as_object().cloned().unwrap(),
+            comment: comment.map(str::to_string),
+            call: None,
+        }
+    }
+
+    #[test]
+    fn a_gated_call_waits_for_its_approval_holding_nothing_and_runs_once_approved() {
+        let p = gated("");
+        let mut st = started(&p);
+        let asked = turn(
+            "Checking and refunding.",
+            json!([{"id": "w", "name": "weather", "arguments": {"city": "Paris"}},
+                   {"id": "r", "name": "refund", "arguments": {"amount": 20}}]),
+        );
+        let first = Event::finished(0, None, 1, asked);
+        let cmds = p.apply(&mut st, &first, 1_000).unwrap();
+        let hour = 3_600_000;
+        assert_eq!(
+            cmds,
+            vec![
+                Command::Execute { task: 0, item: None, attempt: 2 },
+                Command::Await { task: 0, item: None, attempt: 3 },
+                Command::ScheduleWake { task: 0, item: None, attempt: 3, at: 1_000 + hour },
+            ]
+        );
+        assert_eq!(p.replay(&st, &first.key()), cmds, "a redelivery finds the wait again");
+        assert_eq!(p.in_flight(&st), cmds);
+        assert!(!p.is_running(&st, at(3)), "nothing runs while it waits");
+        assert!(p.agent_step(&st, at(3)).is_none());
+        assert!(st.awaits_answer());
+        let w = st.waits_at(at(3)).unwrap();
+        assert_eq!(w.prompt.as_deref(), Some("Refund 20 for weather??"));
+        assert!(p.form_at(&st, at(3)).is_some() && p.form_at(&st, at(2)).is_none());
+        // The weather call ends; the turn waits for the refund's approval.
+        assert!(p.apply(&mut st, &Event::finished(0, None, 2, ok(json!("sun"))), 1_100).unwrap().is_empty());
+        assert_eq!(st.tasks[0].status, TaskStatus::Running);
+        // Two answers race: the first is applied, the second is ignored.
+        let yes = p.approve(&st, "support", None, &approval(true, None), "ann").unwrap();
+        let no = p.approve(&st, "support", None, &approval(false, None), "bob").unwrap();
+        assert_eq!(yes.attempt_id(), Some(at(3)));
+        let cmds = p.apply(&mut st, &yes, 5_000).unwrap();
+        assert_eq!(cmds, vec![Command::Execute { task: 0, item: None, attempt: 4 }]);
+        assert!(p.apply(&mut st.clone(), &no, 5_001).is_err(), "the loser changes nothing");
+        assert!(p.apply(&mut st.clone(), &Event::WakeDue { task: 0, item: None, attempt: 3 }, hour * 2).is_err());
+        assert!(matches!(
+            p.approve(&st, "support", None, &approval(false, None), "bob"),
+            Err(crate::engine::waits::AnswerError::NotWaiting(_))
+        ));
+        let Some(Step::Tool { call, .. }) = p.agent_step(&st, at(4)) else { panic!() };
+        assert_eq!(call.approval.as_ref().unwrap()["by"], "ann");
+        assert_eq!(call.approval.as_ref().unwrap()["call"], "r");
+        let cmds = p.apply(&mut st, &Event::finished(0, None, 4, ok(json!("refunded 20"))), 6_000).unwrap();
+        assert_eq!(cmds, vec![Command::Execute { task: 0, item: None, attempt: 5 }]);
+        p.apply(&mut st, &Event::finished(0, None, 5, turn("Done.", json!([]))), 7_000).unwrap();
+        let out = st.tasks[0].output.as_deref().unwrap();
+        assert_eq!(out["tool_calls"][1]["status"], "succeeded");
+        assert_eq!(out["tool_calls"][1]["approval"]["approved"], true);
+    }
+
+    #[test]
+    fn a_rejected_or_unanswered_call_goes_back_to_the_model_or_fails_the_task() {
+        let refund = |n: u32| turn("", json!([{"id": format!("r{n}"), "name": "refund", "arguments": {"amount": n}}]));
+        // Rejected: the model is told who and why, and takes its next turn.
+        let p = gated("");
+        let mut st = started(&p);
+        p.apply(&mut st, &Event::finished(0, None, 1, refund(1)), 1).unwrap();
+        let no = p.approve(&st, "support", None, &approval(false, Some("over the limit")), "ann").unwrap();
+        let cmds = p.apply(&mut st, &no, 2).unwrap();
+        assert_eq!(cmds, vec![Command::Execute { task: 0, item: None, attempt: 3 }]);
+        let Some(Step::Turn { turn: 2, history }) = p.agent_step(&st, at(3)) else { panic!() };
+        assert_eq!(
+            history[0].calls[0].content(),
+            ("error: the call was rejected by ann: over the limit".to_string(), true)
+        );
+        // No answer within the timeout: the same, saying so.
+        p.apply(&mut st, &Event::finished(0, None, 3, refund(2)), 10).unwrap();
+        let cmds = p.apply(&mut st, &Event::WakeDue { task: 0, item: None, attempt: 4 }, 10 + 3_600_000).unwrap();
+        assert_eq!(cmds, vec![Command::Execute { task: 0, item: None, attempt: 5 }]);
+        let Some(Step::Turn { turn: 3, history }) = p.agent_step(&st, at(5)) else { panic!() };
+        assert_eq!(history[1].calls[0].content().0, "error: no one approved the call within 1h");
+        // `on_reject: fail`: the task fails.
+        let p = gated("\n              on_reject: fail");
+        let mut st = started(&p);
+        p.apply(&mut st, &Event::finished(0, None, 1, refund(1)), 1).unwrap();
+        let no = p.approve(&st, "support", None, &approval(false, None), "ann").unwrap();
+        p.apply(&mut st, &no, 2).unwrap();
+        assert_eq!(st.tasks[0].status, TaskStatus::Failed);
+        assert_eq!(st.tasks[0].error.as_deref(), Some("tool `refund`: the call was rejected by ann"));
+    }
+
+    #[test]
+    fn several_waiting_calls_are_answered_by_id() {
+        let p = gated("");
+        let mut st = started(&p);
+        let two = turn(
+            "",
+            json!([{"id": "r1", "name": "refund", "arguments": {"amount": 1}},
+                   {"id": "r2", "name": "refund", "arguments": {"amount": 2}}]),
+        );
+        p.apply(&mut st, &Event::finished(0, None, 1, two), 1).unwrap();
+        let unnamed = p.approve(&st, "support", None, &approval(true, None), "ann");
+        assert!(
+            matches!(&unnamed, Err(crate::engine::waits::AnswerError::Invalid(m)) if m.contains("say which `call` (r1, r2)")),
+            "{unnamed:?}"
+        );
+        let mut a = approval(true, None);
+        a.call = Some("r2".into());
+        let e = p.approve(&st, "support", None, &a, "ann").unwrap();
+        assert_eq!(e.attempt_id(), Some(at(3)));
+        a.call = Some("r9".into());
+        assert!(p.approve(&st, "support", None, &a, "ann").is_err());
+        // A field the form does not have is refused, as for a `wait`.
+        let mut bad = approval(true, None);
+        bad.call = Some("r1".into());
+        bad.fields.insert("amount".into(), json!(5));
+        assert!(matches!(
+            p.approve(&st, "support", None, &bad, "ann"),
+            Err(crate::engine::waits::AnswerError::Invalid(m)) if m.contains("no field `amount`")
+        ));
     }
 
     #[test]

@@ -122,6 +122,13 @@ impl Transition<'_, '_> {
                 self.running()?;
                 let id = AttemptId { task: *task, item: *item, attempt: *attempt };
                 let unit = self.unit(id)?;
+                if unit.status == TaskStatus::Running && unit.agent.is_some() {
+                    // An agent's call waiting for its approval timed out.
+                    self.agent_approval_timed_out(id)?;
+                    self.settle(id.task);
+                    self.advance();
+                    return Ok(());
+                }
                 if unit.status != TaskStatus::Waiting || unit.attempt != id.attempt {
                     return Err(Ignored("no wait due for this attempt"));
                 }
@@ -151,6 +158,13 @@ impl Transition<'_, '_> {
                 self.running()?;
                 let id = AttemptId { task: *task, item: *item, attempt: *attempt };
                 let unit = self.unit(id)?;
+                if unit.status == TaskStatus::Running && unit.agent.is_some() {
+                    // The answer to the approval of an agent's call.
+                    self.agent_answered(id, output)?;
+                    self.settle(id.task);
+                    self.advance();
+                    return Ok(());
+                }
                 if unit.status != TaskStatus::Waiting
                     || unit.attempt != id.attempt
                     || unit.waits.as_ref().is_none_or(|w| w.kind == WaitKind::Sleep)
