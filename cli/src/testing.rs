@@ -275,6 +275,17 @@ pub fn load(path: &Path, validator: &Validator) -> Result<Suite, Vec<String>> {
                     ))
                 }
                 Some(t) if t.with.contains_key("callback") => {}
+                Some(t) if t.ty == llmo_core::agent::AGENT => {
+                    if a.event.is_some() || a.callback.is_some() || a.callback_error.is_some() {
+                        errors.push(format!(
+                            "{ap}: `{}` is an agent: its tool calls' approvals are answered with `approve: true|false` (with `call: ID` to pick one) or `time_out: true`",
+                            a.task
+                        ))
+                    }
+                }
+                Some(_) if a.call.is_some() => {
+                    errors.push(format!("{ap}: `call` names an agent's tool call, and `{}` is not an agent", a.task))
+                }
                 Some(t) if t.ty != "wait" => errors.push(format!(
                     "{ap}: `{}` is a `{}` task, neither a `wait` nor one with a `callback`",
                     a.task, t.ty
@@ -608,7 +619,13 @@ fn compare(c: &Case, st: &RunState) -> Vec<String> {
     for (id, i, want) in &c.expect.tasks {
         let t = &st.tasks[*i];
         if let Some(s) = &want.status {
-            let got = task_status(t.status);
+            // An agent whose calls wait for approval, and nothing else runs, is waiting.
+            let awaiting = t.units.iter().any(|u| {
+                u.agent.as_deref().is_some_and(|l| {
+                    l.awaiting().next().is_some() && l.running().next().is_none() && l.retrying().next().is_none()
+                })
+            });
+            let got = if t.status == TaskStatus::Running && awaiting { "waiting" } else { task_status(t.status) };
             if s != got {
                 let why = t.error.as_deref().or(t.reason.as_deref()).map(|e| format!(" ({e})")).unwrap_or_default();
                 out.push(format!("tasks.{id}: expected {s}, got {got}{why}"));
