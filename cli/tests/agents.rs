@@ -38,12 +38,24 @@ fn json_of(v: Value) -> Json {
 
 /// The model's script, by turn: look the order up, then run the slow check, then answer with
 /// what the tools said (proving their results reached it).
-fn script(turn: usize, results: &[String]) -> Result<(&'static str, Value), String> {
+/// `second` is the tool asked for at turn 2 (`slow_check`, or `refund` when the workflow has it).
+fn script(turn: usize, results: &[String], second: &'static str) -> Result<(&'static str, Value), String> {
     match turn {
         1 => Ok(("lookup_order", json!({"order_id": "A-17"}))),
-        2 => Ok(("slow_check", json!({"order_id": "A-17"}))),
+        2 if second == "refund" => Ok(("refund", json!({"order_id": "A-17", "amount_usd": 80}))),
+        2 => Ok((second, json!({"order_id": "A-17"}))),
         _ => Err(format!("Answer: {}", results.join(" | "))),
     }
+}
+
+/// The second tool of the request's `tools` (each format names it in its own place).
+fn second_tool(body: &Value) -> &'static str {
+    let refund = body["tools"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|t| t["function"]["name"] == "refund" || t["name"] == "refund");
+    if refund { "refund" } else { "slow_check" }
 }
 
 async fn openai(State(seen): State<Shared>, body: String) -> Json {
@@ -57,7 +69,7 @@ async fn openai(State(seen): State<Shared>, body: String) -> Json {
         .collect();
     *seen.lock().unwrap().turns.entry(turn).or_default() += 1;
     assert!(body["tools"].as_array().is_some_and(|t| t.len() == 2), "the tools are sent: {body}");
-    let message = match script(turn, &results) {
+    let message = match script(turn, &results, second_tool(&body)) {
         Ok((name, args)) => json!({"role": "assistant", "content": null, "tool_calls": [
             {"id": format!("call_{turn}"), "type": "function", "function": {"name": name, "arguments": args.to_string()}}
         ]}),
@@ -85,7 +97,7 @@ async fn anthropic(State(seen): State<Shared>, body: String) -> Json {
         .collect();
     *seen.lock().unwrap().turns.entry(turn).or_default() += 1;
     assert!(body["tools"].as_array().is_some_and(|t| t.len() == 2), "the tools are sent: {body}");
-    let content = match script(turn, &results) {
+    let content = match script(turn, &results, second_tool(&body)) {
         Ok((name, args)) => json!([{"type": "tool_use", "id": format!("toolu_{turn}"), "name": name, "input": args}]),
         Err(text) => json!([{"type": "text", "text": text}]),
     };
@@ -119,6 +131,12 @@ async fn slow(State(seen): State<Shared>, h: HeaderMap, Path(id): Path<String>) 
     json_of(json!({"check": "ok"}))
 }
 
+/// The refund: the approver's name and note reach it (its `with` reads `approval`).
+async fn refund(State(seen): State<Shared>, h: HeaderMap, body: String) -> Json {
+    seen.lock().unwrap().tools.push((format!("refund {body}"), key_of(&h)));
+    json_of(json!({"refund": "R-1"}))
+}
+
 const WORKFLOW: &str = r#"apiVersion: llm-orchestrator/v1
 kind: Workflow
 metadata: { name: durable-agent }
@@ -145,36 +163,42 @@ spec:
     answer: "{{ tasks.agent.output.text }}"
 "#;
 
-fn killed_mid_loop_resumes_without_repeating_steps(provider: &str, model: &str) {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let seen: Shared = Arc::default();
-    let addr = rt.block_on(async {
+/// The scripted servers, on a loopback port: their address.
+fn serve(rt: &tokio::runtime::Runtime, seen: &Shared) -> std::net::SocketAddr {
+    let seen = seen.clone();
+    rt.block_on(async {
         let app = Router::new()
             .route("/v1/chat/completions", post(openai))
             .route("/v1/messages", post(anthropic))
             .route("/orders/{id}", get(order))
             .route("/slow/{id}", get(slow))
+            .route("/refunds", post(refund))
             .with_state(seen.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         addr
-    });
-    let base = format!("http://{addr}");
-    let dir = std::env::temp_dir().join(format!("llmo-agent-{provider}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let wf = dir.join("agent.yaml");
-    std::fs::write(&wf, WORKFLOW.replace("PROVIDER", provider).replace("MODEL", model).replace("BASE", &base)).unwrap();
-    let db = dir.join("runs.db");
-    let env = |c: &mut std::process::Command| {
+    })
+}
+
+/// The environment that points `llmo` at the scripted servers.
+fn env_for(base: &str) -> impl Fn(&mut std::process::Command) + '_ {
+    move |c: &mut std::process::Command| {
         c.env("OPENAI_BASE_URL", format!("{base}/v1"))
             .env("OPENAI_API_KEY", "sk-test")
-            .env("ANTHROPIC_BASE_URL", &base)
+            .env("ANTHROPIC_BASE_URL", base)
             .env("ANTHROPIC_API_KEY", "sk-ant-test")
             .env("LLMO_EGRESS_ALLOW", "loopback")
             .env("LLMO_EGRESS_ALLOW_HTTP", "1");
-    };
+    }
+}
+
+/// `llmo run --state DB WF` in the background: the process and its run's id.
+fn start(
+    db: &std::path::Path,
+    wf: &std::path::Path,
+    env: &dyn Fn(&mut std::process::Command),
+) -> (std::process::Child, String) {
     let mut c = command();
     c.args(["run", "--state", db.to_str().unwrap(), wf.to_str().unwrap(), "-i", "question=Where is A-17?"]);
     env(&mut c);
@@ -184,6 +208,22 @@ fn killed_mid_loop_resumes_without_repeating_steps(provider: &str, model: &str) 
     std::io::BufRead::read_line(&mut err, &mut first).unwrap();
     let run_id = first.split(':').next().unwrap().trim().to_string();
     assert!(run_id.starts_with("run-"), "{first}");
+    (child, run_id)
+}
+
+fn killed_mid_loop_resumes_without_repeating_steps(provider: &str, model: &str) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let seen: Shared = Arc::default();
+    let addr = serve(&rt, &seen);
+    let base = format!("http://{addr}");
+    let dir = std::env::temp_dir().join(format!("llmo-agent-{provider}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let wf = dir.join("agent.yaml");
+    std::fs::write(&wf, WORKFLOW.replace("PROVIDER", provider).replace("MODEL", model).replace("BASE", &base)).unwrap();
+    let db = dir.join("runs.db");
+    let env = env_for(&base);
+    let (mut child, run_id) = start(&db, &wf, &env);
     // Killed while the slow check is in flight: two turns and a call are done by then.
     let until = Instant::now() + Duration::from_secs(60);
     while !seen.lock().unwrap().tools.iter().any(|(p, _)| p.starts_with("slow/")) {
@@ -240,4 +280,91 @@ fn an_openai_agent_killed_mid_loop_resumes_without_repeating_a_step() {
 #[test]
 fn an_anthropic_agent_killed_mid_loop_resumes_without_repeating_a_step() {
     killed_mid_loop_resumes_without_repeating_steps("anthropic", "claude-haiku");
+}
+
+/// A refund tool that a person approves: the agent's run waits for the answer holding nothing
+/// (the process running it is killed meanwhile); another process approves; `llmo resume`
+/// runs the approved call, once, with the approver's note, and the model's next turn.
+#[test]
+fn an_approval_given_by_another_process_runs_the_call_once() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let seen: Shared = Arc::default();
+    let base = format!("http://{}", serve(&rt, &seen));
+    let dir = std::env::temp_dir().join(format!("llmo-agent-approval-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let wf = dir.join("agent.yaml");
+    let gated = r#"          - name: refund
+            description: Refund an order
+            parameters: { type: object, properties: { order_id: { type: string }, amount_usd: { type: number } }, required: [order_id, amount_usd] }
+            approval:
+              prompt: "Refund {{ args.amount_usd }} USD on {{ args.order_id }}?"
+              fields: { note: { type: string } }
+            run:
+              type: http
+              with:
+                method: POST
+                url: "BASE/refunds"
+                body: { order: "{{ args.order_id }}", by: "{{ approval.by }}", note: "{{ approval.fields.note }}" }
+"#;
+    let workflow = WORKFLOW.split("          - name: slow_check").next().unwrap().to_string()
+        + gated
+        + "  outputs:\n    answer: \"{{ tasks.agent.output.text }}\"\n";
+    std::fs::write(&wf, workflow.replace("PROVIDER", "openai").replace("MODEL", "gpt-4o-mini").replace("BASE", &base))
+        .unwrap();
+    let db = dir.join("runs.db");
+    let state = db.to_str().unwrap();
+    let env = env_for(&base);
+    let (mut child, run_id) = start(&db, &wf, &env);
+    // The refund waits for its approval: listed with its prompt and the call.
+    let until = Instant::now() + Duration::from_secs(60);
+    let listed = loop {
+        let out = command().args(["waiting", "--state", state, "--json"]).output().unwrap();
+        let rows: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        if let Some(r) = rows.as_array().and_then(|r| r.first()) {
+            break r.clone();
+        }
+        assert!(Instant::now() < until, "the refund never waited for approval");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(listed["task"], "agent", "{listed}");
+    assert_eq!(listed["prompt"], "Refund 80 USD on A-17?", "{listed}");
+    assert_eq!(listed["call"]["name"], "refund", "{listed}");
+    let status: Value =
+        serde_json::from_slice(&command().args(["status", &run_id, "--state", state]).output().unwrap().stdout)
+            .unwrap();
+    assert_eq!(status["tasks"]["agent"]["turns"][1]["calls"][0]["status"], "awaiting_approval", "{status}");
+    // The process running it goes; nothing is lost, as nothing was held.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // A field the form lacks is refused (exit 2); the approval is taken (by another process).
+    let bad = command().args(["approve", &run_id, "agent", "--state", state, "-f", "amount=5"]).output().unwrap();
+    assert_eq!(bad.status.code(), Some(2), "{}", text(&bad.stderr));
+    let call = listed["call"]["id"].as_str().unwrap();
+    let ok = command()
+        .args(["approve", &run_id, "agent", "--state", state, "--call", call, "-f", "note=within policy"])
+        .output()
+        .unwrap();
+    assert!(ok.status.success(), "{}", text(&ok.stderr));
+    let again = command().args(["reject", &run_id, "agent", "--state", state]).output().unwrap();
+    assert_eq!(again.status.code(), Some(3), "answered once: {}", text(&again.stderr));
+    let mut c = command();
+    c.args(["resume", &run_id, "--state", state]);
+    env(&mut c);
+    let out = c.output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let status: Value =
+        serde_json::from_slice(&command().args(["status", &run_id, "--state", state]).output().unwrap().stdout)
+            .unwrap();
+    assert_eq!(status["status"], "succeeded", "{status}");
+    let output = &status["tasks"]["agent"]["output"];
+    assert!(output["text"].as_str().unwrap().contains(r#"{"refund":"R-1"}"#), "{output}");
+    assert_eq!(output["tool_calls"][1]["approval"]["fields"]["note"], "within policy", "{output}");
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.turns, HashMap::from([(1, 1), (2, 1), (3, 1)]));
+    let refunds: Vec<&String> = seen.tools.iter().map(|(p, _)| p).filter(|p| p.starts_with("refund")).collect();
+    assert_eq!(refunds.len(), 1, "the approved call ran once: {refunds:?}");
+    assert!(refunds[0].contains(r#""note":"within policy""#) && refunds[0].contains(r#""by":"local:"#), "{refunds:?}");
+    std::fs::remove_dir_all(&dir).ok();
+    drop(rt);
 }
