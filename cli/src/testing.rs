@@ -275,14 +275,16 @@ pub fn load(path: &Path, validator: &Validator) -> Result<Suite, Vec<String>> {
                     ))
                 }
                 Some(t) if t.with.contains_key("callback") => {}
-                Some(t) if t.ty == llmo_core::agent::AGENT => {
-                    if a.event.is_some() || a.callback.is_some() || a.callback_error.is_some() {
-                        errors.push(format!(
-                            "{ap}: `{}` is an agent: its tool calls' approvals are answered with `approve: true|false` (with `call: ID` to pick one) or `time_out: true`",
-                            a.task
-                        ))
-                    }
+                Some(t)
+                    if t.ty == llmo_core::agent::AGENT
+                        && (a.event.is_some() || a.callback.is_some() || a.callback_error.is_some()) =>
+                {
+                    errors.push(format!(
+                        "{ap}: `{}` is an agent: its tool calls' approvals are answered with `approve: true|false` (with `call: ID` to pick one) or `time_out: true`",
+                        a.task
+                    ))
                 }
+                Some(t) if t.ty == llmo_core::agent::AGENT => {}
                 Some(_) if a.call.is_some() => {
                     errors.push(format!("{ap}: `call` names an agent's tool call, and `{}` is not an agent", a.task))
                 }
