@@ -118,7 +118,9 @@ impl Api {
             receive_count: 1,
             trace: llmo_runtime::telemetry::traceparent(),
         };
-        match self.worker.handle(&d).await {
+        // Applied here, never deposited on the fold queue (other attempts of the run may be
+        // running: an agent's, or other tasks'): the caller is told whether its answer won.
+        match self.worker.handle_applying(&d).await {
             Ok(Outcome::Applied(_)) => {
                 if let Some(w) = waiter
                     && let Err(e) = self.store.drop_waiter(&w).await
@@ -128,7 +130,6 @@ impl Api {
                 Ok(true)
             }
             Ok(Outcome::Replayed) => Ok(false),
-            // The API's worker has no fold queue: it appends its events itself.
             Ok(Outcome::Deposited(_)) => Err(Box::new(internal("an answer was deposited, not applied"))),
             Err(e) => {
                 // The answer may be stored with what it asks for unsent (the queue failed):

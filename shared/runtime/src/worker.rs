@@ -242,6 +242,14 @@ impl Worker {
         self.handle_batch_with(ds, None, false, false).await
     }
 
+    /// Handles one delivery appending its events itself, never depositing them on the fold
+    /// queue (a lost write is retried): for a caller that must know whether its event was
+    /// applied, like the API recording an answer (a deposited answer's outcome would be
+    /// known only later, so racing answers could not be told apart).
+    pub async fn handle_applying(&self, d: &Delivery) -> Result<Outcome, Error> {
+        self.handle_batch_with(std::slice::from_ref(d), None, false, true).await.pop().expect("one result per delivery")
+    }
+
     /// Handles a batch from the fold queue: the events other steps deposited, each run's
     /// applied in one append (a lost write, to the API or a worker that stepped a run alone,
     /// is retried as ever), then their commands are sent. Never deposits again.

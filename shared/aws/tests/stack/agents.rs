@@ -2,7 +2,9 @@
 //! composition, against a scripted OpenAI-compatible server: each model turn and each tool
 //! call is an attempt stepped from the queue (the turn's two calls at once), a tool that
 //! answers 503 is retried as its own attempt, every turn is asked once, the log replays with
-//! every event applied once, and the model sees every result.
+//! every event applied once, and the model sees every result. A tool that needs approval
+//! waits holding nothing, is listed in `GET /waiting` with its call, and is answered once per
+//! call through the API (racing answers: one wins) or its single-use link.
 
 use crate::support;
 
@@ -153,5 +155,167 @@ async fn agents_step_turns_and_calls_on_serve() {
     let server = server().await;
     let t = Target::serve(setup(server.uri())).await;
     agents(&t, &server).await;
+    t.stop().await;
+}
+
+/// The model of the approval test: turn 1 asks for two refunds at once, turn 2 repeats what
+/// each call's result or error said.
+struct Refunds;
+
+impl Respond for Refunds {
+    fn respond(&self, req: &Request) -> ResponseTemplate {
+        let body: Value = serde_json::from_slice(&req.body).unwrap();
+        let messages = body["messages"].as_array().cloned().unwrap_or_default();
+        let turn = 1 + messages.iter().filter(|m| m["role"] == "assistant").count();
+        let call = |id: &str, order: &str| json!({"id": id, "type": "function", "function": {"name": "refund", "arguments": json!({"order_id": order}).to_string()}});
+        let message = if turn == 1 {
+            json!({"role": "assistant", "content": null, "tool_calls": [call("r1", "A-1"), call("r2", "A-2")]})
+        } else {
+            let told: Vec<&str> =
+                messages.iter().filter(|m| m["role"] == "tool").map(|m| m["content"].as_str().unwrap()).collect();
+            json!({"role": "assistant", "content": told.join(" / ")})
+        };
+        ResponseTemplate::new(200).set_body_json(json!({
+            "model": "gpt-4o-mini",
+            "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 100, "completion_tokens": 10}
+        }))
+    }
+}
+
+const LINKS: &[u8] = b"the-local-tests-answer-link-secret-0123456789";
+
+fn with_links(base: String) -> Setup {
+    Setup { links: Some(LINKS.to_vec()), ..setup(base) }
+}
+
+fn gated(base: &str) -> String {
+    format!(
+        r#"apiVersion: llm-orchestrator/v1
+kind: Workflow
+metadata: {{ name: refunds-agent }}
+spec:
+  tasks:
+    - id: agent
+      type: agent
+      with:
+        model: gpt-4o-mini
+        prompt: "Refund orders A-1 and A-2."
+        tools:
+          - name: refund
+            parameters: {{ type: object, properties: {{ order_id: {{ type: string }} }}, required: [order_id] }}
+            approval:
+              prompt: "Refund {{{{ args.order_id }}}}?"
+              approvers: {{ roles: [developer] }}
+              link: true
+              timeout: 1h
+            run: {{ type: http, with: {{ method: POST, url: "{base}/refunds/{{{{ args.order_id }}}}", body: {{ by: "{{{{ approval.by }}}}" }} }} }}
+  outputs:
+    answer: "{{{{ tasks.agent.output.text }}}}"
+"#
+    )
+}
+
+async fn refunds_server() -> MockServer {
+    let server = MockServer::start().await;
+    Mock::given(method("POST")).and(path("/v1/chat/completions")).respond_with(Refunds).mount(&server).await;
+    Mock::given(method("POST"))
+        .and(path_regex("^/refunds/A-[0-9]+$"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"refund": "issued"})))
+        .mount(&server)
+        .await;
+    server
+}
+
+/// Polls `GET /waiting` until `n` calls of `run` wait.
+async fn waiting_calls(api: &llmo_api::Api, run: &str, n: usize) -> Vec<Value> {
+    for _ in 0..300 {
+        let (code, v) = call(api, "GET", "/waiting", None).await;
+        assert_eq!(code, 200, "{v}");
+        let rows: Vec<Value> =
+            v["waiting"].as_array().unwrap().iter().filter(|r| r["run_id"] == run).cloned().collect();
+        if rows.len() >= n {
+            return rows;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("{n} calls of {run} never waited");
+}
+
+async fn approvals(t: &Target, server: &MockServer) {
+    let api = t.api.clone();
+    let source = gated(&server.uri());
+    let (code, v) = call(&api, "POST", "/runs", Some(json!({"source": source}))).await;
+    assert_eq!(code, 201, "{v}");
+    let run = v["run_id"].as_str().unwrap().to_string();
+    let mut rows = waiting_calls(&api, &run, 2).await;
+    rows.sort_by_key(|r| r["call"]["id"].as_str().unwrap().to_string());
+    assert_eq!((rows[0]["prompt"].as_str(), rows[1]["prompt"].as_str()), (Some("Refund A-1?"), Some("Refund A-2?")));
+    assert_eq!(rows[0]["call"]["arguments"], json!({"order_id": "A-1"}));
+    let (_, now) = call(&api, "GET", &format!("/runs/{run}"), None).await;
+    assert_eq!(now["tasks"][0]["turns"][0]["calls"][0]["status"], "awaiting_approval", "{now}");
+
+    let uri = format!("/runs/{run}/tasks/agent/complete");
+    // Two calls wait: an answer must say which. A viewer is not an approver.
+    let (code, v) = call(&api, "POST", &uri, Some(json!({"approved": true}))).await;
+    assert_eq!(code, 400, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("say which `call`"), "{v}");
+    let viewer = token("vera", "t1", &["viewer"]);
+    let (code, v) = call_as(&api, Some(&viewer), "POST", &uri, Some(json!({"approved": true, "call": "r1"}))).await;
+    assert_eq!(code, 403, "{v}");
+    // Five developers approve r1 at once: one answer is recorded.
+    let tokens: Vec<String> = (0..5).map(|i| token(&format!("dev{i}"), "t1", &["developer"])).collect();
+    let answers =
+        tokens.iter().map(|t| call_as(&api, Some(t), "POST", &uri, Some(json!({"approved": true, "call": "r1"}))));
+    let got = futures::future::join_all(answers).await;
+    let codes: Vec<u16> = got.iter().map(|(c, _)| *c).collect();
+    assert_eq!(codes.iter().filter(|&&c| c == 200).count(), 1, "{got:?}");
+    assert_eq!(codes.iter().filter(|&&c| c == 409).count(), 4, "{got:?}");
+    let winner = got.iter().find(|(c, _)| *c == 200).unwrap().1["output"]["by"].as_str().unwrap().to_string();
+    // r2 is rejected through its link, without an account; the link works once.
+    let link = rows[1]["token"].as_str().expect("an approver sees the link").to_string();
+    let (code, q) = call_as(&api, None, "POST", "/answer", Some(json!({"token": link}))).await;
+    assert_eq!((code, q["call"]["id"].as_str()), (200, Some("r2")), "{q}");
+    let no = json!({"token": link, "approved": false, "comment": "not eligible"});
+    let (code, v) = call_as(&api, None, "POST", "/answer", Some(no.clone())).await;
+    assert_eq!(code, 200, "{v}");
+    let (code, v) = call_as(&api, None, "POST", "/answer", Some(no)).await;
+    assert_eq!(code, 409, "{v}");
+
+    let end = wait_end(&api, &run, 120).await;
+    assert_eq!(end["status"], "succeeded", "{end}");
+    let answer = end["outputs"]["answer"].as_str().unwrap();
+    assert!(
+        answer.contains(r#""refund":"issued""#)
+            && answer.contains("error: the call was rejected by link: not eligible"),
+        "{answer}"
+    );
+    let got = server.received_requests().await.unwrap();
+    let refunds: Vec<String> = got
+        .iter()
+        .filter(|r| r.url.path().starts_with("/refunds/"))
+        .map(|r| format!("{} {}", r.url.path(), String::from_utf8_lossy(&r.body)))
+        .collect();
+    assert_eq!(refunds, [format!("/refunds/A-1 {{\"by\":\"{winner}\"}}")], "the approved call ran once");
+    assert_eq!(got.iter().filter(|r| r.url.path() == "/v1/chat/completions").count(), 2);
+    let (initial, log) = t.initial_and_log(&run).await;
+    check_log(&plan(&source), &log, initial);
+    let answers = log.iter().filter(|t| matches!(t.event, llmo_core::engine::Event::Complete { .. })).count();
+    assert_eq!(answers, 2, "one answer per call in the log");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn agents_tool_approvals_on_the_step_workers() {
+    let server = refunds_server().await;
+    let Some(t) = Target::stack(with_links(server.uri())).await else { return };
+    approvals(&t, &server).await;
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn agents_tool_approvals_on_serve() {
+    let server = refunds_server().await;
+    let t = Target::serve(with_links(server.uri())).await;
+    approvals(&t, &server).await;
     t.stop().await;
 }
