@@ -59,7 +59,9 @@ async function show() {
   const fields = q.fields || {};
   const form = el("form", { class: "card", id: "answer" },
     el("h2", { text: q.prompt || ("Approve " + q.task + "?") }),
-    el("p", { class: "muted", text: q.workflow + " · " + q.run_id + " · " + q.task }));
+    el("p", { class: "muted", text: q.workflow + " · " + q.run_id + " · " + q.task }),
+    // An agent's tool call: what it would run, with the arguments the model gave.
+    q.call ? el("p", {}, "Tool call ", el("code", { id: "call", text: q.call.name + "(" + JSON.stringify(q.call.arguments) + ")" })) : "");
   for (const [name, f] of Object.entries(fields)) {
     form.append(el("label", { for: "f-" + name, text: name + (f.required === false ? "" : " *") }), input(name, f));
   }

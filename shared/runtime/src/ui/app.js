@@ -183,7 +183,13 @@ function turnList(turns) {
     el("code", {}, `${c.name}(${c.arguments})`), " ", badge(c.status),
     c.attempts > 1 ? ` ${c.attempts} attempts` : "", " ", took(c),
     c.tokens ? ` · ${c.tokens} tokens · ${usd(c.cost_usd)}` : "",
-    el("pre", { class: c.error ? "error" : "" }, c.error || c.result || ""));
+    c.status === "awaiting_approval"
+      ? el("p", { class: "muted awaiting" }, `waits for approval: ${c.prompt || "run it?"}`,
+        c.timeout_at ? ` (until ${when(c.timeout_at)})` : "", " · llmo approve / reject, or its link")
+      : null,
+    c.approval ? el("p", { class: "muted" }, c.approval.timed_out ? "no answer in time"
+      : `${c.approval.approved ? "approved" : "rejected"} by ${c.approval.by}${c.approval.comment ? ": " + c.approval.comment : ""}`) : null,
+    c.status === "awaiting_approval" ? null : el("pre", { class: c.error ? "error" : "" }, c.error || c.result || ""));
   return el("div", { id: "task-turns" }, el("strong", {}, `Turns (${turns.filter((t) => !t.asking).length})`),
     el("ol", {}, ...turns.map((t) => el("li", { class: "turn", "data-turn": t.turn },
       t.asking ? el("span", { class: "muted" }, "asking the model…")
