@@ -434,6 +434,25 @@ async fn simulate_with(
             let now = rebuild(plan, mem.load(&run_id).await.unwrap().unwrap()).unwrap();
             for (i, ts) in now.tasks.iter().enumerate() {
                 for (k, u) in ts.units.iter().enumerate() {
+                    // An agent's calls waiting for approval: three people approve each at once.
+                    let item = plan.checked.workflow.spec.tasks[i].for_each.is_some().then_some(k as u32);
+                    for c in u
+                        .agent
+                        .as_deref()
+                        .filter(|_| u.status == TaskStatus::Running)
+                        .into_iter()
+                        .flat_map(|l| l.awaiting())
+                    {
+                        if !answered.insert((i, k, c.attempt)) {
+                            continue;
+                        }
+                        for who in ["ann", "bob", "cy"] {
+                            let output = json!({"approved": true, "fields": {}, "by": who, "call": c.id});
+                            let event = Event::Complete { task: i, item, attempt: c.attempt, output: Arc::new(output) };
+                            let late = (rng.lock().unwrap().next() % 5_000) as Millis;
+                            queue.send(&Message::Event { run_id: run_id.clone(), event }, late).await.unwrap();
+                        }
+                    }
                     let Some(w) = u.waits.as_ref().filter(|w| w.kind != WaitKind::Sleep) else { continue };
                     if u.status != TaskStatus::Waiting || !answered.insert((i, k, u.attempt)) {
                         continue;
@@ -1139,6 +1158,43 @@ async fn agents_under_faults_apply_each_turn_and_call_once() {
             .count();
         if ok != 12 {
             failures.push(format!("seed {seed}: {ok} successful steps, not 12"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// The same agents with a tool that needs approval: each call waits, three approvals of it
+/// race (duplicated, reordered, crashed around), and exactly one is applied per call, after
+/// which the call runs once; the agents answer as without approvals.
+#[tokio::test]
+async fn agents_with_racing_approvals_apply_one_answer_per_call() {
+    let source: &'static str = AGENTS
+        .replace(
+            "            run: { type: transform",
+            "            approval: { prompt: \"n={{ args.n }}?\" }\n            run: { type: transform",
+        )
+        .leak();
+    let outcome = Validator::default().validate(&SourceFile::new("agents.yaml", source));
+    let plan = Arc::new(Plan::new(outcome.checked.expect("the gated agents workflow is valid")));
+    let clean = simulate_with(plan.clone(), source, 1, NONE, false, true, false).await;
+    assert_eq!(clean.summary.0, RunStatus::Succeeded);
+    assert_eq!(clean.summary.2, Some(json!({"z": "r1,r2,r3;r11,r12,r13"})));
+    let seeds: u64 = std::env::var("SIM_SEEDS").ok().and_then(|s| s.parse().ok()).map_or(300, |n: u64| (n / 30).max(1));
+    let mut failures = Vec::new();
+    for seed in 0..seeds {
+        let r = simulate_with(plan.clone(), source, seed, MANY, false, true, false).await;
+        if let Err(e) = check(&plan, &r, &clean.summary) {
+            failures.push(format!("seed {seed}: {e}"));
+        }
+        // One answer per call: six calls, six answers applied, each to its own attempt.
+        let mut answers: HashMap<(Option<u32>, u32), usize> = HashMap::new();
+        for t in &r.log {
+            if let Event::Complete { task: 1, item, attempt, .. } = &t.event {
+                *answers.entry((*item, *attempt)).or_default() += 1;
+            }
+        }
+        if answers.len() != 6 || answers.values().any(|&n| n != 1) {
+            failures.push(format!("seed {seed}: answers applied {answers:?}"));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
