@@ -106,6 +106,7 @@ pub fn registry_with(exec: &Exec, fixtures: Fixtures) -> Result<Registry> {
         fixtures,
         egress: llmo_runtime::egress::Egress::from_env().map_err(anyhow::Error::msg)?,
         http: llmo_runtime::http::HttpLimits::from_env().map_err(anyhow::Error::msg)?,
+        bedrock: Some(llmo_bedrock::factory()),
         ..llmo_runtime::Setup::new(config, exec.mock)
     };
     let mut registry = setup.registry();

@@ -1,6 +1,7 @@
-//! Durable agents end to end: `llmo run` against a scripted OpenAI-compatible server and a
-//! scripted Anthropic server (their real wire formats: `tool_calls`/`role: tool`,
-//! `tool_use`/`tool_result`), with HTTP tools on a local server. The process is killed (`kill
+//! Durable agents end to end: `llmo run` against a scripted OpenAI-compatible server, a
+//! scripted Anthropic server and a scripted Bedrock Converse server reached by the AWS SDK
+//! (their real wire formats: `tool_calls`/`role: tool`, `tool_use`/`tool_result`,
+//! `toolUse`/`toolResult`), with HTTP tools on a local server. The process is killed (`kill
 //! -9`) while a tool call is in flight; `llmo resume` finishes the run, and no model turn or
 //! tool call that had finished is made again.
 
@@ -109,6 +110,33 @@ async fn anthropic(State(seen): State<Shared>, body: String) -> Json {
     }))
 }
 
+/// Amazon Bedrock's Converse API, as the AWS SDK calls it (`base_url` overrides its endpoint).
+async fn converse(State(seen): State<Shared>, Path(model): Path<String>, body: String) -> Json {
+    assert!(model.starts_with("anthropic.claude"), "{model}");
+    let body: Value = serde_json::from_str(&body).unwrap();
+    let messages = body["messages"].as_array().cloned().unwrap_or_default();
+    let turn = 1 + messages.iter().filter(|m| m["role"] == "assistant").count();
+    let results: Vec<String> = messages
+        .iter()
+        .flat_map(|m| m["content"].as_array().cloned().unwrap_or_default())
+        .filter_map(|b| b["toolResult"]["content"][0]["text"].as_str().map(str::to_string))
+        .collect();
+    *seen.lock().unwrap().turns.entry(turn).or_default() += 1;
+    let tools = body["toolConfig"]["tools"].as_array().cloned().unwrap_or_default();
+    assert_eq!(tools.len(), 2, "the tools are sent: {body}");
+    let second = if tools.iter().any(|t| t["toolSpec"]["name"] == "refund") { "refund" } else { "slow_check" };
+    let content = match script(turn, &results, second) {
+        Ok((name, args)) => json!([{"toolUse": {"toolUseId": format!("tooluse_{turn}"), "name": name, "input": args}}]),
+        Err(text) => json!([{"text": text}]),
+    };
+    json_of(json!({
+        "output": {"message": {"role": "assistant", "content": content}},
+        "stopReason": if turn < 3 { "tool_use" } else { "end_turn" },
+        "usage": {"inputTokens": 100, "outputTokens": 10, "totalTokens": 110},
+        "metrics": {"latencyMs": 5}
+    }))
+}
+
 fn key_of(h: &HeaderMap) -> String {
     h.get("idempotency-key").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string()
 }
@@ -170,6 +198,7 @@ fn serve(rt: &tokio::runtime::Runtime, seen: &Shared) -> std::net::SocketAddr {
         let app = Router::new()
             .route("/v1/chat/completions", post(openai))
             .route("/v1/messages", post(anthropic))
+            .route("/model/{model}/converse", post(converse))
             .route("/orders/{id}", get(order))
             .route("/slow/{id}", get(slow))
             .route("/refunds", post(refund))
@@ -188,6 +217,10 @@ fn env_for(base: &str) -> impl Fn(&mut std::process::Command) + '_ {
             .env("OPENAI_API_KEY", "sk-test")
             .env("ANTHROPIC_BASE_URL", base)
             .env("ANTHROPIC_API_KEY", "sk-ant-test")
+            .env("LLMO_BEDROCK_ENDPOINT", base)
+            .env("LLMO_BEDROCK_REGION", "us-east-1")
+            .env("AWS_ACCESS_KEY_ID", "AKIDTEST")
+            .env("AWS_SECRET_ACCESS_KEY", "test-secret")
             .env("LLMO_EGRESS_ALLOW", "loopback")
             .env("LLMO_EGRESS_ALLOW_HTTP", "1");
     }
@@ -367,4 +400,10 @@ fn an_approval_given_by_another_process_runs_the_call_once() {
     assert!(refunds[0].contains(r#""note":"within policy""#) && refunds[0].contains(r#""by":"local:"#), "{refunds:?}");
     std::fs::remove_dir_all(&dir).ok();
     drop(rt);
+}
+
+/// Amazon Bedrock through the AWS SDK, its endpoint overridden to the scripted Converse server.
+#[test]
+fn a_bedrock_agent_killed_mid_loop_resumes_without_repeating_a_step() {
+    killed_mid_loop_resumes_without_repeating_steps("bedrock", "anthropic.claude-3-5-haiku-20241022-v1:0");
 }

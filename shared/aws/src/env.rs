@@ -65,6 +65,8 @@ fn executors_without_callbacks(aws: &crate::Aws) -> Result<(Registry, Config, bo
         http: llmo_runtime::http::HttpLimits::from_env()?,
         // Rate limits and open circuits shared by every function of the deployment.
         flow: Arc::new(crate::flow::DynamoFlow::new(aws.clone())),
+        // Bedrock with the function's role (the template grants the models it lists).
+        bedrock: Some(llmo_bedrock::factory()),
         ..llmo_runtime::Setup::new(config.clone(), mock)
     };
     let mut registry = setup.registry();

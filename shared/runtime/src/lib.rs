@@ -50,6 +50,8 @@ pub struct Setup {
     pub http: http::HttpLimits,
     /// Rate limits and circuits shared with other workers (in-process by default).
     pub flow: Arc<dyn flow::Flow>,
+    /// Makes the `bedrock` providers (`llmo_bedrock::factory()`); without it they are refused.
+    pub bedrock: Option<providers::ProviderFactory>,
 }
 
 impl Setup {
@@ -65,6 +67,7 @@ impl Setup {
             egress: egress::Egress::strict(),
             http: http::HttpLimits::default(),
             flow: Arc::new(flow::Local::default()),
+            bedrock: None,
         }
     }
 
@@ -72,11 +75,13 @@ impl Setup {
     /// judge) and `policy`.
     pub fn registry(self) -> executor::Registry {
         let script = fixtures::Script::new(self.fixtures);
-        let llm = Arc::new(
-            providers::LlmExecutor::build(self.config, self.mock, self.keys, &self.egress)
-                .with_flow(self.flow.clone())
-                .with_script(script.clone()),
-        );
+        let mut llm = providers::LlmExecutor::build(self.config, self.mock, self.keys, &self.egress)
+            .with_flow(self.flow.clone())
+            .with_script(script.clone());
+        if let Some(make) = &self.bedrock {
+            llm = llm.with_bedrock(make);
+        }
+        let llm = Arc::new(llm);
         let mut r = executor::Registry::with_builtins(Some(llm.clone()));
         r.register(llmo_core::agent::AGENT, Arc::new(providers::AgentExecutor(llm.clone())));
         r.register("llm", llm);

@@ -111,6 +111,36 @@ pub fn prompt_tokens_bound<'a>(texts: impl IntoIterator<Item = &'a str>) -> u64 
     texts.into_iter().map(|t| t.len() as u64 + 8).sum::<u64>() + 16
 }
 
+/// The price listed for `model` among `listed` (name, price): its own name; else the longest
+/// listed name it extends at a `-` (`gpt-4o-mini-2024-07-18` is `gpt-4o-mini`'s). A Bedrock
+/// model id is looked up without its region prefix and vendor (`us.anthropic.claude-3-5-haiku-
+/// 20241022-v1:0` and `anthropic.claude-3-5-haiku-...` are `claude-3-5-haiku`'s, `amazon.nova-
+/// lite-v1:0` is `nova-lite`'s): Bedrock's list prices are the vendors' own.
+pub fn listed_price<'a, V>(listed: impl Iterator<Item = (&'a String, &'a V)> + Clone, model: &str) -> Option<&'a V> {
+    let find = |m: &str| {
+        listed
+            .clone()
+            .filter(|(name, _)| {
+                name.as_str() == m
+                    || m.len() > name.len() && m.starts_with(name.as_str()) && m.as_bytes()[name.len()] == b'-'
+            })
+            .max_by_key(|(name, _)| name.len())
+            .map(|(_, p)| p)
+    };
+    find(model).or_else(|| {
+        let mut m = model;
+        for geo in ["us.", "eu.", "apac.", "global.", "us-gov.", "jp.", "au.", "ca."] {
+            if let Some(rest) = m.strip_prefix(geo) {
+                m = rest;
+                break;
+            }
+        }
+        let vendor = ["anthropic.", "amazon.", "meta.", "mistral.", "cohere.", "ai21.", "deepseek.", "openai."];
+        let m = vendor.iter().find_map(|v| m.strip_prefix(v)).unwrap_or(m);
+        (m != model).then(|| find(m)).flatten()
+    })
+}
+
 /// The most one model call may spend: its tokens (always bounded), and its money, `None` when
 /// the model has no price (and the provider is not free): such a call is never made under a
 /// cost budget, and counts by its tokens under a token budget.
@@ -129,8 +159,7 @@ impl PriceBook {
         let cost_usd = if self.all_free || self.free.contains(provider) {
             Some(0.0)
         } else {
-            self.models
-                .get(model)
+            listed_price(self.models.iter(), model)
                 .map(|[input, output]| (prompt_tokens as f64 * input + f64::from(max_tokens) * output) / 1_000_000.0)
         };
         CallBound { tokens, cost_usd }
@@ -224,6 +253,26 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn dated_names_and_bedrock_ids_take_their_models_price() {
+        let listed: BTreeMap<String, u32> =
+            [("gpt-4o", 1), ("gpt-4o-mini", 2), ("claude-3-5-haiku", 3), ("nova-lite", 4)]
+                .map(|(k, v)| (k.to_string(), v))
+                .into();
+        let price = |m: &str| listed_price(listed.iter(), m).copied();
+        assert_eq!(price("gpt-4o-mini-2024-07-18"), Some(2));
+        assert_eq!(price("gpt-4o"), Some(1));
+        assert_eq!(price("gpt-4oo"), None, "only at a `-`");
+        assert_eq!(price("anthropic.claude-3-5-haiku-20241022-v1:0"), Some(3));
+        assert_eq!(price("us.anthropic.claude-3-5-haiku-20241022-v1:0"), Some(3));
+        assert_eq!(price("amazon.nova-lite-v1:0"), Some(4));
+        assert_eq!(price("amazon.nova-reel-v1:0"), None);
+        let mut b = book();
+        b.models.insert("claude-3-5-haiku".into(), [0.8, 4.0]);
+        let bound = b.call(None, "eu.anthropic.claude-3-5-haiku-20241022-v1:0", 1_000_000, 0);
+        assert_eq!(bound.cost_usd, Some(0.8), "a budget prices Bedrock ids too");
+    }
 
     fn book() -> PriceBook {
         PriceBook {

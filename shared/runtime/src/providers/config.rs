@@ -37,6 +37,9 @@ pub enum Kind {
     Anthropic,
     /// Offline, deterministic answers.
     Mock,
+    /// Amazon Bedrock's Converse API through the AWS SDK (the `llmo-bedrock` crate plugs it in):
+    /// credentials from IAM (the SDK's chain), never a key; `base_url` overrides the endpoint.
+    Bedrock,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -54,6 +57,8 @@ pub struct ProviderConfig {
     /// did: the provider's calls then go under the egress policy (a file in a repository is
     /// not the operator), and `llmo run` shows where they go.
     pub set_by: Option<String>,
+    /// Bedrock: the AWS region (else the SDK's: `AWS_REGION`, the profile).
+    pub region: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
@@ -149,21 +154,24 @@ impl PriceTable {
             ("claude-sonnet-4-5", 3.00, 15.00),
             ("claude-opus-4", 15.00, 75.00),
             ("claude-opus-4-1", 15.00, 75.00),
+            // On Bedrock (ids like `amazon.nova-lite-v1:0`, `us.meta.llama3-3-70b-instruct-v1:0`;
+            // Claude on Bedrock takes the rows above), us-east-1 on-demand prices.
+            ("nova-micro", 0.035, 0.14),
+            ("nova-lite", 0.06, 0.24),
+            ("nova-pro", 0.80, 3.20),
+            ("nova-premier", 2.50, 12.50),
+            ("llama3-1-8b-instruct", 0.22, 0.22),
+            ("llama3-1-70b-instruct", 0.72, 0.72),
+            ("llama3-3-70b-instruct", 0.72, 0.72),
+            ("mistral-large-2407", 2.00, 6.00),
         ];
         PriceTable(rows.iter().map(|(m, i, o)| (m.to_string(), Price::new(*i, *o))).collect())
     }
 
+    /// The price of `model` ([`llmo_core::engine::budget::listed_price`]: dated names and
+    /// Bedrock ids take their model's).
     pub fn get(&self, model: &str) -> Option<&Price> {
-        if let Some(p) = self.0.get(model) {
-            return Some(p);
-        }
-        self.0
-            .iter()
-            .filter(|(name, _)| {
-                model.len() > name.len() && model.starts_with(name.as_str()) && model.as_bytes()[name.len()] == b'-'
-            })
-            .max_by_key(|(name, _)| name.len())
-            .map(|(_, p)| p)
+        self.0.get(model).or_else(|| llmo_core::engine::budget::listed_price(self.0.iter(), model))
     }
 }
 
@@ -246,6 +254,7 @@ struct FileProvider {
     timeout: Option<llmo_core::model::Duration>,
     #[serde(default)]
     free: bool,
+    region: Option<String>,
 }
 
 fn env(name: &str) -> Option<String> {
@@ -267,8 +276,8 @@ pub fn key_env_allowed(var: &str) -> bool {
 
 impl Config {
     /// The built-in providers: `openai` (`OPENAI_API_KEY`, `OPENAI_BASE_URL`), `anthropic`
-    /// (`ANTHROPIC_API_KEY`, `ANTHROPIC_BASE_URL`), `ollama` (local, free; `OLLAMA_BASE_URL`)
-    /// and `mock`. Default provider: `$LLMO_DEFAULT_PROVIDER`, else `openai`.
+    /// (`ANTHROPIC_API_KEY`, `ANTHROPIC_BASE_URL`), `ollama` (local, free; `OLLAMA_BASE_URL`),
+    /// `bedrock` (IAM; `LLMO_BEDROCK_REGION`, `LLMO_BEDROCK_ENDPOINT`) and `mock`. Default provider: `$LLMO_DEFAULT_PROVIDER`, else `openai`.
     pub fn builtin() -> Self {
         let mut providers = BTreeMap::new();
         let timeout = Duration::from_secs(120);
@@ -282,6 +291,7 @@ impl Config {
                 timeout,
                 free: false,
                 set_by: None,
+                region: None,
             },
         );
         providers.insert(
@@ -294,6 +304,7 @@ impl Config {
                 timeout,
                 free: false,
                 set_by: None,
+                region: None,
             },
         );
         providers.insert(
@@ -306,6 +317,22 @@ impl Config {
                 timeout,
                 free: true,
                 set_by: None,
+                region: None,
+            },
+        );
+        // Bedrock: IAM credentials and the region from the SDK's chain; the endpoint from
+        // `LLMO_BEDROCK_ENDPOINT` (a local fake Converse server, a VPC endpoint) or the SDK's.
+        providers.insert(
+            "bedrock".into(),
+            ProviderConfig {
+                kind: Kind::Bedrock,
+                base_url: env("LLMO_BEDROCK_ENDPOINT").unwrap_or_default(),
+                api_key: None,
+                api_key_env: None,
+                timeout,
+                free: false,
+                set_by: None,
+                region: env("LLMO_BEDROCK_REGION"),
             },
         );
         providers.insert(
@@ -318,6 +345,7 @@ impl Config {
                 timeout,
                 free: true,
                 set_by: None,
+                region: None,
             },
         );
         Config {
@@ -364,6 +392,8 @@ impl Config {
                 (Some(u), Some(b)) if b.kind == p.kind && u == b.base_url => (u, b.set_by.clone()),
                 (Some(u), _) => (u, Some(file.to_string())),
                 (None, Some(b)) if b.kind == p.kind => (b.base_url.clone(), b.set_by.clone()),
+                // Bedrock's endpoint is the SDK's for the region unless overridden.
+                (None, _) if p.kind == Kind::Bedrock => (String::new(), None),
                 (None, _) => return Err(invalid(format!("providers.{name}.base_url: required"))),
             };
             if let Some(var) = &p.api_key_env
@@ -385,6 +415,7 @@ impl Config {
                     timeout: p.timeout.map_or(Duration::from_secs(120), |d| d.0),
                     free: p.free,
                     set_by,
+                    region: p.region.or_else(|| base.and_then(|b| b.region.clone())),
                 },
             );
         }

@@ -120,6 +120,10 @@ pub trait Provider: Send + Sync {
     async fn chat(&self, req: &ChatRequest) -> Result<ChatResponse, CallError>;
 }
 
+/// Builds a provider of a kind the runtime does not carry itself (Bedrock): from its name and
+/// configuration.
+pub type ProviderFactory = Arc<dyn Fn(&str, &ProviderConfig) -> Arc<dyn Provider> + Send + Sync>;
+
 /// A provider whose base URL the egress policy refuses: every call fails, unsent.
 struct Refused(String);
 
@@ -343,6 +347,10 @@ impl LlmExecutor {
                 Kind::Openai => Arc::new(OpenAi::new(client, name, p).with_secrets(secrets.clone())),
                 Kind::Anthropic => Arc::new(Anthropic::new(client, name, p).with_secrets(secrets.clone())),
                 Kind::Mock => Arc::new(Mock::new(config.mock_delay)),
+                // Plugged in by the binary ([`LlmExecutor::with_bedrock`]); without it, refused.
+                Kind::Bedrock => Arc::new(Refused(format!(
+                    "provider `{name}` is Amazon Bedrock, which this program was built without"
+                ))),
             };
             providers.insert(name.clone(), provider);
         }
@@ -351,6 +359,17 @@ impl LlmExecutor {
         let flow: Arc<dyn crate::flow::Flow> = Arc::new(crate::flow::Local::default());
         let book = config.price_book(force_mock);
         LlmExecutor { config, providers, breakers, retry, force_mock, flow, book, script: None }
+    }
+
+    /// Makes the providers of kind `bedrock` with `make` (`llmo-bedrock` holds the AWS SDK, so
+    /// that the runtime does not).
+    pub fn with_bedrock(mut self, make: &ProviderFactory) -> Self {
+        for (name, p) in &self.config.providers {
+            if p.kind == Kind::Bedrock {
+                self.providers.insert(name.clone(), make(name, p));
+            }
+        }
+        self
     }
 
     /// Shares rate limits and open circuits through `flow` (the serverless runtime's

@@ -25,6 +25,7 @@ fn config(server: &MockServer, timeout: Duration) -> Config {
                 timeout,
                 free: false,
                 set_by: None,
+                region: None,
             },
         );
     }

@@ -415,6 +415,7 @@ mod tests {
             timeout: std::time::Duration::from_secs(10),
             free: false,
             set_by: None,
+            region: None,
         };
         let req = ChatRequest {
             model: "m".into(),

@@ -40,6 +40,7 @@ fn config(server: &MockServer) -> Config {
             timeout: Duration::from_secs(10),
             free: false,
             set_by: None,
+            region: None,
         },
     );
     config.default_provider = "openai".into();
