@@ -22,6 +22,9 @@ Rules:
                the InvokableFunctions parameter lists (and their qualified ARNs), never on a
                resource with a wildcard of its own; and that function refuses any other
                (its LLMO_ALLOWED_FUNCTIONS is the same parameter).
+  models       bedrock:InvokeModel is granted only to the step function, only on the models the
+               BedrockModels parameter lists (as foundation models and inference profiles), never
+               on a resource of its own making.
 It reads the template with cfn-lint's own decoder (the SAM/CloudFormation short tags).
 """
 import copy
@@ -161,6 +164,25 @@ def check_invoke(name, props, st, out):
         out.append(f"invoke: {name} may invoke functions but its LLMO_ALLOWED_FUNCTIONS is not the InvokableFunctions parameter")
 
 
+MODEL_PREFIXES = {"arn:aws:bedrock:*::foundation-model/", "arn:aws:bedrock:*:*:inference-profile/"}
+
+
+def check_models(name, st, out):
+    actions = st.get("Action", [])
+    actions = [actions] if isinstance(actions, str) else actions
+    if not any(a.startswith("bedrock:") for a in actions):
+        return
+    if name != "Step":
+        out.append(f"models: {name} may call Bedrock models; only the step function calls models")
+    res = st.get("Resource")
+    if "BedrockModels" not in set(refs(res)):
+        out.append(f"models: {name} may call Bedrock models other than the BedrockModels parameter lists")
+    for lit in literal_strings(res):
+        for part in lit.replace("${Models}", "").replace("${Profiles}", "").split(","):
+            if part and part not in MODEL_PREFIXES:
+                out.append(f"models: {name} may call the Bedrock resource {part}, not one the parameter names")
+
+
 def check(tpl):
     out = []
     res = tpl.get("Resources", {})
@@ -197,6 +219,7 @@ def check(tpl):
                     out.append(f"privilege: {name} uses the policy template {key}; grant the actions it uses")
             for st in statements(pol):
                 check_invoke(name, props, st, out)
+                check_models(name, st, out)
                 actions = st.get("Action", [])
                 actions = [actions] if isinstance(actions, str) else actions
                 resources = st.get("Resource", [])
@@ -234,11 +257,19 @@ def check(tpl):
     return out
 
 
-def invoke_statement(t):
+def conditional_statement(t, sid):
     for st in t["Resources"]["Step"]["Properties"]["Policies"][0]["Statement"]:
-        if isinstance(st, dict) and "Fn::If" in st:
+        if isinstance(st, dict) and "Fn::If" in st and st["Fn::If"][1].get("Sid") == sid:
             return st["Fn::If"][1]
-    raise AssertionError("the step function's InvokeFunctions statement")
+    raise AssertionError(f"the step function's {sid} statement")
+
+
+def invoke_statement(t):
+    return conditional_statement(t, "InvokeFunctions")
+
+
+def models_statement(t):
+    return conditional_statement(t, "InvokeModels")
 
 
 def self_test(tpl):
@@ -285,6 +316,13 @@ def self_test(tpl):
             lambda t: R(t)["Api"]["Properties"]["Policies"][0]["Statement"].append(copy.deepcopy(invoke_statement(t))),
             lambda t: R(t)["Step"]["Properties"]["Environment"]["Variables"].pop("LLMO_ALLOWED_FUNCTIONS"),
         ],
+        "models": [
+            lambda t: models_statement(t).update(Resource="arn:aws:bedrock:*::foundation-model/*"),
+            lambda t: models_statement(t)["Resource"]["Fn::Split"][1]["Fn::Sub"].__setitem__(
+                0, "${Models},arn:aws:bedrock:us-east-1::foundation-model/amazon.nova-pro-v1:0"
+            ),
+            lambda t: R(t)["Api"]["Properties"]["Policies"][0]["Statement"].append(copy.deepcopy(models_statement(t))),
+        ],
     }
     failed = 0
     for rule, muts in cases.items():
@@ -312,7 +350,7 @@ def main(argv):
     for f in findings:
         print(f"{path}: {f}")
     if not findings:
-        print(f"{path}: visibility, redrive, logs, secrets, privilege, invoke and retention rules hold")
+        print(f"{path}: visibility, redrive, logs, secrets, privilege, invoke, models and retention rules hold")
     return 1 if findings else 0
 
 
