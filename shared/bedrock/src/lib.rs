@@ -25,14 +25,15 @@ use aws_sdk_bedrockruntime::Client;
 use aws_sdk_bedrockruntime::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_bedrockruntime::operation::converse::{ConverseError, ConverseOutput};
 use aws_sdk_bedrockruntime::types::{
-    AnyToolChoice, AutoToolChoice, ContentBlock, ConversationRole, InferenceConfiguration, Message, SpecificToolChoice,
-    SystemContentBlock, Tool, ToolChoice as BrChoice, ToolConfiguration, ToolInputSchema, ToolResultBlock,
-    ToolResultContentBlock, ToolResultStatus, ToolSpecification, ToolUseBlock,
+    AnyToolChoice, AutoToolChoice, ContentBlock, ConversationRole, ImageBlock, ImageFormat, ImageSource,
+    InferenceConfiguration, Message, S3Location, SpecificToolChoice, SystemContentBlock, Tool, ToolChoice as BrChoice,
+    ToolConfiguration, ToolInputSchema, ToolResultBlock, ToolResultContentBlock, ToolResultStatus, ToolSpecification,
+    ToolUseBlock,
 };
 use aws_smithy_types::{Document, Number};
 use llmo_core::tasks::Role;
 use llmo_runtime::providers::tools::{ToolCall, ToolChoice, Turn};
-use llmo_runtime::providers::{CallError, ChatRequest, ChatResponse, Provider, ProviderConfig, ProviderFactory};
+use llmo_runtime::providers::{CallError, ChatRequest, ChatResponse, Image, Provider, ProviderConfig, ProviderFactory};
 use serde_json::{Map, Value};
 use tokio::sync::OnceCell;
 
@@ -159,9 +160,13 @@ pub fn messages(req: &ChatRequest) -> Result<Vec<Message>, String> {
             _ => out.push((role, blocks)),
         }
     };
-    for (role, text) in &req.messages {
+    for (i, (role, text)) in req.messages.iter().enumerate() {
         let role = if *role == Role::Assistant { ConversationRole::Assistant } else { ConversationRole::User };
-        push(role, vec![ContentBlock::Text(text.clone())]);
+        let mut blocks = vec![ContentBlock::Text(text.clone())];
+        for img in req.images_of(i) {
+            blocks.push(ContentBlock::Image(image(img)?));
+        }
+        push(role, blocks);
     }
     for t in &req.turns {
         match t {
@@ -200,6 +205,43 @@ pub fn messages(req: &ChatRequest) -> Result<Vec<Message>, String> {
     out.into_iter()
         .map(|(role, blocks)| built(Message::builder().role(role).set_content(Some(blocks)).build()))
         .collect()
+}
+
+/// An image part: inline bytes, or an S3 object (`s3://bucket/key`, read by Bedrock with the
+/// caller's role); Converse takes no image by https URL.
+fn image(img: &Image) -> Result<ImageBlock, String> {
+    let (format, source) = match img {
+        Image::Data { media_type, data } => {
+            use base64::Engine;
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(data)
+                .map_err(|_| "an inline image's data is not base64".to_string())?;
+            (media_type.as_str(), ImageSource::Bytes(aws_smithy_types::Blob::new(bytes)))
+        }
+        Image::Url(u) if u.starts_with("s3://") => {
+            let ext = u.rsplit('.').next().unwrap_or_default().to_ascii_lowercase();
+            let format = match ext.as_str() {
+                "png" => "image/png",
+                "jpg" | "jpeg" => "image/jpeg",
+                "gif" => "image/gif",
+                "webp" => "image/webp",
+                _ => {
+                    return Err(format!("Bedrock needs an S3 image's format: name it .png, .jpg, .gif or .webp ({u})"));
+                }
+            };
+            (format, ImageSource::S3Location(built(S3Location::builder().uri(u).build())?))
+        }
+        Image::Url(u) => {
+            return Err(format!("Bedrock takes images inline (`data`) or from S3 (`s3://`), not by URL ({u})"));
+        }
+    };
+    let format = match format {
+        "image/png" => ImageFormat::Png,
+        "image/jpeg" => ImageFormat::Jpeg,
+        "image/gif" => ImageFormat::Gif,
+        _ => ImageFormat::Webp,
+    };
+    built(ImageBlock::builder().format(format).source(source).build())
 }
 
 /// The system prompt; Converse has no JSON mode, so a JSON answer (and its schema) is asked

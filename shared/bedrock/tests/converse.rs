@@ -216,6 +216,31 @@ async fn converse_text_tools_usage_and_errors_through_the_sdk() {
         assert_eq!(m[4]["content"][0]["toolResult"]["status"], "error");
     }
 
+    // Images: inline bytes and S3 objects go as Converse image blocks; an https URL is refused.
+    use llmo_runtime::providers::Image;
+    let mut pic = ChatRequest {
+        model: model.into(),
+        messages: vec![(Role::User, "What is this?".into())],
+        images: vec![
+            (0, Image::Data { media_type: "image/png".into(), data: "iVBORw0KGgo=".into() }),
+            (0, Image::Url("s3://photos/cat.jpg".into())),
+        ],
+        ..Default::default()
+    };
+    p.chat(&pic).await.unwrap();
+    {
+        let s = seen.lock().unwrap();
+        let content = &s.requests[3].1["messages"][0]["content"];
+        assert_eq!(content[1]["image"], json!({"format": "png", "source": {"bytes": "iVBORw0KGgo="}}));
+        assert_eq!(
+            content[2]["image"],
+            json!({"format": "jpeg", "source": {"s3Location": {"uri": "s3://photos/cat.jpg"}}})
+        );
+    }
+    pic.images = vec![(0, Image::Url("https://img.example.com/cat.jpg".into()))];
+    let e = p.chat(&pic).await.unwrap_err();
+    assert!(matches!(&e, CallError::Config(m) if m.contains("not by URL")), "{e:?}");
+
     // Throttling is a rate limit (retried by the executor); access denied is the caller's.
     let busy = ChatRequest {
         model: "busy.model-v1:0".into(),

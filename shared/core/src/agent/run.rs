@@ -445,6 +445,16 @@ pub fn turn_texts(with: &Value, turns: &[TurnRec]) -> Vec<String> {
     for m in with.get("messages").and_then(Value::as_array).into_iter().flatten() {
         match m.get("content") {
             Some(Value::String(c)) => out.push(c.clone()),
+            // Parts: each text, and each image at its bound (not its bytes).
+            Some(Value::Array(parts)) => {
+                for p in parts {
+                    match p.get("type").and_then(Value::as_str) {
+                        Some("image") => out.push(crate::engine::budget::image_stand_in()),
+                        _ => out
+                            .push(p.get("text").and_then(Value::as_str).map_or_else(|| p.to_string(), str::to_string)),
+                    }
+                }
+            }
             Some(other) => out.push(other.to_string()),
             None => {}
         }

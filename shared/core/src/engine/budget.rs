@@ -111,6 +111,16 @@ pub fn prompt_tokens_bound<'a>(texts: impl IntoIterator<Item = &'a str>) -> u64 
     texts.into_iter().map(|t| t.len() as u64 + 8).sum::<u64>() + 16
 }
 
+/// What one image of a message counts as in a prompt's bound: its tokens at most (a large image
+/// is ~1,600 tokens on Claude, up to ~2,500 on OpenAI's high detail; this is above both), as
+/// bytes of a stand-in text, since [`prompt_tokens_bound`] counts texts by their bytes.
+pub const IMAGE_TOKENS: usize = 4_800;
+
+/// The stand-in text an image counts as in a prompt's bound ([`IMAGE_TOKENS`] bytes).
+pub fn image_stand_in() -> String {
+    " ".repeat(IMAGE_TOKENS)
+}
+
 /// The price listed for `model` among `listed` (name, price): its own name; else the longest
 /// listed name it extends at a `-` (`gpt-4o-mini-2024-07-18` is `gpt-4o-mini`'s). A Bedrock
 /// model id is looked up without its region prefix and vendor (`us.anthropic.claude-3-5-haiku-

@@ -12,7 +12,7 @@ use llmo_core::tasks::{LlmWith, ResponseFormat, Role};
 use serde_json::Value;
 
 use super::tools::{Tool, ToolCall, ToolChoice, ToolResult, Turn};
-use super::{ChatRequest, LlmExecutor, request_of};
+use super::{ChatRequest, IMAGE_TYPES, Image, LlmExecutor, MAX_IMAGE_BYTES, MAX_IMAGES, request_of};
 use crate::executor::{Attempt, Deferred, Executor};
 
 /// Runs an agent's model turns on an [`LlmExecutor`].
@@ -52,19 +52,25 @@ pub fn turn_request(w: &AgentWith, history: &[TurnRec]) -> Result<ChatRequest, S
                 Some("system") => Role::System,
                 other => return Err(format!("`messages[{i}].role` is {other:?}: user, assistant or system")),
             };
-            let content = match m.get("content") {
-                Some(Value::String(s)) => s.clone(),
-                Some(v @ (Value::Array(_) | Value::Object(_))) => v.to_string(),
-                other => return Err(format!("`messages[{i}].content` is {other:?}: a string")),
+            let (content, images) = match m.get("content") {
+                Some(Value::String(s)) => (s.clone(), Vec::new()),
+                Some(Value::Array(parts)) => parts_of(i, parts)?,
+                Some(v @ Value::Object(_)) => (v.to_string(), Vec::new()),
+                other => return Err(format!("`messages[{i}].content` is {other:?}: a string or a list of parts")),
             };
             match role {
-                Role::System => {
+                Role::System if images.is_empty() => {
                     req.system = Some(match req.system.take() {
                         Some(s) => format!("{s}\n\n{content}"),
                         None => content,
                     })
                 }
-                r => req.messages.push((r, content)),
+                Role::System => return Err(format!("`messages[{i}]`: a system message has no images")),
+                r => {
+                    let k = req.messages.len();
+                    req.images.extend(images.into_iter().map(|img| (k, img)));
+                    req.messages.push((r, content));
+                }
             }
         }
     }
@@ -80,6 +86,9 @@ pub fn turn_request(w: &AgentWith, history: &[TurnRec]) -> Result<ChatRequest, S
         name => ToolChoice::Tool(name.to_string()),
     });
     req.parallel_tool_calls = w.parallel_tool_calls;
+    if req.images.len() > MAX_IMAGES {
+        return Err(format!("the messages carry {} images; at most {MAX_IMAGES} are sent", req.images.len()));
+    }
     for t in history {
         let calls = t
             .calls
@@ -100,6 +109,61 @@ pub fn turn_request(w: &AgentWith, history: &[TurnRec]) -> Result<ChatRequest, S
         }
     }
     Ok(req)
+}
+
+/// A message's content given as parts: `{type: text, text}` (joined, in order, into its
+/// text) and `{type: image, url}` or `{type: image, data, media_type}` (base64), checked here:
+/// the provider is sent only images of a known type and size, at most [`MAX_IMAGES`] in all.
+fn parts_of(i: usize, parts: &[Value]) -> Result<(String, Vec<Image>), String> {
+    let mut text = Vec::new();
+    let mut images = Vec::new();
+    for (j, p) in parts.iter().enumerate() {
+        let at = format!("`messages[{i}].content[{j}]`");
+        match p.get("type").and_then(Value::as_str) {
+            Some("text") => match p.get("text") {
+                Some(Value::String(t)) => text.push(t.clone()),
+                _ => return Err(format!("{at}: a text part has `text`, a string")),
+            },
+            Some("image") => {
+                let url = p.get("url").and_then(Value::as_str);
+                let data = p.get("data").and_then(Value::as_str);
+                images.push(match (url, data) {
+                    (Some(u), None) if u.starts_with("https://") || u.starts_with("s3://") => Image::Url(u.to_string()),
+                    (Some(u), None) => {
+                        return Err(format!("{at}: an image's `url` is https:// or s3:// (got {:?})", trunc(u)));
+                    }
+                    (None, Some(d)) => {
+                        let media_type = p.get("media_type").and_then(Value::as_str).unwrap_or_default();
+                        if !IMAGE_TYPES.contains(&media_type) {
+                            return Err(format!(
+                                "{at}: an inline image's `media_type` is one of {} (got {:?})",
+                                IMAGE_TYPES.join(", "),
+                                trunc(media_type)
+                            ));
+                        }
+                        if d.len() > MAX_IMAGE_BYTES {
+                            return Err(format!(
+                                "{at}: an inline image is at most {MAX_IMAGE_BYTES} bytes of base64 (got {})",
+                                d.len()
+                            ));
+                        }
+                        use base64::Engine;
+                        if base64::engine::general_purpose::STANDARD.decode(d).is_err() {
+                            return Err(format!("{at}: an inline image's `data` is not base64"));
+                        }
+                        Image::Data { media_type: media_type.to_string(), data: d.to_string() }
+                    }
+                    _ => return Err(format!("{at}: an image has exactly one of `url` and `data`")),
+                });
+            }
+            other => return Err(format!("{at}: a part's `type` is text or image (got {other:?})")),
+        }
+    }
+    Ok((text.join("\n"), images))
+}
+
+fn trunc(s: &str) -> String {
+    s.chars().take(80).collect()
 }
 
 fn kind(v: &Value) -> &'static str {
@@ -203,6 +267,67 @@ mod tests {
         assert_eq!((results[1].content.as_str(), results[1].is_error), ("error: HTTP 503", true));
         // What a budget's bound counts is what the request carries.
         assert!(super::super::tools::request_texts(&req).iter().any(|t| t == "error: HTTP 503"));
+    }
+
+    #[test]
+    fn message_parts_carry_images_to_each_wire_and_count_at_their_bound() {
+        let png = "iVBORw0KGgo=";
+        let w = agent(json!({"model": "m", "messages": [
+            {"role": "user", "content": "Hello"},
+            {"role": "user", "content": [
+                {"type": "text", "text": "What is in these?"},
+                {"type": "image", "url": "https://img.example.com/a.jpg"},
+                {"type": "image", "data": png, "media_type": "image/png"}
+            ]}
+        ]}));
+        let req = turn_request(&w, &[]).unwrap();
+        assert_eq!(req.messages[1].1, "What is in these?");
+        assert_eq!(
+            req.images,
+            vec![
+                (1, Image::Url("https://img.example.com/a.jpg".into())),
+                (1, Image::Data { media_type: "image/png".into(), data: png.into() })
+            ]
+        );
+        let o = super::super::openai::body(&req);
+        assert_eq!(o["messages"][0]["content"], "Hello");
+        assert_eq!(
+            o["messages"][1]["content"][1],
+            json!({"type": "image_url", "image_url": {"url": "https://img.example.com/a.jpg"}})
+        );
+        assert_eq!(o["messages"][1]["content"][2]["image_url"]["url"], format!("data:image/png;base64,{png}"));
+        let a = super::super::anthropic::body(&req);
+        assert_eq!(a["messages"][1]["content"][0], json!({"type": "text", "text": "What is in these?"}));
+        assert_eq!(
+            a["messages"][1]["content"][1]["source"],
+            json!({"type": "url", "url": "https://img.example.com/a.jpg"})
+        );
+        assert_eq!(
+            a["messages"][1]["content"][2]["source"],
+            json!({"type": "base64", "media_type": "image/png", "data": png})
+        );
+        // Each image counts at its bound, in the executor's and in the engine's reckoning.
+        let bound = llmo_core::engine::budget::IMAGE_TOKENS;
+        assert_eq!(super::super::tools::request_texts(&req).iter().filter(|t| t.len() == bound).count(), 2);
+        let engine = llmo_core::agent::run::turn_texts(&serde_json::to_value(&w).unwrap(), &[]);
+        assert_eq!(engine.iter().filter(|t| t.len() == bound).count(), 2);
+    }
+
+    #[test]
+    fn bad_parts_are_refused_saying_where() {
+        let bad = |part: Value| {
+            let w = agent(json!({"model": "m", "messages": [{"role": "user", "content": [part]}]}));
+            turn_request(&w, &[]).unwrap_err()
+        };
+        assert!(bad(json!({"type": "image", "url": "http://x/a.png"})).contains("messages[0].content[0]"));
+        assert!(bad(json!({"type": "image", "url": "file:///etc/passwd"})).contains("https:// or s3://"));
+        assert!(bad(json!({"type": "image", "data": "aGk=", "media_type": "text/html"})).contains("media_type"));
+        assert!(bad(json!({"type": "image", "data": "not base64!", "media_type": "image/png"})).contains("not base64"));
+        assert!(bad(json!({"type": "image"})).contains("exactly one of"));
+        assert!(bad(json!({"type": "audio"})).contains("text or image"));
+        let many: Vec<Value> = (0..21).map(|_| json!({"type": "image", "url": "https://x.example/a.png"})).collect();
+        let w = agent(json!({"model": "m", "messages": [{"role": "user", "content": many}]}));
+        assert!(turn_request(&w, &[]).unwrap_err().contains("at most 20"));
     }
 
     #[test]

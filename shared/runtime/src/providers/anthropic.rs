@@ -38,9 +38,24 @@ pub fn body(req: &ChatRequest) -> Value {
     let mut messages: Vec<Value> = req
         .messages
         .iter()
-        .map(|(role, content)| {
+        .enumerate()
+        .map(|(i, (role, content))| {
             let role = if *role == Role::Assistant { "assistant" } else { "user" };
-            json!({ "role": role, "content": content })
+            let images: Vec<Value> = req
+                .images_of(i)
+                .map(|img| match img {
+                    super::Image::Url(u) => json!({"type": "image", "source": {"type": "url", "url": u}}),
+                    super::Image::Data { media_type, data } => {
+                        json!({"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}})
+                    }
+                })
+                .collect();
+            if images.is_empty() {
+                return json!({ "role": role, "content": content });
+            }
+            let mut parts = vec![json!({"type": "text", "text": content})];
+            parts.extend(images);
+            json!({ "role": role, "content": parts })
         })
         .collect();
     messages.extend(super::tools::anthropic_turns(&req.turns));

@@ -58,6 +58,29 @@ pub struct ChatRequest {
     pub parallel_tool_calls: Option<bool>,
     /// The conversation after `messages`: the model's calls and their results.
     pub turns: Vec<tools::Turn>,
+    /// Images of `messages`, by the message's index: sent after its text, in order.
+    pub images: Vec<(usize, Image)>,
+}
+
+/// An image part of a message: by URL (`https://`, or `s3://` for Bedrock) or inline (base64
+/// data with its media type).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Image {
+    Url(String),
+    Data { media_type: String, data: String },
+}
+
+/// The media types an inline image may have (every provider takes these).
+pub const IMAGE_TYPES: [&str; 4] = ["image/png", "image/jpeg", "image/gif", "image/webp"];
+/// The most images one request may carry, and the most bytes of one inline image's base64.
+pub const MAX_IMAGES: usize = 20;
+pub const MAX_IMAGE_BYTES: usize = 5 << 20;
+
+impl ChatRequest {
+    /// The images of message `i`.
+    pub fn images_of(&self, i: usize) -> impl Iterator<Item = &Image> + '_ {
+        self.images.iter().filter(move |(k, _)| *k == i).map(|(_, img)| img)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

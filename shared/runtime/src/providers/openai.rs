@@ -36,13 +36,29 @@ pub fn body(req: &ChatRequest) -> Value {
     if let Some(s) = &req.system {
         messages.push(json!({ "role": "system", "content": s }));
     }
-    for (role, content) in &req.messages {
+    for (i, (role, content)) in req.messages.iter().enumerate() {
         let role = match role {
             Role::System => "system",
             Role::User => "user",
             Role::Assistant => "assistant",
         };
-        messages.push(json!({ "role": role, "content": content }));
+        let images: Vec<Value> = req
+            .images_of(i)
+            .map(|img| {
+                let url = match img {
+                    super::Image::Url(u) => u.clone(),
+                    super::Image::Data { media_type, data } => format!("data:{media_type};base64,{data}"),
+                };
+                json!({"type": "image_url", "image_url": {"url": url}})
+            })
+            .collect();
+        if images.is_empty() {
+            messages.push(json!({ "role": role, "content": content }));
+        } else {
+            let mut parts = vec![json!({"type": "text", "text": content})];
+            parts.extend(images);
+            messages.push(json!({ "role": role, "content": parts }));
+        }
     }
     messages.extend(super::tools::openai_turns(&req.turns));
     let mut b = json!({ "model": req.model, "messages": messages });

@@ -58,11 +58,13 @@ pub enum Turn {
     User { text: String },
 }
 
-/// What a request's tools and turns add to its prompt, piece by piece (as
+/// What a request's images, tools and turns add to its prompt, piece by piece (as
 /// [`llmo_core::agent::run::turn_texts`] counts them for the budget's hold): each tool's name,
 /// description and parameters; each turn's text, each call's name and arguments, each result.
 pub fn request_texts(req: &super::ChatRequest) -> Vec<String> {
     let mut out = Vec::new();
+    // Each image at its bound ([`llmo_core::engine::budget::IMAGE_TOKENS`]).
+    out.extend(req.images.iter().map(|_| llmo_core::engine::budget::image_stand_in()));
     for t in &req.tools {
         out.extend([t.name.clone(), t.description.clone(), t.parameters.to_string()]);
     }
