@@ -362,7 +362,10 @@ async fn mock_mode_answers_offline_and_the_judge_grades() {
     let e = LlmExecutor::new(Config::builtin(), false);
     let r = run(&e, json!({ "provider": "nope", "model": "m", "prompt": "p" })).await;
     let (err, retryable) = failure(&r);
-    assert!(!retryable && err.contains("unknown provider `nope` (known: anthropic, mock, ollama, openai)"), "{err}");
+    assert!(
+        !retryable && err.contains("unknown provider `nope` (known: anthropic, bedrock, mock, ollama, openai)"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
