@@ -198,8 +198,40 @@ pub struct LlmWith {
 #[serde(deny_unknown_fields)]
 pub struct Message {
     pub role: Role,
-    /// Template.
-    pub content: String,
+    /// A template, or parts (text and images).
+    pub content: Content,
+}
+
+/// A message's content: text (a template), or a list of parts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum Content {
+    Text(String),
+    Parts(Vec<Part>),
+}
+
+/// A part of a message: text, or an image by URL (`https://`; `s3://` on Bedrock) or inline
+/// (`data`: base64 of a PNG, JPEG, GIF or WebP image, with its `media_type`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Part {
+    Text {
+        text: String,
+    },
+    Image {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        url: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        data: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        media_type: Option<String>,
+    },
+}
+
+impl From<&str> for Content {
+    fn from(s: &str) -> Self {
+        Content::Text(s.to_string())
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

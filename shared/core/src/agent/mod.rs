@@ -216,6 +216,12 @@ impl AgentWith {
                     .push((at("/run/type"), "a tool cannot be a `wait` (its call would hold the agent's turn)".into())),
                 _ => {}
             }
+            if t.run.with.contains_key("callback") {
+                out.push((
+                    at("/run/with/callback"),
+                    "a tool's call cannot wait for a callback yet: give the tool an `approval`, or make it a `workflow` whose task waits".into(),
+                ));
+            }
         }
         if let Some(c) = &self.tool_choice
             && !matches!(c.as_str(), "auto" | "none" | "required")
@@ -263,7 +269,8 @@ mod tests {
             "tools": [
                 {"name": "bad name", "run": {"type": "http"}},
                 {"name": "w", "parameters": {"type": "string"}, "run": {"type": "agent"}},
-                {"name": "w", "parameters": {"type": "object", "properties": {"x": {"type": 3}}}, "run": {"type": "transform"}}
+                {"name": "w", "parameters": {"type": "object", "properties": {"x": {"type": 3}}}, "run": {"type": "transform"}},
+                {"name": "cb", "run": {"type": "http", "with": {"url": "https://x.example", "callback": {"timeout": "1h"}}}}
             ]
         }));
         let fields: Vec<String> = a.check().into_iter().map(|(f, _)| f).collect();
@@ -277,6 +284,7 @@ mod tests {
                 "tools/1/run/type",
                 "tools/2/name",
                 "tools/2/parameters",
+                "tools/3/run/with/callback",
                 "tool_choice"
             ]
         );

@@ -442,23 +442,7 @@ pub fn turn_texts(with: &Value, turns: &[TurnRec]) -> Vec<String> {
             out.push(s.to_string());
         }
     }
-    for m in with.get("messages").and_then(Value::as_array).into_iter().flatten() {
-        match m.get("content") {
-            Some(Value::String(c)) => out.push(c.clone()),
-            // Parts: each text, and each image at its bound (not its bytes).
-            Some(Value::Array(parts)) => {
-                for p in parts {
-                    match p.get("type").and_then(Value::as_str) {
-                        Some("image") => out.push(crate::engine::budget::image_stand_in()),
-                        _ => out
-                            .push(p.get("text").and_then(Value::as_str).map_or_else(|| p.to_string(), str::to_string)),
-                    }
-                }
-            }
-            Some(other) => out.push(other.to_string()),
-            None => {}
-        }
-    }
+    crate::engine::budget::message_texts(with, &mut out);
     if let Some(s) = with.get("output_schema") {
         out.push(s.to_string());
     }

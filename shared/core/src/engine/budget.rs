@@ -121,6 +121,27 @@ pub fn image_stand_in() -> String {
     " ".repeat(IMAGE_TOKENS)
 }
 
+/// What the `messages` of a rendered `with` count as prompt, piece by piece: each message's
+/// text, or for parts each text and each image at its bound ([`image_stand_in`], not its bytes).
+pub fn message_texts(with: &Value, out: &mut Vec<String>) {
+    for m in with.get("messages").and_then(Value::as_array).into_iter().flatten() {
+        match m.get("content") {
+            Some(Value::String(c)) => out.push(c.clone()),
+            Some(Value::Array(parts)) => {
+                for p in parts {
+                    match p.get("type").and_then(Value::as_str) {
+                        Some("image") => out.push(image_stand_in()),
+                        _ => out
+                            .push(p.get("text").and_then(Value::as_str).map_or_else(|| p.to_string(), str::to_string)),
+                    }
+                }
+            }
+            Some(other) => out.push(other.to_string()),
+            None => {}
+        }
+    }
+}
+
 /// The price listed for `model` among `listed` (name, price): its own name; else the longest
 /// listed name it extends at a `-` (`gpt-4o-mini-2024-07-18` is `gpt-4o-mini`'s). A Bedrock
 /// model id is looked up without its region prefix and vendor (`us.anthropic.claude-3-5-haiku-
@@ -220,20 +241,16 @@ impl PriceBook {
     pub fn attempt(&self, ty: &str, with: &Value) -> Estimate {
         match ty {
             "llm" => {
-                let mut texts: Vec<&str> = Vec::new();
+                let mut texts: Vec<String> = Vec::new();
                 for k in ["system", "prompt"] {
                     if let Some(s) = with.get(k).and_then(Value::as_str) {
-                        texts.push(s);
+                        texts.push(s.to_string());
                     }
                 }
-                for m in with.get("messages").and_then(Value::as_array).into_iter().flatten() {
-                    if let Some(c) = m.get("content").and_then(Value::as_str) {
-                        texts.push(c);
-                    }
-                }
+                message_texts(with, &mut texts);
                 // A schema is sent with the request (and counted by providers as prompt).
-                let schema = with.get("output_schema").map(|s| s.to_string());
-                self.turn(with, prompt_tokens_bound(texts.into_iter().chain(schema.as_deref())))
+                texts.extend(with.get("output_schema").map(|s| s.to_string()));
+                self.turn(with, prompt_tokens_bound(texts.iter().map(String::as_str)))
             }
             crate::agent::AGENT => self.agent_turn(with, &[]),
             "evaluate" => {

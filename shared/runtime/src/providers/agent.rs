@@ -12,7 +12,7 @@ use llmo_core::tasks::{LlmWith, ResponseFormat, Role};
 use serde_json::Value;
 
 use super::tools::{Tool, ToolCall, ToolChoice, ToolResult, Turn};
-use super::{ChatRequest, IMAGE_TYPES, Image, LlmExecutor, MAX_IMAGE_BYTES, MAX_IMAGES, request_of};
+use super::{ChatRequest, LlmExecutor, MAX_IMAGES, parts_of, request_of};
 use crate::executor::{Attempt, Deferred, Executor};
 
 /// Runs an agent's model turns on an [`LlmExecutor`].
@@ -40,7 +40,7 @@ fn llm_of(w: &AgentWith) -> LlmWith {
 /// The request of turn `history.len() + 1`: the task's messages, its tools, and every turn so
 /// far with the results of its calls.
 pub fn turn_request(w: &AgentWith, history: &[TurnRec]) -> Result<ChatRequest, String> {
-    let mut req = request_of(&llm_of(w));
+    let mut req = request_of(&llm_of(w))?;
     if let Some(messages) = &w.messages {
         let Value::Array(list) = messages else {
             return Err(format!("`messages` must be a list of {{role, content}}, not {}", kind(messages)));
@@ -111,61 +111,6 @@ pub fn turn_request(w: &AgentWith, history: &[TurnRec]) -> Result<ChatRequest, S
     Ok(req)
 }
 
-/// A message's content given as parts: `{type: text, text}` (joined, in order, into its
-/// text) and `{type: image, url}` or `{type: image, data, media_type}` (base64), checked here:
-/// the provider is sent only images of a known type and size, at most [`MAX_IMAGES`] in all.
-fn parts_of(i: usize, parts: &[Value]) -> Result<(String, Vec<Image>), String> {
-    let mut text = Vec::new();
-    let mut images = Vec::new();
-    for (j, p) in parts.iter().enumerate() {
-        let at = format!("`messages[{i}].content[{j}]`");
-        match p.get("type").and_then(Value::as_str) {
-            Some("text") => match p.get("text") {
-                Some(Value::String(t)) => text.push(t.clone()),
-                _ => return Err(format!("{at}: a text part has `text`, a string")),
-            },
-            Some("image") => {
-                let url = p.get("url").and_then(Value::as_str);
-                let data = p.get("data").and_then(Value::as_str);
-                images.push(match (url, data) {
-                    (Some(u), None) if u.starts_with("https://") || u.starts_with("s3://") => Image::Url(u.to_string()),
-                    (Some(u), None) => {
-                        return Err(format!("{at}: an image's `url` is https:// or s3:// (got {:?})", trunc(u)));
-                    }
-                    (None, Some(d)) => {
-                        let media_type = p.get("media_type").and_then(Value::as_str).unwrap_or_default();
-                        if !IMAGE_TYPES.contains(&media_type) {
-                            return Err(format!(
-                                "{at}: an inline image's `media_type` is one of {} (got {:?})",
-                                IMAGE_TYPES.join(", "),
-                                trunc(media_type)
-                            ));
-                        }
-                        if d.len() > MAX_IMAGE_BYTES {
-                            return Err(format!(
-                                "{at}: an inline image is at most {MAX_IMAGE_BYTES} bytes of base64 (got {})",
-                                d.len()
-                            ));
-                        }
-                        use base64::Engine;
-                        if base64::engine::general_purpose::STANDARD.decode(d).is_err() {
-                            return Err(format!("{at}: an inline image's `data` is not base64"));
-                        }
-                        Image::Data { media_type: media_type.to_string(), data: d.to_string() }
-                    }
-                    _ => return Err(format!("{at}: an image has exactly one of `url` and `data`")),
-                });
-            }
-            other => return Err(format!("{at}: a part's `type` is text or image (got {other:?})")),
-        }
-    }
-    Ok((text.join("\n"), images))
-}
-
-fn trunc(s: &str) -> String {
-    s.chars().take(80).collect()
-}
-
 fn kind(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
@@ -218,6 +163,7 @@ mod tests {
     use llmo_core::engine::Output;
     use serde_json::json;
 
+    use super::super::Image;
     use super::*;
 
     fn agent(v: Value) -> AgentWith {
@@ -311,6 +257,47 @@ mod tests {
         assert_eq!(super::super::tools::request_texts(&req).iter().filter(|t| t.len() == bound).count(), 2);
         let engine = llmo_core::agent::run::turn_texts(&serde_json::to_value(&w).unwrap(), &[]);
         assert_eq!(engine.iter().filter(|t| t.len() == bound).count(), 2);
+    }
+
+    #[test]
+    fn an_llm_tasks_messages_take_parts_too() {
+        let src = r#"apiVersion: llm-orchestrator/v1
+kind: Workflow
+metadata: { name: vision }
+spec:
+  inputs: { photo: { type: string } }
+  tasks:
+    - id: look
+      type: llm
+      with:
+        model: gpt-4o-mini
+        messages:
+          - role: user
+            content:
+              - { type: text, text: "What is in the photo?" }
+              - { type: image, data: "{{ inputs.photo }}", media_type: image/jpeg }
+"#;
+        let outcome = llmo_core::validate::Validator::default()
+            .validate(&llmo_core::source::SourceFile::new("vision.yaml", src.to_string()));
+        assert!(outcome.checked.is_some(), "{:?}", outcome.report.records());
+        let w: LlmWith = serde_json::from_value(json!({"model": "m", "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "What?"}, {"type": "image", "data": "aGk=", "media_type": "image/jpeg"}]}
+        ]}))
+        .unwrap();
+        let req = request_of(&w).unwrap();
+        assert_eq!(req.messages, vec![(Role::User, "What?".to_string())]);
+        assert_eq!(req.images, vec![(0, Image::Data { media_type: "image/jpeg".into(), data: "aGk=".into() })]);
+        let bad: LlmWith = serde_json::from_value(json!({"model": "m", "messages": [
+            {"role": "user", "content": [{"type": "image", "url": "http://plain.example/a.png"}]}
+        ]}))
+        .unwrap();
+        assert!(request_of(&bad).unwrap_err().contains("https:// or s3://"));
+        assert!(
+            serde_json::from_value::<LlmWith>(
+                json!({"model": "m", "messages": [{"role": "user", "content": [{"type": "audio"}]}]})
+            )
+            .is_err()
+        );
     }
 
     #[test]

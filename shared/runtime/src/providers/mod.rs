@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use llmo_core::engine::builtin::TaskError;
 use llmo_core::engine::{AttemptResult, Estimate, Usage, budget};
-use llmo_core::tasks::{LlmWith, ResponseFormat, Role};
+use llmo_core::tasks::{Content, LlmWith, ResponseFormat, Role};
 use serde_json::{Value, json};
 use tracing::Instrument;
 
@@ -870,25 +870,97 @@ fn parse_json(text: &str) -> Result<Value, serde_json::Error> {
     serde_json::from_str(inner.trim())
 }
 
-/// The provider-neutral request of an `llm` task's rendered `with` block.
-pub fn request_of(w: &LlmWith) -> ChatRequest {
+/// A message's content given as parts: `{type: text, text}` (joined, in order, into its
+/// text) and `{type: image, url}` or `{type: image, data, media_type}` (base64), checked here:
+/// the provider is sent only images of a known type and size, at most [`MAX_IMAGES`] in all.
+pub(crate) fn parts_of(i: usize, parts: &[Value]) -> Result<(String, Vec<Image>), String> {
+    let mut text = Vec::new();
+    let mut images = Vec::new();
+    for (j, p) in parts.iter().enumerate() {
+        let at = format!("`messages[{i}].content[{j}]`");
+        match p.get("type").and_then(Value::as_str) {
+            Some("text") => match p.get("text") {
+                Some(Value::String(t)) => text.push(t.clone()),
+                _ => return Err(format!("{at}: a text part has `text`, a string")),
+            },
+            Some("image") => {
+                let url = p.get("url").and_then(Value::as_str);
+                let data = p.get("data").and_then(Value::as_str);
+                images.push(match (url, data) {
+                    (Some(u), None) if u.starts_with("https://") || u.starts_with("s3://") => Image::Url(u.to_string()),
+                    (Some(u), None) => {
+                        return Err(format!("{at}: an image's `url` is https:// or s3:// (got {:?})", trunc(u)));
+                    }
+                    (None, Some(d)) => {
+                        let media_type = p.get("media_type").and_then(Value::as_str).unwrap_or_default();
+                        if !IMAGE_TYPES.contains(&media_type) {
+                            return Err(format!(
+                                "{at}: an inline image's `media_type` is one of {} (got {:?})",
+                                IMAGE_TYPES.join(", "),
+                                trunc(media_type)
+                            ));
+                        }
+                        if d.len() > MAX_IMAGE_BYTES {
+                            return Err(format!(
+                                "{at}: an inline image is at most {MAX_IMAGE_BYTES} bytes of base64 (got {})",
+                                d.len()
+                            ));
+                        }
+                        use base64::Engine;
+                        if base64::engine::general_purpose::STANDARD.decode(d).is_err() {
+                            return Err(format!("{at}: an inline image's `data` is not base64"));
+                        }
+                        Image::Data { media_type: media_type.to_string(), data: d.to_string() }
+                    }
+                    _ => return Err(format!("{at}: an image has exactly one of `url` and `data`")),
+                });
+            }
+            other => return Err(format!("{at}: a part's `type` is text or image (got {other:?})")),
+        }
+    }
+    Ok((text.join("\n"), images))
+}
+
+fn trunc(s: &str) -> String {
+    s.chars().take(80).collect()
+}
+
+/// The provider-neutral request of an `llm` task's rendered `with` block; `Err` when a
+/// message's parts are not ones a provider takes ([`parts_of`]).
+pub fn request_of(w: &LlmWith) -> Result<ChatRequest, String> {
     let mut system = w.system.clone();
     let mut messages = Vec::new();
+    let mut images = Vec::new();
     if let Some(p) = &w.prompt {
         messages.push((Role::User, p.clone()));
     }
-    for m in w.messages.iter().flatten() {
+    for (i, m) in w.messages.iter().flatten().enumerate() {
+        let (content, imgs) = match &m.content {
+            Content::Text(t) => (t.clone(), Vec::new()),
+            Content::Parts(parts) => {
+                let parts: Vec<Value> = parts.iter().map(|p| serde_json::to_value(p).unwrap_or(Value::Null)).collect();
+                parts_of(i, &parts)?
+            }
+        };
         match m.role {
-            Role::System => {
+            Role::System if imgs.is_empty() => {
                 system = Some(match system {
-                    Some(s) => format!("{s}\n\n{}", m.content),
-                    None => m.content.clone(),
+                    Some(s) => format!("{s}\n\n{content}"),
+                    None => content,
                 })
             }
-            r => messages.push((r, m.content.clone())),
+            Role::System => return Err(format!("`messages[{i}]`: a system message has no images")),
+            r => {
+                let k = messages.len();
+                images.extend(imgs.into_iter().map(|img| (k, img)));
+                messages.push((r, content));
+            }
         }
     }
-    ChatRequest {
+    if images.len() > MAX_IMAGES {
+        return Err(format!("the messages carry {} images; at most {MAX_IMAGES} are sent", images.len()));
+    }
+    Ok(ChatRequest {
         model: w.model.clone(),
         system,
         messages,
@@ -899,8 +971,9 @@ pub fn request_of(w: &LlmWith) -> ChatRequest {
         seed: w.seed,
         json: w.response_format == Some(ResponseFormat::Json) || w.output_schema.is_some(),
         schema: w.output_schema.clone(),
+        images,
         ..ChatRequest::default()
-    }
+    })
 }
 
 #[async_trait]
@@ -912,7 +985,13 @@ impl Executor for LlmExecutor {
                 return AttemptResult::Failed { error: format!("llm: {e}"), retryable: false, usage: Usage::default() };
             }
         };
-        let (r, usage) = self.complete_waiting(a, Usage::default(), &w, &request_of(&w)).await;
+        let req = match request_of(&w) {
+            Ok(r) => r,
+            Err(e) => {
+                return AttemptResult::Failed { error: format!("llm: {e}"), retryable: false, usage: Usage::default() };
+            }
+        };
+        let (r, usage) = self.complete_waiting(a, Usage::default(), &w, &req).await;
         match r {
             Ok(output) => AttemptResult::Succeeded { output: output.into(), usage },
             Err((error, retryable)) => AttemptResult::Failed { error, retryable, usage },
@@ -930,7 +1009,17 @@ impl Executor for LlmExecutor {
                 });
             }
         };
-        let (r, usage) = self.complete(a, Usage::default(), &w, &request_of(&w)).await?;
+        let req = match request_of(&w) {
+            Ok(r) => r,
+            Err(e) => {
+                return Ok(AttemptResult::Failed {
+                    error: format!("llm: {e}"),
+                    retryable: false,
+                    usage: Usage::default(),
+                });
+            }
+        };
+        let (r, usage) = self.complete(a, Usage::default(), &w, &req).await?;
         Ok(match r {
             Ok(output) => AttemptResult::Succeeded { output: output.into(), usage },
             Err((error, retryable)) => AttemptResult::Failed { error, retryable, usage },
@@ -964,7 +1053,9 @@ impl Judge for LlmExecutor {
             response_format: Some(ResponseFormat::Json),
             output_schema: Some(budget::judge_schema()),
         };
-        let (r, usage) = self.complete_waiting(a, spent, &w, &request_of(&w)).await;
+        // A judge's request is a system prompt and a prompt: no parts to refuse.
+        let req = request_of(&w).unwrap_or_default();
+        let (r, usage) = self.complete_waiting(a, spent, &w, &req).await;
         let r = match r {
             Ok(out) => Ok(out.pointer("/json/score").and_then(Value::as_f64).unwrap_or(0.0)),
             Err((message, retryable)) => Err(TaskError { message: format!("llm_judge: {message}"), retryable }),
