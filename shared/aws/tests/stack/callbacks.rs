@@ -98,7 +98,7 @@ async fn callbacks(t: &Target) {
     let stored = t.initial_and_log(&run).await.1.len();
 
     // Refused: forged, another tenant's caller, not an answer. Nothing is stored.
-    let forged = format!("{}A", &first[..first.len() - 1]);
+    let forged = forge(&first);
     let (code, v) = answer(t, &forged, json!({"output": 1})).await;
     assert_eq!(code, 401, "{v}");
     let other = token("eve", "t2", &["admin"]);
