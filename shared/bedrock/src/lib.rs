@@ -247,16 +247,7 @@ fn image(img: &Image) -> Result<ImageBlock, String> {
 /// The system prompt; Converse has no JSON mode, so a JSON answer (and its schema) is asked
 /// for there, and the answer is checked like any other.
 pub fn system(req: &ChatRequest) -> Option<Vec<SystemContentBlock>> {
-    let mut system = req.system.clone().unwrap_or_default();
-    if req.json {
-        if !system.is_empty() {
-            system.push_str("\n\n");
-        }
-        system.push_str("Answer with a single JSON value and nothing else.");
-        if let Some(s) = &req.schema {
-            system.push_str(&format!(" It must match this JSON Schema: {s}"));
-        }
-    }
+    let system = req.system_asking_json();
     (!system.is_empty()).then(|| vec![SystemContentBlock::Text(system)])
 }
 

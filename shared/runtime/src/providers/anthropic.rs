@@ -59,16 +59,7 @@ pub fn body(req: &ChatRequest) -> Value {
         })
         .collect();
     messages.extend(super::tools::anthropic_turns(&req.turns));
-    let mut system = req.system.clone().unwrap_or_default();
-    if req.json {
-        if !system.is_empty() {
-            system.push_str("\n\n");
-        }
-        system.push_str("Answer with a single JSON value and nothing else.");
-        if let Some(s) = &req.schema {
-            system.push_str(&format!(" It must match this JSON Schema: {s}"));
-        }
-    }
+    let system = req.system_asking_json();
     let mut b = json!({ "model": req.model, "max_tokens": req.max_tokens.unwrap_or(1024), "messages": messages });
     if !system.is_empty() {
         b["system"] = json!(system);

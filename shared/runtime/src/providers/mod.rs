@@ -77,6 +77,22 @@ pub const MAX_IMAGES: usize = 20;
 pub const MAX_IMAGE_BYTES: usize = 5 << 20;
 
 impl ChatRequest {
+    /// The system prompt, asking for a JSON answer (and its schema) when the request wants one,
+    /// for providers with no JSON mode (Anthropic, Bedrock): the answer is checked as any other.
+    pub fn system_asking_json(&self) -> String {
+        let mut system = self.system.clone().unwrap_or_default();
+        if self.json {
+            if !system.is_empty() {
+                system.push_str("\n\n");
+            }
+            system.push_str("Answer with a single JSON value and nothing else.");
+            if let Some(s) = &self.schema {
+                system.push_str(&format!(" It must match this JSON Schema: {s}"));
+            }
+        }
+        system
+    }
+
     /// The images of message `i`.
     pub fn images_of(&self, i: usize) -> impl Iterator<Item = &Image> + '_ {
         self.images.iter().filter(move |(k, _)| *k == i).map(|(_, img)| img)

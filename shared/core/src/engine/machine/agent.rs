@@ -270,9 +270,9 @@ impl Transition<'_, '_> {
         Ok(())
     }
 
-    /// Starts call `c` of turn `t` as a new attempt of the unit.
-    fn start_call(&mut self, id: AttemptId, t: usize, c: usize) {
-        let (now, cause) = (self.now, self.cause.clone());
+    /// Gives call `c` of turn `t` the unit's next attempt (started by this event): its call.
+    fn next_attempt(&mut self, id: AttemptId, t: usize, c: usize) -> &mut CallRec {
+        let cause = self.cause.clone();
         let ts = &mut self.st.tasks[id.task];
         ts.attempts += 1;
         let u = &mut ts.units[id.unit()];
@@ -282,6 +282,14 @@ impl Transition<'_, '_> {
         let attempt = u.attempt;
         let call = &mut u.agent.as_mut().expect("an agent unit").turns[t].calls[c];
         call.attempt = attempt;
+        call
+    }
+
+    /// Starts call `c` of turn `t` as a new attempt of the unit.
+    fn start_call(&mut self, id: AttemptId, t: usize, c: usize) {
+        let now = self.now;
+        let call = self.next_attempt(id, t, c);
+        let attempt = call.attempt;
         call.tries += 1;
         call.status = CallStatus::Running;
         call.retry_at = None;
@@ -386,7 +394,7 @@ impl Transition<'_, '_> {
     /// Call `c` of turn `t` waits for its approval, as a new attempt of the unit that nothing
     /// runs (as a `wait` task's): listed for approvers, with its timeout scheduled.
     fn await_call(&mut self, id: AttemptId, t: usize, c: usize) {
-        let (now, cause) = (self.now, self.cause.clone());
+        let now = self.now;
         let call = &self.st.tasks[id.task].units[id.unit()].agent.as_ref().expect("an agent").turns[t].calls[c];
         let tool = self.plan.agent_with(id.task).and_then(|w| w.tools.iter().find(|x| x.name == call.name));
         let approval = tool.and_then(|t| t.approval.as_ref()).expect("a tool with an approval");
@@ -402,15 +410,8 @@ impl Transition<'_, '_> {
             }
         });
         let timeout_at = approval.timeout.map(|d| now.saturating_add(d.0.as_millis() as Millis));
-        let ts = &mut self.st.tasks[id.task];
-        ts.attempts += 1;
-        let u = &mut ts.units[id.unit()];
-        u.attempt += 1;
-        u.started_by.push(cause.clone());
-        u.cause = Some(cause);
-        let attempt = u.attempt;
-        let call = &mut u.agent.as_mut().expect("an agent unit").turns[t].calls[c];
-        call.attempt = attempt;
+        let call = self.next_attempt(id, t, c);
+        let attempt = call.attempt;
         call.status = CallStatus::Awaiting;
         call.waits = Some(Waits {
             kind: WaitKind::Approval,
