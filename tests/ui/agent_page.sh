@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # An agent's turns on the run page: `llmo run --ui` of workflows/agents/support-agent.yaml with
 # its model and orders API scripted (tests/ui/agent.fixtures.yaml), checked in headless
-# Chromium by tests/ui/agent_page.py; the server is stopped after.
+# Chromium by tests/ui/agent_page.py (which approves the refund call with `llmo approve` while the
+# page is open); the server is stopped after.
 #
 #   tests/ui/agent_page.sh      (target/debug/llmo; .venv/tools from localstack/stack.sh install)
 set -euo pipefail
@@ -20,4 +21,4 @@ for _ in $(seq 1 100); do
   sleep 0.1
 done
 [ -n "$url" ] || { echo "FAIL: llmo run --ui printed no run page" >&2; cat "$log/err" >&2; exit 1; }
-.venv/tools/bin/python tests/ui/agent_page.py "$url"
+.venv/tools/bin/python tests/ui/agent_page.py "$url" "$llmo" "$log/state.db"
