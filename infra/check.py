@@ -24,7 +24,8 @@ Rules:
                (its LLMO_ALLOWED_FUNCTIONS is the same parameter).
   models       bedrock:InvokeModel is granted only to the step function, only on the models the
                BedrockModels parameter lists (as foundation models and inference profiles), never
-               on a resource of its own making.
+               on a resource of its own making; and that function refuses any other model
+               (its LLMO_BEDROCK_MODELS is the same parameter).
 It reads the template with cfn-lint's own decoder (the SAM/CloudFormation short tags).
 """
 import copy
@@ -167,11 +168,14 @@ def check_invoke(name, props, st, out):
 MODEL_PREFIXES = {"arn:aws:bedrock:*::foundation-model/", "arn:aws:bedrock:*:*:inference-profile/"}
 
 
-def check_models(name, st, out):
+def check_models(name, props, st, out):
     actions = st.get("Action", [])
     actions = [actions] if isinstance(actions, str) else actions
     if not any(a.startswith("bedrock:") for a in actions):
         return
+    env = (props.get("Environment") or {}).get("Variables") or {}
+    if "BedrockModels" not in set(refs(env.get("LLMO_BEDROCK_MODELS"))):
+        out.append(f"models: {name} may call Bedrock models but its LLMO_BEDROCK_MODELS is not the BedrockModels parameter")
     if name != "Step":
         out.append(f"models: {name} may call Bedrock models; only the step function calls models")
     res = st.get("Resource")
@@ -219,7 +223,7 @@ def check(tpl):
                     out.append(f"privilege: {name} uses the policy template {key}; grant the actions it uses")
             for st in statements(pol):
                 check_invoke(name, props, st, out)
-                check_models(name, st, out)
+                check_models(name, props, st, out)
                 actions = st.get("Action", [])
                 actions = [actions] if isinstance(actions, str) else actions
                 resources = st.get("Resource", [])
@@ -322,6 +326,7 @@ def self_test(tpl):
                 0, "${Models},arn:aws:bedrock:us-east-1::foundation-model/amazon.nova-pro-v1:0"
             ),
             lambda t: R(t)["Api"]["Properties"]["Policies"][0]["Statement"].append(copy.deepcopy(models_statement(t))),
+            lambda t: R(t)["Step"]["Properties"]["Environment"]["Variables"].pop("LLMO_BEDROCK_MODELS"),
         ],
     }
     failed = 0

@@ -92,6 +92,14 @@ impl Bedrock {
 #[async_trait]
 impl Provider for Bedrock {
     async fn chat(&self, req: &ChatRequest) -> Result<ChatResponse, CallError> {
+        if !self.config.models.is_empty() && !self.config.models.iter().any(|m| m == &req.model) {
+            return Err(CallError::Config(format!(
+                "provider `{}`: model `{}` is not one this deployment may call (its BedrockModels: {})",
+                self.name,
+                req.model,
+                self.config.models.join(", ")
+            )));
+        }
         let client = self.client().await;
         let messages = messages(req).map_err(CallError::Config)?;
         let mut call = client

@@ -87,8 +87,8 @@ async fn fake() -> (String, Shared) {
     (format!("http://{addr}"), seen)
 }
 
-fn provider(base: &str) -> Bedrock {
-    let config = ProviderConfig {
+fn config(base: &str) -> ProviderConfig {
+    ProviderConfig {
         kind: Kind::Bedrock,
         base_url: base.to_string(),
         api_key: None,
@@ -97,15 +97,23 @@ fn provider(base: &str) -> Bedrock {
         free: false,
         set_by: None,
         region: Some("us-east-1".into()),
-    };
+        models: Vec::new(),
+    }
+}
+
+/// Static test credentials (the SDK still signs with them).
+fn sdk() -> aws_config::SdkConfig {
     use aws_config::{BehaviorVersion, Region};
     let creds = aws_sdk_bedrockruntime::config::Credentials::new("AKIDTEST", "secret", None, None, "test");
-    let sdk = aws_config::SdkConfig::builder()
+    aws_config::SdkConfig::builder()
         .behavior_version(BehaviorVersion::latest())
         .region(Region::new("us-east-1"))
         .credentials_provider(aws_sdk_bedrockruntime::config::SharedCredentialsProvider::new(creds))
-        .build();
-    Bedrock::new("bedrock", &config).with_sdk(sdk)
+        .build()
+}
+
+fn provider(base: &str) -> Bedrock {
+    Bedrock::new("bedrock", &config(base)).with_sdk(sdk())
 }
 
 fn weather() -> Tool {
@@ -240,6 +248,22 @@ async fn converse_text_tools_usage_and_errors_through_the_sdk() {
     pic.images = vec![(0, Image::Url("https://img.example.com/cat.jpg".into()))];
     let e = p.chat(&pic).await.unwrap_err();
     assert!(matches!(&e, CallError::Config(m) if m.contains("not by URL")), "{e:?}");
+
+    // A deployment's list of models: any other is refused before anything is sent.
+    let sent = seen.lock().unwrap().requests.len();
+    let listed =
+        Bedrock::new("bedrock", &ProviderConfig { models: vec![model.to_string()], ..config(&base) }).with_sdk(sdk());
+    let p = listed;
+    let other = ChatRequest {
+        model: "amazon.nova-pro-v1:0".into(),
+        messages: vec![(Role::User, "hi".into())],
+        ..Default::default()
+    };
+    let e = p.chat(&other).await.unwrap_err();
+    assert!(matches!(&e, CallError::Config(m) if m.contains("not one this deployment may call")), "{e:?}");
+    assert_eq!(seen.lock().unwrap().requests.len(), sent, "nothing was sent");
+    p.chat(&ChatRequest { model: model.into(), ..other }).await.unwrap();
+    let p = provider(&base);
 
     // Throttling is a rate limit (retried by the executor); access denied is the caller's.
     let busy = ChatRequest {

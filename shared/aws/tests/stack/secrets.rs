@@ -70,6 +70,7 @@ async fn model_calls_use_the_key_the_secret_holds_and_see_a_rotation_after_the_t
         free: false,
         set_by: None,
         region: None,
+        models: Vec::new(),
     };
     let p = OpenAi::new(reqwest::Client::new(), "openai", &config).with_secrets(secrets.clone());
     let req = ChatRequest {

@@ -59,6 +59,9 @@ pub struct ProviderConfig {
     pub set_by: Option<String>,
     /// Bedrock: the AWS region (else the SDK's: `AWS_REGION`, the profile).
     pub region: Option<String>,
+    /// Bedrock: the model ids a call may name (`LLMO_BEDROCK_MODELS`, the deployment's
+    /// `BedrockModels`); empty: any the role may invoke.
+    pub models: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
@@ -292,6 +295,7 @@ impl Config {
                 free: false,
                 set_by: None,
                 region: None,
+                models: Vec::new(),
             },
         );
         providers.insert(
@@ -305,6 +309,7 @@ impl Config {
                 free: false,
                 set_by: None,
                 region: None,
+                models: Vec::new(),
             },
         );
         providers.insert(
@@ -318,6 +323,7 @@ impl Config {
                 free: true,
                 set_by: None,
                 region: None,
+                models: Vec::new(),
             },
         );
         // Bedrock: IAM credentials and the region from the SDK's chain; the endpoint from
@@ -333,6 +339,9 @@ impl Config {
                 free: false,
                 set_by: None,
                 region: env("LLMO_BEDROCK_REGION"),
+                models: env("LLMO_BEDROCK_MODELS")
+                    .map(|l| l.split(',').map(str::trim).filter(|m| !m.is_empty()).map(str::to_string).collect())
+                    .unwrap_or_default(),
             },
         );
         providers.insert(
@@ -346,6 +355,7 @@ impl Config {
                 free: true,
                 set_by: None,
                 region: None,
+                models: Vec::new(),
             },
         );
         Config {
@@ -416,6 +426,8 @@ impl Config {
                     free: p.free,
                     set_by,
                     region: p.region.or_else(|| base.and_then(|b| b.region.clone())),
+                    // The operator's list (the environment), never a file's.
+                    models: base.map(|b| b.models.clone()).unwrap_or_default(),
                 },
             );
         }

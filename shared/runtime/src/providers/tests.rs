@@ -26,6 +26,7 @@ fn config(server: &MockServer, timeout: Duration) -> Config {
                 free: false,
                 set_by: None,
                 region: None,
+                models: Vec::new(),
             },
         );
     }

@@ -418,6 +418,7 @@ mod tests {
             free: false,
             set_by: None,
             region: None,
+            models: Vec::new(),
         };
         let req = ChatRequest {
             model: "m".into(),

@@ -41,6 +41,7 @@ fn config(server: &MockServer) -> Config {
             free: false,
             set_by: None,
             region: None,
+            models: Vec::new(),
         },
     );
     config.default_provider = "openai".into();
