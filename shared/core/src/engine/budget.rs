@@ -143,7 +143,8 @@ pub fn message_texts(with: &Value, out: &mut Vec<String>) {
 }
 
 /// The price listed for `model` among `listed` (name, price): its own name; else the longest
-/// listed name it extends at a `-` (`gpt-4o-mini-2024-07-18` is `gpt-4o-mini`'s). A Bedrock
+/// listed name it extends at a `-` with a date or version only (`gpt-4o-mini-2024-07-18` is
+/// `gpt-4o-mini`'s; `gpt-4o-mini-audio-preview` is not). A Bedrock
 /// model id is looked up without its region prefix and vendor (`us.anthropic.claude-3-5-haiku-
 /// 20241022-v1:0` and `anthropic.claude-3-5-haiku-...` are `claude-3-5-haiku`'s, `amazon.nova-
 /// lite-v1:0` is `nova-lite`'s): Bedrock's list prices are the vendors' own.
@@ -153,7 +154,10 @@ pub fn listed_price<'a, V>(listed: impl Iterator<Item = (&'a String, &'a V)> + C
             .clone()
             .filter(|(name, _)| {
                 name.as_str() == m
-                    || m.len() > name.len() && m.starts_with(name.as_str()) && m.as_bytes()[name.len()] == b'-'
+                    || m.len() > name.len()
+                        && m.starts_with(name.as_str())
+                        && m.as_bytes()[name.len()] == b'-'
+                        && a_version(&m[name.len() + 1..])
             })
             .max_by_key(|(name, _)| name.len())
             .map(|(_, p)| p)
@@ -169,6 +173,23 @@ pub fn listed_price<'a, V>(listed: impl Iterator<Item = (&'a String, &'a V)> + C
         let vendor = ["anthropic.", "amazon.", "meta.", "mistral.", "cohere.", "ai21.", "deepseek.", "openai."];
         let m = vendor.iter().find_map(|v| m.strip_prefix(v)).unwrap_or(m);
         (m != model).then(|| find(m)).flatten()
+    })
+}
+
+/// Whether `suffix` (after a listed name and a `-`) only dates or versions the model
+/// (`2024-07-18`, `20241022-v1:0`, `v1:0`, `latest`): another suffix names another model
+/// (`gpt-4o-mini-audio-preview`, priced differently), which stays unpriced (fail closed).
+fn a_version(suffix: &str) -> bool {
+    suffix.split('-').all(|seg| {
+        let v = seg.strip_prefix('v').map(|r| r.split_once(':').map_or((r, "0"), |(a, b)| (a, b)));
+        !seg.is_empty() && seg.bytes().all(|b| b.is_ascii_digit())
+            || seg == "latest"
+            || v.is_some_and(|(a, b)| {
+                !a.is_empty()
+                    && a.bytes().all(|c| c.is_ascii_digit())
+                    && !b.is_empty()
+                    && b.bytes().all(|c| c.is_ascii_digit())
+            })
     })
 }
 
@@ -295,6 +316,10 @@ mod tests {
         assert_eq!(price("us.anthropic.claude-3-5-haiku-20241022-v1:0"), Some(3));
         assert_eq!(price("amazon.nova-lite-v1:0"), Some(4));
         assert_eq!(price("amazon.nova-reel-v1:0"), None);
+        assert_eq!(price("gpt-4o-mini-latest"), Some(2));
+        // Another model under a listed name's prefix is not priced as it (fail closed).
+        assert_eq!(price("gpt-4o-mini-audio-preview"), None);
+        assert_eq!(price("claude-3-5-haiku-20241022-vision"), None);
         let mut b = book();
         b.models.insert("claude-3-5-haiku".into(), [0.8, 4.0]);
         let bound = b.call(None, "eu.anthropic.claude-3-5-haiku-20241022-v1:0", 1_000_000, 0);

@@ -156,6 +156,22 @@ impl Plan {
     }
 }
 
+/// The most bytes of an approval's question kept (it quotes the model's arguments).
+const MAX_PROMPT_BYTES: usize = 4096;
+
+/// `text` cut to `max` bytes (at a character boundary), with `…` when cut.
+fn bounded_text(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push('…');
+    }
+    text
+}
+
 /// A call a turn asked for: its id, tool name and arguments.
 type Asked = (String, String, Value);
 
@@ -403,11 +419,13 @@ impl Transition<'_, '_> {
                 args => super::context::json_ctx(&call.arguments),
                 ..self.plan.context_value(self.st, Some(id.task), id.item)
             };
-            match self.plan.render_in(&Value::String(p.clone()), &ctx) {
+            let text = match self.plan.render_in(&Value::String(p.clone()), &ctx) {
                 Ok(Value::String(s)) => s,
                 Ok(v) => v.to_string(),
                 Err(e) => format!("Run `{}` with {}? (the prompt did not render: {e})", call.name, call.arguments),
-            }
+            };
+            // The model's arguments are in it: what the run's state keeps of it is bounded.
+            bounded_text(text, MAX_PROMPT_BYTES)
         });
         let timeout_at = approval.timeout.map(|d| now.saturating_add(d.0.as_millis() as Millis));
         let call = self.next_attempt(id, t, c);
@@ -669,6 +687,16 @@ spec:
         assert!(st.awaits_answer());
         let w = st.waits_at(at(3)).unwrap();
         assert_eq!(w.prompt.as_deref(), Some("Refund 20 for weather??"));
+        // However long the model's arguments, the question kept is bounded.
+        let tools = GATED.replace("Refund {{ args.amount }}", "Refund {{ args }}");
+        let quoting =
+            plan(&AGENT.replace("    - { id: after", &format!("{}    - {{ id: after", tools.trim_start_matches('\n'))));
+        let mut st2 = started(&quoting);
+        let huge =
+            turn("", json!([{"id": "r", "name": "refund", "arguments": {"amount": 1, "pad": "é".repeat(10_000)}}]));
+        quoting.apply(&mut st2, &Event::finished(0, None, 1, huge), 1).unwrap();
+        let kept = st2.waits_at(at(2)).and_then(|w| w.prompt.clone()).unwrap();
+        assert!(kept.len() <= MAX_PROMPT_BYTES + '…'.len_utf8() && kept.ends_with('…'), "{}", kept.len());
         assert!(p.form_at(&st, at(3)).is_some() && p.form_at(&st, at(2)).is_none());
         // The weather call ends; the turn waits for the refund's approval.
         assert!(p.apply(&mut st, &Event::finished(0, None, 2, ok(json!("sun"))), 1_100).unwrap().is_empty());
