@@ -134,7 +134,7 @@ fn driver(plan: Arc<Plan>, store: Arc<dyn RunStore>, state: Option<&Path>, exec:
     // Tasks waiting for a callback: their tokens are answered by `llmo callback --state F`
     // (or `llmo serve` on the same file). A run without a state file cannot wait for one.
     if let Some(state) = state
-        && (0..plan.task_count()).any(|i| plan.callback_of(i).is_some())
+        && (0..plan.task_count()).any(|i| plan.callback_of(i).is_some() || plan.agent_has_callbacks(i))
     {
         llmo_runtime::callbacks::Callbacks::new(&crate::server::local_link_secret(state)?, None).install(&mut reg);
     }
@@ -540,7 +540,10 @@ fn describe(plan: &Plan, t: &Transition) -> Value {
         }
         Event::RetryDue { task, item, attempt } => format!("{} retry due (attempt {})", id(*task, *item), attempt + 1),
         Event::WakeDue { task, item, .. } => format!("{} woke", id(*task, *item)),
-        Event::Complete { task, item, .. } if plan.callback_of(*task).is_some() => {
+        Event::Complete { task, item, output, .. }
+            if plan.callback_of(*task).is_some()
+                || plan.agent_has_callbacks(*task) && output.get("approved").is_none() =>
+        {
             format!("{} callback answered", id(*task, *item))
         }
         Event::CallbackFailed { task, item, error, .. } => format!("{} {error}", id(*task, *item)),
@@ -709,6 +712,35 @@ impl Progress {
     /// Says once which units wait for an approval or an event, and how to answer them.
     fn announce_waits(&mut self, st: &RunState) {
         for (i, ts) in st.tasks.iter().enumerate() {
+            // An agent's calls waiting for an approval or a callback.
+            for (k, u) in ts.units.iter().enumerate() {
+                let Some(l) = u.agent.as_deref().filter(|_| u.status == TaskStatus::Running) else { continue };
+                let item = (ts.units.len() > 1 || u.item.is_some()).then_some(k as u32);
+                for c in l.answer_owed() {
+                    if !self.asked.insert((i, item, c.attempt)) {
+                        continue;
+                    }
+                    let id = &self.ids[i].0;
+                    let at = item.map(|k| format!(" --item {k}")).unwrap_or_default();
+                    if c.status == llmo_core::agent::CallStatus::AwaitingCallback {
+                        eprintln!(
+                            "⏸ {id} call {} ({}) waits for its callback: llmo callback TOKEN --output JSON{} (the token came with its call)",
+                            crate::term::clean(&c.id),
+                            crate::term::clean(&c.name),
+                            self.state
+                        );
+                    } else {
+                        eprintln!(
+                            "⏸ {id} call {} ({}) waits for approval: llmo approve {} {id}{at} --call {}{} (or llmo reject)",
+                            crate::term::clean(&c.id),
+                            crate::term::clean(&c.name),
+                            st.run_id,
+                            crate::term::clean(&c.id),
+                            self.state
+                        );
+                    }
+                }
+            }
             if ts.status != TaskStatus::Waiting {
                 continue;
             }

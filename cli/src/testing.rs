@@ -100,7 +100,8 @@ struct WaitAnswer {
     callback_error: Option<String>,
     #[serde(default)]
     time_out: bool,
-    /// For an agent's call waiting for approval: the call's id (the first waiting when absent).
+    /// For an agent's call waiting for an approval or a callback: the call's id (the first
+    /// waiting when absent).
     call: Option<String>,
 }
 
@@ -277,10 +278,11 @@ pub fn load(path: &Path, validator: &Validator) -> Result<Suite, Vec<String>> {
                 Some(t) if t.with.contains_key("callback") => {}
                 Some(t)
                     if t.ty == llmo_core::agent::AGENT
-                        && (a.event.is_some() || a.callback.is_some() || a.callback_error.is_some()) =>
+                        && (a.event.is_some()
+                            || a.approve.is_some() && (a.callback.is_some() || a.callback_error.is_some())) =>
                 {
                     errors.push(format!(
-                        "{ap}: `{}` is an agent: its tool calls' approvals are answered with `approve: true|false` (with `call: ID` to pick one) or `time_out: true`",
+                        "{ap}: `{}` is an agent: its tool calls are answered with `approve: true|false` (an approval), `callback: OUTPUT` or `callback_error: MESSAGE` (a callback), or `time_out: true`; `call: ID` picks one",
                         a.task
                     ))
                 }
@@ -365,13 +367,15 @@ fn only_waits(plan: &Plan, st: &RunState) -> Option<Vec<AttemptId>> {
     for (i, t) in st.tasks.iter().enumerate() {
         let item = |u: usize| plan.checked.workflow.spec.tasks[i].for_each.as_ref().map(|_| u as u32);
         if plan.is_agent(i) && t.status == TaskStatus::Running {
-            // An agent whose only work left is calls waiting for approval.
+            // An agent whose only work left is calls waiting for an approval or a callback.
             for (u, unit) in t.units.iter().enumerate() {
                 match unit.agent.as_deref().filter(|_| unit.status == TaskStatus::Running) {
                     Some(l) if l.running().next().is_some() || l.retrying().next().is_some() => return None,
-                    Some(l) => {
-                        waiting.extend(l.awaiting().map(|c| AttemptId { task: i, item: item(u), attempt: c.attempt }))
-                    }
+                    Some(l) => waiting.extend(l.answer_owed().map(|c| AttemptId {
+                        task: i,
+                        item: item(u),
+                        attempt: c.attempt,
+                    })),
                     None if unit.status.is_terminal() || unit.status == TaskStatus::Pending => {}
                     None => return None,
                 }
@@ -533,9 +537,16 @@ async fn drive(suite: &Suite, c: &Case, config: Config) -> Result<RunState, Stop
         }
         let Some(waiting) = only_waits(&plan, &st) else { continue };
         let matches = |a: &WaitAnswer, w: &AttemptId| {
+            let call = st.waiting_call(*w);
+            // An agent's call is answered as what it waits for: an approval or a callback.
+            let kind = call.is_none_or(|c| {
+                let callback = c.status == llmo_core::agent::CallStatus::AwaitingCallback;
+                a.time_out || callback == (a.callback.is_some() || a.callback_error.is_some())
+            });
             plan.checked.dag.id(w.task) == a.task
                 && (a.item.is_none() || a.item == w.item)
-                && (a.call.is_none() || st.waiting_call(*w).map(|c| &c.id) == a.call.as_ref())
+                && (a.call.is_none() || call.map(|c| &c.id) == a.call.as_ref())
+                && kind
         };
         // A wait left to time out: its timer ends it and the run goes on by itself.
         if waiting.iter().any(|w| expiring.iter().any(|a| matches(a, w))) {
@@ -621,10 +632,11 @@ fn compare(c: &Case, st: &RunState) -> Vec<String> {
     for (id, i, want) in &c.expect.tasks {
         let t = &st.tasks[*i];
         if let Some(s) = &want.status {
-            // An agent whose calls wait for approval, and nothing else runs, is waiting.
+            // An agent whose calls wait for an approval or a callback, and nothing else runs, is
+            // waiting.
             let awaiting = t.units.iter().any(|u| {
                 u.agent.as_deref().is_some_and(|l| {
-                    l.awaiting().next().is_some() && l.running().next().is_none() && l.retrying().next().is_none()
+                    l.answer_owed().next().is_some() && l.running().next().is_none() && l.retrying().next().is_none()
                 })
             });
             let got = if t.status == TaskStatus::Running && awaiting { "waiting" } else { task_status(t.status) };

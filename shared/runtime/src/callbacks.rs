@@ -62,7 +62,7 @@ impl Callbacks {
     /// The token of attempt `a` (of a task with a `callback`), valid until its call's timeout
     /// and its callback's timeout have passed (and an hour).
     pub fn mint(&self, a: &Attempt, now_secs: u64) -> Token {
-        let cb = a.task.and_then(|t| a.plan.callback_of(t)).cloned().unwrap_or_default();
+        let cb = a.callback_with().cloned().unwrap_or_default();
         let call = a.timeout.map_or(3600, |t| t.as_secs() + 1);
         let claims = CallbackClaims {
             aud: AUDIENCE.into(),
@@ -171,7 +171,7 @@ pub fn unconfigured() -> AttemptResult {
 
 /// Whether attempt `a` is of a task with a `callback` that has no token: its call must not go.
 pub fn missing(a: &Attempt) -> bool {
-    a.callback.is_none() && a.task.is_some_and(|t| a.plan.callback_of(t).is_some())
+    a.callback.is_none() && a.callback_with().is_some()
 }
 
 /// An executor whose attempts of callback tasks carry a fresh token.
@@ -182,7 +182,7 @@ struct Sending {
 
 impl Sending {
     fn with_token<'a>(&self, a: &'a Attempt) -> std::borrow::Cow<'a, Attempt> {
-        if a.callback.is_some() || a.task.and_then(|t| a.plan.callback_of(t)).is_none() {
+        if a.callback.is_some() || a.callback_with().is_none() {
             return std::borrow::Cow::Borrowed(a);
         }
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();

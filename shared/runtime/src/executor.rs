@@ -63,6 +63,17 @@ pub struct Attempt {
 }
 
 impl Attempt {
+    /// The `callback` setting this attempt's call waits for an answer under, if any: its
+    /// task's, or for an agent's tool call, its tool's.
+    pub fn callback_with(&self) -> Option<&llmo_core::callback::CallbackWith> {
+        let task = self.task?;
+        match self.step.as_deref() {
+            Some(llmo_core::agent::Step::Tool { tool, .. }) => self.plan.tool_callback(task, *tool),
+            Some(llmo_core::agent::Step::Turn { .. }) => None,
+            None => self.plan.callback_of(task),
+        }
+    }
+
     /// A key naming this task (this item) in this run: the same on every attempt and every
     /// redelivery, different for every other task, item or run. `http` sends it as
     /// `Idempotency-Key`.

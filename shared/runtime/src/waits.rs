@@ -64,9 +64,12 @@ pub fn describe(plan: &Plan, st: &RunState, id: AttemptId) -> Option<Value> {
         WaitKind::Sleep => v["wake_at"] = json!(u.wake_at),
         // Its token is never listed: only the call it was sent with carries it.
         WaitKind::Callback => {
-            v["wake_at"] = json!(u.wake_at);
+            v["wake_at"] = json!(if call.is_some() { w.callback_due().map(|(at, _)| at) } else { u.wake_at });
             v["heartbeat_ms"] = json!(w.heartbeat);
             v["beat_at"] = json!(w.beat_at);
+            if let Some(c) = call {
+                v["call"] = json!({"id": c.id, "name": c.name, "arguments": c.arguments});
+            }
         }
     }
     Some(v)

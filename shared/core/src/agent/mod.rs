@@ -216,11 +216,22 @@ impl AgentWith {
                     .push((at("/run/type"), "a tool cannot be a `wait` (its call would hold the agent's turn)".into())),
                 _ => {}
             }
-            if t.run.with.contains_key("callback") {
-                out.push((
-                    at("/run/with/callback"),
-                    "a tool's call cannot wait for a callback yet: give the tool an `approval`, or make it a `workflow` whose task waits".into(),
-                ));
+            if let Some(cb) = t.run.with.get("callback") {
+                if !matches!(t.run.ty.as_str(), "http" | "function") {
+                    out.push((
+                        at("/run/with/callback"),
+                        "only an `http` or `function` tool's call can wait for a callback".into(),
+                    ));
+                } else {
+                    match serde_json::from_value::<crate::callback::CallbackWith>(cb.clone()) {
+                        Ok(cb) => {
+                            if let Err((field, m)) = cb.check() {
+                                out.push((at(&format!("/run/with/callback/{field}")), m));
+                            }
+                        }
+                        Err(e) => out.push((at("/run/with/callback"), format!("not a callback setting: {e}"))),
+                    }
+                }
             }
         }
         if let Some(c) = &self.tool_choice
@@ -270,7 +281,9 @@ mod tests {
                 {"name": "bad name", "run": {"type": "http"}},
                 {"name": "w", "parameters": {"type": "string"}, "run": {"type": "agent"}},
                 {"name": "w", "parameters": {"type": "object", "properties": {"x": {"type": 3}}}, "run": {"type": "transform"}},
-                {"name": "cb", "run": {"type": "http", "with": {"url": "https://x.example", "callback": {"timeout": "1h"}}}}
+                {"name": "cb", "run": {"type": "http", "with": {"url": "https://x.example", "callback": {"timeout": "1h"}}}},
+                {"name": "cb2", "run": {"type": "http", "with": {"url": "https://x.example", "callback": {"timeout": "1m", "heartbeat": "2m"}}}},
+                {"name": "cb3", "run": {"type": "transform", "with": {"output": 1, "callback": {}}}}
             ]
         }));
         let fields: Vec<String> = a.check().into_iter().map(|(f, _)| f).collect();
@@ -284,7 +297,8 @@ mod tests {
                 "tools/1/run/type",
                 "tools/2/name",
                 "tools/2/parameters",
-                "tools/3/run/with/callback",
+                "tools/4/run/with/callback/heartbeat",
+                "tools/5/run/with/callback",
                 "tool_choice"
             ]
         );

@@ -86,6 +86,9 @@ pub enum CallStatus {
     Refused,
     /// Waiting for a person to approve it (its tool has an `approval`).
     Awaiting,
+    /// Its call went out and it waits for the answer to the task token it sent (its tool is
+    /// an `http` or `function` task with a `callback`).
+    AwaitingCallback,
 }
 
 impl CallStatus {
@@ -101,6 +104,7 @@ impl CallStatus {
             CallStatus::Failed => "failed",
             CallStatus::Refused => "refused",
             CallStatus::Awaiting => "awaiting_approval",
+            CallStatus::AwaitingCallback => "awaiting_callback",
         }
     }
 }
@@ -144,6 +148,10 @@ pub struct CallRec {
     /// The answer to its approval: `{approved, fields, by, comment}` (or `timed_out`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approval: Option<Value>,
+    /// The key of the event that started its callback's wait or last moved its wake (what
+    /// that event owes: the wait's listing and its wake).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cause: Option<String>,
 }
 
 impl CallRec {
@@ -167,6 +175,7 @@ impl CallRec {
             cost_usd: 0.0,
             waits: None,
             approval: None,
+            cause: None,
         }
     }
 
@@ -283,6 +292,27 @@ impl AgentLoop {
         self.last_calls().iter().filter(|c| c.status == CallStatus::Awaiting)
     }
 
+    /// `(turn, call)` of the call whose attempt `attempt` waits for its callback.
+    pub fn callback_call(&self, attempt: u32) -> Option<(usize, usize)> {
+        let t = self.turns.len().checked_sub(1)?;
+        let c = self.turns[t]
+            .calls
+            .iter()
+            .position(|c| c.attempt == attempt && c.status == CallStatus::AwaitingCallback)?;
+        Some((t, c))
+    }
+
+    /// `(turn, call)` of the call whose attempt `attempt` waits for an answer from outside:
+    /// its approval or its callback.
+    pub fn answer_call(&self, attempt: u32) -> Option<(usize, usize)> {
+        self.awaiting_call(attempt).or_else(|| self.callback_call(attempt))
+    }
+
+    /// The calls waiting for an answer from outside: an approval or a callback.
+    pub fn answer_owed(&self) -> impl Iterator<Item = &CallRec> + '_ {
+        self.last_calls().iter().filter(|c| matches!(c.status, CallStatus::Awaiting | CallStatus::AwaitingCallback))
+    }
+
     /// Every call of the last turn has settled.
     pub fn calls_settled(&self) -> bool {
         self.last_calls().iter().all(|c| c.status.settled())
@@ -383,6 +413,12 @@ impl AgentLoop {
                             v["prompt"] = json!(w.and_then(|w| w.prompt.as_deref()));
                             v["since"] = json!(w.map(|w| w.since));
                             v["timeout_at"] = json!(w.and_then(|w| w.timeout_at));
+                        } else if c.status == CallStatus::AwaitingCallback {
+                            let w = c.waits.as_ref();
+                            v["attempt"] = json!(c.attempt);
+                            v["since"] = json!(w.map(|w| w.since));
+                            v["timeout_at"] = json!(w.and_then(Waits::callback_due).map(|(at, _)| at));
+                            v["beat_at"] = json!(w.and_then(|w| w.beat_at));
                         } else {
                             v[if is_error { "error" } else { "result" }] = json!(preview(&content));
                         }
@@ -507,6 +543,7 @@ mod tests {
             cost_usd: 0.0,
             waits: None,
             approval: None,
+            cause: None,
         }
     }
 

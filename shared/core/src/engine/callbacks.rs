@@ -28,19 +28,37 @@ impl Plan {
         item: Option<u32>,
         attempt: u32,
     ) -> Result<AttemptId, AnswerError> {
-        let i = self.checked.dag.index_of(task).filter(|&i| self.callback_of(i).is_some()).ok_or_else(|| {
-            AnswerError::NoSuchTask(format!("the run has no task `{task}` that waits for a callback"))
-        })?;
+        let i = self
+            .checked
+            .dag
+            .index_of(task)
+            .filter(|&i| self.callback_of(i).is_some() || self.agent_has_callbacks(i))
+            .ok_or_else(|| {
+                AnswerError::NoSuchTask(format!("the run has no task `{task}` that waits for a callback"))
+            })?;
         let Some(unit) = st.tasks[i].units.get(item.unwrap_or(0) as usize) else {
             return Err(AnswerError::NoSuchTask(format!("`{task}` has no such item")));
         };
         let not =
             |why: String| Err(AnswerError::NotWaiting(format!("`{task}` is not waiting for this callback: {why}")));
-        if unit.attempt != attempt {
-            return not(format!("the token is for attempt {attempt}, the task is at attempt {}", unit.attempt));
-        }
         if st.status != RunStatus::Running {
             return not(format!("the run is {}", st.status.as_str()));
+        }
+        if let Some(l) = unit.agent.as_deref() {
+            // An agent's call: the token names the call's attempt (its unit runs several).
+            if unit.status == TaskStatus::Running && l.callback_call(attempt).is_some() {
+                return Ok(AttemptId { task: i, item, attempt });
+            }
+            let call = l.turns.iter().rev().flat_map(|t| &t.calls).find(|c| c.attempt == attempt);
+            return match call.map(|c| c.status) {
+                Some(crate::agent::CallStatus::Running) => not("its call has not returned yet".into()),
+                Some(crate::agent::CallStatus::Succeeded) => not("it was answered already".into()),
+                Some(s) => not(format!("the call is {}", s.as_str())),
+                None => not(format!("no call of the agent is at attempt {attempt}")),
+            };
+        }
+        if unit.attempt != attempt {
+            return not(format!("the token is for attempt {attempt}, the task is at attempt {}", unit.attempt));
         }
         let waiting = unit.waits.as_ref().is_some_and(|w| w.kind == WaitKind::Callback);
         match unit.status {

@@ -135,7 +135,7 @@ pub struct Waits {
 
 impl RunState {
     /// What attempt `id` waits for, if it waits for an answer or a time: its unit's wait, or
-    /// the approval of an agent's call.
+    /// the approval or callback of an agent's call.
     pub fn waits_at(&self, id: AttemptId) -> Option<&Waits> {
         let u = self.tasks.get(id.task)?.units.get(id.unit())?;
         match u.waits.as_ref() {
@@ -144,20 +144,21 @@ impl RunState {
         }
     }
 
-    /// The agent's call whose approval attempt `id` waits for.
+    /// The agent's call whose attempt `id` waits for an answer: its approval, or its callback.
     pub fn waiting_call(&self, id: AttemptId) -> Option<&crate::agent::CallRec> {
         let u = self.tasks.get(id.task)?.units.get(id.unit())?;
         let l = u.agent.as_deref().filter(|_| u.status == TaskStatus::Running)?;
-        let (t, c) = l.awaiting_call(id.attempt)?;
+        let (t, c) = l.answer_call(id.attempt)?;
         Some(&l.turns[t].calls[c])
     }
 
     /// Whether some unit waits for an answer from outside (an approval, an event, a
-    /// callback), or an agent's call for its approval.
+    /// callback), or an agent's call for its approval or its callback.
     pub fn awaits_answer(&self) -> bool {
         self.tasks.iter().flat_map(|t| &t.units).any(|u| {
             u.status == TaskStatus::Waiting
-                || u.status == TaskStatus::Running && u.agent.as_deref().is_some_and(|l| l.awaiting().next().is_some())
+                || u.status == TaskStatus::Running
+                    && u.agent.as_deref().is_some_and(|l| l.answer_owed().next().is_some())
         })
     }
 }

@@ -186,10 +186,13 @@ function turnList(turns) {
     c.status === "awaiting_approval"
       ? el("p", { class: "muted awaiting" }, `waits for approval: ${c.prompt || "run it?"}`,
         c.timeout_at ? ` (until ${when(c.timeout_at)})` : "", " · llmo approve / reject, or its link")
+      : c.status === "awaiting_callback"
+      ? el("p", { class: "muted awaiting" }, "sent; waits for its callback",
+        c.timeout_at ? ` (until ${when(c.timeout_at)})` : "", c.beat_at ? ` · last heartbeat ${when(c.beat_at)}` : "")
       : null,
     c.approval ? el("p", { class: "muted" }, c.approval.timed_out ? "no answer in time"
       : `${c.approval.approved ? "approved" : "rejected"} by ${c.approval.by}${c.approval.comment ? ": " + c.approval.comment : ""}`) : null,
-    c.status === "awaiting_approval" ? null : el("pre", { class: c.error ? "error" : "" }, c.error || c.result || ""));
+    c.status === "awaiting_approval" || c.status === "awaiting_callback" ? null : el("pre", { class: c.error ? "error" : "" }, c.error || c.result || ""));
   return el("div", { id: "task-turns" }, el("strong", {}, `Turns (${turns.filter((t) => !t.asking).length})`),
     el("ol", {}, ...turns.map((t) => el("li", { class: "turn", "data-turn": t.turn },
       t.asking ? el("span", { class: "muted" }, "asking the model…")

@@ -13,6 +13,8 @@ use crate::agent::{
     AgentLoop, AgentWith, CallRec, CallStatus, MAX_CALLS_PER_TURN, MAX_REFUSED_CALLS, MAX_TOOL_FAILURES, OnMaxTurns,
     OnReject, Step, TurnRec, run::bounded_result,
 };
+use crate::callback::CallbackWith;
+use crate::engine::waits::human;
 use crate::tasks::ApprovalWith;
 
 /// An agent task's `with` as written, and each tool's argument schema, compiled once.
@@ -21,6 +23,8 @@ pub(crate) struct AgentPlan {
     validators: Vec<Option<Arc<jsonschema::Validator>>>,
     /// Each tool's approval form, for the tools that have one.
     pub(crate) forms: Vec<Option<ApprovalWith>>,
+    /// Each tool's `callback` setting, for the `http` and `function` tools that wait for one.
+    callbacks: Vec<Option<CallbackWith>>,
 }
 
 impl AgentPlan {
@@ -32,7 +36,15 @@ impl AgentPlan {
         let validators =
             with.tools.iter().map(|t| jsonschema::validator_for(&t.parameters).ok().map(Arc::new)).collect();
         let forms = with.tools.iter().map(|t| t.approval.as_ref().map(|a| a.form())).collect();
-        Some(AgentPlan { with, validators, forms })
+        let callbacks = with
+            .tools
+            .iter()
+            .map(|t| {
+                let cb = t.run.with.get("callback").filter(|_| matches!(t.run.ty.as_str(), "http" | "function"))?;
+                serde_json::from_value(cb.clone()).ok()
+            })
+            .collect();
+        Some(AgentPlan { with, validators, forms, callbacks })
     }
 
     /// Why call `c` cannot run, if it cannot: its tool is unknown, or its arguments do not
@@ -135,6 +147,18 @@ impl Plan {
                 cmds.push(Command::ScheduleWake { task, item, attempt, at });
             }
         }
+        // A call waiting for its callback: its listing and its wake, owed by the event that
+        // started the wait or last moved the wake.
+        for c in l.last_calls().iter().filter(|c| c.status == CallStatus::AwaitingCallback) {
+            if key.is_some_and(|k| c.cause.as_deref() != Some(k)) {
+                continue;
+            }
+            let attempt = c.attempt;
+            cmds.push(Command::Await { task, item, attempt });
+            if let Some((at, _)) = c.waits.as_ref().and_then(Waits::callback_due) {
+                cmds.push(Command::ScheduleWake { task, item, attempt, at });
+            }
+        }
         Some(cmds)
     }
 }
@@ -145,6 +169,17 @@ impl Plan {
         let a = self.agents.get(task)?.as_ref()?;
         let i = a.with.tools.iter().position(|t| t.name == tool)?;
         a.forms[i].as_ref()
+    }
+
+    /// The `callback` setting of tool number `tool` of agent task `task`, if its calls wait
+    /// for one.
+    pub fn tool_callback(&self, task: usize, tool: usize) -> Option<&CallbackWith> {
+        self.agents.get(task)?.as_ref()?.callbacks.get(tool)?.as_ref()
+    }
+
+    /// Whether agent task `task` has a tool whose calls wait for a callback.
+    pub fn agent_has_callbacks(&self, task: usize) -> bool {
+        self.agents.get(task).and_then(Option::as_ref).is_some_and(|a| a.callbacks.iter().any(Option::is_some))
     }
 
     /// Whether the approval of tool `tool` of agent task `task` fails the task when rejected.
@@ -200,7 +235,7 @@ fn lp(st: &mut RunState, id: AttemptId) -> &mut AgentLoop {
     st.tasks[id.task].units[id.unit()].agent.get_or_insert_with(Default::default)
 }
 
-impl Transition<'_, '_> {
+impl<'p> Transition<'p, '_> {
     fn agent_loop(&mut self, id: AttemptId) -> &mut AgentLoop {
         lp(self.st, id)
     }
@@ -227,7 +262,6 @@ impl Transition<'_, '_> {
 
     /// Attempt `id` of an agent unit (checked by [`Transition::agent_runs`]) ended.
     pub(super) fn agent_finished(&mut self, id: AttemptId, result: &AttemptResult, usage: Usage) {
-        let (plan, now) = (self.plan, self.now);
         let l = lp(self.st, id);
         l.tokens += usage.tokens;
         l.cost_usd += usage.cost_usd;
@@ -238,38 +272,154 @@ impl Transition<'_, '_> {
         let call = &mut l.turns[t].calls[c];
         call.tokens += usage.tokens;
         call.cost_usd += usage.cost_usd;
-        call.ended_at = Some(now);
+        let name = call.name.clone();
         match result {
-            AttemptResult::Succeeded { output, .. } => {
-                call.status = CallStatus::Succeeded;
-                call.result = Some(Output::new(bounded_result(output)));
-                call.error = None;
+            AttemptResult::Succeeded { .. } if self.call_callback(id.task, &name).is_some() => {
+                self.await_call_callback(id, t, c);
             }
-            AttemptResult::Failed { error, retryable, .. } => {
-                call.error = Some(error.clone());
-                let nth = call.tries;
-                if *retryable && nth < plan.retry[id.task].max_attempts {
-                    let at = now + plan.backoff(self.st, id.task, id.item, id.attempt, nth);
-                    let call = &mut lp(self.st, id).turns[t].calls[c];
-                    call.status = CallStatus::RetryWait;
-                    call.retry_at = Some(at);
-                    self.unit_mut(id).cause = Some(self.cause.clone());
-                    self.cmds.push(Command::ScheduleRetry { task: id.task, item: id.item, attempt: id.attempt, at });
-                    return;
-                }
-                call.status = CallStatus::Failed;
-                let name = call.name.clone();
-                let n = l.failures.entry(name.clone()).or_default();
-                *n += 1;
-                if *n > MAX_TOOL_FAILURES {
-                    let msg = format!(
-                        "tool `{name}` failed {n} times (more than {MAX_TOOL_FAILURES}); the last time: {error}"
-                    );
-                    return self.agent_fails(id, msg);
-                }
-            }
+            AttemptResult::Succeeded { output, .. } => self.call_succeeded(id, t, c, output),
+            AttemptResult::Failed { error, retryable, .. } => self.call_failed(id, t, c, error, *retryable),
+        }
+    }
+
+    /// The `callback` setting of the tool named `name` of agent task `task`, if it has one.
+    fn call_callback(&self, task: usize, name: &str) -> Option<&'p CallbackWith> {
+        let plan: &'p Plan = self.plan;
+        let tool = plan.agent_with(task)?.tools.iter().position(|t| t.name == name)?;
+        plan.tool_callback(task, tool)
+    }
+
+    /// Call `c` of turn `t` succeeded with `output`.
+    fn call_succeeded(&mut self, id: AttemptId, t: usize, c: usize, output: &Value) {
+        let now = self.now;
+        let call = &mut lp(self.st, id).turns[t].calls[c];
+        call.ended_at = Some(now);
+        call.status = CallStatus::Succeeded;
+        call.result = Some(Output::new(bounded_result(output)));
+        call.error = None;
+        self.after_calls(id);
+    }
+
+    /// Call `c` of turn `t` failed at attempt `id`: it waits for its retry when `retryable`
+    /// and tries are left, else it failed (the model is told; too many failures of one tool
+    /// fail the task).
+    fn call_failed(&mut self, id: AttemptId, t: usize, c: usize, error: &str, retryable: bool) {
+        let (plan, now) = (self.plan, self.now);
+        let l = lp(self.st, id);
+        let call = &mut l.turns[t].calls[c];
+        call.ended_at = Some(now);
+        call.error = Some(error.to_string());
+        let nth = call.tries;
+        if retryable && nth < plan.retry[id.task].max_attempts {
+            let at = now + plan.backoff(self.st, id.task, id.item, id.attempt, nth);
+            let call = &mut lp(self.st, id).turns[t].calls[c];
+            call.status = CallStatus::RetryWait;
+            call.retry_at = Some(at);
+            self.unit_mut(id).cause = Some(self.cause.clone());
+            self.cmds.push(Command::ScheduleRetry { task: id.task, item: id.item, attempt: id.attempt, at });
+            return;
+        }
+        call.status = CallStatus::Failed;
+        let name = call.name.clone();
+        let n = l.failures.entry(name.clone()).or_default();
+        *n += 1;
+        if *n > MAX_TOOL_FAILURES {
+            let msg = format!("tool `{name}` failed {n} times (more than {MAX_TOOL_FAILURES}); the last time: {error}");
+            return self.agent_fails(id, msg);
         }
         self.after_calls(id);
+    }
+
+    /// The call of attempt `id` went out (call `c` of turn `t`): it waits for the answer to
+    /// the token it sent, holding nothing, until its timeout or its heartbeat's deadline (as
+    /// a task with a `callback` does; the same attempt, named by the token).
+    fn await_call_callback(&mut self, id: AttemptId, t: usize, c: usize) {
+        let now = self.now;
+        let name = lp(self.st, id).turns[t].calls[c].name.clone();
+        let cb = self.call_callback(id.task, &name).cloned().unwrap_or_default();
+        let waits = Waits {
+            kind: WaitKind::Callback,
+            since: now,
+            event: None,
+            key: None,
+            prompt: None,
+            timeout_at: Some(now.saturating_add(cb.timeout_ms())),
+            times_out: true,
+            heartbeat: cb.heartbeat_ms(),
+            beat_at: None,
+        };
+        let (at, _) = waits.callback_due().expect("a callback wait has a timeout");
+        let cause = self.cause.clone();
+        let call = &mut lp(self.st, id).turns[t].calls[c];
+        call.status = CallStatus::AwaitingCallback;
+        call.waits = Some(waits);
+        call.cause = Some(cause);
+        self.cmds.push(Command::Await { task: id.task, item: id.item, attempt: id.attempt });
+        self.cmds.push(Command::ScheduleWake { task: id.task, item: id.item, attempt: id.attempt, at });
+    }
+
+    /// `(turn, call)` of the call whose attempt `id` waits for its callback.
+    fn callback_call(&self, id: AttemptId) -> Result<(usize, usize), Ignored> {
+        self.unit(id)
+            .ok()
+            .filter(|u| u.status == TaskStatus::Running)
+            .and_then(|u| u.agent.as_deref())
+            .and_then(|l| l.callback_call(id.attempt))
+            .ok_or(Ignored("no call waits for a callback at this attempt (answered, timed out, or late)"))
+    }
+
+    /// The answer to the callback of the call waiting at attempt `id` came: its output is the
+    /// call's result. `Err` when no call waits for it.
+    pub(super) fn agent_callback_answered(&mut self, id: AttemptId, output: &Value) -> Result<(), Ignored> {
+        let (t, c) = self.callback_call(id)?;
+        self.call_succeeded(id, t, c, output);
+        Ok(())
+    }
+
+    /// The holder of the token of the call waiting at attempt `id` reported a failure.
+    pub(super) fn agent_callback_failed(&mut self, id: AttemptId, error: &str, retryable: bool) -> Result<(), Ignored> {
+        let (t, c) = self.callback_call(id)?;
+        self.call_failed(id, t, c, error, retryable);
+        Ok(())
+    }
+
+    /// A heartbeat of the callback of the call waiting at attempt `id`: as a task's
+    /// ([`Transition::heartbeat`]), its deadline moves.
+    pub(super) fn agent_heartbeat(&mut self, id: AttemptId) -> Result<(), Ignored> {
+        let (t, c) = self.callback_call(id)?;
+        let now = self.now;
+        let call = &mut lp(self.st, id).turns[t].calls[c];
+        let w = call.waits.as_mut().ok_or(Ignored("no wait"))?;
+        let Some(h) = w.heartbeat else { return Err(Ignored("the callback takes no heartbeats")) };
+        if let Some(b) = w.beat_at
+            && now < b.saturating_add((h / 10).max(1_000))
+        {
+            return Err(Ignored("a heartbeat was recorded just before"));
+        }
+        w.beat_at = Some(now);
+        Ok(())
+    }
+
+    /// A wake of the callback wait of the call at attempt `id`: past its deadline the call
+    /// fails (its retries apply: a new attempt sends again, with a new token); before it (a
+    /// heartbeat moved the deadline) the wake is armed again for the deadline.
+    fn agent_callback_wake(&mut self, id: AttemptId, t: usize, c: usize) -> Result<(), Ignored> {
+        let (now, cause) = (self.now, self.cause.clone());
+        let call = &mut lp(self.st, id).turns[t].calls[c];
+        let w = call.waits.as_ref().ok_or(Ignored("no wait"))?;
+        let (due, beat) = w.callback_due().ok_or(Ignored("this wait has no time to wake"))?;
+        if now < due {
+            call.cause = Some(cause);
+            self.cmds.push(Command::ScheduleWake { task: id.task, item: id.item, attempt: id.attempt, at: due });
+            return Ok(());
+        }
+        let error = if beat {
+            format!("no heartbeat came for {} (the callback's `heartbeat`)", human(w.heartbeat.unwrap_or_default()))
+        } else {
+            format!("its callback did not come within {}", human(due.saturating_sub(w.since)))
+        };
+        self.call_failed(id, t, c, &error, true);
+        Ok(())
     }
 
     /// A call of agent unit `id` waiting for its retry is due: its next attempt starts.
@@ -472,8 +622,12 @@ impl Transition<'_, '_> {
         Ok(())
     }
 
-    /// The approval of the call awaiting at attempt `id` timed out: a rejection.
-    pub(super) fn agent_approval_timed_out(&mut self, id: AttemptId) -> Result<(), Ignored> {
+    /// A wake of a call waiting at attempt `id`: its approval timed out (a rejection), or its
+    /// callback's deadline came.
+    pub(super) fn agent_wake(&mut self, id: AttemptId) -> Result<(), Ignored> {
+        if let Ok((t, c)) = self.callback_call(id) {
+            return self.agent_callback_wake(id, t, c);
+        }
         let (t, c) = self.awaiting_call(id)?;
         let call = &mut lp(self.st, id).turns[t].calls[c];
         let w = call.waits.as_ref();
@@ -544,6 +698,7 @@ mod tests {
 
     use super::*;
     use crate::engine::tests::{plan, priced};
+    use crate::engine::waits::AnswerError;
 
     const AGENT: &str = r#"
 spec:
@@ -896,5 +1051,125 @@ spec:
         p.apply(&mut st, &Event::finished(0, None, 2, ok(json!("x".repeat(2_000)))), 2).unwrap();
         assert_eq!(st.tasks[0].status, TaskStatus::Failed);
         assert!(st.budget_stop.as_deref().unwrap().contains("budget exceeded"), "{:?}", st.budget_stop);
+    }
+
+    const CALLBACK_TOOL: &str = r#"
+          - name: job
+            parameters: { type: object, properties: { doc: { type: string } } }
+            run:
+              type: http
+              with:
+                method: POST
+                url: "https://jobs.example.com/start?doc={{ args.doc }}"
+                callback: { timeout: 1h, heartbeat: 5m }
+"#;
+
+    fn sent() -> AttemptResult {
+        ok(json!({"status": 202}))
+    }
+
+    #[test]
+    fn a_call_waits_for_its_callback_holding_nothing_and_one_answer_is_its_result() {
+        let p = plan(&AGENT.replace("        tools:\n", &format!("        tools:\n{CALLBACK_TOOL}")));
+        let mut st = started(&p);
+        let asked = turn(
+            "",
+            json!([{"id": "j", "name": "job", "arguments": {"doc": "a.pdf"}},
+                   {"id": "w", "name": "weather", "arguments": {"city": "Oslo"}}]),
+        );
+        p.apply(&mut st, &Event::finished(0, None, 1, asked), 1_000).unwrap();
+        assert!(
+            matches!(p.callback_unit(&st, "support", None, 2), Err(AnswerError::NotWaiting(m)) if m.contains("not returned"))
+        );
+        // The call went out: it waits, as the same attempt (its token names it), running nothing.
+        let out = Event::finished(0, None, 2, sent());
+        let cmds = p.apply(&mut st, &out, 2_000).unwrap();
+        assert_eq!(
+            cmds,
+            vec![
+                Command::Await { task: 0, item: None, attempt: 2 },
+                Command::ScheduleWake { task: 0, item: None, attempt: 2, at: 302_000 },
+            ]
+        );
+        assert_eq!(p.replay(&st, &out.key()), cmds, "a redelivered result sends what it asked for again");
+        assert!(p.agent_step(&st, at(2)).is_none(), "nothing runs it");
+        assert!(!p.is_running(&st, at(2)));
+        assert!(st.awaits_answer());
+        let id = p.callback_unit(&st, "support", None, 2).unwrap();
+        assert_eq!(id, at(2));
+        assert_eq!(st.waits_at(id).map(|w| w.kind), Some(WaitKind::Callback));
+        assert_eq!(st.waiting_call(id).map(|c| c.id.as_str()), Some("j"));
+        assert!(p.callback_unit(&st, "support", None, 3).is_err(), "the other call is not waiting");
+        assert!(p.callback_unit(&st, "after", None, 2).is_err());
+        // A heartbeat moves the deadline: the first wake re-arms itself (and is owed again).
+        let beat = p.callback_heartbeat(&st, id, 200_000).unwrap();
+        assert!(p.apply(&mut st, &beat, 200_000).unwrap().is_empty());
+        let wake = Event::WakeDue { task: 0, item: None, attempt: 2 };
+        let cmds = p.apply(&mut st, &wake, 302_000).unwrap();
+        assert_eq!(cmds, vec![Command::ScheduleWake { task: 0, item: None, attempt: 2, at: 500_000 }]);
+        assert_eq!(
+            p.replay(&st, &wake.key()),
+            [vec![Command::Await { task: 0, item: None, attempt: 2 }], cmds].concat()
+        );
+        // The other call ends; the next turn waits for the callback.
+        assert!(p.apply(&mut st, &Event::finished(0, None, 3, ok(json!("snow"))), 303_000).unwrap().is_empty());
+        let answer = p.callback_succeeded(&st, id, json!({"pages": 12})).unwrap();
+        let racing = p.callback_failed(&st, id, "lost", false).unwrap();
+        let cmds = p.apply(&mut st, &answer, 400_000).unwrap();
+        assert_eq!(cmds, vec![Command::Execute { task: 0, item: None, attempt: 4 }]);
+        assert!(p.apply(&mut st, &racing, 400_001).is_err(), "the loser of a race changes nothing");
+        assert!(p.apply(&mut st, &answer, 400_002).is_err(), "a replayed answer changes nothing");
+        assert!(p.apply(&mut st, &wake, 500_000).is_err(), "the timer after the answer changes nothing");
+        assert!(
+            matches!(p.callback_unit(&st, "support", None, 2), Err(AnswerError::NotWaiting(m)) if m.contains("answered already"))
+        );
+        let Some(Step::Turn { turn: 2, history }) = p.agent_step(&st, at(4)) else { panic!() };
+        let job = &history[0].calls[0];
+        assert_eq!(job.content(), ("{\"pages\":12}".to_string(), false));
+        assert_eq!((job.started_at, job.ended_at), (Some(1_000), Some(400_000)), "its duration is the callback's");
+        p.apply(&mut st, &Event::finished(0, None, 4, turn("12 pages; snow.", json!([]))), 401_000).unwrap();
+        assert_eq!(st.tasks[0].status, TaskStatus::Succeeded);
+        assert_eq!(st.tasks[0].output.as_deref().unwrap()["tool_calls"][0]["result"], json!({"pages": 12}));
+    }
+
+    #[test]
+    fn a_missed_callback_fails_the_call_which_sends_again_then_the_model_is_told() {
+        let p = plan(&AGENT.replace("        tools:\n", &format!("        tools:\n{CALLBACK_TOOL}")));
+        let mut st = started(&p);
+        let asked = turn("", json!([{"id": "j", "name": "job", "arguments": {"doc": "a.pdf"}}]));
+        p.apply(&mut st, &Event::finished(0, None, 1, asked), 0).unwrap();
+        p.apply(&mut st, &Event::finished(0, None, 2, sent()), 0).unwrap();
+        // No heartbeat: at its deadline the call fails, and retries as a new attempt (a new token).
+        let wake = Event::WakeDue { task: 0, item: None, attempt: 2 };
+        let cmds = p.apply(&mut st, &wake, 300_000).unwrap();
+        assert_eq!(cmds, vec![Command::ScheduleRetry { task: 0, item: None, attempt: 2, at: 301_000 }]);
+        let call = &st.tasks[0].units[0].agent.as_ref().unwrap().turns[0].calls[0];
+        assert_eq!(call.error.as_deref(), Some("no heartbeat came for 5m (the callback's `heartbeat`)"));
+        assert!(p.callback_succeeded(&st, at(2), json!(1)).is_err(), "a token of an ended attempt is useless");
+        let due = Event::RetryDue { task: 0, item: None, attempt: 2 };
+        assert_eq!(
+            p.apply(&mut st, &due, 301_000).unwrap(),
+            vec![Command::Execute { task: 0, item: None, attempt: 3 }]
+        );
+        p.apply(&mut st, &Event::finished(0, None, 3, sent()), 302_000).unwrap();
+        assert!(
+            matches!(p.callback_unit(&st, "support", None, 2), Err(AnswerError::NotWaiting(m)) if m.contains("no call")),
+        );
+        // Its holder reports a failure, not to be retried: the model gets the error.
+        let fail = p.callback_failed(&st, at(3), "the document is encrypted", false).unwrap();
+        let cmds = p.apply(&mut st, &fail, 303_000).unwrap();
+        assert_eq!(cmds, vec![Command::Execute { task: 0, item: None, attempt: 4 }]);
+        let Some(Step::Turn { history, .. }) = p.agent_step(&st, at(4)) else { panic!() };
+        assert_eq!(history[0].calls[0].content(), ("error: callback: the document is encrypted".to_string(), true));
+        assert_eq!(history[0].calls[0].tries, 2);
+        // A cancel ends the run while a call waits: its token is refused.
+        let mut st = started(&p);
+        let asked = turn("", json!([{"id": "j", "name": "job", "arguments": {"doc": "b.pdf"}}]));
+        p.apply(&mut st, &Event::finished(0, None, 1, asked), 0).unwrap();
+        p.apply(&mut st, &Event::finished(0, None, 2, sent()), 0).unwrap();
+        p.apply(&mut st, &Event::Cancel, 10).unwrap();
+        assert!(
+            matches!(p.callback_unit(&st, "support", None, 2), Err(AnswerError::NotWaiting(m)) if m.contains("cancelled"))
+        );
     }
 }

@@ -123,8 +123,8 @@ impl Transition<'_, '_> {
                 let id = AttemptId { task: *task, item: *item, attempt: *attempt };
                 let unit = self.unit(id)?;
                 if unit.status == TaskStatus::Running && unit.agent.is_some() {
-                    // An agent's call waiting for its approval timed out.
-                    self.agent_approval_timed_out(id)?;
+                    // An agent's call waiting for its approval timed out, or for its callback.
+                    self.agent_wake(id)?;
                     self.settle(id.task);
                     self.advance();
                     return Ok(());
@@ -159,8 +159,10 @@ impl Transition<'_, '_> {
                 let id = AttemptId { task: *task, item: *item, attempt: *attempt };
                 let unit = self.unit(id)?;
                 if unit.status == TaskStatus::Running && unit.agent.is_some() {
-                    // The answer to the approval of an agent's call.
-                    self.agent_answered(id, output)?;
+                    // The answer to the callback of an agent's call, or to its approval.
+                    if self.agent_callback_answered(id, output).is_err() {
+                        self.agent_answered(id, output)?;
+                    }
                     self.settle(id.task);
                     self.advance();
                     return Ok(());
@@ -189,6 +191,12 @@ impl Transition<'_, '_> {
             Event::CallbackFailed { task, item, attempt, error, retryable } => {
                 self.running()?;
                 let id = AttemptId { task: *task, item: *item, attempt: *attempt };
+                if self.unit(id)?.agent.is_some() {
+                    self.agent_callback_failed(id, error, *retryable)?;
+                    self.settle(id.task);
+                    self.advance();
+                    return Ok(());
+                }
                 self.waiting_callback(id)?;
                 self.fail_attempt(id, error, *retryable);
                 self.settle(id.task);
@@ -197,6 +205,9 @@ impl Transition<'_, '_> {
             Event::Heartbeat { task, item, attempt, .. } => {
                 self.running()?;
                 let id = AttemptId { task: *task, item: *item, attempt: *attempt };
+                if self.unit(id)?.agent.is_some() {
+                    return self.agent_heartbeat(id);
+                }
                 self.heartbeat(id)?;
             }
             Event::Cancel => {
