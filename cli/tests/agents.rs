@@ -56,7 +56,16 @@ fn second_tool(body: &Value) -> &'static str {
         .into_iter()
         .flatten()
         .any(|t| t["function"]["name"] == "refund" || t["name"] == "refund");
-    if refund { "refund" } else { "slow_check" }
+    let has = |name: &str| {
+        body["tools"].as_array().into_iter().flatten().any(|t| t["function"]["name"] == name || t["name"] == name)
+    };
+    if refund {
+        "refund"
+    } else if has("transcribe") {
+        "transcribe"
+    } else {
+        "slow_check"
+    }
 }
 
 async fn openai(State(seen): State<Shared>, body: String) -> Json {
@@ -191,6 +200,14 @@ spec:
     answer: "{{ tasks.agent.output.text }}"
 "#;
 
+/// A long job: it takes the task token and answers at once (202); the job's result comes later
+/// through the token.
+async fn job(State(seen): State<Shared>, h: HeaderMap, body: String) -> Json {
+    let token = h.get("llmo-callback-token").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    seen.lock().unwrap().tools.push((format!("job {body} {token}"), key_of(&h)));
+    json_of(json!({"job": "J-1", "status": "queued"}))
+}
+
 /// The scripted servers, on a loopback port: their address.
 fn serve(rt: &tokio::runtime::Runtime, seen: &Shared) -> std::net::SocketAddr {
     let seen = seen.clone();
@@ -202,6 +219,7 @@ fn serve(rt: &tokio::runtime::Runtime, seen: &Shared) -> std::net::SocketAddr {
             .route("/orders/{id}", get(order))
             .route("/slow/{id}", get(slow))
             .route("/refunds", post(refund))
+            .route("/jobs", post(job))
             .with_state(seen.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -241,6 +259,8 @@ fn start(
     std::io::BufRead::read_line(&mut err, &mut first).unwrap();
     let run_id = first.split(':').next().unwrap().trim().to_string();
     assert!(run_id.starts_with("run-"), "{first}");
+    // Its progress goes on (a closed stderr would fail its writes).
+    std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
     (child, run_id)
 }
 
@@ -406,4 +426,100 @@ fn an_approval_given_by_another_process_runs_the_call_once() {
 #[test]
 fn a_bedrock_agent_killed_mid_loop_resumes_without_repeating_a_step() {
     killed_mid_loop_resumes_without_repeating_steps("bedrock", "anthropic.claude-3-5-haiku-20241022-v1:0");
+}
+
+/// A tool whose call waits for a callback: the job server gets the task token and answers at
+/// once; the agent waits for the token's answer holding nothing (the process running it is
+/// killed meanwhile); another process sends a heartbeat, then the job's result; `llmo resume`
+/// hands the result to the model's next turn. The job was started once, and the token answers
+/// once.
+#[test]
+fn a_tool_waiting_for_a_callback_is_answered_by_another_process() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let seen: Shared = Arc::default();
+    let base = format!("http://{}", serve(&rt, &seen));
+    let dir = std::env::temp_dir().join(format!("llmo-agent-callback-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let wf = dir.join("agent.yaml");
+    let waiting = r#"          - name: transcribe
+            description: Transcribe the order's call recording (a long job)
+            parameters: { type: object, properties: { order_id: { type: string } }, required: [order_id] }
+            run:
+              type: http
+              with:
+                method: POST
+                url: "BASE/jobs"
+                body: { order: "{{ args.order_id }}" }
+                callback: { timeout: 1h, heartbeat: 10m }
+"#;
+    let workflow = WORKFLOW.split("          - name: slow_check").next().unwrap().to_string()
+        + waiting
+        + "  outputs:\n    answer: \"{{ tasks.agent.output.text }}\"\n";
+    std::fs::write(&wf, workflow.replace("PROVIDER", "openai").replace("MODEL", "gpt-4o-mini").replace("BASE", &base))
+        .unwrap();
+    let db = dir.join("runs.db");
+    let state = db.to_str().unwrap();
+    let env = env_for(&base);
+    let (mut child, run_id) = start(&db, &wf, &env);
+    // The job was started with a token, and the call waits for it: listed as a callback.
+    let until = Instant::now() + Duration::from_secs(60);
+    let listed = loop {
+        let out = command().args(["waiting", "--state", state, "--json"]).output().unwrap();
+        let rows: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        if let Some(r) = rows.as_array().and_then(|r| r.first()) {
+            break r.clone();
+        }
+        if Instant::now() > until {
+            let out = command().args(["status", &run_id, "--state", state]).output().unwrap();
+            panic!("the job's call never waited for its callback: {}", text(&out.stdout));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!((&listed["task"], &listed["kind"]), (&json!("agent"), &json!("callback")), "{listed}");
+    assert_eq!(listed["call"]["name"], "transcribe", "{listed}");
+    assert!(listed.get("token").is_none(), "a token is never listed");
+    let status: Value =
+        serde_json::from_slice(&command().args(["status", &run_id, "--state", state]).output().unwrap().stdout)
+            .unwrap();
+    assert_eq!(status["tasks"]["agent"]["turns"][1]["calls"][0]["status"], "awaiting_callback", "{status}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let token = {
+        let s = seen.lock().unwrap();
+        let jobs: Vec<&String> = s.tools.iter().map(|(p, _)| p).filter(|p| p.starts_with("job ")).collect();
+        assert_eq!(jobs.len(), 1, "{jobs:?}");
+        assert!(jobs[0].contains(r#"{"order":"A-17"}"#), "{jobs:?}");
+        jobs[0].rsplit(' ').next().unwrap().to_string()
+    };
+    assert!(token.len() > 100, "the job got the token: {token}");
+    let callback = |args: &[&str]| {
+        let mut all = vec!["callback"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--state", state]);
+        command().args(&all).env_remove("LLMO_LINK_SECRET").output().unwrap()
+    };
+    let out = callback(&[&token, "--heartbeat"]);
+    assert!(out.status.success(), "heartbeat: {}", text(&out.stderr));
+    let out = callback(&[&token, "--output", r#"{"transcript": "it never arrived"}"#]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let again = callback(&[&token, "--output", r#"{"transcript": "other"}"#]);
+    assert_eq!(again.status.code(), Some(3), "answered once: {}", text(&again.stderr));
+    let mut c = command();
+    c.args(["resume", &run_id, "--state", state]);
+    env(&mut c);
+    let out = c.output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let status: Value =
+        serde_json::from_slice(&command().args(["status", &run_id, "--state", state]).output().unwrap().stdout)
+            .unwrap();
+    assert_eq!(status["status"], "succeeded", "{status}");
+    let output = &status["tasks"]["agent"]["output"];
+    assert!(output["text"].as_str().unwrap().contains(r#"{"transcript":"it never arrived"}"#), "{output}");
+    assert_eq!(output["tool_calls"][1]["status"], "succeeded", "{output}");
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.turns, HashMap::from([(1, 1), (2, 1), (3, 1)]));
+    assert_eq!(seen.tools.iter().filter(|(p, _)| p.starts_with("job ")).count(), 1, "the job started once");
+    std::fs::remove_dir_all(&dir).ok();
+    drop(rt);
 }

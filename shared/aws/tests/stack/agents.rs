@@ -4,7 +4,9 @@
 //! answers 503 is retried as its own attempt, every turn is asked once, the log replays with
 //! every event applied once, and the model sees every result. A tool that needs approval
 //! waits holding nothing, is listed in `GET /waiting` with its call, and is answered once per
-//! call through the API (racing answers: one wins) or its single-use link.
+//! call through the API (racing answers: one wins) or its single-use link. A tool whose call
+//! waits for a callback sends its task token, waits holding nothing, and is answered once per
+//! token through `POST /callbacks/{token}` (a failure retries the call with a new token).
 
 use crate::support;
 
@@ -158,18 +160,22 @@ async fn agents_step_turns_and_calls_on_serve() {
     t.stop().await;
 }
 
-/// The model of the approval test: turn 1 asks for two refunds at once, turn 2 repeats what
-/// each call's result or error said.
-struct Refunds;
+/// The model of the approval and callback tests: turn 1 calls its tool twice at once (ids
+/// `{prefix}1` and `{prefix}2`, orders A-1 and A-2), turn 2 repeats what each call's result or
+/// error said.
+struct TwoCalls {
+    tool: &'static str,
+    prefix: &'static str,
+}
 
-impl Respond for Refunds {
+impl Respond for TwoCalls {
     fn respond(&self, req: &Request) -> ResponseTemplate {
         let body: Value = serde_json::from_slice(&req.body).unwrap();
         let messages = body["messages"].as_array().cloned().unwrap_or_default();
         let turn = 1 + messages.iter().filter(|m| m["role"] == "assistant").count();
-        let call = |id: &str, order: &str| json!({"id": id, "type": "function", "function": {"name": "refund", "arguments": json!({"order_id": order}).to_string()}});
+        let call = |n: u32| json!({"id": format!("{}{n}", self.prefix), "type": "function", "function": {"name": self.tool, "arguments": json!({"order_id": format!("A-{n}")}).to_string()}});
         let message = if turn == 1 {
-            json!({"role": "assistant", "content": null, "tool_calls": [call("r1", "A-1"), call("r2", "A-2")]})
+            json!({"role": "assistant", "content": null, "tool_calls": [call(1), call(2)]})
         } else {
             let told: Vec<&str> =
                 messages.iter().filter(|m| m["role"] == "tool").map(|m| m["content"].as_str().unwrap()).collect();
@@ -218,7 +224,11 @@ spec:
 
 async fn refunds_server() -> MockServer {
     let server = MockServer::start().await;
-    Mock::given(method("POST")).and(path("/v1/chat/completions")).respond_with(Refunds).mount(&server).await;
+    Mock::given(method("POST"))
+        .and(path("/v1/chat/completions"))
+        .respond_with(TwoCalls { tool: "refund", prefix: "r" })
+        .mount(&server)
+        .await;
     Mock::given(method("POST"))
         .and(path_regex("^/refunds/A-[0-9]+$"))
         .respond_with(ResponseTemplate::new(200).set_body_json(json!({"refund": "issued"})))
@@ -317,5 +327,151 @@ async fn agents_tool_approvals_on_serve() {
     let server = refunds_server().await;
     let t = Target::serve(with_links(server.uri())).await;
     approvals(&t, &server).await;
+    t.stop().await;
+}
+
+fn with_callbacks(base: String) -> Setup {
+    let inner = setup(base);
+    let make = inner.executors.clone();
+    Setup {
+        links: Some(LINKS.to_vec()),
+        executors: Arc::new(move || {
+            let mut r = make();
+            llmo_runtime::callbacks::Callbacks::new(LINKS, Some("https://api.example.com".into())).install(&mut r);
+            r
+        }),
+        ..inner
+    }
+}
+
+fn waits_for_jobs(base: &str) -> String {
+    format!(
+        r#"apiVersion: llm-orchestrator/v1
+kind: Workflow
+metadata: {{ name: jobs-agent }}
+spec:
+  tasks:
+    - id: agent
+      type: agent
+      retry: {{ max_attempts: 2, backoff: {{ initial: 10ms }} }}
+      with:
+        model: gpt-4o-mini
+        prompt: "Transcribe the calls about orders A-1 and A-2."
+        tools:
+          - name: transcribe
+            parameters: {{ type: object, properties: {{ order_id: {{ type: string }} }}, required: [order_id] }}
+            run:
+              type: http
+              with:
+                method: POST
+                url: "{base}/jobs/{{{{ args.order_id }}}}"
+                callback: {{ timeout: 10m, heartbeat: 5m }}
+  outputs:
+    answer: "{{{{ tasks.agent.output.text }}}}"
+"#
+    )
+}
+
+/// The task token of the `n`th request the job server got for `order`.
+async fn job_token(server: &MockServer, order: &str, n: usize) -> String {
+    for _ in 0..600 {
+        let got = server.received_requests().await.unwrap_or_default();
+        let jobs: Vec<&Request> = got.iter().filter(|r| r.url.path() == format!("/jobs/{order}")).collect();
+        if let Some(r) = jobs.get(n - 1) {
+            return r.headers.get("llmo-callback-token").expect("a token").to_str().unwrap().to_string();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("job {order} #{n} never came");
+}
+
+async fn tool_callbacks(t: &Target, server: &MockServer) {
+    let api = t.api.clone();
+    let source = waits_for_jobs(&server.uri());
+    let (code, v) = call(&api, "POST", "/runs", Some(json!({"source": source}))).await;
+    assert_eq!(code, 201, "{v}");
+    let run = v["run_id"].as_str().unwrap().to_string();
+    let mut rows = waiting_calls(&api, &run, 2).await;
+    rows.sort_by_key(|r| r["call"]["id"].as_str().unwrap().to_string());
+    assert_eq!((rows[0]["kind"].as_str(), rows[0]["call"]["id"].as_str()), (Some("callback"), Some("j1")), "{rows:?}");
+    assert!(rows.iter().all(|r| r.get("token").is_none()), "a task token is never listed: {rows:?}");
+    let (_, now) = call(&api, "GET", &format!("/runs/{run}"), None).await;
+    assert_eq!(now["tasks"][0]["turns"][0]["calls"][0]["status"], "awaiting_callback", "{now}");
+    let (j1, j2) = (job_token(server, "A-1", 1).await, job_token(server, "A-2", 1).await);
+    let answer = |token: String, body: Value| {
+        let api = api.clone();
+        async move { call_as(&api, None, "POST", &format!("/callbacks/{token}"), Some(body)).await }
+    };
+
+    // Refused: a forged token, another tenant's caller.
+    let (code, v) = answer(forge(&j1), json!({"output": 1})).await;
+    assert_eq!(code, 401, "{v}");
+    let other = token("eve", "t2", &["admin"]);
+    let (code, v) = call_as(&api, Some(&other), "POST", &format!("/callbacks/{j1}"), Some(json!({"output": 1}))).await;
+    assert_eq!(code, 404, "another tenant's: {v}");
+    // A heartbeat for j1; j2's job fails: its call is sent again, with a new token.
+    let (code, v) = call_as(&api, None, "POST", &format!("/callbacks/{j1}/heartbeat"), None).await;
+    assert_eq!((code, &v["recorded"]), (200, &json!(true)), "{v}");
+    let (code, v) = answer(j2.clone(), json!({"error": "the transcriber crashed"})).await;
+    assert_eq!(code, 200, "{v}");
+    let j2b = job_token(server, "A-2", 2).await;
+    assert_ne!(j2, j2b);
+    // Five answers for j1 race: one is applied.
+    let racing = (0..5).map(|i| answer(j1.clone(), json!({"output": {"text": format!("hello {i}")}})));
+    let got = futures::future::join_all(racing).await;
+    let codes: Vec<u16> = got.iter().map(|(c, _)| *c).collect();
+    assert_eq!(codes.iter().filter(|&&c| c == 200).count(), 1, "{got:?}");
+    assert_eq!(codes.iter().filter(|&&c| c == 409).count(), 4, "{got:?}");
+    // The new call of j2 must be waiting before its token is answered.
+    for _ in 0..300 {
+        let (_, now) = call(&api, "GET", &format!("/runs/{run}"), None).await;
+        if now["tasks"][0]["turns"][0]["calls"][1]["status"] == "awaiting_callback" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let (code, v) = answer(j2.clone(), json!({"output": {"text": "stale"}})).await;
+    assert_eq!(code, 409, "the failed attempt's token answers nothing: {v}");
+    let (code, v) = answer(j2b, json!({"output": {"text": "goodbye"}})).await;
+    assert_eq!(code, 200, "{v}");
+
+    let end = wait_end(&api, &run, 120).await;
+    assert_eq!(end["status"], "succeeded", "{end}");
+    let said = end["outputs"]["answer"].as_str().unwrap();
+    assert!(said.contains(r#"{"text":"hello "#) && said.ends_with(r#"{"text":"goodbye"}"#), "{said}");
+    let got = server.received_requests().await.unwrap();
+    assert_eq!(got.iter().filter(|r| r.url.path().starts_with("/jobs/")).count(), 3, "a job per attempt");
+    assert_eq!(got.iter().filter(|r| r.url.path() == "/v1/chat/completions").count(), 2);
+    let (initial, log) = t.initial_and_log(&run).await;
+    check_log(&plan(&source), &log, initial);
+    let answers = log.iter().filter(|t| matches!(t.event, llmo_core::engine::Event::Complete { .. })).count();
+    assert_eq!(answers, 2, "one answer per token in the log");
+}
+
+async fn jobs_server() -> MockServer {
+    let server = MockServer::start().await;
+    let model = TwoCalls { tool: "transcribe", prefix: "j" };
+    Mock::given(method("POST")).and(path("/v1/chat/completions")).respond_with(model).mount(&server).await;
+    Mock::given(method("POST"))
+        .and(path_regex("^/jobs/A-[0-9]+$"))
+        .respond_with(ResponseTemplate::new(202).set_body_json(json!({"queued": true})))
+        .mount(&server)
+        .await;
+    server
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn agents_tool_callbacks_on_the_step_workers() {
+    let server = jobs_server().await;
+    let Some(t) = Target::stack(with_callbacks(server.uri())).await else { return };
+    tool_callbacks(&t, &server).await;
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn agents_tool_callbacks_on_serve() {
+    let server = jobs_server().await;
+    let t = Target::serve(with_callbacks(server.uri())).await;
+    tool_callbacks(&t, &server).await;
     t.stop().await;
 }

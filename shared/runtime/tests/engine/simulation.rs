@@ -436,18 +436,28 @@ async fn simulate_with(
                 for (k, u) in ts.units.iter().enumerate() {
                     // An agent's calls waiting for approval: three people approve each at once.
                     let item = plan.checked.workflow.spec.tasks[i].for_each.is_some().then_some(k as u32);
+                    // Calls waiting for their callback: a heartbeat, and three answers at once.
                     for c in u
                         .agent
                         .as_deref()
                         .filter(|_| u.status == TaskStatus::Running)
                         .into_iter()
-                        .flat_map(|l| l.awaiting())
+                        .flat_map(|l| l.answer_owed())
                     {
                         if !answered.insert((i, k, c.attempt)) {
                             continue;
                         }
+                        let callback = c.status == llmo_core::agent::CallStatus::AwaitingCallback;
+                        if callback {
+                            let beat = Event::Heartbeat { task: i, item, attempt: c.attempt, at: now.version };
+                            queue.send(&Message::Event { run_id: run_id.clone(), event: beat }, 0).await.unwrap();
+                        }
                         for who in ["ann", "bob", "cy"] {
-                            let output = json!({"approved": true, "fields": {}, "by": who, "call": c.id});
+                            let output = if callback {
+                                json!(format!("r{}", c.arguments["n"]))
+                            } else {
+                                json!({"approved": true, "fields": {}, "by": who, "call": c.id})
+                            };
                             let event = Event::Complete { task: i, item, attempt: c.attempt, output: Arc::new(output) };
                             let late = (rng.lock().unwrap().next() % 5_000) as Millis;
                             queue.send(&Message::Event { run_id: run_id.clone(), event }, late).await.unwrap();
@@ -1158,6 +1168,43 @@ async fn agents_under_faults_apply_each_turn_and_call_once() {
             .count();
         if ok != 12 {
             failures.push(format!("seed {seed}: {ok} successful steps, not 12"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// The same agents with a tool whose calls wait for a callback: each call is sent, then waits
+/// for its token's answer; a heartbeat and three answers of each race (duplicated, reordered,
+/// crashed around), exactly one is applied per call, and its output is the call's result.
+#[tokio::test]
+async fn agents_with_racing_callbacks_apply_one_answer_per_call() {
+    let source: &'static str = AGENTS
+        .replace(
+            "            run: { type: transform, with: { output: \"r{{ args.n }}\" } }",
+            "            run: { type: http, with: { url: \"https://jobs.example.com/{{ args.n }}\", callback: { timeout: 1h, heartbeat: 30m } } }",
+        )
+        .leak();
+    assert!(source.contains("callback"));
+    let outcome = Validator::default().validate(&SourceFile::new("agents.yaml", source));
+    let plan = Arc::new(Plan::new(outcome.checked.expect("the agents workflow with callbacks is valid")));
+    let clean = simulate_with(plan.clone(), source, 1, NONE, false, true, false).await;
+    assert_eq!(clean.summary.0, RunStatus::Succeeded);
+    assert_eq!(clean.summary.2, Some(json!({"z": "r1,r2,r3;r11,r12,r13"})));
+    let seeds: u64 = std::env::var("SIM_SEEDS").ok().and_then(|s| s.parse().ok()).map_or(300, |n: u64| (n / 30).max(1));
+    let mut failures = Vec::new();
+    for seed in 0..seeds {
+        let r = simulate_with(plan.clone(), source, seed, MANY, false, true, false).await;
+        if let Err(e) = check(&plan, &r, &clean.summary) {
+            failures.push(format!("seed {seed}: {e}"));
+        }
+        let mut answers: HashMap<(Option<u32>, u32), usize> = HashMap::new();
+        for t in &r.log {
+            if let Event::Complete { task: 1, item, attempt, .. } = &t.event {
+                *answers.entry((*item, *attempt)).or_default() += 1;
+            }
+        }
+        if answers.len() < 6 || answers.values().any(|&n| n != 1) {
+            failures.push(format!("seed {seed}: answers applied {answers:?}"));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
