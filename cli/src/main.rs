@@ -21,6 +21,7 @@ mod server;
 mod term;
 mod testing;
 mod waits;
+mod watch;
 
 // Validation of large files allocates many small objects; mimalloc makes that markedly faster.
 #[global_allocator]
@@ -311,6 +312,20 @@ enum Command {
         #[arg(long, value_name = "URL")]
         api: Option<String>,
         /// One JSON object per transition.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Follow a run's events as they happen (each transition, what it changed, the run's
+    /// end), from a state file or with --api from the API's event stream. Exit 0 when the
+    /// run succeeded, 1 otherwise.
+    Watch {
+        run_id: String,
+        #[arg(long, value_name = "PATH", default_value = ".llmo/runs.db")]
+        state: PathBuf,
+        /// Follow the run through the API at this URL (`GET /runs/{id}/events`; `$LLMO_TOKEN`).
+        #[arg(long, value_name = "URL")]
+        api: Option<String>,
+        /// One JSON object per event.
         #[arg(long)]
         json: bool,
     },
@@ -694,6 +709,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Rerun { run_id, from, api: Some(api), .. } => remote::rerun(&run_id, &from, Some(&api)),
         Command::Rerun { run_id, from, state, exec, api: None } => run::rerun(&run_id, &from, &state, &exec.exec()),
+        Command::Watch { run_id, api: Some(api), json, .. } => watch::remote(&run_id, Some(&api), json),
+        Command::Watch { run_id, state, json, api: None } => watch::local(&run_id, &state, json),
         Command::Status { run_id, api: Some(api), .. } => remote::status(&run_id, Some(&api)),
         Command::Status { run_id, state, history, api: None } => run::status(&run_id, &state, history),
         Command::Submit { file, inputs, input_file, api, idempotency_key, wait } => {

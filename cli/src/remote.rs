@@ -21,6 +21,11 @@ pub fn base(api: Option<&str>) -> String {
 /// An HTTP client that sends `$LLMO_TOKEN` as the bearer token on every request (the API
 /// refuses requests without one; `llmo token` makes one for a local API).
 fn client() -> Result<reqwest::Client> {
+    client_with(Some(Duration::from_secs(60)))
+}
+
+/// [`client`] with another overall timeout per request (none: a stream that lasts).
+pub fn client_with(timeout: Option<Duration>) -> Result<reqwest::Client> {
     let mut headers = reqwest::header::HeaderMap::new();
     if let Some(t) = std::env::var("LLMO_TOKEN").ok().filter(|t| !t.is_empty()) {
         let mut v = reqwest::header::HeaderValue::from_str(&format!("Bearer {t}"))
@@ -28,11 +33,11 @@ fn client() -> Result<reqwest::Client> {
         v.set_sensitive(true);
         headers.insert(reqwest::header::AUTHORIZATION, v);
     }
-    reqwest::Client::builder()
-        .default_headers(headers)
-        .timeout(Duration::from_secs(60))
-        .build()
-        .context("building the HTTP client")
+    let mut b = reqwest::Client::builder().default_headers(headers).connect_timeout(Duration::from_secs(10));
+    if let Some(t) = timeout {
+        b = b.timeout(t);
+    }
+    b.build().context("building the HTTP client")
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -47,7 +52,7 @@ async fn call(req: reqwest::RequestBuilder, url: &str) -> Result<(u16, Value)> {
     Ok((status, v))
 }
 
-fn refused(what: &str, status: u16, v: &Value) -> ExitCode {
+pub fn refused(what: &str, status: u16, v: &Value) -> ExitCode {
     eprintln!(
         "error: {what}: HTTP {status}: {}",
         crate::term::clean(v.get("error").and_then(Value::as_str).unwrap_or(&v.to_string()))

@@ -159,9 +159,14 @@ pub fn serve(o: Options) -> Result<ExitCode> {
         let api = gate.clone();
         async move { api.admit(parts).await }
     };
+    let streamer = api.clone();
     let handler = move |req| {
         let api = api.clone();
         async move { api.handle(req).await }
+    };
+    let stream = move |req: llmo_api::Request| {
+        let api = streamer.clone();
+        async move { api.open_events(&req).await }
     };
     let stopped = async {
         let _ = tokio::signal::ctrl_c().await;
@@ -175,7 +180,7 @@ pub fn serve(o: Options) -> Result<ExitCode> {
             eprintln!("llmo serve: stopped; steps in flight run again at the next start");
             std::process::exit(130);
         });
-        llmo_api::server::serve_on(listener, limits, admit, handler, stopped).await
+        llmo_api::server::serve_on(listener, limits, admit, handler, stream, stopped).await
     })?;
     rt.block_on(async {
         schedules.stop().await;

@@ -40,10 +40,21 @@ async fn main() -> Result<(), lambda_http::Error> {
             async move { api.admit(parts).await }
         };
         let limits = llmo_api::server::ServeLimits::allowing(&std::env::var("LLMO_ALLOWED_HOSTS").unwrap_or_default());
-        llmo_api::server::serve(addr, limits, admit, move |req| {
-            let api = api.clone();
-            async move { api.handle(req).await }
-        })
+        let streamer = api.clone();
+        let stream = move |req: llmo_api::Request| {
+            let api = streamer.clone();
+            async move { api.open_events(&req).await }
+        };
+        llmo_api::server::serve(
+            addr,
+            limits,
+            admit,
+            move |req| {
+                let api = api.clone();
+                async move { api.handle(req).await }
+            },
+            stream,
+        )
         .await?;
         return Ok(());
     }

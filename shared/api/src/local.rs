@@ -162,6 +162,7 @@ impl Local {
             metrics: None,
             links: None,
             triggers: Default::default(),
+            streams: Default::default(),
         };
         let (stop, _) = watch::channel(false);
         Ok(Local {

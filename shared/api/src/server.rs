@@ -77,24 +77,38 @@ impl Default for ServeLimits {
 /// unauthenticated routes: what they need) or answers it at once (a request without a valid
 /// token gets its 401 without its body being read). Headers and bodies must arrive within
 /// [`ServeLimits`], and at most `max_connections` are open at once.
-pub async fn serve<A, AFut, F, Fut>(addr: SocketAddr, limits: ServeLimits, admit: A, handler: F) -> std::io::Result<()>
+///
+/// A `GET` request is first offered to `stream`: when it answers `Some`, the response streams
+/// (`text/event-stream`: `GET /runs/{id}/events`, see [`crate::api::events`]) or is the
+/// refusal it gives; `None` sends the request on to `handler`.
+pub async fn serve<A, AFut, F, Fut, S, SFut>(
+    addr: SocketAddr,
+    limits: ServeLimits,
+    admit: A,
+    handler: F,
+    stream: S,
+) -> std::io::Result<()>
 where
     A: Fn(http::request::Parts) -> AFut + Clone + Send + Sync + 'static,
     AFut: Future<Output = Result<(http::request::Parts, usize), Response>> + Send,
     F: Fn(Request) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response> + Send,
+    S: Fn(Request) -> SFut + Clone + Send + Sync + 'static,
+    SFut: Future<Output = Option<Result<crate::api::events::EventStream, Response>>> + Send,
 {
     let listener = tokio::net::TcpListener::bind(addr).await?;
-    serve_on(listener, limits, admit, handler, std::future::pending()).await
+    serve_on(listener, limits, admit, handler, stream, std::future::pending()).await
 }
 
 /// [`serve`] on a bound listener until `shutdown` resolves; then no connection is accepted,
-/// and the ones open are given up to 10 s to finish the requests they are in.
-pub async fn serve_on<A, AFut, F, Fut>(
+/// and the ones open are given up to 10 s to finish the requests they are in (streams end
+/// with the server).
+pub async fn serve_on<A, AFut, F, Fut, S, SFut>(
     listener: tokio::net::TcpListener,
     limits: ServeLimits,
     admit: A,
     handler: F,
+    stream: S,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()>
 where
@@ -102,13 +116,15 @@ where
     AFut: Future<Output = Result<(http::request::Parts, usize), Response>> + Send,
     F: Fn(Request) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response> + Send,
+    S: Fn(Request) -> SFut + Clone + Send + Sync + 'static,
+    SFut: Future<Output = Option<Result<crate::api::events::EventStream, Response>>> + Send,
 {
     let extra = limits.allowed_hosts.clone();
     let body_timeout = limits.body_timeout;
 
     let addr = listener.local_addr()?;
     let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
-        let (handler, admit, extra) = (handler.clone(), admit.clone(), extra.clone());
+        let (handler, admit, extra, stream) = (handler.clone(), admit.clone(), extra.clone(), stream.clone());
         async move {
             let refuse = |status: u16, msg: String| {
                 axum::response::Response::builder()
@@ -129,6 +145,22 @@ where
                 Ok(p) => p,
                 Err(resp) => return reply(resp),
             };
+            if parts.method == http::Method::GET {
+                match stream(Request::from_parts(parts.clone(), Body::Empty)).await {
+                    None => {}
+                    Some(Err(resp)) => return reply(resp),
+                    Some(Ok(chunks)) => {
+                        let body = futures::StreamExt::map(chunks, Ok::<_, std::convert::Infallible>);
+                        return axum::response::Response::builder()
+                            .status(200)
+                            .header("content-type", "text/event-stream")
+                            .header("cache-control", "no-store")
+                            .header("x-accel-buffering", "no")
+                            .body(axum::body::Body::from_stream(body))
+                            .expect("valid response");
+                    }
+                }
+            }
             let bytes = match tokio::time::timeout(body_timeout, axum::body::to_bytes(body, limit)).await {
                 Ok(Ok(b)) => b,
                 Ok(Err(e)) => return refuse(413, format!("request body: {e} (at most {limit} bytes here)")),
@@ -209,7 +241,7 @@ mod tests {
             };
             http::Response::builder().status(200).body(Body::Text(n.to_string())).unwrap()
         };
-        tokio::spawn(serve(addr, limits, admit, handler));
+        tokio::spawn(serve(addr, limits, admit, handler, |_| async { None }));
         for _ in 0..100 {
             if tokio::net::TcpStream::connect(addr).await.is_ok() {
                 return addr;

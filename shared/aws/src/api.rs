@@ -50,6 +50,7 @@ pub fn build(aws: &Aws, executors: Registry, config: Config, mock: bool) -> Api 
         metrics: None,
         links: None,
         triggers: Default::default(),
+        streams: Default::default(),
     }
 }
 

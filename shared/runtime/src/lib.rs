@@ -23,6 +23,7 @@ pub mod sqlite_queue;
 pub mod start;
 pub mod step;
 pub mod store;
+pub mod stream;
 pub mod telemetry;
 pub mod ui;
 pub mod view;

@@ -10,6 +10,7 @@
 //! | `GET /runs?workflow=&status=&limit=&cursor=` | viewer | the tenant's runs, newest first, a page at a time |
 //! | `GET /runs/{id}` | viewer | status, task states, outputs, cost |
 //! | `GET /runs/{id}/history` | viewer | the transition log |
+//! | `GET /runs/{id}/events` | viewer | the run's events as server-sent events, live ([`events`]) |
 //! | `POST /runs/{id}/cancel` | developer | cancels (stored before the answer; `on.failure` hooks run) |
 //! | `GET /waiting` | viewer | tasks waiting for an approval or an event ([`crate::answers`]) |
 //! | `POST /runs/{id}/tasks/{task}/complete` | the wait's approvers | approves or rejects, once |
@@ -44,6 +45,7 @@ use http::Response;
 
 mod admin;
 pub mod bus;
+pub mod events;
 mod routes;
 mod runs;
 
@@ -79,6 +81,8 @@ pub struct Api {
     pub reads: llmo_runtime::reads::Reads,
     /// Registered workflows' event triggers, as last validated (`POST /bus/events`).
     pub triggers: bus::Triggers,
+    /// The event streams open (`GET /runs/{id}/events`) and their limits.
+    pub streams: Arc<events::Streams>,
 }
 
 pub(crate) type Reply = Response<Body>;
@@ -255,38 +259,51 @@ impl Api {
         if let Route::Callback(token) | Route::Heartbeat(token) = route {
             return self.callback(&req, token, matches!(route, Route::Heartbeat(_)), arrived).await;
         }
-        let principal = match &self.auth {
-            None => Err(AuthError::Unauthenticated("this API has no authentication configured".into())),
-            Some(a) => a.authenticate(&req).await,
-        };
-        let principal = match principal {
+        let principal = match self.principal(&req, route).await {
             Ok(p) => p,
-            Err(AuthError::Unauthenticated(why)) => {
-                tracing::info!(route = route.action(), %why, "unauthenticated request");
-                let mut r = problem(StatusCode::UNAUTHORIZED, why);
-                r.headers_mut().insert("www-authenticate", "Bearer".parse().expect("header value"));
-                return r;
-            }
-            Err(AuthError::Forbidden(why)) => {
-                tracing::info!(route = route.action(), %why, "request refused");
-                return problem(StatusCode::FORBIDDEN, why);
-            }
-            Err(AuthError::BadTenant(why)) => return problem(StatusCode::BAD_REQUEST, why),
+            Err(r) => return *r,
         };
-        let query: HashMap<String, String> = req
-            .uri()
-            .query()
-            .map(|q| {
-                q.split('&')
-                    .filter_map(|kv| kv.split_once('='))
-                    .map(|(k, v)| (k.to_string(), urlencoding_decode(v)))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let query = query_of(&req);
         let (reply, tenant, target) = self.authorized(&req, route, &principal, &query).await;
         if let Some(t) = &tenant {
             span.record("tenant", t.as_str());
         }
+        self.audited(arrived, route, &principal, tenant, target, reply.status()).await;
+        reply
+    }
+
+    /// Who made `req` (for `route`): its bearer token verified, or the refusal (401, 403, 400).
+    pub(crate) async fn principal(&self, req: &Request, route: Route<'_>) -> Result<Principal, Refusal> {
+        let principal = match &self.auth {
+            None => Err(AuthError::Unauthenticated("this API has no authentication configured".into())),
+            Some(a) => a.authenticate(req).await,
+        };
+        match principal {
+            Ok(p) => Ok(p),
+            Err(AuthError::Unauthenticated(why)) => {
+                tracing::info!(route = route.action(), %why, "unauthenticated request");
+                let mut r = problem(StatusCode::UNAUTHORIZED, why);
+                r.headers_mut().insert("www-authenticate", "Bearer".parse().expect("header value"));
+                Err(Box::new(r))
+            }
+            Err(AuthError::Forbidden(why)) => {
+                tracing::info!(route = route.action(), %why, "request refused");
+                Err(Box::new(problem(StatusCode::FORBIDDEN, why)))
+            }
+            Err(AuthError::BadTenant(why)) => Err(Box::new(problem(StatusCode::BAD_REQUEST, why))),
+        }
+    }
+
+    /// Writes the audit record of an authenticated request.
+    pub(crate) async fn audited(
+        &self,
+        arrived: u64,
+        route: Route<'_>,
+        principal: &Principal,
+        tenant: Option<String>,
+        target: Option<String>,
+        status: StatusCode,
+    ) {
         let record = Record {
             at: arrived,
             tenant: tenant.unwrap_or_else(|| principal.tenant.clone()),
@@ -295,12 +312,11 @@ impl Api {
             action: route.action().into(),
             run_id: route.run().map(str::to_string).or_else(|| target.clone().filter(|t| t.starts_with("run-"))),
             target: route.run().map(str::to_string).or(target),
-            result: reply.status().as_u16().to_string(),
+            result: status.as_u16().to_string(),
         };
         if let Err(e) = self.audit.write(&record).await {
             tracing::error!(error = %e, action = record.action, actor = record.actor, "audit record not written");
         }
-        reply
     }
 
     /// `POST /answer` (no bearer: the route has no authorizer): the holder of an approval's
@@ -338,22 +354,10 @@ impl Api {
         p: &Principal,
         query: &HashMap<String, String>,
     ) -> (Reply, Option<String>, Option<String>) {
-        let tenant = match p.acting_tenant(query.get("tenant").map(String::as_str)) {
-            Ok(t) => t.to_string(),
-            Err(e @ AuthError::BadTenant(_)) => {
-                return (problem(StatusCode::BAD_REQUEST, e.to_string()), None, None);
-            }
-            Err(e) => return (problem(StatusCode::FORBIDDEN, e.to_string()), None, None),
+        let tenant = match self.gate(route, p, query).await {
+            Ok(t) => t,
+            Err((r, tenant)) => return (*r, tenant, None),
         };
-        if !p.may(route.needs()) {
-            let why = format!(
-                "{} needs the {} role (the token grants {})",
-                route.action(),
-                route.needs().as_str(),
-                p.role.as_str()
-            );
-            return (problem(StatusCode::FORBIDDEN, why), Some(tenant), None);
-        }
         let body: Value = match req.body() {
             Body::Empty => Value::Null,
             b => {
@@ -374,20 +378,6 @@ impl Api {
             }
         };
         let header_key = req.headers().get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_string);
-        if let Some(id) = route.run() {
-            if !valid_run_id(id) {
-                return (no_run(id), Some(tenant), None);
-            }
-            // `GET /runs/{id}` checks the tenant of the state it loads anyway; the others ask
-            // first (one small read).
-            if !matches!(route, Route::GetRun(_)) {
-                match self.index.tenant_of(id).await {
-                    Ok(Some(t)) if t == tenant => {}
-                    Ok(_) => return (no_run(id), Some(tenant), None),
-                    Err(e) => return (internal(e), Some(tenant), None),
-                }
-            }
-        }
         let (reply, target) = match route {
             Route::RegisterWorkflow => self.register(&tenant, &body).await,
             Route::ListWorkflows => (self.workflows(&tenant).await, None),
@@ -395,6 +385,7 @@ impl Api {
             Route::ListRuns => (self.list(&tenant, query).await, None),
             Route::GetRun(id) => (self.get(&tenant, id).await, None),
             Route::History(id) => (self.history(id, query).await, None),
+            Route::RunEvents(id) => (self.events_now(&tenant, id, req).await, None),
             Route::Cancel(id) => (self.cancel(&tenant, id).await, None),
             Route::Redrive(id) => (self.redrive(&tenant, id, &body).await, None),
             Route::Rerun(id) => self.rerun(&tenant, id, &body).await,
@@ -416,6 +407,47 @@ impl Api {
             Route::Costs => (self.costs(&tenant, query).await, None),
         };
         (reply, Some(tenant), target)
+    }
+
+    /// The tenant `p` acts on for `route`, if it may: it has the route's role, and the run
+    /// the route names is of that tenant (another tenant's run is no run: 404).
+    pub(crate) async fn gate(
+        &self,
+        route: Route<'_>,
+        p: &Principal,
+        query: &HashMap<String, String>,
+    ) -> Result<String, (Refusal, Option<String>)> {
+        let tenant = match p.acting_tenant(query.get("tenant").map(String::as_str)) {
+            Ok(t) => t.to_string(),
+            Err(e @ AuthError::BadTenant(_)) => {
+                return Err((Box::new(problem(StatusCode::BAD_REQUEST, e.to_string())), None));
+            }
+            Err(e) => return Err((Box::new(problem(StatusCode::FORBIDDEN, e.to_string())), None)),
+        };
+        if !p.may(route.needs()) {
+            let why = format!(
+                "{} needs the {} role (the token grants {})",
+                route.action(),
+                route.needs().as_str(),
+                p.role.as_str()
+            );
+            return Err((Box::new(problem(StatusCode::FORBIDDEN, why)), Some(tenant)));
+        }
+        if let Some(id) = route.run() {
+            if !valid_run_id(id) {
+                return Err((Box::new(no_run(id)), Some(tenant)));
+            }
+            // `GET /runs/{id}` checks the tenant of the state it loads anyway; the others ask
+            // first (one small read).
+            if !matches!(route, Route::GetRun(_)) {
+                match self.index.tenant_of(id).await {
+                    Ok(Some(t)) if t == tenant => {}
+                    Ok(_) => return Err((Box::new(no_run(id)), Some(tenant))),
+                    Err(e) => return Err((Box::new(internal(e)), Some(tenant))),
+                }
+            }
+        }
+        Ok(tenant)
     }
 
     /// The current state of `stored`, a run of `tenant` (see [`llmo_runtime::reads`]); a
@@ -470,6 +502,19 @@ fn start_error(e: StartError) -> Reply {
 }
 
 /// Decodes `%xx` and `+` in a query value.
+/// A request's query parameters, decoded.
+pub(crate) fn query_of(req: &Request) -> HashMap<String, String> {
+    req.uri()
+        .query()
+        .map(|q| {
+            q.split('&')
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(k, v)| (k.to_string(), urlencoding_decode(v)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 fn urlencoding_decode(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());

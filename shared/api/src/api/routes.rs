@@ -11,6 +11,8 @@ pub enum Route<'a> {
     ListRuns,
     GetRun(&'a str),
     History(&'a str),
+    /// `GET /runs/{id}/events`: the run's events (server-sent events).
+    RunEvents(&'a str),
     Cancel(&'a str),
     Redrive(&'a str),
     Rerun(&'a str),
@@ -43,6 +45,7 @@ impl<'a> Route<'a> {
             (&Method::GET, ["runs"]) => Route::ListRuns,
             (&Method::GET, ["runs", id]) => Route::GetRun(id),
             (&Method::GET, ["runs", id, "history"]) => Route::History(id),
+            (&Method::GET, ["runs", id, "events"]) => Route::RunEvents(id),
             (&Method::POST, ["runs", id, "cancel"]) => Route::Cancel(id),
             (&Method::POST, ["runs", id, "redrive"]) => Route::Redrive(id),
             (&Method::POST, ["runs", id, "rerun"]) => Route::Rerun(id),
@@ -68,6 +71,7 @@ impl<'a> Route<'a> {
             | Route::ListRuns
             | Route::GetRun(_)
             | Route::History(_)
+            | Route::RunEvents(_)
             | Route::OpenApi
             | Route::Costs
             | Route::Waiting => Role::Viewer,
@@ -95,6 +99,7 @@ impl<'a> Route<'a> {
             Route::ListRuns => "GET /runs",
             Route::GetRun(_) => "GET /runs/{id}",
             Route::History(_) => "GET /runs/{id}/history",
+            Route::RunEvents(_) => "GET /runs/{id}/events",
             Route::Cancel(_) => "POST /runs/{id}/cancel",
             Route::Redrive(_) => "POST /runs/{id}/redrive",
             Route::Rerun(_) => "POST /runs/{id}/rerun",
@@ -117,6 +122,7 @@ impl<'a> Route<'a> {
         match self {
             Route::GetRun(id)
             | Route::History(id)
+            | Route::RunEvents(id)
             | Route::Cancel(id)
             | Route::Redrive(id)
             | Route::Rerun(id)

@@ -185,21 +185,28 @@ pub fn rebuild_until(
 ) -> Result<Rebuilt, Error> {
     let mut rest = tail.into_iter();
     while let Some(t) = rest.next() {
-        if t.version != st.version + 1 {
-            return Err(Error::Corrupt {
-                run: st.run_id.clone(),
-                why: format!("transition {} follows version {}", t.version, st.version),
-            });
-        }
-        plan.apply(&mut st, &t.event, t.at).map_err(|e| Error::Corrupt {
-            run: st.run_id.clone(),
-            why: format!("transition {} ({}) was refused: {}", t.version, t.event.key(), e.0),
-        })?;
+        apply_stored(plan, &mut st, &t)?;
         if deadline.is_some_and(|d| std::time::Instant::now() >= d) && rest.len() > 0 {
             return Ok(Rebuilt::Stopped { state: st, rest: rest.collect() });
         }
     }
     Ok(Rebuilt::Done(st))
+}
+
+/// Applies stored transition `t` to `st`, the state it follows: `Corrupt` when it does not
+/// follow it or is refused (the log does not replay).
+pub fn apply_stored(plan: &Plan, st: &mut RunState, t: &Transition) -> Result<(), Error> {
+    if t.version != st.version + 1 {
+        return Err(Error::Corrupt {
+            run: st.run_id.clone(),
+            why: format!("transition {} follows version {}", t.version, st.version),
+        });
+    }
+    plan.apply(st, &t.event, t.at).map_err(|e| Error::Corrupt {
+        run: st.run_id.clone(),
+        why: format!("transition {} ({}) was refused: {}", t.version, t.event.key(), e.0),
+    })?;
+    Ok(())
 }
 
 /// The run store port. Implementations: [`MemoryStore`], `SqliteStore` (feature `sqlite`) here, DynamoDB in the
