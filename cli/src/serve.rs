@@ -24,7 +24,12 @@ use serde_json::json;
 struct Ui {
     store: Arc<dyn RunStore>,
     token: Arc<str>,
+    /// Event streams open now (at most [`MAX_STREAMS`]).
+    streams: Arc<std::sync::atomic::AtomicUsize>,
 }
+
+/// Most event streams this page server keeps open at once.
+const MAX_STREAMS: usize = 16;
 
 /// A random token for one process's page.
 pub fn token() -> Result<String> {
@@ -39,10 +44,11 @@ pub async fn ui(addr: &str, store: Arc<dyn RunStore>, token: &str) -> Result<Soc
     let addr: SocketAddr = addr.parse().with_context(|| format!("--ui {addr}: an address like 127.0.0.1:8090"))?;
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("--ui: binding {addr}"))?;
     let bound = listener.local_addr()?;
-    let state = Ui { store, token: Arc::from(token) };
+    let state = Ui { store, token: Arc::from(token), streams: Default::default() };
     let app = axum::Router::new()
         .route("/runs", axum::routing::get(list))
         .route("/runs/{id}", axum::routing::get(get))
+        .route("/runs/{id}/events", axum::routing::get(events))
         .fallback(asset)
         .with_state(state);
     tokio::spawn(async move {
@@ -117,21 +123,74 @@ async fn list(State(ui): State<Ui>, headers: HeaderMap) -> Response {
     }
 }
 
+/// A stored run and its plan.
+async fn load(ui: &Ui, id: &str) -> Result<(Plan, llmo_runtime::store::StoredRun), Response> {
+    let stored = match ui.store.load(id).await {
+        Ok(Some(s)) => s,
+        Ok(None) => return Err(problem(StatusCode::NOT_FOUND, format!("no run `{id}`"))),
+        Err(e) => return Err(problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+    };
+    let source = SourceFile::new(stored.source_name.clone(), stored.source.clone());
+    let Some(checked) = Validator::shared().validate(&source).checked else {
+        return Err(problem(StatusCode::CONFLICT, format!("the stored workflow of `{id}` no longer validates")));
+    };
+    Ok((Plan::new(checked), stored))
+}
+
+/// `GET /runs/{id}/events`: the run's events as server-sent events, as the API serves them
+/// (`llmo_api::api::events`), to the holder of this page's token.
+async fn events(State(ui): State<Ui>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    use std::sync::atomic::Ordering;
+    if let Err(r) = authorized(&ui, &headers) {
+        return *r;
+    }
+    let (plan, _) = match load(&ui, &id).await {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let after = match headers.get("last-event-id").and_then(|v| v.to_str().ok()).filter(|v| !v.trim().is_empty()) {
+        None => llmo_runtime::stream::EventId::default(),
+        Some(s) => match llmo_runtime::stream::EventId::parse(&id, s) {
+            Ok(a) => a,
+            Err(e) => return problem(StatusCode::BAD_REQUEST, e),
+        },
+    };
+    if ui.streams.fetch_add(1, Ordering::SeqCst) >= MAX_STREAMS {
+        ui.streams.fetch_sub(1, Ordering::SeqCst);
+        return problem(StatusCode::TOO_MANY_REQUESTS, format!("{MAX_STREAMS} event streams are open; retry later"));
+    }
+    /// Gives the stream's place back when the stream goes.
+    struct Held(Arc<std::sync::atomic::AtomicUsize>);
+    impl Drop for Held {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+    let held = Held(ui.streams.clone());
+    let follower = match llmo_runtime::stream::Follower::start(ui.store.clone(), Arc::new(plan), &id, after).await {
+        Ok(f) => f,
+        Err(e) => return problem(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    let chunks = follower.into_sse(llmo_runtime::stream::Follow::default());
+    let body = futures::StreamExt::map(chunks, move |c| {
+        let _held = &held;
+        Ok::<_, std::convert::Infallible>(c)
+    });
+    let mut r = axum::body::Body::from_stream(body).into_response();
+    r.headers_mut().insert(header::CONTENT_TYPE, "text/event-stream".parse().expect("header value"));
+    r.headers_mut().insert(header::CACHE_CONTROL, "no-store".parse().expect("header value"));
+    r
+}
+
 async fn get(State(ui): State<Ui>, headers: HeaderMap, Path(id): Path<String>) -> Response {
     if let Err(r) = authorized(&ui, &headers) {
         return *r;
     }
-    let stored = match ui.store.load(&id).await {
-        Ok(Some(s)) => s,
-        Ok(None) => return problem(StatusCode::NOT_FOUND, format!("no run `{id}`")),
-        Err(e) => return problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    let (plan, stored) = match load(&ui, &id).await {
+        Ok(p) => p,
+        Err(r) => return r,
     };
     let workflow = stored.workflow.clone();
-    let source = SourceFile::new(stored.source_name.clone(), stored.source.clone());
-    let Some(checked) = Validator::shared().validate(&source).checked else {
-        return problem(StatusCode::CONFLICT, format!("the stored workflow of `{id}` no longer validates"));
-    };
-    let plan = Plan::new(checked);
     match rebuild(&plan, stored) {
         Ok(st) => json_reply(StatusCode::OK, llmo_runtime::view::run(&plan, &workflow, &st)),
         Err(e) => problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),

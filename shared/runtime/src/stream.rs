@@ -275,6 +275,9 @@ impl Follower {
         let mut last_sent = started;
         async_stream(move |tx| async move {
             loop {
+                if tx.is_closed() {
+                    return;
+                }
                 let frames = match self.poll().await {
                     Ok(f) => f,
                     Err(e) => {

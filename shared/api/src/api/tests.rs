@@ -3,13 +3,14 @@
 use super::*;
 
 /// Every route, once.
-const ALL: [Route<'static>; 21] = [
+const ALL: [Route<'static>; 22] = [
     Route::RegisterWorkflow,
     Route::ListWorkflows,
     Route::StartRun,
     Route::ListRuns,
     Route::GetRun("x"),
     Route::History("x"),
+    Route::RunEvents("x"),
     Route::Cancel("x"),
     Route::Redrive("x"),
     Route::Rerun("x"),

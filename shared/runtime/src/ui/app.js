@@ -232,16 +232,74 @@ async function runPage(id) {
         ? el("div", {}, el("h3", {}, "Outputs"), el("pre", { id: "run-outputs" }, JSON.stringify(run.outputs, null, 2))) : null,
     ].filter(Boolean));
   };
+  let gone = false, streaming = false;
+  const refresh = async () => {
+    run = await api("/runs/" + encodeURIComponent(id));
+    document.title = `${run.run_id} · ${run.status}`;
+    render();
+  };
   const poll = async () => {
     try {
-      run = await api("/runs/" + encodeURIComponent(id));
-      document.title = `${run.run_id} · ${run.status}`;
-      render();
-      if (LIVE.has(run.status)) timer = setTimeout(poll, POLL_MS);
+      await refresh();
+      if (LIVE.has(run.status) && !gone && !streaming) timer = setTimeout(poll, POLL_MS);
     } catch (e) { fail(e); }
   };
-  window.addEventListener("popstate", () => clearTimeout(timer), { once: true });
+  window.addEventListener("popstate", () => { gone = true; clearTimeout(timer); }, { once: true });
   await poll();
+  if (LIVE.has(run.status)) follow(id, () => gone, (on) => { streaming = on; document.body.dataset.live = on ? "stream" : "poll"; if (!on) { clearTimeout(timer); poll(); } }, refresh);
+}
+
+// Follows a run's event stream (GET /runs/{id}/events, server-sent events read through fetch,
+// which sends the bearer token): each event refreshes the page (at most one refresh in flight),
+// a dropped stream reconnects with the last event's id, and where the server does not stream
+// (or after three failed tries) the page goes back to polling.
+async function follow(id, gone, live, refresh) {
+  let last = null, failures = 0, busy = false, again = false;
+  const update = async () => {
+    if (busy) { again = true; return; }
+    busy = true;
+    try { do { again = false; await refresh(); } while (again); } catch (e) { fail(e); } finally { busy = false; }
+  };
+  while (!gone()) {
+    const token = sessionStorage.getItem(TOKEN_KEY);
+    const headers = { Accept: "text/event-stream" };
+    if (token) headers.Authorization = "Bearer " + token;
+    if (last) headers["Last-Event-ID"] = last;
+    let r;
+    try { r = await fetch("/runs/" + encodeURIComponent(id) + "/events", { headers, cache: "no-store" }); } catch (_) { r = null; }
+    if (!r || !r.ok || !(r.headers.get("content-type") || "").startsWith("text/event-stream") || !r.body) {
+      if (++failures >= 3 || (r && r.status !== 429 && r.status >= 400)) return live(false);
+      await new Promise((ok) => setTimeout(ok, 1000 * failures));
+      continue;
+    }
+    failures = 0;
+    live(true);
+    const reader = r.body.getReader(), decoder = new TextDecoder();
+    let buf = "", ev = {}, ended = false;
+    for (;;) {
+      let chunk;
+      try { chunk = await reader.read(); } catch (_) { break; }
+      if (chunk.done || gone()) break;
+      buf += decoder.decode(chunk.value, { stream: true });
+      let n;
+      while ((n = buf.indexOf("\n")) >= 0) {
+        const line = buf.slice(0, n).replace(/\r$/, ""); buf = buf.slice(n + 1);
+        if (line === "") {
+          if (ev.event) {
+            if (ev.id) last = ev.id;
+            if (ev.event === "end") ended = true;
+            update();
+          }
+          ev = {};
+        } else if (!line.startsWith(":")) {
+          const k = line.indexOf(":"), field = k < 0 ? line : line.slice(0, k), value = k < 0 ? "" : line.slice(k + 1).replace(/^ /, "");
+          if (field === "id") ev.id = value; else if (field === "event") ev.event = value; else if (field === "data") ev.data = (ev.data ? ev.data + "\n" : "") + value;
+        }
+      }
+    }
+    if (ended) return;
+    await new Promise((ok) => setTimeout(ok, 1000));
+  }
 }
 
 function fail(e) {
