@@ -41,7 +41,9 @@ def main():
         asked = waiting.inner_text()
         check("issue_refund" in asked and "Refund 80 USD on order A-17" in asked, f"the call awaiting approval: {asked!r}")
         page.screenshot(path=os.path.join(OUT, "agent-waiting.png"), full_page=True)
-        # Another process approves; the page (polling) shows the run go on.
+        # The page follows the run's event stream (it does not poll).
+        page.wait_for_function("document.body.dataset.live === 'stream'", timeout=10000)
+        # Another process approves; the page, told by the stream, shows the run go on.
         run_id = url.split("/ui/runs/")[1].split("?")[0].split("#")[0]
         done = subprocess.run([llmo, "approve", run_id, "support", "--state", state, "-f", "note=within policy"],
                               capture_output=True, text=True)
