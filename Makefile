@@ -85,6 +85,8 @@ REPLAY_SMOKE := target/debug/examples/replay 200 20000 --check
 # Process start to first step, once (the debug build: it checks the measurement, not the figure).
 FIRST_STEP_SMOKE := target/debug/llmo synth --shape layered --tasks 1000 > target/synth-1000.yaml && \
   python3 tests/bench/first_step.py target/debug/llmo target/synth-1000.yaml 2
+# A run's events reaching a client of its stream, once (3 runs of 5 sleeps; debug build).
+EVENTS_SMOKE := python3 tests/bench/events_latency.py target/debug/llmo 3 5
 unit:
 	$(CARGO) test --workspace --locked --no-run
 	LLMO_SECRET_TICKETS_TOKEN=offline localstack/with-stack.sh \
@@ -93,6 +95,7 @@ unit:
 	$(IO_SMOKE)
 	$(REPLAY_SMOKE)
 	$(FIRST_STEP_SMOKE)
+	$(EVENTS_SMOKE)
 	LLMO_API_ADDR=127.0.0.1:18080 localstack/run-local.sh --smoke --cfn
 	tests/serve_smoke.sh 127.0.0.1:18090
 	tests/ui/agent_page.sh
@@ -180,6 +183,8 @@ bench:
 	$(CARGO) build --release --locked --workspace --bins --examples
 	tests/bench/api_load.sh serve
 	tests/bench/api_load.sh stack
+	# A run's transitions reaching a client of its event stream (llmo serve, release).
+	python3 tests/bench/events_latency.py target/release/llmo 20 20
 
 # Prints its figures as one `soak: {...}` line (BENCHMARKS.md, "Chaos soak").
 soak:

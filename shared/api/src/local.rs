@@ -162,7 +162,12 @@ impl Local {
             metrics: None,
             links: None,
             triggers: Default::default(),
-            streams: Default::default(),
+            // The log is a local file: its version is read every 50 ms (an indexed read).
+            streams: Arc::new(crate::api::events::Streams::new(
+                64,
+                16,
+                llmo_runtime::stream::Follow { poll: std::time::Duration::from_millis(50), ..Default::default() },
+            )),
         };
         let (stop, _) = watch::channel(false);
         Ok(Local {

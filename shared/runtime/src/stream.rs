@@ -71,7 +71,9 @@ fn short(s: &str) -> String {
 /// How a follower reads and when it stops.
 #[derive(Debug, Clone)]
 pub struct Follow {
-    /// How often the run's version is read for new transitions.
+    /// How often the run's version is read for new transitions (default 250 ms: on DynamoDB
+    /// one strongly consistent read of an item, 4 a second per stream; `llmo serve` reads its
+    /// SQLite file every 50 ms).
     pub poll: Duration,
     /// A comment is sent after this long without an event.
     pub heartbeat: Duration,
@@ -84,7 +86,7 @@ pub struct Follow {
 impl Default for Follow {
     fn default() -> Self {
         Follow {
-            poll: Duration::from_millis(200),
+            poll: Duration::from_millis(250),
             heartbeat: Duration::from_secs(15),
             idle: Duration::from_secs(15 * 60),
             total: Duration::from_secs(3600),
