@@ -9,7 +9,8 @@
 //! retention. An id that does not parse, or names another run, is refused.
 //!
 //! **Following.** The follower replays the run from its initial state (so that every event,
-//! missed or live, says what it changed), then reads the log for new transitions every
+//! missed or live, says what it changed; a log longer than [`MAX_REPLAY`] is followed from its
+//! head, and the events before it say only what happened), then reads the log for new transitions every
 //! [`Follow::poll`] (one read of the run's version; the transitions only when it moved). It
 //! never holds a worker: a client that reads slowly only slows its own reads. It sends a
 //! comment every [`Follow::heartbeat`] so that proxies keep the connection, and ends the
@@ -67,6 +68,10 @@ impl EventId {
 fn short(s: &str) -> String {
     s.chars().take(80).collect()
 }
+
+/// The longest log a follower replays from the run's initial state to say what each event
+/// changed (a longer one is followed from its head: what each later event changed is said).
+pub const MAX_REPLAY: u64 = 10_000;
 
 /// How a follower reads and when it stops.
 #[derive(Debug, Clone)]
@@ -168,11 +173,14 @@ impl Follower {
         if after.version > head {
             return Err(FollowError::Ahead(after.version, head));
         }
-        let st = match store.initial_state(run_id).await? {
+        // Replayed from the start when the log is short enough; else (or from a store without
+        // initial states) the run's state is followed from its head, as a read gets it (its
+        // snapshot and the transitions after it), and the events before the head carry no
+        // changes.
+        let initial = if head <= MAX_REPLAY { store.initial_state(run_id).await? } else { None };
+        let st = match initial {
             Some(st) => st,
             None => {
-                // A store without initial states: the run's state is followed from its head
-                // (the events before it carry no changes).
                 let stored = store.load(run_id).await?.ok_or_else(|| FollowError::NoSuchRun(run_id.to_string()))?;
                 crate::store::rebuild(&plan, stored)?
             }
@@ -349,6 +357,51 @@ mod tests {
         }
         let other = EventId::parse("run-1", &id.format(&tag("run-2"))).unwrap_err();
         assert!(other.contains("another run"), "{other}");
+    }
+
+    /// A store without initial states (the memory store): the run is followed from its head;
+    /// the transitions before it are sent as they are, the later ones with what they changed,
+    /// then the end; a follower after the last id sent gets nothing again.
+    #[tokio::test]
+    async fn a_run_followed_from_its_head_sends_every_event_once() {
+        use llmo_core::engine::{AttemptResult, Event, Output, Usage};
+        use llmo_core::source::SourceFile;
+        use llmo_core::validate::Validator;
+        let wf = "apiVersion: llm-orchestrator/v1\nkind: Workflow\nmetadata: { name: w }\nspec:\n  tasks:\n    - { id: a, type: transform, with: { output: 1 } }\n    - { id: b, type: transform, depends_on: [a], with: { output: 2 } }\n";
+        let plan = Arc::new(Plan::new(Validator::default().validate(&SourceFile::new("w.yaml", wf)).checked.unwrap()));
+        let store = Arc::new(crate::store::MemoryStore::default());
+        let mut st = plan.new_run("run-f", Default::default());
+        store.create("w", "w.yaml", wf, &st).await.unwrap();
+        let ok = |v: i64| AttemptResult::Succeeded { output: Output::new(json!(v)), usage: Usage::default() };
+        let step = |st: &mut RunState, e: Event| {
+            plan.apply(st, &e, 5).unwrap();
+            Transition::new(st.version, 5, e)
+        };
+        let t1 = step(&mut st, Event::Start);
+        let t2 = step(&mut st, Event::finished(0, None, 1, ok(1)));
+        assert!(store.append(0, &[t1, t2], &st).await.unwrap());
+        let mut f = Follower::start(store.clone(), plan.clone(), "run-f", EventId::default()).await.unwrap();
+        let first = f.poll().await.unwrap();
+        assert_eq!(first.len(), 2, "{first:?}");
+        assert_eq!(first[0].id.as_deref(), Some(format!("{}-1-0", tag("run-f")).as_str()));
+        assert!(first[1].data.get("run").is_none(), "before the head: what changed is not known");
+        assert!(f.poll().await.unwrap().is_empty(), "nothing new");
+        let t3 = step(&mut st, Event::finished(1, None, 1, ok(2)));
+        assert!(store.append(2, &[t3], &st).await.unwrap());
+        let last = f.poll().await.unwrap();
+        assert_eq!(last.iter().map(|f| f.event).collect::<Vec<_>>(), ["transition", "end"]);
+        assert_eq!((&last[0].data["run"], &last[0].data["tasks"]), (&json!("succeeded"), &json!({"b": "succeeded"})));
+        assert_eq!(last[1].data["status"], "succeeded");
+        assert!(f.ended() && f.poll().await.unwrap().is_empty());
+        // From the end's id: nothing more; from the first: the rest, once.
+        let end = EventId::parse("run-f", last[1].id.as_deref().unwrap()).unwrap();
+        let mut g = Follower::start(store.clone(), plan.clone(), "run-f", end).await.unwrap();
+        assert!(g.poll().await.unwrap().is_empty());
+        let one = EventId { version: 1, seq: 0 };
+        let mut g = Follower::start(store, plan, "run-f", one).await.unwrap();
+        let rest: Vec<_> = g.poll().await.unwrap().into_iter().map(|f| f.id.unwrap()).collect();
+        let t = tag("run-f");
+        assert_eq!(rest, [format!("{t}-2-0"), format!("{t}-3-0"), format!("{t}-3-1")]);
     }
 
     #[test]
