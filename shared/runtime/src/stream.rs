@@ -281,12 +281,19 @@ impl Follower {
     /// a stream of `text/event-stream` chunks.
     pub fn into_sse(mut self, follow: Follow) -> impl futures::Stream<Item = String> + Send + 'static {
         let started = tokio::time::Instant::now();
+        let appended = self.store.appended();
         let mut last_event = started;
         let mut last_sent = started;
         async_stream(move |tx| async move {
             loop {
                 if tx.is_closed() {
                     return;
+                }
+                // Listening for this process's appends before reading: one that lands during
+                // the read wakes the next read at once.
+                let mut wake = appended.as_deref().map(|n| Box::pin(n.notified()));
+                if let Some(w) = wake.as_mut() {
+                    w.as_mut().enable();
                 }
                 let frames = match self.poll().await {
                     Ok(f) => f,
@@ -319,7 +326,14 @@ impl Follower {
                         return;
                     }
                 }
-                tokio::time::sleep(follow.poll).await;
+                // The next read: after the poll interval, or at once when this process
+                // appended to the store meanwhile.
+                match wake {
+                    Some(w) => {
+                        let _ = tokio::time::timeout(follow.poll, w).await;
+                    }
+                    None => tokio::time::sleep(follow.poll).await,
+                }
             }
         })
     }

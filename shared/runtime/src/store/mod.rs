@@ -246,6 +246,12 @@ pub trait RunStore: Send + Sync {
     }
     /// Records `state` as a snapshot, so loading replays only later transitions.
     async fn snapshot(&self, state: &RunState) -> Result<(), Error>;
+    /// Woken after each append this process makes, for stores that can say so: followers of
+    /// a run's events ([`crate::stream`]) wait on it between reads instead of the whole poll
+    /// interval. `None`: followers only poll.
+    fn appended(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
+        None
+    }
     /// The stored version of a run (cheap; lets a driver notice another writer).
     async fn version(&self, run_id: &str) -> Result<Option<u64>, Error>;
     /// The whole transition log of a run, oldest first (audit; may be long).

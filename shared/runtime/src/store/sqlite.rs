@@ -26,6 +26,9 @@ pub enum Durability {
 /// (the log, keyed by run and version), `snapshots` (latest state per run).
 pub struct SqliteStore {
     conn: Mutex<Connection>,
+    /// Woken by every append of this process (followers of a run's events wait on it; other
+    /// processes' appends are seen by reading).
+    appended: std::sync::Arc<tokio::sync::Notify>,
 }
 
 impl SqliteStore {
@@ -183,7 +186,7 @@ impl SqliteStore {
             tx.execute_batch("ALTER TABLE runs ADD COLUMN deadline INTEGER")?;
         }
         tx.commit()?;
-        Ok(SqliteStore { conn: Mutex::new(conn) })
+        Ok(SqliteStore { conn: Mutex::new(conn), appended: Default::default() })
     }
 
     /// Every tenant's registered workflows: `(tenant, name, registered_at)` (what `llmo serve`
@@ -390,7 +393,12 @@ impl RunStore for SqliteStore {
             }
         }
         tx.commit()?;
+        self.appended.notify_waiters();
         Ok(true)
+    }
+
+    fn appended(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
+        Some(self.appended.clone())
     }
 
     async fn snapshot(&self, state: &RunState) -> Result<(), Error> {
