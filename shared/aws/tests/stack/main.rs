@@ -15,6 +15,7 @@ mod agents;
 mod api_auth;
 mod callbacks;
 mod children;
+mod events;
 mod flow;
 mod functions;
 mod local_stack;

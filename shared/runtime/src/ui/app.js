@@ -246,7 +246,7 @@ async function runPage(id) {
   };
   window.addEventListener("popstate", () => { gone = true; clearTimeout(timer); }, { once: true });
   await poll();
-  if (LIVE.has(run.status)) follow(id, () => gone, (on) => { streaming = on; document.body.dataset.live = on ? "stream" : "poll"; if (!on) { clearTimeout(timer); poll(); } }, refresh);
+  if (run && LIVE.has(run.status)) follow(id, () => gone, (on) => { streaming = on; document.body.dataset.live = on ? "stream" : "poll"; if (!on) { clearTimeout(timer); poll(); } }, refresh);
 }
 
 // Follows a run's event stream (GET /runs/{id}/events, server-sent events read through fetch,
