@@ -168,6 +168,7 @@ async fn events(State(ui): State<Ui>, headers: HeaderMap, Path(id): Path<String>
     }
     let held = Held(ui.streams.clone());
     let follower = match llmo_runtime::stream::Follower::start(ui.store.clone(), Arc::new(plan), &id, after).await {
+        Ok(f) if f.seen_all() => return StatusCode::NO_CONTENT.into_response(),
         Ok(f) => f,
         Err(e) => return problem(StatusCode::BAD_REQUEST, e.to_string()),
     };

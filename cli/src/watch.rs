@@ -108,6 +108,11 @@ pub fn remote(run_id: &str, api: Option<&str>, json: bool) -> Result<ExitCode> {
                 }
             };
             let status = resp.status().as_u16();
+            if status == 204 {
+                // The run's end was seen already: nothing more will come.
+                println!("run ended");
+                return Ok(ExitCode::SUCCESS);
+            }
             if status != 200 {
                 let text = resp.text().await.unwrap_or_default();
                 let v = serde_json::from_str(&text).unwrap_or(Value::String(text));

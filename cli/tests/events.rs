@@ -219,6 +219,9 @@ fn a_run_streams_its_events_and_a_reconnect_resumes_without_gaps_or_repeats() {
     assert_eq!(rest.iter().map(version).collect::<Vec<_>>(), (n + 1..=n + rest.len() as u64).collect::<Vec<_>>());
     assert!(rest.iter().any(|e| e.2["tasks"]["publish"] == "succeeded"), "{rest:?}");
     assert!(s.next().is_none(), "the stream ends with the run");
+    // After the end: a 204 (nothing more will come; an EventSource stops reconnecting).
+    let (code, resp) = bad(&end.0);
+    assert_eq!(code, 204, "{resp}");
 
     // From the start, after the end: the same events, in one stream.
     let mut s = Stream::open(&addr, &path, &dev, None);

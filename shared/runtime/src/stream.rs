@@ -217,6 +217,12 @@ impl Follower {
         Ok(f)
     }
 
+    /// The run ended and its end was sent before (the client's `Last-Event-ID` is the end's):
+    /// nothing more will come.
+    pub fn seen_all(&self) -> bool {
+        self.st.status.is_terminal() && self.after >= EventId { version: self.st.version, seq: 1 }
+    }
+
     /// The run's state as of the last event sent.
     pub fn state(&self) -> &RunState {
         &self.st

@@ -10,7 +10,8 @@
 //! [`Streams::per_tenant`] per tenant (429 beyond, with `Retry-After`). Through a server that
 //! does not stream ([`Api::handle`]), the route answers the events there are now and ends; the
 //! client's `EventSource` reconnects after `retry` with its `Last-Event-ID` and misses
-//! nothing.
+//! nothing. A client whose `Last-Event-ID` is the run's end gets a 204: nothing more will come
+//! (an `EventSource` then stops reconnecting).
 
 use std::pin::Pin;
 use std::sync::Mutex;
@@ -86,6 +87,12 @@ impl Drop for Slot {
     }
 }
 
+/// The answer to a client that has seen the run's end: 204, after which an `EventSource`
+/// stops reconnecting.
+fn all_seen() -> Reply {
+    Response::builder().status(StatusCode::NO_CONTENT).body(Body::Empty).expect("valid response")
+}
+
 /// What a client waits before reconnecting to a stream that ended (`retry:`), in ms.
 const RETRY_MS: u64 = 1000;
 
@@ -111,6 +118,9 @@ impl Api {
                 (r, Some(tenant.clone()))
             })?;
             let follower = self.follower(&tenant, id, req).await.map_err(|r| (r, Some(tenant.clone())))?;
+            if follower.seen_all() {
+                return Err((all_seen(), Some(tenant)));
+            }
             Ok::<_, (Reply, Option<String>)>((tenant, slot, follower))
         };
         let (status, tenant, out) = match opened.await {
@@ -166,6 +176,7 @@ impl Api {
     /// the response (the client reconnects after `retry`).
     pub(super) async fn events_now(&self, tenant: &str, id: &str, req: &Request) -> Reply {
         let mut f = match self.follower(tenant, id, req).await {
+            Ok(f) if f.seen_all() => return all_seen(),
             Ok(f) => f,
             Err(r) => return r,
         };

@@ -113,6 +113,8 @@ async fn run_events(t: &Target) {
     let n = seen.len() as u64;
     let versions: Vec<u64> = rest.iter().map(|e| e.2["version"].as_u64().unwrap()).collect();
     assert_eq!(versions, (n + 1..=n + rest.len() as u64).collect::<Vec<_>>(), "no gap, no repeat: {rest:?}");
+    // After the end: a 204, nothing more will come.
+    assert_eq!(events(t, Some(&dev), &uri, Some(&end.0)).await.0, 204);
     // All at once, from the start: the same events.
     let (_, all) = events(t, Some(&dev), &uri, None).await;
     let joined: Vec<_> = seen.iter().chain(&rest).chain([&end]).cloned().collect();

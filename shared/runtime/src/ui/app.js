@@ -267,6 +267,7 @@ async function follow(id, gone, live, refresh) {
     if (last) headers["Last-Event-ID"] = last;
     let r;
     try { r = await fetch("/runs/" + encodeURIComponent(id) + "/events", { headers, cache: "no-store" }); } catch (_) { r = null; }
+    if (r && r.status === 204) return update();  // its end was seen: nothing more will come
     if (!r || !r.ok || !(r.headers.get("content-type") || "").startsWith("text/event-stream") || !r.body) {
       if (++failures >= 3 || (r && r.status !== 429 && r.status >= 400)) return live(false);
       await new Promise((ok) => setTimeout(ok, 1000 * failures));
