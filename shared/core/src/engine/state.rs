@@ -164,6 +164,48 @@ impl RunState {
 }
 
 impl Waits {
+    /// The wait of a call whose `callback` is `cb`, sent at `now`.
+    pub fn callback(cb: &crate::callback::CallbackWith, now: Millis) -> Waits {
+        Waits {
+            kind: WaitKind::Callback,
+            since: now,
+            event: None,
+            key: None,
+            prompt: None,
+            timeout_at: Some(now.saturating_add(cb.timeout_ms())),
+            times_out: true,
+            heartbeat: cb.heartbeat_ms(),
+            beat_at: None,
+        }
+    }
+
+    /// Records a callback's heartbeat at `now`; `Err` (nothing recorded) when the callback
+    /// takes none, or one was recorded within a tenth of the interval (at least 1 s) before:
+    /// the deadline moves by little, and each is a write.
+    pub fn beat(&mut self, now: Millis) -> Result<(), &'static str> {
+        let Some(h) = self.heartbeat else { return Err("the callback takes no heartbeats") };
+        if let Some(b) = self.beat_at
+            && now < b.saturating_add((h / 10).max(1_000))
+        {
+            return Err("a heartbeat was recorded just before");
+        }
+        self.beat_at = Some(now);
+        Ok(())
+    }
+
+    /// Why a callback wait that reached its deadline (`due`, the heartbeat's when `beat`)
+    /// fails.
+    pub fn missed(&self, due: Millis, beat: bool) -> String {
+        if beat {
+            format!(
+                "no heartbeat came for {} (the callback's `heartbeat`)",
+                crate::engine::waits::human(self.heartbeat.unwrap_or_default())
+            )
+        } else {
+            format!("its callback did not come within {}", crate::engine::waits::human(due.saturating_sub(self.since)))
+        }
+    }
+
     /// When a callback wait fails if nothing comes: its timeout, or its heartbeat's
     /// deadline if sooner; and whether that is the heartbeat's.
     pub fn callback_due(&self) -> Option<(Millis, bool)> {

@@ -1178,36 +1178,12 @@ async fn agents_under_faults_apply_each_turn_and_call_once() {
 /// crashed around), exactly one is applied per call, and its output is the call's result.
 #[tokio::test]
 async fn agents_with_racing_callbacks_apply_one_answer_per_call() {
-    let source: &'static str = AGENTS
-        .replace(
-            "            run: { type: transform, with: { output: \"r{{ args.n }}\" } }",
-            "            run: { type: http, with: { url: \"https://jobs.example.com/{{ args.n }}\", callback: { timeout: 1h, heartbeat: 30m } } }",
-        )
-        .leak();
+    let source = AGENTS.replace(
+        "            run: { type: transform, with: { output: \"r{{ args.n }}\" } }",
+        "            run: { type: http, with: { url: \"https://jobs.example.com/{{ args.n }}\", callback: { timeout: 1h, heartbeat: 30m } } }",
+    );
     assert!(source.contains("callback"));
-    let outcome = Validator::default().validate(&SourceFile::new("agents.yaml", source));
-    let plan = Arc::new(Plan::new(outcome.checked.expect("the agents workflow with callbacks is valid")));
-    let clean = simulate_with(plan.clone(), source, 1, NONE, false, true, false).await;
-    assert_eq!(clean.summary.0, RunStatus::Succeeded);
-    assert_eq!(clean.summary.2, Some(json!({"z": "r1,r2,r3;r11,r12,r13"})));
-    let seeds: u64 = std::env::var("SIM_SEEDS").ok().and_then(|s| s.parse().ok()).map_or(300, |n: u64| (n / 30).max(1));
-    let mut failures = Vec::new();
-    for seed in 0..seeds {
-        let r = simulate_with(plan.clone(), source, seed, MANY, false, true, false).await;
-        if let Err(e) = check(&plan, &r, &clean.summary) {
-            failures.push(format!("seed {seed}: {e}"));
-        }
-        let mut answers: HashMap<(Option<u32>, u32), usize> = HashMap::new();
-        for t in &r.log {
-            if let Event::Complete { task: 1, item, attempt, .. } = &t.event {
-                *answers.entry((*item, *attempt)).or_default() += 1;
-            }
-        }
-        if answers.len() < 6 || answers.values().any(|&n| n != 1) {
-            failures.push(format!("seed {seed}: answers applied {answers:?}"));
-        }
-    }
-    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    agents_answered_once_per_call(source.leak()).await;
 }
 
 /// The same agents with a tool that needs approval: each call waits, three approvals of it
@@ -1215,14 +1191,18 @@ async fn agents_with_racing_callbacks_apply_one_answer_per_call() {
 /// which the call runs once; the agents answer as without approvals.
 #[tokio::test]
 async fn agents_with_racing_approvals_apply_one_answer_per_call() {
-    let source: &'static str = AGENTS
-        .replace(
-            "            run: { type: transform",
-            "            approval: { prompt: \"n={{ args.n }}?\" }\n            run: { type: transform",
-        )
-        .leak();
+    let source = AGENTS.replace(
+        "            run: { type: transform",
+        "            approval: { prompt: \"n={{ args.n }}?\" }\n            run: { type: transform",
+    );
+    agents_answered_once_per_call(source.leak()).await;
+}
+
+/// The agents of `source`, whose calls wait for answers, under every fault: the agents answer
+/// as without waits, and one answer is applied per call (six calls, each its own attempt).
+async fn agents_answered_once_per_call(source: &'static str) {
     let outcome = Validator::default().validate(&SourceFile::new("agents.yaml", source));
-    let plan = Arc::new(Plan::new(outcome.checked.expect("the gated agents workflow is valid")));
+    let plan = Arc::new(Plan::new(outcome.checked.expect("the agents workflow is valid")));
     let clean = simulate_with(plan.clone(), source, 1, NONE, false, true, false).await;
     assert_eq!(clean.summary.0, RunStatus::Succeeded);
     assert_eq!(clean.summary.2, Some(json!({"z": "r1,r2,r3;r11,r12,r13"})));
@@ -1233,7 +1213,6 @@ async fn agents_with_racing_approvals_apply_one_answer_per_call() {
         if let Err(e) = check(&plan, &r, &clean.summary) {
             failures.push(format!("seed {seed}: {e}"));
         }
-        // One answer per call: six calls, six answers applied, each to its own attempt.
         let mut answers: HashMap<(Option<u32>, u32), usize> = HashMap::new();
         for t in &r.log {
             if let Event::Complete { task: 1, item, attempt, .. } = &t.event {

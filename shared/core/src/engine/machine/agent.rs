@@ -14,7 +14,6 @@ use crate::agent::{
     OnReject, Step, TurnRec, run::bounded_result,
 };
 use crate::callback::CallbackWith;
-use crate::engine::waits::human;
 use crate::tasks::ApprovalWith;
 
 /// An agent task's `with` as written, and each tool's argument schema, compiled once.
@@ -337,17 +336,7 @@ impl<'p> Transition<'p, '_> {
         let now = self.now;
         let name = lp(self.st, id).turns[t].calls[c].name.clone();
         let cb = self.call_callback(id.task, &name).cloned().unwrap_or_default();
-        let waits = Waits {
-            kind: WaitKind::Callback,
-            since: now,
-            event: None,
-            key: None,
-            prompt: None,
-            timeout_at: Some(now.saturating_add(cb.timeout_ms())),
-            times_out: true,
-            heartbeat: cb.heartbeat_ms(),
-            beat_at: None,
-        };
+        let waits = Waits::callback(&cb, now);
         let (at, _) = waits.callback_due().expect("a callback wait has a timeout");
         let cause = self.cause.clone();
         let call = &mut lp(self.st, id).turns[t].calls[c];
@@ -390,14 +379,7 @@ impl<'p> Transition<'p, '_> {
         let now = self.now;
         let call = &mut lp(self.st, id).turns[t].calls[c];
         let w = call.waits.as_mut().ok_or(Ignored("no wait"))?;
-        let Some(h) = w.heartbeat else { return Err(Ignored("the callback takes no heartbeats")) };
-        if let Some(b) = w.beat_at
-            && now < b.saturating_add((h / 10).max(1_000))
-        {
-            return Err(Ignored("a heartbeat was recorded just before"));
-        }
-        w.beat_at = Some(now);
-        Ok(())
+        w.beat(now).map_err(Ignored)
     }
 
     /// A wake of the callback wait of the call at attempt `id`: past its deadline the call
@@ -413,11 +395,7 @@ impl<'p> Transition<'p, '_> {
             self.cmds.push(Command::ScheduleWake { task: id.task, item: id.item, attempt: id.attempt, at: due });
             return Ok(());
         }
-        let error = if beat {
-            format!("no heartbeat came for {} (the callback's `heartbeat`)", human(w.heartbeat.unwrap_or_default()))
-        } else {
-            format!("its callback did not come within {}", human(due.saturating_sub(w.since)))
-        };
+        let error = w.missed(due, beat);
         self.call_failed(id, t, c, &error, true);
         Ok(())
     }

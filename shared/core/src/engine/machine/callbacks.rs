@@ -3,25 +3,13 @@
 //! deadline), an answer (`Complete`, `CallbackFailed`) ends it once.
 
 use super::*;
-use crate::engine::waits::human;
 
 impl Transition<'_, '_> {
     /// The call of attempt `id` succeeded: it waits for its token's answer, holding nothing,
     /// until its timeout or its heartbeat's deadline.
     pub(super) fn await_callback(&mut self, id: AttemptId) {
         let cb = self.plan.callbacks[id.task].clone().unwrap_or_default();
-        let now = self.now;
-        let waits = Waits {
-            kind: WaitKind::Callback,
-            since: now,
-            event: None,
-            key: None,
-            prompt: None,
-            timeout_at: Some(now.saturating_add(cb.timeout_ms())),
-            times_out: true,
-            heartbeat: cb.heartbeat_ms(),
-            beat_at: None,
-        };
+        let waits = Waits::callback(&cb, self.now);
         let (at, _) = waits.callback_due().expect("a callback wait has a timeout");
         let cause = self.cause.clone();
         self.move_unit(id.task, id.unit(), TaskStatus::Waiting);
@@ -61,11 +49,7 @@ impl Transition<'_, '_> {
             self.cmds.push(Command::ScheduleWake { task: id.task, item: id.item, attempt: id.attempt, at: due });
             return Ok(());
         }
-        let error = if beat {
-            format!("no heartbeat came for {} (the callback's `heartbeat`)", human(w.heartbeat.unwrap_or_default()))
-        } else {
-            format!("its callback did not come within {}", human(due.saturating_sub(w.since)))
-        };
+        let error = w.missed(due, beat);
         self.fail_attempt(id, &error, true);
         self.settle(id.task);
         self.advance();
@@ -76,18 +60,9 @@ impl Transition<'_, '_> {
     /// tenth of the interval (at least 1 s) to the last one recorded are not recorded (the
     /// deadline moves by little; each is a write).
     pub(super) fn heartbeat(&mut self, id: AttemptId) -> Result<(), Ignored> {
-        let w = self.waiting_callback(id)?;
-        let Some(h) = w.heartbeat else { return Err(Ignored("the callback takes no heartbeats")) };
-        if let Some(b) = w.beat_at
-            && self.now < b.saturating_add((h / 10).max(1_000))
-        {
-            return Err(Ignored("a heartbeat was recorded just before"));
-        }
+        self.waiting_callback(id)?;
         let now = self.now;
-        let u = self.unit_mut(id);
-        if let Some(w) = u.waits.as_mut() {
-            w.beat_at = Some(now);
-        }
-        Ok(())
+        let w = self.unit_mut(id).waits.as_mut().ok_or(Ignored("no wait"))?;
+        w.beat(now).map_err(Ignored)
     }
 }
