@@ -335,6 +335,40 @@ fn an_anthropic_agent_killed_mid_loop_resumes_without_repeating_a_step() {
     killed_mid_loop_resumes_without_repeating_steps("anthropic", "claude-haiku");
 }
 
+/// The workflow with `tool` (YAML) in place of `slow_check`, written to a new directory
+/// `name`: the directory and the workflow's path.
+fn with_tool(name: &str, tool: &str, base: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let wf = dir.join("agent.yaml");
+    let workflow = WORKFLOW.split("          - name: slow_check").next().unwrap().to_string()
+        + tool
+        + "  outputs:\n    answer: \"{{ tasks.agent.output.text }}\"\n";
+    std::fs::write(&wf, workflow.replace("PROVIDER", "openai").replace("MODEL", "gpt-4o-mini").replace("BASE", base))
+        .unwrap();
+    (dir, wf)
+}
+
+/// `llmo status RUN --state STATE` as JSON.
+fn status_of(run_id: &str, state: &str) -> Value {
+    serde_json::from_slice(&command().args(["status", run_id, "--state", state]).output().unwrap().stdout).unwrap()
+}
+
+/// The first task `llmo waiting` lists, once one waits (within 60 s; else the run's status).
+fn first_waiting(run_id: &str, state: &str) -> Value {
+    let until = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = command().args(["waiting", "--state", state, "--json"]).output().unwrap();
+        let rows: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        if let Some(r) = rows.as_array().and_then(|r| r.first()) {
+            return r.clone();
+        }
+        assert!(Instant::now() < until, "nothing waited: {}", status_of(run_id, state));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// A refund tool that a person approves: the agent's run waits for the answer holding nothing
 /// (the process running it is killed meanwhile); another process approves; `llmo resume`
 /// runs the approved call, once, with the approver's note, and the model's next turn.
@@ -343,10 +377,6 @@ fn an_approval_given_by_another_process_runs_the_call_once() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let seen: Shared = Arc::default();
     let base = format!("http://{}", serve(&rt, &seen));
-    let dir = std::env::temp_dir().join(format!("llmo-agent-approval-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let wf = dir.join("agent.yaml");
     let gated = r#"          - name: refund
             description: Refund an order
             parameters: { type: object, properties: { order_id: { type: string }, amount_usd: { type: number } }, required: [order_id, amount_usd] }
@@ -360,32 +390,17 @@ fn an_approval_given_by_another_process_runs_the_call_once() {
                 url: "BASE/refunds"
                 body: { order: "{{ args.order_id }}", by: "{{ approval.by }}", note: "{{ approval.fields.note }}" }
 "#;
-    let workflow = WORKFLOW.split("          - name: slow_check").next().unwrap().to_string()
-        + gated
-        + "  outputs:\n    answer: \"{{ tasks.agent.output.text }}\"\n";
-    std::fs::write(&wf, workflow.replace("PROVIDER", "openai").replace("MODEL", "gpt-4o-mini").replace("BASE", &base))
-        .unwrap();
+    let (dir, wf) = with_tool("llmo-agent-approval", gated, &base);
     let db = dir.join("runs.db");
     let state = db.to_str().unwrap();
     let env = env_for(&base);
     let (mut child, run_id) = start(&db, &wf, &env);
     // The refund waits for its approval: listed with its prompt and the call.
-    let until = Instant::now() + Duration::from_secs(60);
-    let listed = loop {
-        let out = command().args(["waiting", "--state", state, "--json"]).output().unwrap();
-        let rows: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-        if let Some(r) = rows.as_array().and_then(|r| r.first()) {
-            break r.clone();
-        }
-        assert!(Instant::now() < until, "the refund never waited for approval");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let listed = first_waiting(&run_id, state);
     assert_eq!(listed["task"], "agent", "{listed}");
     assert_eq!(listed["prompt"], "Refund 80 USD on A-17?", "{listed}");
     assert_eq!(listed["call"]["name"], "refund", "{listed}");
-    let status: Value =
-        serde_json::from_slice(&command().args(["status", &run_id, "--state", state]).output().unwrap().stdout)
-            .unwrap();
+    let status = status_of(&run_id, state);
     assert_eq!(status["tasks"]["agent"]["turns"][1]["calls"][0]["status"], "awaiting_approval", "{status}");
     // The process running it goes; nothing is lost, as nothing was held.
     child.kill().unwrap();
@@ -406,9 +421,7 @@ fn an_approval_given_by_another_process_runs_the_call_once() {
     env(&mut c);
     let out = c.output().unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let status: Value =
-        serde_json::from_slice(&command().args(["status", &run_id, "--state", state]).output().unwrap().stdout)
-            .unwrap();
+    let status = status_of(&run_id, state);
     assert_eq!(status["status"], "succeeded", "{status}");
     let output = &status["tasks"]["agent"]["output"];
     assert!(output["text"].as_str().unwrap().contains(r#"{"refund":"R-1"}"#), "{output}");
@@ -438,10 +451,6 @@ fn a_tool_waiting_for_a_callback_is_answered_by_another_process() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let seen: Shared = Arc::default();
     let base = format!("http://{}", serve(&rt, &seen));
-    let dir = std::env::temp_dir().join(format!("llmo-agent-callback-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let wf = dir.join("agent.yaml");
     let waiting = r#"          - name: transcribe
             description: Transcribe the order's call recording (a long job)
             parameters: { type: object, properties: { order_id: { type: string } }, required: [order_id] }
@@ -453,35 +462,17 @@ fn a_tool_waiting_for_a_callback_is_answered_by_another_process() {
                 body: { order: "{{ args.order_id }}" }
                 callback: { timeout: 1h, heartbeat: 10m }
 "#;
-    let workflow = WORKFLOW.split("          - name: slow_check").next().unwrap().to_string()
-        + waiting
-        + "  outputs:\n    answer: \"{{ tasks.agent.output.text }}\"\n";
-    std::fs::write(&wf, workflow.replace("PROVIDER", "openai").replace("MODEL", "gpt-4o-mini").replace("BASE", &base))
-        .unwrap();
+    let (dir, wf) = with_tool("llmo-agent-callback", waiting, &base);
     let db = dir.join("runs.db");
     let state = db.to_str().unwrap();
     let env = env_for(&base);
     let (mut child, run_id) = start(&db, &wf, &env);
     // The job was started with a token, and the call waits for it: listed as a callback.
-    let until = Instant::now() + Duration::from_secs(60);
-    let listed = loop {
-        let out = command().args(["waiting", "--state", state, "--json"]).output().unwrap();
-        let rows: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-        if let Some(r) = rows.as_array().and_then(|r| r.first()) {
-            break r.clone();
-        }
-        if Instant::now() > until {
-            let out = command().args(["status", &run_id, "--state", state]).output().unwrap();
-            panic!("the job's call never waited for its callback: {}", text(&out.stdout));
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let listed = first_waiting(&run_id, state);
     assert_eq!((&listed["task"], &listed["kind"]), (&json!("agent"), &json!("callback")), "{listed}");
     assert_eq!(listed["call"]["name"], "transcribe", "{listed}");
     assert!(listed.get("token").is_none(), "a token is never listed");
-    let status: Value =
-        serde_json::from_slice(&command().args(["status", &run_id, "--state", state]).output().unwrap().stdout)
-            .unwrap();
+    let status = status_of(&run_id, state);
     assert_eq!(status["tasks"]["agent"]["turns"][1]["calls"][0]["status"], "awaiting_callback", "{status}");
     child.kill().unwrap();
     child.wait().unwrap();
@@ -510,9 +501,7 @@ fn a_tool_waiting_for_a_callback_is_answered_by_another_process() {
     env(&mut c);
     let out = c.output().unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let status: Value =
-        serde_json::from_slice(&command().args(["status", &run_id, "--state", state]).output().unwrap().stdout)
-            .unwrap();
+    let status = status_of(&run_id, state);
     assert_eq!(status["status"], "succeeded", "{status}");
     let output = &status["tasks"]["agent"]["output"];
     assert!(output["text"].as_str().unwrap().contains(r#"{"transcript":"it never arrived"}"#), "{output}");

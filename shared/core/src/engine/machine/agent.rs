@@ -349,12 +349,14 @@ impl<'p> Transition<'p, '_> {
 
     /// `(turn, call)` of the call whose attempt `id` waits for its callback.
     fn callback_call(&self, id: AttemptId) -> Result<(usize, usize), Ignored> {
-        self.unit(id)
-            .ok()
-            .filter(|u| u.status == TaskStatus::Running)
-            .and_then(|u| u.agent.as_deref())
-            .and_then(|l| l.callback_call(id.attempt))
+        self.call_at(id, AgentLoop::callback_call)
             .ok_or(Ignored("no call waits for a callback at this attempt (answered, timed out, or late)"))
+    }
+
+    /// `(turn, call)` that `find` finds at attempt `id` of a running agent's unit.
+    fn call_at(&self, id: AttemptId, find: fn(&AgentLoop, u32) -> Option<(usize, usize)>) -> Option<(usize, usize)> {
+        let u = self.unit(id).ok().filter(|u| u.status == TaskStatus::Running)?;
+        find(u.agent.as_deref()?, id.attempt)
     }
 
     /// The answer to the callback of the call waiting at attempt `id` came: its output is the
@@ -403,13 +405,7 @@ impl<'p> Transition<'p, '_> {
     /// A call of agent unit `id` waiting for its retry is due: its next attempt starts.
     /// `Err` when no call waits for this attempt.
     pub(super) fn agent_retry_due(&mut self, id: AttemptId) -> Result<(), Ignored> {
-        let (t, c) = self
-            .unit(id)
-            .ok()
-            .filter(|u| u.status == TaskStatus::Running)
-            .and_then(|u| u.agent.as_deref())
-            .and_then(|l| l.waiting_call(id.attempt))
-            .ok_or(Ignored("no retry due for this attempt"))?;
+        let (t, c) = self.call_at(id, AgentLoop::waiting_call).ok_or(Ignored("no retry due for this attempt"))?;
         self.start_call(id, t, c);
         Ok(())
     }
@@ -620,11 +616,7 @@ impl<'p> Transition<'p, '_> {
     }
 
     fn awaiting_call(&self, id: AttemptId) -> Result<(usize, usize), Ignored> {
-        self.unit(id)
-            .ok()
-            .filter(|u| u.status == TaskStatus::Running)
-            .and_then(|u| u.agent.as_deref())
-            .and_then(|l| l.awaiting_call(id.attempt))
+        self.call_at(id, AgentLoop::awaiting_call)
             .ok_or(Ignored("no call awaits an answer at this attempt (answered, timed out, or late)"))
     }
 
